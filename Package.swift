@@ -1,0 +1,35 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "vmsock",
+    products: [
+        .library(name: "VMSock", targets: ["VMSock"]),
+        .executable(name: "vmsock-demo", targets: ["vmsock-demo"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // What Swift cannot import: memfd, eventfd, epoll, SCM_RIGHTS macros, SO_PEERCRED, atomics on mapped memory.
+        .target(name: "CVMSock"),
+        // Debian's libevent-dev 2.1; evthread_use_pthreads lives in libevent_pthreads.
+        .systemLibrary(
+            name: "CLibevent",
+            pkgConfig: "libevent_pthreads",
+            providers: [.apt(["libevent-dev"])]
+        ),
+        // Ring layout and index arithmetic: no syscalls, no knowledge of where the memory came from.
+        .target(name: "VMSockRing", dependencies: ["CVMSock"]),
+        // Memory and doorbells, the control path, the socket API.
+        .target(name: "VMSock", dependencies: ["VMSockRing", "CVMSock", "CLibevent"]),
+        .executableTarget(
+            name: "vmsock-demo",
+            dependencies: ["VMSock", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        // The other process in cross-process tests: a well-behaved peer, a hostile one, a victim to kill -9.
+        .executableTarget(name: "vmsock-testpeer", dependencies: ["VMSock", "VMSockRing", "CVMSock"]),
+        .testTarget(name: "VMSockRingTests", dependencies: ["VMSockRing"]),
+        .testTarget(name: "VMSockTests", dependencies: ["VMSock", "VMSockRing", "CVMSock", "CLibevent", "vmsock-testpeer"]),
+    ]
+)

@@ -1,0 +1,73 @@
+#ifndef VMSOCK_CVMSOCK_H
+#define VMSOCK_CVMSOCK_H
+// The small part of vmsock that Swift cannot import: memfd and its seals, eventfd, epoll, the CMSG_* macros for
+// SCM_RIGHTS, SO_PEERCRED, a CPU pause hint, and atomics on memory that another process maps.
+// Everything else stays in Swift. Constants that glibc only shows under _GNU_SOURCE are numbered here (they are
+// Linux ABI) and pinned against the real headers by _Static_assert in shim.c.
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
+// MARK: memfd and seals (linux/memfd.h, linux/fcntl.h)
+#define VMS_MFD_CLOEXEC          0x0001U
+#define VMS_MFD_ALLOW_SEALING    0x0002U
+#define VMS_F_ADD_SEALS          1033
+#define VMS_F_GET_SEALS          1034
+#define VMS_F_SEAL_SEAL          0x0001
+#define VMS_F_SEAL_SHRINK        0x0002
+#define VMS_F_SEAL_GROW          0x0004
+#define VMS_F_SEAL_WRITE         0x0008
+#define VMS_F_SEAL_FUTURE_WRITE  0x0010
+
+int vms_memfd_create(const char *name, unsigned int flags);
+
+// MARK: sockets
+#define VMS_POLLRDHUP 0x2000
+int vms_accept4_cloexec(int fd);
+/// SO_PEERCRED of a connected AF_UNIX socket. Returns 0 or -1 with errno set.
+int vms_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+
+// MARK: SCM_RIGHTS (the CMSG_* macros are not importable)
+size_t vms_cmsg_space(size_t data_len);
+size_t vms_cmsg_len(size_t data_len);
+struct cmsghdr *vms_cmsg_firsthdr(struct msghdr *msg);
+struct cmsghdr *vms_cmsg_nxthdr(struct msghdr *msg, struct cmsghdr *cmsg);
+unsigned char *vms_cmsg_data(struct cmsghdr *cmsg);
+
+// MARK: atomics on mapped memory
+// One owner per shared word: these are the only functions that touch the words of the ring header.
+static inline uint64_t vms_load_acquire_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void vms_store_release_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint32_t vms_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void vms_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+// Sequentially consistent store and load: the two halves of the need-wakeup (Dekker) handshake. On x86 the
+// store is an XCHG, which is also the full fence the pattern needs between "publish" and "read the flag".
+static inline void vms_store_seqcst_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static inline uint64_t vms_load_seqcst_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static inline void vms_store_seqcst_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static inline uint32_t vms_load_seqcst_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static inline void vms_fence_seqcst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+/// Atomically sets bits in a word we own; returns the new value.
+static inline uint32_t vms_fetch_or_u32(uint32_t *p, uint32_t bits) { return __atomic_or_fetch(p, bits, __ATOMIC_SEQ_CST); }
+
+/// A spin-wait hint: PAUSE on x86, YIELD on arm64.
+static inline void vms_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+// MARK: test pattern
+// A deterministic pseudo-random byte stream: the byte at stream offset o depends only on (seed, o), so a receiver
+// can check any chunking of it, and a lost, duplicated or reordered byte shows at its exact offset.
+void vms_pattern_fill(void *buf, size_t len, uint64_t offset, uint64_t seed);
+/// Returns len when all bytes match, or the index of the first byte that does not.
+size_t vms_pattern_check(const void *buf, size_t len, uint64_t offset, uint64_t seed);
+
+#endif

@@ -1,0 +1,41 @@
+#define _GNU_SOURCE
+#include "CVMSock.h"
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <errno.h>
+#include <string.h>
+#include <poll.h>
+
+_Static_assert(VMS_POLLRDHUP == POLLRDHUP, "POLLRDHUP");
+
+_Static_assert(VMS_MFD_CLOEXEC == MFD_CLOEXEC, "MFD_CLOEXEC");
+_Static_assert(VMS_MFD_ALLOW_SEALING == MFD_ALLOW_SEALING, "MFD_ALLOW_SEALING");
+_Static_assert(VMS_F_ADD_SEALS == F_ADD_SEALS, "F_ADD_SEALS");
+_Static_assert(VMS_F_GET_SEALS == F_GET_SEALS, "F_GET_SEALS");
+_Static_assert(VMS_F_SEAL_SEAL == F_SEAL_SEAL, "F_SEAL_SEAL");
+_Static_assert(VMS_F_SEAL_SHRINK == F_SEAL_SHRINK, "F_SEAL_SHRINK");
+_Static_assert(VMS_F_SEAL_GROW == F_SEAL_GROW, "F_SEAL_GROW");
+_Static_assert(VMS_F_SEAL_WRITE == F_SEAL_WRITE, "F_SEAL_WRITE");
+_Static_assert(VMS_F_SEAL_FUTURE_WRITE == F_SEAL_FUTURE_WRITE, "F_SEAL_FUTURE_WRITE");
+
+int vms_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
+
+int vms_accept4_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
+
+int vms_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
+    if (len != sizeof(cred)) { errno = EPROTO; return -1; }
+    *pid = cred.pid;
+    *uid = cred.uid;
+    *gid = cred.gid;
+    return 0;
+}
+
+size_t vms_cmsg_space(size_t data_len) { return CMSG_SPACE(data_len); }
+size_t vms_cmsg_len(size_t data_len) { return CMSG_LEN(data_len); }
+struct cmsghdr *vms_cmsg_firsthdr(struct msghdr *msg) { return CMSG_FIRSTHDR(msg); }
+struct cmsghdr *vms_cmsg_nxthdr(struct msghdr *msg, struct cmsghdr *cmsg) { return CMSG_NXTHDR(msg, cmsg); }
+unsigned char *vms_cmsg_data(struct cmsghdr *cmsg) { return CMSG_DATA(cmsg); }

@@ -1,0 +1,188 @@
+import CVMSock
+import Glibc
+
+/// Where a vmsock listener can be reached on this host: a name in the abstract Unix namespace, so a crashed
+/// listener leaves nothing on disk.
+public enum VMSocketAddress: Sendable, Equatable, CustomStringConvertible {
+    /// A free-form name ("db", "build-cache"); up to 90 bytes.
+    case name(String)
+    /// A port number, for code that thinks in ports.
+    case port(UInt16)
+
+    /// The abstract socket name, without the leading NUL.
+    var abstractName: String {
+        switch self {
+        case .name(let name): "vmsock/name/\(name)"
+        case .port(let port): "vmsock/port/\(port)"
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .name(let name): "vmsock endpoint '\(name)'"
+        case .port(let port): "vmsock port \(port)"
+        }
+    }
+}
+
+/// The AF_UNIX SOCK_SEQPACKET control socket: the handshake travels over it, and afterwards it stays open as the
+/// liveness channel (the peer's death closes it, which wakes anyone polling it).
+enum ControlSocket {
+    static func socketAddress(_ address: VMSocketAddress) throws(VMSockError) -> (sockaddr_un, socklen_t) {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let name = Array(address.abstractName.utf8)
+        let capacity = MemoryLayout.size(ofValue: addr.sun_path)
+        guard !name.isEmpty, name.count < capacity else {
+            throw VMSockError(code: EINVAL, "\(address): name too long (at most \(capacity - 14) bytes)")
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { path in
+            path[0] = 0  // abstract namespace
+            path.baseAddress!.advanced(by: 1).copyMemory(from: name, byteCount: name.count)
+        }
+        let length = MemoryLayout<sa_family_t>.size + 1 + name.count
+        return (addr, socklen_t(length))
+    }
+
+    static func makeSocket() throws(VMSockError) -> Descriptor {
+        Descriptor(try Sys.check("socket(AF_UNIX, SOCK_SEQPACKET)") {
+            socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        })
+    }
+
+    static func listen(_ address: VMSocketAddress, backlog: Int32) throws(VMSockError) -> Descriptor {
+        let fd = try makeSocket()
+        var (addr, length) = try socketAddress(address)
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd.raw, $0, length) }
+        }
+        if bound != 0 {
+            let code = errno
+            if code == EADDRINUSE {
+                throw VMSockError(code: code, "\(address) is already in use by another listener; pick another name or port")
+            }
+            throw VMSockError.system("bind(\(address))", errno: code)
+        }
+        try Sys.check("listen(\(address))") { Glibc.listen(fd.raw, backlog) }
+        return fd
+    }
+
+    static func connect(_ address: VMSocketAddress) throws(VMSockError) -> Descriptor {
+        let fd = try makeSocket()
+        var (addr, length) = try socketAddress(address)
+        let result = Sys.retryingEINTR {
+            withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.raw, $0, length) }
+            }
+        }
+        if result != 0 {
+            let code = errno
+            if code == ECONNREFUSED {
+                throw VMSockError(code: code, "nothing listens on \(address); start a listener there first")
+            }
+            throw VMSockError.system("connect(\(address))", errno: code)
+        }
+        return fd
+    }
+
+    static func peerCredentials(_ fd: Int32) throws(VMSockError) -> PeerCredentials {
+        var pid: pid_t = 0
+        var uid: uid_t = 0
+        var gid: gid_t = 0
+        try Sys.check("getsockopt(SO_PEERCRED)") { vms_peer_credentials(fd, &pid, &uid, &gid) }
+        return PeerCredentials(pid: pid, uid: uid, gid: gid)
+    }
+
+    /// Sends one message, with `descriptors` attached by SCM_RIGHTS. Never raises SIGPIPE.
+    static func send(_ fd: Int32, _ bytes: [UInt8], descriptors: [Int32]) throws(VMSockError) {
+        let controlLength = descriptors.isEmpty ? 0 : vms_cmsg_space(descriptors.count * MemoryLayout<Int32>.size)
+        var control = [UInt8](repeating: 0, count: max(controlLength, 1))
+        var payload = bytes
+        let sent = payload.withUnsafeMutableBytes { data in
+            control.withUnsafeMutableBytes { control in
+                var iov = iovec(iov_base: data.baseAddress, iov_len: data.count)
+                return withUnsafeMutablePointer(to: &iov) { iovPointer in
+                    var msg = msghdr()
+                    msg.msg_iov = iovPointer
+                    msg.msg_iovlen = 1
+                    if !descriptors.isEmpty {
+                        msg.msg_control = control.baseAddress
+                        msg.msg_controllen = controlLength
+                        let cmsg = vms_cmsg_firsthdr(&msg)!
+                        cmsg.pointee.cmsg_level = SOL_SOCKET
+                        cmsg.pointee.cmsg_type = Int32(SCM_RIGHTS)
+                        cmsg.pointee.cmsg_len = vms_cmsg_len(descriptors.count * MemoryLayout<Int32>.size)
+                        let slot = UnsafeMutableRawPointer(vms_cmsg_data(cmsg)!)
+                        for (i, d) in descriptors.enumerated() {
+                            slot.storeBytes(of: d, toByteOffset: i * MemoryLayout<Int32>.size, as: Int32.self)
+                        }
+                    }
+                    return Sys.retryingEINTR { sendmsg(fd, &msg, Int32(MSG_NOSIGNAL)) }
+                }
+            }
+        }
+        if sent < 0 {
+            let code = errno
+            if code == EPIPE || code == ECONNRESET {
+                throw VMSockError(code: ECONNRESET, "peer closed the control socket during the handshake")
+            }
+            throw VMSockError.system("sendmsg(control)", errno: code)
+        }
+        guard sent == bytes.count else { throw .protocolFault("short send of a handshake message") }
+    }
+
+    /// A received message and the descriptors that came with it (owned: closed unless the caller keeps them).
+    struct Received {
+        var bytes: [UInt8]
+        var descriptors: [Descriptor]
+        var truncated: Bool
+    }
+
+    /// Receives one message, waiting at most `timeoutMs`. Room is left for more bytes and descriptors than any
+    /// valid message has, so that an oversized or overfull message is seen as such (and its descriptors closed).
+    static func receive(_ fd: Int32, timeoutMs: Int32) throws(VMSockError) -> Received {
+        var pfd = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+        if try Sys.poll(&pfd, timeoutMs: timeoutMs) == 0 {
+            throw VMSockError(code: ETIMEDOUT, "peer did not answer the handshake within \(timeoutMs) ms")
+        }
+        let maxDescriptors = 16
+        let controlLength = vms_cmsg_space(maxDescriptors * MemoryLayout<Int32>.size)
+        var control = [UInt8](repeating: 0, count: controlLength)
+        var data = [UInt8](repeating: 0, count: HandshakeMessage.size * 4)
+        var msg = msghdr()
+        let count = data.withUnsafeMutableBytes { data in
+            control.withUnsafeMutableBytes { control in
+                var iov = iovec(iov_base: data.baseAddress, iov_len: data.count)
+                return withUnsafeMutablePointer(to: &iov) { iovPointer in
+                    msg.msg_iov = iovPointer
+                    msg.msg_iovlen = 1
+                    msg.msg_control = control.baseAddress
+                    msg.msg_controllen = controlLength
+                    return Sys.retryingEINTR { recvmsg(fd, &msg, Int32(MSG_CMSG_CLOEXEC) | Int32(MSG_DONTWAIT)) }
+                }
+            }
+        }
+        if count < 0 {
+            let code = errno
+            if code == ECONNRESET { throw VMSockError(code: ECONNRESET, "peer reset the control socket during the handshake") }
+            throw VMSockError.system("recvmsg(control)", errno: code)
+        }
+        var descriptors: [Descriptor] = []
+        control.withUnsafeMutableBytes { control in
+            msg.msg_control = control.baseAddress
+            var cmsg = vms_cmsg_firsthdr(&msg)
+            while let header = cmsg {
+                if header.pointee.cmsg_level == SOL_SOCKET && header.pointee.cmsg_type == Int32(SCM_RIGHTS) {
+                    let bytes = Int(header.pointee.cmsg_len) - vms_cmsg_len(0)
+                    let slot = UnsafeRawPointer(vms_cmsg_data(header)!)
+                    for i in 0..<max(0, bytes / MemoryLayout<Int32>.size) {
+                        descriptors.append(Descriptor(slot.loadUnaligned(fromByteOffset: i * 4, as: Int32.self)))
+                    }
+                }
+                cmsg = vms_cmsg_nxthdr(&msg, header)
+            }
+        }
+        let truncated = msg.msg_flags & (Int32(MSG_TRUNC) | Int32(MSG_CTRUNC)) != 0
+        return Received(bytes: Array(data.prefix(count)), descriptors: descriptors, truncated: truncated)
+    }
+}

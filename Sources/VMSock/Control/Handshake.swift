@@ -1,0 +1,147 @@
+import Glibc
+
+/// What both sides hold once the handshake succeeded: their own region and bells, the peer's (checked) region and
+/// bells, and the control socket that now serves as the liveness channel.
+struct EstablishedLink {
+    let control: Descriptor
+    let peer: PeerCredentials
+    let localRegion: SharedRegion
+    let peerRegion: SharedRegion
+    let dataBell: Doorbell
+    let spaceBell: Doorbell
+    let peerDataBell: Doorbell
+    let peerSpaceBell: Doorbell
+}
+
+/// Our half of a connection before the peer has seen it: the region and bells we are about to pass.
+private struct LocalHalf {
+    let region: SharedRegion
+    let memfd: Descriptor
+    let dataBell: Doorbell
+    let spaceBell: Doorbell
+
+    init(capacity: Int) throws(VMSockError) {
+        (region, memfd) = try SharedRegion.create(capacity: capacity)
+        dataBell = try Doorbell.create()
+        spaceBell = try Doorbell.create()
+    }
+
+    var descriptors: [Int32] { [memfd.raw, dataBell.fd, spaceBell.fd] }
+}
+
+/// The connect handshake. Connector: hello with its memory and bells; listener: welcome with its own, or reject.
+enum Handshake {
+    /// The connector's side: one round trip on a fresh control socket.
+    static func connect(
+        _ address: VMSocketAddress, capacity: Int, policy: PeerPolicy, timeoutMs: Int32
+    ) throws(VMSockError) -> EstablishedLink {
+        let mine = try LocalHalf(capacity: capacity)
+        let control = try ControlSocket.connect(address)
+        let peer = try ControlSocket.peerCredentials(control.raw)
+        guard policy.admits(peer) else {
+            throw VMSockError(
+                code: ECONNREFUSED,
+                "\(address) is owned by uid \(peer.uid) (pid \(peer.pid)), which this process does not trust")
+        }
+        let hello = HandshakeMessage(kind: .hello, ringCapacity: UInt32(capacity))
+        try ControlSocket.send(control.raw, hello.encoded(), descriptors: mine.descriptors)
+        let reply = try ControlSocket.receive(control.raw, timeoutMs: timeoutMs)
+        if reply.bytes.isEmpty && !reply.truncated {
+            throw VMSockError(code: ECONNRESET, "\(address) closed the connection during the handshake")
+        }
+        let message = try decode(reply, from: "listener")
+        switch message.kind {
+        case .welcome: break
+        case .reject:
+            let reason = HandshakeMessage.RejectReason(rawValue: message.rejectReason).map { "\($0)" }
+                ?? "reason \(message.rejectReason)"
+            let detail = message.rejectReason == HandshakeMessage.RejectReason.versionMismatch.rawValue
+                ? " (listener speaks protocol \(message.version), we speak \(HandshakeMessage.protocolVersion))" : ""
+            throw VMSockError(code: ECONNREFUSED, "\(address) refused the connection: \(reason)\(detail)")
+        case .hello:
+            throw .protocolFault("listener answered the handshake with a hello")
+        }
+        guard message.version == HandshakeMessage.protocolVersion else {
+            throw .protocolFault("listener welcomed us with protocol \(message.version), we speak \(HandshakeMessage.protocolVersion)")
+        }
+        let theirs = try adopt(reply.descriptors, capacity: Int(message.ringCapacity), from: "listener")
+        return EstablishedLink(
+            control: control, peer: peer, localRegion: mine.region, peerRegion: theirs.region,
+            dataBell: mine.dataBell, spaceBell: mine.spaceBell,
+            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell)
+    }
+
+    /// The listener's side, on a control socket just accepted. A connector that is not admitted, or whose hello
+    /// is malformed or of another version, gets a reject saying why, and this throws.
+    static func accept(
+        _ control: Descriptor, capacity: Int, policy: PeerPolicy, timeoutMs: Int32
+    ) throws(VMSockError) -> EstablishedLink {
+        let peer = try ControlSocket.peerCredentials(control.raw)
+        guard policy.admits(peer) else {
+            reject(control, .notPermitted)
+            throw VMSockError(code: EACCES, "refused a connector with uid \(peer.uid) (pid \(peer.pid)) by policy")
+        }
+        let request = try ControlSocket.receive(control.raw, timeoutMs: timeoutMs)
+        if request.bytes.isEmpty && !request.truncated {
+            throw VMSockError(code: ECONNRESET, "connector closed the connection before its hello")
+        }
+        let theirs: PeerHalf
+        do throws(VMSockError) {
+            let hello = try decode(request, from: "connector")
+            guard hello.version == HandshakeMessage.protocolVersion else {
+                reject(control, .versionMismatch)
+                throw VMSockError.protocolFault(
+                    "connector speaks protocol \(hello.version), we speak \(HandshakeMessage.protocolVersion)")
+            }
+            guard hello.kind == .hello else { throw VMSockError.protocolFault("connector sent a \(hello.kind) instead of a hello") }
+            theirs = try adopt(request.descriptors, capacity: Int(hello.ringCapacity), from: "connector")
+        } catch {
+            if error.code == EPROTO { reject(control, .badRequest) }
+            throw error
+        }
+        let mine: LocalHalf
+        do throws(VMSockError) { mine = try LocalHalf(capacity: capacity) } catch {
+            reject(control, .outOfResources)
+            throw error
+        }
+        let welcome = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity))
+        try ControlSocket.send(control.raw, welcome.encoded(), descriptors: mine.descriptors)
+        return EstablishedLink(
+            control: control, peer: peer, localRegion: mine.region, peerRegion: theirs.region,
+            dataBell: mine.dataBell, spaceBell: mine.spaceBell,
+            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell)
+    }
+
+    private static func reject(_ control: Descriptor, _ reason: HandshakeMessage.RejectReason) {
+        let message = HandshakeMessage(kind: .reject, rejectReason: reason.rawValue)
+        try? ControlSocket.send(control.raw, message.encoded(), descriptors: [])
+    }
+
+    private static func decode(_ received: ControlSocket.Received, from who: String) throws(VMSockError) -> HandshakeMessage {
+        guard !received.truncated else { throw .protocolFault("\(who) sent an oversized handshake message or too many descriptors") }
+        let decoded = received.bytes.withUnsafeBytes { bytes in
+            Result { () throws(HandshakeMessage.DecodeError) in try HandshakeMessage.decode(bytes) }
+        }
+        switch decoded {
+        case .success(let message): return message
+        case .failure(let error): throw .protocolFault("\(who) sent a malformed handshake: \(error)")
+        }
+    }
+
+    private struct PeerHalf {
+        let region: SharedRegion
+        let dataBell: Doorbell
+        let spaceBell: Doorbell
+    }
+
+    /// Checks and maps what the peer passed: exactly memfd, data bell, space bell. Every received descriptor is
+    /// owned by `descriptors`, so whatever we do not keep is closed when this returns or throws.
+    private static func adopt(_ descriptors: [Descriptor], capacity: Int, from who: String) throws(VMSockError) -> PeerHalf {
+        guard descriptors.count == HandshakeMessage.descriptorCount else {
+            throw .protocolFault("\(who) passed \(descriptors.count) descriptors, expected \(HandshakeMessage.descriptorCount)")
+        }
+        let region = try SharedRegion.attachPeer(fd: descriptors[0].raw, capacity: capacity)
+        return PeerHalf(
+            region: region, dataBell: try Doorbell.adoptPeer(descriptors[1]), spaceBell: try Doorbell.adoptPeer(descriptors[2]))
+    }
+}

@@ -1,0 +1,101 @@
+/// The two messages of the connect handshake: the "hypercall" of the design, one round trip at connect time.
+///
+/// Sent as single SOCK_SEQPACKET messages over the control socket. Fixed size, little-endian:
+/// ```
+///  offset  size  field
+///       0     4  magic "VMSH"
+///       4     2  protocol version (1)
+///       6     2  kind: 1 hello (connector), 2 welcome (listener), 3 reject (listener)
+///       8     4  ring capacity: bytes of the sender's outgoing ring (hello, welcome); 0 in a reject
+///      12     4  reject reason (reject only, else 0)
+///      16    16  reserved, zero
+/// ```
+/// Hello and welcome carry exactly three descriptors with SCM_RIGHTS: the sender's ring memfd, the bell it sleeps
+/// on waiting for data, and the bell it sleeps on waiting for space. A reject carries none.
+public struct HandshakeMessage: Equatable, Sendable {
+    public static let magic: UInt32 = 0x4853_4d56  // "VMSH" little-endian
+    public static let protocolVersion: UInt16 = 1
+    public static let size = 32
+    public static let descriptorCount = 3
+
+    public enum Kind: UInt16, Sendable {
+        case hello = 1
+        case welcome = 2
+        case reject = 3
+    }
+
+    /// Why a listener turned a connector away; sent in a reject.
+    public enum RejectReason: UInt32, Sendable, CustomStringConvertible {
+        case versionMismatch = 1
+        case notPermitted = 2
+        case badRequest = 3
+        case outOfResources = 4
+
+        public var description: String {
+            switch self {
+            case .versionMismatch: "version mismatch"
+            case .notPermitted: "refused by the listener's policy"
+            case .badRequest: "malformed request"
+            case .outOfResources: "listener out of resources"
+            }
+        }
+    }
+
+    public var version: UInt16
+    public var kind: Kind
+    public var ringCapacity: UInt32
+    public var rejectReason: UInt32
+
+    public init(kind: Kind, ringCapacity: UInt32 = 0, rejectReason: UInt32 = 0, version: UInt16 = protocolVersion) {
+        self.version = version
+        self.kind = kind
+        self.ringCapacity = ringCapacity
+        self.rejectReason = rejectReason
+    }
+
+    public func encoded() -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: Self.size)
+        func put<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+            withUnsafeBytes(of: value.littleEndian) { bytes.replaceSubrange(offset..<offset + $0.count, with: $0) }
+        }
+        put(Self.magic, at: 0)
+        put(version, at: 4)
+        put(kind.rawValue, at: 6)
+        put(ringCapacity, at: 8)
+        put(rejectReason, at: 12)
+        return bytes
+    }
+
+    public enum DecodeError: Error, Equatable, CustomStringConvertible {
+        case wrongSize(Int)
+        case badMagic(UInt32)
+        case unknownKind(UInt16)
+        case nonZeroReserved
+
+        public var description: String {
+            switch self {
+            case .wrongSize(let n): "handshake message of \(n) bytes, expected \(HandshakeMessage.size)"
+            case .badMagic(let m): "handshake magic 0x\(String(m, radix: 16)), expected 0x\(String(HandshakeMessage.magic, radix: 16))"
+            case .unknownKind(let k): "unknown handshake message kind \(k)"
+            case .nonZeroReserved: "handshake message has non-zero reserved bytes"
+            }
+        }
+    }
+
+    /// Decodes a message. The version is returned as sent, for the caller to compare (a different version is not
+    /// malformed: the listener answers it with a reject saying which version it speaks).
+    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(DecodeError) -> HandshakeMessage {
+        guard bytes.count == size else { throw .wrongSize(bytes.count) }
+        func get<T: FixedWidthInteger>(_: T.Type, at offset: Int) -> T {
+            T(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: T.self))
+        }
+        let magic = get(UInt32.self, at: 0)
+        guard magic == Self.magic else { throw .badMagic(magic) }
+        let rawKind = get(UInt16.self, at: 6)
+        guard let kind = Kind(rawValue: rawKind) else { throw .unknownKind(rawKind) }
+        guard bytes[16..<32].allSatisfy({ $0 == 0 }) else { throw .nonZeroReserved }
+        return HandshakeMessage(
+            kind: kind, ringCapacity: get(UInt32.self, at: 8), rejectReason: get(UInt32.self, at: 12),
+            version: get(UInt16.self, at: 4))
+    }
+}

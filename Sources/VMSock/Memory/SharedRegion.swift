@@ -1,0 +1,93 @@
+import CVMSock
+import Glibc
+import VMSockRing
+
+/// One side's ring region (see `RingLayout`), mapped into this process.
+///
+/// The data area is mapped twice back to back, so that any slice of up to `capacity` bytes starting inside the
+/// first copy is contiguous in memory:
+/// ```
+///  base                base+4096            base+4096+cap           base+4096+2*cap
+///  | header (4 KiB)    | data (file 4096..)  | data again (same pages) |
+/// ```
+/// Our own region is mapped read-write and sealed before the peer sees it; the peer's is mapped read-only.
+final class SharedRegion: @unchecked Sendable {  // immutable after init; the mapping is released in deinit
+    let base: UnsafeMutableRawPointer
+    let capacity: Int
+    private let mappedLength: Int
+
+    var data: UnsafeMutableRawPointer { base + RingLayout.headerSize }
+
+    private init(base: UnsafeMutableRawPointer, capacity: Int) {
+        self.base = base
+        self.capacity = capacity
+        self.mappedLength = RingLayout.headerSize + 2 * capacity
+    }
+
+    deinit { munmap(base, mappedLength) }
+
+    /// Creates our own region in a new memfd, initialises its header and seals it: it can never grow or shrink,
+    /// and nobody can map it writable again (F_SEAL_FUTURE_WRITE), so the peer we pass it to can only read it.
+    /// - Returns: the mapping and the memfd to pass to the peer.
+    static func create(capacity: Int) throws(VMSockError) -> (SharedRegion, Descriptor) {
+        guard RingLayout.isValid(capacity: capacity) else {
+            throw VMSockError(
+                code: EINVAL,
+                "ring size \(capacity) is invalid: use a power of two from \(RingLayout.minimumCapacity) to \(RingLayout.maximumCapacity)")
+        }
+        let fd = Descriptor(try Sys.check("memfd_create") { vms_memfd_create("vmsock-ring", VMS_MFD_CLOEXEC | VMS_MFD_ALLOW_SEALING) })
+        let size = RingLayout.regionSize(capacity: capacity)
+        try Sys.check("ftruncate(memfd, \(size))") { ftruncate(fd.raw, off_t(size)) }
+        let region = try map(fd: fd.raw, capacity: capacity, writable: true)
+        LocalHeader(base: region.base).initialize(capacity: capacity)
+        let seals = VMS_F_SEAL_GROW | VMS_F_SEAL_SHRINK | VMS_F_SEAL_FUTURE_WRITE | VMS_F_SEAL_SEAL
+        try Sys.check("fcntl(F_ADD_SEALS)") { fcntl(fd.raw, VMS_F_ADD_SEALS, seals) }
+        return (region, fd)
+    }
+
+    /// Maps the peer's region read-only after checking that it is safe to touch: a sealed memfd (it cannot shrink
+    /// under us, which would turn our reads into SIGBUS) of exactly the announced size, with a valid header.
+    static func attachPeer(fd: Int32, capacity: Int) throws(VMSockError) -> SharedRegion {
+        guard RingLayout.isValid(capacity: capacity) else {
+            throw .protocolFault("peer announced ring size \(capacity), which is not a power of two in 4 KiB...64 MiB")
+        }
+        let seals = fcntl(fd, VMS_F_GET_SEALS)
+        guard seals >= 0 else { throw .protocolFault("peer's ring memory is not a memfd (F_GET_SEALS failed)") }
+        let required = VMS_F_SEAL_GROW | VMS_F_SEAL_SHRINK
+        guard seals & required == required else {
+            throw .protocolFault("peer's ring memory is not sealed against resizing (seals 0x\(String(seals, radix: 16)))")
+        }
+        var info = stat()
+        try Sys.check("fstat(peer memfd)") { fstat(fd, &info) }
+        let expected = RingLayout.regionSize(capacity: capacity)
+        guard (info.st_mode & S_IFMT) == S_IFREG, Int(info.st_size) == expected else {
+            throw .protocolFault("peer's ring memory has size \(info.st_size), expected \(expected)")
+        }
+        let region = try map(fd: fd, capacity: capacity, writable: false)
+        do throws(RingViolation) {
+            try PeerHeader(base: region.base).validate(expectedCapacity: capacity)
+        } catch {
+            throw .protocolFault(error)
+        }
+        return region
+    }
+
+    /// Reserves header + 2 * capacity of address space, then maps the file's header and data at the start and
+    /// the data again right after it.
+    private static func map(fd: Int32, capacity: Int, writable: Bool) throws(VMSockError) -> SharedRegion {
+        let header = RingLayout.headerSize
+        let total = header + 2 * capacity
+        guard let reserved = mmap(nil, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+            reserved != MAP_FAILED
+        else { throw .system("mmap(reserve \(total) bytes)") }
+        let protection = writable ? PROT_READ | PROT_WRITE : PROT_READ
+        let first = mmap(reserved, header + capacity, protection, MAP_SHARED | MAP_FIXED, fd, 0)
+        let second = mmap(reserved + header + capacity, capacity, protection, MAP_SHARED | MAP_FIXED, fd, off_t(header))
+        guard first != MAP_FAILED, second != MAP_FAILED else {
+            let error = VMSockError.system("mmap(ring memory)")
+            munmap(reserved, total)
+            throw error
+        }
+        return SharedRegion(base: reserved, capacity: capacity)
+    }
+}

@@ -1,0 +1,377 @@
+import CVMSock
+import Glibc
+import Synchronization
+import VMSockRing
+
+/// The engine of a shared-memory connection: two rings, four doorbells and a liveness socket.
+///
+/// Threads: like a TCP socket, one thread may read while another writes. The read side (`rx`, `readArmed`) is
+/// touched only by reading calls, the write side (`tx`) only by writing calls; two threads reading at once (or
+/// writing at once) is not supported. Everything shared between the two sides is atomic (`state`, the options).
+final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above for why this is safe
+    private var rx: RingConsumer
+    private var tx: RingProducer
+    private var readArmed = false
+
+    private let local: LocalHeader
+    private let peer: PeerHeader
+    private let link: EstablishedLink
+    /// An epoll set of our data bell and the control socket: readable when data may have arrived or the peer left.
+    let pollDescriptor: Descriptor
+
+    private let state = Atomic<UInt32>(0)
+    private let fault = Mutex<VMSockError?>(nil)
+
+    let nonBlocking = Atomic<Bool>(false)
+    /// Nanoseconds; negative means no timeout.
+    let readTimeout = Atomic<Int64>(-1)
+    let writeTimeout = Atomic<Int64>(-1)
+    let spinNanos = Atomic<Int64>(Int64(SpinPolicy.processMicroseconds) * 1000)
+
+    private enum State {
+        static let peerGone: UInt32 = 1 << 0
+        static let closed: UInt32 = 1 << 1
+        static let readShut: UInt32 = 1 << 2
+        static let writeShut: UInt32 = 1 << 3
+        static let broken: UInt32 = 1 << 4
+    }
+
+    var peerCredentials: PeerCredentials { link.peer }
+    var capacity: Int { link.localRegion.capacity }
+    var peerCapacity: Int { link.peerRegion.capacity }
+
+    init(_ link: EstablishedLink) throws(VMSockError) {
+        self.link = link
+        local = LocalHeader(base: link.localRegion.base)
+        peer = PeerHeader(base: link.peerRegion.base)
+        tx = RingProducer(
+            data: link.localRegion.data, capacity: link.localRegion.capacity, mirrored: true, local: local, peer: peer)
+        rx = RingConsumer(
+            data: link.peerRegion.data, capacity: link.peerRegion.capacity, mirrored: true, local: local, peer: peer)
+        pollDescriptor = Descriptor(try Sys.check("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) })
+        for fd in [link.dataBell.fd, link.control.raw] {
+            var event = epoll_event(events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue, data: epoll_data_t(fd: fd))
+            try Sys.check("epoll_ctl") { epoll_ctl(pollDescriptor.raw, EPOLL_CTL_ADD, fd, &event) }
+        }
+    }
+
+    // MARK: Reading
+
+    /// Waits until at least one byte is readable (or end of stream) and returns how many are, refreshing from the
+    /// peer when fewer than `wanted` are known. Returns 0 at end of stream.
+    @inline(__always)
+    func awaitReadable(wanted: Int) throws(VMSockError) -> Int {
+        var deadline: Int64? = nil
+        while true {
+            let flags = state.load(ordering: .relaxed)
+            if flags & (State.closed | State.broken) != 0 { throw unusable(flags) }
+            if flags & State.readShut != 0 { return 0 }
+            var available = rx.cachedAvailable
+            if available < wanted { available = try refreshAvailable() }
+            if available > 0 { return available }
+            if peerFinishedWriting(flags) {
+                // The peer's last position was published before its shutdown bit (or its death): read it once more.
+                if try refreshAvailable() == 0 { return 0 }
+                continue
+            }
+            try sleepUntilReadable(&deadline)
+        }
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws(VMSockError) -> Int {
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
+        let count = min(try awaitReadable(wanted: buffer.count), buffer.count)
+        if count > 0 {
+            rx.copyOut(base, count: count)
+            consume(count)
+        }
+        return count
+    }
+
+    func readv(_ buffers: [UnsafeMutableRawBufferPointer]) throws(VMSockError) -> Int {
+        let wanted = buffers.reduce(0) { $0 + $1.count }
+        guard wanted > 0 else { return 0 }
+        let count = min(try awaitReadable(wanted: wanted), wanted)
+        var done = 0
+        for buffer in buffers where done < count && buffer.count > 0 {
+            let n = min(buffer.count, count - done)
+            rx.copyOut(buffer.baseAddress!, count: n, skipping: done)
+            done += n
+        }
+        if count > 0 { consume(count) }
+        return count
+    }
+
+    /// Zero-copy read: `body` sees the readable bytes in place (read-only) and returns how many it consumed.
+    func readInPlace(_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int {
+        guard try awaitReadable(wanted: 1) > 0 else { return 0 }
+        let view = rx.contiguousAvailable
+        let used = try body(view)
+        guard used >= 0 && used <= view.count else {
+            throw VMSockError(code: EINVAL, "readInPlace body consumed \(used) of \(view.count) bytes")
+        }
+        if used > 0 { consume(used) }
+        return used
+    }
+
+    /// Gives bytes back to the peer, and wakes its writer if it sleeps waiting for space.
+    @inline(__always)
+    private func consume(_ count: Int) {
+        rx.consume(count)
+        if peer.isWaitingForSpace { link.peerSpaceBell.ring() }
+        if readArmed { disarmReadable() }
+    }
+
+    // MARK: Writing
+
+    /// Waits until at least `minimum` bytes (capped at the ring size) are free and returns how many are.
+    @inline(__always)
+    func awaitWritable(wanted: Int, minimum: Int = 1) throws(VMSockError) -> Int {
+        var deadline: Int64? = nil
+        let needed = min(minimum, tx.capacityBytes)
+        while true {
+            let flags = state.load(ordering: .relaxed)
+            if flags & (State.closed | State.broken) != 0 { throw unusable(flags) }
+            if flags & State.writeShut != 0 { throw VMSockError(code: EPIPE, "socket is shut down for writing") }
+            let peerFlags = peer.shutdownFlags
+            if peerFlags & (LocalHeader.peerStopsReading) != 0 || flags & State.peerGone != 0 {
+                throw VMSockError(code: EPIPE, "peer closed the connection (or stopped reading); nothing more can be sent")
+            }
+            var free = tx.cachedFreeSpace
+            if free < wanted { free = try refreshFreeSpace() }
+            if free >= needed { return free }
+            try sleepUntilWritable(&deadline, needed: needed)
+        }
+    }
+
+    func write(_ buffer: UnsafeRawBufferPointer) throws(VMSockError) -> Int {
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
+        let count = min(try awaitWritable(wanted: buffer.count), buffer.count)
+        tx.copyIn(base, count: count)
+        publish(count)
+        return count
+    }
+
+    func writev(_ buffers: [UnsafeRawBufferPointer]) throws(VMSockError) -> Int {
+        let wanted = buffers.reduce(0) { $0 + $1.count }
+        guard wanted > 0 else { return 0 }
+        let count = min(try awaitWritable(wanted: wanted), wanted)
+        var done = 0
+        for buffer in buffers where done < count && buffer.count > 0 {
+            let n = min(buffer.count, count - done)
+            tx.copyIn(buffer.baseAddress!, count: n, skipping: done)
+            done += n
+        }
+        publish(count)
+        return count
+    }
+
+    /// Zero-copy write: `body` fills free ring space in place and returns how many bytes to publish.
+    func writeInPlace(minimum: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int {
+        _ = try awaitWritable(wanted: max(minimum, 1), minimum: max(minimum, 1))
+        let space = tx.contiguousFreeSpace
+        let used = try body(space)
+        guard used >= 0 && used <= space.count else {
+            throw VMSockError(code: EINVAL, "writeInPlace body produced \(used) bytes into \(space.count) of space")
+        }
+        if used > 0 { publish(used) }
+        return used
+    }
+
+    /// Makes bytes visible to the peer, and wakes its reader if it sleeps waiting for data.
+    @inline(__always)
+    private func publish(_ count: Int) {
+        tx.publish(count)
+        if peer.isWaitingForData { link.peerDataBell.ring() }
+    }
+
+    // MARK: Checked positions
+
+    @inline(__always)
+    private func refreshAvailable() throws(VMSockError) -> Int {
+        do throws(RingViolation) { return try rx.refreshAvailable() } catch { throw tearDown(.protocolFault(error)) }
+    }
+
+    @inline(__always)
+    private func refreshFreeSpace() throws(VMSockError) -> Int {
+        do throws(RingViolation) { return try tx.refreshFreeSpace() } catch { throw tearDown(.protocolFault(error)) }
+    }
+
+    @inline(__always)
+    private func peerFinishedWriting(_ flags: UInt32) -> Bool {
+        flags & State.peerGone != 0 || peer.shutdownFlags & LocalHeader.peerStopsWriting != 0
+    }
+
+    // MARK: Waiting
+
+    private func sleepUntilReadable(_ deadline: inout Int64?) throws(VMSockError) {
+        if nonBlocking.load(ordering: .relaxed) {
+            if try !controlSaysPeerGone(timeoutMs: 0) {
+                throw VMSockError(code: EAGAIN, "no data to read yet (non-blocking socket)")
+            }
+            return
+        }
+        let end = deadline ?? startDeadline(readTimeout)
+        deadline = end
+        if spin(until: end, { (try? rx.refreshAvailable()).map { $0 > 0 } ?? true || peer.shutdownFlags != 0 }) {
+            return
+        }
+        local.setWaitingForData(true)
+        defer { local.setWaitingForData(false) }
+        // Announce, then re-check: a publish that raced with the announcement is seen here, any later one rings.
+        if try refreshAvailable() > 0 || peerFinishedWriting(state.load(ordering: .relaxed)) { return }
+        try sleep(on: link.dataBell, until: end, what: "read")
+    }
+
+    private func sleepUntilWritable(_ deadline: inout Int64?, needed: Int) throws(VMSockError) {
+        if nonBlocking.load(ordering: .relaxed) {
+            if try !controlSaysPeerGone(timeoutMs: 0) {
+                throw VMSockError(code: EAGAIN, "no room to write yet (non-blocking socket); the peer is not reading")
+            }
+            return
+        }
+        let end = deadline ?? startDeadline(writeTimeout)
+        deadline = end
+        if spin(until: end, { (try? tx.refreshFreeSpace()).map { $0 >= needed } ?? true || peer.shutdownFlags != 0 }) {
+            return
+        }
+        local.setWaitingForSpace(true)
+        defer { local.setWaitingForSpace(false) }
+        if try refreshFreeSpace() >= needed || peer.shutdownFlags != 0 { return }
+        try sleep(on: link.spaceBell, until: end, what: "write")
+    }
+
+    /// The absolute deadline for a call, or Int64.max without a timeout.
+    private func startDeadline(_ timeout: borrowing Atomic<Int64>) -> Int64 {
+        let nanos = timeout.load(ordering: .relaxed)
+        return nanos < 0 ? .max : monotonicNanos() &+ nanos
+    }
+
+    /// Spins on shared memory until `ready` or the spin budget (or the deadline) runs out. No system calls:
+    /// the clock is read through the vDSO, and only every 64 turns.
+    @inline(__always)
+    private func spin(until deadline: Int64, _ ready: () -> Bool) -> Bool {
+        let budget = spinNanos.load(ordering: .relaxed)
+        guard budget > 0 else { return false }
+        let end = min(deadline, monotonicNanos() &+ budget)
+        var turns = 0
+        while true {
+            if ready() { return true }
+            turns &+= 1
+            if turns & 63 == 0 && monotonicNanos() >= end { return false }
+            vms_cpu_relax()
+        }
+    }
+
+    /// One sleep on a bell (or the liveness socket), bounded by the deadline. Returns after any wake-up; the
+    /// caller re-checks the ring.
+    private func sleep(on bell: Doorbell, until deadline: Int64, what: String) throws(VMSockError) {
+        var timeoutMs: Int32 = -1
+        if deadline != .max {
+            let left = deadline - monotonicNanos()
+            if left <= 0 { throw VMSockError(code: ETIMEDOUT, "\(what) timed out") }
+            timeoutMs = Int32(clamping: (left + 999_999) / 1_000_000)
+        }
+        var fds = [
+            pollfd(fd: bell.fd, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: link.control.raw, events: Int16(POLLIN) | Int16(VMS_POLLRDHUP), revents: 0),
+        ]
+        _ = try Sys.poll(&fds, timeoutMs: timeoutMs)
+        if fds[0].revents != 0 { bell.drain() }
+        if fds[1].revents != 0 { _ = try controlSaysPeerGone(timeoutMs: 0) }
+    }
+
+    /// Looks at the liveness socket. After the handshake nothing may arrive on it: end of file means the peer
+    /// is gone (closed, exited, or killed), data means it broke the protocol.
+    private func controlSaysPeerGone(timeoutMs: Int32) throws(VMSockError) -> Bool {
+        if state.load(ordering: .relaxed) & State.peerGone != 0 { return true }
+        var byte: UInt8 = 0
+        let n = Sys.retryingEINTR { recv(link.control.raw, &byte, 1, Int32(MSG_DONTWAIT)) }
+        if n == 0 || (n < 0 && (errno == ECONNRESET || errno == ENOTCONN)) {
+            state.bitwiseOr(State.peerGone, ordering: .acquiringAndReleasing)
+            return true
+        }
+        if n > 0 { throw tearDown(.protocolFault("peer sent data on the control socket after the handshake")) }
+        return false
+    }
+
+    // MARK: Readiness for pollers
+
+    /// Arms `pollDescriptor` for readability: announces that we sleep, then re-checks.
+    /// - Returns: true when the socket is readable right now (do not poll; read). When false, poll
+    ///   `pollDescriptor`; once it fires, read until EAGAIN. A successful read disarms.
+    func armReadable() throws(VMSockError) -> Bool {
+        local.setWaitingForData(true)
+        readArmed = true
+        let flags = state.load(ordering: .relaxed)
+        if flags & (State.closed | State.broken | State.readShut) != 0 { return true }
+        if try refreshAvailable() > 0 || peerFinishedWriting(flags) { return true }
+        return try controlSaysPeerGone(timeoutMs: 0)
+    }
+
+    private func disarmReadable() {
+        local.setWaitingForData(false)
+        link.dataBell.drain()
+        readArmed = false
+    }
+
+    // MARK: Shutdown and close
+
+    func shutdown(read: Bool, write: Bool) throws(VMSockError) {
+        let flags = state.load(ordering: .relaxed)
+        if flags & State.closed != 0 { throw unusable(flags) }
+        var shared: UInt32 = 0
+        if read {
+            state.bitwiseOr(State.readShut, ordering: .acquiringAndReleasing)
+            shared |= RingLayout.Shutdown.read
+        }
+        if write {
+            state.bitwiseOr(State.writeShut, ordering: .acquiringAndReleasing)
+            shared |= RingLayout.Shutdown.write
+        }
+        local.addShutdown(shared)
+        wakeEveryone()
+    }
+
+    /// Tells the peer we are gone and wakes our own blocked calls. Mappings and descriptors are released when the
+    /// last reference goes (a call blocked in another thread still holds one), so no call ever touches unmapped
+    /// memory.
+    func close() {
+        let before = state.bitwiseOr(State.closed, ordering: .acquiringAndReleasing).oldValue
+        guard before & State.closed == 0 else { return }
+        local.addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
+        wakeEveryone()
+        Glibc.shutdown(link.control.raw, Int32(SHUT_RDWR))
+    }
+
+    private func wakeEveryone() {
+        link.peerDataBell.ring()
+        link.peerSpaceBell.ring()
+        link.dataBell.ring()
+        link.spaceBell.ring()
+    }
+
+    /// The peer broke the rules: remember why, tell it we are gone, and make every later call fail with `error`.
+    private func tearDown(_ error: VMSockError) -> VMSockError {
+        fault.withLock { if $0 == nil { $0 = error } }
+        let before = state.bitwiseOr(State.broken, ordering: .acquiringAndReleasing).oldValue
+        if before & State.broken == 0 {
+            local.addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
+            wakeEveryone()
+            Glibc.shutdown(link.control.raw, Int32(SHUT_RDWR))
+        }
+        return error
+    }
+
+    private func unusable(_ flags: UInt32) -> VMSockError {
+        if flags & State.broken != 0, let error = fault.withLock({ $0 }) { return error }
+        return VMSockError(code: EBADF, "socket is closed")
+    }
+}
+
+extension LocalHeader {
+    /// Peer shutdown bits after which it will publish nothing more.
+    static let peerStopsWriting = RingLayout.Shutdown.write | RingLayout.Shutdown.closed
+    /// Peer shutdown bits after which it will read nothing more.
+    static let peerStopsReading = RingLayout.Shutdown.read | RingLayout.Shutdown.closed
+}

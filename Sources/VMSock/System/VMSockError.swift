@@ -1,0 +1,55 @@
+import Glibc
+import VMSockRing
+
+/// An error from a vmsock call: the errno a TCP programmer would get, and a message that says what happened.
+///
+/// Match on `code` the way you would match on errno after a BSD socket call:
+/// ```swift
+/// do { _ = try VMSocket.connect(to: .name("db")) }
+/// catch let error as VMSockError where error.code == ECONNREFUSED { ... }
+/// ```
+public struct VMSockError: Error, CustomStringConvertible, Sendable {
+    /// The errno value: ECONNREFUSED, EAGAIN, ETIMEDOUT, EPIPE, ECONNRESET, EPROTO, EADDRINUSE, EINVAL, EBADF, ...
+    public let code: Int32
+    /// What happened, in words, without the errno name.
+    public let message: String
+
+    public init(code: Int32, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    /// An error from a failed system call: `what` failed, with the errno's text.
+    static func system(_ what: String, errno code: Int32 = errno) -> VMSockError {
+        VMSockError(code: code, "\(what): \(String(cString: strerror(code)))")
+    }
+
+    /// The peer broke the ring rules or the handshake: the connection is torn down.
+    static func protocolFault(_ what: String) -> VMSockError { VMSockError(code: EPROTO, what) }
+
+    static func protocolFault(_ violation: RingViolation) -> VMSockError {
+        VMSockError(code: EPROTO, "peer broke the shared ring: \(violation)")
+    }
+
+    public var description: String { "\(message) [\(Self.name(of: code))]" }
+
+    /// The symbolic errno name, for messages and logs.
+    public static func name(of code: Int32) -> String {
+        switch code {
+        case ECONNREFUSED: "ECONNREFUSED"
+        case EAGAIN: "EAGAIN"
+        case ETIMEDOUT: "ETIMEDOUT"
+        case EPIPE: "EPIPE"
+        case ECONNRESET: "ECONNRESET"
+        case EPROTO: "EPROTO"
+        case EADDRINUSE: "EADDRINUSE"
+        case EINVAL: "EINVAL"
+        case EBADF: "EBADF"
+        case EACCES: "EACCES"
+        case EMFILE: "EMFILE"
+        case ENOMEM: "ENOMEM"
+        case ENOTCONN: "ENOTCONN"
+        default: "errno \(code)"
+        }
+    }
+}

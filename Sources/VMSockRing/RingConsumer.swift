@@ -1,0 +1,81 @@
+import CVMSock
+
+/// The reading end of one ring: the data and its producer position live in the peer's region (read-only to us);
+/// our consumer position lives in ours.
+public struct RingConsumer: @unchecked Sendable {
+    private let data: UnsafeRawPointer
+    private let capacity: UInt64
+    private let mirrored: Bool
+    private let local: LocalHeader
+    private let peer: PeerHeader
+
+    public private(set) var position: UInt64 = 0
+    private var peerProduced: UInt64 = 0
+
+    public init(data: UnsafeRawPointer, capacity: Int, mirrored: Bool, local: LocalHeader, peer: PeerHeader) {
+        precondition(RingLayout.isValid(capacity: capacity))
+        self.data = data
+        self.capacity = UInt64(capacity)
+        self.mirrored = mirrored
+        self.local = local
+        self.peer = peer
+    }
+
+    /// Readable bytes as of the last accepted peer producer position (no shared-memory read).
+    @inline(__always)
+    public var cachedAvailable: Int { Int(peerProduced &- position) }
+
+    /// Reads the peer's producer position, checks it, and returns the readable bytes.
+    /// - Throws: `RingViolation.producerOutOfRange` when the peer's position went backwards or ran more than a
+    ///   whole ring ahead of what we consumed.
+    @inline(__always)
+    public mutating func refreshAvailable() throws(RingViolation) -> Int {
+        let seen = vms_load_acquire_u64(peer.producerPosition)
+        try Self.check(peerProduced: seen, lastSeen: peerProduced, consumed: position, capacity: capacity)
+        peerProduced = seen
+        return cachedAvailable
+    }
+
+    /// The peer's producer position must stay in [lastSeen, consumed + capacity].
+    @inline(__always)
+    public static func check(
+        peerProduced seen: UInt64, lastSeen: UInt64, consumed: UInt64, capacity: UInt64
+    ) throws(RingViolation) {
+        let limit = consumed &+ capacity
+        guard seen &- lastSeen <= limit &- lastSeen else {
+            throw .producerOutOfRange(seen: seen, lastSeen: lastSeen, limit: limit)
+        }
+    }
+
+    /// Copies `count` bytes (at most `cachedAvailable`) out of the ring from `position`. Does not consume.
+    @inline(__always)
+    public func copyOut(_ destination: UnsafeMutableRawPointer, count: Int, skipping skip: Int = 0) {
+        let offset = Int((position &+ UInt64(skip)) & (capacity &- 1))
+        let cap = Int(capacity)
+        if mirrored || offset + count <= cap {
+            destination.copyMemory(from: data + offset, byteCount: count)
+        } else {
+            let first = cap - offset
+            destination.copyMemory(from: data + offset, byteCount: first)
+            (destination + first).copyMemory(from: data, byteCount: count - first)
+        }
+    }
+
+    /// The readable bytes after `position` that are contiguous in memory.
+    @inline(__always)
+    public var contiguousAvailable: UnsafeRawBufferPointer {
+        let offset = Int(position & (capacity &- 1))
+        let available = cachedAvailable
+        let count = mirrored ? available : min(available, Int(capacity) - offset)
+        return UnsafeRawBufferPointer(start: data + offset, count: count)
+    }
+
+    /// Gives `count` bytes back to the peer. Sequentially consistent: the caller reads the peer's
+    /// "waiting for space" flag next.
+    @inline(__always)
+    public mutating func consume(_ count: Int) {
+        precondition(count >= 0 && count <= cachedAvailable, "consume beyond available")
+        position &+= UInt64(count)  // only grows; wrapping after 2^64 bytes is meant
+        vms_store_seqcst_u64(local.consumerPosition, position)
+    }
+}

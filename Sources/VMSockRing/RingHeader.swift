@@ -1,0 +1,85 @@
+import CVMSock
+
+/// Our own region's header: the only place we ever store to shared memory.
+///
+/// Like liburing's private `sqe_head` against the kernel's `khead`, the values here are *published* copies of
+/// positions we keep privately; we never read our own words back to make a decision.
+public struct LocalHeader: @unchecked Sendable {
+    public let base: UnsafeMutableRawPointer
+
+    public init(base: UnsafeMutableRawPointer) { self.base = base }
+
+    /// Writes magic, version, sizes and zero positions. Call once, before the peer can see the region.
+    public func initialize(capacity: Int) {
+        base.initializeMemory(as: UInt8.self, repeating: 0, count: RingLayout.headerSize)
+        base.storeBytes(of: RingLayout.magic.littleEndian, toByteOffset: RingLayout.Offset.magic, as: UInt64.self)
+        base.storeBytes(of: RingLayout.version.littleEndian, toByteOffset: RingLayout.Offset.version, as: UInt32.self)
+        base.storeBytes(
+            of: UInt32(RingLayout.headerSize).littleEndian, toByteOffset: RingLayout.Offset.headerSize, as: UInt32.self)
+        base.storeBytes(of: UInt64(capacity).littleEndian, toByteOffset: RingLayout.Offset.capacity, as: UInt64.self)
+    }
+
+    var producerPosition: UnsafeMutablePointer<UInt64> { word(RingLayout.Offset.producerPosition) }
+    var consumerPosition: UnsafeMutablePointer<UInt64> { word(RingLayout.Offset.consumerPosition) }
+
+    /// Announces (or withdraws) that our reader is about to sleep until the peer publishes.
+    /// Sequentially consistent: the caller re-reads the peer's producer position right after setting it.
+    public func setWaitingForData(_ waiting: Bool) {
+        vms_store_seqcst_u32(word32(RingLayout.Offset.waitingForData), waiting ? 1 : 0)
+    }
+
+    /// Announces (or withdraws) that our writer is about to sleep until the peer consumes.
+    public func setWaitingForSpace(_ waiting: Bool) {
+        vms_store_seqcst_u32(word32(RingLayout.Offset.waitingForSpace), waiting ? 1 : 0)
+    }
+
+    /// Adds shutdown bits (any thread may; the peer only ever sees bits added). Returns the bits now set.
+    @discardableResult
+    public func addShutdown(_ bits: UInt32) -> UInt32 {
+        vms_fetch_or_u32(word32(RingLayout.Offset.shutdownFlags), bits)
+    }
+
+    private func word(_ offset: Int) -> UnsafeMutablePointer<UInt64> {
+        (base + offset).assumingMemoryBound(to: UInt64.self)
+    }
+    private func word32(_ offset: Int) -> UnsafeMutablePointer<UInt32> {
+        (base + offset).assumingMemoryBound(to: UInt32.self)
+    }
+}
+
+/// The peer's region header, mapped read-only. Every value read here is untrusted: it is read once into a local,
+/// checked, and then used; never read twice for one decision.
+public struct PeerHeader: @unchecked Sendable {
+    public let base: UnsafeRawPointer
+
+    public init(base: UnsafeRawPointer) { self.base = base }
+
+    /// Checks the fixed fields the peer wrote before the handshake.
+    public func validate(expectedCapacity: Int) throws(RingViolation) {
+        let magic = UInt64(littleEndian: base.load(fromByteOffset: RingLayout.Offset.magic, as: UInt64.self))
+        guard magic == RingLayout.magic else { throw .badMagic(magic) }
+        let version = UInt32(littleEndian: base.load(fromByteOffset: RingLayout.Offset.version, as: UInt32.self))
+        guard version == RingLayout.version else { throw .versionMismatch(version) }
+        let header = UInt32(littleEndian: base.load(fromByteOffset: RingLayout.Offset.headerSize, as: UInt32.self))
+        guard header == RingLayout.headerSize else { throw .badHeaderSize(header) }
+        let capacity = UInt64(littleEndian: base.load(fromByteOffset: RingLayout.Offset.capacity, as: UInt64.self))
+        guard capacity == UInt64(expectedCapacity) else { throw .capacityMismatch(capacity) }
+    }
+
+    var producerPosition: UnsafePointer<UInt64> { word(RingLayout.Offset.producerPosition) }
+    var consumerPosition: UnsafePointer<UInt64> { word(RingLayout.Offset.consumerPosition) }
+
+    /// Whether the peer's reader sleeps until we publish. Sequentially consistent: read right after publishing.
+    public var isWaitingForData: Bool { vms_load_seqcst_u32(word32(RingLayout.Offset.waitingForData)) != 0 }
+    /// Whether the peer's writer sleeps until we consume.
+    public var isWaitingForSpace: Bool { vms_load_seqcst_u32(word32(RingLayout.Offset.waitingForSpace)) != 0 }
+    /// The peer's shutdown bits (any value is harmless: unknown bits are ignored).
+    public var shutdownFlags: UInt32 { vms_load_acquire_u32(word32(RingLayout.Offset.shutdownFlags)) }
+
+    private func word(_ offset: Int) -> UnsafePointer<UInt64> {
+        (base + offset).assumingMemoryBound(to: UInt64.self)
+    }
+    private func word32(_ offset: Int) -> UnsafePointer<UInt32> {
+        (base + offset).assumingMemoryBound(to: UInt32.self)
+    }
+}

@@ -1,0 +1,68 @@
+/// The memory that one side of a connection owns and writes: its half of the connection.
+///
+/// Each side creates one region, maps it read-write, and hands it to the peer, who maps it read-only. Everything a
+/// side writes lives in its own region, so a peer can never write into ours. The region carries this side's
+/// outgoing bytes (it is the *producer* of its ring) and this side's progress through the peer's ring (it is the
+/// *consumer* of the peer's ring).
+///
+/// ```
+///  offset  size  field                  read by the peer
+///  ------  ----  ---------------------  --------------------------------------------------------------
+///       0     8  magic "vmsockR\u{1}"   once, at attach
+///       8     4  layout version         once, at attach
+///      12     4  header size (4096)     once, at attach
+///      16     8  data capacity          once, at attach (must equal what the handshake said)
+///      24   104  reserved, zero
+///     128     8  producer position      peer reader: bytes of our data it may read, up to here
+///     136   120  padding                (two cache lines per hot word: adjacent-line prefetch)
+///     256     8  consumer position      peer writer: how far we have consumed the peer's ring
+///     264   120  padding
+///     384     4  waiting for data       peer writer: after publishing, ring our data bell if set
+///     388   124  padding
+///     512     4  waiting for space      peer reader: after consuming, ring our space bell if set
+///     516   124  padding
+///     640     4  shutdown flags         peer: bit 0 write side shut (producer position is final),
+///                                             bit 1 read side shut, bit 2 closed
+///     644  3452  reserved, zero
+///    4096   cap  data                   peer reader; mapped twice back to back where the mapper can
+/// ```
+///
+/// Positions are 64-bit byte counters that only grow; a position maps to `data[position & (capacity - 1)]`.
+public enum RingLayout {
+    /// "vmsockR" and a 1, read as a little-endian 64-bit word.
+    public static let magic: UInt64 = 0x0152_6b63_6f73_6d76
+    public static let version: UInt32 = 1
+    public static let headerSize = 4096
+
+    public static let minimumCapacity = 4 << 10
+    public static let maximumCapacity = 64 << 20
+    public static let defaultCapacity = 256 << 10
+
+    enum Offset {
+        static let magic = 0
+        static let version = 8
+        static let headerSize = 12
+        static let capacity = 16
+        static let producerPosition = 128
+        static let consumerPosition = 256
+        static let waitingForData = 384
+        static let waitingForSpace = 512
+        static let shutdownFlags = 640
+    }
+
+    /// Bits of the shutdown word.
+    public enum Shutdown {
+        public static let write: UInt32 = 1 << 0
+        public static let read: UInt32 = 1 << 1
+        public static let closed: UInt32 = 1 << 2
+    }
+
+    /// A data capacity is valid when it is a power of two from 4 KiB to 64 MiB (so it is also a whole number
+    /// of pages, which the double mapping needs).
+    public static func isValid(capacity: Int) -> Bool {
+        capacity >= minimumCapacity && capacity <= maximumCapacity && capacity & (capacity - 1) == 0
+    }
+
+    /// Bytes of the whole region: header and one copy of the data.
+    public static func regionSize(capacity: Int) -> Int { headerSize + capacity }
+}

@@ -1,0 +1,87 @@
+import CVMSock
+
+/// The writing end of one ring: the data lives in our region; the consumer position we obey lives in the peer's.
+///
+/// `position` is our private producer position. It is only ever stored to shared memory, never read back.
+/// `peerConsumed` is the last consumer position the peer published that we checked and accepted.
+public struct RingProducer: @unchecked Sendable {
+    private let data: UnsafeMutableRawPointer
+    private let capacity: UInt64
+    private let mirrored: Bool
+    private let local: LocalHeader
+    private let peer: PeerHeader
+
+    public private(set) var position: UInt64 = 0
+    private var peerConsumed: UInt64 = 0
+
+    /// Bytes of the ring.
+    public var capacityBytes: Int { Int(capacity) }
+
+    /// - Parameters:
+    ///   - data: the start of our data area (`capacity` bytes; `2 * capacity` readable and writable when `mirrored`).
+    ///   - mirrored: the data area is mapped twice back to back, so any slice of up to `capacity` is contiguous.
+    public init(data: UnsafeMutableRawPointer, capacity: Int, mirrored: Bool, local: LocalHeader, peer: PeerHeader) {
+        precondition(RingLayout.isValid(capacity: capacity))
+        self.data = data
+        self.capacity = UInt64(capacity)
+        self.mirrored = mirrored
+        self.local = local
+        self.peer = peer
+    }
+
+    /// Free bytes as of the last accepted peer consumer position (no shared-memory read).
+    @inline(__always)
+    public var cachedFreeSpace: Int { Int(capacity &- (position &- peerConsumed)) }
+
+    /// Reads the peer's consumer position, checks it, and returns the free space.
+    /// - Throws: `RingViolation.consumerOutOfRange` when the peer's position went backwards or past ours.
+    @inline(__always)
+    public mutating func refreshFreeSpace() throws(RingViolation) -> Int {
+        let seen = vms_load_acquire_u64(peer.consumerPosition)
+        try Self.check(peerConsumed: seen, lastSeen: peerConsumed, produced: position)
+        peerConsumed = seen
+        return cachedFreeSpace
+    }
+
+    /// The peer's consumer position must stay in [lastSeen, produced]. Unsigned wrapping differences make this one
+    /// comparison, and keep it right across the (theoretical) 2^64 wrap.
+    @inline(__always)
+    public static func check(peerConsumed seen: UInt64, lastSeen: UInt64, produced: UInt64) throws(RingViolation) {
+        guard seen &- lastSeen <= produced &- lastSeen else {
+            throw .consumerOutOfRange(seen: seen, lastSeen: lastSeen, limit: produced)
+        }
+    }
+
+    /// Copies `count` bytes (at most `cachedFreeSpace`) into the ring after `position`. Does not publish.
+    @inline(__always)
+    public func copyIn(_ source: UnsafeRawPointer, count: Int, skipping skip: Int = 0) {
+        let offset = Int((position &+ UInt64(skip)) & (capacity &- 1))
+        let cap = Int(capacity)
+        if mirrored || offset + count <= cap {
+            (data + offset).copyMemory(from: source, byteCount: count)
+        } else {
+            let first = cap - offset
+            (data + offset).copyMemory(from: source, byteCount: first)
+            data.copyMemory(from: source + first, byteCount: count - first)
+        }
+    }
+
+    /// The free space after `position` that is contiguous in memory: all of it when mirrored, otherwise up to
+    /// the end of the data area.
+    @inline(__always)
+    public var contiguousFreeSpace: UnsafeMutableRawBufferPointer {
+        let offset = Int(position & (capacity &- 1))
+        let free = cachedFreeSpace
+        let count = mirrored ? free : min(free, Int(capacity) - offset)
+        return UnsafeMutableRawBufferPointer(start: data + offset, count: count)
+    }
+
+    /// Makes `count` more bytes visible to the peer. Sequentially consistent, so that the caller's next read of the
+    /// peer's "waiting for data" flag cannot be ordered before it (the publish half of the need-wakeup handshake).
+    @inline(__always)
+    public mutating func publish(_ count: Int) {
+        precondition(count >= 0 && count <= cachedFreeSpace, "publish beyond free space")
+        position &+= UInt64(count)  // positions only grow; wrapping after 2^64 bytes is meant
+        vms_store_seqcst_u64(local.producerPosition, position)
+    }
+}

@@ -1,0 +1,107 @@
+import ArgumentParser
+import Foundation
+import VMSock
+
+/// Streams data between two processes over vmsock and prints the rate, then measures a 64-byte round trip.
+/// The parent listens and spawns a copy of itself as the peer, so one command runs the whole demo.
+@main
+struct Demo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmsock-demo",
+        abstract: "Stream bytes between two processes through vmsock shared memory and print the rate.")
+
+    @Option(help: "Seconds to stream.") var seconds: Double = 3
+    @Option(help: "Bytes per write.") var writeSize: Int = 64 << 10
+    @Option(help: "Ring size in bytes (power of two, 4 KiB to 64 MiB).") var ringSize: Int = 256 << 10
+    @Option(help: "Round trips for the latency measurement.") var roundTrips: Int = 100_000
+    @Option(help: .hidden) var peerOf: String?
+
+    func validate() throws {
+        guard seconds > 0, seconds <= 3600 else { throw ValidationError("--seconds must be in (0, 3600]") }
+        guard writeSize > 0, writeSize <= 64 << 20 else { throw ValidationError("--write-size must be 1 B to 64 MiB") }
+        guard roundTrips > 0 else { throw ValidationError("--round-trips must be positive") }
+    }
+
+    func run() throws {
+        do {
+            if let name = peerOf { try DemoPeer.run(endpoint: name, ringSize: ringSize) } else { try runParent() }
+        } catch let error as VMSockError {
+            FileHandle.standardError.write(Data("vmsock-demo: \(error)\n".utf8))
+            throw ExitCode.failure
+        }
+    }
+
+    private func runParent() throws {
+        let name = "demo-\(getpid())"
+        var options = VMSocketOptions()
+        options.ringSize = ringSize
+        let listener = try VMListener(address: .name(name), options: options)
+        let peer = Process()
+        peer.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        peer.arguments = ["--peer-of", name, "--ring-size", String(ringSize)]
+        try peer.run()
+        defer { if peer.isRunning { peer.terminate() }; peer.waitUntilExit() }
+
+        let stream = try listener.accept()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: writeSize, alignment: 64)
+        defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: 0x5a)
+        let start = Date()
+        var sent = 0
+        while Date().timeIntervalSince(start) < seconds {
+            for _ in 0..<64 {
+                try stream.writeAll(UnsafeRawBufferPointer(buffer))
+                sent += writeSize
+            }
+        }
+        try stream.shutdown(.write)
+        let receipt = try stream.read(upTo: 8)
+        let elapsed = Date().timeIntervalSince(start)
+        let received = receipt.count == 8 ? receipt.withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) } : -1
+        guard received == sent else { throw ValidationError("peer counted \(received) bytes, we sent \(sent)") }
+        let rate = Double(sent) / elapsed
+        print(String(format: "streamed %.2f GiB in %.2f s with %d-byte writes, %d KiB ring: %.2f GB/s (%.2f GiB/s)",
+                     Double(sent) / Double(1 << 30), elapsed, writeSize, ringSize >> 10, rate / 1e9, rate / Double(1 << 30)))
+        stream.close()
+
+        let pingPong = try listener.accept()
+        var message = [UInt8](repeating: 7, count: 64)
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        for _ in 0..<roundTrips {
+            try pingPong.writeAll(message)
+            var got = 0
+            while got < 64 {
+                let n = try message.withUnsafeMutableBytes { try pingPong.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[got...])) }
+                guard n > 0 else { throw ValidationError("peer ended the ping-pong early") }
+                got += n
+            }
+        }
+        let perTrip = Double(DispatchTime.now().uptimeNanoseconds - t0) / Double(roundTrips) / 1000
+        print(String(format: "64-byte round trip: %.2f µs (mean of %d)", perTrip, roundTrips))
+        pingPong.close()
+    }
+}
+
+enum DemoPeer {
+    static func run(endpoint: String, ringSize: Int) throws {
+        var options = VMSocketOptions()
+        options.ringSize = ringSize
+        let stream = try VMSocket.connect(to: .name(endpoint), options: options)
+        var total = 0
+        while true {
+            let n = try stream.readInPlace { $0.count }  // zero-copy: count the bytes where they lie
+            if n == 0 { break }
+            total += n
+        }
+        try stream.writeAll(withUnsafeBytes(of: UInt64(total).littleEndian) { Array($0) })
+        stream.close()
+
+        let echo = try VMSocket.connect(to: .name(endpoint), options: options)
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = try buffer.withUnsafeMutableBytes { try echo.read(into: $0) }
+            if n == 0 { break }
+            try buffer.withUnsafeBytes { try echo.writeAll(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+        }
+    }
+}
