@@ -1,1 +1,72 @@
-print("placeholder")
+// The other process in vmsock's cross-process tests. Each mode is one role; see `usage`.
+// Prints "ready" on stdout when the test may act, and reports failures on stderr with a non-zero exit.
+import CVMSock
+import Foundation
+@_spi(Testing) import VMSock
+
+let usage = """
+    vmsock-testpeer MODE ARGS...
+      stream-listen NAME BYTES RING SEED     accept one, send and check BYTES each way at once
+      stream-connect NAME BYTES RING SEED    connect, send and check BYTES each way at once
+      hold-listen NAME                       accept one connection and sit on it (a victim for kill -9)
+      hold-connect NAME                      connect and sit on it
+      hostile-connect NAME HOW               connect, then break the ring rules (HOW: see Hostile.swift)
+      bad-welcome NAME HOW                   listen and answer the first hello wrongly
+    """
+
+let args = CommandLine.arguments
+guard args.count >= 3 else {
+    FileHandle.standardError.write(Data((usage + "\n").utf8))
+    exit(2)
+}
+
+@Sendable func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("vmsock-testpeer: \(message)\n".utf8))
+    exit(1)
+}
+
+func ready(_ word: String = "ready") {
+    FileHandle.standardOutput.write(Data((word + "\n").utf8))
+}
+
+let name = args[2]
+do {
+    switch args[1] {
+    case "stream-listen", "stream-connect":
+        guard args.count == 6, let bytes = Int(args[3]), let ring = Int(args[4]), let seed = UInt64(args[5]) else {
+            fail("bad arguments\n\(usage)")
+        }
+        let options = VMSocketOptions(ringSize: ring)
+        let socket: VMSocket
+        if args[1] == "stream-listen" {
+            let listener = try VMListener(address: .name(name), options: options)
+            ready()
+            socket = try listener.accept()
+        } else {
+            socket = try VMSocket.connect(to: .name(name), options: options)
+        }
+        let isListener = args[1] == "stream-listen"
+        try PatternPump.run(socket, bytes: bytes, sendSeed: isListener ? seed : seed + 1, receiveSeed: isListener ? seed + 1 : seed)
+        ready("ok")
+    case "hold-listen":
+        let listener = try VMListener(address: .name(name))
+        ready()
+        let socket = try listener.accept()
+        ready("accepted")
+        withExtendedLifetime(socket) { while true { pause() } }
+    case "hold-connect":
+        let socket = try VMSocket.connect(to: .name(name))
+        ready()
+        withExtendedLifetime(socket) { while true { pause() } }
+    case "hostile-connect":
+        guard args.count == 4 else { fail("bad arguments\n\(usage)") }
+        try Hostile.connectAndMisbehave(name: name, how: args[3])
+    case "bad-welcome":
+        guard args.count == 4 else { fail("bad arguments\n\(usage)") }
+        try Hostile.answerWrongly(name: name, how: args[3])
+    default:
+        fail("unknown mode \(args[1])\n\(usage)")
+    }
+} catch {
+    fail("\(error)")
+}

@@ -15,7 +15,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
 
     private let local: LocalHeader
     private let peer: PeerHeader
-    private let link: EstablishedLink
+    let link: EstablishedLink
     /// An epoll set of our data bell and the control socket: readable when data may have arrived or the peer left.
     let pollDescriptor: Descriptor
 
@@ -258,7 +258,10 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         while true {
             if ready() { return true }
             turns &+= 1
-            if turns & 63 == 0 && monotonicNanos() >= end { return false }
+            if turns & 63 == 0 {
+                if monotonicNanos() >= end { return false }
+                sched_yield()
+            }
             vms_cpu_relax()
         }
     }
