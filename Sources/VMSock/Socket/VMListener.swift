@@ -11,8 +11,11 @@ import VMSockRing
 public final class VMListener: @unchecked Sendable {  // immutable but for atomics
     public let address: VMSocketAddress
     public let options: VMSocketOptions
-    private let socket: Descriptor
-    private let closed = Atomic<Bool>(false)
+    private let socket: Int32
+    /// Bit 0: closed. Above it: accept calls using `socket` right now. Whoever leaves it at exactly "closed, no
+    /// users" closes the descriptor, so a concurrent accept never runs on a descriptor number reused elsewhere.
+    private let users = Atomic<Int>(0)
+    private let descriptorClosed = Atomic<Bool>(false)
     private let rejected = Atomic<Int>(0)
     private let lastRejection = Mutex<String?>(nil)
 
@@ -24,10 +27,28 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
         }
         self.address = address
         self.options = options
-        self.socket = try ControlSocket.listen(address, backlog: backlog)
+        // The listener manages its descriptor by hand (see `users`), so it keeps a duplicate of its own.
+        let bound = try ControlSocket.listen(address, backlog: backlog)
+        self.socket = dup(bound.raw)
+        guard socket >= 0 else { throw .system("dup(listening socket)") }
     }
 
     deinit { close() }
+
+    private func enter() throws(VMSockError) {
+        if users.add(2, ordering: .acquiringAndReleasing).newValue & 1 != 0 {
+            leave()
+            throw VMSockError(code: EBADF, "listener is closed")
+        }
+    }
+
+    private func leave() {
+        if users.subtract(2, ordering: .acquiringAndReleasing).newValue == 1 { closeDescriptorOnce() }
+    }
+
+    private func closeDescriptorOnce() {
+        if !descriptorClosed.exchange(true, ordering: .acquiringAndReleasing) { Sys.close(socket) }
+    }
 
     /// Accepts the next connection whose handshake succeeds. A connector that fails the handshake (not trusted,
     /// wrong version, malformed hello, dead before its hello) is turned away with a reason and counted in
@@ -35,13 +56,14 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     /// - Throws: EAGAIN in non-blocking mode when no connector is waiting; EBADF after `close`.
     public func accept() throws(VMSockError) -> VMSocket {
         while true {
-            if closed.load(ordering: .relaxed) { throw VMSockError(code: EBADF, "listener is closed") }
-            let fd = vms_accept_retrying(socket.raw)
+            try enter()
+            let fd = vms_accept_retrying(socket)
+            let code = errno
+            leave()
             if fd < 0 {
-                let code = errno
                 if code == EAGAIN { throw VMSockError(code: EAGAIN, "no connection waiting (non-blocking listener)") }
                 if code == ECONNABORTED { continue }
-                if code == EINVAL && closed.load(ordering: .relaxed) { throw VMSockError(code: EBADF, "listener is closed") }
+                if users.load(ordering: .relaxed) & 1 != 0 { throw VMSockError(code: EBADF, "listener is closed") }
                 throw VMSockError.system("accept(\(address))", errno: code)
             }
             let control = Descriptor(fd)
@@ -62,17 +84,19 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
 
     /// Non-blocking mode for `accept`. The listener's descriptor polls readable when a connector waits.
     public var isNonBlocking: Bool {
-        get { (fcntl(socket.raw, F_GETFL) & O_NONBLOCK) != 0 }
-        set { try? Sys.setNonBlocking(socket.raw, newValue) }
+        get { (fcntl(socket, F_GETFL) & O_NONBLOCK) != 0 }
+        set { try? Sys.setNonBlocking(socket, newValue) }
     }
 
     /// Polls readable when a connection is waiting to be accepted.
-    public var pollDescriptor: Int32 { socket.raw }
+    public var pollDescriptor: Int32 { socket }
 
     /// Stops listening: the endpoint is free for another listener at once. A blocked `accept` fails with EBADF.
     public func close() {
-        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        Glibc.shutdown(socket.raw, Int32(SHUT_RDWR))
+        let before = users.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue
+        guard before & 1 == 0 else { return }
+        Glibc.shutdown(socket, Int32(SHUT_RDWR))  // wakes an accept blocked in another thread
+        if before == 0 { closeDescriptorOnce() }
     }
 }
 

@@ -1,0 +1,87 @@
+import Foundation
+import VMSock
+import XCTest
+
+final class NonBlockingAndTimeoutTests: XCTestCase {
+    func testNonBlockingReadIsEAGAINExactlyWhenEmpty() throws {
+        let (server, client) = try connectedPair()
+        server.isNonBlocking = true
+        XCTAssertErrno(EAGAIN, try server.read(upTo: 10))
+        try client.writeAll([1, 2])
+        XCTAssertEqual(try server.read(upTo: 10), [1, 2])
+        XCTAssertErrno(EAGAIN, try server.read(upTo: 10))
+        client.close()
+        XCTAssertEqual(try server.read(upTo: 10), [], "end of stream, not EAGAIN, once the peer closed")
+    }
+
+    func testNonBlockingWriteIsPartialThenEAGAIN() throws {
+        let (server, client) = try connectedPair(options: VMSocketOptions(ringSize: 4096))
+        client.isNonBlocking = true
+        let big = [UInt8](repeating: 7, count: 5000)
+        XCTAssertEqual(try big.withUnsafeBytes { try client.write($0) }, 4096, "a full ring takes what fits")
+        XCTAssertErrno(EAGAIN, try big.withUnsafeBytes { try client.write($0) })
+        XCTAssertEqual(try server.readExactly(100).count, 100)
+        XCTAssertEqual(try big.withUnsafeBytes { try client.write($0) }, 100)
+    }
+
+    func testReadTimeoutFires() throws {
+        let (server, client) = try connectedPair()
+        defer { withExtendedLifetime(client) {} }
+        server.readTimeout = .milliseconds(200)
+        XCTAssertEqual(server.readTimeout, .milliseconds(200))
+        let start = Date()
+        XCTAssertErrno(ETIMEDOUT, try server.read(upTo: 10))
+        let waited = Date().timeIntervalSince(start)
+        XCTAssertGreaterThanOrEqual(waited, 0.19)
+        XCTAssertLessThan(waited, 2.0)
+    }
+
+    func testWriteTimeoutFiresOnAFullRing() throws {
+        let (server, client) = try connectedPair(options: VMSocketOptions(ringSize: 4096))
+        defer { withExtendedLifetime(server) {} }
+        client.writeTimeout = .milliseconds(200)
+        try client.writeAll([UInt8](repeating: 0, count: 4096))
+        XCTAssertErrno(ETIMEDOUT, try client.writeAll([1]))
+    }
+
+    func testPollDescriptorFiresWhenDataArrivesAfterArming() throws {
+        let (server, client) = try connectedPair()
+        server.isNonBlocking = true
+        XCTAssertFalse(try server.armReadable(), "nothing to read yet")
+        var pfd = pollfd(fd: server.pollDescriptor, events: Int16(POLLIN), revents: 0)
+        XCTAssertEqual(poll(&pfd, 1, 50), 0, "armed and idle: the descriptor stays quiet")
+        let writer = Background {
+            usleep(100_000)
+            try client.writeAll([9, 9, 9])
+        }
+        XCTAssertEqual(poll(&pfd, 1, 5000), 1, "the peer's write must ring the armed descriptor")
+        XCTAssertEqual(try server.read(upTo: 10), [9, 9, 9])
+        XCTAssertNoThrow(try writer.wait()?.get())
+        XCTAssertErrno(EAGAIN, try server.read(upTo: 10))
+        // Arming when data is already there says so, instead of leaving the caller to poll.
+        try client.writeAll([1])
+        XCTAssertTrue(try server.armReadable())
+        XCTAssertEqual(try server.read(upTo: 10), [1])
+    }
+
+    func testPollDescriptorFiresWhenThePeerCloses() throws {
+        let (server, client) = try connectedPair()
+        server.isNonBlocking = true
+        XCTAssertFalse(try server.armReadable())
+        client.close()
+        var pfd = pollfd(fd: server.pollDescriptor, events: Int16(POLLIN), revents: 0)
+        XCTAssertEqual(poll(&pfd, 1, 5000), 1)
+        XCTAssertEqual(try server.read(upTo: 10), [])
+    }
+
+    func testNonBlockingAcceptIsEAGAINWithoutAConnector() throws {
+        let listener = try VMListener(address: .name(uniqueName()))
+        listener.isNonBlocking = true
+        XCTAssertErrno(EAGAIN, try listener.accept())
+        let client = Background { [address = listener.address] in try VMSocket.connect(to: address) }
+        var pfd = pollfd(fd: listener.pollDescriptor, events: Int16(POLLIN), revents: 0)
+        XCTAssertEqual(poll(&pfd, 1, 5000), 1)
+        XCTAssertNoThrow(try listener.accept())
+        XCTAssertNoThrow(try client.wait()?.get())
+    }
+}

@@ -1,0 +1,132 @@
+import Foundation
+import VMSock
+import XCTest
+
+/// TCP semantics between two sockets in one process.
+final class StreamSemanticsTests: XCTestCase {
+    func testBytesArriveInOrderBothWays() throws {
+        let (server, client) = try connectedPair()
+        try client.writeAll(Array("hello, server".utf8))
+        XCTAssertEqual(String(decoding: try server.readExactly(13), as: UTF8.self), "hello, server")
+        try server.writeAll(Array("hello, client".utf8))
+        XCTAssertEqual(String(decoding: try client.readExactly(13), as: UTF8.self), "hello, client")
+    }
+
+    func testShutdownWriteGivesEndOfStreamAfterEveryByte() throws {
+        let (server, client) = try connectedPair(options: VMSocketOptions(ringSize: 4096))
+        let payload = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        let sender = Background {
+            try client.writeAll(payload)
+            try client.shutdown(.write)
+        }
+        var received: [UInt8] = []
+        while true {
+            let chunk = try server.read(upTo: 7777)
+            if chunk.isEmpty { break }
+            received += chunk
+        }
+        XCTAssertNoThrow(try sender.wait()?.get())
+        XCTAssertEqual(received, payload)
+        XCTAssertEqual(try server.read(upTo: 10), [], "end of stream stays end of stream")
+        XCTAssertErrno(EPIPE, try client.writeAll([1]), "writing after shutdown(.write)")
+        // The other direction still works after a half-close.
+        try server.writeAll([42])
+        XCTAssertEqual(try client.readExactly(1), [42])
+    }
+
+    func testCloseGivesPeerEndOfStreamThenEPIPE() throws {
+        let (server, client) = try connectedPair()
+        try client.writeAll([1, 2, 3])
+        client.close()
+        XCTAssertEqual(try server.readExactly(3), [1, 2, 3])
+        XCTAssertEqual(try server.read(upTo: 10), [])
+        XCTAssertErrno(EPIPE, try server.writeAll([4]))
+        XCTAssertErrno(EBADF, try client.read(upTo: 1), "using a closed socket")
+        client.close()  // idempotent
+    }
+
+    func testShutdownReadStopsPeerWritesWithEPIPE() throws {
+        let (server, client) = try connectedPair()
+        try server.shutdown(.read)
+        XCTAssertEqual(try server.read(upTo: 10), [])
+        XCTAssertErrno(EPIPE, try client.writeAll([1]))
+    }
+
+    func testVectoredReadAndWrite() throws {
+        let (server, client) = try connectedPair()
+        let a: [UInt8] = [1, 2, 3], b: [UInt8] = [4, 5], c: [UInt8] = [6, 7, 8, 9]
+        let written = try a.withUnsafeBytes { pa in
+            try b.withUnsafeBytes { pb in try c.withUnsafeBytes { pc in try client.writev([pa, pb, pc]) } }
+        }
+        XCTAssertEqual(written, 9)
+        var x = [UInt8](repeating: 0, count: 4), y = [UInt8](repeating: 0, count: 5)
+        let read = try x.withUnsafeMutableBytes { px in try y.withUnsafeMutableBytes { py in try server.readv([px, py]) } }
+        XCTAssertEqual(read, 9)
+        XCTAssertEqual(x + y, [1, 2, 3, 4, 5, 6, 7, 8, 9])
+    }
+
+    func testZeroCopyWriteAndRead() throws {
+        let (server, client) = try connectedPair(options: VMSocketOptions(ringSize: 4096))
+        // Walk the positions around the ring so the in-place slices cross its end (the mirror mapping).
+        for round in 0..<10 {
+            let written = try client.writeInPlace(minimum: 1000) { space in
+                for i in 0..<1000 { space[i] = UInt8(truncatingIfNeeded: round &+ i) }
+                return 1000
+            }
+            XCTAssertEqual(written, 1000)
+            var seen: [UInt8] = []
+            while seen.count < 1000 {
+                _ = try server.readInPlace { bytes in
+                    seen += bytes
+                    return bytes.count
+                }
+            }
+            XCTAssertEqual(seen, (0..<1000).map { UInt8(truncatingIfNeeded: round &+ $0) })
+        }
+        client.close()
+        XCTAssertEqual(try server.readInPlace { _ in XCTFail("no body call at end of stream"); return 0 }, 0)
+    }
+
+    func testRingSizesAndIdentity() throws {
+        var small = VMSocketOptions(ringSize: 8192)
+        small.ringSize = 8192
+        let name = uniqueName()
+        let listener = try VMListener(address: .name(name), options: VMSocketOptions(ringSize: 1 << 20))
+        let accepted = Background { try listener.accept() }
+        let client = try VMSocket.connect(to: .name(name), options: small)
+        let server = try XCTUnwrap(accepted.wait()).get()
+        XCTAssertEqual(client.ringSize, 8192)
+        XCTAssertEqual(client.peerRingSize, 1 << 20)
+        XCTAssertEqual(server.peerRingSize, 8192)
+        XCTAssertEqual(client.peerCredentials.pid, getpid())
+        XCTAssertEqual(server.peerCredentials.uid, getuid())
+        XCTAssertEqual(client.address, .name(name))
+    }
+
+    func testErrorsATCPProgrammerExpects() throws {
+        XCTAssertErrno(ECONNREFUSED, try VMSocket.connect(to: .name(uniqueName())))
+        XCTAssertErrno(EINVAL, try VMSocket.connect(to: .name("x"), options: VMSocketOptions(ringSize: 5000)))
+        XCTAssertErrno(EINVAL, try VMListener(address: .name("x"), options: VMSocketOptions(ringSize: 128 << 20)))
+        let name = uniqueName()
+        let listener = try VMListener(address: .port(40_000 + UInt16.random(in: 0..<20_000)))
+        XCTAssertErrno(EADDRINUSE, try VMListener(address: listener.address))
+        let first = try VMListener(address: .name(name))
+        first.close()
+        XCTAssertNoThrow(try VMListener(address: .name(name)), "a closed listener frees its name at once")
+        do {
+            _ = try VMSocket.connect(to: .name("nobody-\(name)"))
+        } catch {
+            XCTAssertTrue(error.description.contains("nothing listens"), error.description)
+        }
+    }
+
+    func testCloseFromAnotherThreadWakesABlockedRead() throws {
+        let (server, client) = try connectedPair()
+        defer { withExtendedLifetime(client) {} }
+        let reader = Background { try server.read(upTo: 10) }
+        usleep(100_000)
+        server.close()
+        guard let result = reader.wait(timeout: 2) else { return XCTFail("blocked read did not wake on close") }
+        XCTAssertThrowsError(try result.get()) { XCTAssertEqual(($0 as? VMSockError)?.code, EBADF) }
+    }
+}

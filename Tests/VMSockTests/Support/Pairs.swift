@@ -1,0 +1,36 @@
+import Foundation
+import VMSock
+import XCTest
+
+/// A connected pair in this process: a listener's accepted socket and the connector's socket.
+func connectedPair(options: VMSocketOptions = .init(), name: String = uniqueName()) throws -> (server: VMSocket, client: VMSocket) {
+    let listener = try VMListener(address: .name(name), options: options)
+    let accepted = Background { try listener.accept() }
+    let client = try VMSocket.connect(to: .name(name), options: options)
+    guard let result = accepted.wait(timeout: 10) else { throw VMSockError(code: ETIMEDOUT, "accept did not return") }
+    return (try result.get(), client)
+}
+
+func XCTAssertErrno<T>(
+    _ code: Int32, _ expression: @autoclosure () throws -> T, _ message: String = "",
+    file: StaticString = #filePath, line: UInt = #line
+) {
+    XCTAssertThrowsError(try expression(), message, file: file, line: line) { error in
+        guard let error = error as? VMSockError else { return XCTFail("not a VMSockError: \(error)", file: file, line: line) }
+        XCTAssertEqual(
+            VMSockError.name(of: error.code), VMSockError.name(of: code), "\(error)", file: file, line: line)
+    }
+}
+
+extension VMSocket {
+    /// Reads exactly `count` bytes (or fewer at end of stream).
+    func readExactly(_ count: Int) throws -> [UInt8] {
+        var bytes: [UInt8] = []
+        while bytes.count < count {
+            let chunk = try read(upTo: count - bytes.count)
+            if chunk.isEmpty { break }
+            bytes += chunk
+        }
+        return bytes
+    }
+}

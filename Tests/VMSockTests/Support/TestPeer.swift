@@ -1,0 +1,101 @@
+import Foundation
+import XCTest
+
+/// A `vmsock-testpeer` process: the other side in tests whose behaviour crosses a process boundary.
+final class TestPeer {
+    let process = Process()
+    private let stdoutPipe = Pipe()
+    private let stderrPipe = Pipe()
+    private var lines: [String] = []
+    private var pending = Data()
+
+    /// The helper sits next to the test bundle in the build folder.
+    static var executable: URL {
+        URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+            .deletingLastPathComponent().appendingPathComponent("vmsock-testpeer")
+    }
+
+    init(_ arguments: String...) throws {
+        process.executableURL = Self.executable
+        process.arguments = arguments
+        process.standardOutput = stdoutPipe
+        process.standardError = stderrPipe
+        try process.run()
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    /// Waits for the helper to print `word` on a line of its own.
+    func expectLine(_ word: String, timeout: TimeInterval = 10, file: StaticString = #filePath, line: UInt = #line) {
+        let deadline = Date().addingTimeInterval(timeout)
+        let handle = stdoutPipe.fileHandleForReading
+        while Date() < deadline {
+            if let index = lines.firstIndex(of: word) {
+                lines.removeSubrange(...index)
+                return
+            }
+            var pfd = pollfd(fd: handle.fileDescriptor, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 100) > 0 else { continue }
+            let chunk = handle.availableData
+            if chunk.isEmpty { break }
+            pending.append(chunk)
+            while let newline = pending.firstIndex(of: 10) {
+                lines.append(String(decoding: pending[pending.startIndex..<newline], as: UTF8.self))
+                pending.removeSubrange(...newline)
+            }
+        }
+        XCTFail("test peer did not print '\(word)'; stderr: \(errorOutput())", file: file, line: line)
+    }
+
+    func killHard() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// Waits for the helper to exit and returns its status.
+    func wait() -> Int32 {
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    func errorOutput() -> String {
+        if process.isRunning { return "(still running)" }
+        return String(decoding: stderrPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    }
+}
+
+/// An endpoint name no other test (or test run) uses.
+func uniqueName(_ tag: String = #function) -> String {
+    "test-\(getpid())-\(tag.prefix(40).filter { $0.isLetter || $0.isNumber })-\(UInt32.random(in: 0...UInt32.max))"
+}
+
+/// Open descriptors and mappings of this process, to show that nothing leaks.
+func openDescriptorCount() -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+}
+
+func mappingCount() -> Int {
+    (try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8))?.split(separator: "\n").count ?? -1
+}
+
+/// Runs `body` on a new thread and returns a way to wait for its result.
+final class Background<T: Sendable>: @unchecked Sendable {  // result is written once before the semaphore signals
+    private let done = DispatchSemaphore(value: 0)
+    private var result: Result<T, Error>?
+
+    init(_ body: @escaping @Sendable () throws -> T) {
+        let thread = Thread { [self] in
+            result = Result { try body() }
+            done.signal()
+        }
+        thread.start()
+    }
+
+    /// The result, or nil when `body` did not finish within `timeout` seconds.
+    func wait(timeout: TimeInterval = 30) -> Result<T, Error>? {
+        done.wait(timeout: .now() + timeout) == .success ? result : nil
+    }
+}
