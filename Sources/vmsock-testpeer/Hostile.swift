@@ -21,9 +21,10 @@ enum Hostile {
             store(UInt64(socket.ringSize) + 4096, at: 128)  // more than a whole ring ahead of the reader
         case "producer-backwards":
             try socket.writeAll([UInt8](repeating: 1, count: 100))
-            usleep(300_000)  // let the victim see 100
+            let victimConsumed = (socket._peerRegionBase + 256).assumingMemoryBound(to: UInt64.self)
+            while vms_load_acquire_u64(victimConsumed) < 100 { usleep(1000) }  // the victim has seen 100
             store(10, at: 128)
-            // and publish nothing else: the victim's next look at our position sees it go backwards
+            socket._ringPeerDataBell()  // make the victim look
         case "consumer-ahead":
             store(1 << 40, at: 256)  // claims to have consumed bytes the victim never wrote
         case "garbage-flags":

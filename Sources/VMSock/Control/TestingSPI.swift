@@ -10,6 +10,10 @@ extension VMSocket {
     @_spi(Testing) public var _localRegionBase: UnsafeMutableRawPointer { stream.link.localRegion.base }
     /// The control socket's descriptor.
     @_spi(Testing) public var _controlDescriptor: Int32 { stream.link.control.raw }
+    /// The base of the peer's (read-only) ring region.
+    @_spi(Testing) public var _peerRegionBase: UnsafeRawPointer { UnsafeRawPointer(stream.link.peerRegion.base) }
+    /// Rings the peer's data bell, as a publish would.
+    @_spi(Testing) public func _ringPeerDataBell() { stream.link.peerDataBell.ring() }
 }
 
 @_spi(Testing) public enum RawControl {

@@ -1,0 +1,117 @@
+import Foundation
+import VMSock
+import XCTest
+
+/// Behaviour that crosses a process boundary, against real `vmsock-testpeer` processes.
+final class CrossProcessTests: XCTestCase {
+    /// 1 GiB of pseudo-random bytes each way at the same time, in random chunks of 1 B to 1 MiB, every byte checked
+    /// at its offset by the receiver (so loss, duplication and reordering all show), between two processes.
+    func testGigabyteEachWayWithOneMegabyteRing() throws {
+        try streamBetweenProcesses(bytes: 1 << 30, ring: 1 << 20)
+    }
+
+    func testGigabyteEachWayWithFourKilobyteRing() throws {
+        try streamBetweenProcesses(bytes: 1 << 30, ring: 4 << 10)
+    }
+
+    private func streamBetweenProcesses(bytes: Int, ring: Int) throws {
+        let name = uniqueName()
+        let seed = String(UInt32.random(in: 1...UInt32.max))
+        let listener = try TestPeer("stream-listen", name, String(bytes), String(ring), seed)
+        listener.expectLine("ready")
+        let connector = try TestPeer("stream-connect", name, String(bytes), String(ring), seed)
+        XCTAssertEqual(connector.wait(), 0, "connector: \(connector.errorOutput())")
+        XCTAssertEqual(listener.wait(), 0, "listener: \(listener.errorOutput())")
+    }
+
+    /// kill -9 of the peer while we are blocked in read: read returns end of stream within a second.
+    func testPeerKilledWhileWeAreBlockedInRead() throws {
+        let name = uniqueName()
+        let listener = try VMListener(address: .name(name))
+        let peer = try TestPeer("hold-connect", name)
+        let socket = try listener.accept()
+        peer.expectLine("ready")
+        let reader = Background { try socket.read(upTo: 100) }
+        usleep(200_000)  // let the read block (past its spin, asleep on the doorbell)
+        let killedAt = Date()
+        peer.killHard()
+        guard let result = reader.wait(timeout: 5) else { return XCTFail("read still blocked 5 s after kill -9") }
+        XCTAssertLessThan(Date().timeIntervalSince(killedAt), 1.0)
+        XCTAssertEqual(try result.get(), [], "a dead peer reads as end of stream")
+        XCTAssertErrno(EPIPE, try socket.writeAll([1]), "writing to a dead peer")
+    }
+
+    /// kill -9 of the peer while we are blocked in write on a full ring: write fails with EPIPE within a second.
+    func testPeerKilledWhileWeAreBlockedInWrite() throws {
+        let name = uniqueName()
+        let peer = try TestPeer("hold-listen", name)
+        peer.expectLine("ready")
+        let socket = try VMSocket.connect(to: .name(name), options: VMSocketOptions(ringSize: 4096))
+        peer.expectLine("accepted")
+        let writer = Background { try socket.writeAll([UInt8](repeating: 1, count: 1 << 20)) }
+        usleep(200_000)
+        let killedAt = Date()
+        peer.killHard()
+        guard let result = writer.wait(timeout: 5) else { return XCTFail("write still blocked 5 s after kill -9") }
+        XCTAssertLessThan(Date().timeIntervalSince(killedAt), 1.0)
+        XCTAssertThrowsError(try result.get()) { XCTAssertEqual(($0 as? VMSockError)?.code, EPIPE, "\($0)") }
+    }
+
+    /// Bytes the peer published before it died are still delivered, then end of stream.
+    func testBytesPublishedBeforeDeathAreDelivered() throws {
+        let name = uniqueName()
+        let listener = try VMListener(address: .name(name), options: VMSocketOptions(ringSize: 1 << 20))
+        let peer = try TestPeer("stream-connect", name, String(512 << 10), String(1 << 20), "5")
+        let socket = try listener.accept()
+        // The peer writes 512 KiB and then blocks reading what we never send; kill it once it has written.
+        var received = 0
+        while received < 512 << 10 {
+            let chunk = try socket.read(upTo: 1 << 16)
+            XCTAssertFalse(chunk.isEmpty)
+            received += chunk.count
+        }
+        peer.killHard()
+        XCTAssertEqual(try socket.read(upTo: 16), [])
+        XCTAssertEqual(received, 512 << 10)
+    }
+
+    /// A peer that breaks the ring rules in its own memory gets the connection torn down with EPROTO on our side.
+    func testHostilePeersGetEPROTO() throws {
+        for how in ["producer-ahead", "producer-backwards", "control-chatter"] {
+            // The backwards peer waits for us to read its first 100 bytes before it misbehaves.
+            let (socket, peer) = try acceptHostile(how, waitForIt: how != "producer-backwards")
+            var error: VMSockError?
+            do {
+                socket.readTimeout = .seconds(5)
+                while try !socket.read(upTo: 1000).isEmpty {}
+            } catch let caught as VMSockError { error = caught }
+            XCTAssertEqual(error.map { VMSockError.name(of: $0.code) }, "EPROTO", "\(how): \(String(describing: error))")
+            XCTAssertErrno(EPROTO, try socket.writeAll([1]), "\(how): the connection stays torn down")
+            peer.killHard()
+        }
+    }
+
+    func testHostileConsumerPositionGetsEPROTOOnWrite() throws {
+        let (socket, peer) = try acceptHostile("consumer-ahead")
+        socket.writeTimeout = .seconds(5)
+        XCTAssertErrno(EPROTO, try socket.writeAll([UInt8](repeating: 0, count: 1 << 20)))
+        peer.killHard()
+    }
+
+    /// Nonsense in the peer's flag words is harmless: its shutdown bits read as "closed", nothing crashes.
+    func testGarbageFlagsAreHarmless() throws {
+        let (socket, peer) = try acceptHostile("garbage-flags")
+        XCTAssertEqual(try socket.read(upTo: 10), [])
+        XCTAssertErrno(EPIPE, try socket.writeAll([1]))
+        peer.killHard()
+    }
+
+    private func acceptHostile(_ how: String, waitForIt: Bool = true) throws -> (VMSocket, TestPeer) {
+        let name = uniqueName(how)
+        let listener = try VMListener(address: .name(name))
+        let peer = try TestPeer("hostile-connect", name, how)
+        let socket = try listener.accept()
+        if waitForIt { peer.expectLine("done") }
+        return (socket, peer)
+    }
+}

@@ -1,0 +1,135 @@
+import CVMSock
+import Foundation
+@_spi(Testing) import VMSock
+import XCTest
+
+/// The connect handshake: its encoding, and what happens when either side gets it wrong.
+final class HandshakeTests: XCTestCase {
+    func testMessageRoundTrip() throws {
+        let hello = HandshakeMessage(kind: .hello, ringCapacity: 1 << 20)
+        let bytes = hello.encoded()
+        XCTAssertEqual(bytes.count, HandshakeMessage.size)
+        XCTAssertEqual(Array(bytes.prefix(4)), Array("VMSH".utf8))
+        XCTAssertEqual(try bytes.withUnsafeBytes { try HandshakeMessage.decode($0) }, hello)
+    }
+
+    func testMalformedMessagesAreRefused() {
+        var bytes = HandshakeMessage(kind: .welcome, ringCapacity: 4096).encoded()
+        XCTAssertThrowsError(try bytes.prefix(31).withUnsafeBytes { try HandshakeMessage.decode($0) }) {
+            XCTAssertEqual($0 as? HandshakeMessage.DecodeError, .wrongSize(31))
+        }
+        bytes[6] = 9
+        XCTAssertThrowsError(try bytes.withUnsafeBytes { try HandshakeMessage.decode($0) }) {
+            XCTAssertEqual($0 as? HandshakeMessage.DecodeError, .unknownKind(9))
+        }
+        bytes[6] = 1
+        bytes[20] = 1
+        XCTAssertThrowsError(try bytes.withUnsafeBytes { try HandshakeMessage.decode($0) }) {
+            XCTAssertEqual($0 as? HandshakeMessage.DecodeError, .nonZeroReserved)
+        }
+        bytes[0] = 0
+        XCTAssertThrowsError(try bytes.withUnsafeBytes { try HandshakeMessage.decode($0) })
+    }
+
+    /// A hostile connector sends a bad hello. The listener answers with a reject (where it can), counts it, leaks
+    /// nothing, and goes on serving good connectors.
+    func testListenerSurvivesMalformedHellos() throws {
+        let name = uniqueName()
+        var options = VMSocketOptions()
+        options.handshakeTimeout = .milliseconds(500)
+        let listener = try VMListener(address: .name(name), options: options)
+        let hello = HandshakeMessage(kind: .hello, ringCapacity: 4096).encoded()
+        let good = Self.good, unsealed = Self.unsealed, pipeBell = Self.pipeBell
+        let cases: [(String, [UInt8], () throws -> [Int32], HandshakeMessage.RejectReason?)] = [
+            ("garbage", [UInt8](repeating: 0xEE, count: 32), good, .badRequest),
+            ("short", Array(hello.prefix(5)), good, .badRequest),
+            ("oversized", hello + hello, good, .badRequest),
+            ("no descriptors", hello, { [] }, .badRequest),
+            ("extra descriptors", hello, { try good() + [RawControl.makeEventFD()] }, .badRequest),
+            ("unsealed memfd", hello, unsealed, .badRequest),
+            ("pipe as doorbell", hello, pipeBell, .badRequest),
+            ("bad ring size", HandshakeMessage(kind: .hello, ringCapacity: 5000).encoded(), good, .badRequest),
+            ("wrong size memfd", HandshakeMessage(kind: .hello, ringCapacity: 8192).encoded(), good, .badRequest),
+            ("welcome instead of hello", HandshakeMessage(kind: .welcome, ringCapacity: 4096).encoded(), good, .badRequest),
+            ("future version", HandshakeMessage(kind: .hello, ringCapacity: 4096, version: 7).encoded(), good, .versionMismatch),
+            ("silence", [], { [] }, nil),
+        ]
+        let fdsBefore = openDescriptorCount()
+        for (index, (label, bytes, descriptors, expected)) in cases.enumerated() {
+            let accepted = Background { try listener.accept() }
+            let fd = try RawControl.connect(.name(name))
+            defer { close(fd) }
+            if !bytes.isEmpty {
+                let fds = try descriptors()
+                try RawControl.send(fd, bytes, descriptors: fds)
+                fds.forEach { close($0) }
+            }
+            let reply = try? RawControl.receive(fd, timeoutMs: 3000)
+            reply?.descriptors.forEach { close($0) }
+            if let expected {
+                let message = try XCTUnwrap(reply, label).bytes.withUnsafeBytes { try HandshakeMessage.decode($0) }
+                XCTAssertEqual(message.kind, .reject, label)
+                XCTAssertEqual(message.rejectReason, expected.rawValue, label)
+            }
+            // The listener is still healthy: a good connector gets through the same accept call.
+            let client = try VMSocket.connect(to: .name(name), options: VMSocketOptions(ringSize: 4096))
+            let server = try XCTUnwrap(accepted.wait(timeout: 10), label).get()
+            try client.writeAll([UInt8(index)])
+            XCTAssertEqual(try server.readExactly(1), [UInt8(index)], label)
+            XCTAssertEqual(listener.rejectedCount, index + 1, label)
+        }
+        XCTAssertEqual(openDescriptorCount(), fdsBefore, "descriptors leaked across malformed handshakes")
+    }
+
+    /// A hostile listener answers our hello wrongly: connect fails cleanly and leaks nothing.
+    func testConnectorSurvivesBadWelcomes() throws {
+        let cases: [(String, Int32)] = [
+            ("garbage", EPROTO), ("short", EPROTO), ("no-fds", EPROTO), ("extra-fds", EPROTO),
+            ("unsealed-memfd", EPROTO), ("wrong-size", EPROTO), ("pipe-bell", EPROTO), ("wrong-version", EPROTO),
+            ("hang-up", ECONNRESET), ("silent", ETIMEDOUT), ("reject", ECONNREFUSED),
+        ]
+        var options = VMSocketOptions()
+        options.handshakeTimeout = .milliseconds(300)
+        for (how, expected) in cases {
+            let name = uniqueName()
+            let peer = try TestPeer("bad-welcome", name, how)
+            peer.expectLine("ready")
+            let fdsBefore = openDescriptorCount()
+            let mapsBefore = mappingCount()
+            XCTAssertErrno(expected, try VMSocket.connect(to: .name(name), options: options), how)
+            XCTAssertEqual(openDescriptorCount(), fdsBefore, "descriptors leaked after '\(how)'")
+            XCTAssertEqual(mappingCount(), mapsBefore, "mappings leaked after '\(how)'")
+            peer.killHard()
+        }
+    }
+
+    func testRejectNamesTheVersion() throws {
+        let name = uniqueName()
+        let peer = try TestPeer("bad-welcome", name, "reject")
+        peer.expectLine("ready")
+        do {
+            _ = try VMSocket.connect(to: .name(name))
+            XCTFail("connect should be refused")
+        } catch {
+            XCTAssertTrue(error.description.contains("version mismatch"), error.description)
+            XCTAssertTrue(error.description.contains("protocol 2"), error.description)
+        }
+    }
+
+    private static func good() throws -> [Int32] {
+        [try RawControl.makeRegion(capacity: 4096), RawControl.makeEventFD(), RawControl.makeEventFD()]
+    }
+
+    private static func unsealed() throws -> [Int32] {
+        let memfd = vms_memfd_create("unsealed", VMS_MFD_CLOEXEC)
+        ftruncate(memfd, 4096 * 2)
+        return [memfd, RawControl.makeEventFD(), RawControl.makeEventFD()]
+    }
+
+    private static func pipeBell() throws -> [Int32] {
+        var ends: [Int32] = [0, 0]
+        pipe(&ends)
+        close(ends[0])
+        return [try RawControl.makeRegion(capacity: 4096), ends[1], RawControl.makeEventFD()]
+    }
+}

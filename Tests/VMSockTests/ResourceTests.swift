@@ -1,0 +1,63 @@
+import CLibevent
+import Foundation
+@_spi(Testing) import VMSock
+import XCTest
+
+final class ResourceTests: XCTestCase {
+    /// 10,000 connect/close cycles leave no descriptor and no mapping behind.
+    func testConnectCloseCyclesLeakNothing() throws {
+        do {  // first use sets up whatever the runtime keeps for good (thread stacks, Foundation caches)
+            let (server, client) = try connectedPair()
+            server.close()
+            client.close()
+        }
+        let fds = openDescriptorCount()
+        let maps = mappingCount()
+        let name = uniqueName()
+        let listener = try VMListener(address: .name(name), options: VMSocketOptions(ringSize: 4096))
+        let cycles = 10_000
+        let server = Background {
+            for _ in 0..<cycles {
+                let socket = try listener.accept()
+                _ = try socket.read(upTo: 1)
+                socket.close()
+            }
+        }
+        func cycle() throws {
+            let socket = try VMSocket.connect(to: .name(name), options: VMSocketOptions(ringSize: 4096))
+            try socket.writeAll([1])
+            socket.close()
+        }
+        for _ in 0..<cycles { try cycle() }
+        XCTAssertNoThrow(try XCTUnwrap(server.wait(timeout: 120)).get())
+        listener.close()
+        XCTAssertEqual(openDescriptorCount(), fds, "descriptors leaked")
+        XCTAssertLessThanOrEqual(mappingCount(), maps + 2, "mappings leaked (a couple may come from the allocator)")
+    }
+
+    /// The memory we hand the peer can never be made writable by it: the seals forbid it.
+    func testPeerCannotMapOurRingWritable() throws {
+        let fd = try RawControl.makeRegion(capacity: 4096)
+        defer { close(fd) }
+        let writable = mmap(nil, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        XCTAssertEqual(writable, MAP_FAILED, "a writable shared mapping must be refused")
+        XCTAssertEqual(errno, EPERM)
+        var byte: UInt8 = 1
+        XCTAssertEqual(pwrite(fd, &byte, 1, 4096), -1, "write(2) must be refused too")
+        XCTAssertEqual(ftruncate(fd, 0), -1, "shrinking must be refused (it would SIGBUS the reader)")
+        let readable = mmap(nil, 8192, PROT_READ, MAP_SHARED, fd, 0)
+        XCTAssertNotEqual(readable, MAP_FAILED, "read-only is what the peer gets")
+        if readable != MAP_FAILED {
+            XCTAssertEqual(mprotect(readable, 8192, PROT_READ | PROT_WRITE), -1, "and it cannot upgrade that mapping")
+            munmap(readable, 8192)
+        }
+    }
+
+    func testLibeventLinks() {
+        XCTAssertTrue(Libevent.version.hasPrefix("2.1"), Libevent.version)
+        XCTAssertTrue(Libevent.enableThreads())
+        let base = event_base_new()
+        XCTAssertNotNil(base)
+        event_base_free(base)
+    }
+}
