@@ -12,19 +12,30 @@ struct Demo: ParsableCommand {
 
     @Option(help: "Seconds to stream.") var seconds: Double = 3
     @Option(help: "Bytes per write.") var writeSize: Int = 64 << 10
+    @Option(help: "Bytes per read on the receiving side.") var readSize: Int = 64 << 10
     @Option(help: "Ring size in bytes (power of two, 4 KiB to 64 MiB).") var ringSize: Int = 256 << 10
     @Option(help: "Round trips for the latency measurement.") var roundTrips: Int = 100_000
+    @Option(help: "Microseconds a blocked call spins before it sleeps (default: VMSOCK_SPIN_US or 50).")
+    var spinUs: Int?
+    @Flag(help: "The reader counts bytes where they lie in shared memory instead of copying them out.")
+    var inPlace = false
     @Option(help: .hidden) var peerOf: String?
 
     func validate() throws {
         guard seconds > 0, seconds <= 3600 else { throw ValidationError("--seconds must be in (0, 3600]") }
         guard writeSize > 0, writeSize <= 64 << 20 else { throw ValidationError("--write-size must be 1 B to 64 MiB") }
+        guard readSize > 0, readSize <= 64 << 20 else { throw ValidationError("--read-size must be 1 B to 64 MiB") }
         guard roundTrips > 0 else { throw ValidationError("--round-trips must be positive") }
+        if let spinUs, spinUs < 0 || spinUs > 1_000_000 { throw ValidationError("--spin-us must be 0 to 1000000") }
     }
 
     func run() throws {
         do {
-            if let name = peerOf { try DemoPeer.run(endpoint: name, ringSize: ringSize) } else { try runParent() }
+            if let name = peerOf {
+                try DemoPeer.run(endpoint: name, ringSize: ringSize, readSize: readSize, spinUs: spinUs, inPlace: inPlace)
+            } else {
+                try runParent()
+            }
         } catch let error as VMSockError {
             FileHandle.standardError.write(Data("vmsock-demo: \(error)\n".utf8))
             throw ExitCode.failure
@@ -38,11 +49,13 @@ struct Demo: ParsableCommand {
         let listener = try VMListener(address: .name(name), options: options)
         let peer = Process()
         peer.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        peer.arguments = ["--peer-of", name, "--ring-size", String(ringSize)]
+        peer.arguments = ["--peer-of", name, "--ring-size", String(ringSize), "--read-size", String(readSize)]
+            + (spinUs.map { ["--spin-us", String($0)] } ?? []) + (inPlace ? ["--in-place"] : [])
         try peer.run()
         defer { if peer.isRunning { peer.terminate() }; peer.waitUntilExit() }
 
         let stream = try listener.accept()
+        if let spinUs { stream.spinMicroseconds = spinUs }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: writeSize, alignment: 64)
         defer { buffer.deallocate() }
         buffer.initializeMemory(as: UInt8.self, repeating: 0x5a)
@@ -60,11 +73,13 @@ struct Demo: ParsableCommand {
         let received = receipt.count == 8 ? receipt.withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) } : -1
         guard received == sent else { throw ValidationError("peer counted \(received) bytes, we sent \(sent)") }
         let rate = Double(sent) / elapsed
-        print(String(format: "streamed %.2f GiB in %.2f s with %d-byte writes, %d KiB ring: %.2f GB/s (%.2f GiB/s)",
-                     Double(sent) / Double(1 << 30), elapsed, writeSize, ringSize >> 10, rate / 1e9, rate / Double(1 << 30)))
+        print(String(format: "streamed %.2f GiB in %.2f s, %d-byte writes, %d KiB ring, reader %@: %.2f GB/s",
+                     Double(sent) / Double(1 << 30), elapsed, writeSize, ringSize >> 10,
+                     inPlace ? "in place" : "copying", rate / 1e9))
         stream.close()
 
         let pingPong = try listener.accept()
+        if let spinUs { pingPong.spinMicroseconds = spinUs }
         var message = [UInt8](repeating: 7, count: 64)
         let t0 = DispatchTime.now().uptimeNanoseconds
         for _ in 0..<roundTrips {
@@ -77,19 +92,21 @@ struct Demo: ParsableCommand {
             }
         }
         let perTrip = Double(DispatchTime.now().uptimeNanoseconds - t0) / Double(roundTrips) / 1000
-        print(String(format: "64-byte round trip: %.2f µs (mean of %d)", perTrip, roundTrips))
+        print(String(format: "64-byte round trip: %.2f µs (mean of %d, spin %d µs)", perTrip, roundTrips, pingPong.spinMicroseconds))
         pingPong.close()
     }
 }
 
 enum DemoPeer {
-    static func run(endpoint: String, ringSize: Int) throws {
-        var options = VMSocketOptions()
-        options.ringSize = ringSize
+    static func run(endpoint: String, ringSize: Int, readSize: Int, spinUs: Int?, inPlace: Bool) throws {
+        let options = VMSocketOptions(ringSize: ringSize)
         let stream = try VMSocket.connect(to: .name(endpoint), options: options)
+        if let spinUs { stream.spinMicroseconds = spinUs }
+        let sink = UnsafeMutableRawBufferPointer.allocate(byteCount: readSize, alignment: 64)
+        defer { sink.deallocate() }
         var total = 0
         while true {
-            let n = try stream.readInPlace { $0.count }  // zero-copy: count the bytes where they lie
+            let n = inPlace ? try stream.readInPlace { $0.count } : try stream.read(into: sink)
             if n == 0 { break }
             total += n
         }
@@ -97,6 +114,7 @@ enum DemoPeer {
         stream.close()
 
         let echo = try VMSocket.connect(to: .name(endpoint), options: options)
+        if let spinUs { echo.spinMicroseconds = spinUs }
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
             let n = try buffer.withUnsafeMutableBytes { try echo.read(into: $0) }

@@ -2,10 +2,11 @@ import Glibc
 
 /// How long a blocked call spins on shared memory before it sleeps on its doorbell.
 ///
-/// Sleeping costs the sleeper a wake-up (~70 µs on these VMs, measured by `tools/bench-wakeup.sh`) and the waker a
-/// system call; spinning costs a core. Spinning for as long as one sleep-and-wake costs is within 2x of the best
-/// possible choice whatever the peer does (the classic ski-rental bound), so the built-in budget is 50 µs, just below
-/// the wake-up cost. A process can set its own with `VMSOCK_SPIN_US` (0 sleeps at once), and a socket with
+/// Sleeping costs the sleeper a wake-up and the waker a system call; spinning costs a core. A 64-byte round trip in
+/// which every wait sleeps takes 57 µs here (`tools/bench.sh`, "spin 0 µs": two wake-ups, ~29 µs each; up to ~70 µs
+/// has been measured on this machine kind), against 0.33 µs when both sides spin. Spinning for about as long as a
+/// sleep-and-wake costs is within 2x of the best choice whatever the peer does (the ski-rental bound), so the
+/// built-in budget is 50 µs: between the two wake-up costs seen. A process can set its own with `VMSOCK_SPIN_US` (0 sleeps at once), and a socket with
 /// `spinMicroseconds`.
 ///
 /// The spin yields the core (`sched_yield`) every 64 turns. With more busy threads than cores (both ends reading
