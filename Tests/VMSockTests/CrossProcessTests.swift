@@ -34,9 +34,11 @@ final class CrossProcessTests: XCTestCase {
         let reader = Background { try socket.read(upTo: 100) }
         usleep(200_000)  // let the read block (past its spin, asleep on the doorbell)
         let killedAt = Date()
-        peer.killHard()
+        peer.sendKill()
         guard let result = reader.wait(timeout: 5) else { return XCTFail("read still blocked 5 s after kill -9") }
-        XCTAssertLessThan(Date().timeIntervalSince(killedAt), 1.0)
+        let noticed = Date().timeIntervalSince(killedAt)
+        print(String(format: "blocked read returned %.1f ms after kill -9 of the peer", noticed * 1000))
+        XCTAssertLessThan(noticed, 1.0)
         XCTAssertEqual(try result.get(), [], "a dead peer reads as end of stream")
         XCTAssertErrno(EPIPE, try socket.writeAll([1]), "writing to a dead peer")
     }
@@ -51,9 +53,11 @@ final class CrossProcessTests: XCTestCase {
         let writer = Background { try socket.writeAll([UInt8](repeating: 1, count: 1 << 20)) }
         usleep(200_000)
         let killedAt = Date()
-        peer.killHard()
+        peer.sendKill()
         guard let result = writer.wait(timeout: 5) else { return XCTFail("write still blocked 5 s after kill -9") }
-        XCTAssertLessThan(Date().timeIntervalSince(killedAt), 1.0)
+        let noticed = Date().timeIntervalSince(killedAt)
+        print(String(format: "blocked write failed %.1f ms after kill -9 of the peer", noticed * 1000))
+        XCTAssertLessThan(noticed, 1.0)
         XCTAssertThrowsError(try result.get()) { XCTAssertEqual(($0 as? VMSockError)?.code, EPIPE, "\($0)") }
     }
 

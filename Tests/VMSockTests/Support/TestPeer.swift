@@ -50,6 +50,11 @@ final class TestPeer {
         XCTFail("test peer did not print '\(word)'; stderr: \(errorOutput())", file: file, line: line)
     }
 
+    /// Sends SIGKILL and returns at once (the process is reaped later, by `killHard` or deinit).
+    func sendKill() {
+        kill(process.processIdentifier, SIGKILL)
+    }
+
     func killHard() {
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
