@@ -3,14 +3,16 @@ import CVMSock
 /// The reading end of one ring: the data and its producer position live in the peer's region (read-only to us);
 /// our consumer position lives in ours.
 public struct RingConsumer: @unchecked Sendable {
-    private let data: UnsafeRawPointer
-    private let capacity: UInt64
-    private let mirrored: Bool
-    private let local: LocalHeader
-    private let peer: PeerHeader
+    @usableFromInline let data: UnsafeRawPointer
+    @usableFromInline let capacity: UInt64
+    @usableFromInline let mirrored: Bool
+    @usableFromInline let local: LocalHeader
+    @usableFromInline let peer: PeerHeader
 
-    public private(set) var position: UInt64 = 0
-    private var peerProduced: UInt64 = 0
+    @usableFromInline var _position: UInt64 = 0
+    /// Our private position (see the type's notes).
+    @inlinable public var position: UInt64 { _position }
+    @usableFromInline var peerProduced: UInt64 = 0
 
     public init(data: UnsafeRawPointer, capacity: Int, mirrored: Bool, local: LocalHeader, peer: PeerHeader) {
         precondition(RingLayout.isValid(capacity: capacity))
@@ -22,13 +24,13 @@ public struct RingConsumer: @unchecked Sendable {
     }
 
     /// Readable bytes as of the last accepted peer producer position (no shared-memory read).
-    @inline(__always)
+    @inlinable @inline(__always)
     public var cachedAvailable: Int { Int(peerProduced &- position) }
 
     /// Reads the peer's producer position, checks it, and returns the readable bytes.
     /// - Throws: `RingViolation.producerOutOfRange` when the peer's position went backwards or ran more than a
     ///   whole ring ahead of what we consumed.
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func refreshAvailable() throws(RingViolation) -> Int {
         let seen = vms_load_acquire_u64(peer.producerPosition)
         try Self.check(peerProduced: seen, lastSeen: peerProduced, consumed: position, capacity: capacity)
@@ -37,7 +39,7 @@ public struct RingConsumer: @unchecked Sendable {
     }
 
     /// The peer's producer position must stay in [lastSeen, consumed + capacity].
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func check(
         peerProduced seen: UInt64, lastSeen: UInt64, consumed: UInt64, capacity: UInt64
     ) throws(RingViolation) {
@@ -48,7 +50,7 @@ public struct RingConsumer: @unchecked Sendable {
     }
 
     /// Copies `count` bytes (at most `cachedAvailable`) out of the ring from `position`. Does not consume.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func copyOut(_ destination: UnsafeMutableRawPointer, count: Int, skipping skip: Int = 0) {
         let offset = Int((position &+ UInt64(skip)) & (capacity &- 1))
         let cap = Int(capacity)
@@ -62,7 +64,7 @@ public struct RingConsumer: @unchecked Sendable {
     }
 
     /// The readable bytes after `position` that are contiguous in memory.
-    @inline(__always)
+    @inlinable @inline(__always)
     public var contiguousAvailable: UnsafeRawBufferPointer {
         let offset = Int(position & (capacity &- 1))
         let available = cachedAvailable
@@ -72,10 +74,10 @@ public struct RingConsumer: @unchecked Sendable {
 
     /// Gives `count` bytes back to the peer. Sequentially consistent: the caller reads the peer's
     /// "waiting for space" flag next.
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func consume(_ count: Int) {
         precondition(count >= 0 && count <= cachedAvailable, "consume beyond available")
-        position &+= UInt64(count)  // only grows; wrapping after 2^64 bytes is meant
+        _position &+= UInt64(count)  // only grows; wrapping after 2^64 bytes is meant
         vms_store_seqcst_u64(local.consumerPosition, position)
     }
 }

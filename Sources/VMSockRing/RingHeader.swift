@@ -19,17 +19,17 @@ public struct LocalHeader: @unchecked Sendable {
         base.storeBytes(of: UInt64(capacity).littleEndian, toByteOffset: RingLayout.Offset.capacity, as: UInt64.self)
     }
 
-    var producerPosition: UnsafeMutablePointer<UInt64> { word(RingLayout.Offset.producerPosition) }
-    var consumerPosition: UnsafeMutablePointer<UInt64> { word(RingLayout.Offset.consumerPosition) }
+    @usableFromInline var producerPosition: UnsafeMutablePointer<UInt64> { word(RingLayout.Offset.producerPosition) }
+    @usableFromInline var consumerPosition: UnsafeMutablePointer<UInt64> { word(RingLayout.Offset.consumerPosition) }
 
     /// Announces (or withdraws) that our reader is about to sleep until the peer publishes.
     /// Sequentially consistent: the caller re-reads the peer's producer position right after setting it.
-    public func setWaitingForData(_ waiting: Bool) {
+    @inlinable public func setWaitingForData(_ waiting: Bool) {
         vms_store_seqcst_u32(word32(RingLayout.Offset.waitingForData), waiting ? 1 : 0)
     }
 
     /// Announces (or withdraws) that our writer is about to sleep until the peer consumes.
-    public func setWaitingForSpace(_ waiting: Bool) {
+    @inlinable public func setWaitingForSpace(_ waiting: Bool) {
         vms_store_seqcst_u32(word32(RingLayout.Offset.waitingForSpace), waiting ? 1 : 0)
     }
 
@@ -39,10 +39,10 @@ public struct LocalHeader: @unchecked Sendable {
         vms_fetch_or_u32(word32(RingLayout.Offset.shutdownFlags), bits)
     }
 
-    private func word(_ offset: Int) -> UnsafeMutablePointer<UInt64> {
+    @usableFromInline func word(_ offset: Int) -> UnsafeMutablePointer<UInt64> {
         (base + offset).assumingMemoryBound(to: UInt64.self)
     }
-    private func word32(_ offset: Int) -> UnsafeMutablePointer<UInt32> {
+    @usableFromInline func word32(_ offset: Int) -> UnsafeMutablePointer<UInt32> {
         (base + offset).assumingMemoryBound(to: UInt32.self)
     }
 }
@@ -66,20 +66,20 @@ public struct PeerHeader: @unchecked Sendable {
         guard capacity == UInt64(expectedCapacity) else { throw .capacityMismatch(capacity) }
     }
 
-    var producerPosition: UnsafePointer<UInt64> { word(RingLayout.Offset.producerPosition) }
-    var consumerPosition: UnsafePointer<UInt64> { word(RingLayout.Offset.consumerPosition) }
+    @usableFromInline var producerPosition: UnsafePointer<UInt64> { word(RingLayout.Offset.producerPosition) }
+    @usableFromInline var consumerPosition: UnsafePointer<UInt64> { word(RingLayout.Offset.consumerPosition) }
 
     /// Whether the peer's reader sleeps until we publish. Sequentially consistent: read right after publishing.
-    public var isWaitingForData: Bool { vms_load_seqcst_u32(word32(RingLayout.Offset.waitingForData)) != 0 }
+    @inlinable public var isWaitingForData: Bool { vms_load_seqcst_u32(word32(RingLayout.Offset.waitingForData)) != 0 }
     /// Whether the peer's writer sleeps until we consume.
-    public var isWaitingForSpace: Bool { vms_load_seqcst_u32(word32(RingLayout.Offset.waitingForSpace)) != 0 }
+    @inlinable public var isWaitingForSpace: Bool { vms_load_seqcst_u32(word32(RingLayout.Offset.waitingForSpace)) != 0 }
     /// The peer's shutdown bits (any value is harmless: unknown bits are ignored).
-    public var shutdownFlags: UInt32 { vms_load_acquire_u32(word32(RingLayout.Offset.shutdownFlags)) }
+    @inlinable public var shutdownFlags: UInt32 { vms_load_acquire_u32(word32(RingLayout.Offset.shutdownFlags)) }
 
-    private func word(_ offset: Int) -> UnsafePointer<UInt64> {
+    @usableFromInline func word(_ offset: Int) -> UnsafePointer<UInt64> {
         (base + offset).assumingMemoryBound(to: UInt64.self)
     }
-    private func word32(_ offset: Int) -> UnsafePointer<UInt32> {
+    @usableFromInline func word32(_ offset: Int) -> UnsafePointer<UInt32> {
         (base + offset).assumingMemoryBound(to: UInt32.self)
     }
 }

@@ -38,16 +38,16 @@ public enum RingLayout {
     public static let maximumCapacity = 64 << 20
     public static let defaultCapacity = 256 << 10
 
-    enum Offset {
-        static let magic = 0
-        static let version = 8
-        static let headerSize = 12
-        static let capacity = 16
-        static let producerPosition = 128
-        static let consumerPosition = 256
-        static let waitingForData = 384
-        static let waitingForSpace = 512
-        static let shutdownFlags = 640
+    @usableFromInline enum Offset {
+        @usableFromInline static let magic = 0
+        @usableFromInline static let version = 8
+        @usableFromInline static let headerSize = 12
+        @usableFromInline static let capacity = 16
+        @usableFromInline static let producerPosition = 128
+        @usableFromInline static let consumerPosition = 256
+        @usableFromInline static let waitingForData = 384
+        @usableFromInline static let waitingForSpace = 512
+        @usableFromInline static let shutdownFlags = 640
     }
 
     /// Bits of the shutdown word.

@@ -5,14 +5,16 @@ import CVMSock
 /// `position` is our private producer position. It is only ever stored to shared memory, never read back.
 /// `peerConsumed` is the last consumer position the peer published that we checked and accepted.
 public struct RingProducer: @unchecked Sendable {
-    private let data: UnsafeMutableRawPointer
-    private let capacity: UInt64
-    private let mirrored: Bool
-    private let local: LocalHeader
-    private let peer: PeerHeader
+    @usableFromInline let data: UnsafeMutableRawPointer
+    @usableFromInline let capacity: UInt64
+    @usableFromInline let mirrored: Bool
+    @usableFromInline let local: LocalHeader
+    @usableFromInline let peer: PeerHeader
 
-    public private(set) var position: UInt64 = 0
-    private var peerConsumed: UInt64 = 0
+    @usableFromInline var _position: UInt64 = 0
+    /// Our private position (see the type's notes).
+    @inlinable public var position: UInt64 { _position }
+    @usableFromInline var peerConsumed: UInt64 = 0
 
     /// Bytes of the ring.
     public var capacityBytes: Int { Int(capacity) }
@@ -30,12 +32,12 @@ public struct RingProducer: @unchecked Sendable {
     }
 
     /// Free bytes as of the last accepted peer consumer position (no shared-memory read).
-    @inline(__always)
+    @inlinable @inline(__always)
     public var cachedFreeSpace: Int { Int(capacity &- (position &- peerConsumed)) }
 
     /// Reads the peer's consumer position, checks it, and returns the free space.
     /// - Throws: `RingViolation.consumerOutOfRange` when the peer's position went backwards or past ours.
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func refreshFreeSpace() throws(RingViolation) -> Int {
         let seen = vms_load_acquire_u64(peer.consumerPosition)
         try Self.check(peerConsumed: seen, lastSeen: peerConsumed, produced: position)
@@ -45,7 +47,7 @@ public struct RingProducer: @unchecked Sendable {
 
     /// The peer's consumer position must stay in [lastSeen, produced]. Unsigned wrapping differences make this one
     /// comparison, and keep it right across the (theoretical) 2^64 wrap.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func check(peerConsumed seen: UInt64, lastSeen: UInt64, produced: UInt64) throws(RingViolation) {
         guard seen &- lastSeen <= produced &- lastSeen else {
             throw .consumerOutOfRange(seen: seen, lastSeen: lastSeen, limit: produced)
@@ -53,7 +55,7 @@ public struct RingProducer: @unchecked Sendable {
     }
 
     /// Copies `count` bytes (at most `cachedFreeSpace`) into the ring after `position`. Does not publish.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func copyIn(_ source: UnsafeRawPointer, count: Int, skipping skip: Int = 0) {
         let offset = Int((position &+ UInt64(skip)) & (capacity &- 1))
         let cap = Int(capacity)
@@ -68,7 +70,7 @@ public struct RingProducer: @unchecked Sendable {
 
     /// The free space after `position` that is contiguous in memory: all of it when mirrored, otherwise up to
     /// the end of the data area.
-    @inline(__always)
+    @inlinable @inline(__always)
     public var contiguousFreeSpace: UnsafeMutableRawBufferPointer {
         let offset = Int(position & (capacity &- 1))
         let free = cachedFreeSpace
@@ -78,10 +80,10 @@ public struct RingProducer: @unchecked Sendable {
 
     /// Makes `count` more bytes visible to the peer. Sequentially consistent, so that the caller's next read of the
     /// peer's "waiting for data" flag cannot be ordered before it (the publish half of the need-wakeup handshake).
-    @inline(__always)
+    @inlinable @inline(__always)
     public mutating func publish(_ count: Int) {
         precondition(count >= 0 && count <= cachedFreeSpace, "publish beyond free space")
-        position &+= UInt64(count)  // positions only grow; wrapping after 2^64 bytes is meant
+        _position &+= UInt64(count)  // positions only grow; wrapping after 2^64 bytes is meant
         vms_store_seqcst_u64(local.producerPosition, position)
     }
 }

@@ -9,9 +9,11 @@ import VMSockRing
 /// touched only by reading calls, the write side (`tx`) only by writing calls; two threads reading at once (or
 /// writing at once) is not supported. Everything shared between the two sides is atomic (`state`, the options).
 final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above for why this is safe
-    private var rx: RingConsumer
-    private var tx: RingProducer
-    private var readArmed = false
+    // Dynamic exclusivity checks are off for these three: the threading contract above (one reader, one writer)
+    // is what keeps their accesses apart, and the checks cost two runtime calls per access on the data path.
+    @exclusivity(unchecked) private var rx: RingConsumer
+    @exclusivity(unchecked) private var tx: RingProducer
+    @exclusivity(unchecked) private var readArmed = false
 
     private let local: LocalHeader
     private let peer: PeerHeader
