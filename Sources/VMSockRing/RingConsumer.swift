@@ -52,24 +52,18 @@ public struct RingConsumer: @unchecked Sendable {
     /// Copies `count` bytes (at most `cachedAvailable`) out of the ring from `position`. Does not consume.
     @inlinable @inline(__always)
     public func copyOut(_ destination: UnsafeMutableRawPointer, count: Int, skipping skip: Int = 0) {
-        let offset = Int((position &+ UInt64(skip)) & (capacity &- 1))
-        let cap = Int(capacity)
-        if mirrored || offset + count <= cap {
-            destination.copyMemory(from: data + offset, byteCount: count)
-        } else {
-            let first = cap - offset
-            destination.copyMemory(from: data + offset, byteCount: first)
-            (destination + first).copyMemory(from: data, byteCount: count - first)
-        }
+        let (offset, first) = RingLayout.segments(
+            at: position &+ UInt64(skip), count: count, capacity: capacity, mirrored: mirrored)
+        destination.copyMemory(from: data + offset, byteCount: first)
+        if first < count { (destination + first).copyMemory(from: data, byteCount: count - first) }
     }
 
     /// The readable bytes after `position` that are contiguous in memory.
     @inlinable @inline(__always)
     public var contiguousAvailable: UnsafeRawBufferPointer {
-        let offset = Int(position & (capacity &- 1))
-        let available = cachedAvailable
-        let count = mirrored ? available : min(available, Int(capacity) - offset)
-        return UnsafeRawBufferPointer(start: data + offset, count: count)
+        let (offset, first) = RingLayout.segments(
+            at: position, count: cachedAvailable, capacity: capacity, mirrored: mirrored)
+        return UnsafeRawBufferPointer(start: data + offset, count: first)
     }
 
     /// Gives `count` bytes back to the peer. Sequentially consistent: the caller reads the peer's

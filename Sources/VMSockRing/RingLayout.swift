@@ -65,4 +65,14 @@ public enum RingLayout {
 
     /// Bytes of the whole region: header and one copy of the data.
     public static func regionSize(capacity: Int) -> Int { headerSize + capacity }
+
+    /// Where `count` bytes from stream position `position` lie in a data area: `first` bytes from `offset`, and
+    /// the rest (if any) from the start of the area. With the double mapping (`mirrored`) it is one piece.
+    @inlinable @inline(__always)
+    static func segments(
+        at position: UInt64, count: Int, capacity: UInt64, mirrored: Bool
+    ) -> (offset: Int, first: Int) {
+        let offset = Int(position & (capacity &- 1))
+        return (offset, mirrored ? count : min(count, Int(capacity) - offset))
+    }
 }

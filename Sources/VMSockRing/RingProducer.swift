@@ -57,25 +57,19 @@ public struct RingProducer: @unchecked Sendable {
     /// Copies `count` bytes (at most `cachedFreeSpace`) into the ring after `position`. Does not publish.
     @inlinable @inline(__always)
     public func copyIn(_ source: UnsafeRawPointer, count: Int, skipping skip: Int = 0) {
-        let offset = Int((position &+ UInt64(skip)) & (capacity &- 1))
-        let cap = Int(capacity)
-        if mirrored || offset + count <= cap {
-            (data + offset).copyMemory(from: source, byteCount: count)
-        } else {
-            let first = cap - offset
-            (data + offset).copyMemory(from: source, byteCount: first)
-            data.copyMemory(from: source + first, byteCount: count - first)
-        }
+        let (offset, first) = RingLayout.segments(
+            at: position &+ UInt64(skip), count: count, capacity: capacity, mirrored: mirrored)
+        (data + offset).copyMemory(from: source, byteCount: first)
+        if first < count { data.copyMemory(from: source + first, byteCount: count - first) }
     }
 
     /// The free space after `position` that is contiguous in memory: all of it when mirrored, otherwise up to
     /// the end of the data area.
     @inlinable @inline(__always)
     public var contiguousFreeSpace: UnsafeMutableRawBufferPointer {
-        let offset = Int(position & (capacity &- 1))
-        let free = cachedFreeSpace
-        let count = mirrored ? free : min(free, Int(capacity) - offset)
-        return UnsafeMutableRawBufferPointer(start: data + offset, count: count)
+        let (offset, first) = RingLayout.segments(
+            at: position, count: cachedFreeSpace, capacity: capacity, mirrored: mirrored)
+        return UnsafeMutableRawBufferPointer(start: data + offset, count: first)
     }
 
     /// Makes `count` more bytes visible to the peer. Sequentially consistent, so that the caller's next read of the
