@@ -5,7 +5,16 @@ cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
 tools/setup.sh
 swift build --build-tests
-swift test
+# The suites are XCTest; without the flag Swift Testing closes the output with a line about its own zero tests.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+swift test --disable-swift-testing 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+summary=$(grep -E "Executed [0-9]+ tests?, with [0-9]+ failures?" "$log" | tail -1)
+total=$(echo "$summary" | sed -E 's/.*Executed ([0-9]+) tests?.*/\1/')
+failed=$(echo "$summary" | sed -E 's/.*with ([0-9]+) failures?.*/\1/')
 
 # Tests stop what they start and free what they map; say so loudly if one did not.
 left=0
@@ -19,4 +28,9 @@ if ls /dev/shm 2>/dev/null | grep -q -i vmsock; then
     echo "test.sh: files were left in /dev/shm: $(ls /dev/shm | grep -i vmsock)" >&2
     left=1
 fi
-exit $left
+if [ -z "$summary" ]; then
+    echo "test.sh: swift test printed no XCTest summary (exit $status)" >&2
+    exit 1
+fi
+echo "tests: $((total - failed)) passed, $failed failed"
+[ "$status" = 0 ] && [ "$failed" = 0 ] && [ "$left" = 0 ]
