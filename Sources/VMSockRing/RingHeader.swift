@@ -26,11 +26,15 @@ public struct LocalHeader: @unchecked Sendable {
     /// Sequentially consistent: the caller re-reads the peer's producer position right after setting it.
     @inlinable public func setWaitingForData(_ waiting: Bool) {
         vms_store_seqcst_u32(word32(RingLayout.Offset.waitingForData), waiting ? 1 : 0)
+        // The caller's re-check of the peer's position is an acquire load, which may (on arm64 with RCpc) be
+        // ordered before the store above without a full fence: the need-wakeup handshake would lose a wake-up.
+        if waiting { vms_fence_seqcst() }
     }
 
     /// Announces (or withdraws) that our writer is about to sleep until the peer consumes.
     @inlinable public func setWaitingForSpace(_ waiting: Bool) {
         vms_store_seqcst_u32(word32(RingLayout.Offset.waitingForSpace), waiting ? 1 : 0)
+        if waiting { vms_fence_seqcst() }  // as in setWaitingForData
     }
 
     /// Adds shutdown bits (any thread may; the peer only ever sees bits added). Returns the bits now set.
@@ -73,7 +77,7 @@ public struct PeerHeader: @unchecked Sendable {
     @inlinable public var isWaitingForData: Bool { vms_load_seqcst_u32(word32(RingLayout.Offset.waitingForData)) != 0 }
     /// Whether the peer's writer sleeps until we consume.
     @inlinable public var isWaitingForSpace: Bool { vms_load_seqcst_u32(word32(RingLayout.Offset.waitingForSpace)) != 0 }
-    /// The peer's shutdown bits (any value is harmless: unknown bits are ignored).
+    /// The peer's shutdown bits. Callers test only the bits they need; unknown bits mean nothing.
     @inlinable public var shutdownFlags: UInt32 { vms_load_acquire_u32(word32(RingLayout.Offset.shutdownFlags)) }
 
     @usableFromInline func word(_ offset: Int) -> UnsafePointer<UInt64> {

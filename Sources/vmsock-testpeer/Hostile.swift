@@ -9,7 +9,8 @@ enum Hostile {
     /// Connects properly, then corrupts the words of its own region (the only memory it can write) or chatters on
     /// the control socket. Stays alive afterwards, so that the victim cannot mistake the attack for a death.
     ///
-    /// HOW: producer-ahead | producer-backwards | consumer-ahead | garbage-flags | control-chatter
+    /// HOW: producer-ahead | producer-backwards | consumer-ahead | garbage-flags | unknown-flag | control-chatter |
+    ///      control-empty | stuck-bells
     static func connectAndMisbehave(name: String, how: String) throws {
         let socket = try VMSocket.connect(to: .name(name))
         let base = socket._localRegionBase
@@ -31,9 +32,21 @@ enum Hostile {
             vms_store_seqcst_u32((base + 384).assumingMemoryBound(to: UInt32.self), 0xdead_beef)
             vms_store_seqcst_u32((base + 512).assumingMemoryBound(to: UInt32.self), 0xdead_beef)
             vms_store_seqcst_u32((base + 640).assumingMemoryBound(to: UInt32.self), 0xffff_ffff)
+        case "unknown-flag":
+            vms_store_seqcst_u32((base + 640).assumingMemoryBound(to: UInt32.self), 0x8)  // no bit we define
         case "control-chatter":
             var byte: UInt8 = 0x42
             _ = send(socket._controlDescriptor, &byte, 1, Int32(MSG_NOSIGNAL))
+        case "control-empty":
+            _ = send(socket._controlDescriptor, nil, 0, Int32(MSG_NOSIGNAL))  // a zero-length SEQPACKET message
+        case "stuck-bells":
+            // Make every socket we hold blocking (that includes the victim's bells: the flag lives in the shared
+            // file description), claim to sleep in both directions, and never drain or consume anything.
+            for fd in Int32(3)..<Int32(1024) where fcntl(fd, F_GETFL) >= 0 {
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+            }
+            vms_store_seqcst_u32((base + 384).assumingMemoryBound(to: UInt32.self), 1)
+            vms_store_seqcst_u32((base + 512).assumingMemoryBound(to: UInt32.self), 1)
         default:
             fail("unknown misbehaviour \(how)")
         }
@@ -55,7 +68,7 @@ enum Hostile {
         let capacity = 64 << 10
         let welcome = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity)).encoded()
         let goodFDs = { () throws -> [Int32] in
-            [try RawControl.makeRegion(capacity: capacity), RawControl.makeEventFD(), RawControl.makeEventFD()]
+            [try RawControl.makeRegion(capacity: capacity), RawControl.makeBell(), RawControl.makeBell()]
         }
         switch how {
         case "garbage":
@@ -65,18 +78,18 @@ enum Hostile {
         case "no-fds":
             try RawControl.send(fd, welcome, descriptors: [])
         case "extra-fds":
-            try RawControl.send(fd, welcome, descriptors: try goodFDs() + [RawControl.makeEventFD()])
+            try RawControl.send(fd, welcome, descriptors: try goodFDs() + [RawControl.makeBell()])
         case "unsealed-memfd":
             let memfd = vms_memfd_create("not-sealed", VMS_MFD_CLOEXEC)
             ftruncate(memfd, off_t(RingLayout.regionSize(capacity: capacity)))
-            try RawControl.send(fd, welcome, descriptors: [memfd, RawControl.makeEventFD(), RawControl.makeEventFD()])
+            try RawControl.send(fd, welcome, descriptors: [memfd, RawControl.makeBell(), RawControl.makeBell()])
         case "wrong-size":
             let other = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity * 2)).encoded()
             try RawControl.send(fd, other, descriptors: try goodFDs())
         case "pipe-bell":
             var ends: [Int32] = [0, 0]
             pipe(&ends)
-            try RawControl.send(fd, welcome, descriptors: [try RawControl.makeRegion(capacity: capacity), ends[1], RawControl.makeEventFD()])
+            try RawControl.send(fd, welcome, descriptors: [try RawControl.makeRegion(capacity: capacity), ends[1], RawControl.makeBell()])
         case "wrong-version":
             let other = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity), version: 99).encoded()
             try RawControl.send(fd, other, descriptors: try goodFDs())

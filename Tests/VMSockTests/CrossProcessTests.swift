@@ -81,7 +81,7 @@ final class CrossProcessTests: XCTestCase {
 
     /// A peer that breaks the ring rules in its own memory gets the connection torn down with EPROTO on our side.
     func testHostilePeersGetEPROTO() throws {
-        for how in ["producer-ahead", "producer-backwards", "control-chatter"] {
+        for how in ["producer-ahead", "producer-backwards", "control-chatter", "control-empty"] {
             // The backwards peer waits for us to read its first 100 bytes before it misbehaves.
             let (socket, peer) = try acceptHostile(how, waitForIt: how != "producer-backwards")
             var error: VMSockError?
@@ -107,6 +107,39 @@ final class CrossProcessTests: XCTestCase {
         let (socket, peer) = try acceptHostile("garbage-flags")
         XCTAssertEqual(try socket.read(upTo: 10), [])
         XCTAssertErrno(EPIPE, try socket.writeAll([1]))
+        peer.killHard()
+    }
+
+    /// A shutdown bit we do not define must not stop a blocked read from sleeping, nor its timeout from firing.
+    func testUnknownPeerFlagDoesNotBusyLoopAReader() throws {
+        let (socket, peer) = try acceptHostile("unknown-flag")
+        socket.readTimeout = .milliseconds(300)
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        let cpuBefore = Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6
+        let start = Date()
+        XCTAssertErrno(ETIMEDOUT, try socket.read(upTo: 10))
+        XCTAssertLessThan(Date().timeIntervalSince(start), 2.0)
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        let cpu = Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6 - cpuBefore
+        XCTAssertLessThan(cpu, 0.15, "a 300 ms wait should sleep, not spin (spin budget is 50 µs)")
+        peer.killHard()
+    }
+
+    /// A peer that makes every socket it holds blocking, claims to sleep, and never drains its bell cannot make our
+    /// wake-up calls block: 100,000 small writes, each ringing, finish.
+    func testStuckBellsCannotBlockOurWrites() throws {
+        let name = uniqueName()
+        let listener = try VMListener(address: .name(name), options: VMSocketOptions(ringSize: 64 << 20))
+        let peer = try TestPeer("hostile-connect", name, "stuck-bells")
+        let socket = try listener.accept()
+        peer.expectLine("done")
+        let writer = Background {
+            let chunk = [UInt8](repeating: 3, count: 64)
+            for _ in 0..<100_000 { try socket.writeAll(chunk) }
+        }
+        guard let result = writer.wait(timeout: 30) else { return XCTFail("writes blocked on a stuck doorbell") }
+        XCTAssertNoThrow(try result.get())
         peer.killHard()
     }
 

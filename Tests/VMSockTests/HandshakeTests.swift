@@ -45,9 +45,10 @@ final class HandshakeTests: XCTestCase {
             ("short", Array(hello.prefix(5)), good, .badRequest),
             ("oversized", hello + hello, good, .badRequest),
             ("no descriptors", hello, { [] }, .badRequest),
-            ("extra descriptors", hello, { try good() + [RawControl.makeEventFD()] }, .badRequest),
+            ("extra descriptors", hello, { try good() + [RawControl.makeBell()] }, .badRequest),
             ("unsealed memfd", hello, unsealed, .badRequest),
             ("pipe as doorbell", hello, pipeBell, .badRequest),
+            ("eventfd as doorbell", hello, { [try RawControl.makeRegion(capacity: 4096), RawControl.makeEventFD(), RawControl.makeBell()] }, .badRequest),
             ("bad ring size", HandshakeMessage(kind: .hello, ringCapacity: 5000).encoded(), good, .badRequest),
             ("wrong size memfd", HandshakeMessage(kind: .hello, ringCapacity: 8192).encoded(), good, .badRequest),
             ("welcome instead of hello", HandshakeMessage(kind: .welcome, ringCapacity: 4096).encoded(), good, .badRequest),
@@ -117,19 +118,19 @@ final class HandshakeTests: XCTestCase {
     }
 
     private static func good() throws -> [Int32] {
-        [try RawControl.makeRegion(capacity: 4096), RawControl.makeEventFD(), RawControl.makeEventFD()]
+        [try RawControl.makeRegion(capacity: 4096), RawControl.makeBell(), RawControl.makeBell()]
     }
 
     private static func unsealed() throws -> [Int32] {
         let memfd = vms_memfd_create("unsealed", VMS_MFD_CLOEXEC)
         ftruncate(memfd, 4096 * 2)
-        return [memfd, RawControl.makeEventFD(), RawControl.makeEventFD()]
+        return [memfd, RawControl.makeBell(), RawControl.makeBell()]
     }
 
     private static func pipeBell() throws -> [Int32] {
         var ends: [Int32] = [0, 0]
         pipe(&ends)
         close(ends[0])
-        return [try RawControl.makeRegion(capacity: 4096), ends[1], RawControl.makeEventFD()]
+        return [try RawControl.makeRegion(capacity: 4096), ends[1], RawControl.makeBell()]
     }
 }

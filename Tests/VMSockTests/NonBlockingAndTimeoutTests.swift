@@ -64,6 +64,42 @@ final class NonBlockingAndTimeoutTests: XCTestCase {
         XCTAssertEqual(try server.read(upTo: 10), [1])
     }
 
+    /// A ring left over from before arming (the peer rang, we read without sleeping) must not wake the poller.
+    func testArmingClearsStaleRings() throws {
+        let (server, client) = try connectedPair()
+        server.isNonBlocking = true
+        XCTAssertFalse(try server.armReadable())
+        try client.writeAll([1])  // rings: the server said it sleeps
+        XCTAssertEqual(try server.read(upTo: 10), [1])  // read without polling; the ring stays in the bell
+        XCTAssertFalse(try server.armReadable())
+        var pfd = pollfd(fd: server.pollDescriptor, events: Int16(POLLIN), revents: 0)
+        XCTAssertEqual(poll(&pfd, 1, 100), 0, "armed with nothing new: the descriptor must stay quiet")
+    }
+
+    /// The peer only half-closed: our full-ring write must sleep and time out, not spin.
+    func testWriteTimeoutAfterPeerHalfClose() throws {
+        let (server, client) = try connectedPair(options: VMSocketOptions(ringSize: 4096))
+        try client.shutdown(.write)
+        server.writeTimeout = .milliseconds(300)
+        let start = Date()
+        XCTAssertErrno(ETIMEDOUT, try server.writeAll([UInt8](repeating: 0, count: 8192)))
+        XCTAssertLessThan(Date().timeIntervalSince(start), 2.0)
+    }
+
+    /// A listener that never accepts cannot keep connect blocked past the handshake timeout, backlog full or not.
+    func testConnectToAListenerThatNeverAcceptsTimesOut() throws {
+        let name = uniqueName()
+        let listener = try VMListener(address: .name(name), backlog: 1)
+        var options = VMSocketOptions()
+        options.handshakeTimeout = .milliseconds(300)
+        for attempt in 0..<4 {
+            let start = Date()
+            XCTAssertErrno(ETIMEDOUT, try VMSocket.connect(to: .name(name), options: options), "attempt \(attempt)")
+            XCTAssertLessThan(Date().timeIntervalSince(start), 3.0, "attempt \(attempt)")
+        }
+        withExtendedLifetime(listener) {}
+    }
+
     func testPollDescriptorFiresWhenThePeerCloses() throws {
         let (server, client) = try connectedPair()
         server.isNonBlocking = true

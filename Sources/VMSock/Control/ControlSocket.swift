@@ -67,8 +67,14 @@ enum ControlSocket {
         return fd
     }
 
-    static func connect(_ address: VMSocketAddress) throws(VMSockError) -> Descriptor {
+    /// Connects, waiting at most `timeoutMs` for room in the listener's backlog (a listener that does not accept
+    /// would otherwise keep connect blocked for good).
+    static func connect(_ address: VMSocketAddress, timeoutMs: Int32) throws(VMSockError) -> Descriptor {
         let fd = try makeSocket()
+        var limit = timeval(tv_sec: Int(timeoutMs / 1000), tv_usec: Int(timeoutMs % 1000) * 1000)
+        try Sys.check("setsockopt(SO_SNDTIMEO)") {
+            setsockopt(fd.raw, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        }
         var (addr, length) = try socketAddress(address)
         let result = Sys.retryingEINTR {
             withUnsafePointer(to: &addr) {
@@ -79,6 +85,9 @@ enum ControlSocket {
             let code = errno
             if code == ECONNREFUSED {
                 throw VMSockError(code: code, "nothing listens on \(address); start a listener there first")
+            }
+            if code == EAGAIN || code == EINPROGRESS {
+                throw VMSockError(code: ETIMEDOUT, "\(address) did not accept within \(timeoutMs) ms (its backlog is full)")
             }
             throw VMSockError.system("connect(\(address))", errno: code)
         }
@@ -141,9 +150,12 @@ enum ControlSocket {
     /// Receives one message, waiting at most `timeoutMs`. Room is left for more bytes and descriptors than any
     /// valid message has, so that an oversized or overfull message is seen as such (and its descriptors closed).
     static func receive(_ fd: Int32, timeoutMs: Int32) throws(VMSockError) -> Received {
-        var pfd = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
-        if try Sys.poll(&pfd, timeoutMs: timeoutMs) == 0 {
-            throw VMSockError(code: ETIMEDOUT, "peer did not answer the handshake within \(timeoutMs) ms")
+        let deadline = monotonicNanos() + Int64(timeoutMs) * 1_000_000
+        while true {
+            let left = Int32(clamping: max(0, (deadline - monotonicNanos()) / 1_000_000))
+            var pfd = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+            if try Sys.poll(&pfd, timeoutMs: left) > 0 { break }
+            if left == 0 { throw VMSockError(code: ETIMEDOUT, "peer did not answer the handshake within \(timeoutMs) ms") }
         }
         let maxDescriptors = 16
         let controlLength = vms_cmsg_space(maxDescriptors * MemoryLayout<Int32>.size)

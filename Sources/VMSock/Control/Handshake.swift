@@ -9,8 +9,8 @@ struct EstablishedLink {
     let peerRegion: SharedRegion
     let dataBell: Doorbell
     let spaceBell: Doorbell
-    let peerDataBell: Doorbell
-    let peerSpaceBell: Doorbell
+    let peerDataBell: PeerBell
+    let peerSpaceBell: PeerBell
 }
 
 /// Our half of a connection before the peer has seen it: the region and bells we are about to pass.
@@ -26,7 +26,7 @@ private struct LocalHalf {
         spaceBell = try Doorbell.create()
     }
 
-    var descriptors: [Int32] { [memfd.raw, dataBell.fd, spaceBell.fd] }
+    var descriptors: [Int32] { [memfd.raw, dataBell.sender.raw, spaceBell.sender.raw] }
 }
 
 /// The connect handshake. Connector: hello with its memory and bells; listener: welcome with its own, or reject.
@@ -36,7 +36,7 @@ enum Handshake {
         _ address: VMSocketAddress, capacity: Int, policy: PeerPolicy, timeoutMs: Int32
     ) throws(VMSockError) -> EstablishedLink {
         let mine = try LocalHalf(capacity: capacity)
-        let control = try ControlSocket.connect(address)
+        let control = try ControlSocket.connect(address, timeoutMs: timeoutMs)
         let peer = try ControlSocket.peerCredentials(control.raw)
         guard policy.admits(peer) else {
             throw VMSockError(
@@ -130,8 +130,8 @@ enum Handshake {
 
     private struct PeerHalf {
         let region: SharedRegion
-        let dataBell: Doorbell
-        let spaceBell: Doorbell
+        let dataBell: PeerBell
+        let spaceBell: PeerBell
     }
 
     /// Checks and maps what the peer passed: exactly memfd, data bell, space bell. Every received descriptor is
@@ -142,6 +142,6 @@ enum Handshake {
         }
         let region = try SharedRegion.attachPeer(fd: descriptors[0].raw, capacity: capacity)
         return PeerHalf(
-            region: region, dataBell: try Doorbell.adoptPeer(descriptors[1]), spaceBell: try Doorbell.adoptPeer(descriptors[2]))
+            region: region, dataBell: try PeerBell.adopt(descriptors[1]), spaceBell: try PeerBell.adopt(descriptors[2]))
     }
 }

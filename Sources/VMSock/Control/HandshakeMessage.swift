@@ -10,8 +10,9 @@
 ///      12     4  reject reason (reject only, else 0)
 ///      16    16  reserved, zero
 /// ```
-/// Hello and welcome carry exactly three descriptors with SCM_RIGHTS: the sender's ring memfd, the bell it sleeps
-/// on waiting for data, and the bell it sleeps on waiting for space. A reject carries none.
+/// Hello and welcome carry exactly three descriptors with SCM_RIGHTS: the sender's ring memfd, and the ringing ends
+/// of its two doorbells (the one it sleeps on waiting for data, the one it sleeps on waiting for space). A reject
+/// carries none.
 public struct HandshakeMessage: Equatable, Sendable {
     public static let magic: UInt32 = 0x4853_4d56  // "VMSH" little-endian
     public static let protocolVersion: UInt16 = 1

@@ -19,7 +19,7 @@ extension VMSocket {
 @_spi(Testing) public enum RawControl {
     /// Connects a bare control socket to an endpoint; the caller owns the descriptor.
     public static func connect(_ address: VMSocketAddress) throws(VMSockError) -> Int32 {
-        let fd = try ControlSocket.connect(address)
+        let fd = try ControlSocket.connect(address, timeoutMs: 5000)
         return dup(fd.raw)
     }
 
@@ -45,6 +45,14 @@ extension VMSocket {
         return dup(fd.raw)
     }
 
-    /// An eventfd; the caller owns it.
+    /// The ringing end of a new doorbell (a Unix stream socket); the caller owns it.
+    public static func makeBell() -> Int32 {
+        var ends: [Int32] = [-1, -1]
+        socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends)
+        close(ends[0])
+        return ends[1]
+    }
+
+    /// An eventfd (not a valid doorbell); the caller owns it.
     public static func makeEventFD() -> Int32 { eventfd(0, Int32(EFD_CLOEXEC)) }
 }

@@ -1,45 +1,84 @@
 import CVMSock
 import Glibc
 
-/// An eventfd that one side sleeps on and the other side writes to wake it.
+/// A doorbell: the sleeping side polls its receiving end; the other side sends a byte to wake it.
 ///
 /// Each side makes two: one it sleeps on while waiting for data, one while waiting for space. Separate bells let a
 /// reader thread and a writer thread sleep at the same time without one draining the other's wake-up.
-/// Both are non-blocking: a write that would overflow the counter (a peer that never drains) is dropped, since a
-/// non-zero counter already means "wake up".
+///
+/// Why a Unix stream socketpair and not an eventfd: the peer is untrusted, and whatever descriptor we hand it shares
+/// its open file description with ours. With an eventfd the peer could clear O_NONBLOCK on it and fill its counter,
+/// and our next wake-up write would block for good (eventfd writes ignore RWF_NOWAIT: EOPNOTSUPP on Linux 6.18);
+/// it could also read our bell and swallow our wake-ups. Here the receiving end never leaves this process, and every
+/// send and receive says MSG_DONTWAIT, which no file flag can override. The wake-up costs the same.
 final class Doorbell: @unchecked Sendable {  // immutable after init
-    let descriptor: Descriptor
-    var fd: Int32 { descriptor.raw }
+    /// Where we sleep: private to this process.
+    private let receiver: Descriptor
+    /// The end the peer rings. We keep it too, to wake our own sleepers (shutdown from another thread).
+    let sender: Descriptor
 
-    private init(_ descriptor: Descriptor) { self.descriptor = descriptor }
+    var fd: Int32 { receiver.raw }
+
+    private init(receiver: Descriptor, sender: Descriptor) {
+        self.receiver = receiver
+        self.sender = sender
+    }
 
     /// A new bell of our own.
     static func create() throws(VMSockError) -> Doorbell {
-        let fd = try Sys.check("eventfd") { eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK)) }
-        return Doorbell(Descriptor(fd))
+        var ends: [Int32] = [-1, -1]
+        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+        try Sys.check("socketpair(doorbell)") { socketpair(AF_UNIX, type, 0, &ends) }
+        let receiver = Descriptor(ends[0])
+        let sender = Descriptor(ends[1])
+        // Nothing travels the other way; refuse it, so the peer cannot fill a buffer we never read.
+        Glibc.shutdown(receiver.raw, Int32(SHUT_WR))
+        return Doorbell(receiver: receiver, sender: sender)
     }
 
-    /// Adopts a bell the peer sent us, after checking that it really is an eventfd (anything else could block us
-    /// or do something we did not ask for when written).
-    static func adoptPeer(_ descriptor: Descriptor) throws(VMSockError) -> Doorbell {
-        guard Sys.describe(descriptor.raw) == "anon_inode:[eventfd]" else {
-            throw .protocolFault("peer sent a doorbell that is not an eventfd (\(Sys.describe(descriptor.raw)))")
+    /// Wakes our own sleeper on this bell.
+    @inline(__always)
+    func ringSelf() { PeerBell.send(sender.raw) }
+
+    /// Clears pending rings, so that the next poll sleeps until a new one. Never blocks.
+    /// - Returns: false when the bell's other end is closed everywhere (the peer is gone).
+    @inline(__always)
+    @discardableResult
+    func drain() -> Bool {
+        var sink = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        let n = withUnsafeMutableBytes(of: &sink) { recv(receiver.raw, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        return n != 0
+    }
+}
+
+/// The peer's doorbell: the sending end of its socketpair.
+final class PeerBell: @unchecked Sendable {  // immutable after init
+    private let sender: Descriptor
+
+    private init(_ sender: Descriptor) { self.sender = sender }
+
+    /// Adopts a bell the peer sent us, after checking that it is what a bell must be: a Unix stream socket.
+    static func adopt(_ descriptor: Descriptor) throws(VMSockError) -> PeerBell {
+        var type: Int32 = 0
+        var domain: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        let isSocket = getsockopt(descriptor.raw, SOL_SOCKET, SO_TYPE, &type, &length) == 0
+            && getsockopt(descriptor.raw, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0
+        guard isSocket, type == Int32(SOCK_STREAM.rawValue), domain == AF_UNIX else {
+            throw .protocolFault("peer sent a doorbell that is not a Unix stream socket (\(Sys.describe(descriptor.raw)))")
         }
-        try Sys.setNonBlocking(descriptor.raw, true)
-        return Doorbell(descriptor)
+        return PeerBell(descriptor)
     }
 
-    /// Wakes whoever sleeps on this bell. One system call; callers ring only when the sleeper said it sleeps.
+    /// Wakes the peer. One system call; callers ring only when the peer said it sleeps.
     @inline(__always)
-    func ring() {
-        var one: UInt64 = 1
-        _ = Sys.retryingEINTR { Glibc.write(fd, &one, 8) }
-    }
+    func ring() { Self.send(sender.raw) }
 
-    /// Clears pending rings, so that the next poll sleeps until a new one.
+    /// Sends one byte without ever blocking or raising SIGPIPE. A full buffer already means "wake up", and a
+    /// closed peer learns nothing more: both failures are meant to be ignored.
     @inline(__always)
-    func drain() {
-        var count: UInt64 = 0
-        _ = Sys.retryingEINTR { Glibc.read(fd, &count, 8) }
+    static func send(_ fd: Int32) {
+        var byte: UInt8 = 1
+        _ = Glibc.send(fd, &byte, 1, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL))
     }
 }

@@ -204,42 +204,54 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         flags & State.peerGone != 0 || peer.shutdownFlags & LocalHeader.peerStopsWriting != 0
     }
 
+    /// Whether a blocked read has something to return: bytes, end of stream, or an error. Only the shutdown bits
+    /// that end the peer's writing count: any other bit the peer sets must not stop us from sleeping.
+    private func readWaitIsOver() throws(VMSockError) -> Bool {
+        let flags = state.load(ordering: .relaxed)
+        if flags & (State.closed | State.broken | State.readShut) != 0 { return true }
+        return try refreshAvailable() > 0 || peerFinishedWriting(flags)
+    }
+
+    /// Whether a blocked write has room for `needed` bytes, or must fail.
+    private func writeWaitIsOver(needed: Int) throws(VMSockError) -> Bool {
+        let flags = state.load(ordering: .relaxed)
+        if flags & (State.closed | State.broken | State.writeShut | State.peerGone) != 0 { return true }
+        if peer.shutdownFlags & LocalHeader.peerStopsReading != 0 { return true }
+        return try refreshFreeSpace() >= needed
+    }
+
     // MARK: Waiting
 
     private func sleepUntilReadable(_ deadline: inout Int64?) throws(VMSockError) {
         if nonBlocking.load(ordering: .relaxed) {
-            if try !controlSaysPeerGone(timeoutMs: 0) {
+            if try !controlSaysPeerGone() {
                 throw VMSockError(code: EAGAIN, "no data to read yet (non-blocking socket)")
             }
             return
         }
         let end = deadline ?? startDeadline(readTimeout)
         deadline = end
-        if spin(until: end, { (try? rx.refreshAvailable()).map { $0 > 0 } ?? true || peer.shutdownFlags != 0 }) {
-            return
-        }
+        if spin(until: end, { (try? readWaitIsOver()) ?? true }) { return }
         local.setWaitingForData(true)
         defer { local.setWaitingForData(false) }
         // Announce, then re-check: a publish that raced with the announcement is seen here, any later one rings.
-        if try refreshAvailable() > 0 || peerFinishedWriting(state.load(ordering: .relaxed)) { return }
+        if try readWaitIsOver() { return }
         try sleep(on: link.dataBell, until: end, what: "read")
     }
 
     private func sleepUntilWritable(_ deadline: inout Int64?, needed: Int) throws(VMSockError) {
         if nonBlocking.load(ordering: .relaxed) {
-            if try !controlSaysPeerGone(timeoutMs: 0) {
+            if try !controlSaysPeerGone() {
                 throw VMSockError(code: EAGAIN, "no room to write yet (non-blocking socket); the peer is not reading")
             }
             return
         }
         let end = deadline ?? startDeadline(writeTimeout)
         deadline = end
-        if spin(until: end, { (try? tx.refreshFreeSpace()).map { $0 >= needed } ?? true || peer.shutdownFlags != 0 }) {
-            return
-        }
+        if spin(until: end, { (try? writeWaitIsOver(needed: needed)) ?? true }) { return }
         local.setWaitingForSpace(true)
         defer { local.setWaitingForSpace(false) }
-        if try refreshFreeSpace() >= needed || peer.shutdownFlags != 0 { return }
+        if try writeWaitIsOver(needed: needed) { return }
         try sleep(on: link.spaceBell, until: end, what: "write")
     }
 
@@ -249,8 +261,9 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         return nanos < 0 ? .max : monotonicNanos() &+ nanos
     }
 
-    /// Spins on shared memory until `ready` or the spin budget (or the deadline) runs out. No system calls:
-    /// the clock is read through the vDSO, and only every 64 turns.
+    /// Spins on shared memory until `ready` or the spin budget (or the deadline) runs out. The clock is read
+    /// through the vDSO, only every 64 turns; then the core is yielded once, so that with more busy threads than
+    /// cores the thread we wait for gets to run (see `SpinPolicy`).
     @inline(__always)
     private func spin(until deadline: Int64, _ ready: () -> Bool) -> Bool {
         let budget = spinNanos.load(ordering: .relaxed)
@@ -268,8 +281,9 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         }
     }
 
-    /// One sleep on a bell (or the liveness socket), bounded by the deadline. Returns after any wake-up; the
-    /// caller re-checks the ring.
+    /// One sleep on a bell and the liveness socket, bounded by the deadline. Returns after any wake-up; the caller
+    /// re-checks the ring. Every way out of here ends the wait or leaves something new to re-check, so a waiting
+    /// call never spins on a descriptor that stays readable.
     private func sleep(on bell: Doorbell, until deadline: Int64, what: String) throws(VMSockError) {
         var timeoutMs: Int32 = -1
         if deadline != .max {
@@ -282,41 +296,47 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
             pollfd(fd: link.control.raw, events: Int16(POLLIN) | Int16(VMS_POLLRDHUP), revents: 0),
         ]
         _ = try Sys.poll(&fds, timeoutMs: timeoutMs)
-        if fds[0].revents != 0 { bell.drain() }
-        if fds[1].revents != 0 { _ = try controlSaysPeerGone(timeoutMs: 0) }
+        if fds[0].revents != 0 && !bell.drain() { markPeerGone() }
+        if fds[1].revents != 0 { _ = try controlSaysPeerGone() }
     }
 
-    /// Looks at the liveness socket. After the handshake nothing may arrive on it: end of file means the peer
-    /// is gone (closed, exited, or killed), data means it broke the protocol.
-    private func controlSaysPeerGone(timeoutMs: Int32) throws(VMSockError) -> Bool {
+    /// Looks at the liveness socket without blocking. After the handshake nothing may arrive on it: a hang-up means
+    /// the peer is gone (closed, exited, or killed); any message, even an empty one, means it broke the protocol.
+    private func controlSaysPeerGone() throws(VMSockError) -> Bool {
         if state.load(ordering: .relaxed) & State.peerGone != 0 { return true }
-        var byte: UInt8 = 0
-        let n = Sys.retryingEINTR { recv(link.control.raw, &byte, 1, Int32(MSG_DONTWAIT)) }
-        if n == 0 || (n < 0 && (errno == ECONNRESET || errno == ENOTCONN)) {
-            state.bitwiseOr(State.peerGone, ordering: .acquiringAndReleasing)
+        var pfd = pollfd(fd: link.control.raw, events: Int16(POLLIN) | Int16(VMS_POLLRDHUP), revents: 0)
+        guard Glibc.poll(&pfd, 1, 0) == 1 else { return false }
+        if pfd.revents & (Int16(POLLHUP) | Int16(VMS_POLLRDHUP) | Int16(POLLERR)) != 0 {
+            markPeerGone()
             return true
         }
-        if n > 0 { throw tearDown(.protocolFault("peer sent data on the control socket after the handshake")) }
+        if pfd.revents & Int16(POLLIN) != 0 {
+            throw tearDown(.protocolFault("peer sent a message on the control socket after the handshake"))
+        }
         return false
+    }
+
+    private func markPeerGone() {
+        state.bitwiseOr(State.peerGone, ordering: .acquiringAndReleasing)
     }
 
     // MARK: Readiness for pollers
 
-    /// Arms `pollDescriptor` for readability: announces that we sleep, then re-checks.
+    /// Arms `pollDescriptor` for readability: announces that we sleep, clears stale rings, then re-checks.
     /// - Returns: true when the socket is readable right now (do not poll; read). When false, poll
     ///   `pollDescriptor`; once it fires, read until EAGAIN. A successful read disarms.
     func armReadable() throws(VMSockError) -> Bool {
         local.setWaitingForData(true)
         readArmed = true
-        let flags = state.load(ordering: .relaxed)
-        if flags & (State.closed | State.broken | State.readShut) != 0 { return true }
-        if try refreshAvailable() > 0 || peerFinishedWriting(flags) { return true }
-        return try controlSaysPeerGone(timeoutMs: 0)
+        // Drained after announcing: a ring that came before is gone (it would make the poll fire for nothing), and
+        // a publish that came before is seen by the re-check below.
+        if !link.dataBell.drain() { markPeerGone() }
+        if try readWaitIsOver() { return true }
+        return try controlSaysPeerGone()
     }
 
     private func disarmReadable() {
         local.setWaitingForData(false)
-        link.dataBell.drain()
         readArmed = false
     }
 
@@ -352,8 +372,8 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     private func wakeEveryone() {
         link.peerDataBell.ring()
         link.peerSpaceBell.ring()
-        link.dataBell.ring()
-        link.spaceBell.ring()
+        link.dataBell.ringSelf()
+        link.spaceBell.ringSelf()
     }
 
     /// The peer broke the rules: remember why, tell it we are gone, and make every later call fail with `error`.

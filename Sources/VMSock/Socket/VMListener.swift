@@ -83,12 +83,21 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     public var lastRejectionReason: String? { lastRejection.withLock { $0 } }
 
     /// Non-blocking mode for `accept`. The listener's descriptor polls readable when a connector waits.
+    /// Setting it after `close` does nothing.
     public var isNonBlocking: Bool {
-        get { (fcntl(socket, F_GETFL) & O_NONBLOCK) != 0 }
-        set { try? Sys.setNonBlocking(socket, newValue) }
+        get {
+            guard (try? enter()) != nil else { return false }
+            defer { leave() }
+            return (fcntl(socket, F_GETFL) & O_NONBLOCK) != 0
+        }
+        set {
+            guard (try? enter()) != nil else { return }
+            defer { leave() }
+            try? Sys.setNonBlocking(socket, newValue)
+        }
     }
 
-    /// Polls readable when a connection is waiting to be accepted.
+    /// Polls readable when a connection is waiting to be accepted. Valid until `close`.
     public var pollDescriptor: Int32 { socket }
 
     /// Stops listening: the endpoint is free for another listener at once. A blocked `accept` fails with EBADF.

@@ -32,10 +32,15 @@ enum Sys {
         if wanted != flags { try check("fcntl(F_SETFL)") { fcntl(fd, F_SETFL, wanted) } }
     }
 
-    /// Waits for `events` on the descriptors, up to `timeoutMs` (-1 forever). Returns the number ready.
+    /// Waits for `events` on the descriptors, up to `timeoutMs` (-1 forever). Returns the number ready, and 0 when
+    /// a signal interrupted the wait: callers loop and recompute what is left of their timeout, which a retry
+    /// here with the original timeout would stretch.
     static func poll(_ fds: inout [pollfd], timeoutMs: Int32) throws(VMSockError) -> Int32 {
         let count = nfds_t(fds.count)
-        return try check("poll") { fds.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, count, timeoutMs) } }
+        let ready = fds.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, count, timeoutMs) }
+        if ready >= 0 { return ready }
+        if errno == EINTR { return 0 }
+        throw VMSockError.system("poll")
     }
 
     /// What a descriptor is, as /proc shows it ("anon_inode:[eventfd]", "/memfd:vmsock (deleted)", ...).
