@@ -28,7 +28,7 @@ echo
 printf "%-52s %8s %8s %8s\n" "64-byte round trip (µs)" median min max
 for spin in 50 0; do
     label="spin ${spin} µs"
-    if [ "$spin" = 0 ]; then label="$label: every wait sleeps on the eventfd"; fi
+    if [ "$spin" = 0 ]; then label="$label: every wait sleeps on its doorbell"; fi
     for _ in $(seq "$runs"); do
         "$demo" --seconds 0.2 --round-trips 100000 --spin-us "$spin" | sed -n 's/.*round trip: \([0-9.]*\) .*/\1/p'
     done | summary | xargs printf "%-52s %8s %8s %8s\n" "$label"

@@ -1,6 +1,6 @@
 #ifndef VMSOCK_CVMSOCK_H
 #define VMSOCK_CVMSOCK_H
-// The small part of vmsock that Swift cannot import: memfd and its seals, eventfd, epoll, the CMSG_* macros for
+// The small part of vmsock that Swift cannot import: memfd and its seals, eventfd (tests), epoll, the CMSG_* macros for
 // SCM_RIGHTS, SO_PEERCRED, a CPU pause hint, and atomics on memory that another process maps.
 // Everything else stays in Swift. Constants that glibc only shows under _GNU_SOURCE are numbered here (they are
 // Linux ABI) and pinned against the real headers by _Static_assert in shim.c.
