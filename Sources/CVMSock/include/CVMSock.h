@@ -41,13 +41,10 @@ unsigned char *vms_cmsg_data(struct cmsghdr *cmsg);
 // MARK: atomics on mapped memory
 // One owner per shared word: these are the only functions that touch the words of the ring header.
 static inline uint64_t vms_load_acquire_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-static inline void vms_store_release_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint32_t vms_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-static inline void vms_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 // Sequentially consistent store and load: the two halves of the need-wakeup (Dekker) handshake. On x86 the
 // store is an XCHG, which is also the full fence the pattern needs between "publish" and "read the flag".
 static inline void vms_store_seqcst_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
-static inline uint64_t vms_load_seqcst_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline void vms_store_seqcst_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
 static inline uint32_t vms_load_seqcst_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline void vms_fence_seqcst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
