@@ -31,8 +31,9 @@ struct Demo: ParsableCommand {
 
     func run() throws {
         do {
-            if let name = peerOf {
-                try DemoPeer.run(endpoint: name, ringSize: ringSize, readSize: readSize, spinUs: spinUs, inPlace: inPlace)
+            if let peerOf {
+                guard let port = UInt16(peerOf) else { throw ValidationError("--peer-of takes a port") }
+                try DemoPeer.run(port: port, ringSize: ringSize, readSize: readSize, spinUs: spinUs, inPlace: inPlace)
             } else {
                 try runParent()
             }
@@ -43,10 +44,10 @@ struct Demo: ParsableCommand {
     }
 
     private func runParent() throws {
-        let name = "demo-\(getpid())"
-        var options = VMSocketOptions()
+        var options = VMSocketOptions(transport: .shm)
         options.ringSize = ringSize
-        let listener = try VMListener(address: .name(name), options: options)
+        let listener = try VMListener(host: "127.0.0.1", port: 0, options: options)
+        let name = String(listener.localAddress.port)
         let peer = Process()
         peer.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         peer.arguments = ["--peer-of", name, "--ring-size", String(ringSize), "--read-size", String(readSize)]
@@ -98,9 +99,10 @@ struct Demo: ParsableCommand {
 }
 
 enum DemoPeer {
-    static func run(endpoint: String, ringSize: Int, readSize: Int, spinUs: Int?, inPlace: Bool) throws {
-        let options = VMSocketOptions(ringSize: ringSize)
-        let stream = try VMSocket.connect(to: .name(endpoint), options: options)
+    static func run(port: UInt16, ringSize: Int, readSize: Int, spinUs: Int?, inPlace: Bool) throws {
+        var options = VMSocketOptions(transport: .shm)
+        options.ringSize = ringSize
+        let stream = try VMSocket.connect(host: "127.0.0.1", port: port, options: options)
         if let spinUs { stream.spinMicroseconds = spinUs }
         let sink = UnsafeMutableRawBufferPointer.allocate(byteCount: readSize, alignment: 64)
         defer { sink.deallocate() }
@@ -113,7 +115,7 @@ enum DemoPeer {
         try stream.writeAll(withUnsafeBytes(of: UInt64(total).littleEndian) { Array($0) })
         stream.close()
 
-        let echo = try VMSocket.connect(to: .name(endpoint), options: options)
+        let echo = try VMSocket.connect(host: "127.0.0.1", port: port, options: options)
         if let spinUs { echo.spinMicroseconds = spinUs }
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {

@@ -11,8 +11,8 @@ enum Hostile {
     ///
     /// HOW: producer-ahead | producer-backwards | consumer-ahead | garbage-flags | unknown-flag | control-chatter |
     ///      control-empty | stuck-bells
-    static func connectAndMisbehave(name: String, how: String) throws {
-        let socket = try VMSocket.connect(to: .name(name))
+    static func connectAndMisbehave(port: UInt16, how: String) throws {
+        let socket = try VMSocket.connect(host: "127.0.0.1", port: port, options: VMSocketOptions(transport: .shm))
         let base = socket._localRegionBase
         func store(_ value: UInt64, at offset: Int) {
             vms_store_seqcst_u64((base + offset).assumingMemoryBound(to: UInt64.self), value)
@@ -54,12 +54,12 @@ enum Hostile {
         withExtendedLifetime(socket) { while true { pause() } }
     }
 
-    /// Listens on NAME with a bare control socket and answers the first hello wrongly.
+    /// Registers for 127.0.0.1:PORT with a bare control socket and answers the first hello wrongly.
     ///
     /// HOW: garbage | short | no-fds | extra-fds | unsealed-memfd | wrong-size | pipe-bell | wrong-version |
     ///      hang-up | silent | reject
-    static func answerWrongly(name: String, how: String) throws {
-        let listener = try RawControl.listen(.name(name))
+    static func answerWrongly(port: UInt16, how: String) throws {
+        let listener = try RawControl.listen(IPEndpoint(numericHost: "127.0.0.1", port: port)!)
         ready()
         let fd = accept(listener, nil, nil)
         guard fd >= 0 else { fail("accept failed") }
@@ -98,7 +98,7 @@ enum Hostile {
         case "silent":
             break
         case "reject":
-            let reject = HandshakeMessage(kind: .reject, rejectReason: HandshakeMessage.RejectReason.versionMismatch.rawValue, version: 2)
+            let reject = HandshakeMessage(kind: .reject, rejectReason: HandshakeMessage.RejectReason.versionMismatch.rawValue, version: 3)
             try RawControl.send(fd, reject.encoded(), descriptors: [])
         default:
             fail("unknown wrong answer \(how)")

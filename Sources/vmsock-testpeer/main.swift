@@ -6,12 +6,16 @@ import Foundation
 
 let usage = """
     vmsock-testpeer MODE ARGS...
-      stream-listen NAME BYTES RING SEED     accept one, send and check BYTES each way at once
-      stream-connect NAME BYTES RING SEED    connect, send and check BYTES each way at once
-      hold-listen NAME                       accept one connection and sit on it (a victim for kill -9)
-      hold-connect NAME                      connect and sit on it
-      hostile-connect NAME HOW               connect, then break the ring rules (HOW: see Hostile.swift)
-      bad-welcome NAME HOW                   listen and answer the first hello wrongly
+      stream-listen PORT BYTES RING SEED     accept one, send and check BYTES each way at once
+      stream-connect PORT BYTES RING SEED    connect, send and check BYTES each way at once
+      hold-listen PORT                       accept one connection and sit on it (a victim for kill -9)
+      hold-connect PORT                      connect and sit on it
+      hostile-connect PORT HOW               connect, then break the ring rules (HOW: see Hostile.swift)
+      bad-welcome PORT HOW                   register for PORT and answer the first hello wrongly
+      squat PORT                             register for PORT (as another user would) and sit on it
+      cat HOST PORT                          connect; stdin to the socket, the socket to stdout (see Cat.swift)
+      cat-listen HOST PORT [--echo]          accept one; the same, or echo what arrives
+    All ports are on 127.0.0.1, except for cat. The transport policy comes from VMSOCK_TRANSPORT.
     """
 
 let args = CommandLine.arguments
@@ -29,7 +33,8 @@ func ready(_ word: String = "ready") {
     FileHandle.standardOutput.write(Data((word + "\n").utf8))
 }
 
-let name = args[2]
+let loopback = "127.0.0.1"
+guard let port = UInt16(args[args[1].hasPrefix("cat") ? 3 : 2]) else { fail("bad port\n\(usage)") }
 do {
     switch args[1] {
     case "stream-listen", "stream-connect":
@@ -39,31 +44,38 @@ do {
         let options = VMSocketOptions(ringSize: ring)
         let socket: VMSocket
         if args[1] == "stream-listen" {
-            let listener = try VMListener(address: .name(name), options: options)
+            let listener = try VMListener(host: loopback, port: port, options: options)
             ready()
             socket = try listener.accept()
         } else {
-            socket = try VMSocket.connect(to: .name(name), options: options)
+            socket = try VMSocket.connect(host: loopback, port: port, options: options)
         }
         let isListener = args[1] == "stream-listen"
         try PatternPump.run(socket, bytes: bytes, sendSeed: isListener ? seed : seed + 1, receiveSeed: isListener ? seed + 1 : seed)
         ready("ok")
     case "hold-listen":
-        let listener = try VMListener(address: .name(name))
+        let listener = try VMListener(host: loopback, port: port)
         ready()
         let socket = try listener.accept()
         ready("accepted")
         withExtendedLifetime(socket) { while true { pause() } }
     case "hold-connect":
-        let socket = try VMSocket.connect(to: .name(name))
+        let socket = try VMSocket.connect(host: loopback, port: port)
         ready()
         withExtendedLifetime(socket) { while true { pause() } }
     case "hostile-connect":
         guard args.count == 4 else { fail("bad arguments\n\(usage)") }
-        try Hostile.connectAndMisbehave(name: name, how: args[3])
+        try Hostile.connectAndMisbehave(port: port, how: args[3])
     case "bad-welcome":
         guard args.count == 4 else { fail("bad arguments\n\(usage)") }
-        try Hostile.answerWrongly(name: name, how: args[3])
+        try Hostile.answerWrongly(port: port, how: args[3])
+    case "squat":
+        let registration = try RawControl.listen(IPEndpoint(numericHost: loopback, port: port)!)
+        ready()
+        withExtendedLifetime(registration) { while true { pause() } }
+    case "cat", "cat-listen":
+        guard args.count >= 4 else { fail("bad arguments\n\(usage)") }
+        try Cat.run(listen: args[1] == "cat-listen", host: args[2], port: port, echo: args.contains("--echo"))
     default:
         fail("unknown mode \(args[1])\n\(usage)")
     }

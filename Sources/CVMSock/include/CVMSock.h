@@ -28,6 +28,7 @@ int vms_memfd_create(const char *name, unsigned int flags);
 // MARK: sockets
 #define VMS_POLLRDHUP 0x2000
 int vms_accept4_cloexec(int fd);
+int vms_accept4_cloexec_nonblock(int fd);
 /// SO_PEERCRED of a connected AF_UNIX socket. Returns 0 or -1 with errno set.
 int vms_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 

@@ -1,46 +1,33 @@
 import CVMSock
 import Glibc
 
-/// Where a vmsock listener can be reached on this host: a name in the abstract Unix namespace, so a crashed
-/// listener leaves nothing on disk.
-public enum VMSocketAddress: Sendable, Equatable, CustomStringConvertible {
-    /// A free-form name ("db", "build-cache"); up to 90 bytes.
-    case name(String)
-    /// A port number, for code that thinks in ports.
-    case port(UInt16)
+/// Where a listener's control socket is bound: a name in the abstract Unix namespace (gone with its process,
+/// nothing on disk), or a socket file in a directory (for registries shared across network namespaces).
+struct ControlAddress: Sendable, Equatable, CustomStringConvertible {
+    enum Kind: Sendable, Equatable { case abstract, path }
+    let kind: Kind
+    let name: String
 
-    /// The abstract socket name, without the leading NUL.
-    var abstractName: String {
-        switch self {
-        case .name(let name): "vmsock/name/\(name)"
-        case .port(let port): "vmsock/port/\(port)"
-        }
-    }
-
-    public var description: String {
-        switch self {
-        case .name(let name): "vmsock endpoint '\(name)'"
-        case .port(let port): "vmsock port \(port)"
-        }
-    }
+    var description: String { kind == .abstract ? "@\(name)" : name }
 }
 
 /// The AF_UNIX SOCK_SEQPACKET control socket: the handshake travels over it, and afterwards it stays open as the
 /// liveness channel (the peer's death closes it, which wakes anyone polling it).
 enum ControlSocket {
-    static func socketAddress(_ address: VMSocketAddress) throws(VMSockError) -> (sockaddr_un, socklen_t) {
+    static func socketAddress(_ address: ControlAddress) throws(VMSockError) -> (sockaddr_un, socklen_t) {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
-        let name = Array(address.abstractName.utf8)
+        let name = Array(address.name.utf8)
         let capacity = MemoryLayout.size(ofValue: addr.sun_path)
-        guard !name.isEmpty, name.count < capacity else {
-            throw VMSockError(code: EINVAL, "\(address): name too long (at most \(capacity - 14) bytes)")
+        guard !name.isEmpty, name.count < capacity - 1 else {
+            throw VMSockError(code: ENAMETOOLONG, "\(address): name too long for a Unix socket (at most \(capacity - 2) bytes)")
         }
+        // An abstract name starts with a NUL; a path ends with one (sockaddr_un() is zeroed).
+        let offset = address.kind == .abstract ? 1 : 0
         withUnsafeMutableBytes(of: &addr.sun_path) { path in
-            path[0] = 0  // abstract namespace
-            path.baseAddress!.advanced(by: 1).copyMemory(from: name, byteCount: name.count)
+            path.baseAddress!.advanced(by: offset).copyMemory(from: name, byteCount: name.count)
         }
-        let length = MemoryLayout<sa_family_t>.size + 1 + name.count
+        let length = MemoryLayout<sa_family_t>.size + offset + name.count + (1 - offset)
         return (addr, socklen_t(length))
     }
 
@@ -50,7 +37,7 @@ enum ControlSocket {
         })
     }
 
-    static func listen(_ address: VMSocketAddress, backlog: Int32) throws(VMSockError) -> Descriptor {
+    static func listen(_ address: ControlAddress, backlog: Int32) throws(VMSockError) -> Descriptor {
         let fd = try makeSocket()
         var (addr, length) = try socketAddress(address)
         let bound = withUnsafePointer(to: &addr) {
@@ -59,7 +46,7 @@ enum ControlSocket {
         if bound != 0 {
             let code = errno
             if code == EADDRINUSE {
-                throw VMSockError(code: code, "\(address) is already in use by another listener; pick another name or port")
+                throw VMSockError(code: code, "\(address) is already bound by another socket")
             }
             throw VMSockError.system("bind(\(address))", errno: code)
         }
@@ -69,7 +56,7 @@ enum ControlSocket {
 
     /// Connects, waiting at most `timeoutMs` for room in the listener's backlog (a listener that does not accept
     /// would otherwise keep connect blocked for good).
-    static func connect(_ address: VMSocketAddress, timeoutMs: Int32) throws(VMSockError) -> Descriptor {
+    static func connect(_ address: ControlAddress, timeoutMs: Int32) throws(VMSockError) -> Descriptor {
         let fd = try makeSocket()
         var limit = timeval(tv_sec: Int(timeoutMs / 1000), tv_usec: Int(timeoutMs % 1000) * 1000)
         try Sys.check("setsockopt(SO_SNDTIMEO)") {
@@ -83,8 +70,8 @@ enum ControlSocket {
         }
         if result != 0 {
             let code = errno
-            if code == ECONNREFUSED {
-                throw VMSockError(code: code, "nothing listens on \(address); start a listener there first")
+            if code == ECONNREFUSED || code == ENOENT {
+                throw VMSockError(code: ECONNREFUSED, "nothing listens on \(address)")
             }
             if code == EAGAIN || code == EINPROGRESS {
                 throw VMSockError(code: ETIMEDOUT, "\(address) did not accept within \(timeoutMs) ms (its backlog is full)")

@@ -11,6 +11,8 @@ struct EstablishedLink {
     let spaceBell: Doorbell
     let peerDataBell: PeerBell
     let peerSpaceBell: PeerBell
+    /// The address and port the connector dialed (both sides know it after the hello).
+    let dialed: IPEndpoint?
 }
 
 /// Our half of a connection before the peer has seen it: the region and bells we are about to pass.
@@ -31,23 +33,21 @@ private struct LocalHalf {
 
 /// The connect handshake. Connector: hello with its memory and bells; listener: welcome with its own, or reject.
 enum Handshake {
-    /// The connector's side: one round trip on a fresh control socket.
+    /// The connector's side: one round trip on a control socket just connected to `address`, whose owner the
+    /// caller already checked. Failures that explain a fallback to TCP carry a `FallbackReason`.
     static func connect(
-        _ address: VMSocketAddress, capacity: Int, policy: PeerPolicy, timeoutMs: Int32
+        _ control: Descriptor, peer: PeerCredentials, dialed: IPEndpoint, address: ControlAddress, capacity: Int,
+        timeoutMs: Int32
     ) throws(VMSockError) -> EstablishedLink {
-        let mine = try LocalHalf(capacity: capacity)
-        let control = try ControlSocket.connect(address, timeoutMs: timeoutMs)
-        let peer = try ControlSocket.peerCredentials(control.raw)
-        guard policy.admits(peer) else {
-            throw VMSockError(
-                code: ECONNREFUSED,
-                "\(address) is owned by uid \(peer.uid) (pid \(peer.pid)), which this process does not trust")
+        let mine: LocalHalf
+        do throws(VMSockError) { mine = try LocalHalf(capacity: capacity) } catch {
+            throw error.because(.outOfResources)
         }
-        let hello = HandshakeMessage(kind: .hello, ringCapacity: UInt32(capacity))
+        let hello = HandshakeMessage(kind: .hello, ringCapacity: UInt32(capacity), dialed: dialed)
         try ControlSocket.send(control.raw, hello.encoded(), descriptors: mine.descriptors)
         let reply = try ControlSocket.receive(control.raw, timeoutMs: timeoutMs)
         if reply.bytes.isEmpty && !reply.truncated {
-            throw VMSockError(code: ECONNRESET, "\(address) closed the connection during the handshake")
+            throw VMSockError(code: ECONNRESET, "the listener at \(address) closed the connection during the handshake")
         }
         let message = try decode(reply, from: "listener")
         switch message.kind {
@@ -57,18 +57,27 @@ enum Handshake {
                 ?? "reason \(message.rejectReason)"
             let detail = message.rejectReason == HandshakeMessage.RejectReason.versionMismatch.rawValue
                 ? " (listener speaks protocol \(message.version), we speak \(HandshakeMessage.protocolVersion))" : ""
-            throw VMSockError(code: ECONNREFUSED, "\(address) refused the connection: \(reason)\(detail)")
+            let fallback: FallbackReason = switch HandshakeMessage.RejectReason(rawValue: message.rejectReason) {
+            case .versionMismatch: .versionMismatch
+            case .notPermitted: .refusedByListener
+            case .outOfResources: .outOfResources
+            case .badRequest, nil: .handshakeFailed
+            }
+            throw VMSockError(code: ECONNREFUSED, "the listener at \(address) refused the connection: \(reason)\(detail)")
+                .because(fallback)
         case .hello:
             throw .protocolFault("listener answered the handshake with a hello")
         }
         guard message.version == HandshakeMessage.protocolVersion else {
-            throw .protocolFault("listener welcomed us with protocol \(message.version), we speak \(HandshakeMessage.protocolVersion)")
+            throw VMSockError.protocolFault(
+                "listener welcomed us with protocol \(message.version), we speak \(HandshakeMessage.protocolVersion)"
+            ).because(.versionMismatch)
         }
         let theirs = try adopt(reply.descriptors, capacity: Int(message.ringCapacity), from: "listener")
         return EstablishedLink(
             control: control, peer: peer, localRegion: mine.region, peerRegion: theirs.region,
             dataBell: mine.dataBell, spaceBell: mine.spaceBell,
-            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell)
+            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed)
     }
 
     /// The listener's side, on a control socket just accepted. A connector that is not admitted, or whose hello
@@ -86,6 +95,7 @@ enum Handshake {
             throw VMSockError(code: ECONNRESET, "connector closed the connection before its hello")
         }
         let theirs: PeerHalf
+        let dialed: IPEndpoint?
         do throws(VMSockError) {
             let hello = try decode(request, from: "connector")
             guard hello.version == HandshakeMessage.protocolVersion else {
@@ -94,6 +104,7 @@ enum Handshake {
                     "connector speaks protocol \(hello.version), we speak \(HandshakeMessage.protocolVersion)")
             }
             guard hello.kind == .hello else { throw VMSockError.protocolFault("connector sent a \(hello.kind) instead of a hello") }
+            dialed = hello.dialed
             theirs = try adopt(request.descriptors, capacity: Int(hello.ringCapacity), from: "connector")
         } catch {
             if error.code == EPROTO { reject(control, .badRequest) }
@@ -109,7 +120,7 @@ enum Handshake {
         return EstablishedLink(
             control: control, peer: peer, localRegion: mine.region, peerRegion: theirs.region,
             dataBell: mine.dataBell, spaceBell: mine.spaceBell,
-            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell)
+            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed)
     }
 
     private static func reject(_ control: Descriptor, _ reason: HandshakeMessage.RejectReason) {

@@ -4,19 +4,24 @@
 /// ```
 ///  offset  size  field
 ///       0     4  magic "VMSH"
-///       4     2  protocol version (1)
+///       4     2  protocol version (2)
 ///       6     2  kind: 1 hello (connector), 2 welcome (listener), 3 reject (listener)
 ///       8     4  ring capacity: bytes of the sender's outgoing ring (hello, welcome); 0 in a reject
 ///      12     4  reject reason (reject only, else 0)
-///      16    16  reserved, zero
+///      16     2  hello: family of the address the connector dialed (4 or 6); else 0
+///      18     2  hello: the port it dialed; else 0
+///      20    16  hello: the address it dialed (IPv4 in the first 4 bytes); else zero
+///      36    12  reserved, zero
 /// ```
+/// The dialed address is what makes a shared-memory connection report IP addresses like a TCP one: the listener
+/// reports it as its local address, and its host (with port 0) as the peer's.
 /// Hello and welcome carry exactly three descriptors with SCM_RIGHTS: the sender's ring memfd, and the ringing ends
 /// of its two doorbells (the one it sleeps on waiting for data, the one it sleeps on waiting for space). A reject
 /// carries none.
 public struct HandshakeMessage: Equatable, Sendable {
     public static let magic: UInt32 = 0x4853_4d56  // "VMSH" little-endian
-    public static let protocolVersion: UInt16 = 1
-    public static let size = 32
+    public static let protocolVersion: UInt16 = 2
+    public static let size = 48
     public static let descriptorCount = 3
 
     public enum Kind: UInt16, Sendable {
@@ -46,12 +51,18 @@ public struct HandshakeMessage: Equatable, Sendable {
     public var kind: Kind
     public var ringCapacity: UInt32
     public var rejectReason: UInt32
+    /// The address and port the connector dialed (hello only).
+    public var dialed: IPEndpoint?
 
-    public init(kind: Kind, ringCapacity: UInt32 = 0, rejectReason: UInt32 = 0, version: UInt16 = protocolVersion) {
+    public init(
+        kind: Kind, ringCapacity: UInt32 = 0, rejectReason: UInt32 = 0, dialed: IPEndpoint? = nil,
+        version: UInt16 = protocolVersion
+    ) {
         self.version = version
         self.kind = kind
         self.ringCapacity = ringCapacity
         self.rejectReason = rejectReason
+        self.dialed = dialed
     }
 
     public func encoded() -> [UInt8] {
@@ -64,6 +75,11 @@ public struct HandshakeMessage: Equatable, Sendable {
         put(kind.rawValue, at: 6)
         put(ringCapacity, at: 8)
         put(rejectReason, at: 12)
+        if let dialed {
+            put(UInt16(dialed.family == .v4 ? 4 : 6), at: 16)
+            put(dialed.port, at: 18)
+            bytes.replaceSubrange(20..<20 + dialed.addressBytes.count, with: dialed.addressBytes)
+        }
         return bytes
     }
 
@@ -72,6 +88,7 @@ public struct HandshakeMessage: Equatable, Sendable {
         case badMagic(UInt32)
         case unknownKind(UInt16)
         case nonZeroReserved
+        case badAddressFamily(UInt16)
 
         public var description: String {
             switch self {
@@ -79,6 +96,7 @@ public struct HandshakeMessage: Equatable, Sendable {
             case .badMagic(let m): "handshake magic 0x\(String(m, radix: 16)), expected 0x\(String(HandshakeMessage.magic, radix: 16))"
             case .unknownKind(let k): "unknown handshake message kind \(k)"
             case .nonZeroReserved: "handshake message has non-zero reserved bytes"
+            case .badAddressFamily(let f): "handshake message has address family \(f), expected 0, 4 or 6"
             }
         }
     }
@@ -94,9 +112,22 @@ public struct HandshakeMessage: Equatable, Sendable {
         guard magic == Self.magic else { throw .badMagic(magic) }
         let rawKind = get(UInt16.self, at: 6)
         guard let kind = Kind(rawValue: rawKind) else { throw .unknownKind(rawKind) }
-        guard bytes[16..<32].allSatisfy({ $0 == 0 }) else { throw .nonZeroReserved }
+        guard bytes[36..<48].allSatisfy({ $0 == 0 }) else { throw .nonZeroReserved }
+        let dialed: IPEndpoint?
+        switch get(UInt16.self, at: 16) {
+        case 0:
+            guard bytes[18..<36].allSatisfy({ $0 == 0 }) else { throw .nonZeroReserved }
+            dialed = nil
+        case 4:
+            guard bytes[24..<36].allSatisfy({ $0 == 0 }) else { throw .nonZeroReserved }
+            dialed = IPEndpoint(family: .v4, addressBytes: Array(bytes[20..<24]), port: get(UInt16.self, at: 18))
+        case 6:
+            dialed = IPEndpoint(family: .v6, addressBytes: Array(bytes[20..<36]), port: get(UInt16.self, at: 18))
+        case let other:
+            throw .badAddressFamily(other)
+        }
         return HandshakeMessage(
             kind: kind, ringCapacity: get(UInt32.self, at: 8), rejectReason: get(UInt32.self, at: 12),
-            version: get(UInt16.self, at: 4))
+            dialed: dialed, version: get(UInt16.self, at: 4))
     }
 }

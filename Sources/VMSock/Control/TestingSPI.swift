@@ -7,26 +7,30 @@ import Glibc
 
 extension VMSocket {
     /// The base of our own (writable) ring region.
-    @_spi(Testing) public var _localRegionBase: UnsafeMutableRawPointer { stream.link.localRegion.base }
+    @_spi(Testing) public var _localRegionBase: UnsafeMutableRawPointer { sharedMemory!.link.localRegion.base }
     /// The control socket's descriptor.
-    @_spi(Testing) public var _controlDescriptor: Int32 { stream.link.control.raw }
+    @_spi(Testing) public var _controlDescriptor: Int32 { sharedMemory!.link.control.raw }
     /// The base of the peer's (read-only) ring region.
-    @_spi(Testing) public var _peerRegionBase: UnsafeRawPointer { UnsafeRawPointer(stream.link.peerRegion.base) }
+    @_spi(Testing) public var _peerRegionBase: UnsafeRawPointer { UnsafeRawPointer(sharedMemory!.link.peerRegion.base) }
     /// Rings the peer's data bell, as a publish would.
-    @_spi(Testing) public func _ringPeerDataBell() { stream.link.peerDataBell.ring() }
+    @_spi(Testing) public func _ringPeerDataBell() { sharedMemory!.link.peerDataBell.ring() }
 }
 
 @_spi(Testing) public enum RawControl {
-    /// Connects a bare control socket to an endpoint; the caller owns the descriptor.
-    public static func connect(_ address: VMSocketAddress) throws(VMSockError) -> Int32 {
-        let fd = try ControlSocket.connect(address, timeoutMs: 5000)
-        return dup(fd.raw)
+    /// The registry name a listener on `endpoint` registers first (abstract unless `directory` is given).
+    public static func registryName(_ endpoint: IPEndpoint, directory: String? = nil) -> String {
+        Registry.address(of: endpoint, directory: directory).description
     }
 
-    /// Binds a bare listening control socket; the caller owns the descriptor.
-    public static func listen(_ address: VMSocketAddress) throws(VMSockError) -> Int32 {
-        let fd = try ControlSocket.listen(address, backlog: 16)
-        return dup(fd.raw)
+    /// Connects a bare control socket to the registration of a listener on `endpoint`; the caller owns it.
+    public static func connect(_ endpoint: IPEndpoint, directory: String? = nil) throws(VMSockError) -> Int32 {
+        try ControlSocket.connect(Registry.address(of: endpoint, directory: directory), timeoutMs: 5000).release()
+    }
+
+    /// Registers a bare listening control socket for `endpoint`, as a listener would (without the TCP socket);
+    /// the caller owns the descriptor.
+    public static func listen(_ endpoint: IPEndpoint, directory: String? = nil) throws(VMSockError) -> Int32 {
+        try ControlSocket.listen(Registry.address(of: endpoint, directory: directory), backlog: 16).release()
     }
 
     public static func send(_ fd: Int32, _ bytes: [UInt8], descriptors: [Int32]) throws(VMSockError) {

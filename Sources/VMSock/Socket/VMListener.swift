@@ -3,37 +3,174 @@ import Glibc
 import Synchronization
 import VMSockRing
 
-/// Accepts vmsock connections on an endpoint of this host. The corresponding C calls are `socket`, `bind`,
-/// `listen` and `accept`.
+/// Accepts connections on a TCP address and port, over both transports, through one `accept()`. The
+/// corresponding C calls are `socket`, `bind`, `listen` and `accept`.
 ///
-/// The endpoint is a name in the abstract Unix namespace: closing the listener, or its process dying, frees it
-/// at once and leaves nothing on disk.
-public final class VMListener: @unchecked Sendable {  // immutable but for atomics
-    public let address: VMSocketAddress
+/// It binds a real TCP socket (SO_REUSEADDR; port 0 picks a free port), and only once that succeeded registers a
+/// shared-memory endpoint for the same address and port in the host-local registry (see `Registry`), unless its
+/// transport policy is `tcp`. TCP clients anywhere reach it over TCP; vmsock clients on this host that trust it
+/// reach it over shared memory. Closing it, or its process dying, removes the registration.
+public final class VMListener: @unchecked Sendable {  // immutable but for atomics and the lock-guarded `owned`
+    /// The bound address and port (`getsockname`): with port 0 asked for, the port the kernel picked.
+    public let localAddress: IPEndpoint
     public let options: VMSocketOptions
-    private let socket: Int32
-    /// Bit 0: closed. Above it: accept calls using `socket` right now. Whoever leaves it at exactly "closed, no
-    /// users" closes the descriptor, so a concurrent accept never runs on a descriptor number reused elsewhere.
+    /// Where shared-memory clients find this listener (registry names); empty when it offers TCP only.
+    public let registrations: [String]
+    /// Why this listener offers TCP only, when it does: the policy, or the registration that failed.
+    public let sharedMemoryUnavailableReason: String?
+
+    private let tcpSocket: Int32
+    private let controlSockets: [Int32]
+    private let readiness: Int32
+    /// What `close` releases, once no accept uses it.
+    private let owned: Mutex<[AnyObject]>
+    /// Bit 0: closed. Above it: twice the number of accept calls inside right now. Whoever leaves it at exactly
+    /// "closed, no users" releases the descriptors, so an accept never runs on a descriptor number reused
+    /// elsewhere.
     private let users = Atomic<Int>(0)
-    private let descriptorClosed = Atomic<Bool>(false)
+    private let nonBlocking = Atomic<Bool>(false)
+    private let turn = Atomic<Int>(0)
     private let rejected = Atomic<Int>(0)
     private let lastRejection = Mutex<String?>(nil)
 
-    /// Binds and listens.
-    /// - Throws: EADDRINUSE when another listener holds the endpoint; EINVAL for a bad ring size or name.
-    public init(address: VMSocketAddress, options: VMSocketOptions = .init(), backlog: Int32 = 128) throws(VMSockError) {
+    /// Resolves `host` (nil: every IPv4 address, 0.0.0.0; "::" for IPv6 and IPv4), binds and listens.
+    /// - Throws: EADDRINUSE when another socket holds the address and port; EADDRNOTAVAIL for an address that is
+    ///   not this host's; EINVAL for a bad ring size or a name that does not resolve; under the `shm` policy, the
+    ///   error that kept it from registering.
+    public convenience init(
+        host: String? = nil, port: UInt16, options: VMSocketOptions = .init(), backlog: Int32 = 128
+    ) throws(VMSockError) {
+        let endpoint = try Resolver.resolve(host ?? "0.0.0.0", port: port, family: options.addressFamily)[0]
+        try self.init(endpoint: endpoint, options: options, backlog: backlog)
+    }
+
+    public init(endpoint: IPEndpoint, options: VMSocketOptions = .init(), backlog: Int32 = 128) throws(VMSockError) {
         guard RingLayout.isValid(capacity: options.ringSize) else {
             throw VMSockError(code: EINVAL, "ring size \(options.ringSize) is invalid: use a power of two from 4096 to 67108864")
         }
-        self.address = address
         self.options = options
-        // The listener manages its descriptor by hand (see `users`), so it keeps a duplicate of its own.
-        let bound = try ControlSocket.listen(address, backlog: backlog)
-        self.socket = dup(bound.raw)
-        guard socket >= 0 else { throw .system("dup(listening socket)") }
+        let (tcp, bound) = try TCPCalls.listen(endpoint, backlog: backlog)
+        localAddress = bound
+        var registered: [Registration] = []
+        var problem: String? = nil
+        if options.effectiveTransport == .tcp {
+            problem = "the transport policy is tcp"
+        } else {
+            for (index, name) in Registry.names(forListenerOn: bound, directory: options.effectiveDirectory).enumerated() {
+                do throws(VMSockError) {
+                    registered.append(try Registration(name, backlog: backlog))
+                } catch {
+                    // The first name is the one local clients look up; the others only serve other namespaces.
+                    if index == 0 {
+                        if options.effectiveTransport == .shm { throw error }
+                        problem = error.message
+                    }
+                }
+            }
+        }
+        registrations = registered.map(\.address.description)
+        sharedMemoryUnavailableReason = problem
+        tcpSocket = tcp.raw
+        controlSockets = registered.map(\.socket.raw)
+        let epoll = Descriptor(try Sys.check("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) })
+        for fd in [tcp.raw] + controlSockets {
+            var event = epoll_event(events: EPOLLIN.rawValue, data: epoll_data_t(fd: fd))
+            try Sys.check("epoll_ctl") { epoll_ctl(epoll.raw, EPOLL_CTL_ADD, fd, &event) }
+        }
+        readiness = epoll.raw
+        owned = Mutex([tcp, epoll] + registered)
     }
 
     deinit { close() }
+
+    // MARK: Accepting
+
+    /// Accepts the next connection: a TCP client, or a shared-memory connector whose handshake succeeds. A
+    /// connector that fails the handshake (not trusted, wrong version, malformed hello, dead before its hello) is
+    /// turned away with a reason and counted in `rejectedCount`, and accept goes on to the next one.
+    /// - Throws: EAGAIN in non-blocking mode when nobody is waiting; EBADF after `close`.
+    public func accept() throws(VMSockError) -> VMSocket {
+        try enter()
+        defer { leave() }
+        while true {
+            // Take turns, so that a stream of clients of one transport cannot starve the other.
+            let tcpFirst = turn.add(1, ordering: .relaxed).newValue & 1 == 0
+            if tcpFirst, let socket = try acceptTCP() { return socket }
+            for control in controlSockets {
+                if let socket = try acceptSharedMemory(control) { return socket }
+            }
+            if !tcpFirst, let socket = try acceptTCP() { return socket }
+            if nonBlocking.load(ordering: .relaxed) {
+                throw VMSockError(code: EAGAIN, "no connection waiting (non-blocking listener)")
+            }
+            var pfd = [pollfd(fd: readiness, events: Int16(POLLIN), revents: 0)]
+            _ = try Sys.poll(&pfd, timeoutMs: -1)
+            if users.load(ordering: .relaxed) & 1 != 0 { throw VMSockError(code: EBADF, "listener is closed") }
+        }
+    }
+
+    private func acceptTCP() throws(VMSockError) -> VMSocket? {
+        guard let connection = try checkClosed({ () throws(VMSockError) in try TCPCalls.accept(tcpSocket) }) else { return nil }
+        let local = IPEndpoint.of(connection.raw, peer: false) ?? localAddress
+        let peer = IPEndpoint.of(connection.raw, peer: true) ?? .wildcard(localAddress.family, port: 0)
+        TransportStatistics.count(.tcp, fallback: nil)
+        return VMSocket(engine: .tcp(TCPStream(connection)), local: local, peer: peer)
+    }
+
+    private func acceptSharedMemory(_ control: Int32) throws(VMSockError) -> VMSocket? {
+        let fd = Sys.retryingEINTR { vms_accept4_cloexec(control) }
+        if fd < 0 {
+            let code = errno
+            if code == EAGAIN || code == ECONNABORTED { return nil }
+            if users.load(ordering: .relaxed) & 1 != 0 { throw VMSockError(code: EBADF, "listener is closed") }
+            throw VMSockError.system("accept(shared-memory registration)", errno: code)
+        }
+        do throws(VMSockError) {
+            let link = try Handshake.accept(
+                Descriptor(fd), capacity: options.ringSize, policy: options.peerPolicy,
+                timeoutMs: options.handshakeTimeoutMs)
+            let stream = try SharedMemoryStream(link)
+            let local = link.dialed ?? localAddress
+            TransportStatistics.count(.sharedMemory, fallback: nil)
+            return VMSocket(engine: .sharedMemory(stream), local: local, peer: local.with(port: 0))
+        } catch {
+            rejected.add(1, ordering: .relaxed)
+            lastRejection.withLock { $0 = error.description }
+            return nil
+        }
+    }
+
+    private func checkClosed<R>(_ body: () throws(VMSockError) -> R) throws(VMSockError) -> R {
+        do throws(VMSockError) { return try body() } catch {
+            if users.load(ordering: .relaxed) & 1 != 0 { throw VMSockError(code: EBADF, "listener is closed") }
+            throw error
+        }
+    }
+
+    /// Connectors turned away since the listener started, and why the last one was.
+    public var rejectedCount: Int { rejected.load(ordering: .relaxed) }
+    public var lastRejectionReason: String? { lastRejection.withLock { $0 } }
+
+    /// Non-blocking mode for `accept`.
+    public var isNonBlocking: Bool {
+        get { nonBlocking.load(ordering: .relaxed) }
+        set { nonBlocking.store(newValue, ordering: .relaxed) }
+    }
+
+    /// Polls readable (POLLIN) when a connection may be waiting, of either transport. Valid until `close`.
+    public var pollDescriptor: Int32 { readiness }
+
+    // MARK: Closing
+
+    /// Stops listening: the address, port and registration are free for another listener at once. A blocked
+    /// `accept` fails with EBADF. Idempotent.
+    public func close() {
+        let before = users.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue
+        guard before & 1 == 0 else { return }
+        // Wakes an accept blocked in another thread: its poll on the epoll descriptor sees the hang-up.
+        for fd in [tcpSocket] + controlSockets { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+        if before == 0 { release() }
+    }
 
     private func enter() throws(VMSockError) {
         if users.add(2, ordering: .acquiringAndReleasing).newValue & 1 != 0 {
@@ -43,72 +180,16 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     }
 
     private func leave() {
-        if users.subtract(2, ordering: .acquiringAndReleasing).newValue == 1 { closeDescriptorOnce() }
+        if users.subtract(2, ordering: .acquiringAndReleasing).newValue == 1 { release() }
     }
 
-    private func closeDescriptorOnce() {
-        if !descriptorClosed.exchange(true, ordering: .acquiringAndReleasing) { Sys.close(socket) }
-    }
-
-    /// Accepts the next connection whose handshake succeeds. A connector that fails the handshake (not trusted,
-    /// wrong version, malformed hello, dead before its hello) is turned away with a reason and counted in
-    /// `rejectedCount`, and accept goes on to the next one.
-    /// - Throws: EAGAIN in non-blocking mode when no connector is waiting; EBADF after `close`.
-    public func accept() throws(VMSockError) -> VMSocket {
-        while true {
-            try enter()
-            let fd = vms_accept_retrying(socket)
-            let code = errno
-            leave()
-            if fd < 0 {
-                if code == EAGAIN { throw VMSockError(code: EAGAIN, "no connection waiting (non-blocking listener)") }
-                if code == ECONNABORTED { continue }
-                if users.load(ordering: .relaxed) & 1 != 0 { throw VMSockError(code: EBADF, "listener is closed") }
-                throw VMSockError.system("accept(\(address))", errno: code)
-            }
-            let control = Descriptor(fd)
-            do throws(VMSockError) {
-                let link = try Handshake.accept(
-                    control, capacity: options.ringSize, policy: options.peerPolicy, timeoutMs: options.handshakeTimeoutMs)
-                return VMSocket(stream: try SharedMemoryStream(link), address: address)
-            } catch {
-                rejected.add(1, ordering: .relaxed)
-                lastRejection.withLock { $0 = error.description }
-            }
+    /// Closes every descriptor and removes the registrations (the objects' deinits do it). Runs once: `owned` is
+    /// empty afterwards.
+    private func release() {
+        let objects = owned.withLock { objects in
+            defer { objects = [] }
+            return objects
         }
+        _ = objects
     }
-
-    /// Connectors turned away since the listener started, and why the last one was.
-    public var rejectedCount: Int { rejected.load(ordering: .relaxed) }
-    public var lastRejectionReason: String? { lastRejection.withLock { $0 } }
-
-    /// Non-blocking mode for `accept`. The listener's descriptor polls readable when a connector waits.
-    /// Setting it after `close` does nothing.
-    public var isNonBlocking: Bool {
-        get {
-            guard (try? enter()) != nil else { return false }
-            defer { leave() }
-            return (fcntl(socket, F_GETFL) & O_NONBLOCK) != 0
-        }
-        set {
-            guard (try? enter()) != nil else { return }
-            defer { leave() }
-            try? Sys.setNonBlocking(socket, newValue)
-        }
-    }
-
-    /// Polls readable when a connection is waiting to be accepted. Valid until `close`.
-    public var pollDescriptor: Int32 { socket }
-
-    /// Stops listening: the endpoint is free for another listener at once. A blocked `accept` fails with EBADF.
-    public func close() {
-        let before = users.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue
-        guard before & 1 == 0 else { return }
-        Glibc.shutdown(socket, Int32(SHUT_RDWR))  // wakes an accept blocked in another thread
-        if before == 0 { closeDescriptorOnce() }
-    }
-}
-
-private func vms_accept_retrying(_ fd: Int32) -> Int32 {
-    Sys.retryingEINTR { vms_accept4_cloexec(fd) }
 }

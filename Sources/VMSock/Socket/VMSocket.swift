@@ -1,15 +1,16 @@
 import Glibc
 import Synchronization
 
-/// A connected byte stream to another process on this host, carried through shared-memory rings.
+/// A connected byte stream that behaves like a connected TCP socket, carried through shared-memory rings when the
+/// peer is a vmsock process on this host, and over real TCP otherwise.
 ///
-/// It behaves like a connected TCP socket: bytes arrive in order, none lost or duplicated; `read` returns 0 at end
-/// of stream; `shutdown(.write)` gives the peer end of stream after every byte; a peer that dies gives end of
-/// stream after the bytes it had published, and later writes fail with EPIPE (never SIGPIPE).
+/// Bytes arrive in order, none lost or duplicated; `read` returns 0 at end of stream; `shutdown(.write)` gives the
+/// peer end of stream after every byte; writes to a peer that is gone fail with EPIPE (never SIGPIPE). Code written
+/// against it does not need to know which transport it got; `transport` and `fallbackReason` say, for logs.
 ///
 /// | BSD sockets                    | vmsock                                          |
 /// |--------------------------------|-------------------------------------------------|
-/// | socket + connect               | `VMSocket.connect(to:options:)`                  |
+/// | getaddrinfo + socket + connect | `VMSocket.connect(host:port:options:)`           |
 /// | read / recv                    | `read(into:)`, `read(upTo:)`                     |
 /// | write / send                   | `write(_:)` (partial), `writeAll(_:)`            |
 /// | readv / writev                 | `readv(_:)`, `writev(_:)`                        |
@@ -19,34 +20,78 @@ import Synchronization
 /// | SO_RCVTIMEO / SO_SNDTIMEO      | `readTimeout`, `writeTimeout`                    |
 /// | SO_SNDBUF                      | `VMSocketOptions.ringSize`                       |
 /// | poll(POLLIN)                   | `armReadable()` then poll `pollDescriptor`       |
-/// | getpeername / SO_PEERCRED      | `peerAddress`, `peerCredentials`                 |
+/// | getsockname / getpeername      | `localAddress`, `peerAddress`                    |
+/// | SO_PEERCRED                    | `peerCredentials` (shared memory only)           |
 ///
 /// Threads: one thread may read while another writes. Do not read from two threads at once, nor write from two.
 /// `close()` may be called from any thread; calls blocked in other threads then fail with EBADF.
 public final class VMSocket: @unchecked Sendable {  // all mutable state lives in the engine; see its notes
-    let stream: SharedMemoryStream
-
-    /// The endpoint this socket connected to (connector) or was accepted on (listener).
-    public let address: VMSocketAddress
-
-    init(stream: SharedMemoryStream, address: VMSocketAddress) {
-        self.stream = stream
-        self.address = address
+    /// The engine that carries the bytes. An enum, not a protocol: the switch costs a compare, not a dynamic call.
+    enum Engine {
+        case sharedMemory(SharedMemoryStream)
+        case tcp(TCPStream)
     }
 
-    deinit { stream.close() }
+    let engine: Engine
 
-    /// Connects to a vmsock listener on this host. The corresponding C calls are `socket` and `connect`.
+    /// How this connection carries its bytes.
+    public let transport: Transport
+    /// Why a connect that could have used shared memory uses TCP; nil over shared memory and for accepted sockets.
+    public let fallbackReason: FallbackReason?
+    /// What went wrong on the way to shared memory, in words, when `fallbackReason` is one that has a story
+    /// (untrusted owner, refused, version mismatch, out of resources, handshake failed).
+    public let fallbackDetail: String?
+    /// Our address (`getsockname`). Over shared memory there is no TCP port on the connecting side: a connector
+    /// reports the address it dialed with port 0, and an accepted socket the address and port the client dialed.
+    public let localAddress: IPEndpoint
+    /// The peer's address (`getpeername`). Over shared memory: the listener's address and port as dialed (for a
+    /// connector), or the client's host with port 0 (for an accepted socket; it is on this host).
+    public let peerAddress: IPEndpoint
+
+    init(
+        engine: Engine, local: IPEndpoint, peer: IPEndpoint, fallback: FallbackReason? = nil, detail: String? = nil
+    ) {
+        self.engine = engine
+        switch engine {
+        case .sharedMemory: transport = .sharedMemory
+        case .tcp: transport = .tcp
+        }
+        localAddress = local
+        peerAddress = peer
+        fallbackReason = fallback
+        fallbackDetail = detail
+    }
+
+    deinit { close() }
+
+    /// "shared memory", "TCP", or "TCP (no shared-memory listener)": the transport and, when `auto` chose TCP,
+    /// why. What `vmcat -v` prints.
+    public var transportDescription: String {
+        guard transport == .tcp, let fallbackReason else { return transport.description }
+        return "TCP (\(fallbackReason))"
+    }
+
+    /// Connects to `host` (a name, or an IPv4 or IPv6 address) and `port`, trying each address getaddrinfo gives
+    /// in order. The corresponding C calls are `getaddrinfo`, `socket` and `connect`.
     ///
-    /// - Throws: `VMSockError` with ECONNREFUSED (nobody listens, the listener refused us or is not trusted),
-    ///   ETIMEDOUT (the handshake did not finish in time), EINVAL (bad ring size), EPROTO (the listener broke the
-    ///   handshake), ECONNRESET (it hung up during the handshake).
-    public static func connect(to address: VMSocketAddress, options: VMSocketOptions = .init()) throws(VMSockError)
+    /// Under the `auto` policy it uses shared memory when the destination is an address of this host, a trusted
+    /// vmsock listener is registered for it, and the handshake succeeds; otherwise TCP, with `fallbackReason`
+    /// saying why. Under `shm` it fails instead of falling back; under `tcp` it never tries shared memory.
+    ///
+    /// - Throws: `VMSockError` with ECONNREFUSED (nobody listens; or `shm` policy and no usable shared-memory
+    ///   listener, with the reason), ETIMEDOUT (`connectTimeout`), EHOSTUNREACH/ENETUNREACH, EINVAL (the name does
+    ///   not resolve, bad ring size).
+    public static func connect(host: String, port: UInt16, options: VMSocketOptions = .init()) throws(VMSockError)
         -> VMSocket
     {
-        let link = try Handshake.connect(
-            address, capacity: options.ringSize, policy: options.peerPolicy, timeoutMs: options.handshakeTimeoutMs)
-        return VMSocket(stream: try SharedMemoryStream(link), address: address)
+        try Connector.connect(host: host, port: port, options: options)
+    }
+
+    /// Connects to one address; see `connect(host:port:options:)`.
+    public static func connect(to endpoint: IPEndpoint, options: VMSocketOptions = .init()) throws(VMSockError)
+        -> VMSocket
+    {
+        try Connector.connect(to: [endpoint], options: options)
     }
 
     // MARK: Reading
@@ -57,7 +102,10 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     ///   rules; the connection is torn down), EBADF (closed).
     @inline(__always)
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(VMSockError) -> Int {
-        try stream.read(into: buffer)
+        switch engine {
+        case .sharedMemory(let stream): try stream.read(into: buffer)
+        case .tcp(let stream): try stream.read(into: buffer)
+        }
     }
 
     /// Reads up to `maximum` bytes into a new array; an empty array means end of stream.
@@ -65,7 +113,7 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
         guard maximum > 0 else { throw VMSockError(code: EINVAL, "read(upTo:) needs a positive byte count") }
         var bytes = [UInt8](repeating: 0, count: maximum)
         let result = bytes.withUnsafeMutableBytes { buffer in
-            Result { () throws(VMSockError) in try stream.read(into: buffer) }
+            Result { () throws(VMSockError) in try read(into: buffer) }
         }
         bytes.removeSubrange(try result.get()...)
         return bytes
@@ -73,7 +121,10 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
 
     /// Scatter read: fills the buffers in order with what is readable now. The C call is `readv`.
     public func readv(_ buffers: [UnsafeMutableRawBufferPointer]) throws(VMSockError) -> Int {
-        try stream.readv(buffers)
+        switch engine {
+        case .sharedMemory(let stream): try stream.readv(buffers)
+        case .tcp(let stream): try stream.readv(buffers)
+        }
     }
 
     /// Zero-copy read: calls `body` with the readable bytes where they lie in shared memory (read-only), and
@@ -81,8 +132,12 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     ///
     /// The bytes belong to the peer's memory: a hostile peer can change them while `body` looks at them, so copy
     /// before validating anything you do not want changed under you. Do not keep the pointer after `body` returns.
+    /// Over TCP the bytes lie in a private buffer of the socket instead (one copy, same contract).
     public func readInPlace(_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int {
-        try stream.readInPlace(body)
+        switch engine {
+        case .sharedMemory(let stream): try stream.readInPlace(body)
+        case .tcp(let stream): try stream.readInPlace(body)
+        }
     }
 
     // MARK: Writing
@@ -92,7 +147,10 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// - Throws: EPIPE (we or the peer shut down, or the peer is gone), EAGAIN, ETIMEDOUT, EPROTO, EBADF.
     @inline(__always)
     public func write(_ buffer: UnsafeRawBufferPointer) throws(VMSockError) -> Int {
-        try stream.write(buffer)
+        switch engine {
+        case .sharedMemory(let stream): try stream.write(buffer)
+        case .tcp(let stream): try stream.write(buffer)
+        }
     }
 
     /// Writes every byte, blocking as needed. On a non-blocking socket it may throw EAGAIN after writing part;
@@ -100,7 +158,7 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     public func writeAll(_ buffer: UnsafeRawBufferPointer) throws(VMSockError) {
         var done = 0
         while done < buffer.count {
-            done += try stream.write(UnsafeRawBufferPointer(rebasing: buffer[done...]))
+            done += try write(UnsafeRawBufferPointer(rebasing: buffer[done...]))
         }
     }
 
@@ -110,14 +168,21 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
 
     /// Gather write: writes what fits of the buffers, in order, as one publish. The C call is `writev`.
     public func writev(_ buffers: [UnsafeRawBufferPointer]) throws(VMSockError) -> Int {
-        try stream.writev(buffers)
+        switch engine {
+        case .sharedMemory(let stream): try stream.writev(buffers)
+        case .tcp(let stream): try stream.writev(buffers)
+        }
     }
 
     /// Zero-copy write: waits until at least `minimum` bytes (at most the ring size) are free, calls `body` with
-    /// the free space in the ring, and publishes as many bytes as it returns.
+    /// the free space in the ring, and publishes as many bytes as it returns. Over TCP, `body` fills a private
+    /// buffer (at least 64 KiB) that is sent in full before this returns.
     @discardableResult
     public func writeInPlace(minimum: Int = 1, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int {
-        try stream.writeInPlace(minimum: minimum, body)
+        switch engine {
+        case .sharedMemory(let stream): try stream.writeInPlace(minimum: minimum, body)
+        case .tcp(let stream): try stream.writeInPlace(minimum: minimum, body)
+        }
     }
 
     // MARK: Shutdown and close
@@ -128,61 +193,130 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
 
     /// Shuts down one or both directions. The C call is `shutdown`.
     /// - `.write`: the peer reads every byte written so far, then end of stream. Our later writes fail with EPIPE.
-    /// - `.read`: our reads return 0 from now on, and the peer's writes fail with EPIPE (a TCP peer would not learn
-    ///   of it; here it does, so that it does not block forever on a ring nobody drains).
+    /// - `.read`: our reads return 0 from now on. Over shared memory the peer's writes then fail with EPIPE (a TCP
+    ///   peer would not learn of it; here it does, so that it does not block forever on a ring nobody drains).
     public func shutdown(_ direction: ShutdownDirection) throws(VMSockError) {
-        try stream.shutdown(read: direction != .write, write: direction != .read)
+        switch engine {
+        case .sharedMemory(let stream): try stream.shutdown(read: direction != .write, write: direction != .read)
+        case .tcp(let stream): try stream.shutdown(read: direction != .write, write: direction != .read)
+        }
     }
 
-    /// Closes the connection. The peer reads what we wrote, then end of stream. Idempotent.
-    public func close() { stream.close() }
+    /// Closes the connection. The peer reads what we wrote, then end of stream. Idempotent. (Over TCP, as with
+    /// close(2), bytes we received but never read make the kernel reset the connection instead.)
+    public func close() {
+        switch engine {
+        case .sharedMemory(let stream): stream.close()
+        case .tcp(let stream): stream.close()
+        }
+    }
 
     // MARK: Options
 
     /// Non-blocking mode: calls that would wait throw EAGAIN instead. Like O_NONBLOCK.
     public var isNonBlocking: Bool {
-        get { stream.nonBlocking.load(ordering: .relaxed) }
-        set { stream.nonBlocking.store(newValue, ordering: .relaxed) }
+        get {
+            switch engine {
+            case .sharedMemory(let stream): stream.nonBlocking.load(ordering: .relaxed)
+            case .tcp(let stream): stream.nonBlocking.load(ordering: .relaxed)
+            }
+        }
+        set {
+            switch engine {
+            case .sharedMemory(let stream): stream.nonBlocking.store(newValue, ordering: .relaxed)
+            case .tcp(let stream): stream.nonBlocking.store(newValue, ordering: .relaxed)
+            }
+        }
     }
 
     /// How long a blocking read may wait before it throws ETIMEDOUT; nil waits forever. Like SO_RCVTIMEO.
     public var readTimeout: Duration? {
-        get { Self.duration(stream.readTimeout) }
-        set { stream.readTimeout.store(Self.nanos(newValue), ordering: .relaxed) }
+        get {
+            switch engine {
+            case .sharedMemory(let stream): Self.duration(stream.readTimeout)
+            case .tcp(let stream): Self.duration(stream.readTimeout)
+            }
+        }
+        set {
+            switch engine {
+            case .sharedMemory(let stream): stream.readTimeout.store(Self.nanos(newValue), ordering: .relaxed)
+            case .tcp(let stream): stream.readTimeout.store(Self.nanos(newValue), ordering: .relaxed)
+            }
+        }
     }
 
     /// How long a blocking write may wait for room before it throws ETIMEDOUT; nil waits forever. Like SO_SNDTIMEO.
     public var writeTimeout: Duration? {
-        get { Self.duration(stream.writeTimeout) }
-        set { stream.writeTimeout.store(Self.nanos(newValue), ordering: .relaxed) }
+        get {
+            switch engine {
+            case .sharedMemory(let stream): Self.duration(stream.writeTimeout)
+            case .tcp(let stream): Self.duration(stream.writeTimeout)
+            }
+        }
+        set {
+            switch engine {
+            case .sharedMemory(let stream): stream.writeTimeout.store(Self.nanos(newValue), ordering: .relaxed)
+            case .tcp(let stream): stream.writeTimeout.store(Self.nanos(newValue), ordering: .relaxed)
+            }
+        }
     }
 
     /// How long a blocking call spins on shared memory before it sleeps. Default: `VMSOCK_SPIN_US` or 50 µs.
+    /// Always 0 over TCP, which waits in the kernel.
     public var spinMicroseconds: Int {
-        get { Int(stream.spinNanos.load(ordering: .relaxed) / 1000) }
-        set { stream.spinNanos.store(Int64(max(0, min(newValue, SpinPolicy.maximumMicroseconds))) * 1000, ordering: .relaxed) }
+        get { sharedMemory.map { Int($0.spinNanos.load(ordering: .relaxed) / 1000) } ?? 0 }
+        set {
+            let nanos = Int64(max(0, min(newValue, SpinPolicy.maximumMicroseconds))) * 1000
+            sharedMemory?.spinNanos.store(nanos, ordering: .relaxed)
+        }
     }
 
-    /// Bytes of our outgoing ring, and of the peer's.
-    public var ringSize: Int { stream.capacity }
-    public var peerRingSize: Int { stream.peerCapacity }
+    /// Bytes of our outgoing ring, and of the peer's. Over TCP: the kernel's send and receive buffer sizes.
+    public var ringSize: Int {
+        switch engine {
+        case .sharedMemory(let stream): stream.capacity
+        case .tcp(let stream): stream.sendBufferSize
+        }
+    }
+
+    public var peerRingSize: Int {
+        switch engine {
+        case .sharedMemory(let stream): stream.peerCapacity
+        case .tcp(let stream): stream.receiveBufferSize
+        }
+    }
 
     // MARK: Identity and readiness
 
-    /// The process at the other end (SO_PEERCRED at connect time).
-    public var peerCredentials: PeerCredentials { stream.peerCredentials }
+    /// The process at the other end (SO_PEERCRED at connect time); nil over TCP, which cannot know it.
+    public var peerCredentials: PeerCredentials? { sharedMemory?.peerCredentials }
 
-    /// A descriptor that polls readable when this socket may be readable: data arrived, the peer shut down or
-    /// died. It is an epoll descriptor; use it with poll, epoll or libevent for POLLIN only. Never close it.
+    /// A descriptor that polls readable (POLLIN) when this socket may be readable: data arrived, the peer shut
+    /// down or died. Over shared memory it is an epoll descriptor; over TCP, the socket itself. Never close it.
     ///
     /// Contract (arm, then re-check): the peer rings only a sleeper that said so. Call `armReadable()` first; if it
     /// returns true, read now. Otherwise poll this descriptor; when it fires, read (non-blocking) until EAGAIN,
     /// then arm again. Without arming, the descriptor may never fire.
-    public var pollDescriptor: Int32 { stream.pollDescriptor.raw }
+    public var pollDescriptor: Int32 {
+        switch engine {
+        case .sharedMemory(let stream): stream.pollDescriptor.raw
+        case .tcp(let stream): stream.socket.raw
+        }
+    }
 
-    /// Announces that we are about to poll `pollDescriptor`, then re-checks the ring.
+    /// Announces that we are about to poll `pollDescriptor`, then re-checks.
     /// - Returns: true when the socket is readable now (or at end of stream): read instead of polling.
-    public func armReadable() throws(VMSockError) -> Bool { try stream.armReadable() }
+    public func armReadable() throws(VMSockError) -> Bool {
+        switch engine {
+        case .sharedMemory(let stream): try stream.armReadable()
+        case .tcp(let stream): try stream.armReadable()
+        }
+    }
+
+    var sharedMemory: SharedMemoryStream? {
+        if case .sharedMemory(let stream) = engine { return stream }
+        return nil
+    }
 
     private static func nanos(_ duration: Duration?) -> Int64 {
         guard let duration else { return -1 }

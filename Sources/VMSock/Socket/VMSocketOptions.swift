@@ -1,13 +1,24 @@
 /// Settings fixed when a connection is made (the `setsockopt` calls that must come before `connect`/`accept`).
 public struct VMSocketOptions: Sendable {
     /// Bytes of this side's outgoing ring: a power of two from 4 KiB to 64 MiB (default 256 KiB).
-    /// The peer chooses the size of the other direction. Like SO_SNDBUF.
+    /// The peer chooses the size of the other direction. Like SO_SNDBUF. Not used by TCP connections.
     public var ringSize: Int = 256 << 10
-    /// Which peers to trust, judged by SO_PEERCRED. Default: our own user or root.
+    /// Which transports connect may use, and whether a listener registers for shared memory.
+    /// nil: the process default (`VMSOCK_TRANSPORT`, else `auto`).
+    public var transport: TransportPolicy? = nil
+    /// Which peers to trust, judged by SO_PEERCRED: for a connector, the owner of a shared-memory registration
+    /// (an untrusted one makes `auto` use TCP); for a listener, the shared-memory connectors it admits.
+    /// Default: our own user or root.
     public var peerPolicy: PeerPolicy = .sameUser
-    /// How long the handshake may take before connect gives up with ETIMEDOUT (and how long a listener waits for
-    /// a connector's hello).
+    /// How long the shared-memory handshake may take before it fails with ETIMEDOUT (and how long a listener waits
+    /// for a connector's hello).
     public var handshakeTimeout: Duration = .seconds(5)
+    /// How long a TCP connect may take before it fails with ETIMEDOUT; nil: as long as the kernel tries.
+    public var connectTimeout: Duration? = nil
+    /// Only IPv4 or only IPv6 addresses (like `nc -4`/`-6`); nil: both.
+    public var addressFamily: IPEndpoint.Family? = nil
+    /// The registry directory; nil: `VMSOCK_DIR`, and without it the abstract Unix namespace (see `Registry`).
+    public var registryDirectory: String? = nil
 
     public init() {}
 
@@ -15,8 +26,18 @@ public struct VMSocketOptions: Sendable {
         self.ringSize = ringSize
     }
 
-    var handshakeTimeoutMs: Int32 {
-        let (seconds, attoseconds) = handshakeTimeout.components
-        return Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000)
+    public init(transport: TransportPolicy) {
+        self.transport = transport
+    }
+
+    var effectiveTransport: TransportPolicy { transport ?? TransportPolicy.processDefault }
+    var effectiveDirectory: String? { registryDirectory ?? Registry.processDirectory }
+
+    var handshakeTimeoutMs: Int32 { Self.milliseconds(handshakeTimeout) }
+    var connectTimeoutMs: Int32 { connectTimeout.map(Self.milliseconds) ?? -1 }
+
+    private static func milliseconds(_ duration: Duration) -> Int32 {
+        let (seconds, attoseconds) = duration.components
+        return Int32(clamping: max(0, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
     }
 }

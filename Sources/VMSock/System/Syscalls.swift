@@ -60,14 +60,22 @@ func monotonicNanos() -> Int64 {
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
 }
 
-/// An open file descriptor that this process owns; closed exactly once, when the last reference goes.
-final class Descriptor: @unchecked Sendable {  // immutable after init
+/// An open file descriptor that this process owns; closed exactly once, when the last reference goes (unless its
+/// owner handed it on with `release`).
+final class Descriptor: @unchecked Sendable {  // immutable after init, but for the owner's one `release`
     let raw: Int32
+    private var owned = true
 
     init(_ raw: Int32) {
         precondition(raw >= 0)
         self.raw = raw
     }
 
-    deinit { Sys.close(raw) }
+    /// Hands the descriptor to a new owner, which must close it; this object no longer will.
+    func release() -> Int32 {
+        owned = false
+        return raw
+    }
+
+    deinit { if owned { Sys.close(raw) } }
 }

@@ -13,10 +13,18 @@ public struct VMSockError: Error, CustomStringConvertible, Sendable {
     public let code: Int32
     /// What happened, in words, without the errno name.
     public let message: String
+    /// When a shared-memory connect failed: the reason `auto` falls back to TCP (set where the failure is known).
+    var fallback: FallbackReason?
 
     public init(code: Int32, _ message: String) {
         self.code = code
         self.message = message
+    }
+
+    func because(_ reason: FallbackReason) -> VMSockError {
+        var copy = self
+        copy.fallback = reason
+        return copy
     }
 
     /// An error from a failed system call: `what` failed, with the errno's text.
@@ -49,6 +57,9 @@ public struct VMSockError: Error, CustomStringConvertible, Sendable {
         case EMFILE: "EMFILE"
         case ENOMEM: "ENOMEM"
         case ENOTCONN: "ENOTCONN"
+        case EHOSTUNREACH: "EHOSTUNREACH"
+        case ENETUNREACH: "ENETUNREACH"
+        case ENAMETOOLONG: "ENAMETOOLONG"
         default: "errno \(code)"
         }
     }

@@ -73,8 +73,20 @@ final class TestPeer {
 }
 
 /// An endpoint name no other test (or test run) uses.
-func uniqueName(_ tag: String = #function) -> String {
-    "test-\(getpid())-\(tag.prefix(40).filter { $0.isLetter || $0.isNumber })-\(UInt32.random(in: 0...UInt32.max))"
+/// A loopback TCP port that nothing listens on right now, as text (the test peer takes ports as arguments).
+func uniqueName(_ tag: String = #function) -> String { String(freePort()) }
+
+func freePort() -> UInt16 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length); return getsockname(fd, $0, &length) }
+    }
+    return UInt16(bigEndian: addr.sin_port)
 }
 
 /// Open descriptors and mappings of this process, to show that nothing leaks.

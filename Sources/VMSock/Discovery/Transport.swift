@@ -1,0 +1,84 @@
+import Glibc
+import Synchronization
+
+/// How a connection carries its bytes.
+public enum Transport: String, Sendable, CustomStringConvertible {
+    /// Shared-memory rings with a peer on this host.
+    case sharedMemory = "shared memory"
+    /// A real TCP connection.
+    case tcp = "TCP"
+
+    public var description: String { rawValue }
+}
+
+/// Which transports a connection may use: per socket (`VMSocketOptions.transport`) or per process
+/// (`VMSOCK_TRANSPORT=auto|shm|tcp`).
+public enum TransportPolicy: String, Sendable, CaseIterable {
+    /// Shared memory when the destination is on this host and a trusted vmsock listener is registered for it
+    /// and the handshake succeeds; TCP otherwise, with the reason recorded.
+    case auto
+    /// Shared memory or nothing: connect fails with ECONNREFUSED and the reason instead of falling back.
+    case shm
+    /// TCP only. A listener under this policy does not register for shared memory.
+    case tcp
+
+    /// The process default: `VMSOCK_TRANSPORT`, or `auto` when it is unset. An unknown value is reported once on
+    /// stderr and treated as `auto`.
+    public static let processDefault: TransportPolicy = {
+        guard let raw = getenv("VMSOCK_TRANSPORT").map({ String(cString: $0) }), !raw.isEmpty else { return .auto }
+        if let policy = TransportPolicy(rawValue: raw.lowercased()) { return policy }
+        let warning = Array("vmsock: ignoring VMSOCK_TRANSPORT=\(raw): use auto, shm or tcp\n".utf8)
+        _ = warning.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+        return .auto
+    }()
+}
+
+/// Why a connection that could have used shared memory uses TCP.
+public enum FallbackReason: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// The destination is not an address of this host.
+    case remote
+    /// No vmsock listener is registered for that address and port (a plain TCP server, or nothing).
+    case noListener = "no shared-memory listener"
+    /// A registration exists, but its owner (SO_PEERCRED) is a user this socket does not trust.
+    case untrustedOwner = "untrusted owner"
+    /// The listener turned us away by its peer policy.
+    case refusedByListener = "refused by the listener's policy"
+    /// The listener speaks another handshake version.
+    case versionMismatch = "version mismatch"
+    /// Memory, descriptors or mappings ran out on one side.
+    case outOfResources = "out of resources"
+    /// The transport policy is `tcp`.
+    case disabledByPolicy = "disabled by policy"
+    /// The listener broke, reset or timed out the handshake.
+    case handshakeFailed = "handshake failed"
+
+    public var description: String { rawValue }
+}
+
+/// The process's connection counters: how many connections each transport carried, and why `auto` chose TCP.
+public struct TransportStatistics: Sendable, Equatable, CustomStringConvertible {
+    public var sharedMemory: Int
+    public var tcp: Int
+    public var fallbacks: [FallbackReason: Int]
+
+    /// The counters now (connections made by connect and by accept since the process started).
+    public static var current: TransportStatistics { counters.withLock { $0 } }
+
+    static let counters = Mutex(TransportStatistics(sharedMemory: 0, tcp: 0, fallbacks: [:]))
+
+    /// Counts one new connection, and for a TCP one the reason shared memory was not used.
+    static func count(_ transport: Transport, fallback: FallbackReason?) {
+        counters.withLock { stats in
+            switch transport {
+            case .sharedMemory: stats.sharedMemory += 1
+            case .tcp: stats.tcp += 1
+            }
+            if let fallback { stats.fallbacks[fallback, default: 0] += 1 }
+        }
+    }
+
+    public var description: String {
+        let reasons = FallbackReason.allCases.compactMap { reason in fallbacks[reason].map { "\(reason): \($0)" } }
+        return "shared memory: \(sharedMemory), TCP: \(tcp)" + (reasons.isEmpty ? "" : " (\(reasons.joined(separator: ", ")))")
+    }
+}

@@ -1,0 +1,55 @@
+import CVMSock
+import Glibc
+import Synchronization
+
+/// A descriptor that one thread may close while others are blocked on it.
+///
+/// Closing a descriptor another thread is inside a call on is a race: the number may be reused by an `open` in
+/// between, and the blocked call then acts on somebody else's file. So calls go through `use`, which counts them
+/// in; `close` marks the descriptor closed, shuts the socket down so that blocked calls wake up, and whoever
+/// leaves it closed with no users closes the number, exactly once.
+final class GuardedDescriptor: @unchecked Sendable {  // immutable but for atomics
+    let raw: Int32
+    /// Bit 0: closed. Above it: twice the number of calls inside `use` right now.
+    private let users = Atomic<Int>(0)
+    private let released = Atomic<Bool>(false)
+
+    init(_ raw: Int32) {
+        precondition(raw >= 0)
+        self.raw = raw
+    }
+
+    deinit { close() }
+
+    var isClosed: Bool { users.load(ordering: .relaxed) & 1 != 0 }
+
+    /// Runs `body` with the descriptor, which stays open until `body` returns.
+    /// - Throws: EBADF, saying `what` is closed, when `close` was called before.
+    @inline(__always)
+    func use<R>(_ what: @autoclosure () -> String, _ body: (Int32) throws(VMSockError) -> R) throws(VMSockError) -> R {
+        if users.add(2, ordering: .acquiringAndReleasing).newValue & 1 != 0 {
+            leave()
+            throw VMSockError(code: EBADF, "\(what()) is closed")
+        }
+        defer { leave() }
+        return try body(raw)
+    }
+
+    @inline(__always)
+    private func leave() {
+        if users.subtract(2, ordering: .acquiringAndReleasing).newValue == 1 { release() }
+    }
+
+    private func release() {
+        if !released.exchange(true, ordering: .acquiringAndReleasing) { Sys.close(raw) }
+    }
+
+    /// Marks the descriptor closed and wakes blocked calls with `shutdown(SHUT_RDWR)`; the number itself is
+    /// closed now, or by the last call still inside `use`. Idempotent.
+    func close() {
+        let before = users.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue
+        guard before & 1 == 0 else { return }
+        if before != 0 { _ = Glibc.shutdown(raw, Int32(SHUT_RDWR)) }
+        if before == 0 { release() }
+    }
+}

@@ -1,0 +1,235 @@
+import CVMSock
+import Glibc
+import Synchronization
+
+/// The TCP engine behind `VMSocket`: a real, connected TCP socket with the same calls, errors and options as the
+/// shared-memory engine.
+///
+/// The descriptor is always O_NONBLOCK; a blocking call waits in `poll`, so that timeouts (ETIMEDOUT) and a close
+/// from another thread (EBADF) behave as they do over shared memory. The in-place calls have no ring to lend
+/// here, so they go through a private buffer: same contract, one copy.
+final class TCPStream: @unchecked Sendable {  // reader state is touched by the one reading thread only
+    let socket: GuardedDescriptor
+    let nonBlocking = Atomic<Bool>(false)
+    /// Nanoseconds, or -1 for no timeout.
+    let readTimeout = Atomic<Int64>(-1)
+    let writeTimeout = Atomic<Int64>(-1)
+
+    /// Bytes received for `readInPlace` and not consumed yet; later reads take them first.
+    @exclusivity(unchecked) private var inbound = StagingBuffer()
+    @exclusivity(unchecked) private var outbound = StagingBuffer()
+
+    /// Takes over a connected, non-blocking TCP socket.
+    init(_ descriptor: Descriptor) {
+        socket = GuardedDescriptor(descriptor.release())
+    }
+
+    /// Bytes the kernel may buffer for sending (SO_SNDBUF): the counterpart of a ring's size.
+    var sendBufferSize: Int { option(SO_SNDBUF) }
+    var receiveBufferSize: Int { option(SO_RCVBUF) }
+
+    private func option(_ name: Int32) -> Int {
+        var value: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        return getsockopt(socket.raw, SOL_SOCKET, name, &value, &length) == 0 ? Int(value) : 0
+    }
+
+    // MARK: Reading
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws(VMSockError) -> Int {
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
+        if inbound.count > 0 { return inbound.take(into: buffer) }
+        return try socket.use("socket") { fd throws(VMSockError) in
+            try transfer(fd, reading: true) { recv(fd, base, buffer.count, 0) }
+        }
+    }
+
+    func readv(_ buffers: [UnsafeMutableRawBufferPointer]) throws(VMSockError) -> Int {
+        if inbound.count > 0, let first = buffers.first(where: { $0.count > 0 }) { return inbound.take(into: first) }
+        var vectors = buffers.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
+        return try socket.use("socket") { fd throws(VMSockError) in
+            try transfer(fd, reading: true) { Glibc.readv(fd, &vectors, Int32(vectors.count)) }
+        }
+    }
+
+    func readInPlace(_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int {
+        if inbound.count == 0 {
+            inbound.reserve(64 << 10)
+            let space = inbound.freeSpace
+            let received = try socket.use("socket") { fd throws(VMSockError) in
+                try transfer(fd, reading: true) { recv(fd, space.baseAddress, space.count, 0) }
+            }
+            if received == 0 { return 0 }
+            inbound.count = received
+        }
+        let view = inbound.readable
+        let used = try body(view)
+        guard used >= 0 && used <= view.count else {
+            throw VMSockError(code: EINVAL, "readInPlace body consumed \(used) of \(view.count) bytes")
+        }
+        inbound.consume(used)
+        return used
+    }
+
+    // MARK: Writing
+
+    func write(_ buffer: UnsafeRawBufferPointer) throws(VMSockError) -> Int {
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
+        return try socket.use("socket") { fd throws(VMSockError) in
+            try transfer(fd, reading: false) { send(fd, base, buffer.count, Int32(MSG_NOSIGNAL)) }
+        }
+    }
+
+    func writev(_ buffers: [UnsafeRawBufferPointer]) throws(VMSockError) -> Int {
+        var vectors = buffers.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
+        guard vectors.contains(where: { $0.iov_len > 0 }) else { return 0 }
+        return try socket.use("socket") { fd throws(VMSockError) in
+            try transfer(fd, reading: false) {
+                vectors.withUnsafeMutableBufferPointer { iov in
+                    var message = msghdr()
+                    message.msg_iov = iov.baseAddress
+                    message.msg_iovlen = iov.count
+                    return sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
+                }
+            }
+        }
+    }
+
+    /// Stages `body`'s bytes in a private buffer and sends them all before returning. Non-blocking, it throws
+    /// EAGAIN up front when the socket has no room, and may then wait for the kernel to take the whole chunk.
+    func writeInPlace(minimum: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int {
+        if nonBlocking.load(ordering: .relaxed) {
+            let writable = try socket.use("socket") { fd throws(VMSockError) in try Self.ready(fd, events: POLLOUT) }
+            if !writable { throw VMSockError(code: EAGAIN, "no room to write yet (non-blocking socket)") }
+        }
+        outbound.reserve(max(64 << 10, minimum))
+        let space = outbound.freeSpace
+        let used = try body(space)
+        guard used >= 0 && used <= space.count else {
+            throw VMSockError(code: EINVAL, "writeInPlace body produced \(used) of \(space.count) bytes")
+        }
+        var sent = 0
+        while sent < used {
+            let chunk = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(space)[sent..<used])
+            sent += try socket.use("socket") { fd throws(VMSockError) in
+                try transfer(fd, reading: false, blocking: true) { send(fd, chunk.baseAddress, chunk.count, Int32(MSG_NOSIGNAL)) }
+            }
+        }
+        return used
+    }
+
+    // MARK: Waiting
+
+    /// Runs `call` (a recv or send on the non-blocking descriptor), waiting in poll while it would block, unless
+    /// the socket is non-blocking. Maps errors to what a blocking TCP socket would say.
+    @inline(__always)
+    private func transfer(
+        _ fd: Int32, reading: Bool, blocking: Bool = false, _ call: () -> Int
+    ) throws(VMSockError) -> Int {
+        var deadline: Int64? = nil
+        while true {
+            let result = call()
+            if result >= 0 { return result }
+            let code = errno
+            if code == EINTR { continue }
+            guard code == EAGAIN else { throw failure(code, reading: reading) }
+            if nonBlocking.load(ordering: .relaxed) && !blocking {
+                throw VMSockError(code: EAGAIN, reading ? "no data to read yet (non-blocking socket)" : "no room to write yet (non-blocking socket)")
+            }
+            let end = deadline ?? start(reading ? readTimeout.load(ordering: .relaxed) : writeTimeout.load(ordering: .relaxed))
+            deadline = end
+            try wait(fd, events: reading ? POLLIN : POLLOUT, until: end, what: reading ? "read" : "write")
+        }
+    }
+
+    private func start(_ nanos: Int64) -> Int64 {
+        nanos < 0 ? .max : monotonicNanos() &+ nanos
+    }
+
+    private func wait(_ fd: Int32, events: Int32, until deadline: Int64, what: String) throws(VMSockError) {
+        var timeoutMs: Int32 = -1
+        if deadline != .max {
+            let left = deadline - monotonicNanos()
+            if left <= 0 { throw VMSockError(code: ETIMEDOUT, "\(what) timed out") }
+            timeoutMs = Int32(clamping: (left + 999_999) / 1_000_000)
+        }
+        var pfd = [pollfd(fd: fd, events: Int16(events), revents: 0)]
+        _ = try Sys.poll(&pfd, timeoutMs: timeoutMs)
+        if socket.isClosed { throw VMSockError(code: EBADF, "socket is closed") }
+    }
+
+    private static func ready(_ fd: Int32, events: Int32) throws(VMSockError) -> Bool {
+        var pfd = [pollfd(fd: fd, events: Int16(events), revents: 0)]
+        return try Sys.poll(&pfd, timeoutMs: 0) > 0
+    }
+
+    private func failure(_ code: Int32, reading: Bool) -> VMSockError {
+        if socket.isClosed { return VMSockError(code: EBADF, "socket is closed") }
+        switch code {
+        case EPIPE: return VMSockError(code: EPIPE, "cannot write: the connection is shut down for writing or the peer is gone")
+        case ECONNRESET: return VMSockError(code: ECONNRESET, "the peer reset the connection")
+        case ETIMEDOUT: return VMSockError(code: ETIMEDOUT, "the connection timed out (the peer stopped answering)")
+        default: return VMSockError.system(reading ? "recv" : "send", errno: code)
+        }
+    }
+
+    // MARK: Readiness, shutdown, close
+
+    /// TCP needs no announcement: poll the socket itself. True when bytes wait in the in-place buffer.
+    func armReadable() throws(VMSockError) -> Bool {
+        if socket.isClosed { throw VMSockError(code: EBADF, "socket is closed") }
+        return inbound.count > 0
+    }
+
+    func shutdown(read: Bool, write: Bool) throws(VMSockError) {
+        let how = read && write ? SHUT_RDWR : read ? SHUT_RD : SHUT_WR
+        try socket.use("socket") { fd throws(VMSockError) in
+            // ENOTCONN: the peer already reset the connection; there is nothing left to shut down.
+            if Glibc.shutdown(fd, Int32(how)) != 0 && errno != ENOTCONN { throw VMSockError.system("shutdown") }
+        }
+    }
+
+    func close() { socket.close() }
+
+    deinit {
+        inbound.free()
+        outbound.free()
+    }
+}
+
+/// A private byte buffer for the in-place calls: allocated on first use, kept for the socket's life.
+struct StagingBuffer {
+    private var storage = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    private var start = 0
+    /// Bytes held, from `start`.
+    var count = 0
+
+    mutating func reserve(_ size: Int) {
+        guard storage.count < size else { return }
+        free()
+        storage = .allocate(byteCount: size, alignment: 64)
+        start = 0
+        count = 0
+    }
+
+    var freeSpace: UnsafeMutableRawBufferPointer { storage }
+    var readable: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: storage[start..<start + count]) }
+
+    mutating func consume(_ used: Int) {
+        start += used
+        count -= used
+        if count == 0 { start = 0 }
+    }
+
+    mutating func take(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        let n = min(count, buffer.count)
+        buffer.baseAddress!.copyMemory(from: storage.baseAddress! + start, byteCount: n)
+        consume(n)
+        return n
+    }
+
+    mutating func free() {
+        storage.deallocate()
+        storage = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    }
+}
