@@ -41,7 +41,12 @@ public final class AsyncListener: Sendable {
     public var connections: AcceptedConnections { AcceptedConnections(listener: self) }
 
     /// Stops listening; a task waiting in `accept` wakes and fails with EBADF (the sequence ends). Idempotent.
-    public func close() { listener.close() }
+    /// Close through here, not through `listener`: closing the descriptor takes it out of the loop's epoll set
+    /// without an event, so the waiting task must be woken by hand.
+    public func close() {
+        listener.close()
+        waiter.close()
+    }
 }
 
 /// Accepted connections of an `AsyncListener`, one at a time, until the listener is closed.

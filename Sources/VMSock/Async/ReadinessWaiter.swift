@@ -9,6 +9,7 @@ import Synchronization
 /// loop), and the loop's callback resumes the task. No allocation per wait.
 final class ReadinessWaiter: Sendable {
     private let slot: WaiterSlot
+    private let closed = Atomic<Bool>(false)
     /// Owned: freed (after any running callback) in deinit.
     private nonisolated(unsafe) let event: OpaquePointer  // the pointer never changes; libevent locks the event
 
@@ -27,13 +28,21 @@ final class ReadinessWaiter: Sendable {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 slot.store(continuation)
                 LibeventEvent.add(event)
-                // Cancellation sets the flag before it runs the handler: either the handler found the continuation
-                // stored above, or this check sees the flag. Whoever takes the continuation resumes it; once.
-                if Task.isCancelled { cancelWait() }
+                // Cancellation sets the flag before it runs the handler (and `close` before it wakes): either the
+                // handler found the continuation stored above, or this check sees the flag. Whoever takes the
+                // continuation resumes it; once.
+                if Task.isCancelled || closed.load(ordering: .sequentiallyConsistent) { cancelWait() }
             }
         } onCancel: {
             cancelWait()
         }
+    }
+
+    /// Wakes the waiting task (if any), and every later `wait` returns at once: for when the descriptor was closed,
+    /// which takes it out of the loop's epoll set silently. Any thread.
+    func close() {
+        closed.store(true, ordering: .sequentiallyConsistent)
+        cancelWait()
     }
 
     private func cancelWait() {
