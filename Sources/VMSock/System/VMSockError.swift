@@ -49,6 +49,8 @@ public struct VMSockError: Error, CustomStringConvertible, Sendable {
         case EMFILE: "EMFILE"
         case ENOMEM: "ENOMEM"
         case ENOTCONN: "ENOTCONN"
+        case ECANCELED: "ECANCELED"
+        case EBUSY: "EBUSY"
         default: "errno \(code)"
         }
     }
