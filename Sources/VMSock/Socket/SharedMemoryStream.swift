@@ -14,12 +14,15 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     @exclusivity(unchecked) private var rx: RingConsumer
     @exclusivity(unchecked) private var tx: RingProducer
     @exclusivity(unchecked) private var readArmed = false
+    @exclusivity(unchecked) private var writeArmed = false
 
     private let local: LocalHeader
     private let peer: PeerHeader
     let link: EstablishedLink
     /// An epoll set of our data bell and the control socket: readable when data may have arrived or the peer left.
     let pollDescriptor: Descriptor
+    /// An epoll set of our space bell and the control socket: readable when room may have appeared or the peer left.
+    let writePollDescriptor: Descriptor
 
     private let state = Atomic<UInt32>(0)
     private let fault = Mutex<VMSockError?>(nil)
@@ -50,11 +53,18 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
             data: link.localRegion.data, capacity: link.localRegion.capacity, mirrored: true, local: local, peer: peer)
         rx = RingConsumer(
             data: link.peerRegion.data, capacity: link.peerRegion.capacity, mirrored: true, local: local, peer: peer)
-        pollDescriptor = Descriptor(try Sys.check("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) })
-        for fd in [link.dataBell.fd, link.control.raw] {
+        pollDescriptor = try Self.epollSet(link.dataBell.fd, link.control.raw)
+        writePollDescriptor = try Self.epollSet(link.spaceBell.fd, link.control.raw)
+    }
+
+    /// A level-triggered epoll set that polls readable when any of `fds` does (or hangs up).
+    private static func epollSet(_ fds: Int32...) throws(VMSockError) -> Descriptor {
+        let set = Descriptor(try Sys.check("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) })
+        for fd in fds {
             var event = epoll_event(events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue, data: epoll_data_t(fd: fd))
-            try Sys.check("epoll_ctl") { epoll_ctl(pollDescriptor.raw, EPOLL_CTL_ADD, fd, &event) }
+            try Sys.check("epoll_ctl") { epoll_ctl(set.raw, EPOLL_CTL_ADD, fd, &event) }
         }
+        return set
     }
 
     // MARK: Reading
@@ -185,6 +195,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     private func publish(_ count: Int) {
         tx.publish(count)
         if peer.isWaitingForData { link.peerDataBell.ring() }
+        if writeArmed { disarmWritable() }
     }
 
     // MARK: Checked positions
@@ -322,22 +333,46 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
 
     // MARK: Readiness for pollers
 
-    /// Arms `pollDescriptor` for readability: announces that we sleep, clears stale rings, then re-checks.
+    /// Arms `pollDescriptor` for readability: announces that we sleep, re-checks, and only on the way to sleep
+    /// clears stale rings and re-checks again (so a socket that is ready costs no system call here).
     /// - Returns: true when the socket is readable right now (do not poll; read). When false, poll
     ///   `pollDescriptor`; once it fires, read until EAGAIN. A successful read disarms.
     func armReadable() throws(VMSockError) -> Bool {
         local.setWaitingForData(true)
         readArmed = true
-        // Drained after announcing: a ring that came before is gone (it would make the poll fire for nothing), and
-        // a publish that came before is seen by the re-check below.
-        if !link.dataBell.drain() { markPeerGone() }
-        if try readWaitIsOver() { return true }
-        return try controlSaysPeerGone()
+        return try armed(bell: link.dataBell) { () throws(VMSockError) in try readWaitIsOver() }
     }
 
     private func disarmReadable() {
         local.setWaitingForData(false)
         readArmed = false
+    }
+
+    /// Arms `writePollDescriptor` for writability, as `armReadable` does for reading.
+    /// - Returns: true when a write would not wait: there is room, or it would fail at once (shut down, closed,
+    ///   peer gone). When false, poll `writePollDescriptor`; once it fires, write until EAGAIN. A successful write
+    ///   disarms.
+    func armWritable() throws(VMSockError) -> Bool {
+        local.setWaitingForSpace(true)
+        writeArmed = true
+        return try armed(bell: link.spaceBell) { () throws(VMSockError) in try writeWaitIsOver(needed: 1) }
+    }
+
+    private func disarmWritable() {
+        local.setWaitingForSpace(false)
+        writeArmed = false
+    }
+
+    /// The second half of arming, after the flag is announced (with its fence): re-check; if not ready, drain
+    /// the bell and re-check again. The drain comes after the announcement, so a ring it swallows belongs to a
+    /// publish that the second re-check sees; a ring from before the announcement (stale) is gone, and would
+    /// otherwise make the poll fire for nothing.
+    @inline(__always)
+    private func armed(bell: Doorbell, _ ready: () throws(VMSockError) -> Bool) throws(VMSockError) -> Bool {
+        if try ready() { return true }
+        if !bell.drain() { markPeerGone() }
+        if try ready() { return true }
+        return try controlSaysPeerGone()
     }
 
     // MARK: Shutdown and close

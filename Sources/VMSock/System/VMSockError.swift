@@ -60,6 +60,8 @@ public struct VMSockError: Error, CustomStringConvertible, Sendable {
         case EHOSTUNREACH: "EHOSTUNREACH"
         case ENETUNREACH: "ENETUNREACH"
         case ENAMETOOLONG: "ENAMETOOLONG"
+        case ECANCELED: "ECANCELED"
+        case EBUSY: "EBUSY"
         default: "errno \(code)"
         }
     }

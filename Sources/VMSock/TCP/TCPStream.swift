@@ -181,6 +181,12 @@ final class TCPStream: @unchecked Sendable {  // reader state is touched by the 
         return inbound.count > 0
     }
 
+    /// TCP needs no announcement: poll the socket for POLLOUT.
+    func armWritable() throws(VMSockError) -> Bool {
+        if socket.isClosed { throw VMSockError(code: EBADF, "socket is closed") }
+        return false
+    }
+
     func shutdown(read: Bool, write: Bool) throws(VMSockError) {
         let how = read && write ? SHUT_RDWR : read ? SHUT_RD : SHUT_WR
         try socket.use("socket") { fd throws(VMSockError) in

@@ -1,0 +1,54 @@
+import Glibc
+
+/// A descriptor and the `poll` event to wait for on it: what an event loop watches for one direction of a socket.
+public struct PollInterest: Sendable, Equatable {
+    public let descriptor: Int32
+    /// POLLIN or POLLOUT.
+    public let events: Int16
+
+    public init(descriptor: Int32, events: Int16) {
+        self.descriptor = descriptor
+        self.events = events
+    }
+}
+
+/// Something an event loop can wait on with the arm-then-poll contract: call `armReadable()` (or
+/// `armWritable()`); if it returns true, do the I/O now; otherwise poll `readInterest` (or `writeInterest`), and
+/// when it fires, do non-blocking I/O until EAGAIN, then arm again. Without arming, the descriptor may never fire.
+///
+/// `VMSocket` conforms for both transports. A plain descriptor conforms by returning false from both arms.
+public protocol ReadinessSource: AnyObject, Sendable {
+    var readInterest: PollInterest { get }
+    var writeInterest: PollInterest { get }
+    func armReadable() throws(VMSockError) -> Bool
+    func armWritable() throws(VMSockError) -> Bool
+}
+
+extension VMSocket: ReadinessSource {
+    /// What to poll for readability. Shared memory: (`pollDescriptor`, POLLIN), an epoll set of the data doorbell
+    /// and the control socket. TCP: (the socket, POLLIN). Never close the descriptor; it lives as long as the
+    /// socket (over TCP, until `close()`: cancel watches first).
+    public var readInterest: PollInterest {
+        PollInterest(descriptor: pollDescriptor, events: Int16(POLLIN))
+    }
+
+    /// What to poll for writability. Shared memory: (an epoll set of the space doorbell and the control socket,
+    /// POLLIN): it fires when the peer made room, shut down or left. TCP: (the socket, POLLOUT).
+    public var writeInterest: PollInterest {
+        switch engine {
+        case .sharedMemory(let stream): PollInterest(descriptor: stream.writePollDescriptor.raw, events: Int16(POLLIN))
+        case .tcp(let stream): PollInterest(descriptor: stream.socket.raw, events: Int16(POLLOUT))
+        }
+    }
+
+    /// Announces "waiting for space" (so the peer rings when it frees some), clears stale rings, then re-checks.
+    /// Call from the writing thread.
+    /// - Returns: true when a write would not wait: there is room, or it would fail at once (we shut down or
+    ///   closed, the peer is gone or stopped reading). Write now instead of polling. A successful write disarms.
+    public func armWritable() throws(VMSockError) -> Bool {
+        switch engine {
+        case .sharedMemory(let stream): try stream.armWritable()
+        case .tcp(let stream): try stream.armWritable()
+        }
+    }
+}
