@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks to build and test vmsock: libevent-dev (and pkg-config) from Debian.
+# Installs what a fresh machine lacks to build and test vmsock: libevent-dev (and pkg-config) from Debian, and
+# the programs the interop tests run against: nc (netcat-openbsd), socat, ip and ss (iproute2), setpriv.
 # Idempotent and quiet when everything is there. Needs root for apt-get (CI and the dev machines run as root).
 set -euo pipefail
 
@@ -15,6 +16,11 @@ fi
 missing=()
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists libevent_pthreads 2>/dev/null || missing+=(libevent-dev)
+command -v nc >/dev/null 2>&1 || missing+=(netcat-openbsd)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
+command -v ss >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     apt-get update -qq

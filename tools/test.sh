@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command (README): set-up, debug build, every test, then a check that no test left anything behind.
+# The test command (README): set-up, debug build, every XCTest, the interop tests against nc, socat and friends
+# (interop/run.sh), then a check that no test left anything behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
@@ -15,6 +16,12 @@ set -e
 summary=$(grep -E "Executed [0-9]+ tests?, with [0-9]+ failures?" "$log" | tail -1)
 total=$(echo "$summary" | sed -E 's/.*Executed ([0-9]+) tests?.*/\1/')
 failed=$(echo "$summary" | sed -E 's/.*with ([0-9]+) failures?.*/\1/')
+
+interop_status=0
+interop_log=$(mktemp)
+interop/run.sh | tee "$interop_log" || interop_status=1
+interop_summary=$(tail -1 "$interop_log")
+rm -f "$interop_log"
 
 # Tests stop what they start and free what they map; say so loudly if one did not.
 left=0
@@ -32,5 +39,10 @@ if [ -z "$summary" ]; then
     echo "test.sh: swift test printed no XCTest summary (exit $status)" >&2
     exit 1
 fi
-echo "tests: $((total - failed)) passed, $failed failed"
-[ "$status" = 0 ] && [ "$failed" = 0 ] && [ "$left" = 0 ]
+if grep -q "vmsock/tcp-" /proc/net/unix 2>/dev/null; then
+    echo "test.sh: shared-memory registrations were left behind:" >&2
+    grep "vmsock/tcp-" /proc/net/unix >&2
+    left=1
+fi
+echo "tests: $((total - failed)) passed, $failed failed (XCTest); $interop_summary"
+[ "$status" = 0 ] && [ "$failed" = 0 ] && [ "$left" = 0 ] && [ "$interop_status" = 0 ]

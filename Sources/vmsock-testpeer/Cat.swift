@@ -2,7 +2,7 @@ import Foundation
 import VMSock
 
 /// A bare netcat for the interop tests (vmcat proper is its own tool): stdin to the socket and the socket to
-/// stdout, at once; EOF on stdin shuts down our writing, EOF from the peer ends the run. With `--echo`, the
+/// stdout, at once; EOF on stdin shuts down our writing; the run ends when both directions have ended. With `--echo`, the
 /// listener writes back what it reads. It says on stderr which transport it got, and why.
 enum Cat {
     static func run(listen: Bool, host: String, port: UInt16, echo: Bool) throws {
@@ -21,7 +21,9 @@ enum Cat {
             try socket.shutdown(.write)
             return
         }
+        let sent = DispatchSemaphore(value: 0)
         let sender = Thread {
+            defer { sent.signal() }
             do {
                 try pump(from: { buffer in
                     let n = Glibc.read(0, buffer.baseAddress, buffer.count)
@@ -42,6 +44,7 @@ enum Cat {
                 done += n
             }
         })
+        sent.wait()
     }
 
     /// Copies until the source says end of stream (0).

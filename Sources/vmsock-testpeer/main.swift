@@ -52,6 +52,7 @@ do {
         }
         let isListener = args[1] == "stream-listen"
         try PatternPump.run(socket, bytes: bytes, sendSeed: isListener ? seed : seed + 1, receiveSeed: isListener ? seed + 1 : seed)
+        ready("transport: \(socket.transportDescription)")
         ready("ok")
     case "hold-listen":
         let listener = try VMListener(host: loopback, port: port)

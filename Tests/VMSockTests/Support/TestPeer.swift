@@ -15,9 +15,12 @@ final class TestPeer {
             .deletingLastPathComponent().appendingPathComponent("vmsock-testpeer")
     }
 
-    init(_ arguments: String...) throws {
+    init(environment: [String: String] = [:], _ arguments: String...) throws {
         process.executableURL = Self.executable
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.standardOutput = stdoutPipe
         process.standardError = stderrPipe
         try process.run()

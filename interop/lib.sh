@@ -1,0 +1,52 @@
+# Shared by the interop tests: where the binaries are, ports, waiting, checking, skipping, cleaning up.
+# Each test is a bash script `*.test.sh` that exits 0 (pass), 77 (skip, with a message why) or anything else (fail).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BIN=${BIN:-.build/debug}
+PEER=$BIN/vmsock-testpeer
+WORK=$(mktemp -d /tmp/vmsock-interop.XXXXXX)
+PIDS=()
+
+CLEANUPS=()
+cleanup() {
+    for step in "${CLEANUPS[@]}"; do eval "$step" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+skip() { echo "SKIP: $*" >&2; exit 77; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+need() { for tool in "$@"; do command -v "$tool" >/dev/null || skip "$tool is not installed (tools/setup.sh installs it)"; done; }
+
+# A TCP port on 127.0.0.1 that nothing listens on now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Starts a command in the background, remembering it for cleanup; its pid is in $LAST.
+start() { "$@" <&0 & LAST=$!; PIDS+=("$LAST"); }
+
+# Waits until something listens on TCP HOST PORT (up to 10 s), optionally inside a network namespace.
+wait_listening() {
+    local host=$1 port=$2 ns=${3:-}
+    for _ in $(seq 100); do
+        if [ -n "$ns" ]; then ip netns exec "$ns" ss -ltn | grep -q "$host:$port " && return 0
+        else ss -ltn | grep -q "$host:$port " && return 0; fi
+        sleep 0.1
+    done
+    fail "nothing listened on $host:$port within 10 s"
+}
+
+# Waits for a background pid to end (up to $2 seconds) and returns its exit status.
+wait_for() {
+    local pid=$1 limit=${2:-30}
+    for _ in $(seq $((limit * 10))); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid"; return $?; }
+        sleep 0.1
+    done
+    fail "process $pid did not end within $limit s"
+}
+
+random_file() { head -c "$2" /dev/urandom > "$1"; }
+same() { [ "$(sha256sum < "$1")" = "$(sha256sum < "$2")" ] || fail "$3: $1 ($(stat -c %s "$1") bytes) and $2 ($(stat -c %s "$2") bytes) differ"; }
+says() { grep -q -- "$2" "$1" || fail "$3: expected '$2' in $1, got: $(cat "$1")"; }
