@@ -19,6 +19,8 @@ struct Demo: ParsableCommand {
     var spinUs: Int?
     @Flag(help: "The reader counts bytes where they lie in shared memory instead of copying them out.")
     var inPlace = false
+    @Option(help: "Instead of streaming: make this many connections with each transport and print connections per second.")
+    var connections: Int?
     @Option(help: .hidden) var peerOf: String?
 
     func validate() throws {
@@ -27,12 +29,14 @@ struct Demo: ParsableCommand {
         guard readSize > 0, readSize <= 64 << 20 else { throw ValidationError("--read-size must be 1 B to 64 MiB") }
         guard roundTrips > 0 else { throw ValidationError("--round-trips must be positive") }
         if let spinUs, spinUs < 0 || spinUs > 1_000_000 { throw ValidationError("--spin-us must be 0 to 1000000") }
+        if let connections, connections <= 0 || connections > 1_000_000 { throw ValidationError("--connections must be 1 to 1000000") }
     }
 
     func run() throws {
         do {
             if let peerOf {
                 guard let port = UInt16(peerOf) else { throw ValidationError("--peer-of takes a port") }
+                if let connections { return try ConnectRate.connect(port: port, count: connections, ringSize: ringSize) }
                 try DemoPeer.run(port: port, ringSize: ringSize, readSize: readSize, spinUs: spinUs, inPlace: inPlace)
             } else {
                 try runParent()
@@ -44,15 +48,19 @@ struct Demo: ParsableCommand {
     }
 
     private func runParent() throws {
-        var options = VMSocketOptions(transport: .shm)
+        var options = VMSocketOptions(transport: connections == nil ? .shm : .auto)
         options.ringSize = ringSize
         let listener = try VMListener(host: "127.0.0.1", port: 0, options: options)
         let name = String(listener.localAddress.port)
-        let peer = Process()
-        peer.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        peer.arguments = ["--peer-of", name, "--ring-size", String(ringSize), "--read-size", String(readSize)]
-            + (spinUs.map { ["--spin-us", String($0)] } ?? []) + (inPlace ? ["--in-place"] : [])
-        try peer.run()
+        if let connections {
+            let peer = try spawnPeer(["--peer-of", name, "--ring-size", String(ringSize), "--connections", String(connections)])
+            defer { if peer.isRunning { peer.terminate() }; peer.waitUntilExit() }
+            try ConnectRate.serve(listener, count: connections)
+            peer.waitUntilExit()  // it prints the figures after its last connection
+            return
+        }
+        let peer = try spawnPeer(["--peer-of", name, "--ring-size", String(ringSize), "--read-size", String(readSize)]
+            + (spinUs.map { ["--spin-us", String($0)] } ?? []) + (inPlace ? ["--in-place"] : []))
         defer { if peer.isRunning { peer.terminate() }; peer.waitUntilExit() }
 
         let stream = try listener.accept()
@@ -96,6 +104,15 @@ struct Demo: ParsableCommand {
         print(String(format: "64-byte round trip: %.2f µs (mean of %d, spin %d µs)", perTrip, roundTrips, pingPong.spinMicroseconds))
         pingPong.close()
     }
+}
+
+/// This program again, as the peer process.
+private func spawnPeer(_ arguments: [String]) throws -> Process {
+    let peer = Process()
+    peer.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    peer.arguments = arguments
+    try peer.run()
+    return peer
 }
 
 enum DemoPeer {

@@ -5,7 +5,7 @@ import VMSockRing
 ///
 /// Match on `code` the way you would match on errno after a BSD socket call:
 /// ```swift
-/// do { _ = try VMSocket.connect(to: .name("db")) }
+/// do { _ = try VMSocket.connect(host: "db.internal", port: 5432) }
 /// catch let error as VMSockError where error.code == ECONNREFUSED { ... }
 /// ```
 public struct VMSockError: Error, CustomStringConvertible, Sendable {
