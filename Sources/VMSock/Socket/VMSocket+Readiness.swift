@@ -35,9 +35,10 @@ extension VMSocket: ReadinessSource {
     /// What to poll for writability. Shared memory: (an epoll set of the space doorbell and the control socket,
     /// POLLIN): it fires when the peer made room, shut down or left. TCP: (the socket, POLLOUT).
     public var writeInterest: PollInterest {
-        switch engine {
-        case .sharedMemory(let stream): PollInterest(descriptor: stream.writePollDescriptor.raw, events: Int16(POLLIN))
-        case .tcp(let stream): PollInterest(descriptor: stream.socket.raw, events: Int16(POLLOUT))
+        if transport == .sharedMemory {
+            PollInterest(descriptor: shm.unsafelyUnwrapped.writePollDescriptor.raw, events: Int16(POLLIN))
+        } else {
+            PollInterest(descriptor: tcp.unsafelyUnwrapped.socket.raw, events: Int16(POLLOUT))
         }
     }
 
@@ -46,9 +47,10 @@ extension VMSocket: ReadinessSource {
     /// - Returns: true when a write would not wait: there is room, or it would fail at once (we shut down or
     ///   closed, the peer is gone or stopped reading). Write now instead of polling. A successful write disarms.
     public func armWritable() throws(VMSockError) -> Bool {
-        switch engine {
-        case .sharedMemory(let stream): try stream.armWritable()
-        case .tcp(let stream): try stream.armWritable()
+        if transport == .sharedMemory {
+            try shm.unsafelyUnwrapped.armWritable()
+        } else {
+            try tcp.unsafelyUnwrapped.armWritable()
         }
     }
 }

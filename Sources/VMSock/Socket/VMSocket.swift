@@ -26,13 +26,19 @@ import Synchronization
 /// Threads: one thread may read while another writes. Do not read from two threads at once, nor write from two.
 /// `close()` may be called from any thread; calls blocked in other threads then fail with EBADF.
 public final class VMSocket: @unchecked Sendable {  // all mutable state lives in the engine; see its notes
-    /// The engine that carries the bytes. An enum, not a protocol: the switch costs a compare, not a dynamic call.
+    /// The engine that carries the bytes.
     enum Engine {
         case sharedMemory(SharedMemoryStream)
         case tcp(TCPStream)
     }
 
-    let engine: Engine
+    // The engine: exactly one of `shm` and `tcp` is set, for good. The hot calls reach the shared-memory engine
+    // through `fastSHM` and `_withUnsafeGuaranteedRef`: calling through a loaded strong reference (or an enum
+    // payload) retains and releases it around every call, and the data path must make no ARC traffic (see
+    // tools/check-data-path.sh). `shm` keeps the object alive as long as this socket.
+    let shm: SharedMemoryStream?
+    let tcp: TCPStream?
+    private let fastSHM: Unmanaged<SharedMemoryStream>?
 
     /// How this connection carries its bytes.
     public let transport: Transport
@@ -51,11 +57,11 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     init(
         engine: Engine, local: IPEndpoint, peer: IPEndpoint, fallback: FallbackReason? = nil, detail: String? = nil
     ) {
-        self.engine = engine
         switch engine {
-        case .sharedMemory: transport = .sharedMemory
-        case .tcp: transport = .tcp
+        case .sharedMemory(let stream): (transport, shm, tcp) = (.sharedMemory, stream, nil)
+        case .tcp(let stream): (transport, shm, tcp) = (.tcp, nil, stream)
         }
+        fastSHM = shm.map { Unmanaged.passUnretained($0) }
         localAddress = local
         peerAddress = peer
         fallbackReason = fallback
@@ -102,10 +108,12 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     ///   rules; the connection is torn down), EBADF (closed).
     @inline(__always)
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(VMSockError) -> Int {
-        switch engine {
-        case .sharedMemory(let stream): try stream.read(into: buffer)
-        case .tcp(let stream): try stream.read(into: buffer)
+        if let fastSHM {
+            return try fastSHM._withUnsafeGuaranteedRef { stream in
+                Result { () throws(VMSockError) in try stream.read(into: buffer) }
+            }.get()
         }
+        return try tcp.unsafelyUnwrapped.read(into: buffer)
     }
 
     /// Reads up to `maximum` bytes into a new array; an empty array means end of stream.
@@ -121,9 +129,10 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
 
     /// Scatter read: fills the buffers in order with what is readable now. The C call is `readv`.
     public func readv(_ buffers: [UnsafeMutableRawBufferPointer]) throws(VMSockError) -> Int {
-        switch engine {
-        case .sharedMemory(let stream): try stream.readv(buffers)
-        case .tcp(let stream): try stream.readv(buffers)
+        if transport == .sharedMemory {
+            try shm.unsafelyUnwrapped.readv(buffers)
+        } else {
+            try tcp.unsafelyUnwrapped.readv(buffers)
         }
     }
 
@@ -134,9 +143,10 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// before validating anything you do not want changed under you. Do not keep the pointer after `body` returns.
     /// Over TCP the bytes lie in a private buffer of the socket instead (one copy, same contract).
     public func readInPlace(_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int {
-        switch engine {
-        case .sharedMemory(let stream): try stream.readInPlace(body)
-        case .tcp(let stream): try stream.readInPlace(body)
+        if transport == .sharedMemory {
+            try shm.unsafelyUnwrapped.readInPlace(body)
+        } else {
+            try tcp.unsafelyUnwrapped.readInPlace(body)
         }
     }
 
@@ -147,10 +157,12 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// - Throws: EPIPE (we or the peer shut down, or the peer is gone), EAGAIN, ETIMEDOUT, EPROTO, EBADF.
     @inline(__always)
     public func write(_ buffer: UnsafeRawBufferPointer) throws(VMSockError) -> Int {
-        switch engine {
-        case .sharedMemory(let stream): try stream.write(buffer)
-        case .tcp(let stream): try stream.write(buffer)
+        if let fastSHM {
+            return try fastSHM._withUnsafeGuaranteedRef { stream in
+                Result { () throws(VMSockError) in try stream.write(buffer) }
+            }.get()
         }
+        return try tcp.unsafelyUnwrapped.write(buffer)
     }
 
     /// Writes every byte, blocking as needed. On a non-blocking socket it may throw EAGAIN after writing part;
@@ -168,9 +180,10 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
 
     /// Gather write: writes what fits of the buffers, in order, as one publish. The C call is `writev`.
     public func writev(_ buffers: [UnsafeRawBufferPointer]) throws(VMSockError) -> Int {
-        switch engine {
-        case .sharedMemory(let stream): try stream.writev(buffers)
-        case .tcp(let stream): try stream.writev(buffers)
+        if transport == .sharedMemory {
+            try shm.unsafelyUnwrapped.writev(buffers)
+        } else {
+            try tcp.unsafelyUnwrapped.writev(buffers)
         }
     }
 
@@ -179,9 +192,10 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// buffer (at least 64 KiB) that is sent in full before this returns.
     @discardableResult
     public func writeInPlace(minimum: Int = 1, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int {
-        switch engine {
-        case .sharedMemory(let stream): try stream.writeInPlace(minimum: minimum, body)
-        case .tcp(let stream): try stream.writeInPlace(minimum: minimum, body)
+        if transport == .sharedMemory {
+            try shm.unsafelyUnwrapped.writeInPlace(minimum: minimum, body)
+        } else {
+            try tcp.unsafelyUnwrapped.writeInPlace(minimum: minimum, body)
         }
     }
 
@@ -196,18 +210,20 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// - `.read`: our reads return 0 from now on. Over shared memory the peer's writes then fail with EPIPE (a TCP
     ///   peer would not learn of it; here it does, so that it does not block forever on a ring nobody drains).
     public func shutdown(_ direction: ShutdownDirection) throws(VMSockError) {
-        switch engine {
-        case .sharedMemory(let stream): try stream.shutdown(read: direction != .write, write: direction != .read)
-        case .tcp(let stream): try stream.shutdown(read: direction != .write, write: direction != .read)
+        if transport == .sharedMemory {
+            try shm.unsafelyUnwrapped.shutdown(read: direction != .write, write: direction != .read)
+        } else {
+            try tcp.unsafelyUnwrapped.shutdown(read: direction != .write, write: direction != .read)
         }
     }
 
     /// Closes the connection. The peer reads what we wrote, then end of stream. Idempotent. (Over TCP, as with
     /// close(2), bytes we received but never read make the kernel reset the connection instead.)
     public func close() {
-        switch engine {
-        case .sharedMemory(let stream): stream.close()
-        case .tcp(let stream): stream.close()
+        if transport == .sharedMemory {
+            shm.unsafelyUnwrapped.close()
+        } else {
+            tcp.unsafelyUnwrapped.close()
         }
     }
 
@@ -216,15 +232,17 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// Non-blocking mode: calls that would wait throw EAGAIN instead. Like O_NONBLOCK.
     public var isNonBlocking: Bool {
         get {
-            switch engine {
-            case .sharedMemory(let stream): stream.nonBlocking.load(ordering: .relaxed)
-            case .tcp(let stream): stream.nonBlocking.load(ordering: .relaxed)
+            if transport == .sharedMemory {
+                shm.unsafelyUnwrapped.nonBlocking.load(ordering: .relaxed)
+            } else {
+                tcp.unsafelyUnwrapped.nonBlocking.load(ordering: .relaxed)
             }
         }
         set {
-            switch engine {
-            case .sharedMemory(let stream): stream.nonBlocking.store(newValue, ordering: .relaxed)
-            case .tcp(let stream): stream.nonBlocking.store(newValue, ordering: .relaxed)
+            if transport == .sharedMemory {
+                shm.unsafelyUnwrapped.nonBlocking.store(newValue, ordering: .relaxed)
+            } else {
+                tcp.unsafelyUnwrapped.nonBlocking.store(newValue, ordering: .relaxed)
             }
         }
     }
@@ -232,15 +250,17 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// How long a blocking read may wait before it throws ETIMEDOUT; nil waits forever. Like SO_RCVTIMEO.
     public var readTimeout: Duration? {
         get {
-            switch engine {
-            case .sharedMemory(let stream): Self.duration(stream.readTimeout)
-            case .tcp(let stream): Self.duration(stream.readTimeout)
+            if transport == .sharedMemory {
+                Self.duration(shm.unsafelyUnwrapped.readTimeout)
+            } else {
+                Self.duration(tcp.unsafelyUnwrapped.readTimeout)
             }
         }
         set {
-            switch engine {
-            case .sharedMemory(let stream): stream.readTimeout.store(Self.nanos(newValue), ordering: .relaxed)
-            case .tcp(let stream): stream.readTimeout.store(Self.nanos(newValue), ordering: .relaxed)
+            if transport == .sharedMemory {
+                shm.unsafelyUnwrapped.readTimeout.store(Self.nanos(newValue), ordering: .relaxed)
+            } else {
+                tcp.unsafelyUnwrapped.readTimeout.store(Self.nanos(newValue), ordering: .relaxed)
             }
         }
     }
@@ -248,15 +268,17 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// How long a blocking write may wait for room before it throws ETIMEDOUT; nil waits forever. Like SO_SNDTIMEO.
     public var writeTimeout: Duration? {
         get {
-            switch engine {
-            case .sharedMemory(let stream): Self.duration(stream.writeTimeout)
-            case .tcp(let stream): Self.duration(stream.writeTimeout)
+            if transport == .sharedMemory {
+                Self.duration(shm.unsafelyUnwrapped.writeTimeout)
+            } else {
+                Self.duration(tcp.unsafelyUnwrapped.writeTimeout)
             }
         }
         set {
-            switch engine {
-            case .sharedMemory(let stream): stream.writeTimeout.store(Self.nanos(newValue), ordering: .relaxed)
-            case .tcp(let stream): stream.writeTimeout.store(Self.nanos(newValue), ordering: .relaxed)
+            if transport == .sharedMemory {
+                shm.unsafelyUnwrapped.writeTimeout.store(Self.nanos(newValue), ordering: .relaxed)
+            } else {
+                tcp.unsafelyUnwrapped.writeTimeout.store(Self.nanos(newValue), ordering: .relaxed)
             }
         }
     }
@@ -273,16 +295,18 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
 
     /// Bytes of our outgoing ring, and of the peer's. Over TCP: the kernel's send and receive buffer sizes.
     public var ringSize: Int {
-        switch engine {
-        case .sharedMemory(let stream): stream.capacity
-        case .tcp(let stream): stream.sendBufferSize
+        if transport == .sharedMemory {
+            shm.unsafelyUnwrapped.capacity
+        } else {
+            tcp.unsafelyUnwrapped.sendBufferSize
         }
     }
 
     public var peerRingSize: Int {
-        switch engine {
-        case .sharedMemory(let stream): stream.peerCapacity
-        case .tcp(let stream): stream.receiveBufferSize
+        if transport == .sharedMemory {
+            shm.unsafelyUnwrapped.peerCapacity
+        } else {
+            tcp.unsafelyUnwrapped.receiveBufferSize
         }
     }
 
@@ -298,25 +322,24 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// returns true, read now. Otherwise poll this descriptor; when it fires, read (non-blocking) until EAGAIN,
     /// then arm again. Without arming, the descriptor may never fire.
     public var pollDescriptor: Int32 {
-        switch engine {
-        case .sharedMemory(let stream): stream.pollDescriptor.raw
-        case .tcp(let stream): stream.socket.raw
+        if transport == .sharedMemory {
+            shm.unsafelyUnwrapped.pollDescriptor.raw
+        } else {
+            tcp.unsafelyUnwrapped.socket.raw
         }
     }
 
     /// Announces that we are about to poll `pollDescriptor`, then re-checks.
     /// - Returns: true when the socket is readable now (or at end of stream): read instead of polling.
     public func armReadable() throws(VMSockError) -> Bool {
-        switch engine {
-        case .sharedMemory(let stream): try stream.armReadable()
-        case .tcp(let stream): try stream.armReadable()
+        if transport == .sharedMemory {
+            try shm.unsafelyUnwrapped.armReadable()
+        } else {
+            try tcp.unsafelyUnwrapped.armReadable()
         }
     }
 
-    var sharedMemory: SharedMemoryStream? {
-        if case .sharedMemory(let stream) = engine { return stream }
-        return nil
-    }
+    var sharedMemory: SharedMemoryStream? { shm }
 
     private static func nanos(_ duration: Duration?) -> Int64 {
         guard let duration else { return -1 }
