@@ -144,6 +144,12 @@ enum ControlSocket {
             if try Sys.poll(&pfd, timeoutMs: left) > 0 { break }
             if left == 0 { throw VMSockError(code: ETIMEDOUT, "peer did not answer the handshake within \(timeoutMs) ms") }
         }
+        return try receiveReady(fd)
+    }
+
+    /// Receives one message that has arrived (the descriptor polled readable): never waits. A hang-up reads as an
+    /// empty message; nothing there yet is EAGAIN.
+    static func receiveReady(_ fd: Int32) throws(VMSockError) -> Received {
         let maxDescriptors = 16
         let controlLength = vms_cmsg_space(maxDescriptors * MemoryLayout<Int32>.size)
         var control = [UInt8](repeating: 0, count: controlLength)

@@ -80,17 +80,21 @@ enum Handshake {
             peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed)
     }
 
-    /// The listener's side, on a control socket just accepted. A connector that is not admitted, or whose hello
-    /// is malformed or of another version, gets a reject saying why, and this throws.
-    static func accept(
-        _ control: Descriptor, capacity: Int, policy: PeerPolicy, timeoutMs: Int32
-    ) throws(VMSockError) -> EstablishedLink {
+    /// The listener's side, first step, on a control socket just accepted: checks who connected (SO_PEERCRED).
+    /// A connector the policy does not admit gets a reject, and this throws EACCES.
+    static func admit(_ control: Descriptor, policy: PeerPolicy) throws(VMSockError) -> PeerCredentials {
         let peer = try ControlSocket.peerCredentials(control.raw)
         guard policy.admits(peer) else {
             reject(control, .notPermitted)
             throw VMSockError(code: EACCES, "refused a connector with uid \(peer.uid) (pid \(peer.pid)) by policy")
         }
-        let request = try ControlSocket.receive(control.raw, timeoutMs: timeoutMs)
+        return peer
+    }
+
+    /// The listener's side, second step, once the hello has arrived (the control socket polled readable): never
+    /// waits. A hello that is malformed or of another version gets a reject saying why, and this throws.
+    static func answer(_ control: Descriptor, peer: PeerCredentials, capacity: Int) throws(VMSockError) -> EstablishedLink {
+        let request = try ControlSocket.receiveReady(control.raw)
         if request.bytes.isEmpty && !request.truncated {
             throw VMSockError(code: ECONNRESET, "connector closed the connection before its hello")
         }
@@ -123,7 +127,8 @@ enum Handshake {
             peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed)
     }
 
-    private static func reject(_ control: Descriptor, _ reason: HandshakeMessage.RejectReason) {
+    /// Turns a connector away with `reason`, best effort (it may be gone already).
+    static func reject(_ control: Descriptor, _ reason: HandshakeMessage.RejectReason) {
         let message = HandshakeMessage(kind: .reject, rejectReason: reason.rawValue)
         try? ControlSocket.send(control.raw, message.encoded(), descriptors: [])
     }
