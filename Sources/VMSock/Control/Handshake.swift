@@ -39,13 +39,34 @@ enum Handshake {
         _ control: Descriptor, peer: PeerCredentials, dialed: IPEndpoint, address: ControlAddress, capacity: Int,
         timeoutMs: Int32
     ) throws(VMSockError) -> EstablishedLink {
+        let hello = try sendHello(control, dialed: dialed, capacity: capacity)
+        let reply = try ControlSocket.receive(control.raw, timeoutMs: timeoutMs)
+        return try finishConnect(hello, reply: reply, control: control, peer: peer, address: address)
+    }
+
+    /// The connector's hello, sent: our half of the connection, kept until the listener's answer.
+    struct HelloSent {
+        fileprivate let mine: LocalHalf
+        let dialed: IPEndpoint
+    }
+
+    /// The connector's first step: makes our region and bells and sends them in a hello. Never waits (a fresh
+    /// control socket has room for one message).
+    static func sendHello(_ control: Descriptor, dialed: IPEndpoint, capacity: Int) throws(VMSockError) -> HelloSent {
         let mine: LocalHalf
         do throws(VMSockError) { mine = try LocalHalf(capacity: capacity) } catch {
             throw error.because(.outOfResources)
         }
         let hello = HandshakeMessage(kind: .hello, ringCapacity: UInt32(capacity), dialed: dialed)
         try ControlSocket.send(control.raw, hello.encoded(), descriptors: mine.descriptors)
-        let reply = try ControlSocket.receive(control.raw, timeoutMs: timeoutMs)
+        return HelloSent(mine: mine, dialed: dialed)
+    }
+
+    /// The connector's second step, with the listener's answer: the link, or why not.
+    static func finishConnect(
+        _ sent: HelloSent, reply: ControlSocket.Received, control: Descriptor, peer: PeerCredentials,
+        address: ControlAddress
+    ) throws(VMSockError) -> EstablishedLink {
         if reply.bytes.isEmpty && !reply.truncated {
             throw VMSockError(code: ECONNRESET, "the listener at \(address) closed the connection during the handshake")
         }
@@ -74,10 +95,11 @@ enum Handshake {
             ).because(.versionMismatch)
         }
         let theirs = try adopt(reply.descriptors, capacity: Int(message.ringCapacity), from: "listener")
+        let mine = sent.mine
         return EstablishedLink(
             control: control, peer: peer, localRegion: mine.region, peerRegion: theirs.region,
             dataBell: mine.dataBell, spaceBell: mine.spaceBell,
-            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed)
+            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: sent.dialed)
     }
 
     /// The listener's side, first step, on a control socket just accepted: checks who connected (SO_PEERCRED).
