@@ -1,7 +1,7 @@
 import CVMSock
 import Foundation
 import Synchronization
-import VMSock
+@_spi(Testing) import VMSock
 import XCTest
 
 /// The async API: read, write, accept, the chunk and connection sequences, cancellation.
@@ -77,6 +77,7 @@ final class AsyncTests: XCTestCase {
             XCTAssertEqual(VMSockError.name(of: error.code), VMSockError.name(of: ECANCELED), "\(error)")
         }
         XCTAssertLessThan(ContinuousClock.now - start, .seconds(1))
+        XCTAssertFalse(client._peerWaits.data, "a cancelled read withdraws its announcement")
         try client.writeAll([7, 8])
         let bytes = try await socket.read(upTo: 10)
         XCTAssertEqual(bytes, [7, 8], "nothing was lost to the cancelled read")
