@@ -15,6 +15,7 @@ let usage = """
       squat PORT                             register for PORT (as another user would) and sit on it
       cat HOST PORT                          connect; stdin to the socket, the socket to stdout (see Cat.swift)
       cat-listen HOST PORT [--echo]          accept one; the same, or echo what arrives
+      async-write PORT SECONDS               async connect, write 1 KiB at a time for SECONDS (for strace -c)
     All ports are on 127.0.0.1, except for cat. The transport policy comes from VMSOCK_TRANSPORT.
     """
 
@@ -77,6 +78,9 @@ do {
     case "cat", "cat-listen":
         guard args.count >= 4 else { fail("bad arguments\n\(usage)") }
         try Cat.run(listen: args[1] == "cat-listen", host: args[2], port: port, echo: args.contains("--echo"))
+    case "async-write":
+        guard args.count == 4, let seconds = Double(args[3]) else { fail("bad arguments\n\(usage)") }
+        try AsyncWrite.run(port: port, seconds: seconds)
     default:
         fail("unknown mode \(args[1])\n\(usage)")
     }

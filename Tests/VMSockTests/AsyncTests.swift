@@ -1,7 +1,7 @@
 import CVMSock
 import Foundation
 import Synchronization
-import VMSock
+@_spi(Testing) import VMSock
 import XCTest
 
 /// The async API: read, write, accept, the chunk and connection sequences, cancellation.
@@ -26,7 +26,7 @@ final class AsyncTests: XCTestCase {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for seed in 0..<(Int(ProcessInfo.processInfo.environment["NCLIENTS"] ?? "20") ?? 20) {
                 group.addTask {
-                    let socket = try AsyncSocket(await connectOffThePool(listener.listener.address, options), on: thread.loop)
+                    let socket = try await AsyncSocket.connect(to: listener.listener.address, options, on: thread.loop)
                     try await Self.streamAndCheck(socket, total: Int.random(in: 1...200_000), seed: UInt64(seed))
                 }
             }
@@ -77,6 +77,7 @@ final class AsyncTests: XCTestCase {
             XCTAssertEqual(VMSockError.name(of: error.code), VMSockError.name(of: ECANCELED), "\(error)")
         }
         XCTAssertLessThan(ContinuousClock.now - start, .seconds(1))
+        XCTAssertFalse(client._peerWaits.data, "a cancelled read withdraws its announcement")
         try client.writeAll([7, 8])
         let bytes = try await socket.read(upTo: 10)
         XCTAssertEqual(bytes, [7, 8], "nothing was lost to the cancelled read")
@@ -112,9 +113,53 @@ final class AsyncTests: XCTestCase {
         } catch let error as VMSockError {
             XCTAssertEqual(error.code, ECANCELED)
         }
-        async let client = connectOffThePool(listener.listener.address)
+        async let client = AsyncSocket.connect(to: listener.listener.address, on: thread.loop)
         _ = try await listener.accept()  // still listening, and the connector was not lost
         _ = try await client
+    }
+
+    /// The async connect reaches the same listener over either transport, as the policy says, and the stream
+    /// works both ways.
+    func testAsyncConnectOverBothTransports() async throws {
+        let thread = try LoopThread()
+        let listener = try AsyncListener(VMListener(address: .name(uniqueName())), on: thread.loop)
+        for transport in [TransportPolicy.tcp, .shm] {
+            async let accepted = listener.accept()
+            let client = try await AsyncSocket.connect(
+                host: "127.0.0.1", port: listener.listener.localAddress.port,
+                options: VMSocketOptions(transport: transport), on: thread.loop)
+            let server = try await accepted
+            XCTAssertEqual(client.socket.transport, transport == .tcp ? .tcp : .sharedMemory, "\(transport)")
+            XCTAssertEqual(server.socket.transport, client.socket.transport, "\(transport)")
+            try await client.writeAll([1, 2, 3])
+            let there = try await server.read(upTo: 10)
+            XCTAssertEqual(there, [1, 2, 3], "\(transport)")
+            try await server.writeAll([4])
+            let back = try await client.read(upTo: 10)
+            XCTAssertEqual(back, [4], "\(transport)")
+        }
+        listener.close()
+    }
+
+    /// A connect waiting for a handshake answer (the listener never accepts) is cancelled promptly, with
+    /// ECANCELED, and closes what it made.
+    func testCancelledAsyncConnectReturnsPromptly() async throws {
+        let thread = try LoopThread()
+        let listener = try VMListener(address: .name(uniqueName()))  // never accepts: the hello is never answered
+        let fdsBefore = openDescriptorCount()
+        let connector = Task { try await AsyncSocket.connect(to: listener.address, on: thread.loop) }
+        try await Task.sleep(for: .milliseconds(100))
+        let start = ContinuousClock.now
+        connector.cancel()
+        do {
+            _ = try await connector.value
+            XCTFail("a cancelled connect must throw")
+        } catch let error as VMSockError {
+            XCTAssertEqual(VMSockError.name(of: error.code), VMSockError.name(of: ECANCELED), "\(error)")
+        }
+        XCTAssertLessThan(ContinuousClock.now - start, .seconds(2))
+        XCTAssertEqual(openDescriptorCount(), fdsBefore, "the half-made connection leaked descriptors")
+        withExtendedLifetime(listener) {}
     }
 
     func testTwoReadsAtOnceIsEBUSY() async throws {
@@ -151,10 +196,13 @@ final class AsyncTests: XCTestCase {
     }
 }
 
-/// Connects on a thread of its own. Connect still blocks through the handshake; on the cooperative pool (two
-/// threads here) a few blocked connects would starve the very accept they wait for.
-func connectOffThePool(_ address: TestAddress, _ options: VMSocketOptions = .init()) async throws -> VMSocket {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try VMSocket.connect(to: address, options: options) }) }.start()
+extension AsyncSocket {
+    /// Connects over shared memory only (unless `options` say otherwise), as `VMSocket.connect(to:)` in the tests.
+    static func connect(
+        to address: TestAddress, _ options: VMSocketOptions = .init(), on loop: EventLoop
+    ) async throws(VMSockError) -> AsyncSocket {
+        var options = options
+        if options.transport == nil { options.transport = .shm }
+        return try await connect(host: "127.0.0.1", port: address.port, options: options, on: loop)
     }
 }

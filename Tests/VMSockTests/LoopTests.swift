@@ -1,7 +1,7 @@
 import CLibevent
 import Foundation
 import Synchronization
-import VMSock
+@_spi(Testing) import VMSock
 import XCTest
 
 /// The event loop's own behaviour: threads, jobs, timers, watches on plain descriptors and on vmsock sockets.
@@ -135,6 +135,23 @@ final class LoopTests: XCTestCase {
             watches.value.0.cancel()
             watches.value.1.cancel()
         }
+    }
+
+    /// A watch that is disabled or cancelled withdraws its announcement, so the peer stops ringing for it.
+    func testDisablingOrCancellingAWatchDisarms() throws {
+        let (server, client) = try connectedPair()
+        server.isNonBlocking = true
+        let thread = try LoopThread()
+        let watch = try onLoop(thread.loop) { [loop = thread.loop] in
+            SendableBox(try loop.watch(server, for: .read) {})
+        }
+        XCTAssertTrue(client._peerWaits.data, "an enabled watch on an idle socket announces that it waits")
+        try onLoop(thread.loop) { watch.value.disable() }
+        XCTAssertFalse(client._peerWaits.data, "disabled: the peer must not ring for it")
+        try onLoop(thread.loop) { watch.value.enable() }
+        XCTAssertTrue(client._peerWaits.data)
+        try onLoop(thread.loop) { watch.value.cancel() }
+        XCTAssertFalse(client._peerWaits.data, "cancelled: the peer must not ring for it")
     }
 
     /// A handle dropped on another thread than the loop's ends its watch safely.

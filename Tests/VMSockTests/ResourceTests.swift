@@ -11,7 +11,15 @@ final class ResourceTests: XCTestCase {
             server.close()
             client.close()
         }
-        let fds = openDescriptorCount()
+        // The warm-up's accept thread still holds its listener and accepted socket until the thread exits, which
+        // may be just after `connectedPair` returned: wait until the count settles.
+        var fds = openDescriptorCount()
+        for _ in 0..<100 {
+            usleep(20_000)
+            let now = openDescriptorCount()
+            if now == fds { break }
+            fds = now
+        }
         let maps = mappingCount()
         let name = uniqueName()
         let listener = try VMListener(address: .name(name), options: VMSocketOptions(ringSize: 4096))

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 
 // MARK: memfd and seals (linux/memfd.h, linux/fcntl.h)
 #define VMS_MFD_CLOEXEC          0x0001U

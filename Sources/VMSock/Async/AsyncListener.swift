@@ -3,8 +3,8 @@ import Glibc
 /// A `VMListener` with async accept: a task waiting for a connector awaits, and an event loop's thread wakes it
 /// when one arrives.
 ///
-/// For now the connect handshake runs inside `accept`, on the calling task (bounded by the listener's handshake
-/// timeout); it will become non-blocking.
+/// `accept` never waits on one connector: a shared-memory connector's handshake completes when its hello arrives
+/// (the loop wakes the task then), and a silent one is dropped at the listener's handshake timeout.
 ///
 /// Cancellation: `accept` in a cancelled task throws ECANCELED promptly; the listener stays open, and no
 /// connection is lost (a connector that was waiting is still waiting for the next accept).

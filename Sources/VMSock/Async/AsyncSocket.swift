@@ -61,7 +61,10 @@ public final class AsyncSocket: Sendable {
         try begin(reading, "read")
         defer { reading.store(false, ordering: .releasing) }
         while true {
-            if Task.isCancelled { throw VMSockError(code: ECANCELED, "read cancelled; nothing was consumed") }
+            if Task.isCancelled {
+                socket.disarmReadable()  // we stop waiting: the peer need not ring for us any more
+                throw VMSockError(code: ECANCELED, "read cancelled; nothing was consumed")
+            }
             if let count = try Self.unlessEAGAIN(attempt) { return count }
             if try socket.armReadable() { continue }
             await readWaiter.wait()
@@ -122,7 +125,10 @@ public final class AsyncSocket: Sendable {
         async throws(VMSockError) -> Int
     {
         while true {
-            if Task.isCancelled { throw VMSockError(code: ECANCELED, cancelled()) }
+            if Task.isCancelled {
+                socket.disarmWritable()  // we stop waiting: the peer need not ring for us any more
+                throw VMSockError(code: ECANCELED, cancelled())
+            }
             if let count = try Self.unlessEAGAIN(attempt) { return count }
             if try socket.armWritable() { continue }
             await writeWaiter.wait()

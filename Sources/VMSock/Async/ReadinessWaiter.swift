@@ -21,13 +21,13 @@ final class ReadinessWaiter: Sendable {
 
     deinit { LibeventEvent.free(event) }
 
-    /// Sleeps until the descriptor polls ready, or the task is cancelled (then returns at once; the caller checks
-    /// `Task.isCancelled`). At most one task waits at a time.
-    func wait() async {
+    /// Sleeps until the descriptor polls ready, `timeout` passes, or the task is cancelled (then returns at once;
+    /// the caller checks `Task.isCancelled`, and its clock for the timeout). At most one task waits at a time.
+    func wait(timeout: Duration? = nil) async {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 slot.store(continuation)
-                LibeventEvent.add(event)
+                LibeventEvent.add(event, timeout: timeout)
                 // Cancellation sets the flag before it runs the handler (and `close` before it wakes): either the
                 // handler found the continuation stored above, or this check sees the flag. Whoever takes the
                 // continuation resumes it; once.

@@ -81,6 +81,30 @@ enum ControlSocket {
         return fd
     }
 
+    /// Connects without waiting: the socket, or nil when the listener's backlog is full (AF_UNIX connect does not
+    /// complete later: try again). For the async connect.
+    static func connectNow(_ address: ControlAddress) throws(VMSockError) -> Descriptor? {
+        let fd = try makeSocket()
+        try Sys.setNonBlocking(fd.raw, true)
+        var (addr, length) = try socketAddress(address)
+        let result = Sys.retryingEINTR {
+            withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.raw, $0, length) }
+            }
+        }
+        if result != 0 {
+            let code = errno
+            if code == ECONNREFUSED || code == ENOENT {
+                throw VMSockError(code: ECONNREFUSED, "nothing listens on \(address)")
+            }
+            if code == EAGAIN { return nil }
+            throw VMSockError.system("connect(\(address))", errno: code)
+        }
+        // Blocking again, as `connect` leaves it: the connection's code expects that of its liveness socket.
+        try Sys.setNonBlocking(fd.raw, false)
+        return fd
+    }
+
     static func peerCredentials(_ fd: Int32) throws(VMSockError) -> PeerCredentials {
         var pid: pid_t = 0
         var uid: uid_t = 0
@@ -144,6 +168,12 @@ enum ControlSocket {
             if try Sys.poll(&pfd, timeoutMs: left) > 0 { break }
             if left == 0 { throw VMSockError(code: ETIMEDOUT, "peer did not answer the handshake within \(timeoutMs) ms") }
         }
+        return try receiveReady(fd)
+    }
+
+    /// Receives one message that has arrived (the descriptor polled readable): never waits. A hang-up reads as an
+    /// empty message; nothing there yet is EAGAIN.
+    static func receiveReady(_ fd: Int32) throws(VMSockError) -> Received {
         let maxDescriptors = 16
         let controlLength = vms_cmsg_space(maxDescriptors * MemoryLayout<Int32>.size)
         var control = [UInt8](repeating: 0, count: controlLength)

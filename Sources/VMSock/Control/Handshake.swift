@@ -39,13 +39,34 @@ enum Handshake {
         _ control: Descriptor, peer: PeerCredentials, dialed: IPEndpoint, address: ControlAddress, capacity: Int,
         timeoutMs: Int32
     ) throws(VMSockError) -> EstablishedLink {
+        let hello = try sendHello(control, dialed: dialed, capacity: capacity)
+        let reply = try ControlSocket.receive(control.raw, timeoutMs: timeoutMs)
+        return try finishConnect(hello, reply: reply, control: control, peer: peer, address: address)
+    }
+
+    /// The connector's hello, sent: our half of the connection, kept until the listener's answer.
+    struct HelloSent {
+        fileprivate let mine: LocalHalf
+        let dialed: IPEndpoint
+    }
+
+    /// The connector's first step: makes our region and bells and sends them in a hello. Never waits (a fresh
+    /// control socket has room for one message).
+    static func sendHello(_ control: Descriptor, dialed: IPEndpoint, capacity: Int) throws(VMSockError) -> HelloSent {
         let mine: LocalHalf
         do throws(VMSockError) { mine = try LocalHalf(capacity: capacity) } catch {
             throw error.because(.outOfResources)
         }
         let hello = HandshakeMessage(kind: .hello, ringCapacity: UInt32(capacity), dialed: dialed)
         try ControlSocket.send(control.raw, hello.encoded(), descriptors: mine.descriptors)
-        let reply = try ControlSocket.receive(control.raw, timeoutMs: timeoutMs)
+        return HelloSent(mine: mine, dialed: dialed)
+    }
+
+    /// The connector's second step, with the listener's answer: the link, or why not.
+    static func finishConnect(
+        _ sent: HelloSent, reply: ControlSocket.Received, control: Descriptor, peer: PeerCredentials,
+        address: ControlAddress
+    ) throws(VMSockError) -> EstablishedLink {
         if reply.bytes.isEmpty && !reply.truncated {
             throw VMSockError(code: ECONNRESET, "the listener at \(address) closed the connection during the handshake")
         }
@@ -74,23 +95,28 @@ enum Handshake {
             ).because(.versionMismatch)
         }
         let theirs = try adopt(reply.descriptors, capacity: Int(message.ringCapacity), from: "listener")
+        let mine = sent.mine
         return EstablishedLink(
             control: control, peer: peer, localRegion: mine.region, peerRegion: theirs.region,
             dataBell: mine.dataBell, spaceBell: mine.spaceBell,
-            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed)
+            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: sent.dialed)
     }
 
-    /// The listener's side, on a control socket just accepted. A connector that is not admitted, or whose hello
-    /// is malformed or of another version, gets a reject saying why, and this throws.
-    static func accept(
-        _ control: Descriptor, capacity: Int, policy: PeerPolicy, timeoutMs: Int32
-    ) throws(VMSockError) -> EstablishedLink {
+    /// The listener's side, first step, on a control socket just accepted: checks who connected (SO_PEERCRED).
+    /// A connector the policy does not admit gets a reject, and this throws EACCES.
+    static func admit(_ control: Descriptor, policy: PeerPolicy) throws(VMSockError) -> PeerCredentials {
         let peer = try ControlSocket.peerCredentials(control.raw)
         guard policy.admits(peer) else {
             reject(control, .notPermitted)
             throw VMSockError(code: EACCES, "refused a connector with uid \(peer.uid) (pid \(peer.pid)) by policy")
         }
-        let request = try ControlSocket.receive(control.raw, timeoutMs: timeoutMs)
+        return peer
+    }
+
+    /// The listener's side, second step, once the hello has arrived (the control socket polled readable): never
+    /// waits. A hello that is malformed or of another version gets a reject saying why, and this throws.
+    static func answer(_ control: Descriptor, peer: PeerCredentials, capacity: Int) throws(VMSockError) -> EstablishedLink {
+        let request = try ControlSocket.receiveReady(control.raw)
         if request.bytes.isEmpty && !request.truncated {
             throw VMSockError(code: ECONNRESET, "connector closed the connection before its hello")
         }
@@ -123,7 +149,8 @@ enum Handshake {
             peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed)
     }
 
-    private static func reject(_ control: Descriptor, _ reason: HandshakeMessage.RejectReason) {
+    /// Turns a connector away with `reason`, best effort (it may be gone already).
+    static func reject(_ control: Descriptor, _ reason: HandshakeMessage.RejectReason) {
         let message = HandshakeMessage(kind: .reject, rejectReason: reason.rawValue)
         try? ControlSocket.send(control.raw, message.encoded(), descriptors: [])
     }

@@ -12,6 +12,8 @@ extension VMSocket {
     @_spi(Testing) public var _controlDescriptor: Int32 { sharedMemory!.link.control.raw }
     /// The base of the peer's (read-only) ring region.
     @_spi(Testing) public var _peerRegionBase: UnsafeRawPointer { UnsafeRawPointer(sharedMemory!.link.peerRegion.base) }
+    /// Whether the peer announced it waits for data (our publishes ring its bell), or for space.
+    @_spi(Testing) public var _peerWaits: (data: Bool, space: Bool) { sharedMemory!.peerWaits }
     /// Rings the peer's data bell, as a publish would.
     @_spi(Testing) public func _ringPeerDataBell() { sharedMemory!.link.peerDataBell.ring() }
 }

@@ -5,7 +5,7 @@ import Synchronization
 ///
 /// ```swift
 /// let thread = try LoopThread()
-/// let listener = try AsyncListener(VMListener(address: .name("echo")), on: thread.loop)
+/// let listener = try AsyncListener(VMListener(port: 7000), on: thread.loop)
 /// ...
 /// thread.stop()   // or let it go: the thread stops when the handle is dropped
 /// ```

@@ -25,7 +25,9 @@ extension EventLoop {
         let arm: () throws(VMSockError) -> Bool =
             direction == .read
             ? { () throws(VMSockError) in try socket.armReadable() } : { () throws(VMSockError) in try socket.armWritable() }
-        return try ReadinessWatch(loop: self, interest: interest, arm: arm, handler: handler, enabled: enabled)
+        let disarm: () -> Void = direction == .read ? { socket.disarmReadable() } : { socket.disarmWritable() }
+        return try ReadinessWatch(
+            loop: self, interest: interest, arm: arm, disarm: disarm, handler: handler, enabled: enabled)
     }
 
     /// Calls `handler` on the loop thread whenever a plain descriptor (stdin, a TCP socket, a pipe, a listener)
@@ -37,12 +39,18 @@ extension EventLoop {
         preconditionInLoopThread()
         let interest = PollInterest(descriptor: descriptor, events: Int16(direction == .read ? POLLIN : POLLOUT))
         return try ReadinessWatch(
-            loop: self, interest: interest, arm: { () throws(VMSockError) in false }, handler: handler, enabled: enabled)
+            loop: self, interest: interest, arm: { () throws(VMSockError) in false }, disarm: {}, handler: handler,
+            enabled: enabled)
     }
 }
 
 /// A running watch made by `EventLoop.watch`. Loop thread only, except that dropping the last reference is safe
 /// anywhere. The handler is released when the watch is cancelled, so a handler may hold its own watch.
+///
+/// The loop thread arms the socket for the watch, so it is the thread that does the watched direction's I/O
+/// (in the handler). `disable` and `cancel` disarm, so a paused watch costs the peer nothing; dropping the
+/// handle without cancelling does not (it may happen on any thread), and leaves the peer ringing until the next
+/// read or write in that direction.
 public final class ReadinessWatch {
     private let loop: EventLoop
     private let target: WatchTarget
@@ -50,11 +58,11 @@ public final class ReadinessWatch {
 
     fileprivate init(
         loop: EventLoop, interest: PollInterest, arm: @escaping () throws(VMSockError) -> Bool,
-        handler: @escaping () -> Void, enabled: Bool
+        disarm: @escaping () -> Void, handler: @escaping () -> Void, enabled: Bool
     ) throws(VMSockError) {
         self.loop = loop
         let bits = LibeventEvent.bits(for: interest)
-        target = WatchTarget(arm: arm, handler: handler, bits: bits)
+        target = WatchTarget(arm: arm, disarm: disarm, handler: handler, bits: bits)
         let event = try LibeventEvent.make(loop.base, fd: interest.descriptor, events: bits | EV_PERSIST, target: target)
         self.event = event
         target.event = event
@@ -84,29 +92,37 @@ public final class ReadinessWatch {
         guard let event, target.enabled else { return }
         target.enabled = false
         LibeventEvent.delete(event)
+        target.disarm()
     }
 
     /// Ends the watch for good and releases the handler (after it returns, if it is running). Idempotent.
     public func cancel() {
         loop.preconditionInLoopThread()
         guard let event else { return }
+        let wasEnabled = target.enabled
         target.enabled = false
         self.event = nil
         LibeventEvent.free(event)
+        if wasEnabled { target.disarm() }
     }
 }
 
 /// The loop-thread side of a watch: what the event's callback calls.
 private final class WatchTarget: EventTarget {
     let arm: () throws(VMSockError) -> Bool
+    let disarm: () -> Void
     let handler: () -> Void
     let bits: Int32
     /// Set once, right after the event is made and before it can fire.
     var event: OpaquePointer?
     var enabled = false
 
-    init(arm: @escaping () throws(VMSockError) -> Bool, handler: @escaping () -> Void, bits: Int32) {
+    init(
+        arm: @escaping () throws(VMSockError) -> Bool, disarm: @escaping () -> Void, handler: @escaping () -> Void,
+        bits: Int32
+    ) {
         self.arm = arm
+        self.disarm = disarm
         self.handler = handler
         self.bits = bits
     }

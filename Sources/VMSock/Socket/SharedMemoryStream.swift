@@ -42,6 +42,8 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     }
 
     var peerCredentials: PeerCredentials { link.peer }
+    /// Whether the peer announced it waits for our data, or for room in its ring (it wants a doorbell per publish).
+    var peerWaits: (data: Bool, space: Bool) { (peer.isWaitingForData, peer.isWaitingForSpace) }
     var capacity: Int { link.localRegion.capacity }
     var peerCapacity: Int { link.peerRegion.capacity }
 
@@ -343,7 +345,8 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         return try armed(bell: link.dataBell) { () throws(VMSockError) in try readWaitIsOver() }
     }
 
-    private func disarmReadable() {
+    /// Withdraws the announcement of `armReadable`: the peer stops ringing for us. Reading thread only.
+    func disarmReadable() {
         local.setWaitingForData(false)
         readArmed = false
     }
@@ -358,7 +361,8 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         return try armed(bell: link.spaceBell) { () throws(VMSockError) in try writeWaitIsOver(needed: 1) }
     }
 
-    private func disarmWritable() {
+    /// Withdraws the announcement of `armWritable`. Writing thread only.
+    func disarmWritable() {
         local.setWaitingForSpace(false)
         writeArmed = false
     }

@@ -22,6 +22,8 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     private let tcpSocket: Int32
     private let controlSockets: [Int32]
     private let readiness: Int32
+    /// Shared-memory connectors accepted but not yet answered; nil when the listener offers TCP only.
+    private let pending: PendingHandshakes?
     /// What `close` releases, once no accept uses it.
     private let owned: Mutex<[AnyObject]>
     /// Bit 0: closed. Above it: twice the number of accept calls inside right now. Whoever leaves it at exactly
@@ -74,10 +76,12 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
         controlSockets = registered.map(\.socket.raw)
         let epoll = Descriptor(try Sys.check("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) })
         for fd in [tcp.raw] + controlSockets {
-            var event = epoll_event(events: EPOLLIN.rawValue, data: epoll_data_t(fd: fd))
-            try Sys.check("epoll_ctl") { epoll_ctl(epoll.raw, EPOLL_CTL_ADD, fd, &event) }
+            try PendingHandshakes.control(epoll.raw, EPOLL_CTL_ADD, fd, token: UInt64(fd))
         }
         readiness = epoll.raw
+        let pending = registered.isEmpty
+            ? nil : try PendingHandshakes(epoll: epoll.raw, timeoutMs: options.handshakeTimeoutMs)
+        self.pending = pending
         owned = Mutex([tcp, epoll] + registered)
     }
 
@@ -85,10 +89,15 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
 
     // MARK: Accepting
 
-    /// Accepts the next connection: a TCP client, or a shared-memory connector whose handshake succeeds. A
-    /// connector that fails the handshake (not trusted, wrong version, malformed hello, dead before its hello) is
-    /// turned away with a reason and counted in `rejectedCount`, and accept goes on to the next one.
-    /// - Throws: EAGAIN in non-blocking mode when nobody is waiting; EBADF after `close`.
+    /// Accepts the next connection: a TCP client, or a shared-memory connector whose handshake succeeds.
+    ///
+    /// Accept never waits for one connector: a shared-memory connector is taken in at once and waits (up to the
+    /// handshake timeout) for its hello alongside the others, and is answered by whichever accept sees its hello
+    /// arrive. A connector that fails the handshake (not trusted, wrong version, malformed hello, no hello in
+    /// time, dead before its hello, or more than `PendingHandshakes.limit` (64) already waiting) is turned away
+    /// with a reason and counted in `rejectedCount`, and accept goes on to the next one.
+    /// - Throws: EAGAIN in non-blocking mode when no connection is ready (handshakes may be under way: the
+    ///   `pollDescriptor` fires when one completes its hello); EBADF after `close`.
     public func accept() throws(VMSockError) -> VMSocket {
         try enter()
         defer { leave() }
@@ -96,9 +105,7 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
             // Take turns, so that a stream of clients of one transport cannot starve the other.
             let tcpFirst = turn.add(1, ordering: .relaxed).newValue & 1 == 0
             if tcpFirst, let socket = try acceptTCP() { return socket }
-            for control in controlSockets {
-                if let socket = try acceptSharedMemory(control) { return socket }
-            }
+            if let socket = try acceptSharedMemory() { return socket }
             if !tcpFirst, let socket = try acceptTCP() { return socket }
             if nonBlocking.load(ordering: .relaxed) {
                 throw VMSockError(code: EAGAIN, "no connection waiting (non-blocking listener)")
@@ -117,27 +124,60 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
         return VMSocket(engine: .tcp(TCPStream(connection)), local: local, peer: peer)
     }
 
-    private func acceptSharedMemory(_ control: Int32) throws(VMSockError) -> VMSocket? {
-        let fd = Sys.retryingEINTR { vms_accept4_cloexec(control) }
-        if fd < 0 {
-            let code = errno
-            if code == EAGAIN || code == ECONNABORTED { return nil }
-            if users.load(ordering: .relaxed) & 1 != 0 { throw VMSockError(code: EBADF, "listener is closed") }
-            throw VMSockError.system("accept(shared-memory registration)", errno: code)
+    /// Drops the connectors whose time ran out, takes in new ones, then answers one whose hello arrived.
+    private func acceptSharedMemory() throws(VMSockError) -> VMSocket? {
+        guard let pending else { return nil }
+        for late in pending.takeExpired() {
+            reject("a connector (pid \(late.peer.pid)) sent no hello within \(options.handshakeTimeoutMs) ms")
         }
+        for control in controlSockets { try takeInConnectors(control, pending) }
+        while let ready = pending.takeReady() {
+            if let socket = answer(ready) { return socket }
+        }
+        return nil
+    }
+
+    /// Accepts the connectors waiting on one registration (a bounded number per call) into `pending`, checking
+    /// who they are first. Never waits.
+    private func takeInConnectors(_ control: Int32, _ pending: PendingHandshakes) throws(VMSockError) {
+        for _ in 0..<PendingHandshakes.limit {
+            let fd = Sys.retryingEINTR { vms_accept4_cloexec(control) }
+            if fd < 0 {
+                let code = errno
+                if code == EAGAIN || code == ECONNABORTED { return }
+                if users.load(ordering: .relaxed) & 1 != 0 { throw VMSockError(code: EBADF, "listener is closed") }
+                throw VMSockError.system("accept(shared-memory registration)", errno: code)
+            }
+            let connector = Descriptor(fd)
+            do throws(VMSockError) {
+                let peer = try Handshake.admit(connector, policy: options.peerPolicy)
+                if try !pending.add(.init(control: connector, peer: peer)) {
+                    Handshake.reject(connector, .outOfResources)
+                    reject("turned away a connector (pid \(peer.pid)): \(PendingHandshakes.limit) handshakes already pending")
+                }
+            } catch {
+                reject(error.description)
+            }
+        }
+    }
+
+    /// Reads the hello that arrived and answers it: the new connection, or nil (counted) when it failed.
+    private func answer(_ ready: PendingHandshakes.Waiting) -> VMSocket? {
         do throws(VMSockError) {
-            let link = try Handshake.accept(
-                Descriptor(fd), capacity: options.ringSize, policy: options.peerPolicy,
-                timeoutMs: options.handshakeTimeoutMs)
+            let link = try Handshake.answer(ready.control, peer: ready.peer, capacity: options.ringSize)
             let stream = try SharedMemoryStream(link)
             let local = link.dialed ?? localAddress
             TransportStatistics.count(.sharedMemory, fallback: nil)
             return VMSocket(engine: .sharedMemory(stream), local: local, peer: local.with(port: 0))
         } catch {
-            rejected.add(1, ordering: .relaxed)
-            lastRejection.withLock { $0 = error.description }
+            reject(error.description)
             return nil
         }
+    }
+
+    private func reject(_ reason: String) {
+        rejected.add(1, ordering: .relaxed)
+        lastRejection.withLock { $0 = reason }
     }
 
     private func checkClosed<R>(_ body: () throws(VMSockError) -> R) throws(VMSockError) -> R {
@@ -157,7 +197,8 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
         set { nonBlocking.store(newValue, ordering: .relaxed) }
     }
 
-    /// Polls readable (POLLIN) when a connection may be waiting, of either transport. Valid until `close`.
+    /// Polls readable (POLLIN) when a connection may be waiting, of either transport, when a shared-memory
+    /// connector's hello arrives, and when one ran out of time (call `accept`, which drops it). Valid until `close`.
     public var pollDescriptor: Int32 { readiness }
 
     // MARK: Closing
@@ -186,6 +227,7 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     /// Closes every descriptor and removes the registrations (the objects' deinits do it). Runs once: `owned` is
     /// empty afterwards.
     private func release() {
+        pending?.dropAll()
         let objects = owned.withLock { objects in
             defer { objects = [] }
             return objects

@@ -16,12 +16,25 @@ public struct PollInterest: Sendable, Equatable {
 /// `armWritable()`); if it returns true, do the I/O now; otherwise poll `readInterest` (or `writeInterest`), and
 /// when it fires, do non-blocking I/O until EAGAIN, then arm again. Without arming, the descriptor may never fire.
 ///
-/// `VMSocket` conforms for both transports. A plain descriptor conforms by returning false from both arms.
+/// Arming announces "I am waiting" to the peer, which then pays a wake-up (a doorbell system call) per publish
+/// until the I/O that follows withdraws it. Who stops polling without doing that I/O (a watch disabled or
+/// cancelled, a wait given up) calls `disarmReadable()` (or `disarmWritable()`), or the peer keeps ringing.
+/// Arm and disarm a direction only from the thread that does that direction's I/O: the flags are its own.
+///
+/// `VMSocket` conforms for both transports. A plain descriptor conforms by returning false from both arms (the
+/// disarms default to doing nothing).
 public protocol ReadinessSource: AnyObject, Sendable {
     var readInterest: PollInterest { get }
     var writeInterest: PollInterest { get }
     func armReadable() throws(VMSockError) -> Bool
     func armWritable() throws(VMSockError) -> Bool
+    func disarmReadable()
+    func disarmWritable()
+}
+
+extension ReadinessSource {
+    public func disarmReadable() {}
+    public func disarmWritable() {}
 }
 
 extension VMSocket: ReadinessSource {
@@ -52,5 +65,17 @@ extension VMSocket: ReadinessSource {
         } else {
             try tcp.unsafelyUnwrapped.armWritable()
         }
+    }
+
+    /// Withdraws `armReadable`'s announcement, so the peer stops ringing our data doorbell, for when you stop
+    /// polling without reading. A successful read disarms by itself. Call from the reading thread. Nothing to do
+    /// over TCP.
+    public func disarmReadable() {
+        shm?.disarmReadable()
+    }
+
+    /// Withdraws `armWritable`'s announcement, as `disarmReadable` does. Call from the writing thread.
+    public func disarmWritable() {
+        shm?.disarmWritable()
     }
 }

@@ -14,14 +14,34 @@ enum TCPCalls {
     /// Connects to `endpoint`, waiting at most `timeoutMs` (-1: as long as the kernel tries).
     /// - Throws: ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ENETUNREACH, ... with the address in the message.
     static func connect(_ endpoint: IPEndpoint, timeoutMs: Int32) throws(VMSockError) -> Descriptor {
+        let (socket, inProgress) = try startConnect(endpoint)
+        if inProgress { try awaitConnected(socket.raw, endpoint, timeoutMs: timeoutMs) } else { setNoDelay(socket.raw) }
+        return socket
+    }
+
+    /// Starts a non-blocking connect. `inProgress`: wait until the socket polls writable (POLLOUT), then call
+    /// `finishConnect`; otherwise it is connected already.
+    static func startConnect(_ endpoint: IPEndpoint) throws(VMSockError) -> (socket: Descriptor, inProgress: Bool) {
         let socket = try makeSocket(endpoint.family)
         let started = endpoint.withSockaddr { address, length in Glibc.connect(socket.raw, address, length) }
         if started != 0 {
             guard errno == EINPROGRESS || errno == EINTR else { throw connectError(endpoint, errno) }
-            try awaitConnected(socket.raw, endpoint, timeoutMs: timeoutMs)
+            return (socket, true)
         }
-        setNoDelay(socket.raw)
-        return socket
+        return (socket, false)
+    }
+
+    /// After the socket of a connect in progress polled writable: its outcome (SO_ERROR).
+    static func finishConnect(_ fd: Int32, _ endpoint: IPEndpoint) throws(VMSockError) {
+        var code: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        try Sys.check("getsockopt(SO_ERROR)") { getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &length) }
+        if code != 0 { throw connectError(endpoint, code) }
+        setNoDelay(fd)
+    }
+
+    static func timedOut(_ endpoint: IPEndpoint, _ timeoutMs: Int32) -> VMSockError {
+        VMSockError(code: ETIMEDOUT, "connecting to \(endpoint) timed out after \(timeoutMs) ms")
     }
 
     private static func awaitConnected(_ fd: Int32, _ endpoint: IPEndpoint, timeoutMs: Int32) throws(VMSockError) {
@@ -30,14 +50,9 @@ enum TCPCalls {
             let left = deadline == .max ? -1 : Int32(clamping: max(0, (deadline - monotonicNanos()) / 1_000_000))
             var pfd = [pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)]
             if try Sys.poll(&pfd, timeoutMs: left) > 0 { break }
-            if left == 0 {
-                throw VMSockError(code: ETIMEDOUT, "connecting to \(endpoint) timed out after \(timeoutMs) ms")
-            }
+            if left == 0 { throw timedOut(endpoint, timeoutMs) }
         }
-        var code: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        try Sys.check("getsockopt(SO_ERROR)") { getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &length) }
-        if code != 0 { throw connectError(endpoint, code) }
+        try finishConnect(fd, endpoint)
     }
 
     private static func connectError(_ endpoint: IPEndpoint, _ code: Int32) -> VMSockError {

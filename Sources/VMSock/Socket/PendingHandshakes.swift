@@ -1,0 +1,141 @@
+import CVMSock
+import Glibc
+import Synchronization
+
+/// Shared-memory connectors a listener has accepted but whose hello has not arrived yet, so that `accept` never
+/// waits for a hello: a slow or silent connector cannot hold up the ones behind it.
+///
+/// Each waits in the listener's epoll set (its `pollDescriptor`), which therefore polls readable when a hello
+/// arrives, until its deadline. A timerfd in the same set polls readable once the earliest deadline has passed, so
+/// that a blocked accept, or a loop watching the listener, wakes up to drop the connectors that ran out of time.
+///
+/// Threads: any number of accepts at once. The table is behind a lock, and a connector leaves it (and the epoll
+/// set) before anyone reads its hello, so exactly one thread answers each.
+final class PendingHandshakes: @unchecked Sendable {  // the table is behind its Mutex; the rest is immutable
+    /// How many handshakes may wait at once; a connector beyond that is turned away.
+    static let limit = 64
+
+    /// epoll data words: a listening socket's is its descriptor (below 2^31); the timer's and the pending
+    /// connectors' are above, and a connector's token is never reused, so a stale event cannot name another one.
+    static let timerToken: UInt64 = 1 << 32
+    private static let firstToken: UInt64 = 1 << 33
+
+    struct Waiting {
+        let control: Descriptor
+        let peer: PeerCredentials
+    }
+
+    private struct Entry {
+        let token: UInt64
+        let waiting: Waiting
+        let deadline: Int64
+    }
+
+    private struct Table {
+        /// In arrival order, hence in deadline order.
+        var entries: [Entry] = []
+        var nextToken = PendingHandshakes.firstToken
+        /// When the timer fires next; nil when it is disarmed.
+        var timerDeadline: Int64? = nil
+        /// The timerfd in the epoll set; nil once `dropAll` released everything.
+        var timer: Descriptor?
+    }
+
+    private let table: Mutex<Table>
+    private let epoll: Int32
+    private let timeoutNanos: Int64
+
+    /// - Parameters: epoll: the listener's epoll set, which must outlive this; timeoutMs: how long a connector
+    ///   has for its hello.
+    init(epoll: Int32, timeoutMs: Int32) throws(VMSockError) {
+        self.epoll = epoll
+        timeoutNanos = Int64(timeoutMs) * 1_000_000
+        let timer = Descriptor(try Sys.check("timerfd_create") {
+            timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC) | Int32(TFD_NONBLOCK))
+        })
+        try Self.control(epoll, EPOLL_CTL_ADD, timer.raw, token: Self.timerToken)
+        table = Mutex(Table(timer: timer))
+    }
+
+    /// Closes every waiting connector and the timer: for the listener's close, once no accept runs.
+    func dropAll() {
+        let dropped = table.withLock { table in
+            defer { table = Table() }
+            return (table.entries, table.timer)
+        }
+        _ = dropped  // their descriptors close here, outside the lock
+    }
+
+    /// Adds a connector that passed the policy check. Returns false, keeping nothing, when `limit` are waiting.
+    func add(_ waiting: Waiting) throws(VMSockError) -> Bool {
+        try table.withLock { (table) throws(VMSockError) -> Bool in
+            guard table.timer != nil, table.entries.count < Self.limit else { return false }
+            let token = table.nextToken
+            // Level-triggered: a hello that is there already makes the set readable at once.
+            try Self.control(epoll, EPOLL_CTL_ADD, waiting.control.raw, token: token)
+            table.nextToken += 1
+            let deadline = monotonicNanos() + timeoutNanos
+            table.entries.append(Entry(token: token, waiting: waiting, deadline: deadline))
+            if table.timerDeadline == nil { setTimer(&table, deadline) }
+            return true
+        }
+    }
+
+    /// Takes out the connectors whose deadline has passed (the caller turns them away). Costs no system call
+    /// before the timer is due.
+    func takeExpired() -> [Waiting] {
+        let now = monotonicNanos()
+        return table.withLock { table in
+            guard let due = table.timerDeadline, now >= due else { return [] }
+            var expired: [Waiting] = []
+            while let first = table.entries.first, first.deadline <= now {
+                table.entries.removeFirst()
+                try? Self.control(epoll, EPOLL_CTL_DEL, first.waiting.control.raw, token: first.token)
+                expired.append(first.waiting)
+            }
+            var ticks: UInt64 = 0
+            if let timer = table.timer { _ = read(timer.raw, &ticks, 8) }  // clear the expiry; setTimer re-arms (or disarms) below
+            setTimer(&table, table.entries.first?.deadline)
+            return expired
+        }
+    }
+
+    /// Takes out one connector whose control socket polls readable (its hello arrived, or it hung up), or nil.
+    /// Costs no system call while nobody waits.
+    func takeReady() -> Waiting? {
+        guard !table.withLock({ $0.entries.isEmpty }) else { return nil }
+        var events = [epoll_event](repeating: epoll_event(), count: Self.limit + 8)
+        let count = epoll_wait(epoll, &events, Int32(events.count), 0)
+        guard count > 0 else { return nil }
+        return table.withLock { table in
+            for event in events.prefix(Int(count)) where event.data.u64 >= Self.firstToken {
+                // Another accept may have taken it since: then it is not in the table any more.
+                guard let index = table.entries.firstIndex(where: { $0.token == event.data.u64 }) else { continue }
+                let entry = table.entries.remove(at: index)
+                try? Self.control(epoll, EPOLL_CTL_DEL, entry.waiting.control.raw, token: entry.token)
+                return entry.waiting
+            }
+            return nil
+        }
+    }
+
+    /// How many connectors wait for their hello.
+    var count: Int { table.withLock { $0.entries.count } }
+
+    /// Arms the timer for `deadline` (absolute, CLOCK_MONOTONIC), or disarms it for nil. Re-arming also clears a
+    /// pending expiry, so the set stops polling readable for it.
+    private func setTimer(_ table: inout Table, _ deadline: Int64?) {
+        guard table.timerDeadline != deadline, let timer = table.timer else { return }
+        table.timerDeadline = deadline
+        var spec = itimerspec()
+        if let deadline {
+            spec.it_value = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
+        }
+        _ = timerfd_settime(timer.raw, Int32(TFD_TIMER_ABSTIME), &spec, nil)
+    }
+
+    static func control(_ epoll: Int32, _ operation: Int32, _ fd: Int32, token: UInt64) throws(VMSockError) {
+        var event = epoll_event(events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue, data: epoll_data_t(u64: token))
+        try Sys.check("epoll_ctl") { epoll_ctl(epoll, operation, fd, &event) }
+    }
+}
