@@ -158,6 +158,14 @@ enum ControlSocket {
         var truncated: Bool
     }
 
+    /// Polls `fd` without sleeping until it is readable or `nanoseconds` pass, yielding the core between looks.
+    static func spinUntilReadable(_ fd: Int32, nanoseconds: Int64) {
+        guard nanoseconds > 0 else { return }
+        let end = monotonicNanos() &+ nanoseconds
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        while Glibc.poll(&pfd, 1, 0) == 0 && monotonicNanos() < end { sched_yield() }
+    }
+
     /// Receives one message, waiting at most `timeoutMs`. Room is left for more bytes and descriptors than any
     /// valid message has, so that an oversized or overfull message is seen as such (and its descriptors closed).
     static func receive(_ fd: Int32, timeoutMs: Int32) throws(VMSockError) -> Received {

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// What both sides hold once the handshake succeeded: their own region and bells, the peer's (checked) region and
 /// bells, and the control socket that now serves as the liveness channel.
@@ -16,19 +17,47 @@ struct EstablishedLink {
 }
 
 /// Our half of a connection before the peer has seen it: the region and bells we are about to pass.
-private struct LocalHalf {
+struct LocalHalf: Sendable {
     let region: SharedRegion
     let memfd: Descriptor
     let dataBell: Doorbell
     let spaceBell: Doorbell
 
-    init(capacity: Int) throws(VMSockError) {
+    private init(capacity: Int) throws(VMSockError) {
         (region, memfd) = try SharedRegion.create(capacity: capacity)
         dataBell = try Doorbell.create()
         spaceBell = try Doorbell.create()
     }
 
     var descriptors: [Int32] { [memfd.raw, dataBell.sender.raw, spaceBell.sender.raw] }
+
+    // Making a half costs about ten system calls (memfd, seals, three mappings, two socketpairs): a quarter of a
+    // connection's set-up. So the process keeps one spare, made while nothing waits (a listener about to sleep)
+    // or left over from a connect that fell back to TCP before showing it to anyone, and the next connect or
+    // accept takes it. A half is never reused once a peer has seen it.
+    private static let spare = Mutex<LocalHalf?>(nil)
+
+    /// A fresh half of `capacity` bytes: the spare when it fits, else a new one.
+    static func take(capacity: Int) throws(VMSockError) -> LocalHalf {
+        let kept = spare.withLock { spare -> LocalHalf? in
+            guard let half = spare, half.region.capacity == capacity else { return nil }
+            spare = nil
+            return half
+        }
+        if let kept { return kept }
+        return try LocalHalf(capacity: capacity)
+    }
+
+    /// Keeps a half nobody has seen as the spare (when there is none yet).
+    static func keepSpare(_ half: LocalHalf) {
+        spare.withLock { if $0 == nil { $0 = half } }
+    }
+
+    /// Makes the spare now if there is none of this size: call before sleeping, so the next connection need not.
+    static func prepareSpare(capacity: Int) {
+        guard spare.withLock({ $0?.region.capacity != capacity }) else { return }
+        if let half = try? LocalHalf(capacity: capacity) { spare.withLock { $0 = half } }
+    }
 }
 
 /// The connect handshake. Connector: hello with its memory and bells; listener: welcome with its own, or reject.
@@ -37,9 +66,12 @@ enum Handshake {
     /// caller already checked. Failures that explain a fallback to TCP carry a `FallbackReason`.
     static func connect(
         _ control: Descriptor, peer: PeerCredentials, dialed: IPEndpoint, address: ControlAddress, capacity: Int,
-        timeoutMs: Int32
+        timeoutMs: Int32, prepared: LocalHalf? = nil
     ) throws(VMSockError) -> EstablishedLink {
-        let hello = try sendHello(control, dialed: dialed, capacity: capacity)
+        let hello = try sendHello(control, dialed: dialed, capacity: capacity, prepared: prepared)
+        // The listener answers within tens of microseconds; waiting for it in poll would cost a wake-up, which on
+        // a VM costs more than that (see SpinPolicy). So look for the answer without sleeping first, briefly.
+        ControlSocket.spinUntilReadable(control.raw, nanoseconds: Int64(SpinPolicy.processMicroseconds) * 1000)
         let reply = try ControlSocket.receive(control.raw, timeoutMs: timeoutMs)
         return try finishConnect(hello, reply: reply, control: control, peer: peer, address: address)
     }
@@ -52,10 +84,16 @@ enum Handshake {
 
     /// The connector's first step: makes our region and bells and sends them in a hello. Never waits (a fresh
     /// control socket has room for one message).
-    static func sendHello(_ control: Descriptor, dialed: IPEndpoint, capacity: Int) throws(VMSockError) -> HelloSent {
+    static func sendHello(
+        _ control: Descriptor, dialed: IPEndpoint, capacity: Int, prepared: LocalHalf? = nil
+    ) throws(VMSockError) -> HelloSent {
         let mine: LocalHalf
-        do throws(VMSockError) { mine = try LocalHalf(capacity: capacity) } catch {
-            throw error.because(.outOfResources)
+        if let prepared {
+            mine = prepared
+        } else {
+            do throws(VMSockError) { mine = try LocalHalf.take(capacity: capacity) } catch {
+                throw error.because(.outOfResources)
+            }
         }
         let hello = HandshakeMessage(kind: .hello, ringCapacity: UInt32(capacity), dialed: dialed)
         try ControlSocket.send(control.raw, hello.encoded(), descriptors: mine.descriptors)
@@ -137,7 +175,7 @@ enum Handshake {
             throw error
         }
         let mine: LocalHalf
-        do throws(VMSockError) { mine = try LocalHalf(capacity: capacity) } catch {
+        do throws(VMSockError) { mine = try LocalHalf.take(capacity: capacity) } catch {
             reject(control, .outOfResources)
             throw error
         }

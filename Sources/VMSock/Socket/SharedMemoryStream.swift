@@ -19,10 +19,10 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     private let local: LocalHeader
     private let peer: PeerHeader
     let link: EstablishedLink
-    /// An epoll set of our data bell and the control socket: readable when data may have arrived or the peer left.
-    let pollDescriptor: Descriptor
-    /// An epoll set of our space bell and the control socket: readable when room may have appeared or the peer left.
-    let writePollDescriptor: Descriptor
+    /// The epoll sets pollers wait on, made on first use (most connections never need them, and they cost six
+    /// system calls): `read` holds our data bell and the control socket (readable when data may have arrived or
+    /// the peer left), `write` our space bell and the control socket (room may have appeared, or the peer left).
+    private let readinessSets = Mutex<(read: Descriptor?, write: Descriptor?)>((nil, nil))
 
     private let state = Atomic<UInt32>(0)
     private let fault = Mutex<VMSockError?>(nil)
@@ -55,8 +55,19 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
             data: link.localRegion.data, capacity: link.localRegion.capacity, mirrored: true, local: local, peer: peer)
         rx = RingConsumer(
             data: link.peerRegion.data, capacity: link.peerRegion.capacity, mirrored: true, local: local, peer: peer)
-        pollDescriptor = try Self.epollSet(link.dataBell.fd, link.control.raw)
-        writePollDescriptor = try Self.epollSet(link.spaceBell.fd, link.control.raw)
+    }
+
+    /// The read-side epoll set's descriptor, made now if need be; -1 when it cannot be made (arming throws then).
+    var pollDescriptor: Int32 { (try? readinessSet(write: false)) ?? -1 }
+    var writePollDescriptor: Int32 { (try? readinessSet(write: true)) ?? -1 }
+
+    private func readinessSet(write: Bool) throws(VMSockError) -> Int32 {
+        try readinessSets.withLock { (sets) throws(VMSockError) -> Int32 in
+            if let made = write ? sets.write : sets.read { return made.raw }
+            let made = try Self.epollSet(write ? link.spaceBell.fd : link.dataBell.fd, link.control.raw)
+            if write { sets.write = made } else { sets.read = made }
+            return made.raw
+        }
     }
 
     /// A level-triggered epoll set that polls readable when any of `fds` does (or hangs up).
@@ -340,6 +351,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     /// - Returns: true when the socket is readable right now (do not poll; read). When false, poll
     ///   `pollDescriptor`; once it fires, read until EAGAIN. A successful read disarms.
     func armReadable() throws(VMSockError) -> Bool {
+        _ = try readinessSet(write: false)  // a poller is coming: fail here, not with a descriptor of -1
         local.setWaitingForData(true)
         readArmed = true
         return try armed(bell: link.dataBell) { () throws(VMSockError) in try readWaitIsOver() }
@@ -356,6 +368,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     ///   peer gone). When false, poll `writePollDescriptor`; once it fires, write until EAGAIN. A successful write
     ///   disarms.
     func armWritable() throws(VMSockError) -> Bool {
+        _ = try readinessSet(write: true)
         local.setWaitingForSpace(true)
         writeArmed = true
         return try armed(bell: link.spaceBell) { () throws(VMSockError) in try writeWaitIsOver(needed: 1) }
@@ -404,7 +417,8 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         let before = state.bitwiseOr(State.closed, ordering: .acquiringAndReleasing).oldValue
         guard before & State.closed == 0 else { return }
         local.addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
-        wakeEveryone()
+        // No doorbells: every sleeper, ours and the peer's, polls the control socket too, and shutting it down
+        // wakes them all (our end hangs up, and so does the peer's). Four sends fewer per close.
         Glibc.shutdown(link.control.raw, Int32(SHUT_RDWR))
     }
 

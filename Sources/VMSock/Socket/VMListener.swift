@@ -110,6 +110,8 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
             if nonBlocking.load(ordering: .relaxed) {
                 throw VMSockError(code: EAGAIN, "no connection waiting (non-blocking listener)")
             }
+            // About to sleep: make the next shared-memory connection's half now, off its critical path.
+            if pending != nil { LocalHalf.prepareSpare(capacity: options.ringSize) }
             var pfd = [pollfd(fd: readiness, events: Int16(POLLIN), revents: 0)]
             _ = try Sys.poll(&pfd, timeoutMs: -1)
             if users.load(ordering: .relaxed) & 1 != 0 { throw VMSockError(code: EBADF, "listener is closed") }
@@ -130,7 +132,10 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
         for late in pending.takeExpired() {
             reject("a connector (pid \(late.peer.pid)) sent no hello within \(options.handshakeTimeoutMs) ms")
         }
-        for control in controlSockets { try takeInConnectors(control, pending) }
+        for control in controlSockets {
+            // A connector whose hello is already there is answered at once, without a trip through `pending`.
+            if let arrived = try takeInConnectors(control, pending), let socket = answer(arrived) { return socket }
+        }
         while let ready = pending.takeReady() {
             if let socket = answer(ready) { return socket }
         }
@@ -138,19 +143,22 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     }
 
     /// Accepts the connectors waiting on one registration (a bounded number per call) into `pending`, checking
-    /// who they are first. Never waits.
-    private func takeInConnectors(_ control: Int32, _ pending: PendingHandshakes) throws(VMSockError) {
+    /// who they are first, and stops at one whose hello has arrived already (the usual case: connectors send it
+    /// right after connecting), returning it to be answered now. Never waits.
+    private func takeInConnectors(_ control: Int32, _ pending: PendingHandshakes) throws(VMSockError) -> PendingHandshakes.Waiting? {
         for _ in 0..<PendingHandshakes.limit {
             let fd = Sys.retryingEINTR { vms_accept4_cloexec(control) }
             if fd < 0 {
                 let code = errno
-                if code == EAGAIN || code == ECONNABORTED { return }
+                if code == EAGAIN || code == ECONNABORTED { return nil }
                 if users.load(ordering: .relaxed) & 1 != 0 { throw VMSockError(code: EBADF, "listener is closed") }
                 throw VMSockError.system("accept(shared-memory registration)", errno: code)
             }
             let connector = Descriptor(fd)
             do throws(VMSockError) {
                 let peer = try Handshake.admit(connector, policy: options.peerPolicy)
+                var pfd = pollfd(fd: connector.raw, events: Int16(POLLIN), revents: 0)
+                if Glibc.poll(&pfd, 1, 0) == 1 { return .init(control: connector, peer: peer) }
                 if try !pending.add(.init(control: connector, peer: peer)) {
                     Handshake.reject(connector, .outOfResources)
                     reject("turned away a connector (pid \(peer.pid)): \(PendingHandshakes.limit) handshakes already pending")
@@ -159,6 +167,7 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
                 reject(error.description)
             }
         }
+        return nil
     }
 
     /// Reads the hello that arrived and answers it: the new connection, or nil (counted) when it failed.

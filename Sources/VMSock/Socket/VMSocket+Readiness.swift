@@ -49,7 +49,7 @@ extension VMSocket: ReadinessSource {
     /// POLLIN): it fires when the peer made room, shut down or left. TCP: (the socket, POLLOUT).
     public var writeInterest: PollInterest {
         if transport == .sharedMemory {
-            PollInterest(descriptor: shm.unsafelyUnwrapped.writePollDescriptor.raw, events: Int16(POLLIN))
+            PollInterest(descriptor: shm.unsafelyUnwrapped.writePollDescriptor, events: Int16(POLLIN))
         } else {
             PollInterest(descriptor: tcp.unsafelyUnwrapped.socket.raw, events: Int16(POLLOUT))
         }

@@ -323,7 +323,7 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// then arm again. Without arming, the descriptor may never fire.
     public var pollDescriptor: Int32 {
         if transport == .sharedMemory {
-            shm.unsafelyUnwrapped.pollDescriptor.raw
+            shm.unsafelyUnwrapped.pollDescriptor
         } else {
             tcp.unsafelyUnwrapped.socket.raw
         }
