@@ -33,3 +33,10 @@ for spin in 50 0; do
         "$demo" --seconds 0.2 --round-trips 100000 --spin-us "$spin" | sed -n 's/.*round trip: \([0-9.]*\) .*/\1/p'
     done | summary | xargs printf "%-52s %8s %8s %8s\n" "$label"
 done
+echo
+printf "%-52s %8s %8s %8s\n" "connections per second (connect, 1 B each way, close)" median min max
+for transport in "shared memory" "TCP"; do
+    for _ in $(seq "$runs"); do
+        "$demo" --connections 2000 | sed -n "s/connections per second over $transport: \([0-9]*\) .*/\1/p"
+    done | summary | xargs printf "%-52s %8s %8s %8s\n" "$transport"
+done
