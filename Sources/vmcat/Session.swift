@@ -11,6 +11,8 @@ final class Stdin {
         let pollable = StandardIO.isPollable(0)
         self.pollable = pollable ?? false
         ended = ignore || pollable == nil
+        if !ended { StandardIO.growPipe(0) }
+        StandardIO.growPipe(1)
     }
 }
 
