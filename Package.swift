@@ -6,6 +6,7 @@ let package = Package(
     products: [
         .library(name: "VMSock", targets: ["VMSock"]),
         .executable(name: "vmsock-demo", targets: ["vmsock-demo"]),
+        .executable(name: "vmcat", targets: ["vmcat"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -27,6 +28,8 @@ let package = Package(
             name: "vmsock-demo",
             dependencies: ["VMSock", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // netcat over vmsock, with OpenBSD nc's flags (issue 5).
+        .executableTarget(name: "vmcat", dependencies: ["VMSock"]),
         // The other process in cross-process tests: a well-behaved peer, a hostile one, a victim to kill -9.
         .executableTarget(name: "vmsock-testpeer", dependencies: ["VMSock", "VMSockRing", "CVMSock"]),
         .testTarget(name: "VMSockRingTests", dependencies: ["VMSockRing"]),

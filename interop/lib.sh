@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN=${BIN:-.build/debug}
 PEER=$BIN/vmsock-testpeer
+VMCAT=$BIN/vmcat
 WORK=$(mktemp -d /tmp/vmsock-interop.XXXXXX)
 PIDS=()
 
@@ -50,3 +51,10 @@ wait_for() {
 random_file() { head -c "$2" /dev/urandom > "$1"; }
 same() { [ "$(sha256sum < "$1")" = "$(sha256sum < "$2")" ] || fail "$3: $1 ($(stat -c %s "$1") bytes) and $2 ($(stat -c %s "$2") bytes) differ"; }
 says() { grep -q -- "$2" "$1" || fail "$3: expected '$2' in $1, got: $(cat "$1")"; }
+
+# Waits (up to $2 seconds, default 5) until file $1 contains the string $3.
+wait_contains() {
+    local file=$1 limit=${2:-5} text=$3
+    for _ in $(seq $((limit * 20))); do grep -q -- "$text" "$file" 2>/dev/null && return 0; sleep 0.05; done
+    fail "'$text' did not appear in $file within $limit s (it has: $(head -c 300 "$file" 2>/dev/null))"
+}

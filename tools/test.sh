@@ -31,6 +31,11 @@ if pgrep -x vmsock-testpeer >/dev/null; then
     pkill -9 -x vmsock-testpeer || true
     left=1
 fi
+if pgrep -x vmcat >/dev/null; then
+    echo "test.sh: vmcat processes were left running:" >&2
+    pgrep -a -x vmcat >&2
+    left=1
+fi
 if ls /dev/shm 2>/dev/null | grep -q -i vmsock; then
     echo "test.sh: files were left in /dev/shm: $(ls /dev/shm | grep -i vmsock)" >&2
     left=1

@@ -1,0 +1,97 @@
+import Glibc
+import VMSock
+
+/// The two modes, with nc's -v reports: connect (or just check, -z) and listen (once, or -k: one client after
+/// another). Failures come back as one line of text; the entry point prints it and exits 1.
+enum Netcat {
+    struct Failure: Error {
+        let message: String
+        /// -z reports a failed connect only with -v, as nc does.
+        var quiet = false
+    }
+
+    static func run(_ options: Options) throws(Failure) {
+        signal(SIGPIPE, SIG_IGN)  // a closed stdout must come back as EPIPE, not kill us
+        if options.listen {
+            try listen(options)
+        } else {
+            try connect(options)
+        }
+    }
+
+    private static func connect(_ options: Options) throws(Failure) {
+        let host = options.host ?? "localhost"
+        if options.sourcePort != nil {
+            throw Failure(message: "-p (source port) is only supported with -l")
+        }
+        let socket: VMSocket
+        do throws(VMSockError) {
+            socket = try VMSocket.connect(host: host, port: options.port, options: options.socketOptions)
+        } catch {
+            throw Failure(
+                message: "connect to \(host) port \(options.port) (\(policy(options))) failed: \(Session.describe(error))",
+                quiet: options.scanOnly && !options.verbose)
+        }
+        defer { socket.close() }
+        if options.verbose {
+            StandardIO.report("Connection to \(host) \(options.port) port succeeded via \(socket.transportDescription)")
+        }
+        if options.scanOnly { return }
+        try pump(socket, options: options, stdin: Stdin(ignore: options.noStdin))
+    }
+
+    private static func listen(_ options: Options) throws(Failure) {
+        let listener: VMListener
+        let host = options.host ?? (options.family == .v6 ? "::" : "0.0.0.0")
+        do throws(VMSockError) {
+            listener = try VMListener(host: host, port: options.port, options: options.socketOptions, backlog: 16)
+        } catch {
+            throw Failure(message: "cannot listen on \(host) port \(options.port): \(Session.describe(error))")
+        }
+        if options.verbose {
+            let shm = listener.registrations.isEmpty
+                ? " (TCP only: \(listener.sharedMemoryUnavailableReason ?? "no registration"))" : ""
+            StandardIO.report("Listening on \(listener.localAddress.host) \(listener.localAddress.port)\(shm)")
+        }
+        let stdin = Stdin(ignore: options.noStdin)
+        repeat {
+            let socket: VMSocket
+            do throws(VMSockError) {
+                socket = try listener.accept()
+            } catch {
+                throw Failure(message: "accept: \(Session.describe(error))")
+            }
+            if !options.keepListening { listener.close() }  // nc stops listening once it has its one client
+            if options.verbose {
+                StandardIO.report(
+                    "Connection received on \(socket.peerAddress.host) \(socket.peerAddress.port) via \(socket.transportDescription)")
+            }
+            defer { socket.close() }
+            if options.scanOnly { continue }
+            do throws(Failure) {
+                try pump(socket, options: options, stdin: stdin)
+            } catch {
+                if !options.keepListening { throw error }
+                StandardIO.report("vmcat: \(error.message)")  // -k: report it and serve the next client
+            }
+        } while options.keepListening
+    }
+
+    private static func pump(_ socket: VMSocket, options: Options, stdin: Stdin) throws(Failure) {
+        let failure: String?
+        do throws(VMSockError) {
+            failure = try Session.run(socket, options: options, stdin: stdin)
+        } catch {
+            throw Failure(message: error.message)
+        }
+        if let failure { throw Failure(message: failure) }
+    }
+
+    private static func policy(_ options: Options) -> String {
+        switch options.transport ?? TransportPolicy.processDefault {
+        case .auto: "tcp or shared memory"
+        case .shm: "shared memory"
+        case .tcp: "tcp"
+        }
+    }
+}

@@ -1,0 +1,214 @@
+import Glibc
+import VMSock
+
+/// What vmcat knows about its stdin across connections (with -k, later clients find it at end of file).
+final class Stdin {
+    /// epoll can watch it (pipe, terminal, socket); false for a regular file or /dev/null, which are read directly.
+    let pollable: Bool
+    var ended: Bool
+
+    init(ignore: Bool) {
+        let pollable = StandardIO.isPollable(0)
+        self.pollable = pollable ?? false
+        ended = ignore || pollable == nil
+        if !ended { StandardIO.growPipe(0) }
+        StandardIO.growPipe(1)
+    }
+}
+
+/// One connection pumped both ways on one libevent loop thread: stdin to the socket, the socket to stdout.
+///
+/// The socket is non-blocking and watched through the loop (arm, then poll); stdin is watched when epoll can
+/// watch it, and otherwise read whenever the socket has room (its write watch drives it). stdout is written
+/// blocking, as nc does. Each direction has one 256 KiB buffer and moves whole buffers: no per-byte work.
+///
+/// Ending, as OpenBSD nc does: end of file on stdin shuts down our writing only with -N (or -q); -q N ends the
+/// session N seconds after it; the peer's end of stream ends the session once stdout has it all; -w ends an idle
+/// session. Exit status 0, or 1 with a one-line message for a failed read or write.
+final class Session: @unchecked Sendable {  // used on its loop thread only (start is posted there once)
+    private static let bufferSize = 256 << 10
+    /// Buffers moved per callback before the loop polls again, so one busy direction cannot starve the other.
+    private static let roundsPerCallback = 16
+
+    private let socket: VMSocket
+    private let loop: EventLoop
+    private let options: Options
+    private let stdin: Stdin
+    private let up = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 64)
+    private let down = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 64)
+    /// Bytes of `up` not yet written to the socket: up[upStart..<upEnd].
+    private var upStart = 0, upEnd = 0
+    private var sending = true
+    private var readWatch: ReadinessWatch?
+    private var writeWatch: ReadinessWatch?
+    private var stdinWatch: ReadinessWatch?
+    private var timers: [LoopTimer] = []
+    private var lastActivity = ContinuousClock.now
+    private(set) var failure: String?
+
+    init(socket: VMSocket, loop: EventLoop, options: Options, stdin: Stdin) {
+        self.socket = socket
+        self.loop = loop
+        self.options = options
+        self.stdin = stdin
+    }
+
+    deinit {
+        up.deallocate()
+        down.deallocate()
+    }
+
+    /// Pumps until the session ends. Returns nil, or the error message.
+    static func run(_ socket: VMSocket, options: Options, stdin: Stdin) throws(VMSockError) -> String? {
+        let loop = try EventLoop()
+        let session = Session(socket: socket, loop: loop, options: options, stdin: stdin)
+        loop.execute { session.start() }
+        try loop.run()
+        return session.failure
+    }
+
+    private func start() {
+        socket.isNonBlocking = true
+        do throws(VMSockError) {
+            readWatch = try loop.watch(socket, for: .read) { [unowned self] in receive() }
+            writeWatch = try loop.watch(socket, for: .write, enabled: false) { [unowned self] in send() }
+            if stdin.ended {
+                stdinEnded()
+            } else if stdin.pollable {
+                stdinWatch = try loop.watch(descriptor: 0, for: .read) { [unowned self] in readStdin() }
+            } else {
+                writeWatch?.enable()  // a file: read it whenever the socket has room
+            }
+            if let timeout = options.timeout { try watchIdle(Duration.milliseconds(Int64(timeout * 1000))) }
+        } catch {
+            finish(failure: error.message)
+        }
+    }
+
+    // MARK: The socket to stdout
+
+    private func receive() {
+        for _ in 0..<Self.roundsPerCallback {
+            let count: Int
+            do throws(VMSockError) {
+                count = try socket.read(into: down)
+            } catch {
+                if error.code == EAGAIN { return }
+                return finish(failure: "read from the peer: \(Self.describe(error))")
+            }
+            if count == 0 { return finish() }  // the peer's end of stream: everything is on stdout
+            lastActivity = .now
+            do throws(SystemError) {
+                try StandardIO.writeAll(1, UnsafeRawBufferPointer(rebasing: down[..<count]))
+            } catch {
+                // Whoever read our stdout went away: nothing more to do (nc ends quietly too).
+                return finish(failure: error.code == EPIPE ? nil : error.description)
+            }
+        }
+    }
+
+    // MARK: stdin to the socket
+
+    /// stdin is readable (a watched pipe or terminal): one read, which does not block, then on to the socket.
+    /// A terminal gives one line per read, sent as soon as it is typed.
+    private func readStdin() {
+        guard fillFromStdin() else { return }
+        send()
+    }
+
+    /// Reads one buffer from stdin into `up`. False when there was nothing to read (or it ended).
+    private func fillFromStdin() -> Bool {
+        let count: Int?
+        do throws(SystemError) {
+            count = try StandardIO.read(0, into: up)
+        } catch {
+            finish(failure: error.description)
+            return false
+        }
+        guard let count else { return false }
+        if count == 0 {
+            stdinEnded()
+            return false
+        }
+        (upStart, upEnd) = (0, count)
+        lastActivity = .now
+        return true
+    }
+
+    /// Writes what `up` holds; then, for a file on stdin, reads more. Waits for room through the write watch.
+    private func send() {
+        for _ in 0..<Self.roundsPerCallback {
+            if upStart == upEnd {
+                if stdin.pollable || stdin.ended {
+                    writeWatch?.disable()
+                    stdinWatch?.enable()
+                    return
+                }
+                guard fillFromStdin() else { return }
+            }
+            do throws(VMSockError) {
+                upStart += try socket.write(UnsafeRawBufferPointer(rebasing: up[upStart..<upEnd]))
+            } catch {
+                if error.code == EAGAIN {
+                    // Full: wait for room, and read no more of stdin meanwhile.
+                    stdinWatch?.disable()
+                    writeWatch?.enable()
+                    return
+                }
+                return finish(failure: "write to the peer: \(Self.describe(error))")
+            }
+        }
+        // Ran out of rounds with bytes or stdin left: the write watch calls again when there is room.
+        stdinWatch?.disable()
+        writeWatch?.enable()
+    }
+
+    /// End of file on stdin (or -d): shut down our writing with -N, and with -q N quit N seconds later.
+    private func stdinEnded() {
+        stdin.ended = true
+        stdinWatch?.cancel()
+        stdinWatch = nil
+        writeWatch?.cancel()
+        writeWatch = nil
+        guard sending else { return }
+        sending = false
+        if options.shutdownOnEOF {
+            do throws(VMSockError) { try socket.shutdown(.write) } catch {
+                if error.code != EPIPE { return finish(failure: "shutdown: \(Self.describe(error))") }
+            }
+        }
+        if let quit = options.quitAfterEOF, quit >= 0 {
+            if quit == 0 { return finish() }
+            do throws(VMSockError) {
+                timers.append(try loop.schedule(after: .milliseconds(Int64(quit * 1000))) { [unowned self] in finish() })
+            } catch {
+                finish(failure: error.message)
+            }
+        }
+    }
+
+    // MARK: Timers and the end
+
+    /// -w: ends the session (status 0, as nc) after `limit` with no byte either way.
+    private func watchIdle(_ limit: Duration) throws(VMSockError) {
+        let check = min(limit, .milliseconds(250))
+        timers.append(try loop.schedule(after: check, repeating: true) { [unowned self] in
+            if ContinuousClock.now - lastActivity >= limit { finish() }
+        })
+    }
+
+    private func finish(failure: String? = nil) {
+        if self.failure == nil { self.failure = failure }
+        for watch in [readWatch, writeWatch, stdinWatch] { watch?.cancel() }
+        (readWatch, writeWatch, stdinWatch) = (nil, nil, nil)
+        for timer in timers { timer.cancel() }
+        timers = []
+        loop.stop()
+    }
+
+    /// An error from the socket in nc's words: "Connection reset by peer", "Broken pipe", plus our detail.
+    static func describe(_ error: VMSockError) -> String {
+        let text = String(cString: strerror(error.code))
+        return error.message.lowercased().contains(text.lowercased()) ? error.message : "\(text) (\(error.message))"
+    }
+}
