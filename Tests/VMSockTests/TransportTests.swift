@@ -1,5 +1,5 @@
 import Foundation
-@_spi(Testing) import VMSock
+@_spi(Testing) @testable import VMSock
 import XCTest
 
 /// Discovery and fallback: which transport a connection gets, why, and that the registry never misleads.
@@ -56,13 +56,27 @@ final class TransportTests: XCTestCase {
         }
     }
 
-    func testNamesResolveAndEveryAddressIsTriedInOrder() throws {
+    func testNamesResolve() throws {
         let listener = try VMListener(host: "localhost", port: 0, options: VMSocketOptions(transport: .auto))
         let accepted = Background { try listener.accept() }
         let client = try VMSocket.connect(host: "localhost", port: listener.localAddress.port)
         XCTAssertEqual(client.transport, .sharedMemory)
         XCTAssertNoThrow(try accepted.wait()?.get())
         XCTAssertErrno(EINVAL, try VMSocket.connect(host: "no-such-host.invalid", port: 80))
+    }
+
+    /// A name may resolve to several addresses: connect tries them in order and takes the first that answers, as
+    /// the list getaddrinfo gives would be tried. Here the first address has nothing behind it.
+    func testEveryAddressIsTriedInOrder() throws {
+        let listener = try VMListener(host: loopback, port: 0)
+        let dead = IPEndpoint(numericHost: loopback, port: freePort())!
+        for policy in [TransportPolicy.auto, .tcp] {
+            let accepted = Background { try listener.accept() }
+            let client = try Connector.connect(to: [dead, listener.localAddress], options: VMSocketOptions(transport: policy))
+            XCTAssertEqual(client.peerAddress, listener.localAddress, "\(policy)")
+            XCTAssertNoThrow(try accepted.wait()?.get())
+        }
+        XCTAssertErrno(ECONNREFUSED, try Connector.connect(to: [dead, dead], options: VMSocketOptions()))
     }
 
     func testIPv6AndDualStackListeners() throws {

@@ -62,21 +62,8 @@ enum ControlSocket {
         try Sys.check("setsockopt(SO_SNDTIMEO)") {
             setsockopt(fd.raw, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
         }
-        var (addr, length) = try socketAddress(address)
-        let result = Sys.retryingEINTR {
-            withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.raw, $0, length) }
-            }
-        }
-        if result != 0 {
-            let code = errno
-            if code == ECONNREFUSED || code == ENOENT {
-                throw VMSockError(code: ECONNREFUSED, "nothing listens on \(address)")
-            }
-            if code == EAGAIN || code == EINPROGRESS {
-                throw VMSockError(code: ETIMEDOUT, "\(address) did not accept within \(timeoutMs) ms (its backlog is full)")
-            }
-            throw VMSockError.system("connect(\(address))", errno: code)
+        if try !connectCall(fd.raw, address) {
+            throw VMSockError(code: ETIMEDOUT, "\(address) did not accept within \(timeoutMs) ms (its backlog is full)")
         }
         return fd
     }
@@ -86,23 +73,28 @@ enum ControlSocket {
     static func connectNow(_ address: ControlAddress) throws(VMSockError) -> Descriptor? {
         let fd = try makeSocket()
         try Sys.setNonBlocking(fd.raw, true)
-        var (addr, length) = try socketAddress(address)
-        let result = Sys.retryingEINTR {
-            withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.raw, $0, length) }
-            }
-        }
-        if result != 0 {
-            let code = errno
-            if code == ECONNREFUSED || code == ENOENT {
-                throw VMSockError(code: ECONNREFUSED, "nothing listens on \(address)")
-            }
-            if code == EAGAIN { return nil }
-            throw VMSockError.system("connect(\(address))", errno: code)
-        }
+        if try !connectCall(fd.raw, address) { return nil }
         // Blocking again, as `connect` leaves it: the connection's code expects that of its liveness socket.
         try Sys.setNonBlocking(fd.raw, false)
         return fd
+    }
+
+    /// The connect call itself. Returns false when the listener's backlog is full (EAGAIN; a blocking socket says
+    /// so once its send timeout passes); nobody listening is ECONNREFUSED.
+    private static func connectCall(_ fd: Int32, _ address: ControlAddress) throws(VMSockError) -> Bool {
+        var (addr, length) = try socketAddress(address)
+        let result = Sys.retryingEINTR {
+            withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) }
+            }
+        }
+        if result == 0 { return true }
+        let code = errno
+        switch code {
+        case ECONNREFUSED, ENOENT: throw VMSockError(code: ECONNREFUSED, "nothing listens on \(address)")
+        case EAGAIN, EINPROGRESS: return false
+        default: throw VMSockError.system("connect(\(address))", errno: code)
+        }
     }
 
     static func peerCredentials(_ fd: Int32) throws(VMSockError) -> PeerCredentials {
