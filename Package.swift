@@ -7,9 +7,11 @@ let package = Package(
         .library(name: "VMSock", targets: ["VMSock"]),
         .executable(name: "vmsock-demo", targets: ["vmsock-demo"]),
         .executable(name: "vmcat", targets: ["vmcat"]),
+        .executable(name: "vmperf", targets: ["vmperf"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // What Swift cannot import: memfd, eventfd, epoll, SCM_RIGHTS macros, SO_PEERCRED, atomics on mapped memory.
@@ -30,8 +32,18 @@ let package = Package(
         ),
         // netcat over vmsock, with OpenBSD nc's flags (issue 5).
         .executableTarget(name: "vmcat", dependencies: ["VMSock"]),
+        // iperf3 for vmsock: throughput, latency, the comparison with TCP and Unix sockets, the paper's Table 1 (issue 6).
+        .executableTarget(
+            name: "vmperf",
+            dependencies: [
+                "VMSock", "CVMSock",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
         // The other process in cross-process tests: a well-behaved peer, a hostile one, a victim to kill -9.
         .executableTarget(name: "vmsock-testpeer", dependencies: ["VMSock", "VMSockRing", "CVMSock"]),
+        .testTarget(name: "VMPerfTests", dependencies: ["vmperf"]),
         .testTarget(name: "VMSockRingTests", dependencies: ["VMSockRing"]),
         .testTarget(name: "VMSockTests", dependencies: ["VMSock", "VMSockRing", "CVMSock", "CLibevent", "vmsock-testpeer"]),
     ]

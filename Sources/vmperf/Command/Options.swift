@@ -1,0 +1,150 @@
+import ArgumentParser
+import VMSock
+
+/// The command line: iperf3's flags (`-s`, `-c host`, `-p`, `-t`/`-n`/`-k`, `-l`, `-P`, `-R`, `--bidir`, `-i`, `-f`,
+/// `-J`, `-1`, `-V`, `--logfile`) with iperf3's defaults, vmsock's own (`--transport`, `--ring-size`, `--spin-us`),
+/// and the three modes iperf3 does not have: `--latency`, `--compare` and `--paper`.
+struct Options: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmperf",
+        abstract: "iperf3 for vmsock: throughput and latency over shared memory, TCP or a Unix socket.",
+        discussion: """
+            Start a server with `vmperf -s`, then measure with `vmperf -c HOST` (iperf3's flags). `vmperf --compare` \
+            runs shared memory, TCP loopback and a Unix socket side by side with no server to start; `vmperf --paper` \
+            reproduces Table 1 of the seed paper.
+            """)
+
+    // MARK: Role
+    @Flag(name: [.customShort("s"), .customLong("server")], help: "Run in server mode.")
+    var server = false
+    @Option(name: [.customShort("c"), .customLong("client")], help: "Run in client mode, connecting to <host>.")
+    var client: String?
+    @Flag(help: "Run the comparison: shared memory, TCP loopback and a Unix socket, in one run (starts its own server).")
+    var compare = false
+    @Flag(help: "Reproduce Table 1 of the seed paper (Raw, Sync, Sync1k, TCP ping-pong) on this machine.")
+    var paper = false
+
+    // MARK: What to measure
+    @Flag(help: "Measure round trips of -l bytes (default 64) instead of throughput.")
+    var latency = false
+    @Option(name: [.customShort("p"), .customLong("port")], help: "Server port to listen on / connect to.")
+    var port: Int = 5201
+    @Option(name: [.customShort("t"), .customLong("time")], help: "Time in seconds to transmit for (default 10; --compare: 2 per workload).")
+    var time: Double?
+    @Option(name: [.customShort("n"), .customLong("bytes")], help: "Number of bytes to transmit (instead of -t), e.g. 1G.")
+    var bytes: ByteCount?
+    @Option(name: [.customShort("k"), .customLong("blockcount")], help: "Number of blocks (writes; round trips with --latency) to transmit (instead of -t or -n).")
+    var blockcount: ByteCount?
+    @Option(name: [.customShort("l"), .customLong("length")], help: "Length of buffer to write (default 128 KiB; 64 with --latency).")
+    var length: ByteCount?
+    @Option(name: [.customShort("P"), .customLong("parallel")], help: "Number of parallel client streams to run.")
+    var parallel: Int = 1
+    @Flag(name: [.customShort("R"), .customLong("reverse")], help: "Run in reverse mode (server sends, client receives).")
+    var reverse = false
+    @Flag(help: "Run in bidirectional mode (client and server send and receive data).")
+    var bidir = false
+
+    // MARK: Output
+    @Option(name: [.customShort("i"), .customLong("interval")], help: "Seconds between periodic reports (0 turns them off).")
+    var interval: Double = 1
+    @Option(name: [.customShort("f"), .customLong("format")], help: "Format to report: k/m/g/t bits, K/M/G/T bytes (default: adaptive bits).")
+    var format: RateFormat = .adaptiveBits
+    @Flag(name: [.customShort("J"), .customLong("json")], help: "Output in JSON format (iperf3's structure).")
+    var json = false
+    @Flag(name: [.customShort("1"), .customLong("one-off")], help: "Server: handle one client connection, then exit.")
+    var oneOff = false
+    @Flag(name: [.customShort("V"), .customLong("verbose")], help: "More detailed output.")
+    var verbose = false
+    @Option(help: "Send output to a log file.")
+    var logfile: String?
+
+    // MARK: vmsock
+    @Option(help: "auto (shared memory when the server is a vmsock listener on this host, else TCP), shm, tcp, or unix (a Unix-domain socket, for comparison).")
+    var transport: Choice = .auto
+    @Option(help: "Bytes of each shared-memory ring (a power of two, 4 KiB to 64 MiB; default 256 KiB).")
+    var ringSize: ByteCount?
+    @Option(help: "Microseconds a blocked shared-memory call spins before it sleeps (default: VMSOCK_SPIN_US or 50).")
+    var spinUs: Int?
+
+    // MARK: --paper
+    @Option(help: "--paper: runs per benchmark (the paper: 25).")
+    var runs: Int = 25
+    @Option(help: "--paper: round trips per run (the paper: 1000000).")
+    var iterations: Int = 1_000_000
+
+    /// The second process of `--paper`, started by the first: where to find the shared memory and what to run.
+    @Option(help: .hidden) var paperPeer: String?
+
+    /// `--transport`: the library's three policies, and a Unix-domain socket.
+    enum Choice: String, ExpressibleByArgument, CaseIterable {
+        case auto, shm, tcp, unix
+    }
+
+    enum Role { case server, client(String), compare, paper, paperPeer(String) }
+
+    var role: Role {
+        if let paperPeer { return .paperPeer(paperPeer) }
+        if server { return .server }
+        if let client { return .client(client) }
+        if compare { return .compare }
+        return .paper
+    }
+
+    mutating func validate() throws {
+        let roles = [server, client != nil, compare, paper || paperPeer != nil].filter { $0 }.count
+        guard roles == 1 else {
+            throw ValidationError(roles == 0
+                ? "parameter error - must either be a client (-c), server (-s), --compare or --paper"
+                : "parameter error - choose one of -c, -s, --compare and --paper")
+        }
+        guard (1...65535).contains(port) else { throw ValidationError("port \(port) is out of range (1 to 65535)") }
+        if let time, !(time > 0 && time <= 86_400) { throw ValidationError("test duration \(time) is out of range (0 to 86400 seconds)") }
+        let ends = [time != nil, bytes != nil, blockcount != nil].filter { $0 }.count
+        guard ends <= 1 else { throw ValidationError("only one test end condition (-t, -n, -k) may be specified") }
+        if let bytes, bytes.value == 0 { throw ValidationError("-n must be at least 1 byte") }
+        if let blockcount, blockcount.value == 0 { throw ValidationError("-k must be at least 1 block") }
+        if let length, !(1...(128 << 20)).contains(length.value) {
+            throw ValidationError("block size \(length.value) is out of range (1 byte to 128 MiB)")
+        }
+        guard (1...128).contains(parallel) else { throw ValidationError("number of parallel streams \(parallel) is out of range (1 to 128)") }
+        guard interval == 0 || (interval >= 0.1 && interval <= 60) else {
+            throw ValidationError("report interval \(interval) is out of range (0, or 0.1 to 60 seconds)")
+        }
+        guard !(reverse && bidir) else { throw ValidationError("cannot use -R and --bidir together") }
+        if let ringSize, !Self.validRing(ringSize.value) {
+            throw ValidationError("ring size \(ringSize.value) is invalid (a power of two, 4096 to 67108864)")
+        }
+        if let spinUs, !(0...1_000_000).contains(spinUs) { throw ValidationError("--spin-us \(spinUs) is out of range (0 to 1000000)") }
+        guard (1...1000).contains(runs) else { throw ValidationError("--runs \(runs) is out of range (1 to 1000)") }
+        guard (1...100_000_000).contains(iterations) else {
+            throw ValidationError("--iterations \(iterations) is out of range (1 to 100000000)")
+        }
+        if latency && (reverse || bidir) { throw ValidationError("--latency measures round trips: -R and --bidir do not apply") }
+        if server && transport == .shm || server && transport == .tcp {
+            throw ValidationError("--transport is for clients: a server accepts shared-memory, TCP and Unix-socket clients at once")
+        }
+    }
+
+    /// iperf3 (getopt) takes values attached to short options (`-P4`, `-l128K`); swift-argument-parser does not,
+    /// so such words are split in two first.
+    static func splittingAttachedValues(_ arguments: [String]) -> [String] {
+        var out: [String] = []
+        for (index, word) in arguments.enumerated() {
+            if word == "--" { return out + arguments[index...] }
+            let chars = Array(word)
+            if chars.count > 2, chars[0] == "-", chars[1] != "-", "cptnklPif".contains(chars[1]) {
+                out += [String(chars[0...1]), String(chars[2...])]
+            } else {
+                out.append(word)
+            }
+        }
+        return out
+    }
+
+    static func validRing(_ size: Int) -> Bool { size >= 4096 && size <= 64 << 20 && size & (size - 1) == 0 }
+
+    /// Block size: -l, or iperf3's default (128 KiB), or 64 bytes for round trips.
+    var blockSize: Int { length?.value ?? (latency ? 64 : 128 << 10) }
+    /// Seconds of a timed test (ignored when -n or -k is given).
+    var duration: Double { time ?? (compare ? 2 : 10) }
+}

@@ -1,0 +1,70 @@
+import ArgumentParser
+import Foundation
+
+/// A byte or block count as iperf3 takes it: a number with an optional K, M, G or T suffix (powers of 1024).
+struct ByteCount: ExpressibleByArgument, Equatable {
+    let value: Int
+
+    init(_ value: Int) { self.value = value }
+
+    init?(argument: String) {
+        var digits = Substring(argument)
+        var scale = 1
+        if let last = digits.last, let power = "kmgt".firstIndex(of: Character(last.lowercased())) {
+            scale = 1 << (10 * ("kmgt".distance(from: "kmgt".startIndex, to: power) + 1))
+            digits = digits.dropLast()
+        }
+        guard let number = Double(digits), number.isFinite, number >= 0, number * Double(scale) < 0x1p62 else { return nil }
+        value = Int(number * Double(scale))
+    }
+
+    static var defaultCompletionKind: CompletionKind { .default }
+}
+
+/// `-f`: iperf3's report formats. Lower case is bits (powers of 1000), upper case bytes (powers of 1024);
+/// `a`/`A` pick the unit by size.
+struct RateFormat: ExpressibleByArgument, Equatable {
+    let letter: Character
+
+    static let adaptiveBits = RateFormat(letter: "a")
+
+    private init(letter: Character) { self.letter = letter }
+
+    init?(argument: String) {
+        guard argument.count == 1, let letter = argument.first, "kmgtKMGTaAbB".contains(letter) else { return nil }
+        self.letter = letter
+    }
+
+    var isBits: Bool { letter.isLowercase }
+}
+
+/// iperf3's `unit_snprintf`: four significant places and a unit, e.g. "9.41 Gbits" or "1.10 GBytes".
+enum Units {
+    private static let bitLabels = ["bits", "Kbits", "Mbits", "Gbits", "Tbits"]
+    private static let byteLabels = ["Bytes", "KBytes", "MBytes", "GBytes", "TBytes"]
+
+    /// `amount` is in bytes; `format` picks bits or bytes and the unit.
+    static func format(_ amount: Double, _ format: RateFormat) -> String {
+        let bits = format.isBits
+        let value = bits ? amount * 8 : amount
+        let base = bits ? 1000.0 : 1024.0
+        var power = "bkmgt".firstIndex(of: Character(format.letter.lowercased()))
+            .map { "bkmgt".distance(from: "bkmgt".startIndex, to: $0) } ?? 0
+        if format.letter == "a" || format.letter == "A" {
+            while value / pow(base, Double(power)) >= base && power < 4 { power += 1 }
+        }
+        let number = value / pow(base, Double(power))
+        let digits = number < 9.995 ? 2 : number < 99.95 ? 1 : 0
+        return String(format: "%4.\(digits)f", number) + " " + (bits ? bitLabels : byteLabels)[power]
+    }
+
+    /// A transfer: always bytes, adaptive (iperf3 prints transfers with 'A' whatever -f says, unless -f is bytes).
+    static func transfer(_ bytes: Double, _ format: RateFormat) -> String {
+        Self.format(bytes, format.isBits || format.letter == "A" || format.letter == "B" ? RateFormat(argument: "A")! : format)
+    }
+
+    /// A rate: `bytesPerSecond` in the -f unit, with "/sec".
+    static func rate(_ bytesPerSecond: Double, _ format: RateFormat) -> String {
+        Self.format(bytesPerSecond, format) + "/sec"
+    }
+}

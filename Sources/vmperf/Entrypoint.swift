@@ -1,0 +1,48 @@
+import ArgumentParser
+import Foundation
+import VMSock
+
+/// `vmperf`: iperf3 for vmsock. Parses the command line and hands it to a mode; every failure is one line on
+/// stderr (or an `error` key with -J) and exit status 1, as iperf3 does.
+@main
+enum Entrypoint {
+    static func main() {
+        let options: Options
+        do {
+            options = try Options.parse(Options.splittingAttachedValues(Array(CommandLine.arguments.dropFirst())))
+        } catch {
+            if Options.exitCode(for: error) == .success {
+                print(Options.fullMessage(for: error))
+                exit(0)
+            }
+            FileHandle.standardError.write(Data("vmperf: error - \(Options.message(for: error)) (usage: vmperf --help)\n".utf8))
+            exit(1)
+        }
+        signal(SIGPIPE, SIG_IGN)
+        let report: Report
+        do {
+            report = try Report(logfile: options.logfile, json: options.json)
+        } catch {
+            FileHandle.standardError.write(Data("vmperf: error - \(error)\n".utf8))
+            exit(1)
+        }
+        do {
+            switch options.role {
+            case .server: try Server(options, report).run()
+            case .client(let host): try Client(options, host: host, report).run()
+            case .compare: try Compare(options, report).run()
+            case .paper: try Paper(options, report).run()
+            case .paperPeer(let how): try Paper.runPeer(how, options)
+            }
+        } catch {
+            if options.json {
+                report.document(.object([("start", .object([])), ("intervals", .array([])), ("end", .object([])),
+                                         ("error", .string(String(describing: error)))]))
+            } else {
+                FileHandle.standardError.write(Data("vmperf: error - \(error)\n".utf8))
+            }
+            exit(1)
+        }
+        exit(0)
+    }
+}

@@ -1,0 +1,57 @@
+import Foundation
+
+/// A JSON value whose objects keep their keys in the order written, so that `-J` reads like iperf3's (cJSON)
+/// output: `start`, `intervals`, `end`, in that order, tab-indented.
+indirect enum JSON: Equatable {
+    case object([(String, JSON)])
+    case array([JSON])
+    case string(String)
+    case int(Int64)
+    case double(Double)
+    case bool(Bool)
+    case null
+
+    static func == (a: JSON, b: JSON) -> Bool { a.rendered() == b.rendered() }
+
+    static func int(_ value: Int) -> JSON { .int(Int64(value)) }
+
+    /// cJSON's layout: one key per line, tabs, arrays of objects spread out.
+    func rendered(indent: Int = 0) -> String {
+        let pad = String(repeating: "\t", count: indent + 1)
+        let close = String(repeating: "\t", count: indent)
+        switch self {
+        case .object(let members):
+            if members.isEmpty { return "{\n\(close)}" }
+            let body = members.map { "\(pad)\(Self.quote($0.0)):\t\($0.1.rendered(indent: indent + 1))" }
+            return "{\n" + body.joined(separator: ",\n") + "\n\(close)}"
+        case .array(let items):
+            if items.isEmpty { return "[]" }
+            let body = items.map { "\(pad)\($0.rendered(indent: indent + 1))" }
+            return "[\n" + body.joined(separator: ",\n") + "\n\(close)]"
+        case .string(let text): return Self.quote(text)
+        case .int(let value): return String(value)
+        case .double(let value):
+            guard value.isFinite else { return "0" }
+            if value == value.rounded() && abs(value) < 1e15 { return String(Int64(value)) }
+            return String(format: "%.17g", value)
+        case .bool(let value): return value ? "true" : "false"
+        case .null: return "null"
+        }
+    }
+
+    static func quote(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+}
