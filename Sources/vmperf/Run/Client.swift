@@ -1,5 +1,126 @@
+import Foundation
+import VMSock
+
+/// `vmperf -c host`: connects, asks the server for a test, runs its side of it, and reports both sides.
 struct Client {
-    init(_ options: Options, _ report: Report) {}
-    init(_ options: Options, host: String, _ report: Report) {}
-    func run() throws { throw Failure("not built yet") }
+    let options: Options
+    let host: String
+    let report: Report
+
+    init(_ options: Options, host: String, _ report: Report) {
+        self.options = options
+        self.host = host
+        self.report = report
+    }
+
+    var parameters: TestParameters {
+        TestParameters(
+            mode: options.latency ? .latency : .throughput, streams: options.parallel, blockSize: options.blockSize,
+            duration: options.duration, bytes: options.bytes?.value ?? 0, blocks: options.blockcount?.value ?? 0,
+            reverse: options.reverse, bidir: options.bidir, interval: options.interval, spinUs: options.spinUs)
+    }
+
+    var socketOptions: VMSocketOptions {
+        var socket = VMSocketOptions()
+        switch options.transport {
+        case .auto: socket.transport = .auto
+        case .shm: socket.transport = .shm
+        case .tcp, .unix: socket.transport = .tcp
+        }
+        if let ringSize = options.ringSize { socket.ringSize = ringSize.value }
+        socket.connectTimeout = .seconds(10)
+        return socket
+    }
+
+    func run() throws {
+        let parameters = self.parameters
+        let cookie = Greeting.newCookie()
+        report.line("Connecting to host \(host), port \(options.port)")
+        let control = try dial(Greeting(kind: .control, index: 0, cookie: cookie), index: -1)
+        defer { control.close() }
+        let channel = ControlChannel(stream: control.stream)
+        try channel.send(parameters)
+        try expectGo(channel, what: "the server's answer")
+        var connections: [Connection] = []
+        defer { for connection in connections { connection.close() } }
+        for index in 0..<parameters.connections {
+            let connection = try dial(Greeting(kind: .data, index: index, cookie: cookie), index: index)
+            connections.append(connection)
+            report.line(HumanLines.idTag(String(index + 1)) + String(format: " local %@ port %d connected to %@ port %d",
+                               connection.local.host, connection.local.port, connection.remote.host, connection.remote.port)
+                        + " via \(connection.transportDescription)")
+        }
+        try expectGo(channel, what: "the server's go")
+        if parameters.reverse { report.line("Reverse mode, remote host \(host) is sending") }
+        if parameters.mode == .latency {
+            report.line("Round trips of \(parameters.blockSize) bytes, \(parameters.streams) stream(s)")
+        }
+        report.line(HumanLines.header(roles: parameters.bidir, latency: parameters.mode == .latency))
+        let intervals = IntervalReport(parameters: parameters, side: .client, report: report, format: options.format)
+        let run = TestRun(parameters, side: .client, connections: connections)
+        let outcome = try run.run(printInterval: intervals.print)
+        try channel.send(SideResults(cpu: outcome.cpu, streams: outcome.streams))
+        let remote = try channel.receive(SideResults.self, timeout: 60, what: "the server's results")
+        let summary = Summary(parameters: parameters, side: .client, local: outcome, remote: remote, format: options.format)
+        if report.json {
+            report.document(.object([
+                ("start", start(parameters, connections, cookie: cookie)),
+                ("intervals", intervals.json(outcome.intervals)),
+                ("end", summary.endJSON()),
+            ]))
+            return
+        }
+        if let histogram = outcome.histogram {
+            report.line(HumanLines.separator)
+            let seconds = outcome.streams.map(\.seconds).max() ?? 0
+            for line in HumanLines.latencySummary(histogram, transport: connections[0].transportDescription,
+                                                  size: parameters.blockSize, seconds: seconds) {
+                report.line(line)
+            }
+        } else {
+            for line in summary.humanLines() { report.line(line) }
+        }
+        if options.verbose {
+            report.line(String(format: "CPU Utilization: local/sender %.1f%% (%.1f%%u/%.1f%%s), remote/receiver %.1f%% (%.1f%%u/%.1f%%s)",
+                               outcome.cpu.total, outcome.cpu.user, outcome.cpu.system,
+                               remote.cpu.total, remote.cpu.user, remote.cpu.system))
+        }
+        report.line()
+        report.line("vmperf Done.")
+    }
+
+    private func expectGo(_ channel: ControlChannel, what: String) throws {
+        let reply = try channel.receive(ServerReply.self, timeout: 15, what: what)
+        if let error = reply.error { throw Failure("the server refused the test: \(error)") }
+    }
+
+    /// Opens one connection and introduces it.
+    private func dial(_ greeting: Greeting, index: Int) throws -> Connection {
+        let connection: Connection
+        do {
+            if options.transport == .unix {
+                connection = Connection(index: index, try UnixStream.connect(port: options.port), port: options.port)
+            } else {
+                connection = Connection(
+                    index: index, try VMSocket.connect(host: host, port: UInt16(options.port), options: socketOptions))
+            }
+        } catch {
+            throw Failure("unable to connect to server \(host) port \(options.port): \(error)")
+        }
+        try greeting.bytes.withUnsafeBytes { try connection.stream.writeAll($0) }
+        return connection
+    }
+
+    private func start(_ parameters: TestParameters, _ connections: [Connection], cookie: [UInt8]) -> JSON {
+        .object([
+            ("connected", JSONDocument.connected(connections)),
+            ("version", .string(JSONDocument.version)),
+            ("system_info", .string(JSONDocument.systemInfo)),
+            ("timestamp", JSONDocument.timestamp()),
+            ("connecting_to", .object([("host", .string(host)), ("port", .int(options.port))])),
+            ("cookie", .string(String(decoding: cookie, as: UTF8.self))),
+            ("test_start", JSONDocument.testStart(parameters)),
+            ("vmsock", JSONDocument.vmsock(connections, parameters: parameters)),
+        ])
+    }
 }

@@ -1,5 +1,99 @@
+import Foundation
+import VMSock
+
+/// `vmperf -s`: one vmsock listener (shared-memory and TCP clients through one accept) and a Unix socket beside
+/// it, one test at a time; a client that comes during a test is told the server is busy, as iperf3 does.
 struct Server {
-    init(_ options: Options, _ report: Report) {}
-    init(_ options: Options, host: String, _ report: Report) {}
-    func run() throws { throw Failure("not built yet") }
+    let options: Options
+    let report: Report
+
+    init(_ options: Options, _ report: Report) {
+        self.options = options
+        self.report = report
+    }
+
+    func run() throws {
+        var socketOptions = VMSocketOptions()
+        if let ringSize = options.ringSize { socketOptions.ringSize = ringSize.value }
+        let listener: VMListener
+        do {
+            listener = try VMListener(host: nil, port: UInt16(options.port), options: socketOptions)
+        } catch {
+            throw Failure("unable to start listener for connections on port \(options.port): \(error)")
+        }
+        defer { listener.close() }
+        listener.isNonBlocking = true
+        let unix = try? UnixListener(port: options.port)
+        let door = Door(listener: listener, unix: unix, port: options.port)
+        if let reason = listener.sharedMemoryUnavailableReason { note("shared memory unavailable: \(reason); TCP only") }
+        if unix == nil { note("no Unix socket @vmperf-\(options.port) (another server has it); shared memory and TCP only") }
+        var test = 1
+        while true {
+            report.line("-----------------------------------------------------------")
+            report.line("Server listening on \(options.port) (test #\(test))")
+            report.line("-----------------------------------------------------------")
+            do {
+                try ServerTest(options: options, report: report, door: door).run()
+            } catch {
+                if options.oneOff { throw error }
+                FileHandle.standardError.write(Data("vmperf: error - \(error)\n".utf8))
+            }
+            if options.oneOff { return }
+            test += 1
+        }
+    }
+
+    private func note(_ text: String) {
+        if options.verbose || !report.json { FileHandle.standardError.write(Data("vmperf: \(text)\n".utf8)) }
+    }
+}
+
+/// The server's two ways in: the next connection on either, with its greeting read.
+struct Door {
+    let listener: VMListener
+    let unix: UnixListener?
+    let port: Int
+
+    /// Waits up to `timeout` seconds (nil: for ever) for a connection that greets properly. Connections that do
+    /// not (port scanners, nc, another program) are closed and skipped. Returns nil when the time ran out.
+    func next(timeout: Double?) throws -> (Connection, Greeting)? {
+        let deadline = timeout.map { monotonicNanos() + UInt64($0 * 1e9) }
+        while true {
+            var fds = [pollfd(fd: listener.pollDescriptor, events: Int16(POLLIN), revents: 0)]
+            if let unix { fds.append(pollfd(fd: unix.fd, events: Int16(POLLIN), revents: 0)) }
+            var wait: Int32 = -1
+            if let deadline {
+                let now = monotonicNanos()
+                if now >= deadline { return nil }
+                wait = Int32((deadline - now) / 1_000_000) + 1
+            }
+            let ready = poll(&fds, nfds_t(fds.count), wait)
+            if ready < 0 && errno != EINTR { throw Failure("poll on the listeners failed: \(errorText())") }
+            guard ready > 0 else { continue }
+            var accepted: Connection? = nil
+            if fds[0].revents != 0 {
+                do {
+                    accepted = Connection(index: -1, try listener.accept())
+                } catch where error.code == EAGAIN {
+                    // a handshake under way, or a connector that gave up: nothing to take yet
+                } catch {
+                    throw Failure("accept failed: \(error)")
+                }
+            } else if fds.count > 1, fds[1].revents != 0, let unix {
+                accepted = Connection(index: -1, try unix.accept(), port: port)
+            }
+            guard let accepted else { continue }
+            if let greeting = Self.greeting(of: accepted) { return (accepted, greeting) }
+            accepted.close()
+        }
+    }
+
+    /// The 48-byte greeting, read within 5 seconds; nil when it is missing or wrong.
+    private static func greeting(of connection: Connection) -> Greeting? {
+        connection.stream.setReadTimeout(5)
+        defer { connection.stream.setReadTimeout(nil) }
+        var bytes = [UInt8](repeating: 0, count: Greeting.size)
+        guard (try? bytes.withUnsafeMutableBytes({ try connection.stream.readExactly($0) })) == true else { return nil }
+        return Greeting(bytes)
+    }
 }

@@ -1,0 +1,55 @@
+import Foundation
+import Histogram
+
+/// iperf3's human-readable layout: `[  1]   0.00-1.00   sec  3.22 GBytes  27.7 Gbits/sec`, `[SUM]` lines when
+/// there are several streams, and sender/receiver lines in the summary.
+enum HumanLines {
+    static let separator = "- - - - - - - - - - - - - - - - - - - - - - - - -"
+
+    static func header(roles: Bool, latency: Bool) -> String {
+        let id = roles ? "[ ID][Role]" : "[ ID]"
+        return latency ? "\(id) Interval           Round trips  Mean round trip" : "\(id) Interval           Transfer     Bitrate"
+    }
+
+    /// "[  1]", "[ 12]", "[SUM]".
+    static func idTag(_ id: String) -> String {
+        "[" + String(repeating: " ", count: max(0, 3 - id.count)) + id + "]"
+    }
+
+    /// `id` is the stream's number or "SUM"; `role` the --bidir tag (TX-C, RX-C, TX-S, RX-S).
+    static func line(id: String, role: String?, _ span: StreamSpan, _ format: RateFormat, tag: String? = nil) -> String {
+        let idText = idTag(id)
+        let roleText = role.map { "[\($0)]" } ?? ""
+        let interval = String(format: "%6.2f-%-6.2f sec", span.start, span.end)
+        let transfer = Units.transfer(Double(span.bytes), format)
+        let rate = Units.rate(span.bytesPerSecond, format)
+        let tail = tag.map { "                  \($0)" } ?? ""
+        return "\(idText)\(roleText) \(interval)  \(transfer)  \(rate)\(tail)"
+    }
+
+    /// A latency interval: round trips and their mean (back to back, so the mean is the time over the count).
+    static func latencyLine(id: String, _ span: StreamSpan) -> String {
+        let idText = idTag(id)
+        let interval = String(format: "%6.2f-%-6.2f sec", span.start, span.end)
+        let mean = span.roundTrips > 0 ? span.seconds / Double(span.roundTrips) * 1e6 : 0
+        return "\(idText) \(interval)  \(String(format: "%11d", span.roundTrips))  \(String(format: "%9.3f", mean)) usec"
+    }
+
+    static let percentiles: [Double] = [25, 50, 75, 90, 99, 99.9, 99.99, 99.999]
+
+    /// sockperf's summary, for round trips (sockperf itself prints half of them, as one-way latency).
+    static func latencySummary(_ histogram: Histogram<UInt64>, transport: String, size: Int, seconds: Double) -> [String] {
+        let us = { (nanos: Double) in nanos / 1000 }
+        var lines = [
+            "vmperf: \(histogram.totalCount) round trips of \(size) bytes over \(transport) in \(String(format: "%.2f", seconds)) s; round-trip times in usec:",
+            String(format: "vmperf: ====> avg-rtt=%.3f (std-dev=%.3f)", us(histogram.mean), us(histogram.stdDeviation)),
+            String(format: "vmperf: ---> <MAX> observation = %8.3f", us(Double(histogram.max))),
+        ]
+        for percentile in percentiles.reversed() {
+            let value = us(Double(histogram.valueAtPercentile(percentile)))
+            lines.append(String(format: "vmperf: ---> percentile %6.3f = %8.3f", percentile, value))
+        }
+        lines.append(String(format: "vmperf: ---> <MIN> observation = %8.3f", us(Double(histogram.min))))
+        return lines
+    }
+}

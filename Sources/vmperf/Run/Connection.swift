@@ -1,0 +1,87 @@
+import VMSock
+
+/// One connection of a test, with what the report says about it.
+struct Connection {
+    enum Carrier {
+        case socket(VMSocket)
+        case unix(UnixStream)
+    }
+
+    /// The stream's number in its test (from 0); -1 for a control connection.
+    var index: Int
+    let carrier: Carrier
+    let local: Endpoint
+    let remote: Endpoint
+
+    struct Endpoint {
+        var host: String
+        var port: Int
+    }
+
+    init(index: Int, _ socket: VMSocket) {
+        self.index = index
+        carrier = .socket(socket)
+        local = Endpoint(host: socket.localAddress.host, port: Int(socket.localAddress.port))
+        remote = Endpoint(host: socket.peerAddress.host, port: Int(socket.peerAddress.port))
+    }
+
+    init(index: Int, _ unix: UnixStream, port: Int) {
+        self.index = index
+        carrier = .unix(unix)
+        local = Endpoint(host: "@vmperf-\(port)", port: 0)
+        remote = Endpoint(host: "@vmperf-\(port)", port: 0)
+    }
+
+    var stream: any ByteStream {
+        switch carrier {
+        case .socket(let socket): socket
+        case .unix(let unix): unix
+        }
+    }
+
+    /// "shared memory", "TCP", "Unix socket".
+    var transport: String {
+        switch carrier {
+        case .socket(let socket): socket.transport == .sharedMemory ? "shared memory" : "TCP"
+        case .unix: "Unix socket"
+        }
+    }
+
+    /// The transport and, for TCP chosen in auto mode, why: "TCP (no shared-memory listener)".
+    var transportDescription: String {
+        switch carrier {
+        case .socket(let socket): socket.transportDescription
+        case .unix: "Unix socket"
+        }
+    }
+
+    var fallbackReason: String? {
+        if case .socket(let socket) = carrier { return socket.fallbackReason?.rawValue }
+        return nil
+    }
+
+    /// Bytes of the ring this side writes, for shared memory.
+    var ringSize: Int? {
+        if case .socket(let socket) = carrier, socket.transport == .sharedMemory { return socket.ringSize }
+        return nil
+    }
+
+    func setSpin(_ microseconds: Int?) {
+        if let microseconds, case .socket(let socket) = carrier { socket.spinMicroseconds = microseconds }
+    }
+
+    /// Wakes any call blocked on this connection, from another thread (a failed stream stops the others).
+    func abort() {
+        switch carrier {
+        case .socket(let socket): socket.close()
+        case .unix(let unix): unix.abort()
+        }
+    }
+
+    func close() {
+        switch carrier {
+        case .socket(let socket): socket.close()
+        case .unix(let unix): unix.close()
+        }
+    }
+}

@@ -1,0 +1,54 @@
+/// Interval lines as the test runs (human output), and the `intervals` array of the JSON document.
+struct IntervalReport {
+    let parameters: TestParameters
+    let side: TestRun.Side
+    let report: Report
+    let format: RateFormat
+
+    private var latency: Bool { parameters.mode == .latency }
+
+    private func role(_ index: Int) -> String? {
+        guard parameters.bidir else { return nil }
+        let sends = parameters.clientSends(index) == (side == .client)
+        return (sends ? "TX-" : "RX-") + (side == .client ? "C" : "S")
+    }
+
+    /// Prints one interval: a line per stream, and [SUM] lines when there are several.
+    func print(_ spans: [StreamSpan]) {
+        guard !report.json else { return }
+        for span in spans {
+            report.line(latency
+                ? HumanLines.latencyLine(id: String(span.index + 1), span)
+                : HumanLines.line(id: String(span.index + 1), role: role(span.index), span, format))
+        }
+        guard parameters.streams > 1 else { return }
+        for group in groups(spans) {
+            var total = Summary.total(group.spans)
+            total.start = spans.first?.start ?? 0
+            total.roundTrips = group.spans.reduce(0) { $0 + $1.roundTrips }
+            report.line(latency ? HumanLines.latencyLine(id: "SUM", total) : HumanLines.line(id: "SUM", role: group.role, total, format))
+        }
+        report.line(HumanLines.separator)
+    }
+
+    private func groups(_ spans: [StreamSpan]) -> [(role: String?, spans: [StreamSpan])] {
+        guard parameters.bidir else { return [(nil, spans)] }
+        let tag = side == .client ? "C" : "S"
+        return [("TX-" + tag, spans.filter(\.sender)), ("RX-" + tag, spans.filter { !$0.sender })]
+    }
+
+    func json(_ intervals: [[StreamSpan]]) -> JSON {
+        .array(intervals.map { spans in
+            let forward = parameters.bidir ? spans.filter { parameters.clientSends($0.index) } : spans
+            var members: [(String, JSON)] = [
+                ("streams", .array(spans.map { JSONDocument.span($0, socket: $0.index + 1, latency: latency) })),
+                ("sum", JSONDocument.sum(forward, sender: forward.first?.sender ?? false, latency: latency)),
+            ]
+            if parameters.bidir {
+                let reverse = spans.filter { !parameters.clientSends($0.index) }
+                members.append(("sum_bidir_reverse", JSONDocument.sum(reverse, sender: reverse.first?.sender ?? false)))
+            }
+            return .object(members)
+        })
+    }
+}

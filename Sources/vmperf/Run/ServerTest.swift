@@ -1,0 +1,122 @@
+import Foundation
+import VMSock
+
+/// One test on the server: the client's parameters, its data connections, the run, the results.
+struct ServerTest {
+    let options: Options
+    let report: Report
+    let door: Door
+
+    static let busy = "the server is busy running a test. try again later"
+
+    func run() throws {
+        let (control, parameters, cookie) = try awaitClient()
+        defer { control.close() }
+        let channel = ControlChannel(stream: control.stream)
+        report.line("Accepted connection from \(control.remote.host), port \(control.remote.port) (\(control.transportDescription))")
+        var connections: [Connection] = []
+        defer { for connection in connections { connection.close() } }
+        connections = try awaitData(parameters, cookie: cookie)
+        try channel.send(ServerReply(error: nil))
+        for connection in connections {
+            report.line(HumanLines.idTag(String(connection.index + 1)) + String(format: " local %@ port %d connected to %@ port %d",
+                               connection.local.host, connection.local.port, connection.remote.host, connection.remote.port)
+                        + " via \(connection.transportDescription)")
+        }
+        report.line(HumanLines.header(roles: parameters.bidir, latency: parameters.mode == .latency))
+        let intervals = IntervalReport(parameters: parameters, side: .server, report: report, format: options.format)
+        let outcome = try runTurningAwayOthers(TestRun(parameters, side: .server, connections: connections), intervals)
+        let remote = try channel.receive(SideResults.self, timeout: 60, what: "the client's results")
+        try channel.send(SideResults(cpu: outcome.cpu, streams: outcome.streams))
+        let summary = Summary(parameters: parameters, side: .server, local: outcome, remote: remote, format: options.format)
+        if report.json {
+            report.document(.object([
+                ("start", .object([
+                    ("connected", JSONDocument.connected(connections)),
+                    ("version", .string(JSONDocument.version)),
+                    ("system_info", .string(JSONDocument.systemInfo)),
+                    ("timestamp", JSONDocument.timestamp()),
+                    ("accepted_connection", .object([("host", .string(control.remote.host)), ("port", .int(control.remote.port))])),
+                    ("cookie", .string(String(decoding: cookie, as: UTF8.self))),
+                    ("test_start", JSONDocument.testStart(parameters)),
+                    ("vmsock", JSONDocument.vmsock(connections, parameters: parameters)),
+                ])),
+                ("intervals", intervals.json(outcome.intervals)),
+                ("end", summary.endJSON()),
+            ]))
+        } else if parameters.mode == .throughput {
+            for line in summary.humanLines() { report.line(line) }
+        }
+    }
+
+    /// The next client's control connection and its parameters (checked; a bad set is answered and refused).
+    private func awaitClient() throws -> (Connection, TestParameters, [UInt8]) {
+        while true {
+            guard let (control, greeting) = try door.next(timeout: nil) else { continue }
+            guard greeting.kind == .control else {
+                control.close()  // a data connection of no test: a late one from a test that ended
+                continue
+            }
+            let channel = ControlChannel(stream: control.stream)
+            do {
+                let parameters = try channel.receive(TestParameters.self, timeout: 10, what: "the test parameters").validated()
+                try channel.send(ServerReply(error: nil))
+                return (control, parameters, greeting.cookie)
+            } catch {
+                try? channel.send(ServerReply(error: "bad test parameters: \(error)"))
+                control.close()
+                throw Failure("refused a client: \(error)")
+            }
+        }
+    }
+
+    /// The test's data connections, within 10 seconds. Strangers are closed; other clients are told we are busy.
+    private func awaitData(_ parameters: TestParameters, cookie: [UInt8]) throws -> [Connection] {
+        var slots = [Connection?](repeating: nil, count: parameters.connections)
+        let deadline = Date().addingTimeInterval(10)
+        while slots.contains(where: { $0 == nil }) {
+            let left = deadline.timeIntervalSinceNow
+            guard left > 0, let (connection, greeting) = try door.next(timeout: left) else {
+                for case let connection? in slots { connection.close() }
+                throw Failure("the client opened \(slots.compactMap { $0 }.count) of \(parameters.connections) data connections within 10 s")
+            }
+            if greeting.kind == .control {
+                turnAway(connection)
+            } else if greeting.cookie == cookie, greeting.index < slots.count, slots[greeting.index] == nil {
+                var data = connection
+                data.index = greeting.index
+                slots[greeting.index] = data
+            } else {
+                connection.close()
+            }
+        }
+        return slots.map { $0! }
+    }
+
+    /// Runs the test on a thread of its own, and meanwhile answers any other client with "busy".
+    private func runTurningAwayOthers(_ run: TestRun, _ intervals: IntervalReport) throws -> TestRun.Outcome {
+        let result = ResultBox()
+        let finished = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            result.value = Result { try run.run(printInterval: intervals.print) }
+            finished.signal()
+        }
+        thread.start()
+        while finished.wait(timeout: .now() + .milliseconds(100)) == .timedOut {
+            if let (connection, greeting) = try? door.next(timeout: 0) {
+                if greeting.kind == .control { turnAway(connection) } else { connection.close() }
+            }
+        }
+        return try result.value!.get()
+    }
+
+    private func turnAway(_ connection: Connection) {
+        try? ControlChannel(stream: connection.stream).send(ServerReply(error: Self.busy))
+        connection.close()
+    }
+}
+
+/// The test thread's result, read after it signalled.
+final class ResultBox: @unchecked Sendable {
+    var value: Result<TestRun.Outcome, Error>?
+}

@@ -1,0 +1,97 @@
+import Foundation
+
+/// The end of a test as one side reports it: each stream's sender and receiver figures (one from each side),
+/// the sums, the processor use of both sides, and for --latency the round-trip statistics.
+struct Summary {
+    let parameters: TestParameters
+    let side: TestRun.Side
+    let local: TestRun.Outcome
+    let remote: SideResults
+    let format: RateFormat
+
+    struct Pair {
+        var index: Int
+        var sender: StreamSpan
+        var receiver: StreamSpan
+        var localSends: Bool
+    }
+
+    /// Sender and receiver figures per connection, whichever side measured them.
+    var pairs: [Pair] {
+        local.streams.map { mine in
+            let theirs = remote.streams.first { $0.index == mine.index }
+                ?? StreamResult(index: mine.index, sender: !mine.sender, bytes: 0, seconds: 0)
+            let (sent, received) = mine.sender ? (mine, theirs) : (theirs, mine)
+            let span = { (result: StreamResult) in
+                StreamSpan(index: mine.index, start: 0, end: result.seconds, bytes: result.bytes, roundTrips: 0, sender: mine.sender)
+            }
+            return Pair(index: mine.index, sender: span(sent), receiver: span(received), localSends: mine.sender)
+        }
+    }
+
+    /// The --bidir tag of a connection: TX or RX from this side, C(lient) or S(erver).
+    func role(_ index: Int) -> String? {
+        guard parameters.bidir else { return nil }
+        let sends = parameters.clientSends(index) == (side == .client)
+        return (sends ? "TX-" : "RX-") + (side == .client ? "C" : "S")
+    }
+
+    /// The summary lines. The separator comes first unless the last interval printed one already (-P > 1).
+    func humanLines() -> [String] {
+        let separated = parameters.streams > 1 && parameters.interval > 0
+        var lines = (separated ? [] : [HumanLines.separator]) + [HumanLines.header(roles: parameters.bidir, latency: false)]
+        let pairs = self.pairs
+        for pair in pairs {
+            lines.append(HumanLines.line(id: String(pair.index + 1), role: role(pair.index), pair.sender, format, tag: "sender"))
+            lines.append(HumanLines.line(id: String(pair.index + 1), role: role(pair.index), pair.receiver, format, tag: "receiver"))
+        }
+        if parameters.streams > 1 {
+            for group in directions(pairs) {
+                lines.append(HumanLines.line(id: "SUM", role: group.role, Self.total(group.pairs.map(\.sender)), format, tag: "sender"))
+                lines.append(HumanLines.line(id: "SUM", role: group.role, Self.total(group.pairs.map(\.receiver)), format, tag: "receiver"))
+            }
+        }
+        return lines
+    }
+
+    /// Streams grouped by direction: one group, or two with --bidir (this side sending first).
+    private func directions(_ pairs: [Pair]) -> [(role: String?, pairs: [Pair])] {
+        guard parameters.bidir else { return [(nil, pairs)] }
+        let tag = side == .client ? "C" : "S"
+        return [("TX-" + tag, pairs.filter(\.localSends)), ("RX-" + tag, pairs.filter { !$0.localSends })]
+    }
+
+    static func total(_ spans: [StreamSpan]) -> StreamSpan {
+        StreamSpan(
+            index: 0, start: 0, end: spans.map(\.end).max() ?? 0, bytes: spans.reduce(0) { $0 + $1.bytes }, roundTrips: 0,
+            sender: spans.first?.sender ?? false)
+    }
+
+    func endJSON() -> JSON {
+        let pairs = self.pairs
+        var members: [(String, JSON)] = [
+            ("streams", .array(pairs.map { pair in
+                .object([
+                    ("sender", JSONDocument.span(pair.sender, socket: pair.index + 1, includeOmitted: false)),
+                    ("receiver", JSONDocument.span(pair.receiver, socket: pair.index + 1, includeOmitted: false)),
+                ])
+            })),
+        ]
+        // iperf3: sum_sent/sum_received cover the client-to-server direction (server-to-client with -R);
+        // with --bidir the other direction gets the *_bidir_reverse keys.
+        let forward = parameters.bidir ? pairs.filter { parameters.clientSends($0.index) } : pairs
+        let sends = forward.first?.localSends ?? false
+        members.append(("sum_sent", JSONDocument.sum(forward.map(\.sender), sender: sends, includeOmitted: false)))
+        members.append(("sum_received", JSONDocument.sum(forward.map(\.receiver), sender: sends, includeOmitted: false)))
+        if parameters.bidir {
+            let reverse = pairs.filter { !parameters.clientSends($0.index) }
+            members.append(("sum_sent_bidir_reverse", JSONDocument.sum(reverse.map(\.sender), sender: !sends, includeOmitted: false)))
+            members.append(("sum_received_bidir_reverse", JSONDocument.sum(reverse.map(\.receiver), sender: !sends, includeOmitted: false)))
+        }
+        members.append(("cpu_utilization_percent", JSONDocument.cpu(local: local.cpu, remote: remote.cpu)))
+        if let histogram = local.histogram {
+            members.append(("latency", JSONDocument.latency(histogram, size: parameters.blockSize)))
+        }
+        return .object(members)
+    }
+}

@@ -1,0 +1,183 @@
+import Foundation
+import Histogram
+import VMSock
+
+/// One side of a test: each connection pumped on a thread of its own (blocking calls, the fastest way to move
+/// bytes), and the duration and interval timers on an event loop thread.
+final class TestRun: @unchecked Sendable {  // the result slots are written under `lock`, once per stream
+    enum Side { case client, server }
+
+    enum Role { case send, receive, ping, echo }
+
+    struct Outcome {
+        var streams: [StreamResult]
+        var intervals: [[StreamSpan]]
+        var cpu: CPUUsage
+        var histogram: Histogram<UInt64>?
+    }
+
+    let parameters: TestParameters
+    let side: Side
+    let connections: [Connection]
+    let roles: [Role]
+    private let stop = StopFlag()
+    private let counters: [StreamCounter]
+    private let lock = NSLock()
+    private var results: [StreamResult?]
+    private var histograms: [Histogram<UInt64>] = []
+    private var failure: Error?
+
+    init(_ parameters: TestParameters, side: Side, connections: [Connection]) {
+        self.parameters = parameters
+        self.side = side
+        self.connections = connections
+        roles = connections.map { connection in
+            if parameters.mode == .latency { return side == .client ? .ping : .echo }
+            return parameters.clientSends(connection.index) == (side == .client) ? .send : .receive
+        }
+        counters = connections.map { _ in StreamCounter() }
+        results = Array(repeating: nil, count: connections.count)
+    }
+
+    /// Runs the test to its end. `printInterval` gets each interval's spans (on the loop thread).
+    func run(printInterval: @escaping ([StreamSpan]) -> Void) throws -> Outcome {
+        for connection in connections { connection.setSpin(parameters.spinUs) }
+        let loopThread = try LoopThread()
+        defer { loopThread.stop() }
+        let cpuStart = CPUUsage.Snapshot.now()
+        let sampler = IntervalSampler(
+            counters: counters, senders: roles.map { $0 == .send || $0 == .ping }, startNanos: cpuStart.wall,
+            print: printInterval)
+        let timers = startTimers(on: loopThread.loop, sampler)
+        let done = DispatchGroup()
+        for index in connections.indices {
+            done.enter()
+            let thread = Thread { [self] in
+                pump(index, startNanos: cpuStart.wall)
+                done.leave()
+            }
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+        done.wait()
+        let cpu = CPUUsage(from: cpuStart, to: .now())
+        loopThread.loop.execute { timers.cancel() }
+        if let failure { throw failure }
+        loopThread.loop.execute { sampler.sample(final: true) }
+        loopThread.stop()
+        var merged: Histogram<UInt64>? = nil
+        for histogram in histograms {
+            if merged == nil { merged = histogram } else { merged!.add(histogram) }
+        }
+        return Outcome(streams: results.map { $0! }, intervals: sampler.intervals, cpu: cpu, histogram: merged)
+    }
+
+    /// The timers, made on the loop thread: the end of a timed test, and the periodic report.
+    private func startTimers(on loop: EventLoop, _ sampler: IntervalSampler) -> Timers {
+        let timers = Timers()
+        let timed = parameters.bytes == 0 && parameters.blocks == 0
+        let duration = parameters.duration
+        let interval = parameters.interval
+        let stop = self.stop
+        loop.execute {
+            if timed {
+                timers.end = try? loop.schedule(after: .milliseconds(Int64(duration * 1000))) { stop.set() }
+            }
+            if interval > 0 {
+                timers.interval = try? loop.schedule(after: .milliseconds(Int64(interval * 1000)), repeating: true) {
+                    sampler.sample()
+                }
+            }
+        }
+        return timers
+    }
+
+    /// One connection's pump, on its own thread. A failure stops the whole test: the other connections are
+    /// aborted, so that none of them waits for ever on a peer that will not send.
+    private func pump(_ index: Int, startNanos: UInt64) {
+        let connection = connections[index]
+        do {
+            let (bytes, histogram) = try Self.pump(
+                connection, role: roles[index], parameters: parameters, limit: limit(for: index), stop: stop,
+                counter: counters[index])
+            let seconds = Double(monotonicNanos() &- startNanos) / 1e9
+            lock.withLock {
+                results[index] = StreamResult(
+                    index: connection.index, sender: roles[index] == .send || roles[index] == .ping, bytes: bytes,
+                    seconds: seconds)
+                if let histogram { histograms.append(histogram) }
+            }
+        } catch {
+            let first = lock.withLock { () -> Bool in
+                defer { if failure == nil { failure = error } }
+                return failure == nil
+            }
+            if first {
+                stop.set()
+                for other in connections where other.index != connection.index { other.abort() }
+            }
+        }
+    }
+
+    /// -n and -k count for the whole test in iperf3; here they are shared out between the streams that send in
+    /// one direction (the first gets the remainder).
+    private func limit(for index: Int) -> Limit {
+        let position = parameters.bidir ? index % parameters.streams : index
+        func share(_ total: Int) -> Int {
+            total / parameters.streams + (position == 0 ? total % parameters.streams : 0)
+        }
+        if parameters.bytes > 0 { return .bytes(max(1, share(parameters.bytes))) }
+        if parameters.blocks > 0 { return .blocks(max(1, share(parameters.blocks))) }
+        return .time
+    }
+
+    /// Picks the specialized pump for the connection's concrete type.
+    private static func pump(
+        _ connection: Connection, role: Role, parameters: TestParameters, limit: Limit, stop: StopFlag,
+        counter: StreamCounter
+    ) throws -> (Int, Histogram<UInt64>?) {
+        switch connection.carrier {
+        case .socket(let socket):
+            try pump(socket, role: role, parameters: parameters, limit: limit, stop: stop, counter: counter)
+        case .unix(let unix):
+            try pump(unix, role: role, parameters: parameters, limit: limit, stop: stop, counter: counter)
+        }
+    }
+
+    private static func pump<S: ByteStream>(
+        _ stream: S, role: Role, parameters: TestParameters, limit: Limit, stop: StopFlag, counter: StreamCounter
+    ) throws -> (Int, Histogram<UInt64>?) {
+        let size = parameters.blockSize
+        let block = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
+        defer { block.deallocate() }
+        for offset in 0..<size { block[offset] = UInt8(truncatingIfNeeded: offset &* 131 &+ 7) }
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 128 << 10), alignment: 64)
+        defer { scratch.deallocate() }
+        switch role {
+        case .send:
+            return (try Pump.send(stream, block: UnsafeRawBufferPointer(block), limit: limit, stop: stop, counter: counter), nil)
+        case .receive:
+            return (try Pump.receive(stream, scratch: scratch, counter: counter), nil)
+        case .ping:
+            var histogram = Histogram<UInt64>(
+                lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+            let trips = try Pump.ping(
+                stream, block: UnsafeRawBufferPointer(block), scratch: scratch, limit: limit, stop: stop,
+                counter: counter, histogram: &histogram)
+            return (trips * size, histogram)
+        case .echo:
+            return (try Pump.echo(stream, size: size, scratch: scratch, counter: counter) * size, nil)
+        }
+    }
+}
+
+/// The loop's timers, kept alive until the test ends; touched on the loop thread only.
+final class Timers: @unchecked Sendable {
+    var end: LoopTimer?
+    var interval: LoopTimer?
+
+    func cancel() {
+        end?.cancel()
+        interval?.cancel()
+    }
+}

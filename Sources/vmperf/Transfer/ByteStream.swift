@@ -1,0 +1,91 @@
+import VMSock
+
+/// A connected byte stream a test runs over: a `VMSocket` (shared memory or TCP) or a Unix-domain socket.
+///
+/// The pumps in `Pump` are generic over this protocol and called with the concrete type, so the compiler
+/// specializes them: no existential dispatch per block.
+protocol ByteStream: AnyObject {
+    /// Writes the whole block. Over shared memory the block is copied straight into the ring (`writeInPlace`).
+    func send(block: UnsafeRawBufferPointer) throws
+    /// Takes what has arrived, at least one byte, and loads every cache line of it (so the bytes really cross to
+    /// this core); 0 at end of stream. Copying transports read into `scratch`; shared memory reads in place.
+    func receive(scratch: UnsafeMutableRawBufferPointer) throws -> Int
+    /// Fills `buffer` completely; false at end of stream before the first byte.
+    func readExactly(_ buffer: UnsafeMutableRawBufferPointer) throws -> Bool
+    func writeAll(_ buffer: UnsafeRawBufferPointer) throws
+    func shutdownWrite() throws
+    func close()
+    /// Gives up a blocked read after `seconds` (nil: wait for ever) with ETIMEDOUT.
+    func setReadTimeout(_ seconds: Double?)
+}
+
+extension ByteStream {
+    func readExactly(_ buffer: UnsafeMutableRawBufferPointer, reading read: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Bool {
+        var done = 0
+        while done < buffer.count {
+            let n = try read(UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
+            if n == 0 {
+                if done == 0 { return false }
+                throw Failure("the peer closed the connection in the middle of a message")
+            }
+            done += n
+        }
+        return true
+    }
+}
+
+/// Loads one byte of every cache line, so that the lines move to this core as a reader's would.
+@inline(__always)
+func touchCacheLines(_ bytes: UnsafeRawBufferPointer) -> UInt8 {
+    var sum: UInt8 = 0
+    var offset = 0
+    while offset < bytes.count {
+        sum &+= bytes[offset]
+        offset &+= 64
+    }
+    return sum
+}
+
+/// Sums that `touchCacheLines` returns go here, so the loads are not optimized away.
+nonisolated(unsafe) var touchSink: UInt8 = 0
+
+extension VMSocket: ByteStream {
+    @inline(__always)
+    func send(block: UnsafeRawBufferPointer) throws {
+        guard transport == .sharedMemory else { return try writeAll(block) }
+        var done = 0
+        while done < block.count {
+            let wanted = min(block.count - done, ringSize)
+            done += try writeInPlace(minimum: wanted) { space in
+                let n = min(space.count, block.count - done)
+                space.baseAddress!.copyMemory(from: block.baseAddress! + done, byteCount: n)
+                return n
+            }
+        }
+    }
+
+    @inline(__always)
+    func receive(scratch: UnsafeMutableRawBufferPointer) throws -> Int {
+        guard transport == .sharedMemory else {
+            let n = try read(into: scratch)
+            return n
+        }
+        var sum: UInt8 = 0
+        let n = try readInPlace { view in
+            sum = touchCacheLines(view)
+            return view.count
+        }
+        touchSink &+= sum
+        return n
+    }
+
+    func readExactly(_ buffer: UnsafeMutableRawBufferPointer) throws -> Bool {
+        try readExactly(buffer) { try read(into: $0) }
+    }
+
+    func shutdownWrite() throws { try shutdown(.write) }
+
+    func setReadTimeout(_ seconds: Double?) {
+        readTimeout = seconds.map { .milliseconds(Int64($0 * 1000)) }
+    }
+}

@@ -1,0 +1,93 @@
+import Foundation
+
+/// Control messages: a 4-byte big-endian length and a JSON body (Codable), at most 1 MiB. The peer is
+/// untrusted: a bad length, bad JSON or a missing field ends the test with a message, never a crash.
+struct ControlChannel {
+    static let maximumMessage = 1 << 20
+    let stream: any ByteStream
+
+    func send<T: Encodable>(_ message: T) throws {
+        let body = try JSONEncoder().encode(message)
+        var frame = withUnsafeBytes(of: UInt32(body.count).bigEndian) { Array($0) }
+        frame += body
+        try frame.withUnsafeBytes { try stream.writeAll($0) }
+    }
+
+    /// Waits up to `timeout` seconds for the next message.
+    func receive<T: Decodable>(_ type: T.Type, timeout: Double?, what: String) throws -> T {
+        stream.setReadTimeout(timeout)
+        var length = [UInt8](repeating: 0, count: 4)
+        guard try length.withUnsafeMutableBytes({ try stream.readExactly($0) }) else {
+            throw Failure("the other side closed the control connection while we waited for \(what)")
+        }
+        let count = Int(length.reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+        guard count <= Self.maximumMessage else {
+            throw Failure("the other side sent a \(count)-byte control message (the limit is \(Self.maximumMessage)); is it a vmperf of this version?")
+        }
+        var body = [UInt8](repeating: 0, count: count)
+        guard try body.withUnsafeMutableBytes({ try stream.readExactly($0) }) else {
+            throw Failure("the other side closed the control connection in the middle of \(what)")
+        }
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(body))
+        } catch {
+            throw Failure("the other side sent a malformed \(what) (\(error))")
+        }
+    }
+}
+
+/// What the client asks for. The server checks every field (`validated`) before it acts on any.
+struct TestParameters: Codable, Equatable {
+    enum Mode: String, Codable { case throughput, latency }
+
+    var mode: Mode
+    var streams: Int
+    var blockSize: Int
+    var duration: Double
+    var bytes: Int
+    var blocks: Int
+    var reverse: Bool
+    var bidir: Bool
+    var interval: Double
+    var spinUs: Int?
+
+    /// Connections this test opens: one per stream, two per stream with --bidir.
+    var connections: Int { bidir ? streams * 2 : streams }
+
+    /// Whether the client (or the server) sends on connection `index`.
+    func clientSends(_ index: Int) -> Bool {
+        if mode == .latency { return true }
+        if bidir { return index < streams }
+        return !reverse
+    }
+
+    /// The same limits as the command line's; the server refuses anything else.
+    func validated() throws -> TestParameters {
+        guard (1...128).contains(streams) else { throw Failure("bad stream count \(streams)") }
+        guard (1...(128 << 20)).contains(blockSize) else { throw Failure("bad block size \(blockSize)") }
+        guard duration.isFinite, duration > 0, duration <= 86_400 else { throw Failure("bad duration \(duration)") }
+        guard bytes >= 0, blocks >= 0 else { throw Failure("bad byte or block count") }
+        guard interval == 0 || (interval.isFinite && interval >= 0.1 && interval <= 60) else { throw Failure("bad interval \(interval)") }
+        guard !(reverse && bidir), !(mode == .latency && (reverse || bidir)) else { throw Failure("bad combination of -R, --bidir and --latency") }
+        if let spinUs, !(0...1_000_000).contains(spinUs) { throw Failure("bad spin budget \(spinUs)") }
+        return self
+    }
+}
+
+/// The server's answer to the parameters, and later its go.
+struct ServerReply: Codable {
+    var error: String?
+}
+
+/// What one side measured, sent to the other at the end so that both can print sender and receiver lines.
+struct SideResults: Codable {
+    var cpu: CPUUsage
+    var streams: [StreamResult]
+}
+
+struct StreamResult: Codable {
+    var index: Int
+    var sender: Bool
+    var bytes: Int
+    var seconds: Double
+}
