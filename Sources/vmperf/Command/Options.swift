@@ -74,6 +74,8 @@ struct Options: ParsableCommand {
 
     /// The second process of `--paper`, started by the first: where to find the shared memory and what to run.
     @Option(help: .hidden) var paperPeer: String?
+    /// A server started by `--compare`: ends when its standard input (a pipe from the comparison) closes.
+    @Flag(help: .hidden) var exitOnStdinEof = false
 
     /// `--transport`: the library's three policies, and a Unix-domain socket.
     enum Choice: String, ExpressibleByArgument, CaseIterable {

@@ -1,5 +1,86 @@
+import Foundation
+import Histogram
+
+/// `vmperf --compare`: the same workloads over shared memory, TCP loopback and a Unix socket, one after another
+/// in one run, against a server process it starts itself; a table of the figures and their ratio to TCP.
 struct Compare {
-    init(_ options: Options, _ report: Report) {}
-    init(_ options: Options, host: String, _ report: Report) {}
-    func run() throws { throw Failure("not built yet") }
+    let options: Options
+    let report: Report
+
+    init(_ options: Options, _ report: Report) {
+        self.options = options
+        self.report = report
+    }
+
+    static let transports: [Options.Choice] = [.shm, .tcp, .unix]
+    static let writeSizes = [64, 1 << 10, 64 << 10, 128 << 10]
+    static let messageSize = 64
+
+    struct Row {
+        var workload: String
+        var blockSize: Int
+        var latency: Bool
+        var figures: [Options.Choice: Figure] = [:]
+    }
+
+    struct Figure {
+        var transport: String
+        var bytesPerSecond: Double = 0
+        var histogram: Histogram<UInt64>?
+    }
+
+    func run() throws {
+        let server = try CompareServer(options: options)
+        defer { server.stop() }
+        report.line("vmperf --compare: \(Self.format(options.duration)) s per workload; a server process on port \(server.port), this process the client")
+        var rows = Self.writeSizes.map { Row(workload: "\(Self.sizeName($0)) writes", blockSize: $0, latency: false) }
+        rows.append(Row(workload: "\(Self.messageSize) B round trip", blockSize: Self.messageSize, latency: true))
+        for transport in Self.transports {
+            for index in rows.indices {
+                report.line("  \(rows[index].workload) over \(transport.rawValue)...")
+                rows[index].figures[transport] = try measure(rows[index], over: transport, port: server.port)
+            }
+        }
+        if report.json {
+            report.document(CompareTable(rows: rows, seconds: options.duration).json())
+        } else {
+            for line in CompareTable(rows: rows, seconds: options.duration).lines() { report.line(line) }
+        }
+    }
+
+    /// One workload over one transport, as a client of our server, with nothing printed.
+    private func measure(_ row: Row, over transport: Options.Choice, port: Int) throws -> Figure {
+        var client = options
+        client.compare = false
+        client.client = "127.0.0.1"
+        client.port = port
+        client.transport = transport
+        client.length = ByteCount(row.blockSize)
+        client.latency = row.latency
+        client.interval = 0
+        client.parallel = 1
+        client.time = options.duration
+        let quiet = try Report(logfile: nil, json: true)
+        let measured: Client.Measurement
+        do {
+            measured = try Client(client, host: "127.0.0.1", quiet).measure()
+        } catch {
+            throw Failure("\(row.workload) over \(transport.rawValue): \(error)")
+        }
+        var figure = Figure(transport: measured.connections.first?.transportDescription ?? transport.rawValue)
+        let received = measured.remote.streams.filter { !$0.sender } + measured.outcome.streams.filter { !$0.sender }
+        let bytes = received.reduce(0) { $0 + $1.bytes }
+        let seconds = received.map(\.seconds).max() ?? 0
+        figure.bytesPerSecond = seconds > 0 ? Double(bytes) / seconds : 0
+        figure.histogram = measured.outcome.histogram
+        return figure
+    }
+
+    static func sizeName(_ size: Int) -> String {
+        size >= 1 << 10 ? "\(size >> 10) KiB" : "\(size) B"
+    }
+
+    static func format(_ seconds: Double) -> String {
+        seconds == seconds.rounded() ? String(Int(seconds)) : String(seconds)
+    }
 }

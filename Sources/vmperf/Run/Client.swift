@@ -32,7 +32,22 @@ struct Client {
         return socket
     }
 
+    /// What a finished test gave this side: its own figures, the server's, and the connections it ran over.
+    struct Measurement {
+        var parameters: TestParameters
+        var connections: [Connection]
+        var cookie: [UInt8]
+        var outcome: TestRun.Outcome
+        var remote: SideResults
+    }
+
     func run() throws {
+        let measured = try measure()
+        print(measured)
+    }
+
+    /// Runs one test against the server and returns both sides' figures. Prints only progress lines.
+    func measure() throws -> Measurement {
         let parameters = self.parameters
         let cookie = Greeting.newCookie()
         report.line("Connecting to host \(host), port \(options.port)")
@@ -61,10 +76,17 @@ struct Client {
         let outcome = try run.run(printInterval: intervals.print)
         try channel.send(SideResults(cpu: outcome.cpu, streams: outcome.streams))
         let remote = try channel.receive(SideResults.self, timeout: 60, what: "the server's results")
+        return Measurement(parameters: parameters, connections: connections, cookie: cookie, outcome: outcome, remote: remote)
+    }
+
+    /// The summary (human) or the whole document (-J).
+    private func print(_ measured: Measurement) {
+        let (parameters, connections, outcome, remote) = (measured.parameters, measured.connections, measured.outcome, measured.remote)
         let summary = Summary(parameters: parameters, side: .client, local: outcome, remote: remote, format: options.format)
+        let intervals = IntervalReport(parameters: parameters, side: .client, report: report, format: options.format)
         if report.json {
             report.document(.object([
-                ("start", start(parameters, connections, cookie: cookie)),
+                ("start", start(parameters, connections, cookie: measured.cookie)),
                 ("intervals", intervals.json(outcome.intervals)),
                 ("end", summary.endJSON()),
             ]))

@@ -13,6 +13,7 @@ struct Server {
     }
 
     func run() throws {
+        if options.exitOnStdinEof { Self.exitWhenStdinCloses() }
         var socketOptions = VMSocketOptions()
         if let ringSize = options.ringSize { socketOptions.ringSize = ringSize.value }
         let listener: VMListener
@@ -41,6 +42,16 @@ struct Server {
             if options.oneOff { return }
             test += 1
         }
+    }
+
+    /// For a server started by `--compare`: its parent holds our standard input open, so end of file means the
+    /// parent is gone (even killed with SIGKILL) and we go too, leaving nothing behind.
+    private static func exitWhenStdinCloses() {
+        Thread {
+            var byte: UInt8 = 0
+            while read(0, &byte, 1) != 0 {}
+            exit(0)
+        }.start()
     }
 
     private func note(_ text: String) {

@@ -1,0 +1,100 @@
+import Foundation
+
+/// The comparison's table: a row per workload, a column per transport, each figure with its ratio to TCP
+/// (how many times the throughput; how many times lower the round trip).
+struct CompareTable {
+    let rows: [Compare.Row]
+    let seconds: Double
+
+    private static let columns: [(Options.Choice, String)] = [(.shm, "shared memory"), (.tcp, "TCP loopback"), (.unix, "Unix socket")]
+
+    func lines() -> [String] {
+        let pad = { (text: String, width: Int) in text.padding(toLength: max(width, text.count), withPad: " ", startingAt: 0) }
+        var lines = [
+            "",
+            pad("workload", 22) + Self.columns.map { pad($0.1, 24) }.joined(),
+        ]
+        for row in rows {
+            if row.latency {
+                for (label, pick) in Self.latencyStatistics {
+                    lines.append(pad("\(row.workload), \(label)", 22) + Self.columns.map { column in
+                        pad(latencyCell(row, column.0, pick), 24)
+                    }.joined())
+                }
+            } else {
+                lines.append(pad(row.workload, 22) + Self.columns.map { pad(throughputCell(row, $0.0), 24) }.joined())
+            }
+        }
+        lines.append("")
+        lines.append("Throughput in GB/s (10^9 bytes per second, as the receiver counted them), round trips in usec;")
+        lines.append("in parentheses: times TCP's throughput, times lower than TCP's round trip. Transports used:")
+        for (choice, _) in Self.columns {
+            lines.append("  \(choice.rawValue): \(rows.first?.figures[choice]?.transport ?? "-")")
+        }
+        return lines
+    }
+
+    static let latencyStatistics: [(String, @Sendable (Compare.Figure) -> Double)] = [
+        ("mean", { $0.histogram.map { $0.mean } ?? 0 }),
+        ("p50", { $0.histogram.map { Double($0.valueAtPercentile(50)) } ?? 0 }),
+        ("p99", { $0.histogram.map { Double($0.valueAtPercentile(99)) } ?? 0 }),
+    ]
+
+    private func throughputCell(_ row: Compare.Row, _ transport: Options.Choice) -> String {
+        guard let figure = row.figures[transport] else { return "-" }
+        let value = figure.bytesPerSecond / 1e9
+        let tcp = row.figures[.tcp]?.bytesPerSecond ?? 0
+        return String(format: "%.3g GB/s (%.1fx)", value, tcp > 0 ? figure.bytesPerSecond / tcp : 0)
+    }
+
+    private func latencyCell(_ row: Compare.Row, _ transport: Options.Choice, _ pick: (Compare.Figure) -> Double) -> String {
+        guard let figure = row.figures[transport] else { return "-" }
+        let value = pick(figure)
+        let tcp = row.figures[.tcp].map(pick) ?? 0
+        return String(format: "%.3g usec (%.1fx)", value / 1000, value > 0 ? tcp / value : 0)
+    }
+
+    func json() -> JSON {
+        var throughput: [JSON] = []
+        var latency: JSON = .null
+        for row in rows {
+            let tcp = row.figures[.tcp]
+            var results: [(String, JSON)] = []
+            for (choice, _) in Self.columns {
+                guard let figure = row.figures[choice] else { continue }
+                if row.latency, let histogram = figure.histogram {
+                    var stats = JSONDocument.latency(histogram, size: row.blockSize)
+                    let ratio = (tcp?.histogram?.mean ?? 0) / max(histogram.mean, 1e-9)
+                    if case .object(var members) = stats {
+                        members.append(("transport", .string(figure.transport)))
+                        members.append(("tcp_over_this_mean", .double(ratio)))
+                        stats = .object(members)
+                    }
+                    results.append((choice.rawValue, stats))
+                } else {
+                    results.append((choice.rawValue, .object([
+                        ("transport", .string(figure.transport)),
+                        ("bytes_per_second", .double(figure.bytesPerSecond)),
+                        ("bits_per_second", .double(figure.bytesPerSecond * 8)),
+                        ("ratio_to_tcp", .double((tcp?.bytesPerSecond ?? 0) > 0 ? figure.bytesPerSecond / tcp!.bytesPerSecond : 0)),
+                    ])))
+                }
+            }
+            if row.latency {
+                latency = .object([("message_size", .int(row.blockSize)), ("results", .object(results))])
+            } else {
+                throughput.append(.object([("block_size", .int(row.blockSize)), ("results", .object(results))]))
+            }
+        }
+        return .object([
+            ("compare", .object([
+                ("version", .string(JSONDocument.version)),
+                ("system_info", .string(JSONDocument.systemInfo)),
+                ("timestamp", JSONDocument.timestamp()),
+                ("seconds_per_workload", .double(seconds)),
+                ("throughput", .array(throughput)),
+                ("latency", latency),
+            ])),
+        ])
+    }
+}
