@@ -75,12 +75,14 @@ struct Door {
             var wait: Int32 = -1
             if let deadline {
                 let now = monotonicNanos()
-                if now >= deadline { return nil }
-                wait = Int32((deadline - now) / 1_000_000) + 1
+                wait = now >= deadline ? 0 : Int32((deadline - now) / 1_000_000) + 1
             }
             let ready = poll(&fds, nfds_t(fds.count), wait)
             if ready < 0 && errno != EINTR { throw Failure("poll on the listeners failed: \(errorText())") }
-            guard ready > 0 else { continue }
+            if ready <= 0 {
+                if let deadline, monotonicNanos() >= deadline { return nil }  // polled at least once
+                continue
+            }
             var accepted: Connection? = nil
             if fds[0].revents != 0 {
                 do {

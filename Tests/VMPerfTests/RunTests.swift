@@ -1,0 +1,169 @@
+import Foundation
+import XCTest
+
+/// Short real runs of each mode over each transport, a server and a client process, with the -J document
+/// checked key by key against iperf3's structure (the keys iperf3 3.12 writes, plus test_start.bidir).
+final class RunTests: XCTestCase {
+    static let spanKeys = ["socket", "start", "end", "seconds", "bytes", "bits_per_second", "sender"]
+    static let sumKeys = ["start", "end", "seconds", "bytes", "bits_per_second", "sender"]
+
+    /// Checks the iperf3 key list; returns the document.
+    @discardableResult
+    func checkIperf3Keys(_ document: [String: Any], client: Bool = true, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
+        let start = try XCTUnwrap(document["start"] as? [String: Any], file: file, line: line)
+        for key in ["version", "system_info", "timestamp", "connected", "test_start", "vmsock"] {
+            XCTAssertNotNil(start[key], "start.\(key)", file: file, line: line)
+        }
+        XCTAssertNotNil(start[client ? "connecting_to" : "accepted_connection"], file: file, line: line)
+        let timestamp = try XCTUnwrap(start["timestamp"] as? [String: Any])
+        XCTAssertNotNil(timestamp["time"] as? String)
+        XCTAssertNotNil(timestamp["timesecs"] as? Int)
+        let connected = try XCTUnwrap(start["connected"] as? [[String: Any]])
+        XCTAssertFalse(connected.isEmpty)
+        for key in ["socket", "local_host", "local_port", "remote_host", "remote_port"] {
+            XCTAssertNotNil(connected[0][key], "connected[].\(key)", file: file, line: line)
+        }
+        let testStart = try XCTUnwrap(start["test_start"] as? [String: Any])
+        XCTAssertEqual(testStart["protocol"] as? String, "TCP")
+        for key in ["num_streams", "blksize", "omit", "duration", "bytes", "blocks", "reverse", "bidir"] {
+            XCTAssertNotNil(testStart[key] as? Int, "test_start.\(key)", file: file, line: line)
+        }
+        let intervals = try XCTUnwrap(document["intervals"] as? [[String: Any]])
+        for interval in intervals {
+            let streams = try XCTUnwrap(interval["streams"] as? [[String: Any]])
+            for stream in streams {
+                for key in Self.spanKeys + ["omitted"] { XCTAssertNotNil(stream[key], "intervals[].streams[].\(key)", file: file, line: line) }
+            }
+            let sum = try XCTUnwrap(interval["sum"] as? [String: Any])
+            for key in Self.sumKeys { XCTAssertNotNil(sum[key], "intervals[].sum.\(key)", file: file, line: line) }
+        }
+        let end = try XCTUnwrap(document["end"] as? [String: Any])
+        let streams = try XCTUnwrap(end["streams"] as? [[String: Any]])
+        XCTAssertFalse(streams.isEmpty)
+        for stream in streams {
+            for side in ["sender", "receiver"] {
+                let record = try XCTUnwrap(stream[side] as? [String: Any], "end.streams[].\(side)", file: file, line: line)
+                for key in Self.spanKeys { XCTAssertNotNil(record[key], "end.streams[].\(side).\(key)", file: file, line: line) }
+            }
+        }
+        for name in ["sum_sent", "sum_received"] {
+            let sum = try XCTUnwrap(end[name] as? [String: Any], "end.\(name)", file: file, line: line)
+            for key in Self.sumKeys { XCTAssertNotNil(sum[key], "end.\(name).\(key)", file: file, line: line) }
+        }
+        let cpu = try XCTUnwrap(end["cpu_utilization_percent"] as? [String: Any])
+        for key in ["host_total", "host_user", "host_system", "remote_total", "remote_user", "remote_system"] {
+            XCTAssertNotNil(cpu[key] as? Double ?? (cpu[key] as? Int).map(Double.init), "cpu.\(key)", file: file, line: line)
+        }
+        XCTAssertNil(document["error"], file: file, line: line)
+        return document
+    }
+
+    private func vmsock(_ document: [String: Any]) -> [String: Any] {
+        (document["start"] as? [String: Any])?["vmsock"] as? [String: Any] ?? [:]
+    }
+
+    private func end(_ document: [String: Any], _ key: String) -> [String: Any] {
+        (document["end"] as? [String: Any])?[key] as? [String: Any] ?? [:]
+    }
+
+    func testThroughputOverSharedMemoryAndTCP() throws {
+        for (transport, expected) in [("shm", "shared memory"), ("tcp", "TCP")] {
+            let (client, server) = try VMPerf.clientAgainstServer(["-t", "0.6", "-i", "0.2", "-J", "--transport", transport], serverArguments: ["-J"])
+            XCTAssertEqual(client.status, 0, client.stderr)
+            let document = try checkIperf3Keys(client.json())
+            XCTAssertEqual(vmsock(document)["transport"] as? String, expected)
+            XCTAssertGreaterThanOrEqual((document["intervals"] as? [Any])?.count ?? 0, 2)
+            let sent = end(document, "sum_sent")["bytes"] as? Int ?? 0
+            XCTAssertGreaterThan(sent, 0)
+            XCTAssertEqual(end(document, "sum_received")["bytes"] as? Int, sent, "every byte sent arrives")
+            XCTAssertEqual(server.status, 0, server.stderr)
+            try checkIperf3Keys(server.json(), client: false)
+        }
+    }
+
+    func testByteAndBlockCountsAcrossParallelStreams() throws {
+        let (bytes, _) = try VMPerf.clientAgainstServer(["-n", "10M", "-P", "3", "-J", "-l", "100K"])
+        XCTAssertEqual(bytes.status, 0, bytes.stderr)
+        let document = try checkIperf3Keys(bytes.json())
+        XCTAssertEqual(end(document, "sum_sent")["bytes"] as? Int, 10 << 20)
+        XCTAssertEqual(end(document, "sum_received")["bytes"] as? Int, 10 << 20)
+        let (blocks, _) = try VMPerf.clientAgainstServer(["-k", "1000", "-l", "1K", "-J", "--transport", "tcp"])
+        XCTAssertEqual(blocks.status, 0, blocks.stderr)
+        XCTAssertEqual(end(try blocks.json(), "sum_received")["bytes"] as? Int, 1000 << 10)
+    }
+
+    func testReverseAndBidirectional() throws {
+        let (reverse, _) = try VMPerf.clientAgainstServer(["-R", "-t", "0.5", "-P", "2"])
+        XCTAssertEqual(reverse.status, 0, reverse.stderr)
+        XCTAssertTrue(reverse.stdout.contains("Reverse mode"), reverse.stdout)
+        XCTAssertTrue(reverse.stdout.contains("[SUM]"), reverse.stdout)
+        XCTAssertTrue(reverse.stdout.contains("receiver"))
+        let (bidir, _) = try VMPerf.clientAgainstServer(["--bidir", "-t", "0.5", "-J", "--transport", "tcp"])
+        XCTAssertEqual(bidir.status, 0, bidir.stderr)
+        let document = try checkIperf3Keys(bidir.json())
+        XCTAssertGreaterThan(end(document, "sum_received_bidir_reverse")["bytes"] as? Int ?? 0, 0)
+        XCTAssertEqual(((document["end"] as? [String: Any])?["streams"] as? [Any])?.count, 2)
+    }
+
+    func testUnixSocketTransport() throws {
+        let (client, _) = try VMPerf.clientAgainstServer(["--transport", "unix", "-t", "0.4", "-J"])
+        XCTAssertEqual(client.status, 0, client.stderr)
+        XCTAssertEqual(vmsock(try checkIperf3Keys(client.json()))["transport"] as? String, "Unix socket")
+    }
+
+    func testLatencyOverSharedMemoryAndTCP() throws {
+        for transport in ["shm", "tcp"] {
+            let (client, _) = try VMPerf.clientAgainstServer(["--latency", "-t", "0.5", "-J", "--transport", transport])
+            XCTAssertEqual(client.status, 0, client.stderr)
+            let document = try checkIperf3Keys(client.json())
+            let latency = end(document, "latency")
+            XCTAssertGreaterThan(latency["round_trips"] as? Int ?? 0, 100)
+            XCTAssertEqual(latency["message_size"] as? Int, 64)
+            let value = { (key: String) in (latency[key] as? Double) ?? (latency[key] as? Int).map(Double.init) ?? -1 }
+            for key in ["mean", "stddev", "min", "max"] { XCTAssertGreaterThanOrEqual(value(key), 0, key) }
+            let percentiles = try XCTUnwrap(latency["percentiles"] as? [String: Any])
+            XCTAssertEqual(Set(percentiles.keys), ["25", "50", "75", "90", "99", "99.9", "99.99", "99.999"])
+            let p50 = (percentiles["50"] as? Double) ?? Double(percentiles["50"] as? Int ?? -1)
+            XCTAssertLessThanOrEqual(value("min"), p50)
+            XCTAssertLessThanOrEqual(p50, value("max"))
+        }
+        let (human, _) = try VMPerf.clientAgainstServer(["--latency", "-t", "0.3"])
+        XCTAssertTrue(human.stdout.contains("avg-rtt="), human.stdout)
+        XCTAssertTrue(human.stdout.contains("percentile 99.999 ="), human.stdout)
+    }
+
+    func testCompareRunsEveryTransportAndWorkload() throws {
+        let result = try VMPerf.run(["--compare", "-t", "0.2", "-J"], timeout: 120)
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let compare = try XCTUnwrap(try result.json()["compare"] as? [String: Any])
+        let throughput = try XCTUnwrap(compare["throughput"] as? [[String: Any]])
+        XCTAssertEqual(throughput.compactMap { $0["block_size"] as? Int }, [64, 1024, 65536, 131072])
+        for row in throughput {
+            let results = try XCTUnwrap(row["results"] as? [String: [String: Any]])
+            XCTAssertEqual(Set(results.keys), ["shm", "tcp", "unix"])
+            XCTAssertEqual(results["shm"]?["transport"] as? String, "shared memory")
+            for figure in results.values { XCTAssertGreaterThan(figure["bytes_per_second"] as? Double ?? 0, 0) }
+        }
+        let latency = try XCTUnwrap((compare["latency"] as? [String: Any])?["results"] as? [String: [String: Any]])
+        XCTAssertEqual(Set(latency.keys), ["shm", "tcp", "unix"])
+    }
+
+    /// A second client during a test is told the server is busy; a client killed mid-test does not stop the
+    /// server, which serves the next one.
+    func testBusyServerAndKilledClient() throws {
+        let port = String(VMPerf.freePort())
+        let server = try VMPerf.Running(["-s", "-p", port])
+        defer { kill(server.process.processIdentifier, SIGKILL) }
+        VMPerf.waitForListener(port: port)
+        let first = try VMPerf.Running(["-c", "127.0.0.1", "-p", port, "-t", "3"])
+        usleep(1_000_000)
+        let second = try VMPerf.run(["-c", "127.0.0.1", "-p", port, "-t", "1"])
+        XCTAssertEqual(second.status, 1)
+        XCTAssertTrue(second.stderr.contains("busy"), second.stderr)
+        kill(first.process.processIdentifier, SIGKILL)
+        _ = first.wait()
+        let third = try VMPerf.run(["-c", "127.0.0.1", "-p", port, "-t", "0.3"], timeout: 30)
+        XCTAssertEqual(third.status, 0, third.stderr)
+        XCTAssertTrue(server.process.isRunning)
+    }
+}
