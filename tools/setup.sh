@@ -21,8 +21,17 @@ command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v ss >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The Python "iperf3" module: its TestResult is a real consumer of iperf3's JSON, which vmperf -J must satisfy
+# (interop/vmperf-iperf3-json.test.sh). Only its JSON parser is used; a failed install makes that test skip.
+if ! python3 -c "import iperf3" >/dev/null 2>&1; then
+    echo "setup: installing the Python iperf3 module (pip)"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "iperf3==0.1.11" >/dev/null 2>&1 \
+        || echo "setup: could not install the Python iperf3 module; its interop test will skip" >&2
 fi

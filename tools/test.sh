@@ -31,6 +31,11 @@ if pgrep -x vmsock-testpeer >/dev/null; then
     pkill -9 -x vmsock-testpeer || true
     left=1
 fi
+if pgrep -x vmperf >/dev/null; then
+    echo "test.sh: vmperf processes were left running:" >&2
+    pgrep -a -x vmperf >&2
+    left=1
+fi
 if pgrep -x vmcat >/dev/null; then
     echo "test.sh: vmcat processes were left running:" >&2
     pgrep -a -x vmcat >&2
