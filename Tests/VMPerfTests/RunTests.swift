@@ -105,6 +105,21 @@ final class RunTests: XCTestCase {
         XCTAssertEqual(((document["end"] as? [String: Any])?["streams"] as? [Any])?.count, 2)
     }
 
+    func testVerboseAndLogfile() throws {
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("vmperf-\(getpid()).log").path
+        defer { try? FileManager.default.removeItem(atPath: log) }
+        let (client, _) = try VMPerf.clientAgainstServer(["-t", "0.3", "-V", "--logfile", log])
+        XCTAssertEqual(client.status, 0, client.stderr)
+        XCTAssertEqual(client.stdout, "", "with --logfile the output goes to the file")
+        let text = try String(contentsOfFile: log, encoding: .utf8)
+        XCTAssertTrue(text.contains("Starting Test: protocol: TCP, 1 streams, 131072 byte blocks"), text)
+        XCTAssertTrue(text.contains("CPU Utilization: local/sender"), text)
+        XCTAssertTrue(text.contains("via shared memory"), text)
+        let bad = try VMPerf.run(["-c", "127.0.0.1", "--logfile", "/nonexistent/dir/x.log"])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.contains("unable to open log file"), bad.stderr)
+    }
+
     func testUnixSocketTransport() throws {
         let (client, _) = try VMPerf.clientAgainstServer(["--transport", "unix", "-t", "0.4", "-J"])
         XCTAssertEqual(client.status, 0, client.stderr)

@@ -67,6 +67,13 @@ struct Client {
         }
         try expectGo(channel, what: "the server's go")
         if parameters.reverse { report.line("Reverse mode, remote host \(host) is sending") }
+        if options.verbose {
+            let end = parameters.bytes > 0 ? "\(parameters.bytes) bytes to send" : parameters.blocks > 0
+                ? "\(parameters.blocks) blocks to send" : "\(Compare.format(parameters.duration)) second test"
+            report.line("Starting Test: protocol: TCP, \(parameters.streams) streams, \(parameters.blockSize) byte blocks, "
+                        + "omitting 0 seconds, \(end), tos 0; transport: \(connections.first?.transportDescription ?? "-")"
+                        + (connections.first?.ringSize.map { ", ring \($0) bytes" } ?? ""))
+        }
         if parameters.mode == .latency {
             report.line("Round trips of \(parameters.blockSize) bytes, \(parameters.streams) stream(s)")
         }
