@@ -32,5 +32,37 @@ for fn in SharedMemoryStreamC5write SharedMemoryStreamC4read4into VMSocketC5writ
         status=1
     fi
 done
-[ $status = 0 ] && echo "ok: no allocation, ARC, lock or exclusivity call in read or write"
+
+# vmperf's pumps, which go through the zero-copy calls (writeInPlace, readInPlace): 8 MiB in 64-byte blocks from
+# a client under callgrind to a plain server (Pump.send), then back (-R: Pump.receive).
+swift build -c release --product vmperf >/dev/null
+cp .build/release/vmperf "$work/vmperf-stripped"
+objcopy --strip-debug "$work/vmperf-stripped"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$work/vmperf-stripped" -s -p "$port" >/dev/null &
+server=$!
+sleep 0.5
+for direction in send receive; do
+    flags=(-c 127.0.0.1 -p "$port" -n 8M -l 64 --transport shm -i 0)
+    [ $direction = receive ] && flags+=(-R)
+    valgrind --tool=callgrind --callgrind-out-file="$work/vmperf-$direction.out" "$work/vmperf-stripped" "${flags[@]}" \
+        >/dev/null 2>"$work/valgrind.log" || { cat "$work/valgrind.log"; status=1; }
+    callgrind_annotate --tree=calling --inclusive=yes "$work/vmperf-$direction.out" >"$work/tree.txt" 2>/dev/null
+    # The pump specialized for VMSocket, and what the zero-copy calls inside it reach.
+    for fn in "4Pump.*4send.*VMSocket" "4Pump.*7receive.*VMSocket" "VMSocketC12writeInPlace" "VMSocketC11readInPlace" \
+              "SharedMemoryStreamC12writeInPlace" "SharedMemoryStreamC11readInPlace"; do
+        awk -v fn="$fn" '$0 ~ "\\* .*"fn { on = 1; next } on && /^ *[0-9,]+ .* > / { print; next } on { exit }' "$work/tree.txt" \
+            | sed -e 's/ \[.*//' -e 's/^ *[0-9,]* ([ 0-9.%]*) *> *//' >"$work/callees.txt"
+        [ -s "$work/callees.txt" ] || continue
+        echo "== vmperf $direction: what $fn calls:"
+        cat "$work/callees.txt"
+        if grep -E 'swift_retain|swift_release|swift_allocObject|malloc|swift_beginAccess|pthread_mutex' "$work/callees.txt"; then
+            echo "FAIL: runtime calls on vmperf's data path (above)"
+            status=1
+        fi
+    done
+done
+kill "$server" 2>/dev/null || true
+wait "$server" 2>/dev/null || true
+[ $status = 0 ] && echo "ok: no allocation, ARC, lock or exclusivity call in read, write or vmperf's pumps"
 exit $status

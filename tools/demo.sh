@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The main demo (README): set-up, release build, then two processes stream through vmsock shared memory and
-# the rate and a 64-byte round trip are printed. Arguments go to vmsock-demo (try --help).
+# The main demo (README): set-up, release build, then `vmperf --compare`: the same workloads over vmsock shared
+# memory, TCP loopback and a Unix socket, in one run, against a server process it starts itself. Arguments go to
+# vmperf (e.g. `-t 5` seconds per workload, `-J` for JSON; `--help` lists them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
 tools/setup.sh
-swift build -c release --product vmsock-demo >/dev/null
-exec .build/release/vmsock-demo "$@"
+swift build -c release --product vmperf >/dev/null
+exec .build/release/vmperf --compare "$@"

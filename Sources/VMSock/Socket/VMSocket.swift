@@ -142,12 +142,12 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// The bytes belong to the peer's memory: a hostile peer can change them while `body` looks at them, so copy
     /// before validating anything you do not want changed under you. Do not keep the pointer after `body` returns.
     /// Over TCP the bytes lie in a private buffer of the socket instead (one copy, same contract).
+    @inline(__always)
     public func readInPlace(_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int {
-        if transport == .sharedMemory {
-            try shm.unsafelyUnwrapped.readInPlace(body)
-        } else {
-            try tcp.unsafelyUnwrapped.readInPlace(body)
+        if let fastSHM {
+            return try fastSHM._withUnsafeGuaranteedRef { try $0.readInPlace(body) }
         }
+        return try tcp.unsafelyUnwrapped.readInPlace(body)
     }
 
     // MARK: Writing
@@ -191,12 +191,12 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// the free space in the ring, and publishes as many bytes as it returns. Over TCP, `body` fills a private
     /// buffer (at least 64 KiB) that is sent in full before this returns.
     @discardableResult
+    @inline(__always)
     public func writeInPlace(minimum: Int = 1, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int {
-        if transport == .sharedMemory {
-            try shm.unsafelyUnwrapped.writeInPlace(minimum: minimum, body)
-        } else {
-            try tcp.unsafelyUnwrapped.writeInPlace(minimum: minimum, body)
+        if let fastSHM {
+            return try fastSHM._withUnsafeGuaranteedRef { try $0.writeInPlace(minimum: minimum, body) }
         }
+        return try tcp.unsafelyUnwrapped.writeInPlace(minimum: minimum, body)
     }
 
     // MARK: Shutdown and close
