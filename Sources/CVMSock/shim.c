@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <string.h>
 #include <poll.h>
+#include <sched.h>
+#include <sys/prctl.h>
 
 _Static_assert(VMS_POLLRDHUP == POLLRDHUP, "POLLRDHUP");
 
@@ -40,3 +42,9 @@ size_t vms_cmsg_len(size_t data_len) { return CMSG_LEN(data_len); }
 struct cmsghdr *vms_cmsg_firsthdr(struct msghdr *msg) { return CMSG_FIRSTHDR(msg); }
 struct cmsghdr *vms_cmsg_nxthdr(struct msghdr *msg, struct cmsghdr *cmsg) { return CMSG_NXTHDR(msg, cmsg); }
 unsigned char *vms_cmsg_data(struct cmsghdr *cmsg) { return CMSG_DATA(cmsg); }
+
+_Static_assert(sizeof(vms_cpu_mask) == sizeof(cpu_set_t), "vms_cpu_mask mirrors cpu_set_t");
+
+int vms_get_affinity(vms_cpu_mask *mask) { return sched_getaffinity(0, sizeof(*mask), (cpu_set_t *)mask); }
+int vms_set_affinity(const vms_cpu_mask *mask) { return sched_setaffinity(0, sizeof(*mask), (const cpu_set_t *)mask); }
+int vms_set_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0); }

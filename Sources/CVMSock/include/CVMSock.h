@@ -1,7 +1,8 @@
 #ifndef VMSOCK_CVMSOCK_H
 #define VMSOCK_CVMSOCK_H
 // The small part of vmsock that Swift cannot import: memfd and its seals, eventfd (tests), epoll, the CMSG_* macros for
-// SCM_RIGHTS, SO_PEERCRED, a CPU pause hint, and atomics on memory that another process maps.
+// SCM_RIGHTS, SO_PEERCRED, a CPU pause hint, atomics on memory that another process maps, and CPU affinity and the
+// parent-death signal (vmperf --paper).
 // Everything else stays in Swift. Constants that glibc only shows under _GNU_SOURCE are numbered here (they are
 // Linux ABI) and pinned against the real headers by _Static_assert in shim.c.
 
@@ -44,11 +45,15 @@ unsigned char *vms_cmsg_data(struct cmsghdr *cmsg);
 // One owner per shared word: these are the only functions that touch the words of the ring header.
 static inline uint64_t vms_load_acquire_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline uint32_t vms_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+// A release store: what a turn-passing flag needs (the writes before it are seen by whoever reads it with acquire).
+// On x86 it is a plain MOV, like the paper's volatile store.
+static inline void vms_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 // Sequentially consistent store and load: the two halves of the need-wakeup (Dekker) handshake. On x86 the
 // store is an XCHG, which is also the full fence the pattern needs between "publish" and "read the flag".
 static inline void vms_store_seqcst_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
 static inline void vms_store_seqcst_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
 static inline uint32_t vms_load_seqcst_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static inline uint64_t vms_load_seqcst_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline void vms_fence_seqcst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 /// Atomically sets bits in a word we own; returns the new value.
 static inline uint32_t vms_fetch_or_u32(uint32_t *p, uint32_t bits) { return __atomic_or_fetch(p, bits, __ATOMIC_SEQ_CST); }
@@ -61,6 +66,17 @@ static inline void vms_cpu_relax(void) {
     __asm__ __volatile__("yield");
 #endif
 }
+
+// MARK: CPU affinity and parent death (vmperf --paper)
+// sched_setaffinity needs _GNU_SOURCE and prctl is variadic, so neither reaches Swift. A mask is glibc's cpu_set_t
+// (1024 CPUs, bit n of word n / 64), copied out so that it can be saved and put back.
+typedef struct { uint64_t bits[16]; } vms_cpu_mask;
+/// The calling thread's allowed CPUs (sched_getaffinity). Returns 0 or -1 with errno set.
+int vms_get_affinity(vms_cpu_mask *mask);
+/// Restricts the calling thread to `mask` (sched_setaffinity). Returns 0 or -1 with errno set.
+int vms_set_affinity(const vms_cpu_mask *mask);
+/// prctl(PR_SET_PDEATHSIG, sig): the kernel sends `sig` to us when the thread that started us exits.
+int vms_set_parent_death_signal(int sig);
 
 // MARK: test pattern
 // A deterministic pseudo-random byte stream: the byte at stream offset o depends only on (seed, o), so a receiver
