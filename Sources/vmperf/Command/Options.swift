@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import VMSock
 
 /// The command line: iperf3's flags (`-s`, `-c host`, `-p`, `-t`/`-n`/`-k`, `-l`, `-P`, `-R`, `--bidir`, `-i`, `-f`,
@@ -61,8 +62,12 @@ struct Options: ParsableCommand {
     // MARK: vmsock
     @Option(help: "auto (shared memory when the server is a vmsock listener on this host, else TCP), shm, tcp, or unix (a Unix-domain socket, for comparison).")
     var transport: Choice = .auto
-    @Option(help: "Bytes of each shared-memory ring (a power of two, 4 KiB to 64 MiB; default 256 KiB).")
+    @Option(name: [.customLong("ring-size"), .customShort("w"), .customLong("window")],
+            help: "Bytes of each shared-memory ring this side writes (a power of two, 4 KiB to 64 MiB; default 4 MiB). -w/--window as iperf3's socket buffer size.")
     var ringSize: ByteCount?
+    @Option(name: [.customShort("A"), .customLong("affinity")],
+            help: "n[,m]: run this side's streams on CPU n, and the server's on CPU m (iperf3's -A).")
+    var affinity: String?
     @Option(help: "Microseconds a blocked shared-memory call spins before it sleeps (default: VMSOCK_SPIN_US or 50).")
     var spinUs: Int?
 
@@ -117,6 +122,13 @@ struct Options: ParsableCommand {
             throw ValidationError("ring size \(ringSize.value) is invalid (a power of two, 4096 to 67108864)")
         }
         if let spinUs, !(0...1_000_000).contains(spinUs) { throw ValidationError("--spin-us \(spinUs) is out of range (0 to 1000000)") }
+        if let affinity {
+            let parts = affinity.split(separator: ",", omittingEmptySubsequences: false)
+            let online = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+            guard (1...2).contains(parts.count), parts.allSatisfy({ Int($0).map { $0 >= 0 && $0 < online } ?? false }) else {
+                throw ValidationError("-A \(affinity) is invalid: want n or n,m with CPU numbers from 0 to \(online - 1)")
+            }
+        }
         guard (1...1000).contains(runs) else { throw ValidationError("--runs \(runs) is out of range (1 to 1000)") }
         guard (1...100_000_000).contains(iterations) else {
             throw ValidationError("--iterations \(iterations) is out of range (1 to 100000000)")
@@ -141,6 +153,18 @@ struct Options: ParsableCommand {
             }
         }
         return out
+    }
+
+    /// vmperf's rings: 4 MiB unless told. The library's default (256 KiB) holds only two 128 KiB blocks, so the
+    /// writer waits for the reader block by block; with 2 MiB or more both run at once (README, vmperf).
+    static let defaultRingSize = 4 << 20
+    var effectiveRingSize: Int { ringSize?.value ?? Self.defaultRingSize }
+
+    /// `-A n[,m]`: this side's CPU and the server's.
+    var cpus: (local: Int?, remote: Int?) {
+        guard let affinity else { return (nil, nil) }
+        let parts = affinity.split(separator: ",", omittingEmptySubsequences: false).map { Int($0) }
+        return (parts.first ?? nil, parts.count > 1 ? parts[1] : nil)
     }
 
     static func validRing(_ size: Int) -> Bool { size >= 4096 && size <= 64 << 20 && size & (size - 1) == 0 }

@@ -32,7 +32,8 @@ struct Compare {
     func run() throws {
         let server = try CompareServer(options: options)
         defer { server.stop() }
-        report.line("vmperf --compare: \(Self.format(options.duration)) s per workload; a server process on port \(server.port), this process the client")
+        report.line("vmperf --compare: \(Self.format(options.duration)) s per workload; a server process on port \(server.port), "
+                    + "this process the client; rings of \(options.effectiveRingSize >> 10) KiB; " + placement)
         var rows = Self.writeSizes.map { Row(workload: "\(Self.sizeName($0)) writes", blockSize: $0, latency: false) }
         rows.append(Row(workload: "\(Self.messageSize) B round trip", blockSize: Self.messageSize, latency: true))
         for transport in Self.transports {
@@ -48,6 +49,19 @@ struct Compare {
         }
     }
 
+    /// Where the streams run: -A if given; else, with two CPUs or more, the client's on CPU 0 and the server's on
+    /// CPU 1, since two busy threads the scheduler puts on one core (it does, now and then) halve a figure.
+    private var affinity: String? {
+        if let given = options.affinity { return given }
+        return sysconf(Int32(_SC_NPROCESSORS_ONLN)) >= 2 ? "0,1" : nil
+    }
+
+    private var placement: String {
+        guard let affinity else { return "one CPU: streams not pinned" }
+        let cpus = affinity.split(separator: ",")
+        return "client streams on CPU \(cpus[0])" + (cpus.count > 1 ? ", server streams on CPU \(cpus[1])" : "")
+    }
+
     /// One workload over one transport, as a client of our server, with nothing printed.
     private func measure(_ row: Row, over transport: Options.Choice, port: Int) throws -> Figure {
         var client = options
@@ -60,6 +74,7 @@ struct Compare {
         client.interval = 0
         client.parallel = 1
         client.time = options.duration
+        client.affinity = affinity
         let quiet = try Report(logfile: nil, json: true)
         let measured: Client.Measurement
         do {

@@ -12,7 +12,7 @@ final class CompareServer {
         port = try Self.freePort()
         process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         var arguments = ["-s", "-p", String(port), "--exit-on-stdin-eof"]
-        if let ringSize = options.ringSize { arguments += ["--ring-size", String(ringSize.value)] }
+        arguments += ["--ring-size", String(options.effectiveRingSize)]
         process.arguments = arguments
         process.standardInput = lifeline
         process.standardOutput = FileHandle(forWritingAtPath: "/dev/null")

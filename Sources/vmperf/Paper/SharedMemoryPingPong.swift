@@ -24,9 +24,9 @@ extension Side {
         figures.reserveCapacity(runs)
         for _ in 0..<runs {
             try barrier()
-            let start = monotonicNanos()
+            let start = Int64(monotonicNanos())
             try bench.run(&self, iterations)
-            let elapsed = monotonicNanos() - start
+            let elapsed = Int64(monotonicNanos()) - start
             try bench.verify(&self, iterations)
             figures.append(Double(elapsed) / 1000 / Double(iterations))
         }

@@ -57,7 +57,7 @@ struct Watchdog {
         // The other side is late: it may be waiting for this very CPU (unpinned, one CPU, or a busy machine).
         // Without this, each turn would wait out a whole scheduler time slice.
         sched_yield()
-        let now = monotonicNanos()
+        let now = Int64(monotonicNanos())
         if spins == 1 << 16 {
             waitStarted = now
         } else if now - waitStarted > Self.patience * 1_000_000_000 {
@@ -118,9 +118,3 @@ struct Side {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds.
-@inline(__always) func monotonicNanos() -> Int64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
-}

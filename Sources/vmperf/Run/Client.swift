@@ -17,7 +17,8 @@ struct Client {
         TestParameters(
             mode: options.latency ? .latency : .throughput, streams: options.parallel, blockSize: options.blockSize,
             duration: options.duration, bytes: options.bytes?.value ?? 0, blocks: options.blockcount?.value ?? 0,
-            reverse: options.reverse, bidir: options.bidir, interval: options.interval, spinUs: options.spinUs)
+            reverse: options.reverse, bidir: options.bidir, interval: options.interval, spinUs: options.spinUs,
+            serverCPU: options.cpus.remote)
     }
 
     var socketOptions: VMSocketOptions {
@@ -27,7 +28,7 @@ struct Client {
         case .shm: socket.transport = .shm
         case .tcp, .unix: socket.transport = .tcp
         }
-        if let ringSize = options.ringSize { socket.ringSize = ringSize.value }
+        socket.ringSize = options.effectiveRingSize
         socket.connectTimeout = .seconds(10)
         return socket
     }
@@ -79,7 +80,7 @@ struct Client {
         }
         report.line(HumanLines.header(roles: parameters.bidir, latency: parameters.mode == .latency))
         let intervals = IntervalReport(parameters: parameters, side: .client, report: report, format: options.format)
-        let run = TestRun(parameters, side: .client, connections: connections)
+        let run = TestRun(parameters, side: .client, connections: connections, cpu: options.cpus.local)
         let outcome = try run.run(printInterval: intervals.print)
         try channel.send(SideResults(cpu: outcome.cpu, streams: outcome.streams))
         let remote = try channel.receive(SideResults.self, timeout: 60, what: "the server's results")

@@ -15,7 +15,7 @@ struct Server {
     func run() throws {
         if options.exitOnStdinEof { Self.exitWhenStdinCloses() }
         var socketOptions = VMSocketOptions()
-        if let ringSize = options.ringSize { socketOptions.ringSize = ringSize.value }
+        socketOptions.ringSize = options.effectiveRingSize
         let listener: VMListener
         do {
             listener = try VMListener(host: nil, port: UInt16(options.port), options: socketOptions)

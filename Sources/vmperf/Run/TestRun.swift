@@ -27,8 +27,12 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
     private var histograms: [Histogram<UInt64>] = []
     private var failure: Error?
 
-    init(_ parameters: TestParameters, side: Side, connections: [Connection]) {
+    /// The CPU every pump thread is pinned to (-A), or nil to let the scheduler place them.
+    let cpu: Int?
+
+    init(_ parameters: TestParameters, side: Side, connections: [Connection], cpu: Int? = nil) {
         self.parameters = parameters
+        self.cpu = cpu
         self.side = side
         self.connections = connections
         roles = connections.map { connection in
@@ -97,6 +101,10 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
     private func pump(_ index: Int, startNanos: UInt64) {
         let connection = connections[index]
         do {
+            if let cpu {
+                let code = CPUMask.only(cpu).apply()
+                if code != 0 { throw Failure("cannot run on CPU \(cpu) (-A): \(errorText(code))") }
+            }
             let (bytes, histogram) = try Self.pump(
                 connection, role: roles[index], parameters: parameters, limit: limit(for: index), stop: stop,
                 counter: counters[index])

@@ -55,8 +55,8 @@ extension VMSocket: ByteStream {
         guard transport == .sharedMemory else { return try writeAll(block) }
         var done = 0
         while done < block.count {
-            let wanted = min(block.count - done, ringSize)
-            done += try writeInPlace(minimum: wanted) { space in
+            // writeInPlace caps `minimum` at the ring size itself: a block larger than the ring goes in pieces.
+            done += try writeInPlace(minimum: block.count - done) { space in
                 let n = min(space.count, block.count - done)
                 space.baseAddress!.copyMemory(from: block.baseAddress! + done, byteCount: n)
                 return n
@@ -71,9 +71,12 @@ extension VMSocket: ByteStream {
             return n
         }
         var sum: UInt8 = 0
+        // At most a scratch buffer's worth per call, as a copying reader would take: room returns to the writer
+        // piece by piece instead of once per whole ring.
         let n = try readInPlace { view in
-            sum = touchCacheLines(view)
-            return view.count
+            let piece = UnsafeRawBufferPointer(rebasing: view[..<min(view.count, scratch.count)])
+            sum = touchCacheLines(piece)
+            return piece.count
         }
         touchSink &+= sum
         return n

@@ -50,6 +50,8 @@ struct TestParameters: Codable, Equatable {
     var bidir: Bool
     var interval: Double
     var spinUs: Int?
+    /// The CPU the server runs its streams on (-A n,m), if any.
+    var serverCPU: Int? = nil
 
     /// Connections this test opens: one per stream, two per stream with --bidir.
     var connections: Int { bidir ? streams * 2 : streams }
@@ -70,6 +72,7 @@ struct TestParameters: Codable, Equatable {
         guard interval == 0 || (interval.isFinite && interval >= 0.1 && interval <= 60) else { throw Failure("bad interval \(interval)") }
         guard !(reverse && bidir), !(mode == .latency && (reverse || bidir)) else { throw Failure("bad combination of -R, --bidir and --latency") }
         if let spinUs, !(0...1_000_000).contains(spinUs) { throw Failure("bad spin budget \(spinUs)") }
+        if let serverCPU, !(0..<1024).contains(serverCPU) { throw Failure("bad CPU \(serverCPU)") }
         return self
     }
 }
