@@ -88,6 +88,10 @@ final class PaperTests: XCTestCase {
         try process.run()
         defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
         // Wait until the peer exists, then let the Raw row get going.
+        let children = "/proc/\(process.processIdentifier)/task/\(process.processIdentifier)/children"
+        guard FileManager.default.fileExists(atPath: children) else {
+            throw XCTSkip("this kernel has no /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN) to find the peer by")
+        }
         let peer = try XCTUnwrap(waitForChild(of: process.processIdentifier), "no peer process appeared")
         usleep(300_000)
         kill(peer, SIGKILL)
