@@ -55,7 +55,15 @@ struct Client {
         let control = try dial(Greeting(kind: .control, index: 0, cookie: cookie), index: -1)
         defer { control.close() }
         let channel = ControlChannel(stream: control.stream)
-        try channel.send(parameters)
+        do {
+            try channel.send(parameters)
+        } catch {
+            // A server that refuses may have answered and hung up before we finished sending: its answer says why.
+            if let reply = try? channel.receive(ServerReply.self, timeout: 2, what: "the server's answer"), let refusal = reply.error {
+                throw Failure("the server refused the test: \(refusal)")
+            }
+            throw error
+        }
         try expectGo(channel, what: "the server's answer")
         var connections: [Connection] = []
         defer { for connection in connections { connection.close() } }

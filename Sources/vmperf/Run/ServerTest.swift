@@ -110,8 +110,12 @@ struct ServerTest {
         return try result.value!.get()
     }
 
+    /// Tells another client we are busy. Its parameters are read first (for up to a second): a client still
+    /// sending them would otherwise meet a closed connection (EPIPE, or a TCP reset that loses our answer).
     private func turnAway(_ connection: Connection) {
-        try? ControlChannel(stream: connection.stream).send(ServerReply(error: Self.busy))
+        let channel = ControlChannel(stream: connection.stream)
+        _ = try? channel.receive(TestParameters.self, timeout: 1, what: "the test parameters")
+        try? channel.send(ServerReply(error: Self.busy))
         connection.close()
     }
 }
