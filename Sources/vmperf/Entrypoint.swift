@@ -15,7 +15,7 @@ enum Entrypoint {
                 print(Options.fullMessage(for: error))
                 exit(0)
             }
-            FileHandle.standardError.write(Data("vmperf: error - \(Options.message(for: error)) (usage: vmperf --help)\n".utf8))
+            Report.standardError("vmperf: error - \(Options.message(for: error)) (usage: vmperf --help)\n")
             exit(1)
         }
         signal(SIGPIPE, SIG_IGN)
@@ -23,7 +23,7 @@ enum Entrypoint {
         do {
             report = try Report(logfile: options.logfile, json: options.json)
         } catch {
-            FileHandle.standardError.write(Data("vmperf: error - \(error)\n".utf8))
+            Report.standardError("vmperf: error - \(error)\n")
             exit(1)
         }
         do {
@@ -39,7 +39,7 @@ enum Entrypoint {
                 report.document(.object([("start", .object([])), ("intervals", .array([])), ("end", .object([])),
                                          ("error", .string(String(describing: error)))]))
             } else {
-                FileHandle.standardError.write(Data("vmperf: error - \(error)\n".utf8))
+                Report.standardError("vmperf: error - \(error)\n")
             }
             exit(1)
         }

@@ -120,6 +120,18 @@ final class RunTests: XCTestCase {
         XCTAssertTrue(bad.stderr.contains("unable to open log file"), bad.stderr)
     }
 
+    /// `vmperf ... | head -1`: the reader goes away mid-test; vmperf ends quietly, without a crash report.
+    func testOutputPipeClosedEarly() throws {
+        let port = String(VMPerf.freePort())
+        let server = try VMPerf.Running(["-s", "-1", "-p", port])
+        VMPerf.waitForListener(port: port)
+        let shell = try VMPerf.ShellCommand(
+            "'\(VMPerf.executable.path)' -c 127.0.0.1 -p \(port) -t 1 -i 0.1 | head -1")
+        XCTAssertTrue(shell.stdout.hasPrefix("Connecting to host 127.0.0.1"), shell.stdout)
+        XCTAssertFalse(shell.stderr.contains("crashed") || shell.stderr.contains("Fatal error"), shell.stderr)
+        _ = server.wait(timeout: 15)
+    }
+
     func testUnixSocketTransport() throws {
         let (client, _) = try VMPerf.clientAgainstServer(["--transport", "unix", "-t", "0.4", "-J"])
         XCTAssertEqual(client.status, 0, client.stderr)

@@ -63,6 +63,26 @@ enum VMPerf {
         }
     }
 
+    /// A shell pipeline (for what only a shell sets up, like a reader that leaves early), run to its end.
+    struct ShellCommand {
+        let stdout: String
+        let stderr: String
+
+        init(_ command: String) throws {
+            let process = Process()
+            let out = Pipe(), err = Pipe()
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", command]
+            process.standardOutput = out
+            process.standardError = err
+            try process.run()
+            let errData = err.fileHandleForReading.readDataToEndOfFile()
+            stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            stderr = String(decoding: errData, as: UTF8.self)
+            process.waitUntilExit()
+        }
+    }
+
     static func run(_ arguments: [String], timeout: Double = 60) throws -> Finished {
         try Running(arguments).wait(timeout: timeout)
     }

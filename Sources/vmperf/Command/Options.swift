@@ -134,7 +134,7 @@ struct Options: ParsableCommand {
             throw ValidationError("--iterations \(iterations) is out of range (1 to 100000000)")
         }
         if latency && (reverse || bidir) { throw ValidationError("--latency measures round trips: -R and --bidir do not apply") }
-        if server && transport == .shm || server && transport == .tcp {
+        if server && (transport == .shm || transport == .tcp) {
             throw ValidationError("--transport is for clients: a server accepts shared-memory, TCP and Unix-socket clients at once")
         }
     }

@@ -63,9 +63,11 @@ enum JSONDocument {
     }
 
     /// One stream-interval record (`intervals[].streams[]`, `end.streams[].sender`, ...).
-    static func span(_ span: StreamSpan, socket: Int, includeOmitted: Bool = true, latency: Bool = false) -> JSON {
-        var members: [(String, JSON)] = [
-            ("socket", .int(socket)), ("start", .double(span.start)), ("end", .double(span.end)),
+    /// `socket` is nil for sums, which have none.
+    static func span(_ span: StreamSpan, socket: Int?, includeOmitted: Bool = true, latency: Bool = false) -> JSON {
+        var members: [(String, JSON)] = socket.map { [("socket", .int($0))] } ?? []
+        members += [
+            ("start", .double(span.start)), ("end", .double(span.end)),
             ("seconds", .double(span.seconds)), ("bytes", .int(span.bytes)),
             ("bits_per_second", .double(span.bytesPerSecond * 8)),
         ]
@@ -83,12 +85,7 @@ enum JSONDocument {
         total.bytes = spans.reduce(0) { $0 + $1.bytes }
         total.roundTrips = spans.reduce(0) { $0 + $1.roundTrips }
         total.sender = sender
-        var record = span(total, socket: 0, includeOmitted: includeOmitted, latency: latency)
-        if case .object(var members) = record {
-            members.removeFirst()  // sums have no socket
-            record = .object(members)
-        }
-        return record
+        return span(total, socket: nil, includeOmitted: includeOmitted, latency: latency)
     }
 
     static func cpu(local: CPUUsage, remote: CPUUsage) -> JSON {

@@ -1,27 +1,24 @@
 import Foundation
 
 /// Where the human-readable lines and the JSON document go: stdout, or `--logfile` (appended, as iperf3 does).
-final class Report: @unchecked Sendable {  // lines come from one thread at a time: the interval timer or the main thread
-    private let handle: FileHandle
+///
+/// Written with write(2), not FileHandle: FileHandle.write traps when the reader has gone (`vmperf ... | head`),
+/// and a closed pipe must end us quietly, not with a crash report.
+final class Report: @unchecked Sendable {  // lines come from the interval timer and the main thread, under `lock`
+    private let fd: Int32
     private let lock = NSLock()
     let json: Bool
 
     init(logfile: String?, json: Bool) throws {
         self.json = json
         guard let logfile else {
-            handle = FileHandle.standardOutput
+            fd = STDOUT_FILENO
             return
         }
-        if !FileManager.default.fileExists(atPath: logfile) {
-            guard FileManager.default.createFile(atPath: logfile, contents: nil) else {
-                throw Failure("unable to open log file \(logfile): cannot create it (check the directory and permissions)")
-            }
+        fd = open(logfile, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw Failure("unable to open log file \(logfile): \(errorText()) (check the directory and permissions)")
         }
-        guard let opened = FileHandle(forWritingAtPath: logfile) else {
-            throw Failure("unable to open log file \(logfile) for writing (check its permissions)")
-        }
-        opened.seekToEndOfFile()
-        handle = opened
     }
 
     /// A human-readable line; nothing in JSON mode (the document carries everything).
@@ -38,7 +35,29 @@ final class Report: @unchecked Sendable {  // lines come from one thread at a ti
     private func write(_ text: String) {
         lock.lock()
         defer { lock.unlock() }
-        handle.write(Data(text.utf8))
+        guard Self.writeAll(fd, text) else {
+            // The reader of our output is gone (EPIPE) or the disk is full: nothing more can be reported.
+            if errno != EPIPE { Self.standardError("vmperf: error - cannot write the output: \(errorText())\n") }
+            exit(1)
+        }
+    }
+
+    /// One message on stderr; if even that fails, there is nobody left to tell.
+    static func standardError(_ text: String) {
+        _ = writeAll(STDERR_FILENO, text)
+    }
+
+    private static func writeAll(_ fd: Int32, _ text: String) -> Bool {
+        var bytes = Array(text.utf8)[...]
+        while !bytes.isEmpty {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            bytes = bytes.dropFirst(n)
+        }
+        return true
     }
 }
 

@@ -7,34 +7,22 @@ struct IntervalReport {
 
     private var latency: Bool { parameters.mode == .latency }
 
-    private func role(_ index: Int) -> String? {
-        guard parameters.bidir else { return nil }
-        let sends = parameters.clientSends(index) == (side == .client)
-        return (sends ? "TX-" : "RX-") + (side == .client ? "C" : "S")
-    }
-
     /// Prints one interval: a line per stream, and [SUM] lines when there are several.
     func print(_ spans: [StreamSpan]) {
         guard !report.json else { return }
         for span in spans {
             report.line(latency
                 ? HumanLines.latencyLine(id: String(span.index + 1), span)
-                : HumanLines.line(id: String(span.index + 1), role: role(span.index), span, format))
+                : HumanLines.line(id: String(span.index + 1), role: parameters.role(of: span.index, on: side), span, format))
         }
         guard parameters.streams > 1 else { return }
-        for group in groups(spans) {
-            var total = Summary.total(group.spans)
+        for group in parameters.directionGroups(spans, on: side, localSends: \.sender) {
+            var total = Summary.total(group.items)
             total.start = spans.first?.start ?? 0
-            total.roundTrips = group.spans.reduce(0) { $0 + $1.roundTrips }
+            total.roundTrips = group.items.reduce(0) { $0 + $1.roundTrips }
             report.line(latency ? HumanLines.latencyLine(id: "SUM", total) : HumanLines.line(id: "SUM", role: group.role, total, format))
         }
         report.line(HumanLines.separator)
-    }
-
-    private func groups(_ spans: [StreamSpan]) -> [(role: String?, spans: [StreamSpan])] {
-        guard parameters.bidir else { return [(nil, spans)] }
-        let tag = side == .client ? "C" : "S"
-        return [("TX-" + tag, spans.filter(\.sender)), ("RX-" + tag, spans.filter { !$0.sender })]
     }
 
     func json(_ intervals: [[StreamSpan]]) -> JSON {

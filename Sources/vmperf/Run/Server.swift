@@ -37,7 +37,7 @@ struct Server {
                 try ServerTest(options: options, report: report, door: door).run()
             } catch {
                 if options.oneOff { throw error }
-                FileHandle.standardError.write(Data("vmperf: error - \(error)\n".utf8))
+                Report.standardError("vmperf: error - \(error)\n")
             }
             if options.oneOff { return }
             test += 1
@@ -55,7 +55,7 @@ struct Server {
     }
 
     private func note(_ text: String) {
-        if options.verbose || !report.json { FileHandle.standardError.write(Data("vmperf: \(text)\n".utf8)) }
+        if options.verbose || !report.json { Report.standardError("vmperf: \(text)\n") }
     }
 }
 

@@ -29,36 +29,22 @@ struct Summary {
         }
     }
 
-    /// The --bidir tag of a connection: TX or RX from this side, C(lient) or S(erver).
-    func role(_ index: Int) -> String? {
-        guard parameters.bidir else { return nil }
-        let sends = parameters.clientSends(index) == (side == .client)
-        return (sends ? "TX-" : "RX-") + (side == .client ? "C" : "S")
-    }
-
     /// The summary lines. The separator comes first unless the last interval printed one already (-P > 1).
     func humanLines() -> [String] {
         let separated = parameters.streams > 1 && parameters.interval > 0
         var lines = (separated ? [] : [HumanLines.separator]) + [HumanLines.header(roles: parameters.bidir, latency: false)]
         let pairs = self.pairs
         for pair in pairs {
-            lines.append(HumanLines.line(id: String(pair.index + 1), role: role(pair.index), pair.sender, format, tag: "sender"))
-            lines.append(HumanLines.line(id: String(pair.index + 1), role: role(pair.index), pair.receiver, format, tag: "receiver"))
+            lines.append(HumanLines.line(id: String(pair.index + 1), role: parameters.role(of: pair.index, on: side), pair.sender, format, tag: "sender"))
+            lines.append(HumanLines.line(id: String(pair.index + 1), role: parameters.role(of: pair.index, on: side), pair.receiver, format, tag: "receiver"))
         }
         if parameters.streams > 1 {
-            for group in directions(pairs) {
-                lines.append(HumanLines.line(id: "SUM", role: group.role, Self.total(group.pairs.map(\.sender)), format, tag: "sender"))
-                lines.append(HumanLines.line(id: "SUM", role: group.role, Self.total(group.pairs.map(\.receiver)), format, tag: "receiver"))
+            for group in parameters.directionGroups(pairs, on: side, localSends: \.localSends) {
+                lines.append(HumanLines.line(id: "SUM", role: group.role, Self.total(group.items.map(\.sender)), format, tag: "sender"))
+                lines.append(HumanLines.line(id: "SUM", role: group.role, Self.total(group.items.map(\.receiver)), format, tag: "receiver"))
             }
         }
         return lines
-    }
-
-    /// Streams grouped by direction: one group, or two with --bidir (this side sending first).
-    private func directions(_ pairs: [Pair]) -> [(role: String?, pairs: [Pair])] {
-        guard parameters.bidir else { return [(nil, pairs)] }
-        let tag = side == .client ? "C" : "S"
-        return [("TX-" + tag, pairs.filter(\.localSends)), ("RX-" + tag, pairs.filter { !$0.localSends })]
     }
 
     static func total(_ spans: [StreamSpan]) -> StreamSpan {

@@ -47,7 +47,6 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
     func run(printInterval: @escaping ([StreamSpan]) -> Void) throws -> Outcome {
         for connection in connections { connection.setSpin(parameters.spinUs) }
         let loopThread = try LoopThread()
-        defer { loopThread.stop() }
         let cpuStart = CPUUsage.Snapshot.now()
         let sampler = IntervalSampler(
             counters: counters, senders: roles.map { $0 == .send || $0 == .ping }, startNanos: cpuStart.wall,
@@ -65,10 +64,12 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
         }
         done.wait()
         let cpu = CPUUsage(from: cpuStart, to: .now())
-        loopThread.loop.execute { timers.cancel() }
-        if let failure { throw failure }
-        loopThread.loop.execute { sampler.sample(final: true) }
+        // Once the loop thread has ended, its timers cannot fire again (dropping them is safe on any thread) and
+        // the sampler is ours alone: the last, partial interval is taken here.
         loopThread.stop()
+        withExtendedLifetime(timers) {}
+        if let failure { throw failure }
+        sampler.sample(final: true)
         var merged: Histogram<UInt64>? = nil
         for histogram in histograms {
             if merged == nil { merged = histogram } else { merged!.add(histogram) }
@@ -179,13 +180,8 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
     }
 }
 
-/// The loop's timers, kept alive until the test ends; touched on the loop thread only.
+/// The loop's timers, kept alive until the test ends; set on the loop thread, dropped after it stopped.
 final class Timers: @unchecked Sendable {
     var end: LoopTimer?
     var interval: LoopTimer?
-
-    func cancel() {
-        end?.cancel()
-        interval?.cancel()
-    }
 }

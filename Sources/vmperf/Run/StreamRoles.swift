@@ -1,0 +1,18 @@
+/// iperf3's --bidir role tags: TX or RX as this side sees a stream, then C(lient) or S(erver).
+extension TestParameters {
+    func role(of index: Int, on side: TestRun.Side) -> String? {
+        guard bidir else { return nil }
+        return Self.tag(sending: clientSends(index) == (side == .client), on: side)
+    }
+
+    /// Streams split by direction for [SUM] lines: one group, or with --bidir this side's sending streams first.
+    func directionGroups<T>(_ items: [T], on side: TestRun.Side, localSends: (T) -> Bool) -> [(role: String?, items: [T])] {
+        guard bidir else { return [(nil, items)] }
+        return [(Self.tag(sending: true, on: side), items.filter(localSends)),
+                (Self.tag(sending: false, on: side), items.filter { !localSends($0) })]
+    }
+
+    private static func tag(sending: Bool, on side: TestRun.Side) -> String {
+        (sending ? "TX-" : "RX-") + (side == .client ? "C" : "S")
+    }
+}
