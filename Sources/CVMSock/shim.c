@@ -8,6 +8,9 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <linux/membarrier.h>
 
 _Static_assert(VMS_POLLRDHUP == POLLRDHUP, "POLLRDHUP");
 
@@ -48,3 +51,11 @@ _Static_assert(sizeof(vms_cpu_mask) == sizeof(cpu_set_t), "vms_cpu_mask mirrors 
 int vms_get_affinity(vms_cpu_mask *mask) { return sched_getaffinity(0, sizeof(*mask), (cpu_set_t *)mask); }
 int vms_set_affinity(const vms_cpu_mask *mask) { return sched_setaffinity(0, sizeof(*mask), (const cpu_set_t *)mask); }
 int vms_set_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0, 0, 0); }
+
+int vms_membarrier_register_global(void) {
+    return (int)syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0);
+}
+
+int vms_membarrier_global(void) {
+    return (int)syscall(__NR_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0);
+}

@@ -8,19 +8,24 @@ public struct RingConsumer: @unchecked Sendable {
     @usableFromInline let mirrored: Bool
     @usableFromInline let local: LocalHeader
     @usableFromInline let peer: PeerHeader
+    /// Whether each position store is a full fence (see `WakeUpOrdering`).
+    @usableFromInline let ordering: WakeUpOrdering
 
     @usableFromInline var _position: UInt64 = 0
     /// Our private position (see the type's notes).
     @inlinable public var position: UInt64 { _position }
     @usableFromInline var peerProduced: UInt64 = 0
 
-    public init(data: UnsafeRawPointer, capacity: Int, mirrored: Bool, local: LocalHeader, peer: PeerHeader) {
+    public init(data: UnsafeRawPointer, capacity: Int, mirrored: Bool, local: LocalHeader, peer: PeerHeader,
+        ordering: WakeUpOrdering = .fenced
+    ) {
         precondition(RingLayout.isValid(capacity: capacity))
         self.data = data
         self.capacity = UInt64(capacity)
         self.mirrored = mirrored
         self.local = local
         self.peer = peer
+        self.ordering = ordering
     }
 
     /// Readable bytes as of the last accepted peer producer position (no shared-memory read).
@@ -66,12 +71,15 @@ public struct RingConsumer: @unchecked Sendable {
         return UnsafeRawBufferPointer(start: data + offset, count: first)
     }
 
-    /// Gives `count` bytes back to the peer. Sequentially consistent: the caller reads the peer's
-    /// "waiting for space" flag next.
+    /// Gives `count` bytes back to the peer: the caller reads the peer's "waiting for space" flag next (ordered
+    /// as `RingProducer.publish` is).
     @inlinable @inline(__always)
     public mutating func consume(_ count: Int) {
         precondition(count >= 0 && count <= cachedAvailable, "consume beyond available")
         _position &+= UInt64(count)  // only grows; wrapping after 2^64 bytes is meant
-        vms_store_seqcst_u64(local.consumerPosition, position)
+        switch ordering {
+        case .fenced: vms_store_seqcst_u64(local.consumerPosition, position)
+        case .asymmetric: vms_store_release_u64(local.consumerPosition, position)
+        }
     }
 }

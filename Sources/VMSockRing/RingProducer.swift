@@ -10,6 +10,8 @@ public struct RingProducer: @unchecked Sendable {
     @usableFromInline let mirrored: Bool
     @usableFromInline let local: LocalHeader
     @usableFromInline let peer: PeerHeader
+    /// Whether each position store is a full fence (see `WakeUpOrdering`).
+    @usableFromInline let ordering: WakeUpOrdering
 
     @usableFromInline var _position: UInt64 = 0
     /// Our private position (see the type's notes).
@@ -22,13 +24,16 @@ public struct RingProducer: @unchecked Sendable {
     /// - Parameters:
     ///   - data: the start of our data area (`capacity` bytes; `2 * capacity` readable and writable when `mirrored`).
     ///   - mirrored: the data area is mapped twice back to back, so any slice of up to `capacity` is contiguous.
-    public init(data: UnsafeMutableRawPointer, capacity: Int, mirrored: Bool, local: LocalHeader, peer: PeerHeader) {
+    public init(data: UnsafeMutableRawPointer, capacity: Int, mirrored: Bool, local: LocalHeader, peer: PeerHeader,
+        ordering: WakeUpOrdering = .fenced
+    ) {
         precondition(RingLayout.isValid(capacity: capacity))
         self.data = data
         self.capacity = UInt64(capacity)
         self.mirrored = mirrored
         self.local = local
         self.peer = peer
+        self.ordering = ordering
     }
 
     /// Free bytes as of the last accepted peer consumer position (no shared-memory read).
@@ -72,12 +77,16 @@ public struct RingProducer: @unchecked Sendable {
         return UnsafeMutableRawBufferPointer(start: data + offset, count: first)
     }
 
-    /// Makes `count` more bytes visible to the peer. Sequentially consistent, so that the caller's next read of the
-    /// peer's "waiting for data" flag cannot be ordered before it (the publish half of the need-wakeup handshake).
+    /// Makes `count` more bytes visible to the peer: the publish half of the need-wakeup handshake, whose caller
+    /// reads the peer's "waiting for data" flag next. See `WakeUpOrdering` for why that read cannot be ordered
+    /// before this store in either mode.
     @inlinable @inline(__always)
     public mutating func publish(_ count: Int) {
         precondition(count >= 0 && count <= cachedFreeSpace, "publish beyond free space")
         _position &+= UInt64(count)  // positions only grow; wrapping after 2^64 bytes is meant
-        vms_store_seqcst_u64(local.producerPosition, position)
+        switch ordering {
+        case .fenced: vms_store_seqcst_u64(local.producerPosition, position)
+        case .asymmetric: vms_store_release_u64(local.producerPosition, position)
+        }
     }
 }

@@ -98,7 +98,7 @@ enum Hostile {
         case "silent":
             break
         case "reject":
-            let reject = HandshakeMessage(kind: .reject, rejectReason: HandshakeMessage.RejectReason.versionMismatch.rawValue, version: 3)
+            let reject = HandshakeMessage(kind: .reject, rejectReason: HandshakeMessage.RejectReason.versionMismatch.rawValue, version: 4)
             try RawControl.send(fd, reject.encoded(), descriptors: [])
         default:
             fail("unknown wrong answer \(how)")

@@ -1,5 +1,5 @@
 import Foundation
-import VMSock
+@_spi(Testing) import VMSock
 import XCTest
 
 /// Behaviour that crosses a process boundary, against real `vmsock-testpeer` processes.
@@ -150,5 +150,40 @@ final class CrossProcessTests: XCTestCase {
         let socket = try listener.accept()
         if waitForIt { peer.expectLine("done") }
         return (socket, peer)
+    }
+}
+
+/// The need-wakeup handshake in both orderings, with every wait sleeping: a lost wake-up would stall a round trip
+/// until the read timeout.
+final class WakeUpOrderingTests: XCTestCase {
+    func testNoWakeUpIsLostWhenEveryWaitSleeps() throws {
+        guard RawControl.asymmetricFencesAvailable else {
+            throw XCTSkip("membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) is refused here: every connection is fenced")
+        }
+        for ordering in ["asymmetric", "fenced"] {
+            try pingPong(peerEnvironment: ["VMSOCK_SPIN_US": "0", "VMSOCK_FENCED": ordering == "fenced" ? "1" : "0"], expecting: ordering)
+        }
+    }
+
+    private func pingPong(peerEnvironment: [String: String], expecting ordering: String) throws {
+        let port = freePort()
+        let peer = try TestPeer(environment: peerEnvironment, "cat-listen", "127.0.0.1", String(port), "--echo")
+        peer.expectLine("ready")
+        let socket = try VMSocket.connect(host: "127.0.0.1", port: port, options: VMSocketOptions(transport: .shm))
+        XCTAssertEqual(socket._wakeUpOrdering, ordering)
+        socket.spinMicroseconds = 0
+        socket.readTimeout = .seconds(5)
+        var message = [UInt8](repeating: 0, count: 64)
+        for trip in 0..<3000 {
+            let size = trip % 64 + 1
+            for i in 0..<size { message[i] = UInt8(truncatingIfNeeded: trip &+ i) }
+            try socket.writeAll(Array(message[..<size]))
+            var echoed: [UInt8] = []
+            while echoed.count < size { echoed += try socket.read(upTo: size - echoed.count) }
+            XCTAssertEqual(echoed, Array(message[..<size]), "\(ordering): round trip \(trip)")
+        }
+        try socket.shutdown(.write)
+        XCTAssertEqual(try socket.read(upTo: 1), [])
+        socket.close()
     }
 }

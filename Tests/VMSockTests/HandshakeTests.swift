@@ -113,7 +113,7 @@ final class HandshakeTests: XCTestCase {
             XCTFail("connect should be refused")
         } catch {
             XCTAssertTrue(error.description.contains("version mismatch"), error.description)
-            XCTAssertTrue(error.description.contains("protocol 3"), error.description)
+            XCTAssertTrue(error.description.contains("protocol 4"), error.description)
         }
     }
 

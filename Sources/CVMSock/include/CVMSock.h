@@ -48,6 +48,7 @@ static inline uint32_t vms_load_acquire_u32(const uint32_t *p) { return __atomic
 // A release store: what a turn-passing flag needs (the writes before it are seen by whoever reads it with acquire).
 // On x86 it is a plain MOV, like the paper's volatile store.
 static inline void vms_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void vms_store_release_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 // Sequentially consistent store and load: the two halves of the need-wakeup (Dekker) handshake. On x86 the
 // store is an XCHG, which is also the full fence the pattern needs between "publish" and "read the flag".
 static inline void vms_store_seqcst_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
@@ -55,6 +56,11 @@ static inline void vms_store_seqcst_u32(uint32_t *p, uint32_t v) { __atomic_stor
 static inline uint32_t vms_load_seqcst_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline uint64_t vms_load_seqcst_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline void vms_fence_seqcst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+/// Asymmetric fences (membarrier(2)): registers this process for MEMBARRIER_CMD_GLOBAL_EXPEDITED; returns 0 or -1
+/// with errno set (ENOSYS, EINVAL or EPERM where the kernel or a seccomp filter does not offer it).
+int vms_membarrier_register_global(void);
+/// A full memory barrier on every CPU that runs a thread of a registered process, this one included.
+int vms_membarrier_global(void);
 /// Atomically sets bits in a word we own; returns the new value.
 static inline uint32_t vms_fetch_or_u32(uint32_t *p, uint32_t bits) { return __atomic_or_fetch(p, bits, __ATOMIC_SEQ_CST); }
 

@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import VMSockRing
 
 /// What both sides hold once the handshake succeeded: their own region and bells, the peer's (checked) region and
 /// bells, and the control socket that now serves as the liveness channel.
@@ -14,6 +15,8 @@ struct EstablishedLink {
     let peerSpaceBell: PeerBell
     /// The address and port the connector dialed (both sides know it after the hello).
     let dialed: IPEndpoint?
+    /// `asymmetric` when both processes offered it.
+    let ordering: WakeUpOrdering
 }
 
 /// Our half of a connection before the peer has seen it: the region and bells we are about to pass.
@@ -95,7 +98,8 @@ enum Handshake {
                 throw error.because(.outOfResources)
             }
         }
-        let hello = HandshakeMessage(kind: .hello, ringCapacity: UInt32(capacity), dialed: dialed)
+        let hello = HandshakeMessage(
+            kind: .hello, ringCapacity: UInt32(capacity), dialed: dialed, ordering: Membarrier.offered)
         try ControlSocket.send(control.raw, hello.encoded(), descriptors: mine.descriptors)
         return HelloSent(mine: mine, dialed: dialed)
     }
@@ -137,7 +141,8 @@ enum Handshake {
         return EstablishedLink(
             control: control, peer: peer, localRegion: mine.region, peerRegion: theirs.region,
             dataBell: mine.dataBell, spaceBell: mine.spaceBell,
-            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: sent.dialed)
+            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: sent.dialed,
+            ordering: agreed(message.ordering))
     }
 
     /// The listener's side, first step, on a control socket just accepted: checks who connected (SO_PEERCRED).
@@ -160,6 +165,7 @@ enum Handshake {
         }
         let theirs: PeerHalf
         let dialed: IPEndpoint?
+        let ordering: WakeUpOrdering
         do throws(VMSockError) {
             let hello = try decode(request, from: "connector")
             guard hello.version == HandshakeMessage.protocolVersion else {
@@ -169,6 +175,7 @@ enum Handshake {
             }
             guard hello.kind == .hello else { throw VMSockError.protocolFault("connector sent a \(hello.kind) instead of a hello") }
             dialed = hello.dialed
+            ordering = agreed(hello.ordering)
             theirs = try adopt(request.descriptors, capacity: Int(hello.ringCapacity), from: "connector")
         } catch {
             if error.code == EPROTO { reject(control, .badRequest) }
@@ -179,12 +186,17 @@ enum Handshake {
             reject(control, .outOfResources)
             throw error
         }
-        let welcome = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity))
+        let welcome = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity), ordering: Membarrier.offered)
         try ControlSocket.send(control.raw, welcome.encoded(), descriptors: mine.descriptors)
         return EstablishedLink(
             control: control, peer: peer, localRegion: mine.region, peerRegion: theirs.region,
             dataBell: mine.dataBell, spaceBell: mine.spaceBell,
-            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed)
+            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed, ordering: ordering)
+    }
+
+    /// Asymmetric fences need both processes registered: our barrier must reach the peer's cores and theirs ours.
+    private static func agreed(_ theirs: WakeUpOrdering) -> WakeUpOrdering {
+        theirs == .asymmetric && Membarrier.isRegistered ? .asymmetric : .fenced
     }
 
     /// Turns a connector away with `reason`, best effort (it may be gone already).

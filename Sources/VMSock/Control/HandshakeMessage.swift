@@ -1,17 +1,21 @@
+import VMSockRing
+
 /// The two messages of the connect handshake: the "hypercall" of the design, one round trip at connect time.
 ///
 /// Sent as single SOCK_SEQPACKET messages over the control socket. Fixed size, little-endian:
 /// ```
 ///  offset  size  field
 ///       0     4  magic "VMSH"
-///       4     2  protocol version (2)
+///       4     2  protocol version (3)
 ///       6     2  kind: 1 hello (connector), 2 welcome (listener), 3 reject (listener)
 ///       8     4  ring capacity: bytes of the sender's outgoing ring (hello, welcome); 0 in a reject
 ///      12     4  reject reason (reject only, else 0)
 ///      16     2  hello: family of the address the connector dialed (4 or 6); else 0
 ///      18     2  hello: the port it dialed; else 0
 ///      20    16  hello: the address it dialed (IPv4 in the first 4 bytes); else zero
-///      36    12  reserved, zero
+///      36     4  hello, welcome: flags; bit 0: the sender's process can use asymmetric fences (see
+///                  `WakeUpOrdering`); other bits zero
+///      40     8  reserved, zero
 /// ```
 /// The dialed address is what makes a shared-memory connection report IP addresses like a TCP one: the listener
 /// reports it as its local address, and its host (with port 0) as the peer's.
@@ -20,7 +24,7 @@
 /// carries none.
 public struct HandshakeMessage: Equatable, Sendable {
     public static let magic: UInt32 = 0x4853_4d56  // "VMSH" little-endian
-    public static let protocolVersion: UInt16 = 2
+    public static let protocolVersion: UInt16 = 3
     public static let size = 48
     public static let descriptorCount = 3
 
@@ -53,17 +57,22 @@ public struct HandshakeMessage: Equatable, Sendable {
     public var rejectReason: UInt32
     /// The address and port the connector dialed (hello only).
     public var dialed: IPEndpoint?
+    /// How the sender can order wake-ups: `asymmetric` when its process registered for membarrier.
+    public var ordering: WakeUpOrdering
 
     public init(
         kind: Kind, ringCapacity: UInt32 = 0, rejectReason: UInt32 = 0, dialed: IPEndpoint? = nil,
-        version: UInt16 = protocolVersion
+        ordering: WakeUpOrdering = .fenced, version: UInt16 = protocolVersion
     ) {
         self.version = version
         self.kind = kind
         self.ringCapacity = ringCapacity
         self.rejectReason = rejectReason
         self.dialed = dialed
+        self.ordering = ordering
     }
+
+    static let asymmetricFlag: UInt32 = 1
 
     public func encoded() -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: Self.size)
@@ -75,6 +84,7 @@ public struct HandshakeMessage: Equatable, Sendable {
         put(kind.rawValue, at: 6)
         put(ringCapacity, at: 8)
         put(rejectReason, at: 12)
+        put(ordering == .asymmetric ? Self.asymmetricFlag : 0, at: 36)
         if let dialed {
             put(UInt16(dialed.family == .v4 ? 4 : 6), at: 16)
             put(dialed.port, at: 18)
@@ -112,7 +122,10 @@ public struct HandshakeMessage: Equatable, Sendable {
         guard magic == Self.magic else { throw .badMagic(magic) }
         let rawKind = get(UInt16.self, at: 6)
         guard let kind = Kind(rawValue: rawKind) else { throw .unknownKind(rawKind) }
-        guard bytes[36..<48].allSatisfy({ $0 == 0 }) else { throw .nonZeroReserved }
+        let flags = get(UInt32.self, at: 36)
+        guard flags & ~Self.asymmetricFlag == 0, bytes[40..<48].allSatisfy({ $0 == 0 }) else {
+            throw .nonZeroReserved
+        }
         let dialed: IPEndpoint?
         switch get(UInt16.self, at: 16) {
         case 0:
@@ -128,6 +141,7 @@ public struct HandshakeMessage: Equatable, Sendable {
         }
         return HandshakeMessage(
             kind: kind, ringCapacity: get(UInt32.self, at: 8), rejectReason: get(UInt32.self, at: 12),
-            dialed: dialed, version: get(UInt16.self, at: 4))
+            dialed: dialed, ordering: flags & Self.asymmetricFlag != 0 ? .asymmetric : .fenced,
+            version: get(UInt16.self, at: 4))
     }
 }

@@ -14,11 +14,16 @@ extension VMSocket {
     @_spi(Testing) public var _peerRegionBase: UnsafeRawPointer { UnsafeRawPointer(sharedMemory!.link.peerRegion.base) }
     /// Whether the peer announced it waits for data (our publishes ring its bell), or for space.
     @_spi(Testing) public var _peerWaits: (data: Bool, space: Bool) { sharedMemory!.peerWaits }
+    /// How this connection orders its wake-ups: "asymmetric" or "fenced" (see `WakeUpOrdering`).
+    @_spi(Testing) public var _wakeUpOrdering: String { "\(sharedMemory!.link.ordering)" }
     /// Rings the peer's data bell, as a publish would.
     @_spi(Testing) public func _ringPeerDataBell() { sharedMemory!.link.peerDataBell.ring() }
 }
 
 @_spi(Testing) public enum RawControl {
+    /// Whether this process registered for membarrier (so its connections can be asymmetric).
+    public static var asymmetricFencesAvailable: Bool { Membarrier.isRegistered }
+
     /// The registry name a listener on `endpoint` registers first (abstract unless `directory` is given).
     public static func registryName(_ endpoint: IPEndpoint, directory: String? = nil) -> String {
         Registry.address(of: endpoint, directory: directory).description

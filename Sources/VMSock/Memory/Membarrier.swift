@@ -1,0 +1,21 @@
+import CVMSock
+import Glibc
+import VMSockRing
+
+/// The heavy half of `WakeUpOrdering.asymmetric`: `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`.
+enum Membarrier {
+    /// Whether this process registered for the global expedited barrier (once, at first use), so that a peer's
+    /// barrier reaches our cores and ours can be used. False where the kernel or a seccomp filter refuses it, or
+    /// when `VMSOCK_FENCED=1` asks for fenced connections (for measuring the difference).
+    static let isRegistered: Bool = {
+        if let forced = getenv("VMSOCK_FENCED"), String(cString: forced) == "1" { return false }
+        return vms_membarrier_register_global() == 0
+    }()
+
+    /// What this process offers in a handshake.
+    static var offered: WakeUpOrdering { isRegistered ? .asymmetric : .fenced }
+
+    /// A full barrier on every core running a registered process. Once registered, the kernel does not fail it.
+    @inline(__always)
+    static func barrier() { _ = vms_membarrier_global() }
+}
