@@ -35,9 +35,8 @@ struct LocalHalf: Sendable {
     var descriptors: [Int32] { [memfd.raw, dataBell.sender.raw, spaceBell.sender.raw] }
 
     // Making a half costs about ten system calls (memfd, seals, three mappings, two socketpairs): a quarter of a
-    // connection's set-up. So the process keeps one spare, made while nothing waits (a listener about to sleep)
-    // or left over from a connect that fell back to TCP before showing it to anyone, and the next connect or
-    // accept takes it. A half is never reused once a peer has seen it.
+    // connection's set-up. So a listener keeps one spare, made while nothing waits (before it sleeps), and the
+    // next connect or accept takes it. A half is never reused once a peer has seen it.
     private static let spare = Mutex<LocalHalf?>(nil)
 
     /// A fresh half of `capacity` bytes: the spare when it fits, else a new one.
@@ -49,11 +48,6 @@ struct LocalHalf: Sendable {
         }
         if let kept { return kept }
         return try LocalHalf(capacity: capacity)
-    }
-
-    /// Keeps a half nobody has seen as the spare (when there is none yet).
-    static func keepSpare(_ half: LocalHalf) {
-        spare.withLock { if $0 == nil { $0 = half } }
     }
 
     /// Makes the spare now if there is none of this size: call before sleeping, so the next connection need not.
@@ -69,9 +63,9 @@ enum Handshake {
     /// caller already checked. Failures that explain a fallback to TCP carry a `FallbackReason`.
     static func connect(
         _ control: Descriptor, peer: PeerCredentials, dialed: IPEndpoint, address: ControlAddress, capacity: Int,
-        timeoutMs: Int32, prepared: LocalHalf? = nil
+        timeoutMs: Int32
     ) throws(VMSockError) -> EstablishedLink {
-        let hello = try sendHello(control, dialed: dialed, capacity: capacity, prepared: prepared)
+        let hello = try sendHello(control, dialed: dialed, capacity: capacity)
         // The listener answers within tens of microseconds; waiting for it in poll would cost a wake-up, which on
         // a VM costs more than that (see SpinPolicy). So look for the answer without sleeping first, briefly.
         ControlSocket.spinUntilReadable(control.raw, nanoseconds: Int64(SpinPolicy.processMicroseconds) * 1000)
@@ -88,15 +82,11 @@ enum Handshake {
     /// The connector's first step: makes our region and bells and sends them in a hello. Never waits (a fresh
     /// control socket has room for one message).
     static func sendHello(
-        _ control: Descriptor, dialed: IPEndpoint, capacity: Int, prepared: LocalHalf? = nil
+        _ control: Descriptor, dialed: IPEndpoint, capacity: Int
     ) throws(VMSockError) -> HelloSent {
         let mine: LocalHalf
-        if let prepared {
-            mine = prepared
-        } else {
-            do throws(VMSockError) { mine = try LocalHalf.take(capacity: capacity) } catch {
-                throw error.because(.outOfResources)
-            }
+        do throws(VMSockError) { mine = try LocalHalf.take(capacity: capacity) } catch {
+            throw error.because(.outOfResources)
         }
         let hello = HandshakeMessage(
             kind: .hello, ringCapacity: UInt32(capacity), dialed: dialed, ordering: Membarrier.offered)

@@ -42,16 +42,7 @@ enum Connector {
     private static func sharedMemory(to destination: IPEndpoint, options: VMSocketOptions) -> Result<VMSocket, VMSockError> {
         let candidates = registrations(for: destination, options: options)
         if candidates.isEmpty { return .failure(notLocal) }
-        // Our half is made before we knock, so that the hello follows the connect at once and the listener, just
-        // woken by the connect, finds it without sleeping again. Unless it is shown to a listener, it stays the
-        // process's spare for the next connect.
-        let prepared: LocalHalf
-        do throws(VMSockError) { prepared = try LocalHalf.take(capacity: options.ringSize) } catch {
-            return .failure(error.because(.outOfResources))
-        }
         var failure = noListener
-        var shown = false
-        defer { if !shown { LocalHalf.keepSpare(prepared) } }
         for address in candidates {
             let control: Descriptor
             do throws(VMSockError) {
@@ -63,10 +54,12 @@ enum Connector {
             do throws(VMSockError) {
                 // A registration we do not trust may be a squatter; a trusted one may still follow.
                 guard let peer = try trustedOwner(control, address, options, else: &failure) else { continue }
-                shown = true
+                // Our half is made after we knock: the connect has woken the listener, and a wake-up costs more
+                // here than making a half, so the hello is usually there by the time the listener looks (it also
+                // looks again without sleeping for a while, see `VMListener.accept`).
                 let link = try Handshake.connect(
                     control, peer: peer, dialed: destination, address: address, capacity: options.ringSize,
-                    timeoutMs: options.handshakeTimeoutMs, prepared: prepared)
+                    timeoutMs: options.handshakeTimeoutMs)
                 return .success(try sharedMemorySocket(link, to: destination))
             } catch {
                 return .failure(handshakeFailure(error))

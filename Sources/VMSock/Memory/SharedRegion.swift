@@ -72,22 +72,21 @@ final class SharedRegion: @unchecked Sendable {  // immutable after init; the ma
         return region
     }
 
-    /// Reserves header + 2 * capacity of address space, then maps the file's header and data at the start and
-    /// the data again right after it.
+    /// Maps header + 2 * capacity of the file, which reserves the whole span in one call (its last `capacity`
+    /// bytes lie past the end of the file and are never touched), then maps the data again over that tail.
     private static func map(fd: Int32, capacity: Int, writable: Bool) throws(VMSockError) -> SharedRegion {
         let header = RingLayout.headerSize
         let total = header + 2 * capacity
-        guard let reserved = mmap(nil, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-            reserved != MAP_FAILED
-        else { throw .system("mmap(reserve \(total) bytes)") }
         let protection = writable ? PROT_READ | PROT_WRITE : PROT_READ
-        let first = mmap(reserved, header + capacity, protection, MAP_SHARED | MAP_FIXED, fd, 0)
-        let second = mmap(reserved + header + capacity, capacity, protection, MAP_SHARED | MAP_FIXED, fd, off_t(header))
-        guard first != MAP_FAILED, second != MAP_FAILED else {
-            let error = VMSockError.system("mmap(ring memory)")
-            munmap(reserved, total)
+        guard let base = mmap(nil, total, protection, MAP_SHARED, fd, 0), base != MAP_FAILED else {
+            throw .system("mmap(ring memory, \(total) bytes)")
+        }
+        let second = mmap(base + header + capacity, capacity, protection, MAP_SHARED | MAP_FIXED, fd, off_t(header))
+        guard second != MAP_FAILED else {
+            let error = VMSockError.system("mmap(ring memory, second view)")
+            munmap(base, total)
             throw error
         }
-        return SharedRegion(base: reserved, capacity: capacity)
+        return SharedRegion(base: base, capacity: capacity)
     }
 }

@@ -122,6 +122,12 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
     /// How many connectors wait for their hello.
     var count: Int { table.withLock { $0.entries.count } }
 
+    /// Whether a connector was taken in less than `nanoseconds` ago (its hello is most likely on its way).
+    func hasArrival(within nanoseconds: Int64) -> Bool {
+        guard let newest = table.withLock({ $0.entries.last?.deadline }) else { return false }
+        return newest - timeoutNanos > monotonicNanos() - nanoseconds
+    }
+
     /// Arms the timer for `deadline` (absolute, CLOCK_MONOTONIC), or disarms it for nil. Re-arming also clears a
     /// pending expiry, so the set stops polling readable for it.
     private func setTimer(_ table: inout Table, _ deadline: Int64?) {

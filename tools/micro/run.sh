@@ -1,0 +1,12 @@
+#!/bin/sh
+# Micro-benchmarks in C behind two README figures: what each set-up step costs, and what a fence per publish costs
+# a ring of 64-byte messages. Needs a C compiler (gcc or cc). This VM's figures move between runs: run it a few times.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+out=${TMPDIR:-/tmp}/vmsock-micro
+mkdir -p "$out"
+cc=$(command -v gcc || command -v cc) || { echo "tools/micro/run.sh: no C compiler (apt-get install gcc)" >&2; exit 1; }
+"$cc" -O2 -o "$out/setup-costs" "$here/setup-costs.c"
+"$cc" -O2 -pthread -o "$out/ring64" "$here/ring64.c"
+"$out/setup-costs"
+for round in 1 2 3; do "$out/ring64" release; "$out/ring64" fenced; done
