@@ -77,9 +77,6 @@ public struct RingConsumer: @unchecked Sendable {
     public mutating func consume(_ count: Int) {
         precondition(count >= 0 && count <= cachedAvailable, "consume beyond available")
         _position &+= UInt64(count)  // only grows; wrapping after 2^64 bytes is meant
-        switch ordering {
-        case .fenced: vms_store_seqcst_u64(local.consumerPosition, position)
-        case .asymmetric: vms_store_release_u64(local.consumerPosition, position)
-        }
+        ordering.storePosition(local.consumerPosition, position)
     }
 }

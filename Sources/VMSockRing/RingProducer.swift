@@ -84,9 +84,6 @@ public struct RingProducer: @unchecked Sendable {
     public mutating func publish(_ count: Int) {
         precondition(count >= 0 && count <= cachedFreeSpace, "publish beyond free space")
         _position &+= UInt64(count)  // positions only grow; wrapping after 2^64 bytes is meant
-        switch ordering {
-        case .fenced: vms_store_seqcst_u64(local.producerPosition, position)
-        case .asymmetric: vms_store_release_u64(local.producerPosition, position)
-        }
+        ordering.storePosition(local.producerPosition, position)
     }
 }

@@ -1,3 +1,5 @@
+import CVMSock
+
 /// How the two halves of the need-wakeup handshake are kept in order.
 ///
 /// The handshake is Dekker's: a writer stores its new position and then reads the peer's "waiting for data" flag
@@ -19,4 +21,13 @@
 public enum WakeUpOrdering: Sendable, Equatable {
     case fenced
     case asymmetric
+
+    /// Stores a ring position (ours to write) as this ordering requires.
+    @inlinable @inline(__always)
+    func storePosition(_ word: UnsafeMutablePointer<UInt64>, _ value: UInt64) {
+        switch self {
+        case .fenced: vms_store_seqcst_u64(word, value)
+        case .asymmetric: vms_store_release_u64(word, value)
+        }
+    }
 }

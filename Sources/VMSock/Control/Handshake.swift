@@ -34,7 +34,7 @@ struct LocalHalf: Sendable {
 
     var descriptors: [Int32] { [memfd.raw, dataBell.sender.raw, spaceBell.sender.raw] }
 
-    // Making a half costs about ten system calls (memfd, seals, three mappings, two socketpairs): a quarter of a
+    // Making a half costs about ten system calls (memfd, seals, two mappings, two socketpairs): a quarter of a
     // connection's set-up. So a listener keeps one spare, made while nothing waits (before it sleeps), and the
     // next connect or accept takes it. A half is never reused once a peer has seen it.
     private static let spare = Mutex<LocalHalf?>(nil)
@@ -68,7 +68,7 @@ enum Handshake {
         let hello = try sendHello(control, dialed: dialed, capacity: capacity)
         // The listener answers within tens of microseconds; waiting for it in poll would cost a wake-up, which on
         // a VM costs more than that (see SpinPolicy). So look for the answer without sleeping first, briefly.
-        ControlSocket.spinUntilReadable(control.raw, nanoseconds: Int64(SpinPolicy.processMicroseconds) * 1000)
+        ControlSocket.spinUntilReadable(control.raw, nanoseconds: SpinPolicy.processNanoseconds)
         let reply = try ControlSocket.receive(control.raw, timeoutMs: timeoutMs)
         return try finishConnect(hello, reply: reply, control: control, peer: peer, address: address)
     }

@@ -31,7 +31,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     /// Nanoseconds; negative means no timeout.
     let readTimeout = Atomic<Int64>(-1)
     let writeTimeout = Atomic<Int64>(-1)
-    let spinNanos = Atomic<Int64>(Int64(SpinPolicy.processMicroseconds) * 1000)
+    let spinNanos = Atomic<Int64>(SpinPolicy.processNanoseconds)
 
     private enum State {
         static let peerGone: UInt32 = 1 << 0

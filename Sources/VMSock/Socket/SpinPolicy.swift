@@ -27,4 +27,7 @@ enum SpinPolicy {
         }
         return value
     }()
+
+    /// The same budget in nanoseconds.
+    static var processNanoseconds: Int64 { Int64(processMicroseconds) * 1000 }
 }

@@ -112,10 +112,10 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
             }
             // About to sleep: make the next shared-memory connection's half now, off its critical path.
             if pending != nil { LocalHalf.prepareSpare(capacity: options.ringSize) }
-            if let pending, pending.hasArrival(within: Self.helloSpinNanos) {
+            if let pending, pending.hasArrival(within: SpinPolicy.processNanoseconds) {
                 // A connector knocks first and sends its hello as soon as it has made its half, tens of
                 // microseconds later: less than the wake-up that sleeping would cost. So look without sleeping.
-                ControlSocket.spinUntilReadable(readiness, nanoseconds: Self.helloSpinNanos)
+                ControlSocket.spinUntilReadable(readiness, nanoseconds: SpinPolicy.processNanoseconds)
                 continue
             }
             var pfd = [pollfd(fd: readiness, events: Int16(POLLIN), revents: 0)]
@@ -123,9 +123,6 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
             if users.load(ordering: .relaxed) & 1 != 0 { throw VMSockError(code: EBADF, "listener is closed") }
         }
     }
-
-    /// How long accept looks for the hello of a connector it has just taken in before it sleeps.
-    static let helloSpinNanos = Int64(SpinPolicy.processMicroseconds) * 1000
 
     private func acceptTCP() throws(VMSockError) -> VMSocket? {
         guard let connection = try checkClosed({ () throws(VMSockError) in try TCPCalls.accept(tcpSocket) }) else { return nil }
