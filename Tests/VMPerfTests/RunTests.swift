@@ -78,6 +78,22 @@ final class RunTests: XCTestCase {
             XCTAssertEqual(end(document, "sum_received")["bytes"] as? Int, sent, "every byte sent arrives")
             XCTAssertEqual(server.status, 0, server.stderr)
             try checkIperf3Keys(server.json(), client: false)
+            try checkWaits(document, expected: transport == "shm")
+        }
+    }
+
+    /// Over shared memory, `end.vmsock.streams[]` gives each side's sleeps and doorbell rings; over TCP there
+    /// are none to give.
+    private func checkWaits(_ document: [String: Any], expected: Bool, file: StaticString = #filePath, line: UInt = #line) throws {
+        let streams = end(document, "vmsock")["streams"] as? [[String: Any]]
+        guard expected else { return XCTAssertNil(streams, "no waits over TCP", file: file, line: line) }
+        let stream = try XCTUnwrap(streams?.first, "end.vmsock.streams[]", file: file, line: line)
+        XCTAssertEqual(stream["socket"] as? Int, 1, file: file, line: line)
+        for side in ["sender_waits", "receiver_waits"] {
+            let waits = try XCTUnwrap(stream[side] as? [String: Any], "end.vmsock.streams[].\(side)", file: file, line: line)
+            for key in ["read_sleeps", "write_sleeps", "data_rings", "space_rings"] {
+                XCTAssertNotNil(waits[key] as? Int, "\(side).\(key)", file: file, line: line)
+            }
         }
     }
 
@@ -115,6 +131,7 @@ final class RunTests: XCTestCase {
         XCTAssertTrue(text.contains("Starting Test: protocol: TCP, 1 streams, 131072 byte blocks"), text)
         XCTAssertTrue(text.contains("CPU Utilization: local/sender"), text)
         XCTAssertTrue(text.contains("via shared memory"), text)
+        XCTAssertTrue(text.contains("waits: sender slept"), text)
         let bad = try VMPerf.run(["-c", "127.0.0.1", "--logfile", "/nonexistent/dir/x.log"])
         XCTAssertEqual(bad.status, 1)
         XCTAssertTrue(bad.stderr.contains("unable to open log file"), bad.stderr)

@@ -15,6 +15,12 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     @exclusivity(unchecked) private var tx: RingProducer
     @exclusivity(unchecked) private var readArmed = false
     @exclusivity(unchecked) private var writeArmed = false
+    // The need-wakeup words we announce with, and the peer's announcements we have rung for: the read side's
+    // pair belongs to the reading thread, the write side's to the writing thread, like `rx` and `tx`.
+    @exclusivity(unchecked) private var readWait = WaitWord()
+    @exclusivity(unchecked) private var writeWait = WaitWord()
+    @exclusivity(unchecked) private var rangForPeerReader = RingMemo()
+    @exclusivity(unchecked) private var rangForPeerWriter = RingMemo()
 
     private let local: LocalHeader
     private let peer: PeerHeader
@@ -25,6 +31,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     private let readinessSets = Mutex<(read: Descriptor?, write: Descriptor?)>((nil, nil))
 
     private let state = Atomic<UInt32>(0)
+    let waits = WaitCounters()
     private let fault = Mutex<VMSockError?>(nil)
 
     let nonBlocking = Atomic<Bool>(false)
@@ -42,8 +49,8 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     }
 
     var peerCredentials: PeerCredentials { link.peer }
-    /// Whether the peer announced it waits for our data, or for room in its ring (it wants a doorbell per publish).
-    var peerWaits: (data: Bool, space: Bool) { (peer.isWaitingForData, peer.isWaitingForSpace) }
+    /// Whether the peer announced it waits for our data, or for room in its ring (it wants a doorbell at our next publish or consume).
+    var peerWaits: (data: Bool, space: Bool) { (peer.waitingForData & 1 != 0, peer.waitingForSpace & 1 != 0) }
     var capacity: Int { link.localRegion.capacity }
     var peerCapacity: Int { link.peerRegion.capacity }
 
@@ -145,7 +152,10 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     @inline(__always)
     private func consume(_ count: Int) {
         rx.consume(count)
-        if peer.isWaitingForSpace { link.peerSpaceBell.ring() }
+        if rangForPeerWriter.shouldRing(peer.waitingForSpace) {
+            link.peerSpaceBell.ring()
+            WaitCounters.count(waits.spaceRings)
+        }
         if readArmed { disarmReadable() }
     }
 
@@ -209,7 +219,10 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     @inline(__always)
     private func publish(_ count: Int) {
         tx.publish(count)
-        if peer.isWaitingForData { link.peerDataBell.ring() }
+        if rangForPeerReader.shouldRing(peer.waitingForData) {
+            link.peerDataBell.ring()
+            WaitCounters.count(waits.dataRings)
+        }
         if writeArmed { disarmWritable() }
     }
 
@@ -259,9 +272,10 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         deadline = end
         if spin(until: end, { (try? readWaitIsOver()) ?? true }) { return }
         announceWaiting(forData: true)
-        defer { local.setWaitingForData(false) }
+        defer { withdrawWaiting(forData: true) }
         // Announce, then re-check: a publish that raced with the announcement is seen here, any later one rings.
         if try readWaitIsOver() { return }
+        WaitCounters.count(waits.readSleeps)
         try sleep(on: link.dataBell, until: end, what: "read")
     }
 
@@ -276,8 +290,9 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         deadline = end
         if spin(until: end, { (try? writeWaitIsOver(needed: needed)) ?? true }) { return }
         announceWaiting(forData: false)
-        defer { local.setWaitingForSpace(false) }
+        defer { withdrawWaiting(forData: false) }
         if try writeWaitIsOver(needed: needed) { return }
+        WaitCounters.count(waits.writeSleeps)
         try sleep(on: link.spaceBell, until: end, what: "write")
     }
 
@@ -285,8 +300,18 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     /// asymmetric ordering the peer's position stores carry no fence, so the barrier is run here, on the way to
     /// sleep (see `WakeUpOrdering`).
     private func announceWaiting(forData: Bool) {
-        if forData { local.setWaitingForData(true) } else { local.setWaitingForSpace(true) }
+        if forData { local.setWaitingForData(readWait.announce()) } else { local.setWaitingForSpace(writeWait.announce()) }
         if link.ordering == .asymmetric { Membarrier.barrier() }
+    }
+
+    /// Withdraws the announcement, if there is one: the peer rings no more for it.
+    @inline(__always)
+    private func withdrawWaiting(forData: Bool) {
+        if forData {
+            if let word = readWait.withdraw() { local.setWaitingForData(word) }
+        } else {
+            if let word = writeWait.withdraw() { local.setWaitingForSpace(word) }
+        }
     }
 
     /// The absolute deadline for a call, or Int64.max without a timeout.
@@ -371,12 +396,14 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         if try readWaitIsOver() { return true }  // no need to announce anything (nor pay for the barrier)
         announceWaiting(forData: true)
         readArmed = true
-        return try armed(bell: link.dataBell) { () throws(VMSockError) in try readWaitIsOver() }
+        let ready = try armed(bell: link.dataBell) { () throws(VMSockError) in try readWaitIsOver() }
+        if !ready { WaitCounters.count(waits.readSleeps) }  // the caller goes to poll
+        return ready
     }
 
     /// Withdraws the announcement of `armReadable`: the peer stops ringing for us. Reading thread only.
     func disarmReadable() {
-        local.setWaitingForData(false)
+        withdrawWaiting(forData: true)
         readArmed = false
     }
 
@@ -389,12 +416,14 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         if try writeWaitIsOver(needed: 1) { return true }
         announceWaiting(forData: false)
         writeArmed = true
-        return try armed(bell: link.spaceBell) { () throws(VMSockError) in try writeWaitIsOver(needed: 1) }
+        let ready = try armed(bell: link.spaceBell) { () throws(VMSockError) in try writeWaitIsOver(needed: 1) }
+        if !ready { WaitCounters.count(waits.writeSleeps) }
+        return ready
     }
 
     /// Withdraws the announcement of `armWritable`. Writing thread only.
     func disarmWritable() {
-        local.setWaitingForSpace(false)
+        withdrawWaiting(forData: false)
         writeArmed = false
     }
 

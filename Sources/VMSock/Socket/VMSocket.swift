@@ -310,6 +310,10 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
         }
     }
 
+    /// How often this connection's calls slept and rang the peer (see `WaitStatistics`); nil over TCP, whose
+    /// waits happen in the kernel.
+    public var waitStatistics: WaitStatistics? { sharedMemory?.waits.snapshot }
+
     // MARK: Identity and readiness
 
     /// The process at the other end (SO_PEERCRED at connect time); nil over TCP, which cannot know it.

@@ -1,5 +1,6 @@
 import Foundation
 import Histogram
+import VMSock
 
 /// The pieces of iperf3's `-J` document (key names and nesting as iperf3 3.12 writes them), plus a `vmsock`
 /// object with what iperf3 has no key for.
@@ -86,6 +87,15 @@ enum JSONDocument {
         total.roundTrips = spans.reduce(0) { $0 + $1.roundTrips }
         total.sender = sender
         return span(total, socket: nil, includeOmitted: includeOmitted, latency: latency)
+    }
+
+    /// A side's sleeps and doorbell rings (`WaitStatistics`), or null where there are none (TCP).
+    static func waits(_ waits: WaitStatistics?) -> JSON {
+        guard let waits else { return .null }
+        return .object([
+            ("read_sleeps", .int(waits.readSleeps)), ("write_sleeps", .int(waits.writeSleeps)),
+            ("data_rings", .int(waits.dataRings)), ("space_rings", .int(waits.spaceRings)),
+        ])
     }
 
     static func cpu(local: CPUUsage, remote: CPUUsage) -> JSON {

@@ -122,6 +122,7 @@ struct Client {
             report.line(String(format: "CPU Utilization: local/sender %.1f%% (%.1f%%u/%.1f%%s), remote/receiver %.1f%% (%.1f%%u/%.1f%%s)",
                                outcome.cpu.total, outcome.cpu.user, outcome.cpu.system,
                                remote.cpu.total, remote.cpu.user, remote.cpu.system))
+            for line in summary.waitLines() { report.line(line) }
         }
         report.line()
         report.line("vmperf Done.")

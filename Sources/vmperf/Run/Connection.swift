@@ -66,6 +66,12 @@ struct Connection {
         return nil
     }
 
+    /// Sleeps and doorbell rings so far, for shared memory.
+    var waitStatistics: WaitStatistics? {
+        if case .socket(let socket) = carrier { return socket.waitStatistics }
+        return nil
+    }
+
     func setSpin(_ microseconds: Int?) {
         if let microseconds, case .socket(let socket) = carrier { socket.spinMicroseconds = microseconds }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import VMSock
 
 /// The end of a test as one side reports it: each stream's sender and receiver figures (one from each side),
 /// the sums, the processor use of both sides, and for --latency the round-trip statistics.
@@ -14,6 +15,9 @@ struct Summary {
         var sender: StreamSpan
         var receiver: StreamSpan
         var localSends: Bool
+        /// Each side's sleeps and rings, for shared memory.
+        var senderWaits: WaitStatistics?
+        var receiverWaits: WaitStatistics?
     }
 
     /// Sender and receiver figures per connection, whichever side measured them.
@@ -25,7 +29,9 @@ struct Summary {
             let span = { (result: StreamResult) in
                 StreamSpan(index: mine.index, start: 0, end: result.seconds, bytes: result.bytes, roundTrips: 0, sender: mine.sender)
             }
-            return Pair(index: mine.index, sender: span(sent), receiver: span(received), localSends: mine.sender)
+            return Pair(
+                index: mine.index, sender: span(sent), receiver: span(received), localSends: mine.sender,
+                senderWaits: sent.waits, receiverWaits: received.waits)
         }
     }
 
@@ -45,6 +51,18 @@ struct Summary {
             }
         }
         return lines
+    }
+
+    /// With -V, over shared memory: how often each side slept and rang the other, per stream. A figure far below
+    /// the usual one with many sleeps is the two sides waking each other instead of spinning.
+    func waitLines() -> [String] {
+        pairs.compactMap { pair in
+            guard let sender = pair.senderWaits, let receiver = pair.receiverWaits else { return nil }
+            let side = { (waits: WaitStatistics) in
+                "slept \(waits.readSleeps + waits.writeSleeps) times, rang the other \(waits.dataRings + waits.spaceRings)"
+            }
+            return HumanLines.idTag(String(pair.index + 1)) + " waits: sender \(side(sender)); receiver \(side(receiver))"
+        }
     }
 
     static func total(_ spans: [StreamSpan]) -> StreamSpan {
@@ -75,6 +93,15 @@ struct Summary {
             members.append(("sum_received_bidir_reverse", JSONDocument.sum(reverse.map(\.receiver), sender: !sends, includeOmitted: false)))
         }
         members.append(("cpu_utilization_percent", JSONDocument.cpu(local: local.cpu, remote: remote.cpu)))
+        if pairs.contains(where: { $0.senderWaits != nil }) {
+            members.append(("vmsock", .object([("streams", .array(pairs.map { pair in
+                .object([
+                    ("socket", .int(pair.index + 1)),
+                    ("sender_waits", JSONDocument.waits(pair.senderWaits)),
+                    ("receiver_waits", JSONDocument.waits(pair.receiverWaits)),
+                ])
+            }))])))
+        }
         if let histogram = local.histogram {
             members.append(("latency", JSONDocument.latency(histogram, size: parameters.blockSize)))
         }

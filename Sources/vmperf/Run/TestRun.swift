@@ -113,7 +113,7 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
             lock.withLock {
                 results[index] = StreamResult(
                     index: connection.index, sender: roles[index] == .send || roles[index] == .ping, bytes: bytes,
-                    seconds: seconds)
+                    seconds: seconds, waits: connection.waitStatistics)
                 if let histogram { histograms.append(histogram) }
             }
         } catch {

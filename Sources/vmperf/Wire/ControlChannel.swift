@@ -1,4 +1,5 @@
 import Foundation
+import VMSock
 
 /// Control messages: a 4-byte big-endian length and a JSON body (Codable), at most 1 MiB. The peer is
 /// untrusted: a bad length, bad JSON or a missing field ends the test with a message, never a crash.
@@ -93,4 +94,6 @@ struct StreamResult: Codable {
     var sender: Bool
     var bytes: Int
     var seconds: Double
+    /// Sleeps and doorbell rings, for shared memory (absent from an older vmperf: optional).
+    var waits: WaitStatistics? = nil
 }
