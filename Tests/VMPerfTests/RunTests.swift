@@ -187,6 +187,8 @@ final class RunTests: XCTestCase {
             XCTAssertEqual(Set(results.keys), ["shm", "tcp", "unix"])
             XCTAssertEqual(results["shm"]?["transport"] as? String, "shared memory")
             for figure in results.values { XCTAssertGreaterThan(figure["bytes_per_second"] as? Double ?? 0, 0) }
+            XCTAssertNotNil((results["shm"]?["receiver_waits"] as? [String: Any])?["read_sleeps"] as? Int, "shared memory says how often it slept")
+            XCTAssertNil(results["tcp"]?["receiver_waits"])
         }
         let latency = try XCTUnwrap((compare["latency"] as? [String: Any])?["results"] as? [String: [String: Any]])
         XCTAssertEqual(Set(latency.keys), ["shm", "tcp", "unix"])

@@ -1,5 +1,6 @@
 import Foundation
 import Histogram
+import VMSock
 
 /// `vmperf --compare`: the same workloads over shared memory, TCP loopback and a Unix socket, one after another
 /// in one run, against a server process it starts itself; a table of the figures and their ratio to TCP.
@@ -27,6 +28,10 @@ struct Compare {
         var transport: String
         var bytesPerSecond: Double = 0
         var histogram: Histogram<UInt64>?
+        /// Sleeps and doorbell rings of each side, over shared memory: a figure far below the usual one with many
+        /// of them was spent waking up.
+        var senderWaits: WaitStatistics?
+        var receiverWaits: WaitStatistics?
     }
 
     func run() throws {
@@ -88,6 +93,9 @@ struct Compare {
         let seconds = received.map(\.seconds).max() ?? 0
         figure.bytesPerSecond = seconds > 0 ? Double(bytes) / seconds : 0
         figure.histogram = measured.outcome.histogram
+        let streams = measured.outcome.streams + measured.remote.streams
+        figure.senderWaits = streams.first { $0.sender }?.waits
+        figure.receiverWaits = streams.first { !$0.sender }?.waits
         return figure
     }
 

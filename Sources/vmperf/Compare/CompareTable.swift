@@ -54,6 +54,12 @@ struct CompareTable {
         return String(format: "%.3g usec (%.1fx)", value / 1000, value > 0 ? tcp / value : 0)
     }
 
+    /// Over shared memory, each side's sleeps and rings (`JSONDocument.waits`); nothing for other transports.
+    private static func waits(_ figure: Compare.Figure) -> [(String, JSON)] {
+        guard figure.senderWaits != nil || figure.receiverWaits != nil else { return [] }
+        return [("sender_waits", JSONDocument.waits(figure.senderWaits)), ("receiver_waits", JSONDocument.waits(figure.receiverWaits))]
+    }
+
     func json() -> JSON {
         var throughput: [JSON] = []
         var latency: JSON = .null
@@ -68,6 +74,7 @@ struct CompareTable {
                     if case .object(var members) = stats {
                         members.append(("transport", .string(figure.transport)))
                         members.append(("tcp_over_this_mean", .double(ratio)))
+                        members += Self.waits(figure)
                         stats = .object(members)
                     }
                     results.append((choice.rawValue, stats))
@@ -77,7 +84,7 @@ struct CompareTable {
                         ("bytes_per_second", .double(figure.bytesPerSecond)),
                         ("bits_per_second", .double(figure.bytesPerSecond * 8)),
                         ("ratio_to_tcp", .double((tcp?.bytesPerSecond ?? 0) > 0 ? figure.bytesPerSecond / tcp!.bytesPerSecond : 0)),
-                    ])))
+                    ] + Self.waits(figure))))
                 }
             }
             if row.latency {
