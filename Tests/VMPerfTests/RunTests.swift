@@ -97,6 +97,19 @@ final class RunTests: XCTestCase {
         }
     }
 
+    /// The client's --ring-size (-w) sizes the server's rings for the test too, as iperf3's -w does the window;
+    /// without it, the server's own --ring-size holds.
+    func testClientRingSizeAppliesToBothSides() throws {
+        let (chosen, _) = try VMPerf.clientAgainstServer(["-t", "0.3", "-R", "-w", "64K", "-J"], serverArguments: ["--ring-size", "1M"])
+        XCTAssertEqual(chosen.status, 0, chosen.stderr)
+        let given = vmsock(try chosen.json())
+        XCTAssertEqual(given["ring_size"] as? Int, 64 << 10)
+        XCTAssertEqual(given["peer_ring_size"] as? Int, 64 << 10, "the server's ring follows the client's -w")
+        let (defaulted, _) = try VMPerf.clientAgainstServer(["-t", "0.3", "-J"], serverArguments: ["--ring-size", "1M"])
+        XCTAssertEqual(defaulted.status, 0, defaulted.stderr)
+        XCTAssertEqual(vmsock(try defaulted.json())["peer_ring_size"] as? Int, 1 << 20, "else the server's own size")
+    }
+
     func testByteAndBlockCountsAcrossParallelStreams() throws {
         let (bytes, _) = try VMPerf.clientAgainstServer(["-n", "10M", "-P", "3", "-J", "-l", "100K"])
         XCTAssertEqual(bytes.status, 0, bytes.stderr)

@@ -32,6 +32,7 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     private let users = Atomic<Int>(0)
     private let nonBlocking = Atomic<Bool>(false)
     private let turn = Atomic<Int>(0)
+    private let acceptedRingSize: Atomic<Int>
     private let rejected = Atomic<Int>(0)
     private let lastRejection = Mutex<String?>(nil)
 
@@ -51,6 +52,7 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
             throw VMSockError(code: EINVAL, "ring size \(options.ringSize) is invalid: use a power of two from 4096 to 67108864")
         }
         self.options = options
+        acceptedRingSize = Atomic(options.ringSize)
         let (tcp, bound) = try TCPCalls.listen(endpoint, backlog: backlog)
         localAddress = bound
         var registered: [Registration] = []
@@ -87,6 +89,20 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
 
     deinit { close() }
 
+    /// Bytes of the ring this listener makes for each shared-memory connection it accepts (the ring it writes):
+    /// `options.ringSize` until `setRingSize` changes it.
+    public var ringSize: Int { acceptedRingSize.load(ordering: .relaxed) }
+
+    /// Sets the ring size for connections accepted from now on (like setting SO_SNDBUF on a listening socket):
+    /// a server that lets its client choose, as iperf3's -w does, sets it before accepting the test's connections.
+    /// - Throws: EINVAL for a size that is not a power of two from 4096 to 67108864.
+    public func setRingSize(_ bytes: Int) throws(VMSockError) {
+        guard RingLayout.isValid(capacity: bytes) else {
+            throw VMSockError(code: EINVAL, "ring size \(bytes) is invalid: use a power of two from 4096 to 67108864")
+        }
+        acceptedRingSize.store(bytes, ordering: .relaxed)
+    }
+
     // MARK: Accepting
 
     /// Accepts the next connection: a TCP client, or a shared-memory connector whose handshake succeeds.
@@ -101,6 +117,7 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     public func accept() throws(VMSockError) -> VMSocket {
         try enter()
         defer { leave() }
+        var spun = false
         while true {
             // Take turns, so that a stream of clients of one transport cannot starve the other.
             let tcpFirst = turn.add(1, ordering: .relaxed).newValue & 1 == 0
@@ -111,10 +128,13 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
                 throw VMSockError(code: EAGAIN, "no connection waiting (non-blocking listener)")
             }
             // About to sleep: make the next shared-memory connection's half now, off its critical path.
-            if pending != nil { LocalHalf.prepareSpare(capacity: options.ringSize) }
-            if let pending, pending.hasArrival(within: SpinPolicy.processNanoseconds) {
-                // A connector knocks first and sends its hello as soon as it has made its half, tens of
-                // microseconds later: less than the wake-up that sleeping would cost. So look without sleeping.
+            if pending != nil { LocalHalf.prepareSpare(capacity: ringSize) }
+            // Look without sleeping first, for the spin budget: once per call (a server's next client often comes
+            // within tens of microseconds, less than the wake-up that sleeping costs here, see `SpinPolicy`), and
+            // again while a connector just taken in has yet to send its hello (it knocks first, then makes its
+            // half).
+            if !spun || pending?.hasArrival(within: SpinPolicy.processNanoseconds) == true {
+                spun = true
                 ControlSocket.spinUntilReadable(readiness, nanoseconds: SpinPolicy.processNanoseconds)
                 continue
             }
@@ -179,7 +199,7 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     /// Reads the hello that arrived and answers it: the new connection, or nil (counted) when it failed.
     private func answer(_ ready: PendingHandshakes.Waiting) -> VMSocket? {
         do throws(VMSockError) {
-            let link = try Handshake.answer(ready.control, peer: ready.peer, capacity: options.ringSize)
+            let link = try Handshake.answer(ready.control, peer: ready.peer, capacity: ringSize)
             let stream = try SharedMemoryStream(link)
             let local = link.dialed ?? localAddress
             TransportStatistics.count(.sharedMemory, fallback: nil)

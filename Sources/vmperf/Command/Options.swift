@@ -63,7 +63,7 @@ struct Options: ParsableCommand {
     @Option(help: "auto (shared memory when the server is a vmsock listener on this host, else TCP), shm, tcp, or unix (a Unix-domain socket, for comparison).")
     var transport: Choice = .auto
     @Option(name: [.customLong("ring-size"), .customShort("w"), .customLong("window")],
-            help: "Bytes of each shared-memory ring this side writes (a power of two, 4 KiB to 64 MiB; default 4 MiB). -w/--window as iperf3's socket buffer size.")
+            help: "Bytes of each shared-memory ring (a power of two, 4 KiB to 64 MiB; default 4 MiB). A client's sizes the server's rings for its test too; a server's holds when the client gives none. -w/--window as in iperf3.")
     var ringSize: ByteCount?
     @Option(name: [.customShort("A"), .customLong("affinity")],
             help: "n[,m]: run this side's streams on CPU n, and the server's on CPU m (iperf3's -A).")

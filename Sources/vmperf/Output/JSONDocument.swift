@@ -55,6 +55,7 @@ enum JSONDocument {
             ("transport_description", .string(first?.transportDescription ?? "none")),
             ("fallback_reason", first?.fallbackReason.map { .string($0) } ?? .null),
             ("ring_size", first?.ringSize.map { .int($0) } ?? .null),
+            ("peer_ring_size", first?.peerRingSize.map { .int($0) } ?? .null),
             ("spin_us", parameters.spinUs.map { .int($0) } ?? .null),
             ("mode", .string(parameters.mode.rawValue)),
             ("streams", .array(connections.map { connection in

@@ -18,7 +18,7 @@ struct Client {
             mode: options.latency ? .latency : .throughput, streams: options.parallel, blockSize: options.blockSize,
             duration: options.duration, bytes: options.bytes?.value ?? 0, blocks: options.blockcount?.value ?? 0,
             reverse: options.reverse, bidir: options.bidir, interval: options.interval, spinUs: options.spinUs,
-            serverCPU: options.cpus.remote)
+            serverCPU: options.cpus.remote, ringSize: options.ringSize?.value)
     }
 
     var socketOptions: VMSocketOptions {

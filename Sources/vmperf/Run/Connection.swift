@@ -72,6 +72,12 @@ struct Connection {
         return nil
     }
 
+    /// Bytes of the ring the other side writes, for shared memory.
+    var peerRingSize: Int? {
+        if case .socket(let socket) = carrier, socket.transport == .sharedMemory { return socket.peerRingSize }
+        return nil
+    }
+
     func setSpin(_ microseconds: Int?) {
         if let microseconds, case .socket(let socket) = carrier { socket.spinMicroseconds = microseconds }
     }

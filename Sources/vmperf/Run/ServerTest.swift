@@ -16,6 +16,7 @@ struct ServerTest {
         report.line("Accepted connection from \(control.remote.host), port \(control.remote.port) (\(control.transportDescription))")
         var connections: [Connection] = []
         defer { for connection in connections { connection.close() } }
+        try door.listener.setRingSize(parameters.ringSize ?? options.effectiveRingSize)
         connections = try awaitData(parameters, cookie: cookie)
         try channel.send(ServerReply(error: nil))
         for connection in connections {

@@ -53,6 +53,9 @@ struct TestParameters: Codable, Equatable {
     var spinUs: Int?
     /// The CPU the server runs its streams on (-A n,m), if any.
     var serverCPU: Int? = nil
+    /// The client's --ring-size, if given: the server's rings for this test's connections are made this size too
+    /// (as iperf3's -w sets the window on both sides).
+    var ringSize: Int? = nil
 
     /// Connections this test opens: one per stream, two per stream with --bidir.
     var connections: Int { bidir ? streams * 2 : streams }
@@ -74,6 +77,7 @@ struct TestParameters: Codable, Equatable {
         guard !(reverse && bidir), !(mode == .latency && (reverse || bidir)) else { throw Failure("bad combination of -R, --bidir and --latency") }
         if let spinUs, !(0...1_000_000).contains(spinUs) { throw Failure("bad spin budget \(spinUs)") }
         if let serverCPU, !(0..<1024).contains(serverCPU) { throw Failure("bad CPU \(serverCPU)") }
+        if let ringSize, !Options.validRing(ringSize) { throw Failure("bad ring size \(ringSize)") }
         return self
     }
 }
