@@ -85,6 +85,8 @@ final class RunTests: XCTestCase {
     /// Over shared memory, `end.vmsock.streams[]` gives each side's sleeps and doorbell rings; over TCP there
     /// are none to give.
     private func checkWaits(_ document: [String: Any], expected: Bool, file: StaticString = #filePath, line: UInt = #line) throws {
+        let steal = try XCTUnwrap(end(document, "vmsock")["steal_percent"] as? [String: Any], "end.vmsock.steal_percent", file: file, line: line)
+        XCTAssertNotNil(steal["host"] as? Double ?? (steal["host"] as? Int).map(Double.init), "the machine's steal, from /proc/stat", file: file, line: line)
         let streams = end(document, "vmsock")["streams"] as? [[String: Any]]
         guard expected else { return XCTAssertNil(streams, "no waits over TCP", file: file, line: line) }
         let stream = try XCTUnwrap(streams?.first, "end.vmsock.streams[]", file: file, line: line)
@@ -202,6 +204,7 @@ final class RunTests: XCTestCase {
             for figure in results.values { XCTAssertGreaterThan(figure["bytes_per_second"] as? Double ?? 0, 0) }
             XCTAssertNotNil((results["shm"]?["receiver_waits"] as? [String: Any])?["read_sleeps"] as? Int, "shared memory says how often it slept")
             XCTAssertNil(results["tcp"]?["receiver_waits"])
+            XCTAssertNotNil(results["tcp"]?["steal_percent"], "each figure says how much time the hypervisor took")
         }
         let latency = try XCTUnwrap((compare["latency"] as? [String: Any])?["results"] as? [String: [String: Any]])
         XCTAssertEqual(Set(latency.keys), ["shm", "tcp", "unix"])

@@ -1,5 +1,7 @@
-// A bare C ring between two pinned threads, 64-byte messages, with the position stores either fenced (seq_cst:
-// an XCHG on x86) or plain release stores. Backs WakeUpOrdering.swift. Build and run: tools/micro/run.sh.
+// A bare C ring between two pinned threads (CPUs 0 and 1), 64-byte messages unless told otherwise, with the
+// position stores either fenced (seq_cst: an XCHG on x86) or plain release stores; the reader loads every cache
+// line. Backs WakeUpOrdering.swift, and is the machine's reference for vmperf's figures.
+// Build and run: tools/micro/run.sh. Alone: ring64 [fenced|release] [message bytes].
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
@@ -10,8 +12,8 @@
 #include <time.h>
 
 #define CAP (4u << 20)
-#define MSG 64
-#define TOTAL (1000000000ULL)
+static uint64_t MSG = 64;
+static uint64_t TOTAL = 1000000000ULL;
 static char *data;
 static _Alignas(256) uint64_t produced;
 static _Alignas(256) uint64_t consumed;
@@ -56,9 +58,16 @@ static void *reader(void *unused) {
 
 int main(int argc, char **argv) {
     fenced = argc > 1 && strcmp(argv[1], "fenced") == 0;
+    if (argc > 2) MSG = strtoull(argv[2], 0, 10);
+    if (MSG < 64 || MSG > CAP / 2 || MSG % 64 != 0) {
+        fprintf(stderr, "ring64: message size must be a multiple of 64 from 64 to %u\n", CAP / 2);
+        return 1;
+    }
+    if (MSG >= 1024) TOTAL = 20000000000ULL;  // about half a second at full speed
+    TOTAL -= TOTAL % MSG;
     data = aligned_alloc(4096, CAP);
     memset(data, 1, CAP);
-    char message[MSG];
+    char *message = aligned_alloc(64, MSG);
     memset(message, 2, MSG);
     pthread_t thread;
     pthread_create(&thread, 0, reader, 0);
@@ -74,7 +83,7 @@ int main(int argc, char **argv) {
         rings += __atomic_load_n(&readerWaits, __ATOMIC_SEQ_CST);  // the need-wakeup read
     }
     pthread_join(thread, 0);
-    printf("64-byte messages, %s position stores: %.2f GB/s\n", fenced ? "fenced" : "release",
+    printf("%llu-byte messages, %s position stores: %.2f GB/s\n", (unsigned long long)MSG, fenced ? "fenced" : "release",
            TOTAL / ((now() - start) / 1e9) / 1e9 + rings * 0);
     return 0;
 }

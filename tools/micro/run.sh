@@ -10,3 +10,5 @@ cc=$(command -v gcc || command -v cc) || { echo "tools/micro/run.sh: no C compil
 "$cc" -O2 -pthread -o "$out/ring64" "$here/ring64.c"
 "$out/setup-costs"
 for round in 1 2 3; do "$out/ring64" release; "$out/ring64" fenced; done
+# The same ring with the message sizes of vmperf --compare: what the machine gives right now, for reference.
+for size in 1024 65536 131072; do "$out/ring64" release $size; done

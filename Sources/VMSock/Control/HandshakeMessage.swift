@@ -24,9 +24,7 @@ import VMSockRing
 /// carries none.
 public struct HandshakeMessage: Equatable, Sendable {
     public static let magic: UInt32 = 0x4853_4d56  // "VMSH" little-endian
-    /// 3: asymmetric wake-up ordering. 4: ring layout 2 (waiting words are announcement counters, rung for
-    /// once each); a peer speaking 3 would sleep on a ring we never send, so the versions must match.
-    public static let protocolVersion: UInt16 = 4
+    public static let protocolVersion: UInt16 = 3
     public static let size = 48
     public static let descriptorCount = 3
 

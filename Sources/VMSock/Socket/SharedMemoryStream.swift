@@ -15,12 +15,6 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     @exclusivity(unchecked) private var tx: RingProducer
     @exclusivity(unchecked) private var readArmed = false
     @exclusivity(unchecked) private var writeArmed = false
-    // The need-wakeup words we announce with, and the peer's announcements we have rung for: the read side's
-    // pair belongs to the reading thread, the write side's to the writing thread, like `rx` and `tx`.
-    @exclusivity(unchecked) private var readWait = WaitWord()
-    @exclusivity(unchecked) private var writeWait = WaitWord()
-    @exclusivity(unchecked) private var rangForPeerReader = RingMemo()
-    @exclusivity(unchecked) private var rangForPeerWriter = RingMemo()
 
     private let local: LocalHeader
     private let peer: PeerHeader
@@ -49,8 +43,8 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     }
 
     var peerCredentials: PeerCredentials { link.peer }
-    /// Whether the peer announced it waits for our data, or for room in its ring (it wants a doorbell at our next publish or consume).
-    var peerWaits: (data: Bool, space: Bool) { (peer.waitingForData & 1 != 0, peer.waitingForSpace & 1 != 0) }
+    /// Whether the peer announced it waits for our data, or for room in its ring (it wants a doorbell per publish).
+    var peerWaits: (data: Bool, space: Bool) { (peer.isWaitingForData, peer.isWaitingForSpace) }
     var capacity: Int { link.localRegion.capacity }
     var peerCapacity: Int { link.peerRegion.capacity }
 
@@ -152,7 +146,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     @inline(__always)
     private func consume(_ count: Int) {
         rx.consume(count)
-        if rangForPeerWriter.shouldRing(peer.waitingForSpace) {
+        if peer.isWaitingForSpace {
             link.peerSpaceBell.ring()
             WaitCounters.count(waits.spaceRings)
         }
@@ -219,7 +213,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     @inline(__always)
     private func publish(_ count: Int) {
         tx.publish(count)
-        if rangForPeerReader.shouldRing(peer.waitingForData) {
+        if peer.isWaitingForData {
             link.peerDataBell.ring()
             WaitCounters.count(waits.dataRings)
         }
@@ -272,7 +266,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         deadline = end
         if spin(until: end, { (try? readWaitIsOver()) ?? true }) { return }
         announceWaiting(forData: true)
-        defer { withdrawWaiting(forData: true) }
+        defer { local.setWaitingForData(false) }
         // Announce, then re-check: a publish that raced with the announcement is seen here, any later one rings.
         if try readWaitIsOver() { return }
         WaitCounters.count(waits.readSleeps)
@@ -290,7 +284,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         deadline = end
         if spin(until: end, { (try? writeWaitIsOver(needed: needed)) ?? true }) { return }
         announceWaiting(forData: false)
-        defer { withdrawWaiting(forData: false) }
+        defer { local.setWaitingForSpace(false) }
         if try writeWaitIsOver(needed: needed) { return }
         WaitCounters.count(waits.writeSleeps)
         try sleep(on: link.spaceBell, until: end, what: "write")
@@ -300,18 +294,8 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     /// asymmetric ordering the peer's position stores carry no fence, so the barrier is run here, on the way to
     /// sleep (see `WakeUpOrdering`).
     private func announceWaiting(forData: Bool) {
-        if forData { local.setWaitingForData(readWait.announce()) } else { local.setWaitingForSpace(writeWait.announce()) }
+        if forData { local.setWaitingForData(true) } else { local.setWaitingForSpace(true) }
         if link.ordering == .asymmetric { Membarrier.barrier() }
-    }
-
-    /// Withdraws the announcement, if there is one: the peer rings no more for it.
-    @inline(__always)
-    private func withdrawWaiting(forData: Bool) {
-        if forData {
-            if let word = readWait.withdraw() { local.setWaitingForData(word) }
-        } else {
-            if let word = writeWait.withdraw() { local.setWaitingForSpace(word) }
-        }
     }
 
     /// The absolute deadline for a call, or Int64.max without a timeout.
@@ -403,7 +387,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
 
     /// Withdraws the announcement of `armReadable`: the peer stops ringing for us. Reading thread only.
     func disarmReadable() {
-        withdrawWaiting(forData: true)
+        local.setWaitingForData(false)
         readArmed = false
     }
 
@@ -423,7 +407,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
 
     /// Withdraws the announcement of `armWritable`. Writing thread only.
     func disarmWritable() {
-        withdrawWaiting(forData: false)
+        local.setWaitingForSpace(false)
         writeArmed = false
     }
 

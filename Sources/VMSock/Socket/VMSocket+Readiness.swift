@@ -16,10 +16,9 @@ public struct PollInterest: Sendable, Equatable {
 /// `armWritable()`); if it returns true, do the I/O now; otherwise poll `readInterest` (or `writeInterest`), and
 /// when it fires, do non-blocking I/O until EAGAIN, then arm again. Without arming, the descriptor may never fire.
 ///
-/// Arming announces "I am waiting" to the peer, which then rings our doorbell (a system call) at its next publish,
-/// once per announcement; the I/O that follows withdraws it. Who stops polling without doing that I/O (a watch
-/// disabled or cancelled, a wait given up) calls `disarmReadable()` (or `disarmWritable()`), or the peer still
-/// rings for it, for nothing.
+/// Arming announces "I am waiting" to the peer, which then pays a wake-up (a doorbell system call) per publish
+/// until the I/O that follows withdraws it. Who stops polling without doing that I/O (a watch disabled or
+/// cancelled, a wait given up) calls `disarmReadable()` (or `disarmWritable()`), or the peer keeps ringing.
 /// Arm and disarm a direction only from the thread that does that direction's I/O: the flags are its own.
 ///
 /// `VMSocket` conforms for both transports. A plain descriptor conforms by returning false from both arms (the

@@ -32,6 +32,8 @@ struct Compare {
         /// of them was spent waking up.
         var senderWaits: WaitStatistics?
         var receiverWaits: WaitStatistics?
+        /// Percent of the machine's processor time the hypervisor took meanwhile (`CPUUsage.steal`).
+        var steal: Double?
     }
 
     func run() throws {
@@ -96,6 +98,7 @@ struct Compare {
         let streams = measured.outcome.streams + measured.remote.streams
         figure.senderWaits = streams.first { $0.sender }?.waits
         figure.receiverWaits = streams.first { !$0.sender }?.waits
+        figure.steal = measured.outcome.cpu.steal
         return figure
     }
 

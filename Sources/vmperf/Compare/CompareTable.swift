@@ -31,7 +31,25 @@ struct CompareTable {
         for (choice, _) in Self.columns {
             lines.append("  \(choice.rawValue): \(rows.first?.figures[choice]?.transport ?? "-")")
         }
-        return lines
+        return lines + stealWarnings()
+    }
+
+    /// Steal at or above this share of the machine's time is worth a warning beside the table.
+    static let notableSteal = 2.0
+
+    /// One line per shared-memory figure measured while the hypervisor took a notable share of the CPUs. Its two
+    /// threads spin and never leave their CPUs idle, so steal there is the host's own load, and the figure says
+    /// more about the host than about the transport. (The kernel transports' threads sleep, and a VM whose CPU
+    /// went idle waits to get it back: some steal is part of what those figures measure.)
+    private func stealWarnings() -> [String] {
+        var warnings: [String] = []
+        for row in rows {
+            guard let steal = row.figures[.shm]?.steal, steal >= Self.notableSteal else { continue }
+            warnings.append(String(format: "  %@: %.0f%%", row.workload, steal))
+        }
+        guard !warnings.isEmpty else { return [] }
+        return ["", "The hypervisor took CPU time from this VM (steal, % of all CPUs) during these shared-memory runs:"]
+            + warnings + ["Those figures measure the host's load as much as the transport; rerun them."]
     }
 
     static let latencyStatistics: [(String, @Sendable (Compare.Figure) -> Double)] = [
@@ -74,7 +92,7 @@ struct CompareTable {
                     if case .object(var members) = stats {
                         members.append(("transport", .string(figure.transport)))
                         members.append(("tcp_over_this_mean", .double(ratio)))
-                        members += Self.waits(figure)
+                        members += Self.waits(figure) + [("steal_percent", figure.steal.map { .double($0) } ?? .null)]
                         stats = .object(members)
                     }
                     results.append((choice.rawValue, stats))
@@ -84,7 +102,7 @@ struct CompareTable {
                         ("bytes_per_second", .double(figure.bytesPerSecond)),
                         ("bits_per_second", .double(figure.bytesPerSecond * 8)),
                         ("ratio_to_tcp", .double((tcp?.bytesPerSecond ?? 0) > 0 ? figure.bytesPerSecond / tcp!.bytesPerSecond : 0)),
-                    ] + Self.waits(figure))))
+                    ] + Self.waits(figure) + [("steal_percent", figure.steal.map { .double($0) } ?? .null)])))
                 }
             }
             if row.latency {

@@ -122,6 +122,9 @@ struct Client {
             report.line(String(format: "CPU Utilization: local/sender %.1f%% (%.1f%%u/%.1f%%s), remote/receiver %.1f%% (%.1f%%u/%.1f%%s)",
                                outcome.cpu.total, outcome.cpu.user, outcome.cpu.system,
                                remote.cpu.total, remote.cpu.user, remote.cpu.system))
+            if let steal = outcome.cpu.steal {
+                report.line(String(format: "CPU time taken by the hypervisor (steal), whole machine: %.1f%%", steal))
+            }
             for line in summary.waitLines() { report.line(line) }
         }
         report.line()

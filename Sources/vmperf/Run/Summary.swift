@@ -93,15 +93,24 @@ struct Summary {
             members.append(("sum_received_bidir_reverse", JSONDocument.sum(reverse.map(\.receiver), sender: !sends, includeOmitted: false)))
         }
         members.append(("cpu_utilization_percent", JSONDocument.cpu(local: local.cpu, remote: remote.cpu)))
+        // vmsock's own: how much processor time the hypervisor took (each side read the whole machine's), and
+        // over shared memory each stream's sleeps and rings.
+        var vmsock: [(String, JSON)] = [
+            ("steal_percent", .object([
+                ("host", local.cpu.steal.map { .double($0) } ?? .null),
+                ("remote", remote.cpu.steal.map { .double($0) } ?? .null),
+            ])),
+        ]
         if pairs.contains(where: { $0.senderWaits != nil }) {
-            members.append(("vmsock", .object([("streams", .array(pairs.map { pair in
+            vmsock.append(("streams", .array(pairs.map { pair in
                 .object([
                     ("socket", .int(pair.index + 1)),
                     ("sender_waits", JSONDocument.waits(pair.senderWaits)),
                     ("receiver_waits", JSONDocument.waits(pair.receiverWaits)),
                 ])
-            }))])))
+            })))
         }
+        members.append(("vmsock", .object(vmsock)))
         if let histogram = local.histogram {
             members.append(("latency", JSONDocument.latency(histogram, size: parameters.blockSize)))
         }
