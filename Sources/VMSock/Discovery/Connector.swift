@@ -71,9 +71,7 @@ enum Connector {
     // MARK: Steps and decisions shared with the async connect
 
     static func validate(_ options: VMSocketOptions) throws(VMSockError) {
-        guard RingLayout.isValid(capacity: options.ringSize) else {
-            throw VMSockError(code: EINVAL, "ring size \(options.ringSize) is invalid: use a power of two from 4096 to 67108864")
-        }
+        try SharedRegion.checkCapacity(options.ringSize)
     }
 
     static var noAddress: VMSockError { VMSockError(code: EINVAL, "no address to connect to") }

@@ -26,15 +26,20 @@ final class SharedRegion: @unchecked Sendable {  // immutable after init; the ma
 
     deinit { munmap(base, mappedLength) }
 
-    /// Creates our own region in a new memfd, initialises its header and seals it: it can never grow or shrink,
-    /// and nobody can map it writable again (F_SEAL_FUTURE_WRITE), so the peer we pass it to can only read it.
-    /// - Returns: the mapping and the memfd to pass to the peer.
-    static func create(capacity: Int) throws(VMSockError) -> (SharedRegion, Descriptor) {
+    /// Checks a ring size a caller asked for: EINVAL, with the valid range, unless `RingLayout.isValid`.
+    static func checkCapacity(_ capacity: Int) throws(VMSockError) {
         guard RingLayout.isValid(capacity: capacity) else {
             throw VMSockError(
                 code: EINVAL,
                 "ring size \(capacity) is invalid: use a power of two from \(RingLayout.minimumCapacity) to \(RingLayout.maximumCapacity)")
         }
+    }
+
+    /// Creates our own region in a new memfd, initialises its header and seals it: it can never grow or shrink,
+    /// and nobody can map it writable again (F_SEAL_FUTURE_WRITE), so the peer we pass it to can only read it.
+    /// - Returns: the mapping and the memfd to pass to the peer.
+    static func create(capacity: Int) throws(VMSockError) -> (SharedRegion, Descriptor) {
+        try checkCapacity(capacity)
         let fd = Descriptor(try Sys.check("memfd_create") { vms_memfd_create("vmsock-ring", VMS_MFD_CLOEXEC | VMS_MFD_ALLOW_SEALING) })
         let size = RingLayout.regionSize(capacity: capacity)
         try Sys.check("ftruncate(memfd, \(size))") { ftruncate(fd.raw, off_t(size)) }

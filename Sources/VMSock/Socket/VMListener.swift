@@ -48,9 +48,7 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     }
 
     public init(endpoint: IPEndpoint, options: VMSocketOptions = .init(), backlog: Int32 = 128) throws(VMSockError) {
-        guard RingLayout.isValid(capacity: options.ringSize) else {
-            throw VMSockError(code: EINVAL, "ring size \(options.ringSize) is invalid: use a power of two from 4096 to 67108864")
-        }
+        try SharedRegion.checkCapacity(options.ringSize)
         self.options = options
         acceptedRingSize = Atomic(options.ringSize)
         let (tcp, bound) = try TCPCalls.listen(endpoint, backlog: backlog)
@@ -97,9 +95,7 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     /// a server that lets its client choose, as iperf3's -w does, sets it before accepting the test's connections.
     /// - Throws: EINVAL for a size that is not a power of two from 4096 to 67108864.
     public func setRingSize(_ bytes: Int) throws(VMSockError) {
-        guard RingLayout.isValid(capacity: bytes) else {
-            throw VMSockError(code: EINVAL, "ring size \(bytes) is invalid: use a power of two from 4096 to 67108864")
-        }
+        try SharedRegion.checkCapacity(bytes)
         acceptedRingSize.store(bytes, ordering: .relaxed)
     }
 

@@ -72,10 +72,14 @@ struct CompareTable {
         return String(format: "%.3g usec (%.1fx)", value / 1000, value > 0 ? tcp / value : 0)
     }
 
-    /// Over shared memory, each side's sleeps and rings (`JSONDocument.waits`); nothing for other transports.
-    private static func waits(_ figure: Compare.Figure) -> [(String, JSON)] {
-        guard figure.senderWaits != nil || figure.receiverWaits != nil else { return [] }
-        return [("sender_waits", JSONDocument.waits(figure.senderWaits)), ("receiver_waits", JSONDocument.waits(figure.receiverWaits))]
+    /// What iperf3 has no key for: the hypervisor's steal meanwhile, and over shared memory each side's sleeps
+    /// and rings (`JSONDocument.waits`).
+    private static func vmsockFacts(_ figure: Compare.Figure) -> [(String, JSON)] {
+        var facts: [(String, JSON)] = [("steal_percent", figure.steal.map { .double($0) } ?? .null)]
+        if figure.senderWaits != nil || figure.receiverWaits != nil {
+            facts += [("sender_waits", JSONDocument.waits(figure.senderWaits)), ("receiver_waits", JSONDocument.waits(figure.receiverWaits))]
+        }
+        return facts
     }
 
     func json() -> JSON {
@@ -92,7 +96,7 @@ struct CompareTable {
                     if case .object(var members) = stats {
                         members.append(("transport", .string(figure.transport)))
                         members.append(("tcp_over_this_mean", .double(ratio)))
-                        members += Self.waits(figure) + [("steal_percent", figure.steal.map { .double($0) } ?? .null)]
+                        members += Self.vmsockFacts(figure)
                         stats = .object(members)
                     }
                     results.append((choice.rawValue, stats))
@@ -102,7 +106,7 @@ struct CompareTable {
                         ("bytes_per_second", .double(figure.bytesPerSecond)),
                         ("bits_per_second", .double(figure.bytesPerSecond * 8)),
                         ("ratio_to_tcp", .double((tcp?.bytesPerSecond ?? 0) > 0 ? figure.bytesPerSecond / tcp!.bytesPerSecond : 0)),
-                    ] + Self.waits(figure) + [("steal_percent", figure.steal.map { .double($0) } ?? .null)])))
+                    ] + Self.vmsockFacts(figure))))
                 }
             }
             if row.latency {
