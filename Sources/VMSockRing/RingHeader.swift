@@ -19,6 +19,18 @@ public struct LocalHeader: @unchecked Sendable {
         base.storeBytes(of: UInt64(capacity).littleEndian, toByteOffset: RingLayout.Offset.capacity, as: UInt64.self)
     }
 
+    /// Makes the header what `initialize` left, for a link reopened for a new connection: positions, waiting
+    /// flags and shutdown bits back to zero. Call only while the peer reads nothing of ours (its connection on
+    /// this link is gone too, and it has not yet been told of the new one).
+    public func reset() {
+        for offset in [RingLayout.Offset.producerPosition, RingLayout.Offset.consumerPosition] {
+            vms_store_seqcst_u64(word(offset), 0)
+        }
+        for offset in [RingLayout.Offset.waitingForData, RingLayout.Offset.waitingForSpace, RingLayout.Offset.shutdownFlags] {
+            vms_store_seqcst_u32(word32(offset), 0)
+        }
+    }
+
     @usableFromInline var producerPosition: UnsafeMutablePointer<UInt64> { word(RingLayout.Offset.producerPosition) }
     @usableFromInline var consumerPosition: UnsafeMutablePointer<UInt64> { word(RingLayout.Offset.consumerPosition) }
 

@@ -22,7 +22,9 @@
 ///     512     4  waiting for space      peer reader: after consuming, ring our space bell if set
 ///     516   124  padding
 ///     640     4  shutdown flags         peer: bit 0 write side shut (producer position is final),
-///                                             bit 1 read side shut, bit 2 closed
+///                                             bit 1 read side shut, bit 2 closed, bit 3 parked (the
+///                                             connection is gone on this side, which keeps the link
+///                                             for the next connection between the same two processes)
 ///     644  3452  reserved, zero
 ///    4096   cap  data                   peer reader; mapped twice back to back where the mapper can
 /// ```
@@ -55,6 +57,9 @@ public enum RingLayout {
         public static let write: UInt32 = 1 << 0
         public static let read: UInt32 = 1 << 1
         public static let closed: UInt32 = 1 << 2
+        /// Set after `closed`, once nothing in this process touches the connection any more: the connector may
+        /// ask to reopen the link (see `HandshakeMessage.Kind.reopen`).
+        public static let parked: UInt32 = 1 << 3
     }
 
     /// A data capacity is valid when it is a power of two from 4 KiB to 64 MiB (so it is also a whole number

@@ -16,6 +16,8 @@ let usage = """
       cat HOST PORT                          connect; stdin to the socket, the socket to stdout (see Cat.swift)
       cat-listen HOST PORT [--echo]          accept one; the same, or echo what arrives
       async-write PORT SECONDS               async connect, write 1 KiB at a time for SECONDS (for strace -c)
+      reconnect PORT COUNT                   COUNT times: connect, send 4 KiB, check the echo, close; then
+                                             print how many connections reused a link
     All ports are on 127.0.0.1, except for cat. The transport policy comes from VMSOCK_TRANSPORT.
     """
 
@@ -78,6 +80,23 @@ do {
     case "cat", "cat-listen":
         guard args.count >= 4 else { fail("bad arguments\n\(usage)") }
         try Cat.run(listen: args[1] == "cat-listen", host: args[2], port: port, echo: args.contains("--echo"))
+    case "reconnect":
+        guard args.count == 4, let count = Int(args[3]) else { fail("bad arguments\n\(usage)") }
+        let before = TransportStatistics.current.sharedMemoryReused
+        for index in 0..<count {
+            let socket = try VMSocket.connect(host: loopback, port: port, options: VMSocketOptions(transport: .shm))
+            let bytes = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &+ index &* 31) }
+            try socket.writeAll(bytes)
+            var echoed: [UInt8] = []
+            while echoed.count < bytes.count {
+                let chunk = try socket.read(upTo: bytes.count - echoed.count)
+                if chunk.isEmpty { fail("connection \(index): the echo ended after \(echoed.count) bytes") }
+                echoed += chunk
+            }
+            if echoed != bytes { fail("connection \(index): the echo differs") }
+            socket.close()
+        }
+        ready("reused \(TransportStatistics.current.sharedMemoryReused - before)")
     case "async-write":
         guard args.count == 4, let seconds = Double(args[3]) else { fail("bad arguments\n\(usage)") }
         try AsyncWrite.run(port: port, seconds: seconds)

@@ -72,8 +72,11 @@ final class HandshakeTests: XCTestCase {
                 XCTAssertEqual(message.kind, .reject, label)
                 XCTAssertEqual(message.rejectReason, expected.rawValue, label)
             }
-            // The listener is still healthy: a good connector gets through the same accept call.
-            let client = try VMSocket.connect(to: .name(name), options: VMSocketOptions(ringSize: 4096))
+            // The listener is still healthy: a good connector gets through the same accept call. (It keeps no
+            // link for reuse, so that the descriptor count below is the listener's alone.)
+            var goodOptions = VMSocketOptions(ringSize: 4096)
+            goodOptions.reusesLinks = false
+            let client = try VMSocket.connect(to: .name(name), options: goodOptions)
             let server = try XCTUnwrap(accepted.wait(timeout: 10), label).get()
             try client.writeAll([UInt8(index)])
             XCTAssertEqual(try server.readExactly(1), [UInt8(index)], label)
@@ -95,7 +98,8 @@ final class HandshakeTests: XCTestCase {
             let name = uniqueName()
             let peer = try TestPeer("bad-welcome", name, how)
             peer.expectLine("ready")
-            let fdsBefore = openDescriptorCount()
+            VMSocket.closeIdleLinks()  // what earlier tests left for later connections is not this test's
+            let fdsBefore = settledDescriptorCount()
             let mapsBefore = mappingCount()
             XCTAssertErrno(expected, try VMSocket.connect(to: .name(name), options: options), how)
             XCTAssertEqual(openDescriptorCount(), fdsBefore, "descriptors leaked after '\(how)'")

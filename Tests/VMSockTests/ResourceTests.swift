@@ -4,22 +4,19 @@ import Foundation
 import XCTest
 
 final class ResourceTests: XCTestCase {
-    /// 10,000 connect/close cycles leave no descriptor and no mapping behind.
+    /// 10,000 connect/close cycles leave no descriptor and no mapping behind: half of them reopen the link the
+    /// previous one left (the default), half make a new link each, and once the listener is closed and the
+    /// connector's idle links are freed nothing is left.
     func testConnectCloseCyclesLeakNothing() throws {
         do {  // first use sets up whatever the runtime keeps for good (thread stacks, Foundation caches)
             let (server, client) = try connectedPair()
             server.close()
             client.close()
         }
+        VMSocket.closeIdleLinks()  // earlier tests' links are not this test's to count
         // The warm-up's accept thread still holds its listener and accepted socket until the thread exits, which
         // may be just after `connectedPair` returned: wait until the count settles.
-        var fds = openDescriptorCount()
-        for _ in 0..<100 {
-            usleep(20_000)
-            let now = openDescriptorCount()
-            if now == fds { break }
-            fds = now
-        }
+        let fds = settledDescriptorCount()
         let maps = mappingCount()
         let name = uniqueName()
         let listener = try VMListener(address: .name(name), options: VMSocketOptions(ringSize: 4096))
@@ -31,14 +28,19 @@ final class ResourceTests: XCTestCase {
                 socket.close()
             }
         }
-        func cycle() throws {
-            let socket = try VMSocket.connect(to: .name(name), options: VMSocketOptions(ringSize: 4096))
+        let reusedBefore = TransportStatistics.current.sharedMemoryReused
+        func cycle(reuse: Bool) throws {
+            var options = VMSocketOptions(ringSize: 4096)
+            options.reusesLinks = reuse
+            let socket = try VMSocket.connect(to: .name(name), options: options)
             try socket.writeAll([1])
             socket.close()
         }
-        for _ in 0..<cycles { try cycle() }
+        for index in 0..<cycles { try cycle(reuse: index < cycles / 2) }
         XCTAssertNoThrow(try XCTUnwrap(server.wait(timeout: 120)).get())
+        XCTAssertGreaterThan(TransportStatistics.current.sharedMemoryReused - reusedBefore, 0, "no link was reused")
         listener.close()
+        VMSocket.closeIdleLinks()
         XCTAssertEqual(openDescriptorCount(), fds, "descriptors leaked")
         XCTAssertLessThanOrEqual(mappingCount(), maps + 2, "mappings leaked (a couple may come from the allocator)")
     }

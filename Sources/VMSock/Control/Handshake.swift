@@ -13,10 +13,17 @@ struct EstablishedLink {
     let spaceBell: Doorbell
     let peerDataBell: PeerBell
     let peerSpaceBell: PeerBell
-    /// The address and port the connector dialed (both sides know it after the hello).
-    let dialed: IPEndpoint?
+    /// The address and port the connector dialed (both sides know it after the hello, or a reopen).
+    var dialed: IPEndpoint?
     /// `asymmetric` when both processes offered it.
     let ordering: WakeUpOrdering
+    /// Whether both sides agreed to keep the link for another connection once this one is closed (`LinkReuse`).
+    let reusable: Bool
+    /// Where the connection's engine hands the link when it is gone, if `reusable`: the connector's `LinkPool`
+    /// or the listener's parked links. Returns false when it was not taken (and the link is freed).
+    var parking: LinkParking? = nil
+    /// The process that made the link: a forked child, which shares its rings with the parent, never parks it.
+    let creator = getpid()
 }
 
 /// Our half of a connection before the peer has seen it: the region and bells we are about to pass.
@@ -50,6 +57,15 @@ struct LocalHalf: Sendable {
         return try LocalHalf(capacity: capacity)
     }
 
+    /// Frees the spare, if any.
+    static func dropSpare() {
+        let dropped = spare.withLock { spare in
+            defer { spare = nil }
+            return spare
+        }
+        _ = dropped
+    }
+
     /// Makes the spare now if there is none of this size: call before sleeping, so the next connection need not.
     static func prepareSpare(capacity: Int) {
         guard spare.withLock({ $0?.region.capacity != capacity }) else { return }
@@ -63,9 +79,9 @@ enum Handshake {
     /// caller already checked. Failures that explain a fallback to TCP carry a `FallbackReason`.
     static func connect(
         _ control: Descriptor, peer: PeerCredentials, dialed: IPEndpoint, address: ControlAddress, capacity: Int,
-        timeoutMs: Int32
+        reusable: Bool, timeoutMs: Int32
     ) throws(VMSockError) -> EstablishedLink {
-        let hello = try sendHello(control, dialed: dialed, capacity: capacity)
+        let hello = try sendHello(control, dialed: dialed, capacity: capacity, reusable: reusable)
         // The listener answers within tens of microseconds; waiting for it in poll would cost a wake-up, which on
         // a VM costs more than that (see SpinPolicy). So look for the answer without sleeping first, briefly.
         ControlSocket.spinUntilReadable(control.raw, nanoseconds: SpinPolicy.processNanoseconds)
@@ -77,21 +93,23 @@ enum Handshake {
     struct HelloSent {
         fileprivate let mine: LocalHalf
         let dialed: IPEndpoint
+        let reusable: Bool
     }
 
     /// The connector's first step: makes our region and bells and sends them in a hello. Never waits (a fresh
     /// control socket has room for one message).
     static func sendHello(
-        _ control: Descriptor, dialed: IPEndpoint, capacity: Int
+        _ control: Descriptor, dialed: IPEndpoint, capacity: Int, reusable: Bool = false
     ) throws(VMSockError) -> HelloSent {
         let mine: LocalHalf
         do throws(VMSockError) { mine = try LocalHalf.take(capacity: capacity) } catch {
             throw error.because(.outOfResources)
         }
         let hello = HandshakeMessage(
-            kind: .hello, ringCapacity: UInt32(capacity), dialed: dialed, ordering: Membarrier.offered)
+            kind: .hello, ringCapacity: UInt32(capacity), dialed: dialed, ordering: Membarrier.offered,
+            reusable: reusable)
         try ControlSocket.send(control.raw, hello.encoded(), descriptors: mine.descriptors)
-        return HelloSent(mine: mine, dialed: dialed)
+        return HelloSent(mine: mine, dialed: dialed, reusable: reusable)
     }
 
     /// The connector's second step, with the listener's answer: the link, or why not.
@@ -118,8 +136,8 @@ enum Handshake {
             }
             throw VMSockError(code: ECONNREFUSED, "the listener at \(address) refused the connection: \(reason)\(detail)")
                 .because(fallback)
-        case .hello:
-            throw .protocolFault("listener answered the handshake with a hello")
+        case .hello, .reopen:
+            throw .protocolFault("listener answered the handshake with a \(message.kind)")
         }
         guard message.version == HandshakeMessage.protocolVersion else {
             throw VMSockError.protocolFault(
@@ -132,7 +150,7 @@ enum Handshake {
             control: control, peer: peer, localRegion: mine.region, peerRegion: theirs.region,
             dataBell: mine.dataBell, spaceBell: mine.spaceBell,
             peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: sent.dialed,
-            ordering: agreed(message.ordering))
+            ordering: agreed(message.ordering), reusable: sent.reusable && message.reusable)
     }
 
     /// The listener's side, first step, on a control socket just accepted: checks who connected (SO_PEERCRED).
@@ -148,7 +166,10 @@ enum Handshake {
 
     /// The listener's side, second step, once the hello has arrived (the control socket polled readable): never
     /// waits. A hello that is malformed or of another version gets a reject saying why, and this throws.
-    static func answer(_ control: Descriptor, peer: PeerCredentials, capacity: Int) throws(VMSockError) -> EstablishedLink {
+    /// `reusable`: whether this listener keeps links for reuse; the link is reusable when the hello says so too.
+    static func answer(
+        _ control: Descriptor, peer: PeerCredentials, capacity: Int, reusable: Bool
+    ) throws(VMSockError) -> EstablishedLink {
         let request = try ControlSocket.receiveReady(control.raw)
         if request.bytes.isEmpty && !request.truncated {
             throw VMSockError(code: ECONNRESET, "connector closed the connection before its hello")
@@ -156,6 +177,7 @@ enum Handshake {
         let theirs: PeerHalf
         let dialed: IPEndpoint?
         let ordering: WakeUpOrdering
+        let agreedReuse: Bool
         do throws(VMSockError) {
             let hello = try decode(request, from: "connector")
             guard hello.version == HandshakeMessage.protocolVersion else {
@@ -166,6 +188,7 @@ enum Handshake {
             guard hello.kind == .hello else { throw VMSockError.protocolFault("connector sent a \(hello.kind) instead of a hello") }
             dialed = hello.dialed
             ordering = agreed(hello.ordering)
+            agreedReuse = reusable && hello.reusable
             theirs = try adopt(request.descriptors, capacity: Int(hello.ringCapacity), from: "connector")
         } catch {
             if error.code == EPROTO { reject(control, .badRequest) }
@@ -176,12 +199,14 @@ enum Handshake {
             reject(control, .outOfResources)
             throw error
         }
-        let welcome = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity), ordering: Membarrier.offered)
+        let welcome = HandshakeMessage(
+            kind: .welcome, ringCapacity: UInt32(capacity), ordering: Membarrier.offered, reusable: agreedReuse)
         try ControlSocket.send(control.raw, welcome.encoded(), descriptors: mine.descriptors)
         return EstablishedLink(
             control: control, peer: peer, localRegion: mine.region, peerRegion: theirs.region,
             dataBell: mine.dataBell, spaceBell: mine.spaceBell,
-            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed, ordering: ordering)
+            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed, ordering: ordering,
+            reusable: agreedReuse)
     }
 
     /// Asymmetric fences need both processes registered: our barrier must reach the peer's cores and theirs ours.
@@ -195,7 +220,7 @@ enum Handshake {
         try? ControlSocket.send(control.raw, message.encoded(), descriptors: [])
     }
 
-    private static func decode(_ received: ControlSocket.Received, from who: String) throws(VMSockError) -> HandshakeMessage {
+    static func decode(_ received: ControlSocket.Received, from who: String) throws(VMSockError) -> HandshakeMessage {
         guard !received.truncated else { throw .protocolFault("\(who) sent an oversized handshake message or too many descriptors") }
         let decoded = received.bytes.withUnsafeBytes { bytes in
             Result { () throws(HandshakeMessage.DecodeError) in try HandshakeMessage.decode(bytes) }

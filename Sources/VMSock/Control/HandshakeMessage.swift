@@ -1,20 +1,21 @@
 import VMSockRing
 
-/// The two messages of the connect handshake: the "hypercall" of the design, one round trip at connect time.
+/// The messages of the connect handshake: the "hypercall" of the design, one round trip at connect time.
 ///
 /// Sent as single SOCK_SEQPACKET messages over the control socket. Fixed size, little-endian:
 /// ```
 ///  offset  size  field
 ///       0     4  magic "VMSH"
-///       4     2  protocol version (3)
-///       6     2  kind: 1 hello (connector), 2 welcome (listener), 3 reject (listener)
-///       8     4  ring capacity: bytes of the sender's outgoing ring (hello, welcome); 0 in a reject
+///       4     2  protocol version (4)
+///       6     2  kind: 1 hello (connector), 2 welcome (listener), 3 reject (listener), 4 reopen (connector)
+///       8     4  ring capacity: bytes of the sender's outgoing ring (hello, welcome, reopen); 0 in a reject
 ///      12     4  reject reason (reject only, else 0)
-///      16     2  hello: family of the address the connector dialed (4 or 6); else 0
-///      18     2  hello: the port it dialed; else 0
-///      20    16  hello: the address it dialed (IPv4 in the first 4 bytes); else zero
+///      16     2  hello, reopen: family of the address the connector dialed (4 or 6); else 0
+///      18     2  hello, reopen: the port it dialed; else 0
+///      20    16  hello, reopen: the address it dialed (IPv4 in the first 4 bytes); else zero
 ///      36     4  hello, welcome: flags; bit 0: the sender's process can use asymmetric fences (see
-///                  `WakeUpOrdering`); other bits zero
+///                  `WakeUpOrdering`); bit 1: the sender keeps the link for reuse once the connection is closed
+///                  (see `LinkReuse`; both must say so); other bits zero
 ///      40     8  reserved, zero
 /// ```
 /// The dialed address is what makes a shared-memory connection report IP addresses like a TCP one: the listener
@@ -22,9 +23,13 @@ import VMSockRing
 /// Hello and welcome carry exactly three descriptors with SCM_RIGHTS: the sender's ring memfd, and the ringing ends
 /// of its two doorbells (the one it sleeps on waiting for data, the one it sleeps on waiting for space). A reject
 /// carries none.
+///
+/// A reopen starts a new connection on a link whose previous connection both sides have closed and parked (see
+/// `LinkReuse`): it travels on that link's control socket, carries no descriptors, and is answered with a welcome
+/// that carries none, or with a reject after which the listener drops the link.
 public struct HandshakeMessage: Equatable, Sendable {
     public static let magic: UInt32 = 0x4853_4d56  // "VMSH" little-endian
-    public static let protocolVersion: UInt16 = 3
+    public static let protocolVersion: UInt16 = 4
     public static let size = 48
     public static let descriptorCount = 3
 
@@ -32,6 +37,7 @@ public struct HandshakeMessage: Equatable, Sendable {
         case hello = 1
         case welcome = 2
         case reject = 3
+        case reopen = 4
     }
 
     /// Why a listener turned a connector away; sent in a reject.
@@ -55,14 +61,16 @@ public struct HandshakeMessage: Equatable, Sendable {
     public var kind: Kind
     public var ringCapacity: UInt32
     public var rejectReason: UInt32
-    /// The address and port the connector dialed (hello only).
+    /// The address and port the connector dialed (hello and reopen).
     public var dialed: IPEndpoint?
     /// How the sender can order wake-ups: `asymmetric` when its process registered for membarrier.
     public var ordering: WakeUpOrdering
+    /// Whether the sender keeps the link for a later connection (hello, welcome).
+    public var reusable: Bool
 
     public init(
         kind: Kind, ringCapacity: UInt32 = 0, rejectReason: UInt32 = 0, dialed: IPEndpoint? = nil,
-        ordering: WakeUpOrdering = .fenced, version: UInt16 = protocolVersion
+        ordering: WakeUpOrdering = .fenced, reusable: Bool = false, version: UInt16 = protocolVersion
     ) {
         self.version = version
         self.kind = kind
@@ -70,9 +78,11 @@ public struct HandshakeMessage: Equatable, Sendable {
         self.rejectReason = rejectReason
         self.dialed = dialed
         self.ordering = ordering
+        self.reusable = reusable
     }
 
-    static let asymmetricFlag: UInt32 = 1
+    static let asymmetricFlag: UInt32 = 1 << 0
+    static let reusableFlag: UInt32 = 1 << 1
 
     public func encoded() -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: Self.size)
@@ -84,7 +94,7 @@ public struct HandshakeMessage: Equatable, Sendable {
         put(kind.rawValue, at: 6)
         put(ringCapacity, at: 8)
         put(rejectReason, at: 12)
-        put(ordering == .asymmetric ? Self.asymmetricFlag : 0, at: 36)
+        put((ordering == .asymmetric ? Self.asymmetricFlag : 0) | (reusable ? Self.reusableFlag : 0), at: 36)
         if let dialed {
             put(UInt16(dialed.family == .v4 ? 4 : 6), at: 16)
             put(dialed.port, at: 18)
@@ -123,7 +133,7 @@ public struct HandshakeMessage: Equatable, Sendable {
         let rawKind = get(UInt16.self, at: 6)
         guard let kind = Kind(rawValue: rawKind) else { throw .unknownKind(rawKind) }
         let flags = get(UInt32.self, at: 36)
-        guard flags & ~Self.asymmetricFlag == 0, bytes[40..<48].allSatisfy({ $0 == 0 }) else {
+        guard flags & ~(Self.asymmetricFlag | Self.reusableFlag) == 0, bytes[40..<48].allSatisfy({ $0 == 0 }) else {
             throw .nonZeroReserved
         }
         let dialed: IPEndpoint?
@@ -142,6 +152,6 @@ public struct HandshakeMessage: Equatable, Sendable {
         return HandshakeMessage(
             kind: kind, ringCapacity: get(UInt32.self, at: 8), rejectReason: get(UInt32.self, at: 12),
             dialed: dialed, ordering: flags & Self.asymmetricFlag != 0 ? .asymmetric : .fenced,
-            version: get(UInt16.self, at: 4))
+            reusable: flags & Self.reusableFlag != 0, version: get(UInt16.self, at: 4))
     }
 }

@@ -44,6 +44,15 @@ enum Connector {
         if candidates.isEmpty { return .failure(notLocal) }
         var failure = noListener
         for address in candidates {
+            if options.reusesLinks {
+                do throws(VMSockError) {
+                    if let socket = try reopenParkedLink(to: address, dialed: destination, options: options) {
+                        return .success(socket)
+                    }
+                } catch {
+                    return .failure(handshakeFailure(error))
+                }
+            }
             let control: Descriptor
             do throws(VMSockError) {
                 control = try ControlSocket.connect(address, timeoutMs: options.handshakeTimeoutMs)
@@ -57,15 +66,37 @@ enum Connector {
                 // Our half is made after we knock: the connect has woken the listener, and a wake-up costs more
                 // here than making a half, so the hello is usually there by the time the listener looks (it also
                 // looks again without sleeping for a while, see `VMListener.accept`).
-                let link = try Handshake.connect(
+                var link = try Handshake.connect(
                     control, peer: peer, dialed: destination, address: address, capacity: options.ringSize,
-                    timeoutMs: options.handshakeTimeoutMs)
+                    reusable: options.reusesLinks, timeoutMs: options.handshakeTimeoutMs)
+                if link.reusable { link.parking = LinkPool.shared.parking(for: address) }
                 return .success(try sharedMemorySocket(link, to: destination))
             } catch {
                 return .failure(handshakeFailure(error))
             }
         }
         return .failure(failure)
+    }
+
+    /// A connection on a parked link to `address` (see `LinkReuse`), or nil when none could be reopened: a link
+    /// that fails to reopen is freed, and the caller makes a new one. Throws ETIMEDOUT when the listener did not
+    /// answer within the handshake timeout (it is alive but not accepting: a new link would wait as long), after
+    /// freeing the other links parked for it.
+    private static func reopenParkedLink(
+        to address: ControlAddress, dialed: IPEndpoint, options: VMSocketOptions
+    ) throws(VMSockError) -> VMSocket? {
+        while let parked = LinkPool.shared.take(address, capacity: options.ringSize, policy: options.peerPolicy) {
+            do throws(VMSockError) {
+                let link = try Handshake.reopen(parked, dialed: dialed, timeoutMs: options.handshakeTimeoutMs)
+                return try sharedMemorySocket(link, to: dialed, reused: true)
+            } catch {
+                if error.code == ETIMEDOUT {
+                    LinkPool.shared.removeAll(for: address)
+                    throw error
+                }
+            }
+        }
+        return nil
     }
 
     // MARK: Steps and decisions shared with the async connect
@@ -128,9 +159,11 @@ enum Connector {
         return (fallback, detail)
     }
 
-    static func sharedMemorySocket(_ link: EstablishedLink, to destination: IPEndpoint) throws(VMSockError) -> VMSocket {
+    static func sharedMemorySocket(
+        _ link: EstablishedLink, to destination: IPEndpoint, reused: Bool = false
+    ) throws(VMSockError) -> VMSocket {
         let stream = try SharedMemoryStream(link)
-        TransportStatistics.count(.sharedMemory, fallback: nil)
+        TransportStatistics.count(.sharedMemory, fallback: nil, reused: reused)
         return VMSocket(engine: .sharedMemory(stream), local: destination.with(port: 0), peer: destination)
     }
 

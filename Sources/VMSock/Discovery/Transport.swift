@@ -58,17 +58,20 @@ public enum FallbackReason: String, Sendable, CaseIterable, CustomStringConverti
 /// The process's connection counters: how many connections each transport carried, and why `auto` chose TCP.
 public struct TransportStatistics: Sendable, Equatable, CustomStringConvertible {
     public var sharedMemory: Int
+    /// Of `sharedMemory`, the connections that reopened a parked link (see `VMSocketOptions.reusesLinks`).
+    public var sharedMemoryReused: Int
     public var tcp: Int
     public var fallbacks: [FallbackReason: Int]
 
     /// The counters now (connections made by connect and by accept since the process started).
     public static var current: TransportStatistics { counters.withLock { $0 } }
 
-    static let counters = Mutex(TransportStatistics(sharedMemory: 0, tcp: 0, fallbacks: [:]))
+    static let counters = Mutex(TransportStatistics(sharedMemory: 0, sharedMemoryReused: 0, tcp: 0, fallbacks: [:]))
 
     /// Counts one new connection, and for a TCP one the reason shared memory was not used.
-    static func count(_ transport: Transport, fallback: FallbackReason?) {
+    static func count(_ transport: Transport, fallback: FallbackReason?, reused: Bool = false) {
         counters.withLock { stats in
+            if reused { stats.sharedMemoryReused += 1 }
             switch transport {
             case .sharedMemory: stats.sharedMemory += 1
             case .tcp: stats.tcp += 1
@@ -79,6 +82,6 @@ public struct TransportStatistics: Sendable, Equatable, CustomStringConvertible 
 
     public var description: String {
         let reasons = FallbackReason.allCases.compactMap { reason in fallbacks[reason].map { "\(reason): \($0)" } }
-        return "shared memory: \(sharedMemory), TCP: \(tcp)" + (reasons.isEmpty ? "" : " (\(reasons.joined(separator: ", ")))")
+        return "shared memory: \(sharedMemory) (\(sharedMemoryReused) on reused links), TCP: \(tcp)" + (reasons.isEmpty ? "" : " (\(reasons.joined(separator: ", ")))")
     }
 }

@@ -44,10 +44,24 @@ final class Doorbell: @unchecked Sendable {  // immutable after init
     /// - Returns: false when the bell's other end is closed everywhere (the peer is gone).
     @inline(__always)
     @discardableResult
-    func drain() -> Bool {
+    func drain() -> Bool { receive() != 0 }
+
+    /// Clears pending rings, for a link reopened for a new connection. Bounded: the peer can ring faster than we
+    /// drain, and must not keep us here. A stale ring left over only costs one spurious wake-up, which every wait
+    /// tolerates.
+    func clear() {
+        for _ in 0..<16 {
+            if receive() < Self.sinkSize { return }
+        }
+    }
+
+    private static let sinkSize = 64
+
+    /// One non-blocking receive of up to `sinkSize` rings: how many, 0 at end of stream, -1 for none (or error).
+    @inline(__always)
+    private func receive() -> Int {
         var sink = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-        let n = withUnsafeMutableBytes(of: &sink) { recv(receiver.raw, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-        return n != 0
+        return withUnsafeMutableBytes(of: &sink) { recv(receiver.raw, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
     }
 }
 

@@ -14,15 +14,19 @@ import Synchronization
 final class PendingHandshakes: @unchecked Sendable {  // the table is behind its Mutex; the rest is immutable
     /// How many handshakes may wait at once; a connector beyond that is turned away.
     static let limit = 64
+    /// How many parked links (`LinkReuse`) may wait for a reopen at once; a link beyond that is freed.
+    static let parkedLimit = 16
 
     /// epoll data words: a listening socket's is its descriptor (below 2^31); the timer's and the pending
     /// connectors' are above, and a connector's token is never reused, so a stale event cannot name another one.
     static let timerToken: UInt64 = 1 << 32
     private static let firstToken: UInt64 = 1 << 33
 
+    /// A connector whose hello is awaited, or a parked link (`link`) whose reopen is.
     struct Waiting {
         let control: Descriptor
         let peer: PeerCredentials
+        var link: EstablishedLink? = nil
     }
 
     private struct Entry {
@@ -43,6 +47,9 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
 
     private let table: Mutex<Table>
     private let epoll: Int32
+    /// A forked child shares the epoll set and the parked links' rings with its parent: only the parent parks
+    /// and reopens.
+    private let owner = getpid()
     private let timeoutNanos: Int64
 
     /// - Parameters: epoll: the listener's epoll set, which must outlive this; timeoutMs: how long a connector
@@ -68,8 +75,22 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
 
     /// Adds a connector that passed the policy check. Returns false, keeping nothing, when `limit` are waiting.
     func add(_ waiting: Waiting) throws(VMSockError) -> Bool {
-        try table.withLock { (table) throws(VMSockError) -> Bool in
-            guard table.timer != nil, table.entries.count < Self.limit else { return false }
+        try enter(waiting, limit: Self.limit)
+    }
+
+    /// Parks a link whose connection is gone, to wait for its connector's reopen for up to the handshake timeout.
+    /// Returns false, keeping nothing, when `parkedLimit` are parked or the listener is closed.
+    func park(_ link: EstablishedLink) -> Bool {
+        guard getpid() == owner else { return false }
+        return (try? enter(Waiting(control: link.control, peer: link.peer, link: link), limit: Self.parkedLimit)) ?? false
+    }
+
+    private func enter(_ waiting: Waiting, limit: Int) throws(VMSockError) -> Bool {
+        let parked = waiting.link != nil
+        return try table.withLock { (table) throws(VMSockError) -> Bool in
+            guard table.timer != nil, table.entries.count(where: { ($0.waiting.link != nil) == parked }) < limit else {
+                return false
+            }
             let token = table.nextToken
             // Level-triggered: a hello that is there already makes the set readable at once.
             try Self.control(epoll, EPOLL_CTL_ADD, waiting.control.raw, token: token)
@@ -81,7 +102,8 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
         }
     }
 
-    /// Takes out the connectors whose deadline has passed (the caller turns them away). Costs no system call
+    /// Takes out the connectors and parked links whose deadline has passed (the caller turns the connectors away
+    /// and frees the links). Costs no system call
     /// before the timer is due.
     func takeExpired() -> [Waiting] {
         let now = monotonicNanos()
@@ -100,7 +122,8 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
         }
     }
 
-    /// Takes out one connector whose control socket polls readable (its hello arrived, or it hung up), or nil.
+    /// Takes out one connector whose control socket polls readable (its hello arrived, or it hung up), or one
+    /// parked link whose does (a reopen, or a hang-up), or nil.
     /// Costs no system call while nobody waits.
     func takeReady() -> Waiting? {
         guard !table.withLock({ $0.entries.isEmpty }) else { return nil }
@@ -111,6 +134,7 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
             for event in events.prefix(Int(count)) where event.data.u64 >= Self.firstToken {
                 // Another accept may have taken it since: then it is not in the table any more.
                 guard let index = table.entries.firstIndex(where: { $0.token == event.data.u64 }) else { continue }
+                if table.entries[index].waiting.link != nil && getpid() != owner { continue }
                 let entry = table.entries.remove(at: index)
                 try? Self.control(epoll, EPOLL_CTL_DEL, entry.waiting.control.raw, token: entry.token)
                 return entry.waiting
@@ -120,11 +144,16 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
     }
 
     /// How many connectors wait for their hello.
-    var count: Int { table.withLock { $0.entries.count } }
+    var count: Int { table.withLock { $0.entries.count(where: { $0.waiting.link == nil }) } }
+
+    /// How many parked links wait for a reopen.
+    var parkedCount: Int { table.withLock { $0.entries.count(where: { $0.waiting.link != nil }) } }
 
     /// Whether a connector was taken in less than `nanoseconds` ago (its hello is most likely on its way).
     func hasArrival(within nanoseconds: Int64) -> Bool {
-        guard let newest = table.withLock({ $0.entries.last?.deadline }) else { return false }
+        guard let newest = table.withLock({ $0.entries.last(where: { $0.waiting.link == nil })?.deadline }) else {
+            return false
+        }
         return newest - timeoutNanos > monotonicNanos() - nanoseconds
     }
 

@@ -448,9 +448,33 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         let before = state.bitwiseOr(State.closed, ordering: .acquiringAndReleasing).oldValue
         guard before & State.closed == 0 else { return }
         local.addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
-        // No doorbells: every sleeper, ours and the peer's, polls the control socket too, and shutting it down
-        // wakes them all (our end hangs up, and so does the peer's). Four sends fewer per close.
-        Glibc.shutdown(link.control.raw, Int32(SHUT_RDWR))
+        guard link.parking != nil else {
+            // No doorbells: every sleeper, ours and the peer's, polls the control socket too, and shutting it
+            // down wakes them all (our end hangs up, and so does the peer's). Four sends fewer per close.
+            Glibc.shutdown(link.control.raw, Int32(SHUT_RDWR))
+            return
+        }
+        // The link is kept for reuse, so its control socket stays up: ring instead. The peer only if it sleeps
+        // (it re-checks our shutdown bits after announcing that, as for a publish); our own sleepers always.
+        let (peerWaitsForData, peerWaitsForSpace) = peerWaits
+        if peerWaitsForData { link.peerDataBell.ring() }
+        if peerWaitsForSpace { link.peerSpaceBell.ring() }
+        link.dataBell.ringSelf()
+        link.spaceBell.ringSelf()
+    }
+
+    /// The last reference is gone, so nothing in this process touches the rings any more: a reusable link that
+    /// was closed cleanly is parked (see `LinkReuse`), and marked so for the peer. Otherwise it is freed here.
+    deinit {
+        let flags = state.load(ordering: .acquiring)
+        guard let parking = link.parking, flags & State.closed != 0,
+            flags & (State.broken | State.peerGone) == 0, getpid() == link.creator
+        else { return }
+        // The bit before handing the link over: from then on another thread may take it and reset our header (or
+        // free it). A bit set on a link that then is not taken only makes the peer's reopen fail, and it makes a
+        // new link.
+        local.addShutdown(RingLayout.Shutdown.parked)
+        _ = parking(link)
     }
 
     private func wakeEveryone() {

@@ -151,7 +151,7 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     /// Drops the connectors whose time ran out, takes in new ones, then answers one whose hello arrived.
     private func acceptSharedMemory() throws(VMSockError) -> VMSocket? {
         guard let pending else { return nil }
-        for late in pending.takeExpired() {
+        for late in pending.takeExpired() where late.link == nil {  // parked links just go
             reject("a connector (pid \(late.peer.pid)) sent no hello within \(options.handshakeTimeoutMs) ms")
         }
         for control in controlSockets {
@@ -159,7 +159,11 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
             if let arrived = try takeInConnectors(control, pending), let socket = answer(arrived) { return socket }
         }
         while let ready = pending.takeReady() {
-            if let socket = answer(ready) { return socket }
+            if let parked = ready.link {
+                if let socket = reopen(parked) { return socket }
+            } else if let socket = answer(ready) {
+                return socket
+            }
         }
         return nil
     }
@@ -195,15 +199,32 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     /// Reads the hello that arrived and answers it: the new connection, or nil (counted) when it failed.
     private func answer(_ ready: PendingHandshakes.Waiting) -> VMSocket? {
         do throws(VMSockError) {
-            let link = try Handshake.answer(ready.control, peer: ready.peer, capacity: ringSize)
-            let stream = try SharedMemoryStream(link)
-            let local = link.dialed ?? localAddress
-            TransportStatistics.count(.sharedMemory, fallback: nil)
-            return VMSocket(engine: .sharedMemory(stream), local: local, peer: local.with(port: 0))
+            var link = try Handshake.answer(
+                ready.control, peer: ready.peer, capacity: ringSize, reusable: options.reusesLinks)
+            if link.reusable, let pending { link.parking = { [pending] in pending.park($0) } }
+            return try sharedMemorySocket(link, reused: false)
         } catch {
             reject(error.description)
             return nil
         }
+    }
+
+    /// Answers the reopen of a parked link: the new connection, or nil when the link is dropped instead (counted
+    /// as a rejection only when the connector broke the protocol).
+    private func reopen(_ parked: EstablishedLink) -> VMSocket? {
+        do throws(VMSockError) {
+            return try sharedMemorySocket(Handshake.answerReopen(parked, capacity: ringSize), reused: true)
+        } catch {
+            if error.code == EPROTO { reject(error.description) }
+            return nil
+        }
+    }
+
+    private func sharedMemorySocket(_ link: EstablishedLink, reused: Bool) throws(VMSockError) -> VMSocket {
+        let stream = try SharedMemoryStream(link)
+        let local = link.dialed ?? localAddress
+        TransportStatistics.count(.sharedMemory, fallback: nil, reused: reused)
+        return VMSocket(engine: .sharedMemory(stream), local: local, peer: local.with(port: 0))
     }
 
     private func reject(_ reason: String) {
@@ -217,6 +238,10 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
             throw error
         }
     }
+
+    /// Links of closed shared-memory connections this listener keeps for their connectors to reopen (see
+    /// `VMSocketOptions.reusesLinks`).
+    public var parkedLinkCount: Int { pending?.parkedCount ?? 0 }
 
     /// Connectors turned away since the listener started, and why the last one was.
     public var rejectedCount: Int { rejected.load(ordering: .relaxed) }

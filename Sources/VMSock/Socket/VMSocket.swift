@@ -93,6 +93,17 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
         try Connector.connect(host: host, port: port, options: options)
     }
 
+    /// Frees what this process keeps for its next shared-memory connections: the links of closed connections
+    /// kept for reuse (see `VMSocketOptions.reusesLinks`; their rings, doorbells and control sockets) and the
+    /// spare ring and doorbells a listener makes before it sleeps. Later connections make new ones.
+    public static func closeIdleLinks() {
+        LinkPool.shared.removeAll()
+        LocalHalf.dropSpare()
+    }
+
+    /// Links this process keeps from closed shared-memory connections, waiting to be reused.
+    public static var idleLinkCount: Int { LinkPool.shared.count }
+
     /// Connects to one address; see `connect(host:port:options:)`.
     public static func connect(to endpoint: IPEndpoint, options: VMSocketOptions = .init()) throws(VMSockError)
         -> VMSocket

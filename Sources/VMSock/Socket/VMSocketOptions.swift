@@ -19,6 +19,13 @@ public struct VMSocketOptions: Sendable {
     public var addressFamily: IPEndpoint.Family? = nil
     /// The registry directory; nil: `VMSOCK_DIR`, and without it the abstract Unix namespace (see `Registry`).
     public var registryDirectory: String? = nil
+    /// Whether a closed shared-memory connection's rings, doorbells and control socket are kept for the next
+    /// connection between the same two processes: a connector's next connect to the same listener, or a
+    /// listener's next connection from the same connector (both must allow it). That connection then costs one
+    /// message each way instead of a new set-up. A connector keeps up to four such links (`VMSocket.closeIdleLinks`
+    /// frees them), a listener up to sixteen, for the handshake timeout (expired ones are freed by its next
+    /// accept, or its close). The async connect (`AsyncSocket.connect`) does not offer reuse yet. Default true.
+    public var reusesLinks: Bool = true
 
     public init() {}
 

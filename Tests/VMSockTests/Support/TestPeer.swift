@@ -53,6 +53,12 @@ final class TestPeer {
         XCTFail("test peer did not print '\(word)'; stderr: \(errorOutput())", file: file, line: line)
     }
 
+    /// What the helper printed on stdout that `expectLine` has not consumed, once it has exited.
+    func remainingOutput() -> String {
+        let rest = stdoutPipe.fileHandleForReading.readDataToEndOfFile()
+        return (lines + [String(decoding: pending + rest, as: UTF8.self)]).joined(separator: "\n")
+    }
+
     /// Sends SIGKILL and returns at once (the process is reaped later, by `killHard` or deinit).
     func sendKill() {
         kill(process.processIdentifier, SIGKILL)
@@ -95,6 +101,19 @@ func freePort() -> UInt16 {
 /// Open descriptors and mappings of this process, to show that nothing leaks.
 func openDescriptorCount() -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+}
+
+/// The open descriptor count once it has stopped changing (up to 2 s): what an earlier test started may still be
+/// winding down (a helper process's pipes, a thread holding its last socket), and a leak check must not count that.
+func settledDescriptorCount() -> Int {
+    var count = openDescriptorCount()
+    for _ in 0..<100 {
+        usleep(20_000)
+        let now = openDescriptorCount()
+        if now == count { break }
+        count = now
+    }
+    return count
 }
 
 func mappingCount() -> Int {

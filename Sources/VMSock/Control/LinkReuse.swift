@@ -1,0 +1,153 @@
+import Glibc
+import Synchronization
+import VMSockRing
+
+// Link reuse: a closed connection's link (control socket, both rings, four doorbells) serves the next connection
+// between the same two processes.
+//
+// Setting up a link costs each side about forty system calls (memfd and seals, four mappings, two socketpairs,
+// descriptor passing and its checks) and a dozen more plus page faults to tear it down: twice a TCP connect here.
+// A client that connects to the same server again and again pays that every time. So when both sides said so in
+// the handshake (the `reusable` flag), closing a connection keeps its link. Each side parks it once its
+// connection object is gone (nothing in the process can touch the rings any more) and then sets `parked` in its
+// shutdown word. The connector's next connect to the same registration takes a link whose listener side shows
+// `parked`, resets its own ring header and sends a `reopen` on the link's control socket. The listener, which
+// watches its parked links alongside its pending handshakes, resets its own header and answers with a welcome.
+// That is one message each way, without descriptors or mappings.
+//
+// Safety. A link is only reused between the two processes that made it: its control socket is a connected Unix
+// socket, whose peer never changes, so nobody is shown memory it was not given before. Each side resets only its
+// own header, and only while the other side's connection is gone too. The reopen checks what a hello checks
+// that could have changed (ring sizes); a reopen that fails in any way drops the link, and the connector makes a
+// new one. A parked link is freed when the listener side has held it for the handshake timeout, when the
+// listener closes, when either process exits (the control socket hangs up), beyond `LinkPool.limit` parked
+// links in a connector process or `PendingHandshakes.parkedLimit` in a listener, and in a forked child (which
+// must not share the parent's rings).
+
+/// Takes a link whose connection is gone; false when it was not taken (the caller frees it).
+typealias LinkParking = @Sendable (EstablishedLink) -> Bool
+
+extension EstablishedLink {
+    /// Whether the peer has parked its side: its connection on this link is gone.
+    var peerParked: Bool { PeerHeader(base: peerRegion.base).shutdownFlags & RingLayout.Shutdown.parked != 0 }
+
+    /// Our side as a new link has it: zero positions, no waiting flags, no shutdown bits, no stale rings.
+    func resetLocalSide() {
+        LocalHeader(base: localRegion.base).reset()
+        dataBell.clear()
+        spaceBell.clear()
+    }
+}
+
+/// The connector's parked links, per process, by registration.
+final class LinkPool: Sendable {
+    static let shared = LinkPool()
+    /// Parked links a process keeps; parking another frees the oldest.
+    static let limit = 4
+
+    private struct Entry {
+        let address: ControlAddress
+        let link: EstablishedLink
+    }
+
+    private let entries = Mutex<[Entry]>([])
+    private let owner = getpid()
+
+    /// What the connector hands a reusable link: parks it under `address` when its connection is gone.
+    func parking(for address: ControlAddress) -> LinkParking {
+        { [self] link in park(link, under: address) }
+    }
+
+    private func park(_ link: EstablishedLink, under address: ControlAddress) -> Bool {
+        guard getpid() == owner else { return false }
+        let evicted = entries.withLock { entries -> Entry? in
+            let oldest = entries.count >= Self.limit ? entries.removeFirst() : nil
+            entries.append(Entry(address: address, link: link))
+            return oldest
+        }
+        _ = evicted  // freed here, outside the lock
+        return true
+    }
+
+    /// A parked link to `address` whose listener side is parked too, of our ring size, whose owner `policy`
+    /// still trusts; nil if there is none. The caller owns it: reopened, or freed.
+    func take(_ address: ControlAddress, capacity: Int, policy: PeerPolicy) -> EstablishedLink? {
+        guard getpid() == owner else { return nil }
+        return entries.withLock { entries in
+            guard let index = entries.firstIndex(where: {
+                $0.address == address && $0.link.localRegion.capacity == capacity && policy.admits($0.link.peer)
+                    && $0.link.peerParked
+            }) else { return nil }
+            return entries.remove(at: index).link
+        }
+    }
+
+    /// Frees every parked link, or those parked for `address`.
+    func removeAll(for address: ControlAddress? = nil) {
+        let dropped = entries.withLock { entries in
+            let (kept, dropped) = (entries.filter { address != nil && $0.address != address },
+                                   entries.filter { address == nil || $0.address == address })
+            entries = kept
+            return dropped
+        }
+        _ = dropped  // freed here, outside the lock
+    }
+
+    var count: Int { entries.withLock { $0.count } }
+}
+
+extension Handshake {
+    /// The connector's side of a reopen: resets our side, asks the listener to reopen the link for a connection
+    /// to `dialed`, and waits for its welcome. Any failure means the link is unusable: the caller frees it.
+    static func reopen(_ link: EstablishedLink, dialed: IPEndpoint, timeoutMs: Int32) throws(VMSockError) -> EstablishedLink {
+        link.resetLocalSide()
+        let request = HandshakeMessage(kind: .reopen, ringCapacity: UInt32(link.localRegion.capacity), dialed: dialed)
+        try ControlSocket.send(link.control.raw, request.encoded(), descriptors: [])
+        ControlSocket.spinUntilReadable(link.control.raw, nanoseconds: SpinPolicy.processNanoseconds)
+        let reply = try ControlSocket.receive(link.control.raw, timeoutMs: timeoutMs)
+        if reply.bytes.isEmpty && !reply.truncated {
+            throw VMSockError(code: ECONNRESET, "the listener dropped the parked link")
+        }
+        let message = try decode(reply, from: "listener")
+        guard message.kind == .welcome, message.version == HandshakeMessage.protocolVersion,
+            reply.descriptors.isEmpty, Int(message.ringCapacity) == link.peerRegion.capacity
+        else {
+            throw .protocolFault("listener answered a reopen with a \(message.kind) (version \(message.version), \(reply.descriptors.count) descriptors, ring \(message.ringCapacity))")
+        }
+        var reopened = link
+        reopened.dialed = dialed
+        return reopened
+    }
+
+    /// The listener's side of a reopen, once the parked link's control socket polled readable: never waits.
+    /// Throws ECONNRESET when the connector dropped the link, EPROTO for anything but a well-formed reopen (with
+    /// a reject), ENOBUFS when our ring size has changed since (with a reject: the connector makes a new link).
+    static func answerReopen(_ link: EstablishedLink, capacity: Int) throws(VMSockError) -> EstablishedLink {
+        let request = try ControlSocket.receiveReady(link.control.raw)
+        if request.bytes.isEmpty && !request.truncated {
+            throw VMSockError(code: ECONNRESET, "connector dropped its parked link")
+        }
+        let message: HandshakeMessage
+        do throws(VMSockError) { message = try decode(request, from: "connector") } catch {
+            reject(link.control, .badRequest)
+            throw error
+        }
+        guard message.kind == .reopen, message.version == HandshakeMessage.protocolVersion,
+            request.descriptors.isEmpty, Int(message.ringCapacity) == link.peerRegion.capacity,
+            let dialed = message.dialed
+        else {
+            reject(link.control, .badRequest)
+            throw .protocolFault("connector sent a \(message.kind) on a parked link (version \(message.version), \(request.descriptors.count) descriptors, ring \(message.ringCapacity))")
+        }
+        guard capacity == link.localRegion.capacity else {
+            reject(link.control, .outOfResources)
+            throw VMSockError(code: ENOBUFS, "parked link has a \(link.localRegion.capacity)-byte ring, the listener now makes \(capacity)")
+        }
+        link.resetLocalSide()
+        let welcome = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity))
+        try ControlSocket.send(link.control.raw, welcome.encoded(), descriptors: [])
+        var reopened = link
+        reopened.dialed = dialed
+        return reopened
+    }
+}

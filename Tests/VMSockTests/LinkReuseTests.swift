@@ -1,0 +1,255 @@
+import Foundation
+@_spi(Testing) import VMSock
+import XCTest
+
+/// A closed connection's link serves the next connection between the same two endpoints (`LinkReuse`).
+final class LinkReuseTests: XCTestCase {
+    override func setUp() {
+        super.setUp()
+        VMSocket.closeIdleLinks()  // earlier tests' links are not this test's to count
+    }
+
+    override func tearDown() {
+        VMSocket.closeIdleLinks()
+        super.tearDown()
+    }
+
+    /// The second connection reopens the first one's link: the same ring memory, reset, carries new streams both
+    /// ways (1 MiB through a 4 KiB ring, so positions wrap many times), and both sides count it as reused.
+    func testNextConnectionReopensTheLink() throws {
+        let listener = try VMListener(address: .name(uniqueName()), options: VMSocketOptions(ringSize: 4096))
+        defer { listener.close() }
+        try oneConnection(listener, bytes: 100_000)
+        XCTAssertEqual(VMSocket.idleLinkCount, 1)
+        let before = TransportStatistics.current.sharedMemoryReused
+        try oneConnection(listener, bytes: 1 << 20)
+        XCTAssertEqual(TransportStatistics.current.sharedMemoryReused - before, 2, "connector and listener each count it")
+        XCTAssertEqual(VMSocket.idleLinkCount, 1, "the link is parked again")
+        try oneConnection(listener, bytes: 1000)
+        XCTAssertEqual(TransportStatistics.current.sharedMemoryReused - before, 4)
+    }
+
+    /// Either side can refuse: then every connection makes its own link, and nothing is kept.
+    func testEitherSideCanTurnReuseOff() throws {
+        for (clientReuses, listenerReuses) in [(false, true), (true, false)] {
+            var listenerOptions = VMSocketOptions(ringSize: 4096)
+            listenerOptions.reusesLinks = listenerReuses
+            let listener = try VMListener(address: .name(uniqueName()), options: listenerOptions)
+            defer { listener.close() }
+            let before = TransportStatistics.current.sharedMemoryReused
+            try oneConnection(listener, bytes: 1000, reuse: clientReuses)
+            XCTAssertEqual(VMSocket.idleLinkCount, 0)
+            try oneConnection(listener, bytes: 1000, reuse: clientReuses)
+            XCTAssertEqual(TransportStatistics.current.sharedMemoryReused, before)
+        }
+    }
+
+    /// Closing a reusable connection keeps its control socket up, so the peer's blocked calls are woken by the
+    /// doorbells instead: a blocked read sees the end of the stream, a blocked write EPIPE, and a poller armed
+    /// for reading (as an event loop waits) is woken.
+    func testCloseWakesBlockedPeerCalls() throws {
+        let (server, client) = try connectedPair(options: VMSocketOptions(ringSize: 4096))
+        let reader = Background { try server.read(upTo: 10) }
+        usleep(100_000)  // let it go to sleep
+        client.close()
+        XCTAssertEqual(try XCTUnwrap(reader.wait(timeout: 5), "read was not woken").get(), [])
+
+        let (server2, client2) = try connectedPair(options: VMSocketOptions(ringSize: 4096))
+        let writer = Background { try server2.writeAll([UInt8](repeating: 1, count: 1 << 20)) }
+        usleep(100_000)  // let it fill the ring and sleep
+        client2.close()
+        let result = try XCTUnwrap(writer.wait(timeout: 5), "write was not woken")
+        XCTAssertErrno(EPIPE, try result.get())
+
+        let (server3, client3) = try connectedPair(options: VMSocketOptions(ringSize: 4096))
+        XCTAssertFalse(try server3.armReadable(), "nothing to read yet")
+        let interest = server3.readInterest
+        let poller = Background { () -> Int32 in
+            var pfd = pollfd(fd: interest.descriptor, events: interest.events, revents: 0)
+            return poll(&pfd, 1, 5000)
+        }
+        usleep(100_000)
+        client3.close()
+        XCTAssertEqual(try XCTUnwrap(poller.wait(timeout: 10)).get(), 1, "the armed poller was not woken")
+        XCTAssertEqual(try server3.read(upTo: 10), [])
+    }
+
+    /// When the listener has dropped a parked link (it keeps one for the handshake timeout), the connector's
+    /// reopen fails quietly and it makes a new link.
+    func testDroppedLinkIsReplacedByANewOne() throws {
+        var options = VMSocketOptions(ringSize: 4096)
+        options.handshakeTimeout = .milliseconds(200)
+        let listener = try VMListener(address: .name(uniqueName()), options: options)
+        defer { listener.close() }
+        try oneConnection(listener, bytes: 1000)
+        XCTAssertEqual(VMSocket.idleLinkCount, 1)
+        let accepting = Background { try listener.accept() }  // drops the parked link when its time is up
+        XCTAssertTrue(eventually { listener.parkedLinkCount == 0 }, "the listener kept its parked link")
+        let before = TransportStatistics.current
+        let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(ringSize: 4096))
+        let server = try XCTUnwrap(accepting.wait(timeout: 10)).get()
+        XCTAssertEqual(TransportStatistics.current.sharedMemoryReused, before.sharedMemoryReused)
+        XCTAssertEqual(VMSocket.idleLinkCount, 0, "the dropped link was not tried (and freed)")
+        try client.writeAll([7])
+        XCTAssertEqual(try server.readExactly(1), [7])
+        XCTAssertEqual(listener.rejectedCount, 0, "a dropped link is not a rejection")
+    }
+
+    /// A connector that speaks the handshake by hand: a well-formed reopen on its parked link gets a welcome
+    /// without descriptors, and anything else gets a reject, is counted, and leaves the listener serving.
+    func testListenerChecksReopens() throws {
+        let listener = try VMListener(address: .name(uniqueName()), options: VMSocketOptions(ringSize: 4096))
+        defer { listener.close() }
+        let endpoint = listener.localAddress
+        let reopen = HandshakeMessage(kind: .reopen, ringCapacity: 4096, dialed: endpoint).encoded()
+        let cases: [(String, [UInt8], Bool)] = [
+            ("garbage", [UInt8](repeating: 0xEE, count: 48), false),
+            ("descriptors", reopen, true),
+            ("wrong ring size", HandshakeMessage(kind: .reopen, ringCapacity: 8192, dialed: endpoint).encoded(), false),
+            ("hello", HandshakeMessage(kind: .hello, ringCapacity: 4096, dialed: endpoint).encoded(), false),
+            ("no address", HandshakeMessage(kind: .reopen, ringCapacity: 4096).encoded(), false),
+            ("good", reopen, false),
+        ]
+        for (label, bytes, withDescriptors) in cases {
+            let control = try parkedLinkByHand(listener)
+            defer { close(control) }
+            let rejectedBefore = listener.rejectedCount
+            let accepting = Background { try listener.accept() }
+            let descriptors = withDescriptors ? [RawControl.makeBell()] : []
+            try RawControl.send(control, bytes, descriptors: descriptors)
+            descriptors.forEach { close($0) }
+            let reply = try RawControl.receive(control, timeoutMs: 3000)
+            reply.descriptors.forEach { close($0) }
+            let message = try reply.bytes.withUnsafeBytes { try HandshakeMessage.decode($0) }
+            if label == "good" {
+                XCTAssertEqual(message.kind, .welcome, label)
+                XCTAssertEqual(reply.descriptors.count, 0, label)
+                XCTAssertNoThrow(try XCTUnwrap(accepting.wait(timeout: 10), label).get(), label)
+                continue
+            }
+            XCTAssertEqual(message.kind, .reject, label)
+            XCTAssertEqual(message.rejectReason, HandshakeMessage.RejectReason.badRequest.rawValue, label)
+            // The same accept call still serves a good connector.
+            var options = VMSocketOptions(ringSize: 4096)
+            options.reusesLinks = false
+            let client = try VMSocket.connect(to: listener.address, options: options)
+            let server = try XCTUnwrap(accepting.wait(timeout: 10), label).get()
+            try client.writeAll([1])
+            XCTAssertEqual(try server.readExactly(1), [1], label)
+            XCTAssertEqual(listener.rejectedCount, rejectedBefore + 1, label)
+        }
+    }
+
+    /// A reopen while the connection is still open is a protocol fault for it, like any message after the
+    /// handshake.
+    func testReopenOnAnOpenConnectionIsAProtocolFault() throws {
+        let listener = try VMListener(address: .name(uniqueName()), options: VMSocketOptions(ringSize: 4096))
+        defer { listener.close() }
+        let accepting = Background { try listener.accept() }
+        let control = try handshakeByHand(listener.localAddress)
+        defer { close(control) }
+        let server = try XCTUnwrap(accepting.wait(timeout: 10)).get()
+        let reader = Background { try server.read(upTo: 1) }
+        usleep(50_000)
+        let reopen = HandshakeMessage(kind: .reopen, ringCapacity: 4096, dialed: listener.localAddress).encoded()
+        try RawControl.send(control, reopen, descriptors: [])
+        let result = try XCTUnwrap(reader.wait(timeout: 5), "the read was not woken")
+        XCTAssertErrno(EPROTO, try result.get())
+    }
+
+    // MARK: Helpers
+
+    /// Connects (through `listener`), sends `bytes` each way, closes both sides and lets both sockets go.
+    private func oneConnection(_ listener: VMListener, bytes: Int, reuse: Bool = true) throws {
+        try exchange(listener, bytes: bytes, reuse: reuse)
+        // The sockets are gone once `exchange` returned, but the threads that used them may hold them a moment
+        // longer; each side parks its link when the last reference goes.
+        if reuse && listener.options.reusesLinks {
+            XCTAssertTrue(eventually { VMSocket.idleLinkCount > 0 && listener.parkedLinkCount > 0 }, "not parked")
+        }
+    }
+
+    private func exchange(_ listener: VMListener, bytes: Int, reuse: Bool) throws {
+        var options = VMSocketOptions(ringSize: 4096)
+        options.reusesLinks = reuse
+        let accepting = Background { try listener.accept() }
+        let client = try VMSocket.connect(to: listener.address, options: options)
+        let server = try XCTUnwrap(accepting.wait(timeout: 10)).get()
+        let pattern = (0..<bytes).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+        let sending = Background { try client.writeAll(pattern) }
+        XCTAssertEqual(try server.readExactly(bytes), pattern)
+        XCTAssertNoThrow(try XCTUnwrap(sending.wait(timeout: 10)).get())
+        let answering = Background { try server.writeAll(pattern) }
+        XCTAssertEqual(try client.readExactly(bytes), pattern)
+        XCTAssertNoThrow(try XCTUnwrap(answering.wait(timeout: 10)).get())
+        client.close()
+        server.close()
+    }
+
+    /// Whether `condition` holds within five seconds.
+    private func eventually(_ condition: () -> Bool) -> Bool {
+        for _ in 0..<500 {
+            if condition() { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+
+    /// A connection made by hand with a hello that offers reuse, whose listener side is then closed and parked.
+    /// - Returns: the control socket of the parked link.
+    private func parkedLinkByHand(_ listener: VMListener) throws -> Int32 {
+        let parkedBefore = listener.parkedLinkCount
+        let control = try acceptAndCloseByHand(listener)
+        XCTAssertTrue(eventually { listener.parkedLinkCount > parkedBefore }, "the listener did not park the link")
+        return control
+    }
+
+    private func acceptAndCloseByHand(_ listener: VMListener) throws -> Int32 {
+        let accepting = Background { try listener.accept() }
+        let control = try handshakeByHand(listener.localAddress)
+        try XCTUnwrap(accepting.wait(timeout: 10)).get().close()
+        return control
+    }
+
+    /// Sends a hello offering reuse with a good region and bells, and checks the welcome.
+    private func handshakeByHand(_ endpoint: IPEndpoint) throws -> Int32 {
+        let control = try RawControl.connect(endpoint)
+        let hello = HandshakeMessage(kind: .hello, ringCapacity: 4096, dialed: endpoint, reusable: true)
+        let descriptors = [try RawControl.makeRegion(capacity: 4096), RawControl.makeBell(), RawControl.makeBell()]
+        try RawControl.send(control, hello.encoded(), descriptors: descriptors)
+        descriptors.forEach { close($0) }
+        let welcome = try RawControl.receive(control, timeoutMs: 3000)
+        welcome.descriptors.forEach { close($0) }
+        let message = try welcome.bytes.withUnsafeBytes { try HandshakeMessage.decode($0) }
+        XCTAssertEqual(message.kind, .welcome)
+        XCTAssertTrue(message.reusable, "the listener did not offer reuse")
+        return control
+    }
+}
+
+/// Reuse between two real processes.
+final class CrossProcessLinkReuseTests: XCTestCase {
+    /// Another process connects 200 times in a row, each time sending 4 KiB that we echo: every echo is right, and
+    /// most connections (all but those that came before our side had parked the last link) reuse a link, on both
+    /// sides.
+    func testConnectionsBetweenTwoProcessesReuseLinks() throws {
+        let count = 200
+        let listener = try VMListener(address: .name(uniqueName()), options: VMSocketOptions(transport: .shm))
+        defer { listener.close() }
+        let before = TransportStatistics.current.sharedMemoryReused
+        let peer = try TestPeer("reconnect", String(listener.localAddress.port), String(count))
+        for _ in 0..<count {
+            let socket = try listener.accept()
+            let bytes = try socket.readExactly(4096)
+            try socket.writeAll(bytes)
+            XCTAssertEqual(try socket.read(upTo: 1), [], "the connector closed")
+            socket.close()
+        }
+        XCTAssertEqual(peer.wait(), 0, peer.errorOutput())
+        let line = peer.remainingOutput().trimmingCharacters(in: .whitespacesAndNewlines)
+        let theirs = try XCTUnwrap(Int(line.replacingOccurrences(of: "reused ", with: "")), line)
+        let ours = TransportStatistics.current.sharedMemoryReused - before
+        XCTAssertEqual(theirs, ours, "both sides count the same reopens")
+        XCTAssertGreaterThan(ours, count / 2, "fewer than half the connections reused a link")
+    }
+}
