@@ -31,6 +31,13 @@ extension EstablishedLink {
     /// Whether the peer has parked its side: its connection on this link is gone.
     var peerParked: Bool { PeerHeader(base: peerRegion.base).shutdownFlags & RingLayout.Shutdown.parked != 0 }
 
+    /// This link, reopened for a connection to `dialed`.
+    func reopened(for dialed: IPEndpoint) -> EstablishedLink {
+        var link = self
+        link.dialed = dialed
+        return link
+    }
+
     /// Our side as a new link has it: zero positions, no waiting flags, no shutdown bits, no stale rings.
     func resetLocalSide() {
         LocalHeader(base: localRegion.base).reset()
@@ -58,8 +65,8 @@ final class LinkPool: Sendable {
         { [self] link in park(link, under: address) }
     }
 
+    /// Only the link's creator parks it (see `SharedMemoryStream.deinit`), so this needs no fork check; `take` does.
     private func park(_ link: EstablishedLink, under address: ControlAddress) -> Bool {
-        guard getpid() == owner else { return false }
         let evicted = entries.withLock { entries -> Entry? in
             let oldest = entries.count >= Self.limit ? entries.removeFirst() : nil
             entries.append(Entry(address: address, link: link))
@@ -85,10 +92,9 @@ final class LinkPool: Sendable {
     /// Frees every parked link, or those parked for `address`.
     func removeAll(for address: ControlAddress? = nil) {
         let dropped = entries.withLock { entries in
-            let (kept, dropped) = (entries.filter { address != nil && $0.address != address },
-                                   entries.filter { address == nil || $0.address == address })
-            entries = kept
-            return dropped
+            let matching = entries.filter { address == nil || $0.address == address }
+            entries.removeAll { address == nil || $0.address == address }
+            return matching
         }
         _ = dropped  // freed here, outside the lock
     }
@@ -114,9 +120,7 @@ extension Handshake {
         else {
             throw .protocolFault("listener answered a reopen with a \(message.kind) (version \(message.version), \(reply.descriptors.count) descriptors, ring \(message.ringCapacity))")
         }
-        var reopened = link
-        reopened.dialed = dialed
-        return reopened
+        return link.reopened(for: dialed)
     }
 
     /// The listener's side of a reopen, once the parked link's control socket polled readable: never waits.
@@ -146,8 +150,6 @@ extension Handshake {
         link.resetLocalSide()
         let welcome = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity))
         try ControlSocket.send(link.control.raw, welcome.encoded(), descriptors: [])
-        var reopened = link
-        reopened.dialed = dialed
-        return reopened
+        return link.reopened(for: dialed)
     }
 }

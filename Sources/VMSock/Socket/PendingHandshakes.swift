@@ -47,8 +47,8 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
 
     private let table: Mutex<Table>
     private let epoll: Int32
-    /// A forked child shares the epoll set and the parked links' rings with its parent: only the parent parks
-    /// and reopens.
+    /// A forked child shares the epoll set and the parked links' rings with its parent: only the parent reopens.
+    /// (Only a link's creator parks it, see `SharedMemoryStream.deinit`.)
     private let owner = getpid()
     private let timeoutNanos: Int64
 
@@ -81,8 +81,7 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
     /// Parks a link whose connection is gone, to wait for its connector's reopen for up to the handshake timeout.
     /// Returns false, keeping nothing, when `parkedLimit` are parked or the listener is closed.
     func park(_ link: EstablishedLink) -> Bool {
-        guard getpid() == owner else { return false }
-        return (try? enter(Waiting(control: link.control, peer: link.peer, link: link), limit: Self.parkedLimit)) ?? false
+        (try? enter(Waiting(control: link.control, peer: link.peer, link: link), limit: Self.parkedLimit)) ?? false
     }
 
     private func enter(_ waiting: Waiting, limit: Int) throws(VMSockError) -> Bool {
