@@ -8,23 +8,30 @@ import VMSockRing
 /// Threads: like a TCP socket, one thread may read while another writes. The read side (`rx`, `readArmed`) is
 /// touched only by reading calls, the write side (`tx`) only by writing calls; two threads reading at once (or
 /// writing at once) is not supported. Everything shared between the two sides is atomic (`state`, the options).
+///
+/// The hot calls (`read`, `write`, `readInPlace`, `writeInPlace`) are inlinable, so that they compile into the
+/// caller's loop: a check that the ring has what the call needs, the copy, the position store. Everything else
+/// (waiting, refreshing from the peer, ringing a doorbell, errors) is an ordinary call. See
+/// `SharedMemoryStream+FastPath.swift` for why that matters.
+@usableFromInline
 final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above for why this is safe
-    // Dynamic exclusivity checks are off for these three: the threading contract above (one reader, one writer)
+    // Dynamic exclusivity checks are off for these: the threading contract above (one reader, one writer)
     // is what keeps their accesses apart, and the checks cost two runtime calls per access on the data path.
-    @exclusivity(unchecked) private var rx: RingConsumer
-    @exclusivity(unchecked) private var tx: RingProducer
-    @exclusivity(unchecked) private var readArmed = false
-    @exclusivity(unchecked) private var writeArmed = false
+    @usableFromInline @exclusivity(unchecked) var rx: RingConsumer
+    @usableFromInline @exclusivity(unchecked) var tx: RingProducer
+    @usableFromInline @exclusivity(unchecked) var readArmed = false
+    @usableFromInline @exclusivity(unchecked) var writeArmed = false
 
     private let local: LocalHeader
-    private let peer: PeerHeader
+    @usableFromInline let peer: PeerHeader
     let link: EstablishedLink
     /// The epoll sets pollers wait on, made on first use (most connections never need them, and they cost six
     /// system calls): `read` holds our data bell and the control socket (readable when data may have arrived or
     /// the peer left), `write` our space bell and the control socket (room may have appeared, or the peer left).
     private let readinessSets = Mutex<(read: Descriptor?, write: Descriptor?)>((nil, nil))
 
-    private let state = Atomic<UInt32>(0)
+    /// `State` bits; 0 on a connection in use with nothing unusual about it.
+    @usableFromInline let state = Atomic<UInt32>(0)
     let waits = WaitCounters()
     private let fault = Mutex<VMSockError?>(nil)
 
@@ -34,7 +41,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     let writeTimeout = Atomic<Int64>(-1)
     let spinNanos = Atomic<Int64>(SpinPolicy.processNanoseconds)
 
-    private enum State {
+    enum State {
         static let peerGone: UInt32 = 1 << 0
         static let closed: UInt32 = 1 << 1
         static let readShut: UInt32 = 1 << 2
@@ -87,7 +94,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
 
     /// Waits until at least one byte is readable (or end of stream) and returns how many are, refreshing from the
     /// peer when fewer than `wanted` are known. Returns 0 at end of stream.
-    @inline(__always)
+    @usableFromInline
     func awaitReadable(wanted: Int) throws(VMSockError) -> Int {
         var deadline: Int64? = nil
         while true {
@@ -106,9 +113,11 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         }
     }
 
+    @inlinable @inline(__always)
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(VMSockError) -> Int {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
-        let count = min(try awaitReadable(wanted: buffer.count), buffer.count)
+        var count = buffer.count
+        if !canRead(count) { count = min(try awaitReadable(wanted: count), count) }
         if count > 0 {
             rx.copyOut(base, count: count)
             consume(count)
@@ -131,21 +140,25 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     }
 
     /// Zero-copy read: `body` sees the readable bytes in place (read-only) and returns how many it consumed.
+    @inlinable @inline(__always)
     func readInPlace(_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int {
-        guard try awaitReadable(wanted: 1) > 0 else { return 0 }
+        if !canRead(1) { guard try awaitReadable(wanted: 1) > 0 else { return 0 } }
         let view = rx.contiguousAvailable
         let used = try body(view)
-        guard used >= 0 && used <= view.count else {
-            throw VMSockError(code: EINVAL, "readInPlace body consumed \(used) of \(view.count) bytes")
-        }
+        guard used >= 0 && used <= view.count else { throw VMSockError.inPlaceOverrun("readInPlace", used: used, given: view.count) }
         if used > 0 { consume(used) }
         return used
     }
 
     /// Gives bytes back to the peer, and wakes its writer if it sleeps waiting for space.
-    @inline(__always)
-    private func consume(_ count: Int) {
+    @inlinable @inline(__always)
+    func consume(_ count: Int) {
         rx.consume(count)
+        if peer.isWaitingForSpace || readArmed { afterConsume() }
+    }
+
+    @usableFromInline
+    func afterConsume() {
         if peer.isWaitingForSpace {
             link.peerSpaceBell.ring()
             WaitCounters.count(waits.spaceRings)
@@ -156,7 +169,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     // MARK: Writing
 
     /// Waits until at least `minimum` bytes (capped at the ring size) are free and returns how many are.
-    @inline(__always)
+    @usableFromInline
     func awaitWritable(wanted: Int, minimum: Int = 1) throws(VMSockError) -> Int {
         var deadline: Int64? = nil
         let needed = min(minimum, tx.capacityBytes)
@@ -175,9 +188,11 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         }
     }
 
+    @inlinable @inline(__always)
     func write(_ buffer: UnsafeRawBufferPointer) throws(VMSockError) -> Int {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
-        let count = min(try awaitWritable(wanted: buffer.count), buffer.count)
+        var count = buffer.count
+        if !canWrite(count) { count = min(try awaitWritable(wanted: count), count) }
         tx.copyIn(base, count: count)
         publish(count)
         return count
@@ -198,21 +213,26 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     }
 
     /// Zero-copy write: `body` fills free ring space in place and returns how many bytes to publish.
+    @inlinable @inline(__always)
     func writeInPlace(minimum: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int {
-        _ = try awaitWritable(wanted: max(minimum, 1), minimum: max(minimum, 1))
+        let needed = min(max(minimum, 1), tx.capacityBytes)
+        if !canWrite(needed) { _ = try awaitWritable(wanted: needed, minimum: needed) }
         let space = tx.contiguousFreeSpace
         let used = try body(space)
-        guard used >= 0 && used <= space.count else {
-            throw VMSockError(code: EINVAL, "writeInPlace body produced \(used) bytes into \(space.count) of space")
-        }
+        guard used >= 0 && used <= space.count else { throw VMSockError.inPlaceOverrun("writeInPlace", used: used, given: space.count) }
         if used > 0 { publish(used) }
         return used
     }
 
     /// Makes bytes visible to the peer, and wakes its reader if it sleeps waiting for data.
-    @inline(__always)
-    private func publish(_ count: Int) {
+    @inlinable @inline(__always)
+    func publish(_ count: Int) {
         tx.publish(count)
+        if peer.isWaitingForData || writeArmed { afterPublish() }
+    }
+
+    @usableFromInline
+    func afterPublish() {
         if peer.isWaitingForData {
             link.peerDataBell.ring()
             WaitCounters.count(waits.dataRings)
@@ -506,5 +526,6 @@ extension LocalHeader {
     /// Peer shutdown bits after which it will publish nothing more.
     static let peerStopsWriting = RingLayout.Shutdown.write | RingLayout.Shutdown.closed
     /// Peer shutdown bits after which it will read nothing more.
-    static let peerStopsReading = RingLayout.Shutdown.read | RingLayout.Shutdown.closed
+    /// (A computed property: a stored one is a lazily made global, reached through a call from inlined code.)
+    @inlinable static var peerStopsReading: UInt32 { RingLayout.Shutdown.read | RingLayout.Shutdown.closed }
 }

@@ -35,10 +35,11 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     // The engine: exactly one of `shm` and `tcp` is set, for good. The hot calls reach the shared-memory engine
     // through `fastSHM` and `_withUnsafeGuaranteedRef`: calling through a loaded strong reference (or an enum
     // payload) retains and releases it around every call, and the data path must make no ARC traffic (see
-    // tools/check-data-path.sh). `shm` keeps the object alive as long as this socket.
+    // tools/check-data-path.sh). `shm` keeps the object alive as long as this socket. The hot calls are
+    // inlinable, down to the ring (see `SharedMemoryStream+FastPath.swift`); their TCP halves are not.
     let shm: SharedMemoryStream?
     let tcp: TCPStream?
-    private let fastSHM: Unmanaged<SharedMemoryStream>?
+    @usableFromInline let fastSHM: Unmanaged<SharedMemoryStream>?
 
     /// How this connection carries its bytes.
     public let transport: Transport
@@ -117,14 +118,19 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// - Returns: the number of bytes read; 0 at end of stream (the peer shut down writing, closed, or died).
     /// - Throws: EAGAIN (non-blocking, nothing yet), ETIMEDOUT (`readTimeout`), EPROTO (the peer broke the ring
     ///   rules; the connection is torn down), EBADF (closed).
-    @inline(__always)
+    @inlinable @inline(__always)
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(VMSockError) -> Int {
         if let fastSHM {
             return try fastSHM._withUnsafeGuaranteedRef { stream in
                 Result { () throws(VMSockError) in try stream.read(into: buffer) }
             }.get()
         }
-        return try tcp.unsafelyUnwrapped.read(into: buffer)
+        return try readOverTCP(into: buffer)
+    }
+
+    @usableFromInline
+    func readOverTCP(into buffer: UnsafeMutableRawBufferPointer) throws(VMSockError) -> Int {
+        try tcp.unsafelyUnwrapped.read(into: buffer)
     }
 
     /// Reads up to `maximum` bytes into a new array; an empty array means end of stream.
@@ -153,12 +159,17 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// The bytes belong to the peer's memory: a hostile peer can change them while `body` looks at them, so copy
     /// before validating anything you do not want changed under you. Do not keep the pointer after `body` returns.
     /// Over TCP the bytes lie in a private buffer of the socket instead (one copy, same contract).
-    @inline(__always)
+    @inlinable @inline(__always)
     public func readInPlace(_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int {
         if let fastSHM {
             return try fastSHM._withUnsafeGuaranteedRef { try $0.readInPlace(body) }
         }
-        return try tcp.unsafelyUnwrapped.readInPlace(body)
+        return try readInPlaceOverTCP(body)
+    }
+
+    @usableFromInline
+    func readInPlaceOverTCP(_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int {
+        try tcp.unsafelyUnwrapped.readInPlace(body)
     }
 
     // MARK: Writing
@@ -166,14 +177,19 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// Writes as many bytes as fit, blocking until at least one does (unless non-blocking).
     /// - Returns: the number written, from 1 to `buffer.count` (0 only for an empty buffer).
     /// - Throws: EPIPE (we or the peer shut down, or the peer is gone), EAGAIN, ETIMEDOUT, EPROTO, EBADF.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func write(_ buffer: UnsafeRawBufferPointer) throws(VMSockError) -> Int {
         if let fastSHM {
             return try fastSHM._withUnsafeGuaranteedRef { stream in
                 Result { () throws(VMSockError) in try stream.write(buffer) }
             }.get()
         }
-        return try tcp.unsafelyUnwrapped.write(buffer)
+        return try writeOverTCP(buffer)
+    }
+
+    @usableFromInline
+    func writeOverTCP(_ buffer: UnsafeRawBufferPointer) throws(VMSockError) -> Int {
+        try tcp.unsafelyUnwrapped.write(buffer)
     }
 
     /// Writes every byte, blocking as needed. On a non-blocking socket it may throw EAGAIN after writing part;
@@ -202,12 +218,17 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// the free space in the ring, and publishes as many bytes as it returns. Over TCP, `body` fills a private
     /// buffer (at least 64 KiB) that is sent in full before this returns.
     @discardableResult
-    @inline(__always)
+    @inlinable @inline(__always)
     public func writeInPlace(minimum: Int = 1, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int {
         if let fastSHM {
             return try fastSHM._withUnsafeGuaranteedRef { try $0.writeInPlace(minimum: minimum, body) }
         }
-        return try tcp.unsafelyUnwrapped.writeInPlace(minimum: minimum, body)
+        return try writeInPlaceOverTCP(minimum: minimum, body)
+    }
+
+    @usableFromInline
+    func writeInPlaceOverTCP(minimum: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int {
+        try tcp.unsafelyUnwrapped.writeInPlace(minimum: minimum, body)
     }
 
     // MARK: Shutdown and close

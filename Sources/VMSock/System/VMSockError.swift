@@ -39,6 +39,12 @@ public struct VMSockError: Error, CustomStringConvertible, Sendable {
         VMSockError(code: EPROTO, "peer broke the shared ring: \(violation)")
     }
 
+    /// A zero-copy call's body said it used more bytes than it was given, or a negative count.
+    @usableFromInline
+    static func inPlaceOverrun(_ call: String, used: Int, given: Int) -> VMSockError {
+        VMSockError(code: EINVAL, "\(call) body returned \(used), but it was given \(given) bytes (0...\(given) is valid)")
+    }
+
     public var description: String { "\(message) [\(Self.name(of: code))]" }
 
     /// The symbolic errno name, for messages and logs.

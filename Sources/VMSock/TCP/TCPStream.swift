@@ -65,7 +65,7 @@ final class TCPStream: @unchecked Sendable {  // reader state is touched by the 
         let view = inbound.readable
         let used = try body(view)
         guard used >= 0 && used <= view.count else {
-            throw VMSockError(code: EINVAL, "readInPlace body consumed \(used) of \(view.count) bytes")
+            throw VMSockError.inPlaceOverrun("readInPlace", used: used, given: view.count)
         }
         inbound.consume(used)
         return used
@@ -106,7 +106,7 @@ final class TCPStream: @unchecked Sendable {  // reader state is touched by the 
         let space = outbound.freeSpace
         let used = try body(space)
         guard used >= 0 && used <= space.count else {
-            throw VMSockError(code: EINVAL, "writeInPlace body produced \(used) of \(space.count) bytes")
+            throw VMSockError.inPlaceOverrun("writeInPlace", used: used, given: space.count)
         }
         var sent = 0
         while sent < used {

@@ -56,9 +56,12 @@ extension VMSocket: ByteStream {
         var done = 0
         while done < block.count {
             // writeInPlace caps `minimum` at the ring size itself: a block larger than the ring goes in pieces.
-            done += try writeInPlace(minimum: block.count - done) { space in
-                let n = min(space.count, block.count - done)
-                space.baseAddress!.copyMemory(from: block.baseAddress! + done, byteCount: n)
+            // The closure captures only constants: a captured `var` would be stored to the stack on every block,
+            // and at 64-byte blocks the writer is bound by its stores (see SharedMemoryStream+FastPath.swift).
+            let rest = UnsafeRawBufferPointer(rebasing: block[done...])
+            done += try writeInPlace(minimum: rest.count) { space in
+                let n = min(space.count, rest.count)
+                space.baseAddress!.copyMemory(from: rest.baseAddress!, byteCount: n)
                 return n
             }
         }
