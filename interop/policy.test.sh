@@ -13,6 +13,6 @@ port=$(free_port)
 start "$PEER" cat-listen 127.0.0.1 "$port" --echo 2>"$WORK/listener"
 wait_listening 127.0.0.1 "$port"
 echo hello | VMSOCK_TRANSPORT=tcp "$PEER" cat 127.0.0.1 "$port" >"$WORK/back" 2>"$WORK/tcp" || fail "tcp policy: $(cat "$WORK/tcp")"
-says "$WORK/tcp" "transport: TCP (disabled by policy)" "tcp policy"
+says "$WORK/tcp" "transport: TCP (shared memory off by policy)" "tcp policy"
 says "$WORK/back" "hello" "tcp policy echo"
 echo "ok: shm refuses to fall back; tcp never uses shared memory"

@@ -31,7 +31,7 @@ for file in "$WORK/text" "$WORK/binary"; do
         says "$WORK/client" "Connection to 127.0.0.1 .* port succeeded via shared memory" "client -v"
         says "$WORK/listener" "Connection received on 127.0.0.1 0 via shared memory" "listener -v"
         transfer "$way" "$file" --transport tcp
-        says "$WORK/client" "succeeded via TCP (disabled by policy)" "client -v, --transport tcp"
+        says "$WORK/client" "succeeded via TCP (shared memory off by policy)" "client -v, --transport tcp"
         says "$WORK/listener" "Connection received on 127.0.0.1 [0-9]* via TCP" "listener -v, --transport tcp"
         transfer "$way" "$file" --transport shm --ring-size 4096
         says "$WORK/client" "succeeded via shared memory" "client -v, 4 KiB ring"

@@ -36,7 +36,12 @@ enum Entrypoint {
             }
         } catch {
             if options.json {
-                report.document(.object([("start", .object([])), ("intervals", .array([])), ("end", .object([])),
+                // As iperf3 writes it when a test fails: what is known of the start, nothing measured.
+                let start = JSON.object([
+                    ("connected", .array([])), ("version", .string(JSONDocument.version)),
+                    ("system_info", .string(JSONDocument.systemInfo)), ("timestamp", JSONDocument.timestamp()),
+                ])
+                report.document(.object([("start", start), ("intervals", .array([])), ("end", .object([])),
                                          ("error", .string(String(describing: error)))]))
             } else {
                 Report.standardError("vmperf: error - \(error)\n")

@@ -24,7 +24,7 @@ final class OptionsTests: XCTestCase {
     }
 
     func testUnitsFormatLikeIperf3() {
-        XCTAssertEqual(Units.transfer(3.22 * 1024 * 1024 * 1024, .adaptiveBits), "3.22 GBytes")
+        XCTAssertEqual(Units.transfer(3.22 * 1024 * 1024 * 1024), "3.22 GBytes")
         XCTAssertEqual(Units.rate(27.7e9 / 8, .adaptiveBits), "27.7 Gbits/sec")
         XCTAssertEqual(Units.rate(612 * 1024 * 1024, RateFormat(argument: "M")!), " 612 MBytes/sec")
         XCTAssertEqual(Units.rate(1e6 / 8, RateFormat(argument: "k")!), "1000 Kbits/sec")
@@ -37,7 +37,20 @@ final class OptionsTests: XCTestCase {
             (["-s", "-c", "x"], "choose one of"),
             (["-c", "x", "-P", "0"], "parallel streams 0"),
             (["-c", "x", "-l", "12Q"], "12Q"),
-            (["-c", "x", "-t", "-1"], "-t"),
+            (["-c", "x", "-t", "-1"], "test duration -1"),
+            (["-c"], "Missing value for '-c <client>'"),
+            (["-c", "x", "-p"], "Missing value for '-p <port>'"),
+            (["-c", "x", "-p", "0"], "port 0"),
+            (["-c", "x", "-l", "0"], "block size 0"),
+            (["-c", "x", "-n", "0"], "-n must be at least 1 byte"),
+            (["-c", "x", "-k", "0"], "-k must be at least 1 block"),
+            (["-c", "x", "-P", "-2"], "parallel streams -2"),
+            (["-c", "x", "--spin-us", "-1"], "--spin-us -1"),
+            (["-c", "x", "-A", "99"], "-A 99"),
+            (["-s", "--transport", "shm"], "--transport is for clients"),
+            (["-s", "-R"], "client only (-R)"),
+            (["-s", "-t", "5"], "client only (-t)"),
+            (["-c", "x", "-1"], "server only (-1)"),
             (["-c", "x", "-t", "0"], "test duration 0"),
             (["-c", "x", "-t", "1", "-n", "1M"], "only one test end condition"),
             (["-c", "x", "--ring-size", "1000"], "ring size 1000"),
@@ -63,6 +76,7 @@ final class OptionsTests: XCTestCase {
         let result = try VMPerf.run(["--help"])
         XCTAssertEqual(result.status, 0)
         XCTAssertTrue(result.stdout.contains("--transport"))
+        XCTAssertFalse(result.stdout.contains("RateFormat("), "defaults read as the user types them")
     }
 
     func testNoServerIsAClearErrorAndAJSONErrorKey() throws {
@@ -72,6 +86,35 @@ final class OptionsTests: XCTestCase {
         XCTAssertTrue(human.stderr.contains("unable to connect to server 127.0.0.1 port \(port)"), human.stderr)
         let json = try VMPerf.run(["-c", "127.0.0.1", "-p", port, "-t", "1", "-J"])
         XCTAssertEqual(json.status, 1)
-        XCTAssertTrue(try XCTUnwrap(json.json()["error"] as? String).contains("unable to connect"))
+        let document = try json.json()
+        XCTAssertTrue(try XCTUnwrap(document["error"] as? String).contains("unable to connect"))
+        // What iperf3 writes when a test fails: the start as far as it is known, nothing measured.
+        let start = try XCTUnwrap(document["start"] as? [String: Any])
+        XCTAssertEqual((start["connected"] as? [Any])?.count, 0)
+        XCTAssertNotNil(start["version"] as? String)
+        XCTAssertNotNil(start["system_info"] as? String)
+        XCTAssertEqual((document["intervals"] as? [Any])?.count, 0)
+    }
+
+    /// A server that accepts but does not answer (another program listens there, like an iperf3 server): the
+    /// client gives up after 5 seconds and says what may be wrong.
+    func testSilentServerIsNamedAsNotVmperf() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = in_addr_t(INADDR_LOOPBACK).bigEndian
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        XCTAssertTrue(bound && listen(fd, 8) == 0)
+        let port = String(UInt16(bigEndian: address.sin_port))
+        let started = Date()
+        let result = try VMPerf.run(["-c", "127.0.0.1", "-p", port, "-t", "1"], timeout: 30)
+        XCTAssertEqual(result.status, 1)
+        XCTAssertTrue(result.stderr.contains("did not come within 5 s"), result.stderr)
+        XCTAssertTrue(result.stderr.contains("a vmperf server"), result.stderr)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 20)
     }
 }

@@ -29,10 +29,14 @@ final class RunTests: XCTestCase {
             XCTAssertNotNil(testStart[key] as? Int, "test_start.\(key)", file: file, line: line)
         }
         let intervals = try XCTUnwrap(document["intervals"] as? [[String: Any]])
+        XCTAssertFalse(intervals.isEmpty, "even a test shorter than an interval reports one", file: file, line: line)
         for interval in intervals {
             let streams = try XCTUnwrap(interval["streams"] as? [[String: Any]])
             for stream in streams {
                 for key in Self.spanKeys + ["omitted"] { XCTAssertNotNil(stream[key], "intervals[].streams[].\(key)", file: file, line: line) }
+                if stream["sender"] as? Bool == true {
+                    XCTAssertNotNil(stream["retransmits"] as? Int, "intervals[].streams[].retransmits (sender)", file: file, line: line)
+                }
             }
             let sum = try XCTUnwrap(interval["sum"] as? [String: Any])
             for key in Self.sumKeys { XCTAssertNotNil(sum[key], "intervals[].sum.\(key)", file: file, line: line) }
@@ -45,11 +49,14 @@ final class RunTests: XCTestCase {
                 let record = try XCTUnwrap(stream[side] as? [String: Any], "end.streams[].\(side)", file: file, line: line)
                 for key in Self.spanKeys { XCTAssertNotNil(record[key], "end.streams[].\(side).\(key)", file: file, line: line) }
             }
+            let sender = try XCTUnwrap(stream["sender"] as? [String: Any])
+            XCTAssertNotNil(sender["retransmits"] as? Int, "end.streams[].sender.retransmits", file: file, line: line)
         }
         for name in ["sum_sent", "sum_received"] {
             let sum = try XCTUnwrap(end[name] as? [String: Any], "end.\(name)", file: file, line: line)
             for key in Self.sumKeys { XCTAssertNotNil(sum[key], "end.\(name).\(key)", file: file, line: line) }
         }
+        XCTAssertNotNil((end["sum_sent"] as? [String: Any])?["retransmits"] as? Int, "end.sum_sent.retransmits", file: file, line: line)
         let cpu = try XCTUnwrap(end["cpu_utilization_percent"] as? [String: Any])
         for key in ["host_total", "host_user", "host_system", "remote_total", "remote_user", "remote_system"] {
             XCTAssertNotNil(cpu[key] as? Double ?? (cpu[key] as? Int).map(Double.init), "cpu.\(key)", file: file, line: line)
@@ -79,6 +86,26 @@ final class RunTests: XCTestCase {
             XCTAssertEqual(server.status, 0, server.stderr)
             try checkIperf3Keys(server.json(), client: false)
             try checkWaits(document, expected: transport == "shm")
+            if transport == "shm" { XCTAssertEqual(end(document, "sum_sent")["retransmits"] as? Int, 0, "nothing is sent twice") }
+        }
+    }
+
+    /// The human layout over each transport: the transport named on the connection line, interval lines,
+    /// the sender and receiver summary; -f picks the rate's unit, the transfer stays adaptive (as in iperf3).
+    func testHumanOutputOverSharedMemoryAndTCP() throws {
+        for (transport, expected) in [("shm", "via shared memory"), ("tcp", "via TCP (shared memory off by policy)")] {
+            let (client, _) = try VMPerf.clientAgainstServer(["-t", "0.4", "-i", "0.2", "-f", "K", "--transport", transport])
+            XCTAssertEqual(client.status, 0, client.stderr)
+            let lines = client.stdout.split(separator: "\n").map(String.init)
+            XCTAssertTrue(lines.contains { $0.hasPrefix("[  1] local ") && $0.hasSuffix(expected) }, client.stdout)
+            XCTAssertTrue(lines.contains("[ ID] Interval           Transfer     Bitrate"), client.stdout)
+            let summary = lines.filter { $0.hasSuffix("sender") || $0.hasSuffix("receiver") }
+            XCTAssertEqual(summary.count, 2, client.stdout)
+            for line in summary {
+                XCTAssertTrue(line.contains("KBytes/sec"), line)
+                XCTAssertTrue(line.contains("MBytes  ") || line.contains("GBytes  "), "adaptive transfer: \(line)")
+            }
+            XCTAssertEqual(lines.last, "vmperf Done.")
         }
     }
 
@@ -102,9 +129,11 @@ final class RunTests: XCTestCase {
     /// The client's --ring-size (-w) sizes the server's rings for the test too, as iperf3's -w does the window;
     /// without it, the server's own --ring-size holds.
     func testClientRingSizeAppliesToBothSides() throws {
-        let (chosen, _) = try VMPerf.clientAgainstServer(["-t", "0.3", "-R", "-w", "64K", "-J"], serverArguments: ["--ring-size", "1M"])
+        let (chosen, _) = try VMPerf.clientAgainstServer(
+            ["-t", "0.3", "-R", "-w", "64K", "--spin-us", "0", "-J"], serverArguments: ["--ring-size", "1M"])
         XCTAssertEqual(chosen.status, 0, chosen.stderr)
         let given = vmsock(try chosen.json())
+        XCTAssertEqual(given["spin_us"] as? Int, 0, "every wait sleeps at once, and the bytes still all arrive")
         XCTAssertEqual(given["ring_size"] as? Int, 64 << 10)
         XCTAssertEqual(given["peer_ring_size"] as? Int, 64 << 10, "the server's ring follows the client's -w")
         let (defaulted, _) = try VMPerf.clientAgainstServer(["-t", "0.3", "-J"], serverArguments: ["--ring-size", "1M"])
@@ -113,14 +142,19 @@ final class RunTests: XCTestCase {
     }
 
     func testByteAndBlockCountsAcrossParallelStreams() throws {
-        let (bytes, _) = try VMPerf.clientAgainstServer(["-n", "10M", "-P", "3", "-J", "-l", "100K"])
-        XCTAssertEqual(bytes.status, 0, bytes.stderr)
-        let document = try checkIperf3Keys(bytes.json())
-        XCTAssertEqual(end(document, "sum_sent")["bytes"] as? Int, 10 << 20)
-        XCTAssertEqual(end(document, "sum_received")["bytes"] as? Int, 10 << 20)
-        let (blocks, _) = try VMPerf.clientAgainstServer(["-k", "1000", "-l", "1K", "-J", "--transport", "tcp"])
-        XCTAssertEqual(blocks.status, 0, blocks.stderr)
-        XCTAssertEqual(end(try blocks.json(), "sum_received")["bytes"] as? Int, 1000 << 10)
+        for transport in ["shm", "tcp"] {
+            let (bytes, _) = try VMPerf.clientAgainstServer(["-n", "10M", "-P", "3", "-J", "-l", "100K", "--transport", transport])
+            XCTAssertEqual(bytes.status, 0, bytes.stderr)
+            let document = try checkIperf3Keys(bytes.json())
+            XCTAssertEqual(end(document, "sum_sent")["bytes"] as? Int, 10 << 20)
+            XCTAssertEqual(end(document, "sum_received")["bytes"] as? Int, 10 << 20)
+            XCTAssertEqual(((document["end"] as? [String: Any])?["streams"] as? [Any])?.count, 3)
+            // A test this short ends within its first interval; it still reports that interval.
+            let (blocks, _) = try VMPerf.clientAgainstServer(["-k", "1000", "-l", "1K", "-J", "--transport", transport])
+            XCTAssertEqual(blocks.status, 0, blocks.stderr)
+            let counted = try checkIperf3Keys(blocks.json())
+            XCTAssertEqual(end(counted, "sum_received")["bytes"] as? Int, 1000 << 10)
+        }
     }
 
     func testReverseAndBidirectional() throws {
@@ -129,11 +163,37 @@ final class RunTests: XCTestCase {
         XCTAssertTrue(reverse.stdout.contains("Reverse mode"), reverse.stdout)
         XCTAssertTrue(reverse.stdout.contains("[SUM]"), reverse.stdout)
         XCTAssertTrue(reverse.stdout.contains("receiver"))
-        let (bidir, _) = try VMPerf.clientAgainstServer(["--bidir", "-t", "0.5", "-J", "--transport", "tcp"])
-        XCTAssertEqual(bidir.status, 0, bidir.stderr)
-        let document = try checkIperf3Keys(bidir.json())
-        XCTAssertGreaterThan(end(document, "sum_received_bidir_reverse")["bytes"] as? Int ?? 0, 0)
-        XCTAssertEqual(((document["end"] as? [String: Any])?["streams"] as? [Any])?.count, 2)
+        for transport in ["shm", "tcp"] {
+            let (reversed, server) = try VMPerf.clientAgainstServer(["-R", "-t", "0.4", "-J", "--transport", transport], serverArguments: ["-J"])
+            XCTAssertEqual(reversed.status, 0, reversed.stderr)
+            let document = try checkIperf3Keys(reversed.json())
+            XCTAssertEqual((document["start"] as? [String: Any])?["test_start"].flatMap { ($0 as? [String: Any])?["reverse"] as? Int }, 1)
+            XCTAssertEqual(end(document, "sum_sent")["sender"] as? Bool, false, "iperf3: the client did not send")
+            XCTAssertEqual(end(document, "sum_received")["bytes"] as? Int, end(document, "sum_sent")["bytes"] as? Int)
+            try checkIperf3Keys(server.json(), client: false)
+            let (bidir, bidirServer) = try VMPerf.clientAgainstServer(["--bidir", "-t", "0.5", "-J", "--transport", transport], serverArguments: ["-J"])
+            XCTAssertEqual(bidir.status, 0, bidir.stderr)
+            let both = try checkIperf3Keys(bidir.json())
+            XCTAssertGreaterThan(end(both, "sum_received_bidir_reverse")["bytes"] as? Int ?? 0, 0)
+            XCTAssertEqual(((both["end"] as? [String: Any])?["streams"] as? [Any])?.count, 2)
+            try checkIperf3Keys(bidirServer.json(), client: false)
+        }
+    }
+
+    /// iperf3's --bidir layout: the streams this side sends on and their [SUM], then the ones it receives on and
+    /// theirs, in the intervals and in the summary.
+    func testBidirectionalHumanLayout() throws {
+        let (client, _) = try VMPerf.clientAgainstServer(["--bidir", "-P", "2", "-t", "0.5", "-i", "0.2"])
+        XCTAssertEqual(client.status, 0, client.stderr)
+        let tagged = client.stdout.split(separator: "\n").filter { $0.contains("][TX-C]") || $0.contains("][RX-C]") }
+        // Per block (an interval, or the summary's senders and receivers): TX streams, TX sum, RX streams, RX sum.
+        let order = tagged.map { line -> String in
+            (line.hasPrefix("[SUM]") ? "S" : "s") + (line.contains("[TX-C]") ? "t" : "r")
+        }
+        let blocks = order.joined(separator: " ").components(separatedBy: "st st St sr sr Sr").count - 1
+        let summary = order.joined(separator: " ").components(separatedBy: "st st st st St St sr sr sr sr Sr Sr").count - 1
+        XCTAssertGreaterThanOrEqual(blocks, 2, client.stdout)
+        XCTAssertEqual(summary, 1, client.stdout)
     }
 
     func testVerboseAndLogfile() throws {
@@ -186,9 +246,40 @@ final class RunTests: XCTestCase {
             XCTAssertLessThanOrEqual(value("min"), p50)
             XCTAssertLessThanOrEqual(p50, value("max"))
         }
-        let (human, _) = try VMPerf.clientAgainstServer(["--latency", "-t", "0.3"])
-        XCTAssertTrue(human.stdout.contains("avg-rtt="), human.stdout)
-        XCTAssertTrue(human.stdout.contains("percentile 99.999 ="), human.stdout)
+        for transport in ["shm", "tcp"] {
+            let (human, _) = try VMPerf.clientAgainstServer(["--latency", "-t", "0.3", "--transport", transport])
+            XCTAssertTrue(human.stdout.contains("avg-rtt="), human.stdout)
+            XCTAssertTrue(human.stdout.contains("percentile 99.999 ="), human.stdout)
+        }
+    }
+
+    /// With -P 2, an interval's [SUM] mean round trip is the mean over both streams' round trips: between the
+    /// two streams' means. One separator before the summary.
+    func testParallelLatencySumIsAMean() throws {
+        let (client, _) = try VMPerf.clientAgainstServer(["--latency", "-P", "2", "-t", "0.6", "-i", "0.2"])
+        XCTAssertEqual(client.status, 0, client.stderr)
+        let lines = client.stdout.split(separator: "\n").map(String.init)
+        let mean = { (line: String) -> Double? in
+            let words = line.split(separator: " ")
+            return words.count >= 2 && words.last == "usec" ? Double(words[words.count - 2]) : nil
+        }
+        var checked = 0
+        for (index, line) in lines.enumerated() where line.hasPrefix("[SUM]") && index >= 2 {
+            guard let sum = mean(line), let first = mean(lines[index - 2]), let second = mean(lines[index - 1]) else { continue }
+            XCTAssertGreaterThanOrEqual(sum, min(first, second) * 0.99, "\(lines[index - 2])\n\(lines[index - 1])\n\(line)")
+            XCTAssertLessThanOrEqual(sum, max(first, second) * 1.01, "\(lines[index - 2])\n\(lines[index - 1])\n\(line)")
+            checked += 1
+        }
+        XCTAssertGreaterThan(checked, 0, client.stdout)
+        XCTAssertFalse(client.stdout.contains("- - -\n- - -"), "one separator: \(client.stdout)")
+    }
+
+    func testCompareTableNamesEveryTransport() throws {
+        let result = try VMPerf.run(["--compare", "-t", "0.2"], timeout: 120)
+        XCTAssertEqual(result.status, 0, result.stderr)
+        for word in ["64 B", "1 KiB", "64 KiB", "shared memory", "TCP", "Unix"] {
+            XCTAssertTrue(result.stdout.contains(word), "\(word) in:\n\(result.stdout)")
+        }
     }
 
     func testCompareRunsEveryTransportAndWorkload() throws {

@@ -26,7 +26,7 @@ final class TransportTests: XCTestCase {
         XCTAssertEqual(client.transport, .tcp)
         XCTAssertEqual(server.transport, .tcp)
         XCTAssertEqual(client.fallbackReason, .disabledByPolicy)
-        XCTAssertEqual(client.transportDescription, "TCP (disabled by policy)")
+        XCTAssertEqual(client.transportDescription, "TCP (shared memory off by policy)")
         XCTAssertEqual(client.peerAddress, listener.localAddress)
         XCTAssertEqual(server.peerAddress, client.localAddress, "TCP reports real ports on both ends")
         XCTAssertNil(client.peerCredentials)
@@ -140,7 +140,7 @@ final class TransportTests: XCTestCase {
     }
 
     func test256MiBEachWayOverTCPBetweenProcesses() throws {
-        try stream(bytes: 256 << 20, transport: "tcp", expect: ("transport: TCP", "transport: TCP (disabled by policy)"))
+        try stream(bytes: 256 << 20, transport: "tcp", expect: ("transport: TCP", "transport: TCP (shared memory off by policy)"))
     }
 
     func test256MiBEachWayOverSharedMemoryBetweenProcesses() throws {

@@ -1,7 +1,9 @@
 // A bare C ring between two pinned threads (CPUs 0 and 1), 64-byte messages unless told otherwise, with the
 // position stores either fenced (seq_cst: an XCHG on x86) or plain release stores; the reader loads every cache
 // line. Backs WakeUpOrdering.swift, and is the machine's reference for vmperf's figures.
-// Build and run: tools/micro/run.sh. Alone: ring64 [fenced|release] [message bytes].
+// Build and run: tools/micro/run.sh. Alone: ring64 [fenced|release] [message bytes] [extra stores].
+// Extra stores: that many more stores per message that hit the cache (a call level's return address and saved
+// registers are such stores); they queue behind the ring's cache misses (see SharedMemoryStream+FastPath.swift).
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
@@ -21,6 +23,8 @@ static _Alignas(256) uint32_t readerWaits;
 static _Alignas(256) uint32_t writerWaits;
 static int fenced;
 static volatile long sink;
+static int EXTRA;
+static volatile uint64_t scratch[64];
 
 static long long now(void) {
     struct timespec t;
@@ -59,6 +63,11 @@ static void *reader(void *unused) {
 int main(int argc, char **argv) {
     fenced = argc > 1 && strcmp(argv[1], "fenced") == 0;
     if (argc > 2) MSG = strtoull(argv[2], 0, 10);
+    if (argc > 3) EXTRA = atoi(argv[3]);
+    if (EXTRA < 0 || EXTRA > 64) {
+        fprintf(stderr, "ring64: extra stores must be from 0 to 64\n");
+        return 1;
+    }
     if (MSG < 64 || MSG > CAP / 2 || MSG % 64 != 0) {
         fprintf(stderr, "ring64: message size must be a multiple of 64 from 64 to %u\n", CAP / 2);
         return 1;
@@ -81,9 +90,11 @@ int main(int argc, char **argv) {
         position += MSG;
         store(&produced, position);
         rings += __atomic_load_n(&readerWaits, __ATOMIC_SEQ_CST);  // the need-wakeup read
+        for (int k = 0; k < EXTRA; k++) scratch[k] = position;
     }
     pthread_join(thread, 0);
-    printf("%llu-byte messages, %s position stores: %.2f GB/s\n", (unsigned long long)MSG, fenced ? "fenced" : "release",
+    printf("%llu-byte messages, %s position stores, %d extra stores: %.2f GB/s\n", (unsigned long long)MSG,
+           fenced ? "fenced" : "release", EXTRA,
            TOTAL / ((now() - start) / 1e9) / 1e9 + rings * 0);
     return 0;
 }

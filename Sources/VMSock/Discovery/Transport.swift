@@ -48,7 +48,7 @@ public enum FallbackReason: String, Sendable, CaseIterable, CustomStringConverti
     /// Memory, descriptors or mappings ran out on one side.
     case outOfResources = "out of resources"
     /// The transport policy is `tcp`.
-    case disabledByPolicy = "disabled by policy"
+    case disabledByPolicy = "shared memory off by policy"
     /// The listener broke, reset or timed out the handshake.
     case handshakeFailed = "handshake failed"
 

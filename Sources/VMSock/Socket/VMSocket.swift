@@ -342,6 +342,10 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
         }
     }
 
+    /// Segments sent more than once so far, as iperf3 reports them: over TCP the kernel's count (TCP_INFO), nil
+    /// if the kernel does not say; over shared memory 0, since nothing is ever sent twice.
+    public var retransmissions: Int? { transport == .sharedMemory ? 0 : tcp.unsafelyUnwrapped.retransmissions }
+
     /// How often this connection's calls slept and rang the peer (see `WaitStatistics`); nil over TCP, whose
     /// waits happen in the kernel.
     public var waitStatistics: WaitStatistics? { sharedMemory?.waits.snapshot }

@@ -28,6 +28,13 @@ final class TCPStream: @unchecked Sendable {  // reader state is touched by the 
     var sendBufferSize: Int { option(SO_SNDBUF) }
     var receiveBufferSize: Int { option(SO_RCVBUF) }
 
+    /// Segments the kernel sent again (TCP_INFO's tcpi_total_retrans), or nil when it cannot say.
+    var retransmissions: Int? {
+        var info = tcp_info()
+        var length = socklen_t(MemoryLayout<tcp_info>.size)
+        return getsockopt(socket.raw, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 ? Int(info.tcpi_total_retrans) : nil
+    }
+
     private func option(_ name: Int32) -> Int {
         var value: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)

@@ -28,17 +28,17 @@ struct Options: ParsableCommand {
     // MARK: What to measure
     @Flag(help: "Measure round trips of -l bytes (default 64) instead of throughput.")
     var latency = false
-    @Option(name: [.customShort("p"), .customLong("port")], help: "Server port to listen on / connect to.")
+    @Option(name: [.customShort("p"), .customLong("port")], parsing: .unconditional, help: "Server port to listen on / connect to.")
     var port: Int = 5201
-    @Option(name: [.customShort("t"), .customLong("time")], help: "Time in seconds to transmit for (default 10; --compare: 2 per workload).")
+    @Option(name: [.customShort("t"), .customLong("time")], parsing: .unconditional, help: "Time in seconds to transmit for (default 10; --compare: 2 per workload).")
     var time: Double?
-    @Option(name: [.customShort("n"), .customLong("bytes")], help: "Number of bytes to transmit (instead of -t), e.g. 1G.")
+    @Option(name: [.customShort("n"), .customLong("bytes")], parsing: .unconditional, help: "Number of bytes to transmit (instead of -t), e.g. 1G.")
     var bytes: ByteCount?
-    @Option(name: [.customShort("k"), .customLong("blockcount")], help: "Number of blocks (writes; round trips with --latency) to transmit (instead of -t or -n).")
+    @Option(name: [.customShort("k"), .customLong("blockcount")], parsing: .unconditional, help: "Number of blocks (writes; round trips with --latency) to transmit (instead of -t or -n).")
     var blockcount: ByteCount?
-    @Option(name: [.customShort("l"), .customLong("length")], help: "Length of buffer to write (default 128 KiB; 64 with --latency).")
+    @Option(name: [.customShort("l"), .customLong("length")], parsing: .unconditional, help: "Length of buffer to write (default 128 KiB; 64 with --latency).")
     var length: ByteCount?
-    @Option(name: [.customShort("P"), .customLong("parallel")], help: "Number of parallel client streams to run.")
+    @Option(name: [.customShort("P"), .customLong("parallel")], parsing: .unconditional, help: "Number of parallel client streams to run.")
     var parallel: Int = 1
     @Flag(name: [.customShort("R"), .customLong("reverse")], help: "Run in reverse mode (server sends, client receives).")
     var reverse = false
@@ -46,9 +46,9 @@ struct Options: ParsableCommand {
     var bidir = false
 
     // MARK: Output
-    @Option(name: [.customShort("i"), .customLong("interval")], help: "Seconds between periodic reports (0 turns them off).")
+    @Option(name: [.customShort("i"), .customLong("interval")], parsing: .unconditional, help: "Seconds between periodic reports (0 turns them off).")
     var interval: Double = 1
-    @Option(name: [.customShort("f"), .customLong("format")], help: "Format to report: k/m/g/t bits, K/M/G/T bytes (default: adaptive bits).")
+    @Option(name: [.customShort("f"), .customLong("format")], help: "Format to report rates in: k/m/g/t bits, K/M/G/T bytes, a/A adaptive bits/bytes (transfers are always adaptive bytes).")
     var format: RateFormat = .adaptiveBits
     @Flag(name: [.customShort("J"), .customLong("json")], help: "Output in JSON format (iperf3's structure).")
     var json = false
@@ -62,19 +62,19 @@ struct Options: ParsableCommand {
     // MARK: vmsock
     @Option(help: "auto (shared memory when the server is a vmsock listener on this host, else TCP), shm, tcp, or unix (a Unix-domain socket, for comparison).")
     var transport: Choice = .auto
-    @Option(name: [.customLong("ring-size"), .customShort("w"), .customLong("window")],
+    @Option(name: [.customLong("ring-size"), .customShort("w"), .customLong("window")], parsing: .unconditional,
             help: "Bytes of each shared-memory ring (a power of two, 4 KiB to 64 MiB; default 4 MiB). A client's sizes the server's rings for its test too; a server's holds when the client gives none. -w/--window as in iperf3.")
     var ringSize: ByteCount?
-    @Option(name: [.customShort("A"), .customLong("affinity")],
+    @Option(name: [.customShort("A"), .customLong("affinity")], parsing: .unconditional,
             help: "n[,m]: run this side's streams on CPU n, and the server's on CPU m (iperf3's -A).")
     var affinity: String?
-    @Option(help: "Microseconds a blocked shared-memory call spins before it sleeps (default: VMSOCK_SPIN_US or 50).")
+    @Option(parsing: .unconditional, help: "Microseconds a blocked shared-memory call spins before it sleeps (default: VMSOCK_SPIN_US or 50).")
     var spinUs: Int?
 
     // MARK: --paper
-    @Option(help: "--paper: runs per benchmark (the paper: 25).")
+    @Option(parsing: .unconditional, help: "--paper: runs per benchmark (the paper: 25).")
     var runs: Int = 25
-    @Option(help: "--paper: round trips per run (the paper: 1000000).")
+    @Option(parsing: .unconditional, help: "--paper: round trips per run (the paper: 1000000).")
     var iterations: Int = 1_000_000
 
     /// The second process of `--paper`, started by the first: where to find the shared memory and what to run.
@@ -134,6 +134,16 @@ struct Options: ParsableCommand {
             throw ValidationError("--iterations \(iterations) is out of range (1 to 100000000)")
         }
         if latency && (reverse || bidir) { throw ValidationError("--latency measures round trips: -R and --bidir do not apply") }
+        if server {
+            let clientOnly = [("-t", time != nil), ("-n", bytes != nil), ("-k", blockcount != nil), ("-l", length != nil),
+                              ("-P", parallel != 1), ("-R", reverse), ("--bidir", bidir), ("--latency", latency)]
+            if let (flag, _) = clientOnly.first(where: \.1) {
+                throw ValidationError("parameter error - some option you are trying to set is client only (\(flag))")
+            }
+        }
+        if oneOff && !server {
+            throw ValidationError("parameter error - some option you are trying to set is server only (-1)")
+        }
         if server && (transport == .shm || transport == .tcp) {
             throw ValidationError("--transport is for clients: a server accepts shared-memory, TCP and Unix-socket clients at once")
         }

@@ -30,6 +30,9 @@ struct RateFormat: ExpressibleByArgument, Equatable {
 
     private init(letter: Character) { self.letter = letter }
 
+    /// What --help shows as the default.
+    var defaultValueDescription: String { String(letter) }
+
     init?(argument: String) {
         guard argument.count == 1, let letter = argument.first, "kmgtKMGTaAbB".contains(letter) else { return nil }
         self.letter = letter
@@ -58,9 +61,10 @@ enum Units {
         return String(format: "%4.\(digits)f", number) + " " + (bits ? bitLabels : byteLabels)[power]
     }
 
-    /// A transfer: always bytes, adaptive (iperf3 prints transfers with 'A' whatever -f says, unless -f is bytes).
-    static func transfer(_ bytes: Double, _ format: RateFormat) -> String {
-        Self.format(bytes, format.isBits || format.letter == "A" || format.letter == "B" ? RateFormat(argument: "A")! : format)
+    /// A transfer: always bytes, adaptive, whatever -f says (iperf3 prints transfers with 'A'; -f picks the unit
+    /// of the rate only).
+    static func transfer(_ bytes: Double) -> String {
+        Self.format(bytes, RateFormat(argument: "A")!)
     }
 
     /// A rate: `bytesPerSecond` in the -f unit, with "/sec".

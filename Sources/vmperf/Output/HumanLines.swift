@@ -21,17 +21,18 @@ enum HumanLines {
         let idText = idTag(id)
         let roleText = role.map { "[\($0)]" } ?? ""
         let interval = String(format: "%6.2f-%-6.2f sec", span.start, span.end)
-        let transfer = Units.transfer(Double(span.bytes), format)
+        let transfer = Units.transfer(Double(span.bytes))
         let rate = Units.rate(span.bytesPerSecond, format)
         let tail = tag.map { "                  \($0)" } ?? ""
         return "\(idText)\(roleText) \(interval)  \(transfer)  \(rate)\(tail)"
     }
 
-    /// A latency interval: round trips and their mean (back to back, so the mean is the time over the count).
-    static func latencyLine(id: String, _ span: StreamSpan) -> String {
+    /// A latency interval: round trips and their mean. Each stream makes its round trips back to back, so the
+    /// mean is the time the `streams` spent over the count.
+    static func latencyLine(id: String, _ span: StreamSpan, streams: Int = 1) -> String {
         let idText = idTag(id)
         let interval = String(format: "%6.2f-%-6.2f sec", span.start, span.end)
-        let mean = span.roundTrips > 0 ? span.seconds / Double(span.roundTrips) * 1e6 : 0
+        let mean = span.roundTrips > 0 ? span.seconds * Double(streams) / Double(span.roundTrips) * 1e6 : 0
         return "\(idText) \(interval)  \(String(format: "%11d", span.roundTrips))  \(String(format: "%9.3f", mean)) usec"
     }
 

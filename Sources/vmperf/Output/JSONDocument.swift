@@ -73,6 +73,7 @@ enum JSONDocument {
             ("seconds", .double(span.seconds)), ("bytes", .int(span.bytes)),
             ("bits_per_second", .double(span.bytesPerSecond * 8)),
         ]
+        if let retransmits = span.retransmits { members.append(("retransmits", .int(retransmits))) }  // senders only
         if latency { members.append(("round_trips", .int(span.roundTrips))) }
         if includeOmitted { members.append(("omitted", .bool(false))) }
         members.append(("sender", .bool(span.sender)))
@@ -87,6 +88,8 @@ enum JSONDocument {
         total.bytes = spans.reduce(0) { $0 + $1.bytes }
         total.roundTrips = spans.reduce(0) { $0 + $1.roundTrips }
         total.sender = sender
+        let retransmits = spans.compactMap(\.retransmits)
+        total.retransmits = retransmits.isEmpty ? nil : retransmits.reduce(0, +)
         return span(total, socket: nil, includeOmitted: includeOmitted, latency: latency)
     }
 

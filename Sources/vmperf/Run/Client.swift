@@ -64,7 +64,7 @@ struct Client {
             }
             throw error
         }
-        try expectGo(channel, what: "the server's answer")
+        try expectAnswer(channel)
         var connections: [Connection] = []
         defer { for connection in connections { connection.close() } }
         for index in 0..<parameters.connections {
@@ -74,7 +74,7 @@ struct Client {
                                connection.local.host, connection.local.port, connection.remote.host, connection.remote.port)
                         + " via \(connection.transportDescription)")
         }
-        try expectGo(channel, what: "the server's go")
+        try expectGo(channel, what: "the server's go", timeout: 15)
         if parameters.reverse { report.line("Reverse mode, remote host \(host) is sending") }
         if options.verbose {
             let end = parameters.bytes > 0 ? "\(parameters.bytes) bytes to send" : parameters.blocks > 0
@@ -109,7 +109,7 @@ struct Client {
             return
         }
         if let histogram = outcome.histogram {
-            report.line(HumanLines.separator)
+            if !parameters.intervalsEndWithSeparator { report.line(HumanLines.separator) }
             let seconds = outcome.streams.map(\.seconds).max() ?? 0
             for line in HumanLines.latencySummary(histogram, transport: connections[0].transportDescription,
                                                   size: parameters.blockSize, seconds: seconds) {
@@ -131,8 +131,21 @@ struct Client {
         report.line("vmperf Done.")
     }
 
-    private func expectGo(_ channel: ControlChannel, what: String) throws {
-        let reply = try channel.receive(ServerReply.self, timeout: 15, what: what)
+    /// The server's first answer. No answer, or one that is not vmperf's, most likely means another program
+    /// listens there (an iperf3 server, say).
+    private func expectAnswer(_ channel: ControlChannel) throws {
+        let reply: ServerReply
+        do {
+            reply = try channel.receive(ServerReply.self, timeout: 5, what: "the server's answer")
+        } catch let failure as Failure {
+            throw Failure("\(failure); is \(host) port \(options.port) a vmperf server (vmperf -s)? An iperf3 server "
+                          + "does not speak vmperf's protocol")
+        }
+        if let error = reply.error { throw Failure("the server refused the test: \(error)") }
+    }
+
+    private func expectGo(_ channel: ControlChannel, what: String, timeout: Double) throws {
+        let reply = try channel.receive(ServerReply.self, timeout: timeout, what: what)
         if let error = reply.error { throw Failure("the server refused the test: \(error)") }
     }
 

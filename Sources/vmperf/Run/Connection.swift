@@ -66,6 +66,15 @@ struct Connection {
         return nil
     }
 
+    /// Segments sent again so far, as iperf3's `retransmits`: the kernel's count over TCP, 0 where nothing is
+    /// ever sent twice (shared memory, a Unix socket); nil when the kernel does not say.
+    var retransmissions: Int? {
+        switch carrier {
+        case .socket(let socket): socket.retransmissions
+        case .unix: 0
+        }
+    }
+
     /// Sleeps and doorbell rings so far, for shared memory.
     var waitStatistics: WaitStatistics? {
         if case .socket(let socket) = carrier { return socket.waitStatistics }

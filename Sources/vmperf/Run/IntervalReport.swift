@@ -1,3 +1,8 @@
+extension TestParameters {
+    /// Whether the interval lines end with a separator (they do with [SUM] lines), so the summary needs none.
+    var intervalsEndWithSeparator: Bool { streams > 1 && interval > 0 }
+}
+
 /// Interval lines as the test runs (human output), and the `intervals` array of the JSON document.
 struct IntervalReport {
     let parameters: TestParameters
@@ -7,22 +12,25 @@ struct IntervalReport {
 
     private var latency: Bool { parameters.mode == .latency }
 
-    /// Prints one interval: a line per stream, and [SUM] lines when there are several.
+    /// Prints one interval: a line per stream and, when there are several, a [SUM] line; with --bidir, iperf3's
+    /// order: the streams this side sends on and their sum, then the ones it receives on and theirs.
     func print(_ spans: [StreamSpan]) {
         guard !report.json else { return }
-        for span in spans {
-            report.line(latency
-                ? HumanLines.latencyLine(id: String(span.index + 1), span)
-                : HumanLines.line(id: String(span.index + 1), role: parameters.role(of: span.index, on: side), span, format))
-        }
-        guard parameters.streams > 1 else { return }
         for group in parameters.directionGroups(spans, on: side, localSends: \.sender) {
+            for span in group.items {
+                report.line(latency
+                    ? HumanLines.latencyLine(id: String(span.index + 1), span)
+                    : HumanLines.line(id: String(span.index + 1), role: group.role, span, format))
+            }
+            guard parameters.streams > 1 else { continue }
             var total = Summary.total(group.items)
             total.start = spans.first?.start ?? 0
             total.roundTrips = group.items.reduce(0) { $0 + $1.roundTrips }
-            report.line(latency ? HumanLines.latencyLine(id: "SUM", total) : HumanLines.line(id: "SUM", role: group.role, total, format))
+            report.line(latency
+                ? HumanLines.latencyLine(id: "SUM", total, streams: group.items.count)
+                : HumanLines.line(id: "SUM", role: group.role, total, format))
         }
-        report.line(HumanLines.separator)
+        if parameters.intervalsEndWithSeparator { report.line(HumanLines.separator) }
     }
 
     func json(_ intervals: [[StreamSpan]]) -> JSON {

@@ -6,6 +6,8 @@ struct StreamSpan {
     var bytes: Int
     var roundTrips: Int
     var sender: Bool
+    /// Segments sent again (TCP), for a sending stream; nil when not known.
+    var retransmits: Int? = nil
 
     var seconds: Double { end - start }
     var bytesPerSecond: Double { seconds > 0 ? Double(bytes) / seconds : 0 }
@@ -15,33 +17,43 @@ struct StreamSpan {
 final class IntervalSampler: @unchecked Sendable {  // used on the loop thread, then read after the loop stopped
     private let counters: [StreamCounter]
     private let senders: [Bool]
+    private let retransmissions: [() -> Int?]
     private let startNanos: UInt64
-    private var last: [(bytes: Int, trips: Int)]
+    private var last: [(bytes: Int, trips: Int, retransmits: Int?)]
     private var lastTime = 0.0
     private(set) var intervals: [[StreamSpan]] = []
     private let print: ([StreamSpan]) -> Void
 
-    init(counters: [StreamCounter], senders: [Bool], startNanos: UInt64, print: @escaping ([StreamSpan]) -> Void) {
+    /// `retransmissions` reads each stream's retransmission count so far (see `Connection.retransmissions`);
+    /// it is asked only for sending streams.
+    init(
+        counters: [StreamCounter], senders: [Bool], retransmissions: [() -> Int?], startNanos: UInt64,
+        print: @escaping ([StreamSpan]) -> Void
+    ) {
         self.counters = counters
         self.senders = senders
+        self.retransmissions = retransmissions
         self.startNanos = startNanos
         self.print = print
-        last = Array(repeating: (0, 0), count: counters.count)
+        last = Array(repeating: (0, 0, 0), count: counters.count)
     }
 
     /// Takes a sample now. `final` is the last, partial interval at the end of the test: kept only if it is at
-    /// least 10 ms long (a sliver would print an absurd rate).
+    /// least 10 ms long (a sliver would print an absurd rate), or if it is the only one (a test shorter than
+    /// an interval still reports one, as iperf3 does).
     func sample(final: Bool = false) {
         let now = Double(monotonicNanos() &- startNanos) / 1e9
-        if final && now - lastTime < 0.01 { return }
+        if final && now - lastTime < 0.01 && !intervals.isEmpty { return }
         var spans: [StreamSpan] = []
         for (index, counter) in counters.enumerated() {
             let bytes = counter.bytes.load(ordering: .relaxed)
             let trips = counter.roundTrips.load(ordering: .relaxed)
+            let retransmits = senders[index] ? retransmissions[index]() : nil
             spans.append(StreamSpan(
                 index: index, start: lastTime, end: now, bytes: bytes - last[index].bytes,
-                roundTrips: trips - last[index].trips, sender: senders[index]))
-            last[index] = (bytes, trips)
+                roundTrips: trips - last[index].trips, sender: senders[index],
+                retransmits: retransmits.map { $0 - (last[index].retransmits ?? 0) }))
+            last[index] = (bytes, trips, retransmits)
         }
         lastTime = now
         intervals.append(spans)

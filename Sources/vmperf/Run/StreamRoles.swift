@@ -1,11 +1,7 @@
 /// iperf3's --bidir role tags: TX or RX as this side sees a stream, then C(lient) or S(erver).
 extension TestParameters {
-    func role(of index: Int, on side: TestRun.Side) -> String? {
-        guard bidir else { return nil }
-        return Self.tag(sending: clientSends(index) == (side == .client), on: side)
-    }
-
-    /// Streams split by direction for [SUM] lines: one group, or with --bidir this side's sending streams first.
+    /// Streams split by direction, in the order iperf3 prints them: one group, or with --bidir this side's
+    /// sending streams first, each group with its role tag.
     func directionGroups<T>(_ items: [T], on side: TestRun.Side, localSends: (T) -> Bool) -> [(role: String?, items: [T])] {
         guard bidir else { return [(nil, items)] }
         return [(Self.tag(sending: true, on: side), items.filter(localSends)),

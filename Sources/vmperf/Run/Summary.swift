@@ -27,7 +27,9 @@ struct Summary {
                 ?? StreamResult(index: mine.index, sender: !mine.sender, bytes: 0, seconds: 0)
             let (sent, received) = mine.sender ? (mine, theirs) : (theirs, mine)
             let span = { (result: StreamResult) in
-                StreamSpan(index: mine.index, start: 0, end: result.seconds, bytes: result.bytes, roundTrips: 0, sender: mine.sender)
+                StreamSpan(
+                    index: mine.index, start: 0, end: result.seconds, bytes: result.bytes, roundTrips: 0, sender: mine.sender,
+                    retransmits: result.retransmits)
             }
             return Pair(
                 index: mine.index, sender: span(sent), receiver: span(received), localSends: mine.sender,
@@ -37,18 +39,17 @@ struct Summary {
 
     /// The summary lines. The separator comes first unless the last interval printed one already (-P > 1).
     func humanLines() -> [String] {
-        let separated = parameters.streams > 1 && parameters.interval > 0
-        var lines = (separated ? [] : [HumanLines.separator]) + [HumanLines.header(roles: parameters.bidir, latency: false)]
-        let pairs = self.pairs
-        for pair in pairs {
-            lines.append(HumanLines.line(id: String(pair.index + 1), role: parameters.role(of: pair.index, on: side), pair.sender, format, tag: "sender"))
-            lines.append(HumanLines.line(id: String(pair.index + 1), role: parameters.role(of: pair.index, on: side), pair.receiver, format, tag: "receiver"))
-        }
-        if parameters.streams > 1 {
-            for group in parameters.directionGroups(pairs, on: side, localSends: \.localSends) {
-                lines.append(HumanLines.line(id: "SUM", role: group.role, Self.total(group.items.map(\.sender)), format, tag: "sender"))
-                lines.append(HumanLines.line(id: "SUM", role: group.role, Self.total(group.items.map(\.receiver)), format, tag: "receiver"))
+        var lines = (parameters.intervalsEndWithSeparator ? [] : [HumanLines.separator])
+            + [HumanLines.header(roles: parameters.bidir, latency: false)]
+        // As the intervals: with --bidir, the streams this side sends on and their sums, then the others.
+        for group in parameters.directionGroups(pairs, on: side, localSends: \.localSends) {
+            for pair in group.items {
+                lines.append(HumanLines.line(id: String(pair.index + 1), role: group.role, pair.sender, format, tag: "sender"))
+                lines.append(HumanLines.line(id: String(pair.index + 1), role: group.role, pair.receiver, format, tag: "receiver"))
             }
+            guard parameters.streams > 1 else { continue }
+            lines.append(HumanLines.line(id: "SUM", role: group.role, Self.total(group.items.map(\.sender)), format, tag: "sender"))
+            lines.append(HumanLines.line(id: "SUM", role: group.role, Self.total(group.items.map(\.receiver)), format, tag: "receiver"))
         }
         return lines
     }

@@ -49,7 +49,8 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
         let loopThread = try LoopThread()
         let cpuStart = CPUUsage.Snapshot.now()
         let sampler = IntervalSampler(
-            counters: counters, senders: roles.map { $0 == .send || $0 == .ping }, startNanos: cpuStart.wall,
+            counters: counters, senders: roles.map { $0 == .send || $0 == .ping },
+            retransmissions: connections.map { connection in { connection.retransmissions } }, startNanos: cpuStart.wall,
             print: printInterval)
         let timers = startTimers(on: loopThread.loop, sampler)
         let done = DispatchGroup()
@@ -110,10 +111,11 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
                 connection, role: roles[index], parameters: parameters, limit: limit(for: index), stop: stop,
                 counter: counters[index])
             let seconds = Double(monotonicNanos() &- startNanos) / 1e9
+            let sender = roles[index] == .send || roles[index] == .ping
             lock.withLock {
                 results[index] = StreamResult(
-                    index: connection.index, sender: roles[index] == .send || roles[index] == .ping, bytes: bytes,
-                    seconds: seconds, waits: connection.waitStatistics)
+                    index: connection.index, sender: sender, bytes: bytes, seconds: seconds,
+                    waits: connection.waitStatistics, retransmits: sender ? connection.retransmissions : nil)
                 if let histogram { histograms.append(histogram) }
             }
         } catch {

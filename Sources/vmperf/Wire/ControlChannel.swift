@@ -18,7 +18,7 @@ struct ControlChannel {
     func receive<T: Decodable>(_ type: T.Type, timeout: Double?, what: String) throws -> T {
         stream.setReadTimeout(timeout)
         var length = [UInt8](repeating: 0, count: 4)
-        guard try length.withUnsafeMutableBytes({ try stream.readExactly($0) }) else {
+        guard try read(&length, what: what, timeout: timeout) else {
             throw Failure("the other side closed the control connection while we waited for \(what)")
         }
         let count = Int(length.reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
@@ -26,13 +26,22 @@ struct ControlChannel {
             throw Failure("the other side sent a \(count)-byte control message (the limit is \(Self.maximumMessage)); is it a vmperf of this version?")
         }
         var body = [UInt8](repeating: 0, count: count)
-        guard try body.withUnsafeMutableBytes({ try stream.readExactly($0) }) else {
+        guard try read(&body, what: what, timeout: timeout) else {
             throw Failure("the other side closed the control connection in the middle of \(what)")
         }
         do {
             return try JSONDecoder().decode(T.self, from: Data(body))
         } catch {
             throw Failure("the other side sent a malformed \(what) (\(error))")
+        }
+    }
+
+    /// Fills `bytes`; false at end of stream. A timeout says what did not come.
+    private func read(_ bytes: inout [UInt8], what: String, timeout: Double?) throws -> Bool {
+        do {
+            return try bytes.withUnsafeMutableBytes { try stream.readExactly($0) }
+        } catch let error as VMSockError where error.code == ETIMEDOUT {
+            throw Failure("\(what) did not come within \(Compare.format(timeout ?? 0)) s")
         }
     }
 }
@@ -100,4 +109,6 @@ struct StreamResult: Codable {
     var seconds: Double
     /// Sleeps and doorbell rings, for shared memory (absent from an older vmperf: optional).
     var waits: WaitStatistics? = nil
+    /// Segments the sender sent again (TCP; 0 over shared memory and Unix sockets); nil from a receiver.
+    var retransmits: Int? = nil
 }
