@@ -99,19 +99,10 @@ final class OptionsTests: XCTestCase {
     /// A server that accepts but does not answer (another program listens there, like an iperf3 server): the
     /// client gives up after 5 seconds and says what may be wrong.
     func testSilentServerIsNamedAsNotVmperf() throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (fd, port) = VMPerf.silentListener()
         defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = in_addr_t(INADDR_LOOPBACK).bigEndian
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        XCTAssertTrue(bound && listen(fd, 8) == 0)
-        let port = String(UInt16(bigEndian: address.sin_port))
         let started = Date()
-        let result = try VMPerf.run(["-c", "127.0.0.1", "-p", port, "-t", "1"], timeout: 30)
+        let result = try VMPerf.run(["-c", "127.0.0.1", "-p", String(port), "-t", "1"], timeout: 30)
         XCTAssertEqual(result.status, 1)
         XCTAssertTrue(result.stderr.contains("did not come within 5 s"), result.stderr)
         XCTAssertTrue(result.stderr.contains("a vmperf server"), result.stderr)

@@ -114,14 +114,27 @@ enum VMPerf {
     }
 
     static func freePort() -> Int {
+        let (fd, port) = boundSocket()
+        close(fd)
+        return port
+    }
+
+    /// A TCP socket that listens on a free loopback port and never accepts nor answers (the kernel completes
+    /// connections into its backlog): a server that is not vmperf. Close the descriptor when done.
+    static func silentListener() -> (fd: Int32, port: Int) {
+        let (fd, port) = boundSocket()
+        listen(fd, 8)
+        return (fd, port)
+    }
+
+    private static func boundSocket() -> (fd: Int32, port: Int) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
         var address = loopback(port: 0)
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
         }
-        return Int(UInt16(bigEndian: address.sin_port))
+        return (fd, Int(UInt16(bigEndian: address.sin_port)))
     }
 
     private static func loopback(port: UInt16) -> sockaddr_in {
