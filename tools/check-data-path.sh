@@ -20,11 +20,12 @@ sleep 0.5
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$work/tp-stripped" stream-connect "$name" 67108864 262144 3 \
     >/dev/null 2>"$work/valgrind.log"
 wait
-callgrind_annotate --tree=calling --inclusive=yes "$work/cg.out" >"$work/tree.txt" 2>/dev/null
+callgrind_annotate --tree=calling --inclusive=yes --threshold=100 "$work/cg.out" >"$work/tree.txt" 2>/dev/null
 status=0
 # The loops that write and read: VMSocket.writeAll (write is inlined into it) and the test peer's receive loop
-# (read is inlined into it).
-for fn in VMSocketC8writeAllyySW 11PatternPumpO7receive; do
+# (read is inlined into it); and what the hot calls call when the ring is full or empty, or the peer sleeps.
+for fn in VMSocketC8writeAllyySW 11PatternPumpO7receive SharedMemoryStreamC13awaitWritable SharedMemoryStreamC13awaitReadable \
+          SharedMemoryStreamC12afterConsume; do
     echo "== what $fn calls (count in parentheses):"
     awk -v fn="$fn" '$0 ~ "\\* .*"fn { on = 1; next } on && /^ *[0-9,]+ .* > / { print; next } on { exit }' "$work/tree.txt" \
         | sed -e 's/ \[.*//' -e 's/^ *[0-9,]* ([ 0-9.%]*) *> *//' | tee "$work/callees.txt"

@@ -19,7 +19,7 @@ public struct RingProducer: @unchecked Sendable {
     @usableFromInline var peerConsumed: UInt64 = 0
 
     /// Bytes of the ring.
-    public var capacityBytes: Int { Int(capacity) }
+    @inlinable public var capacityBytes: Int { Int(capacity) }
 
     /// - Parameters:
     ///   - data: the start of our data area (`capacity` bytes; `2 * capacity` readable and writable when `mirrored`).

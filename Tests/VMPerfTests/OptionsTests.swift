@@ -97,15 +97,15 @@ final class OptionsTests: XCTestCase {
     }
 
     /// A server that accepts but does not answer (another program listens there, like an iperf3 server): the
-    /// client gives up after 5 seconds and says what may be wrong.
+    /// client gives up after 15 seconds and says what may be wrong.
     func testSilentServerIsNamedAsNotVmperf() throws {
         let (fd, port) = VMPerf.silentListener()
         defer { close(fd) }
         let started = Date()
-        let result = try VMPerf.run(["-c", "127.0.0.1", "-p", String(port), "-t", "1"], timeout: 30)
+        let result = try VMPerf.run(["-c", "127.0.0.1", "-p", String(port), "-t", "1"], timeout: 60)
         XCTAssertEqual(result.status, 1)
-        XCTAssertTrue(result.stderr.contains("did not come within 5 s"), result.stderr)
+        XCTAssertTrue(result.stderr.contains("did not come within 15 s"), result.stderr)
         XCTAssertTrue(result.stderr.contains("a vmperf server"), result.stderr)
-        XCTAssertLessThan(Date().timeIntervalSince(started), 20)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 45, "it gives up; it does not hang")
     }
 }

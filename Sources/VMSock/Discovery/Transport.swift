@@ -48,11 +48,12 @@ public enum FallbackReason: String, Sendable, CaseIterable, CustomStringConverti
     /// Memory, descriptors or mappings ran out on one side.
     case outOfResources = "out of resources"
     /// The transport policy is `tcp`.
-    case disabledByPolicy = "shared memory off by policy"
+    case disabledByPolicy = "disabled by policy"
     /// The listener broke, reset or timed out the handshake.
     case handshakeFailed = "handshake failed"
 
-    public var description: String { rawValue }
+    /// In words, for `transportDescription` ("TCP (no shared-memory listener)").
+    public var description: String { self == .disabledByPolicy ? "shared memory off by policy" : rawValue }
 }
 
 /// The process's connection counters: how many connections each transport carried, and why `auto` chose TCP.

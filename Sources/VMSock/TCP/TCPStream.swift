@@ -28,11 +28,14 @@ final class TCPStream: @unchecked Sendable {  // reader state is touched by the 
     var sendBufferSize: Int { option(SO_SNDBUF) }
     var receiveBufferSize: Int { option(SO_RCVBUF) }
 
-    /// Segments the kernel sent again (TCP_INFO's tcpi_total_retrans), or nil when it cannot say.
+    /// Segments the kernel sent again (TCP_INFO's tcpi_total_retrans), or nil when it cannot say (or the
+    /// socket is closed).
     var retransmissions: Int? {
-        var info = tcp_info()
-        var length = socklen_t(MemoryLayout<tcp_info>.size)
-        return getsockopt(socket.raw, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 ? Int(info.tcpi_total_retrans) : nil
+        try? socket.use("socket") { fd throws(VMSockError) -> Int? in
+            var info = tcp_info()
+            var length = socklen_t(MemoryLayout<tcp_info>.size)
+            return getsockopt(fd, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 ? Int(info.tcpi_total_retrans) : nil
+        } ?? nil
     }
 
     private func option(_ name: Int32) -> Int {

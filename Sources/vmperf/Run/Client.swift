@@ -132,13 +132,14 @@ struct Client {
     }
 
     /// The server's first answer. No answer, or one that is not vmperf's, most likely means another program
-    /// listens there (an iperf3 server, say).
+    /// listens there (an iperf3 server, say). The wait is longer than a vmperf server gives a connection ahead
+    /// of ours that says nothing (it serves one at a time).
     private func expectAnswer(_ channel: ControlChannel) throws {
         let reply: ServerReply
         do {
-            reply = try channel.receive(ServerReply.self, timeout: 5, what: "the server's answer")
-        } catch let failure as Failure {
-            throw Failure("\(failure); is \(host) port \(options.port) a vmperf server (vmperf -s)? An iperf3 server "
+            reply = try channel.receive(ServerReply.self, timeout: 15, what: "the server's answer")
+        } catch {
+            throw Failure("\(error); is \(host) port \(options.port) a vmperf server (vmperf -s)? An iperf3 server "
                           + "does not speak vmperf's protocol")
         }
         if let error = reply.error { throw Failure("the server refused the test: \(error)") }

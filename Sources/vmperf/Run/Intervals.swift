@@ -53,7 +53,7 @@ final class IntervalSampler: @unchecked Sendable {  // used on the loop thread, 
                 index: index, start: lastTime, end: now, bytes: bytes - last[index].bytes,
                 roundTrips: trips - last[index].trips, sender: senders[index],
                 retransmits: retransmits.map { $0 - (last[index].retransmits ?? 0) }))
-            last[index] = (bytes, trips, retransmits)
+            last[index] = (bytes, trips, retransmits ?? last[index].retransmits)
         }
         lastTime = now
         intervals.append(spans)
