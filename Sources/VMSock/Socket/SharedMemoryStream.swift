@@ -150,16 +150,18 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         return used
     }
 
-    /// Gives bytes back to the peer, and wakes its writer if it sleeps waiting for space.
+    /// Gives bytes back to the peer, and wakes its writer if it sleeps waiting for space. The peer's flag is
+    /// read once, and that reading decides (see `PeerHeader`).
     @inlinable @inline(__always)
     func consume(_ count: Int) {
         rx.consume(count)
-        if peer.isWaitingForSpace || readArmed { afterConsume() }
+        let peerWaits = peer.isWaitingForSpace
+        if peerWaits || readArmed { afterConsume(ringing: peerWaits) }
     }
 
     @usableFromInline
-    func afterConsume() {
-        if peer.isWaitingForSpace {
+    func afterConsume(ringing: Bool) {
+        if ringing {
             link.peerSpaceBell.ring()
             WaitCounters.count(waits.spaceRings)
         }
@@ -224,16 +226,18 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         return used
     }
 
-    /// Makes bytes visible to the peer, and wakes its reader if it sleeps waiting for data.
+    /// Makes bytes visible to the peer, and wakes its reader if it sleeps waiting for data (the flag read once,
+    /// as in `consume`).
     @inlinable @inline(__always)
     func publish(_ count: Int) {
         tx.publish(count)
-        if peer.isWaitingForData || writeArmed { afterPublish() }
+        let peerWaits = peer.isWaitingForData
+        if peerWaits || writeArmed { afterPublish(ringing: peerWaits) }
     }
 
     @usableFromInline
-    func afterPublish() {
-        if peer.isWaitingForData {
+    func afterPublish(ringing: Bool) {
+        if ringing {
             link.peerDataBell.ring()
             WaitCounters.count(waits.dataRings)
         }
