@@ -27,6 +27,7 @@ _Static_assert(VMS_F_SEAL_FUTURE_WRITE == F_SEAL_FUTURE_WRITE, "F_SEAL_FUTURE_WR
 int vms_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
 
 int vms_accept4_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
+const char *vms_errno_name(int code) { return strerrorname_np(code); }
 int vms_accept4_cloexec_nonblock(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
 
 int vms_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {

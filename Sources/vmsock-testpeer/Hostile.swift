@@ -33,7 +33,7 @@ enum Hostile {
             vms_store_seqcst_u32((base + 512).assumingMemoryBound(to: UInt32.self), 0xdead_beef)
             vms_store_seqcst_u32((base + 640).assumingMemoryBound(to: UInt32.self), 0xffff_ffff)
         case "unknown-flag":
-            vms_store_seqcst_u32((base + 640).assumingMemoryBound(to: UInt32.self), 0x8)  // no bit we define
+            vms_store_seqcst_u32((base + 640).assumingMemoryBound(to: UInt32.self), 0x100)  // no bit we define (parked is 0x8)
         case "control-chatter":
             var byte: UInt8 = 0x42
             _ = send(socket._controlDescriptor, &byte, 1, Int32(MSG_NOSIGNAL))

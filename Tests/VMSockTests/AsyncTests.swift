@@ -11,7 +11,7 @@ final class AsyncTests: XCTestCase {
     func testAsyncEchoServerAndClients() async throws {
         let thread = try LoopThread()
         let options = VMSocketOptions(ringSize: 4096)
-        let listener = try AsyncListener(VMListener(address: .name(uniqueName()), options: options), on: thread.loop)
+        let listener = try AsyncListener(VMListener(address: .port(freePortText()), options: options), on: thread.loop)
         let server = Task {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for try await connection in listener.connections {
@@ -103,7 +103,7 @@ final class AsyncTests: XCTestCase {
 
     func testCancelledAcceptReturnsPromptly() async throws {
         let thread = try LoopThread()
-        let listener = try AsyncListener(VMListener(address: .name(uniqueName())), on: thread.loop)
+        let listener = try AsyncListener(VMListener(address: .port(freePortText())), on: thread.loop)
         let acceptor = Task { try await listener.accept() }
         try await Task.sleep(for: .milliseconds(50))
         acceptor.cancel()
@@ -122,7 +122,7 @@ final class AsyncTests: XCTestCase {
     /// works both ways.
     func testAsyncConnectOverBothTransports() async throws {
         let thread = try LoopThread()
-        let listener = try AsyncListener(VMListener(address: .name(uniqueName())), on: thread.loop)
+        let listener = try AsyncListener(VMListener(address: .port(freePortText())), on: thread.loop)
         for transport in [TransportPolicy.tcp, .shm] {
             async let accepted = listener.accept()
             let client = try await AsyncSocket.connect(
@@ -145,7 +145,7 @@ final class AsyncTests: XCTestCase {
     /// ECANCELED, and closes what it made.
     func testCancelledAsyncConnectReturnsPromptly() async throws {
         let thread = try LoopThread()
-        let listener = try VMListener(address: .name(uniqueName()))  // never accepts: the hello is never answered
+        let listener = try VMListener(address: .port(freePortText()))  // never accepts: the hello is never answered
         let fdsBefore = openDescriptorCount()
         let connector = Task { try await AsyncSocket.connect(to: listener.address, on: thread.loop) }
         try await Task.sleep(for: .milliseconds(100))
@@ -199,7 +199,7 @@ final class AsyncTests: XCTestCase {
 extension AsyncSocket {
     /// Connects over shared memory only (unless `options` say otherwise), as `VMSocket.connect(to:)` in the tests.
     static func connect(
-        to address: TestAddress, _ options: VMSocketOptions = .init(), on loop: EventLoop
+        to address: LoopbackPort, _ options: VMSocketOptions = .init(), on loop: EventLoop
     ) async throws(VMSockError) -> AsyncSocket {
         var options = options
         if options.transport == nil { options.transport = .shm }

@@ -15,20 +15,20 @@ final class CrossProcessTests: XCTestCase {
     }
 
     private func streamBetweenProcesses(bytes: Int, ring: Int) throws {
-        let name = uniqueName()
+        let port = freePortText()
         let seed = String(UInt32.random(in: 1...UInt32.max))
-        let listener = try TestPeer("stream-listen", name, String(bytes), String(ring), seed)
+        let listener = try TestPeer("stream-listen", port, String(bytes), String(ring), seed)
         listener.expectLine("ready")
-        let connector = try TestPeer("stream-connect", name, String(bytes), String(ring), seed)
+        let connector = try TestPeer("stream-connect", port, String(bytes), String(ring), seed)
         XCTAssertEqual(connector.wait(), 0, "connector: \(connector.errorOutput())")
         XCTAssertEqual(listener.wait(), 0, "listener: \(listener.errorOutput())")
     }
 
     /// kill -9 of the peer while we are blocked in read: read returns end of stream within a second.
     func testPeerKilledWhileWeAreBlockedInRead() throws {
-        let name = uniqueName()
-        let listener = try VMListener(address: .name(name))
-        let peer = try TestPeer("hold-connect", name)
+        let port = freePortText()
+        let listener = try VMListener(address: .port(port))
+        let peer = try TestPeer("hold-connect", port)
         let socket = try listener.accept()
         peer.expectLine("ready")
         let reader = Background { try socket.read(upTo: 100) }
@@ -45,10 +45,10 @@ final class CrossProcessTests: XCTestCase {
 
     /// kill -9 of the peer while we are blocked in write on a full ring: write fails with EPIPE within a second.
     func testPeerKilledWhileWeAreBlockedInWrite() throws {
-        let name = uniqueName()
-        let peer = try TestPeer("hold-listen", name)
+        let port = freePortText()
+        let peer = try TestPeer("hold-listen", port)
         peer.expectLine("ready")
-        let socket = try VMSocket.connect(to: .name(name), options: VMSocketOptions(ringSize: 4096))
+        let socket = try VMSocket.connect(to: .port(port), options: VMSocketOptions(ringSize: 4096))
         peer.expectLine("accepted")
         let writer = Background { try socket.writeAll([UInt8](repeating: 1, count: 1 << 20)) }
         usleep(200_000)
@@ -63,9 +63,9 @@ final class CrossProcessTests: XCTestCase {
 
     /// Bytes the peer published before it died are still delivered, then end of stream.
     func testBytesPublishedBeforeDeathAreDelivered() throws {
-        let name = uniqueName()
-        let listener = try VMListener(address: .name(name), options: VMSocketOptions(ringSize: 1 << 20))
-        let peer = try TestPeer("stream-connect", name, String(512 << 10), String(1 << 20), "5")
+        let port = freePortText()
+        let listener = try VMListener(address: .port(port), options: VMSocketOptions(ringSize: 1 << 20))
+        let peer = try TestPeer("stream-connect", port, String(512 << 10), String(1 << 20), "5")
         let socket = try listener.accept()
         // The peer writes 512 KiB and then blocks reading what we never send; kill it once it has written.
         var received = 0
@@ -129,9 +129,9 @@ final class CrossProcessTests: XCTestCase {
     /// A peer that makes every socket it holds blocking, claims to sleep, and never drains its bell cannot make our
     /// wake-up calls block: 100,000 small writes, each ringing, finish.
     func testStuckBellsCannotBlockOurWrites() throws {
-        let name = uniqueName()
-        let listener = try VMListener(address: .name(name), options: VMSocketOptions(ringSize: 64 << 20))
-        let peer = try TestPeer("hostile-connect", name, "stuck-bells")
+        let port = freePortText()
+        let listener = try VMListener(address: .port(port), options: VMSocketOptions(ringSize: 64 << 20))
+        let peer = try TestPeer("hostile-connect", port, "stuck-bells")
         let socket = try listener.accept()
         peer.expectLine("done")
         let writer = Background {
@@ -144,9 +144,9 @@ final class CrossProcessTests: XCTestCase {
     }
 
     private func acceptHostile(_ how: String, waitForIt: Bool = true) throws -> (VMSocket, TestPeer) {
-        let name = uniqueName(how)
-        let listener = try VMListener(address: .name(name))
-        let peer = try TestPeer("hostile-connect", name, how)
+        let port = freePortText()
+        let listener = try VMListener(address: .port(port))
+        let peer = try TestPeer("hostile-connect", port, how)
         let socket = try listener.accept()
         if waitForIt { peer.expectLine("done") }
         return (socket, peer)

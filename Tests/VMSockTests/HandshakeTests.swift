@@ -34,10 +34,10 @@ final class HandshakeTests: XCTestCase {
     /// A hostile connector sends a bad hello. The listener answers with a reject (where it can), counts it, leaks
     /// nothing, and goes on serving good connectors.
     func testListenerSurvivesMalformedHellos() throws {
-        let name = uniqueName()
+        let port = freePortText()
         var options = VMSocketOptions()
         options.handshakeTimeout = .milliseconds(500)
-        let listener = try VMListener(address: .name(name), options: options)
+        let listener = try VMListener(address: .port(port), options: options)
         let hello = HandshakeMessage(kind: .hello, ringCapacity: 4096).encoded()
         let good = Self.good, unsealed = Self.unsealed, pipeBell = Self.pipeBell
         let cases: [(String, [UInt8], () throws -> [Int32], HandshakeMessage.RejectReason?)] = [
@@ -58,7 +58,7 @@ final class HandshakeTests: XCTestCase {
         let fdsBefore = openDescriptorCount()
         for (index, (label, bytes, descriptors, expected)) in cases.enumerated() {
             let accepted = Background { try listener.accept() }
-            let fd = try RawControl.connect(IPEndpoint(numericHost: "127.0.0.1", port: UInt16(name)!)!)
+            let fd = try RawControl.connect(IPEndpoint(numericHost: "127.0.0.1", port: UInt16(port)!)!)
             defer { close(fd) }
             if !bytes.isEmpty {
                 let fds = try descriptors()
@@ -76,7 +76,7 @@ final class HandshakeTests: XCTestCase {
             // link for reuse, so that the descriptor count below is the listener's alone.)
             var goodOptions = VMSocketOptions(ringSize: 4096)
             goodOptions.reusesLinks = false
-            let client = try VMSocket.connect(to: .name(name), options: goodOptions)
+            let client = try VMSocket.connect(to: .port(port), options: goodOptions)
             let server = try XCTUnwrap(accepted.wait(timeout: 10), label).get()
             try client.writeAll([UInt8(index)])
             XCTAssertEqual(try server.readExactly(1), [UInt8(index)], label)
@@ -95,13 +95,13 @@ final class HandshakeTests: XCTestCase {
         var options = VMSocketOptions()
         options.handshakeTimeout = .milliseconds(300)
         for (how, expected) in cases {
-            let name = uniqueName()
-            let peer = try TestPeer("bad-welcome", name, how)
+            let port = freePortText()
+            let peer = try TestPeer("bad-welcome", port, how)
             peer.expectLine("ready")
             VMSocket.closeIdleLinks()  // what earlier tests left for later connections is not this test's
             let fdsBefore = settledDescriptorCount()
             let mapsBefore = mappingCount()
-            XCTAssertErrno(expected, try VMSocket.connect(to: .name(name), options: options), how)
+            XCTAssertErrno(expected, try VMSocket.connect(to: .port(port), options: options), how)
             XCTAssertEqual(openDescriptorCount(), fdsBefore, "descriptors leaked after '\(how)'")
             XCTAssertEqual(mappingCount(), mapsBefore, "mappings leaked after '\(how)'")
             peer.killHard()
@@ -109,11 +109,11 @@ final class HandshakeTests: XCTestCase {
     }
 
     func testRejectNamesTheVersion() throws {
-        let name = uniqueName()
-        let peer = try TestPeer("bad-welcome", name, "reject")
+        let port = freePortText()
+        let peer = try TestPeer("bad-welcome", port, "reject")
         peer.expectLine("ready")
         do {
-            _ = try VMSocket.connect(to: .name(name))
+            _ = try VMSocket.connect(to: .port(port))
             XCTFail("connect should be refused")
         } catch {
             XCTAssertTrue(error.description.contains("version mismatch"), error.description)

@@ -17,7 +17,7 @@ final class LinkReuseTests: XCTestCase {
     /// The second connection reopens the first one's link: the same ring memory, reset, carries new streams both
     /// ways (1 MiB through a 4 KiB ring, so positions wrap many times), and both sides count it as reused.
     func testNextConnectionReopensTheLink() throws {
-        let listener = try VMListener(address: .name(uniqueName()), options: VMSocketOptions(ringSize: 4096))
+        let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
         defer { listener.close() }
         try oneConnection(listener, bytes: 100_000)
         XCTAssertEqual(VMSocket.idleLinkCount, 1)
@@ -34,7 +34,7 @@ final class LinkReuseTests: XCTestCase {
         for (clientReuses, listenerReuses) in [(false, true), (true, false)] {
             var listenerOptions = VMSocketOptions(ringSize: 4096)
             listenerOptions.reusesLinks = listenerReuses
-            let listener = try VMListener(address: .name(uniqueName()), options: listenerOptions)
+            let listener = try VMListener(address: .port(freePortText()), options: listenerOptions)
             defer { listener.close() }
             let before = TransportStatistics.current.sharedMemoryReused
             try oneConnection(listener, bytes: 1000, reuse: clientReuses)
@@ -79,7 +79,7 @@ final class LinkReuseTests: XCTestCase {
     func testDroppedLinkIsReplacedByANewOne() throws {
         var options = VMSocketOptions(ringSize: 4096)
         options.handshakeTimeout = .milliseconds(200)
-        let listener = try VMListener(address: .name(uniqueName()), options: options)
+        let listener = try VMListener(address: .port(freePortText()), options: options)
         defer { listener.close() }
         try oneConnection(listener, bytes: 1000)
         XCTAssertEqual(VMSocket.idleLinkCount, 1)
@@ -98,7 +98,7 @@ final class LinkReuseTests: XCTestCase {
     /// A connector that speaks the handshake by hand: a well-formed reopen on its parked link gets a welcome
     /// without descriptors, and anything else gets a reject, is counted, and leaves the listener serving.
     func testListenerChecksReopens() throws {
-        let listener = try VMListener(address: .name(uniqueName()), options: VMSocketOptions(ringSize: 4096))
+        let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
         defer { listener.close() }
         let endpoint = listener.localAddress
         let reopen = HandshakeMessage(kind: .reopen, ringCapacity: 4096, dialed: endpoint).encoded()
@@ -143,7 +143,7 @@ final class LinkReuseTests: XCTestCase {
     /// A reopen while the connection is still open is a protocol fault for it, like any message after the
     /// handshake.
     func testReopenOnAnOpenConnectionIsAProtocolFault() throws {
-        let listener = try VMListener(address: .name(uniqueName()), options: VMSocketOptions(ringSize: 4096))
+        let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
         defer { listener.close() }
         let accepting = Background { try listener.accept() }
         let control = try handshakeByHand(listener.localAddress)
@@ -234,7 +234,7 @@ final class CrossProcessLinkReuseTests: XCTestCase {
     /// sides.
     func testConnectionsBetweenTwoProcessesReuseLinks() throws {
         let count = 200
-        let listener = try VMListener(address: .name(uniqueName()), options: VMSocketOptions(transport: .shm))
+        let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(transport: .shm))
         defer { listener.close() }
         let before = TransportStatistics.current.sharedMemoryReused
         let peer = try TestPeer("reconnect", String(listener.localAddress.port), String(count))

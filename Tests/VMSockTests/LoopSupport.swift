@@ -23,7 +23,7 @@ extension VMSocket: EchoEndpoint {
 func makePairs(_ count: Int, options: VMSocketOptions = VMSocketOptions(ringSize: 4096)) throws
     -> [(server: VMSocket, client: VMSocket)]
 {
-    let listener = try VMListener(address: .name(uniqueName()), options: options, backlog: 512)
+    let listener = try VMListener(address: .port(freePortText()), options: options, backlog: 512)
     let accepted = Background { try (0..<count).map { _ in try listener.accept() } }
     let clients = try (0..<count).map { _ in try VMSocket.connect(to: listener.address, options: options) }
     let servers = try XCTUnwrap(accepted.wait(timeout: 120)).get()

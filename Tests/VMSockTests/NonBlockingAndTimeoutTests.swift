@@ -88,13 +88,13 @@ final class NonBlockingAndTimeoutTests: XCTestCase {
 
     /// A listener that never accepts cannot keep connect blocked past the handshake timeout, backlog full or not.
     func testConnectToAListenerThatNeverAcceptsTimesOut() throws {
-        let name = uniqueName()
-        let listener = try VMListener(address: .name(name), backlog: 1)
+        let port = freePortText()
+        let listener = try VMListener(address: .port(port), backlog: 1)
         var options = VMSocketOptions()
         options.handshakeTimeout = .milliseconds(300)
         for attempt in 0..<4 {
             let start = Date()
-            XCTAssertErrno(ETIMEDOUT, try VMSocket.connect(to: .name(name), options: options), "attempt \(attempt)")
+            XCTAssertErrno(ETIMEDOUT, try VMSocket.connect(to: .port(port), options: options), "attempt \(attempt)")
             XCTAssertLessThan(Date().timeIntervalSince(start), 3.0, "attempt \(attempt)")
         }
         withExtendedLifetime(listener) {}
@@ -111,10 +111,10 @@ final class NonBlockingAndTimeoutTests: XCTestCase {
     }
 
     func testNonBlockingAcceptIsEAGAINWithoutAConnector() throws {
-        let listener = try VMListener(address: .name(uniqueName()))
+        let listener = try VMListener(address: .port(freePortText()))
         listener.isNonBlocking = true
         XCTAssertErrno(EAGAIN, try listener.accept())
-        let client = Background { [port = listener.localAddress.port] in try VMSocket.connect(to: .name(String(port))) }
+        let client = Background { [port = listener.localAddress.port] in try VMSocket.connect(to: .port(String(port))) }
         // The descriptor fires when the connector arrives and again when its hello does: accept says EAGAIN in
         // between (it never waits for a hello), and the usual poll-then-accept loop takes the connection.
         var accepted: Result<VMSocket, VMSockError> = .failure(VMSockError(code: EAGAIN, ""))

@@ -8,7 +8,7 @@ final class PendingHandshakeTests: XCTestCase {
     func testSilentConnectorDoesNotDelayTheNextOne() throws {
         var options = VMSocketOptions()
         options.handshakeTimeout = .seconds(20)
-        let listener = try VMListener(address: .name(uniqueName()), options: options)
+        let listener = try VMListener(address: .port(freePortText()), options: options)
         let endpoint = IPEndpoint(numericHost: "127.0.0.1", port: listener.localAddress.port)!
         let silent = try RawControl.connect(endpoint)
         defer { close(silent) }
@@ -27,7 +27,7 @@ final class PendingHandshakeTests: XCTestCase {
     func testSilentConnectorIsDroppedAtTheDeadline() throws {
         var options = VMSocketOptions()
         options.handshakeTimeout = .milliseconds(200)
-        let listener = try VMListener(address: .name(uniqueName()), options: options)
+        let listener = try VMListener(address: .port(freePortText()), options: options)
         let endpoint = IPEndpoint(numericHost: "127.0.0.1", port: listener.localAddress.port)!
         let silent = try RawControl.connect(endpoint)
         defer { close(silent) }
@@ -48,7 +48,7 @@ final class PendingHandshakeTests: XCTestCase {
         let fdsBefore = settledDescriptorCount()
         var options = VMSocketOptions()
         options.handshakeTimeout = .seconds(20)
-        let listener = try VMListener(address: .name(uniqueName()), options: options, backlog: 256)
+        let listener = try VMListener(address: .port(freePortText()), options: options, backlog: 256)
         listener.isNonBlocking = true
         let endpoint = IPEndpoint(numericHost: "127.0.0.1", port: listener.localAddress.port)!
         let extra = 5

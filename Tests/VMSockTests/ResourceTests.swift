@@ -18,8 +18,8 @@ final class ResourceTests: XCTestCase {
         // may be just after `connectedPair` returned: wait until the count settles.
         let fds = settledDescriptorCount()
         let maps = mappingCount()
-        let name = uniqueName()
-        let listener = try VMListener(address: .name(name), options: VMSocketOptions(ringSize: 4096))
+        let port = freePortText()
+        let listener = try VMListener(address: .port(port), options: VMSocketOptions(ringSize: 4096))
         let cycles = 10_000
         let server = Background {
             for _ in 0..<cycles {
@@ -32,7 +32,7 @@ final class ResourceTests: XCTestCase {
         func cycle(reuse: Bool) throws {
             var options = VMSocketOptions(ringSize: 4096)
             options.reusesLinks = reuse
-            let socket = try VMSocket.connect(to: .name(name), options: options)
+            let socket = try VMSocket.connect(to: .port(port), options: options)
             try socket.writeAll([1])
             socket.close()
         }

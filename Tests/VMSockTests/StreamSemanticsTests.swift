@@ -90,10 +90,10 @@ final class StreamSemanticsTests: XCTestCase {
     func testRingSizesAndIdentity() throws {
         var small = VMSocketOptions(ringSize: 8192)
         small.ringSize = 8192
-        let name = uniqueName()
-        let listener = try VMListener(address: .name(name), options: VMSocketOptions(ringSize: 1 << 20))
+        let port = freePortText()
+        let listener = try VMListener(address: .port(port), options: VMSocketOptions(ringSize: 1 << 20))
         let accepted = Background { try listener.accept() }
-        let client = try VMSocket.connect(to: .name(name), options: small)
+        let client = try VMSocket.connect(to: .port(port), options: small)
         let server = try XCTUnwrap(accepted.wait()).get()
         XCTAssertEqual(client.ringSize, 8192)
         XCTAssertEqual(client.peerRingSize, 1 << 20)
@@ -101,24 +101,24 @@ final class StreamSemanticsTests: XCTestCase {
         XCTAssertEqual(client.peerCredentials?.pid, getpid())
         XCTAssertEqual(server.peerCredentials?.uid, getuid())
         XCTAssertEqual(client.transport, .sharedMemory)
-        XCTAssertEqual(client.peerAddress.description, "127.0.0.1:\(name)")
+        XCTAssertEqual(client.peerAddress.description, "127.0.0.1:\(port)")
         XCTAssertEqual(client.localAddress.description, "127.0.0.1:0")
-        XCTAssertEqual(server.localAddress.description, "127.0.0.1:\(name)")
+        XCTAssertEqual(server.localAddress.description, "127.0.0.1:\(port)")
         XCTAssertEqual(server.peerAddress.description, "127.0.0.1:0")
     }
 
     func testErrorsATCPProgrammerExpects() throws {
-        XCTAssertErrno(ECONNREFUSED, try VMSocket.connect(to: .name(uniqueName())))
-        XCTAssertErrno(EINVAL, try VMSocket.connect(to: .name("1"), options: VMSocketOptions(ringSize: 5000)))
-        XCTAssertErrno(EINVAL, try VMListener(address: .name("0"), options: VMSocketOptions(ringSize: 128 << 20)))
+        XCTAssertErrno(ECONNREFUSED, try VMSocket.connect(to: .port(freePortText())))
+        XCTAssertErrno(EINVAL, try VMSocket.connect(to: .port("1"), options: VMSocketOptions(ringSize: 5000)))
+        XCTAssertErrno(EINVAL, try VMListener(address: .port("0"), options: VMSocketOptions(ringSize: 128 << 20)))
         XCTAssertErrno(EINVAL, try VMSocket.connect(host: "no-such-host.invalid", port: 1))
-        let name = uniqueName()
-        let listener = try VMListener(address: .name(name))
+        let port = freePortText()
+        let listener = try VMListener(address: .port(port))
         XCTAssertErrno(EADDRINUSE, try VMListener(address: listener.address))
         listener.close()
-        XCTAssertNoThrow(try VMListener(address: .name(name)), "a closed listener frees its port and registration at once")
+        XCTAssertNoThrow(try VMListener(address: .port(port)), "a closed listener frees its port and registration at once")
         do {
-            _ = try VMSocket.connect(to: .name(uniqueName()), options: VMSocketOptions(transport: .auto))
+            _ = try VMSocket.connect(to: .port(freePortText()), options: VMSocketOptions(transport: .auto))
         } catch {
             XCTAssertTrue(error.description.contains("nothing listens"), error.description)
         }

@@ -72,7 +72,7 @@ final class TransportTests: XCTestCase {
         let dead = IPEndpoint(numericHost: loopback, port: freePort())!
         for policy in [TransportPolicy.auto, .tcp] {
             let accepted = Background { try listener.accept() }
-            let client = try Connector.connect(to: [dead, listener.localAddress], options: VMSocketOptions(transport: policy))
+            let client = VMSocket(try Connector.connect(to: [dead, listener.localAddress], options: VMSocketOptions(transport: policy)))
             XCTAssertEqual(client.peerAddress, listener.localAddress, "\(policy)")
             XCTAssertNoThrow(try accepted.wait()?.get())
         }
@@ -129,7 +129,7 @@ final class TransportTests: XCTestCase {
 
     /// kill -9 of a listener's process: its registration is gone with it, and the port reads as nothing there.
     func testKilledListenerLeavesNoRegistration() throws {
-        let port = uniqueName()
+        let port = freePortText()
         let peer = try TestPeer("hold-listen", port)
         peer.expectLine("ready")
         let name = RawControl.registryName(IPEndpoint(numericHost: loopback, port: UInt16(port)!)!)
@@ -148,7 +148,7 @@ final class TransportTests: XCTestCase {
     }
 
     private func stream(bytes: Int, transport: String, expect: (listener: String, connector: String)) throws {
-        let port = uniqueName()
+        let port = freePortText()
         let seed = String(UInt32.random(in: 1...UInt32.max))
         let environment = ["VMSOCK_TRANSPORT": transport]
         let listener = try TestPeer(environment: environment, "stream-listen", port, String(bytes), String(1 << 20), seed)

@@ -30,6 +30,8 @@ int vms_memfd_create(const char *name, unsigned int flags);
 // MARK: sockets
 #define VMS_POLLRDHUP 0x2000
 int vms_accept4_cloexec(int fd);
+/// The errno's symbolic name ("ECONNREFUSED"), or NULL for a number glibc does not know (strerrorname_np).
+const char *vms_errno_name(int code);
 int vms_accept4_cloexec_nonblock(int fd);
 /// SO_PEERCRED of a connected AF_UNIX socket. Returns 0 or -1 with errno set.
 int vms_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);

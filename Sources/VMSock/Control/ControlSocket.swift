@@ -154,21 +154,25 @@ enum ControlSocket {
     static func spinUntilReadable(_ fd: Int32, nanoseconds: Int64) {
         guard nanoseconds > 0 else { return }
         let end = monotonicNanos() &+ nanoseconds
-        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        while Glibc.poll(&pfd, 1, 0) == 0 && monotonicNanos() < end { sched_yield() }
+        while (try? Sys.isReady(fd, Int16(POLLIN))) == false && monotonicNanos() < end { sched_yield() }
     }
 
     /// Receives one message, waiting at most `timeoutMs`. Room is left for more bytes and descriptors than any
     /// valid message has, so that an oversized or overfull message is seen as such (and its descriptors closed).
     static func receive(_ fd: Int32, timeoutMs: Int32) throws(VMSockError) -> Received {
-        let deadline = monotonicNanos() + Int64(timeoutMs) * 1_000_000
-        while true {
-            let left = Int32(clamping: max(0, (deadline - monotonicNanos()) / 1_000_000))
-            var pfd = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
-            if try Sys.poll(&pfd, timeoutMs: left) > 0 { break }
-            if left == 0 { throw VMSockError(code: ETIMEDOUT, "peer did not answer the handshake within \(timeoutMs) ms") }
+        guard try Sys.wait(fd, Int16(POLLIN), until: .after(milliseconds: timeoutMs)) else {
+            throw VMSockError(code: ETIMEDOUT, "peer did not answer the handshake within \(timeoutMs) ms")
         }
         return try receiveReady(fd)
+    }
+
+    /// Receives one message if one has arrived (or the peer hung up: an empty message); nil when nothing is there
+    /// yet. Never waits.
+    static func receiveIfReady(_ fd: Int32) throws(VMSockError) -> Received? {
+        do throws(VMSockError) { return try receiveReady(fd) } catch {
+            if error.code == EAGAIN { return nil }
+            throw error
+        }
     }
 
     /// Receives one message that has arrived (the descriptor polled readable): never waits. A hang-up reads as an

@@ -19,11 +19,12 @@ struct EstablishedLink {
     let ordering: WakeUpOrdering
     /// Whether both sides agreed to keep the link for another connection once this one is closed (`LinkReuse`).
     let reusable: Bool
-    /// Where the connection's engine hands the link when it is gone, if `reusable`: the connector's `LinkPool`
-    /// or the listener's parked links. Returns false when it was not taken (and the link is freed).
-    var parking: LinkParking? = nil
-    /// The process that made the link: a forked child, which shares its rings with the parent, never parks it.
+    /// The process that made the link.
     let creator = getpid()
+
+    /// Whether this process made the link. A forked child shares the parent's rings, so it must never park,
+    /// reopen or answer a reopen of a link: every place a link changes hands asks this.
+    var isOwnedByThisProcess: Bool { getpid() == creator }
 }
 
 /// Our half of a connection before the peer has seen it: the region and bells we are about to pass.
@@ -75,20 +76,6 @@ struct LocalHalf: Sendable {
 
 /// The connect handshake. Connector: hello with its memory and bells; listener: welcome with its own, or reject.
 enum Handshake {
-    /// The connector's side: one round trip on a control socket just connected to `address`, whose owner the
-    /// caller already checked. Failures that explain a fallback to TCP carry a `FallbackReason`.
-    static func connect(
-        _ control: Descriptor, peer: PeerCredentials, dialed: IPEndpoint, address: ControlAddress, capacity: Int,
-        reusable: Bool, timeoutMs: Int32
-    ) throws(VMSockError) -> EstablishedLink {
-        let hello = try sendHello(control, dialed: dialed, capacity: capacity, reusable: reusable)
-        // The listener answers within tens of microseconds; waiting for it in poll would cost a wake-up, which on
-        // a VM costs more than that (see SpinPolicy). So look for the answer without sleeping first, briefly.
-        ControlSocket.spinUntilReadable(control.raw, nanoseconds: SpinPolicy.processNanoseconds)
-        let reply = try ControlSocket.receive(control.raw, timeoutMs: timeoutMs)
-        return try finishConnect(hello, reply: reply, control: control, peer: peer, address: address)
-    }
-
     /// The connector's hello, sent: our half of the connection, kept until the listener's answer.
     struct HelloSent {
         fileprivate let mine: LocalHalf
@@ -181,9 +168,10 @@ enum Handshake {
         do throws(VMSockError) {
             let hello = try decode(request, from: "connector")
             guard hello.version == HandshakeMessage.protocolVersion else {
-                reject(control, .versionMismatch)
+                reject(control, .versionMismatch)  // the one answer: the catch below sends no second
                 throw VMSockError.protocolFault(
-                    "connector speaks protocol \(hello.version), we speak \(HandshakeMessage.protocolVersion)")
+                    "connector speaks protocol \(hello.version), we speak \(HandshakeMessage.protocolVersion)"
+                ).because(.versionMismatch)
             }
             guard hello.kind == .hello else { throw VMSockError.protocolFault("connector sent a \(hello.kind) instead of a hello") }
             dialed = hello.dialed
@@ -191,7 +179,7 @@ enum Handshake {
             agreedReuse = reusable && hello.reusable
             theirs = try adopt(request.descriptors, capacity: Int(hello.ringCapacity), from: "connector")
         } catch {
-            if error.code == EPROTO { reject(control, .badRequest) }
+            if error.code == EPROTO && error.fallback != .versionMismatch { reject(control, .badRequest) }
             throw error
         }
         let mine: LocalHalf

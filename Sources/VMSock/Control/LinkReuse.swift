@@ -24,9 +24,6 @@ import VMSockRing
 // links in a connector process or `PendingHandshakes.parkedLimit` in a listener, and in a forked child (which
 // must not share the parent's rings).
 
-/// Takes a link whose connection is gone; false when it was not taken (the caller frees it).
-typealias LinkParking = @Sendable (EstablishedLink) -> Bool
-
 extension EstablishedLink {
     /// Whether the peer has parked its side: its connection on this link is gone.
     var peerParked: Bool { PeerHeader(base: peerRegion.base).shutdownFlags & RingLayout.Shutdown.parked != 0 }
@@ -46,71 +43,19 @@ extension EstablishedLink {
     }
 }
 
-/// The connector's parked links, per process, by registration.
-final class LinkPool: Sendable {
-    static let shared = LinkPool()
-    /// Parked links a process keeps; parking another frees the oldest.
-    static let limit = 4
-
-    private struct Entry {
-        let address: ControlAddress
-        let link: EstablishedLink
-    }
-
-    private let entries = Mutex<[Entry]>([])
-    private let owner = getpid()
-
-    /// What the connector hands a reusable link: parks it under `address` when its connection is gone.
-    func parking(for address: ControlAddress) -> LinkParking {
-        { [self] link in park(link, under: address) }
-    }
-
-    /// Only the link's creator parks it (see `SharedMemoryStream.deinit`), so this needs no fork check; `take` does.
-    private func park(_ link: EstablishedLink, under address: ControlAddress) -> Bool {
-        let evicted = entries.withLock { entries -> Entry? in
-            let oldest = entries.count >= Self.limit ? entries.removeFirst() : nil
-            entries.append(Entry(address: address, link: link))
-            return oldest
-        }
-        _ = evicted  // freed here, outside the lock
-        return true
-    }
-
-    /// A parked link to `address` whose listener side is parked too, of our ring size, whose owner `policy`
-    /// still trusts; nil if there is none. The caller owns it: reopened, or freed.
-    func take(_ address: ControlAddress, capacity: Int, policy: PeerPolicy) -> EstablishedLink? {
-        guard getpid() == owner else { return nil }
-        return entries.withLock { entries in
-            guard let index = entries.firstIndex(where: {
-                $0.address == address && $0.link.localRegion.capacity == capacity && policy.admits($0.link.peer)
-                    && $0.link.peerParked
-            }) else { return nil }
-            return entries.remove(at: index).link
-        }
-    }
-
-    /// Frees every parked link, or those parked for `address`.
-    func removeAll(for address: ControlAddress? = nil) {
-        let dropped = entries.withLock { entries in
-            let matching = entries.filter { address == nil || $0.address == address }
-            entries.removeAll { address == nil || $0.address == address }
-            return matching
-        }
-        _ = dropped  // freed here, outside the lock
-    }
-
-    var count: Int { entries.withLock { $0.count } }
-}
-
 extension Handshake {
-    /// The connector's side of a reopen: resets our side, asks the listener to reopen the link for a connection
-    /// to `dialed`, and waits for its welcome. Any failure means the link is unusable: the caller frees it.
-    static func reopen(_ link: EstablishedLink, dialed: IPEndpoint, timeoutMs: Int32) throws(VMSockError) -> EstablishedLink {
+    /// The connector's side of a reopen, first step: resets our side and asks the listener to reopen the link
+    /// for a connection to `dialed`. Never waits. Any failure means the link is unusable: the caller frees it.
+    static func sendReopen(_ link: EstablishedLink, dialed: IPEndpoint) throws(VMSockError) {
         link.resetLocalSide()
         let request = HandshakeMessage(kind: .reopen, ringCapacity: UInt32(link.localRegion.capacity), dialed: dialed)
         try ControlSocket.send(link.control.raw, request.encoded(), descriptors: [])
-        ControlSocket.spinUntilReadable(link.control.raw, nanoseconds: SpinPolicy.processNanoseconds)
-        let reply = try ControlSocket.receive(link.control.raw, timeoutMs: timeoutMs)
+    }
+
+    /// The connector's side of a reopen, second step, with the listener's answer: the reopened link, or why not.
+    static func finishReopen(
+        _ link: EstablishedLink, reply: ControlSocket.Received, dialed: IPEndpoint
+    ) throws(VMSockError) -> EstablishedLink {
         if reply.bytes.isEmpty && !reply.truncated {
             throw VMSockError(code: ECONNRESET, "the listener dropped the parked link")
         }

@@ -56,33 +56,38 @@ enum Registry {
 
 /// One bound registration: a listening control socket under a registry name. Closing it (or its process dying)
 /// removes it; a socket file is unlinked, but only while it is still ours.
-final class Registration: @unchecked Sendable {  // immutable
+final class Registration: @unchecked Sendable {  // immutable but for the socket's own state
     let address: ControlAddress
-    let socket: Descriptor
+    let socket: GuardedDescriptor
     private let inode: ino_t?
 
     /// Binds `address`. In a directory, a file that nobody answers on is stale and replaced; one that answers
     /// belongs to a live listener, and this fails with EADDRINUSE.
     init(_ address: ControlAddress, backlog: Int32) throws(VMSockError) {
         self.address = address
+        let bound: Descriptor
         do {
-            socket = try ControlSocket.listen(address, backlog: backlog)
+            bound = try ControlSocket.listen(address, backlog: backlog)
         } catch where error.code == EADDRINUSE && address.kind == .path {
             guard Self.isStale(address) else { throw Self.inUse(address) }
-            unlink(address.name)
-            socket = try ControlSocket.listen(address, backlog: backlog)
+            Sys.unlink(address.name)
+            bound = try ControlSocket.listen(address, backlog: backlog)
         } catch where error.code == EADDRINUSE {
             throw Self.inUse(address)
         }
         // The listener polls all its sockets at once and accepts without blocking on any of them.
-        try Sys.setNonBlocking(socket.raw, true)
-        var info = stat()
-        inode = address.kind == .path && stat(address.name, &info) == 0 ? info.st_ino : nil
+        try Sys.setNonBlocking(bound.raw, true)
+        inode = address.kind == .path ? Sys.inode(of: address.name) : nil
+        socket = GuardedDescriptor(bound.release())
     }
 
-    deinit {
-        var info = stat()
-        if let inode, stat(address.name, &info) == 0, info.st_ino == inode { unlink(address.name) }
+    deinit { close() }
+
+    /// Closes the socket (once no call uses it) and removes a socket file while it is still ours. Idempotent.
+    func close() {
+        guard !socket.isClosed else { return }
+        socket.close()
+        if let inode, Sys.inode(of: address.name) == inode { Sys.unlink(address.name) }
     }
 
     private static func isStale(_ address: ControlAddress) -> Bool {

@@ -41,41 +41,23 @@ extension VMSocket: ReadinessSource {
     /// What to poll for readability. Shared memory: (`pollDescriptor`, POLLIN), an epoll set of the data doorbell
     /// and the control socket. TCP: (the socket, POLLIN). Never close the descriptor; it lives as long as the
     /// socket (over TCP, until `close()`: cancel watches first).
-    public var readInterest: PollInterest {
-        PollInterest(descriptor: pollDescriptor, events: Int16(POLLIN))
-    }
+    public var readInterest: PollInterest { engine.readInterest }
 
     /// What to poll for writability. Shared memory: (an epoll set of the space doorbell and the control socket,
     /// POLLIN): it fires when the peer made room, shut down or left. TCP: (the socket, POLLOUT).
-    public var writeInterest: PollInterest {
-        if transport == .sharedMemory {
-            PollInterest(descriptor: shm.unsafelyUnwrapped.writePollDescriptor, events: Int16(POLLIN))
-        } else {
-            PollInterest(descriptor: tcp.unsafelyUnwrapped.socket.raw, events: Int16(POLLOUT))
-        }
-    }
+    public var writeInterest: PollInterest { engine.writeInterest }
 
     /// Announces "waiting for space" (so the peer rings when it frees some), clears stale rings, then re-checks.
     /// Call from the writing thread.
     /// - Returns: true when a write would not wait: there is room, or it would fail at once (we shut down or
     ///   closed, the peer is gone or stopped reading). Write now instead of polling. A successful write disarms.
-    public func armWritable() throws(VMSockError) -> Bool {
-        if transport == .sharedMemory {
-            try shm.unsafelyUnwrapped.armWritable()
-        } else {
-            try tcp.unsafelyUnwrapped.armWritable()
-        }
-    }
+    public func armWritable() throws(VMSockError) -> Bool { try engine.armWritable() }
 
     /// Withdraws `armReadable`'s announcement, so the peer stops ringing our data doorbell, for when you stop
     /// polling without reading. A successful read disarms by itself. Call from the reading thread. Nothing to do
     /// over TCP.
-    public func disarmReadable() {
-        shm?.disarmReadable()
-    }
+    public func disarmReadable() { engine.disarmReadable() }
 
     /// Withdraws `armWritable`'s announcement, as `disarmReadable` does. Call from the writing thread.
-    public func disarmWritable() {
-        shm?.disarmWritable()
-    }
+    public func disarmWritable() { engine.disarmWritable() }
 }

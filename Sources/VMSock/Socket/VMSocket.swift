@@ -26,23 +26,19 @@ import Synchronization
 /// Threads: one thread may read while another writes. Do not read from two threads at once, nor write from two.
 /// `close()` may be called from any thread; calls blocked in other threads then fail with EBADF.
 public final class VMSocket: @unchecked Sendable {  // all mutable state lives in the engine; see its notes
-    /// The engine that carries the bytes.
-    enum Engine {
-        case sharedMemory(SharedMemoryStream)
-        case tcp(TCPStream)
-    }
-
-    // The engine: exactly one of `shm` and `tcp` is set, for good. The hot calls reach the shared-memory engine
-    // through `fastSHM` and `_withUnsafeGuaranteedRef`: calling through a loaded strong reference (or an enum
-    // payload) retains and releases it around every call, and the data path must make no ARC traffic (see
-    // tools/check-data-path.sh). `shm` keeps the object alive as long as this socket. The hot calls are
-    // inlinable, down to the ring (see `SharedMemoryStream+FastPath.swift`); their TCP halves are not.
-    let shm: SharedMemoryStream?
-    let tcp: TCPStream?
-    @usableFromInline let fastSHM: Unmanaged<SharedMemoryStream>?
+    /// The engine that carries the bytes, chosen when the connection was set up; every call but the hot path of
+    /// a shared-memory connection goes through it.
+    let engine: any StreamEngine
+    /// The same engine when it is the shared-memory one, unretained, for the hot calls: calling through a loaded
+    /// strong reference (or an existential) retains and releases it around every call, and the data path must
+    /// make no ARC traffic (see tools/check-data-path.sh). `engine` keeps the object alive as long as this socket.
+    /// The hot calls are inlinable, down to the ring (see `SharedMemoryStream+FastPath.swift`).
+    @usableFromInline let fastPath: Unmanaged<SharedMemoryStream>?
+    /// What the set-up layer asked to run once this socket is gone (park the link for reuse).
+    private let onRelease: (@Sendable () -> Void)?
 
     /// How this connection carries its bytes.
-    public let transport: Transport
+    public var transport: Transport { engine.transport }
     /// Why a connect that could have used shared memory uses TCP; nil over shared memory and for accepted sockets.
     public let fallbackReason: FallbackReason?
     /// What went wrong on the way to shared memory, in words, when `fallbackReason` is one that has a story
@@ -55,21 +51,20 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// connector), or the client's host with port 0 (for an accepted socket; it is on this host).
     public let peerAddress: IPEndpoint
 
-    init(
-        engine: Engine, local: IPEndpoint, peer: IPEndpoint, fallback: FallbackReason? = nil, detail: String? = nil
-    ) {
-        switch engine {
-        case .sharedMemory(let stream): (transport, shm, tcp) = (.sharedMemory, stream, nil)
-        case .tcp(let stream): (transport, shm, tcp) = (.tcp, nil, stream)
-        }
-        fastSHM = shm.map { Unmanaged.passUnretained($0) }
-        localAddress = local
-        peerAddress = peer
-        fallbackReason = fallback
-        fallbackDetail = detail
+    init(_ connection: Connection) {
+        engine = connection.engine
+        fastPath = (connection.engine as? SharedMemoryStream).map { Unmanaged.passUnretained($0) }
+        onRelease = connection.onRelease
+        localAddress = connection.local
+        peerAddress = connection.peer
+        fallbackReason = connection.fallback
+        fallbackDetail = connection.detail
     }
 
-    deinit { close() }
+    deinit {
+        close()
+        onRelease?()
+    }
 
     /// "shared memory", "TCP", or "TCP (no shared-memory listener)": the transport and, when `auto` chose TCP,
     /// why. What `vmcat -v` prints.
@@ -91,7 +86,7 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     public static func connect(host: String, port: UInt16, options: VMSocketOptions = .init()) throws(VMSockError)
         -> VMSocket
     {
-        try Connector.connect(host: host, port: port, options: options)
+        try VMSocket(Connector.connect(to: Resolver.resolve(host, port: port, family: options.addressFamily), options: options))
     }
 
     /// Frees what this process keeps for its next shared-memory connections: the links of closed connections
@@ -109,7 +104,7 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     public static func connect(to endpoint: IPEndpoint, options: VMSocketOptions = .init()) throws(VMSockError)
         -> VMSocket
     {
-        try Connector.connect(to: [endpoint], options: options)
+        try VMSocket(Connector.connect(to: [endpoint], options: options))
     }
 
     // MARK: Reading
@@ -120,17 +115,17 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     ///   rules; the connection is torn down), EBADF (closed).
     @inlinable @inline(__always)
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(VMSockError) -> Int {
-        if let fastSHM {
-            return try fastSHM._withUnsafeGuaranteedRef { stream in
+        if let fastPath {
+            return try fastPath._withUnsafeGuaranteedRef { stream in
                 Result { () throws(VMSockError) in try stream.read(into: buffer) }
             }.get()
         }
-        return try readOverTCP(into: buffer)
+        return try readThroughEngine(into: buffer)
     }
 
     @usableFromInline
-    func readOverTCP(into buffer: UnsafeMutableRawBufferPointer) throws(VMSockError) -> Int {
-        try tcp.unsafelyUnwrapped.read(into: buffer)
+    func readThroughEngine(into buffer: UnsafeMutableRawBufferPointer) throws(VMSockError) -> Int {
+        try engine.read(into: buffer)
     }
 
     /// Reads up to `maximum` bytes into a new array; an empty array means end of stream.
@@ -146,11 +141,7 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
 
     /// Scatter read: fills the buffers in order with what is readable now. The C call is `readv`.
     public func readv(_ buffers: [UnsafeMutableRawBufferPointer]) throws(VMSockError) -> Int {
-        if transport == .sharedMemory {
-            try shm.unsafelyUnwrapped.readv(buffers)
-        } else {
-            try tcp.unsafelyUnwrapped.readv(buffers)
-        }
+        try engine.readv(buffers)
     }
 
     /// Zero-copy read: calls `body` with the readable bytes where they lie in shared memory (read-only), and
@@ -161,15 +152,15 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// Over TCP the bytes lie in a private buffer of the socket instead (one copy, same contract).
     @inlinable @inline(__always)
     public func readInPlace(_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int {
-        if let fastSHM {
-            return try fastSHM._withUnsafeGuaranteedRef { try $0.readInPlace(body) }
+        if let fastPath {
+            return try fastPath._withUnsafeGuaranteedRef { try $0.readInPlace(body) }
         }
-        return try readInPlaceOverTCP(body)
+        return try readInPlaceThroughEngine(body)
     }
 
     @usableFromInline
-    func readInPlaceOverTCP(_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int {
-        try tcp.unsafelyUnwrapped.readInPlace(body)
+    func readInPlaceThroughEngine(_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int {
+        try engine.readInPlace(body)
     }
 
     // MARK: Writing
@@ -179,17 +170,17 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// - Throws: EPIPE (we or the peer shut down, or the peer is gone), EAGAIN, ETIMEDOUT, EPROTO, EBADF.
     @inlinable @inline(__always)
     public func write(_ buffer: UnsafeRawBufferPointer) throws(VMSockError) -> Int {
-        if let fastSHM {
-            return try fastSHM._withUnsafeGuaranteedRef { stream in
+        if let fastPath {
+            return try fastPath._withUnsafeGuaranteedRef { stream in
                 Result { () throws(VMSockError) in try stream.write(buffer) }
             }.get()
         }
-        return try writeOverTCP(buffer)
+        return try writeThroughEngine(buffer)
     }
 
     @usableFromInline
-    func writeOverTCP(_ buffer: UnsafeRawBufferPointer) throws(VMSockError) -> Int {
-        try tcp.unsafelyUnwrapped.write(buffer)
+    func writeThroughEngine(_ buffer: UnsafeRawBufferPointer) throws(VMSockError) -> Int {
+        try engine.write(buffer)
     }
 
     /// Writes every byte, blocking as needed. On a non-blocking socket it may throw EAGAIN after writing part;
@@ -207,11 +198,7 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
 
     /// Gather write: writes what fits of the buffers, in order, as one publish. The C call is `writev`.
     public func writev(_ buffers: [UnsafeRawBufferPointer]) throws(VMSockError) -> Int {
-        if transport == .sharedMemory {
-            try shm.unsafelyUnwrapped.writev(buffers)
-        } else {
-            try tcp.unsafelyUnwrapped.writev(buffers)
-        }
+        try engine.writev(buffers)
     }
 
     /// Zero-copy write: waits until at least `minimum` bytes (at most the ring size) are free, calls `body` with
@@ -220,15 +207,15 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     @discardableResult
     @inlinable @inline(__always)
     public func writeInPlace(minimum: Int = 1, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int {
-        if let fastSHM {
-            return try fastSHM._withUnsafeGuaranteedRef { try $0.writeInPlace(minimum: minimum, body) }
+        if let fastPath {
+            return try fastPath._withUnsafeGuaranteedRef { try $0.writeInPlace(minimum: minimum, body) }
         }
-        return try writeInPlaceOverTCP(minimum: minimum, body)
+        return try writeInPlaceThroughEngine(minimum: minimum, body)
     }
 
     @usableFromInline
-    func writeInPlaceOverTCP(minimum: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int {
-        try tcp.unsafelyUnwrapped.writeInPlace(minimum: minimum, body)
+    func writeInPlaceThroughEngine(minimum: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int {
+        try engine.writeInPlace(minimum: minimum, body)
     }
 
     // MARK: Shutdown and close
@@ -242,118 +229,57 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// - `.read`: our reads return 0 from now on. Over shared memory the peer's writes then fail with EPIPE (a TCP
     ///   peer would not learn of it; here it does, so that it does not block forever on a ring nobody drains).
     public func shutdown(_ direction: ShutdownDirection) throws(VMSockError) {
-        if transport == .sharedMemory {
-            try shm.unsafelyUnwrapped.shutdown(read: direction != .write, write: direction != .read)
-        } else {
-            try tcp.unsafelyUnwrapped.shutdown(read: direction != .write, write: direction != .read)
-        }
+        try engine.shutdown(read: direction != .write, write: direction != .read)
     }
 
     /// Closes the connection. The peer reads what we wrote, then end of stream. Idempotent. (Over TCP, as with
     /// close(2), bytes we received but never read make the kernel reset the connection instead.)
-    public func close() {
-        if transport == .sharedMemory {
-            shm.unsafelyUnwrapped.close()
-        } else {
-            tcp.unsafelyUnwrapped.close()
-        }
-    }
+    public func close() { engine.close() }
 
     // MARK: Options
 
     /// Non-blocking mode: calls that would wait throw EAGAIN instead. Like O_NONBLOCK.
     public var isNonBlocking: Bool {
-        get {
-            if transport == .sharedMemory {
-                shm.unsafelyUnwrapped.nonBlocking.load(ordering: .relaxed)
-            } else {
-                tcp.unsafelyUnwrapped.nonBlocking.load(ordering: .relaxed)
-            }
-        }
-        set {
-            if transport == .sharedMemory {
-                shm.unsafelyUnwrapped.nonBlocking.store(newValue, ordering: .relaxed)
-            } else {
-                tcp.unsafelyUnwrapped.nonBlocking.store(newValue, ordering: .relaxed)
-            }
-        }
+        get { engine.settings.nonBlocking.load(ordering: .relaxed) }
+        set { engine.settings.nonBlocking.store(newValue, ordering: .relaxed) }
     }
 
     /// How long a blocking read may wait before it throws ETIMEDOUT; nil waits forever. Like SO_RCVTIMEO.
     public var readTimeout: Duration? {
-        get {
-            if transport == .sharedMemory {
-                Self.duration(shm.unsafelyUnwrapped.readTimeout)
-            } else {
-                Self.duration(tcp.unsafelyUnwrapped.readTimeout)
-            }
-        }
-        set {
-            if transport == .sharedMemory {
-                shm.unsafelyUnwrapped.readTimeout.store(Self.nanos(newValue), ordering: .relaxed)
-            } else {
-                tcp.unsafelyUnwrapped.readTimeout.store(Self.nanos(newValue), ordering: .relaxed)
-            }
-        }
+        get { Self.duration(engine.settings.readTimeout) }
+        set { engine.settings.readTimeout.store(Self.nanos(newValue), ordering: .relaxed) }
     }
 
     /// How long a blocking write may wait for room before it throws ETIMEDOUT; nil waits forever. Like SO_SNDTIMEO.
     public var writeTimeout: Duration? {
-        get {
-            if transport == .sharedMemory {
-                Self.duration(shm.unsafelyUnwrapped.writeTimeout)
-            } else {
-                Self.duration(tcp.unsafelyUnwrapped.writeTimeout)
-            }
-        }
-        set {
-            if transport == .sharedMemory {
-                shm.unsafelyUnwrapped.writeTimeout.store(Self.nanos(newValue), ordering: .relaxed)
-            } else {
-                tcp.unsafelyUnwrapped.writeTimeout.store(Self.nanos(newValue), ordering: .relaxed)
-            }
-        }
+        get { Self.duration(engine.settings.writeTimeout) }
+        set { engine.settings.writeTimeout.store(Self.nanos(newValue), ordering: .relaxed) }
     }
 
     /// How long a blocking call spins on shared memory before it sleeps. Default: `VMSOCK_SPIN_US` or 50 µs.
     /// Always 0 over TCP, which waits in the kernel.
     public var spinMicroseconds: Int {
-        get { sharedMemory.map { Int($0.spinNanos.load(ordering: .relaxed) / 1000) } ?? 0 }
-        set {
-            let nanos = Int64(max(0, min(newValue, SpinPolicy.maximumMicroseconds))) * 1000
-            sharedMemory?.spinNanos.store(nanos, ordering: .relaxed)
-        }
+        get { Int(engine.settings.spinNanos / 1000) }
+        set { engine.settings.setSpinNanos(Int64(max(0, min(newValue, SpinPolicy.maximumMicroseconds))) * 1000) }
     }
 
     /// Bytes of our outgoing ring, and of the peer's. Over TCP: the kernel's send and receive buffer sizes.
-    public var ringSize: Int {
-        if transport == .sharedMemory {
-            shm.unsafelyUnwrapped.capacity
-        } else {
-            tcp.unsafelyUnwrapped.sendBufferSize
-        }
-    }
+    public var ringSize: Int { engine.sendCapacity }
 
-    public var peerRingSize: Int {
-        if transport == .sharedMemory {
-            shm.unsafelyUnwrapped.peerCapacity
-        } else {
-            tcp.unsafelyUnwrapped.receiveBufferSize
-        }
-    }
+    public var peerRingSize: Int { engine.receiveCapacity }
 
     /// Segments sent more than once so far, as iperf3 reports them: over TCP the kernel's count (TCP_INFO), nil
     /// if the kernel does not say; over shared memory 0, since nothing is ever sent twice.
-    public var retransmissions: Int? { transport == .sharedMemory ? 0 : tcp.unsafelyUnwrapped.retransmissions }
+    public var retransmissions: Int? { engine.retransmissions }
 
     /// How often this connection's calls slept and rang the peer (see `WaitStatistics`); nil over TCP, whose
     /// waits happen in the kernel.
-    public var waitStatistics: WaitStatistics? { sharedMemory?.waits.snapshot }
+    public var waitStatistics: WaitStatistics? { engine.waitStatistics }
 
     // MARK: Identity and readiness
 
     /// The process at the other end (SO_PEERCRED at connect time); nil over TCP, which cannot know it.
-    public var peerCredentials: PeerCredentials? { sharedMemory?.peerCredentials }
+    public var peerCredentials: PeerCredentials? { engine.peerCredentials }
 
     /// A descriptor that polls readable (POLLIN) when this socket may be readable: data arrived, the peer shut
     /// down or died. Over shared memory it is an epoll descriptor; over TCP, the socket itself. Never close it.
@@ -361,25 +287,11 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// Contract (arm, then re-check): the peer rings only a sleeper that said so. Call `armReadable()` first; if it
     /// returns true, read now. Otherwise poll this descriptor; when it fires, read (non-blocking) until EAGAIN,
     /// then arm again. Without arming, the descriptor may never fire.
-    public var pollDescriptor: Int32 {
-        if transport == .sharedMemory {
-            shm.unsafelyUnwrapped.pollDescriptor
-        } else {
-            tcp.unsafelyUnwrapped.socket.raw
-        }
-    }
+    public var pollDescriptor: Int32 { engine.readInterest.descriptor }
 
     /// Announces that we are about to poll `pollDescriptor`, then re-checks.
     /// - Returns: true when the socket is readable now (or at end of stream): read instead of polling.
-    public func armReadable() throws(VMSockError) -> Bool {
-        if transport == .sharedMemory {
-            try shm.unsafelyUnwrapped.armReadable()
-        } else {
-            try tcp.unsafelyUnwrapped.armReadable()
-        }
-    }
-
-    var sharedMemory: SharedMemoryStream? { shm }
+    public func armReadable() throws(VMSockError) -> Bool { try engine.armReadable() }
 
     private static func nanos(_ duration: Duration?) -> Int64 {
         guard let duration else { return -1 }

@@ -44,12 +44,18 @@ final class GuardedDescriptor: @unchecked Sendable {  // immutable but for atomi
         if !released.exchange(true, ordering: .acquiringAndReleasing) { Sys.close(raw) }
     }
 
+    /// Shuts the socket down in both directions (SHUT_RDWR), waking every call blocked on it or polling it; the
+    /// descriptor stays open. Nothing happens once it is closed.
+    func shutdown() {
+        try? use("socket") { fd throws(VMSockError) in Sys.shutdown(fd) }
+    }
+
     /// Marks the descriptor closed and wakes blocked calls with `shutdown(SHUT_RDWR)`; the number itself is
     /// closed now, or by the last call still inside `use`. Idempotent.
     func close() {
         let before = users.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue
         guard before & 1 == 0 else { return }
-        if before != 0 { _ = Glibc.shutdown(raw, Int32(SHUT_RDWR)) }
+        if before != 0 { Sys.shutdown(raw) }
         if before == 0 { release() }
     }
 }

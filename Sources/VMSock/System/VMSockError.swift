@@ -1,3 +1,4 @@
+import CVMSock
 import Glibc
 import VMSockRing
 
@@ -47,28 +48,10 @@ public struct VMSockError: Error, CustomStringConvertible, Sendable {
 
     public var description: String { "\(message) [\(Self.name(of: code))]" }
 
-    /// The symbolic errno name, for messages and logs.
+    /// The symbolic errno name ("ECONNREFUSED"), for messages and logs; "errno N" for a number the C library
+    /// does not know.
     public static func name(of code: Int32) -> String {
-        switch code {
-        case ECONNREFUSED: "ECONNREFUSED"
-        case EAGAIN: "EAGAIN"
-        case ETIMEDOUT: "ETIMEDOUT"
-        case EPIPE: "EPIPE"
-        case ECONNRESET: "ECONNRESET"
-        case EPROTO: "EPROTO"
-        case EADDRINUSE: "EADDRINUSE"
-        case EINVAL: "EINVAL"
-        case EBADF: "EBADF"
-        case EACCES: "EACCES"
-        case EMFILE: "EMFILE"
-        case ENOMEM: "ENOMEM"
-        case ENOTCONN: "ENOTCONN"
-        case EHOSTUNREACH: "EHOSTUNREACH"
-        case ENETUNREACH: "ENETUNREACH"
-        case ENAMETOOLONG: "ENAMETOOLONG"
-        case ECANCELED: "ECANCELED"
-        case EBUSY: "EBUSY"
-        default: "errno \(code)"
-        }
+        guard let name = vms_errno_name(code) else { return "errno \(code)" }
+        return String(cString: name)
     }
 }

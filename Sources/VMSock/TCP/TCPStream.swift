@@ -8,12 +8,10 @@ import Synchronization
 /// The descriptor is always O_NONBLOCK; a blocking call waits in `poll`, so that timeouts (ETIMEDOUT) and a close
 /// from another thread (EBADF) behave as they do over shared memory. The in-place calls have no ring to lend
 /// here, so they go through a private buffer: same contract, one copy.
-final class TCPStream: @unchecked Sendable {  // reader state is touched by the one reading thread only
+final class TCPStream: StreamEngine, @unchecked Sendable {  // reader state is touched by the one reading thread only
     let socket: GuardedDescriptor
-    let nonBlocking = Atomic<Bool>(false)
-    /// Nanoseconds, or -1 for no timeout.
-    let readTimeout = Atomic<Int64>(-1)
-    let writeTimeout = Atomic<Int64>(-1)
+    let settings = EngineSettings(spinNanos: nil)  // the kernel does the waiting
+    var transport: Transport { .tcp }
 
     /// Bytes received for `readInPlace` and not consumed yet; later reads take them first.
     @exclusivity(unchecked) private var inbound = StagingBuffer()
@@ -25,8 +23,16 @@ final class TCPStream: @unchecked Sendable {  // reader state is touched by the 
     }
 
     /// Bytes the kernel may buffer for sending (SO_SNDBUF): the counterpart of a ring's size.
-    var sendBufferSize: Int { option(SO_SNDBUF) }
-    var receiveBufferSize: Int { option(SO_RCVBUF) }
+    var sendCapacity: Int { option(SO_SNDBUF) }
+    var receiveCapacity: Int { option(SO_RCVBUF) }
+    var waitStatistics: WaitStatistics? { nil }
+    var peerCredentials: PeerCredentials? { nil }  // TCP cannot know who is at the other end
+
+    /// The socket itself, for both directions: TCP needs no announcement before a poll.
+    var readInterest: PollInterest { PollInterest(descriptor: socket.raw, events: Int16(POLLIN)) }
+    var writeInterest: PollInterest { PollInterest(descriptor: socket.raw, events: Int16(POLLOUT)) }
+    func disarmReadable() {}
+    func disarmWritable() {}
 
     /// Segments the kernel sent again (TCP_INFO's tcpi_total_retrans), or nil when it cannot say (or the
     /// socket is closed).
@@ -108,8 +114,8 @@ final class TCPStream: @unchecked Sendable {  // reader state is touched by the 
     /// Stages `body`'s bytes in a private buffer and sends them all before returning. Non-blocking, it throws
     /// EAGAIN up front when the socket has no room, and may then wait for the kernel to take the whole chunk.
     func writeInPlace(minimum: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int {
-        if nonBlocking.load(ordering: .relaxed) {
-            let writable = try socket.use("socket") { fd throws(VMSockError) in try Self.ready(fd, events: POLLOUT) }
+        if settings.nonBlocking.load(ordering: .relaxed) {
+            let writable = try socket.use("socket") { fd throws(VMSockError) in try Sys.isReady(fd, Int16(POLLOUT)) }
             if !writable { throw VMSockError(code: EAGAIN, "no room to write yet (non-blocking socket)") }
         }
         outbound.reserve(max(64 << 10, minimum))
@@ -136,41 +142,29 @@ final class TCPStream: @unchecked Sendable {  // reader state is touched by the 
     private func transfer(
         _ fd: Int32, reading: Bool, blocking: Bool = false, _ call: () -> Int
     ) throws(VMSockError) -> Int {
-        var deadline: Int64? = nil
+        var deadline: Deadline? = nil
         while true {
             let result = call()
             if result >= 0 { return result }
             let code = errno
             if code == EINTR { continue }
             guard code == EAGAIN else { throw failure(code, reading: reading) }
-            if nonBlocking.load(ordering: .relaxed) && !blocking {
+            if settings.nonBlocking.load(ordering: .relaxed) && !blocking {
                 throw VMSockError(code: EAGAIN, reading ? "no data to read yet (non-blocking socket)" : "no room to write yet (non-blocking socket)")
             }
-            let end = deadline ?? start(reading ? readTimeout.load(ordering: .relaxed) : writeTimeout.load(ordering: .relaxed))
+            let timeout = reading
+                ? settings.readTimeout.load(ordering: .relaxed) : settings.writeTimeout.load(ordering: .relaxed)
+            let end = deadline ?? .after(nanoseconds: timeout)
             deadline = end
             try wait(fd, events: reading ? POLLIN : POLLOUT, until: end, what: reading ? "read" : "write")
         }
     }
 
-    private func start(_ nanos: Int64) -> Int64 {
-        nanos < 0 ? .max : monotonicNanos() &+ nanos
-    }
-
-    private func wait(_ fd: Int32, events: Int32, until deadline: Int64, what: String) throws(VMSockError) {
-        var timeoutMs: Int32 = -1
-        if deadline != .max {
-            let left = deadline - monotonicNanos()
-            if left <= 0 { throw VMSockError(code: ETIMEDOUT, "\(what) timed out") }
-            timeoutMs = Int32(clamping: (left + 999_999) / 1_000_000)
+    private func wait(_ fd: Int32, events: Int32, until deadline: Deadline, what: String) throws(VMSockError) {
+        if try !Sys.wait(fd, Int16(events), until: deadline) && deadline.hasPassed {
+            throw VMSockError(code: ETIMEDOUT, "\(what) timed out")
         }
-        var pfd = [pollfd(fd: fd, events: Int16(events), revents: 0)]
-        _ = try Sys.poll(&pfd, timeoutMs: timeoutMs)
         if socket.isClosed { throw VMSockError(code: EBADF, "socket is closed") }
-    }
-
-    private static func ready(_ fd: Int32, events: Int32) throws(VMSockError) -> Bool {
-        var pfd = [pollfd(fd: fd, events: Int16(events), revents: 0)]
-        return try Sys.poll(&pfd, timeoutMs: 0) > 0
     }
 
     private func failure(_ code: Int32, reading: Bool) -> VMSockError {

@@ -3,28 +3,28 @@ import VMSock
 import XCTest
 
 /// A listener on a loopback port, for tests that speak of ports as text (see `uniqueName`).
-enum TestAddress {
-    case name(String)
+enum LoopbackPort {
+    case port(String)
 
     var port: UInt16 {
         switch self {
-        case .name(let text): UInt16(text)!
+        case .port(let text): UInt16(text)!
         }
     }
 }
 
 extension VMListener {
-    convenience init(address: TestAddress, options: VMSocketOptions = .init(), backlog: Int32 = 128) throws(VMSockError) {
+    convenience init(address: LoopbackPort, options: VMSocketOptions = .init(), backlog: Int32 = 128) throws(VMSockError) {
         try self.init(host: "127.0.0.1", port: address.port, options: options, backlog: backlog)
     }
 
-    var address: TestAddress { .name(String(localAddress.port)) }
+    var address: LoopbackPort { .port(String(localAddress.port)) }
 }
 
 extension VMSocket {
     /// Connects over shared memory only (unless `options` say otherwise): these tests are about that transport,
     /// and must not pass over TCP by accident.
-    static func connect(to address: TestAddress, options: VMSocketOptions = .init()) throws(VMSockError) -> VMSocket {
+    static func connect(to address: LoopbackPort, options: VMSocketOptions = .init()) throws(VMSockError) -> VMSocket {
         var options = options
         if options.transport == nil { options.transport = .shm }
         return try connect(host: "127.0.0.1", port: address.port, options: options)
@@ -33,10 +33,10 @@ extension VMSocket {
 
 /// A connected pair in this process: a listener's accepted socket and the connector's socket. Shared memory
 /// unless `options.transport` says otherwise.
-func connectedPair(options: VMSocketOptions = .init(), name: String = uniqueName()) throws -> (server: VMSocket, client: VMSocket) {
-    let listener = try VMListener(address: .name(name), options: options)
+func connectedPair(options: VMSocketOptions = .init(), port: String = freePortText()) throws -> (server: VMSocket, client: VMSocket) {
+    let listener = try VMListener(address: .port(port), options: options)
     let accepted = Background { try listener.accept() }
-    let client = try VMSocket.connect(to: .name(name), options: options)
+    let client = try VMSocket.connect(to: .port(port), options: options)
     guard let result = accepted.wait(timeout: 10) else { throw VMSockError(code: ETIMEDOUT, "accept did not return") }
     return (try result.get(), client)
 }

@@ -81,9 +81,8 @@ final class TestPeer {
     }
 }
 
-/// An endpoint name no other test (or test run) uses.
 /// A loopback TCP port that nothing listens on right now, as text (the test peer takes ports as arguments).
-func uniqueName(_ tag: String = #function) -> String { String(freePort()) }
+func freePortText() -> String { String(freePort()) }
 
 func freePort() -> UInt16 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)

@@ -6,6 +6,9 @@ import Glibc
 // handshake by hand. Nothing here is part of the supported API.
 
 extension VMSocket {
+    /// The shared-memory engine; these hooks are for shared-memory connections only.
+    private var sharedMemory: SharedMemoryStream? { engine as? SharedMemoryStream }
+
     /// The base of our own (writable) ring region.
     @_spi(Testing) public var _localRegionBase: UnsafeMutableRawPointer { sharedMemory!.link.localRegion.base }
     /// The control socket's descriptor.

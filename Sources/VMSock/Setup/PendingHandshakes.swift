@@ -47,9 +47,6 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
 
     private let table: Mutex<Table>
     private let epoll: Int32
-    /// A forked child shares the epoll set and the parked links' rings with its parent: only the parent reopens.
-    /// (Only a link's creator parks it, see `SharedMemoryStream.deinit`.)
-    private let owner = getpid()
     private let timeoutNanos: Int64
 
     /// - Parameters: epoll: the listener's epoll set, which must outlive this; timeoutMs: how long a connector
@@ -57,9 +54,7 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
     init(epoll: Int32, timeoutMs: Int32) throws(VMSockError) {
         self.epoll = epoll
         timeoutNanos = Int64(timeoutMs) * 1_000_000
-        let timer = Descriptor(try Sys.check("timerfd_create") {
-            timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC) | Int32(TFD_NONBLOCK))
-        })
+        let timer = try Sys.timerCreate()
         try Self.control(epoll, EPOLL_CTL_ADD, timer.raw, token: Self.timerToken)
         table = Mutex(Table(timer: timer))
     }
@@ -114,8 +109,7 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
                 try? Self.control(epoll, EPOLL_CTL_DEL, first.waiting.control.raw, token: first.token)
                 expired.append(first.waiting)
             }
-            var ticks: UInt64 = 0
-            if let timer = table.timer { _ = read(timer.raw, &ticks, 8) }  // clear the expiry; setTimer re-arms (or disarms) below
+            if let timer = table.timer { Sys.timerClear(timer.raw) }  // setTimer re-arms (or disarms) below
             setTimer(&table, table.entries.first?.deadline)
             return expired
         }
@@ -127,13 +121,14 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
     func takeReady() -> Waiting? {
         guard !table.withLock({ $0.entries.isEmpty }) else { return nil }
         var events = [epoll_event](repeating: epoll_event(), count: Self.limit + 8)
-        let count = epoll_wait(epoll, &events, Int32(events.count), 0)
+        let count = Sys.epollReady(epoll, &events)
         guard count > 0 else { return nil }
         return table.withLock { table in
             for event in events.prefix(Int(count)) where event.data.u64 >= Self.firstToken {
                 // Another accept may have taken it since: then it is not in the table any more.
                 guard let index = table.entries.firstIndex(where: { $0.token == event.data.u64 }) else { continue }
-                if table.entries[index].waiting.link != nil && getpid() != owner { continue }
+                // A forked child shares the parked links' rings with its parent: only the parent reopens them.
+                if let link = table.entries[index].waiting.link, !link.isOwnedByThisProcess { continue }
                 let entry = table.entries.remove(at: index)
                 try? Self.control(epoll, EPOLL_CTL_DEL, entry.waiting.control.raw, token: entry.token)
                 return entry.waiting
@@ -160,16 +155,13 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
     /// pending expiry, so the set stops polling readable for it.
     private func setTimer(_ table: inout Table, _ deadline: Int64?) {
         guard table.timerDeadline != deadline, let timer = table.timer else { return }
+        // It fails only for a descriptor that is no timerfd or a value out of range, neither possible here; were
+        // it to, expired entries would still go at the next accept, which compares with the clock.
         table.timerDeadline = deadline
-        var spec = itimerspec()
-        if let deadline {
-            spec.it_value = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
-        }
-        _ = timerfd_settime(timer.raw, Int32(TFD_TIMER_ABSTIME), &spec, nil)
+        try? Sys.timerSet(timer.raw, at: deadline)
     }
 
     static func control(_ epoll: Int32, _ operation: Int32, _ fd: Int32, token: UInt64) throws(VMSockError) {
-        var event = epoll_event(events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue, data: epoll_data_t(u64: token))
-        try Sys.check("epoll_ctl") { epoll_ctl(epoll, operation, fd, &event) }
+        try Sys.epollControl(epoll, operation, fd, events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue, data: token)
     }
 }

@@ -14,7 +14,7 @@ import VMSockRing
 /// (waiting, refreshing from the peer, ringing a doorbell, errors) is an ordinary call. See
 /// `SharedMemoryStream+FastPath.swift` for why that matters.
 @usableFromInline
-final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above for why this is safe
+final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Threads" above for why this is safe
     // Dynamic exclusivity checks are off for these: the threading contract above (one reader, one writer)
     // is what keeps their accesses apart, and the checks cost two runtime calls per access on the data path.
     @usableFromInline @exclusivity(unchecked) var rx: RingConsumer
@@ -35,11 +35,8 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     let waits = WaitCounters()
     private let fault = Mutex<VMSockError?>(nil)
 
-    let nonBlocking = Atomic<Bool>(false)
-    /// Nanoseconds; negative means no timeout.
-    let readTimeout = Atomic<Int64>(-1)
-    let writeTimeout = Atomic<Int64>(-1)
-    let spinNanos = Atomic<Int64>(SpinPolicy.processNanoseconds)
+    let settings = EngineSettings(spinNanos: SpinPolicy.processNanoseconds)
+    var transport: Transport { .sharedMemory }
 
     enum State {
         static let peerGone: UInt32 = 1 << 0
@@ -49,11 +46,13 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         static let broken: UInt32 = 1 << 4
     }
 
-    var peerCredentials: PeerCredentials { link.peer }
+    var peerCredentials: PeerCredentials? { link.peer }
     /// Whether the peer announced it waits for our data, or for room in its ring (it wants a doorbell per publish).
     var peerWaits: (data: Bool, space: Bool) { (peer.isWaitingForData, peer.isWaitingForSpace) }
-    var capacity: Int { link.localRegion.capacity }
-    var peerCapacity: Int { link.peerRegion.capacity }
+    var sendCapacity: Int { link.localRegion.capacity }
+    var receiveCapacity: Int { link.peerRegion.capacity }
+    var retransmissions: Int? { 0 }  // nothing is ever sent twice
+    var waitStatistics: WaitStatistics? { waits.snapshot }
 
     init(_ link: EstablishedLink) throws(VMSockError) {
         self.link = link
@@ -67,9 +66,16 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
             ordering: link.ordering)
     }
 
-    /// The read-side epoll set's descriptor, made now if need be; -1 when it cannot be made (arming throws then).
-    var pollDescriptor: Int32 { (try? readinessSet(write: false)) ?? -1 }
-    var writePollDescriptor: Int32 { (try? readinessSet(write: true)) ?? -1 }
+    /// The read-side epoll set, made now if need be (its descriptor is -1 when it cannot be made: arming throws
+    /// then). It polls readable when data may have arrived or the peer left.
+    var readInterest: PollInterest {
+        PollInterest(descriptor: (try? readinessSet(write: false)) ?? -1, events: Int16(POLLIN))
+    }
+
+    /// The write-side epoll set: polls readable (POLLIN) when the peer made room, shut down or left.
+    var writeInterest: PollInterest {
+        PollInterest(descriptor: (try? readinessSet(write: true)) ?? -1, events: Int16(POLLIN))
+    }
 
     private func readinessSet(write: Bool) throws(VMSockError) -> Int32 {
         try readinessSets.withLock { (sets) throws(VMSockError) -> Int32 in
@@ -96,7 +102,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     /// peer when fewer than `wanted` are known. Returns 0 at end of stream.
     @usableFromInline
     func awaitReadable(wanted: Int) throws(VMSockError) -> Int {
-        var deadline: Int64? = nil
+        var deadline: Deadline? = nil
         while true {
             let flags = state.load(ordering: .relaxed)
             if flags & (State.closed | State.broken) != 0 { throw unusable(flags) }
@@ -173,7 +179,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     /// Waits until at least `minimum` bytes (capped at the ring size) are free and returns how many are.
     @usableFromInline
     func awaitWritable(wanted: Int, minimum: Int = 1) throws(VMSockError) -> Int {
-        var deadline: Int64? = nil
+        var deadline: Deadline? = nil
         let needed = min(minimum, tx.capacityBytes)
         while true {
             let flags = state.load(ordering: .relaxed)
@@ -279,14 +285,14 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
 
     // MARK: Waiting
 
-    private func sleepUntilReadable(_ deadline: inout Int64?) throws(VMSockError) {
-        if nonBlocking.load(ordering: .relaxed) {
+    private func sleepUntilReadable(_ deadline: inout Deadline?) throws(VMSockError) {
+        if settings.nonBlocking.load(ordering: .relaxed) {
             if try !controlSaysPeerGone() {
                 throw VMSockError(code: EAGAIN, "no data to read yet (non-blocking socket)")
             }
             return
         }
-        let end = deadline ?? startDeadline(readTimeout)
+        let end = deadline ?? .after(nanoseconds: settings.readTimeout.load(ordering: .relaxed))
         deadline = end
         if spin(until: end, { (try? readWaitIsOver()) ?? true }) { return }
         announceWaiting(forData: true)
@@ -297,14 +303,14 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         try sleep(on: link.dataBell, until: end, what: "read")
     }
 
-    private func sleepUntilWritable(_ deadline: inout Int64?, needed: Int) throws(VMSockError) {
-        if nonBlocking.load(ordering: .relaxed) {
+    private func sleepUntilWritable(_ deadline: inout Deadline?, needed: Int) throws(VMSockError) {
+        if settings.nonBlocking.load(ordering: .relaxed) {
             if try !controlSaysPeerGone() {
                 throw VMSockError(code: EAGAIN, "no room to write yet (non-blocking socket); the peer is not reading")
             }
             return
         }
-        let end = deadline ?? startDeadline(writeTimeout)
+        let end = deadline ?? .after(nanoseconds: settings.writeTimeout.load(ordering: .relaxed))
         deadline = end
         if spin(until: end, { (try? writeWaitIsOver(needed: needed)) ?? true }) { return }
         announceWaiting(forData: false)
@@ -322,12 +328,6 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         if link.ordering == .asymmetric { Membarrier.barrier() }
     }
 
-    /// The absolute deadline for a call, or Int64.max without a timeout.
-    private func startDeadline(_ timeout: borrowing Atomic<Int64>) -> Int64 {
-        let nanos = timeout.load(ordering: .relaxed)
-        return nanos < 0 ? .max : monotonicNanos() &+ nanos
-    }
-
     /// Spins on shared memory until `ready` or the spin budget (or the deadline) runs out. The clock is read
     /// through the vDSO, only every 64 turns; then the core is yielded once, so that with more busy threads than
     /// cores the thread we wait for gets to run (see `SpinPolicy`). The budget starts at the first of those reads,
@@ -335,8 +335,8 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     /// time (about 30 ns in this VM) was a quarter of its work at 64-byte writes. The spin is longer by 64 turns
     /// (about 2 µs) for it.
     @inline(__always)
-    private func spin(until deadline: Int64, _ ready: () -> Bool) -> Bool {
-        let budget = spinNanos.load(ordering: .relaxed)
+    private func spin(until deadline: Deadline, _ ready: () -> Bool) -> Bool {
+        let budget = settings.spinNanos
         guard budget > 0 else { return false }
         var end: Int64? = nil
         var turns = 0
@@ -345,7 +345,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
             turns &+= 1
             if turns & 63 == 0 {
                 let now = monotonicNanos()
-                let limit = end ?? min(deadline, now &+ budget)
+                let limit = end ?? min(deadline.nanoseconds, now &+ budget)
                 if now >= limit { return false }
                 end = limit
                 sched_yield()
@@ -357,13 +357,8 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
     /// One sleep on a bell and the liveness socket, bounded by the deadline. Returns after any wake-up; the caller
     /// re-checks the ring. Every way out of here ends the wait or leaves something new to re-check, so a waiting
     /// call never spins on a descriptor that stays readable.
-    private func sleep(on bell: Doorbell, until deadline: Int64, what: String) throws(VMSockError) {
-        var timeoutMs: Int32 = -1
-        if deadline != .max {
-            let left = deadline - monotonicNanos()
-            if left <= 0 { throw VMSockError(code: ETIMEDOUT, "\(what) timed out") }
-            timeoutMs = Int32(clamping: (left + 999_999) / 1_000_000)
-        }
+    private func sleep(on bell: Doorbell, until deadline: Deadline, what: String) throws(VMSockError) {
+        guard let timeoutMs = deadline.pollTimeout else { throw VMSockError(code: ETIMEDOUT, "\(what) timed out") }
         var fds = [
             pollfd(fd: bell.fd, events: Int16(POLLIN), revents: 0),
             pollfd(fd: link.control.raw, events: Int16(POLLIN) | Int16(VMS_POLLRDHUP), revents: 0),
@@ -472,7 +467,7 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         let before = state.bitwiseOr(State.closed, ordering: .acquiringAndReleasing).oldValue
         guard before & State.closed == 0 else { return }
         local.addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
-        guard link.parking != nil else {
+        guard link.reusable else {
             // No doorbells: every sleeper, ours and the peer's, polls the control socket too, and shutting it
             // down wakes them all (our end hangs up, and so does the peer's). Four sends fewer per close.
             Glibc.shutdown(link.control.raw, Int32(SHUT_RDWR))
@@ -487,18 +482,20 @@ final class SharedMemoryStream: @unchecked Sendable {  // see "Threads" above fo
         link.spaceBell.ringSelf()
     }
 
-    /// The last reference is gone, so nothing in this process touches the rings any more: a reusable link that
-    /// was closed cleanly is parked (see `LinkReuse`), and marked so for the peer. Otherwise it is freed here.
-    deinit {
+    /// The link, for another connection between the same two processes, once this one is closed and nothing in
+    /// this process touches its rings any more (the owner above calls this when its socket is gone); nil when it
+    /// cannot serve again (not reusable, not closed cleanly, the peer gone or a rule broken, or a forked child,
+    /// which shares its rings with the parent). Marks our side `parked` for the peer (see `LinkReuse`).
+    func detachForReuse() -> EstablishedLink? {
         let flags = state.load(ordering: .acquiring)
-        guard let parking = link.parking, flags & State.closed != 0,
-            flags & (State.broken | State.peerGone) == 0, getpid() == link.creator
-        else { return }
+        guard link.reusable, flags & State.closed != 0, flags & (State.broken | State.peerGone) == 0,
+            link.isOwnedByThisProcess
+        else { return nil }
         // The bit before handing the link over: from then on another thread may take it and reset our header (or
         // free it). A bit set on a link that then is not taken only makes the peer's reopen fail, and it makes a
         // new link.
         local.addShutdown(RingLayout.Shutdown.parked)
-        _ = parking(link)
+        return link
     }
 
     private func wakeEveryone() {

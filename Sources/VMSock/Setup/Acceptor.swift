@@ -1,0 +1,178 @@
+import CVMSock
+import Glibc
+import Synchronization
+
+/// The listener's side of set-up: a TCP socket and the shared-memory registrations for the same address and
+/// port, watched through one epoll set, and the steps that turn what arrives on them into connections.
+///
+/// `acceptNow` never waits: it takes turns between the transports, takes in shared-memory connectors (checking
+/// who they are), answers the ones whose hello arrived, answers reopens of parked links, and drops connectors
+/// whose time ran out. `VMListener.accept` is its blocking driver and `AsyncListener.accept` its async one; both
+/// wait on `readiness` between calls.
+///
+/// Threads: any number of calls at once. Each descriptor is a `GuardedDescriptor`, so `close` from another thread
+/// makes calls in progress fail with EBADF and never lets one act on a descriptor number reused elsewhere.
+final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lock-guarded state
+    let localAddress: IPEndpoint
+    let options: VMSocketOptions
+    let registrations: [Registration]
+    /// The epoll set of the TCP socket, the registrations, pending connectors and parked links, and their timer.
+    let readiness: GuardedDescriptor
+    private let tcp: GuardedDescriptor
+    /// Shared-memory connectors accepted but not yet answered; nil when the listener offers TCP only.
+    private let pending: PendingHandshakes?
+    private let turn = Atomic<Int>(0)
+    let ringSize: Atomic<Int>
+    private let rejected = Atomic<Int>(0)
+    private let lastRejection = Mutex<String?>(nil)
+
+    init(tcp: Descriptor, bound: IPEndpoint, registrations: [Registration], options: VMSocketOptions) throws(VMSockError) {
+        localAddress = bound
+        self.options = options
+        self.registrations = registrations
+        ringSize = Atomic(options.ringSize)
+        let epoll = try Sys.epollCreate()
+        for fd in [tcp.raw] + registrations.map(\.socket.raw) {
+            try Sys.epollControl(epoll.raw, EPOLL_CTL_ADD, fd, events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue, data: UInt64(fd))
+        }
+        pending = registrations.isEmpty ? nil : try PendingHandshakes(epoll: epoll.raw, timeoutMs: options.handshakeTimeoutMs)
+        self.tcp = GuardedDescriptor(tcp.release())
+        readiness = GuardedDescriptor(epoll.release())
+    }
+
+    deinit { close() }
+
+    var parkedLinkCount: Int { pending?.parkedCount ?? 0 }
+    var rejectedCount: Int { rejected.load(ordering: .relaxed) }
+    var lastRejectionReason: String? { lastRejection.withLock { $0 } }
+    var offersSharedMemory: Bool { pending != nil }
+
+    /// Whether a shared-memory connector was taken in so recently that its hello is most likely on its way (it
+    /// knocks first, then makes its half): worth looking again without sleeping.
+    var expectsHelloSoon: Bool { pending?.hasArrival(within: SpinPolicy.processNanoseconds) == true }
+
+    /// The next connection that is ready, of either transport, or nil when none is.
+    /// - Throws: EBADF once closed; what accept(2) throws on the TCP socket.
+    func acceptNow() throws(VMSockError) -> Connection? {
+        do throws(VMSockError) {
+            return try readiness.use("listener") { _ throws(VMSockError) -> Connection? in
+                // Take turns, so that a stream of clients of one transport cannot starve the other.
+                let tcpFirst = turn.add(1, ordering: .relaxed).newValue & 1 == 0
+                if tcpFirst, let connection = try acceptTCP() { return connection }
+                if let connection = try acceptSharedMemory() { return connection }
+                if !tcpFirst, let connection = try acceptTCP() { return connection }
+                return nil
+            }
+        } catch {
+            // A close from another thread shuts the sockets down under a call in progress, which then fails
+            // with whatever accept says of a shut-down socket: the caller should learn that it was closed.
+            if readiness.isClosed { throw VMSockError(code: EBADF, "listener is closed") }
+            throw error
+        }
+    }
+
+    private func acceptTCP() throws(VMSockError) -> Connection? {
+        let socket = try tcp.use("listener") { fd throws(VMSockError) in try TCPCalls.accept(fd) }
+        guard let socket else { return nil }
+        let peer = IPEndpoint.of(socket.raw, peer: true) ?? .wildcard(localAddress.family, port: 0)
+        return .tcp(socket, peer: peer)
+    }
+
+    /// Drops the connectors whose time ran out, takes in new ones, then answers one whose hello arrived.
+    private func acceptSharedMemory() throws(VMSockError) -> Connection? {
+        guard let pending else { return nil }
+        for late in pending.takeExpired() where late.link == nil {  // parked links just go
+            reject("a connector (pid \(late.peer.pid)) sent no hello within \(options.handshakeTimeoutMs) ms")
+        }
+        for registration in registrations {
+            // A connector whose hello is already there is answered at once, without a trip through `pending`.
+            if let arrived = try takeInConnectors(registration, pending), let connection = answer(arrived, pending) {
+                return connection
+            }
+        }
+        while let ready = pending.takeReady() {
+            if let parked = ready.link {
+                if let connection = reopen(parked, pending) { return connection }
+            } else if let connection = answer(ready, pending) {
+                return connection
+            }
+        }
+        return nil
+    }
+
+    /// Accepts the connectors waiting on one registration (a bounded number per call) into `pending`, checking
+    /// who they are first, and stops at one whose hello has arrived already (the usual case: connectors send it
+    /// right after connecting), returning it to be answered now. Never waits.
+    private func takeInConnectors(
+        _ registration: Registration, _ pending: PendingHandshakes
+    ) throws(VMSockError) -> PendingHandshakes.Waiting? {
+        for _ in 0..<PendingHandshakes.limit {
+            let accepted = try registration.socket.use("listener") { fd throws(VMSockError) in
+                try Sys.acceptUnix(fd, what: "accept(shared-memory registration)")
+            }
+            guard let connector = accepted else { return nil }
+            do throws(VMSockError) {
+                let peer = try Handshake.admit(connector, policy: options.peerPolicy)
+                if try Sys.isReady(connector.raw, Int16(POLLIN)) { return .init(control: connector, peer: peer) }
+                if try !pending.add(.init(control: connector, peer: peer)) {
+                    Handshake.reject(connector, .outOfResources)
+                    reject("turned away a connector (pid \(peer.pid)): \(PendingHandshakes.limit) handshakes already pending")
+                }
+            } catch {
+                reject(error.description)
+            }
+        }
+        return nil
+    }
+
+    /// Reads the hello that arrived and answers it: the new connection, or nil (counted) when it failed.
+    private func answer(_ ready: PendingHandshakes.Waiting, _ pending: PendingHandshakes) -> Connection? {
+        do throws(VMSockError) {
+            let link = try Handshake.answer(
+                ready.control, peer: ready.peer, capacity: ringSize.load(ordering: .relaxed),
+                reusable: options.reusesLinks)
+            return try connection(on: link, reused: false, pending)
+        } catch {
+            reject(error.description)
+            return nil
+        }
+    }
+
+    /// Answers the reopen of a parked link: the new connection, or nil when the link is dropped instead (counted
+    /// as a rejection only when the connector broke the protocol).
+    private func reopen(_ parked: EstablishedLink, _ pending: PendingHandshakes) -> Connection? {
+        do throws(VMSockError) {
+            let link = try Handshake.answerReopen(parked, capacity: ringSize.load(ordering: .relaxed))
+            return try connection(on: link, reused: true, pending)
+        } catch {
+            if error.code == EPROTO { reject(error.description) }
+            return nil
+        }
+    }
+
+    /// An accepted shared-memory connection reports the address and port the client dialed as ours, and the
+    /// client's host (this host) with port 0 as the peer's.
+    private func connection(on link: EstablishedLink, reused: Bool, _ pending: PendingHandshakes) throws(VMSockError) -> Connection {
+        let local = link.dialed ?? localAddress
+        return try .sharedMemory(
+            link, local: local, peer: local.with(port: 0), reused: reused, parking: { [pending] in pending.park($0) })
+    }
+
+    private func reject(_ reason: String) {
+        rejected.add(1, ordering: .relaxed)
+        lastRejection.withLock { $0 = reason }
+    }
+
+    /// Stops listening: wakes every call waiting on `readiness` (the sockets' hang-up makes the set readable),
+    /// frees the pending connectors and parked links, and closes the descriptors, each once its last call has
+    /// left. The registrations go at once. Idempotent.
+    func close() {
+        guard !readiness.isClosed else { return }
+        // Closed first: a call that the shutdowns below make fail then reports EBADF (see `acceptNow`).
+        readiness.close()
+        for socket in [tcp] + registrations.map(\.socket) { socket.shutdown() }
+        pending?.dropAll()
+        for registration in registrations { registration.close() }
+        tcp.close()
+    }
+}

@@ -1,0 +1,254 @@
+import Glibc
+
+/// One connect, from the addresses a name resolved to, to a connection: for each address in order, shared memory
+/// when the policy and the address allow it (a parked link first, then a new one), else TCP with the reason (or,
+/// under `shm`, the error).
+///
+/// It is a sequence of steps that never block: `advance()` does what can be done now and returns either the
+/// connection or what to wait for. Two drivers run it, `connect(_:)` below, which blocks in poll, and the async
+/// connect (`AsyncConnect.swift`), which waits through an event loop, so that both take the same steps and make
+/// the same decisions. Descriptors are owned by the state, so a connector dropped half-way (a failure, a
+/// cancellation) closes what it made.
+struct Connector {
+    /// What the driver does next.
+    enum Step {
+        /// Wait until `interest` polls ready or `deadline` passes, then advance again. `spinFirst`: the answer
+        /// usually comes within microseconds, less than a wake-up costs, so a thread that may spin looks without
+        /// sleeping first (`SpinPolicy`).
+        case wait(PollInterest, until: Deadline, spinFirst: Bool)
+        /// Sleep, then advance again: an AF_UNIX backlog that is full cannot be polled for room.
+        case pause(Duration)
+        case connected(Connection)
+    }
+
+    private enum State {
+        case nextAddress
+        case nextRegistration(Attempt)
+        case reopening(Attempt, link: EstablishedLink, until: Deadline)
+        case knocking(Attempt, until: Deadline, pause: Duration)
+        case awaitingWelcome(Attempt, Handshake.HelloSent, control: Descriptor, peer: PeerCredentials, until: Deadline)
+        case tcp(Descriptor, to: IPEndpoint, fallback: FallbackReason, detail: String?, until: Deadline)
+    }
+
+    /// The shared-memory attempt on one destination: the registrations left to try, and why the ones tried failed.
+    private struct Attempt {
+        let destination: IPEndpoint
+        var candidates: [ControlAddress]
+        var failure: VMSockError
+        var address: ControlAddress { candidates[0] }
+    }
+
+    let options: VMSocketOptions
+    private var endpoints: [IPEndpoint]
+    private var failure = VMSockError(code: EINVAL, "no address to connect to")
+    private var state = State.nextAddress
+
+    init(to endpoints: [IPEndpoint], options: VMSocketOptions) throws(VMSockError) {
+        try SharedRegion.checkCapacity(options.ringSize)
+        self.endpoints = endpoints
+        self.options = options
+    }
+
+    /// The blocking driver: runs the steps, waiting in poll (after a spin where the step suggests one).
+    static func connect(to endpoints: [IPEndpoint], options: VMSocketOptions) throws(VMSockError) -> Connection {
+        var connector = try Connector(to: endpoints, options: options)
+        while true {
+            switch try connector.advance() {
+            case .connected(let connection):
+                return connection
+            case .wait(let interest, let deadline, let spinFirst):
+                if spinFirst { ControlSocket.spinUntilReadable(interest.descriptor, nanoseconds: SpinPolicy.processNanoseconds) }
+                _ = try Sys.wait(interest.descriptor, interest.events, until: deadline)
+            case .pause(let duration):
+                Sys.sleep(duration)
+            }
+        }
+    }
+
+    /// Does what can be done now. Throws the last address's failure once every address failed.
+    mutating func advance() throws(VMSockError) -> Step {
+        while true {
+            do throws(VMSockError) {
+                if let step = try step() { return step }
+            } catch {
+                // This address failed: the next one, as a TCP client tries them, or this failure if none is left.
+                if endpoints.isEmpty { throw error }
+                failure = error
+                state = .nextAddress
+            }
+        }
+    }
+
+    /// One transition; nil to go on at once.
+    private mutating func step() throws(VMSockError) -> Step? {
+        switch state {
+        case .nextAddress:
+            guard !endpoints.isEmpty else { throw failure }
+            let destination = endpoints.removeFirst()
+            if options.effectiveTransport == .tcp { return try startTCP(destination, .disabledByPolicy, nil) }
+            let candidates = Registry.candidates(
+                for: destination, isLocal: LocalAddresses.isLocal(destination), directory: options.effectiveDirectory)
+            if candidates.isEmpty { return try fallBack(destination, VMSockError(code: ECONNREFUSED, "").because(.remote)) }
+            let noListener = VMSockError(code: ECONNREFUSED, "").because(.noListener)
+            state = .nextRegistration(Attempt(destination: destination, candidates: candidates, failure: noListener))
+            return nil
+
+        case .nextRegistration(let attempt):
+            guard !attempt.candidates.isEmpty else { return try fallBack(attempt.destination, attempt.failure) }
+            if options.reusesLinks,
+                let link = LinkPool.shared.take(attempt.address, capacity: options.ringSize, policy: options.peerPolicy)
+            {
+                do throws(VMSockError) { try Handshake.sendReopen(link, dialed: attempt.destination) } catch {
+                    return nil  // the link is unusable and freed; try the next, or a new link
+                }
+                let deadline = Deadline.after(milliseconds: options.handshakeTimeoutMs)
+                state = .reopening(attempt, link: link, until: deadline)
+                return .wait(PollInterest(descriptor: link.control.raw, events: Int16(POLLIN)), until: deadline, spinFirst: true)
+            }
+            state = .knocking(attempt, until: .after(milliseconds: options.handshakeTimeoutMs), pause: .milliseconds(1))
+            return nil
+
+        case .reopening(let attempt, let link, let deadline):
+            return try reopening(attempt, link, deadline)
+
+        case .knocking(var attempt, let deadline, let pause):
+            return try knocking(&attempt, deadline, pause)
+
+        case .awaitingWelcome(let attempt, let hello, let control, let peer, let deadline):
+            do throws(VMSockError) {
+                guard let reply = try ControlSocket.receiveIfReady(control.raw) else {
+                    if !deadline.hasPassed {
+                        return .wait(PollInterest(descriptor: control.raw, events: Int16(POLLIN)), until: deadline, spinFirst: false)
+                    }
+                    throw VMSockError(code: ETIMEDOUT, "peer did not answer the handshake within \(options.handshakeTimeoutMs) ms")
+                }
+                let link = try Handshake.finishConnect(hello, reply: reply, control: control, peer: peer, address: attempt.address)
+                return .connected(try Connection.sharedMemory(
+                    link, local: attempt.destination.with(port: 0), peer: attempt.destination, reused: false,
+                    parking: LinkPool.shared.parking(for: attempt.address)))
+            } catch {
+                return try fallBack(attempt.destination, Self.handshakeFailure(error))
+            }
+
+        case .tcp(let socket, let destination, let fallback, let detail, let deadline):
+            if try !Sys.isReady(socket.raw, Int16(POLLOUT)) {
+                if deadline.hasPassed { throw TCPCalls.timedOut(destination, options.connectTimeoutMs) }
+                return .wait(PollInterest(descriptor: socket.raw, events: Int16(POLLOUT)), until: deadline, spinFirst: false)
+            }
+            try TCPCalls.finishConnect(socket.raw, destination)
+            return .connected(.tcp(socket, peer: destination, fallback: fallback, detail: detail))
+        }
+    }
+
+    // MARK: Shared memory
+
+    /// Waiting for the listener's answer to a reopen. A link that fails to reopen is freed (the next parked link,
+    /// or a new one, is tried); a listener that does not answer in time is alive but not accepting, and a new link
+    /// would wait as long, so that fails the attempt, after freeing the other links parked for it.
+    private mutating func reopening(_ attempt: Attempt, _ link: EstablishedLink, _ deadline: Deadline) throws(VMSockError) -> Step? {
+        let interest = PollInterest(descriptor: link.control.raw, events: Int16(POLLIN))
+        do throws(VMSockError) {
+            guard let reply = try ControlSocket.receiveIfReady(link.control.raw) else {
+                if !deadline.hasPassed { return .wait(interest, until: deadline, spinFirst: false) }
+                LinkPool.shared.removeAll(for: attempt.address)
+                let timedOut = VMSockError(code: ETIMEDOUT, "peer did not answer the handshake within \(options.handshakeTimeoutMs) ms")
+                return try fallBack(attempt.destination, Self.handshakeFailure(timedOut))
+            }
+            let reopened = try Handshake.finishReopen(link, reply: reply, dialed: attempt.destination)
+            let connection = try Connection.sharedMemory(
+                reopened, local: attempt.destination.with(port: 0), peer: attempt.destination, reused: true,
+                parking: LinkPool.shared.parking(for: attempt.address))
+            return .connected(connection)
+        } catch {
+            state = .nextRegistration(attempt)  // the same registration: its next parked link, or a new one
+            return nil
+        }
+    }
+
+    /// Connecting the control socket to the registration, then checking its owner and sending the hello. Our half
+    /// is made after we knock: the connect has woken the listener, and a wake-up costs more here than making a
+    /// half, so the hello is usually there by the time the listener looks.
+    private mutating func knocking(_ attempt: inout Attempt, _ deadline: Deadline, _ pause: Duration) throws(VMSockError) -> Step? {
+        let control: Descriptor
+        do throws(VMSockError) {
+            guard let connected = try ControlSocket.connectNow(attempt.address) else {
+                if deadline.hasPassed {
+                    let full = VMSockError(
+                        code: ETIMEDOUT, "\(attempt.address) did not accept within \(options.handshakeTimeoutMs) ms (its backlog is full)")
+                    return try fallBack(attempt.destination, Self.controlConnectFailure(full))
+                }
+                state = .knocking(attempt, until: deadline, pause: min(pause * 2, .milliseconds(50)))
+                return .pause(pause)
+            }
+            control = connected
+        } catch {
+            if error.code == ECONNREFUSED {  // nobody registered under this name
+                attempt.candidates.removeFirst()
+                state = .nextRegistration(attempt)
+                return nil
+            }
+            return try fallBack(attempt.destination, Self.controlConnectFailure(error))
+        }
+        do throws(VMSockError) {
+            let peer = try ControlSocket.peerCredentials(control.raw)
+            guard options.peerPolicy.admits(peer) else {
+                // A registration we do not trust may be a squatter; a trusted one may still follow.
+                attempt.failure = VMSockError(
+                    code: ECONNREFUSED, "the registration \(attempt.address) is owned by uid \(peer.uid) (pid \(peer.pid)), which this process does not trust"
+                ).because(.untrustedOwner)
+                attempt.candidates.removeFirst()
+                state = .nextRegistration(attempt)
+                return nil
+            }
+            let hello = try Handshake.sendHello(
+                control, dialed: attempt.destination, capacity: options.ringSize, reusable: options.reusesLinks)
+            state = .awaitingWelcome(attempt, hello, control: control, peer: peer, until: deadline)
+            return .wait(PollInterest(descriptor: control.raw, events: Int16(POLLIN)), until: deadline, spinFirst: true)
+        } catch {
+            return try fallBack(attempt.destination, Self.handshakeFailure(error))
+        }
+    }
+
+    // MARK: TCP and fallback
+
+    /// After the shared-memory attempt on `destination` failed with `error`: TCP with the reason, or under the
+    /// `shm` policy, the error. A listener that broke, reset or timed out the handshake keeps its own code
+    /// (EPROTO, ECONNRESET, ETIMEDOUT); nothing to connect to is ECONNREFUSED.
+    private mutating func fallBack(_ destination: IPEndpoint, _ error: VMSockError) throws(VMSockError) -> Step? {
+        let fallback = error.fallback ?? .handshakeFailed
+        let detail = error.message.isEmpty ? nil : error.message
+        if options.effectiveTransport == .shm {
+            throw VMSockError(
+                code: error.code,
+                "no shared-memory connection to \(destination) (\(fallback)\(detail.map { ": \($0)" } ?? "")); the transport policy is shm, so no TCP fallback")
+        }
+        return try startTCP(destination, fallback, detail)
+    }
+
+    private mutating func startTCP(
+        _ destination: IPEndpoint, _ fallback: FallbackReason, _ detail: String?
+    ) throws(VMSockError) -> Step? {
+        let (socket, inProgress) = try TCPCalls.startConnect(destination)
+        guard inProgress else {
+            TCPCalls.setNoDelay(socket.raw)
+            return .connected(.tcp(socket, peer: destination, fallback: fallback, detail: detail))
+        }
+        state = .tcp(socket, to: destination, fallback: fallback, detail: detail,
+                     until: .after(milliseconds: options.connectTimeoutMs))
+        return nil
+    }
+
+    /// A control connect that failed otherwise than with nobody there.
+    private static func controlConnectFailure(_ error: VMSockError) -> VMSockError {
+        error.because(error.code == EMFILE || error.code == ENFILE ? .outOfResources : .handshakeFailed)
+    }
+
+    /// A handshake failure, with its fallback reason.
+    private static func handshakeFailure(_ error: VMSockError) -> VMSockError {
+        if error.fallback != nil { return error }
+        switch error.code {
+        case EMFILE, ENFILE, ENOMEM, ENOSPC: return error.because(.outOfResources)
+        default: return error.because(.handshakeFailed)
+        }
+    }
+}
