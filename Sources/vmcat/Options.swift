@@ -84,7 +84,7 @@ struct Options: Equatable {
                     options.transport = policy
                 case "ring-size":
                     let text = try value(attached, name)
-                    guard let size = Int(text), size >= 4096, size <= 64 << 20, size & (size - 1) == 0 else {
+                    guard let size = Int(text), (try? VMSocketOptions.validateRingSize(size)) != nil else {
                         throw UsageError(message: "invalid ring size: \(text) (a power of two, 4096 to 67108864)")
                     }
                     options.ringSize = size

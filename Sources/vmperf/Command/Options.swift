@@ -177,7 +177,16 @@ struct Options: ParsableCommand {
         return (parts.first ?? nil, parts.count > 1 ? parts[1] : nil)
     }
 
-    static func validRing(_ size: Int) -> Bool { size >= 4096 && size <= 64 << 20 && size & (size - 1) == 0 }
+    /// The library's rule for a ring size (`VMSocketOptions.validateRingSize`), as a yes or no: vmperf words its
+    /// own message, as iperf3 would.
+    static func validRing(_ size: Int) -> Bool {
+        do {
+            try VMSocketOptions.validateRingSize(size)
+            return true
+        } catch {
+            return false
+        }
+    }
 
     /// Block size: -l, or iperf3's default (128 KiB), or 64 bytes for round trips.
     var blockSize: Int { length?.value ?? (latency ? 64 : 128 << 10) }

@@ -98,13 +98,13 @@ extension Side {
     /// Accepts without blocking for good: a peer that died before connecting must not hang the parent.
     private mutating func accept(_ listener: VMListener) throws -> VMSocket {
         listener.isNonBlocking = true
-        let deadline = Int64(monotonicNanos()) + Watchdog.patience * 1_000_000_000
+        let deadline = MonotonicClock.nanoseconds() + Watchdog.patience * 1_000_000_000
         while true {
             if let socket = try Self.acceptNow(listener) { return socket }
             var ready = pollfd(fd: listener.pollDescriptor, events: Int16(POLLIN), revents: 0)
             _ = poll(&ready, 1, 100)
             try watch.checkPeer()
-            if Int64(monotonicNanos()) > deadline { throw Stop.noProgress }
+            if MonotonicClock.nanoseconds() > deadline { throw Stop.noProgress }
         }
     }
 
