@@ -32,11 +32,16 @@ let package = Package(
         ),
         // netcat over vmsock, with OpenBSD nc's flags (issue 5).
         .executableTarget(name: "vmcat", dependencies: ["VMSock"]),
+        // What vmperf and its paper benchmark share: the JSON writer, the report (stdout or --logfile) and its
+        // one-line failures, CPU affinity.
+        .target(name: "VMPerfSupport", dependencies: ["CVMSock"]),
+        // `vmperf --paper`: Table 1 of the seed paper, two processes ping-ponging through one shared page.
+        .target(name: "VMPerfPaper", dependencies: ["VMPerfSupport", "VMSock", "CVMSock"]),
         // iperf3 for vmsock: throughput, latency, the comparison with TCP and Unix sockets, the paper's Table 1 (issue 6).
         .executableTarget(
             name: "vmperf",
             dependencies: [
-                "VMSock", "CVMSock",
+                "VMSock", "CVMSock", "VMPerfSupport", "VMPerfPaper",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]

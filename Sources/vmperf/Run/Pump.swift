@@ -1,6 +1,7 @@
 import Glibc
 import Histogram
 import Synchronization
+import VMPerfSupport
 import VMSock
 
 /// Bytes a stream has moved so far: stored by its pump after every block, read by the interval timer.

@@ -1,4 +1,5 @@
 import Foundation
+import VMPerfSupport
 import VMSock
 
 /// `vmperf -s`: one vmsock listener (shared-memory and TCP clients through one accept) and a Unix socket beside

@@ -1,5 +1,6 @@
 import Foundation
 import Histogram
+import VMPerfSupport
 import VMSock
 
 /// One side of a test: each connection pumped on a thread of its own (blocking calls, the fastest way to move

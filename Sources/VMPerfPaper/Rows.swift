@@ -1,5 +1,6 @@
 import CVMSock
 import Glibc
+import VMPerfSupport
 import VMSock
 
 extension Side {
@@ -7,7 +8,7 @@ extension Side {
     ///
     /// Side 0 puts the row's shared words in their starting state, names the row in the page, and meets the peer
     /// at the barrier (`announce`). Side 1 has passed that barrier already when it gets here: it learned the row
-    /// from the page after it (see `Paper.serve`).
+    /// from the page after it (see `PaperBenchmark.serve`).
     mutating func runRow(_ task: PaperTask) throws -> [Double] {
         switch task {
         case .raw:

@@ -1,4 +1,5 @@
 import CVMSock
+import VMPerfSupport
 import VMSock
 
 /// One row's loop as one side runs it. Both sides call `run` with the same count; side 0's calls are timed.

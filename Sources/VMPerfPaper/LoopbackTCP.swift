@@ -1,4 +1,5 @@
 import Glibc
+import VMPerfSupport
 import VMSock
 
 /// The TCP row's connection: plain Glibc sockets on 127.0.0.1 (the paper's baseline, so not the vmsock library).
