@@ -5,7 +5,6 @@ let package = Package(
     name: "vmsock",
     products: [
         .library(name: "VMSock", targets: ["VMSock"]),
-        .executable(name: "vmsock-demo", targets: ["vmsock-demo"]),
         .executable(name: "vmcat", targets: ["vmcat"]),
         .executable(name: "vmperf", targets: ["vmperf"]),
     ],
@@ -26,10 +25,6 @@ let package = Package(
         .target(name: "VMSockRing", dependencies: ["CVMSock"]),
         // Memory and doorbells, the control path, the socket API.
         .target(name: "VMSock", dependencies: ["VMSockRing", "CVMSock", "CLibevent"]),
-        .executableTarget(
-            name: "vmsock-demo",
-            dependencies: ["VMSock", .product(name: "ArgumentParser", package: "swift-argument-parser")]
-        ),
         // netcat over vmsock, with OpenBSD nc's flags (issue 5).
         .executableTarget(name: "vmcat", dependencies: ["VMSock"]),
         // What vmperf and its paper benchmark share: the JSON writer, the report (stdout or --logfile) and its
