@@ -43,6 +43,7 @@ let package = Package(
         ),
         // The other process in cross-process tests: a well-behaved peer, a hostile one, a victim to kill -9.
         .executableTarget(name: "vmsock-testpeer", dependencies: ["VMSock", "VMSockRing", "CVMSock"]),
+        .testTarget(name: "VMCatTests", dependencies: ["vmcat", "VMSock"]),
         .testTarget(name: "VMPerfTests", dependencies: ["vmperf"]),
         .testTarget(name: "VMSockRingTests", dependencies: ["VMSockRing"]),
         .testTarget(name: "VMSockTests", dependencies: ["VMSock", "VMSockRing", "CVMSock", "CLibevent", "vmsock-testpeer"]),
