@@ -158,8 +158,10 @@ struct Options: ParsableCommand {
         }
     }
 
-    /// iperf3 (getopt) takes values attached to short options (`-P4`, `-l128K`); swift-argument-parser does not,
-    /// so such words are split in two first.
+    /// iperf3 (getopt) takes values attached to short options (`-P4`, `-l128K`); such words are split in two first.
+    /// swift-argument-parser would take them itself for options declared `.customShort(_, allowingJoined: true)`,
+    /// but then (1.8.2) its message for a missing value drops the value's name (`Missing value for '-c'` instead
+    /// of `Missing value for '-c <client>'`), so vmperf keeps this split.
     static func splittingAttachedValues(_ arguments: [String]) -> [String] {
         var out: [String] = []
         for (index, word) in arguments.enumerated() {
