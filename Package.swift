@@ -5,7 +5,6 @@ let package = Package(
     name: "vmsock",
     products: [
         .library(name: "VMSock", targets: ["VMSock"]),
-        .executable(name: "vmsock-demo", targets: ["vmsock-demo"]),
         .executable(name: "vmcat", targets: ["vmcat"]),
         .executable(name: "vmperf", targets: ["vmperf"]),
     ],
@@ -26,23 +25,25 @@ let package = Package(
         .target(name: "VMSockRing", dependencies: ["CVMSock"]),
         // Memory and doorbells, the control path, the socket API.
         .target(name: "VMSock", dependencies: ["VMSockRing", "CVMSock", "CLibevent"]),
-        .executableTarget(
-            name: "vmsock-demo",
-            dependencies: ["VMSock", .product(name: "ArgumentParser", package: "swift-argument-parser")]
-        ),
         // netcat over vmsock, with OpenBSD nc's flags (issue 5).
         .executableTarget(name: "vmcat", dependencies: ["VMSock"]),
+        // What vmperf and its paper benchmark share: the JSON writer, the report (stdout or --logfile) and its
+        // one-line failures, CPU affinity.
+        .target(name: "VMPerfSupport", dependencies: ["CVMSock"]),
+        // `vmperf --paper`: Table 1 of the seed paper, two processes ping-ponging through one shared page.
+        .target(name: "VMPerfPaper", dependencies: ["VMPerfSupport", "VMSock", "CVMSock"]),
         // iperf3 for vmsock: throughput, latency, the comparison with TCP and Unix sockets, the paper's Table 1 (issue 6).
         .executableTarget(
             name: "vmperf",
             dependencies: [
-                "VMSock", "CVMSock",
+                "VMSock", "CVMSock", "VMPerfSupport", "VMPerfPaper",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
         // The other process in cross-process tests: a well-behaved peer, a hostile one, a victim to kill -9.
         .executableTarget(name: "vmsock-testpeer", dependencies: ["VMSock", "VMSockRing", "CVMSock"]),
+        .testTarget(name: "VMCatTests", dependencies: ["vmcat", "VMSock"]),
         .testTarget(name: "VMPerfTests", dependencies: ["vmperf"]),
         .testTarget(name: "VMSockRingTests", dependencies: ["VMSockRing"]),
         .testTarget(name: "VMSockTests", dependencies: ["VMSock", "VMSockRing", "CVMSock", "CLibevent", "vmsock-testpeer"]),

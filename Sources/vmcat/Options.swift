@@ -4,8 +4,14 @@ import VMSock
 /// `-Nv`), option values attached or separate (`-w5`, `-w 5`, `-q-1`, `-q -1`), operands anywhere, `--` ends the
 /// options. Two long options of our own: `--transport auto|shm|tcp` and `--ring-size BYTES` (also `--x=value`).
 ///
-/// swift-argument-parser is not used here: it reads `-q -1` as two flags and does not take attached values
-/// (`-w5`, `-p7000`), both habits nc users have.
+/// A small getopt of its own rather than swift-argument-parser. ArgumentParser does take attached values
+/// (`.customShort("w", allowingJoined: true)`: `-w5`) and values that look like options (`parsing: .unconditional`:
+/// `-q -1`), but with 1.8.2 it parts from getopt where nc users and scripts notice: a value attached after a group
+/// of flags (`-lp7000`) is an unknown option to it; a value-taking letter inside a group takes the next word
+/// (`-lpk 7000` is -l -k -p 7000 to it, -l -p k and an operand to getopt); and its messages are its own
+/// ("Unknown option '-x'", "Missing value for '-w'") where nc prints getopt's ("invalid option -- 'x'",
+/// "option requires an argument -- 'w'"), which only matching its English text could translate back.
+/// `VMCatTests` pins what this parser accepts and what it rejects, with the messages.
 struct Options: Equatable {
     var listen = false           // -l
     var keepListening = false    // -k
@@ -84,7 +90,7 @@ struct Options: Equatable {
                     options.transport = policy
                 case "ring-size":
                     let text = try value(attached, name)
-                    guard let size = Int(text), size >= 4096, size <= 64 << 20, size & (size - 1) == 0 else {
+                    guard let size = Int(text), (try? VMSocketOptions.validateRingSize(size)) != nil else {
                         throw UsageError(message: "invalid ring size: \(text) (a power of two, 4096 to 67108864)")
                     }
                     options.ringSize = size

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import VMPerfPaper
+import VMPerfSupport
 import VMSock
 
 /// `vmperf`: iperf3 for vmsock. Parses the command line and hands it to a mode; every failure is one line on
@@ -31,8 +33,10 @@ enum Entrypoint {
             case .server: try Server(options, report).run()
             case .client(let host): try Client(options, host: host, report).run()
             case .compare: try Compare(options, report).run()
-            case .paper: try Paper(options, report).run()
-            case .paperPeer(let how): try Paper.runPeer(how, options)
+            case .paper: try PaperBenchmark(runs: options.runs, iterations: options.iterations, report: report).run()
+            case .paperPeer(let how): try PaperBenchmark.runPeer(how)
+            case .connections(let count): try ConnectRate(options, count: count, report).run()
+            case .connectionsListener(let count): try ConnectionsListener.serve(count: count, ringSize: options.connectionRingSize)
             }
         } catch {
             if options.json {

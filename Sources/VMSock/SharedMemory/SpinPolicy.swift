@@ -12,7 +12,7 @@ import Glibc
 /// The spin yields the core (`sched_yield`) every 64 turns. With more busy threads than cores (both ends reading
 /// and writing at once on 2 cores), a pure spin starves the very thread it waits for: 256 MiB each way through a
 /// 4 KiB ring took 8.7 s with a 50 µs pure spin, 28 s with 200 µs, and 2.6 s with the yielding spin. With a core
-/// each, the yield returns at once and the 64-byte round trip stays at 0.3 µs (release build, `vmsock-demo`).
+/// each, the yield returns at once and the 64-byte round trip stays at 0.3 µs (release build, the former `vmsock-demo`).
 enum SpinPolicy {
     static let builtInMicroseconds = 50
     static let maximumMicroseconds = 1_000_000

@@ -4,7 +4,7 @@ import VMSock
 
 /// The command line: iperf3's flags (`-s`, `-c host`, `-p`, `-t`/`-n`/`-k`, `-l`, `-P`, `-R`, `--bidir`, `-i`, `-f`,
 /// `-J`, `-1`, `-V`, `--logfile`) with iperf3's defaults, vmsock's own (`--transport`, `--ring-size`, `--spin-us`),
-/// and the three modes iperf3 does not have: `--latency`, `--compare` and `--paper`.
+/// and the modes iperf3 does not have: `--latency`, `--compare`, `--paper` and `--connections`.
 struct Options: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmperf",
@@ -12,7 +12,7 @@ struct Options: ParsableCommand {
         discussion: """
             Start a server with `vmperf -s`, then measure with `vmperf -c HOST` (iperf3's flags). `vmperf --compare` \
             runs shared memory, TCP loopback and a Unix socket side by side with no server to start; `vmperf --paper` \
-            reproduces Table 1 of the seed paper.
+            reproduces Table 1 of the seed paper; `vmperf --connections N` measures what setting up a connection costs.
             """)
 
     // MARK: Role
@@ -24,6 +24,9 @@ struct Options: ParsableCommand {
     var compare = false
     @Flag(help: "Reproduce Table 1 of the seed paper (Raw, Sync, Sync1k, TCP ping-pong) on this machine.")
     var paper = false
+    @Option(parsing: .unconditional,
+            help: "Connect <n> times in each of three rounds (shared memory with a new link each, shared memory reopening the link, TCP) to a listener process it starts itself; print connections per second.")
+    var connections: Int?
 
     // MARK: What to measure
     @Flag(help: "Measure round trips of -l bytes (default 64) instead of throughput.")
@@ -81,16 +84,19 @@ struct Options: ParsableCommand {
     @Option(help: .hidden) var paperPeer: String?
     /// A server started by `--compare`: ends when its standard input (a pipe from the comparison) closes.
     @Flag(help: .hidden) var exitOnStdinEof = false
+    /// The listener process of `--connections`, started by it.
+    @Flag(help: .hidden) var connectionsListener = false
 
     /// `--transport`: the library's three policies, and a Unix-domain socket.
     enum Choice: String, ExpressibleByArgument, CaseIterable {
         case auto, shm, tcp, unix
     }
 
-    enum Role { case server, client(String), compare, paper, paperPeer(String) }
+    enum Role { case server, client(String), compare, paper, paperPeer(String), connections(Int), connectionsListener(Int) }
 
     var role: Role {
         if let paperPeer { return .paperPeer(paperPeer) }
+        if let connections { return connectionsListener ? .connectionsListener(connections) : .connections(connections) }
         if server { return .server }
         if let client { return .client(client) }
         if compare { return .compare }
@@ -98,11 +104,14 @@ struct Options: ParsableCommand {
     }
 
     mutating func validate() throws {
-        let roles = [server, client != nil, compare, paper || paperPeer != nil].filter { $0 }.count
+        let roles = [server, client != nil, compare, paper || paperPeer != nil, connections != nil].filter { $0 }.count
         guard roles == 1 else {
             throw ValidationError(roles == 0
-                ? "parameter error - must either be a client (-c), server (-s), --compare or --paper"
-                : "parameter error - choose one of -c, -s, --compare and --paper")
+                ? "parameter error - must either be a client (-c), server (-s), --compare, --paper or --connections"
+                : "parameter error - choose one of -c, -s, --compare, --paper and --connections")
+        }
+        if let connections, !(1...1_000_000).contains(connections) {
+            throw ValidationError("--connections \(connections) is out of range (1 to 1000000)")
         }
         guard (1...65535).contains(port) else { throw ValidationError("port \(port) is out of range (1 to 65535)") }
         if let time, !(time > 0 && time <= 86_400) { throw ValidationError("test duration \(time) is out of range (0 to 86400 seconds)") }
@@ -149,8 +158,10 @@ struct Options: ParsableCommand {
         }
     }
 
-    /// iperf3 (getopt) takes values attached to short options (`-P4`, `-l128K`); swift-argument-parser does not,
-    /// so such words are split in two first.
+    /// iperf3 (getopt) takes values attached to short options (`-P4`, `-l128K`); such words are split in two first.
+    /// swift-argument-parser would take them itself for options declared `.customShort(_, allowingJoined: true)`,
+    /// but then (1.8.2) its message for a missing value drops the value's name (`Missing value for '-c'` instead
+    /// of `Missing value for '-c <client>'`), so vmperf keeps this split.
     static func splittingAttachedValues(_ arguments: [String]) -> [String] {
         var out: [String] = []
         for (index, word) in arguments.enumerated() {
@@ -169,6 +180,8 @@ struct Options: ParsableCommand {
     /// writer waits for the reader block by block; with 2 MiB or more both run at once (README, vmperf).
     static let defaultRingSize = 4 << 20
     var effectiveRingSize: Int { ringSize?.value ?? Self.defaultRingSize }
+    /// `--connections` measures set-up, not streaming: the library's default ring unless -w says otherwise.
+    var connectionRingSize: Int { ringSize?.value ?? VMSocketOptions().ringSize }
 
     /// `-A n[,m]`: this side's CPU and the server's.
     var cpus: (local: Int?, remote: Int?) {
@@ -177,7 +190,16 @@ struct Options: ParsableCommand {
         return (parts.first ?? nil, parts.count > 1 ? parts[1] : nil)
     }
 
-    static func validRing(_ size: Int) -> Bool { size >= 4096 && size <= 64 << 20 && size & (size - 1) == 0 }
+    /// The library's rule for a ring size (`VMSocketOptions.validateRingSize`), as a yes or no: vmperf words its
+    /// own message, as iperf3 would.
+    static func validRing(_ size: Int) -> Bool {
+        do {
+            try VMSocketOptions.validateRingSize(size)
+            return true
+        } catch {
+            return false
+        }
+    }
 
     /// Block size: -l, or iperf3's default (128 KiB), or 64 bytes for round trips.
     var blockSize: Int { length?.value ?? (latency ? 64 : 128 << 10) }

@@ -1,5 +1,6 @@
 import Foundation
 import Histogram
+import VMPerfSupport
 import VMSock
 
 /// `vmperf --compare`: the same workloads over shared memory, TCP loopback and a Unix socket, one after another

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import VMPerfSupport
 
 /// The server `--compare` runs against: a copy of this program, `vmperf -s`, on a free port. Its standard input
 /// is a pipe from us; when we exit, however we exit, the pipe closes and it ends too.

@@ -1,4 +1,5 @@
 import Foundation
+import VMPerfSupport
 
 /// The comparison's table: a row per workload, a column per transport, each figure with its ratio to TCP
 /// (how many times the throughput; how many times lower the round trip).

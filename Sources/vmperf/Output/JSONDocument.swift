@@ -1,5 +1,6 @@
 import Foundation
 import Histogram
+import VMPerfSupport
 import VMSock
 
 /// The pieces of iperf3's `-J` document (key names and nesting as iperf3 3.12 writes them), plus a `vmsock`

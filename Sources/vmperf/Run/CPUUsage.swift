@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import VMSock
 
 /// Processor time this process used over a test, as percentages of the wall time (iperf3's
 /// `cpu_utilization_percent`): user, system and their sum. Also the share of the whole machine's processor time
@@ -15,7 +16,7 @@ struct CPUUsage: Codable {
     struct Snapshot {
         let user: Double
         let system: Double
-        let wall: UInt64
+        let wall: Int64
         let machine: MachineTicks?
 
         static func now() -> Snapshot {
@@ -23,7 +24,7 @@ struct CPUUsage: Codable {
             getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
             let seconds = { (t: timeval) in Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
             return Snapshot(
-                user: seconds(usage.ru_utime), system: seconds(usage.ru_stime), wall: monotonicNanos(),
+                user: seconds(usage.ru_utime), system: seconds(usage.ru_stime), wall: MonotonicClock.nanoseconds(),
                 machine: MachineTicks.now())
         }
     }
@@ -53,7 +54,7 @@ struct CPUUsage: Codable {
     }
 
     init(from start: Snapshot, to end: Snapshot) {
-        let wall = max(Double(end.wall &- start.wall) / 1e9, 1e-9)
+        let wall = max(Double(end.wall - start.wall) / 1e9, 1e-9)
         user = (end.user - start.user) / wall * 100
         system = (end.system - start.system) / wall * 100
         if let before = start.machine, let after = end.machine, after.total > before.total {

@@ -1,4 +1,5 @@
 import Foundation
+import VMPerfSupport
 import VMSock
 
 /// `vmperf -c host`: connects, asks the server for a test, runs its side of it, and reports both sides.

@@ -1,3 +1,5 @@
+import VMPerfSupport
+
 extension TestParameters {
     /// Whether the interval lines end with a separator (they do with [SUM] lines), so the summary needs none.
     var intervalsEndWithSeparator: Bool { streams > 1 && interval > 0 }

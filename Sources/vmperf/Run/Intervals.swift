@@ -1,3 +1,5 @@
+import VMSock
+
 /// What one stream did in one reporting interval (or, in the summary, over the whole test).
 struct StreamSpan {
     var index: Int
@@ -18,7 +20,7 @@ final class IntervalSampler: @unchecked Sendable {  // used on the loop thread, 
     private let counters: [StreamCounter]
     private let senders: [Bool]
     private let retransmissions: [() -> Int?]
-    private let startNanos: UInt64
+    private let startNanos: Int64
     private var last: [(bytes: Int, trips: Int, retransmits: Int?)]
     private var lastTime = 0.0
     private(set) var intervals: [[StreamSpan]] = []
@@ -27,7 +29,7 @@ final class IntervalSampler: @unchecked Sendable {  // used on the loop thread, 
     /// `retransmissions` reads each stream's retransmission count so far (see `Connection.retransmissions`);
     /// it is asked only for sending streams.
     init(
-        counters: [StreamCounter], senders: [Bool], retransmissions: [() -> Int?], startNanos: UInt64,
+        counters: [StreamCounter], senders: [Bool], retransmissions: [() -> Int?], startNanos: Int64,
         print: @escaping ([StreamSpan]) -> Void
     ) {
         self.counters = counters
@@ -42,7 +44,7 @@ final class IntervalSampler: @unchecked Sendable {  // used on the loop thread, 
     /// least 10 ms long (a sliver would print an absurd rate), or if it is the only one (a test shorter than
     /// an interval still reports one, as iperf3 does).
     func sample(final: Bool = false) {
-        let now = Double(monotonicNanos() &- startNanos) / 1e9
+        let now = Double(MonotonicClock.nanoseconds() - startNanos) / 1e9
         if final && now - lastTime < 0.01 && !intervals.isEmpty { return }
         var spans: [StreamSpan] = []
         for (index, counter) in counters.enumerated() {

@@ -1,6 +1,7 @@
 import Glibc
 import Histogram
 import Synchronization
+import VMPerfSupport
 import VMSock
 
 /// Bytes a stream has moved so far: stored by its pump after every block, read by the interval timer.
@@ -72,12 +73,12 @@ enum Pump {
         while !stop.isSet {
             if case .blocks(let total) = limit, trips >= total { break }
             if case .bytes(let total) = limit, trips * block.count >= total { break }
-            let start = monotonicNanos()
+            let start = MonotonicClock.nanoseconds()
             try stream.send(block: block)
             guard try stream.readExactly(reply) else {
                 throw Failure("the server closed the connection in the middle of a round trip")
             }
-            _ = histogram.record(monotonicNanos() &- start)
+            _ = histogram.record(UInt64(MonotonicClock.nanoseconds() &- start))
             trips &+= 1
             counter.roundTrips.store(trips, ordering: .relaxed)
             counter.bytes.store(trips &* block.count, ordering: .relaxed)
@@ -100,11 +101,4 @@ enum Pump {
         try stream.shutdownWrite()
         return trips
     }
-}
-
-@inline(__always)
-func monotonicNanos() -> UInt64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
 }

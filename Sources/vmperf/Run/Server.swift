@@ -1,4 +1,5 @@
 import Foundation
+import VMPerfSupport
 import VMSock
 
 /// `vmperf -s`: one vmsock listener (shared-memory and TCP clients through one accept) and a Unix socket beside
@@ -68,19 +69,19 @@ struct Door {
     /// Waits up to `timeout` seconds (nil: for ever) for a connection that greets properly. Connections that do
     /// not (port scanners, nc, another program) are closed and skipped. Returns nil when the time ran out.
     func next(timeout: Double?) throws -> (Connection, Greeting)? {
-        let deadline = timeout.map { monotonicNanos() + UInt64($0 * 1e9) }
+        let deadline = timeout.map { MonotonicClock.nanoseconds() + Int64($0 * 1e9) }
         while true {
             var fds = [pollfd(fd: listener.pollDescriptor, events: Int16(POLLIN), revents: 0)]
             if let unix { fds.append(pollfd(fd: unix.fd, events: Int16(POLLIN), revents: 0)) }
             var wait: Int32 = -1
             if let deadline {
-                let now = monotonicNanos()
+                let now = MonotonicClock.nanoseconds()
                 wait = now >= deadline ? 0 : Int32((deadline - now) / 1_000_000) + 1
             }
             let ready = poll(&fds, nfds_t(fds.count), wait)
             if ready < 0 && errno != EINTR { throw Failure("poll on the listeners failed: \(errorText())") }
             if ready <= 0 {
-                if let deadline, monotonicNanos() >= deadline { return nil }  // polled at least once
+                if let deadline, MonotonicClock.nanoseconds() >= deadline { return nil }  // polled at least once
                 continue
             }
             var accepted: Connection? = nil

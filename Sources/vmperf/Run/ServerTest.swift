@@ -1,4 +1,5 @@
 import Foundation
+import VMPerfSupport
 import VMSock
 
 /// One test on the server: the client's parameters, its data connections, the run, the results.

@@ -1,4 +1,5 @@
 import Foundation
+import VMPerfSupport
 import VMSock
 
 /// The end of a test as one side reports it: each stream's sender and receiver figures (one from each side),

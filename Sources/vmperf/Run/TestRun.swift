@@ -1,5 +1,6 @@
 import Foundation
 import Histogram
+import VMPerfSupport
 import VMSock
 
 /// One side of a test: each connection pumped on a thread of its own (blocking calls, the fastest way to move
@@ -100,7 +101,7 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
 
     /// One connection's pump, on its own thread. A failure stops the whole test: the other connections are
     /// aborted, so that none of them waits for ever on a peer that will not send.
-    private func pump(_ index: Int, startNanos: UInt64) {
+    private func pump(_ index: Int, startNanos: Int64) {
         let connection = connections[index]
         do {
             if let cpu {
@@ -110,7 +111,7 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
             let (bytes, histogram) = try Self.pump(
                 connection, role: roles[index], parameters: parameters, limit: limit(for: index), stop: stop,
                 counter: counters[index])
-            let seconds = Double(monotonicNanos() &- startNanos) / 1e9
+            let seconds = Double(MonotonicClock.nanoseconds() - startNanos) / 1e9
             let sender = roles[index] == .send || roles[index] == .ping
             lock.withLock {
                 results[index] = StreamResult(

@@ -1,3 +1,4 @@
+import VMPerfSupport
 import VMSock
 
 /// A connected byte stream a test runs over: a `VMSocket` (shared memory or TCP) or a Unix-domain socket.

@@ -1,5 +1,6 @@
 import CVMSock
 import Glibc
+import VMPerfSupport
 
 /// A Unix-domain stream socket in the abstract namespace (nothing in the file system to clean up): the
 /// comparison's third transport. The server listens on `@vmperf-<port>` beside its vmsock listener.
@@ -114,5 +115,3 @@ final class UnixListener {
         return UnixStream(fd: client)
     }
 }
-
-func errorText(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }

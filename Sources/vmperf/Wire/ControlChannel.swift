@@ -1,4 +1,5 @@
 import Foundation
+import VMPerfSupport
 import VMSock
 
 /// Control messages: a 4-byte big-endian length and a JSON body (Codable), at most 1 MiB. The peer is

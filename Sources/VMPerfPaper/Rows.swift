@@ -1,5 +1,6 @@
 import CVMSock
 import Glibc
+import VMPerfSupport
 import VMSock
 
 extension Side {
@@ -7,7 +8,7 @@ extension Side {
     ///
     /// Side 0 puts the row's shared words in their starting state, names the row in the page, and meets the peer
     /// at the barrier (`announce`). Side 1 has passed that barrier already when it gets here: it learned the row
-    /// from the page after it (see `Paper.serve`).
+    /// from the page after it (see `PaperBenchmark.serve`).
     mutating func runRow(_ task: PaperTask) throws -> [Double] {
         switch task {
         case .raw:
@@ -98,13 +99,13 @@ extension Side {
     /// Accepts without blocking for good: a peer that died before connecting must not hang the parent.
     private mutating func accept(_ listener: VMListener) throws -> VMSocket {
         listener.isNonBlocking = true
-        let deadline = Int64(monotonicNanos()) + Watchdog.patience * 1_000_000_000
+        let deadline = MonotonicClock.nanoseconds() + Watchdog.patience * 1_000_000_000
         while true {
             if let socket = try Self.acceptNow(listener) { return socket }
             var ready = pollfd(fd: listener.pollDescriptor, events: Int16(POLLIN), revents: 0)
             _ = poll(&ready, 1, 100)
             try watch.checkPeer()
-            if Int64(monotonicNanos()) > deadline { throw Stop.noProgress }
+            if MonotonicClock.nanoseconds() > deadline { throw Stop.noProgress }
         }
     }
 

@@ -1,4 +1,6 @@
 import CVMSock
+import VMPerfSupport
+import VMSock
 
 /// One row's loop as one side runs it. Both sides call `run` with the same count; side 0's calls are timed.
 /// `run` must make no allocation, no ARC traffic, no lock and (shared-memory rows) no system call.
@@ -24,9 +26,9 @@ extension Side {
         figures.reserveCapacity(runs)
         for _ in 0..<runs {
             try barrier()
-            let start = Int64(monotonicNanos())
+            let start = MonotonicClock.nanoseconds()
             try bench.run(&self, iterations)
-            let elapsed = Int64(monotonicNanos()) - start
+            let elapsed = MonotonicClock.nanoseconds() - start
             try bench.verify(&self, iterations)
             figures.append(Double(elapsed) / 1000 / Double(iterations))
         }

@@ -1,4 +1,6 @@
 import Glibc
+import VMPerfSupport
+import VMSock
 
 /// The TCP row's connection: plain Glibc sockets on 127.0.0.1 (the paper's baseline, so not the vmsock library).
 enum LoopbackTCP {
@@ -25,7 +27,7 @@ enum LoopbackTCP {
     /// Accepts the peer's connection, looking every 100 ms whether the peer is still there (a blocking accept
     /// would wait forever for a peer that died before connecting).
     static func accept(_ listener: Int32, _ watch: inout Watchdog) throws -> Int32 {
-        let deadline = Int64(monotonicNanos()) + Watchdog.patience * 1_000_000_000
+        let deadline = MonotonicClock.nanoseconds() + Watchdog.patience * 1_000_000_000
         while true {
             var ready = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
             if poll(&ready, 1, 100) > 0 {
@@ -34,7 +36,7 @@ enum LoopbackTCP {
                 if errno != EINTR && errno != ECONNABORTED { throw Failure("TCP: accept failed: \(String(cString: strerror(errno)))") }
             }
             try watch.checkPeer()
-            if Int64(monotonicNanos()) > deadline { throw Stop.noProgress }
+            if MonotonicClock.nanoseconds() > deadline { throw Stop.noProgress }
         }
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import VMPerfSupport
 
 /// One row measured here: the run figures (µs per round trip) and the paper's statistics over them.
 struct PaperRow {

@@ -1,25 +1,40 @@
 import CVMSock
 import Glibc
+import VMPerfSupport
 
-/// `--paper`: Table 1 of "Inter-OS Communication on Highly Parallel Multi-Core Architectures" on this machine.
+/// `vmperf --paper`: Table 1 of "Inter-OS Communication on Highly Parallel Multi-Core Architectures" on this
+/// machine. A program of its own inside vmperf, which only parses the command line and calls `run` (or, in the
+/// second process, `runPeer`).
 ///
 /// Two processes, this one and a copy of it started with `--paper-peer`, share one page of memory and ping-pong
 /// through it (Raw, Sync, Sync1k), then over TCP loopback, then through vmsock. Each row: a warm-up, then
-/// `--runs` runs of `--iterations` round trips, each run timed by this process; the row's figure is the mean of
+/// `runs` runs of `iterations` round trips, each run timed by this process; the row's figure is the mean of
 /// the runs' µs per round trip and their sample standard deviation, as in the paper.
-struct Paper {
-    let options: Options
+public struct PaperBenchmark {
+    /// The option the second process is started with: `/proc/self/exe --paper-peer fd=N`. The executable that
+    /// calls `run` must hand this option's value to `runPeer`.
+    public static let peerOption = "--paper-peer"
+
+    let runs: Int
+    let iterations: Int
     let report: Report
 
-    init(_ options: Options, _ report: Report) {
-        self.options = options
+    /// - Parameters:
+    ///   - runs: timed runs per row (the paper: 25).
+    ///   - iterations: round trips per run (the paper: 1,000,000).
+    ///   - report: where the table goes, line by line as the rows are measured, or the JSON document at the end.
+    public init(runs: Int, iterations: Int, report: Report) {
+        self.runs = runs
+        self.iterations = iterations
         self.report = report
     }
 
     /// Round trips before a row's timed runs: caches, branch predictors and the peer's first turns settle.
-    var warmup: Int { min(options.iterations, 10_000) }
+    var warmup: Int { min(iterations, 10_000) }
 
-    func run() throws {
+    /// Measures the table and reports it. Throws `Failure` (one line for the user) when the peer cannot be
+    /// started, dies, gives up or stops making progress, or a connection fails.
+    public func run() throws {
         let machine = Machine.current()
         // The first two CPUs we may run on (0 and 1 on most machines): this process on the first, the peer on
         // the second.
@@ -29,7 +44,7 @@ struct Paper {
         // `side` holds bare pointers into the mapping: keep it mapped to the very end.
         defer { withExtendedLifetime(mapping) {} }
         mapping.page.initialize(parentPid: getpid(), peerCPU: plan.map { Int32($0[1]) } ?? -1,
-                                runs: options.runs, iterations: options.iterations, warmup: warmup)
+                                runs: runs, iterations: iterations, warmup: warmup)
         let pid = try PeerProcess.spawn(sharing: mapping.fd)
         mapping.closeDescriptor()
         var side = Side(me: 0, page: mapping.page, otherPid: pid)
@@ -43,7 +58,7 @@ struct Paper {
                 side.page.pinned = !cpus.isEmpty
                 // The peer learns the verdict, and unpins itself if we could not pin.
                 try side.barrier()
-                var result = PaperReport(machine: machine, runs: options.runs, iterations: options.iterations,
+                var result = PaperReport(machine: machine, runs: runs, iterations: iterations,
                                          warmup: warmup, cpus: cpus, pinningNote: note)
                 result.header.forEach { report.line($0) }
                 for task in PaperTask.rows {
@@ -118,12 +133,14 @@ struct Paper {
     // MARK: The peer
 
     /// `--paper-peer fd=N`: the second process. It maps the page, pins itself, then runs whatever row the parent
-    /// announces until told to quit. Its failures go into the page for the parent to report; it prints nothing.
-    static func runPeer(_ how: String, _ options: Options) throws {
+    /// announces until told to quit, then returns. It prints nothing: when it fails, it writes why into the page
+    /// for the parent to report and exits with status 1. Throws only when it was not started by `run` (`how` is
+    /// not `fd=N` naming the parent's shared page).
+    public static func runPeer(_ how: String) throws {
         // The kernel kills us when the parent goes, even in the middle of a busy wait.
         _ = vms_set_parent_death_signal(SIGKILL)
         guard how.hasPrefix("fd="), let fd = Int32(how.dropFirst(3)), fd >= 0 else {
-            throw Failure("--paper-peer is started by --paper (expected fd=N, got \(how))")
+            throw Failure("\(peerOption) is started by --paper (expected fd=N, got \(how))")
         }
         let mapping = try PageMapping.attach(fd)
         defer { withExtendedLifetime(mapping) {} }

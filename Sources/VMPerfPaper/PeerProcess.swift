@@ -1,4 +1,5 @@
 import Glibc
+import VMPerfSupport
 
 /// The second process of `--paper`: a copy of this executable started with `--paper-peer fd=N`.
 enum PeerProcess {
@@ -10,7 +11,7 @@ enum PeerProcess {
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        let words: [String] = ["vmperf", "--paper-peer", "fd=\(fd)"]
+        let words: [String] = ["vmperf", PaperBenchmark.peerOption, "fd=\(fd)"]
         let arguments = words.map { strdup($0) }
         defer { arguments.forEach { free($0) } }
         var argv = arguments + [nil]

@@ -2,7 +2,7 @@ import Foundation
 
 /// A JSON value whose objects keep their keys in the order written, so that `-J` reads like iperf3's (cJSON)
 /// output: `start`, `intervals`, `end`, in that order, tab-indented.
-indirect enum JSON: Equatable {
+public indirect enum JSON: Equatable {
     case object([(String, JSON)])
     case array([JSON])
     case string(String)
@@ -11,12 +11,12 @@ indirect enum JSON: Equatable {
     case bool(Bool)
     case null
 
-    static func == (a: JSON, b: JSON) -> Bool { a.rendered() == b.rendered() }
+    public static func == (a: JSON, b: JSON) -> Bool { a.rendered() == b.rendered() }
 
-    static func int(_ value: Int) -> JSON { .int(Int64(value)) }
+    public static func int(_ value: Int) -> JSON { .int(Int64(value)) }
 
     /// cJSON's layout: one key per line, tabs, arrays of objects spread out.
-    func rendered(indent: Int = 0) -> String {
+    public func rendered(indent: Int = 0) -> String {
         let pad = String(repeating: "\t", count: indent + 1)
         let close = String(repeating: "\t", count: indent)
         switch self {
@@ -39,7 +39,7 @@ indirect enum JSON: Equatable {
         }
     }
 
-    static func quote(_ text: String) -> String {
+    public static func quote(_ text: String) -> String {
         var out = "\""
         for scalar in text.unicodeScalars {
             switch scalar {

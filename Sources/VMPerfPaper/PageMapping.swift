@@ -1,5 +1,6 @@
 import CVMSock
 import Glibc
+import VMPerfSupport
 
 /// Owns the mapping of the shared page (and, in the parent, the memfd until the peer has inherited it).
 ///

@@ -1,5 +1,6 @@
 import CVMSock
 import Glibc
+import VMSock
 
 /// Why a side stopped waiting for the other.
 enum Stop: Error, CustomStringConvertible {
@@ -57,7 +58,7 @@ struct Watchdog {
         // The other side is late: it may be waiting for this very CPU (unpinned, one CPU, or a busy machine).
         // Without this, each turn would wait out a whole scheduler time slice.
         sched_yield()
-        let now = Int64(monotonicNanos())
+        let now = MonotonicClock.nanoseconds()
         if spins == 1 << 16 {
             waitStarted = now
         } else if now - waitStarted > Self.patience * 1_000_000_000 {

@@ -4,12 +4,14 @@ import Foundation
 ///
 /// Written with write(2), not FileHandle: FileHandle.write traps when the reader has gone (`vmperf ... | head`),
 /// and a closed pipe must end us quietly, not with a crash report.
-final class Report: @unchecked Sendable {  // lines come from the interval timer and the main thread, under `lock`
+public final class Report: @unchecked Sendable {  // lines come from the interval timer and the main thread, under `lock`
     private let fd: Int32
     private let lock = NSLock()
-    let json: Bool
+    /// -J: one JSON document at the end instead of lines.
+    public let json: Bool
 
-    init(logfile: String?, json: Bool) throws {
+    /// Output to stdout, or appended to `logfile`; with `json`, lines are dropped and only `document` writes.
+    public init(logfile: String?, json: Bool) throws {
         self.json = json
         guard let logfile else {
             fd = STDOUT_FILENO
@@ -22,13 +24,13 @@ final class Report: @unchecked Sendable {  // lines come from the interval timer
     }
 
     /// A human-readable line; nothing in JSON mode (the document carries everything).
-    func line(_ text: String = "") {
+    public func line(_ text: String = "") {
         guard !json else { return }
         write(text + "\n")
     }
 
     /// The JSON document, printed once at the end.
-    func document(_ value: JSON) {
+    public func document(_ value: JSON) {
         write(value.rendered() + "\n")
     }
 
@@ -43,7 +45,7 @@ final class Report: @unchecked Sendable {  // lines come from the interval timer
     }
 
     /// One message on stderr; if even that fails, there is nobody left to tell.
-    static func standardError(_ text: String) {
+    public static func standardError(_ text: String) {
         _ = writeAll(STDERR_FILENO, text)
     }
 
@@ -62,8 +64,11 @@ final class Report: @unchecked Sendable {  // lines come from the interval timer
 }
 
 /// A failure the user sees as one line, `vmperf: error - <message>` (iperf3's wording), with exit status 1.
-struct Failure: Error, CustomStringConvertible {
-    let message: String
-    init(_ message: String) { self.message = message }
-    var description: String { message }
+public struct Failure: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
 }
+
+/// strerror's text for an errno (the current one unless given).
+public func errorText(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }
