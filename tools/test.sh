@@ -17,6 +17,10 @@ summary=$(grep -E "Executed [0-9]+ tests?, with [0-9]+ failures?" "$log" | tail 
 total=$(echo "$summary" | sed -E 's/.*Executed ([0-9]+) tests?.*/\1/')
 failed=$(echo "$summary" | sed -E 's/.*with ([0-9]+) failures?.*/\1/')
 
+# The documents stay true to the tree: the folder map, the peer-check pointers, the status figures.
+docs_status=0
+tools/check-docs.sh || docs_status=1
+
 interop_status=0
 interop_log=$(mktemp)
 interop/run.sh | tee "$interop_log" || interop_status=1
@@ -55,4 +59,4 @@ if grep -q "vmsock/tcp-" /proc/net/unix 2>/dev/null; then
     left=1
 fi
 echo "tests: $((total - failed)) passed, $failed failed (XCTest); $interop_summary"
-[ "$status" = 0 ] && [ "$failed" = 0 ] && [ "$left" = 0 ] && [ "$interop_status" = 0 ]
+[ "$status" = 0 ] && [ "$failed" = 0 ] && [ "$left" = 0 ] && [ "$interop_status" = 0 ] && [ "$docs_status" = 0 ]

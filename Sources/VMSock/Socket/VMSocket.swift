@@ -69,7 +69,7 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// "shared memory", "TCP", or "TCP (no shared-memory listener)": the transport and, when `auto` chose TCP,
     /// why. What `vmcat -v` prints.
     public var transportDescription: String {
-        guard transport == .tcp, let fallbackReason else { return transport.description }
+        guard let fallbackReason else { return transport.description }  // set only for a TCP connect
         return "TCP (\(fallbackReason))"
     }
 
