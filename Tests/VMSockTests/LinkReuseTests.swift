@@ -29,6 +29,31 @@ final class LinkReuseTests: XCTestCase {
         XCTAssertEqual(TransportStatistics.current.sharedMemoryReused - before, 4)
     }
 
+    /// The async connect takes the same steps as the blocking one (`Connector`), so it reopens a parked link too.
+    func testAsyncConnectReopensTheLink() async throws {
+        let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
+        defer { listener.close() }
+        let thread = try LoopThread()
+        for round in 0..<3 {
+            let before = TransportStatistics.current.sharedMemoryReused
+            try await asyncExchange(listener, on: thread.loop)
+            XCTAssertEqual(TransportStatistics.current.sharedMemoryReused - before, round == 0 ? 0 : 2, "round \(round)")
+            XCTAssertTrue(eventually { VMSocket.idleLinkCount > 0 && listener.parkedLinkCount > 0 }, "not parked")
+        }
+    }
+
+    private func asyncExchange(_ listener: VMListener, on loop: EventLoop) async throws {
+        let accepting = Background { try listener.accept() }
+        let client = try await AsyncSocket.connect(
+            host: "127.0.0.1", port: listener.localAddress.port, options: VMSocketOptions(ringSize: 4096), on: loop)
+        let server = try XCTUnwrap(accepting.wait(timeout: 10)).get()
+        XCTAssertEqual(client.socket.transport, .sharedMemory)
+        try await client.writeAll([1, 2, 3])
+        XCTAssertEqual(try server.readExactly(3), [1, 2, 3])
+        client.socket.close()
+        server.close()
+    }
+
     /// Either side can refuse: then every connection makes its own link, and nothing is kept.
     func testEitherSideCanTurnReuseOff() throws {
         for (clientReuses, listenerReuses) in [(false, true), (true, false)] {

@@ -22,9 +22,17 @@ final class ConnectionsListener {
             throw Failure("unable to start the listener process (\(process.executableURL!.path)): \(error)")
         }
         try? portPipe.fileHandleForWriting.close()
-        // One line, the port; end of file first means it failed (its message is on stderr).
+        // One line, the port; end of file first means it failed (its message is on stderr). A listener that
+        // says nothing for 10 s is stuck: we give up on it rather than wait for ever.
         var text = ""
+        let deadline = Date().addingTimeInterval(10)
         while !text.hasSuffix("\n") {
+            var pfd = pollfd(fd: portPipe.fileHandleForReading.fileDescriptor, events: Int16(POLLIN), revents: 0)
+            let left = Int32(max(0, deadline.timeIntervalSinceNow * 1000))
+            if poll(&pfd, 1, left) <= 0 {  // nothing yet, or a signal
+                if Date() >= deadline { break }
+                continue
+            }
             let data = portPipe.fileHandleForReading.availableData
             if data.isEmpty { break }
             text += String(decoding: data, as: UTF8.self)
