@@ -18,6 +18,7 @@ public enum MonotonicClock {
     /// Nanoseconds since an arbitrary point in the past (boot), never going back and not moved by changes to the
     /// wall clock. Read through the vDSO: no system call. The corresponding C call is
     /// `clock_gettime(CLOCK_MONOTONIC)`.
+    @inlinable
     public static func nanoseconds() -> Int64 {
         monotonicNanos()
     }

@@ -37,8 +37,8 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// What the set-up layer asked to run once this socket is gone (park the link for reuse).
     private let onRelease: (@Sendable () -> Void)?
 
-    /// How this connection carries its bytes.
-    public var transport: Transport { engine.transport }
+    /// How this connection carries its bytes. Stored, not asked of the engine: callers test it per write.
+    public let transport: Transport
     /// Why a connect that could have used shared memory uses TCP; nil over shared memory and for accepted sockets.
     public let fallbackReason: FallbackReason?
     /// What went wrong on the way to shared memory, in words, when `fallbackReason` is one that has a story
@@ -53,6 +53,7 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
 
     init(_ connection: Connection) {
         engine = connection.engine
+        transport = connection.engine.transport
         fastPath = (connection.engine as? SharedMemoryStream).map { Unmanaged.passUnretained($0) }
         onRelease = connection.onRelease
         localAddress = connection.local
