@@ -171,6 +171,9 @@ enum ControlSocket {
     static func receiveIfReady(_ fd: Int32) throws(VMSockError) -> Received? {
         do throws(VMSockError) { return try receiveReady(fd) } catch {
             if error.code == EAGAIN { return nil }
+            // A peer that closed with our message unread resets the socket, and the reset is reported once,
+            // ahead of the messages it sent before closing (a reject saying why): look once more for those.
+            if error.code == ECONNRESET, let queued = try? receiveReady(fd), !queued.bytes.isEmpty { return queued }
             throw error
         }
     }

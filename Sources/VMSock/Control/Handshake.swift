@@ -86,7 +86,7 @@ enum Handshake {
     /// The connector's first step: makes our region and bells and sends them in a hello. Never waits (a fresh
     /// control socket has room for one message).
     static func sendHello(
-        _ control: Descriptor, dialed: IPEndpoint, capacity: Int, reusable: Bool = false
+        _ control: Descriptor, dialed: IPEndpoint, address: ControlAddress, capacity: Int, reusable: Bool = false
     ) throws(VMSockError) -> HelloSent {
         let mine: LocalHalf
         do throws(VMSockError) { mine = try LocalHalf.take(capacity: capacity) } catch {
@@ -95,7 +95,19 @@ enum Handshake {
         let hello = HandshakeMessage(
             kind: .hello, ringCapacity: UInt32(capacity), dialed: dialed, ordering: Membarrier.offered,
             reusable: reusable)
-        try ControlSocket.send(control.raw, hello.encoded(), descriptors: mine.descriptors)
+        do throws(VMSockError) {
+            try ControlSocket.send(control.raw, hello.encoded(), descriptors: mine.descriptors)
+        } catch where error.code == ECONNRESET {
+            // A listener checks who we are when it takes us in, and one whose policy does not admit us sends a
+            // reject and closes, maybe before our hello goes. The reject is still queued for us, and it says
+            // why (its policy) where the hang-up alone would say only that the handshake failed.
+            if let reply = try? ControlSocket.receiveIfReady(control.raw), let message = try? decode(reply, from: "listener"),
+                message.kind == .reject
+            {
+                throw refusal(message, address: address)
+            }
+            throw error
+        }
         return HelloSent(mine: mine, dialed: dialed, reusable: reusable)
     }
 
@@ -111,18 +123,7 @@ enum Handshake {
         switch message.kind {
         case .welcome: break
         case .reject:
-            let reason = HandshakeMessage.RejectReason(rawValue: message.rejectReason).map { "\($0)" }
-                ?? "reason \(message.rejectReason)"
-            let detail = message.rejectReason == HandshakeMessage.RejectReason.versionMismatch.rawValue
-                ? " (listener speaks protocol \(message.version), we speak \(HandshakeMessage.protocolVersion))" : ""
-            let fallback: FallbackReason = switch HandshakeMessage.RejectReason(rawValue: message.rejectReason) {
-            case .versionMismatch: .versionMismatch
-            case .notPermitted: .refusedByListener
-            case .outOfResources: .outOfResources
-            case .badRequest, nil: .handshakeFailed
-            }
-            throw VMSockError(code: ECONNREFUSED, "the listener at \(address) refused the connection: \(reason)\(detail)")
-                .because(fallback)
+            throw refusal(message, address: address)
         case .hello, .reopen:
             throw .protocolFault("listener answered the handshake with a \(message.kind)")
         }
@@ -138,6 +139,22 @@ enum Handshake {
             dataBell: mine.dataBell, spaceBell: mine.spaceBell,
             peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: sent.dialed,
             ordering: agreed(message.ordering), reusable: sent.reusable && message.reusable)
+    }
+
+    /// The error for a listener's reject, with the fallback reason its reject reason gives.
+    private static func refusal(_ message: HandshakeMessage, address: ControlAddress) -> VMSockError {
+        let reason = HandshakeMessage.RejectReason(rawValue: message.rejectReason).map { "\($0)" }
+            ?? "reason \(message.rejectReason)"
+        let detail = message.rejectReason == HandshakeMessage.RejectReason.versionMismatch.rawValue
+            ? " (listener speaks protocol \(message.version), we speak \(HandshakeMessage.protocolVersion))" : ""
+        let fallback: FallbackReason = switch HandshakeMessage.RejectReason(rawValue: message.rejectReason) {
+        case .versionMismatch: .versionMismatch
+        case .notPermitted: .refusedByListener
+        case .outOfResources: .outOfResources
+        case .badRequest, nil: .handshakeFailed
+        }
+        return VMSockError(code: ECONNREFUSED, "the listener at \(address) refused the connection: \(reason)\(detail)")
+            .because(fallback)
     }
 
     /// The listener's side, first step, on a control socket just accepted: checks who connected (SO_PEERCRED).

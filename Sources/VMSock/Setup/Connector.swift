@@ -201,7 +201,8 @@ struct Connector {
                 return nil
             }
             let hello = try Handshake.sendHello(
-                control, dialed: attempt.destination, capacity: options.ringSize, reusable: options.reusesLinks)
+                control, dialed: attempt.destination, address: attempt.address, capacity: options.ringSize,
+                reusable: options.reusesLinks)
             state = .awaitingWelcome(attempt, hello, control: control, peer: peer, until: deadline)
             return .wait(PollInterest(descriptor: control.raw, events: Int16(POLLIN)), until: deadline, spinFirst: true)
         } catch {
