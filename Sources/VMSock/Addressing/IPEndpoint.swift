@@ -40,7 +40,7 @@ public struct IPEndpoint: Sendable, Hashable, CustomStringConvertible {
         addressBytes.withUnsafeBytes { bytes in
             _ = inet_ntop(family == .v4 ? AF_INET : AF_INET6, bytes.baseAddress, &text, socklen_t(text.count))
         }
-        return String(cString: text)
+        return String(decoding: text.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// "127.0.0.1:7000", "[::1]:7000".
@@ -81,23 +81,27 @@ public struct IPEndpoint: Sendable, Hashable, CustomStringConvertible {
     var socketFamily: Int32 { family == .v4 ? AF_INET : AF_INET6 }
 
     /// Calls `body` with this endpoint as a `sockaddr` and its length.
-    func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+    func withSockaddr<R, E: Error>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(E) -> R) throws(E) -> R {
         switch family {
         case .v4:
             var addr = sockaddr_in()
             addr.sin_family = sa_family_t(AF_INET)
             addr.sin_port = port.bigEndian
             withUnsafeMutableBytes(of: &addr.sin_addr) { $0.copyBytes(from: addressBytes) }
-            return withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            return try withUnsafePointer(to: &addr) { (pointer) throws(E) -> R in
+                try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { (address) throws(E) -> R in
+                    try body(address, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
             }
         case .v6:
             var addr = sockaddr_in6()
             addr.sin6_family = sa_family_t(AF_INET6)
             addr.sin6_port = port.bigEndian
             withUnsafeMutableBytes(of: &addr.sin6_addr) { $0.copyBytes(from: addressBytes) }
-            return withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+            return try withUnsafePointer(to: &addr) { (pointer) throws(E) -> R in
+                try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { (address) throws(E) -> R in
+                    try body(address, socklen_t(MemoryLayout<sockaddr_in6>.size))
+                }
             }
         }
     }
@@ -119,15 +123,12 @@ public struct IPEndpoint: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    /// `getsockname` (local) or `getpeername` (peer) of a socket.
+    /// `getsockname` (local) or `getpeername` (peer) of a socket; nil when the call fails (a peer that already
+    /// reset the connection: ENOTCONN) or the address is not IPv4 or IPv6.
     static func of(_ fd: Int32, peer: Bool) -> IPEndpoint? {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        return withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { addr -> IPEndpoint? in
-                let result = peer ? getpeername(fd, addr, &length) : getsockname(fd, addr, &length)
-                return result == 0 ? IPEndpoint(UnsafePointer(addr)) : nil
-            }
+        guard var storage = try? (peer ? Sys.peerAddress(fd) : Sys.localAddress(fd)) else { return nil }
+        return withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { IPEndpoint($0) }
         }
     }
 }

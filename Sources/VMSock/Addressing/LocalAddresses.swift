@@ -31,25 +31,21 @@ enum LocalAddresses {
         return fresh
     }
 
+    /// The addresses of this namespace's interfaces. None when getifaddrs fails (out of memory, no netlink): then
+    /// only loopback counts as local, and `auto` uses TCP for the rest, as for a remote host.
     private static func read() -> Set<[UInt8]> {
-        var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0, let list else { return [] }
-        defer { freeifaddrs(list) }
         var found: Set<[UInt8]> = []
-        var entry: UnsafeMutablePointer<ifaddrs>? = list
-        while let current = entry {
-            if let address = current.pointee.ifa_addr, let endpoint = IPEndpoint(UnsafePointer(address)) {
-                found.insert(endpoint.addressBytes)
+        do {
+            try Sys.forEachInterfaceAddress { address in
+                if let endpoint = IPEndpoint(address) { found.insert(endpoint.addressBytes) }
             }
-            entry = current.pointee.ifa_next
+        } catch {
+            return []
         }
         return found
     }
 
     /// The inode of this process's network namespace: it tells namespaces apart in a registry directory that
     /// several of them share.
-    static let networkNamespace: UInt64 = {
-        var info = stat()
-        return stat("/proc/self/ns/net", &info) == 0 ? UInt64(info.st_ino) : 0
-    }()
+    static let networkNamespace: UInt64 = UInt64(Sys.inode(of: "/proc/self/ns/net") ?? 0)
 }

@@ -15,21 +15,12 @@ enum Resolver {
         var hints = addrinfo()
         hints.ai_family = family.map { $0 == .v4 ? AF_INET : AF_INET6 } ?? AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        var list: UnsafeMutablePointer<addrinfo>?
-        let status = getaddrinfo(host, nil, &hints, &list)
-        guard status == 0, let list else {
-            let why = status == EAI_SYSTEM ? String(cString: strerror(errno)) : String(cString: gai_strerror(status))
-            throw VMSockError(code: EINVAL, "cannot resolve host '\(host)': \(why)")
-        }
-        defer { freeaddrinfo(list) }
         var found: [IPEndpoint] = []
-        var entry: UnsafeMutablePointer<addrinfo>? = list
-        while let current = entry {
-            if let address = current.pointee.ai_addr, let endpoint = IPEndpoint(UnsafePointer(address)) {
+        try Sys.resolve(host, hints: hints) { address in
+            if let endpoint = IPEndpoint(address) {
                 let withPort = endpoint.with(port: port)
                 if !found.contains(withPort) { found.append(withPort) }
             }
-            entry = current.pointee.ai_next
         }
         guard !found.isEmpty else { throw VMSockError(code: EINVAL, "host '\(host)' has no IP address") }
         return found

@@ -32,25 +32,20 @@ enum ControlSocket {
     }
 
     static func makeSocket() throws(VMSockError) -> Descriptor {
-        Descriptor(try Sys.check("socket(AF_UNIX, SOCK_SEQPACKET)") {
-            socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        })
+        let type = Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        return try Sys.socket(AF_UNIX, type, "socket(AF_UNIX, SOCK_SEQPACKET)")
     }
 
     static func listen(_ address: ControlAddress, backlog: Int32) throws(VMSockError) -> Descriptor {
         let fd = try makeSocket()
-        var (addr, length) = try socketAddress(address)
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd.raw, $0, length) }
-        }
-        if bound != 0 {
-            let code = errno
-            if code == EADDRINUSE {
-                throw VMSockError(code: code, "\(address) is already bound by another socket")
+        do {
+            try withSocketAddress(address) { (addr, length) throws(VMSockError) in
+                try Sys.bind(fd.raw, addr, length, "bind(\(address))")
             }
-            throw VMSockError.system("bind(\(address))", errno: code)
+        } catch where error.code == EADDRINUSE {
+            throw VMSockError(code: EADDRINUSE, "\(address) is already bound by another socket")
         }
-        try Sys.check("listen(\(address))") { Glibc.listen(fd.raw, backlog) }
+        try Sys.listen(fd.raw, backlog: backlog, "listen(\(address))")
         return fd
     }
 
@@ -58,10 +53,8 @@ enum ControlSocket {
     /// would otherwise keep connect blocked for good).
     static func connect(_ address: ControlAddress, timeoutMs: Int32) throws(VMSockError) -> Descriptor {
         let fd = try makeSocket()
-        var limit = timeval(tv_sec: Int(timeoutMs / 1000), tv_usec: Int(timeoutMs % 1000) * 1000)
-        try Sys.check("setsockopt(SO_SNDTIMEO)") {
-            setsockopt(fd.raw, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-        }
+        let limit = timeval(tv_sec: Int(timeoutMs / 1000), tv_usec: Int(timeoutMs % 1000) * 1000)
+        try Sys.setOption(fd.raw, SOL_SOCKET, SO_SNDTIMEO, limit, "setsockopt(SO_SNDTIMEO)")
         if try !connectCall(fd.raw, address) {
             throw VMSockError(code: ETIMEDOUT, "\(address) did not accept within \(timeoutMs) ms (its backlog is full)")
         }
@@ -82,27 +75,29 @@ enum ControlSocket {
     /// The connect call itself. Returns false when the listener's backlog is full (EAGAIN; a blocking socket says
     /// so once its send timeout passes); nobody listening is ECONNREFUSED.
     private static func connectCall(_ fd: Int32, _ address: ControlAddress) throws(VMSockError) -> Bool {
-        var (addr, length) = try socketAddress(address)
-        let result = Sys.retryingEINTR {
-            withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) }
-            }
+        do {
+            return try withSocketAddress(address) { (addr, length) throws(VMSockError) in
+                try Sys.connect(fd, addr, length, "connect(\(address))")
+            } == .connected
+        } catch where error.code == ECONNREFUSED || error.code == ENOENT {
+            throw VMSockError(code: ECONNREFUSED, "nothing listens on \(address)")
         }
-        if result == 0 { return true }
-        let code = errno
-        switch code {
-        case ECONNREFUSED, ENOENT: throw VMSockError(code: ECONNREFUSED, "nothing listens on \(address)")
-        case EAGAIN, EINPROGRESS: return false
-        default: throw VMSockError.system("connect(\(address))", errno: code)
+    }
+
+    /// Calls `body` with `address` as a `sockaddr` and its length.
+    private static func withSocketAddress<R>(
+        _ address: ControlAddress, _ body: (UnsafePointer<sockaddr>, socklen_t) throws(VMSockError) -> R
+    ) throws(VMSockError) -> R {
+        var (addr, length) = try socketAddress(address)
+        return try withUnsafePointer(to: &addr) { (pointer) throws(VMSockError) -> R in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { (addr) throws(VMSockError) -> R in
+                try body(addr, length)
+            }
         }
     }
 
     static func peerCredentials(_ fd: Int32) throws(VMSockError) -> PeerCredentials {
-        var pid: pid_t = 0
-        var uid: uid_t = 0
-        var gid: gid_t = 0
-        try Sys.check("getsockopt(SO_PEERCRED)") { vms_peer_credentials(fd, &pid, &uid, &gid) }
-        return PeerCredentials(pid: pid, uid: uid, gid: gid)
+        try Sys.peerCredentials(fd)
     }
 
     /// Sends one message, with `descriptors` attached by SCM_RIGHTS. Never raises SIGPIPE.
@@ -110,7 +105,7 @@ enum ControlSocket {
         let controlLength = descriptors.isEmpty ? 0 : vms_cmsg_space(descriptors.count * MemoryLayout<Int32>.size)
         var control = [UInt8](repeating: 0, count: max(controlLength, 1))
         var payload = bytes
-        let sent = payload.withUnsafeMutableBytes { data in
+        let outcome = payload.withUnsafeMutableBytes { data in
             control.withUnsafeMutableBytes { control in
                 var iov = iovec(iov_base: data.baseAddress, iov_len: data.count)
                 return withUnsafeMutablePointer(to: &iov) { iovPointer in
@@ -129,16 +124,17 @@ enum ControlSocket {
                             slot.storeBytes(of: d, toByteOffset: i * MemoryLayout<Int32>.size, as: Int32.self)
                         }
                     }
-                    return Sys.retryingEINTR { sendmsg(fd, &msg, Int32(MSG_NOSIGNAL)) }
+                    return Result { () throws(VMSockError) in
+                        try Sys.sendMessage(fd, &msg, Int32(MSG_NOSIGNAL), "sendmsg(control)")
+                    }
                 }
             }
         }
-        if sent < 0 {
-            let code = errno
-            if code == EPIPE || code == ECONNRESET {
-                throw VMSockError(code: ECONNRESET, "peer closed the control socket during the handshake")
-            }
-            throw VMSockError.system("sendmsg(control)", errno: code)
+        let sent: Int
+        do {
+            sent = try outcome.get()
+        } catch where error.code == EPIPE || error.code == ECONNRESET {
+            throw VMSockError(code: ECONNRESET, "peer closed the control socket during the handshake")
         }
         guard sent == bytes.count else { throw .protocolFault("short send of a handshake message") }
     }
@@ -154,7 +150,7 @@ enum ControlSocket {
     static func spinUntilReadable(_ fd: Int32, nanoseconds: Int64) {
         guard nanoseconds > 0 else { return }
         let end = monotonicNanos() &+ nanoseconds
-        while (try? Sys.isReady(fd, Int16(POLLIN))) == false && monotonicNanos() < end { sched_yield() }
+        while (try? Sys.isReady(fd, Int16(POLLIN))) == false && monotonicNanos() < end { Sys.yield() }
     }
 
     /// Receives one message, waiting at most `timeoutMs`. Room is left for more bytes and descriptors than any
@@ -186,7 +182,7 @@ enum ControlSocket {
         var control = [UInt8](repeating: 0, count: controlLength)
         var data = [UInt8](repeating: 0, count: HandshakeMessage.size * 4)
         var msg = msghdr()
-        let count = data.withUnsafeMutableBytes { data in
+        let outcome = data.withUnsafeMutableBytes { data in
             control.withUnsafeMutableBytes { control in
                 var iov = iovec(iov_base: data.baseAddress, iov_len: data.count)
                 return withUnsafeMutablePointer(to: &iov) { iovPointer in
@@ -194,14 +190,18 @@ enum ControlSocket {
                     msg.msg_iovlen = 1
                     msg.msg_control = control.baseAddress
                     msg.msg_controllen = controlLength
-                    return Sys.retryingEINTR { recvmsg(fd, &msg, Int32(MSG_CMSG_CLOEXEC) | Int32(MSG_DONTWAIT)) }
+                    return Result { () throws(VMSockError) in
+                        let flags = Int32(MSG_CMSG_CLOEXEC) | Int32(MSG_DONTWAIT)
+                        return try Sys.receiveMessage(fd, &msg, flags, "recvmsg(control)")
+                    }
                 }
             }
         }
-        if count < 0 {
-            let code = errno
-            if code == ECONNRESET { throw VMSockError(code: ECONNRESET, "peer reset the control socket during the handshake") }
-            throw VMSockError.system("recvmsg(control)", errno: code)
+        let count: Int
+        do {
+            count = try outcome.get()
+        } catch where error.code == ECONNRESET {
+            throw VMSockError(code: ECONNRESET, "peer reset the control socket during the handshake")
         }
         var descriptors: [Descriptor] = []
         control.withUnsafeMutableBytes { control in

@@ -20,11 +20,11 @@ struct EstablishedLink {
     /// Whether both sides agreed to keep the link for another connection once this one is closed (`LinkReuse`).
     let reusable: Bool
     /// The process that made the link.
-    let creator = getpid()
+    let creator = Sys.processID()
 
     /// Whether this process made the link. A forked child shares the parent's rings, so it must never park,
     /// reopen or answer a reopen of a link: every place a link changes hands asks this.
-    var isOwnedByThisProcess: Bool { getpid() == creator }
+    var isOwnedByThisProcess: Bool { Sys.processID() == creator }
 }
 
 /// Our half of a connection before the peer has seen it: the region and bells we are about to pass.

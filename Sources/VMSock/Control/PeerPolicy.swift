@@ -17,7 +17,7 @@ public enum PeerPolicy: Sendable, Equatable {
     case anyUser
 
     public func admits(_ peer: PeerCredentials) -> Bool {
-        if peer.uid == 0 || peer.uid == getuid() { return true }
+        if peer.uid == 0 || peer.uid == Sys.userID() { return true }
         switch self {
         case .sameUser: return false
         case .users(let uids): return uids.contains(peer.uid)

@@ -27,8 +27,7 @@ public enum TransportPolicy: String, Sendable, CaseIterable {
     public static let processDefault: TransportPolicy = {
         guard let raw = getenv("VMSOCK_TRANSPORT").map({ String(cString: $0) }), !raw.isEmpty else { return .auto }
         if let policy = TransportPolicy(rawValue: raw.lowercased()) { return policy }
-        let warning = Array("vmsock: ignoring VMSOCK_TRANSPORT=\(raw): use auto, shm or tcp\n".utf8)
-        _ = warning.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+        Sys.writeToStandardError("vmsock: ignoring VMSOCK_TRANSPORT=\(raw): use auto, shm or tcp\n")
         return .auto
     }()
 }

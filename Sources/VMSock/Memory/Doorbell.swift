@@ -26,13 +26,10 @@ final class Doorbell: @unchecked Sendable {  // immutable after init
 
     /// A new bell of our own.
     static func create() throws(VMSockError) -> Doorbell {
-        var ends: [Int32] = [-1, -1]
         let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
-        try Sys.check("socketpair(doorbell)") { socketpair(AF_UNIX, type, 0, &ends) }
-        let receiver = Descriptor(ends[0])
-        let sender = Descriptor(ends[1])
+        let (receiver, sender) = try Sys.socketPair(type, "socketpair(doorbell)")
         // Nothing travels the other way; refuse it, so the peer cannot fill a buffer we never read.
-        Glibc.shutdown(receiver.raw, Int32(SHUT_WR))
+        try Sys.shutdown(receiver.raw, Int32(SHUT_WR), "shutdown(doorbell, SHUT_WR)")
         return Doorbell(receiver: receiver, sender: sender)
     }
 
@@ -57,11 +54,15 @@ final class Doorbell: @unchecked Sendable {  // immutable after init
 
     private static let sinkSize = 64
 
-    /// One non-blocking receive of up to `sinkSize` rings: how many, 0 at end of stream, -1 for none (or error).
+    /// One non-blocking receive of up to `sinkSize` rings: how many, 0 at end of stream, -1 for none (EAGAIN) or
+    /// an error. An error counts as no ring: nothing is lost by it, because every caller re-checks the ring after
+    /// draining, and a dead peer shows on the control socket that every sleeper polls too.
     @inline(__always)
     private func receive() -> Int {
         var sink = (UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-        return withUnsafeMutableBytes(of: &sink) { recv(receiver.raw, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        return withUnsafeMutableBytes(of: &sink) {
+            Sys.receive(receiver.raw, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT))
+        }
     }
 }
 
@@ -73,12 +74,10 @@ final class PeerBell: @unchecked Sendable {  // immutable after init
 
     /// Adopts a bell the peer sent us, after checking that it is what a bell must be: a Unix stream socket.
     static func adopt(_ descriptor: Descriptor) throws(VMSockError) -> PeerBell {
-        var type: Int32 = 0
-        var domain: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        let isSocket = getsockopt(descriptor.raw, SOL_SOCKET, SO_TYPE, &type, &length) == 0
-            && getsockopt(descriptor.raw, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0
-        guard isSocket, type == Int32(SOCK_STREAM.rawValue), domain == AF_UNIX else {
+        // Either getsockopt failing (ENOTSOCK) means it is no socket at all.
+        let type = try? Sys.getOption(descriptor.raw, SOL_SOCKET, SO_TYPE, Int32(0), "getsockopt(SO_TYPE)")
+        let domain = try? Sys.getOption(descriptor.raw, SOL_SOCKET, SO_DOMAIN, Int32(0), "getsockopt(SO_DOMAIN)")
+        guard type == Int32(SOCK_STREAM.rawValue), domain == AF_UNIX else {
             throw .protocolFault("peer sent a doorbell that is not a Unix stream socket (\(Sys.describe(descriptor.raw)))")
         }
         return PeerBell(descriptor)
@@ -88,11 +87,8 @@ final class PeerBell: @unchecked Sendable {  // immutable after init
     @inline(__always)
     func ring() { Self.send(sender.raw) }
 
-    /// Sends one byte without ever blocking or raising SIGPIPE. A full buffer already means "wake up", and a
-    /// closed peer learns nothing more: both failures are meant to be ignored.
+    /// Sends one byte without ever blocking or raising SIGPIPE (`Sys.sendWakeUp`). A full buffer already means
+    /// "wake up", and a closed peer learns nothing more: both failures are meant to be ignored.
     @inline(__always)
-    static func send(_ fd: Int32) {
-        var byte: UInt8 = 1
-        _ = Glibc.send(fd, &byte, 1, Int32(MSG_DONTWAIT) | Int32(MSG_NOSIGNAL))
-    }
+    static func send(_ fd: Int32) { Sys.sendWakeUp(fd) }
 }

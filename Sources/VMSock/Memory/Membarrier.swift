@@ -9,13 +9,14 @@ enum Membarrier {
     /// when `VMSOCK_FENCED=1` asks for fenced connections (for measuring the difference).
     static let isRegistered: Bool = {
         if let forced = getenv("VMSOCK_FENCED"), String(cString: forced) == "1" { return false }
-        return vms_membarrier_register_global() == 0
+        // Refused (ENOSYS, EINVAL, EPERM: an old kernel or a seccomp filter): this process's connections are fenced.
+        return (try? Sys.registerGlobalMembarrier()) != nil
     }()
 
     /// What this process offers in a handshake.
     static var offered: WakeUpOrdering { isRegistered ? .asymmetric : .fenced }
 
-    /// A full barrier on every core running a registered process. Once registered, the kernel does not fail it.
+    /// A full barrier on every core running a registered process (`Sys.globalMembarrier`).
     @inline(__always)
-    static func barrier() { _ = vms_membarrier_global() }
+    static func barrier() { Sys.globalMembarrier() }
 }

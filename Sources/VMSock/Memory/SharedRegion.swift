@@ -24,7 +24,7 @@ final class SharedRegion: @unchecked Sendable {  // immutable after init; the ma
         self.mappedLength = RingLayout.headerSize + 2 * capacity
     }
 
-    deinit { munmap(base, mappedLength) }
+    deinit { Sys.unmap(base, mappedLength) }
 
     /// Checks a ring size a caller asked for: EINVAL, with the valid range, unless `RingLayout.isValid`.
     static func checkCapacity(_ capacity: Int) throws(VMSockError) {
@@ -40,13 +40,13 @@ final class SharedRegion: @unchecked Sendable {  // immutable after init; the ma
     /// - Returns: the mapping and the memfd to pass to the peer.
     static func create(capacity: Int) throws(VMSockError) -> (SharedRegion, Descriptor) {
         try checkCapacity(capacity)
-        let fd = Descriptor(try Sys.check("memfd_create") { vms_memfd_create("vmsock-ring", VMS_MFD_CLOEXEC | VMS_MFD_ALLOW_SEALING) })
+        let fd = try Sys.memfdCreate("vmsock-ring", flags: VMS_MFD_CLOEXEC | VMS_MFD_ALLOW_SEALING)
         let size = RingLayout.regionSize(capacity: capacity)
-        try Sys.check("ftruncate(memfd, \(size))") { ftruncate(fd.raw, off_t(size)) }
+        try Sys.truncate(fd.raw, to: size, "ftruncate(memfd, \(size))")
         let region = try map(fd: fd.raw, capacity: capacity, writable: true)
         LocalHeader(base: region.base).initialize(capacity: capacity)
         let seals = VMS_F_SEAL_GROW | VMS_F_SEAL_SHRINK | VMS_F_SEAL_FUTURE_WRITE | VMS_F_SEAL_SEAL
-        try Sys.check("fcntl(F_ADD_SEALS)") { fcntl(fd.raw, VMS_F_ADD_SEALS, seals) }
+        try Sys.addSeals(fd.raw, seals)
         return (region, fd)
     }
 
@@ -56,14 +56,14 @@ final class SharedRegion: @unchecked Sendable {  // immutable after init; the ma
         guard RingLayout.isValid(capacity: capacity) else {
             throw .protocolFault("peer announced ring size \(capacity), which is not a power of two in 4 KiB...64 MiB")
         }
-        let seals = fcntl(fd, VMS_F_GET_SEALS)
-        guard seals >= 0 else { throw .protocolFault("peer's ring memory is not a memfd (F_GET_SEALS failed)") }
+        guard let seals = try? Sys.seals(fd) else {
+            throw .protocolFault("peer's ring memory is not a memfd (F_GET_SEALS failed)")
+        }
         let required = VMS_F_SEAL_GROW | VMS_F_SEAL_SHRINK
         guard seals & required == required else {
             throw .protocolFault("peer's ring memory is not sealed against resizing (seals 0x\(String(seals, radix: 16)))")
         }
-        var info = stat()
-        try Sys.check("fstat(peer memfd)") { fstat(fd, &info) }
+        let info = try Sys.fileStatus(fd, "fstat(peer memfd)")
         let expected = RingLayout.regionSize(capacity: capacity)
         guard (info.st_mode & S_IFMT) == S_IFREG, Int(info.st_size) == expected else {
             throw .protocolFault("peer's ring memory has size \(info.st_size), expected \(expected)")
@@ -83,13 +83,14 @@ final class SharedRegion: @unchecked Sendable {  // immutable after init; the ma
         let header = RingLayout.headerSize
         let total = header + 2 * capacity
         let protection = writable ? PROT_READ | PROT_WRITE : PROT_READ
-        guard let base = mmap(nil, total, protection, MAP_SHARED, fd, 0), base != MAP_FAILED else {
-            throw .system("mmap(ring memory, \(total) bytes)")
-        }
-        let second = mmap(base + header + capacity, capacity, protection, MAP_SHARED | MAP_FIXED, fd, off_t(header))
-        guard second != MAP_FAILED else {
-            let error = VMSockError.system("mmap(ring memory, second view)")
-            munmap(base, total)
+        let base = try Sys.map(
+            at: nil, total, protection, MAP_SHARED, fd, offset: 0, "mmap(ring memory, \(total) bytes)")
+        do {
+            _ = try Sys.map(
+                at: base + header + capacity, capacity, protection, MAP_SHARED | MAP_FIXED, fd, offset: header,
+                "mmap(ring memory, second view)")
+        } catch {
+            Sys.unmap(base, total)
             throw error
         }
         return SharedRegion(base: base, capacity: capacity)

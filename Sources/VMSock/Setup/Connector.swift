@@ -231,7 +231,7 @@ struct Connector {
     ) throws(VMSockError) -> Step? {
         let (socket, inProgress) = try TCPCalls.startConnect(destination)
         guard inProgress else {
-            TCPCalls.setNoDelay(socket.raw)
+            try TCPCalls.setNoDelay(socket.raw)
             return .connected(.tcp(socket, peer: destination, fallback: fallback, detail: detail))
         }
         state = .tcp(socket, to: destination, fallback: fallback, detail: detail,

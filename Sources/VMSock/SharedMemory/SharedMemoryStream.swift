@@ -88,10 +88,10 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
 
     /// A level-triggered epoll set that polls readable when any of `fds` does (or hangs up).
     private static func epollSet(_ fds: Int32...) throws(VMSockError) -> Descriptor {
-        let set = Descriptor(try Sys.check("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) })
+        let set = try Sys.epollCreate()
         for fd in fds {
-            var event = epoll_event(events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue, data: epoll_data_t(fd: fd))
-            try Sys.check("epoll_ctl") { epoll_ctl(set.raw, EPOLL_CTL_ADD, fd, &event) }
+            let events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue
+            try Sys.epollControl(set.raw, EPOLL_CTL_ADD, fd, events: events, data: UInt64(UInt32(bitPattern: fd)))
         }
         return set
     }
@@ -348,7 +348,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
                 let limit = end ?? min(deadline.nanoseconds, now &+ budget)
                 if now >= limit { return false }
                 end = limit
-                sched_yield()
+                Sys.yield()
             }
             vms_cpu_relax()
         }
@@ -372,13 +372,12 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     /// the peer is gone (closed, exited, or killed); any message, even an empty one, means it broke the protocol.
     private func controlSaysPeerGone() throws(VMSockError) -> Bool {
         if state.load(ordering: .relaxed) & State.peerGone != 0 { return true }
-        var pfd = pollfd(fd: link.control.raw, events: Int16(POLLIN) | Int16(VMS_POLLRDHUP), revents: 0)
-        guard Glibc.poll(&pfd, 1, 0) == 1 else { return false }
-        if pfd.revents & (Int16(POLLHUP) | Int16(VMS_POLLRDHUP) | Int16(POLLERR)) != 0 {
+        let revents = try Sys.poll(link.control.raw, Int16(POLLIN) | Int16(VMS_POLLRDHUP), timeoutMs: 0)
+        if revents & (Int16(POLLHUP) | Int16(VMS_POLLRDHUP) | Int16(POLLERR)) != 0 {
             markPeerGone()
             return true
         }
-        if pfd.revents & Int16(POLLIN) != 0 {
+        if revents & Int16(POLLIN) != 0 {
             throw tearDown(.protocolFault("peer sent a message on the control socket after the handshake"))
         }
         return false
@@ -470,7 +469,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         guard link.reusable else {
             // No doorbells: every sleeper, ours and the peer's, polls the control socket too, and shutting it
             // down wakes them all (our end hangs up, and so does the peer's). Four sends fewer per close.
-            Glibc.shutdown(link.control.raw, Int32(SHUT_RDWR))
+            Sys.shutdown(link.control.raw)
             return
         }
         // The link is kept for reuse, so its control socket stays up: ring instead. The peer only if it sleeps
@@ -512,7 +511,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         if before & State.broken == 0 {
             local.addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
             wakeEveryone()
-            Glibc.shutdown(link.control.raw, Int32(SHUT_RDWR))
+            Sys.shutdown(link.control.raw)
         }
         return error
     }

@@ -22,7 +22,7 @@ enum SpinPolicy {
         guard let text = getenv("VMSOCK_SPIN_US").map({ String(cString: $0) }) else { return builtInMicroseconds }
         guard let value = Int(text), value >= 0, value <= maximumMicroseconds else {
             let warning = "vmsock: ignoring VMSOCK_SPIN_US=\(text): want microseconds from 0 to \(maximumMicroseconds)\n"
-            _ = warning.withCString { write(2, $0, strlen($0)) }
+            Sys.writeToStandardError(warning)
             return builtInMicroseconds
         }
         return value

@@ -50,23 +50,22 @@ extension VMSocket {
     /// Receives one message; the returned descriptors are owned by the caller.
     public static func receive(_ fd: Int32, timeoutMs: Int32) throws(VMSockError) -> (bytes: [UInt8], descriptors: [Int32]) {
         let received = try ControlSocket.receive(fd, timeoutMs: timeoutMs)
-        return (received.bytes, received.descriptors.map { dup($0.raw) })
+        return (received.bytes, received.descriptors.map { (try? Sys.duplicate($0.raw))?.release() ?? -1 })
     }
 
     /// A correctly made, sealed ring region memfd of `capacity` bytes; the caller owns the descriptor.
     public static func makeRegion(capacity: Int) throws(VMSockError) -> Int32 {
         let (_, fd) = try SharedRegion.create(capacity: capacity)
-        return dup(fd.raw)
+        return try Sys.duplicate(fd.raw).release()
     }
 
     /// The ringing end of a new doorbell (a Unix stream socket); the caller owns it.
     public static func makeBell() -> Int32 {
-        var ends: [Int32] = [-1, -1]
-        socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends)
-        close(ends[0])
-        return ends[1]
+        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        guard let (_, ringing) = try? Sys.socketPair(type, "socketpair(bell)") else { return -1 }
+        return ringing.release()  // the other end is closed as it goes
     }
 
     /// An eventfd (not a valid doorbell); the caller owns it.
-    public static func makeEventFD() -> Int32 { eventfd(0, Int32(EFD_CLOEXEC)) }
+    public static func makeEventFD() -> Int32 { (try? Sys.eventFD(flags: Int32(EFD_CLOEXEC)))?.release() ?? -1 }
 }

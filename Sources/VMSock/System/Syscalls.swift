@@ -1,9 +1,18 @@
 import CVMSock
 import Glibc
 
-// The narrow layer every system call goes through: one small function per C call, EINTR retried in one place,
-// failures turned into `VMSockError` with the errno preserved. `close` is never retried (on Linux the descriptor
-// is gone even when close reports EINTR; retrying could close a descriptor another thread just opened).
+// The narrow layer every system call goes through: one small function per C call, EINTR retried in one place
+// (`retryingEINTR`), failures turned into `VMSockError` with the errno preserved and a message naming the call.
+// A function that ignores a failure says why, where it ignores it. `close` is never retried (on Linux the
+// descriptor is gone even when close reports EINTR; retrying could close a descriptor another thread just opened).
+//
+// By concern: this file (descriptors, processes, files), `WaitCalls.swift` (poll, epoll, timerfd, eventfd, sleep),
+// `SocketCalls.swift` (sockets, and the data path's sends and receives), `AddressCalls.swift` (socket names,
+// getaddrinfo, getifaddrs), `MemoryCalls.swift` (memfd and seals, mmap, membarrier).
+//
+// The data path's calls (doorbell rings and drains, TCP send and receive) are `@inline(__always)` and return the
+// raw result, -1 with errno set on failure: their callers map errno to their own errors, and a success costs no
+// more than the C call (no error built, no allocation).
 
 enum Sys {
     /// Runs `call` again while it fails with EINTR.
@@ -24,116 +33,81 @@ enum Sys {
         return result
     }
 
+    // MARK: Descriptors
+
+    /// close(2), never retried, its result ignored: Linux releases the descriptor whatever close reports (EINTR and
+    /// EIO included), so there is nothing to retry and nothing the owner could do about it; EBADF would be a second
+    /// close, which `Descriptor` and `GuardedDescriptor` rule out.
     static func close(_ fd: Int32) { _ = Glibc.close(fd) }
 
+    /// fcntl(F_GETFL) and, when the flag must change, fcntl(F_SETFL): sets or clears O_NONBLOCK.
     static func setNonBlocking(_ fd: Int32, _ on: Bool) throws(VMSockError) {
         let flags = try check("fcntl(F_GETFL)") { fcntl(fd, F_GETFL) }
         let wanted = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK
         if wanted != flags { try check("fcntl(F_SETFL)") { fcntl(fd, F_SETFL, wanted) } }
     }
 
-    /// shutdown(SHUT_RDWR), to wake whoever waits on a socket. A socket already shut down or reset (ENOTCONN),
-    /// or a descriptor that is no socket (ENOTSOCK), has nobody left to wake: nothing to report.
-    static func shutdown(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
-
-    static func unlink(_ path: String) { _ = Glibc.unlink(path) }
-
-    /// The inode of the file at `path`, or nil when there is none.
-    static func inode(of path: String) -> ino_t? {
-        var info = stat()
-        return stat(path, &info) == 0 ? info.st_ino : nil
+    /// dup(2): a second descriptor for the same open file (not close-on-exec, as dup makes it).
+    static func duplicate(_ fd: Int32) throws(VMSockError) -> Descriptor {
+        Descriptor(try check("dup") { dup(fd) })
     }
 
-    /// A new epoll set, close-on-exec.
-    static func epollCreate() throws(VMSockError) -> Descriptor {
-        Descriptor(try check("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) })
-    }
+    // MARK: Processes
 
-    /// epoll_ctl: adds, changes or removes `fd` in the set, with `data` as its event's data word.
-    static func epollControl(_ epoll: Int32, _ operation: Int32, _ fd: Int32, events: UInt32, data: UInt64) throws(VMSockError) {
-        var event = epoll_event(events: events, data: epoll_data_t(u64: data))
-        try check("epoll_ctl") { epoll_ctl(epoll, operation, fd, &event) }
-    }
+    /// getpid(2), which cannot fail.
+    static func processID() -> pid_t { getpid() }
 
-    /// epoll_wait without waiting: how many of `events` it filled.
-    static func epollReady(_ epoll: Int32, _ events: inout [epoll_event]) -> Int {
-        let count = events.count
-        let ready = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, Int32(count), 0) }
-        return max(0, Int(ready))
-    }
+    /// getuid(2), which cannot fail.
+    static func userID() -> uid_t { getuid() }
 
-    /// A CLOCK_MONOTONIC timerfd, non-blocking and close-on-exec.
-    static func timerCreate() throws(VMSockError) -> Descriptor {
-        Descriptor(try check("timerfd_create") {
-            timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC) | Int32(TFD_NONBLOCK))
-        })
-    }
+    /// sched_yield(2): lets another runnable thread have this core. It always succeeds on Linux.
+    @inline(__always)
+    static func yield() { _ = sched_yield() }
 
-    /// Arms a timerfd for `deadline` (absolute CLOCK_MONOTONIC nanoseconds), or disarms it for nil; either way a
-    /// pending expiry is cleared. Fails only for a descriptor that is no timerfd, or a value out of range.
-    static func timerSet(_ fd: Int32, at deadline: Int64?) throws(VMSockError) {
-        var spec = itimerspec()
-        if let deadline {
-            spec.it_value = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
-        }
-        try check("timerfd_settime") { timerfd_settime(fd, Int32(TFD_TIMER_ABSTIME), &spec, nil) }
-    }
-
-    /// Reads a timerfd's expiry count, clearing it: how many expiries there were, 0 when none is pending.
-    @discardableResult
-    static func timerClear(_ fd: Int32) -> UInt64 {
-        var ticks: UInt64 = 0
-        let got = retryingEINTR { Glibc.read(fd, &ticks, 8) }
-        return got == 8 ? ticks : 0  // EAGAIN: nothing pending, which is what clearing wants
-    }
-
-    /// One non-blocking accept on a Unix listening socket: the connection (close-on-exec), or nil when none is
-    /// waiting (or it died before we took it).
-    static func acceptUnix(_ fd: Int32, what: @autoclosure () -> String) throws(VMSockError) -> Descriptor? {
-        let accepted = retryingEINTR { vms_accept4_cloexec(fd) }
-        if accepted >= 0 { return Descriptor(accepted) }
-        let code = errno
-        if code == EAGAIN || code == ECONNABORTED { return nil }
-        throw VMSockError.system(what(), errno: code)
-    }
-
-    /// Waits for `events` on the descriptors, up to `timeoutMs` (-1 forever). Returns the number ready, and 0 when
-    /// a signal interrupted the wait: callers loop and recompute what is left of their timeout, which a retry
-    /// here with the original timeout would stretch.
-    static func poll(_ fds: inout [pollfd], timeoutMs: Int32) throws(VMSockError) -> Int32 {
-        let count = nfds_t(fds.count)
-        let ready = fds.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, count, timeoutMs) }
-        if ready >= 0 { return ready }
-        if errno == EINTR { return 0 }
-        throw VMSockError.system("poll")
-    }
-
-    /// Waits until `fd` polls one of `events` (or hangs up, or errs), or `deadline` passes. A signal does not end
-    /// the wait early: it resumes with the time left. Returns true when the descriptor is ready, false when the
-    /// deadline passed.
-    static func wait(_ fd: Int32, _ events: Int16, until deadline: Deadline) throws(VMSockError) -> Bool {
-        var pfd = [pollfd(fd: fd, events: events, revents: 0)]
-        while let timeoutMs = deadline.pollTimeout {
-            if try poll(&pfd, timeoutMs: timeoutMs) > 0 { return true }
-        }
-        return try poll(&pfd, timeoutMs: 0) > 0  // one last look at the deadline
-    }
-
-    /// Whether `fd` polls one of `events` (or hangs up, or errs) right now. Never waits.
-    static func isReady(_ fd: Int32, _ events: Int16) throws(VMSockError) -> Bool {
-        var pfd = [pollfd(fd: fd, events: events, revents: 0)]
-        return try poll(&pfd, timeoutMs: 0) > 0
-    }
-
-    /// Sleeps for `duration`; a signal does not cut it short.
+    /// Sleeps for `duration` (nanosleep); a signal does not cut it short: the sleep resumes with the time left. A
+    /// negative duration does not sleep (nanosleep says EINVAL, which is all there is to ignore here).
     static func sleep(_ duration: Duration) {
         let (seconds, attoseconds) = duration.components
         var left = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
         var rest = timespec()
-        while nanosleep(&left, &rest) != 0 && errno == EINTR { left = rest }
+        _ = retryingEINTR { () -> Int32 in
+            let result = nanosleep(&left, &rest)
+            left = rest  // after EINTR, what is left; unused otherwise
+            return result
+        }
     }
 
-    /// What a descriptor is, as /proc shows it ("anon_inode:[eventfd]", "/memfd:vmsock (deleted)", ...).
+    /// write(2) of a warning to standard error, all of it (EINTR retried, short writes continued). A failure is
+    /// ignored: with standard error closed or broken there is nowhere left to report anything.
+    static func writeToStandardError(_ text: String) {
+        var bytes = Array(text.utf8)
+        bytes.withUnsafeMutableBytes { buffer in
+            var done = 0
+            while done < buffer.count {
+                let written = retryingEINTR { Glibc.write(2, buffer.baseAddress! + done, buffer.count - done) }
+                if written <= 0 { return }
+                done += written
+            }
+        }
+    }
+
+    // MARK: Files
+
+    /// unlink(2), its failure ignored: callers remove a stale socket file before binding the name again (a file
+    /// still there makes that bind fail with EADDRINUSE, which is reported), or their own file when they close (a
+    /// file left behind answers nobody, and the next listener on that name replaces it).
+    static func unlink(_ path: String) { _ = Glibc.unlink(path) }
+
+    /// stat(2): the inode of the file at `path`, or nil when there is none, or none we may look at (any failure:
+    /// ENOENT, EACCES, ...; callers compare inodes, and nil matches nothing).
+    static func inode(of path: String) -> ino_t? {
+        var info = stat()
+        return retryingEINTR { stat(path, &info) } == 0 ? info.st_ino : nil
+    }
+
+    /// What a descriptor is, as /proc shows it ("anon_inode:[eventfd]", "/memfd:vmsock (deleted)", ...), for error
+    /// messages; readlink(2) of /proc/self/fd/N. Empty when it cannot say (a closed descriptor, no /proc): the
+    /// message is then only less specific.
     static func describe(_ fd: Int32) -> String {
         var buffer = [CChar](repeating: 0, count: 256)
         let n = readlink("/proc/self/fd/\(fd)", &buffer, buffer.count - 1)

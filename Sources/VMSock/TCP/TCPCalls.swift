@@ -6,16 +6,15 @@ import Glibc
 enum TCPCalls {
     static func makeSocket(_ family: IPEndpoint.Family) throws(VMSockError) -> Descriptor {
         let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
-        return Descriptor(try Sys.check("socket(\(family == .v4 ? "AF_INET" : "AF_INET6"), SOCK_STREAM)") {
-            socket(family == .v4 ? AF_INET : AF_INET6, type, 0)
-        })
+        return try Sys.socket(
+            family == .v4 ? AF_INET : AF_INET6, type, "socket(\(family == .v4 ? "AF_INET" : "AF_INET6"), SOCK_STREAM)")
     }
 
     /// Connects to `endpoint`, waiting at most `timeoutMs` (-1: as long as the kernel tries).
     /// - Throws: ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ENETUNREACH, ... with the address in the message.
     static func connect(_ endpoint: IPEndpoint, timeoutMs: Int32) throws(VMSockError) -> Descriptor {
         let (socket, inProgress) = try startConnect(endpoint)
-        if inProgress { try awaitConnected(socket.raw, endpoint, timeoutMs: timeoutMs) } else { setNoDelay(socket.raw) }
+        if inProgress { try awaitConnected(socket.raw, endpoint, timeoutMs: timeoutMs) } else { try setNoDelay(socket.raw) }
         return socket
     }
 
@@ -23,21 +22,26 @@ enum TCPCalls {
     /// `finishConnect`; otherwise it is connected already.
     static func startConnect(_ endpoint: IPEndpoint) throws(VMSockError) -> (socket: Descriptor, inProgress: Bool) {
         let socket = try makeSocket(endpoint.family)
-        let started = endpoint.withSockaddr { address, length in Glibc.connect(socket.raw, address, length) }
-        if started != 0 {
-            guard errno == EINPROGRESS || errno == EINTR else { throw connectError(endpoint, errno) }
-            return (socket, true)
+        let progress: Sys.ConnectProgress
+        do {
+            progress = try endpoint.withSockaddr { (address, length) throws(VMSockError) in
+                try Sys.connect(socket.raw, address, length, "connect(\(endpoint))")
+            }
+        } catch {
+            throw connectError(endpoint, error.code)
         }
-        return (socket, false)
+        switch progress {
+        case .connected: return (socket, false)
+        case .inProgress: return (socket, true)
+        case .wouldBlock: throw connectError(endpoint, EAGAIN)  // no local port free
+        }
     }
 
     /// After the socket of a connect in progress polled writable: its outcome (SO_ERROR).
     static func finishConnect(_ fd: Int32, _ endpoint: IPEndpoint) throws(VMSockError) {
-        var code: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        try Sys.check("getsockopt(SO_ERROR)") { getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &length) }
+        let code = try Sys.getOption(fd, SOL_SOCKET, SO_ERROR, Int32(0), "getsockopt(SO_ERROR)")
         if code != 0 { throw connectError(endpoint, code) }
-        setNoDelay(fd)
+        try setNoDelay(fd)
     }
 
     static func timedOut(_ endpoint: IPEndpoint, _ timeoutMs: Int32) -> VMSockError {
@@ -67,44 +71,33 @@ enum TCPCalls {
     /// listens. Port 0 picks a free port; the returned endpoint says which.
     static func listen(_ endpoint: IPEndpoint, backlog: Int32) throws(VMSockError) -> (Descriptor, IPEndpoint) {
         let socket = try makeSocket(endpoint.family)
-        var one: Int32 = 1
-        try Sys.check("setsockopt(SO_REUSEADDR)") {
-            setsockopt(socket.raw, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        }
-        let bound = endpoint.withSockaddr { address, length in bind(socket.raw, address, length) }
-        if bound != 0 {
-            let code = errno
-            switch code {
-            case EADDRINUSE: throw VMSockError(code: code, "\(endpoint) is already in use; pick another port or stop the other server")
-            case EADDRNOTAVAIL: throw VMSockError(code: code, "\(endpoint.host) is not an address of this host")
-            case EACCES: throw VMSockError(code: code, "port \(endpoint.port) needs privileges to bind")
-            default: throw VMSockError.system("bind(\(endpoint))", errno: code)
+        try Sys.setOption(socket.raw, SOL_SOCKET, SO_REUSEADDR, Int32(1), "setsockopt(SO_REUSEADDR)")
+        do {
+            try endpoint.withSockaddr { (address, length) throws(VMSockError) in
+                try Sys.bind(socket.raw, address, length, "bind(\(endpoint))")
+            }
+        } catch {
+            switch error.code {
+            case EADDRINUSE: throw VMSockError(code: error.code, "\(endpoint) is already in use; pick another port or stop the other server")
+            case EADDRNOTAVAIL: throw VMSockError(code: error.code, "\(endpoint.host) is not an address of this host")
+            case EACCES: throw VMSockError(code: error.code, "port \(endpoint.port) needs privileges to bind")
+            default: throw error
             }
         }
-        try Sys.check("listen(\(endpoint))") { Glibc.listen(socket.raw, backlog) }
+        try Sys.listen(socket.raw, backlog: backlog, "listen(\(endpoint))")
         return (socket, IPEndpoint.of(socket.raw, peer: false) ?? endpoint)
     }
 
     /// One non-blocking accept: a connected socket (non-blocking, TCP_NODELAY), or nil when none is waiting.
     static func accept(_ fd: Int32) throws(VMSockError) -> Descriptor? {
-        while true {
-            let accepted = Sys.retryingEINTR { vms_accept4_cloexec_nonblock(fd) }
-            if accepted >= 0 {
-                setNoDelay(accepted)
-                return Descriptor(accepted)
-            }
-            switch errno {
-            case EAGAIN: return nil
-            case ECONNABORTED, EPROTO, ENETDOWN, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP, ENETUNREACH:
-                continue  // the connection died before we took it (accept(2) says to retry these)
-            default: throw VMSockError.system("accept(TCP)")
-            }
-        }
+        guard let socket = try Sys.acceptTCP(fd, what: "accept(TCP)") else { return nil }
+        try setNoDelay(socket.raw)
+        return socket
     }
 
-    /// TCP_NODELAY: a small write goes out at once, as a vmsock write does.
-    static func setNoDelay(_ fd: Int32) {
-        var one: Int32 = 1
-        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    /// TCP_NODELAY: a small write goes out at once, as a vmsock write does. On a TCP socket only a bug of ours
+    /// (EBADF, ENOTSOCK) makes it fail; whatever state the connection is in, it does not.
+    static func setNoDelay(_ fd: Int32) throws(VMSockError) {
+        try Sys.setOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, Int32(1), "setsockopt(TCP_NODELAY)")
     }
 }

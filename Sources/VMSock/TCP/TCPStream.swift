@@ -37,17 +37,18 @@ final class TCPStream: StreamEngine, @unchecked Sendable {  // reader state is t
     /// Segments the kernel sent again (TCP_INFO's tcpi_total_retrans), or nil when it cannot say (or the
     /// socket is closed).
     var retransmissions: Int? {
-        try? socket.use("socket") { fd throws(VMSockError) -> Int? in
-            var info = tcp_info()
-            var length = socklen_t(MemoryLayout<tcp_info>.size)
-            return getsockopt(fd, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 ? Int(info.tcpi_total_retrans) : nil
-        } ?? nil
+        try? socket.use("socket") { fd throws(VMSockError) -> Int in
+            let info = try Sys.getOption(fd, Int32(IPPROTO_TCP), TCP_INFO, tcp_info(), "getsockopt(TCP_INFO)")
+            return Int(info.tcpi_total_retrans)
+        }
     }
 
+    /// An integer socket option (SOL_SOCKET), or 0 when the socket is closed or the kernel cannot say.
     private func option(_ name: Int32) -> Int {
-        var value: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        return getsockopt(socket.raw, SOL_SOCKET, name, &value, &length) == 0 ? Int(value) : 0
+        let value = try? socket.use("socket") { fd throws(VMSockError) in
+            try Sys.getOption(fd, SOL_SOCKET, name, Int32(0), "getsockopt(SOL_SOCKET, \(name))")
+        }
+        return Int(value ?? 0)
     }
 
     // MARK: Reading
@@ -56,7 +57,7 @@ final class TCPStream: StreamEngine, @unchecked Sendable {  // reader state is t
         guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
         if inbound.count > 0 { return inbound.take(into: buffer) }
         return try socket.use("socket") { fd throws(VMSockError) in
-            try transfer(fd, reading: true) { recv(fd, base, buffer.count, 0) }
+            try transfer(fd, reading: true) { Sys.receive(fd, base, buffer.count, 0) }
         }
     }
 
@@ -64,7 +65,7 @@ final class TCPStream: StreamEngine, @unchecked Sendable {  // reader state is t
         if inbound.count > 0, let first = buffers.first(where: { $0.count > 0 }) { return inbound.take(into: first) }
         var vectors = buffers.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
         return try socket.use("socket") { fd throws(VMSockError) in
-            try transfer(fd, reading: true) { Glibc.readv(fd, &vectors, Int32(vectors.count)) }
+            try transfer(fd, reading: true) { Sys.readv(fd, &vectors, Int32(vectors.count)) }
         }
     }
 
@@ -73,7 +74,7 @@ final class TCPStream: StreamEngine, @unchecked Sendable {  // reader state is t
             inbound.reserve(64 << 10)
             let space = inbound.freeSpace
             let received = try socket.use("socket") { fd throws(VMSockError) in
-                try transfer(fd, reading: true) { recv(fd, space.baseAddress, space.count, 0) }
+                try transfer(fd, reading: true) { Sys.receive(fd, space.baseAddress, space.count, 0) }
             }
             if received == 0 { return 0 }
             inbound.count = received
@@ -92,7 +93,7 @@ final class TCPStream: StreamEngine, @unchecked Sendable {  // reader state is t
     func write(_ buffer: UnsafeRawBufferPointer) throws(VMSockError) -> Int {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
         return try socket.use("socket") { fd throws(VMSockError) in
-            try transfer(fd, reading: false) { send(fd, base, buffer.count, Int32(MSG_NOSIGNAL)) }
+            try transfer(fd, reading: false) { Sys.send(fd, base, buffer.count, Int32(MSG_NOSIGNAL)) }
         }
     }
 
@@ -105,7 +106,7 @@ final class TCPStream: StreamEngine, @unchecked Sendable {  // reader state is t
                     var message = msghdr()
                     message.msg_iov = iov.baseAddress
                     message.msg_iovlen = iov.count
-                    return sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
+                    return Sys.sendMessage(fd, &message, Int32(MSG_NOSIGNAL))
                 }
             }
         }
@@ -128,7 +129,9 @@ final class TCPStream: StreamEngine, @unchecked Sendable {  // reader state is t
         while sent < used {
             let chunk = UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(space)[sent..<used])
             sent += try socket.use("socket") { fd throws(VMSockError) in
-                try transfer(fd, reading: false, blocking: true) { send(fd, chunk.baseAddress, chunk.count, Int32(MSG_NOSIGNAL)) }
+                try transfer(fd, reading: false, blocking: true) {
+                    Sys.send(fd, chunk.baseAddress, chunk.count, Int32(MSG_NOSIGNAL))
+                }
             }
         }
         return used
@@ -136,8 +139,8 @@ final class TCPStream: StreamEngine, @unchecked Sendable {  // reader state is t
 
     // MARK: Waiting
 
-    /// Runs `call` (a recv or send on the non-blocking descriptor), waiting in poll while it would block, unless
-    /// the socket is non-blocking. Maps errors to what a blocking TCP socket would say.
+    /// Runs `call` (a recv or send on the non-blocking descriptor, EINTR retried by `Sys`), waiting in poll while
+    /// it would block, unless the socket is non-blocking. Maps errors to what a blocking TCP socket would say.
     @inline(__always)
     private func transfer(
         _ fd: Int32, reading: Bool, blocking: Bool = false, _ call: () -> Int
@@ -147,7 +150,6 @@ final class TCPStream: StreamEngine, @unchecked Sendable {  // reader state is t
             let result = call()
             if result >= 0 { return result }
             let code = errno
-            if code == EINTR { continue }
             guard code == EAGAIN else { throw failure(code, reading: reading) }
             if settings.nonBlocking.load(ordering: .relaxed) && !blocking {
                 throw VMSockError(code: EAGAIN, reading ? "no data to read yet (non-blocking socket)" : "no room to write yet (non-blocking socket)")
@@ -194,8 +196,7 @@ final class TCPStream: StreamEngine, @unchecked Sendable {  // reader state is t
     func shutdown(read: Bool, write: Bool) throws(VMSockError) {
         let how = read && write ? SHUT_RDWR : read ? SHUT_RD : SHUT_WR
         try socket.use("socket") { fd throws(VMSockError) in
-            // ENOTCONN: the peer already reset the connection; there is nothing left to shut down.
-            if Glibc.shutdown(fd, Int32(how)) != 0 && errno != ENOTCONN { throw VMSockError.system("shutdown") }
+            try Sys.shutdown(fd, Int32(how), "shutdown")  // ENOTCONN (the peer reset the connection) is no failure
         }
     }
 

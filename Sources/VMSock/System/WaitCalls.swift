@@ -1,0 +1,100 @@
+import CVMSock
+import Glibc
+
+// Waiting: poll, epoll, timerfd, eventfd. See `Sys` in Syscalls.swift for the rules every call here follows.
+
+extension Sys {
+    // MARK: poll
+
+    /// poll(2): waits for `events` on the descriptors, up to `timeoutMs` (-1 forever). Returns the number ready, and
+    /// 0 when a signal interrupted the wait: callers loop and recompute what is left of their timeout, which a
+    /// retry here with the original timeout would stretch (poll is the one call whose EINTR is not retried).
+    static func poll(_ fds: inout [pollfd], timeoutMs: Int32) throws(VMSockError) -> Int32 {
+        let count = nfds_t(fds.count)
+        let ready = fds.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, count, timeoutMs) }
+        if ready >= 0 { return ready }
+        if errno == EINTR { return 0 }
+        throw VMSockError.system("poll")
+    }
+
+    /// poll(2) on one descriptor, without an array: what it polled (`revents`: one of `events`, or POLLHUP,
+    /// POLLERR, POLLNVAL), or 0 when `timeoutMs` passed first or a signal interrupted the wait (see above).
+    static func poll(_ fd: Int32, _ events: Int16, timeoutMs: Int32) throws(VMSockError) -> Int16 {
+        var pfd = pollfd(fd: fd, events: events, revents: 0)
+        let ready = Glibc.poll(&pfd, 1, timeoutMs)
+        if ready > 0 { return pfd.revents }
+        if ready == 0 || errno == EINTR { return 0 }
+        throw VMSockError.system("poll")
+    }
+
+    /// Waits until `fd` polls one of `events` (or hangs up, or errs), or `deadline` passes. A signal does not end
+    /// the wait early: it resumes with the time left. Returns true when the descriptor is ready, false when the
+    /// deadline passed.
+    static func wait(_ fd: Int32, _ events: Int16, until deadline: Deadline) throws(VMSockError) -> Bool {
+        while let timeoutMs = deadline.pollTimeout {
+            if try poll(fd, events, timeoutMs: timeoutMs) != 0 { return true }
+        }
+        return try poll(fd, events, timeoutMs: 0) != 0  // one last look at the deadline
+    }
+
+    /// Whether `fd` polls one of `events` (or hangs up, or errs) right now. Never waits.
+    static func isReady(_ fd: Int32, _ events: Int16) throws(VMSockError) -> Bool {
+        try poll(fd, events, timeoutMs: 0) != 0
+    }
+
+    // MARK: epoll
+
+    /// epoll_create1(EPOLL_CLOEXEC): a new epoll set.
+    static func epollCreate() throws(VMSockError) -> Descriptor {
+        Descriptor(try check("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) })
+    }
+
+    /// epoll_ctl: adds, changes or removes `fd` in the set, with `data` as its event's data word.
+    static func epollControl(_ epoll: Int32, _ operation: Int32, _ fd: Int32, events: UInt32, data: UInt64) throws(VMSockError) {
+        var event = epoll_event(events: events, data: epoll_data_t(u64: data))
+        try check("epoll_ctl") { epoll_ctl(epoll, operation, fd, &event) }
+    }
+
+    /// epoll_wait without waiting: how many of `events` it filled. A failure reads as none ready: with a timeout of
+    /// 0 it neither sleeps nor sees EINTR, and what is left (EBADF, EFAULT, EINVAL) would be a bug of ours.
+    static func epollReady(_ epoll: Int32, _ events: inout [epoll_event]) -> Int {
+        let count = events.count
+        let ready = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, Int32(count), 0) }
+        return max(0, Int(ready))
+    }
+
+    // MARK: timerfd and eventfd
+
+    /// timerfd_create: a CLOCK_MONOTONIC timerfd, non-blocking and close-on-exec.
+    static func timerCreate() throws(VMSockError) -> Descriptor {
+        Descriptor(try check("timerfd_create") {
+            timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC) | Int32(TFD_NONBLOCK))
+        })
+    }
+
+    /// timerfd_settime: arms a timerfd for `deadline` (absolute CLOCK_MONOTONIC nanoseconds), or disarms it for nil;
+    /// either way a pending expiry is cleared. Fails only for a descriptor that is no timerfd, or a value out of
+    /// range.
+    static func timerSet(_ fd: Int32, at deadline: Int64?) throws(VMSockError) {
+        var spec = itimerspec()
+        if let deadline {
+            spec.it_value = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
+        }
+        try check("timerfd_settime") { timerfd_settime(fd, Int32(TFD_TIMER_ABSTIME), &spec, nil) }
+    }
+
+    /// read(2) of a timerfd's expiry count, clearing it: how many expiries there were, 0 when none is pending. Any
+    /// failure reads as none: EAGAIN is exactly that (which is what clearing wants), and what is left (EBADF,
+    /// EINVAL) would be a bug of ours.
+    @discardableResult
+    static func timerClear(_ fd: Int32) -> UInt64 {
+        var ticks: UInt64 = 0
+        let got = retryingEINTR { Glibc.read(fd, &ticks, 8) }
+        return got == 8 ? ticks : 0
+    }
+
+    /// eventfd(2) with a count of 0 and `flags` (EFD_CLOEXEC, ...).
+    static func eventFD(flags: Int32) throws(VMSockError) -> Descriptor {
+        Descriptor(try check("eventfd") { eventfd(0, flags) })
+    }
+}
