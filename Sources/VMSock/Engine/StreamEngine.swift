@@ -27,7 +27,9 @@ protocol StreamEngine: AnyObject, Sendable {
     /// Wakes blocked calls and tells the peer; idempotent. Resources go with the last reference.
     func close()
 
-    /// What a poller waits on for each direction, and the arm-then-recheck calls (see `ReadinessSource`).
+    /// What a poller waits on for each direction, and the arm-then-recheck calls: `ReadinessSource`'s, which
+    /// `VMSocket` forwards here. (Not inherited from it: the shared-memory engine is `@usableFromInline`, and a
+    /// public protocol would make each of these part of the module's inlinable surface.)
     var readInterest: PollInterest { get }
     var writeInterest: PollInterest { get }
     func armReadable() throws(VMSockError) -> Bool
