@@ -20,24 +20,24 @@ final class Stdin {
 ///
 /// The socket is non-blocking and watched through the loop (arm, then poll); stdin is watched when epoll can
 /// watch it, and otherwise read whenever the socket has room (its write watch drives it). stdout is written
-/// blocking, as nc does. Each direction has one 256 KiB buffer and moves whole buffers: no per-byte work.
+/// blocking, as nc does.
+///
+/// No copy that is not needed: stdin is read straight into the socket's outgoing ring (`writeInPlace`), and
+/// stdout is written straight out of the incoming ring (`readInPlace`). Over shared memory a byte is copied once
+/// by the kernel into the ring and once out of it, as between two pipes; over TCP the socket stages it in a private
+/// buffer, as a read into our own buffer would.
 ///
 /// Ending, as OpenBSD nc does: end of file on stdin shuts down our writing only with -N (or -q); -q N ends the
 /// session N seconds after it; the peer's end of stream ends the session once stdout has it all; -w ends an idle
 /// session. Exit status 0, or 1 with a one-line message for a failed read or write.
 final class Session: @unchecked Sendable {  // used on its loop thread only (start is posted there once)
-    private static let bufferSize = 256 << 10
-    /// Buffers moved per callback before the loop polls again, so one busy direction cannot starve the other.
+    /// Reads or writes per callback before the loop polls again, so one busy direction cannot starve the other.
     private static let roundsPerCallback = 16
 
     private let socket: VMSocket
     private let loop: EventLoop
     private let options: Options
     private let stdin: Stdin
-    private let up = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 64)
-    private let down = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 64)
-    /// Bytes of `up` not yet written to the socket: up[upStart..<upEnd].
-    private var upStart = 0, upEnd = 0
     private var sending = true
     private var readWatch: ReadinessWatch?
     private var writeWatch: ReadinessWatch?
@@ -51,11 +51,6 @@ final class Session: @unchecked Sendable {  // used on its loop thread only (sta
         self.loop = loop
         self.options = options
         self.stdin = stdin
-    }
-
-    deinit {
-        up.deallocate()
-        down.deallocate()
     }
 
     /// Pumps until the session ends. Returns nil, or the error message.
@@ -90,77 +85,80 @@ final class Session: @unchecked Sendable {  // used on its loop thread only (sta
     private func receive() {
         for _ in 0..<Self.roundsPerCallback {
             let count: Int
-            do throws(VMSockError) {
-                count = try socket.read(into: down)
-            } catch {
+            do {
+                count = try socket.readInPlace { bytes in
+                    try StandardIO.writeAll(1, bytes)
+                    return bytes.count
+                }
+            } catch let error as VMSockError {
                 if error.code == EAGAIN { return }
                 return finish(failure: "read from the peer: \(Self.describe(error))")
+            } catch let error as SystemError {
+                // Whoever read our stdout went away: nothing more to do (nc ends quietly too).
+                return finish(failure: error.code == EPIPE ? nil : error.description)
+            } catch {
+                return finish(failure: "\(error)")
             }
             if count == 0 { return finish() }  // the peer's end of stream: everything is on stdout
             lastActivity = .now
-            do throws(SystemError) {
-                try StandardIO.writeAll(1, UnsafeRawBufferPointer(rebasing: down[..<count]))
-            } catch {
-                // Whoever read our stdout went away: nothing more to do (nc ends quietly too).
-                return finish(failure: error.code == EPIPE ? nil : error.description)
-            }
         }
     }
 
     // MARK: stdin to the socket
 
-    /// stdin is readable (a watched pipe or terminal): one read, which does not block, then on to the socket.
+    /// stdin is readable (a watched pipe or terminal): one read, which does not block, into the socket's ring.
     /// A terminal gives one line per read, sent as soon as it is typed.
     private func readStdin() {
-        guard fillFromStdin() else { return }
-        send()
+        guard let moved = moveFromStdin() else { return }
+        if !moved {  // the ring is full: wait for room, and read no more of stdin meanwhile
+            stdinWatch?.disable()
+            writeWatch?.enable()
+        }
     }
 
-    /// Reads one buffer from stdin into `up`. False when there was nothing to read (or it ended).
-    private func fillFromStdin() -> Bool {
-        let count: Int?
-        do throws(SystemError) {
-            count = try StandardIO.read(0, into: up)
-        } catch {
+    /// The socket has room. For a watched stdin, go back to waiting for it (reading it now could block); for a
+    /// file, read it into the ring until the ring is full or a round's worth has moved.
+    private func send() {
+        if stdin.pollable || stdin.ended {
+            writeWatch?.disable()
+            stdinWatch?.enable()
+            return
+        }
+        for _ in 0..<Self.roundsPerCallback {
+            guard let moved = moveFromStdin() else { return }
+            if !moved { break }  // full: the write watch calls again when there is room
+        }
+        writeWatch?.enable()  // (a round's worth moved: the loop polls the other direction, then calls again)
+    }
+
+    /// One read from stdin straight into free space of the socket's ring. True when bytes moved, false when the
+    /// ring had no room (nothing was read), nil when nothing more is to be done now: stdin had nothing, ended,
+    /// or the session ended.
+    private func moveFromStdin() -> Bool? {
+        var ended = false
+        do {
+            try socket.writeInPlace { space in
+                guard let count = try StandardIO.read(0, into: space) else { return 0 }  // nothing there yet
+                ended = count == 0
+                return count
+            }
+        } catch let error as VMSockError {
+            if error.code == EAGAIN { return false }
+            finish(failure: "write to the peer: \(Self.describe(error))")
+            return nil
+        } catch let error as SystemError {
             finish(failure: error.description)
-            return false
+            return nil
+        } catch {
+            finish(failure: "\(error)")
+            return nil
         }
-        guard let count else { return false }
-        if count == 0 {
+        if ended {
             stdinEnded()
-            return false
+            return nil
         }
-        (upStart, upEnd) = (0, count)
         lastActivity = .now
         return true
-    }
-
-    /// Writes what `up` holds; then, for a file on stdin, reads more. Waits for room through the write watch.
-    private func send() {
-        for _ in 0..<Self.roundsPerCallback {
-            if upStart == upEnd {
-                if stdin.pollable || stdin.ended {
-                    writeWatch?.disable()
-                    stdinWatch?.enable()
-                    return
-                }
-                guard fillFromStdin() else { return }
-            }
-            do throws(VMSockError) {
-                upStart += try socket.write(UnsafeRawBufferPointer(rebasing: up[upStart..<upEnd]))
-            } catch {
-                if error.code == EAGAIN {
-                    // Full: wait for room, and read no more of stdin meanwhile.
-                    stdinWatch?.disable()
-                    writeWatch?.enable()
-                    return
-                }
-                return finish(failure: "write to the peer: \(Self.describe(error))")
-            }
-        }
-        // Ran out of rounds with bytes or stdin left: the write watch calls again when there is room.
-        stdinWatch?.disable()
-        writeWatch?.enable()
     }
 
     /// End of file on stdin (or -d): shut down our writing with -N, and with -q N quit N seconds later.

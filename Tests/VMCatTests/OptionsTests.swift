@@ -126,7 +126,7 @@ final class OptionsTests: XCTestCase {
         XCTAssertNil(plain.transport)
         XCTAssertNil(plain.addressFamily)
         XCTAssertNil(plain.connectTimeout)
-        XCTAssertEqual(plain.ringSize, VMSocketOptions().ringSize)
+        XCTAssertEqual(plain.ringSize, 4 << 20, "vmcat's own default, as vmperf's")
 
         let set = try Options.parse(["-6", "-w", "1.5", "--transport", "shm", "--ring-size", "65536", "h", "80"]).socketOptions
         XCTAssertEqual(set.transport, .shm)
