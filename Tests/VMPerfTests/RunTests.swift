@@ -279,8 +279,18 @@ final class RunTests: XCTestCase {
     }
 
     func testCompareTableNamesEveryTransport() throws {
-        let result = try VMPerf.run(["--compare", "-t", "0.2"], timeout: 120)
+        let chart = FileManager.default.temporaryDirectory.appendingPathComponent("vmperf-\(getpid()).svg").path
+        defer { try? FileManager.default.removeItem(atPath: chart) }
+        let result = try VMPerf.run(["--compare", "-t", "0.2", "--svg", chart], timeout: 120)
         XCTAssertEqual(result.status, 0, result.stderr)
+        // --svg draws the same table: a bar per transport and workload (4 write sizes and the round trip).
+        let svg = try String(contentsOfFile: chart, encoding: .utf8)
+        XCTAssertTrue(svg.hasPrefix("<svg xmlns=\"http://www.w3.org/2000/svg\""), svg)
+        XCTAssertTrue(svg.hasSuffix("</svg>\n"))
+        XCTAssertEqual(svg.components(separatedBy: "<rect class=\"bar\"").count - 1, 15)
+        for name in ["shared memory", "TCP loopback", "Unix socket", "128 KiB writes", "64 B messages"] {
+            XCTAssertTrue(svg.contains(name), name)
+        }
         let lines = result.stdout.split(separator: "\n")
         for workload in ["64 B writes", "1 KiB writes", "64 KiB writes", "128 KiB writes"] {
             let row = try XCTUnwrap(lines.first { $0.hasPrefix(workload) }, "\(workload) in:\n\(result.stdout)")

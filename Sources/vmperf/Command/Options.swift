@@ -22,6 +22,8 @@ struct Options: ParsableCommand {
     var client: String?
     @Flag(help: "Run the comparison: shared memory, TCP loopback and a Unix socket, in one run (starts its own server).")
     var compare = false
+    @Option(help: "With --compare: also draw the table as an SVG bar chart into <file>.")
+    var svg: String?
     @Flag(help: "Reproduce Table 1 of the seed paper (Raw, Sync, Sync1k, TCP ping-pong) on this machine.")
     var paper = false
     @Option(parsing: .unconditional,
@@ -110,6 +112,8 @@ struct Options: ParsableCommand {
                 ? "parameter error - must either be a client (-c), server (-s), --compare, --paper or --connections"
                 : "parameter error - choose one of -c, -s, --compare, --paper and --connections")
         }
+        if svg != nil && !compare { throw ValidationError("--svg draws the --compare table: use it with --compare") }
+        if let svg, svg.isEmpty { throw ValidationError("--svg needs a file name") }
         if let connections, !(1...1_000_000).contains(connections) {
             throw ValidationError("--connections \(connections) is out of range (1 to 1000000)")
         }

@@ -38,6 +38,7 @@ struct Compare {
     }
 
     func run() throws {
+        if let path = options.svg { try CompareChart.checkWritable(path) }
         let server = try CompareServer(options: options)
         defer { server.stop() }
         report.line("vmperf --compare: \(Self.format(options.duration)) s per workload; a server process on port \(server.port), "
@@ -55,6 +56,7 @@ struct Compare {
         } else {
             for line in CompareTable(rows: rows, seconds: options.duration).lines() { report.line(line) }
         }
+        if let path = options.svg { try CompareChart(rows: rows).write(to: path) }
     }
 
     /// Where the streams run: -A if given; else, with two CPUs or more, the client's on CPU 0 and the server's on
