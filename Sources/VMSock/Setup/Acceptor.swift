@@ -35,9 +35,19 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
         for fd in [tcp.raw] + registrations.map(\.socket.raw) {
             try Sys.epollControl(epoll.raw, EPOLL_CTL_ADD, fd, events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue, data: UInt64(fd))
         }
-        pending = registrations.isEmpty ? nil : try PendingHandshakes(epoll: epoll.raw, timeoutMs: options.handshakeTimeoutMs)
-        self.tcp = GuardedDescriptor(tcp.release())
-        readiness = GuardedDescriptor(epoll.release())
+        let pending = registrations.isEmpty
+            ? nil : try PendingHandshakes(epoll: epoll.raw, timeoutMs: options.handshakeTimeoutMs)
+        let tcp = GuardedDescriptor(tcp.release())
+        self.pending = pending
+        self.tcp = tcp
+        // Everything goes once the last call waiting on the set has left: a wait on the set wakes for the hang-up
+        // of the sockets that `close` shuts down, and closing one of them first would take its event out of the
+        // set before a sleeper saw it.
+        readiness = GuardedDescriptor(epoll.release()) {
+            pending?.dropAll()
+            for registration in registrations { registration.close() }
+            tcp.close()
+        }
     }
 
     deinit { close() }
@@ -164,15 +174,13 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     }
 
     /// Stops listening: wakes every call waiting on `readiness` (the sockets' hang-up makes the set readable),
-    /// frees the pending connectors and parked links, and closes the descriptors, each once its last call has
-    /// left. The registrations go at once. Idempotent.
+    /// and once the last of them has left (at once when none is inside), frees the pending connectors and parked
+    /// links and closes every descriptor, which removes the registrations. Idempotent.
     func close() {
         guard !readiness.isClosed else { return }
-        // Closed first: a call that the shutdowns below make fail then reports EBADF (see `acceptNow`).
+        // Closed first: a call that the shutdowns below make fail then reports EBADF (see `acceptNow`). With no
+        // call inside, this releases everything at once, and the shutdowns find closed sockets: nothing to wake.
         readiness.close()
         for socket in [tcp] + registrations.map(\.socket) { socket.shutdown() }
-        pending?.dropAll()
-        for registration in registrations { registration.close() }
-        tcp.close()
     }
 }

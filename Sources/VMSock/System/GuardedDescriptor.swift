@@ -14,9 +14,14 @@ final class GuardedDescriptor: @unchecked Sendable {  // immutable but for atomi
     private let users = Atomic<Int>(0)
     private let released = Atomic<Bool>(false)
 
-    init(_ raw: Int32) {
+    /// Run once, just before the descriptor is closed, once no call uses it: for an owner whose other resources
+    /// the calls inside `use` also rely on (the listener's sockets, whose hang-up wakes a wait on its epoll set).
+    private let beforeClose: (@Sendable () -> Void)?
+
+    init(_ raw: Int32, beforeClose: (@Sendable () -> Void)? = nil) {
         precondition(raw >= 0)
         self.raw = raw
+        self.beforeClose = beforeClose
     }
 
     deinit { close() }
@@ -41,7 +46,9 @@ final class GuardedDescriptor: @unchecked Sendable {  // immutable but for atomi
     }
 
     private func release() {
-        if !released.exchange(true, ordering: .acquiringAndReleasing) { Sys.close(raw) }
+        guard !released.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        beforeClose?()
+        Sys.close(raw)
     }
 
     /// Shuts the socket down in both directions (SHUT_RDWR), waking every call blocked on it or polling it; the
