@@ -9,6 +9,9 @@ wait_listening 127.0.0.1 "$port"
 "$PEER" cat 127.0.0.1 "$port" <"$WORK/up" >"$WORK/back" 2>"$WORK/client" || fail "client: $(cat "$WORK/client")"
 wait_for "$listener" || fail "listener: $(cat "$WORK/listener")"
 same "$WORK/up" "$WORK/back" "echo over shared memory"
-says "$WORK/client" "transport: shared memory local 127.0.0.1:0 peer 127.0.0.1:$port" "client"
-says "$WORK/listener" "transport: shared memory local 127.0.0.1:$port peer 127.0.0.1:0" "listener"
+says "$WORK/client" "transport: shared memory local 127.0.0.1:[1-9][0-9]* peer 127.0.0.1:$port" "client (a port of its own, as over TCP)"
+says "$WORK/listener" "transport: shared memory local 127.0.0.1:$port peer 127.0.0.1:[1-9][0-9]*" "listener"
+mine=$(grep -o "local 127.0.0.1:[0-9]*" "$WORK/client" | cut -d: -f2)
+theirs=$(grep -o "peer 127.0.0.1:[0-9]*" "$WORK/listener" | cut -d: -f2)
+[ "$mine" = "$theirs" ] || fail "the client's port is $mine, the listener sees $theirs"
 echo "ok: both sides report shared memory"

@@ -211,15 +211,6 @@ final class LinkReuseTests: XCTestCase {
         server.close()
     }
 
-    /// Whether `condition` holds within five seconds.
-    private func eventually(_ condition: () -> Bool) -> Bool {
-        for _ in 0..<500 {
-            if condition() { return true }
-            usleep(10_000)
-        }
-        return false
-    }
-
     /// A connection made by hand with a hello that offers reuse, whose listener side is then closed and parked.
     /// - Returns: the control socket of the parked link.
     private func parkedLinkByHand(_ listener: VMListener) throws -> Int32 {

@@ -102,9 +102,46 @@ final class StreamSemanticsTests: XCTestCase {
         XCTAssertEqual(server.peerCredentials?.uid, getuid())
         XCTAssertEqual(client.transport, .sharedMemory)
         XCTAssertEqual(client.peerAddress.description, "127.0.0.1:\(port)")
-        XCTAssertEqual(client.localAddress.description, "127.0.0.1:0")
         XCTAssertEqual(server.localAddress.description, "127.0.0.1:\(port)")
-        XCTAssertEqual(server.peerAddress.description, "127.0.0.1:0")
+        XCTAssertEqual(client.localAddress.host, "127.0.0.1")
+        XCTAssertNotEqual(client.localAddress.port, 0, "a connector has a port of its own, as over TCP")
+        XCTAssertEqual(server.peerAddress, client.localAddress, "each side sees the other's address as TCP would")
+    }
+
+    /// A shared-memory connector's port is a real TCP port, held while the socket lives: no TCP socket on the host
+    /// can bind it meanwhile, two connections never share one (even on one reused link, one after the other),
+    /// and it is free again once the socket is gone.
+    func testConnectorPortIsHeldAndDistinct() throws {
+        let listener = try VMListener(address: .port(freePortText()))
+        defer { listener.close() }
+        var ports: Set<UInt16> = []
+        for _ in 0..<3 {
+            let accepted = Background { try listener.accept() }
+            let client = try VMSocket.connect(to: listener.address)
+            let server = try XCTUnwrap(accepted.wait(timeout: 10)).get()
+            let held = client.localAddress
+            XCTAssertEqual(server.peerAddress, held)
+            XCTAssertFalse(ports.contains(held.port), "port \(held.port) given twice")
+            ports.insert(held.port)
+            XCTAssertFalse(Self.canBind(held), "\(held) is held by the connection")
+            client.close()
+            server.close()
+        }
+        XCTAssertTrue(eventually { ports.allSatisfy { Self.canBind(IPEndpoint(numericHost: "127.0.0.1", port: $0)!) } },
+                      "the ports are free once the sockets are gone")
+    }
+
+    /// Whether a plain TCP socket can bind `endpoint` (without SO_REUSEADDR) right now.
+    private static func canBind(_ endpoint: IPEndpoint) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = endpoint.port.bigEndian
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
     }
 
     func testErrorsATCPProgrammerExpects() throws {

@@ -70,6 +70,11 @@ public struct IPEndpoint: Sendable, Hashable, CustomStringConvertible {
         return IPEndpoint(family: .v4, addressBytes: Array(addressBytes[12..<16]), port: port)
     }
 
+    /// 127.0.0.1 or ::1.
+    static func loopback(_ family: Family, port: UInt16) -> IPEndpoint {
+        IPEndpoint(family: family, addressBytes: family == .v4 ? [127, 0, 0, 1] : v6Loopback, port: port)
+    }
+
     static func wildcard(_ family: Family, port: UInt16) -> IPEndpoint {
         IPEndpoint(family: family, addressBytes: [UInt8](repeating: 0, count: family == .v4 ? 4 : 16), port: port)
     }

@@ -15,6 +15,8 @@ struct EstablishedLink {
     let peerSpaceBell: PeerBell
     /// The address and port the connector dialed (both sides know it after the hello, or a reopen).
     var dialed: IPEndpoint?
+    /// The connector's own port, as its hello (or reopen) said: the port the listener reports as the peer's.
+    var sourcePort: UInt16 = 0
     /// `asymmetric` when both processes offered it.
     let ordering: WakeUpOrdering
     /// Whether both sides agreed to keep the link for another connection once this one is closed (`LinkReuse`).
@@ -86,14 +88,16 @@ enum Handshake {
     /// The connector's first step: makes our region and bells and sends them in a hello. Never waits (a fresh
     /// control socket has room for one message).
     static func sendHello(
-        _ control: Descriptor, dialed: IPEndpoint, address: ControlAddress, capacity: Int, reusable: Bool = false
+        _ control: Descriptor, dialed: IPEndpoint, sourcePort: UInt16, address: ControlAddress, capacity: Int,
+        reusable: Bool = false
     ) throws(VMSockError) -> HelloSent {
         let mine: LocalHalf
         do throws(VMSockError) { mine = try LocalHalf.take(capacity: capacity) } catch {
             throw error.because(.outOfResources)
         }
         let hello = HandshakeMessage(
-            kind: .hello, ringCapacity: UInt32(capacity), dialed: dialed, ordering: Membarrier.offered,
+            kind: .hello, ringCapacity: UInt32(capacity), dialed: dialed, sourcePort: sourcePort,
+            ordering: Membarrier.offered,
             reusable: reusable)
         do throws(VMSockError) {
             try ControlSocket.send(control.raw, hello.encoded(), descriptors: mine.descriptors)
@@ -180,6 +184,7 @@ enum Handshake {
         }
         let theirs: PeerHalf
         let dialed: IPEndpoint?
+        let sourcePort: UInt16
         let ordering: WakeUpOrdering
         let agreedReuse: Bool
         do throws(VMSockError) {
@@ -192,6 +197,7 @@ enum Handshake {
             }
             guard hello.kind == .hello else { throw VMSockError.protocolFault("connector sent a \(hello.kind) instead of a hello") }
             dialed = hello.dialed
+            sourcePort = hello.sourcePort
             ordering = agreed(hello.ordering)
             agreedReuse = reusable && hello.reusable
             theirs = try adopt(request.descriptors, capacity: Int(hello.ringCapacity), from: "connector")
@@ -210,8 +216,8 @@ enum Handshake {
         return EstablishedLink(
             control: control, peer: peer, localRegion: mine.region, peerRegion: theirs.region,
             dataBell: mine.dataBell, spaceBell: mine.spaceBell,
-            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed, ordering: ordering,
-            reusable: agreedReuse)
+            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed, sourcePort: sourcePort,
+            ordering: ordering, reusable: agreedReuse)
     }
 
     /// Asymmetric fences need both processes registered: our barrier must reach the peer's cores and theirs ours.

@@ -6,7 +6,7 @@ import VMSockRing
 /// ```
 ///  offset  size  field
 ///       0     4  magic "VMSH"
-///       4     2  protocol version (4)
+///       4     2  protocol version (5)
 ///       6     2  kind: 1 hello (connector), 2 welcome (listener), 3 reject (listener), 4 reopen (connector)
 ///       8     4  ring capacity: bytes of the sender's outgoing ring (hello, welcome, reopen); 0 in a reject
 ///      12     4  reject reason (reject only, else 0)
@@ -16,10 +16,13 @@ import VMSockRing
 ///      36     4  hello, welcome: flags; bit 0: the sender's process can use asymmetric fences (see
 ///                  `WakeUpOrdering`); bit 1: the sender keeps the link for reuse once the connection is closed
 ///                  (see `LinkReuse`; both must say so); other bits zero
-///      40     8  reserved, zero
+///      40     2  hello, reopen: the connector's own port, a TCP port it holds for the connection so that no TCP
+///                  connection on the host has it meanwhile (0 if it could not get one); else 0
+///      42     6  reserved, zero
 /// ```
-/// The dialed address is what makes a shared-memory connection report IP addresses like a TCP one: the listener
-/// reports it as its local address, and its host (with port 0) as the peer's.
+/// The dialed address and the connector's port are what make a shared-memory connection report addresses like a
+/// TCP one: the listener reports the dialed address as its local address, and the dialed host with the
+/// connector's port as the peer's; the connector reports that host and port as its own.
 /// Hello and welcome carry exactly three descriptors with SCM_RIGHTS: the sender's ring memfd, and the ringing ends
 /// of its two doorbells (the one it sleeps on waiting for data, the one it sleeps on waiting for space). A reject
 /// carries none.
@@ -29,7 +32,7 @@ import VMSockRing
 /// that carries none, or with a reject after which the listener drops the link.
 public struct HandshakeMessage: Equatable, Sendable {
     public static let magic: UInt32 = 0x4853_4d56  // "VMSH" little-endian
-    public static let protocolVersion: UInt16 = 4
+    public static let protocolVersion: UInt16 = 5
     public static let size = 48
     public static let descriptorCount = 3
 
@@ -63,6 +66,8 @@ public struct HandshakeMessage: Equatable, Sendable {
     public var rejectReason: UInt32
     /// The address and port the connector dialed (hello and reopen).
     public var dialed: IPEndpoint?
+    /// The connector's own port (hello and reopen); 0 if it has none.
+    public var sourcePort: UInt16
     /// How the sender can order wake-ups: `asymmetric` when its process registered for membarrier.
     public var ordering: WakeUpOrdering
     /// Whether the sender keeps the link for a later connection (hello, welcome).
@@ -70,13 +75,15 @@ public struct HandshakeMessage: Equatable, Sendable {
 
     public init(
         kind: Kind, ringCapacity: UInt32 = 0, rejectReason: UInt32 = 0, dialed: IPEndpoint? = nil,
-        ordering: WakeUpOrdering = .fenced, reusable: Bool = false, version: UInt16 = protocolVersion
+        sourcePort: UInt16 = 0, ordering: WakeUpOrdering = .fenced, reusable: Bool = false,
+        version: UInt16 = protocolVersion
     ) {
         self.version = version
         self.kind = kind
         self.ringCapacity = ringCapacity
         self.rejectReason = rejectReason
         self.dialed = dialed
+        self.sourcePort = sourcePort
         self.ordering = ordering
         self.reusable = reusable
     }
@@ -95,6 +102,7 @@ public struct HandshakeMessage: Equatable, Sendable {
         put(ringCapacity, at: 8)
         put(rejectReason, at: 12)
         put((ordering == .asymmetric ? Self.asymmetricFlag : 0) | (reusable ? Self.reusableFlag : 0), at: 36)
+        put(sourcePort, at: 40)
         if let dialed {
             put(UInt16(dialed.family == .v4 ? 4 : 6), at: 16)
             put(dialed.port, at: 18)
@@ -133,7 +141,7 @@ public struct HandshakeMessage: Equatable, Sendable {
         let rawKind = get(UInt16.self, at: 6)
         guard let kind = Kind(rawValue: rawKind) else { throw .unknownKind(rawKind) }
         let flags = get(UInt32.self, at: 36)
-        guard flags & ~(Self.asymmetricFlag | Self.reusableFlag) == 0, bytes[40..<48].allSatisfy({ $0 == 0 }) else {
+        guard flags & ~(Self.asymmetricFlag | Self.reusableFlag) == 0, bytes[42..<48].allSatisfy({ $0 == 0 }) else {
             throw .nonZeroReserved
         }
         let dialed: IPEndpoint?
@@ -151,7 +159,8 @@ public struct HandshakeMessage: Equatable, Sendable {
         }
         return HandshakeMessage(
             kind: kind, ringCapacity: get(UInt32.self, at: 8), rejectReason: get(UInt32.self, at: 12),
-            dialed: dialed, ordering: flags & Self.asymmetricFlag != 0 ? .asymmetric : .fenced,
+            dialed: dialed, sourcePort: get(UInt16.self, at: 40),
+            ordering: flags & Self.asymmetricFlag != 0 ? .asymmetric : .fenced,
             reusable: flags & Self.reusableFlag != 0, version: get(UInt16.self, at: 4))
     }
 }

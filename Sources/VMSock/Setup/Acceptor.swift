@@ -161,11 +161,14 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     }
 
     /// An accepted shared-memory connection reports the address and port the client dialed as ours, and the
-    /// client's host (this host) with port 0 as the peer's.
+    /// client's address (this host's: the dialed one, or loopback for a wildcard) with the port it holds as the
+    /// peer's.
     private func connection(on link: EstablishedLink, reused: Bool, _ pending: PendingHandshakes) throws(VMSockError) -> Connection {
         let local = link.dialed ?? localAddress
+        let peerHost = local.isWildcard ? IPEndpoint.loopback(local.family, port: 0) : local
         return try .sharedMemory(
-            link, local: local, peer: local.with(port: 0), reused: reused, parking: { [pending] in pending.park($0) })
+            link, local: local, peer: peerHost.with(port: link.sourcePort), reused: reused,
+            parking: { [pending] in pending.park($0) })
     }
 
     private func reject(_ reason: String) {

@@ -10,6 +10,9 @@ struct Connection {
     /// link where its next connection will find it (the connector's `LinkPool`, the listener's parked links).
     /// Ownership flows down: the set-up layer decides where a link goes, the engine only says whether it may.
     var onRelease: (@Sendable () -> Void)? = nil
+    /// A shared-memory connector's port: a TCP socket bound to `local`, held as long as the socket lives, so that
+    /// no TCP connection on the host has the same address meanwhile (`TCPCalls.reservePort`).
+    var portHeld: Descriptor? = nil
 
     /// A shared-memory connection on `link`, counted; its link is parked by `parking` when the socket is gone.
     static func sharedMemory(

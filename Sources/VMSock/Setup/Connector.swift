@@ -30,12 +30,36 @@ struct Connector {
         case tcp(Descriptor, to: IPEndpoint, fallback: FallbackReason, detail: String?, until: Deadline)
     }
 
-    /// The shared-memory attempt on one destination: the registrations left to try, and why the ones tried failed.
+    /// The shared-memory attempt on one destination: the registrations left to try, why the ones tried failed,
+    /// and the TCP port held for the connection once one is (made when the hello or reopen goes).
     private struct Attempt {
         let destination: IPEndpoint
         var candidates: [ControlAddress]
         var failure: VMSockError
+        var portHeld: Descriptor? = nil
+        var local: IPEndpoint
         var address: ControlAddress { candidates[0] }
+
+        init(destination: IPEndpoint, candidates: [ControlAddress], failure: VMSockError) {
+            self.destination = destination
+            self.candidates = candidates
+            self.failure = failure
+            local = destination.with(port: 0)
+        }
+
+        /// Holds a TCP port for the connection, once per attempt (`TCPCalls.reservePort`); without one, port 0.
+        mutating func holdPort() {
+            guard portHeld == nil, let (socket, local) = TCPCalls.reservePort(for: destination) else { return }
+            (portHeld, self.local) = (socket, local)
+        }
+
+        /// The connection on `link`, which reports the port held as ours.
+        func connection(on link: EstablishedLink, reused: Bool) throws(VMSockError) -> Connection {
+            var connection = try Connection.sharedMemory(
+                link, local: local, peer: destination, reused: reused, parking: LinkPool.shared.parking(for: address))
+            connection.portHeld = portHeld
+            return connection
+        }
     }
 
     let options: VMSocketOptions
@@ -93,12 +117,16 @@ struct Connector {
             state = .nextRegistration(Attempt(destination: destination, candidates: candidates, failure: noListener))
             return nil
 
-        case .nextRegistration(let attempt):
+        case .nextRegistration(var attempt):
             guard !attempt.candidates.isEmpty else { return try fallBack(attempt.destination, attempt.failure) }
             if options.reusesLinks,
                 let link = LinkPool.shared.take(attempt.address, capacity: options.ringSize, policy: options.peerPolicy)
             {
-                do throws(VMSockError) { try Handshake.sendReopen(link, dialed: attempt.destination) } catch {
+                attempt.holdPort()
+                do throws(VMSockError) {
+                    try Handshake.sendReopen(link, dialed: attempt.destination, sourcePort: attempt.local.port)
+                } catch {
+                    state = .nextRegistration(attempt)
                     return nil  // the link is unusable and freed; try the next, or a new link
                 }
                 let deadline = Deadline.after(milliseconds: options.handshakeTimeoutMs)
@@ -123,9 +151,7 @@ struct Connector {
                     throw VMSockError(code: ETIMEDOUT, "peer did not answer the handshake within \(options.handshakeTimeoutMs) ms")
                 }
                 let link = try Handshake.finishConnect(hello, reply: reply, control: control, peer: peer, address: attempt.address)
-                return .connected(try Connection.sharedMemory(
-                    link, local: attempt.destination.with(port: 0), peer: attempt.destination, reused: false,
-                    parking: LinkPool.shared.parking(for: attempt.address)))
+                return .connected(try attempt.connection(on: link, reused: false))
             } catch {
                 return try fallBack(attempt.destination, Self.handshakeFailure(error))
             }
@@ -154,11 +180,9 @@ struct Connector {
                 let timedOut = VMSockError(code: ETIMEDOUT, "peer did not answer the handshake within \(options.handshakeTimeoutMs) ms")
                 return try fallBack(attempt.destination, Self.handshakeFailure(timedOut))
             }
-            let reopened = try Handshake.finishReopen(link, reply: reply, dialed: attempt.destination)
-            let connection = try Connection.sharedMemory(
-                reopened, local: attempt.destination.with(port: 0), peer: attempt.destination, reused: true,
-                parking: LinkPool.shared.parking(for: attempt.address))
-            return .connected(connection)
+            let reopened = try Handshake.finishReopen(
+                link, reply: reply, dialed: attempt.destination, sourcePort: attempt.local.port)
+            return .connected(try attempt.connection(on: reopened, reused: true))
         } catch {
             state = .nextRegistration(attempt)  // the same registration: its next parked link, or a new one
             return nil
@@ -200,9 +224,10 @@ struct Connector {
                 state = .nextRegistration(attempt)
                 return nil
             }
+            attempt.holdPort()
             let hello = try Handshake.sendHello(
-                control, dialed: attempt.destination, address: attempt.address, capacity: options.ringSize,
-                reusable: options.reusesLinks)
+                control, dialed: attempt.destination, sourcePort: attempt.local.port, address: attempt.address,
+                capacity: options.ringSize, reusable: options.reusesLinks)
             state = .awaitingWelcome(attempt, hello, control: control, peer: peer, until: deadline)
             return .wait(PollInterest(descriptor: control.raw, events: Int16(POLLIN)), until: deadline, spinFirst: true)
         } catch {

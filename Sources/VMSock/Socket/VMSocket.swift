@@ -36,6 +36,8 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     @usableFromInline let fastPath: Unmanaged<SharedMemoryStream>?
     /// What the set-up layer asked to run once this socket is gone (park the link for reuse).
     private let onRelease: (@Sendable () -> Void)?
+    /// The TCP port a shared-memory connector reports as its own, held while the socket lives.
+    private let portHeld: Descriptor?
 
     /// How this connection carries its bytes. Stored, not asked of the engine: callers test it per write.
     public let transport: Transport
@@ -44,11 +46,12 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// What went wrong on the way to shared memory, in words, when `fallbackReason` is one that has a story
     /// (untrusted owner, refused, version mismatch, out of resources, handshake failed).
     public let fallbackDetail: String?
-    /// Our address (`getsockname`). Over shared memory there is no TCP port on the connecting side: a connector
-    /// reports the address it dialed with port 0, and an accepted socket the address and port the client dialed.
+    /// Our address (`getsockname`). Over shared memory a connector reports the address it dialed with a port of
+    /// its own, which it holds as a TCP port while the socket lives (0 only if the kernel had none to give); an
+    /// accepted socket reports the address and port the client dialed.
     public let localAddress: IPEndpoint
     /// The peer's address (`getpeername`). Over shared memory: the listener's address and port as dialed (for a
-    /// connector), or the client's host with port 0 (for an accepted socket; it is on this host).
+    /// connector), or the client's address and port (for an accepted socket; the client is on this host).
     public let peerAddress: IPEndpoint
 
     init(_ connection: Connection) {
@@ -56,6 +59,7 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
         transport = connection.engine.transport
         fastPath = (connection.engine as? SharedMemoryStream).map { Unmanaged.passUnretained($0) }
         onRelease = connection.onRelease
+        portHeld = connection.portHeld
         localAddress = connection.local
         peerAddress = connection.peer
         fallbackReason = connection.fallback

@@ -67,6 +67,26 @@ enum TCPCalls {
         }
     }
 
+    /// A TCP port held for a shared-memory connection to `destination`, so that the connection has an address a
+    /// TCP programmer expects (a distinct, non-zero local port) that no TCP connection on the host can take while
+    /// it is held: a socket bound to the address a TCP connect to `destination` would leave from (the destination
+    /// itself, which is an address of this host; the loopback address for a wildcard), at a port the kernel
+    /// picks. connect(2) never picks a port a socket is bound to. Nil, and port 0 reported, when the kernel has none
+    /// to give (or no descriptor is left): the connection works all the same.
+    static func reservePort(for destination: IPEndpoint) -> (socket: Descriptor, local: IPEndpoint)? {
+        let source = destination.isWildcard ? IPEndpoint.loopback(destination.family, port: 0) : destination.with(port: 0)
+        guard let socket = try? makeSocket(source.family) else { return nil }
+        do {
+            try source.withSockaddr { (address, length) throws(VMSockError) in
+                try Sys.bind(socket.raw, address, length, "bind(\(source))")
+            }
+        } catch {
+            return nil
+        }
+        guard let bound = IPEndpoint.of(socket.raw, peer: false), bound.port != 0 else { return nil }
+        return (socket, source.with(port: bound.port))
+    }
+
     /// Binds with SO_REUSEADDR (as servers expect: a restarted server gets its port back despite TIME_WAIT) and
     /// listens. Port 0 picks a free port; the returned endpoint says which.
     static func listen(_ endpoint: IPEndpoint, backlog: Int32) throws(VMSockError) -> (Descriptor, IPEndpoint) {

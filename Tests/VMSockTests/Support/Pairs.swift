@@ -64,3 +64,12 @@ extension VMSocket {
         return bytes
     }
 }
+
+/// Whether `condition` holds within five seconds (looked at every 10 ms).
+func eventually(_ condition: () -> Bool) -> Bool {
+    for _ in 0..<500 {
+        if condition() { return true }
+        usleep(10_000)
+    }
+    return false
+}
