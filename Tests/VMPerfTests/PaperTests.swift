@@ -86,7 +86,10 @@ final class PaperTests: XCTestCase {
         process.standardOutput = out
         process.standardError = err
         try process.run()
-        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        defer {
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()  // else Foundation's Process and its run-loop source keep each other (a leak)
+        }
         // Wait until the peer exists, then let the Raw row get going.
         let children = "/proc/\(process.processIdentifier)/task/\(process.processIdentifier)/children"
         guard FileManager.default.fileExists(atPath: children) else {

@@ -48,8 +48,11 @@ enum VMPerf {
             }
         }
 
+        // Waited for even when it has exited: until waitUntilExit, Foundation's Process and its run-loop source
+        // hold each other, and LeakSanitizer reports both.
         deinit {
             if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
         }
 
         func wait(timeout: Double = 60) -> Finished {
