@@ -61,17 +61,6 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     /// knocks first, then makes its half): worth looking again without sleeping.
     var expectsHelloSoon: Bool { pending?.hasArrival(within: SpinPolicy.processNanoseconds) == true }
 
-    /// Runs `body` with the epoll set, for a blocking wait on it, holding the TCP socket open meanwhile.
-    ///
-    /// `close` wakes the waiter by shutting the sockets down, which makes their events ready; but closing a socket
-    /// takes it out of the set, and a waiter that poll(2) has not yet returned to looks again, finds nothing
-    /// ready and sleeps on for ever (under AddressSanitizer, most of the time). Held, the shut-down TCP socket
-    /// stays in the set, hung up and so ready, until the last waiter leaves and closes it.
-    /// - Throws: EBADF once closed; what `body` throws.
-    func waitingOnReadiness<R>(_ body: (Int32) throws(VMSockError) -> R) throws(VMSockError) -> R {
-        try tcp.use("listener") { _ throws(VMSockError) -> R in try readiness.use("listener", body) }
-    }
-
     /// The next connection that is ready, of either transport, or nil when none is.
     /// - Throws: EBADF once closed; what accept(2) throws on the TCP socket.
     func acceptNow() throws(VMSockError) -> Connection? {

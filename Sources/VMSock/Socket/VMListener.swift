@@ -96,7 +96,7 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
             // within tens of microseconds, less than the wake-up that sleeping costs here, see `SpinPolicy`), and
             // again while a connector just taken in has yet to send its hello (it knocks first, then makes its
             // half).
-            try acceptor.waitingOnReadiness { fd throws(VMSockError) in
+            try acceptor.readiness.use("listener") { fd throws(VMSockError) in
                 if !spun || acceptor.expectsHelloSoon {
                     spun = true
                     ControlSocket.spinUntilReadable(fd, nanoseconds: SpinPolicy.processNanoseconds)
