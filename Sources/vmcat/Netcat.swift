@@ -24,6 +24,9 @@ enum Netcat {
         if options.sourcePort != nil {
             throw Failure(message: "-p (source port) is only supported with -l")
         }
+        // The loop first: a process short of descriptors then falls back to TCP on connect, instead of making a
+        // shared-memory connection it cannot pump.
+        let loop = options.scanOnly ? nil : try makeLoop()
         let socket: VMSocket
         do throws(VMSockError) {
             socket = try VMSocket.connect(host: host, port: options.port, options: options.socketOptions)
@@ -36,8 +39,8 @@ enum Netcat {
         if options.verbose {
             StandardIO.report("Connection to \(host) \(options.port) port succeeded via \(socket.transportDescription)")
         }
-        if options.scanOnly { return }
-        try pump(socket, options: options, stdin: Stdin(ignore: options.noStdin))
+        guard let loop else { return }
+        try pump(socket, on: loop, options: options, stdin: Stdin(ignore: options.noStdin))
     }
 
     private static func listen(_ options: Options) throws(Failure) {
@@ -54,6 +57,7 @@ enum Netcat {
             StandardIO.report("Listening on \(listener.localAddress.host) \(listener.localAddress.port)\(shm)")
         }
         let stdin = Stdin(ignore: options.noStdin)
+        let loop = options.scanOnly ? nil : try makeLoop()  // one for every client, made before any arrives
         repeat {
             let socket: VMSocket
             do throws(VMSockError) {
@@ -67,9 +71,9 @@ enum Netcat {
                     "Connection received on \(socket.peerAddress.host) \(socket.peerAddress.port) via \(socket.transportDescription)")
             }
             defer { socket.close() }
-            if options.scanOnly { continue }
+            guard let loop else { continue }
             do throws(Failure) {
-                try pump(socket, options: options, stdin: stdin)
+                try pump(socket, on: loop, options: options, stdin: stdin)
             } catch {
                 if !options.keepListening { throw error }
                 StandardIO.report("vmcat: \(error.message)")  // -k: report it and serve the next client
@@ -77,10 +81,18 @@ enum Netcat {
         } while options.keepListening
     }
 
-    private static func pump(_ socket: VMSocket, options: Options, stdin: Stdin) throws(Failure) {
+    private static func makeLoop() throws(Failure) -> EventLoop {
+        do throws(VMSockError) {
+            return try EventLoop()
+        } catch {
+            throw Failure(message: error.message)
+        }
+    }
+
+    private static func pump(_ socket: VMSocket, on loop: EventLoop, options: Options, stdin: Stdin) throws(Failure) {
         let failure: String?
         do throws(VMSockError) {
-            failure = try Session.run(socket, options: options, stdin: stdin)
+            failure = try Session.run(socket, on: loop, options: options, stdin: stdin)
         } catch {
             throw Failure(message: error.message)
         }

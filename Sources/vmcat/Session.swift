@@ -53,9 +53,9 @@ final class Session: @unchecked Sendable {  // used on its loop thread only (sta
         self.stdin = stdin
     }
 
-    /// Pumps until the session ends. Returns nil, or the error message.
-    static func run(_ socket: VMSocket, options: Options, stdin: Stdin) throws(VMSockError) -> String? {
-        let loop = try EventLoop()
+    /// Pumps until the session ends, on `loop` (which may serve one session after another). Returns nil, or the
+    /// error message.
+    static func run(_ socket: VMSocket, on loop: EventLoop, options: Options, stdin: Stdin) throws(VMSockError) -> String? {
         let session = Session(socket: socket, loop: loop, options: options, stdin: stdin)
         loop.execute { session.start() }
         try loop.run()

@@ -232,7 +232,14 @@ enum Handshake {
     }
 
     static func decode(_ received: ControlSocket.Received, from who: String) throws(VMSockError) -> HandshakeMessage {
-        guard !received.truncated else { throw .protocolFault("\(who) sent an oversized handshake message or too many descriptors") }
+        if received.truncated {
+            // The kernel also truncates when it cannot install the descriptors: that is us out of them, not the
+            // peer breaking the rules. One more descriptor, made while the ones received are still held, tells.
+            if let short = Sys.descriptorShortage() {
+                throw VMSockError(code: short, "no descriptors left to receive \(who)'s handshake (\(VMSockError.name(of: short)))")
+            }
+            throw .protocolFault("\(who) sent an oversized handshake message or too many descriptors")
+        }
         let decoded = received.bytes.withUnsafeBytes { bytes in
             Result { () throws(HandshakeMessage.DecodeError) in try HandshakeMessage.decode(bytes) }
         }

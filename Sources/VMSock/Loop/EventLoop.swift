@@ -1,4 +1,5 @@
 import CLibevent
+import CVMSock
 import Glibc
 import Synchronization
 
@@ -28,6 +29,7 @@ public final class EventLoop: @unchecked Sendable {  // libevent's base is locke
         guard Libevent.enableThreads() else {
             throw VMSockError(code: ENOMEM, "libevent could not set up its pthreads locking")
         }
+        try Self.checkDescriptorsLeft()
         let config = event_config_new()
         defer { event_config_free(config) }
         event_config_set_max_dispatch_interval(config, nil, Self.callbacksPerRound, 0)
@@ -42,6 +44,25 @@ public final class EventLoop: @unchecked Sendable {  // libevent's base is locke
             event_base_free(base)
             throw error
         }
+    }
+
+    /// libevent ends the process when a new base cannot get the descriptors it needs (its signal pipe: "[err]
+    /// evsig_init_: socketpair: Too many open files", then exit). A process at its descriptor limit must get an
+    /// error it can handle instead, so take as many as a base does (an epoll set, a pipe, an eventfd) first, and
+    /// give them back. Another thread could take them in between; that window is all that is left.
+    private static func checkDescriptorsLeft() throws(VMSockError) {
+        var probes: [Descriptor] = []
+        for _ in 0..<4 {
+            do throws(VMSockError) {
+                probes.append(try Sys.eventFD(flags: Int32(EFD_CLOEXEC)))
+            } catch {
+                throw VMSockError(
+                    code: error.code,
+                    "no descriptors left for an event loop (it needs 4): \(VMSockError.name(of: error.code)); "
+                        + "raise the limit (ulimit -n) or close some")
+            }
+        }
+        withExtendedLifetime(probes) {}  // all four held at once, closed here
     }
 
     deinit {

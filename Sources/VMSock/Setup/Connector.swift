@@ -118,7 +118,7 @@ struct Connector {
             return nil
 
         case .nextRegistration(var attempt):
-            guard !attempt.candidates.isEmpty else { return try fallBack(attempt.destination, attempt.failure) }
+            guard !attempt.candidates.isEmpty else { return try fallBack(attempt.destination, attempt.failure, using: attempt.portHeld) }
             if options.reusesLinks,
                 let link = LinkPool.shared.take(attempt.address, capacity: options.ringSize, policy: options.peerPolicy)
             {
@@ -153,7 +153,7 @@ struct Connector {
                 let link = try Handshake.finishConnect(hello, reply: reply, control: control, peer: peer, address: attempt.address)
                 return .connected(try attempt.connection(on: link, reused: false))
             } catch {
-                return try fallBack(attempt.destination, Self.handshakeFailure(error))
+                return try fallBack(attempt.destination, Self.handshakeFailure(error), using: attempt.portHeld)
             }
 
         case .tcp(let socket, let destination, let fallback, let detail, let deadline):
@@ -178,7 +178,7 @@ struct Connector {
                 if !deadline.hasPassed { return .wait(interest, until: deadline, spinFirst: false) }
                 LinkPool.shared.removeAll(for: attempt.address)
                 let timedOut = VMSockError(code: ETIMEDOUT, "peer did not answer the handshake within \(options.handshakeTimeoutMs) ms")
-                return try fallBack(attempt.destination, Self.handshakeFailure(timedOut))
+                return try fallBack(attempt.destination, Self.handshakeFailure(timedOut), using: attempt.portHeld)
             }
             let reopened = try Handshake.finishReopen(
                 link, reply: reply, dialed: attempt.destination, sourcePort: attempt.local.port)
@@ -199,7 +199,7 @@ struct Connector {
                 if deadline.hasPassed {
                     let full = VMSockError(
                         code: ETIMEDOUT, "\(attempt.address) did not accept within \(options.handshakeTimeoutMs) ms (its backlog is full)")
-                    return try fallBack(attempt.destination, Self.controlConnectFailure(full))
+                    return try fallBack(attempt.destination, Self.controlConnectFailure(full), using: attempt.portHeld)
                 }
                 state = .knocking(attempt, until: deadline, pause: min(pause * 2, .milliseconds(50)))
                 return .pause(pause)
@@ -211,7 +211,7 @@ struct Connector {
                 state = .nextRegistration(attempt)
                 return nil
             }
-            return try fallBack(attempt.destination, Self.controlConnectFailure(error))
+            return try fallBack(attempt.destination, Self.controlConnectFailure(error), using: attempt.portHeld)
         }
         do throws(VMSockError) {
             let peer = try ControlSocket.peerCredentials(control.raw)
@@ -231,7 +231,7 @@ struct Connector {
             state = .awaitingWelcome(attempt, hello, control: control, peer: peer, until: deadline)
             return .wait(PollInterest(descriptor: control.raw, events: Int16(POLLIN)), until: deadline, spinFirst: true)
         } catch {
-            return try fallBack(attempt.destination, Self.handshakeFailure(error))
+            return try fallBack(attempt.destination, Self.handshakeFailure(error), using: attempt.portHeld)
         }
     }
 
@@ -239,8 +239,12 @@ struct Connector {
 
     /// After the shared-memory attempt on `destination` failed with `error`: TCP with the reason, or under the
     /// `shm` policy, the error. A listener that broke, reset or timed out the handshake keeps its own code
-    /// (EPROTO, ECONNRESET, ETIMEDOUT); nothing to connect to is ECONNREFUSED.
-    private mutating func fallBack(_ destination: IPEndpoint, _ error: VMSockError) throws(VMSockError) -> Step? {
+    /// (EPROTO, ECONNRESET, ETIMEDOUT); nothing to connect to is ECONNREFUSED. The TCP connect goes out of the
+    /// port held for the attempt, if any: the connection keeps that identity, and a process short of descriptors
+    /// (a usual reason to fall back) needs no new one.
+    private mutating func fallBack(
+        _ destination: IPEndpoint, _ error: VMSockError, using held: Descriptor? = nil
+    ) throws(VMSockError) -> Step? {
         let fallback = error.fallback ?? .handshakeFailed
         let detail = error.message.isEmpty ? nil : error.message
         if options.effectiveTransport == .shm {
@@ -248,13 +252,13 @@ struct Connector {
                 code: error.code,
                 "no shared-memory connection to \(destination) (\(fallback)\(detail.map { ": \($0)" } ?? "")); the transport policy is shm, so no TCP fallback")
         }
-        return try startTCP(destination, fallback, detail)
+        return try startTCP(destination, fallback, detail, using: held)
     }
 
     private mutating func startTCP(
-        _ destination: IPEndpoint, _ fallback: FallbackReason, _ detail: String?
+        _ destination: IPEndpoint, _ fallback: FallbackReason, _ detail: String?, using held: Descriptor? = nil
     ) throws(VMSockError) -> Step? {
-        let (socket, inProgress) = try TCPCalls.startConnect(destination)
+        let (socket, inProgress) = try TCPCalls.startConnect(destination, using: held)
         guard inProgress else {
             try TCPCalls.setNoDelay(socket.raw)
             return .connected(.tcp(socket, peer: destination, fallback: fallback, detail: detail))

@@ -93,6 +93,16 @@ extension Sys {
         return got == 8 ? ticks : 0
     }
 
+    /// EMFILE or ENFILE when this process could not open one more descriptor now; nil when it could.
+    static func descriptorShortage() -> Int32? {
+        do throws(VMSockError) {
+            _ = try eventFD(flags: Int32(EFD_CLOEXEC))
+            return nil
+        } catch {
+            return error.code == EMFILE || error.code == ENFILE ? error.code : nil
+        }
+    }
+
     /// eventfd(2) with a count of 0 and `flags` (EFD_CLOEXEC, ...).
     static func eventFD(flags: Int32) throws(VMSockError) -> Descriptor {
         Descriptor(try check("eventfd") { eventfd(0, flags) })

@@ -19,9 +19,13 @@ enum TCPCalls {
     }
 
     /// Starts a non-blocking connect. `inProgress`: wait until the socket polls writable (POLLOUT), then call
-    /// `finishConnect`; otherwise it is connected already.
-    static func startConnect(_ endpoint: IPEndpoint) throws(VMSockError) -> (socket: Descriptor, inProgress: Bool) {
-        let socket = try makeSocket(endpoint.family)
+    /// `finishConnect`; otherwise it is connected already. `held`: a socket already bound to the port to connect
+    /// from (see `reservePort`); without one, a new socket.
+    static func startConnect(
+        _ endpoint: IPEndpoint, using held: Descriptor? = nil
+    ) throws(VMSockError) -> (socket: Descriptor, inProgress: Bool) {
+        let socket: Descriptor
+        if let held { socket = held } else { socket = try makeSocket(endpoint.family) }
         let progress: Sys.ConnectProgress
         do {
             progress = try endpoint.withSockaddr { (address, length) throws(VMSockError) in
