@@ -40,16 +40,16 @@ public enum RingLayout {
     public static let maximumCapacity = 64 << 20
     public static let defaultCapacity = 256 << 10
 
-    @usableFromInline enum Offset {
-        @usableFromInline static let magic = 0
-        @usableFromInline static let version = 8
-        @usableFromInline static let headerSize = 12
-        @usableFromInline static let capacity = 16
-        @usableFromInline static let producerPosition = 128
-        @usableFromInline static let consumerPosition = 256
-        @usableFromInline static let waitingForData = 384
-        @usableFromInline static let waitingForSpace = 512
-        @usableFromInline static let shutdownFlags = 640
+    public enum Offset {
+        public static let magic = 0
+        public static let version = 8
+        public static let headerSize = 12
+        public static let capacity = 16
+        public static let producerPosition = 128
+        public static let consumerPosition = 256
+        public static let waitingForData = 384
+        public static let waitingForSpace = 512
+        public static let shutdownFlags = 640
     }
 
     /// Bits of the shutdown word.

@@ -143,7 +143,7 @@ final class EchoServer<Endpoint: EchoEndpoint> {
 /// The client half: streams `total` pattern bytes, reads the echo back checking every byte, and expects end of
 /// stream after exactly `total`. `pauses` (0...1) makes either side stop at random for a random while, so that
 /// the peer sees it asleep and awake by turns. Loop thread only.
-final class EchoClient<Endpoint: EchoEndpoint> {
+final class EchoClient<Endpoint: EchoEndpoint>: @unchecked Sendable {  // handed between threads, used on its loop only
     private let endpoint: Endpoint
     private let loop: EventLoop
     private let tally: Tally
@@ -170,6 +170,8 @@ final class EchoClient<Endpoint: EchoEndpoint> {
     }
 
     var progress: String { "seed \(seed): sent \(sent) received \(received) of \(total)" }
+    /// Whether it finished (with or without a failure).
+    private(set) var isFinished = false
 
     private func onWritable() {
         do {
@@ -222,6 +224,7 @@ final class EchoClient<Endpoint: EchoEndpoint> {
         readTimer = nil
         writeTimer = nil
         endpoint.close()
+        isFinished = true
         tally.finished(failure)
     }
 }

@@ -529,3 +529,25 @@ extension LocalHeader {
     /// (A computed property: a stored one is a lazily made global, reached through a call from inlined code.)
     @inlinable static var peerStopsReading: UInt32 { RingLayout.Shutdown.read | RingLayout.Shutdown.closed }
 }
+
+extension SharedMemoryStream {
+    /// Everything a stuck connection's wake-up state is made of, for a test that timed out: our private
+    /// positions, both headers' words, the armed flags, and whether each of our bells holds a ring.
+    var debugSnapshot: String {
+        func word(_ base: UnsafeRawPointer, _ offset: Int) -> UInt64 { base.load(fromByteOffset: offset, as: UInt64.self) }
+        func word32(_ base: UnsafeRawPointer, _ offset: Int) -> UInt32 { base.load(fromByteOffset: offset, as: UInt32.self) }
+        func header(_ base: UnsafeRawPointer) -> String {
+            "produced \(word(base, RingLayout.Offset.producerPosition)) consumed \(word(base, RingLayout.Offset.consumerPosition))"
+                + " waitsData \(word32(base, RingLayout.Offset.waitingForData))"
+                + " waitsSpace \(word32(base, RingLayout.Offset.waitingForSpace))"
+                + " shutdown \(word32(base, RingLayout.Offset.shutdownFlags))"
+        }
+        func rung(_ fd: Int32) -> Bool { (try? Sys.poll(fd, Int16(POLLIN), timeoutMs: 0)).map { $0 != 0 } ?? false }
+        return "state \(state.load(ordering: .relaxed)) ordering \(link.ordering)"
+            + " rx \(rx.position)/\(rx.cachedAvailable) tx \(tx.position)/\(tx.cachedFreeSpace)"
+            + " armed r\(readArmed ? 1 : 0) w\(writeArmed ? 1 : 0)"
+            + " bells data \(rung(link.dataBell.fd)) space \(rung(link.spaceBell.fd))"
+            + " | ours: \(header(link.localRegion.base)) | peer's: \(header(link.peerRegion.base))"
+            + " | \(waits.snapshot)"
+    }
+}

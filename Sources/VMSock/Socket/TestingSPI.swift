@@ -19,6 +19,9 @@ extension VMSocket {
     @_spi(Testing) public var _peerWaits: (data: Bool, space: Bool) { sharedMemory!.peerWaits }
     /// How this connection orders its wake-ups: "asymmetric" or "fenced" (see `WakeUpOrdering`).
     @_spi(Testing) public var _wakeUpOrdering: String { "\(sharedMemory!.link.ordering)" }
+    /// The wake-up state of a shared-memory connection (positions, flags, bells, counters), for a test that
+    /// timed out to print; "tcp" over TCP.
+    @_spi(Testing) public var _debugSnapshot: String { sharedMemory?.debugSnapshot ?? "tcp" }
     /// Rings the peer's data bell, as a publish would.
     @_spi(Testing) public func _ringPeerDataBell() { sharedMemory!.link.peerDataBell.ring() }
 }

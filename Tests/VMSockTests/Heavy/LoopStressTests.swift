@@ -1,12 +1,14 @@
 import Foundation
-import VMSock
+@_spi(Testing) import VMSock
 import XCTest
 
 /// Randomized, time-bounded: both ends of many small-ring connections stop and start at random, so each sees the
 /// other asleep and awake by turns. A lost wake-up shows as a connection that stops moving (nothing spins).
 final class LoopStressTests: XCTestCase {
     func testRandomPausesLoseNoWakeUp() throws {
-        let deadline = Date().addingTimeInterval(5)
+        // VMSOCK_STRESS_SECONDS runs it longer, to hunt a rare hang (tools/soak.sh).
+        let seconds = ProcessInfo.processInfo.environment["VMSOCK_STRESS_SECONDS"].flatMap(Double.init) ?? 5
+        let deadline = Date().addingTimeInterval(seconds)
         var rounds = 0
         var bytes = 0
         repeat {
@@ -35,12 +37,22 @@ final class LoopStressTests: XCTestCase {
             }
         }
         let clientSockets = pairs.map(\.client) as [VMSocket]
-        try onLoop(clientLoop.loop) { [loop = clientLoop.loop] in
-            for (i, socket) in clientSockets.enumerated() {
-                _ = try EchoClient(socket, loop: loop, total: sizes[i], seed: UInt64(i), pauses: 0.2, tally: tally)
+        let clients = try onLoop(clientLoop.loop) { [loop = clientLoop.loop] in
+            try clientSockets.enumerated().map { i, socket in
+                try EchoClient(socket, loop: loop, total: sizes[i], seed: UInt64(i), pauses: 0.2, tally: tally)
             }
         }
-        XCTAssertTrue(tally.wait(timeout: 40), "lost wake-up? only \(tally.done) of \(2 * connections) ends finished")
+        guard tally.wait(timeout: 40) else {
+            // Print where every unfinished connection stands before failing: which side waits, on what.
+            let report = try onLoop(clientLoop.loop) {
+                zip(clients, pairs).enumerated().filter { !$1.0.isFinished }.map { i, entry in
+                    "#\(i) \(i % 2 == 0 ? "loop" : "blocking") server; client \(entry.0.progress)\n"
+                        + "  client: \(entry.1.client._debugSnapshot)\n  server: \(entry.1.server._debugSnapshot)"
+                }
+            }
+            XCTFail("lost wake-up? only \(tally.done) of \(2 * connections) ends finished:\n" + report.joined(separator: "\n"))
+            return 0
+        }
         XCTAssertEqual(tally.failures, [], "\(tally.failures.prefix(5))")
         return sizes.reduce(0, +)
     }
