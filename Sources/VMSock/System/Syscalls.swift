@@ -105,6 +105,12 @@ enum Sys {
         return retryingEINTR { stat(path, &info) } == 0 ? info.st_ino : nil
     }
 
+    /// stat(2) of `path` (following links): what is there, or nil when nothing is, or nothing we may look at.
+    static func pathStatus(_ path: String) -> stat? {
+        var info = stat()
+        return retryingEINTR { stat(path, &info) } == 0 ? info : nil
+    }
+
     /// What a descriptor is, as /proc shows it ("anon_inode:[eventfd]", "/memfd:vmsock (deleted)", ...), for error
     /// messages; readlink(2) of /proc/self/fd/N. Empty when it cannot say (a closed descriptor, no /proc): the
     /// message is then only less specific.
