@@ -84,28 +84,44 @@ final class ClientValidationTests: XCTestCase {
     func testTheJoinsFirstMessagesAreChecked() throws {
         let server = try FakeServer(self)
         let sealed = VMS_F_SEAL_GROW | VMS_F_SEAL_SHRINK
-        expect(try server.join { try send($0, 1) }, EPROTO, "protocol version 1, we speak 0")
         let stray = try eventFD()
+        var ends: [Int32] = [-1, -1]
+        XCTAssertEqual(pipe(&ends), 0)
+        defer { close(ends[0]); close(ends[1]) }
+        let unsealed = try memfd(size: 64 << 10, seals: 0)
+        let odd = try memfd(size: 100_000, seals: sealed)
+        let blank = try memfd(size: 64 << 10, seals: sealed)
+        let (_, good) = try region()
+        let descriptors = openDescriptors()
+
+        expect(try server.join { try send($0, 1) }, EPROTO, "protocol version 1, we speak 0")
         expect(try server.join { try send($0, 0, stray.raw) }, EPROTO, "protocol version 0 with a descriptor")
         expect(try server.join { try send($0, 0); try send($0, -5) }, EPROTO, "invalid id message (-5)")
         expect(try server.join { try send($0, 0); try send($0, 70_000) }, EPROTO, "invalid id message (70000)")
         expect(try server.join { try send($0, 0); try send($0, 0, stray.raw) }, EPROTO, "invalid id message (0, with a descriptor)")
         expect(try server.join { try send($0, 0); try send($0, 0); try send($0, 3) }, EPROTO, "sent 3 where the shared memory belongs")
         expect(try server.join { try send($0, 0); try send($0, 0); try send($0, -1) }, EPROTO, "where the shared memory belongs")
-
-        var ends: [Int32] = [-1, -1]
-        XCTAssertEqual(pipe(&ends), 0)
-        defer { close(ends[0]); close(ends[1]) }
         expect(try server.join { try send($0, 0); try send($0, 0); try send($0, -1, ends[0]) }, EPROTO, "not a regular file")
-        let unsealed = try memfd(size: 64 << 10, seals: 0)
         expect(try server.join { try send($0, 0); try send($0, 0); try send($0, -1, unsealed.raw) }, EPROTO, "not sealed against resizing")
-        let odd = try memfd(size: 100_000, seals: sealed)
         expect(try server.join { try send($0, 0); try send($0, 0); try send($0, -1, odd.raw) }, EPROTO, "100000 bytes, not a power of two")
-        let blank = try memfd(size: 64 << 10, seals: sealed)
         expect(try server.join { try send($0, 0); try send($0, 0); try send($0, -1, blank.raw) }, EPROTO, "bad magic 0x0 (not a vmsockd region)")
-        let (_, good) = try region()
         expect(try server.join { try send($0, 0); try send($0, 64); try send($0, -1, good.raw) }, EPROTO, "id 64, beyond its 64 peer slots")
         expect(try server.join { try send($0, 0); try send($0, 1); try send($0, -1, good.raw) }, EPROTO, "our slot 1 in vmsockd's region is not marked live")
+
+        XCTAssertEqual(openDescriptors(), descriptors, "every descriptor received on a failed join is closed")
+    }
+
+    /// Open descriptors of this process, once the count has stopped changing (a client thread may still be ending).
+    private func openDescriptors() -> Int {
+        func count() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1 }
+        var last = count()
+        for _ in 0..<100 {
+            usleep(20_000)
+            let now = count()
+            if now == last { break }
+            last = now
+        }
+        return last
     }
 
     func testVectorsAndLeavesAreChecked() throws {
