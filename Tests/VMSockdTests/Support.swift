@@ -16,14 +16,20 @@ func temporaryDirectory(_ test: XCTestCase) throws -> String {
 }
 
 /// A process of ours (vmsockd, vmsock-testpeer), its stdout read line by line, its stderr kept.
-final class Child: @unchecked Sendable {  // the stderr reader writes `errorData` once, read after `errorDone`
+final class Child {
     let process = Process()
     private let stdoutPipe = Pipe()
     private let stderrPipe = Pipe()
     private var lines: [String] = []
     private var pending = Data()
-    private var errorData = Data()
-    private let errorDone = DispatchSemaphore(value: 0)
+    /// Standard error, read to its end on another thread. Not `self`: the reader must not keep the child object
+    /// (and so the process, which its deinit kills) alive.
+    private let errorOutput = ErrorOutput()
+
+    private final class ErrorOutput: @unchecked Sendable {  // `data` is written once, read after `done`
+        var data = Data()
+        let done = DispatchSemaphore(value: 0)
+    }
 
     init(_ executable: String, _ arguments: [String]) throws {
         process.executableURL = builtExecutable(executable)
@@ -33,9 +39,10 @@ final class Child: @unchecked Sendable {  // the stderr reader writes `errorData
         process.standardInput = FileHandle(forReadingAtPath: "/dev/null")
         try process.run()
         let handle = stderrPipe.fileHandleForReading
+        let output = errorOutput
         DispatchQueue.global().async {
-            self.errorData = handle.readDataToEndOfFile()
-            self.errorDone.signal()
+            output.data = handle.readDataToEndOfFile()
+            output.done.signal()
         }
     }
 
@@ -77,8 +84,8 @@ final class Child: @unchecked Sendable {  // the stderr reader writes `errorData
         while process.isRunning && Date() < deadline { usleep(10_000) }
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
-        errorDone.wait()
-        return (process.terminationStatus, process.terminationReason, String(decoding: errorData, as: UTF8.self))
+        errorOutput.done.wait()
+        return (process.terminationStatus, process.terminationReason, String(decoding: errorOutput.data, as: UTF8.self))
     }
 }
 
