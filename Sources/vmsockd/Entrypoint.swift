@@ -23,6 +23,7 @@ enum Entrypoint {
         do throws(VMSockError) {
             server = try IvshmemServer(options.serverConfiguration)
             try server.stopOnTerminationSignals()
+            server.raiseDescriptorLimit()
         } catch {
             fail(error.message)
         }

@@ -100,6 +100,10 @@ package final class IvshmemServer {
         try Sys.forwardSignal(SIGTERM, toEventFD: stopEvent.raw)
     }
 
+    /// Raises this process's descriptor limit to its hard limit: the daemon holds V + 1 descriptors per client,
+    /// and a client it cannot make eventfds for is refused. For the daemon's process, not for a library user's.
+    package func raiseDescriptorLimit() { Sys.raiseOpenFileLimit() }
+
     /// Makes `run` return. Any thread.
     package func stop() { Sys.eventRing(stopEvent.raw) }
 
@@ -165,7 +169,7 @@ package final class IvshmemServer {
             do throws(VMSockError) {
                 socket = try Sys.acceptUnixNonBlocking(listener.raw, what: "accept(\(configuration.path))")
             } catch {
-                log("cannot accept a client: \(error); pausing new connections until a client leaves")
+                log("cannot accept a client: \(error); pausing new connections until a client leaves (or for a second)")
                 pauseListener()
                 return
             }
