@@ -21,8 +21,11 @@ package struct IvshmemPeer: Sendable {
 /// every other peer's eventfds, as peers join and leave.
 ///
 /// The daemon is trusted more than a peer, but what it sends is still checked: anything out of order or out of
-/// range is EPROTO, never a crash. Not thread-safe: one thread calls `update` (the others may ring and wait).
-package final class IvshmemClient: @unchecked Sendable {  // see above: `update` from one thread at a time
+/// range is EPROTO, never a crash.
+///
+/// Not thread-safe: `update`, `waitForEvents` and `ring` (which reads the peer table they change) belong to one
+/// thread at a time. `wait(vector:)`, `drain` and the region touch nothing they change, and may run on another.
+package final class IvshmemClient: @unchecked Sendable {  // see above: the peer table has one thread at a time
     package let id: Int
     package let epoch: UInt64
     package let region: IvshmemRegion
