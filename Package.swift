@@ -7,6 +7,7 @@ let package = Package(
         .library(name: "VMSock", targets: ["VMSock"]),
         .executable(name: "vmcat", targets: ["vmcat"]),
         .executable(name: "vmperf", targets: ["vmperf"]),
+        .executable(name: "vmsockd", targets: ["vmsockd"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -41,11 +42,17 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
+        // The host broker unmodified QEMU talks to: QEMU's ivshmem-server protocol, one shared region (issue 16).
+        .executableTarget(
+            name: "vmsockd",
+            dependencies: ["VMSock", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         // The other process in cross-process tests: a well-behaved peer, a hostile one, a victim to kill -9.
         .executableTarget(name: "vmsock-testpeer", dependencies: ["VMSock", "VMSockRing", "CVMSock"]),
         .testTarget(name: "VMCatTests", dependencies: ["vmcat", "VMSock"]),
         .testTarget(name: "VMPerfTests", dependencies: ["vmperf"]),
         .testTarget(name: "VMSockRingTests", dependencies: ["VMSockRing"]),
+        .testTarget(name: "VMSockdTests", dependencies: ["vmsockd", "VMSock", "VMSockRing", "vmsock-testpeer"]),
         .testTarget(name: "VMSockTests", dependencies: ["VMSock", "VMSockRing", "CVMSock", "CLibevent", "vmsock-testpeer"]),
     ]
 )

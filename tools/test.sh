@@ -40,6 +40,11 @@ if pgrep -x vmperf >/dev/null; then
     pgrep -a -x vmperf >&2
     left=1
 fi
+if pgrep -x vmsockd >/dev/null; then
+    echo "test.sh: vmsockd processes were left running:" >&2
+    pgrep -a -x vmsockd >&2
+    left=1
+fi
 if pgrep -x vmcat >/dev/null; then
     echo "test.sh: vmcat processes were left running:" >&2
     pgrep -a -x vmcat >&2

@@ -8,6 +8,8 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/prctl.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <linux/membarrier.h>
@@ -39,6 +41,27 @@ int vms_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
     *uid = cred.uid;
     *gid = cred.gid;
     return 0;
+}
+
+static atomic_int vms_signal_eventfd = -1;
+
+static void vms_signal_handler(int sig) {
+    (void)sig;
+    int saved = errno;
+    uint64_t one = 1;
+    int fd = atomic_load(&vms_signal_eventfd);
+    if (fd >= 0) (void)!write(fd, &one, sizeof(one));
+    errno = saved;
+}
+
+int vms_forward_signal(int sig, int fd) {
+    atomic_store(&vms_signal_eventfd, fd);
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = vms_signal_handler;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    return sigaction(sig, &action, NULL);
 }
 
 size_t vms_cmsg_space(size_t data_len) { return CMSG_SPACE(data_len); }

@@ -18,6 +18,7 @@ let usage = """
       async-write PORT SECONDS               async connect, write 1 KiB at a time for SECONDS (for strace -c)
       reconnect PORT COUNT                   COUNT times: connect, send 4 KiB, check the echo, close; then
                                              print how many connections reused a link
+      ivshmem-echo SOCKET-PATH               join vmsockd; report joins and leaves; answer rings (IvshmemEcho.swift)
     All ports are on 127.0.0.1, except for cat. The transport policy comes from VMSOCK_TRANSPORT.
     """
 
@@ -37,6 +38,10 @@ func ready(_ word: String = "ready") {
 }
 
 let loopback = "127.0.0.1"
+if args[1] == "ivshmem-echo" {
+    do { try IvshmemEcho.run(path: args[2]) } catch { fail("\(error)") }
+    exit(0)
+}
 guard let port = UInt16(args[args[1].hasPrefix("cat") ? 3 : 2]) else { fail("bad port\n\(usage)") }
 do {
     switch args[1] {

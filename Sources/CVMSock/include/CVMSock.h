@@ -36,6 +36,11 @@ int vms_accept4_cloexec_nonblock(int fd);
 /// SO_PEERCRED of a connected AF_UNIX socket. Returns 0 or -1 with errno set.
 int vms_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 
+// MARK: signals
+/// Installs a handler for `sig` (SA_RESTART) that writes 1 to the eventfd `fd`, the one thing it does (write(2) is
+/// async-signal-safe). One eventfd for every signal forwarded. Returns 0 or -1 with errno set.
+int vms_forward_signal(int sig, int fd);
+
 // MARK: SCM_RIGHTS (the CMSG_* macros are not importable)
 size_t vms_cmsg_space(size_t data_len);
 size_t vms_cmsg_len(size_t data_len);

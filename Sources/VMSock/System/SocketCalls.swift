@@ -73,6 +73,17 @@ extension Sys {
         throw VMSockError.system(what(), errno: code)
     }
 
+    /// accept4(SOCK_CLOEXEC | SOCK_NONBLOCK) without waiting, on a non-blocking Unix listening socket: the
+    /// connection, or nil when none is waiting (EAGAIN) or it died before we took it (ECONNABORTED). EMFILE and
+    /// ENFILE are thrown: the caller must stop polling the listener until a descriptor is free, or it spins.
+    static func acceptUnixNonBlocking(_ fd: Int32, what: @autoclosure () -> String) throws(VMSockError) -> Descriptor? {
+        let accepted = retryingEINTR { vms_accept4_cloexec_nonblock(fd) }
+        if accepted >= 0 { return Descriptor(accepted) }
+        let code = errno
+        if code == EAGAIN || code == ECONNABORTED { return nil }
+        throw VMSockError.system(what(), errno: code)
+    }
+
     /// accept4(SOCK_CLOEXEC | SOCK_NONBLOCK) without waiting, on a non-blocking TCP listening socket: the
     /// connection, or nil when none is waiting (EAGAIN). A connection that died before we took it (ECONNABORTED,
     /// and the network errors accept(2) says to treat like EAGAIN: EPROTO, ENETDOWN, ...) is passed over for the

@@ -60,6 +60,19 @@ enum Sys {
     /// getuid(2), which cannot fail.
     static func userID() -> uid_t { getuid() }
 
+    /// setrlimit(RLIMIT_NOFILE) with the soft limit raised to the hard one: as many descriptors as this process
+    /// may have (vmsockd holds V + 1 per client). Returns the limit now in force; a failure (none is expected: the
+    /// soft limit may always go up to the hard one) leaves the old one, which is returned.
+    @discardableResult
+    static func raiseOpenFileLimit() -> UInt64 {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+        guard limit.rlim_cur < limit.rlim_max else { return UInt64(limit.rlim_cur) }
+        let old = limit.rlim_cur
+        limit.rlim_cur = limit.rlim_max
+        return setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 ? UInt64(limit.rlim_max) : UInt64(old)
+    }
+
     /// sched_yield(2): lets another runnable thread have this core. It always succeeds on Linux.
     @inline(__always)
     static func yield() { _ = sched_yield() }
@@ -103,6 +116,12 @@ enum Sys {
     static func inode(of path: String) -> ino_t? {
         var info = stat()
         return retryingEINTR { stat(path, &info) } == 0 ? info.st_ino : nil
+    }
+
+    /// stat(2) of `path` (following links): what is there, or nil when nothing is, or nothing we may look at.
+    static func pathStatus(_ path: String) -> stat? {
+        var info = stat()
+        return retryingEINTR { stat(path, &info) } == 0 ? info : nil
     }
 
     /// What a descriptor is, as /proc shows it ("anon_inode:[eventfd]", "/memfd:vmsock (deleted)", ...), for error

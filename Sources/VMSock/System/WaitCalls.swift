@@ -55,6 +55,16 @@ extension Sys {
         try check("epoll_ctl") { epoll_ctl(epoll, operation, fd, &event) }
     }
 
+    /// epoll_wait(2) for up to `timeoutMs` (-1 forever): how many of `events` it filled, 0 when the time passed or a
+    /// signal interrupted the wait (as `poll` above: callers loop, and a signal handler's eventfd is in the set).
+    static func epollWait(_ epoll: Int32, _ events: inout [epoll_event], timeoutMs: Int32) throws(VMSockError) -> Int {
+        let count = events.count
+        let ready = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, Int32(count), timeoutMs) }
+        if ready >= 0 { return Int(ready) }
+        if errno == EINTR { return 0 }
+        throw VMSockError.system("epoll_wait")
+    }
+
     /// epoll_wait without waiting: how many of `events` it filled. A failure reads as none ready: with a timeout of
     /// 0 it neither sleeps nor sees EINTR, and what is left (EBADF, EFAULT, EINVAL) would be a bug of ours.
     static func epollReady(_ epoll: Int32, _ events: inout [epoll_event]) -> Int {
@@ -106,5 +116,31 @@ extension Sys {
     /// eventfd(2) with a count of 0 and `flags` (EFD_CLOEXEC, ...).
     static func eventFD(flags: Int32) throws(VMSockError) -> Descriptor {
         Descriptor(try check("eventfd") { eventfd(0, flags) })
+    }
+
+    /// write(2) of 1 to an eventfd: one ring. Its failure is ignored: EAGAIN (a non-blocking eventfd whose count is
+    /// at its maximum) already holds rings that wake the reader as this one would, and EBADF or EINVAL would be a
+    /// bug of ours. The eventfd must be non-blocking (see `IvshmemPeer` for who could change that).
+    @inline(__always)
+    static func eventRing(_ fd: Int32) {
+        var one: UInt64 = 1
+        _ = retryingEINTR { Glibc.write(fd, &one, 8) }
+    }
+
+    /// read(2) of a non-blocking eventfd's count, clearing it: the rings since the last read, 0 when there were none
+    /// (EAGAIN, and any other failure: EBADF or EINVAL would be a bug of ours).
+    @discardableResult
+    static func eventDrain(_ fd: Int32) -> UInt64 {
+        var count: UInt64 = 0
+        let got = retryingEINTR { Glibc.read(fd, &count, 8) }
+        return got == 8 ? count : 0
+    }
+
+    // MARK: Signals
+
+    /// sigaction(2) for `signal`: a handler that writes 1 to the eventfd `fd` (async-signal-safe), with SA_RESTART,
+    /// so that a loop that waits on `fd` sees the signal as a readable descriptor (vmsockd's SIGINT and SIGTERM).
+    static func forwardSignal(_ signal: Int32, toEventFD fd: Int32) throws(VMSockError) {
+        try check("sigaction(\(signal))") { vms_forward_signal(signal, fd) }
     }
 }

@@ -1,0 +1,435 @@
+import CVMSock
+import Glibc
+import VMSockRing
+
+/// vmsockd's broker: QEMU's ivshmem-server protocol (`IvshmemWire`) on a Unix socket path, one shared region
+/// (`IvshmemRegion`) and V eventfds per client.
+///
+/// One thread, one epoll set: the listening socket, every client's socket, and a stop eventfd (which `stop()` and
+/// the forwarded SIGINT and SIGTERM ring). It never waits on a client: every send is non-blocking. What does not
+/// fit in a client's socket buffer waits in that client's queue, sent as the socket drains (EPOLLOUT); a client
+/// whose queue passes `queueLimit` is dropped, like one whose send fails. A client that sends anything, or hangs
+/// up, leaves. Whoever leaves is announced to everyone left, so one bad client costs only itself.
+package final class IvshmemServer {
+    package struct Configuration: Sendable {
+        package var path: String
+        package var regionSize = IvshmemLayout.defaultRegionSize
+        package var vectors = 4
+        /// Report every join and leave on standard error, not only the clients dropped or refused.
+        package var verbose = false
+
+        package init(path: String) { self.path = path }
+
+        /// Checks sizes and counts: EINVAL saying what is wrong.
+        package func validate() throws(VMSockError) {
+            if path.isEmpty { throw VMSockError(code: EINVAL, "the socket path is empty") }
+            try IvshmemRegion.checkSize(regionSize)
+            guard vectors >= 1 && vectors <= IvshmemLayout.maximumVectors else {
+                throw VMSockError(code: EINVAL, "\(vectors) vectors: use 1 to \(IvshmemLayout.maximumVectors)")
+            }
+        }
+    }
+
+    /// Messages a client may have waiting beyond its socket buffer before it is dropped. A client that reads
+    /// never gets near it: the largest burst is a join's, (peers + 1) * vectors + 3 messages.
+    package static let queueLimit = 1 << 16
+    /// The socket buffer asked for each client (best effort; the kernel caps it at net.core.wmem_max). A default
+    /// Unix stream buffer (208 KiB) takes 278 messages with a descriptor each; a join with 64 vectors and 4 peers
+    /// sends 323.
+    static let sendBufferSize: Int32 = 1 << 20
+
+    private let configuration: Configuration
+    private let region: IvshmemRegion
+    private let header: IvshmemHeaderWriter
+    private let memory: Descriptor
+    private let listener: Descriptor
+    /// The inode of the socket file we bound: at exit the path is removed only while it is still ours.
+    private let listenerInode: ino_t?
+    private let epoll: Descriptor
+    private let stopEvent: Descriptor
+
+    /// The connected clients, in the order they joined (the order the protocol announces them in).
+    private var clients: [Client] = []
+    private var clientsByToken: [UInt64: Client] = [:]
+    private var usedIDs = Set<Int>()
+    /// Where the search for the next unused id starts: one past the last id handed out, as QEMU's server does,
+    /// so that an id just freed is not handed out again at once.
+    private var nextID = 0
+    /// Joins so far: the last epoch handed out.
+    private var joins: UInt64 = 0
+    /// The listener is out of the epoll set after EMFILE or ENFILE, until a client leaves (or a second passes).
+    private var listenerPaused = false
+
+    private static let listenerToken = UInt64.max
+    private static let stopToken = UInt64.max - 1
+
+    /// Creates the region, binds the socket (replacing a stale socket file nobody answers on), and sets up the
+    /// epoll set. Clients that connect from now on wait in the backlog until `run`.
+    /// - Throws: EINVAL for a bad configuration; EADDRINUSE when a server answers on the path, or the path is
+    ///   something other than a socket; ENAMETOOLONG; any failure of the calls on the way.
+    package init(_ configuration: Configuration) throws(VMSockError) {
+        try configuration.validate()
+        self.configuration = configuration
+        (region, memory) = try IvshmemRegion.create(size: configuration.regionSize, vectors: configuration.vectors)
+        header = IvshmemHeaderWriter(base: region.base, geometry: region.geometry)
+        listener = try Self.bindListener(configuration.path)
+        listenerInode = Sys.inode(of: configuration.path)
+        do {
+            epoll = try Sys.epollCreate()
+            stopEvent = try Sys.eventFD(flags: Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK))
+            try Sys.epollControl(epoll.raw, EPOLL_CTL_ADD, listener.raw, events: EPOLLIN.rawValue, data: Self.listenerToken)
+            try Sys.epollControl(epoll.raw, EPOLL_CTL_ADD, stopEvent.raw, events: EPOLLIN.rawValue, data: Self.stopToken)
+        } catch {
+            Self.removeSocketFile(configuration.path, inode: listenerInode)
+            throw error
+        }
+    }
+
+    deinit {
+        Self.removeSocketFile(configuration.path, inode: listenerInode)
+    }
+
+    /// "64 MiB region, 4 vectors".
+    package var summary: String {
+        "\(IvshmemRegion.describe(region.size)) region, \(configuration.vectors) vector\(configuration.vectors == 1 ? "" : "s")"
+    }
+
+    /// Makes SIGINT and SIGTERM stop `run` (they ring the stop eventfd) instead of killing the process.
+    package func stopOnTerminationSignals() throws(VMSockError) {
+        try Sys.forwardSignal(SIGINT, toEventFD: stopEvent.raw)
+        try Sys.forwardSignal(SIGTERM, toEventFD: stopEvent.raw)
+    }
+
+    /// Raises this process's descriptor limit to its hard limit: the daemon holds V + 1 descriptors per client,
+    /// and a client it cannot make eventfds for is refused. For the daemon's process, not for a library user's.
+    package func raiseDescriptorLimit() { Sys.raiseOpenFileLimit() }
+
+    /// Makes `run` return. Any thread.
+    package func stop() { Sys.eventRing(stopEvent.raw) }
+
+    /// Serves clients until `stop()` (or a forwarded signal); then closes every client's connection and removes
+    /// the socket file. Returns normally; throws only when epoll itself fails.
+    package func run() throws(VMSockError) {
+        defer { shutDown() }
+        var events = [epoll_event](repeating: epoll_event(), count: 64)
+        while true {
+            let ready = try Sys.epollWait(epoll.raw, &events, timeoutMs: listenerPaused ? 1000 : -1)
+            if listenerPaused { resumeListener() }
+            for event in events.prefix(ready) {
+                switch event.data.u64 {
+                case Self.stopToken:
+                    return
+                case Self.listenerToken:
+                    acceptClients()
+                case let token:
+                    // Removed earlier in this batch: its events are stale.
+                    guard let client = clientsByToken[token] else { continue }
+                    handle(event.events, of: client)
+                }
+            }
+            removeDoomedClients()
+        }
+    }
+
+    // MARK: Clients
+
+    /// A connected client: its socket, its eventfds (one per vector, which it receives on and everyone else
+    /// rings), and the messages that did not fit in its socket yet.
+    private final class Client {
+        let id: Int
+        /// The join count at its join: unique in this region, the token of its epoll events, and the epoch in its
+        /// region slot.
+        let epoch: UInt64
+        let socket: Descriptor
+        let vectors: [Descriptor]
+        let credentials: PeerCredentials?
+        var queue: [(value: Int64, descriptor: Descriptor?)] = []
+        var queueStart = 0
+        var watchesWritable = false
+        /// Why it must go, once set; it is removed (and its leave announced) at the end of the current step.
+        var doomed: String?
+        /// Whether the others were told of it: only then are they told it left.
+        var announced = false
+
+        init(id: Int, epoch: UInt64, socket: Descriptor, vectors: [Descriptor], credentials: PeerCredentials?) {
+            self.id = id
+            self.epoch = epoch
+            self.socket = socket
+            self.vectors = vectors
+            self.credentials = credentials
+        }
+
+        var pending: Int { queue.count - queueStart }
+    }
+
+    private func acceptClients() {
+        // Bounded, so that a flood of connects cannot keep the loop from the clients' events.
+        for _ in 0..<64 {
+            let socket: Descriptor?
+            do throws(VMSockError) {
+                socket = try Sys.acceptUnixNonBlocking(listener.raw, what: "accept(\(configuration.path))")
+            } catch {
+                log("cannot accept a client: \(error); pausing new connections until a client leaves (or for a second)")
+                pauseListener()
+                return
+            }
+            guard let socket else { return }
+            join(socket)
+            removeDoomedClients()
+        }
+    }
+
+    /// The whole join of one client, in the protocol's order.
+    private func join(_ socket: Descriptor) {
+        guard let id = unusedID() else {
+            log("refused a client: all \(region.geometry.peerSlots) peer ids are in use")
+            return  // closing the socket is the refusal
+        }
+        let credentials = try? Sys.peerCredentials(socket.raw)
+        var vectors: [Descriptor] = []
+        for _ in 0..<configuration.vectors {
+            do throws(VMSockError) {
+                vectors.append(try Sys.eventFD(flags: Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK)))
+            } catch {
+                log("refused a client: \(error)")
+                return
+            }
+        }
+        do throws(VMSockError) {
+            try Sys.epollControl(epoll.raw, EPOLL_CTL_ADD, socket.raw, events: Self.readEvents, data: joins + 1)
+        } catch {
+            log("refused a client: \(error)")
+            return
+        }
+        // Best effort: a smaller buffer only means more messages wait in the queue.
+        try? Sys.setOption(socket.raw, SOL_SOCKET, SO_SNDBUF, Self.sendBufferSize, "setsockopt(SO_SNDBUF)")
+        joins += 1
+        let client = Client(id: id, epoch: joins, socket: socket, vectors: vectors, credentials: credentials)
+        let others = clients
+        clients.append(client)
+        clientsByToken[client.epoch] = client
+        usedIDs.insert(id)
+        nextID = (id + 1) % region.geometry.peerSlots
+        // The slot is live before the client can learn its id, so it finds its epoch there.
+        header.markJoined(
+            id: id, epoch: client.epoch, pid: UInt32(bitPattern: credentials?.pid ?? 0),
+            uid: credentials?.uid ?? UInt32.max, gid: credentials?.gid ?? UInt32.max)
+
+        send(to: client, IvshmemWire.protocolVersion)
+        send(to: client, Int64(id))
+        send(to: client, IvshmemWire.sharedMemory, memory)
+        // A client that is gone already is removed without a word to the others: they never heard of it.
+        if client.doomed != nil { return }
+        client.announced = true
+        for other in others where other.doomed == nil {
+            for vector in vectors { send(to: other, Int64(id), vector) }
+        }
+        for other in others {
+            for vector in other.vectors { send(to: client, Int64(other.id), vector) }
+        }
+        for vector in vectors { send(to: client, Int64(id), vector) }
+        if configuration.verbose {
+            let who = credentials.map { " (pid \($0.pid), uid \($0.uid))" } ?? ""
+            log("peer \(id) joined\(who), epoch \(client.epoch)")
+        }
+    }
+
+    /// The next id nobody holds, searching from `nextID` and wrapping; nil when every slot is taken.
+    private func unusedID() -> Int? {
+        let slots = region.geometry.peerSlots
+        guard usedIDs.count < slots else { return nil }
+        var id = nextID
+        while usedIDs.contains(id) { id = (id + 1) % slots }
+        return id
+    }
+
+    /// A client's socket is readable (it sent something, which clients never do), hung up, erred, or writable.
+    private func handle(_ events: UInt32, of client: Client) {
+        if events & (EPOLLHUP.rawValue | EPOLLRDHUP.rawValue | EPOLLERR.rawValue) != 0 {
+            doom(client, "hung up")
+        } else if events & EPOLLIN.rawValue != 0 {
+            doom(client, "sent a message (clients never send)")
+        } else if events & EPOLLOUT.rawValue != 0 {
+            flush(client)
+        }
+    }
+
+    /// Sends one message to `client`, or queues it behind what already waits. Never waits.
+    private func send(to client: Client, _ value: Int64, _ descriptor: Descriptor? = nil) {
+        guard client.doomed == nil else { return }
+        if client.pending > 0 {
+            enqueue(client, value, descriptor)
+            return
+        }
+        do throws(VMSockError) {
+            if try IvshmemWire.send(client.socket.raw, value, descriptor: descriptor?.raw) == .full {
+                enqueue(client, value, descriptor)
+            }
+        } catch {
+            doom(client, "cannot be sent to: \(error)")
+        }
+    }
+
+    private func enqueue(_ client: Client, _ value: Int64, _ descriptor: Descriptor?) {
+        guard client.pending < Self.queueLimit else {
+            doom(client, "does not read: \(Self.queueLimit) messages wait beyond its socket buffer")
+            return
+        }
+        client.queue.append((value, descriptor))
+        if !client.watchesWritable { watch(client, writable: true) }
+    }
+
+    /// Sends what waits in `client`'s queue, until its socket is full again.
+    private func flush(_ client: Client) {
+        while client.doomed == nil && client.pending > 0 {
+            let (value, descriptor) = client.queue[client.queueStart]
+            do throws(VMSockError) {
+                guard try IvshmemWire.send(client.socket.raw, value, descriptor: descriptor?.raw) == .sent else {
+                    // Full again: drop what was sent from the front, so the queue holds only what waits.
+                    if client.queueStart >= 1024 {
+                        client.queue.removeFirst(client.queueStart)
+                        client.queueStart = 0
+                    }
+                    return
+                }
+            } catch {
+                doom(client, "cannot be sent to: \(error)")
+                return
+            }
+            client.queue[client.queueStart].descriptor = nil
+            client.queueStart += 1
+        }
+        guard client.pending == 0 else { return }
+        client.queue.removeAll()
+        client.queueStart = 0
+        if client.watchesWritable && client.doomed == nil { watch(client, writable: false) }
+    }
+
+    private static let readEvents = EPOLLIN.rawValue | EPOLLRDHUP.rawValue
+
+    private func watch(_ client: Client, writable: Bool) {
+        let events = Self.readEvents | (writable ? EPOLLOUT.rawValue : 0)
+        do throws(VMSockError) {
+            try Sys.epollControl(epoll.raw, EPOLL_CTL_MOD, client.socket.raw, events: events, data: client.epoch)
+            client.watchesWritable = writable
+        } catch {
+            doom(client, "cannot be watched: \(error)")
+        }
+    }
+
+    private func doom(_ client: Client, _ reason: String) {
+        if client.doomed == nil { client.doomed = reason }
+    }
+
+    /// Removes every doomed client and tells the others, which may doom more of them (a full queue): until none is
+    /// left.
+    private func removeDoomedClients() {
+        while let index = clients.firstIndex(where: { $0.doomed != nil }) {
+            let client = clients.remove(at: index)
+            clientsByToken[client.epoch] = nil
+            usedIDs.remove(client.id)
+            header.markLeft(id: client.id, epoch: client.epoch)
+            // Removing from the set before closing: the socket may be open in another process too (a fork).
+            try? Sys.epollControl(epoll.raw, EPOLL_CTL_DEL, client.socket.raw, events: 0, data: 0)
+            let reason = client.doomed ?? ""
+            let normal = reason == "hung up"
+            if !client.announced {
+                // Gone before its join was sent (a prober, or a client that died at once): nobody heard of it.
+                if configuration.verbose { log("a client (id \(client.id)) left before it joined: it \(reason)") }
+            } else if configuration.verbose || !normal {
+                log("peer \(client.id) left: it \(reason)")
+            }
+            if client.announced {
+                for other in clients { send(to: other, Int64(client.id)) }
+            }
+            if listenerPaused { resumeListener() }
+        }
+    }
+
+    // MARK: The listening socket
+
+    private func pauseListener() {
+        guard !listenerPaused else { return }
+        try? Sys.epollControl(epoll.raw, EPOLL_CTL_DEL, listener.raw, events: 0, data: 0)
+        listenerPaused = true
+    }
+
+    private func resumeListener() {
+        do throws(VMSockError) {
+            try Sys.epollControl(epoll.raw, EPOLL_CTL_ADD, listener.raw, events: EPOLLIN.rawValue, data: Self.listenerToken)
+            listenerPaused = false
+        } catch {
+            // Stays paused: tried again within a second.
+        }
+    }
+
+    /// Binds and listens on `path`. A socket file already there is probed: one that answers belongs to a running
+    /// server and is left alone (EADDRINUSE); one nobody answers on is stale and replaced. Anything at the path
+    /// that is not a socket is never removed.
+    private static func bindListener(_ path: String) throws(VMSockError) -> Descriptor {
+        let address = ControlAddress(kind: .path, name: path)
+        var (addr, length) = try ControlSocket.socketAddress(address)
+        func attempt() throws(VMSockError) -> Descriptor {
+            let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+            let fd = try Sys.socket(AF_UNIX, type, "socket(AF_UNIX, SOCK_STREAM)")
+            try withUnsafePointer(to: &addr) { (pointer) throws(VMSockError) in
+                try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(VMSockError) in
+                    try Sys.bind(fd.raw, sa, length, "bind(\(path))")
+                }
+            }
+            return fd
+        }
+        let fd: Descriptor
+        do {
+            fd = try attempt()
+        } catch where error.code == EADDRINUSE {
+            guard let info = Sys.pathStatus(path), info.st_mode & S_IFMT == S_IFSOCK else {
+                throw VMSockError(code: EADDRINUSE, "\(path) exists and is not a socket; not replacing it")
+            }
+            if isAnswered(address) {
+                throw VMSockError(code: EADDRINUSE, "\(path): a server is already running there (another vmsockd?)")
+            }
+            Sys.unlink(path)  // stale: nobody answers on it
+            fd = try attempt()
+        }
+        try Sys.listen(fd.raw, backlog: 64, "listen(\(path))")
+        return fd
+    }
+
+    /// Whether a server accepts connections on the socket file at `address`. A running vmsockd takes the probe for a
+    /// client that joins and leaves at once, and tells its clients so: a cost only a second start pays.
+    private static func isAnswered(_ address: ControlAddress) -> Bool {
+        guard let probe = try? Sys.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), "socket(probe)"),
+              let (socketAddress, length) = try? ControlSocket.socketAddress(address)
+        else { return false }
+        var addr = socketAddress
+        let outcome = withUnsafePointer(to: &addr) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                Result { () throws(VMSockError) in try Sys.connect(probe.raw, sa, length, "connect(probe)") }
+            }
+        }
+        switch outcome {
+        case .success: return true  // connected, or a full backlog (.wouldBlock): a live server either way
+        case .failure: return false  // ECONNREFUSED: nobody listens
+        }
+    }
+
+    // MARK: Ending
+
+    private func shutDown() {
+        for client in clients { try? Sys.epollControl(epoll.raw, EPOLL_CTL_DEL, client.socket.raw, events: 0, data: 0) }
+        clients.removeAll()
+        clientsByToken.removeAll()
+        usedIDs.removeAll()
+        Self.removeSocketFile(configuration.path, inode: listenerInode)
+    }
+
+    /// Removes the socket file, only while it is still the one we bound (a newer server may have replaced a file
+    /// it found stale).
+    private static func removeSocketFile(_ path: String, inode: ino_t?) {
+        if let ours = inode, Sys.inode(of: path) == ours { Sys.unlink(path) }
+    }
+
+    /// One line on standard error: joins and leaves with `verbose`, and always what went wrong.
+    private func log(_ line: String) { Sys.writeToStandardError("vmsockd: \(line)\n") }
+}

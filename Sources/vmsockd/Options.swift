@@ -1,0 +1,62 @@
+import ArgumentParser
+import VMSock
+
+/// The command line: `vmsockd --socket PATH [--size BYTES] [--vectors N] [-v]`. The sizes and counts are checked in
+/// `validate()`, so that a bad one is one line of usage error like any other.
+struct Options: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vmsockd",
+        abstract: "The host broker QEMU's ivshmem-doorbell talks to: one shared region and eventfds for every peer.",
+        discussion: """
+            Speaks QEMU's ivshmem-server protocol on a Unix socket. Point QEMU at it with \
+            `-chardev socket,path=PATH,id=ivs -device ivshmem-doorbell,chardev=ivs,vectors=N` (N as --vectors). \
+            Runs in the foreground; prints one line once ready; SIGINT or SIGTERM end it cleanly.
+            """)
+
+    @Option(help: "The Unix socket path to listen on (a stale socket file there is replaced).")
+    var socket: String
+    @Option(parsing: .unconditional,
+            help: "Bytes of the shared region: a power of two from 64K to 64G, with an optional K, M or G suffix.")
+    var size: ByteCount = ByteCount(64 << 20)
+    @Option(parsing: .unconditional, help: "eventfds (interrupt vectors) per peer, 1 to 64: QEMU's vectors= must match.")
+    var vectors: Int = 4
+    @Flag(name: [.customShort("v"), .customLong("verbose")], help: "Report every peer that joins or leaves on standard error.")
+    var verbose = false
+
+    func validate() throws {
+        if socket.isEmpty { throw ValidationError("--socket needs a path") }
+        do {
+            try serverConfiguration.validate()
+        } catch {
+            throw ValidationError(error.message)
+        }
+    }
+
+    var serverConfiguration: IvshmemServer.Configuration {
+        var configuration = IvshmemServer.Configuration(path: socket)
+        configuration.regionSize = size.value
+        configuration.vectors = vectors
+        configuration.verbose = verbose
+        return configuration
+    }
+}
+
+/// A byte count as the other tools take it: a whole number with an optional K, M, G or T suffix (powers of 1024).
+struct ByteCount: ExpressibleByArgument, Equatable {
+    let value: Int
+
+    init(_ value: Int) { self.value = value }
+
+    init?(argument: String) {
+        var digits = Substring(argument)
+        var shift = 0
+        if let last = digits.last, let power = "kmgt".firstIndex(of: Character(last.lowercased())) {
+            shift = 10 * ("kmgt".distance(from: "kmgt".startIndex, to: power) + 1)
+            digits = digits.dropLast()
+        }
+        guard let number = Int(digits), number >= 0, number <= Int.max >> shift else { return nil }
+        value = number << shift
+    }
+
+    var defaultValueDescription: String { "64M" }
+}
