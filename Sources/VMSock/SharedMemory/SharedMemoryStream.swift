@@ -36,7 +36,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     private let fault = Mutex<VMSockError?>(nil)
 
     let settings = EngineSettings(spinNanos: SpinPolicy.processNanoseconds)
-    var transport: Transport { .sharedMemory }
+    var transport: Transport { link.lease == nil ? .sharedMemory : .ivshmem }
 
     enum State {
         static let peerGone: UInt32 = 1 << 0
@@ -470,6 +470,9 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
             // No doorbells: every sleeper, ours and the peer's, polls the control socket too, and shutting it
             // down wakes them all (our end hangs up, and so does the peer's). Four sends fewer per close.
             Sys.shutdown(link.control.raw)
+            // In a vmsockd region the liveness socket is ours alone (the dispatcher's): ring the peer, whose
+            // sleeper then re-checks our shutdown bits.
+            if link.lease != nil { link.peerDataBell.ring() }
             return
         }
         // The link is kept for reuse, so its control socket stays up: ring instead. The peer only if it sleeps
