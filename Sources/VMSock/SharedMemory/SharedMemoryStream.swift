@@ -358,7 +358,10 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     /// re-checks the ring. Every way out of here ends the wait or leaves something new to re-check, so a waiting
     /// call never spins on a descriptor that stays readable.
     private func sleep(on bell: Doorbell, until deadline: Deadline, what: String) throws(VMSockError) {
-        guard let timeoutMs = deadline.pollTimeout else { throw VMSockError(code: ETIMEDOUT, "\(what) timed out") }
+        guard var timeoutMs = deadline.pollTimeout else { throw VMSockError(code: ETIMEDOUT, "\(what) timed out") }
+        // In a vmsockd region a ring can be lost (another peer may read our eventfd, or clear the flag we wait
+        // under): wake up at least at every dispatcher tick and re-check, so that costs latency, not a hang.
+        if link.lease != nil && (timeoutMs < 0 || timeoutMs > IvshmemNode.tickMs) { timeoutMs = IvshmemNode.tickMs }
         var fds = [
             pollfd(fd: bell.fd, events: Int16(POLLIN), revents: 0),
             pollfd(fd: link.control.raw, events: Int16(POLLIN) | Int16(VMS_POLLRDHUP), revents: 0),
