@@ -52,7 +52,7 @@ let package = Package(
         .testTarget(name: "VMCatTests", dependencies: ["vmcat", "VMSock"]),
         .testTarget(name: "VMPerfTests", dependencies: ["vmperf"]),
         .testTarget(name: "VMSockRingTests", dependencies: ["VMSockRing"]),
-        .testTarget(name: "VMSockdTests", dependencies: ["vmsockd", "VMSock", "VMSockRing", "vmsock-testpeer"]),
+        .testTarget(name: "VMSockdTests", dependencies: ["vmsockd", "VMSock", "VMSockRing", "vmsock-testpeer", "vmcat", "vmperf"]),
         .testTarget(name: "VMSockTests", dependencies: ["VMSock", "VMSockRing", "CVMSock", "CLibevent", "vmsock-testpeer"]),
     ]
 )

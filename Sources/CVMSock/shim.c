@@ -13,6 +13,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <linux/membarrier.h>
+#include <sys/uio.h>
 
 _Static_assert(VMS_POLLRDHUP == POLLRDHUP, "POLLRDHUP");
 
@@ -82,4 +83,26 @@ int vms_membarrier_register_global(void) {
 
 int vms_membarrier_global(void) {
     return (int)syscall(__NR_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0);
+}
+
+int64_t vms_eventfd_read_nowait(int fd) {
+    uint64_t count = 0;
+    struct iovec io = { &count, sizeof(count) };
+    ssize_t got;
+    do { got = preadv2(fd, &io, 1, -1, RWF_NOWAIT); } while (got < 0 && errno == EINTR);
+    if (got == (ssize_t)sizeof(count)) return (int64_t)(count & INT64_MAX);
+    if (got < 0 && errno == EAGAIN) return 0;
+    return -1;
+}
+
+int vms_eventfd_ring_shared(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) return 0;
+    if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return 0;
+    struct pollfd p = { .fd = fd, .events = POLLOUT, .revents = 0 };
+    if (poll(&p, 1, 0) != 1 || !(p.revents & POLLOUT)) return 0;
+    uint64_t one = 1;
+    ssize_t put;
+    do { put = write(fd, &one, sizeof(one)); } while (put < 0 && errno == EINTR);
+    return put == (ssize_t)sizeof(one);
 }

@@ -103,6 +103,7 @@ enum Netcat {
         switch options.transport ?? TransportPolicy.processDefault {
         case .auto: "tcp or shared memory"
         case .shm: "shared memory"
+        case .ivshmem: "ivshmem"
         case .tcp: "tcp"
         }
     }

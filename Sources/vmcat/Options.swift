@@ -2,7 +2,7 @@ import VMSock
 
 /// What the command line asked for, parsed the way OpenBSD nc's getopt does it: short flags that combine (`-lk`,
 /// `-Nv`), option values attached or separate (`-w5`, `-w 5`, `-q-1`, `-q -1`), operands anywhere, `--` ends the
-/// options. Two long options of our own: `--transport auto|shm|tcp` and `--ring-size BYTES` (also `--x=value`).
+/// options. Two long options of our own: `--transport auto|shm|tcp|ivshmem` and `--ring-size BYTES` (also `--x=value`).
 ///
 /// A small getopt of its own rather than swift-argument-parser. ArgumentParser does take attached values
 /// (`.customShort("w", allowingJoined: true)`: `-w5`) and values that look like options (`parsing: .unconditional`:
@@ -36,7 +36,7 @@ struct Options: Equatable {
 
     static let usage = """
         usage: vmcat [-46dhklNvz] [-p port] [-q seconds] [-w timeout]
-        \t     [--transport auto|shm|tcp] [--ring-size bytes] [destination] [port]
+        \t     [--transport auto|shm|tcp|ivshmem] [--ring-size bytes] [destination] [port]
         """
 
     static let help = usage + """
@@ -55,7 +55,8 @@ struct Options: Equatable {
         \t\t-w timeout	Timeout for connects and final net reads (idle time)
         \t\t-z		Zero-I/O mode [used for scanning]
         \t\t--transport P	auto (default: shared memory when the peer is a vmsock listener on this host,
-        \t\t\t\telse TCP), shm (shared memory or fail), tcp (TCP only)
+        \t\t\t\telse TCP), shm (shared memory or fail), tcp (TCP only),
+        \t\t\t\tivshmem (the vmsockd region VMSOCK_IVSHMEM names, or fail)
         \t\t--ring-size N	bytes of our shared-memory ring (power of two, 4096 to 67108864; 4194304)
         """
 
@@ -85,7 +86,7 @@ struct Options: Equatable {
                 case "transport":
                     let text = try value(attached, name)
                     guard let policy = TransportPolicy(rawValue: text.lowercased()) else {
-                        throw UsageError(message: "invalid transport: \(text) (use auto, shm or tcp)")
+                        throw UsageError(message: "invalid transport: \(text) (use auto, shm, tcp or ivshmem)")
                     }
                     options.transport = policy
                 case "ring-size":

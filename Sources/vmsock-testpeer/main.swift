@@ -19,6 +19,8 @@ let usage = """
       reconnect PORT COUNT                   COUNT times: connect, send 4 KiB, check the echo, close; then
                                              print how many connections reused a link
       ivshmem-echo SOCKET-PATH               join vmsockd; report joins and leaves; answer rings (IvshmemEcho.swift)
+      ivshmem-scribble SOCKET-PATH SECONDS   join vmsockd; write random bytes over its region (IvshmemHostile.swift)
+      ivshmem-claim-all SOCKET-PATH          join vmsockd; claim every connection slot and listen entry; sit
     All ports are on 127.0.0.1, except for cat. The transport policy comes from VMSOCK_TRANSPORT.
     """
 
@@ -40,6 +42,16 @@ func ready(_ word: String = "ready") {
 let loopback = "127.0.0.1"
 if args[1] == "ivshmem-echo" {
     do { try IvshmemEcho.run(path: args[2]) } catch { fail("\(error)") }
+    exit(0)
+}
+if args[1] == "ivshmem-scribble" || args[1] == "ivshmem-claim-all" {
+    do {
+        if args[1] == "ivshmem-claim-all" { try IvshmemHostile.claimAll(path: args[2]) }
+        guard args.count == 4, let seconds = Double(args[3]) else { fail("bad arguments\n\(usage)") }
+        try IvshmemHostile.scribble(path: args[2], seconds: seconds)
+    } catch {
+        fail("\(error)")
+    }
     exit(0)
 }
 guard let port = UInt16(args[args[1].hasPrefix("cat") ? 3 : 2]) else { fail("bad port\n\(usage)") }

@@ -88,7 +88,7 @@ final class OptionsTests: XCTestCase {
             (["-w", "soon", "h", "80"], "timeout soon is invalid"),
             (["-w", "inf", "h", "80"], "timeout inf is invalid"),
             (["-q", "x", "h", "80"], "quit timeout x is invalid"),
-            (["--transport", "udp", "h", "80"], "invalid transport: udp (use auto, shm or tcp)"),
+            (["--transport", "udp", "h", "80"], "invalid transport: udp (use auto, shm, tcp or ivshmem)"),
             (["--ring-size", "1000", "h", "80"], "invalid ring size: 1000 (a power of two, 4096 to 67108864)"),
             (["--ring-size=6000", "h", "80"], "invalid ring size: 6000 (a power of two, 4096 to 67108864)"),
             (["--ring-size", "128M", "h", "80"], "invalid ring size: 128M (a power of two, 4096 to 67108864)"),

@@ -31,12 +31,25 @@ final class Child {
         let done = DispatchSemaphore(value: 0)
     }
 
-    init(_ executable: String, _ arguments: [String]) throws {
+    /// Starts `executable` with `arguments`, this process's environment plus `environment`, standard input from
+    /// `input` (a file path; /dev/null when nil), and standard output to `output` (a file made now; when nil, a
+    /// pipe that `line` reads).
+    init(
+        _ executable: String, _ arguments: [String], environment: [String: String] = [:], input: String? = nil,
+        output: String? = nil
+    ) throws {
         process.executableURL = builtExecutable(executable)
         process.arguments = arguments
-        process.standardOutput = stdoutPipe
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        if let output, FileManager.default.createFile(atPath: output, contents: nil),
+            let file = FileHandle(forWritingAtPath: output)
+        {
+            process.standardOutput = file
+        } else {
+            process.standardOutput = stdoutPipe
+        }
         process.standardError = stderrPipe
-        process.standardInput = FileHandle(forReadingAtPath: "/dev/null")
+        process.standardInput = FileHandle(forReadingAtPath: input ?? "/dev/null")
         try process.run()
         let handle = stderrPipe.fileHandleForReading
         let output = errorOutput

@@ -71,6 +71,23 @@ int vms_membarrier_global(void);
 /// Atomically sets bits in a word we own; returns the new value.
 static inline uint32_t vms_fetch_or_u32(uint32_t *p, uint32_t bits) { return __atomic_or_fetch(p, bits, __ATOMIC_SEQ_CST); }
 
+/// Compare-and-swap on a shared 64-bit word (a claim in vmsockd's region): true when `*p` was `expected` and is now
+/// `desired`. Sequentially consistent, so a claim is ordered before the checks its claimer makes next.
+static inline _Bool vms_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+/// Atomically sets bits in a shared 64-bit word; returns the new value.
+static inline uint64_t vms_fetch_or_u64(uint64_t *p, uint64_t bits) { return __atomic_or_fetch(p, bits, __ATOMIC_SEQ_CST); }
+
+// MARK: eventfds shared with untrusted peers (ivshmem)
+/// Reads an eventfd's count without ever blocking, whatever O_NONBLOCK says (preadv2 with RWF_NOWAIT, which
+/// eventfd honours for reads). Returns the count, 0 when there was none, or -1 with errno set.
+int64_t vms_eventfd_read_nowait(int fd);
+/// Writes 1 to an eventfd that others share, as far as possible without blocking (RWF_NOWAIT is refused for eventfd
+/// writes): puts O_NONBLOCK back if someone cleared it, then writes only if poll says there is room. Returns 1 when
+/// rung, 0 when the ring was dropped (no room, or any error). See `IvshmemBell` for the window that remains.
+int vms_eventfd_ring_shared(int fd);
+
 /// A spin-wait hint: PAUSE on x86, YIELD on arm64.
 static inline void vms_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)

@@ -23,6 +23,8 @@ struct EstablishedLink {
     let reusable: Bool
     /// The process that made the link.
     let creator = Sys.processID()
+    /// For a connection inside vmsockd's region: its connection slot, released when the link goes.
+    var lease: IvshmemLease? = nil
 
     /// Whether this process made the link. A forked child shares the parent's rings, so it must never park,
     /// reopen or answer a reopen of a link: every place a link changes hands asks this.

@@ -7,27 +7,33 @@ public enum Transport: String, Sendable, CustomStringConvertible {
     case sharedMemory = "shared memory"
     /// A real TCP connection.
     case tcp = "TCP"
+    /// Rings inside a vmsockd region, with a peer of that region (another host process, or a guest).
+    case ivshmem = "ivshmem"
 
     public var description: String { rawValue }
 }
 
 /// Which transports a connection may use: per socket (`VMSocketOptions.transport`) or per process
-/// (`VMSOCK_TRANSPORT=auto|shm|tcp`).
+/// (`VMSOCK_TRANSPORT=auto|shm|tcp|ivshmem`).
 public enum TransportPolicy: String, Sendable, CaseIterable {
     /// Shared memory when the destination is on this host and a trusted vmsock listener is registered for it
-    /// and the handshake succeeds; TCP otherwise, with the reason recorded.
+    /// and the handshake succeeds; else, in a process that joined a vmsockd region (`VMSOCK_IVSHMEM`), the region
+    /// when a peer of it listens on that address and port; TCP otherwise, with the reason recorded.
     case auto
     /// Shared memory or nothing: connect fails with ECONNREFUSED and the reason instead of falling back.
     case shm
     /// TCP only. A listener under this policy does not register for shared memory.
     case tcp
+    /// The vmsockd region or nothing (like `shm`, for the region): the process must have joined one
+    /// (`VMSOCK_IVSHMEM`, or `VMSocketOptions.ivshmemPath`). A listener under it registers only in the region.
+    case ivshmem
 
     /// The process default: `VMSOCK_TRANSPORT`, or `auto` when it is unset. An unknown value is reported once on
     /// stderr and treated as `auto`.
     public static let processDefault: TransportPolicy = {
         guard let raw = getenv("VMSOCK_TRANSPORT").map({ String(cString: $0) }), !raw.isEmpty else { return .auto }
         if let policy = TransportPolicy(rawValue: raw.lowercased()) { return policy }
-        Sys.writeToStandardError("vmsock: ignoring VMSOCK_TRANSPORT=\(raw): use auto, shm or tcp\n")
+        Sys.writeToStandardError("vmsock: ignoring VMSOCK_TRANSPORT=\(raw): use auto, shm, tcp or ivshmem\n")
         return .auto
     }()
 }
@@ -61,6 +67,8 @@ public struct TransportStatistics: Sendable, Equatable, CustomStringConvertible 
     /// Of `sharedMemory`, the connections that reopened a parked link (see `VMSocketOptions.reusesLinks`).
     public var sharedMemoryReused: Int
     public var tcp: Int
+    /// Connections through a vmsockd region.
+    public var ivshmem: Int = 0
     public var fallbacks: [FallbackReason: Int]
 
     /// The counters now (connections made by connect and by accept since the process started).
@@ -75,6 +83,7 @@ public struct TransportStatistics: Sendable, Equatable, CustomStringConvertible 
             switch transport {
             case .sharedMemory: stats.sharedMemory += 1
             case .tcp: stats.tcp += 1
+            case .ivshmem: stats.ivshmem += 1
             }
             if let fallback { stats.fallbacks[fallback, default: 0] += 1 }
         }
@@ -82,6 +91,6 @@ public struct TransportStatistics: Sendable, Equatable, CustomStringConvertible 
 
     public var description: String {
         let reasons = FallbackReason.allCases.compactMap { reason in fallbacks[reason].map { "\(reason): \($0)" } }
-        return "shared memory: \(sharedMemory) (\(sharedMemoryReused) on reused links), TCP: \(tcp)" + (reasons.isEmpty ? "" : " (\(reasons.joined(separator: ", ")))")
+        return "shared memory: \(sharedMemory) (\(sharedMemoryReused) on reused links), TCP: \(tcp)" + (ivshmem > 0 ? ", ivshmem: \(ivshmem)" : "") + (reasons.isEmpty ? "" : " (\(reasons.joined(separator: ", ")))")
     }
 }

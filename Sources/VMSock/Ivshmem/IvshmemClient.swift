@@ -29,6 +29,8 @@ package final class IvshmemClient: @unchecked Sendable {  // see above: the peer
     package let id: Int
     package let epoch: UInt64
     package let region: IvshmemRegion
+    /// The region's memfd, kept so that connections can map their rings from it (twice, for contiguous copies).
+    let memory: Descriptor
     package let vectors: Int
     /// The daemon's random instance number, from the region's header.
     package let instance: UInt64
@@ -50,12 +52,13 @@ package final class IvshmemClient: @unchecked Sendable {  // see above: the peer
     }
 
     private init(
-        id: Int, epoch: UInt64, region: IvshmemRegion, fields: IvshmemHeader.Fields, socket: Descriptor,
+        id: Int, epoch: UInt64, region: IvshmemRegion, memory: Descriptor, fields: IvshmemHeader.Fields, socket: Descriptor,
         ownVectors: [Descriptor], reader: IvshmemWire.Reader, peers: [Int: IvshmemPeer], arriving: [Int: [Descriptor]]
     ) {
         self.id = id
         self.epoch = epoch
         self.region = region
+        self.memory = memory
         self.vectors = fields.vectors
         self.instance = fields.instance
         self.socket = socket
@@ -109,7 +112,7 @@ package final class IvshmemClient: @unchecked Sendable {  // see above: the peer
             _ = try state.take(try next(), region: region)
         }
         return IvshmemClient(
-            id: id, epoch: own.epoch, region: region, fields: fields, socket: socket, ownVectors: state.own,
+            id: id, epoch: own.epoch, region: region, memory: memoryFD, fields: fields, socket: socket, ownVectors: state.own,
             reader: reader, peers: state.peers, arriving: state.arriving)
     }
 

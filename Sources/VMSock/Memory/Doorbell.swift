@@ -66,11 +66,20 @@ final class Doorbell: @unchecked Sendable {  // immutable after init
     }
 }
 
-/// The peer's doorbell: the sending end of its socketpair.
+/// The peer's doorbell: the sending end of its socketpair, or, for a peer in vmsockd's region, its eventfd.
 final class PeerBell: @unchecked Sendable {  // immutable after init
     private let sender: Descriptor
+    /// An eventfd the peer shares with every other peer of the region (ivshmem hands them all out): rung by
+    /// `vms_eventfd_ring_shared`, which never waits on a counter someone filled (see `IvshmemNode`).
+    private let sharedEventFD: Bool
 
-    private init(_ sender: Descriptor) { self.sender = sender }
+    private init(_ sender: Descriptor, sharedEventFD: Bool = false) {
+        self.sender = sender
+        self.sharedEventFD = sharedEventFD
+    }
+
+    /// A region peer's eventfd (our own duplicate of it, so that its number stays ours for the connection's life).
+    static func regionPeer(_ eventFD: Descriptor) -> PeerBell { PeerBell(eventFD, sharedEventFD: true) }
 
     /// Adopts a bell the peer sent us, after checking that it is what a bell must be: a Unix stream socket.
     static func adopt(_ descriptor: Descriptor) throws(VMSockError) -> PeerBell {
@@ -85,7 +94,9 @@ final class PeerBell: @unchecked Sendable {  // immutable after init
 
     /// Wakes the peer. One system call; callers ring only when the peer said it sleeps.
     @inline(__always)
-    func ring() { Self.send(sender.raw) }
+    func ring() {
+        if sharedEventFD { _ = vms_eventfd_ring_shared(sender.raw) } else { Self.send(sender.raw) }
+    }
 
     /// Sends one byte without ever blocking or raising SIGPIPE (`Sys.sendWakeUp`). A full buffer already means
     /// "wake up", and a closed peer learns nothing more: both failures are meant to be ignored.

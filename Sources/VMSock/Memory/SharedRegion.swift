@@ -77,17 +77,25 @@ final class SharedRegion: @unchecked Sendable {  // immutable after init; the ma
         return region
     }
 
+    /// One half of a connection inside vmsockd's region (`IvshmemArena`): the ring header and data at `offset` of the
+    /// region's memfd, mapped as a region of our own is (data twice), read-write for our half and read-only for the
+    /// peer's. The memfd was checked at join (sealed against resizing, its size known), and `offset` comes from the
+    /// arena's geometry, so the span lies inside it. Its header is not initialized here.
+    static func mapIvshmemHalf(fd: Int32, offset: Int, capacity: Int, writable: Bool) throws(VMSockError) -> SharedRegion {
+        try map(fd: fd, capacity: capacity, writable: writable, offset: offset)
+    }
+
     /// Maps header + 2 * capacity of the file, which reserves the whole span in one call (its last `capacity`
     /// bytes lie past the end of the file and are never touched), then maps the data again over that tail.
-    private static func map(fd: Int32, capacity: Int, writable: Bool) throws(VMSockError) -> SharedRegion {
+    private static func map(fd: Int32, capacity: Int, writable: Bool, offset: Int = 0) throws(VMSockError) -> SharedRegion {
         let header = RingLayout.headerSize
         let total = header + 2 * capacity
         let protection = writable ? PROT_READ | PROT_WRITE : PROT_READ
         let base = try Sys.map(
-            at: nil, total, protection, MAP_SHARED, fd, offset: 0, "mmap(ring memory, \(total) bytes)")
+            at: nil, total, protection, MAP_SHARED, fd, offset: offset, "mmap(ring memory, \(total) bytes)")
         do {
             _ = try Sys.map(
-                at: base + header + capacity, capacity, protection, MAP_SHARED | MAP_FIXED, fd, offset: header,
+                at: base + header + capacity, capacity, protection, MAP_SHARED | MAP_FIXED, fd, offset: offset + header,
                 "mmap(ring memory, second view)")
         } catch {
             Sys.unmap(base, total)

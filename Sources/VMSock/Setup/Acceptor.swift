@@ -21,18 +21,23 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     private let tcp: GuardedDescriptor
     /// Shared-memory connectors accepted but not yet answered; nil when the listener offers TCP only.
     private let pending: PendingHandshakes?
+    /// The listener's entries in a vmsockd region, when it has joined one.
+    private let region: IvshmemListening?
     private let turn = Atomic<Int>(0)
     let ringSize: Atomic<Int>
     private let rejected = Atomic<Int>(0)
     private let lastRejection = Mutex<String?>(nil)
 
-    init(tcp: Descriptor, bound: IPEndpoint, registrations: [Registration], options: VMSocketOptions) throws(VMSockError) {
+    init(
+        tcp: Descriptor, bound: IPEndpoint, registrations: [Registration], region: IvshmemListening?, options: VMSocketOptions
+    ) throws(VMSockError) {
         localAddress = bound
         self.options = options
         self.registrations = registrations
+        self.region = region
         ringSize = Atomic(options.ringSize)
         let epoll = try Sys.epollCreate()
-        for fd in [tcp.raw] + registrations.map(\.socket.raw) {
+        for fd in [tcp.raw] + registrations.map(\.socket.raw) + (region.map { [$0.bell.fd] } ?? []) {
             try Sys.epollControl(epoll.raw, EPOLL_CTL_ADD, fd, events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue, data: UInt64(fd))
         }
         let pending = registrations.isEmpty
@@ -44,6 +49,7 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
         // of the sockets that `close` shuts down, and closing one of them first would take its event out of the
         // set before a sleeper saw it.
         readiness = GuardedDescriptor(epoll.release()) {
+            region?.close()
             pending?.dropAll()
             for registration in registrations { registration.close() }
             tcp.close()
@@ -70,6 +76,7 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
                 let tcpFirst = turn.add(1, ordering: .relaxed).newValue & 1 == 0
                 if tcpFirst, let connection = try acceptTCP() { return connection }
                 if let connection = try acceptSharedMemory() { return connection }
+                if let connection = try acceptRegion() { return connection }
                 if !tcpFirst, let connection = try acceptTCP() { return connection }
                 return nil
             }
@@ -133,6 +140,15 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
             }
         }
         return nil
+    }
+
+    /// Accepts the next request through the vmsockd region, if any. Its bell is rung by the region's dispatcher
+    /// (at every ring, and every tick), so it is drained first and every request then looked at.
+    private func acceptRegion() throws(VMSockError) -> Connection? {
+        guard let region else { return nil }
+        region.bell.drain()
+        guard let (link, peer) = region.node.accept(region, rejected: { reject($0) }) else { return nil }
+        return try .sharedMemory(link, local: link.dialed ?? localAddress, peer: peer, reused: false, parking: nil)
     }
 
     /// Reads the hello that arrived and answers it: the new connection, or nil (counted) when it failed.

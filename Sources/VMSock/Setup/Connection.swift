@@ -19,7 +19,7 @@ struct Connection {
         _ link: EstablishedLink, local: IPEndpoint, peer: IPEndpoint, reused: Bool, parking: LinkParking?
     ) throws(VMSockError) -> Connection {
         let stream = try SharedMemoryStream(link)
-        TransportStatistics.count(.sharedMemory, fallback: nil, reused: reused)
+        TransportStatistics.count(stream.transport, fallback: nil, reused: reused)
         var connection = Connection(engine: stream, local: local, peer: peer)
         if link.reusable, let parking {
             connection.onRelease = { [stream] in

@@ -28,6 +28,8 @@ struct Connector {
         case knocking(Attempt, until: Deadline, pause: Duration)
         case awaitingWelcome(Attempt, Handshake.HelloSent, control: Descriptor, peer: PeerCredentials, until: Deadline)
         case tcp(Descriptor, to: IPEndpoint, fallback: FallbackReason, detail: String?, until: Deadline)
+        /// Asked a peer of the vmsockd region for a connection; waiting for its answer in the region.
+        case ivshmem(IvshmemRequest, to: IPEndpoint, local: IPEndpoint, portHeld: Descriptor?, until: Deadline)
     }
 
     /// The shared-memory attempt on one destination: the registrations left to try, why the ones tried failed,
@@ -110,6 +112,7 @@ struct Connector {
             guard !endpoints.isEmpty else { throw failure }
             let destination = endpoints.removeFirst()
             if options.effectiveTransport == .tcp { return try startTCP(destination, .disabledByPolicy, nil) }
+            if options.effectiveTransport == .ivshmem { return try startIvshmem(destination) }
             let candidates = Registry.candidates(
                 for: destination, isLocal: LocalAddresses.isLocal(destination), directory: options.effectiveDirectory)
             if candidates.isEmpty { return try fallBack(destination, VMSockError(code: ECONNREFUSED, "").because(.remote)) }
@@ -155,6 +158,9 @@ struct Connector {
             } catch {
                 return try fallBack(attempt.destination, Self.handshakeFailure(error), using: attempt.portHeld)
             }
+
+        case .ivshmem(let request, let destination, let local, let held, let deadline):
+            return try awaitingIvshmem(request, destination, local, held, deadline)
 
         case .tcp(let socket, let destination, let fallback, let detail, let deadline):
             if try !Sys.isReady(socket.raw, Int16(POLLOUT)) {
@@ -235,6 +241,65 @@ struct Connector {
         }
     }
 
+    // MARK: vmsockd's region
+
+    /// Asks the peer of the region that listens on `destination` for a connection (under `auto`, after shared
+    /// memory found no listener on this host). Its failure is TCP with the reason, or under `ivshmem` the error.
+    private mutating func startIvshmem(_ destination: IPEndpoint) throws(VMSockError) -> Step? {
+        var held: Descriptor? = nil
+        do throws(VMSockError) {
+            guard let node = try IvshmemNode.node(for: options) else {
+                throw VMSockError(code: ECONNREFUSED, "this process is no peer of a vmsockd region (set VMSOCK_IVSHMEM)")
+                    .because(.noListener)
+            }
+            if let failure = node.failure { throw failure }
+            guard let listener = node.findListener(destination) else {
+                throw VMSockError(code: ECONNREFUSED, "no peer of the region at \(node.path) listens on \(destination)")
+                    .because(.noListener)
+            }
+            guard options.peerPolicy.admits(node.credentials(of: listener.id)) else {
+                throw VMSockError(
+                    code: ECONNREFUSED, "\(listener), which listens on \(destination), is uid \(node.credentials(of: listener.id).uid), which this process does not trust"
+                ).because(.untrustedOwner)
+            }
+            var local = destination.with(port: 0)
+            if let (socket, address) = TCPCalls.reservePort(for: destination) { (held, local) = (socket, address) }
+            let request = try node.request(to: listener, dialed: destination, source: local)
+            let deadline = Deadline.after(milliseconds: options.handshakeTimeoutMs)
+            state = .ivshmem(request, to: destination, local: local, portHeld: held, until: deadline)
+            return .wait(PollInterest(descriptor: request.bell.fd, events: Int16(POLLIN)), until: Self.tick(deadline), spinFirst: true)
+        } catch {
+            return try fallBack(destination, Self.handshakeFailure(error), using: held, triedRegion: true)
+        }
+    }
+
+    private mutating func awaitingIvshmem(
+        _ request: IvshmemRequest, _ destination: IPEndpoint, _ local: IPEndpoint, _ held: Descriptor?, _ deadline: Deadline
+    ) throws(VMSockError) -> Step? {
+        request.bell.drain()
+        do throws(VMSockError) {
+            guard let link = try request.node.check(request) else {
+                if deadline.hasPassed {
+                    throw VMSockError(code: ETIMEDOUT, "\(request.listener) did not answer within \(options.handshakeTimeoutMs) ms")
+                }
+                return .wait(PollInterest(descriptor: request.bell.fd, events: Int16(POLLIN)), until: Self.tick(deadline), spinFirst: false)
+            }
+            var connection = try Connection.sharedMemory(link, local: local, peer: destination, reused: false, parking: nil)
+            connection.portHeld = held
+            return .connected(connection)
+        } catch {
+            state = .nextAddress  // drops the request, which gives its slot up
+            return try fallBack(destination, Self.handshakeFailure(error), using: held, triedRegion: true)
+        }
+    }
+
+    /// A wait on a region request is bounded by the dispatcher's tick as well: its ring may be lost, and then the
+    /// next look at the slot finds the answer.
+    private static func tick(_ deadline: Deadline) -> Deadline {
+        let tick = Deadline.after(milliseconds: IvshmemNode.tickMs)
+        return tick.nanoseconds < deadline.nanoseconds ? tick : deadline
+    }
+
     // MARK: TCP and fallback
 
     /// After the shared-memory attempt on `destination` failed with `error`: TCP with the reason, or under the
@@ -243,10 +308,21 @@ struct Connector {
     /// port held for the attempt, if any: the connection keeps that identity, and a process short of descriptors
     /// (a usual reason to fall back) needs no new one.
     private mutating func fallBack(
-        _ destination: IPEndpoint, _ error: VMSockError, using held: Descriptor? = nil
+        _ destination: IPEndpoint, _ error: VMSockError, using held: Descriptor? = nil, triedRegion: Bool = false
     ) throws(VMSockError) -> Step? {
         let fallback = error.fallback ?? .handshakeFailed
+        // This host has no shared-memory listener there: a peer of the region may have one (see `startIvshmem`).
+        if !triedRegion, options.effectiveTransport == .auto, fallback == .remote || fallback == .noListener,
+            let node = try? IvshmemNode.node(for: options), node.failure == nil, node.findListener(destination) != nil
+        {
+            return try startIvshmem(destination)
+        }
         let detail = error.message.isEmpty ? nil : error.message
+        if options.effectiveTransport == .ivshmem {
+            throw VMSockError(
+                code: error.code,
+                "no ivshmem connection to \(destination) (\(fallback)\(detail.map { ": \($0)" } ?? "")); the transport policy is ivshmem, so no TCP fallback")
+        }
         if options.effectiveTransport == .shm {
             throw VMSockError(
                 code: error.code,

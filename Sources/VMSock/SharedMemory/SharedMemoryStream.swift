@@ -36,7 +36,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     private let fault = Mutex<VMSockError?>(nil)
 
     let settings = EngineSettings(spinNanos: SpinPolicy.processNanoseconds)
-    var transport: Transport { .sharedMemory }
+    var transport: Transport { link.lease == nil ? .sharedMemory : .ivshmem }
 
     enum State {
         static let peerGone: UInt32 = 1 << 0
@@ -358,7 +358,10 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     /// re-checks the ring. Every way out of here ends the wait or leaves something new to re-check, so a waiting
     /// call never spins on a descriptor that stays readable.
     private func sleep(on bell: Doorbell, until deadline: Deadline, what: String) throws(VMSockError) {
-        guard let timeoutMs = deadline.pollTimeout else { throw VMSockError(code: ETIMEDOUT, "\(what) timed out") }
+        guard var timeoutMs = deadline.pollTimeout else { throw VMSockError(code: ETIMEDOUT, "\(what) timed out") }
+        // In a vmsockd region a ring can be lost (another peer may read our eventfd, or clear the flag we wait
+        // under): wake up at least at every dispatcher tick and re-check, so that costs latency, not a hang.
+        if link.lease != nil && (timeoutMs < 0 || timeoutMs > IvshmemNode.tickMs) { timeoutMs = IvshmemNode.tickMs }
         var fds = [
             pollfd(fd: bell.fd, events: Int16(POLLIN), revents: 0),
             pollfd(fd: link.control.raw, events: Int16(POLLIN) | Int16(VMS_POLLRDHUP), revents: 0),
@@ -470,6 +473,9 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
             // No doorbells: every sleeper, ours and the peer's, polls the control socket too, and shutting it
             // down wakes them all (our end hangs up, and so does the peer's). Four sends fewer per close.
             Sys.shutdown(link.control.raw)
+            // In a vmsockd region the liveness socket is ours alone (the dispatcher's): ring the peer, whose
+            // sleeper then re-checks our shutdown bits.
+            if link.lease != nil { link.peerDataBell.ring() }
             return
         }
         // The link is kept for reuse, so its control socket stays up: ring instead. The peer only if it sleeps

@@ -18,6 +18,8 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     public let registrations: [String]
     /// Why this listener offers TCP only, when it does: the policy, or the registration that failed.
     public let sharedMemoryUnavailableReason: String?
+    /// Why a listener in a process that names a vmsockd region (`VMSOCK_IVSHMEM`) is not listening in it.
+    public let ivshmemUnavailableReason: String?
 
     private let acceptor: Acceptor
     private let nonBlocking = Atomic<Bool>(false)
@@ -38,8 +40,11 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
         let (tcp, bound) = try TCPCalls.listen(endpoint, backlog: backlog)
         var registered: [Registration] = []
         var problem: String? = nil
+        var regionProblem: String? = nil
         if options.effectiveTransport == .tcp {
             problem = "the transport policy is tcp"
+        } else if options.effectiveTransport == .ivshmem {
+            problem = "the transport policy is ivshmem (the region only)"
         } else {
             for (index, name) in Registry.names(forListenerOn: bound, directory: options.effectiveDirectory).enumerated() {
                 do throws(VMSockError) {
@@ -53,9 +58,24 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
                 }
             }
         }
-        registrations = registered.map(\.address.description)
+        // A peer of a vmsockd region also listens there, for the region's other peers (guests among them).
+        var region: IvshmemListening? = nil
+        if options.effectiveTransport != .tcp && options.effectiveTransport != .shm {
+            do throws(VMSockError) {
+                if let node = try IvshmemNode.node(for: options) {
+                    region = try IvshmemListening(node: node, bound: bound, options: options)
+                } else if options.effectiveTransport == .ivshmem {
+                    throw VMSockError(code: EINVAL, "the transport policy is ivshmem, but no vmsockd region is named (set VMSOCK_IVSHMEM)")
+                }
+            } catch {
+                if options.effectiveTransport == .ivshmem { throw error }
+                regionProblem = error.message
+            }
+        }
+        registrations = registered.map(\.address.description) + (region.map { ["ivshmem \($0.node.path)"] } ?? [])
         sharedMemoryUnavailableReason = problem
-        acceptor = try Acceptor(tcp: tcp, bound: bound, registrations: registered, options: options)
+        ivshmemUnavailableReason = regionProblem
+        acceptor = try Acceptor(tcp: tcp, bound: bound, registrations: registered, region: region, options: options)
     }
 
     deinit { close() }

@@ -26,6 +26,10 @@ public struct VMSocketOptions: Sendable {
     /// frees them), a listener up to sixteen, for the handshake timeout (expired ones are freed by its next
     /// accept, or its close). The async connect (`AsyncSocket.connect`) does not offer reuse yet. Default true.
     public var reusesLinks: Bool = true
+    /// The vmsockd socket whose region this process joins, for connections with the region's peers (see
+    /// `TransportPolicy.ivshmem`); nil: `VMSOCK_IVSHMEM`, and without it no region. A process joins each region
+    /// once, at the first socket that needs it, and stays a peer of it while the process lives.
+    public var ivshmemPath: String? = nil
 
     public init() {}
 

@@ -118,6 +118,16 @@ enum Sys {
         return retryingEINTR { stat(path, &info) } == 0 ? info.st_ino : nil
     }
 
+    /// open(2), read(2) and close(2) of a small file: up to `limit` bytes of it, nil when it cannot be read.
+    static func readSmallFile(_ path: String, limit: Int = 4096) -> [UInt8]? {
+        let fd = retryingEINTR { Glibc.open(path, O_RDONLY | O_CLOEXEC) }
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: limit)
+        let got = buffer.withUnsafeMutableBytes { bytes in retryingEINTR { Glibc.read(fd, bytes.baseAddress, bytes.count) } }
+        return got >= 0 ? Array(buffer[0..<got]) : nil
+    }
+
     /// stat(2) of `path` (following links): what is there, or nil when nothing is, or nothing we may look at.
     static func pathStatus(_ path: String) -> stat? {
         var info = stat()

@@ -65,7 +65,7 @@ struct Options: ParsableCommand {
     var logfile: String?
 
     // MARK: vmsock
-    @Option(help: "auto (shared memory when the server is a vmsock listener on this host, else TCP), shm, tcp, or unix (a Unix-domain socket, for comparison).")
+    @Option(help: "auto (shared memory when the server is a vmsock listener on this host, else TCP), shm, tcp, ivshmem (through the vmsockd region VMSOCK_IVSHMEM names), or unix (a Unix-domain socket, for comparison).")
     var transport: Choice = .auto
     @Option(name: [.customLong("ring-size"), .customShort("w"), .customLong("window")], parsing: .unconditional,
             help: "Bytes of each shared-memory ring (a power of two, 4 KiB to 64 MiB; default 4 MiB). A client's sizes the server's rings for its test too; a server's holds when the client gives none. -w/--window as in iperf3.")
@@ -89,9 +89,9 @@ struct Options: ParsableCommand {
     /// The listener process of `--connections`, started by it.
     @Flag(help: .hidden) var connectionsListener = false
 
-    /// `--transport`: the library's three policies, and a Unix-domain socket.
+    /// `--transport`: the library's four policies, and a Unix-domain socket.
     enum Choice: String, ExpressibleByArgument, CaseIterable {
-        case auto, shm, tcp, unix
+        case auto, shm, tcp, ivshmem, unix
     }
 
     enum Role { case server, client(String), compare, paper, paperPeer(String), connections(Int), connectionsListener(Int) }
@@ -157,7 +157,7 @@ struct Options: ParsableCommand {
         if oneOff && !server {
             throw ValidationError("parameter error - some option you are trying to set is server only (-1)")
         }
-        if server && (transport == .shm || transport == .tcp) {
+        if server && (transport == .shm || transport == .tcp || transport == .ivshmem) {
             throw ValidationError("--transport is for clients: a server accepts shared-memory, TCP and Unix-socket clients at once")
         }
     }

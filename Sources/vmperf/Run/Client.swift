@@ -27,6 +27,7 @@ struct Client {
         switch options.transport {
         case .auto: socket.transport = .auto
         case .shm: socket.transport = .shm
+        case .ivshmem: socket.transport = .ivshmem
         case .tcp, .unix: socket.transport = .tcp
         }
         socket.ringSize = options.effectiveRingSize

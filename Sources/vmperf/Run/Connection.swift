@@ -42,7 +42,7 @@ struct Connection {
     /// "shared memory", "TCP", "Unix socket".
     var transport: String {
         switch carrier {
-        case .socket(let socket): socket.transport == .sharedMemory ? "shared memory" : "TCP"
+        case .socket(let socket): socket.transport == .tcp ? "TCP" : socket.transport.description
         case .unix: "Unix socket"
         }
     }
@@ -62,7 +62,7 @@ struct Connection {
 
     /// Bytes of the ring this side writes, for shared memory.
     var ringSize: Int? {
-        if case .socket(let socket) = carrier, socket.transport == .sharedMemory { return socket.ringSize }
+        if case .socket(let socket) = carrier, socket.transport != .tcp { return socket.ringSize }
         return nil
     }
 
@@ -83,7 +83,7 @@ struct Connection {
 
     /// Bytes of the ring the other side writes, for shared memory.
     var peerRingSize: Int? {
-        if case .socket(let socket) = carrier, socket.transport == .sharedMemory { return socket.peerRingSize }
+        if case .socket(let socket) = carrier, socket.transport != .tcp { return socket.peerRingSize }
         return nil
     }
 

@@ -1,0 +1,259 @@
+import CVMSock
+import Glibc
+import Synchronization
+import VMSockRing
+
+/// This process as a peer of a vmsockd region, for streams (the third engine: `SharedMemoryStream` over rings in
+/// the region's arena, `IvshmemArena`). One per region path, made on first use and kept for the process's life,
+/// unless vmsockd goes away (then the next use joins again).
+///
+/// **Doorbells.** The protocol gives every peer one eventfd per vector, and hands it to every other peer, so any
+/// of them can read it (swallowing a ring) or clear its O_NONBLOCK and fill its count (so that a plain write blocks).
+/// So nothing here ever waits on one of those eventfds from the data path:
+///
+/// - Ringing a peer is `vms_eventfd_ring_shared`: O_NONBLOCK put back if cleared, then poll for room, then write.
+///   A full counter drops the ring. A peer that refills the counter between our poll and our write, having cleared
+///   O_NONBLOCK after our check, can still make that one write wait until the eventfd's owner reads it: the one
+///   window left, since eventfd refuses RWF_NOWAIT for writes (EOPNOTSUPP on Linux 6.18).
+/// - Our own eventfds are read only by the dispatcher thread below, with `preadv2(RWF_NOWAIT)`, which never blocks
+///   whatever the file flags say. It then wakes, through bells that never leave this process (`Doorbell`), every
+///   local connection whose reader or writer announced that it sleeps, every listener, and every connector
+///   waiting for an answer; each re-checks the region.
+/// - A ring that is lost (swallowed by another peer, dropped at a full counter) costs latency, not a hang: the
+///   dispatcher wakes every one of those sleepers at least every `tickMs` anyway, and each re-checks.
+///
+/// **Liveness.** Each connection's liveness socket (`EstablishedLink.control`) is a socketpair whose other end the
+/// dispatcher keeps. It shuts that end down (the connection sees a hang-up: end of stream after the published
+/// bytes, then EPIPE) when vmsockd announces the peer's leave, when the peer's slot in the region stops naming it
+/// (checked every pass, so within `tickMs`), or when vmsockd itself goes away (then nothing could tell us of a
+/// death any more, and every connection ends).
+final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, behind its lock
+    let path: String
+    let view: IvshmemArenaView
+    let me: IvshmemArena.Owner
+    /// Which host and network namespace we are in, for loopback and wildcard listen entries.
+    let hostKey: UInt64
+    /// Only under `tables`' lock: `update` and the peer table belong to one thread at a time.
+    private let client: IvshmemClient
+    private let tables = Mutex(Tables())
+
+    /// How often, at most, the dispatcher wakes sleepers and checks liveness without being rung.
+    static let tickMs: Int32 = 100
+
+    private struct Tables: ~Copyable {
+        var connections: [Int: Watch] = [:]
+        /// Listeners, and connectors waiting for an answer: rung at every pass.
+        var bells: [Int: Doorbell] = [:]
+        var nextID = 0
+        /// Leaves read by someone other than the dispatcher (`peerBell` updates the table too).
+        var leaves: [Int] = []
+        var failure: VMSockError? = nil
+    }
+
+    /// A connection the dispatcher watches: the peer it is with, the far end of its liveness socket, its bells,
+    /// and where its waiting flags are (our half's header, through the node's own mapping of the region).
+    private final class Watch {
+        let peer: IvshmemArena.Owner
+        let far: Descriptor
+        let dataBell: Doorbell
+        let spaceBell: Doorbell
+        let flags: PeerHeader
+        var gone = false
+
+        init(peer: IvshmemArena.Owner, far: Descriptor, dataBell: Doorbell, spaceBell: Doorbell, flags: PeerHeader) {
+            self.peer = peer
+            self.far = far
+            self.dataBell = dataBell
+            self.spaceBell = spaceBell
+            self.flags = flags
+        }
+    }
+
+    private init(path: String, client: IvshmemClient, arena: IvshmemArena.Geometry) {
+        self.path = path
+        self.client = client
+        view = IvshmemArenaView(base: client.region.base, region: client.region.geometry, arena: arena)
+        me = IvshmemArena.Owner(id: client.id, epoch: client.epoch)
+        hostKey = Self.thisHostKey
+    }
+
+    // MARK: Joining
+
+    /// `VMSOCK_IVSHMEM`: the vmsockd socket this process joins when a socket's options name none.
+    static let processPath: String? = {
+        guard let raw = getenv("VMSOCK_IVSHMEM") else { return nil }
+        let path = String(cString: raw)
+        return path.isEmpty ? nil : path
+    }()
+
+    private static let joined = Mutex<[String: IvshmemNode]>([:])
+
+    /// The node for the region `options` name (or `VMSOCK_IVSHMEM`), joining it now if need be; nil when none is
+    /// named. Joins are serialized, so two threads never join twice.
+    /// - Throws: what `IvshmemClient.connect` throws (ECONNREFUSED when vmsockd does not run there); ENOSPC for a
+    ///   region too small to hold a connection.
+    static func node(for options: VMSocketOptions) throws(VMSockError) -> IvshmemNode? {
+        guard let path = options.ivshmemPath ?? processPath else { return nil }
+        return try joined.withLock { (nodes) throws(VMSockError) -> IvshmemNode in
+            if let node = nodes[path] { return node }
+            let client = try IvshmemClient.connect(path: path, timeoutMs: 2000)
+            guard let arena = IvshmemArena.Geometry(client.region.geometry) else {
+                throw VMSockError(code: ENOSPC, "vmsockd's region at \(path) is too small to hold a connection")
+            }
+            let node = IvshmemNode(path: path, client: client, arena: arena)
+            try node.startDispatcher()
+            nodes[path] = node
+            return node
+        }
+    }
+
+    /// Boot id and network namespace, hashed (FNV-1a): equal for two processes of one host and namespace.
+    private static let thisHostKey: UInt64 = {
+        var text = "ns\(LocalAddresses.networkNamespace)"
+        if let bootID = Sys.readSmallFile("/proc/sys/kernel/random/boot_id", limit: 64) {
+            text += String(decoding: bootID, as: UTF8.self)
+        }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in text.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        return hash | 1  // never 0, which an entry that was never written holds
+    }()
+
+    // MARK: The dispatcher
+
+    private func startDispatcher() throws(VMSockError) {
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let status = pthread_create(&thread, nil, { context in
+            let node = Unmanaged<IvshmemNode>.fromOpaque(context!).takeRetainedValue()
+            node.dispatch()
+            return nil
+        }, context)
+        guard status == 0 else {
+            Unmanaged<IvshmemNode>.fromOpaque(context).release()
+            throw VMSockError.system("pthread_create(ivshmem dispatcher)", errno: status)
+        }
+        pthread_detach(thread)
+    }
+
+    /// The dispatcher's loop: wait for a ring, news from vmsockd, or the tick; then one pass (`sweep`). Ends when
+    /// vmsockd goes away.
+    private func dispatch() {
+        let vectors = (0..<client.vectors).map { client.descriptor(ofVector: $0) }
+        var fds = vectors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        fds.append(pollfd(fd: client.descriptor, events: Int16(POLLIN), revents: 0))
+        while true {
+            for index in fds.indices { fds[index].revents = 0 }
+            _ = try? Sys.poll(&fds, timeoutMs: Self.tickMs)
+            for (index, fd) in vectors.enumerated() where fds[index].revents != 0 {
+                _ = vms_eventfd_read_nowait(fd)  // never blocks, whoever cleared O_NONBLOCK
+            }
+            let news = fds[fds.count - 1].revents != 0
+            let failed = tables.withLock { (tables) -> Bool in
+                if news {
+                    do throws(VMSockError) {
+                        for case .left(let id) in try client.update() { tables.leaves.append(id) }
+                    } catch {
+                        fail(&tables, VMSockError(
+                            code: ECONNRESET, "vmsockd at \(path) went away (\(error.message)); no region peer's liveness can be known"))
+                        return true
+                    }
+                }
+                sweep(&tables)
+                return false
+            }
+            if failed { return }
+        }
+    }
+
+    /// One pass: ends the connections whose peer left or is no longer named by its slot, and wakes every sleeper
+    /// (connections only where a waiting flag is up) to re-check.
+    private func sweep(_ tables: inout Tables) {
+        let leaves = tables.leaves
+        tables.leaves = []
+        for watch in tables.connections.values {
+            if !watch.gone && (leaves.contains(watch.peer.id) || !view.isCurrent(watch.peer)) {
+                watch.gone = true
+                Sys.shutdown(watch.far.raw)
+            }
+            if watch.flags.isWaitingForData { watch.dataBell.ringSelf() }
+            if watch.flags.isWaitingForSpace { watch.spaceBell.ringSelf() }
+        }
+        for bell in tables.bells.values { bell.ringSelf() }
+    }
+
+    /// vmsockd is gone: every connection ends, and every waiter wakes to learn why.
+    private func fail(_ tables: inout Tables, _ error: VMSockError) {
+        tables.failure = error
+        for watch in tables.connections.values where !watch.gone {
+            watch.gone = true
+            Sys.shutdown(watch.far.raw)
+        }
+        for bell in tables.bells.values { bell.ringSelf() }
+        _ = Self.joined.withLock { $0.removeValue(forKey: path) }
+    }
+
+    /// Why this node cannot serve any more (vmsockd went away), or nil.
+    var failure: VMSockError? { tables.withLock { $0.failure } }
+
+    // MARK: Registrations
+
+    /// A bell the dispatcher rings at every pass, for a listener or a waiting connector. Returns its id.
+    func addBell(_ bell: Doorbell) -> Int {
+        tables.withLock { tables in
+            tables.nextID += 1
+            tables.bells[tables.nextID] = bell
+            return tables.nextID
+        }
+    }
+
+    func removeBell(_ id: Int) { _ = tables.withLock { $0.bells.removeValue(forKey: id) } }
+
+    /// Watches a new connection with `peer`: returns our end of its liveness socket and the watch's id.
+    func watch(peer: IvshmemArena.Owner, dataBell: Doorbell, spaceBell: Doorbell, ourHalf: Int) throws(VMSockError) -> (Descriptor, Int) {
+        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+        let (near, far) = try Sys.socketPair(type, "socketpair(ivshmem liveness)")
+        let flags = PeerHeader(base: view.base + ourHalf)
+        return try tables.withLock { (tables) throws(VMSockError) -> (Descriptor, Int) in
+            if let failure = tables.failure { throw failure }
+            tables.nextID += 1
+            tables.connections[tables.nextID] = Watch(peer: peer, far: far, dataBell: dataBell, spaceBell: spaceBell, flags: flags)
+            return (near, tables.nextID)
+        }
+    }
+
+    func unwatch(_ id: Int) { _ = tables.withLock { $0.connections.removeValue(forKey: id) } }
+
+    /// A bell that rings `peer` (vector 0 of its eventfds; our own for ourselves): our own duplicate of the
+    /// descriptor, so that a leave, which closes the client's copy, cannot turn it into someone else's.
+    /// - Throws: EHOSTUNREACH for a peer vmsockd has not announced, or whose epoch differs.
+    func peerBell(_ peer: IvshmemArena.Owner) throws(VMSockError) -> PeerBell {
+        try tables.withLock { (tables) throws(VMSockError) -> PeerBell in
+            if let failure = tables.failure { throw failure }
+            if peer == me { return PeerBell.regionPeer(try Sys.duplicate(client.descriptor(ofVector: 0))) }
+            if client.peers[peer.id] == nil {
+                // Its join may still be unread: the dispatcher would read it within a tick, but it is here now.
+                do throws(VMSockError) {
+                    for case .left(let id) in try client.update() { tables.leaves.append(id) }
+                } catch {
+                    throw VMSockError(code: ECONNRESET, "vmsockd at \(path) went away (\(error.message))")
+                }
+            }
+            guard let known = client.peers[peer.id], known.epoch == peer.epoch else {
+                throw VMSockError(code: EHOSTUNREACH, "vmsockd has not announced \(peer)")
+            }
+            return PeerBell.regionPeer(try Sys.duplicate(known.vectors[0].raw))
+        }
+    }
+
+    /// What vmsockd recorded of `id` at its join (SO_PEERCRED): for a QEMU guest, QEMU's process. Every peer can
+    /// write the region, so this is the daemon's record only as far as the region's peers are honest.
+    func credentials(of id: Int) -> PeerCredentials {
+        let slot = view.region.slotOffset(id)
+        return PeerCredentials(
+            pid: pid_t(bitPattern: view.load32(slot + IvshmemLayout.SlotOffset.pid)),
+            uid: view.load32(slot + IvshmemLayout.SlotOffset.uid), gid: view.load32(slot + IvshmemLayout.SlotOffset.gid))
+    }
+
+    /// The region's memfd, for mapping a connection's halves.
+    var memory: Int32 { client.memory.raw }
+}

@@ -1,0 +1,354 @@
+import CVMSock
+import Glibc
+import VMSockRing
+
+// The connect handshake through the region (layout: `IvshmemArena`):
+//
+// 1. A listener publishes listen entries: CAS of an entry's owner word from 0 (or from a peer no longer current)
+//    to its own, the fields, then `published`.
+// 2. A connector finds the entry for the address and port it dialed (`findListener`), claims a free connection
+//    slot (CAS of the connector word from 0), resets the listener word, initializes its half's ring header, writes
+//    what it dialed and a new request number, stores `state = requested`, and rings the listener.
+// 3. The listener (woken by the dispatcher, or by its tick) finds a slot that asks for it on its port, claims the
+//    listener word (CAS from 0), checks that the request did not change under it, checks the connector's half
+//    header as it checks a peer's ring today, initializes its own half, stores `state = accepted`, and rings back.
+//    Or it stores `state = refused`.
+// 4. The connector sees `accepted` with the listener word naming the peer it asked, checks the listener's half,
+//    and both run a `SharedMemoryStream` over the two halves (fenced: a guest cannot receive membarrier).
+//
+// Each side's `IvshmemLease` marks its side of the slot released when the link goes and frees the slot if the
+// other side is done too; a dead side's claim counts as released (see `IvshmemArenaView.freeIfDone`).
+
+/// Which side of a connection slot we are.
+enum IvshmemSide: Sendable {
+    case connector
+    case listener
+}
+
+/// One side's hold on a connection slot, released when the link that carries it goes (the last reference to
+/// the engine): its side's released bit, the slot freed if the other side is done, the dispatcher's watch gone.
+final class IvshmemLease: @unchecked Sendable {  // immutable
+    let node: IvshmemNode
+    let slot: Int
+    let side: IvshmemSide
+    private let watchID: Int
+
+    init(node: IvshmemNode, slot: Int, side: IvshmemSide, watchID: Int) {
+        self.node = node
+        self.slot = slot
+        self.side = side
+        self.watchID = watchID
+    }
+
+    deinit {
+        node.unwatch(watchID)
+        node.release(slot: slot, side: side)
+    }
+}
+
+extension IvshmemNode {
+    // MARK: Listen table
+
+    /// Publishes a listen entry for `address` (the wildcard too) and `port`. Returns its index.
+    /// - Throws: ENOSPC when every entry is taken by a current peer.
+    func publishListen(_ address: IPEndpoint, port: UInt16) throws(VMSockError) -> Int {
+        let arena = view.arena
+        for index in 0..<arena.listenEntries {
+            let entry = arena.listenEntryOffset(index)
+            let owner = view.load64(entry + IvshmemArena.ListenOffset.owner)
+            guard owner == 0 || !view.isCurrent(word: owner) else { continue }
+            guard view.cas64(entry + IvshmemArena.ListenOffset.owner, owner, me.word) else { continue }
+            view.store32(entry + IvshmemArena.ListenOffset.published, 0)
+            view.store16(entry + IvshmemArena.ListenOffset.port, port)
+            view.store8(entry + IvshmemArena.ListenOffset.family, address.family == .v4 ? 4 : 6)
+            view.storeBytes16(entry + IvshmemArena.ListenOffset.address, address.addressBytes)
+            view.store64(entry + IvshmemArena.ListenOffset.hostKey, hostKey)
+            view.store32(entry + IvshmemArena.ListenOffset.published, 1)
+            return index
+        }
+        throw VMSockError(code: ENOSPC, "all \(arena.listenEntries) listen entries of vmsockd's region at \(path) are taken")
+    }
+
+    /// Withdraws a listen entry of ours (one another peer took over, after scribbling, stays theirs).
+    func unpublishListen(_ index: Int) {
+        let entry = view.arena.listenEntryOffset(index)
+        guard view.load64(entry + IvshmemArena.ListenOffset.owner) == me.word else { return }
+        view.store32(entry + IvshmemArena.ListenOffset.published, 0)
+        _ = view.cas64(entry + IvshmemArena.ListenOffset.owner, me.word, 0)
+    }
+
+    /// The peer listening on `destination`: an entry for its exact address and port, else (for an address of this
+    /// host) a wildcard entry for the port from a listener of this host and network namespace. Loopback entries
+    /// count only from this host and namespace too. Every field is read once and checked; an entry whose owner
+    /// changed while we read it is skipped.
+    func findListener(_ destination: IPEndpoint) -> IvshmemArena.Owner? {
+        let target = destination.mappedIPv4 ?? destination
+        let family: UInt8 = target.family == .v4 ? 4 : 6
+        let wanted = target.addressBytes + [UInt8](repeating: 0, count: 16 - target.addressBytes.count)
+        let zero = [UInt8](repeating: 0, count: 16)
+        var wildcard: IvshmemArena.Owner? = nil
+        for index in 0..<view.arena.listenEntries {
+            let entry = view.arena.listenEntryOffset(index)
+            let word = view.load64(entry + IvshmemArena.ListenOffset.owner)
+            guard let owner = IvshmemArena.Owner(word: word), view.load32(entry + IvshmemArena.ListenOffset.published) == 1,
+                view.load16(entry + IvshmemArena.ListenOffset.port) == target.port,
+                view.load8(entry + IvshmemArena.ListenOffset.family) == family
+            else { continue }
+            let address = view.loadBytes16(entry + IvshmemArena.ListenOffset.address)
+            let ours = view.load64(entry + IvshmemArena.ListenOffset.hostKey) == hostKey
+            guard view.load64(entry + IvshmemArena.ListenOffset.owner) == word, view.isCurrent(owner) else { continue }
+            if address == wanted && (!target.isLoopback || ours) { return owner }
+            if address == zero && ours && wildcard == nil && LocalAddresses.isLocal(target) { wildcard = owner }
+        }
+        return wildcard
+    }
+
+    // MARK: Connecting
+
+    /// Claims a connection slot and asks `listener` for a connection to `dialed`, from `source` (our address and
+    /// the TCP port we hold). Returns the request to `check` until it is answered.
+    /// - Throws: ENOSPC (every slot in use); ECONNRESET (vmsockd went away); EHOSTUNREACH (the listener left).
+    func request(to listener: IvshmemArena.Owner, dialed: IPEndpoint, source: IPEndpoint) throws(VMSockError) -> IvshmemRequest {
+        if let failure { throw failure }
+        let bell = try peerBell(listener)
+        let ours = try Doorbell.create()
+        let arena = view.arena
+        var claimed: Int? = nil
+        for index in 0..<arena.slots {
+            guard view.freeIfDone(slot: index) else { continue }
+            if view.cas64(arena.slotOffset(index) + IvshmemArena.SlotOffset.connector, 0, me.word) {
+                claimed = index
+                break
+            }
+        }
+        guard let slot = claimed else {
+            throw VMSockError(code: ENOSPC, "all \(arena.slots) connection slots of vmsockd's region at \(path) are in use")
+        }
+        let offset = arena.slotOffset(slot)
+        view.store64(offset + IvshmemArena.SlotOffset.listener, 0)
+        view.store32(offset + IvshmemArena.SlotOffset.state, 0)
+        LocalHeader(base: view.base + arena.connectorHalfOffset(slot)).initialize(capacity: arena.ringCapacity)
+        let target = dialed.mappedIPv4 ?? dialed
+        view.store64(offset + IvshmemArena.SlotOffset.target, listener.word)
+        view.store16(offset + IvshmemArena.SlotOffset.dialedPort, target.port)
+        view.store16(offset + IvshmemArena.SlotOffset.sourcePort, source.port)
+        view.store8(offset + IvshmemArena.SlotOffset.family, target.family == .v4 ? 4 : 6)
+        view.storeBytes16(offset + IvshmemArena.SlotOffset.dialedAddress, target.addressBytes)
+        view.storeBytes16(offset + IvshmemArena.SlotOffset.sourceAddress, source.addressBytes)
+        let number = UInt64.random(in: 1...UInt64.max)
+        view.store64(offset + IvshmemArena.SlotOffset.request, number)
+        view.store32(offset + IvshmemArena.SlotOffset.state, IvshmemArena.State.requested)
+        let request = IvshmemRequest(node: self, slot: slot, listener: listener, dialed: dialed, sourcePort: source.port, bell: ours)
+        bell.ring()
+        return request
+    }
+
+    /// A connector's request, looked at once: the link once accepted, nil while it waits.
+    /// - Throws: ECONNREFUSED (refused, or the listener left); EPROTO (the slot was taken over, or the answer or
+    ///   the listener's half is not what the protocol allows); ECONNRESET (vmsockd went away).
+    func check(_ request: IvshmemRequest) throws(VMSockError) -> EstablishedLink? {
+        if let failure { throw failure }
+        let offset = view.arena.slotOffset(request.slot)
+        guard view.load64(offset + IvshmemArena.SlotOffset.connector) == me.word else {
+            throw .protocolFault("connection slot \(request.slot) of the region was taken over while we asked \(request.listener)")
+        }
+        switch view.load32(offset + IvshmemArena.SlotOffset.state) {
+        case IvshmemArena.State.requested:
+            guard view.isCurrent(request.listener) else {
+                throw VMSockError(code: ECONNREFUSED, "\(request.listener) left the region before it answered")
+            }
+            return nil
+        case IvshmemArena.State.accepted:
+            let listener = view.load64(offset + IvshmemArena.SlotOffset.listener)
+            guard listener == request.listener.word else {
+                throw .protocolFault("connection slot \(request.slot) was accepted by 0x\(String(listener, radix: 16)), not by \(request.listener)")
+            }
+            var link = try establish(slot: request.slot, side: .connector, peer: request.listener)
+            link.dialed = request.dialed
+            link.sourcePort = request.sourcePort
+            request.established = true
+            return link
+        case IvshmemArena.State.refused:
+            throw VMSockError(code: ECONNREFUSED, "\(request.listener) refused the connection (no listener on that port any more)")
+        case let other:
+            throw .protocolFault("connection slot \(request.slot) has state \(other), which no peer may write there")
+        }
+    }
+
+    // MARK: Accepting
+
+    /// The next request for `listening`, accepted: its link, with the address dialed and the connector's port and
+    /// address. Requests that fail are refused and reported to `rejected`. Never waits.
+    func accept(_ listening: IvshmemListening, rejected: (String) -> Void) -> (EstablishedLink, peer: IPEndpoint)? {
+        let arena = view.arena
+        for slot in 0..<arena.slots {
+            let offset = arena.slotOffset(slot)
+            guard view.load32(offset + IvshmemArena.SlotOffset.state) == IvshmemArena.State.requested,
+                view.load64(offset + IvshmemArena.SlotOffset.target) == me.word,
+                view.load64(offset + IvshmemArena.SlotOffset.listener) == 0,
+                view.load16(offset + IvshmemArena.SlotOffset.dialedPort) == listening.port
+            else { continue }
+            let word = view.load64(offset + IvshmemArena.SlotOffset.connector)
+            guard let connector = IvshmemArena.Owner(word: word), !IvshmemArena.Owner.isReleased(word),
+                view.isCurrent(connector)
+            else { continue }
+            let family = view.load8(offset + IvshmemArena.SlotOffset.family)
+            let dialedBytes = view.loadBytes16(offset + IvshmemArena.SlotOffset.dialedAddress)
+            let sourceBytes = view.loadBytes16(offset + IvshmemArena.SlotOffset.sourceAddress)
+            let sourcePort = view.load16(offset + IvshmemArena.SlotOffset.sourcePort)
+            let number = view.load64(offset + IvshmemArena.SlotOffset.request)
+            guard family == 4 || family == 6 else { continue }
+            let length = family == 4 ? 4 : 16
+            let dialed = IPEndpoint(family: family == 4 ? .v4 : .v6, addressBytes: Array(dialedBytes[0..<length]), port: listening.port)
+            guard listening.accepts(dialed) else { continue }
+            guard view.cas64(offset + IvshmemArena.SlotOffset.listener, 0, me.word) else { continue }
+            // The request must be the one we judged: a connector that gave up and claimed again has a new number.
+            guard view.load64(offset + IvshmemArena.SlotOffset.connector) == word,
+                view.load64(offset + IvshmemArena.SlotOffset.request) == number,
+                view.load32(offset + IvshmemArena.SlotOffset.state) == IvshmemArena.State.requested
+            else {
+                release(slot: slot, side: .listener)
+                continue
+            }
+            let peerAddress = IPEndpoint(family: dialed.family, addressBytes: Array(sourceBytes[0..<length]), port: sourcePort)
+            do throws(VMSockError) {
+                guard listening.options.peerPolicy.admits(credentials(of: connector.id)) else {
+                    throw VMSockError(code: EACCES, "\(connector) (uid \(credentials(of: connector.id).uid)) is not admitted by the listener's peer policy")
+                }
+                LocalHeader(base: view.base + arena.listenerHalfOffset(slot)).initialize(capacity: arena.ringCapacity)
+                var link = try establish(slot: slot, side: .listener, peer: connector)
+                link.dialed = dialed
+                link.sourcePort = sourcePort
+                view.store32(offset + IvshmemArena.SlotOffset.state, IvshmemArena.State.accepted)
+                link.peerDataBell.ring()
+                return (link, peerAddress)
+            } catch {
+                view.store32(offset + IvshmemArena.SlotOffset.state, IvshmemArena.State.refused)
+                (try? peerBell(connector))?.ring()
+                release(slot: slot, side: .listener)
+                rejected("refused \(connector)'s connection in slot \(slot): \(error.message)")
+            }
+        }
+        return nil
+    }
+
+    // MARK: Links and slots
+
+    /// Maps both halves of `slot` (ours read-write, the peer's read-only, each data area twice), checks the
+    /// peer's half header, and makes the link: our bells, a bell that rings the peer, and a liveness socket the
+    /// dispatcher ends when the peer does.
+    private func establish(slot: Int, side: IvshmemSide, peer: IvshmemArena.Owner) throws(VMSockError) -> EstablishedLink {
+        let arena = view.arena
+        let (ours, theirs) = side == .connector
+            ? (arena.connectorHalfOffset(slot), arena.listenerHalfOffset(slot))
+            : (arena.listenerHalfOffset(slot), arena.connectorHalfOffset(slot))
+        let localRegion = try SharedRegion.mapIvshmemHalf(fd: memory, offset: ours, capacity: arena.ringCapacity, writable: true)
+        let peerRegion = try SharedRegion.mapIvshmemHalf(fd: memory, offset: theirs, capacity: arena.ringCapacity, writable: false)
+        do throws(RingViolation) {
+            try PeerHeader(base: peerRegion.base).validate(expectedCapacity: arena.ringCapacity)
+        } catch {
+            throw .protocolFault("\(peer)'s half of connection slot \(slot): \(error)")
+        }
+        let dataBell = try Doorbell.create()
+        let spaceBell = try Doorbell.create()
+        let bell = try peerBell(peer)
+        let (control, watchID) = try watch(peer: peer, dataBell: dataBell, spaceBell: spaceBell, ourHalf: ours)
+        let lease = IvshmemLease(node: self, slot: slot, side: side, watchID: watchID)
+        return EstablishedLink(
+            control: control, peer: credentials(of: peer.id), localRegion: localRegion, peerRegion: peerRegion,
+            dataBell: dataBell, spaceBell: spaceBell, peerDataBell: bell, peerSpaceBell: bell, ordering: .fenced,
+            reusable: false, lease: lease)
+    }
+
+    /// Marks our side of `slot` done (only if the slot still names us there) and frees the slot if the other
+    /// side is done too.
+    func release(slot: Int, side: IvshmemSide) {
+        let offset = view.arena.slotOffset(slot) + (side == .connector ? IvshmemArena.SlotOffset.connector : IvshmemArena.SlotOffset.listener)
+        _ = view.cas64(offset, me.word, me.word | IvshmemArena.Owner.releasedBit)
+        view.freeIfDone(slot: slot)
+    }
+
+    /// A connector that gives up: tells a listener that may have accepted meanwhile that we are gone (our half's
+    /// shutdown bits: it sees end of stream and EPIPE), then releases the slot.
+    func abandon(_ request: IvshmemRequest) {
+        LocalHeader(base: view.base + view.arena.connectorHalfOffset(request.slot))
+            .addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
+        release(slot: request.slot, side: .connector)
+    }
+}
+
+/// A connector's request for a connection, until it is answered. Dropping it before it gave a link gives the slot
+/// up (`IvshmemNode.abandon`). Its bell is rung by the dispatcher at every pass.
+final class IvshmemRequest: @unchecked Sendable {  // one connector at a time
+    let node: IvshmemNode
+    let slot: Int
+    let listener: IvshmemArena.Owner
+    let dialed: IPEndpoint
+    let sourcePort: UInt16
+    let bell: Doorbell
+    private let bellID: Int
+    var established = false
+
+    init(node: IvshmemNode, slot: Int, listener: IvshmemArena.Owner, dialed: IPEndpoint, sourcePort: UInt16, bell: Doorbell) {
+        self.node = node
+        self.slot = slot
+        self.listener = listener
+        self.dialed = dialed
+        self.sourcePort = sourcePort
+        self.bell = bell
+        bellID = node.addBell(bell)
+    }
+
+    deinit {
+        node.removeBell(bellID)
+        if !established { node.abandon(self) }
+    }
+}
+
+/// A listener's presence in the region: its listen entries and the bell the dispatcher rings.
+final class IvshmemListening: @unchecked Sendable {  // immutable
+    let node: IvshmemNode
+    let bound: IPEndpoint
+    let options: VMSocketOptions
+    let bell: Doorbell
+    private let bellID: Int
+    private let entries: [Int]
+
+    var port: UInt16 { bound.port }
+
+    /// Publishes `bound` (and, for a wildcard, each address of this host's interfaces of its family, so that a
+    /// peer on another host, a guest, finds it by the address it dials).
+    init(node: IvshmemNode, bound: IPEndpoint, options: VMSocketOptions) throws(VMSockError) {
+        self.node = node
+        self.bound = bound
+        self.options = options
+        var entries: [Int] = []
+        do throws(VMSockError) {
+            let addresses = [bound] + (bound.isWildcard ? LocalAddresses.interfaceAddresses(bound.family) : [])
+            for address in addresses { entries.append(try node.publishListen(address, port: bound.port)) }
+        } catch {
+            for entry in entries { node.unpublishListen(entry) }
+            throw error
+        }
+        self.entries = entries
+        bell = try Doorbell.create()
+        bellID = node.addBell(bell)
+    }
+
+    deinit { close() }
+
+    /// Whether a connection dialed to `dialed` is ours: any address for a wildcard listener, else our own.
+    func accepts(_ dialed: IPEndpoint) -> Bool {
+        bound.isWildcard || (bound.mappedIPv4 ?? bound).addressBytes == dialed.addressBytes
+    }
+
+    private let closed = OnceFlag()
+
+    /// Withdraws the listen entries (idempotent). Requests already accepted are connections of their own.
+    func close() {
+        closed.withLockIfFirst {
+            for entry in entries { node.unpublishListen(entry) }
+            node.removeBell(bellID)
+        }
+    }
+}

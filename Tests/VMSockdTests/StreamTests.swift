@@ -1,0 +1,266 @@
+import Foundation
+import VMSock
+import XCTest
+
+/// Streams through vmsockd's region between host processes: transfers, kill -9 of either side, hostile peers
+/// (one scribbling over the region, one claiming every slot), many connections, vmcat and vmperf. Bounded waits
+/// are hang detectors only; nothing here asserts a time.
+final class StreamTests: XCTestCase {
+    /// What a vmsock-testpeer (or vmcat, vmperf) needs to be a peer of the region, with the region forced.
+    private func forced(_ daemon: Daemon) -> [String: String] {
+        ["VMSOCK_IVSHMEM": daemon.socket, "VMSOCK_TRANSPORT": "ivshmem"]
+    }
+
+    /// Options that make this test process a peer of the region, with the region forced.
+    private func regionOptions(_ daemon: Daemon) -> VMSocketOptions {
+        var options = VMSocketOptions(transport: .ivshmem)
+        options.ivshmemPath = daemon.socket
+        options.handshakeTimeout = .seconds(3)
+        return options
+    }
+
+    private func randomPort() -> UInt16 { UInt16.random(in: 20000...59000) }
+
+    /// Runs `body` on another thread; fails the test (instead of hanging it) when it takes longer than `seconds`.
+    private func bounded<T: Sendable>(_ what: String, seconds: TimeInterval = 20, _ body: @escaping @Sendable () throws -> T) throws -> T {
+        let done = DispatchSemaphore(value: 0)
+        let box = Box<Result<T, Error>>()
+        DispatchQueue.global().async {
+            box.value = Result { try body() }
+            done.signal()
+        }
+        guard done.wait(timeout: .now() + seconds) == .success, let result = box.value else {
+            XCTFail("\(what) did not finish within \(seconds) s (a hang)")
+            throw CocoaError(.userCancelled)
+        }
+        return try result.get()
+    }
+
+    private final class Box<T>: @unchecked Sendable {  // written once before a semaphore signal, read after
+        var value: T?
+    }
+
+    func testTwoProcessesStreamThroughTheRegion() throws {
+        let daemon = try Daemon(self)
+        let port = randomPort()
+        // 64 MiB each way by default; VMSOCK_IVSHMEM_TEST_MIB raises it (1024 for the issue's gigabyte).
+        let mebibytes = Int(ProcessInfo.processInfo.environment["VMSOCK_IVSHMEM_TEST_MIB"] ?? "") ?? 64
+        let arguments = ["\(port)", "\(mebibytes << 20)", "262144", "11"]
+        let listener = try Child("vmsock-testpeer", ["stream-listen"] + arguments, environment: forced(daemon))
+        XCTAssertNotNil(listener.line(startingWith: "ready"), listener.finish(timeout: 1).stderr)
+        let connector = try Child("vmsock-testpeer", ["stream-connect"] + arguments, environment: forced(daemon))
+        for (name, child) in [("listener", listener), ("connector", connector)] {
+            let transport = child.line(startingWith: "transport:", timeout: 600)
+            XCTAssertEqual(transport, "transport: ivshmem", "\(name): \(child.finish(timeout: 1).stderr)")
+            XCTAssertNotNil(child.line(startingWith: "ok"))
+            let end = child.finish()
+            XCTAssertEqual(end.status, 0, "\(name): \(end.stderr)")
+        }
+    }
+
+    func testKillingThePeerWakesOurBlockedCallsWithEndOfStreamThenEPIPE() throws {
+        let daemon = try Daemon(self)
+        let options = regionOptions(daemon)
+
+        // The peer listens; we connect and block in read; the peer is killed.
+        let port = randomPort()
+        let victim = try Child("vmsock-testpeer", ["hold-listen", "\(port)"], environment: forced(daemon))
+        XCTAssertNotNil(victim.line(startingWith: "ready"))
+        let socket = try VMSocket.connect(host: "127.0.0.1", port: port, options: options)
+        XCTAssertEqual(socket.transport, .ivshmem)
+        XCTAssertNotNil(victim.line(startingWith: "accepted"))
+        try expectEndOfStream(socket, afterKilling: victim)
+
+        // We listen; the peer connects; we block in read on the accepted socket; the peer is killed.
+        let port2 = randomPort()
+        let listener = try VMListener(host: "127.0.0.1", port: port2, options: options)
+        let connector = try Child("vmsock-testpeer", ["hold-connect", "\(port2)"], environment: forced(daemon))
+        let accepted = try bounded("accept") { try listener.accept() }
+        XCTAssertEqual(accepted.transport, .ivshmem)
+        XCTAssertNotNil(connector.line(startingWith: "ready"))
+        try expectEndOfStream(accepted, afterKilling: connector)
+
+        // And we block in write: a peer that never reads, killed while our ring is full.
+        let victim3 = try Child("vmsock-testpeer", ["hold-listen", "\(port2 &+ 1)"], environment: forced(daemon))
+        XCTAssertNotNil(victim3.line(startingWith: "ready"))
+        let writer = try VMSocket.connect(host: "127.0.0.1", port: port2 &+ 1, options: options)
+        XCTAssertNotNil(victim3.line(startingWith: "accepted"))
+        let killer = DispatchQueue.global()
+        let victimPID = victim3.pid
+        killer.asyncAfter(deadline: .now() + 0.5) { kill(victimPID, SIGKILL) }
+        let failure: Int32 = try bounded("a write blocked on a full ring") {
+            let block = [UInt8](repeating: 7, count: 1 << 20)
+            do {
+                while true { try writer.writeAll(block) }
+            } catch let error as VMSockError {
+                return error.code
+            }
+        }
+        XCTAssertEqual(failure, EPIPE)
+    }
+
+    private func expectEndOfStream(_ socket: VMSocket, afterKilling peer: Child) throws {
+        let pid = peer.pid
+        DispatchQueue.global().asyncAfter(deadline: .now() + 0.3) { kill(pid, SIGKILL) }
+        let read = try bounded("a read blocked when its peer was killed") { try socket.read(upTo: 16) }
+        XCTAssertEqual(read, [], "end of stream")
+        XCTAssertThrowsError(try socket.writeAll([1, 2, 3])) { error in
+            XCTAssertEqual((error as? VMSockError)?.code, EPIPE, "\(error)")
+        }
+        _ = peer.finish()
+    }
+
+    func testAScribblerMakesOthersFailButNeitherCrashNorHang() throws {
+        let daemon = try Daemon(self)
+        let port = randomPort()
+        let arguments = ["\(port)", "\(256 << 20)", "262144", "5"]
+        let listener = try Child("vmsock-testpeer", ["stream-listen"] + arguments, environment: forced(daemon))
+        XCTAssertNotNil(listener.line(startingWith: "ready"))
+        let connector = try Child("vmsock-testpeer", ["stream-connect"] + arguments, environment: forced(daemon))
+        let scribbler = try Child("vmsock-testpeer", ["ivshmem-scribble", daemon.socket, "3"])
+        XCTAssertNotNil(scribbler.line(startingWith: "ready"))
+        for (name, child) in [("listener", listener), ("connector", connector)] {
+            let end = child.finish(timeout: 120)
+            XCTAssertEqual(end.reason, .exit, "\(name) died of a signal: \(end.stderr)")
+            XCTAssertTrue(end.status == 0 || end.status == 1, "\(name): status \(end.status): \(end.stderr)")
+            if end.status != 0 { XCTAssertTrue(end.stderr.contains("vmsock-testpeer:"), "\(name): \(end.stderr)") }
+        }
+        XCTAssertEqual(scribbler.finish(timeout: 30).status, 0)
+        // This process, a peer of the scribbled region too, gets an answer, not a hang.
+        let options = regionOptions(daemon)
+        _ = try? bounded("a connect into the scribbled region") { try VMSocket.connect(host: "127.0.0.1", port: port, options: options) }
+    }
+
+    func testAPeerClaimingEverySlotDeniesConnectionsUntilItDies() throws {
+        let daemon = try Daemon(self)
+        let options = regionOptions(daemon)
+        let port = randomPort()
+        let listener = try VMListener(host: "127.0.0.1", port: port, options: options)
+        let acceptLoop = Thread {
+            while let socket = try? listener.accept() { _ = try? socket.read(upTo: 1); socket.close() }
+        }
+        acceptLoop.start()
+        let claimer = try Child("vmsock-testpeer", ["ivshmem-claim-all", daemon.socket])
+        XCTAssertNotNil(claimer.line(startingWith: "claimed"))
+        let denied: Int32? = try bounded("a connect with every slot taken") {
+            do {
+                _ = try VMSocket.connect(host: "127.0.0.1", port: port, options: options)
+                return nil
+            } catch let error as VMSockError {
+                return error.code
+            }
+        }
+        XCTAssertEqual(denied, ENOSPC)
+        // Under auto it goes over TCP instead, and says why.
+        var auto = options
+        auto.transport = .auto
+        let fallback = try VMSocket.connect(host: "127.0.0.1", port: port, options: auto)
+        XCTAssertEqual(fallback.transport, .tcp)
+        XCTAssertEqual(fallback.fallbackReason, .outOfResources, fallback.fallbackDetail ?? "")
+        fallback.close()
+
+        // Once it is dead, its slots are reclaimed.
+        kill(claimer.pid, SIGKILL)
+        _ = claimer.finish()
+        let socket = try bounded("a connect after the claimer died") { () -> VMSocket in
+            let end = Date().addingTimeInterval(5)
+            while true {
+                do { return try VMSocket.connect(host: "127.0.0.1", port: port, options: options) } catch {
+                    if Date() > end { throw error }
+                    usleep(50_000)
+                }
+            }
+        }
+        XCTAssertEqual(socket.transport, .ivshmem)
+        socket.close()
+        listener.close()
+    }
+
+    func testConnectCloseCyclesLeaveNoSlotDescriptorOrMappingBehind() throws {
+        let daemon = try Daemon(self)
+        let options = regionOptions(daemon)
+        let port = randomPort()
+        let listener = try VMListener(host: "127.0.0.1", port: port, options: options)
+        let acceptLoop = Thread {
+            while let socket = try? listener.accept() {
+                var got = 0
+                while let chunk = try? socket.read(upTo: 8192), !chunk.isEmpty { got += chunk.count }
+                _ = try? socket.writeAll([UInt8(truncatingIfNeeded: got >> 10)])
+                socket.close()
+            }
+        }
+        acceptLoop.start()
+        @Sendable func cycle() throws {
+            let socket = try VMSocket.connect(host: "127.0.0.1", port: port, options: options)
+            try socket.writeAll([UInt8](repeating: 3, count: 4096))
+            try socket.shutdown(.write)
+            XCTAssertEqual(try socket.read(upTo: 1), [4])
+            socket.close()
+        }
+        for _ in 0..<5 { try cycle() }
+        usleep(200_000)
+        let (descriptors, mappings) = (Self.openDescriptors(), Self.mappingCount())
+        let before = Self.describeDescriptors()
+        // Many more than the region's 64 slots: each must be freed for the next.
+        let cycles = Int(ProcessInfo.processInfo.environment["VMSOCK_IVSHMEM_TEST_CYCLES"] ?? "") ?? 1000
+        try bounded("\(cycles) connect/close cycles", seconds: 600) {
+            for _ in 0..<cycles { try cycle() }
+        }
+        // The accepting side closes after its reply; give it a moment (bounded) to let go.
+        let end = Date().addingTimeInterval(5)
+        while (Self.openDescriptors() > descriptors || Self.mappingCount() > mappings) && Date() < end { usleep(20_000) }
+        XCTAssertLessThanOrEqual(Self.openDescriptors(), descriptors, "before: \(before)\nafter: \(Self.describeDescriptors())")
+        XCTAssertLessThanOrEqual(Self.mappingCount(), mappings)
+        listener.close()
+        // Nothing of ours is left in the region: a peer can claim every slot and every listen entry.
+        let claimer = try Child("vmsock-testpeer", ["ivshmem-claim-all", daemon.socket])
+        XCTAssertEqual(claimer.line(startingWith: "claimed"), "claimed \(64 + 256)")
+    }
+
+    func testVmcatAndVmperfOverIvshmem() throws {
+        let daemon = try Daemon(self)
+        let port = randomPort()
+        let input = daemon.directory + "/input"
+        let bytes = (0..<(3 << 20)).map { _ in UInt8.random(in: 0...255) }
+        FileManager.default.createFile(atPath: input, contents: Data(bytes))
+        let environment = ["VMSOCK_IVSHMEM": daemon.socket]
+        let output = daemon.directory + "/output"
+        let server = try Child("vmcat", ["-l", "127.0.0.1", "\(port)"], environment: environment, output: output)
+        usleep(300_000)
+        let client = try Child(
+            "vmcat", ["-v", "-N", "--transport", "ivshmem", "127.0.0.1", "\(port)"], environment: environment, input: input)
+        let clientEnd = client.finish(timeout: 60)
+        XCTAssertEqual(clientEnd.status, 0, clientEnd.stderr)
+        XCTAssertTrue(clientEnd.stderr.contains("via ivshmem"), clientEnd.stderr)
+        let serverEnd = server.finish(timeout: 60)
+        XCTAssertEqual(serverEnd.status, 0, serverEnd.stderr)
+        XCTAssertEqual(FileManager.default.contents(atPath: output), Data(bytes), "what vmcat -l wrote out")
+
+        let perfPort = randomPort()
+        let perfServer = try Child("vmperf", ["-s", "-1", "-p", "\(perfPort)"], environment: environment)
+        usleep(500_000)
+        let perfClient = try Child(
+            "vmperf", ["-c", "127.0.0.1", "-p", "\(perfPort)", "--transport", "ivshmem", "-t", "1"], environment: environment)
+        let summary = perfClient.line(startingWith: "Connecting to host", timeout: 60)
+        XCTAssertNotNil(summary)
+        let perfEnd = perfClient.finish(timeout: 60)
+        XCTAssertEqual(perfEnd.status, 0, perfEnd.stderr)
+        XCTAssertEqual(perfServer.finish(timeout: 30).status, 0)
+    }
+
+    private static func openDescriptors() -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 0
+    }
+
+    private static func describeDescriptors() -> String {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        return names.sorted().map { "\($0) -> \((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\($0)")) ?? "?")" }
+            .joined(separator: ", ")
+    }
+
+    /// Mappings of the region's memfd (thread stacks and malloc arenas come and go with the thread pool).
+    private static func mappingCount() -> Int {
+        ((try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8)) ?? "").split(separator: "\n")
+            .filter { $0.contains("vmsockd-region") }.count
+    }
+}
