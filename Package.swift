@@ -55,6 +55,7 @@ let package = Package(
         .testTarget(name: "VMCatTests", dependencies: ["vmcat", "VMSock"]),
         .testTarget(name: "VMPerfTests", dependencies: ["vmperf"]),
         .testTarget(name: "VMSockRingTests", dependencies: ["VMSockRing"]),
+        .testTarget(name: "VMSockHandlesTests", dependencies: ["VMSockHandles", "VMSock"]),
         .testTarget(name: "VMSockTests", dependencies: ["VMSock", "VMSockRing", "CVMSock", "CLibevent", "vmsock-testpeer"]),
     ]
 )

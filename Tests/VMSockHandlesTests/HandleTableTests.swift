@@ -1,0 +1,109 @@
+import Foundation
+import Synchronization
+import VMSock
+import VMSockHandles
+import XCTest
+
+/// The handle table's lifetime rules under threads: what the C program (interop/capi.test.sh) cannot race.
+final class HandleTableTests: XCTestCase {
+    /// A connected shared-memory pair in the table: (client, server) handles.
+    private func pair() throws -> (Int32, Int32) {
+        let listener = try VMListener(host: "127.0.0.1", port: 0)
+        let accepted = Mutex<Result<VMSocket, VMSockError>?>(nil)
+        let thread = Thread { accepted.withLock { $0 = Result { () throws(VMSockError) in try listener.accept() } } }
+        thread.start()
+        var options = VMSocketOptions()
+        options.transport = .shm
+        let client = try VMSocket.connect(host: "127.0.0.1", port: listener.localAddress.port, options: options)
+        var server: VMSocket? = nil
+        for _ in 0..<1000 where server == nil {
+            server = try accepted.withLock { try $0?.get() }
+            if server == nil { usleep(1000) }
+        }
+        listener.close()
+        return (try XCTUnwrap(HandleTable.insert(client)), try XCTUnwrap(HandleTable.insert(try XCTUnwrap(server))))
+    }
+
+    func testClosedAndStaleHandlesAreBadDescriptors() throws {
+        let before = HandleTable.openCount
+        let (client, server) = try pair()
+        XCTAssertEqual(HandleTable.openCount, before + 2)
+        XCTAssertGreaterThanOrEqual(client, 1 << 20)
+        try HandleTable.close(client)
+        XCTAssertEqual(errnoOf { try HandleTable.close(client) }, EBADF)
+        XCTAssertEqual(errnoOf { _ = try HandleTable.withConnection(client) { $0.transport } }, EBADF)
+        XCTAssertEqual(errnoOf { _ = try HandleTable.withListener(server) { $0.localAddress } }, EINVAL)
+        try HandleTable.close(server)
+        XCTAssertEqual(HandleTable.openCount, before)
+        for bad: Int32 in [-1, 0, 1, 1 << 20 | 0xFFFFF, Int32.max] {
+            XCTAssertEqual(errnoOf { try HandleTable.close(bad) }, EBADF, "handle \(bad)")
+        }
+    }
+
+    /// Threads reading and writing while another closes: every call ends (EBADF, or success before the close),
+    /// nothing touches freed memory (run it under AddressSanitizer: tools/sanitize.sh), and the slot is freed once.
+    func testCloseRacesWithReadersAndWriters() throws {
+        let before = HandleTable.openCount
+        for round in 0..<50 {
+            let (client, server) = try pair()
+            let done = Atomic<Int>(0)
+            let reader = Thread {
+                var buffer = [UInt8](repeating: 0, count: 256)
+                while true {
+                    let result = buffer.withUnsafeMutableBytes { bytes in
+                        Result { () throws(VMSockError) in
+                            try HandleTable.withConnection(server) { (socket) throws(VMSockError) in try socket.read(into: bytes) }
+                        }
+                    }
+                    if case .failure = result { break }
+                    if case .success(0) = result { break }
+                }
+                done.add(1, ordering: .sequentiallyConsistent)
+            }
+            let writer = Thread {
+                let bytes = [UInt8](repeating: 7, count: 100)
+                while true {
+                    let result = bytes.withUnsafeBytes { bytes in
+                        Result { () throws(VMSockError) in
+                            try HandleTable.withConnection(client) { (socket) throws(VMSockError) in try socket.write(bytes) }
+                        }
+                    }
+                    if case .failure = result { break }
+                }
+                done.add(1, ordering: .sequentiallyConsistent)
+            }
+            reader.start()
+            writer.start()
+            usleep(UInt32(round % 5) * 1000)
+            // Both ends closed from this thread, and one of them from a second thread at once: one close wins.
+            let second = Atomic<Int32>(-2)  // -2 until the second close returns
+            let closer = Thread { second.store(errnoOf { try HandleTable.close(server) }, ordering: .sequentiallyConsistent) }
+            closer.start()
+            let mine = errnoOf { try HandleTable.close(server) }
+            try HandleTable.close(client)
+            XCTAssertTrue(eventually { done.load(ordering: .sequentiallyConsistent) == 2 }, "round \(round)")
+            XCTAssertTrue(eventually { second.load(ordering: .sequentiallyConsistent) != -2 })
+            XCTAssertEqual(
+                [mine, second.load(ordering: .sequentiallyConsistent)].sorted(), [0, EBADF], "one close wins, round \(round)")
+        }
+        XCTAssertTrue(eventually { HandleTable.openCount == before })
+    }
+}
+
+private func eventually(_ condition: () -> Bool) -> Bool {
+    for _ in 0..<500 {
+        if condition() { return true }
+        usleep(10_000)
+    }
+    return false
+}
+
+/// 0 when `body` succeeds, else the errno of the VMSockError it throws (-1 for any other error).
+private func errnoOf(_ body: () throws -> Void) -> Int32 {
+    do {
+        try body()
+        return 0
+    } catch {
+        return (error as? VMSockError)?.code ?? -1
+    }
+}
