@@ -19,7 +19,7 @@ public func cFallbackReason(_ handle: Int32) -> UnsafePointer<CChar>? {
     do throws(VMSockError) {
         let reason = try HandleTable.withConnection(handle) { $0.fallbackReason }
         Glibc.errno = 0
-        return reason.map { constantText($0).utf8Start.withMemoryRebound(to: CChar.self, capacity: 1) { $0 } }
+        return reason.map { UnsafeRawPointer(constantText($0).utf8Start).assumingMemoryBound(to: CChar.self) }
     } catch {
         Errno.record(error)
         return nil

@@ -3,7 +3,9 @@
 // as a child through fork and exec). Built and run by interop/capi.test.sh.
 //
 //   capi_test                 every test; prints "ok: ..." per test, exits 0, or 1 at the first failure
-//   capi_test client PORT     (the child) connects to PORT, echoes a pattern through the parent, reports
+//   capi_test client PORT REASON   (the child) connects to PORT, echoes a pattern through the parent
+//   capi_test pump write|read BYTES CHUNK   streams BYTES in CHUNK-byte calls to (or from) a child it starts, and
+//                             prints the rate: what tools/check-capi-data-path.sh runs under callgrind
 #define _GNU_SOURCE
 #include <vmsock.h>
 
@@ -191,9 +193,20 @@ static void test_listener(void) {
     CHECK_ERRNO(vmsock_close(listener), EBADF);
     CHECK_ERRNO(vmsock_accept(listener, NULL, NULL), EBADF);
     close_pair((struct pair){client, server});
+    // A blocked accept wakes with EBADF when another thread closes the listener.
+    listener = vmsock_listen("127.0.0.1", port, 0, NULL);
+    CHECK(listener >= 0);
+    struct accepting a = {.listener = listener};
+    pthread_t thread;
+    CHECK(pthread_create(&thread, NULL, accept_one, &a) == 0);
+    usleep(100000);
+    CHECK(vmsock_close(listener) == 0);
+    CHECK(pthread_join(thread, NULL) == 0);
+    CHECK(a.accepted == -1 && a.error == EBADF);
     // Nobody listens any more: ECONNREFUSED.
     CHECK_ERRNO(vmsock_connect("127.0.0.1", port, NULL), ECONNREFUSED);
-    printf("ok: listen, local address, non-blocking accept, poll, EADDRINUSE, ECONNREFUSED, wrong kinds\n");
+    printf("ok: listen, local address, non-blocking accept, poll, EADDRINUSE, ECONNREFUSED, wrong kinds, close "
+           "waking a blocked accept\n");
 }
 
 static void test_bad_arguments(void) {
@@ -557,9 +570,75 @@ static int run_client(const char *port, const char *expected_reason) {
     return 0;
 }
 
+// MARK: pump (the data-path check)
+
+// Writes (or reads) `total` bytes in `chunk`-byte calls, blocking, then closes.
+static void pump(int handle, int writing, size_t total, size_t chunk) {
+    static unsigned char buffer[1 << 20];
+    CHECK(chunk > 0 && chunk <= sizeof buffer);
+    size_t done = 0;
+    while (done < total) {
+        size_t want = total - done < chunk ? total - done : chunk;
+        ssize_t n = writing ? vmsock_write(handle, buffer, want) : vmsock_read(handle, buffer, want);
+        CHECK(n > 0);
+        done += (size_t)n;
+    }
+}
+
+static int run_pump(const char *direction, size_t total, size_t chunk) {
+    int writing = strcmp(direction, "write") == 0;
+    int listener = vmsock_listen("127.0.0.1", 0, 0, NULL);
+    CHECK(listener >= 0);
+    char port[16], bytes[32], size[32];
+    snprintf(port, sizeof port, "%u", local_port(listener));
+    snprintf(bytes, sizeof bytes, "%zu", total);
+    snprintf(size, sizeof size, "%zu", chunk);
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        execl("/proc/self/exe", program, "pump-peer", port, writing ? "read" : "write", bytes, size, (char *)NULL);
+        _exit(127);
+    }
+    int handle = vmsock_accept(listener, NULL, NULL);
+    CHECK(handle >= 0 && vmsock_transport(handle) == VMSOCK_TRANSPORT_SHM);
+    double start = now();
+    pump(handle, writing, total, chunk);
+    double took = now() - start;
+    if (!writing) {
+        char byte;
+        CHECK(vmsock_read(handle, &byte, 1) == 0);
+    }
+    CHECK(vmsock_close(handle) == 0);
+    CHECK(vmsock_close(listener) == 0);
+    int status;
+    CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    printf("pump: %s %zu bytes in %zu-byte calls: %.3f s, %.2f GB/s, %.1f ns per call\n", direction, total, chunk,
+           took, total / took / 1e9, took * 1e9 / ((double)total / chunk));
+    return 0;
+}
+
+static int run_pump_peer(const char *port, const char *direction, size_t total, size_t chunk) {
+    int handle = vmsock_connect("127.0.0.1", (uint16_t)atoi(port), NULL);
+    CHECK(handle >= 0);
+    int writing = strcmp(direction, "write") == 0;
+    pump(handle, writing, total, chunk > 65536 ? chunk : 65536);
+    if (!writing) {
+        char byte;
+        CHECK(vmsock_read(handle, &byte, 1) == 0);
+    }
+    CHECK(vmsock_close(handle) == 0);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     program = argv[0];
     if (argc == 4 && strcmp(argv[1], "client") == 0) return run_client(argv[2], argv[3]);
+    if (argc == 5 && strcmp(argv[1], "pump") == 0) {
+        return run_pump(argv[2], strtoull(argv[3], NULL, 0), strtoull(argv[4], NULL, 0));
+    }
+    if (argc == 6 && strcmp(argv[1], "pump-peer") == 0) {
+        return run_pump_peer(argv[2], argv[3], strtoull(argv[4], NULL, 0), strtoull(argv[5], NULL, 0));
+    }
     setvbuf(stdout, NULL, _IOLBF, 0);
     test_bad_handles();
     test_listener();

@@ -34,6 +34,11 @@
  * from any thread at any time: calls blocked in other threads then fail with EBADF, and the connection's memory
  * is freed when the last call using it returns.
  *
+ * FORK. A child process must neither use nor close its parent's handles: they name the parent's connections,
+ * whose shared memory the child maps too, and a close in the child would end the connection for the peer (as
+ * shutdown on an inherited socket would). Exec, or exit with _exit. (A preload library, next, is where fork is
+ * handled like the kernel does it.)
+ *
  * DATA PATH. vmsock_read, vmsock_write, vmsock_readv and vmsock_writev take no lock and allocate nothing: the
  * handle is looked up in a table of slots with one atomic compare-and-swap to enter and one atomic subtract to
  * leave (the count that keeps a closed handle's memory alive until the last call returns). Over shared memory
