@@ -51,8 +51,8 @@
  * EPROTO (the shared-memory peer broke the ring rules: the connection is torn down and every later call fails the
  * same way), EBADF (closed or stale handle), EINVAL, EFAULT (a NULL buffer with a non-zero length). Both
  * transports give the same errors for the same calls. vmsock_last_error() says what happened, in words. The
- * library never prints and never exits (one exception: an unknown VMSOCK_TRANSPORT value is reported once on
- * stderr and treated as "auto").
+ * library never exits, and prints nothing but two warnings about the environment, once each on stderr: an
+ * unknown VMSOCK_TRANSPORT value (treated as "auto") and an invalid VMSOCK_SPIN_US (the default is used).
  *
  * ENVIRONMENT. VMSOCK_TRANSPORT=auto|shm|tcp (the default transport policy), VMSOCK_DIR (where listeners
  * register), VMSOCK_SPIN_US (how long a blocked call spins before it sleeps, default 50). See README.md.
