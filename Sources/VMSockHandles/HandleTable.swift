@@ -34,9 +34,9 @@ import VMSock
 /// freed under a call and nothing waits. Allocation and freeing take a mutex (connect, accept and close are cold);
 /// the data path takes none and makes no ARC traffic: the object is used through its unretained reference.
 ///
-/// Freed slots are reused oldest first, so a stale handle (a copy kept after close) aliases a live one only after
-/// its slot came round 2047 more times, about two million connections later with 1024 slots in use. Until then it
-/// gets EBADF, as a closed one does.
+/// A freed slot is reused only once 1024 others wait to be (oldest first), so a stale handle (a copy kept after
+/// close) aliases a live one only after its slot came round 2047 more times, at least two million handles later.
+/// Until then it gets EBADF, as a closed one does.
 ///
 /// Threads: any call from any thread; the objects' own rules (one reader, one writer) are the caller's business.
 /// A preload library, whose handles are real descriptors, would keep its own mapping from descriptor to handle
@@ -209,7 +209,7 @@ public enum HandleTable {
     @usableFromInline
     static func free(_ slot: UnsafeMutablePointer<Slot>, state: UInt64) {
         let object = UnsafeRawPointer(bitPattern: slot.pointee.object.exchange(0, ordering: .acquiring))!
-        var generation = (state >> 32 + 1) & UInt64(generationMask)
+        var generation = ((state >> 32) + 1) & UInt64(generationMask)
         if generation == 0 { generation = 1 }  // 0 is never valid, so a zeroed int is never a handle
         // No `open` bit: nobody can enter until the allocator hands the slot out again, after this store.
         slot.pointee.state.store(generation << 32, ordering: .releasing)
@@ -252,9 +252,13 @@ public enum HandleTable {
         }
     }
 
-    /// Hands out slot numbers: the oldest freed first, else the next never used, making chunks as needed.
+    /// Hands out slot numbers: the oldest freed one once `reuseAfter` wait, else the next never used, making
+    /// chunks as needed. So a freed slot comes back only after at least `reuseAfter` other handles were handed
+    /// out, and a stale handle aliases a live one only after 2047 x 1024 (about two million) of them; the price is
+    /// up to 1024 slots (64 KiB) more than the most handles ever open at once.
     final class Allocator: Sendable {
         static let shared = Allocator()
+        static let reuseAfter = 1024
 
         private struct Numbers {
             /// Freed slot numbers, oldest first: a ring of `capacity` entries, `head` and `count` into it.
@@ -272,7 +276,7 @@ public enum HandleTable {
 
         func take() -> Int32? {
             numbers.withLock { numbers -> Int32? in
-                if numbers.count > 0 {
+                if numbers.count >= Self.reuseAfter || (numbers.count > 0 && Int(numbers.made) == HandleTable.capacity) {
                     let index = numbers.freed![numbers.head]
                     numbers.head = (numbers.head + 1) % HandleTable.capacity
                     numbers.count -= 1

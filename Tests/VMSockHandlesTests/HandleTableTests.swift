@@ -42,6 +42,27 @@ final class HandleTableTests: XCTestCase {
         }
     }
 
+    /// A freed slot comes back only after 1024 others wait to be reused, and under the next generation.
+    func testFreedSlotsComeBackLateUnderANewGeneration() throws {
+        var options = VMSocketOptions()
+        options.transport = .tcp  // no registration: a listener is then a socket and little else
+        let old = try XCTUnwrap(HandleTable.insert(try VMListener(host: "127.0.0.1", port: 0, options: options)))
+        try HandleTable.close(old)
+        var made = 0
+        var reused: Int32? = nil
+        while reused == nil && made < 3000 {
+            let handle = try XCTUnwrap(HandleTable.insert(try VMListener(host: "127.0.0.1", port: 0, options: options)))
+            made += 1
+            if handle & 0xFFFFF == old & 0xFFFFF { reused = handle } else { try HandleTable.close(handle) }
+        }
+        let handle = try XCTUnwrap(reused, "the slot never came back")
+        XCTAssertGreaterThanOrEqual(made, 1024)
+        XCTAssertEqual(handle >> 20, (old >> 20) + 1, "the next generation")
+        XCTAssertEqual(errnoOf { _ = try HandleTable.kind(of: old) }, EBADF)
+        XCTAssertEqual(try HandleTable.kind(of: handle), .listener)
+        try HandleTable.close(handle)
+    }
+
     /// Threads reading and writing while another closes: every call ends (EBADF, or success before the close),
     /// nothing touches freed memory (run it under AddressSanitizer: tools/sanitize.sh), and the slot is freed once.
     func testCloseRacesWithReadersAndWriters() throws {

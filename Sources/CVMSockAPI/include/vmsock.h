@@ -21,10 +21,11 @@
  * slot's generation (the next 11 bits, never 0), so every handle is at least 1048576 (0, stdin and small file
  * descriptors are never valid handles). A call on a closed handle fails with EBADF, and so does a call on a
  * stale copy of a handle whose slot was reused for a newer connection: the generations differ. (After 2047
- * reuses of one slot a generation comes back; slots are reused oldest-freed first, so a stale handle can alias
- * a live one only after about two million connections were opened after it was closed.) We chose this over
- * opaque pointers because a stale pointer cannot be checked without touching freed memory, and over plain slot
- * numbers because those alias at once, as file descriptors do. At most 1048576 handles are open at a time.
+ * reuses of one slot a generation comes back; a freed slot is reused only once 1024 others wait to be, oldest
+ * first, so a stale handle can alias a live one only after at least two million handles were made after it was
+ * closed.) We chose this over opaque pointers because a stale pointer cannot be checked without touching freed
+ * memory, and over plain slot numbers because those alias at once, as file descriptors do. At most 1048576
+ * handles are open at a time.
  *
  * THREADS. As with a TCP socket used by a reader thread and a writer thread: one thread may read (vmsock_read,
  * vmsock_readv, vmsock_arm_readable, vmsock_disarm_readable) while another writes (vmsock_write, vmsock_writev,
