@@ -5,6 +5,8 @@ let package = Package(
     name: "vmsock",
     products: [
         .library(name: "VMSock", targets: ["VMSock"]),
+        // The C API: libvmsock.so, with Sources/CVMSockAPI/include/vmsock.h as its header (issue 18).
+        .library(name: "vmsock", type: .dynamic, targets: ["VMSockCAPI"]),
         .executable(name: "vmcat", targets: ["vmcat"]),
         .executable(name: "vmperf", targets: ["vmperf"]),
         .executable(name: "vmsockd", targets: ["vmsockd"]),
@@ -26,6 +28,13 @@ let package = Package(
         .target(name: "VMSockRing", dependencies: ["CVMSock"]),
         // Memory and doorbells, the control path, the socket API.
         .target(name: "VMSock", dependencies: ["VMSockRing", "CVMSock", "CLibevent"]),
+        // The C API's public header (include/vmsock.h), and the checks that pin its constants and layout.
+        .target(name: "CVMSockAPI"),
+        // What a C facade needs beside VMSocket: the lock-free handle table, errno and the last error, sockaddr
+        // out-parameters. Kept apart from the exports so that a preload library can sit on it too.
+        .target(name: "VMSockHandles", dependencies: ["VMSock", "CVMSock"]),
+        // The `@_cdecl` exports of vmsock.h, one thin function per call, in the vmsock product.
+        .target(name: "VMSockCAPI", dependencies: ["VMSockHandles", "VMSock", "CVMSockAPI"]),
         // netcat over vmsock, with OpenBSD nc's flags (issue 5).
         .executableTarget(name: "vmcat", dependencies: ["VMSock"]),
         // What vmperf and its paper benchmark share: the JSON writer, the report (stdout or --logfile) and its
@@ -53,6 +62,7 @@ let package = Package(
         .testTarget(name: "VMPerfTests", dependencies: ["vmperf"]),
         .testTarget(name: "VMSockRingTests", dependencies: ["VMSockRing"]),
         .testTarget(name: "VMSockdTests", dependencies: ["vmsockd", "VMSock", "VMSockRing", "vmsock-testpeer", "vmcat", "vmperf"]),
+        .testTarget(name: "VMSockHandlesTests", dependencies: ["VMSockHandles", "VMSock"]),
         .testTarget(name: "VMSockTests", dependencies: ["VMSock", "VMSockRing", "CVMSock", "CLibevent", "vmsock-testpeer"]),
     ]
 )

@@ -108,6 +108,26 @@ int vms_set_affinity(const vms_cpu_mask *mask);
 /// prctl(PR_SET_PDEATHSIG, sig): the kernel sends `sig` to us when the thread that started us exits.
 int vms_set_parent_death_signal(int sig);
 
+// MARK: the C API's handle table and last error (Sources/VMSockHandles)
+// Globals that every call of the C API reaches before anything else: kept in C so that reaching them costs a load,
+// not the swift_once check (a function call) that a lazily made Swift global costs at every access.
+/// Slots per chunk and chunks of the handle table: 1024 x 1024 handles. A chunk is made once and never freed.
+#define VMS_HANDLE_CHUNK_SLOTS 1024
+#define VMS_HANDLE_CHUNKS 1024
+/// The address of each chunk (0 until it is made), indexed by slot number / VMS_HANDLE_CHUNK_SLOTS.
+extern uint64_t vms_handle_chunks[VMS_HANDLE_CHUNKS];
+/// Acquire: whoever sees a chunk's address sees the slots the maker initialized before storing it with release.
+static inline uint64_t vms_handle_chunk_load(uint32_t index) {
+    return __atomic_load_n(&vms_handle_chunks[index % VMS_HANDLE_CHUNKS], __ATOMIC_ACQUIRE);
+}
+static inline void vms_handle_chunk_store(uint32_t index, uint64_t address) {
+    __atomic_store_n(&vms_handle_chunks[index % VMS_HANDLE_CHUNKS], address, __ATOMIC_RELEASE);
+}
+/// The calling thread's last error message for the C API: copies up to 255 bytes of `text` (NUL-terminated there).
+void vms_last_error_set(const char *text, size_t length);
+/// The calling thread's last error message ("" before the first).
+const char *vms_last_error_get(void);
+
 // MARK: test pattern
 // A deterministic pseudo-random byte stream: the byte at stream offset o depends only on (seed, o), so a receiver
 // can check any chunking of it, and a lost, duplicated or reordered byte shows at its exact offset.

@@ -1,3 +1,4 @@
+import Glibc
 import Synchronization
 
 /// What carries a connection's bytes: the shared-memory engine (`SharedMemoryStream`) or the TCP engine
@@ -17,10 +18,11 @@ protocol StreamEngine: AnyObject, Sendable {
     var settings: EngineSettings { get }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(VMSockError) -> Int
-    func readv(_ buffers: [UnsafeMutableRawBufferPointer]) throws(VMSockError) -> Int
+    /// Scatter read and gather write over C's `iovec`s, so that the C API passes its caller's array through as it is.
+    func readv(_ vectors: UnsafeBufferPointer<iovec>) throws(VMSockError) -> Int
     func readInPlace(_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int
     func write(_ buffer: UnsafeRawBufferPointer) throws(VMSockError) -> Int
-    func writev(_ buffers: [UnsafeRawBufferPointer]) throws(VMSockError) -> Int
+    func writev(_ vectors: UnsafeBufferPointer<iovec>) throws(VMSockError) -> Int
     func writeInPlace(minimum: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int
 
     func shutdown(read: Bool, write: Bool) throws(VMSockError)

@@ -131,14 +131,14 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         return count
     }
 
-    func readv(_ buffers: [UnsafeMutableRawBufferPointer]) throws(VMSockError) -> Int {
-        let wanted = buffers.reduce(0) { $0 + $1.count }
+    func readv(_ vectors: UnsafeBufferPointer<iovec>) throws(VMSockError) -> Int {
+        let wanted = vectors.reduce(0) { $0 &+ $1.iov_len }  // the C API checked the sum against Int.max
         guard wanted > 0 else { return 0 }
         let count = min(try awaitReadable(wanted: wanted), wanted)
         var done = 0
-        for buffer in buffers where done < count && buffer.count > 0 {
-            let n = min(buffer.count, count - done)
-            rx.copyOut(buffer.baseAddress!, count: n, skipping: done)
+        for vector in vectors where done < count && vector.iov_len > 0 {
+            let n = min(vector.iov_len, count - done)
+            rx.copyOut(vector.iov_base!, count: n, skipping: done)
             done += n
         }
         if count > 0 { consume(count) }
@@ -206,14 +206,14 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         return count
     }
 
-    func writev(_ buffers: [UnsafeRawBufferPointer]) throws(VMSockError) -> Int {
-        let wanted = buffers.reduce(0) { $0 + $1.count }
+    func writev(_ vectors: UnsafeBufferPointer<iovec>) throws(VMSockError) -> Int {
+        let wanted = vectors.reduce(0) { $0 &+ $1.iov_len }  // the C API checked the sum against Int.max
         guard wanted > 0 else { return 0 }
         let count = min(try awaitWritable(wanted: wanted), wanted)
         var done = 0
-        for buffer in buffers where done < count && buffer.count > 0 {
-            let n = min(buffer.count, count - done)
-            tx.copyIn(buffer.baseAddress!, count: n, skipping: done)
+        for vector in vectors where done < count && vector.iov_len > 0 {
+            let n = min(vector.iov_len, count - done)
+            tx.copyIn(vector.iov_base!, count: n, skipping: done)
             done += n
         }
         publish(count)

@@ -146,7 +146,21 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
 
     /// Scatter read: fills the buffers in order with what is readable now. The C call is `readv`.
     public func readv(_ buffers: [UnsafeMutableRawBufferPointer]) throws(VMSockError) -> Int {
-        try engine.readv(buffers)
+        try buffers.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }.withUnsafeBufferPointer {
+            (vectors) throws(VMSockError) in try readv(vectors: vectors)
+        }
+    }
+
+    /// Scatter read over C's `iovec`s, as `readv(2)` takes them: no array is made, so a shared-memory call
+    /// allocates nothing. Every `iov_base` with a non-zero `iov_len` must be valid, and the lengths must sum to at
+    /// most `Int.max` (the C API checks both).
+    public func readv(vectors: UnsafeBufferPointer<iovec>) throws(VMSockError) -> Int {
+        if let fastPath {
+            return try fastPath._withUnsafeGuaranteedRef { stream in
+                Result { () throws(VMSockError) in try stream.readv(vectors) }
+            }.get()
+        }
+        return try engine.readv(vectors)
     }
 
     /// Zero-copy read: calls `body` with the readable bytes where they lie in shared memory (read-only), and
@@ -203,7 +217,18 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
 
     /// Gather write: writes what fits of the buffers, in order, as one publish. The C call is `writev`.
     public func writev(_ buffers: [UnsafeRawBufferPointer]) throws(VMSockError) -> Int {
-        try engine.writev(buffers)
+        try buffers.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
+            .withUnsafeBufferPointer { (vectors) throws(VMSockError) in try writev(vectors: vectors) }
+    }
+
+    /// Gather write over C's `iovec`s, as `writev(2)` takes them (see `readv(vectors:)`).
+    public func writev(vectors: UnsafeBufferPointer<iovec>) throws(VMSockError) -> Int {
+        if let fastPath {
+            return try fastPath._withUnsafeGuaranteedRef { stream in
+                Result { () throws(VMSockError) in try stream.writev(vectors) }
+            }.get()
+        }
+        return try engine.writev(vectors)
     }
 
     /// Zero-copy write: waits until at least `minimum` bytes (at most the ring size) are free, calls `body` with

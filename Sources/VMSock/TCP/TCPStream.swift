@@ -61,11 +61,13 @@ final class TCPStream: StreamEngine, @unchecked Sendable {  // reader state is t
         }
     }
 
-    func readv(_ buffers: [UnsafeMutableRawBufferPointer]) throws(VMSockError) -> Int {
-        if inbound.count > 0, let first = buffers.first(where: { $0.count > 0 }) { return inbound.take(into: first) }
-        var vectors = buffers.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
+    func readv(_ vectors: UnsafeBufferPointer<iovec>) throws(VMSockError) -> Int {
+        if inbound.count > 0, let first = vectors.first(where: { $0.iov_len > 0 }) {
+            return inbound.take(into: UnsafeMutableRawBufferPointer(start: first.iov_base, count: first.iov_len))
+        }
+        guard let base = vectors.baseAddress else { return 0 }
         return try socket.use("socket") { fd throws(VMSockError) in
-            try transfer(fd, reading: true) { Sys.readv(fd, &vectors, Int32(vectors.count)) }
+            try transfer(fd, reading: true) { Sys.readv(fd, base, Int32(vectors.count)) }
         }
     }
 
@@ -97,17 +99,14 @@ final class TCPStream: StreamEngine, @unchecked Sendable {  // reader state is t
         }
     }
 
-    func writev(_ buffers: [UnsafeRawBufferPointer]) throws(VMSockError) -> Int {
-        var vectors = buffers.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
-        guard vectors.contains(where: { $0.iov_len > 0 }) else { return 0 }
+    func writev(_ vectors: UnsafeBufferPointer<iovec>) throws(VMSockError) -> Int {
+        guard let base = vectors.baseAddress, vectors.contains(where: { $0.iov_len > 0 }) else { return 0 }
         return try socket.use("socket") { fd throws(VMSockError) in
             try transfer(fd, reading: false) {
-                vectors.withUnsafeMutableBufferPointer { iov in
-                    var message = msghdr()
-                    message.msg_iov = iov.baseAddress
-                    message.msg_iovlen = iov.count
-                    return Sys.sendMessage(fd, &message, Int32(MSG_NOSIGNAL))
-                }
+                var message = msghdr()
+                message.msg_iov = UnsafeMutablePointer(mutating: base)  // sendmsg only reads it
+                message.msg_iovlen = vectors.count
+                return Sys.sendMessage(fd, &message, Int32(MSG_NOSIGNAL))
             }
         }
     }
