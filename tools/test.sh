@@ -27,6 +27,17 @@ interop/run.sh | tee "$interop_log" || interop_status=1
 interop_summary=$(tail -1 "$interop_log")
 rm -f "$interop_log"
 
+# The chaos soak (tools/soak.sh): SOAK_MINUTES of connections over both transports with kills and hostile
+# peers, every invariant checked; 0 leaves it out.
+soak_status=0
+soak_summary="soak: not run"
+if [ "${SOAK_MINUTES:-2}" != 0 ]; then
+    soak_log=$(mktemp)
+    tools/soak.sh "${SOAK_MINUTES:-2}" 2>&1 | tee "$soak_log" || soak_status=1
+    soak_summary=$(grep -E "^soak: [0-9.]+ min:|INVARIANT" "$soak_log" | tail -1 | cut -c1-160)
+    rm -f "$soak_log"
+fi
+
 # Tests stop what they start and free what they map; say so loudly if one did not.
 left=0
 if pgrep -x vmsock-testpeer >/dev/null; then
@@ -64,4 +75,6 @@ if grep -q "vmsock/tcp-" /proc/net/unix 2>/dev/null; then
     left=1
 fi
 echo "tests: $((total - failed)) passed, $failed failed (XCTest); $interop_summary"
-[ "$status" = 0 ] && [ "$failed" = 0 ] && [ "$left" = 0 ] && [ "$interop_status" = 0 ] && [ "$docs_status" = 0 ]
+echo "tests: $soak_summary"
+[ "$status" = 0 ] && [ "$failed" = 0 ] && [ "$left" = 0 ] && [ "$interop_status" = 0 ] && [ "$docs_status" = 0 ] \
+    && [ "$soak_status" = 0 ]

@@ -18,6 +18,8 @@ let usage = """
       async-write PORT SECONDS               async connect, write 1 KiB at a time for SECONDS (for strace -c)
       reconnect PORT COUNT                   COUNT times: connect, send 4 KiB, check the echo, close; then
                                              print how many connections reused a link
+      soak-server PORT                       echo every connection, each on a thread (Soak.swift)
+      soak-client PORT SECONDS               connection after connection, checked; one line of totals
       ivshmem-echo SOCKET-PATH               join vmsockd; report joins and leaves; answer rings (IvshmemEcho.swift)
       ivshmem-scribble SOCKET-PATH SECONDS   join vmsockd; write random bytes over its region (IvshmemHostile.swift)
       ivshmem-claim-all SOCKET-PATH          join vmsockd; claim every connection slot and listen entry; sit
@@ -84,6 +86,11 @@ do {
         let socket = try VMSocket.connect(host: loopback, port: port)
         ready()
         withExtendedLifetime(socket) { while true { pause() } }
+    case "soak-server":
+        try Soak.serve(port: port)
+    case "soak-client":
+        guard args.count == 4, let seconds = Double(args[3]) else { fail("bad arguments\n\(usage)") }
+        Soak.client(port: port, seconds: seconds)
     case "hostile-connect":
         guard args.count == 4 else { fail("bad arguments\n\(usage)") }
         try Hostile.connectAndMisbehave(port: port, how: args[3])
