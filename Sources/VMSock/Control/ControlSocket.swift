@@ -177,48 +177,13 @@ enum ControlSocket {
     /// Receives one message that has arrived (the descriptor polled readable): never waits. A hang-up reads as an
     /// empty message; nothing there yet is EAGAIN.
     static func receiveReady(_ fd: Int32) throws(VMSockError) -> Received {
-        let maxDescriptors = 16
-        let controlLength = vms_cmsg_space(maxDescriptors * MemoryLayout<Int32>.size)
-        var control = [UInt8](repeating: 0, count: controlLength)
-        var data = [UInt8](repeating: 0, count: HandshakeMessage.size * 4)
-        var msg = msghdr()
-        let outcome = data.withUnsafeMutableBytes { data in
-            control.withUnsafeMutableBytes { control in
-                var iov = iovec(iov_base: data.baseAddress, iov_len: data.count)
-                return withUnsafeMutablePointer(to: &iov) { iovPointer in
-                    msg.msg_iov = iovPointer
-                    msg.msg_iovlen = 1
-                    msg.msg_control = control.baseAddress
-                    msg.msg_controllen = controlLength
-                    return Result { () throws(VMSockError) in
-                        let flags = Int32(MSG_CMSG_CLOEXEC) | Int32(MSG_DONTWAIT)
-                        return try Sys.receiveMessage(fd, &msg, flags, "recvmsg(control)")
-                    }
-                }
-            }
-        }
-        let count: Int
+        let message: Sys.MessageWithDescriptors
         do {
-            count = try outcome.get()
+            message = try Sys.receiveWithDescriptors(fd, byteCount: HandshakeMessage.size * 4, maxDescriptors: 16, "recvmsg(control)")
         } catch where error.code == ECONNRESET {
             throw VMSockError(code: ECONNRESET, "peer reset the control socket during the handshake")
         }
-        var descriptors: [Descriptor] = []
-        control.withUnsafeMutableBytes { control in
-            msg.msg_control = control.baseAddress
-            var cmsg = vms_cmsg_firsthdr(&msg)
-            while let header = cmsg {
-                if header.pointee.cmsg_level == SOL_SOCKET && header.pointee.cmsg_type == Int32(SCM_RIGHTS) {
-                    let bytes = Int(header.pointee.cmsg_len) - vms_cmsg_len(0)
-                    let slot = UnsafeRawPointer(vms_cmsg_data(header)!)
-                    for i in 0..<max(0, bytes / MemoryLayout<Int32>.size) {
-                        descriptors.append(Descriptor(slot.loadUnaligned(fromByteOffset: i * 4, as: Int32.self)))
-                    }
-                }
-                cmsg = vms_cmsg_nxthdr(&msg, header)
-            }
-        }
-        let truncated = msg.msg_flags & (Int32(MSG_TRUNC) | Int32(MSG_CTRUNC)) != 0
-        return Received(bytes: Array(data.prefix(count)), descriptors: descriptors, truncated: truncated)
+        let truncated = message.flags & (Int32(MSG_TRUNC) | Int32(MSG_CTRUNC)) != 0
+        return Received(bytes: message.bytes, descriptors: message.descriptors, truncated: truncated)
     }
 }

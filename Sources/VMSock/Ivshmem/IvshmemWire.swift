@@ -105,51 +105,16 @@ enum IvshmemWire {
         /// One recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC) of up to `count` bytes: nil bytes when nothing is there
         /// (EAGAIN). Room is left for 4 descriptors, so that an overfull message is seen as such.
         private func receive(_ fd: Int32, upTo count: Int) throws(VMSockError) -> ([UInt8]?, [Descriptor], Bool) {
-            let controlLength = vms_cmsg_space(4 * MemoryLayout<Int32>.size)
-            var control = [UInt8](repeating: 0, count: controlLength)
-            var data = [UInt8](repeating: 0, count: count)
-            var msg = msghdr()
-            let outcome = data.withUnsafeMutableBytes { data in
-                control.withUnsafeMutableBytes { control in
-                    var iov = iovec(iov_base: data.baseAddress, iov_len: data.count)
-                    return withUnsafeMutablePointer(to: &iov) { iovPointer in
-                        msg.msg_iov = iovPointer
-                        msg.msg_iovlen = 1
-                        msg.msg_control = control.baseAddress
-                        msg.msg_controllen = controlLength
-                        return Result { () throws(VMSockError) in
-                            let flags = Int32(MSG_CMSG_CLOEXEC) | Int32(MSG_DONTWAIT)
-                            return try Sys.receiveMessage(fd, &msg, flags, "recvmsg(ivshmem)")
-                        }
-                    }
-                }
-            }
-            let received: Int
+            let message: Sys.MessageWithDescriptors
             do {
-                received = try outcome.get()
+                message = try Sys.receiveWithDescriptors(fd, byteCount: count, maxDescriptors: 4, "recvmsg(ivshmem)")
             } catch where error.code == EAGAIN {
                 return (nil, [], false)
             } catch where error.code == ECONNRESET {
                 throw VMSockError(code: ECONNRESET, "vmsockd reset the connection")
             }
-            var descriptors: [Descriptor] = []
-            control.withUnsafeMutableBytes { control in
-                msg.msg_control = control.baseAddress
-                var cmsg = vms_cmsg_firsthdr(&msg)
-                while let header = cmsg {
-                    if header.pointee.cmsg_level == SOL_SOCKET && header.pointee.cmsg_type == Int32(SCM_RIGHTS) {
-                        let length = Int(header.pointee.cmsg_len) - vms_cmsg_len(0)
-                        let slot = UnsafeRawPointer(vms_cmsg_data(header)!)
-                        for i in 0..<max(0, length / MemoryLayout<Int32>.size) {
-                            descriptors.append(Descriptor(slot.loadUnaligned(fromByteOffset: i * 4, as: Int32.self)))
-                        }
-                    }
-                    cmsg = vms_cmsg_nxthdr(&msg, header)
-                }
-            }
-            if received == 0 { throw VMSockError(code: ECONNRESET, "vmsockd closed the connection") }
-            let truncated = msg.msg_flags & Int32(MSG_CTRUNC) != 0
-            return (Array(data.prefix(received)), descriptors, truncated)
+            if message.bytes.isEmpty { throw VMSockError(code: ECONNRESET, "vmsockd closed the connection") }
+            return (message.bytes, message.descriptors, message.flags & Int32(MSG_CTRUNC) != 0)
         }
     }
 }

@@ -160,6 +160,58 @@ extension Sys {
         try check(what()) { recvmsg(fd, message, flags) }
     }
 
+    /// A message received with the descriptors that came with it; the descriptors are ours (closed when dropped).
+    struct MessageWithDescriptors {
+        /// Empty when the peer hung up.
+        var bytes: [UInt8]
+        var descriptors: [Descriptor]
+        /// recvmsg's msg_flags: MSG_TRUNC, MSG_CTRUNC (more bytes or descriptors came than there was room for, or
+        /// we could not take the descriptors in).
+        var flags: Int32
+    }
+
+    /// One recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC) of up to `byteCount` bytes and `maxDescriptors` descriptors
+    /// (SCM_RIGHTS). Never waits: nothing there yet is EAGAIN.
+    static func receiveWithDescriptors(
+        _ fd: Int32, byteCount: Int, maxDescriptors: Int, _ what: @autoclosure () -> String
+    ) throws(VMSockError) -> MessageWithDescriptors {
+        let controlLength = vms_cmsg_space(maxDescriptors * MemoryLayout<Int32>.size)
+        var control = [UInt8](repeating: 0, count: controlLength)
+        var data = [UInt8](repeating: 0, count: byteCount)
+        var msg = msghdr()
+        let outcome = data.withUnsafeMutableBytes { data in
+            control.withUnsafeMutableBytes { control in
+                var iov = iovec(iov_base: data.baseAddress, iov_len: data.count)
+                return withUnsafeMutablePointer(to: &iov) { iovPointer in
+                    msg.msg_iov = iovPointer
+                    msg.msg_iovlen = 1
+                    msg.msg_control = control.baseAddress
+                    msg.msg_controllen = controlLength
+                    return Result { () throws(VMSockError) in
+                        try receiveMessage(fd, &msg, Int32(MSG_CMSG_CLOEXEC) | Int32(MSG_DONTWAIT), what())
+                    }
+                }
+            }
+        }
+        let count = try outcome.get()
+        var descriptors: [Descriptor] = []
+        control.withUnsafeMutableBytes { control in
+            msg.msg_control = control.baseAddress
+            var cmsg = vms_cmsg_firsthdr(&msg)
+            while let header = cmsg {
+                if header.pointee.cmsg_level == SOL_SOCKET && header.pointee.cmsg_type == Int32(SCM_RIGHTS) {
+                    let length = Int(header.pointee.cmsg_len) - vms_cmsg_len(0)
+                    let slot = UnsafeRawPointer(vms_cmsg_data(header)!)
+                    for i in 0..<max(0, length / MemoryLayout<Int32>.size) {
+                        descriptors.append(Descriptor(slot.loadUnaligned(fromByteOffset: i * 4, as: Int32.self)))
+                    }
+                }
+                cmsg = vms_cmsg_nxthdr(&msg, header)
+            }
+        }
+        return MessageWithDescriptors(bytes: Array(data.prefix(count)), descriptors: descriptors, flags: msg.msg_flags)
+    }
+
     // MARK: The data path
     // Raw results (-1 with errno set), EINTR retried, inlined into the caller: see `Sys`.
 
