@@ -84,7 +84,7 @@ while [ "$(date +%s)" -lt $((end - 3)) ]; do
             start_server ;;
         *)  # a hostile peer: breaks the rules, then is killed
             how=${hows[$((RANDOM % ${#hows[@]}))]}
-            (timeout -s KILL 2 "$PEER" hostile-connect "$port" "$how") >/dev/null 2>&1 || true
+            ("$PEER" hostile-connect "$port" "$how" >/dev/null 2>&1 & sleep 2; kill -9 $!; wait $!) 2>/dev/null || true
             hostiles=$((hostiles + 1)) ;;
     esac
 done
