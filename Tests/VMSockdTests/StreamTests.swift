@@ -19,7 +19,21 @@ final class StreamTests: XCTestCase {
         return options
     }
 
-    private func randomPort() -> UInt16 { UInt16.random(in: 20000...59000) }
+    /// A TCP port on 127.0.0.1 that nothing listens on now (the kernel picks it), so two tests never collide.
+    private func randomPort() -> UInt16 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+            }
+        }
+        return bound ? UInt16(bigEndian: address.sin_port) : UInt16.random(in: 20000...59000)
+    }
 
     /// Runs `body` on another thread; fails the test (instead of hanging it) when it takes longer than `seconds`.
     private func bounded<T: Sendable>(_ what: String, seconds: TimeInterval = 20, _ body: @escaping @Sendable () throws -> T) throws -> T {
@@ -81,9 +95,10 @@ final class StreamTests: XCTestCase {
         try expectEndOfStream(accepted, afterKilling: connector)
 
         // And we block in write: a peer that never reads, killed while our ring is full.
-        let victim3 = try Child("vmsock-testpeer", ["hold-listen", "\(port2 &+ 1)"], environment: forced(daemon))
-        XCTAssertNotNil(victim3.line(startingWith: "ready"))
-        let writer = try VMSocket.connect(host: "127.0.0.1", port: port2 &+ 1, options: options)
+        let port3 = randomPort()
+        let victim3 = try Child("vmsock-testpeer", ["hold-listen", "\(port3)"], environment: forced(daemon))
+        XCTAssertNotNil(victim3.line(startingWith: "ready"), victim3.finish(timeout: 1).stderr)
+        let writer = try VMSocket.connect(host: "127.0.0.1", port: port3, options: options)
         XCTAssertNotNil(victim3.line(startingWith: "accepted"))
         let killer = DispatchQueue.global()
         let victimPID = victim3.pid
@@ -226,10 +241,17 @@ final class StreamTests: XCTestCase {
         let environment = ["VMSOCK_IVSHMEM": daemon.socket]
         let output = daemon.directory + "/output"
         let server = try Child("vmcat", ["-l", "127.0.0.1", "\(port)"], environment: environment, output: output)
-        usleep(300_000)
-        let client = try Child(
-            "vmcat", ["-v", "-N", "--transport", "ivshmem", "127.0.0.1", "\(port)"], environment: environment, input: input)
-        let clientEnd = client.finish(timeout: 60)
+        // Until the server has published its listen entry, a client forced onto the region is refused: retry
+        // then (bounded), instead of guessing how long the server takes to start.
+        var clientEnd: (status: Int32, reason: Process.TerminationReason, stderr: String)
+        let startBy = Date().addingTimeInterval(60)
+        repeat {
+            let client = try Child(
+                "vmcat", ["-v", "-N", "--transport", "ivshmem", "127.0.0.1", "\(port)"], environment: environment, input: input)
+            clientEnd = client.finish(timeout: 60)
+            if clientEnd.status == 0 || !clientEnd.stderr.contains("listens on") { break }
+            usleep(100_000)
+        } while Date() < startBy
         XCTAssertEqual(clientEnd.status, 0, clientEnd.stderr)
         XCTAssertTrue(clientEnd.stderr.contains("via ivshmem"), clientEnd.stderr)
         let serverEnd = server.finish(timeout: 60)
@@ -238,7 +260,7 @@ final class StreamTests: XCTestCase {
 
         let perfPort = randomPort()
         let perfServer = try Child("vmperf", ["-s", "-1", "-p", "\(perfPort)"], environment: environment)
-        usleep(500_000)
+        XCTAssertNotNil(perfServer.line(startingWith: "Server listening", timeout: 60), "vmperf -s did not start")
         let perfClient = try Child(
             "vmperf", ["-c", "127.0.0.1", "-p", "\(perfPort)", "--transport", "ivshmem", "-t", "1"], environment: environment)
         let summary = perfClient.line(startingWith: "Connecting to host", timeout: 60)
