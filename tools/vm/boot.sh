@@ -7,10 +7,11 @@
 #     --bin DIR        the build whose binaries the guest holds (default .build/debug)
 #     --pidfile FILE   where QEMU writes its pid (for tests that kill it)
 #     --timeout S      QEMU is killed after S seconds (default 120)
-# SCRIPT runs as /run.sh under busybox sh, as root, with vmcat in /bin (and what VMSOCK_VM_BINARIES adds, see build.sh); the guest is
-# 10.0.2.15 and reaches the host at 10.0.2.2 (QEMU user networking, e1000). The console (the script's output
-# among the kernel's) goes to stdout. Exit status: the script's, 77 when no guest can be booted here (the
-# reason on stderr), 124 when the guest did not finish in time.
+# SCRIPT runs as /run.sh under busybox sh, as root, with vmcat in /bin (and what VMSOCK_VM_BINARIES adds, see
+# build.sh); the guest is 10.0.2.15 and reaches the host at 10.0.2.2 (QEMU user networking, e1000). The console
+# (the script's output among the kernel's, with the serial line's \r\n endings) goes to stdout as it comes.
+# Exit status: the script's; 77 when no guest can be booted here (the reason on stderr); 124 when the guest did
+# not finish in time.
 # VMSOCK_VM_ACCEL: tcg (default; KVM guests hang on the machines this was written on) or kvm.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -57,7 +58,7 @@ status=0
 timeout -s KILL "$limit" qemu-system-x86_64 -accel "$accel" "${machine[@]}" -m 512 -smp 1 -nographic -no-reboot \
     -kernel "$kernel" -initrd "$work/initrd" -append "$append" \
     -netdev user,id=n0 -device e1000,netdev=n0,romfile= "${device[@]}" \
-    ${pidfile:+-pidfile "$pidfile"} </dev/null | tee "$work/console" | tr -d '\r' || status=$?
+    ${pidfile:+-pidfile "$pidfile"} </dev/null | tee "$work/console" || status=$?  # live: tee does not buffer
 [ "$status" = 137 ] && { echo "boot.sh: the guest did not finish within $limit s" >&2; exit 124; }
 result=$(tr -d '\r' < "$work/console" | sed -n 's/^vmsock-guest: exit \([0-9]*\)$/\1/p' | tail -1)
 if [ -z "$result" ]; then
