@@ -65,7 +65,7 @@ final class StreamTests: XCTestCase {
         let connector = try Child("vmsock-testpeer", ["stream-connect"] + arguments, environment: forced(daemon))
         for (name, child) in [("listener", listener), ("connector", connector)] {
             let transport = child.line(startingWith: "transport:", timeout: 600)
-            XCTAssertEqual(transport, "transport: ivshmem", "\(name): \(child.finish(timeout: 1).stderr)")
+            XCTAssertEqual(transport, "transport: ivshmem (vmsockd socket)", "\(name): \(child.finish(timeout: 1).stderr)")
             XCTAssertNotNil(child.line(startingWith: "ok"))
             let end = child.finish()
             XCTAssertEqual(end.status, 0, "\(name): \(end.stderr)")

@@ -1,7 +1,8 @@
 #ifndef VMSOCK_CVMSOCK_H
 #define VMSOCK_CVMSOCK_H
 // The small part of vmsock that Swift cannot import: memfd and its seals, eventfd (tests), epoll, the CMSG_* macros for
-// SCM_RIGHTS, SO_PEERCRED, a CPU pause hint, atomics on memory that another process maps, and CPU affinity and the
+// SCM_RIGHTS, SO_PEERCRED, a CPU pause hint, atomics on memory that another process maps, device registers and VFIO
+// (a guest's ivshmem device), and CPU affinity and the
 // parent-death signal (vmperf --paper).
 // Everything else stays in Swift. Constants that glibc only shows under _GNU_SOURCE are numbered here (they are
 // Linux ABI) and pinned against the real headers by _Static_assert in shim.c.
@@ -107,6 +108,31 @@ int vms_get_affinity(vms_cpu_mask *mask);
 int vms_set_affinity(const vms_cpu_mask *mask);
 /// prctl(PR_SET_PDEATHSIG, sig): the kernel sends `sig` to us when the thread that started us exits.
 int vms_set_parent_death_signal(int sig);
+
+// MARK: a guest's ivshmem device (Sources/VMSock/Ivshmem/IvshmemDevice.swift)
+/// Device registers (BAR0) are read and written exactly once, at their width: volatile, never merged or split.
+static inline uint32_t vms_mmio_read32(const void *p) { return *(const volatile uint32_t *)p; }
+static inline void vms_mmio_write32(void *p, uint32_t v) { *(volatile uint32_t *)p = v; }
+
+/// A PCI device bound to vfio-pci, opened through its IOMMU group (vfio.c). Each call returns 0 (or a count) or
+/// -1 with errno set.
+typedef struct {
+    int container;
+    int group;
+    int device;
+} vms_vfio;
+/// Opens /dev/vfio/vfio, the group of `bdf` (/sys/bus/pci/devices/BDF/iommu_group), sets the type-1 IOMMU, and gets
+/// the device. On failure everything opened is closed again.
+int vms_vfio_open(const char *bdf, vms_vfio *out);
+void vms_vfio_close(vms_vfio *vfio);
+/// VFIO_DEVICE_GET_REGION_INFO: where region `index` (a BAR, 7 for config space) is in the device fd, and its size.
+int vms_vfio_region(const vms_vfio *vfio, uint32_t index, uint64_t *offset, uint64_t *size);
+/// Sets Bus Master in the PCI command register: without it the device's MSI-X writes are dropped, silently.
+int vms_vfio_enable_bus_master(const vms_vfio *vfio);
+/// How many MSI-X vectors the device has (VFIO_DEVICE_GET_IRQ_INFO); 0 for none.
+int vms_vfio_msix_vectors(const vms_vfio *vfio);
+/// VFIO_DEVICE_SET_IRQS: MSI-X vector i signals eventfd fds[i], for i < count.
+int vms_vfio_route_msix(const vms_vfio *vfio, const int *fds, uint32_t count);
 
 // MARK: the C API's handle table and last error (Sources/VMSockHandles)
 // Globals that every call of the C API reaches before anything else: kept in C so that reaching them costs a load,

@@ -33,17 +33,25 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
     let me: IvshmemArena.Owner
     /// Which host and network namespace we are in, for loopback and wildcard listen entries.
     let hostKey: UInt64
-    /// Only under `tables`' lock: `update` and the peer table belong to one thread at a time.
-    private let client: IvshmemClient
+    /// How this process reaches the region (vmsockd's socket, or a guest's PCI device). Its `readLeaves` and
+    /// `bell(for:)` only under `tables`' lock.
+    let attachment: any IvshmemAttachment
     private let tables = Mutex(Tables())
 
     /// How often, at most, the dispatcher wakes sleepers and checks liveness without being rung.
     static let tickMs: Int32 = 100
+    /// Without interrupts (`IvshmemMode.polling`) nothing rings us: the dispatcher looks every `pollingMs` while a
+    /// connection waits or a connect is under way (the wake-up delay a sleeper gets), every `idleMs` otherwise
+    /// (how soon a listener sees a request, and a connection its dead peer).
+    static let pollingMs: Int32 = 1
+    static let idleMs: Int32 = 10
 
     private struct Tables: ~Copyable {
         var connections: [Int: Watch] = [:]
         /// Listeners, and connectors waiting for an answer: rung at every pass.
         var bells: [Int: Doorbell] = [:]
+        /// Of `bells`, the connectors': while there are any, a polling dispatcher looks every `pollingMs`.
+        var urgentBells: Set<Int> = []
         var nextID = 0
         /// Leaves read by someone other than the dispatcher (`peerBell` updates the table too).
         var leaves: [Int] = []
@@ -69,17 +77,19 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
         }
     }
 
-    private init(path: String, client: IvshmemClient, arena: IvshmemArena.Geometry) {
+    private init(path: String, attachment: any IvshmemAttachment, arena: IvshmemArena.Geometry) {
         self.path = path
-        self.client = client
-        view = IvshmemArenaView(base: client.region.base, region: client.region.geometry, arena: arena)
-        me = IvshmemArena.Owner(id: client.id, epoch: client.epoch)
+        self.attachment = attachment
+        view = IvshmemArenaView(base: attachment.region.base, region: attachment.region.geometry, arena: arena)
+        me = IvshmemArena.Owner(id: attachment.id, epoch: attachment.epoch)
         hostKey = Self.thisHostKey
     }
 
     // MARK: Joining
 
-    /// `VMSOCK_IVSHMEM`: the vmsockd socket this process joins when a socket's options name none.
+    /// `VMSOCK_IVSHMEM`: the region this process joins when a socket's options name none: the path of vmsockd's
+    /// socket (a host process), or `pci` / `pci:ADDRESS` for the ivshmem-doorbell device of a guest
+    /// (`IvshmemDevice`). Unset: no region; a guest's device is never used unless asked for.
     static let processPath: String? = {
         guard let raw = getenv("VMSOCK_IVSHMEM") else { return nil }
         let path = String(cString: raw)
@@ -90,22 +100,26 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
 
     /// The node for the region `options` name (or `VMSOCK_IVSHMEM`), joining it now if need be; nil when none is
     /// named. Joins are serialized, so two threads never join twice.
-    /// - Throws: what `IvshmemClient.connect` throws (ECONNREFUSED when vmsockd does not run there); ENOSPC for a
-    ///   region too small to hold a connection.
+    /// - Throws: what `IvshmemClient.connect` throws (ECONNREFUSED when vmsockd does not run there) or
+    ///   `IvshmemDevice.open` (ENODEV, EACCES); ENOSPC for a region too small to hold a connection.
     static func node(for options: VMSocketOptions) throws(VMSockError) -> IvshmemNode? {
         guard let path = options.ivshmemPath ?? processPath else { return nil }
         return try joined.withLock { (nodes) throws(VMSockError) -> IvshmemNode in
             if let node = nodes[path] { return node }
-            let client = try IvshmemClient.connect(path: path, timeoutMs: 2000)
-            guard let arena = IvshmemArena.Geometry(client.region.geometry) else {
+            let attachment: any IvshmemAttachment = isDevice(path)
+                ? try IvshmemDevice.open(path) : try IvshmemClient.connect(path: path, timeoutMs: 2000)
+            guard let arena = IvshmemArena.Geometry(attachment.region.geometry) else {
                 throw VMSockError(code: ENOSPC, "vmsockd's region at \(path) is too small to hold a connection")
             }
-            let node = IvshmemNode(path: path, client: client, arena: arena)
+            let node = IvshmemNode(path: path, attachment: attachment, arena: arena)
             try node.startDispatcher()
             nodes[path] = node
             return node
         }
     }
+
+    /// Whether `VMSOCK_IVSHMEM` (or `VMSocketOptions.ivshmemPath`) names a guest's PCI device, not a socket path.
+    static func isDevice(_ path: String) -> Bool { path == "pci" || path.hasPrefix("pci:") }
 
     /// Boot id and network namespace, hashed (FNV-1a): equal for two processes of one host and namespace.
     private static let thisHostKey: UInt64 = {
@@ -135,30 +149,33 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
         pthread_detach(thread)
     }
 
-    /// The dispatcher's loop: wait for a ring, news from vmsockd, or the tick; then one pass (`sweep`). Ends when
-    /// vmsockd goes away.
+    /// The dispatcher's loop: wait for a ring, news from vmsockd, or the tick (without interrupts: the polling
+    /// interval); then one pass (`sweep`). Ends when vmsockd goes away.
     private func dispatch() {
-        let vectors = (0..<client.vectors).map { client.descriptor(ofVector: $0) }
+        let vectors = attachment.interrupts
         var fds = vectors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-        fds.append(pollfd(fd: client.descriptor, events: Int16(POLLIN), revents: 0))
+        if let news = attachment.news { fds.append(pollfd(fd: news, events: Int16(POLLIN), revents: 0)) }
+        let polling = vectors.isEmpty
+        var urgent = false
         while true {
             for index in fds.indices { fds[index].revents = 0 }
-            _ = try? Sys.poll(&fds, timeoutMs: Self.tickMs)
+            let timeoutMs = polling ? (urgent ? Self.pollingMs : Self.idleMs) : Self.tickMs
+            _ = try? Sys.poll(&fds, timeoutMs: timeoutMs)
             for (index, fd) in vectors.enumerated() where fds[index].revents != 0 {
                 _ = vms_eventfd_read_nowait(fd)  // never blocks, whoever cleared O_NONBLOCK
             }
-            let news = fds[fds.count - 1].revents != 0
+            let news = attachment.news != nil && fds[fds.count - 1].revents != 0
             let failed = tables.withLock { (tables) -> Bool in
                 if news {
                     do throws(VMSockError) {
-                        for case .left(let id) in try client.update() { tables.leaves.append(id) }
+                        tables.leaves += try attachment.readLeaves()
                     } catch {
                         fail(&tables, VMSockError(
                             code: ECONNRESET, "vmsockd at \(path) went away (\(error.message)); no region peer's liveness can be known"))
                         return true
                     }
                 }
-                sweep(&tables)
+                urgent = sweep(&tables)
                 return false
             }
             if failed { return }
@@ -166,19 +183,28 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
     }
 
     /// One pass: ends the connections whose peer left or is no longer named by its slot, and wakes every sleeper
-    /// (connections only where a waiting flag is up) to re-check.
-    private func sweep(_ tables: inout Tables) {
+    /// (connections only where a waiting flag is up) to re-check. Returns whether a connection or a connector
+    /// waits (a polling dispatcher then looks again sooner).
+    private func sweep(_ tables: inout Tables) -> Bool {
         let leaves = tables.leaves
         tables.leaves = []
+        var waiting = !tables.urgentBells.isEmpty
         for watch in tables.connections.values {
             if !watch.gone && (leaves.contains(watch.peer.id) || !view.isCurrent(watch.peer)) {
                 watch.gone = true
                 Sys.shutdown(watch.far.raw)
             }
-            if watch.flags.isWaitingForData { watch.dataBell.ringSelf() }
-            if watch.flags.isWaitingForSpace { watch.spaceBell.ringSelf() }
+            if watch.flags.isWaitingForData {
+                watch.dataBell.ringSelf()
+                waiting = true
+            }
+            if watch.flags.isWaitingForSpace {
+                watch.spaceBell.ringSelf()
+                waiting = true
+            }
         }
         for bell in tables.bells.values { bell.ringSelf() }
+        return waiting
     }
 
     /// vmsockd is gone: every connection ends, and every waiter wakes to learn why.
@@ -197,16 +223,22 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
 
     // MARK: Registrations
 
-    /// A bell the dispatcher rings at every pass, for a listener or a waiting connector. Returns its id.
-    func addBell(_ bell: Doorbell) -> Int {
+    /// A bell the dispatcher rings at every pass, for a listener or a waiting connector (`urgent`). Returns its id.
+    func addBell(_ bell: Doorbell, urgent: Bool) -> Int {
         tables.withLock { tables in
             tables.nextID += 1
             tables.bells[tables.nextID] = bell
+            if urgent { tables.urgentBells.insert(tables.nextID) }
             return tables.nextID
         }
     }
 
-    func removeBell(_ id: Int) { _ = tables.withLock { $0.bells.removeValue(forKey: id) } }
+    func removeBell(_ id: Int) {
+        tables.withLock { tables in
+            tables.bells.removeValue(forKey: id)
+            tables.urgentBells.remove(id)
+        }
+    }
 
     /// Watches a new connection with `peer`: returns our end of its liveness socket and the watch's id.
     func watch(peer: IvshmemArena.Owner, dataBell: Doorbell, spaceBell: Doorbell, ourHalf: Int) throws(VMSockError) -> (Descriptor, Int) {
@@ -223,25 +255,22 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
 
     func unwatch(_ id: Int) { _ = tables.withLock { $0.connections.removeValue(forKey: id) } }
 
-    /// A bell that rings `peer` (vector 0 of its eventfds; our own for ourselves): our own duplicate of the
-    /// descriptor, so that a leave, which closes the client's copy, cannot turn it into someone else's.
+    /// A bell that rings `peer` (vector 0; our own for ourselves).
     /// - Throws: EHOSTUNREACH for a peer vmsockd has not announced, or whose epoch differs.
     func peerBell(_ peer: IvshmemArena.Owner) throws(VMSockError) -> PeerBell {
         try tables.withLock { (tables) throws(VMSockError) -> PeerBell in
             if let failure = tables.failure { throw failure }
-            if peer == me { return PeerBell.regionPeer(try Sys.duplicate(client.descriptor(ofVector: 0))) }
-            if client.peers[peer.id] == nil {
-                // Its join may still be unread: the dispatcher would read it within a tick, but it is here now.
-                do throws(VMSockError) {
-                    for case .left(let id) in try client.update() { tables.leaves.append(id) }
-                } catch {
-                    throw VMSockError(code: ECONNRESET, "vmsockd at \(path) went away (\(error.message))")
-                }
+            if let bell = try attachment.bell(for: peer) { return bell }
+            // Its join may still be unread: the dispatcher would read it within a tick, but it is here now.
+            do throws(VMSockError) {
+                tables.leaves += try attachment.readLeaves()
+            } catch {
+                throw VMSockError(code: ECONNRESET, "vmsockd at \(path) went away (\(error.message))")
             }
-            guard let known = client.peers[peer.id], known.epoch == peer.epoch else {
+            guard let bell = try attachment.bell(for: peer) else {
                 throw VMSockError(code: EHOSTUNREACH, "vmsockd has not announced \(peer)")
             }
-            return PeerBell.regionPeer(try Sys.duplicate(known.vectors[0].raw))
+            return bell
         }
     }
 
@@ -254,6 +283,6 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
             uid: view.load32(slot + IvshmemLayout.SlotOffset.uid), gid: view.load32(slot + IvshmemLayout.SlotOffset.gid))
     }
 
-    /// The region's memfd, for mapping a connection's halves.
-    var memory: Int32 { client.memory.raw }
+    /// What a connection's halves are mapped from: a descriptor, and where the region starts in it.
+    var memory: (fd: Int32, offset: Int) { (attachment.memoryFD, attachment.memoryOffset) }
 }

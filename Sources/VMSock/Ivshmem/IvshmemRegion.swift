@@ -71,6 +71,23 @@ package final class IvshmemRegion: @unchecked Sendable {  // immutable after ini
         }
     }
 
+    /// Maps a guest's view of the region: `size` bytes of `fd` (the PCI resource file of BAR2, or the vfio device)
+    /// from `offset`, after checking that the size is one vmsockd makes and that the header says so too. The BAR
+    /// cannot change size under us, so there are no seals to check.
+    /// - Throws: EPROTO saying what is wrong (most likely: the device is not on a vmsockd's socket).
+    static func attachDevice(_ fd: Int32, offset: Int, size: Int, what: String) throws(VMSockError) -> (IvshmemRegion, IvshmemHeader.Fields) {
+        guard IvshmemLayout.isValid(regionSize: size) else {
+            throw .protocolFault("\(what) has \(size) bytes, not a power of two from 64 KiB to 64 GiB")
+        }
+        let base = try Sys.map(at: nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset: offset, "mmap(\(what), \(size) bytes)")
+        let region = IvshmemRegion(base: base, geometry: IvshmemLayout.Geometry(regionSize: size)!)
+        do throws(IvshmemLayoutViolation) {
+            return (region, try IvshmemHeader(base: base).validate(regionSize: size))
+        } catch {
+            throw .protocolFault("\(what) is not a vmsockd region: \(error)")
+        }
+    }
+
     /// "64 MiB", "4 GiB", "65536 bytes": a size as people write it.
     package static func describe(_ bytes: Int) -> String {
         for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] where bytes >= 1 << shift && bytes & ((1 << shift) - 1) == 0 {

@@ -242,8 +242,10 @@ extension IvshmemNode {
         let (ours, theirs) = side == .connector
             ? (arena.connectorHalfOffset(slot), arena.listenerHalfOffset(slot))
             : (arena.listenerHalfOffset(slot), arena.connectorHalfOffset(slot))
-        let localRegion = try SharedRegion.mapIvshmemHalf(fd: memory, offset: ours, capacity: arena.ringCapacity, writable: true)
-        let peerRegion = try SharedRegion.mapIvshmemHalf(fd: memory, offset: theirs, capacity: arena.ringCapacity, writable: false)
+        let localRegion = try SharedRegion.mapIvshmemHalf(
+            fd: memory.fd, offset: memory.offset + ours, capacity: arena.ringCapacity, writable: true)
+        let peerRegion = try SharedRegion.mapIvshmemHalf(
+            fd: memory.fd, offset: memory.offset + theirs, capacity: arena.ringCapacity, writable: false)
         do throws(RingViolation) {
             try PeerHeader(base: peerRegion.base).validate(expectedCapacity: arena.ringCapacity)
         } catch {
@@ -296,7 +298,7 @@ final class IvshmemRequest: @unchecked Sendable {  // one connector at a time
         self.dialed = dialed
         self.sourcePort = sourcePort
         self.bell = bell
-        bellID = node.addBell(bell)
+        bellID = node.addBell(bell, urgent: true)
     }
 
     deinit {
@@ -332,7 +334,7 @@ final class IvshmemListening: @unchecked Sendable {  // immutable
         }
         self.entries = entries
         bell = try Doorbell.create()
-        bellID = node.addBell(bell)
+        bellID = node.addBell(bell, urgent: false)
     }
 
     deinit { close() }

@@ -68,14 +68,31 @@ final class Doorbell: @unchecked Sendable {  // immutable after init
 
 /// The peer's doorbell: the sending end of its socketpair, or, for a peer in vmsockd's region, its eventfd.
 final class PeerBell: @unchecked Sendable {  // immutable after init
-    private let sender: Descriptor
+    private let sender: Descriptor?
     /// An eventfd the peer shares with every other peer of the region (ivshmem hands them all out): rung by
     /// `vms_eventfd_ring_shared`, which never waits on a counter someone filled (see `IvshmemNode`).
     private let sharedEventFD: Bool
+    /// In a guest: the ivshmem device's Doorbell register, and the word that rings the peer (`IvshmemDevice`).
+    private let register: UnsafeMutableRawPointer?
+    private let registerValue: UInt32
+    /// What keeps the register mapped while this bell lives.
+    private let registerOwner: AnyObject?
 
-    private init(_ sender: Descriptor, sharedEventFD: Bool = false) {
+    private init(
+        _ sender: Descriptor?, sharedEventFD: Bool = false, register: UnsafeMutableRawPointer? = nil, value: UInt32 = 0,
+        owner: AnyObject? = nil
+    ) {
         self.sender = sender
         self.sharedEventFD = sharedEventFD
+        self.register = register
+        registerValue = value
+        registerOwner = owner
+    }
+
+    /// A bell that writes `value` to a device register (an ivshmem Doorbell: the device rings the peer's eventfd
+    /// on the host, or raises its MSI-X interrupt in its guest). `owner` keeps the register's mapping alive.
+    static func deviceRegister(_ register: UnsafeMutableRawPointer, value: UInt32, owner: AnyObject) -> PeerBell {
+        PeerBell(nil, register: register, value: value, owner: owner)
     }
 
     /// A region peer's eventfd (our own duplicate of it, so that its number stays ours for the connection's life).
@@ -95,7 +112,13 @@ final class PeerBell: @unchecked Sendable {  // immutable after init
     /// Wakes the peer. One system call; callers ring only when the peer said it sleeps.
     @inline(__always)
     func ring() {
-        if sharedEventFD { _ = vms_eventfd_ring_shared(sender.raw) } else { Self.send(sender.raw) }
+        if let register {
+            vms_mmio_write32(register, registerValue)
+        } else if sharedEventFD {
+            _ = vms_eventfd_ring_shared(sender!.raw)
+        } else {
+            Self.send(sender!.raw)
+        }
     }
 
     /// Sends one byte without ever blocking or raising SIGPIPE (`Sys.sendWakeUp`). A full buffer already means

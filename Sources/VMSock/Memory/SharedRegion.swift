@@ -81,8 +81,26 @@ final class SharedRegion: @unchecked Sendable {  // immutable after init; the ma
     /// region's memfd, mapped as a region of our own is (data twice), read-write for our half and read-only for the
     /// peer's. The memfd was checked at join (sealed against resizing, its size known), and `offset` comes from the
     /// arena's geometry, so the span lies inside it. Its header is not initialized here.
+    ///
+    /// `fd` may also be a guest's PCI resource file or vfio device (`IvshmemDevice`), which refuse a mapping that
+    /// reaches past the BAR: so the span is reserved anonymously first, and both views replace parts of it.
     static func mapIvshmemHalf(fd: Int32, offset: Int, capacity: Int, writable: Bool) throws(VMSockError) -> SharedRegion {
-        try map(fd: fd, capacity: capacity, writable: writable, offset: offset)
+        let header = RingLayout.headerSize
+        let total = header + 2 * capacity
+        let protection = writable ? PROT_READ | PROT_WRITE : PROT_READ
+        let base = try Sys.map(
+            at: nil, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, offset: 0, "mmap(ring span, \(total) bytes)")
+        do throws(VMSockError) {
+            _ = try Sys.map(
+                at: base, header + capacity, protection, MAP_SHARED | MAP_FIXED, fd, offset: offset, "mmap(ring memory)")
+            _ = try Sys.map(
+                at: base + header + capacity, capacity, protection, MAP_SHARED | MAP_FIXED, fd, offset: offset + header,
+                "mmap(ring memory, second view)")
+        } catch {
+            Sys.unmap(base, total)
+            throw error
+        }
+        return SharedRegion(base: base, capacity: capacity)
     }
 
     /// Maps header + 2 * capacity of the file, which reserves the whole span in one call (its last `capacity`

@@ -54,9 +54,13 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// connector), or the client's address and port (for an accepted socket; the client is on this host).
     public let peerAddress: IPEndpoint
 
+    /// For a connection through a vmsockd region: how this process reaches it and is woken (`IvshmemMode`).
+    private let ivshmemMode: String?
+
     init(_ connection: Connection) {
         engine = connection.engine
         transport = connection.engine.transport
+        ivshmemMode = (connection.engine as? SharedMemoryStream)?.link.lease?.node.attachment.mode.rawValue
         fastPath = (connection.engine as? SharedMemoryStream).map { Unmanaged.passUnretained($0) }
         onRelease = connection.onRelease
         portHeld = connection.portHeld
@@ -72,8 +76,10 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     }
 
     /// "shared memory", "TCP", or "TCP (no shared-memory listener)": the transport and, when `auto` chose TCP,
-    /// why. What `vmcat -v` prints.
+    /// why; through a vmsockd region, how this process reaches it: "ivshmem (vmsockd socket)", "ivshmem (pci, vfio
+    /// interrupts)", "ivshmem (pci, polling)". What `vmcat -v` prints.
     public var transportDescription: String {
+        if let ivshmemMode { return "\(transport) (\(ivshmemMode))" }
         guard let fallbackReason else { return transport.description }  // set only for a TCP connect
         return "TCP (\(fallbackReason))"
     }
