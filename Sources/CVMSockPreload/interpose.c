@@ -242,6 +242,7 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     int result = REAL(connect)(fd, address, length);
     saved = errno;
     if (result == 0 || errno == EINPROGRESS || errno == EINTR) {
+        atomic_store(&c->tcp_ready, result == 0);
         vmsp_install(fd, c);  // the connection's first user reference now stands for the table's
         vmsp_debug("connect fd %d to %s: shared memory", fd, where);
     } else {
@@ -300,6 +301,7 @@ static void after_accept(int listener, int fd, int flags) {
     if (attached) {
         struct vmsp_conn *c = vmsp_conn_new(&info, (flags & SOCK_NONBLOCK) != 0);
         if (c) {
+            atomic_store(&c->tcp_ready, 1);
             vmsp_install(fd, c);
             vmsp_debug("accept fd %d from %s: shared memory", fd, where);
         } else {

@@ -70,6 +70,7 @@ struct vmsp_conn {
     atomic_int forked;        // the process forked since attach: the other process may hold the socket too
     atomic_int broken;        // an errno every later call returns (EPROTO: the peer broke a ring rule)
     atomic_int read_shut, write_shut, peer_gone;
+    atomic_int tcp_ready;     // the TCP connection is established (a connector's may still be in progress)
 
     // Reader, under rx_lock.
     pthread_mutex_t rx_lock;

@@ -74,6 +74,44 @@ static int socket_timeout_ms(int fd, int option) {
     return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
 }
 
+// Whether a wait interrupted by a signal should go on, as the kernel restarts a socket call: only when every
+// handler this process installed has SA_RESTART (we cannot tell which signal came; a program with a handler
+// without it must expect EINTR anyway). Handlers of faults are left out (those signals never interrupt a call), and
+// of SIGQUIT: the Swift runtime's backtracer installs all of them, without SA_RESTART, unless SWIFT_BACKTRACE says
+// otherwise (vmsock-run turns it off). Asked only after EINTR.
+static int restarts_after_signal(void) {
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE || sig == SIGTRAP || sig == SIGABRT ||
+            sig == SIGSYS || sig == SIGQUIT) {
+            continue;
+        }
+        struct sigaction action;
+        if (sigaction(sig, NULL, &action) != 0) continue;
+        if (action.sa_handler == SIG_DFL || action.sa_handler == SIG_IGN) continue;
+        if (!(action.sa_flags & SA_RESTART)) return 0;
+    }
+    return 1;
+}
+
+// A connector's TCP connection may still be in progress (a non-blocking connect): TCP does not take data then,
+// and a wake-up byte sent now would be lost. Waits for it as a TCP write would (EAGAIN when non-blocking), once.
+static int tcp_established(struct vmsp_conn *c, int fd, int dontwait) {
+    if (__builtin_expect(atomic_load_explicit(&c->tcp_ready, memory_order_relaxed), 1)) return 0;
+    for (;;) {
+        struct pollfd p = { .fd = fd, .events = POLLOUT };
+        int ready = poll(&p, 1, dontwait ? 0 : -1);
+        if (ready < 0 && errno == EINTR) { if (restarts_after_signal()) continue; return -1; }
+        if (ready == 0) { errno = EAGAIN; return -1; }
+        if (ready < 0) return -1;
+        int error = 0;
+        socklen_t length = sizeof error;
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error != 0) { errno = error; return -1; }
+        if (p.revents & POLLOUT) { atomic_store(&c->tcp_ready, 1); return 0; }
+        errno = EPIPE;
+        return -1;
+    }
+}
+
 // MARK: Reader
 
 // Reads the peer's producer position once, checks it stays in [last seen, consumed + capacity], and returns the
@@ -241,6 +279,7 @@ ssize_t vmsp_recv(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
         pthread_mutex_lock(&c->rx_lock);
         if (ready < 0 && saved == EINTR) {
             if (copied > 0) { result = (ssize_t)copied; break; }
+            if (restarts_after_signal()) { avail = rx_refresh(c); continue; }
             errno = EINTR;
             result = -1;
             break;
@@ -292,9 +331,14 @@ static void ring_reader(struct vmsp_conn *c, int fd) {
     c->sent += 1;
     store_u64(c->local, OFF_BELL, ((uint64_t)gen << 32) | c->sent);
     char byte = 0;
-    if (REAL(send)(fd, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 && (errno == EPIPE || errno == ECONNRESET)) {
-        atomic_store(&c->peer_gone, 1);
-    }
+    if (REAL(send)(fd, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1) return;
+    if (errno == EPIPE || errno == ECONNRESET) { atomic_store(&c->peer_gone, 1); return; }
+    // Not sent (a full socket buffer cannot happen with one byte per generation; this is a socket that is not
+    // connected yet): take the bell back, so that the next publish rings again. A reader that counted it meanwhile
+    // waits for it a little, then keeps it as a debt it never receives more than was sent.
+    c->sent -= 1;
+    c->last_rung = ~(uint64_t)0;
+    store_u64(c->local, OFF_BELL, ((uint64_t)gen << 32) | c->sent);
 }
 
 // Whether writes must fail with EPIPE: we shut our side, the peer closed or shut its reading side, or it is gone.
@@ -338,7 +382,9 @@ static int tx_wait(struct vmsp_conn *c, int fd, int64_t need) {
         { .fd = c->control_fd, .events = POLLIN },
         { .fd = fd, .events = POLLRDHUP },
     };
-    int ready = poll(p, 3, socket_timeout_ms(fd, SO_SNDTIMEO));
+    int ready;
+    do ready = poll(p, 3, socket_timeout_ms(fd, SO_SNDTIMEO));
+    while (ready < 0 && errno == EINTR && restarts_after_signal());
     int saved = errno;
     store_u32(c->local, OFF_WAIT_SPACE, 0);
     char sink[64];
@@ -379,6 +425,7 @@ ssize_t vmsp_send(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
     if (flags & MSG_OOB) { errno = EOPNOTSUPP; return -1; }
     size_t total = iov_total(iov, iovcnt);
     int dontwait = (flags & MSG_DONTWAIT) || atomic_load(&c->nonblocking);
+    if (tcp_established(c, fd, dontwait) != 0) return -1;
     pthread_mutex_lock(&c->tx_lock);
     size_t written = 0;
     ssize_t result;
@@ -428,6 +475,7 @@ ssize_t vmsp_sendfile(struct vmsp_conn *c, int fd, int in_fd, off_t *offset, siz
     int broken = atomic_load(&c->broken);
     if (broken) { errno = broken; return -1; }
     int dontwait = atomic_load(&c->nonblocking);
+    if (tcp_established(c, fd, dontwait) != 0) return -1;
     pthread_mutex_lock(&c->tx_lock);
     size_t written = 0;
     ssize_t result;

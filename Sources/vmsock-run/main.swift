@@ -58,6 +58,9 @@ guard access(library, R_OK) == 0 else { fail("the preload library \(library) is 
 let existing = getenv("LD_PRELOAD").map { String(cString: $0) } ?? ""
 setenv("LD_PRELOAD", existing.isEmpty ? library : library + " " + existing, 1)
 if debug { setenv("VMSOCK_DEBUG", "1", 1) }
+// The library brings the Swift runtime, whose backtracer would install crash handlers (SIGSEGV, SIGQUIT...) in a
+// program that never asked for them: a crash would print a Swift report. Off, unless the caller chose.
+setenv("SWIFT_BACKTRACE", "enable=no", 0)
 
 var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
 execvp(command, &argv)

@@ -20,6 +20,7 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -55,6 +56,38 @@ static void *late_writer(void *arg) {
     int fd = *(int *)arg;
     for (int i = 0; i < 3; i++) { usleep(20000); (void)!write(fd, "0123456789", 10); }
     return NULL;
+}
+
+static void *slow_writer(void *arg) {
+    int fd = *(int *)arg;
+    usleep(200000);
+    (void)!write(fd, "late", 4);
+    return NULL;
+}
+
+static volatile sig_atomic_t alarms;
+static void on_alarm(int sig) { (void)sig; alarms++; }
+
+// A blocking read interrupted by a signal: restarted under SA_RESTART, EINTR without it, as TCP does.
+static void interrupted_read(int reader, int writer, int restart) {
+    int flags = fcntl(reader, F_GETFL);
+    fcntl(reader, F_SETFL, flags & ~O_NONBLOCK);
+    struct sigaction action = { .sa_handler = on_alarm, .sa_flags = restart ? SA_RESTART : 0 };
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGALRM, &action, NULL);
+    alarms = 0;
+    pthread_t thread;
+    pthread_create(&thread, NULL, slow_writer, &writer);
+    struct itimerval timer = { .it_value = { 0, 50000 } };
+    setitimer(ITIMER_REAL, &timer, NULL);
+    char buf[16];
+    ssize_t n = read(reader, buf, sizeof buf);
+    printf("%-44s %s alarm=%d\n", restart ? "read across a SA_RESTART signal" : "read across a signal without SA_RESTART",
+           err(n), alarms > 0);
+    pthread_join(thread, NULL);
+    if (n < 0) { readable(reader, 2000); (void)!read(reader, buf, sizeof buf); }
+    signal(SIGALRM, SIG_DFL);
+    fcntl(reader, F_SETFL, flags);
 }
 
 static volatile sig_atomic_t sigpipes;
@@ -246,6 +279,10 @@ int main(void) {
     nb = 0;
     ioctl(client, FIONBIO, &nb);
 
+    // Signals during a blocking read.
+    interrupted_read(server, client, 1);
+    interrupted_read(server, client, 0);
+
     // Half close: the peer reads what was sent, then end of stream; the other direction still works.
     CHECK("write before shutdown", write(client, "last", 4));
     CHECK("shutdown SHUT_WR", shutdown(client, SHUT_WR));
@@ -292,6 +329,22 @@ int main(void) {
     CHECK("read on the accepted side", read(s3, buf, sizeof buf));
     close(c3);
     close(s3);
+
+    // Writing at once after a non-blocking connect: the bytes arrive (TCP may say EAGAIN until it is up).
+    int c5 = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    connect(c5, (struct sockaddr *)&bound, sizeof bound);
+    ssize_t early = write(c5, "early", 5);
+    if (early < 0 && errno == EAGAIN) {
+        struct pollfd pw = { c5, POLLOUT, 0 };
+        poll(&pw, 1, 5000);
+        early = write(c5, "early", 5);
+    }
+    int s5 = accept(listener, NULL, NULL);
+    readable(s5, 2000);
+    ssize_t got5 = read(s5, buf, sizeof buf);
+    SHOW("write right after a non-blocking connect", "%zd %zd", early, got5);
+    close(c5);
+    close(s5);
 
     // Nothing listens: refused, as TCP says.
     struct sockaddr_in nobody = bound;
