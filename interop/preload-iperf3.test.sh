@@ -1,5 +1,5 @@
 # Unmodified iperf3 under vmsock-run, both ends (select loop, TCP_INFO, non-blocking sends): a normal run, -P 4,
-# -R, and -J parsed as JSON; every data connection confirmed as shared memory (issue 18).
+# -R, --bidir, and -J parsed as JSON; every data connection confirmed as shared memory (issue 18).
 source "$(dirname "$0")/lib.sh"
 need iperf3 ss python3
 [ -x "$VMSOCK_RUN" ] || fail "$VMSOCK_RUN is not built (swift build)"
@@ -25,6 +25,8 @@ run "-P 4" 4 -P 4
 grep -q "SUM.*receiver" "$WORK/client.out" || fail "-P 4: no sum: $(cat "$WORK/client.out")"
 run "-R" 1 -R
 grep -q "receiver" "$WORK/client.out" || fail "-R: no summary: $(cat "$WORK/client.out")"
+run "--bidir" 2 --bidir
+grep -q "RX-C.*receiver" "$WORK/client.out" || fail "--bidir: no receiving stream: $(cat "$WORK/client.out")"
 run "-J" 1 -J
 python3 - "$WORK/client.out" <<'PY' || fail "-J: $(cat "$WORK/client.out")"
 import json, sys
@@ -33,4 +35,4 @@ received = doc["end"]["sum_received"]["bytes"]
 assert received > 0 and "error" not in doc, doc.get("error")
 print("iperf3 -J: %d bytes, %.1f Gbit/s" % (received, doc["end"]["sum_received"]["bits_per_second"] / 1e9))
 PY
-echo "ok: iperf3 normal, -P 4, -R, -J over shared memory"
+echo "ok: iperf3 normal, -P 4, -R, --bidir, -J over shared memory"
