@@ -43,6 +43,9 @@ struct vmsp_real {
     int (*fcntl64)(int, int, ...);
     int (*ioctl)(int, unsigned long, ...);
     int (*close_range)(unsigned int, unsigned int, int);
+    int (*recvmmsg)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
+    int (*sendmmsg)(int, struct mmsghdr *, unsigned int, int);
+    ssize_t (*splice)(int, loff_t *, int, loff_t *, size_t, unsigned int);
 };
 extern struct vmsp_real vmsp_real;
 void vmsp_resolve(void);
@@ -126,6 +129,7 @@ ssize_t vmsp_recv(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
 ssize_t vmsp_send(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovcnt, int flags, int from_write);
 ssize_t vmsp_sendfile(struct vmsp_conn *c, int fd, int in_fd, off_t *offset, size_t count);
 int vmsp_readable_bytes(struct vmsp_conn *c);
+int64_t vmsp_writable_bytes(struct vmsp_conn *c);
 void vmsp_shutdown_bits(struct vmsp_conn *c, int how);
 void vmsp_drain_wakeups(struct vmsp_conn *c, int fd);
 

@@ -26,7 +26,8 @@ void vmsp_resolve(void) {
     RESOLVE(connect, "connect"); RESOLVE(listen, "listen"); RESOLVE(accept, "accept"); RESOLVE(accept4, "accept4");
     RESOLVE(shutdown, "shutdown"); RESOLVE(close, "close"); RESOLVE(dup, "dup"); RESOLVE(dup2, "dup2");
     RESOLVE(dup3, "dup3"); RESOLVE(fcntl, "fcntl"); RESOLVE(fcntl64, "fcntl64"); RESOLVE(ioctl, "ioctl");
-    RESOLVE(close_range, "close_range");
+    RESOLVE(close_range, "close_range"); RESOLVE(recvmmsg, "recvmmsg"); RESOLVE(sendmmsg, "sendmmsg");
+    RESOLVE(splice, "splice");
     if (!vmsp_real.fcntl64) vmsp_real.fcntl64 = vmsp_real.fcntl;
 #undef RESOLVE
 }

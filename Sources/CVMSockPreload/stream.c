@@ -323,6 +323,13 @@ static int64_t tx_refresh(struct vmsp_conn *c) {
     return (int64_t)(c->tx_cap - (c->tx_pos - seen));
 }
 
+int64_t vmsp_writable_bytes(struct vmsp_conn *c) {
+    pthread_mutex_lock(&c->tx_lock);
+    int64_t space = tx_refresh(c);
+    pthread_mutex_unlock(&c->tx_lock);
+    return space;
+}
+
 // After publishing: one wake-up byte per reader generation (see the top of the file).
 static void ring_reader(struct vmsp_conn *c, int fd) {
     uint32_t gen = load_u32(c->peer, OFF_ARM);

@@ -193,6 +193,35 @@ int main(void) {
     readable(server, 2000);
     CHECK("recv MSG_TRUNC (discards)", recv(server, NULL, 2, MSG_TRUNC));
 
+    // recvmmsg and sendmmsg: on a stream socket, message after message.
+    struct mmsghdr mm[2];
+    struct iovec mo[2] = { { "mm-one", 6 }, { "mm-two", 6 } };
+    memset(mm, 0, sizeof mm);
+    mm[0].msg_hdr.msg_iov = &mo[0]; mm[0].msg_hdr.msg_iovlen = 1;
+    mm[1].msg_hdr.msg_iov = &mo[1]; mm[1].msg_hdr.msg_iovlen = 1;
+    CHECK("sendmmsg 2", sendmmsg(client, mm, 2, 0));
+    readable(server, 2000);
+    char m1[8], m2[8];
+    struct iovec mi[2] = { { m1, 8 }, { m2, 8 } };
+    memset(mm, 0, sizeof mm);
+    mm[0].msg_hdr.msg_iov = &mi[0]; mm[0].msg_hdr.msg_iovlen = 1;
+    mm[1].msg_hdr.msg_iov = &mi[1]; mm[1].msg_hdr.msg_iovlen = 1;
+    int got_mm = recvmmsg(server, mm, 2, MSG_DONTWAIT, NULL);
+    SHOW("recvmmsg", "%d %u %u %.8s|%.4s", got_mm, mm[0].msg_len, got_mm > 1 ? mm[1].msg_len : 0, m1,
+         got_mm > 1 ? m2 : "");
+
+    // splice through a pipe, both ways.
+    int sp[2];
+    (void)!pipe(sp);
+    (void)!write(sp[1], "spliced!", 8);
+    CHECK("splice pipe to socket", splice(sp[0], NULL, client, NULL, 8, 0));
+    readable(server, 2000);
+    CHECK("splice socket to pipe", splice(server, NULL, sp[1], NULL, 64, 0));
+    n = read(sp[0], buf, sizeof buf);
+    SHOW("what came through both splices", "%zd %.*s", n, (int)(n > 0 ? n : 0), buf);
+    close(sp[0]);
+    close(sp[1]);
+
     // Blocking modes: ioctl FIONBIO, fcntl, MSG_DONTWAIT, MSG_WAITALL.
     int off = 0;
     CHECK("ioctl FIONBIO 0", ioctl(server, FIONBIO, &off));
