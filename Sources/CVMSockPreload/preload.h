@@ -90,6 +90,7 @@ struct vmsp_conn {
     uint64_t tx_seen;         // last consumer position accepted from the peer
     uint64_t last_rung;       // the peer generation our last wake-up byte was for (~0: none yet)
     uint32_t sent;            // wake-up bytes sent
+    int64_t full_since;       // when a non-blocking write first found the ring full with no progress (0: not)
 
     struct vmsp_conn *next_live, *prev_live;   // every live connection, for fork
     struct vmsp_conn *next_retired;
