@@ -348,8 +348,18 @@ int listen(int fd, int backlog) {
 }
 
 static void after_accept(int listener, int fd, int flags) {
-    if (fd < 0 || vmsp_inside || (unsigned)listener >= (unsigned)vmsp_table_size ||
-        !atomic_load(&vmsp_listening[listener]) || (unsigned)fd >= (unsigned)vmsp_table_size) {
+    if (fd < 0 || vmsp_inside || (unsigned)listener >= (unsigned)vmsp_table_size) return;
+    if (!atomic_load(&vmsp_listening[listener]) || (unsigned)fd >= (unsigned)vmsp_table_size) {
+        int family;
+        if (vmsp_debug_enabled() && is_tcp_stream(fd, &family)) {
+            int saved = errno;
+            struct sockaddr_storage peer;
+            socklen_t length = sizeof peer;
+            char where[64] = "?";
+            if (getpeername(fd, (struct sockaddr *)&peer, &length) == 0) vmsp_format_address((struct sockaddr *)&peer, length, where, sizeof where);
+            vmsp_debug("accept fd %d from %s: tcp (its listener offers no shared memory)", fd, where);
+            errno = saved;
+        }
         return;
     }
     int saved = errno;
