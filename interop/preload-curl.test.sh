@@ -7,9 +7,9 @@ mkdir -p "$WORK/www"
 random_file "$WORK/www/big" $((100 << 20))
 port=$(free_port)
 run=$(realpath "$VMSOCK_RUN")
-(cd "$WORK/www" && exec timeout 60 "$run" --debug python3 -m http.server "$port" --bind 127.0.0.1) \
+(cd "$WORK/www" && exec "$run" --debug python3 -m http.server "$port" --bind 127.0.0.1) \
     >"$WORK/server.out" 2>&1 &
-PIDS+=($!)
+PIDS+=($!)  # vmsock-run, then python3, exec in its place: one process to kill
 wait_listening 127.0.0.1 "$port"
 timeout 60 "$VMSOCK_RUN" --debug curl -sS -o "$WORK/got" "http://127.0.0.1:$port/big" 2>"$WORK/client.err" \
     || fail "curl failed: $(cat "$WORK/client.err")"

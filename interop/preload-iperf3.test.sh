@@ -8,7 +8,7 @@ R="$VMSOCK_RUN --debug"
 run() {
     local label=$1 streams=$2; shift 2
     port=$(free_port)
-    start timeout 30 $R iperf3 -s -1 -p "$port" >"$WORK/server.out" 2>"$WORK/server.err"
+    start $R iperf3 -s -1 -p "$port" >"$WORK/server.out" 2>"$WORK/server.err"
     local pid=$LAST
     wait_listening "" "$port"
     timeout 30 $R iperf3 -c 127.0.0.1 -p "$port" -t 1 "$@" >"$WORK/client.out" 2>"$WORK/client.err" \

@@ -6,7 +6,7 @@ need nc ss python3
 random_file "$WORK/data" $((4 << 20))
 
 port=$(free_port)
-start timeout 30 nc -d -l 127.0.0.1 "$port" >"$WORK/got"
+start nc -d -l 127.0.0.1 "$port" >"$WORK/got"
 pid=$LAST
 wait_listening 127.0.0.1 "$port"
 timeout 30 "$VMSOCK_RUN" --debug nc -N 127.0.0.1 "$port" <"$WORK/data" 2>"$WORK/client.err" || fail "client failed"
@@ -16,7 +16,7 @@ says "$WORK/client.err" "tcp (no vmsock-run listener on 127.0.0.1:$port)" "prelo
 rm -f "$WORK/got"
 
 port=$(free_port)
-start timeout 30 "$VMSOCK_RUN" --debug nc -d -l 127.0.0.1 "$port" >"$WORK/got" 2>"$WORK/server.err"
+start "$VMSOCK_RUN" --debug nc -d -l 127.0.0.1 "$port" >"$WORK/got" 2>"$WORK/server.err"
 pid=$LAST
 wait_listening 127.0.0.1 "$port"
 timeout 30 nc -N 127.0.0.1 "$port" <"$WORK/data" || fail "client failed"

@@ -13,7 +13,7 @@ random_file "$WORK/data" "$SIZE"
 transfer() {
     local label=$1 server=$2 client=$3
     port=$(free_port)
-    start timeout 60 bash -c "${server//PORT/$port}" 2>"$WORK/server.err"
+    start bash -c "exec ${server//PORT/$port}" 2>"$WORK/server.err"
     local pid=$LAST
     wait_listening 127.0.0.1 "$port"
     timeout 60 bash -c "${client//PORT/$port}" 2>"$WORK/client.err" || fail "$label: client failed: $(cat "$WORK/client.err")"
