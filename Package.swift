@@ -10,6 +10,9 @@ let package = Package(
         .executable(name: "vmcat", targets: ["vmcat"]),
         .executable(name: "vmperf", targets: ["vmperf"]),
         .executable(name: "vmsockd", targets: ["vmsockd"]),
+        // LD_PRELOAD library for unmodified programs, and the command that runs them under it (issue 18).
+        .library(name: "vmsock-preload", type: .dynamic, targets: ["VMSockPreload"]),
+        .executable(name: "vmsock-run", targets: ["vmsock-run"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -56,6 +59,13 @@ let package = Package(
             name: "vmsockd",
             dependencies: ["VMSock", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // vmsock-run's preload library: the interposed libc calls and the shared-memory data path, in C (no Swift
+        // runtime on a call that is not ours, nothing that could re-enter itself) ...
+        .target(name: "CVMSockPreload"),
+        // ... and the set-up it calls, in Swift (the registry and handshake of VMSock).
+        .target(name: "VMSockPreload", dependencies: ["VMSock", "CVMSockPreload"]),
+        // `vmsock-run [--debug] COMMAND`: LD_PRELOAD set to the library next to it, then exec.
+        .executableTarget(name: "vmsock-run"),
         // The other process in cross-process tests: a well-behaved peer, a hostile one, a victim to kill -9.
         .executableTarget(name: "vmsock-testpeer", dependencies: ["VMSock", "VMSockRing", "CVMSock"]),
         .testTarget(name: "VMCatTests", dependencies: ["vmcat", "VMSock"]),

@@ -5,6 +5,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN=${BIN:-.build/debug}
 PEER=$BIN/vmsock-testpeer
 VMCAT=$BIN/vmcat
+VMSOCK_RUN=$BIN/vmsock-run
 WORK=$(mktemp -d /tmp/vmsock-interop.XXXXXX)
 PIDS=()
 
@@ -57,4 +58,11 @@ wait_contains() {
     local file=$1 limit=${2:-5} text=$3
     for _ in $(seq $((limit * 20))); do grep -q -- "$text" "$file" 2>/dev/null && return 0; sleep 0.05; done
     fail "'$text' did not appear in $file within $limit s (it has: $(head -c 300 "$file" 2>/dev/null))"
+}
+
+# Fails unless the debug lines in file $1 (vmsock-run --debug) say $2 connections of kind $3 ("shared memory", "tcp").
+count_says() {
+    local file=$1 want=$2 kind=$3 got
+    got=$(grep -cE "(connect|accept) fd [0-9]+ (to|from) .*: $kind" "$file" || true)
+    [ "$got" -ge "$want" ] || fail "expected at least $want '$kind' connections in $file, got $got: $(cat "$file")"
 }

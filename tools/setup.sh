@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build and test vmsock: libevent-dev (and pkg-config) from Debian, and
-# the programs the interop tests run against: nc (netcat-openbsd), socat, ip and ss (iproute2), setpriv, and
+# the programs the interop tests run against: nc (netcat-openbsd), socat, iperf3, curl, sockperf, ip and ss
+# (iproute2), setpriv, and
 # qemu-system-x86_64 (vmsockd's QEMU test; it skips without it).
 # Idempotent and quiet when everything is there. Needs root for apt-get (CI and the dev machines run as root).
 set -euo pipefail
@@ -23,6 +24,8 @@ command -v ss >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 || missing+=(ipro
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v sockperf >/dev/null 2>&1 || missing+=(sockperf)  # vmsock-run's ping-pong benchmark (BENCHMARKS.md)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"

@@ -25,7 +25,10 @@
 ///                                             bit 1 read side shut, bit 2 closed, bit 3 parked (the
 ///                                             connection is gone on this side, which keeps the link
 ///                                             for the next connection between the same two processes)
-///     644  3452  reserved, zero
+///     644   124  padding
+///     768     8  bell word (vmsock-run) peer reader: (reader generation rung << 32) | wake-up bytes
+///                                       sent on the TCP socket; only vmsock-run's C data path uses it
+///     776  3320  reserved, zero
 ///    4096   cap  data                   peer reader; mapped twice back to back where the mapper can
 /// ```
 ///
@@ -50,6 +53,9 @@ public enum RingLayout {
         public static let waitingForData = 384
         public static let waitingForSpace = 512
         public static let shutdownFlags = 640
+        /// vmsock-run's writer: which reader generation it last sent a wake-up byte for, and how many it sent
+        /// (`Sources/CVMSockPreload/stream.c`; that data path also reads `waitingForData` as a generation).
+        public static let preloadBell = 768
     }
 
     /// Bits of the shutdown word.

@@ -98,6 +98,9 @@ final class PeerBell: @unchecked Sendable {  // immutable after init
     /// A region peer's eventfd (our own duplicate of it, so that its number stays ours for the connection's life).
     static func regionPeer(_ eventFD: Descriptor) -> PeerBell { PeerBell(eventFD, sharedEventFD: true) }
 
+    /// The ringing end, for a data path outside this module (vmsock-run's C half) that rings it itself.
+    var fd: Int32 { sender.raw }
+
     /// Adopts a bell the peer sent us, after checking that it is what a bell must be: a Unix stream socket.
     static func adopt(_ descriptor: Descriptor) throws(VMSockError) -> PeerBell {
         // Either getsockopt failing (ENOTSOCK) means it is no socket at all.

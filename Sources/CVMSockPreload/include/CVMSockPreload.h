@@ -1,0 +1,50 @@
+// The C half of vmsock-run's preload library (libvmsock-preload.so): what the Swift half calls, and the one type
+// both halves share. The interposed libc entry points themselves (read, connect, close...) are defined in this
+// target's .c files and declared by libc's own headers.
+#ifndef CVMSOCK_PRELOAD_H
+#define CVMSOCK_PRELOAD_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+/// A shared-memory link as the Swift set-up hands it to the C data path: both regions (ours read-write, the
+/// peer's read-only, each mapped with its data area twice back to back), the link's descriptors, and the Swift
+/// object that owns all of it (released through `vmsock_preload_release`).
+typedef struct {
+    void *local_base;
+    const void *peer_base;
+    uint64_t local_capacity;
+    uint64_t peer_capacity;
+    /// The link's AF_UNIX control socket: hangs up when the peer's last copy of it closes (death included).
+    int control_fd;
+    /// Our space doorbell's receiving end: the peer rings it after consuming when our writer waits.
+    int space_bell_fd;
+    /// The ringing end of the peer's space doorbell.
+    int peer_space_bell_fd;
+    void *owner;
+} vmsp_link_info;
+
+/// Binds an unbound TCP socket to the source address a connect to `destination` would leave from, at a port the
+/// kernel picks, and returns the socket's port (a bound socket's own), or -1 with errno.
+int vmsp_bind_source(int fd, const struct sockaddr *destination, socklen_t length);
+
+/// Whether this process may offer shared memory to new connections: not in a forked child (its parent's
+/// set-up state was copied mid-flight), and, for listeners, not after the process forked (a child might accept).
+int vmsp_connects_allowed(void);
+int vmsp_listeners_allowed(void);
+
+/// Descriptors of the library's own (registrations, control sockets waiting to be accepted): a forked child
+/// closes them, so that a registration never outlives the process that answers it.
+void vmsp_note_internal_fd(int fd);
+void vmsp_forget_internal_fd(int fd);
+
+/// How many TCP sockets listen on the exact address and port fd is bound to (1: only this one), or -1.
+int vmsp_listeners_sharing(int fd);
+
+/// Marks the calling thread as the library's own (the listener thread): none of its calls is interposed.
+void vmsp_enter_library_thread(void);
+
+/// Whether VMSOCK_DEBUG=1: one line per connection on standard error.
+int vmsp_debug_enabled(void);
+
+#endif

@@ -1,0 +1,574 @@
+// The interposed libc entry points. A descriptor that is not a shared-memory connection (a NULL slot in the
+// table) goes straight to libc: one bounds check and one atomic load. So does every call made while the
+// library's own code runs on this thread (vmsp_inside), which keeps the Swift set-up from re-entering itself.
+#include "preload.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <time.h>
+#include <linux/close_range.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/sendfile.h>
+#include <unistd.h>
+
+void __chk_fail(void) __attribute__((noreturn));
+
+#define OURS(fd) (__builtin_expect(vmsp_lookup(fd) != NULL, 0) && !vmsp_inside)
+
+static ssize_t recv_ours(int fd, const struct iovec *iov, int iovcnt, int flags, int *handled) {
+    struct vmsp_conn *c = vmsp_enter(fd);
+    if (!c) { *handled = 0; return 0; }
+    *handled = 1;
+    ssize_t n = vmsp_recv(c, fd, iov, iovcnt, flags);
+    int saved = errno;
+    vmsp_leave(c);
+    errno = saved;
+    return n;
+}
+
+static ssize_t send_ours(int fd, const struct iovec *iov, int iovcnt, int flags, int from_write, int *handled) {
+    struct vmsp_conn *c = vmsp_enter(fd);
+    if (!c) { *handled = 0; return 0; }
+    *handled = 1;
+    ssize_t n = vmsp_send(c, fd, iov, iovcnt, flags, from_write);
+    int saved = errno;
+    vmsp_leave(c);
+    errno = saved;
+    return n;
+}
+
+// MARK: Data
+
+ssize_t read(int fd, void *buf, size_t count) {
+    if (OURS(fd)) {
+        struct iovec v = { buf, count };
+        int handled;
+        ssize_t n = recv_ours(fd, &v, 1, 0, &handled);
+        if (handled) return n;
+    }
+    return REAL(read)(fd, buf, count);
+}
+
+ssize_t __read_chk(int fd, void *buf, size_t count, size_t buflen) {
+    if (count > buflen) __chk_fail();
+    if (OURS(fd)) return read(fd, buf, count);
+    return REAL(read_chk)(fd, buf, count, buflen);
+}
+
+ssize_t write(int fd, const void *buf, size_t count) {
+    if (OURS(fd)) {
+        struct iovec v = { (void *)buf, count };
+        int handled;
+        ssize_t n = send_ours(fd, &v, 1, 0, 1, &handled);
+        if (handled) return n;
+    }
+    return REAL(write)(fd, buf, count);
+}
+
+ssize_t readv(int fd, const struct iovec *iov, int iovcnt) {
+    if (OURS(fd)) {
+        if (iovcnt < 0 || iovcnt > IOV_MAX) { errno = EINVAL; return -1; }
+        int handled;
+        ssize_t n = recv_ours(fd, iov, iovcnt, 0, &handled);
+        if (handled) return n;
+    }
+    return REAL(readv)(fd, iov, iovcnt);
+}
+
+ssize_t writev(int fd, const struct iovec *iov, int iovcnt) {
+    if (OURS(fd)) {
+        if (iovcnt < 0 || iovcnt > IOV_MAX) { errno = EINVAL; return -1; }
+        int handled;
+        ssize_t n = send_ours(fd, iov, iovcnt, 0, 1, &handled);
+        if (handled) return n;
+    }
+    return REAL(writev)(fd, iov, iovcnt);
+}
+
+ssize_t recv(int fd, void *buf, size_t len, int flags) {
+    if (OURS(fd)) {
+        struct iovec v = { buf, len };
+        int handled;
+        ssize_t n = recv_ours(fd, &v, 1, flags, &handled);
+        if (handled) return n;
+    }
+    return REAL(recv)(fd, buf, len, flags);
+}
+
+ssize_t __recv_chk(int fd, void *buf, size_t len, size_t buflen, int flags) {
+    if (len > buflen) __chk_fail();
+    if (OURS(fd)) return recv(fd, buf, len, flags);
+    return REAL(recv_chk)(fd, buf, len, buflen, flags);
+}
+
+ssize_t send(int fd, const void *buf, size_t len, int flags) {
+    if (OURS(fd)) {
+        struct iovec v = { (void *)buf, len };
+        int handled;
+        ssize_t n = send_ours(fd, &v, 1, flags, 0, &handled);
+        if (handled) return n;
+    }
+    return REAL(send)(fd, buf, len, flags);
+}
+
+// A connected TCP socket reports no source address: the length comes back 0, as the kernel does.
+ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *from, socklen_t *fromlen) {
+    if (OURS(fd)) {
+        struct iovec v = { buf, len };
+        int handled;
+        ssize_t n = recv_ours(fd, &v, 1, flags, &handled);
+        if (handled) {
+            if (n >= 0 && from && fromlen) *fromlen = 0;
+            return n;
+        }
+    }
+    return REAL(recvfrom)(fd, buf, len, flags, from, fromlen);
+}
+
+ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags, struct sockaddr *from, socklen_t *fromlen) {
+    if (len > buflen) __chk_fail();
+    if (OURS(fd)) return recvfrom(fd, buf, len, flags, from, fromlen);
+    return REAL(recvfrom_chk)(fd, buf, len, buflen, flags, from, fromlen);
+}
+
+// The destination is ignored on a connected stream socket, as Linux TCP does.
+ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen) {
+    if (OURS(fd)) {
+        struct iovec v = { (void *)buf, len };
+        int handled;
+        ssize_t n = send_ours(fd, &v, 1, flags, 0, &handled);
+        if (handled) return n;
+    }
+    return REAL(sendto)(fd, buf, len, flags, to, tolen);
+}
+
+ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
+    if (OURS(fd)) {
+        if (msg->msg_iovlen > IOV_MAX) { errno = EMSGSIZE; return -1; }
+        int handled;
+        ssize_t n = recv_ours(fd, msg->msg_iov, (int)msg->msg_iovlen, flags, &handled);
+        if (handled) {
+            if (n >= 0) {
+                msg->msg_namelen = 0;
+                msg->msg_controllen = 0;
+                msg->msg_flags = 0;
+            }
+            return n;
+        }
+    }
+    return REAL(recvmsg)(fd, msg, flags);
+}
+
+ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
+    if (OURS(fd)) {
+        if (msg->msg_iovlen > IOV_MAX) { errno = EMSGSIZE; return -1; }
+        int handled;
+        ssize_t n = send_ours(fd, msg->msg_iov, (int)msg->msg_iovlen, flags, 0, &handled);
+        if (handled) return n;
+    }
+    return REAL(sendmsg)(fd, msg, flags);
+}
+
+ssize_t sendfile(int out_fd, int in_fd, off_t *offset, size_t count) {
+    if (OURS(out_fd)) {
+        struct vmsp_conn *c = vmsp_enter(out_fd);
+        if (c) {
+            ssize_t n = vmsp_sendfile(c, out_fd, in_fd, offset, count);
+            int saved = errno;
+            vmsp_leave(c);
+            errno = saved;
+            return n;
+        }
+    }
+    return REAL(sendfile)(out_fd, in_fd, offset, count);
+}
+
+ssize_t sendfile64(int out_fd, int in_fd, off_t *offset, size_t count) { return sendfile(out_fd, in_fd, offset, count); }
+
+// recvmmsg and sendmmsg on a stream socket: one message after another, as the kernel does for TCP (a later
+// message is tried only while the earlier ones were complete; the first failure is returned only alone).
+int recvmmsg(int fd, struct mmsghdr *messages, unsigned int count, int flags, struct timespec *timeout) {
+    if (!OURS(fd)) return REAL(recvmmsg)(fd, messages, count, flags, timeout);
+    unsigned int done = 0;
+    int first_flags = flags & ~MSG_WAITFORONE;
+    while (done < count) {
+        ssize_t n = recvmsg(fd, &messages[done].msg_hdr, done > 0 && (flags & MSG_WAITFORONE) ? first_flags | MSG_DONTWAIT : first_flags);
+        if (n < 0) { if (done > 0) break; return -1; }
+        messages[done++].msg_len = (unsigned int)n;
+        if (n == 0) break;
+    }
+    return (int)done;
+}
+
+int sendmmsg(int fd, struct mmsghdr *messages, unsigned int count, int flags) {
+    if (!OURS(fd)) return REAL(sendmmsg)(fd, messages, count, flags);
+    unsigned int done = 0;
+    while (done < count) {
+        ssize_t n = sendmsg(fd, &messages[done].msg_hdr, flags);
+        if (n < 0) { if (done > 0) break; return -1; }
+        messages[done++].msg_len = (unsigned int)n;
+    }
+    return (int)done;
+}
+
+// splice with a shared-memory socket at one end (the other is a pipe): copied through a buffer. From the socket,
+// the bytes are peeked, written to the pipe, and only what the pipe took is consumed; to the socket, only as much
+// as the ring has room for is taken from the pipe when the socket does not block.
+ssize_t splice(int fd_in, loff_t *off_in, int fd_out, loff_t *off_out, size_t len, unsigned int flags) {
+    int in_ours = OURS(fd_in), out_ours = OURS(fd_out);
+    if (!in_ours && !out_ours) return REAL(splice)(fd_in, off_in, fd_out, off_out, len, flags);
+    if ((in_ours && off_in) || (out_ours && off_out)) { errno = ESPIPE; return -1; }
+    size_t chunk = len < 65536 ? len : 65536;
+    char *buffer = malloc(chunk ? chunk : 1);
+    if (!buffer) { errno = ENOMEM; return -1; }
+    ssize_t result;
+    if (in_ours) {
+        ssize_t n = recv(fd_in, buffer, chunk, (flags & SPLICE_F_NONBLOCK) ? MSG_PEEK | MSG_DONTWAIT : MSG_PEEK);
+        if (n <= 0) { result = n; goto done; }
+        ssize_t w = off_out ? pwrite(fd_out, buffer, (size_t)n, *off_out) : REAL(write)(fd_out, buffer, (size_t)n);
+        if (w > 0) {
+            (void)recv(fd_in, NULL, (size_t)w, MSG_TRUNC);
+            if (off_out) *off_out += w;
+        }
+        result = w;
+    } else {
+        struct vmsp_conn *c = vmsp_enter(fd_out);
+        if (!c) { free(buffer); return REAL(splice)(fd_in, off_in, fd_out, off_out, len, flags); }
+        int nonblocking = atomic_load(&c->nonblocking) || (flags & SPLICE_F_NONBLOCK);
+        int64_t room = nonblocking ? vmsp_writable_bytes(c) : (int64_t)chunk;
+        vmsp_leave(c);
+        if (room <= 0) { errno = EAGAIN; result = -1; goto done; }
+        size_t want = (size_t)room < chunk ? (size_t)room : chunk;
+        ssize_t n = off_in ? pread(fd_in, buffer, want, *off_in) : REAL(read)(fd_in, buffer, want);
+        if (n <= 0) { result = n; goto done; }
+        if (off_in) *off_in += n;
+        result = send(fd_out, buffer, (size_t)n, MSG_NOSIGNAL);
+    }
+done:;
+    int saved = errno;
+    free(buffer);
+    errno = saved;
+    return result;
+}
+
+// MARK: Connections
+
+static int is_tcp_stream(int fd, int *family) {
+    int value;
+    socklen_t length = sizeof value;
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &value, &length) != 0) return 0;
+    if (value != AF_INET && value != AF_INET6) return 0;
+    *family = value;
+    length = sizeof value;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &length) != 0 || value != SOCK_STREAM) return 0;
+    length = sizeof value;
+    if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &value, &length) != 0 || value != IPPROTO_TCP) return 0;
+    return 1;
+}
+
+int connect(int fd, const struct sockaddr *address, socklen_t length) {
+    int family;
+    if (vmsp_inside || !address || (address->sa_family != AF_INET && address->sa_family != AF_INET6) ||
+        (unsigned)fd >= (unsigned)vmsp_table_size || vmsp_lookup(fd) || !is_tcp_stream(fd, &family)) {
+        return REAL(connect)(fd, address, length);
+    }
+    char where[64], reason[256] = "";
+    vmsp_format_address(address, length, where, sizeof where);
+    if (!vmsp_connects_allowed()) {
+        vmsp_debug("connect fd %d to %s: tcp (a forked child makes no shared-memory connections)", fd, where);
+        return REAL(connect)(fd, address, length);
+    }
+    int flags = REAL(fcntl)(fd, F_GETFL);
+    vmsp_link_info info;
+    int saved = errno;
+    vmsp_inside = 1;
+    int welcomed = vmsock_preload_connect(fd, address, length, &info, reason, sizeof reason);
+    vmsp_inside = 0;
+    errno = saved;
+    if (!welcomed) {
+        vmsp_debug("connect fd %d to %s: tcp (%s)", fd, where, reason);
+        return REAL(connect)(fd, address, length);
+    }
+    // Agreed: from here this connection is shared memory or nothing. The TCP connection is made as the
+    // application asked (blocking, or EINPROGRESS and then POLLOUT/SO_ERROR); the listener waits for it.
+    struct vmsp_conn *c = vmsp_conn_new(&info, flags >= 0 && (flags & O_NONBLOCK));
+    if (!c) {
+        vmsp_inside = 1;
+        vmsock_preload_release(info.owner);
+        vmsp_inside = 0;
+        vmsp_debug("connect fd %d to %s: tcp (out of memory after the welcome; the listener drops it)", fd, where);
+        errno = saved;
+        return REAL(connect)(fd, address, length);
+    }
+    int result = REAL(connect)(fd, address, length);
+    saved = errno;
+    if (result == 0 || errno == EINPROGRESS || errno == EINTR) {
+        atomic_store(&c->tcp_ready, result == 0);
+        vmsp_install(fd, c);  // the connection's first user reference now stands for the table's
+        vmsp_debug("connect fd %d to %s: shared memory", fd, where);
+    } else {
+        vmsp_leave(c);  // releases the link: its control socket closes, and the listener drops it
+        vmsp_debug("connect fd %d to %s: failed (%s)", fd, where, strerror(saved));
+    }
+    errno = saved;
+    return result;
+}
+
+int listen(int fd, int backlog) {
+    int result = REAL(listen)(fd, backlog);
+    int family;
+    if (result != 0 || vmsp_inside || (unsigned)fd >= (unsigned)vmsp_table_size || atomic_load(&vmsp_listening[fd]) ||
+        !is_tcp_stream(fd, &family)) {
+        return result;
+    }
+    int saved = errno;
+    struct sockaddr_storage bound;
+    socklen_t length = sizeof bound;
+    char where[64] = "?", reason[256] = "";
+    if (getsockname(fd, (struct sockaddr *)&bound, &length) == 0) vmsp_format_address((struct sockaddr *)&bound, length, where, sizeof where);
+    if (!vmsp_listeners_allowed()) {
+        vmsp_debug("listen fd %d on %s: tcp only (this process forked: a child might accept)", fd, where);
+    } else {
+        vmsp_inside = 1;
+        int registered = vmsock_preload_listen(fd, reason, sizeof reason);
+        vmsp_inside = 0;
+        if (registered) atomic_store(&vmsp_listening[fd], 1);
+        vmsp_debug("listen fd %d on %s: %s%s%s", fd, where, registered ? "shared memory offered" : "tcp only (",
+                   registered ? "" : reason, registered ? "" : ")");
+    }
+    errno = saved;
+    return result;
+}
+
+static void after_accept(int listener, int fd, int flags) {
+    if (fd < 0 || vmsp_inside || (unsigned)listener >= (unsigned)vmsp_table_size) return;
+    if (!atomic_load(&vmsp_listening[listener]) || (unsigned)fd >= (unsigned)vmsp_table_size) {
+        int family;
+        if (vmsp_debug_enabled() && is_tcp_stream(fd, &family)) {
+            int saved = errno;
+            struct sockaddr_storage peer;
+            socklen_t length = sizeof peer;
+            char where[64] = "?";
+            if (getpeername(fd, (struct sockaddr *)&peer, &length) == 0) vmsp_format_address((struct sockaddr *)&peer, length, where, sizeof where);
+            vmsp_debug("accept fd %d from %s: tcp (its listener offers no shared memory)", fd, where);
+            errno = saved;
+        }
+        return;
+    }
+    int saved = errno;
+    struct sockaddr_storage peer;
+    socklen_t length = sizeof peer;
+    char where[64] = "?", reason[256] = "";
+    if (getpeername(fd, (struct sockaddr *)&peer, &length) == 0) vmsp_format_address((struct sockaddr *)&peer, length, where, sizeof where);
+    if (atomic_load(&vmsp_forked_child)) {
+        vmsp_debug("accept fd %d from %s: tcp (a forked child makes no shared-memory connections)", fd, where);
+        errno = saved;
+        return;
+    }
+    vmsp_link_info info;
+    vmsp_inside = 1;
+    int attached = vmsock_preload_accept(listener, fd, &info, reason, sizeof reason);
+    vmsp_inside = 0;
+    if (attached) {
+        struct vmsp_conn *c = vmsp_conn_new(&info, (flags & SOCK_NONBLOCK) != 0);
+        if (c) {
+            atomic_store(&c->tcp_ready, 1);
+            vmsp_install(fd, c);
+            vmsp_debug("accept fd %d from %s: shared memory", fd, where);
+        } else {
+            // The connector will write to rings nobody reads: end the connection rather than lose bytes.
+            vmsp_inside = 1;
+            vmsock_preload_release(info.owner);
+            vmsp_inside = 0;
+            REAL(shutdown)(fd, SHUT_RDWR);
+            vmsp_debug("accept fd %d from %s: shut down (out of memory for a welcomed link)", fd, where);
+        }
+    } else {
+        vmsp_debug("accept fd %d from %s: tcp (%s)", fd, where, reason);
+    }
+    errno = saved;
+}
+
+int accept(int fd, struct sockaddr *address, socklen_t *length) {
+    int result = REAL(accept)(fd, address, length);
+    after_accept(fd, result, 0);
+    return result;
+}
+
+int accept4(int fd, struct sockaddr *address, socklen_t *length, int flags) {
+    int result = REAL(accept4)(fd, address, length, flags);
+    after_accept(fd, result, flags);
+    return result;
+}
+
+int shutdown(int fd, int how) {
+    if (OURS(fd)) {
+        struct vmsp_conn *c = vmsp_enter(fd);
+        if (c) {
+            // The bits first: by the time the peer sees our FIN, our producer position is final.
+            if (how == SHUT_WR || how == SHUT_RD || how == SHUT_RDWR) {
+                pthread_mutex_lock(&c->tx_lock);
+                vmsp_shutdown_bits(c, how);
+                pthread_mutex_unlock(&c->tx_lock);
+            }
+            int result = REAL(shutdown)(fd, how);
+            int saved = errno;
+            vmsp_leave(c);
+            errno = saved;
+            return result;
+        }
+    }
+    return REAL(shutdown)(fd, how);
+}
+
+// MARK: Descriptors
+
+static void forget_listener(int fd) {
+    if ((unsigned)fd < (unsigned)vmsp_table_size && atomic_exchange(&vmsp_listening[fd], 0)) {
+        // A forked child closed its inherited registrations at fork and never calls into the Swift state it
+        // copied: its descriptor numbers may name the application's files by now.
+        if (atomic_load(&vmsp_forked_child)) return;
+        int saved = errno;
+        vmsp_inside = 1;
+        vmsock_preload_unlisten(fd);
+        vmsp_inside = 0;
+        errno = saved;
+    }
+}
+
+int close(int fd) {
+    if (__builtin_expect((unsigned)fd < (unsigned)vmsp_table_size, 1) && !vmsp_inside) {
+        struct vmsp_conn *c = vmsp_lookup(fd);
+        if (c) {
+            vmsp_before_last_close(c, fd);
+            c = vmsp_remove(fd);
+            int result = REAL(close)(fd);
+            int saved = errno;
+            if (c) vmsp_drop(c);
+            errno = saved;
+            return result;
+        }
+        if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) forget_listener(fd);
+    }
+    return REAL(close)(fd);
+}
+
+static int after_dup(int old_fd, int new_fd) {
+    if (new_fd < 0 || vmsp_inside) return new_fd;
+    struct vmsp_conn *c = vmsp_enter(old_fd);
+    if (c) {
+        vmsp_install(new_fd, c);
+        vmsp_leave(c);
+    }
+    return new_fd;
+}
+
+// dup2/dup3 onto a descriptor that was a connection of ours closes that one: drop its name first.
+static void before_replace(int old_fd, int new_fd) {
+    if (old_fd == new_fd || vmsp_inside) return;
+    struct vmsp_conn *c = vmsp_lookup(new_fd);
+    if (c) vmsp_before_last_close(c, new_fd);
+    forget_listener(new_fd);
+}
+
+static void after_replace(int new_fd, int result) {
+    if (result < 0 || vmsp_inside) return;
+    struct vmsp_conn *c = vmsp_remove(new_fd);
+    if (c) vmsp_drop(c);
+}
+
+int dup(int fd) { return after_dup(fd, REAL(dup)(fd)); }
+
+int dup2(int old_fd, int new_fd) {
+    if (old_fd == new_fd) return REAL(dup2)(old_fd, new_fd);
+    before_replace(old_fd, new_fd);
+    int result = REAL(dup2)(old_fd, new_fd);
+    after_replace(new_fd, result);
+    return after_dup(old_fd, result);
+}
+
+int dup3(int old_fd, int new_fd, int flags) {
+    if (old_fd != new_fd) before_replace(old_fd, new_fd);
+    int result = REAL(dup3)(old_fd, new_fd, flags);
+    after_replace(new_fd, result);
+    return after_dup(old_fd, result);
+}
+
+static int fcntl_common(int (*real)(int, int, ...), int fd, int cmd, void *arg) {
+    int result = real(fd, cmd, arg);
+    if (result < 0 || vmsp_inside) return result;
+    if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) return after_dup(fd, result);
+    if (cmd == F_SETFL) {
+        struct vmsp_conn *c = vmsp_lookup(fd);
+        if (c) atomic_store(&c->nonblocking, ((int)(intptr_t)arg & O_NONBLOCK) != 0);
+    }
+    return result;
+}
+
+// The third argument is an int or a pointer; both travel in a register that va_arg reads as a pointer.
+int fcntl(int fd, int cmd, ...) {
+    va_list args;
+    va_start(args, cmd);
+    void *arg = va_arg(args, void *);
+    va_end(args);
+    return fcntl_common(REAL(fcntl), fd, cmd, arg);
+}
+
+int fcntl64(int fd, int cmd, ...) {
+    va_list args;
+    va_start(args, cmd);
+    void *arg = va_arg(args, void *);
+    va_end(args);
+    return fcntl_common(REAL(fcntl64), fd, cmd, arg);
+}
+
+int ioctl(int fd, unsigned long request, ...) {
+    va_list args;
+    va_start(args, request);
+    void *arg = va_arg(args, void *);
+    va_end(args);
+    if (OURS(fd)) {
+        struct vmsp_conn *c = vmsp_enter(fd);
+        if (c) {
+            int result = 0;
+            if (request == FIONREAD) {
+                // The bytes waiting in the ring: the TCP socket holds only wake-ups.
+                if (!arg) { errno = EFAULT; result = -1; } else *(int *)arg = vmsp_readable_bytes(c);
+            } else {
+                result = REAL(ioctl)(fd, request, arg);
+                if (result == 0 && request == FIONBIO && arg) atomic_store(&c->nonblocking, *(int *)arg != 0);
+            }
+            int saved = errno;
+            vmsp_leave(c);
+            errno = saved;
+            return result;
+        }
+    }
+    return REAL(ioctl)(fd, request, arg);
+}
+
+int close_range(unsigned int first, unsigned int last, int flags) {
+    if (!REAL(close_range)) { errno = ENOSYS; return -1; }
+    if (vmsp_inside || (flags & CLOSE_RANGE_CLOEXEC)) return REAL(close_range)(first, last, flags);
+    unsigned int end = last < (unsigned)vmsp_table_size ? last : (unsigned)vmsp_table_size - 1;
+    for (unsigned int fd = first; vmsp_table_size > 0 && fd <= end; fd++) {
+        struct vmsp_conn *c = vmsp_lookup((int)fd);
+        if (c) vmsp_before_last_close(c, (int)fd);
+        if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) forget_listener((int)fd);
+    }
+    int result = REAL(close_range)(first, last, flags);
+    if (result == 0) {
+        for (unsigned int fd = first; vmsp_table_size > 0 && fd <= end; fd++) {
+            struct vmsp_conn *c = vmsp_remove((int)fd);
+            if (c) vmsp_drop(c);
+        }
+    }
+    return result;
+}

@@ -1,0 +1,155 @@
+// Private to the C half: the real libc entry points, the descriptor table, the connection state, and the calls
+// into the Swift half (defined there with @_cdecl).
+#ifndef VMSP_PRELOAD_PRIVATE_H
+#define VMSP_PRELOAD_PRIVATE_H
+
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include "include/CVMSockPreload.h"
+
+// MARK: The next definitions (libc's), resolved with dlsym(RTLD_NEXT) in a constructor, or on first use when a
+// call arrives before it ran (another library's constructor).
+
+struct vmsp_real {
+    ssize_t (*read)(int, void *, size_t);
+    ssize_t (*write)(int, const void *, size_t);
+    ssize_t (*readv)(int, const struct iovec *, int);
+    ssize_t (*writev)(int, const struct iovec *, int);
+    ssize_t (*recv)(int, void *, size_t, int);
+    ssize_t (*send)(int, const void *, size_t, int);
+    ssize_t (*recvfrom)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
+    ssize_t (*sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+    ssize_t (*recvmsg)(int, struct msghdr *, int);
+    ssize_t (*sendmsg)(int, const struct msghdr *, int);
+    ssize_t (*read_chk)(int, void *, size_t, size_t);
+    ssize_t (*recv_chk)(int, void *, size_t, size_t, int);
+    ssize_t (*recvfrom_chk)(int, void *, size_t, size_t, int, struct sockaddr *, socklen_t *);
+    ssize_t (*sendfile)(int, int, off_t *, size_t);
+    int (*connect)(int, const struct sockaddr *, socklen_t);
+    int (*listen)(int, int);
+    int (*accept)(int, struct sockaddr *, socklen_t *);
+    int (*accept4)(int, struct sockaddr *, socklen_t *, int);
+    int (*shutdown)(int, int);
+    int (*close)(int);
+    int (*dup)(int);
+    int (*dup2)(int, int);
+    int (*dup3)(int, int, int);
+    int (*fcntl)(int, int, ...);
+    int (*fcntl64)(int, int, ...);
+    int (*ioctl)(int, unsigned long, ...);
+    int (*close_range)(unsigned int, unsigned int, int);
+    int (*recvmmsg)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
+    int (*sendmmsg)(int, struct mmsghdr *, unsigned int, int);
+    ssize_t (*splice)(int, loff_t *, int, loff_t *, size_t, unsigned int);
+};
+extern struct vmsp_real vmsp_real;
+void vmsp_resolve(void);
+#define REAL(name) (__builtin_expect(vmsp_real.name != NULL, 1) ? vmsp_real.name : (vmsp_resolve(), vmsp_real.name))
+
+// Set while this thread runs the library's own code (the Swift set-up, which calls socket functions itself):
+// every interposed call then goes straight to libc.
+extern __thread int vmsp_inside;
+
+// MARK: A shared-memory connection: one per open file description (dup'd descriptors share it).
+
+struct vmsp_conn {
+    // Immutable after attach.
+    uint8_t *local;           // our region: header, then our outgoing data (mapped twice)
+    const uint8_t *peer;      // the peer's region, read-only
+    uint64_t tx_cap, rx_cap;
+    int control_fd, space_bell_fd, peer_space_bell_fd;
+    void *owner;
+
+    // Descriptors in the table that name this connection; the last close tears it down.
+    atomic_int refs;
+    // 1 for the table, +1 per call in progress: whoever drops it to 0 releases the link.
+    atomic_int users;
+    atomic_int nonblocking;   // O_NONBLOCK of the open file description, kept by fcntl/ioctl/accept4
+    atomic_int forked;        // the process forked since attach: the other process may hold the socket too
+    atomic_int broken;        // an errno every later call returns (EPROTO: the peer broke a ring rule)
+    atomic_int read_shut, write_shut, peer_gone;
+    atomic_int tcp_ready;     // the TCP connection is established (a connector's may still be in progress)
+
+    // Reader, under rx_lock.
+    pthread_mutex_t rx_lock;
+    uint64_t rx_pos;          // private consumer position
+    uint64_t rx_seen;         // last producer position accepted from the peer
+    uint32_t gen;             // our arm generation, published in our "waiting for data" word
+    uint32_t drained;         // wake-up bytes received so far
+    int eof;                  // the TCP socket said end of stream (or reset: eof_error)
+    int eof_error;
+
+    // Writer, under tx_lock.
+    pthread_mutex_t tx_lock;
+    uint64_t tx_pos;          // private producer position
+    uint64_t tx_seen;         // last consumer position accepted from the peer
+    uint64_t last_rung;       // the peer generation our last wake-up byte was for (~0: none yet)
+    uint32_t sent;            // wake-up bytes sent
+    int64_t full_since;       // when a non-blocking write first found the ring full with no progress (0: not)
+
+    struct vmsp_conn *next_live, *prev_live;   // every live connection, for fork
+    struct vmsp_conn *next_retired;
+    int64_t retired_at;
+};
+
+// MARK: The descriptor table: one atomic pointer per descriptor number; NULL for every descriptor not ours.
+
+extern _Atomic(struct vmsp_conn *) *vmsp_table;
+extern atomic_uchar *vmsp_listening;
+extern int vmsp_table_size;
+
+static inline struct vmsp_conn *vmsp_lookup(int fd) {
+    if ((unsigned)fd >= (unsigned)vmsp_table_size) return NULL;
+    return atomic_load_explicit(&vmsp_table[fd], memory_order_acquire);
+}
+void vmsp_table_init(void);
+/// Takes a call's reference on the connection at fd, or returns NULL (not ours, or closing).
+struct vmsp_conn *vmsp_enter(int fd);
+void vmsp_leave(struct vmsp_conn *c);
+struct vmsp_conn *vmsp_conn_new(const vmsp_link_info *info, int nonblocking);
+/// Installs c at fd (one more reference); a connection already there loses this one.
+void vmsp_install(int fd, struct vmsp_conn *c);
+/// Removes fd from the table, returning its connection (with the table's reference, to drop with vmsp_drop).
+struct vmsp_conn *vmsp_remove(int fd);
+/// Before the real close of a descriptor vmsp_remove returned c for: if this is the last one, the connection is
+/// shut down on our side (closed bit, stale wake-ups drained so the kernel sends FIN, not RST).
+void vmsp_before_last_close(struct vmsp_conn *c, int fd);
+void vmsp_drop(struct vmsp_conn *c);
+void vmsp_mark_all_forked(void);
+void vmsp_live_lock(void);
+void vmsp_live_unlock(void);
+
+// MARK: The data path (stream.c).
+
+ssize_t vmsp_recv(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovcnt, int flags);
+ssize_t vmsp_send(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovcnt, int flags, int from_write);
+ssize_t vmsp_sendfile(struct vmsp_conn *c, int fd, int in_fd, off_t *offset, size_t count);
+int vmsp_readable_bytes(struct vmsp_conn *c);
+int64_t vmsp_writable_bytes(struct vmsp_conn *c);
+void vmsp_shutdown_bits(struct vmsp_conn *c, int how);
+void vmsp_drain_wakeups(struct vmsp_conn *c, int fd);
+
+// MARK: Debug output and process state.
+
+void vmsp_debug(const char *format, ...) __attribute__((format(printf, 1, 2)));
+void vmsp_format_address(const struct sockaddr *address, socklen_t length, char *out, size_t capacity);
+extern atomic_int vmsp_forked_child, vmsp_parent_forked;
+
+// MARK: The Swift half (@_cdecl in Sources/VMSockPreload).
+
+/// 1 with *info filled: the listener welcomed us; 0: TCP, with the reason in `reason`.
+int vmsock_preload_connect(int fd, const struct sockaddr *destination, socklen_t length, vmsp_link_info *info,
+                           char *reason, size_t reason_capacity);
+/// 1: the listener is registered; 0: it stays TCP-only, with the reason.
+int vmsock_preload_listen(int fd, char *reason, size_t reason_capacity);
+void vmsock_preload_unlisten(int fd);
+/// 1 with *info filled: fd (just accepted on listener) is the TCP half of a welcomed link; 0: TCP, with the reason.
+int vmsock_preload_accept(int listener, int fd, vmsp_link_info *info, char *reason, size_t reason_capacity);
+void vmsock_preload_release(void *owner);
+
+#endif

@@ -1,0 +1,161 @@
+// The next definitions of every interposed call (libc's), the per-process state, and what happens at fork.
+#include "preload.h"
+
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct vmsp_real vmsp_real;
+__thread int vmsp_inside;
+atomic_int vmsp_forked_child, vmsp_parent_forked;
+static int debug_enabled;
+
+// dlsym may allocate, never reads or writes a descriptor, so resolving from inside an interposed call is safe.
+void vmsp_resolve(void) {
+#define RESOLVE(field, symbol) if (!vmsp_real.field) *(void **)&vmsp_real.field = dlsym(RTLD_NEXT, symbol)
+    RESOLVE(read, "read"); RESOLVE(write, "write"); RESOLVE(readv, "readv"); RESOLVE(writev, "writev");
+    RESOLVE(recv, "recv"); RESOLVE(send, "send"); RESOLVE(recvfrom, "recvfrom"); RESOLVE(sendto, "sendto");
+    RESOLVE(recvmsg, "recvmsg"); RESOLVE(sendmsg, "sendmsg"); RESOLVE(read_chk, "__read_chk");
+    RESOLVE(recv_chk, "__recv_chk"); RESOLVE(recvfrom_chk, "__recvfrom_chk"); RESOLVE(sendfile, "sendfile");
+    RESOLVE(connect, "connect"); RESOLVE(listen, "listen"); RESOLVE(accept, "accept"); RESOLVE(accept4, "accept4");
+    RESOLVE(shutdown, "shutdown"); RESOLVE(close, "close"); RESOLVE(dup, "dup"); RESOLVE(dup2, "dup2");
+    RESOLVE(dup3, "dup3"); RESOLVE(fcntl, "fcntl"); RESOLVE(fcntl64, "fcntl64"); RESOLVE(ioctl, "ioctl");
+    RESOLVE(close_range, "close_range"); RESOLVE(recvmmsg, "recvmmsg"); RESOLVE(sendmmsg, "sendmmsg");
+    RESOLVE(splice, "splice");
+    if (!vmsp_real.fcntl64) vmsp_real.fcntl64 = vmsp_real.fcntl;
+#undef RESOLVE
+}
+
+// MARK: Library-owned descriptors a forked child must not keep
+
+static pthread_mutex_t internal_lock = PTHREAD_MUTEX_INITIALIZER;
+static int internal_fds[256];
+static int internal_count;
+
+void vmsp_note_internal_fd(int fd) {
+    pthread_mutex_lock(&internal_lock);
+    if (internal_count < (int)(sizeof internal_fds / sizeof internal_fds[0])) internal_fds[internal_count++] = fd;
+    pthread_mutex_unlock(&internal_lock);
+}
+
+void vmsp_forget_internal_fd(int fd) {
+    pthread_mutex_lock(&internal_lock);
+    for (int i = 0; i < internal_count; i++) {
+        if (internal_fds[i] == fd) { internal_fds[i] = internal_fds[--internal_count]; break; }
+    }
+    pthread_mutex_unlock(&internal_lock);
+}
+
+// MARK: fork
+//
+// After fork both processes hold every shared-memory socket, with private copies of the ring positions, so at
+// most one of them may use each. Both mark every connection as forked: a close then releases only this
+// process's mappings, and the peer learns of the end from the kernel (FIN, the control socket's hang-up) once
+// the last copy is closed. The child makes no new shared-memory connections (the Swift state it inherited may be
+// mid-update), and closes the listeners' registrations it inherited so that no connector waits on a process that
+// does not answer. The parent stops offering shared memory on its listeners: a child could accept a connection
+// the parent welcomed, and the two ends would disagree. exec starts afresh. (The epoll/fork/exec issue does
+// better.)
+
+static void before_fork(void) {
+    pthread_mutex_lock(&internal_lock);
+    vmsp_live_lock();
+}
+
+static void after_fork_parent(void) {
+    atomic_store(&vmsp_parent_forked, 1);
+    vmsp_mark_all_forked();
+    vmsp_live_unlock();
+    pthread_mutex_unlock(&internal_lock);
+}
+
+static void after_fork_child(void) {
+    atomic_store(&vmsp_forked_child, 1);
+    for (int i = 0; i < internal_count; i++) REAL(close)(internal_fds[i]);
+    internal_count = 0;
+    pthread_mutex_init(&internal_lock, NULL);
+    vmsp_mark_all_forked();
+    vmsp_live_unlock();
+}
+
+int vmsp_connects_allowed(void) { return !atomic_load(&vmsp_forked_child); }
+int vmsp_listeners_allowed(void) { return !atomic_load(&vmsp_forked_child) && !atomic_load(&vmsp_parent_forked); }
+
+__attribute__((constructor)) static void vmsp_constructor(void) {
+    vmsp_resolve();
+    vmsp_table_init();
+    const char *debug = getenv("VMSOCK_DEBUG");
+    debug_enabled = debug && strcmp(debug, "1") == 0;
+    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+}
+
+// MARK: Debug output: one write(2) per line, straight to libc.
+
+int vmsp_debug_enabled(void) { return debug_enabled; }
+
+void vmsp_enter_library_thread(void) { vmsp_inside = 1; }
+
+void vmsp_debug(const char *format, ...) {
+    if (!debug_enabled) return;
+    int saved = errno;
+    char line[512];
+    int n = snprintf(line, sizeof line, "vmsock-run[%d]: ", (int)getpid());
+    va_list args;
+    va_start(args, format);
+    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, format, args);
+    va_end(args);
+    size_t length = (size_t)n + (m < 0 ? 0 : (size_t)m < sizeof line - (size_t)n - 1 ? (size_t)m : sizeof line - (size_t)n - 2);
+    line[length++] = '\n';
+    (void)REAL(write)(2, line, length);
+    errno = saved;
+}
+
+void vmsp_format_address(const struct sockaddr *address, socklen_t length, char *out, size_t capacity) {
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (address && address->sa_family == AF_INET && length >= sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)address;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        snprintf(out, capacity, "%s:%u", host, ntohs(in->sin_port));
+    } else if (address && address->sa_family == AF_INET6 && length >= sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)address;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        snprintf(out, capacity, "[%s]:%u", host, ntohs(in6->sin6_port));
+    } else {
+        snprintf(out, capacity, "?");
+    }
+}
+
+// MARK: The connector's source address
+
+int vmsp_bind_source(int fd, const struct sockaddr *destination, socklen_t length) {
+    struct sockaddr_storage bound;
+    socklen_t bound_length = sizeof bound;
+    if (getsockname(fd, (struct sockaddr *)&bound, &bound_length) != 0) return -1;
+    in_port_t port = bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                 : ((struct sockaddr_in *)&bound)->sin_port;
+    if (port != 0) return ntohs(port);
+    // The address the kernel would pick: a UDP socket "connected" to the destination says (no packet is sent).
+    int probe = socket(bound.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (probe < 0) return -1;
+    struct sockaddr_storage source;
+    socklen_t source_length = sizeof source;
+    int ok = REAL(connect)(probe, destination, length) == 0 &&
+             getsockname(probe, (struct sockaddr *)&source, &source_length) == 0;
+    int saved = errno;
+    REAL(close)(probe);
+    if (!ok) { errno = saved; return -1; }
+    if (source.ss_family == AF_INET6) ((struct sockaddr_in6 *)&source)->sin6_port = 0;
+    else ((struct sockaddr_in *)&source)->sin_port = 0;
+    if (bind(fd, (struct sockaddr *)&source, source_length) != 0) return -1;
+    bound_length = sizeof bound;
+    if (getsockname(fd, (struct sockaddr *)&bound, &bound_length) != 0) return -1;
+    port = bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                       : ((struct sockaddr_in *)&bound)->sin_port;
+    return ntohs(port);
+}

@@ -1,0 +1,76 @@
+import Glibc
+
+/// A shared-memory link as vmsock-run hands it to its C data path (`Sources/CVMSockPreload/stream.c`): the
+/// regions and descriptors of an `EstablishedLink`, owned here until the C half releases it.
+///
+/// The C data path speaks the ring layout of `RingLayout` with two words of its own: the reader's "waiting for
+/// data" word holds an arm generation instead of a flag, and the writer keeps a bell word (`preloadBell`). Only
+/// two vmsock-run processes ever share such a link: they find each other under their own registry names
+/// (`PreloadRegistry`), never a `VMListener`'s.
+package final class PreloadLink: @unchecked Sendable {  // immutable; the C half owns its use
+    let link: EstablishedLink
+
+    init(_ link: EstablishedLink) { self.link = link }
+
+    package var localBase: UnsafeMutableRawPointer { link.localRegion.base }
+    package var peerBase: UnsafeRawPointer { UnsafeRawPointer(link.peerRegion.base) }
+    package var localCapacity: Int { link.localRegion.capacity }
+    package var peerCapacity: Int { link.peerRegion.capacity }
+    package var controlFD: Int32 { link.control.raw }
+    package var spaceBellFD: Int32 { link.spaceBell.fd }
+    package var peerSpaceBellFD: Int32 { link.peerSpaceBell.fd }
+}
+
+/// Where vmsock-run's listeners register: the registry's names (`Registry.key`) under a prefix of their own, so
+/// that a preloaded program and a `VMSocket` program never try to share rings (their protocols after the
+/// handshake differ: a preloaded connector also makes a real TCP connection).
+enum PreloadRegistry {
+    static func address(of endpoint: IPEndpoint) -> ControlAddress {
+        ControlAddress(kind: .abstract, name: "vmsock-run/" + Registry.key(of: endpoint))
+    }
+
+    /// Where a connector looks for `destination`'s listener: the exact address, then the wildcard of its family,
+    /// then the IPv6 wildcard for IPv4 (a dual-stack listener).
+    static func candidates(for destination: IPEndpoint) -> [ControlAddress] {
+        let exact = destination.mappedIPv4 ?? destination
+        var endpoints = [exact, .wildcard(exact.family, port: exact.port)]
+        if exact.family == .v4 { endpoints.append(.wildcard(.v6, port: exact.port)) }
+        return endpoints.map(address(of:))
+    }
+}
+
+/// What the preload library's C half provides to the set-up in this module, set once at load.
+package struct PreloadHooks: Sendable {
+    /// A descriptor the library owns (a registration, a control socket) that a forked child must close.
+    package var noteInternal: @Sendable (Int32) -> Void = { _ in }
+    package var forgetInternal: @Sendable (Int32) -> Void = { _ in }
+    /// Whether listeners may still welcome connectors (not once the process forked).
+    package var listenersAllowed: @Sendable () -> Bool = { true }
+    /// How many TCP sockets listen on the listening socket's exact address and port (more than one: an
+    /// SO_REUSEPORT group, where another process may accept the connection), or -1 when it cannot tell.
+    package var listenersSharing: @Sendable (Int32) -> Int32 = { _ in 1 }
+    /// Called first on the listener thread: marks it as the library's own, so its calls are not interposed.
+    package var enterLibraryThread: @Sendable () -> Void = {}
+    /// Binds an unbound socket for a connect to the address, returning its port, or -1 with errno.
+    package var bindSource: @Sendable (Int32, IPEndpoint) -> Int32 = { _, _ in -1 }
+
+    package init() {}
+}
+
+extension IPEndpoint {
+    /// An AF_INET or AF_INET6 address of `length` bytes; nil for anything else.
+    package init?(socketAddress address: UnsafePointer<sockaddr>, length: socklen_t) {
+        let family = Int32(address.pointee.sa_family)
+        let needed = family == AF_INET ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size
+        guard Int(length) >= needed else { return nil }
+        self.init(address)
+    }
+
+    /// The socket's bound address (`getsockname`).
+    package static func localAddress(of fd: Int32) -> IPEndpoint? { of(fd, peer: false) }
+
+    /// `withSockaddr` for callers outside the module, whose body cannot throw.
+    package func withSocketAddress<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+        withSockaddr { (address, length) throws(Never) -> R in body(address, length) }
+    }
+}

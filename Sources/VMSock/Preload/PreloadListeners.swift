@@ -1,0 +1,279 @@
+import CVMSock
+import Glibc
+import Synchronization
+
+/// vmsock-run's listening side: a registration per listening TCP socket, and one background thread per process
+/// that answers hellos, since the application itself only ever calls accept.
+///
+/// A welcomed link waits, keyed by the connector's port (the hello carries it), until the application accepts
+/// the TCP connection from that port, or its control socket hangs up (the connector closed or died; a connector
+/// whose TCP connect failed releases its link at once). It never expires while the connector lives: the
+/// connector uses shared memory from the welcome on, and an accept that found no link would disagree with it.
+/// At most `welcomedLimit` wait per listener; beyond that, connectors are rejected and use TCP.
+package final class PreloadListeners: @unchecked Sendable {  // all state behind `state`; the thread owns epoll
+    package static let shared = PreloadListeners()
+
+    static let pendingLimit = 64
+    static let welcomedLimit = 1024
+    static let helloTimeoutNanos: Int64 = 5_000_000_000
+
+    private enum Entry {
+        /// A registration of the listener on descriptor `listener`.
+        case registration(Registration, listener: Int32)
+        /// A connector whose hello has not arrived.
+        case pending(Descriptor, PeerCredentials, listener: Int32, deadline: Int64)
+        /// A welcomed link, waiting for the application's accept.
+        case welcomed(EstablishedLink, listener: Int32)
+    }
+
+    private struct State {
+        var entries: [UInt64: Entry] = [:]
+        /// Listener descriptor -> its registrations' tokens.
+        var listeners: [Int32: [UInt64]] = [:]
+        /// (listener, connector port) -> the welcomed link's token.
+        var welcomed: [Int32: [UInt16: UInt64]] = [:]
+        var nextToken: UInt64 = 1
+        var epoll: Int32 = -1
+        var threadStarted = false
+    }
+
+    private let state = Mutex(State())
+    /// Hellos being answered: between the welcome's send and the link's entry, an accept must wait.
+    private let answering = Atomic<Int>(0)
+
+    private var hooks: PreloadHooks { PreloadConnector.hooks.withLock { $0 } }
+
+    // MARK: The application's calls
+
+    /// Registers the listening socket `fd` (bound to `bound`). Returns nil, or why it stays TCP-only.
+    package func listen(fd: Int32, bound: IPEndpoint) -> String? {
+        if TransportPolicy.processDefault == .tcp { return "VMSOCK_TRANSPORT=tcp" }
+        let registration: Registration
+        do throws(VMSockError) {
+            try startThreadIfNeeded()
+            registration = try Registration(PreloadRegistry.address(of: bound), backlog: 128)
+        } catch {
+            return "\(error)"
+        }
+        let epoll = state.withLock { $0.epoll }
+        let token = state.withLock { state in
+            let token = state.nextToken
+            state.nextToken += 1
+            state.entries[token] = .registration(registration, listener: fd)
+            state.listeners[fd, default: []].append(token)
+            return token
+        }
+        hooks.noteInternal(registration.socket.raw)
+        do throws(VMSockError) {
+            try Sys.epollControl(epoll, EPOLL_CTL_ADD, registration.socket.raw, events: UInt32(EPOLLIN.rawValue), data: token)
+        } catch {
+            unlisten(fd: fd)
+            return "\(error)"
+        }
+        return nil
+    }
+
+    /// The listening socket `fd` closed: its registrations go, and the links welcomed for it (their connectors'
+    /// TCP connections are reset with the listening socket).
+    package func unlisten(fd: Int32) {
+        let removed: [Entry] = state.withLock { state in
+            var removed: [Entry] = []
+            for token in state.listeners.removeValue(forKey: fd) ?? [] {
+                if let entry = state.entries.removeValue(forKey: token) { removed.append(entry) }
+            }
+            for (_, token) in state.welcomed.removeValue(forKey: fd) ?? [:] {
+                if let entry = state.entries.removeValue(forKey: token) { removed.append(entry) }
+            }
+            for (token, entry) in state.entries {
+                if case .pending(_, _, let listener, _) = entry, listener == fd {
+                    state.entries[token] = nil
+                    removed.append(entry)
+                }
+            }
+            return removed
+        }
+        for entry in removed { forget(entry) }
+    }
+
+    /// The link welcomed for the connection `fd` just accepted on `listener`, or why there is none.
+    package func accept(listener: Int32, fd: Int32) -> Result<PreloadLink, PreloadRefusal> {
+        guard let peer = IPEndpoint.of(fd, peer: true) else { return .failure(PreloadRefusal("no peer address")) }
+        let deadline = monotonicNanos() + 100_000_000
+        while true {
+            let link: EstablishedLink? = state.withLock { state in
+                guard let token = state.welcomed[listener]?.removeValue(forKey: peer.port),
+                    case .welcomed(let link, _) = state.entries.removeValue(forKey: token)
+                else { return nil }
+                return link
+            }
+            if let link {
+                _ = try? Sys.epollControl(state.withLock { $0.epoll }, EPOLL_CTL_DEL, link.control.raw, events: 0, data: 0)
+                hooks.forgetInternal(link.control.raw)
+                return .success(PreloadLink(link))
+            }
+            // A hello being answered now may be this connection's: its welcome went before its entry was made.
+            if answering.load(ordering: .acquiring) == 0 || monotonicNanos() > deadline {
+                return .failure(PreloadRefusal("no hello from port \(peer.port): the peer is not under vmsock-run"))
+            }
+            Sys.yield()
+        }
+    }
+
+    // MARK: The thread
+
+    private func startThreadIfNeeded() throws(VMSockError) {
+        let start = try state.withLock { state throws(VMSockError) -> Bool in
+            guard !state.threadStarted else { return false }
+            let epoll = try Sys.epollCreate()
+            state.epoll = epoll.release()
+            state.threadStarted = true
+            return true
+        }
+        guard start else { return }
+        hooks.noteInternal(state.withLock { $0.epoll })
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let status = pthread_create(&thread, nil, { context in
+            let listeners = Unmanaged<PreloadListeners>.fromOpaque(context!).takeRetainedValue()
+            listeners.run()
+            return nil
+        }, context)
+        guard status == 0 else {
+            Unmanaged<PreloadListeners>.fromOpaque(context).release()
+            state.withLock { $0.threadStarted = false }
+            throw VMSockError.system("pthread_create(vmsock-run listener)", errno: status)
+        }
+        pthread_detach(thread)
+    }
+
+    private func run() {
+        hooks.enterLibraryThread()
+        let epoll = state.withLock { $0.epoll }
+        var events = [epoll_event](repeating: epoll_event(), count: 64)
+        while true {
+            let count = (try? Sys.epollWait(epoll, &events, timeoutMs: 1000)) ?? 0
+            for event in events.prefix(count) { handle(token: event.data.u64) }
+            expirePending()
+        }
+    }
+
+    private func handle(token: UInt64) {
+        let entry = state.withLock { $0.entries[token] }
+        switch entry {
+        case .registration(let registration, let listener):
+            takeConnectors(registration, listener: listener)
+        case .pending(let control, let peer, let listener, _):
+            guard state.withLock({ $0.entries.removeValue(forKey: token) }) != nil else { return }
+            answer(control, peer: peer, listener: listener)
+        case .welcomed:
+            // Nothing may arrive on a welcomed link's control socket but its hang-up: the connector is gone.
+            let removed: Entry? = state.withLock { state in
+                guard let entry = state.entries.removeValue(forKey: token) else { return nil }
+                if case .welcomed(let link, let listener) = entry { state.welcomed[listener]?[link.sourcePort] = nil }
+                return entry
+            }
+            if let removed { forget(removed) }
+        case nil:
+            return
+        }
+    }
+
+    private func takeConnectors(_ registration: Registration, listener: Int32) {
+        while let control = try? Sys.acceptUnixNonBlocking(registration.socket.raw, what: "accept(vmsock-run registration)") {
+            guard hooks.listenersAllowed() else {
+                Handshake.reject(control, .outOfResources)  // this process forked: the connector uses TCP
+                continue
+            }
+            guard let peer = try? Handshake.admit(control, policy: .sameUser) else { continue }  // rejected
+            let pendingCount = state.withLock { state in
+                state.entries.values.reduce(0) { count, entry in
+                    if case .pending = entry { return count + 1 }
+                    return count
+                }
+            }
+            guard pendingCount < Self.pendingLimit else {
+                Handshake.reject(control, .outOfResources)
+                continue
+            }
+            let raw = control.raw
+            let (token, epoll) = state.withLock { state in
+                let token = state.nextToken
+                state.nextToken += 1
+                state.entries[token] = .pending(control, peer, listener: listener, deadline: monotonicNanos() + Self.helloTimeoutNanos)
+                return (token, state.epoll)
+            }
+            hooks.noteInternal(raw)
+            _ = try? Sys.epollControl(epoll, EPOLL_CTL_ADD, raw, events: UInt32(EPOLLIN.rawValue), data: token)
+        }
+    }
+
+    private func answer(_ control: Descriptor, peer: PeerCredentials, listener: Int32) {
+        let epoll = state.withLock { $0.epoll }
+        _ = try? Sys.epollControl(epoll, EPOLL_CTL_DEL, control.raw, events: 0, data: 0)
+        let full = state.withLock { ($0.welcomed[listener]?.count ?? 0) >= Self.welcomedLimit }
+        let known = state.withLock { $0.listeners[listener] != nil }
+        // SO_REUSEPORT (OpenBSD nc sets it on every listener) is harmless alone; with a second socket on the same
+        // address and port, the kernel may hand the TCP connection to the other one: then TCP for everyone.
+        guard hooks.listenersAllowed(), !full, known, hooks.listenersSharing(listener) == 1 else {
+            Handshake.reject(control, .outOfResources)
+            hooks.forgetInternal(control.raw)
+            return
+        }
+        answering.add(1, ordering: .sequentiallyConsistent)
+        defer { answering.subtract(1, ordering: .sequentiallyConsistent) }
+        guard let link = try? Handshake.answer(control, peer: peer, capacity: PreloadConnector.ringSize, reusable: false) else {
+            hooks.forgetInternal(control.raw)
+            return
+        }
+        let token: UInt64? = state.withLock { state in
+            guard state.listeners[listener] != nil else { return nil }  // closed meanwhile
+            let token = state.nextToken
+            state.nextToken += 1
+            state.entries[token] = .welcomed(link, listener: listener)
+            if let older = state.welcomed[listener, default: [:]].updateValue(token, forKey: link.sourcePort) {
+                state.entries[older] = nil  // a connector reused its port: the older one's connection never came
+            }
+            return token
+        }
+        guard let token else {
+            hooks.forgetInternal(link.control.raw)
+            return
+        }
+        _ = try? Sys.epollControl(epoll, EPOLL_CTL_ADD, link.control.raw, events: UInt32(EPOLLRDHUP.rawValue | EPOLLIN.rawValue), data: token)
+    }
+
+    /// Drops connectors whose hello did not come in time.
+    private func expirePending() {
+        let now = monotonicNanos()
+        let expired: [Entry] = state.withLock { state in
+            var expired: [Entry] = []
+            for (token, entry) in state.entries {
+                if case .pending(_, _, _, let deadline) = entry, deadline < now {
+                    state.entries[token] = nil
+                    expired.append(entry)
+                }
+            }
+            return expired
+        }
+        for entry in expired { forget(entry) }
+    }
+
+    /// Releases an entry taken out of the table (its descriptors close when it goes).
+    private func forget(_ entry: Entry) {
+        switch entry {
+        case .registration(let registration, _):
+            hooks.forgetInternal(registration.socket.raw)
+            registration.close()
+        case .pending(let control, _, _, _):
+            hooks.forgetInternal(control.raw)
+        case .welcomed(let link, _):
+            hooks.forgetInternal(link.control.raw)
+        }
+    }
+}
+
+/// Why an accepted connection stays TCP.
+package struct PreloadRefusal: Error, CustomStringConvertible {
+    package let description: String
+    init(_ description: String) { self.description = description }
+}
