@@ -98,8 +98,9 @@ final class PeerBell: @unchecked Sendable {  // immutable after init
     /// A region peer's eventfd (our own duplicate of it, so that its number stays ours for the connection's life).
     static func regionPeer(_ eventFD: Descriptor) -> PeerBell { PeerBell(eventFD, sharedEventFD: true) }
 
-    /// The ringing end, for a data path outside this module (vmsock-run's C half) that rings it itself.
-    var fd: Int32 { sender.raw }
+    /// The ringing end, for a data path outside this module (vmsock-run's C half) that rings it itself; -1 for a
+    /// guest's device register (vmsock-run's links are memfd links, whose bells are sockets).
+    var fd: Int32 { sender?.raw ?? -1 }
 
     /// Adopts a bell the peer sent us, after checking that it is what a bell must be: a Unix stream socket.
     static func adopt(_ descriptor: Descriptor) throws(VMSockError) -> PeerBell {
