@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README): set-up, debug build, every XCTest, the interop tests against nc, socat and friends
-# (interop/run.sh), then a check that no test left anything behind.
+# (interop/run.sh), every fuzz target briefly (tools/fuzz.sh), then a check that no test left anything behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
@@ -26,6 +26,14 @@ interop_log=$(mktemp)
 interop/run.sh | tee "$interop_log" || interop_status=1
 interop_summary=$(tail -1 "$interop_log")
 rm -f "$interop_log"
+
+# Every fuzz target for a few seconds from its seeds (docs/FUZZING.md): a parser that crashes on its seeds or on
+# what the fuzzer makes of them in that time fails the run. Long runs are `tools/fuzz.sh [SECONDS]`, by hand.
+fuzz_status=0
+fuzz_log=$(mktemp)
+tools/fuzz.sh 6 | tee "$fuzz_log" || fuzz_status=1
+fuzz_summary="fuzz: $(grep ' runs ' "$fuzz_log" | grep -c ' ok$' || true) of $(grep -c ' runs ' "$fuzz_log" || true) targets ok"
+rm -f "$fuzz_log"
 
 # The chaos soak (tools/soak.sh): SOAK_MINUTES of connections over both transports with kills and hostile
 # peers, every invariant checked; 0 leaves it out.
@@ -74,7 +82,7 @@ if grep -q "vmsock/tcp-" /proc/net/unix 2>/dev/null; then
     grep "vmsock/tcp-" /proc/net/unix >&2
     left=1
 fi
-echo "tests: $((total - failed)) passed, $failed failed (XCTest); $interop_summary"
+echo "tests: $((total - failed)) passed, $failed failed (XCTest); $interop_summary; $fuzz_summary"
 echo "tests: $soak_summary"
 [ "$status" = 0 ] && [ "$failed" = 0 ] && [ "$left" = 0 ] && [ "$interop_status" = 0 ] && [ "$docs_status" = 0 ] \
-    && [ "$soak_status" = 0 ]
+    && [ "$fuzz_status" = 0 ] && [ "$soak_status" = 0 ]

@@ -120,6 +120,9 @@ struct Options: Equatable {
                         guard let seconds = Double(text), seconds.isFinite else {
                             throw UsageError(message: "quit timeout \(text) is invalid")
                         }
+                        guard seconds <= Self.maximumSeconds else {
+                            throw UsageError(message: "quit timeout \(text) is too large (at most \(Int(Self.maximumSeconds)))")
+                        }
                         options.quitAfterEOF = seconds
                         options.shutdownOnEOF = true
                         rest = ""
@@ -127,6 +130,9 @@ struct Options: Equatable {
                         let text = try value(rest, "w")
                         guard let seconds = Double(text), seconds.isFinite, seconds > 0 else {
                             throw UsageError(message: "timeout \(text) is invalid")
+                        }
+                        guard seconds <= Self.maximumSeconds else {
+                            throw UsageError(message: "timeout \(text) is too large (at most \(Int(Self.maximumSeconds)))")
                         }
                         options.timeout = seconds
                         rest = ""
@@ -172,6 +178,11 @@ struct Options: Equatable {
         guard value <= 65535 else { throw UsageError(message: "port number too large: \(text)") }
         return UInt16(value)
     }
+
+    /// The longest -w or -q, as nc's (INT_MAX / 1000 seconds: its milliseconds fit an int). Beyond it the
+    /// milliseconds vmcat schedules would not fit an Int64 either, and converting them trapped: `-w 1e300` crashed
+    /// (found by Fuzz/vmcat-options.swift).
+    static let maximumSeconds = Double(Int32.max / 1000)
 
     /// The ring vmcat writes into when `--ring-size` does not say: 4 MiB, as vmperf's. A bulk transfer then waits
     /// for the reader once per 4 MiB instead of once per 256 KiB (the library's default), and every wait is a

@@ -88,6 +88,10 @@ final class OptionsTests: XCTestCase {
             (["-w", "soon", "h", "80"], "timeout soon is invalid"),
             (["-w", "inf", "h", "80"], "timeout inf is invalid"),
             (["-q", "x", "h", "80"], "quit timeout x is invalid"),
+            // Beyond nc's limit: the milliseconds would not fit, and converting them trapped (Fuzz/vmcat-options).
+            (["-w", "1e300", "h", "80"], "timeout 1e300 is too large (at most 2147483)"),
+            (["-w", "2147484", "h", "80"], "timeout 2147484 is too large (at most 2147483)"),
+            (["-q", "1e300", "h", "80"], "quit timeout 1e300 is too large (at most 2147483)"),
             (["--transport", "udp", "h", "80"], "invalid transport: udp (use auto, shm, tcp or ivshmem)"),
             (["--ring-size", "1000", "h", "80"], "invalid ring size: 1000 (a power of two, 4096 to 67108864)"),
             (["--ring-size=6000", "h", "80"], "invalid ring size: 6000 (a power of two, 4096 to 67108864)"),
@@ -133,6 +137,11 @@ final class OptionsTests: XCTestCase {
         XCTAssertEqual(set.addressFamily, .v6)
         XCTAssertEqual(set.ringSize, 65536)
         XCTAssertEqual(set.connectTimeout, .milliseconds(1500))
+
+        // The longest timeout still converts (the fuzz target's input, within the limit).
+        let longest = try Options.parse(["-w", "2147483", "-q", "2147483", "h", "80"])
+        XCTAssertEqual(longest.socketOptions.connectTimeout, .seconds(2_147_483))
+        XCTAssertEqual(longest.quitAfterEOF, 2_147_483)
         XCTAssertEqual(set.handshakeTimeout, .milliseconds(1500))
     }
 

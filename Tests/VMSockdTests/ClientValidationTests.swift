@@ -92,6 +92,9 @@ final class ClientValidationTests: XCTestCase {
         let odd = try memfd(size: 100_000, seals: sealed)
         let blank = try memfd(size: 64 << 10, seals: sealed)
         let (_, good) = try region()
+        // A region sealed against writing: mapping it writable failed with EPERM, not EPROTO (Fuzz/ivshmem-client).
+        let readOnly = try memfd(size: 64 << 10, seals: sealed | VMS_F_SEAL_FUTURE_WRITE)
+        let writeSealed = try memfd(size: 64 << 10, seals: sealed | VMS_F_SEAL_WRITE)
         let descriptors = openDescriptors()
 
         expect(try server.join { try send($0, 1) }, EPROTO, "protocol version 1, we speak 0")
@@ -105,6 +108,8 @@ final class ClientValidationTests: XCTestCase {
         expect(try server.join { try send($0, 0); try send($0, 0); try send($0, -1, unsealed.raw) }, EPROTO, "not sealed against resizing")
         expect(try server.join { try send($0, 0); try send($0, 0); try send($0, -1, odd.raw) }, EPROTO, "100000 bytes, not a power of two")
         expect(try server.join { try send($0, 0); try send($0, 0); try send($0, -1, blank.raw) }, EPROTO, "bad magic 0x0 (not a vmsockd region)")
+        expect(try server.join { try send($0, 0); try send($0, 0); try send($0, -1, readOnly.raw) }, EPROTO, "sealed against writing")
+        expect(try server.join { try send($0, 0); try send($0, 0); try send($0, -1, writeSealed.raw) }, EPROTO, "sealed against writing")
         expect(try server.join { try send($0, 0); try send($0, 64); try send($0, -1, good.raw) }, EPROTO, "id 64, beyond its 64 peer slots")
         expect(try server.join { try send($0, 0); try send($0, 1); try send($0, -1, good.raw) }, EPROTO, "our slot 1 in vmsockd's region is not marked live")
 

@@ -44,7 +44,8 @@ package final class IvshmemRegion: @unchecked Sendable {  // immutable after ini
     }
 
     /// Maps the memfd vmsockd sent, after checking that it is safe to touch and is a vmsockd region: a memfd sealed
-    /// against resizing (it cannot shrink under us), of a valid size, with a header that matches that size.
+    /// against resizing (it cannot shrink under us) but not against writing, of a valid size, with a header that
+    /// matches that size.
     /// - Throws: EPROTO saying what is wrong.
     static func attach(_ fd: Int32) throws(VMSockError) -> (IvshmemRegion, IvshmemHeader.Fields) {
         let info = try Sys.fileStatus(fd, "fstat(region)")
@@ -61,6 +62,11 @@ package final class IvshmemRegion: @unchecked Sendable {  // immutable after ini
         let required = VMS_F_SEAL_GROW | VMS_F_SEAL_SHRINK
         guard seals & required == required else {
             throw .protocolFault("vmsockd's shared memory is not sealed against resizing (seals 0x\(String(seals, radix: 16)))")
+        }
+        // Every peer writes the region, and we map it writable: memory sealed against writing would fail that
+        // mapping with EPERM rather than this check with EPROTO (found by Fuzz/ivshmem-client.swift).
+        guard seals & (VMS_F_SEAL_WRITE | VMS_F_SEAL_FUTURE_WRITE) == 0 else {
+            throw .protocolFault("vmsockd's shared memory is sealed against writing (seals 0x\(String(seals, radix: 16)))")
         }
         let base = try Sys.map(at: nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset: 0, "mmap(region, \(size) bytes)")
         let region = IvshmemRegion(base: base, geometry: IvshmemLayout.Geometry(regionSize: size)!)

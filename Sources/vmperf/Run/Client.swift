@@ -93,7 +93,7 @@ struct Client {
         let run = TestRun(parameters, side: .client, connections: connections, cpu: options.cpus.local)
         let outcome = try run.run(printInterval: intervals.print)
         try channel.send(SideResults(cpu: outcome.cpu, streams: outcome.streams))
-        let remote = try channel.receive(SideResults.self, timeout: 60, what: "the server's results")
+        let remote = try channel.receive(SideResults.self, timeout: 60, what: "the server's results").validated()
         return Measurement(parameters: parameters, connections: connections, cookie: cookie, outcome: outcome, remote: remote)
     }
 

@@ -28,7 +28,7 @@ struct ServerTest {
         report.line(HumanLines.header(roles: parameters.bidir, latency: parameters.mode == .latency))
         let intervals = IntervalReport(parameters: parameters, side: .server, report: report, format: options.format)
         let outcome = try runTurningAwayOthers(TestRun(parameters, side: .server, connections: connections, cpu: parameters.serverCPU ?? options.cpus.local), intervals)
-        let remote = try channel.receive(SideResults.self, timeout: 60, what: "the client's results")
+        let remote = try channel.receive(SideResults.self, timeout: 60, what: "the client's results").validated()
         try channel.send(SideResults(cpu: outcome.cpu, streams: outcome.streams))
         let summary = Summary(parameters: parameters, side: .server, local: outcome, remote: remote, format: options.format)
         if report.json {

@@ -101,6 +101,28 @@ struct ServerReply: Codable {
 struct SideResults: Codable {
     var cpu: CPUUsage
     var streams: [StreamResult]
+
+    /// The most a count from the other side may be: 16 Pi, so that adding up every stream's (at most 256, with
+    /// our own) cannot overflow.
+    static let maximumCount = 1 << 54
+
+    /// The other side's figures, checked before they are added up and printed: counts from 0 to `maximumCount`,
+    /// times and percentages finite and not negative, at most 256 streams. A count near Int.max overflowed the
+    /// summary's sums and crashed the side that printed them (found by Fuzz/vmperf-wire.swift).
+    func validated() throws -> SideResults {
+        let counts = (0...Self.maximumCount)
+        guard streams.count <= 256 else { throw Failure("results for \(streams.count) streams") }
+        for stream in streams {
+            let waits = stream.waits.map { [$0.readSleeps, $0.writeSleeps, $0.dataRings, $0.spaceRings] } ?? []
+            guard (0..<256).contains(stream.index), counts.contains(stream.bytes), stream.seconds.isFinite, stream.seconds >= 0,
+                (waits + [stream.retransmits ?? 0]).allSatisfy(counts.contains)
+            else { throw Failure("bad results for stream \(stream.index)") }
+        }
+        guard [cpu.user, cpu.system, cpu.steal ?? 0].allSatisfy({ $0.isFinite && $0 >= 0 }) else {
+            throw Failure("bad processor use \(cpu.user), \(cpu.system)")
+        }
+        return self
+    }
 }
 
 struct StreamResult: Codable {

@@ -1,0 +1,48 @@
+// Fuzz target: vmsockd's region header and slots as a client reads them (IvshmemHeader.validate, liveness),
+// over memory of exactly the region's table size that AddressSanitizer guards.
+// The input picks the memory's real size (valid or not), starts from the header the daemon would write for it
+// (or not), rewrites some header bytes, then reads the liveness of some slots.
+// Invariants: the header is accepted only when every field matches the size; an accepted geometry fits in the
+// memory (slot table inside, arena after it and to the end); a slot read stays inside the table (ASan).
+import VMSockRing
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzIvshmemHeader(_ data: UnsafeRawPointer?, _ count: Int) -> CInt {
+    var input = FuzzInput(data, count)
+    let shift = Int(input.byte() % 40)
+    let size = input.bool() ? 1 << shift : (1 << shift) + Int(input.integer(Int16.self))
+    let written = IvshmemLayout.Geometry(regionSize: size) ?? IvshmemLayout.Geometry(regionSize: 1 << (16 + Int(input.byte() % 21)))!
+    // Only the header and the slot table are ever read; the arena is not mapped here (an access is an ASan error).
+    let length = max(IvshmemLayout.headerSize, min(max(size, 0), written.arenaOffset))
+    let base = UnsafeMutableRawPointer.allocate(byteCount: length, alignment: 4096)
+    defer { base.deallocate() }
+    base.initializeMemory(as: UInt8.self, repeating: 0, count: IvshmemLayout.headerSize)  // slots: written before read
+    if input.byte() != 0xFF, written.arenaOffset <= length {
+        IvshmemHeaderWriter(base: base, geometry: written).initialize(
+            vectors: Int(input.byte() % 66), instance: input.integer(UInt64.self), daemonPID: 1)
+    }
+    for _ in 0..<Int(input.byte() % 4) {
+        base.storeBytes(of: input.byte(), toByteOffset: Int(input.byte()) % 96, as: UInt8.self)
+    }
+    let header = IvshmemHeader(base: base)
+    guard let fields = try? header.validate(regionSize: size) else {
+        _ = (try? header.validate(regionSize: size)).map { "\($0)" }
+        return 0
+    }
+    let geometry = fields.geometry
+    require(geometry.regionSize == size && IvshmemLayout.isValid(regionSize: size), "accepted a header for \(size) bytes")
+    require((1...IvshmemLayout.maximumVectors).contains(fields.vectors), "accepted \(fields.vectors) vectors")
+    require(geometry.peerSlots >= 1 && geometry.peerSlots <= IvshmemLayout.maximumPeers, "\(geometry.peerSlots) slots")
+    require(geometry.slotTableOffset >= IvshmemLayout.headerSize, "slot table inside the header")
+    require(geometry.slotOffset(geometry.peerSlots) <= geometry.arenaOffset, "slot table runs into the arena")
+    require(geometry.arenaOffset + geometry.arenaSize == size && geometry.arenaSize >= 0, "arena past the region")
+    require(geometry.arenaOffset <= length, "the table is larger than the memory it was checked against")
+    for _ in 0..<Int(input.byte() % 4) {
+        let id = Int(input.integer(UInt32.self)) % geometry.peerSlots
+        let slot = base + geometry.slotOffset(id)
+        slot.storeBytes(of: input.integer(UInt64.self), as: UInt64.self)
+        let liveness = header.liveness(of: id, in: geometry)
+        require(liveness.word == slot.load(as: UInt64.self), "liveness word read back differently")
+    }
+    return 0
+}
