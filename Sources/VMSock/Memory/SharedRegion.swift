@@ -85,6 +85,13 @@ final class SharedRegion: @unchecked Sendable {  // immutable after init; the ma
     /// `fd` may also be a guest's PCI resource file or vfio device (`IvshmemDevice`), which refuse a mapping that
     /// reaches past the BAR: so the span is reserved anonymously first, and both views replace parts of it.
     static func mapIvshmemHalf(fd: Int32, offset: Int, capacity: Int, writable: Bool) throws(VMSockError) -> SharedRegion {
+        try map(fd: fd, capacity: capacity, writable: writable, offset: offset)
+    }
+
+    /// Reserves header + 2 * capacity of address space, then maps the file's header and data over its start and
+    /// the data again over its tail, so that every slice of up to `capacity` bytes is contiguous. The reservation
+    /// keeps every mapping inside the file (a PCI resource or vfio device refuses one that reaches past its BAR).
+    private static func map(fd: Int32, capacity: Int, writable: Bool, offset: Int = 0) throws(VMSockError) -> SharedRegion {
         let header = RingLayout.headerSize
         let total = header + 2 * capacity
         let protection = writable ? PROT_READ | PROT_WRITE : PROT_READ
@@ -93,25 +100,6 @@ final class SharedRegion: @unchecked Sendable {  // immutable after init; the ma
         do throws(VMSockError) {
             _ = try Sys.map(
                 at: base, header + capacity, protection, MAP_SHARED | MAP_FIXED, fd, offset: offset, "mmap(ring memory)")
-            _ = try Sys.map(
-                at: base + header + capacity, capacity, protection, MAP_SHARED | MAP_FIXED, fd, offset: offset + header,
-                "mmap(ring memory, second view)")
-        } catch {
-            Sys.unmap(base, total)
-            throw error
-        }
-        return SharedRegion(base: base, capacity: capacity)
-    }
-
-    /// Maps header + 2 * capacity of the file, which reserves the whole span in one call (its last `capacity`
-    /// bytes lie past the end of the file and are never touched), then maps the data again over that tail.
-    private static func map(fd: Int32, capacity: Int, writable: Bool, offset: Int = 0) throws(VMSockError) -> SharedRegion {
-        let header = RingLayout.headerSize
-        let total = header + 2 * capacity
-        let protection = writable ? PROT_READ | PROT_WRITE : PROT_READ
-        let base = try Sys.map(
-            at: nil, total, protection, MAP_SHARED, fd, offset: offset, "mmap(ring memory, \(total) bytes)")
-        do {
             _ = try Sys.map(
                 at: base + header + capacity, capacity, protection, MAP_SHARED | MAP_FIXED, fd, offset: offset + header,
                 "mmap(ring memory, second view)")
