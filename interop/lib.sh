@@ -26,6 +26,14 @@ need() { for tool in "$@"; do command -v "$tool" >/dev/null || skip "$tool is no
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Starts a command in the background, remembering it for cleanup; its pid is in $LAST.
+# Runs COMMAND with at most N descriptors: closes every descriptor above 2 it would inherit (a CI harness may
+# hold some open, and they count against the limit), sets `ulimit -n N`, then execs COMMAND.
+with_fd_limit() {
+    local limit=$1; shift
+    local fd
+    for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
+    ulimit -n "$limit" && exec "$@"
+}
 start() { "$@" <&0 & LAST=$!; PIDS+=("$LAST"); }
 
 # Waits until something listens on TCP HOST PORT (up to 10 s), optionally inside a network namespace.

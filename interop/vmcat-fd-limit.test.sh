@@ -4,7 +4,7 @@
 source "$(dirname "$0")/lib.sh"
 need ss
 port=$(free_port)
-start bash -c "ulimit -n 16 && exec \"$VMCAT\" -v -lk 127.0.0.1 $port" </dev/null >"$WORK/got" 2>"$WORK/listener"
+start with_fd_limit 16 "$VMCAT" -v -lk 127.0.0.1 "$port" </dev/null >"$WORK/got" 2>"$WORK/listener"
 listener=$LAST
 wait_listening 127.0.0.1 "$port"
 for i in 1 2 3; do
@@ -15,7 +15,7 @@ kill -0 "$listener" 2>/dev/null || fail "the listener under ulimit -n 16 ended: 
 [ "$(grep -c 'Connection received' "$WORK/listener")" = 3 ] || fail "listener said: $(cat "$WORK/listener")"
 
 # A client with 12 descriptors: too few for a shared-memory connection and its loop, enough for TCP.
-(ulimit -n 12 && echo "client 4" | "$VMCAT" -v -N 127.0.0.1 "$port") 2>"$WORK/short" || fail "short client: $(cat "$WORK/short")"
+(echo "client 4" | (with_fd_limit 12 "$VMCAT" -v -N 127.0.0.1 "$port")) 2>"$WORK/short" || fail "short client: $(cat "$WORK/short")"
 wait_contains "$WORK/got" 5 "client 4"
 says "$WORK/short" "via TCP (out of resources)" "the short client fell back to TCP, saying why"
 for file in listener clients short; do

@@ -63,7 +63,13 @@ enum Netcat {
             do throws(VMSockError) {
                 socket = try listener.accept()
             } catch {
-                throw Failure(message: "accept: \(Session.describe(error))")
+                guard options.keepListening, error.code == EMFILE || error.code == ENFILE else {
+                    throw Failure(message: "accept: \(Session.describe(error))")
+                }
+                // -k out of descriptors: say so and look again shortly, as a server does, rather than spin or end.
+                StandardIO.report("vmcat: accept: \(Session.describe(error)); retrying in 100 ms")
+                usleep(100_000)
+                continue
             }
             if !options.keepListening { listener.close() }  // nc stops listening once it has its one client
             if options.verbose {

@@ -62,13 +62,14 @@ struct LocalHalf: Sendable {
         return try LocalHalf(capacity: capacity)
     }
 
-    /// Frees the spare, if any.
-    static func dropSpare() {
+    /// Frees the spare, if any (its five descriptors with it): whether there was one.
+    @discardableResult
+    static func dropSpare() -> Bool {
         let dropped = spare.withLock { spare in
             defer { spare = nil }
             return spare
         }
-        _ = dropped
+        return dropped != nil
     }
 
     /// Makes the spare now if there is none of this size: call before sleeping, so the next connection need not.

@@ -84,6 +84,9 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
             // A close from another thread shuts the sockets down under a call in progress, which then fails
             // with whatever accept says of a shut-down socket: the caller should learn that it was closed.
             if readiness.isClosed { throw VMSockError(code: EBADF, "listener is closed") }
+            // Out of descriptors: the spare half made before sleeping may hold the ones accept needs. Once freed,
+            // look again (no spare then, so this retries at most once).
+            if error.code == EMFILE || error.code == ENFILE, LocalHalf.dropSpare() { return try acceptNow() }
             throw error
         }
     }
