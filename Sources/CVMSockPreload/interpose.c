@@ -23,23 +23,23 @@ void __chk_fail(void) __attribute__((noreturn));
 #define OURS(fd) (__builtin_expect(vmsp_lookup(fd) != NULL, 0) && !vmsp_inside)
 
 static ssize_t recv_ours(int fd, const struct iovec *iov, int iovcnt, int flags, int *handled) {
-    struct vmsp_conn *c = vmsp_enter(fd);
-    if (!c) { *handled = 0; return 0; }
+    struct vmsp_ref *r = vmsp_enter(fd);
+    if (!r) { *handled = 0; return 0; }
     *handled = 1;
-    ssize_t n = vmsp_recv(c, fd, iov, iovcnt, flags);
+    ssize_t n = vmsp_recv(r->conn, fd, iov, iovcnt, flags);
     int saved = errno;
-    vmsp_leave(c);
+    vmsp_leave(r);
     errno = saved;
     return n;
 }
 
 static ssize_t send_ours(int fd, const struct iovec *iov, int iovcnt, int flags, int from_write, int *handled) {
-    struct vmsp_conn *c = vmsp_enter(fd);
-    if (!c) { *handled = 0; return 0; }
+    struct vmsp_ref *r = vmsp_enter(fd);
+    if (!r) { *handled = 0; return 0; }
     *handled = 1;
-    ssize_t n = vmsp_send(c, fd, iov, iovcnt, flags, from_write);
+    ssize_t n = vmsp_send(r->conn, fd, iov, iovcnt, flags, from_write);
     int saved = errno;
-    vmsp_leave(c);
+    vmsp_leave(r);
     errno = saved;
     return n;
 }
@@ -178,11 +178,11 @@ ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
 
 ssize_t sendfile(int out_fd, int in_fd, off_t *offset, size_t count) {
     if (OURS(out_fd)) {
-        struct vmsp_conn *c = vmsp_enter(out_fd);
-        if (c) {
-            ssize_t n = vmsp_sendfile(c, out_fd, in_fd, offset, count);
+        struct vmsp_ref *r = vmsp_enter(out_fd);
+        if (r) {
+            ssize_t n = vmsp_sendfile(r->conn, out_fd, in_fd, offset, count);
             int saved = errno;
-            vmsp_leave(c);
+            vmsp_leave(r);
             errno = saved;
             return n;
         }
@@ -239,11 +239,11 @@ ssize_t splice(int fd_in, loff_t *off_in, int fd_out, loff_t *off_out, size_t le
         }
         result = w;
     } else {
-        struct vmsp_conn *c = vmsp_enter(fd_out);
-        if (!c) { free(buffer); return REAL(splice)(fd_in, off_in, fd_out, off_out, len, flags); }
-        int nonblocking = atomic_load(&c->nonblocking) || (flags & SPLICE_F_NONBLOCK);
-        int64_t room = nonblocking ? vmsp_writable_bytes(c) : (int64_t)chunk;
-        vmsp_leave(c);
+        struct vmsp_ref *r = vmsp_enter(fd_out);
+        if (!r) { free(buffer); return REAL(splice)(fd_in, off_in, fd_out, off_out, len, flags); }
+        int nonblocking = atomic_load(&r->conn->nonblocking) || (flags & SPLICE_F_NONBLOCK);
+        int64_t room = nonblocking ? vmsp_writable_bytes(r->conn) : (int64_t)chunk;
+        vmsp_leave(r);
         if (room <= 0) { errno = EAGAIN; result = -1; goto done; }
         size_t want = (size_t)room < chunk ? (size_t)room : chunk;
         ssize_t n = off_in ? pread(fd_in, buffer, want, *off_in) : REAL(read)(fd_in, buffer, want);
@@ -298,8 +298,8 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     }
     // Agreed: from here this connection is shared memory or nothing. The TCP connection is made as the
     // application asked (blocking, or EINPROGRESS and then POLLOUT/SO_ERROR); the listener waits for it.
-    struct vmsp_conn *c = vmsp_conn_new(&info, flags >= 0 && (flags & O_NONBLOCK));
-    if (!c) {
+    struct vmsp_ref *r = vmsp_conn_new(&info, flags >= 0 && (flags & O_NONBLOCK));
+    if (!r) {
         vmsp_inside = 1;
         vmsock_preload_release(info.owner);
         vmsp_inside = 0;
@@ -310,11 +310,11 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     int result = REAL(connect)(fd, address, length);
     saved = errno;
     if (result == 0 || errno == EINPROGRESS || errno == EINTR) {
-        atomic_store(&c->tcp_ready, result == 0);
-        vmsp_install(fd, c);  // the connection's first user reference now stands for the table's
+        atomic_store(&r->conn->tcp_ready, result == 0);
+        vmsp_install(fd, r);  // the connection's first user reference now stands for the table's
         vmsp_debug("connect fd %d to %s: shared memory", fd, where);
     } else {
-        vmsp_leave(c);  // releases the link: its control socket closes, and the listener drops it
+        vmsp_leave(r);  // releases the link: its control socket closes, and the listener drops it
         vmsp_debug("connect fd %d to %s: failed (%s)", fd, where, strerror(saved));
     }
     errno = saved;
@@ -377,10 +377,10 @@ static void after_accept(int listener, int fd, int flags) {
     int attached = vmsock_preload_accept(listener, fd, &info, reason, sizeof reason);
     vmsp_inside = 0;
     if (attached) {
-        struct vmsp_conn *c = vmsp_conn_new(&info, (flags & SOCK_NONBLOCK) != 0);
-        if (c) {
-            atomic_store(&c->tcp_ready, 1);
-            vmsp_install(fd, c);
+        struct vmsp_ref *r = vmsp_conn_new(&info, (flags & SOCK_NONBLOCK) != 0);
+        if (r) {
+            atomic_store(&r->conn->tcp_ready, 1);
+            vmsp_install(fd, r);
             vmsp_debug("accept fd %d from %s: shared memory", fd, where);
         } else {
             // The connector will write to rings nobody reads: end the connection rather than lose bytes.
@@ -410,17 +410,17 @@ int accept4(int fd, struct sockaddr *address, socklen_t *length, int flags) {
 
 int shutdown(int fd, int how) {
     if (OURS(fd)) {
-        struct vmsp_conn *c = vmsp_enter(fd);
-        if (c) {
+        struct vmsp_ref *r = vmsp_enter(fd);
+        if (r) {
             // The bits first: by the time the peer sees our FIN, our producer position is final.
             if (how == SHUT_WR || how == SHUT_RD || how == SHUT_RDWR) {
-                pthread_mutex_lock(&c->tx_lock);
-                vmsp_shutdown_bits(c, how);
-                pthread_mutex_unlock(&c->tx_lock);
+                pthread_mutex_lock(&r->conn->tx_lock);
+                vmsp_shutdown_bits(r->conn, how);
+                pthread_mutex_unlock(&r->conn->tx_lock);
             }
             int result = REAL(shutdown)(fd, how);
             int saved = errno;
-            vmsp_leave(c);
+            vmsp_leave(r);
             errno = saved;
             return result;
         }
@@ -445,13 +445,13 @@ static void forget_listener(int fd) {
 
 int close(int fd) {
     if (__builtin_expect((unsigned)fd < (unsigned)vmsp_table_size, 1) && !vmsp_inside) {
-        struct vmsp_conn *c = vmsp_lookup(fd);
-        if (c) {
-            vmsp_before_last_close(c, fd);
-            c = vmsp_remove(fd);
+        struct vmsp_ref *r = vmsp_lookup(fd);
+        if (r) {
+            vmsp_before_last_close(r, fd);
+            r = vmsp_remove(fd);
             int result = REAL(close)(fd);
             int saved = errno;
-            if (c) vmsp_drop(c);
+            if (r) vmsp_drop(r);
             errno = saved;
             return result;
         }
@@ -462,10 +462,10 @@ int close(int fd) {
 
 static int after_dup(int old_fd, int new_fd) {
     if (new_fd < 0 || vmsp_inside) return new_fd;
-    struct vmsp_conn *c = vmsp_enter(old_fd);
-    if (c) {
-        vmsp_install(new_fd, c);
-        vmsp_leave(c);
+    struct vmsp_ref *r = vmsp_enter(old_fd);
+    if (r) {
+        vmsp_install(new_fd, r);
+        vmsp_leave(r);
     }
     return new_fd;
 }
@@ -473,15 +473,15 @@ static int after_dup(int old_fd, int new_fd) {
 // dup2/dup3 onto a descriptor that was a connection of ours closes that one: drop its name first.
 static void before_replace(int old_fd, int new_fd) {
     if (old_fd == new_fd || vmsp_inside) return;
-    struct vmsp_conn *c = vmsp_lookup(new_fd);
-    if (c) vmsp_before_last_close(c, new_fd);
+    struct vmsp_ref *r = vmsp_lookup(new_fd);
+    if (r) vmsp_before_last_close(r, new_fd);
     forget_listener(new_fd);
 }
 
 static void after_replace(int new_fd, int result) {
     if (result < 0 || vmsp_inside) return;
-    struct vmsp_conn *c = vmsp_remove(new_fd);
-    if (c) vmsp_drop(c);
+    struct vmsp_ref *r = vmsp_remove(new_fd);
+    if (r) vmsp_drop(r);
 }
 
 int dup(int fd) { return after_dup(fd, REAL(dup)(fd)); }
@@ -506,8 +506,8 @@ static int fcntl_common(int (*real)(int, int, ...), int fd, int cmd, void *arg) 
     if (result < 0 || vmsp_inside) return result;
     if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) return after_dup(fd, result);
     if (cmd == F_SETFL) {
-        struct vmsp_conn *c = vmsp_lookup(fd);
-        if (c) atomic_store(&c->nonblocking, ((int)(intptr_t)arg & O_NONBLOCK) != 0);
+        struct vmsp_ref *r = vmsp_lookup(fd);
+        if (r) atomic_store(&r->conn->nonblocking, ((int)(intptr_t)arg & O_NONBLOCK) != 0);
     }
     return result;
 }
@@ -535,8 +535,9 @@ int ioctl(int fd, unsigned long request, ...) {
     void *arg = va_arg(args, void *);
     va_end(args);
     if (OURS(fd)) {
-        struct vmsp_conn *c = vmsp_enter(fd);
-        if (c) {
+        struct vmsp_ref *r = vmsp_enter(fd);
+        if (r) {
+            struct vmsp_conn *c = r->conn;
             int result = 0;
             if (request == FIONREAD) {
                 // The bytes waiting in the ring: the TCP socket holds only wake-ups.
@@ -546,7 +547,7 @@ int ioctl(int fd, unsigned long request, ...) {
                 if (result == 0 && request == FIONBIO && arg) atomic_store(&c->nonblocking, *(int *)arg != 0);
             }
             int saved = errno;
-            vmsp_leave(c);
+            vmsp_leave(r);
             errno = saved;
             return result;
         }
@@ -559,15 +560,15 @@ int close_range(unsigned int first, unsigned int last, int flags) {
     if (vmsp_inside || (flags & CLOSE_RANGE_CLOEXEC)) return REAL(close_range)(first, last, flags);
     unsigned int end = last < (unsigned)vmsp_table_size ? last : (unsigned)vmsp_table_size - 1;
     for (unsigned int fd = first; vmsp_table_size > 0 && fd <= end; fd++) {
-        struct vmsp_conn *c = vmsp_lookup((int)fd);
-        if (c) vmsp_before_last_close(c, (int)fd);
+        struct vmsp_ref *r = vmsp_lookup((int)fd);
+        if (r) vmsp_before_last_close(r, (int)fd);
         if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) forget_listener((int)fd);
     }
     int result = REAL(close_range)(first, last, flags);
     if (result == 0) {
         for (unsigned int fd = first; vmsp_table_size > 0 && fd <= end; fd++) {
-            struct vmsp_conn *c = vmsp_remove((int)fd);
-            if (c) vmsp_drop(c);
+            struct vmsp_ref *r = vmsp_remove((int)fd);
+            if (r) vmsp_drop(r);
         }
     }
     return result;

@@ -4,6 +4,7 @@
 #define VMSP_PRELOAD_PRIVATE_H
 
 #define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -46,6 +47,7 @@ struct vmsp_real {
     int (*recvmmsg)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
     int (*sendmmsg)(int, struct mmsghdr *, unsigned int, int);
     ssize_t (*splice)(int, loff_t *, int, loff_t *, size_t, unsigned int);
+    pid_t (*fork)(void);
 };
 extern struct vmsp_real vmsp_real;
 void vmsp_resolve(void);
@@ -55,7 +57,16 @@ void vmsp_resolve(void);
 // every interposed call then goes straight to libc.
 extern __thread int vmsp_inside;
 
-// MARK: A shared-memory connection: one per open file description (dup'd descriptors share it).
+// MARK: A shared-memory connection.
+//
+// Two parts. `struct vmsp_conn` is what the data path uses: the ring positions, the wake-up counts, the locks
+// and the state bits. It lives in a page of its own mapped MAP_SHARED, so that after fork parent and child see
+// one connection, as they see one TCP socket: the locks are process-shared (and robust: a holder killed inside
+// a call leaves them usable), and the mappings and descriptors it names are inherited at the same addresses and
+// numbers. `struct vmsp_ref` is this process's hold on it: the descriptors that name it here, the calls in
+// progress, the Swift object that owns this process's mappings. The table points at refs.
+
+enum { VMSP_HOLDERS = 128 };
 
 struct vmsp_conn {
     // Immutable after attach.
@@ -63,21 +74,15 @@ struct vmsp_conn {
     const uint8_t *peer;      // the peer's region, read-only
     uint64_t tx_cap, rx_cap;
     int control_fd, space_bell_fd, peer_space_bell_fd;
-    void *owner;
 
-    // Descriptors in the table that name this connection; the last close tears it down.
-    atomic_int refs;
-    // 1 for the table, +1 per call in progress: whoever drops it to 0 releases the link.
-    atomic_int users;
     atomic_int nonblocking;   // O_NONBLOCK of the open file description, kept by fcntl/ioctl/accept4
-    atomic_int forked;        // the process forked since attach: the other process may hold the socket too
     atomic_int broken;        // an errno every later call returns (EPROTO: the peer broke a ring rule)
     atomic_int read_shut, write_shut, peer_gone;
     atomic_int tcp_ready;     // the TCP connection is established (a connector's may still be in progress)
 
     // Reader, under rx_lock.
     pthread_mutex_t rx_lock;
-    uint64_t rx_pos;          // private consumer position
+    uint64_t rx_pos;          // consumer position (private to the holders, never read back from the ring)
     uint64_t rx_seen;         // last producer position accepted from the peer
     uint32_t gen;             // our arm generation, published in our "waiting for data" word
     uint32_t drained;         // wake-up bytes received so far
@@ -86,43 +91,87 @@ struct vmsp_conn {
 
     // Writer, under tx_lock.
     pthread_mutex_t tx_lock;
-    uint64_t tx_pos;          // private producer position
+    uint64_t tx_pos;          // producer position
     uint64_t tx_seen;         // last consumer position accepted from the peer
     uint64_t last_rung;       // the peer generation our last wake-up byte was for (~0: none yet)
     uint32_t sent;            // wake-up bytes sent
     int64_t full_since;       // when a non-blocking write first found the ring full with no progress (0: not)
 
-    struct vmsp_conn *next_live, *prev_live;   // every live connection, for fork
-    struct vmsp_conn *next_retired;
+    // The processes that hold the socket (holders.c): (start time << 22) | pid, 0 for a free slot.
+    atomic_int holder_slots;  // slots ever used: the scans stop there
+    atomic_int holders_lost;  // a fork found every slot taken: nobody can tell the last holder any more
+    _Atomic uint64_t holders[VMSP_HOLDERS];
+};
+
+struct vmsp_ref {
+    struct vmsp_conn *conn;   // the shared page, unmapped when the ref is freed
+    void *owner;              // the Swift object that owns this process's mappings and link descriptors
+    // Descriptors in this process's table that name the connection; the last close releases our hold.
+    atomic_int refs;
+    // 1 for the table, +1 per call in progress: whoever drops it to 0 releases the link.
+    atomic_int users;
+    struct vmsp_ref *next_live, *prev_live;   // every live ref, for fork
+    struct vmsp_ref *next_retired;
     int64_t retired_at;
 };
 
+// The connection's locks are robust: a lock whose holder died (a forked sibling killed inside a read) is taken
+// over, not waited for forever. stream.c takes them with plain pthread_mutex_lock; this turns those calls into
+// ones that make the lock consistent again. The positions a dead holder left are the last it published (it
+// stores a position only after copying), so going on from them loses or repeats no byte it handed over.
+static inline int vmsp_mutex_lock(pthread_mutex_t *lock) {
+    int result = pthread_mutex_lock(lock);
+    if (__builtin_expect(result == EOWNERDEAD, 0)) {
+        pthread_mutex_consistent(lock);
+        result = 0;
+    }
+    return result;
+}
+#define pthread_mutex_lock vmsp_mutex_lock
+
 // MARK: The descriptor table: one atomic pointer per descriptor number; NULL for every descriptor not ours.
 
-extern _Atomic(struct vmsp_conn *) *vmsp_table;
+extern _Atomic(struct vmsp_ref *) *vmsp_table;
 extern atomic_uchar *vmsp_listening;
 extern int vmsp_table_size;
 
-static inline struct vmsp_conn *vmsp_lookup(int fd) {
+static inline struct vmsp_ref *vmsp_lookup(int fd) {
     if ((unsigned)fd >= (unsigned)vmsp_table_size) return NULL;
     return atomic_load_explicit(&vmsp_table[fd], memory_order_acquire);
 }
 void vmsp_table_init(void);
 /// Takes a call's reference on the connection at fd, or returns NULL (not ours, or closing).
-struct vmsp_conn *vmsp_enter(int fd);
-void vmsp_leave(struct vmsp_conn *c);
-struct vmsp_conn *vmsp_conn_new(const vmsp_link_info *info, int nonblocking);
-/// Installs c at fd (one more reference); a connection already there loses this one.
-void vmsp_install(int fd, struct vmsp_conn *c);
-/// Removes fd from the table, returning its connection (with the table's reference, to drop with vmsp_drop).
-struct vmsp_conn *vmsp_remove(int fd);
-/// Before the real close of a descriptor vmsp_remove returned c for: if this is the last one, the connection is
-/// shut down on our side (closed bit, stale wake-ups drained so the kernel sends FIN, not RST).
-void vmsp_before_last_close(struct vmsp_conn *c, int fd);
-void vmsp_drop(struct vmsp_conn *c);
-void vmsp_mark_all_forked(void);
+struct vmsp_ref *vmsp_enter(int fd);
+void vmsp_leave(struct vmsp_ref *r);
+struct vmsp_ref *vmsp_conn_new(const vmsp_link_info *info, int nonblocking);
+/// Installs r at fd (one more reference); a connection already there loses this one.
+void vmsp_install(int fd, struct vmsp_ref *r);
+/// Removes fd from the table, returning its ref (with the table's reference, to drop with vmsp_drop).
+struct vmsp_ref *vmsp_remove(int fd);
+/// Before the real close of a descriptor vmsp_remove returned r for: if this is the last one in the last process
+/// holding the socket, the connection is shut down (closed bit, stale wake-ups drained so the kernel sends FIN,
+/// not RST).
+void vmsp_before_last_close(struct vmsp_ref *r, int fd);
+void vmsp_drop(struct vmsp_ref *r);
 void vmsp_live_lock(void);
 void vmsp_live_unlock(void);
+/// In a forked child (the live list locked): this process now holds every live connection too.
+void vmsp_hold_all_after_fork(void);
+/// In the parent, after fork returned `child`: it holds every live connection too.
+void vmsp_hold_all_for_child(pid_t child);
+
+// MARK: Which processes hold a connection (holders.c).
+
+void vmsp_holders_init(struct vmsp_conn *c);
+void vmsp_holders_add_self(struct vmsp_conn *c);
+/// In the parent, once fork returned: the child holds c too (the child also adds itself, but later).
+void vmsp_holders_add_child(struct vmsp_conn *c, pid_t child);
+/// Forks between the prepare handler and the parent's counting of the child: a close then is not the last.
+extern atomic_int vmsp_forks_in_flight;
+/// Takes this process out of c's holders; returns 1 when another process that holds it is still alive.
+int vmsp_holders_leave(struct vmsp_conn *c);
+/// After fork, in the child: who this process is (its pid and start time) changed.
+void vmsp_holders_forget_self(void);
 
 // MARK: The data path (stream.c).
 

@@ -27,7 +27,7 @@ void vmsp_resolve(void) {
     RESOLVE(shutdown, "shutdown"); RESOLVE(close, "close"); RESOLVE(dup, "dup"); RESOLVE(dup2, "dup2");
     RESOLVE(dup3, "dup3"); RESOLVE(fcntl, "fcntl"); RESOLVE(fcntl64, "fcntl64"); RESOLVE(ioctl, "ioctl");
     RESOLVE(close_range, "close_range"); RESOLVE(recvmmsg, "recvmmsg"); RESOLVE(sendmmsg, "sendmmsg");
-    RESOLVE(splice, "splice");
+    RESOLVE(splice, "splice"); RESOLVE(fork, "fork");
     if (!vmsp_real.fcntl64) vmsp_real.fcntl64 = vmsp_real.fcntl;
 #undef RESOLVE
 }
@@ -54,33 +54,50 @@ void vmsp_forget_internal_fd(int fd) {
 
 // MARK: fork
 //
-// After fork both processes hold every shared-memory socket, with private copies of the ring positions, so at
-// most one of them may use each. Both mark every connection as forked: a close then releases only this
-// process's mappings, and the peer learns of the end from the kernel (FIN, the control socket's hang-up) once
-// the last copy is closed. The child makes no new shared-memory connections (the Swift state it inherited may be
-// mid-update), and closes the listeners' registrations it inherited so that no connector waits on a process that
-// does not answer. The parent stops offering shared memory on its listeners: a child could accept a connection
-// the parent welcomed, and the two ends would disagree. exec starts afresh. (The epoll/fork/exec issue does
-// better.)
+// After fork both processes hold every shared-memory socket, and share its state (the connection's page is
+// MAP_SHARED): either may read and write, and only the last holder's close ends the connection (holders.c). The
+// child joins each connection's holders here. It makes no new shared-memory connections (the Swift state it
+// inherited may be mid-update), and closes the registrations it inherited, so that no connector waits on a
+// process that does not answer. The parent stops offering shared memory on its listeners: a child could accept
+// a connection the parent welcomed, and the two ends would disagree.
+
+// The child must count as a holder before the parent can close anything: the child adds itself, but only once
+// it runs, so the parent adds it too, as soon as fork returns its pid (hence fork is interposed), and until then
+// no close counts as the last. A fork that does not come through here (clone, _Fork) runs no handler at all.
+atomic_int vmsp_forks_in_flight;
+static __thread int forking;
+
+pid_t fork(void) {
+    forking = 1;
+    pid_t pid = REAL(fork)();
+    if (pid == 0) return 0;
+    if (pid > 0) vmsp_hold_all_for_child(pid);
+    forking = 0;
+    atomic_fetch_sub(&vmsp_forks_in_flight, 1);
+    return pid;
+}
 
 static void before_fork(void) {
+    atomic_fetch_add(&vmsp_forks_in_flight, 1);
     pthread_mutex_lock(&internal_lock);
     vmsp_live_lock();
 }
 
 static void after_fork_parent(void) {
+    if (!forking) atomic_fetch_sub(&vmsp_forks_in_flight, 1);  // not our fork(): nobody else will
     atomic_store(&vmsp_parent_forked, 1);
-    vmsp_mark_all_forked();
     vmsp_live_unlock();
     pthread_mutex_unlock(&internal_lock);
 }
 
 static void after_fork_child(void) {
+    atomic_store(&vmsp_forks_in_flight, 0);
+    forking = 0;
     atomic_store(&vmsp_forked_child, 1);
     for (int i = 0; i < internal_count; i++) REAL(close)(internal_fds[i]);
     internal_count = 0;
     pthread_mutex_init(&internal_lock, NULL);
-    vmsp_mark_all_forked();
+    vmsp_hold_all_after_fork();
     vmsp_live_unlock();
 }
 

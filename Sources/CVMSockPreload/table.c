@@ -10,13 +10,13 @@
 #include <time.h>
 #include <unistd.h>
 
-_Atomic(struct vmsp_conn *) *vmsp_table;
+_Atomic(struct vmsp_ref *) *vmsp_table;
 atomic_uchar *vmsp_listening;
 int vmsp_table_size;
 
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct vmsp_conn *live;
-static struct vmsp_conn *retired;
+static struct vmsp_ref *live;
+static struct vmsp_ref *retired;
 
 // One pointer per descriptor number up to the hard limit (at most 2^20): reserved, not committed, so an
 // untouched page costs nothing. A descriptor beyond it never gets shared memory (its connect stays TCP).
@@ -40,9 +40,33 @@ static int64_t now_ns(void) {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-struct vmsp_conn *vmsp_conn_new(const vmsp_link_info *info, int nonblocking) {
-    struct vmsp_conn *c = calloc(1, sizeof *c);
-    if (!c) return NULL;
+// The shared part gets a page of its own, mapped MAP_SHARED: a fork then shares it instead of copying it.
+static struct vmsp_conn *map_shared_conn(void) {
+    size_t size = (sizeof(struct vmsp_conn) + 4095) & ~(size_t)4095;
+    void *page = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED) return NULL;
+    struct vmsp_conn *c = page;
+    pthread_mutexattr_t attributes;
+    pthread_mutexattr_init(&attributes);
+    pthread_mutexattr_setpshared(&attributes, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&attributes, PTHREAD_MUTEX_ROBUST);
+    pthread_mutex_init(&c->rx_lock, &attributes);
+    pthread_mutex_init(&c->tx_lock, &attributes);
+    pthread_mutexattr_destroy(&attributes);
+    return c;
+}
+
+static void unmap_shared_conn(struct vmsp_conn *c) {
+    // The locks are not destroyed: another process may hold the connection and use them.
+    munmap(c, (sizeof(struct vmsp_conn) + 4095) & ~(size_t)4095);
+}
+
+struct vmsp_ref *vmsp_conn_new(const vmsp_link_info *info, int nonblocking) {
+    struct vmsp_ref *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    struct vmsp_conn *c = map_shared_conn();
+    if (!c) { free(r); return NULL; }
+    r->conn = c;
     c->local = info->local_base;
     c->peer = info->peer_base;
     c->tx_cap = info->local_capacity;
@@ -50,97 +74,105 @@ struct vmsp_conn *vmsp_conn_new(const vmsp_link_info *info, int nonblocking) {
     c->control_fd = info->control_fd;
     c->space_bell_fd = info->space_bell_fd;
     c->peer_space_bell_fd = info->peer_space_bell_fd;
-    c->owner = info->owner;
-    atomic_init(&c->users, 1);
+    r->owner = info->owner;
+    atomic_init(&r->users, 1);
     atomic_init(&c->nonblocking, nonblocking);
     c->last_rung = ~(uint64_t)0;
-    pthread_mutex_init(&c->rx_lock, NULL);
-    pthread_mutex_init(&c->tx_lock, NULL);
+    vmsp_holders_init(c);
     pthread_mutex_lock(&live_lock);
-    c->next_live = live;
-    if (live) live->prev_live = c;
-    live = c;
+    r->next_live = live;
+    if (live) live->prev_live = r;
+    live = r;
     pthread_mutex_unlock(&live_lock);
-    return c;
+    return r;
 }
 
-void vmsp_install(int fd, struct vmsp_conn *c) {
+void vmsp_install(int fd, struct vmsp_ref *r) {
     if ((unsigned)fd >= (unsigned)vmsp_table_size) return;
-    atomic_fetch_add(&c->refs, 1);
-    struct vmsp_conn *old = atomic_exchange(&vmsp_table[fd], c);
+    atomic_fetch_add(&r->refs, 1);
+    struct vmsp_ref *old = atomic_exchange(&vmsp_table[fd], r);
     if (old) {  // the descriptor was replaced under us (dup2 onto it): that one loses a name
         vmsp_drop(old);
     }
 }
 
-struct vmsp_conn *vmsp_remove(int fd) {
+struct vmsp_ref *vmsp_remove(int fd) {
     if ((unsigned)fd >= (unsigned)vmsp_table_size) return NULL;
     return atomic_exchange(&vmsp_table[fd], NULL);
 }
 
-struct vmsp_conn *vmsp_enter(int fd) {
-    struct vmsp_conn *c = vmsp_lookup(fd);
-    if (!c) return NULL;
-    // The struct itself is freed only long after it left the table (see vmsp_leave), so this increment is safe;
+struct vmsp_ref *vmsp_enter(int fd) {
+    struct vmsp_ref *r = vmsp_lookup(fd);
+    if (!r) return NULL;
+    // The ref itself is freed only long after it left the table (see vmsp_leave), so this increment is safe;
     // a connection being torn down (users already 0) is not entered.
-    int users = atomic_load(&c->users);
+    int users = atomic_load(&r->users);
     do {
         if (users <= 0) return NULL;
-    } while (!atomic_compare_exchange_weak(&c->users, &users, users + 1));
-    return c;
+    } while (!atomic_compare_exchange_weak(&r->users, &users, users + 1));
+    return r;
 }
 
-// Frees connections retired more than ten seconds ago: a thread that read a table slot just before the
-// connection left it has long finished its increment by then.
+// Frees refs retired more than ten seconds ago: a thread that read a table slot just before the connection
+// left it has long finished its increment by then. The shared page goes with the ref (close looks at it).
 static void free_old_retired(void) {
     int64_t limit = now_ns() - 10LL * 1000000000;
-    struct vmsp_conn **link = &retired;
+    struct vmsp_ref **link = &retired;
     while (*link) {
-        struct vmsp_conn *c = *link;
-        if (c->retired_at < limit) {
-            *link = c->next_retired;
-            pthread_mutex_destroy(&c->rx_lock);
-            pthread_mutex_destroy(&c->tx_lock);
-            free(c);
+        struct vmsp_ref *r = *link;
+        if (r->retired_at < limit) {
+            *link = r->next_retired;
+            unmap_shared_conn(r->conn);
+            free(r);
         } else {
-            link = &c->next_retired;
+            link = &r->next_retired;
         }
     }
 }
 
-void vmsp_leave(struct vmsp_conn *c) {
-    if (atomic_fetch_sub(&c->users, 1) != 1) return;
+void vmsp_leave(struct vmsp_ref *r) {
+    if (atomic_fetch_sub(&r->users, 1) != 1) return;
     // Last user: nothing in this process touches the rings any more.
     pthread_mutex_lock(&live_lock);
-    if (c->prev_live) c->prev_live->next_live = c->next_live; else live = c->next_live;
-    if (c->next_live) c->next_live->prev_live = c->prev_live;
-    c->retired_at = now_ns();
-    c->next_retired = retired;
-    retired = c;
+    if (r->prev_live) r->prev_live->next_live = r->next_live; else live = r->next_live;
+    if (r->next_live) r->next_live->prev_live = r->prev_live;
+    r->retired_at = now_ns();
+    r->next_retired = retired;
+    retired = r;
     free_old_retired();
     pthread_mutex_unlock(&live_lock);
     int inside = vmsp_inside;
     vmsp_inside = 1;
-    vmsock_preload_release(c->owner);  // unmaps, closes the control socket and the bells
+    vmsock_preload_release(r->owner);  // unmaps this process's mappings, closes its link descriptors
     vmsp_inside = inside;
 }
 
-void vmsp_before_last_close(struct vmsp_conn *c, int fd) {
-    if (atomic_load(&c->refs) != 1 || atomic_load(&c->forked)) return;
+void vmsp_before_last_close(struct vmsp_ref *r, int fd) {
+    if (atomic_load(&r->refs) != 1) return;
+    // A process that still holds the socket (a forked sibling) keeps the connection, as TCP does: only the last
+    // holder's close ends it.
+    if (vmsp_holders_leave(r->conn)) return;
     // Our "closed" bit first: a peer writer then fails with EPIPE instead of filling a ring nobody reads.
-    __atomic_or_fetch((uint32_t *)(c->local + 640), 4u, __ATOMIC_SEQ_CST);
+    __atomic_or_fetch((uint32_t *)(r->conn->local + 640), 4u, __ATOMIC_SEQ_CST);
     // Wake-up bytes left unread would make the kernel answer our close with RST instead of FIN.
-    vmsp_drain_wakeups(c, fd);
+    vmsp_drain_wakeups(r->conn, fd);
 }
 
-void vmsp_drop(struct vmsp_conn *c) {
-    if (atomic_fetch_sub(&c->refs, 1) == 1) vmsp_leave(c);  // the table's user reference
+void vmsp_drop(struct vmsp_ref *r) {
+    if (atomic_fetch_sub(&r->refs, 1) == 1) vmsp_leave(r);  // the table's user reference
 }
 
 // The atfork handlers: the list is locked across fork, so both processes see it whole.
 void vmsp_live_lock(void) { pthread_mutex_lock(&live_lock); }
 void vmsp_live_unlock(void) { pthread_mutex_unlock(&live_lock); }
 
-void vmsp_mark_all_forked(void) {
-    for (struct vmsp_conn *c = live; c; c = c->next_live) atomic_store(&c->forked, 1);
+void vmsp_hold_all_after_fork(void) {
+    vmsp_holders_forget_self();
+    for (struct vmsp_ref *r = live; r; r = r->next_live) vmsp_holders_add_self(r->conn);
+}
+
+void vmsp_hold_all_for_child(pid_t child) {
+    pthread_mutex_lock(&live_lock);
+    for (struct vmsp_ref *r = live; r; r = r->next_live) vmsp_holders_add_child(r->conn, child);
+    pthread_mutex_unlock(&live_lock);
 }

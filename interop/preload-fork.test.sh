@@ -1,0 +1,15 @@
+# fork, exec and posix_spawn with shared-memory connections open (programs/preload-fork.c): both processes
+# keep working connections, close counts per process, shutdown does not, a child's _exit disturbs nothing.
+# Run under vmsock-run (shared memory, confirmed by the debug lines) and without it: the output must be the same.
+source "$(dirname "$0")/lib.sh"
+[ -x "$VMSOCK_RUN" ] || fail "$VMSOCK_RUN is not built (swift build)"
+CC=$(command -v cc || command -v /opt/swift/usr/bin/clang || true)
+[ -n "$CC" ] || skip "no C compiler (cc or the Swift toolchain's clang)"
+"$CC" -O2 -Wall -o "$WORK/fork" interop/programs/preload-fork.c
+timeout 60 "$WORK/fork" >"$WORK/plain.txt" || fail "plain run failed: $(cat "$WORK/plain.txt")"
+timeout 60 "$VMSOCK_RUN" --debug "$WORK/fork" >"$WORK/preloaded.txt" 2>"$WORK/debug.txt" \
+    || fail "preloaded run failed: $(cat "$WORK/preloaded.txt" "$WORK/debug.txt")"
+diff -u "$WORK/plain.txt" "$WORK/preloaded.txt" || { cat "$WORK/debug.txt"; fail "the program observed a difference under vmsock-run"; }
+grep -q '^done$' "$WORK/plain.txt" || fail "the program did not finish"
+count_says "$WORK/debug.txt" 8 "shared memory"
+echo "ok: $(grep -c . "$WORK/plain.txt") observations, the same with and without vmsock-run"

@@ -1,0 +1,201 @@
+// fork, exec and posix_spawn with connections open: what each process observes, one line per check, never
+// addresses, pids or timings. interop/preload-fork.test.sh runs it with and without vmsock-run and requires the
+// same output. `preload-fork exec-child FD` is the program the exec checks run.
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static const char *err(long result) {
+    static char text[64];
+    if (result >= 0) { snprintf(text, sizeof text, "%ld", result); return text; }
+    snprintf(text, sizeof text, "-1 %s", strerrorname_np(errno));
+    return text;
+}
+#define CHECK(label, expr) do { long r_ = (long)(expr); printf("%-48s %s\n", label, err(r_)); fflush(stdout); } while (0)
+#define SHOW(label, fmt, ...) do { printf("%-48s " fmt "\n", label, __VA_ARGS__); fflush(stdout); } while (0)
+
+static int listener;
+static struct sockaddr_in bound;
+
+static int listen_local(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 64) != 0) { perror("listen"); exit(2); }
+    socklen_t length = sizeof bound;
+    getsockname(fd, (struct sockaddr *)&bound, &length);
+    return fd;
+}
+
+static int connect_local(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&bound, sizeof bound) != 0) { perror("connect"); exit(2); }
+    return fd;
+}
+
+static void pair(int *client, int *server) {
+    *client = connect_local();
+    *server = accept(listener, NULL, NULL);
+}
+
+// Reads exactly n bytes (fewer at end of stream); returns what it got, or -1.
+static long read_full(int fd, void *buffer, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, (char *)buffer + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return got ? (long)got : -1;
+        if (r == 0) break;
+        got += (size_t)r;
+    }
+    return (long)got;
+}
+
+static long write_full(int fd, const void *buffer, size_t n) {
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = send(fd, (const char *)buffer + done, n - done, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) return -1;
+        done += (size_t)w;
+    }
+    return (long)done;
+}
+
+static uint8_t pattern(uint64_t i, int seed) { return (uint8_t)(i * 131 + seed + (i >> 11)); }
+
+// Sends `total` pattern bytes in uneven pieces; returns 0 when all went.
+static int send_pattern(int fd, size_t total, int seed) {
+    static uint8_t chunk[70001];
+    for (size_t at = 0; at < total;) {
+        size_t n = total - at < sizeof chunk ? total - at : 1 + (at * 7919) % sizeof chunk;
+        if (n > total - at) n = total - at;
+        for (size_t i = 0; i < n; i++) chunk[i] = pattern(at + i, seed);
+        if (write_full(fd, chunk, n) != (long)n) return -1;
+        at += n;
+    }
+    return 0;
+}
+
+// Receives `total` bytes and checks them against the pattern: 0, or -1 at the first wrong or missing byte.
+static int receive_pattern(int fd, size_t total, int seed) {
+    static uint8_t chunk[65536];
+    for (size_t at = 0; at < total;) {
+        ssize_t n = read(fd, chunk, total - at < sizeof chunk ? total - at : sizeof chunk);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        for (ssize_t i = 0; i < n; i++) if (chunk[i] != pattern(at + (size_t)i, seed)) return -1;
+        at += (size_t)n;
+    }
+    return 0;
+}
+
+static int child_status(pid_t pid) {
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static int readable(int fd, int timeout) {
+    struct pollfd p = { fd, POLLIN, 0 };
+    return poll(&p, 1, timeout) == 1 && (p.revents & POLLIN);
+}
+
+// After fork, each process keeps one end: 3 MiB each way (the ring wraps), then the child's close ends the
+// stream for the parent.
+static void both_processes(int c, int s) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(s);
+        int ok = send_pattern(c, 3 << 20, 1) == 0 && receive_pattern(c, 3 << 20, 2) == 0;
+        close(c);
+        _exit(ok ? 0 : 1);
+    }
+    close(c);
+    int received = receive_pattern(s, 3 << 20, 1);
+    int sent = send_pattern(s, 3 << 20, 2);
+    SHOW("fork: parent sent 3 MiB", "%d", sent);
+    SHOW("fork: parent received the child's 3 MiB", "%d", received);
+    SHOW("fork: child exit status", "%d", child_status(pid));
+    char byte;
+    CHECK("fork: parent reads after the child closed", read(s, &byte, 1));
+    close(s);
+}
+
+// The child closes both ends and exits: the parent's connection goes on.
+static void close_in_child(int c, int s) {
+    pid_t pid = fork();
+    if (pid == 0) { close(c); close(s); _exit(0); }
+    SHOW("close in child: exit status", "%d", child_status(pid));
+    CHECK("close in child: parent writes", write(c, "hello", 5));
+    char text[8] = "";
+    CHECK("close in child: parent reads", read_full(s, text, 5));
+    SHOW("close in child: bytes", "%s", text);
+    CHECK("close in child: parent writes back", write(s, "world", 5));
+    CHECK("close in child: parent reads back", read_full(c, text, 5));
+    SHOW("close in child: bytes back", "%s", text);
+    close(c);
+    CHECK("close in child: end of stream after the parent's close", read(s, text, 1));
+    close(s);
+}
+
+// shutdown is not counted per process: the child's ends the stream for the parent too.
+static void shutdown_in_child(int c, int s) {
+    CHECK("shutdown in child: parent writes first", write(c, "abc", 3));
+    pid_t pid = fork();
+    if (pid == 0) { shutdown(c, SHUT_WR); _exit(0); }
+    SHOW("shutdown in child: exit status", "%d", child_status(pid));
+    char text[8] = "";
+    CHECK("shutdown in child: parent reads the bytes before", read_full(s, text, 8));
+    SHOW("shutdown in child: bytes", "%s", text);
+    CHECK("shutdown in child: then end of stream", read(s, text, 1));
+    CHECK("shutdown in child: the other way still works", write(s, "xyz", 3));
+    CHECK("shutdown in child: read it", read_full(c, text, 3));
+    close(c);
+    close(s);
+}
+
+// A child that exits without closing (redis BGSAVE: _exit) changes nothing; the parent's close ends the stream
+// with FIN (a read returns 0, not ECONNRESET).
+static void exit_without_close(int c, int s) {
+    pid_t pid = fork();
+    if (pid == 0) _exit(0);
+    SHOW("_exit in child: exit status", "%d", child_status(pid));
+    CHECK("_exit in child: parent writes", write(c, "hello", 5));
+    char text[8] = "";
+    CHECK("_exit in child: parent reads", read_full(s, text, 5));
+    CHECK("_exit in child: readable after the read", readable(s, 0));
+    close(c);
+    CHECK("_exit in child: readable after the close", readable(s, 2000));
+    CHECK("_exit in child: end of stream", read(s, text, 1));
+    close(s);
+}
+
+int main(int argc, char **argv) {
+    (void)argc; (void)argv;
+    signal(SIGPIPE, SIG_IGN);
+    listener = listen_local();
+    // Made before the first fork: a listener whose process forked offered no shared memory before issue 19.
+    int pairs[4][2];
+    for (int i = 0; i < 4; i++) pair(&pairs[i][0], &pairs[i][1]);
+    both_processes(pairs[0][0], pairs[0][1]);
+    close_in_child(pairs[1][0], pairs[1][1]);
+    shutdown_in_child(pairs[2][0], pairs[2][1]);
+    exit_without_close(pairs[3][0], pairs[3][1]);
+    close(listener);
+    printf("done\n");
+    return 0;
+}
