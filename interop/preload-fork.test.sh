@@ -11,5 +11,9 @@ timeout 60 "$VMSOCK_RUN" --debug "$WORK/fork" >"$WORK/preloaded.txt" 2>"$WORK/de
     || fail "preloaded run failed: $(cat "$WORK/preloaded.txt" "$WORK/debug.txt")"
 diff -u "$WORK/plain.txt" "$WORK/preloaded.txt" || { cat "$WORK/debug.txt"; fail "the program observed a difference under vmsock-run"; }
 grep -q '^done$' "$WORK/plain.txt" || fail "the program did not finish"
-count_says "$WORK/debug.txt" 8 "shared memory"
+count_says "$WORK/debug.txt" 12 "shared memory"
+# The accept in the forked child claimed the link its parent's listener thread welcomed.
+owner=$(sed -n 's/^vmsock-run\[\([0-9]*\)\]: listen fd .*shared memory offered.*/\1/p' "$WORK/debug.txt" | head -1)
+grep -E "accept fd [0-9]+ from .*: shared memory" "$WORK/debug.txt" | grep -vq "^vmsock-run\[$owner\]" \
+    || fail "no forked child accepted over shared memory: $(cat "$WORK/debug.txt")"
 echo "ok: $(grep -c . "$WORK/plain.txt") observations, the same with and without vmsock-run"

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <time.h>
 #include <linux/close_range.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
@@ -339,7 +340,10 @@ int listen(int fd, int backlog) {
         vmsp_inside = 1;
         int registered = vmsock_preload_listen(fd, reason, sizeof reason);
         vmsp_inside = 0;
-        if (registered) atomic_store(&vmsp_listening[fd], 1);
+        if (registered) {
+            vmsp_listen_owner = getpid();
+            atomic_store(&vmsp_listening[fd], 1);
+        }
         vmsp_debug("listen fd %d on %s: %s%s%s", fd, where, registered ? "shared memory offered" : "tcp only (",
                    registered ? "" : reason, registered ? "" : ")");
     }
@@ -367,15 +371,26 @@ static void after_accept(int listener, int fd, int flags) {
     socklen_t length = sizeof peer;
     char where[64] = "?", reason[256] = "";
     if (getpeername(fd, (struct sockaddr *)&peer, &length) == 0) vmsp_format_address((struct sockaddr *)&peer, length, where, sizeof where);
-    if (atomic_load(&vmsp_forked_child)) {
-        vmsp_debug("accept fd %d from %s: tcp (a forked child makes no shared-memory connections)", fd, where);
-        errno = saved;
-        return;
-    }
     vmsp_link_info info;
-    vmsp_inside = 1;
-    int attached = vmsock_preload_accept(listener, fd, &info, reason, sizeof reason);
-    vmsp_inside = 0;
+    int attached;
+    if (getpid() != vmsp_listen_owner) {
+        // Another process (our parent) registered the listener and welcomed the connector: claim its link.
+        uint16_t port = peer.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&peer)->sin6_port)
+                                                   : ntohs(((struct sockaddr_in *)&peer)->sin_port);
+        attached = vmsp_claim(listener, port, &info, reason, sizeof reason);
+        if (attached == -2) {
+            // The connector may be writing to rings: reading its wake-up bytes as data would be worse than this.
+            REAL(shutdown)(fd, SHUT_RDWR);
+            vmsp_debug("accept fd %d from %s: shut down (claiming its link failed: %s)", fd, where, reason);
+            errno = saved;
+            return;
+        }
+        if (attached < 0) attached = 0;
+    } else {
+        vmsp_inside = 1;
+        attached = vmsock_preload_accept(listener, fd, &info, reason, sizeof reason);
+        vmsp_inside = 0;
+    }
     if (attached) {
         struct vmsp_ref *r = vmsp_conn_new(&info, (flags & SOCK_NONBLOCK) != 0);
         if (r) {
@@ -385,7 +400,8 @@ static void after_accept(int listener, int fd, int flags) {
         } else {
             // The connector will write to rings nobody reads: end the connection rather than lose bytes.
             vmsp_inside = 1;
-            vmsock_preload_release(info.owner);
+            if ((uintptr_t)info.owner & 1) vmsp_claim_release((void *)((uintptr_t)info.owner & ~(uintptr_t)1));
+            else vmsock_preload_release(info.owner);
             vmsp_inside = 0;
             REAL(shutdown)(fd, SHUT_RDWR);
             vmsp_debug("accept fd %d from %s: shut down (out of memory for a welcomed link)", fd, where);

@@ -58,8 +58,8 @@ void vmsp_forget_internal_fd(int fd) {
 // MAP_SHARED): either may read and write, and only the last holder's close ends the connection (holders.c). The
 // child joins each connection's holders here. It makes no new shared-memory connections (the Swift state it
 // inherited may be mid-update), and closes the registrations it inherited, so that no connector waits on a
-// process that does not answer. The parent stops offering shared memory on its listeners: a child could accept
-// a connection the parent welcomed, and the two ends would disagree.
+// process that does not answer. When the child accepts on an inherited listener, it claims the link the
+// parent's listener thread welcomed (claim.c).
 
 // The child must count as a holder before the parent can close anything: the child adds itself, but only once
 // it runs, so the parent adds it too, as soon as fork returns its pid (hence fork is interposed), and until then
@@ -102,7 +102,14 @@ static void after_fork_child(void) {
 }
 
 int vmsp_connects_allowed(void) { return !atomic_load(&vmsp_forked_child); }
-int vmsp_listeners_allowed(void) { return !atomic_load(&vmsp_forked_child) && !atomic_load(&vmsp_parent_forked); }
+// After a fork, a child may accept a connection whose hello this process answered: fine once the child can
+// claim the link (claim.c), which needs this process's claim socket.
+int vmsp_listeners_allowed(void) {
+    return !atomic_load(&vmsp_forked_child) && (atomic_load(&vmsp_claims_open) || !atomic_load(&vmsp_parent_forked));
+}
+
+atomic_int vmsp_claims_open;
+void vmsp_claims_ready(void) { atomic_store(&vmsp_claims_open, 1); }
 
 __attribute__((constructor)) static void vmsp_constructor(void) {
     vmsp_resolve();

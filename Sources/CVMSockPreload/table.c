@@ -143,7 +143,9 @@ void vmsp_leave(struct vmsp_ref *r) {
     pthread_mutex_unlock(&live_lock);
     int inside = vmsp_inside;
     vmsp_inside = 1;
-    vmsock_preload_release(r->owner);  // unmaps this process's mappings, closes its link descriptors
+    // Unmaps this process's mappings and closes its link descriptors: a claimed link's are the C half's own.
+    if ((uintptr_t)r->owner & 1) vmsp_claim_release((void *)((uintptr_t)r->owner & ~(uintptr_t)1));
+    else vmsock_preload_release(r->owner);
     vmsp_inside = inside;
 }
 

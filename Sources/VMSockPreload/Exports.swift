@@ -12,6 +12,7 @@ private let installHooks: Void = {
     hooks.forgetInternal = { vmsp_forget_internal_fd($0) }
     hooks.listenersAllowed = { vmsp_listeners_allowed() != 0 }
     hooks.listenersSharing = { vmsp_listeners_sharing($0) }
+    hooks.claimsReady = { vmsp_claims_ready() }
     hooks.enterLibraryThread = { vmsp_enter_library_thread() }
     hooks.bindSource = { fd, destination in
         destination.withSocketAddress { address, length in vmsp_bind_source(fd, address, length) }

@@ -184,6 +184,42 @@ static void exit_without_close(int c, int s) {
     close(s);
 }
 
+// nginx's shape: the parent listens, a forked child accepts (the parent's listener thread answered the hello).
+static void accept_in_child(void) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        int s = accept(listener, NULL, NULL);
+        char text[8] = "";
+        int ok = read_full(s, text, 5) == 5 && memcmp(text, "hello", 5) == 0 && write(s, "world", 5) == 5 &&
+                 send_pattern(s, 2 << 20, 3) == 0 && receive_pattern(s, 1 << 20, 4) == 0;
+        close(s);
+        _exit(ok ? 0 : 1);
+    }
+    int c = connect_local();
+    char text[8] = "";
+    CHECK("accept in child: parent writes", write(c, "hello", 5));
+    CHECK("accept in child: parent reads the answer", read_full(c, text, 5));
+    SHOW("accept in child: bytes", "%s", text);
+    SHOW("accept in child: 2 MiB from the child", "%d", receive_pattern(c, 2 << 20, 3));
+    SHOW("accept in child: 1 MiB to the child", "%d", send_pattern(c, 1 << 20, 4));
+    CHECK("accept in child: end of stream", read(c, text, 1));
+    SHOW("accept in child: exit status", "%d", child_status(pid));
+    close(c);
+}
+
+// After the forks, the parent's own accepts still work.
+static void accept_after_fork(void) {
+    int c, s;
+    pair(&c, &s);
+    char text[8] = "";
+    CHECK("accept after fork: write", write(c, "again", 5));
+    CHECK("accept after fork: read", read_full(s, text, 5));
+    SHOW("accept after fork: bytes", "%s", text);
+    close(c);
+    CHECK("accept after fork: end of stream", read(s, text, 1));
+    close(s);
+}
+
 int main(int argc, char **argv) {
     (void)argc; (void)argv;
     signal(SIGPIPE, SIG_IGN);
@@ -195,6 +231,8 @@ int main(int argc, char **argv) {
     close_in_child(pairs[1][0], pairs[1][1]);
     shutdown_in_child(pairs[2][0], pairs[2][1]);
     exit_without_close(pairs[3][0], pairs[3][1]);
+    accept_in_child();
+    accept_after_fork();
     close(listener);
     printf("done\n");
     return 0;

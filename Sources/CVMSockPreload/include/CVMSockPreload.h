@@ -32,6 +32,8 @@ int vmsp_bind_source(int fd, const struct sockaddr *destination, socklen_t lengt
 /// set-up state was copied mid-flight), and, for listeners, not after the process forked (a child might accept).
 int vmsp_connects_allowed(void);
 int vmsp_listeners_allowed(void);
+/// The listener thread's claim socket is open: a forked sibling can take over the links welcomed here.
+void vmsp_claims_ready(void);
 
 /// Descriptors of the library's own (registrations, control sockets waiting to be accepted): a forked child
 /// closes them, so that a registration never outlives the process that answers it.

@@ -25,6 +25,9 @@ struct EstablishedLink {
     let creator = Sys.processID()
     /// For a connection inside vmsockd's region: its connection slot, released when the link goes.
     var lease: IvshmemLease? = nil
+    /// Both regions' memfds (ours, then the peer's), kept only when the answer was asked to: vmsock-run's
+    /// listener hands a welcomed link to a forked sibling that accepted its connection, which maps them itself.
+    var memory: [Descriptor] = []
 
     /// Whether this process made the link. A forked child shares the parent's rings, so it must never park,
     /// reopen or answer a reopen of a link: every place a link changes hands asks this.
@@ -38,11 +41,14 @@ struct LocalHalf: Sendable {
     let dataBell: Doorbell
     let spaceBell: Doorbell
 
-    private init(capacity: Int) throws(VMSockError) {
-        (region, memfd) = try SharedRegion.create(capacity: capacity)
+    private init(capacity: Int, sealWrites: Bool = true) throws(VMSockError) {
+        (region, memfd) = try SharedRegion.create(capacity: capacity, sealWrites: sealWrites)
         dataBell = try Doorbell.create()
         spaceBell = try Doorbell.create()
     }
+
+    /// A half whose region can still be mapped writable (`SharedRegion.sealWrites` ends that).
+    init(forHandOff capacity: Int) throws(VMSockError) { try self.init(capacity: capacity, sealWrites: false) }
 
     var descriptors: [Int32] { [memfd.raw, dataBell.sender.raw, spaceBell.sender.raw] }
 
@@ -179,7 +185,7 @@ enum Handshake {
     /// waits. A hello that is malformed or of another version gets a reject saying why, and this throws.
     /// `reusable`: whether this listener keeps links for reuse; the link is reusable when the hello says so too.
     static func answer(
-        _ control: Descriptor, peer: PeerCredentials, capacity: Int, reusable: Bool
+        _ control: Descriptor, peer: PeerCredentials, capacity: Int, reusable: Bool, keepMemory: Bool = false
     ) throws(VMSockError) -> EstablishedLink {
         let request = try ControlSocket.receiveReady(control.raw)
         if request.bytes.isEmpty && !request.truncated {
@@ -209,18 +215,23 @@ enum Handshake {
             throw error
         }
         let mine: LocalHalf
-        do throws(VMSockError) { mine = try LocalHalf.take(capacity: capacity) } catch {
+        do throws(VMSockError) {
+            // A half kept for a sibling to map writable is made for it (the spare is sealed already).
+            mine = keepMemory ? try LocalHalf(forHandOff: capacity) : try LocalHalf.take(capacity: capacity)
+        } catch {
             reject(control, .outOfResources)
             throw error
         }
         let welcome = HandshakeMessage(
             kind: .welcome, ringCapacity: UInt32(capacity), ordering: Membarrier.offered, reusable: agreedReuse)
         try ControlSocket.send(control.raw, welcome.encoded(), descriptors: mine.descriptors)
-        return EstablishedLink(
+        var link = EstablishedLink(
             control: control, peer: peer, localRegion: mine.region, peerRegion: theirs.region,
             dataBell: mine.dataBell, spaceBell: mine.spaceBell,
             peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed, sourcePort: sourcePort,
             ordering: ordering, reusable: agreedReuse)
+        if keepMemory { link.memory = [mine.memfd, theirs.memfd] }
+        return link
     }
 
     /// Asymmetric fences need both processes registered: our barrier must reach the peer's cores and theirs ours.
@@ -254,6 +265,7 @@ enum Handshake {
 
     private struct PeerHalf {
         let region: SharedRegion
+        let memfd: Descriptor
         let dataBell: PeerBell
         let spaceBell: PeerBell
     }
@@ -266,6 +278,6 @@ enum Handshake {
         }
         let region = try SharedRegion.attachPeer(fd: descriptors[0].raw, capacity: capacity)
         return PeerHalf(
-            region: region, dataBell: try PeerBell.adopt(descriptors[1]), spaceBell: try PeerBell.adopt(descriptors[2]))
+            region: region, memfd: descriptors[0], dataBell: try PeerBell.adopt(descriptors[1]), spaceBell: try PeerBell.adopt(descriptors[2]))
     }
 }

@@ -38,16 +38,23 @@ final class SharedRegion: @unchecked Sendable {  // immutable after init; the ma
     /// Creates our own region in a new memfd, initialises its header and seals it: it can never grow or shrink,
     /// and nobody can map it writable again (F_SEAL_FUTURE_WRITE), so the peer we pass it to can only read it.
     /// - Returns: the mapping and the memfd to pass to the peer.
-    static func create(capacity: Int) throws(VMSockError) -> (SharedRegion, Descriptor) {
+    /// - Parameter sealWrites: false leaves out F_SEAL_FUTURE_WRITE and F_SEAL_SEAL, for `sealWrites(_:)` later:
+    ///   vmsock-run's listener lets the forked sibling that accepts map the region writable first.
+    static func create(capacity: Int, sealWrites: Bool = true) throws(VMSockError) -> (SharedRegion, Descriptor) {
         try checkCapacity(capacity)
         let fd = try Sys.memfdCreate("vmsock-ring", flags: VMS_MFD_CLOEXEC | VMS_MFD_ALLOW_SEALING)
         let size = RingLayout.regionSize(capacity: capacity)
         try Sys.truncate(fd.raw, to: size, "ftruncate(memfd, \(size))")
         let region = try map(fd: fd.raw, capacity: capacity, writable: true)
         LocalHeader(base: region.base).initialize(capacity: capacity)
-        let seals = VMS_F_SEAL_GROW | VMS_F_SEAL_SHRINK | VMS_F_SEAL_FUTURE_WRITE | VMS_F_SEAL_SEAL
+        let seals = VMS_F_SEAL_GROW | VMS_F_SEAL_SHRINK | (sealWrites ? VMS_F_SEAL_FUTURE_WRITE | VMS_F_SEAL_SEAL : 0)
         try Sys.addSeals(fd.raw, seals)
         return (region, fd)
+    }
+
+    /// The seals `create(capacity:sealWrites: false)` left out: nobody maps the region writable any more.
+    static func sealWrites(_ fd: Int32) throws(VMSockError) {
+        try Sys.addSeals(fd, VMS_F_SEAL_FUTURE_WRITE | VMS_F_SEAL_SEAL)
     }
 
     /// Maps the peer's region read-only after checking that it is safe to touch: a sealed memfd (it cannot shrink

@@ -44,8 +44,11 @@ package struct PreloadHooks: Sendable {
     /// A descriptor the library owns (a registration, a control socket) that a forked child must close.
     package var noteInternal: @Sendable (Int32) -> Void = { _ in }
     package var forgetInternal: @Sendable (Int32) -> Void = { _ in }
-    /// Whether listeners may still welcome connectors (not once the process forked).
+    /// Whether listeners may still welcome connectors (not in a forked child; not once the process forked
+    /// unless its claim socket is open).
     package var listenersAllowed: @Sendable () -> Bool = { true }
+    /// The claim socket is open: a forked sibling that accepts can take the links welcomed here.
+    package var claimsReady: @Sendable () -> Void = {}
     /// How many TCP sockets listen on the listening socket's exact address and port (more than one: an
     /// SO_REUSEPORT group, where another process may accept the connection), or -1 when it cannot tell.
     package var listenersSharing: @Sendable (Int32) -> Int32 = { _ in 1 }

@@ -24,6 +24,8 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         case pending(Descriptor, PeerCredentials, listener: Int32, deadline: Int64)
         /// A welcomed link, waiting for the application's accept.
         case welcomed(EstablishedLink, listener: Int32)
+        /// Where forked siblings claim welcomed links (`PreloadClaims`).
+        case claims(Registration)
     }
 
     private struct State {
@@ -100,15 +102,11 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         guard let peer = IPEndpoint.of(fd, peer: true) else { return .failure(PreloadRefusal("no peer address")) }
         let deadline = monotonicNanos() + 100_000_000
         while true {
-            let link: EstablishedLink? = state.withLock { state in
-                guard let token = state.welcomed[listener]?.removeValue(forKey: peer.port),
-                    case .welcomed(let link, _) = state.entries.removeValue(forKey: token)
-                else { return nil }
-                return link
-            }
-            if let link {
-                _ = try? Sys.epollControl(state.withLock { $0.epoll }, EPOLL_CTL_DEL, link.control.raw, events: 0, data: 0)
-                hooks.forgetInternal(link.control.raw)
+            if var link = takeWelcomed(listener: listener, port: peer.port) {
+                // Accepted here: nobody maps our region writable from now on. (It cannot fail on a memfd of ours
+                // without F_SEAL_SEAL; were it to, the connection would still work, with the protection missing.)
+                _ = try? SharedRegion.sealWrites(link.memory[0].raw)
+                link.memory = []
                 return .success(PreloadLink(link))
             }
             // A hello being answered now may be this connection's: its welcome went before its entry was made.
@@ -117,6 +115,20 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
             }
             Sys.yield()
         }
+    }
+
+    /// Takes the link welcomed for the connector at `port` off `listener`'s list, and out of the thread's sight.
+    private func takeWelcomed(listener: Int32, port: UInt16) -> EstablishedLink? {
+        let link: EstablishedLink? = state.withLock { state in
+            guard let token = state.welcomed[listener]?.removeValue(forKey: port),
+                case .welcomed(let link, _) = state.entries.removeValue(forKey: token)
+            else { return nil }
+            return link
+        }
+        guard let link else { return nil }
+        _ = try? Sys.epollControl(state.withLock { $0.epoll }, EPOLL_CTL_DEL, link.control.raw, events: 0, data: 0)
+        hooks.forgetInternal(link.control.raw)
+        return link
     }
 
     // MARK: The thread
@@ -131,6 +143,7 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         }
         guard start else { return }
         hooks.noteInternal(state.withLock { $0.epoll })
+        openClaims()
         var thread = pthread_t()
         let context = Unmanaged.passRetained(self).toOpaque()
         let status = pthread_create(&thread, nil, { context in
@@ -144,6 +157,22 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
             throw VMSockError.system("pthread_create(vmsock-run listener)", errno: status)
         }
         pthread_detach(thread)
+    }
+
+    /// Binds this process's claim socket. Without it, a forked sibling could not take the links welcomed here,
+    /// so the listeners then stop offering shared memory once the process forks (`hooks.claimsReady` not called).
+    private func openClaims() {
+        guard let registration = try? Registration(PreloadClaims.address(pid: Sys.processID()), backlog: 128) else { return }
+        let (token, epoll) = state.withLock { state in
+            let token = state.nextToken
+            state.nextToken += 1
+            state.entries[token] = .claims(registration)
+            return (token, state.epoll)
+        }
+        hooks.noteInternal(registration.socket.raw)
+        guard (try? Sys.epollControl(epoll, EPOLL_CTL_ADD, registration.socket.raw, events: UInt32(EPOLLIN.rawValue), data: token)) != nil
+        else { return }
+        hooks.claimsReady()
     }
 
     private func run() {
@@ -165,6 +194,8 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         case .pending(let control, let peer, let listener, _):
             guard state.withLock({ $0.entries.removeValue(forKey: token) }) != nil else { return }
             answer(control, peer: peer, listener: listener)
+        case .claims(let registration):
+            answerClaims(registration)
         case .welcomed:
             // Nothing may arrive on a welcomed link's control socket but its hang-up: the connector is gone.
             let removed: Entry? = state.withLock { state in
@@ -221,7 +252,9 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         }
         answering.add(1, ordering: .sequentiallyConsistent)
         defer { answering.subtract(1, ordering: .sequentiallyConsistent) }
-        guard let link = try? Handshake.answer(control, peer: peer, capacity: PreloadConnector.ringSize, reusable: false) else {
+        guard let link = try? Handshake.answer(
+            control, peer: peer, capacity: PreloadConnector.ringSize, reusable: false, keepMemory: true)
+        else {
             hooks.forgetInternal(control.raw)
             return
         }
@@ -240,6 +273,32 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
             return
         }
         _ = try? Sys.epollControl(epoll, EPOLL_CTL_ADD, link.control.raw, events: UInt32(EPOLLRDHUP.rawValue | EPOLLIN.rawValue), data: token)
+    }
+
+    /// Hands welcomed links to the forked siblings that accepted their connections. A claim comes right after the
+    /// connect, so the wait for it is short. The claimer proves it holds the listening socket by passing it: a
+    /// process that holds it could accept the connection anyway. (Not "same user": nginx's workers run as
+    /// nobody under a root master.) This thread made every welcome before its entry, so a claim never overtakes
+    /// the hello it is for.
+    private func answerClaims(_ registration: Registration) {
+        while let control = try? Sys.acceptUnixNonBlocking(registration.socket.raw, what: "accept(vmsock-run claims)") {
+            guard let request = try? ControlSocket.receive(control.raw, timeoutMs: 100),
+                let claim = PreloadClaims.Claim(request.bytes), request.descriptors.count == 1,
+                Self.sameSocket(request.descriptors[0].raw, claim.listener), state.withLock({ $0.listeners[claim.listener] != nil })
+            else { continue }
+            let link = takeWelcomed(listener: claim.listener, port: claim.port)
+            withExtendedLifetime(link) {  // its descriptors stay open until they are sent
+                let answer = PreloadClaims.answer(link)
+                try? ControlSocket.send(control.raw, answer.bytes, descriptors: answer.descriptors)
+            }
+        }
+    }
+
+    /// Whether two descriptors name the same socket (sockfs gives each socket its own inode).
+    private static func sameSocket(_ a: Int32, _ b: Int32) -> Bool {
+        guard let x = try? Sys.fileStatus(a, "fstat(claimed listener)"), let y = try? Sys.fileStatus(b, "fstat(listener)")
+        else { return false }
+        return x.st_dev == y.st_dev && x.st_ino == y.st_ino
     }
 
     /// Drops connectors whose hello did not come in time.
@@ -268,6 +327,9 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
             hooks.forgetInternal(control.raw)
         case .welcomed(let link, _):
             hooks.forgetInternal(link.control.raw)
+        case .claims(let registration):
+            hooks.forgetInternal(registration.socket.raw)
+            registration.close()
         }
     }
 }
