@@ -1,5 +1,6 @@
 # fork, exec and posix_spawn with shared-memory connections open (programs/preload-fork.c): both processes
-# keep working connections, close counts per process, shutdown does not, a child's _exit disturbs nothing.
+# keep working connections, close counts per process, shutdown does not, a child's _exit disturbs nothing, a
+# forked child accepts over shared memory, an exec'd image reads data or end of stream, never wake-up bytes.
 # Run under vmsock-run (shared memory, confirmed by the debug lines) and without it: the output must be the same.
 source "$(dirname "$0")/lib.sh"
 [ -x "$VMSOCK_RUN" ] || fail "$VMSOCK_RUN is not built (swift build)"
@@ -11,9 +12,12 @@ timeout 60 "$VMSOCK_RUN" --debug "$WORK/fork" >"$WORK/preloaded.txt" 2>"$WORK/de
     || fail "preloaded run failed: $(cat "$WORK/preloaded.txt" "$WORK/debug.txt")"
 diff -u "$WORK/plain.txt" "$WORK/preloaded.txt" || { cat "$WORK/debug.txt"; fail "the program observed a difference under vmsock-run"; }
 grep -q '^done$' "$WORK/plain.txt" || fail "the program did not finish"
-count_says "$WORK/debug.txt" 12 "shared memory"
+count_says "$WORK/debug.txt" 18 "shared memory"
 # The accept in the forked child claimed the link its parent's listener thread welcomed.
 owner=$(sed -n 's/^vmsock-run\[\([0-9]*\)\]: listen fd .*shared memory offered.*/\1/p' "$WORK/debug.txt" | head -1)
 grep -E "accept fd [0-9]+ from .*: shared memory" "$WORK/debug.txt" | grep -vq "^vmsock-run\[$owner\]" \
     || fail "no forked child accepted over shared memory: $(cat "$WORK/debug.txt")"
+# The exec'd images (exec, vfork + execve, posix_spawn with the socket moved to stdin) were told.
+[ "$(grep -c "exec: fd [0-9]* was a shared-memory connection of the previous image: ended" "$WORK/debug.txt")" -ge 3 ] \
+    || fail "the exec'd images did not end their inherited connections: $(cat "$WORK/debug.txt")"
 echo "ok: $(grep -c . "$WORK/plain.txt") observations, the same with and without vmsock-run"

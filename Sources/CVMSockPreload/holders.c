@@ -56,6 +56,8 @@ static int alive(uint64_t id) {
 
 void vmsp_holders_forget_self(void) { self_id = 0; }
 
+int vmsp_holders_is_self(void) { return self_id != 0 && (pid_t)(self_id & 0x3fffff) == (getpid() & 0x3fffff); }
+
 void vmsp_holders_init(struct vmsp_conn *c) {
     atomic_store(&c->holders[0], self());
     atomic_store(&c->holder_slots, 1);

@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -48,6 +49,13 @@ struct vmsp_real {
     int (*sendmmsg)(int, struct mmsghdr *, unsigned int, int);
     ssize_t (*splice)(int, loff_t *, int, loff_t *, size_t, unsigned int);
     pid_t (*fork)(void);
+    int (*execve)(const char *, char *const[], char *const[]);
+    int (*execvpe)(const char *, char *const[], char *const[]);
+    int (*fexecve)(int, char *const[], char *const[]);
+    int (*posix_spawn)(pid_t *, const char *, const posix_spawn_file_actions_t *, const posix_spawnattr_t *,
+                       char *const[], char *const[]);
+    int (*posix_spawnp)(pid_t *, const char *, const posix_spawn_file_actions_t *, const posix_spawnattr_t *,
+                        char *const[], char *const[]);
 };
 extern struct vmsp_real vmsp_real;
 void vmsp_resolve(void);
@@ -134,6 +142,8 @@ static inline int vmsp_mutex_lock(pthread_mutex_t *lock) {
 extern _Atomic(struct vmsp_ref *) *vmsp_table;
 extern atomic_uchar *vmsp_listening;
 extern int vmsp_table_size;
+/// The highest descriptor ever installed: exec's scans of the table stop there.
+extern atomic_int vmsp_table_high;
 
 static inline struct vmsp_ref *vmsp_lookup(int fd) {
     if ((unsigned)fd >= (unsigned)vmsp_table_size) return NULL;
@@ -170,6 +180,10 @@ void vmsp_holders_add_child(struct vmsp_conn *c, pid_t child);
 extern atomic_int vmsp_forks_in_flight;
 /// Takes this process out of c's holders; returns 1 when another process that holds it is still alive.
 int vmsp_holders_leave(struct vmsp_conn *c);
+/// Whether this process is the one its holder identity names (false in a vfork child, which shares our memory).
+int vmsp_holders_is_self(void);
+/// In the constructor: ends the descriptors the previous image held for shared-memory sockets (exec.c).
+void vmsp_exec_inherited(void);
 /// After fork, in the child: who this process is (its pid and start time) changed.
 void vmsp_holders_forget_self(void);
 

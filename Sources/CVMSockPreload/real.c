@@ -28,6 +28,8 @@ void vmsp_resolve(void) {
     RESOLVE(dup3, "dup3"); RESOLVE(fcntl, "fcntl"); RESOLVE(fcntl64, "fcntl64"); RESOLVE(ioctl, "ioctl");
     RESOLVE(close_range, "close_range"); RESOLVE(recvmmsg, "recvmmsg"); RESOLVE(sendmmsg, "sendmmsg");
     RESOLVE(splice, "splice"); RESOLVE(fork, "fork");
+    RESOLVE(execve, "execve"); RESOLVE(execvpe, "execvpe"); RESOLVE(fexecve, "fexecve");
+    RESOLVE(posix_spawn, "posix_spawn"); RESOLVE(posix_spawnp, "posix_spawnp");
     if (!vmsp_real.fcntl64) vmsp_real.fcntl64 = vmsp_real.fcntl;
 #undef RESOLVE
 }
@@ -117,6 +119,7 @@ __attribute__((constructor)) static void vmsp_constructor(void) {
     const char *debug = getenv("VMSOCK_DEBUG");
     debug_enabled = debug && strcmp(debug, "1") == 0;
     pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+    vmsp_exec_inherited();
 }
 
 // MARK: Debug output: one write(2) per line, straight to libc.

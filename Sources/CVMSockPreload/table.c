@@ -13,6 +13,7 @@
 _Atomic(struct vmsp_ref *) *vmsp_table;
 atomic_uchar *vmsp_listening;
 int vmsp_table_size;
+atomic_int vmsp_table_high;
 
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct vmsp_ref *live;
@@ -90,6 +91,8 @@ struct vmsp_ref *vmsp_conn_new(const vmsp_link_info *info, int nonblocking) {
 void vmsp_install(int fd, struct vmsp_ref *r) {
     if ((unsigned)fd >= (unsigned)vmsp_table_size) return;
     atomic_fetch_add(&r->refs, 1);
+    int high = atomic_load(&vmsp_table_high);
+    while (fd > high && !atomic_compare_exchange_weak(&vmsp_table_high, &high, fd)) {}
     struct vmsp_ref *old = atomic_exchange(&vmsp_table[fd], r);
     if (old) {  // the descriptor was replaced under us (dup2 onto it): that one loses a name
         vmsp_drop(old);

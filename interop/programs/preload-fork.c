@@ -220,8 +220,76 @@ static void accept_after_fork(void) {
     close(s);
 }
 
+// The exec'd program: reads what is there on the inherited descriptor. Over TCP that is the data; under
+// vmsock-run the connection has ended for the new image. Never anything else (a wake-up byte as data).
+static int exec_child(int fd) {
+    char text[64];
+    struct pollfd p = { fd, POLLIN, 0 };
+    long n = poll(&p, 1, 2000) == 1 ? read(fd, text, sizeof text) : -2;
+    int sane = n == 0 || (n == 5 && memcmp(text, "hello", 5) == 0);
+    printf("%-48s %s\n", "exec child: data or end of stream, nothing else", sane ? "yes" : "no");
+    fflush(stdout);
+    return sane ? 0 : 1;
+}
+
+static char self_path[4096];
+
+// The parent keeps using the connection after a child exec'd with the socket inherited.
+static void after_exec(const char *label, int c, int s, pid_t pid) {
+    char text[64];
+    SHOW(label, "%d", child_status(pid));
+    CHECK("exec: parent writes the other way", write(s, "back", 4));
+    CHECK("exec: parent reads it", read_full(c, text, 4));
+}
+
+static void exec_inherited(void) {
+    int c, s;
+    pair(&c, &s);
+    CHECK("exec: parent writes", write(c, "hello", 5));
+    char fd_text[16];
+    snprintf(fd_text, sizeof fd_text, "%d", s);
+    pid_t pid = fork();
+    if (pid == 0) { execl(self_path, self_path, "exec-child", fd_text, (char *)NULL); _exit(127); }
+    after_exec("exec: child exit status", c, s, pid);
+    close(c);
+    close(s);
+}
+
+static void vfork_exec(void) {
+    int c, s;
+    pair(&c, &s);
+    CHECK("vfork: parent writes", write(c, "hello", 5));
+    char fd_text[16];
+    snprintf(fd_text, sizeof fd_text, "%d", s);
+    char *argv[] = { self_path, "exec-child", fd_text, NULL };
+    pid_t pid = vfork();
+    if (pid == 0) { execve(self_path, argv, environ); _exit(127); }
+    after_exec("vfork: child exit status", c, s, pid);
+    close(c);
+    close(s);
+}
+
+// posix_spawn with the socket moved to the child's standard input by a file action.
+static void spawn_inherited(void) {
+    int c, s;
+    pair(&c, &s);
+    CHECK("posix_spawn: parent writes", write(c, "hello", 5));
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, s, 0);
+    char *argv[] = { self_path, "exec-child", "0", NULL };
+    pid_t pid;
+    CHECK("posix_spawn: spawned", posix_spawn(&pid, self_path, &actions, NULL, argv, environ));
+    posix_spawn_file_actions_destroy(&actions);
+    after_exec("posix_spawn: child exit status", c, s, pid);
+    close(c);
+    close(s);
+}
+
 int main(int argc, char **argv) {
-    (void)argc; (void)argv;
+    if (argc == 3 && strcmp(argv[1], "exec-child") == 0) return exec_child(atoi(argv[2]));
+    ssize_t n = readlink("/proc/self/exe", self_path, sizeof self_path - 1);
+    if (n > 0) self_path[n] = 0;
     signal(SIGPIPE, SIG_IGN);
     listener = listen_local();
     // Made before the first fork: a listener whose process forked offered no shared memory before issue 19.
@@ -233,6 +301,9 @@ int main(int argc, char **argv) {
     exit_without_close(pairs[3][0], pairs[3][1]);
     accept_in_child();
     accept_after_fork();
+    exec_inherited();
+    vfork_exec();
+    spawn_inherited();
     close(listener);
     printf("done\n");
     return 0;

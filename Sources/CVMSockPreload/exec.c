@@ -1,0 +1,199 @@
+// exec with shared-memory sockets open. The new image would see only the TCP socket, whose bytes are wake-ups,
+// not data; carrying the rings across exec is not done (see DESIGN.md). So the connection ends for the new
+// image, as a TCP connection whose peer vanished looks: the exec wrappers (the exec family, posix_spawn and
+// posix_spawnp) put the inodes of this process's shared-memory sockets in VMSOCK_INHERITED, and the new image's
+// constructor replaces each descriptor it inherited of those sockets with a socket whose peer is gone (reads
+// return 0, writes EPIPE), with a debug line saying so. Inodes, not descriptor numbers: posix_spawn's file
+// actions may move a socket to another number (stdin, as inetd does). A process that execs leaves the
+// connections' holders first (its close is then this one), and joins them again if exec fails.
+#include "preload.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+extern char **environ;
+static const char variable[] = "VMSOCK_INHERITED=";
+
+// MARK: Before exec (runs in a vfork child too: no allocation, no write to memory the parent uses)
+
+// Writes "VMSOCK_INHERITED=ino,ino,..." into `out`; 0 when there is no shared-memory socket.
+static int inherited_entry(char *out, size_t capacity) {
+    int high = atomic_load(&vmsp_table_high), count = 0;
+    size_t length = strlen(variable);
+    memcpy(out, variable, length);
+    for (int fd = 0; fd <= high && fd < vmsp_table_size; fd++) {
+        struct stat info;
+        if (!vmsp_lookup(fd) || fstat(fd, &info) != 0) continue;
+        int n = snprintf(out + length, capacity - length, "%s%llu", count ? "," : "", (unsigned long long)info.st_ino);
+        if (n < 0 || (size_t)n >= capacity - length) break;  // more than fit: the rest are not recognized
+        length += (size_t)n;
+        count++;
+    }
+    out[length] = 0;
+    return count;
+}
+
+// This process gives up its hold on every connection (its descriptors go with the old image): the last
+// holder's close happens here. Skipped in a vfork child, which never held them and shares the parent's memory.
+static void leave_all(int rejoin) {
+    if (!vmsp_holders_is_self()) return;
+    int high = atomic_load(&vmsp_table_high);
+    for (int fd = 0; fd <= high && fd < vmsp_table_size; fd++) {
+        struct vmsp_ref *r = vmsp_lookup(fd);
+        if (!r) continue;
+        if (rejoin) { vmsp_holders_add_self(r->conn); continue; }
+        if (vmsp_holders_leave(r->conn)) continue;
+        __atomic_or_fetch((uint32_t *)(r->conn->local + 640), 4u, __ATOMIC_SEQ_CST);  // closed
+        vmsp_drain_wakeups(r->conn, fd);
+    }
+}
+
+// envp with our entry (any older one left out), in `out` (room for count + 2 pointers).
+static char *const *with_entry(char *const *envp, char *entry, char **out, size_t slots) {
+    size_t n = 0;
+    for (size_t i = 0; envp && envp[i] && n + 2 < slots; i++) {
+        if (strncmp(envp[i], variable, sizeof variable - 1) != 0) out[n++] = envp[i];
+    }
+    out[n++] = entry;
+    out[n] = NULL;
+    return out;
+}
+
+static size_t env_count(char *const *envp) {
+    size_t n = 0;
+    while (envp && envp[n]) n++;
+    return n;
+}
+
+// Runs `call` with envp extended; the exec wrappers below differ only in the call.
+#define WITH_INHERITED(envp, call)                                                    \
+    do {                                                                              \
+        char entry_[8192];                                                            \
+        if (vmsp_inside || !inherited_entry(entry_, sizeof entry_)) {                 \
+            char *const *env = (envp);                                                \
+            return call;                                                              \
+        }                                                                             \
+        size_t slots_ = env_count(envp) + 2;                                          \
+        char *array_[slots_];                                                         \
+        char *const *env = with_entry((envp), entry_, array_, slots_);                \
+        leave_all(0);                                                                 \
+        int result_ = call;                                                           \
+        int saved_ = errno;                                                           \
+        leave_all(1);                                                                 \
+        errno = saved_;                                                               \
+        return result_;                                                               \
+    } while (0)
+
+int execve(const char *path, char *const argv[], char *const envp[]) {
+    WITH_INHERITED(envp, REAL(execve)(path, argv, env));
+}
+
+int execv(const char *path, char *const argv[]) { return execve(path, argv, environ); }
+
+int execvpe(const char *file, char *const argv[], char *const envp[]) {
+    WITH_INHERITED(envp, REAL(execvpe)(file, argv, env));
+}
+
+int execvp(const char *file, char *const argv[]) { return execvpe(file, argv, environ); }
+
+int fexecve(int fd, char *const argv[], char *const envp[]) {
+    WITH_INHERITED(envp, REAL(fexecve)(fd, argv, env));
+}
+
+// posix_spawn runs in the parent until the clone: the child never held the connections, so nothing is left.
+int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *actions,
+                const posix_spawnattr_t *attributes, char *const argv[], char *const envp[]) {
+    char entry[8192];
+    if (vmsp_inside || !inherited_entry(entry, sizeof entry)) return REAL(posix_spawn)(pid, path, actions, attributes, argv, envp);
+    size_t slots = env_count(envp) + 2;
+    char *array[slots];
+    return REAL(posix_spawn)(pid, path, actions, attributes, argv, with_entry(envp, entry, array, slots));
+}
+
+int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *actions,
+                 const posix_spawnattr_t *attributes, char *const argv[], char *const envp[]) {
+    char entry[8192];
+    if (vmsp_inside || !inherited_entry(entry, sizeof entry)) return REAL(posix_spawnp)(pid, file, actions, attributes, argv, envp);
+    size_t slots = env_count(envp) + 2;
+    char *array[slots];
+    return REAL(posix_spawnp)(pid, file, actions, attributes, argv, with_entry(envp, entry, array, slots));
+}
+
+// The list forms: the arguments gathered on the stack, then the vector forms above.
+#define GATHER(first, args, argv, envp_out)                                           \
+    size_t count_ = 1;                                                                \
+    va_list args;                                                                     \
+    va_start(args, first);                                                            \
+    while (va_arg(args, char *)) count_++;                                            \
+    va_end(args);                                                                     \
+    char *argv[count_ + 1];                                                           \
+    argv[0] = (char *)(first);                                                        \
+    va_start(args, first);                                                            \
+    for (size_t i_ = 1; i_ <= count_; i_++) argv[i_] = va_arg(args, char *);          \
+    envp_out;                                                                         \
+    va_end(args)
+
+int execl(const char *path, const char *arg, ...) {
+    GATHER(arg, args, argv, (void)0);
+    return execve(path, argv, environ);
+}
+
+int execlp(const char *file, const char *arg, ...) {
+    GATHER(arg, args, argv, (void)0);
+    return execvpe(file, argv, environ);
+}
+
+int execle(const char *path, const char *arg, ...) {
+    char *const *envp;
+    GATHER(arg, args, argv, envp = va_arg(args, char *const *));
+    return execve(path, argv, envp);
+}
+
+// MARK: In the new image's constructor
+
+static int listed(const char *list, unsigned long long inode) {
+    for (const char *at = list; *at;) {
+        char *end;
+        unsigned long long value = strtoull(at, &end, 10);
+        if (end == at) return 0;
+        if (value == inode) return 1;
+        at = *end == ',' ? end + 1 : end;
+    }
+    return 0;
+}
+
+// A descriptor the old image held for a shared-memory socket becomes a socket whose peer is gone.
+static void end_inherited(int fd) {
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) return;
+    REAL(close)(pair[1]);
+    int flags = REAL(fcntl)(fd, F_GETFD);
+    REAL(dup3)(pair[0], fd, flags >= 0 && (flags & FD_CLOEXEC) ? O_CLOEXEC : 0);
+    REAL(close)(pair[0]);
+    vmsp_debug("exec: fd %d was a shared-memory connection of the previous image: ended for this one "
+               "(vmsock-run does not carry connections across exec)", fd);
+}
+
+void vmsp_exec_inherited(void) {
+    const char *list = getenv("VMSOCK_INHERITED");
+    if (!list) return;
+    DIR *directory = opendir("/proc/self/fd");
+    if (directory) {
+        int own = dirfd(directory);
+        for (struct dirent *entry; (entry = readdir(directory));) {
+            int fd = atoi(entry->d_name);
+            struct stat info;
+            if (entry->d_name[0] == '.' || fd == own || fstat(fd, &info) != 0 || !S_ISSOCK(info.st_mode)) continue;
+            if (listed(list, (unsigned long long)info.st_ino)) end_inherited(fd);
+        }
+        closedir(directory);
+    }
+    unsetenv("VMSOCK_INHERITED");
+}
