@@ -311,6 +311,7 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     saved = errno;
     if (result == 0 || errno == EINPROGRESS || errno == EINTR) {
         atomic_store(&c->tcp_ready, result == 0);
+        vmsp_wake_socket_ready(c, fd);
         vmsp_install(fd, c);  // the connection's first user reference now stands for the table's
         vmsp_debug("connect fd %d to %s: shared memory", fd, where);
     } else {
@@ -380,6 +381,7 @@ static void after_accept(int listener, int fd, int flags) {
         struct vmsp_conn *c = vmsp_conn_new(&info, (flags & SOCK_NONBLOCK) != 0);
         if (c) {
             atomic_store(&c->tcp_ready, 1);
+            vmsp_wake_socket_ready(c, fd);
             vmsp_install(fd, c);
             vmsp_debug("accept fd %d from %s: shared memory", fd, where);
         } else {
@@ -456,6 +458,7 @@ int close(int fd) {
             return result;
         }
         if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) forget_listener(fd);
+        vmsp_epoll_closing(fd);
     }
     return REAL(close)(fd);
 }
@@ -476,6 +479,7 @@ static void before_replace(int old_fd, int new_fd) {
     struct vmsp_conn *c = vmsp_lookup(new_fd);
     if (c) vmsp_before_last_close(c, new_fd);
     forget_listener(new_fd);
+    vmsp_epoll_closing(new_fd);
 }
 
 static void after_replace(int new_fd, int result) {
@@ -562,6 +566,7 @@ int close_range(unsigned int first, unsigned int last, int flags) {
         struct vmsp_conn *c = vmsp_lookup((int)fd);
         if (c) vmsp_before_last_close(c, (int)fd);
         if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) forget_listener((int)fd);
+        vmsp_epoll_closing((int)fd);
     }
     int result = REAL(close_range)(first, last, flags);
     if (result == 0) {

@@ -28,6 +28,10 @@ void vmsp_resolve(void) {
     RESOLVE(dup3, "dup3"); RESOLVE(fcntl, "fcntl"); RESOLVE(fcntl64, "fcntl64"); RESOLVE(ioctl, "ioctl");
     RESOLVE(close_range, "close_range"); RESOLVE(recvmmsg, "recvmmsg"); RESOLVE(sendmmsg, "sendmmsg");
     RESOLVE(splice, "splice");
+    RESOLVE(ppoll, "ppoll"); RESOLVE(poll, "poll"); RESOLVE(select, "select"); RESOLVE(pselect, "pselect");
+    RESOLVE(epoll_create, "epoll_create"); RESOLVE(epoll_create1, "epoll_create1"); RESOLVE(epoll_ctl, "epoll_ctl");
+    RESOLVE(epoll_pwait, "epoll_pwait"); RESOLVE(epoll_pwait2, "epoll_pwait2");
+    RESOLVE(setsockopt, "setsockopt"); RESOLVE(getsockopt, "getsockopt");
     if (!vmsp_real.fcntl64) vmsp_real.fcntl64 = vmsp_real.fcntl;
 #undef RESOLVE
 }
