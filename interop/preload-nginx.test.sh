@@ -6,6 +6,7 @@
 # over shared memory that part fails, and EXPECT_SHARED_MEMORY=0 only reports what the lines say.
 EXPECT_SHARED_MEMORY=${EXPECT_SHARED_MEMORY:-1}
 source "$(dirname "$0")/lib.sh"
+PATH=$PATH:/usr/sbin  # where Debian puts nginx, off a user's PATH
 need nginx curl wrk ss python3
 [ -x "$VMSOCK_RUN" ] || fail "$VMSOCK_RUN is not built (swift build)"
 R="$VMSOCK_RUN --debug"
