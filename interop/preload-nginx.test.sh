@@ -1,28 +1,37 @@
-# nginx, unmodified, under vmsock-run (issue 19): a master and 2 forked workers (epoll, accept4, sendfile,
-# keep-alive) serve static files (100 B, 4 KiB, 3 MiB + 1 B, 8 MiB) to curl under vmsock-run, several per
-# keep-alive connection, each checksummed, then to wrk under vmsock-run for 2 s (no socket errors, no non-2xx).
-# Correctness is always checked. EXPECT_SHARED_MEMORY=1 also requires that every connection was shared memory,
-# from the --debug lines of curl and wrk and of the workers (in nginx's error_log); until forked workers accept
-# over shared memory that part fails, and EXPECT_SHARED_MEMORY=0 only reports what the lines say.
+# nginx, unmodified, under vmsock-run (issue 19): a master with 2 forked workers, and (with EXPECT_SHARED_MEMORY=1)
+# also nginx as one process (master_process off). Each serves static files (100 B, 4 KiB, 3 MiB + 1 B, 8 MiB;
+# epoll, edge-triggered; accept4, sendfile, keep-alive) to curl under vmsock-run, six on one keep-alive connection
+# and each alone, checksummed, then to wrk under vmsock-run for 2 s on the 4 KiB and 3 MiB files (no socket errors,
+# no non-2xx answers). Correctness is always checked.
+# Marked: EXPECT_SHARED_MEMORY=1 (the default) is issue 19's goal: every connection of both configurations shared
+# memory. It fails today: forked workers accept over TCP ("a forked child makes no shared-memory connections"),
+# and the one-process nginx, which does use shared memory, stalls on the 3 MiB file (an edge-triggered EPOLLOUT
+# waiter is not woken when the ring drains) and wrk counts connect errors (each shared-memory connection holds 7
+# descriptors of its own in the program's range; wrk sizes its event loop to 10 + 3 x its connections per thread).
+# EXPECT_SHARED_MEMORY=0 runs the 2-worker nginx only, checks the data and reports the transport.
 EXPECT_SHARED_MEMORY=${EXPECT_SHARED_MEMORY:-1}
 source "$(dirname "$0")/lib.sh"
 PATH=$PATH:/usr/sbin  # where Debian puts nginx, off a user's PATH
 need nginx curl wrk ss python3
 [ -x "$VMSOCK_RUN" ] || fail "$VMSOCK_RUN is not built (swift build)"
 R="$VMSOCK_RUN --debug"
-port=$(free_port)
-mkdir -p "$WORK/www" "$WORK/temp"
+mkdir -p "$WORK/www"
 head -c 100 /dev/urandom | base64 -w 0 | head -c 100 >"$WORK/www/tiny.txt"
 random_file "$WORK/www/small.bin" 4096
 random_file "$WORK/www/odd.bin" $(((3 << 20) + 1))
 random_file "$WORK/www/big.bin" $((8 << 20))
-cat >"$WORK/nginx.conf" <<CONF
+
+# serve NAME PROCESS-DIRECTIVES SHARED-MEMORY-REQUIRED(1/0)
+serve() {
+    local name=$1 processes=$2 require=$3 dir="$WORK/$1" port master
+    port=$(free_port)
+    mkdir -p "$dir/temp"
+    cat >"$dir/nginx.conf" <<CONF
 daemon off;
-master_process on;
-worker_processes 2;
+$processes
 $([ "$(id -u)" = 0 ] && echo "user root;")
-pid $WORK/nginx.pid;
-error_log $WORK/error.log info;
+pid $dir/nginx.pid;
+error_log $dir/error.log info;
 events { worker_connections 1024; }
 http {
     access_log off;
@@ -30,11 +39,11 @@ http {
     tcp_nopush on;
     keepalive_timeout 30;
     keepalive_requests 100000;
-    client_body_temp_path $WORK/temp/body;
-    proxy_temp_path $WORK/temp/proxy;
-    fastcgi_temp_path $WORK/temp/fastcgi;
-    uwsgi_temp_path $WORK/temp/uwsgi;
-    scgi_temp_path $WORK/temp/scgi;
+    client_body_temp_path $dir/temp/body;
+    proxy_temp_path $dir/temp/proxy;
+    fastcgi_temp_path $dir/temp/fastcgi;
+    uwsgi_temp_path $dir/temp/uwsgi;
+    scgi_temp_path $dir/temp/scgi;
     types { text/plain txt; application/octet-stream bin; }
     server {
         listen 127.0.0.1:$port;
@@ -42,60 +51,74 @@ http {
     }
 }
 CONF
-start $R nginx -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/error.log" >"$WORK/master.out" 2>"$WORK/master.err"
-master=$LAST
-# The workers are the master's children: a graceful stop, then whatever is left of them.
-CLEANUPS+=("kill -TERM $master; sleep 0.3; pkill -9 -P $master")
-wait_listening 127.0.0.1 "$port"
-for _ in $(seq 50); do [ "$(pgrep -c -P "$master")" -ge 2 ] && break; sleep 0.1; done
-[ "$(pgrep -c -P "$master")" -ge 2 ] || fail "nginx started no 2 workers: $(cat "$WORK/error.log" "$WORK/master.err")"
+    start $R nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/master.out" 2>"$dir/master.err"
+    master=$LAST
+    # Workers are the master's children: a graceful stop, then whatever is left of them.
+    CLEANUPS+=("kill -TERM $master; sleep 0.3; pkill -9 -P $master")
+    wait_listening 127.0.0.1 "$port"
+    local workers=0
+    grep -q "master_process on" <<<"$processes" && workers=2
+    for _ in $(seq 50); do [ "$(pgrep -c -P "$master")" -ge $workers ] && break; sleep 0.1; done
+    [ "$(pgrep -c -P "$master")" -ge $workers ] || fail "$name: nginx started no $workers workers: $(cat "$dir/error.log")"
 
-# curl: every file twice on one keep-alive connection, then each on its own.
-args=()
-for name in tiny.txt small.bin odd.bin big.bin tiny.txt big.bin; do
-    args+=(-o "$WORK/got.$((${#args[@]} / 2)).$name" "http://127.0.0.1:$port/$name")
-done
-timeout 60 $R curl -sS --fail "${args[@]}" 2>"$WORK/curl.err" || fail "curl (keep-alive): $(cat "$WORK/curl.err")"
-for got in "$WORK"/got.*; do same "$WORK/www/${got##*.[0-9].}" "$got" "curl, keep-alive, ${got##*/}"; done
-connects=$(grep -c "connect fd" "$WORK/curl.err" || true)
-[ "$connects" = 1 ] || fail "curl made $connects connections for 6 files, not 1 (keep-alive): $(cat "$WORK/curl.err")"
-for name in tiny.txt small.bin odd.bin big.bin; do
-    timeout 60 $R curl -sS --fail -o "$WORK/one" "http://127.0.0.1:$port/$name" 2>>"$WORK/curl.err" \
-        || fail "curl $name: $(cat "$WORK/curl.err")"
-    same "$WORK/www/$name" "$WORK/one" "curl $name"
-done
-[ "$(timeout 10 $R curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/missing" 2>>"$WORK/curl.err")" = 404 ] \
-    || fail "nginx did not answer 404 for a missing file"
+    # curl: six files on one keep-alive connection, then each on its own connection, and a 404.
+    local args=() got file
+    for file in tiny.txt small.bin odd.bin big.bin tiny.txt big.bin; do
+        args+=(-o "$dir/got.$((${#args[@]} / 2)).$file" "http://127.0.0.1:$port/$file")
+    done
+    timeout 30 $R curl -sS --fail "${args[@]}" 2>"$dir/curl.err" || fail "$name: curl (keep-alive): $(cat "$dir/curl.err")"
+    for got in "$dir"/got.*; do same "$WORK/www/${got##*.[0-9].}" "$got" "$name: curl, keep-alive, ${got##*/}"; done
+    local connects
+    connects=$(grep -c "connect fd" "$dir/curl.err" || true)
+    [ "$connects" = 1 ] || fail "$name: curl made $connects connections for 6 files, not 1: $(cat "$dir/curl.err")"
+    for file in tiny.txt small.bin odd.bin big.bin; do
+        timeout 30 $R curl -sS --fail -o "$dir/one" "http://127.0.0.1:$port/$file" 2>>"$dir/curl.err" \
+            || fail "$name: curl $file: $(cat "$dir/curl.err")"
+        same "$WORK/www/$file" "$dir/one" "$name: curl $file"
+    done
+    [ "$(timeout 10 $R curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/missing" 2>>"$dir/curl.err")" = 404 ] \
+        || fail "$name: nginx did not answer 404 for a missing file"
 
-# wrk: 2 threads, 20 keep-alive connections, 2 s, on the small and the 3 MiB file.
-for name in small.bin odd.bin; do
-    timeout 60 $R wrk -t 2 -c 20 -d 2s "http://127.0.0.1:$port/$name" >"$WORK/wrk.out" 2>>"$WORK/wrk.err" \
-        || fail "wrk $name: $(cat "$WORK/wrk.out" "$WORK/wrk.err")"
-    grep -q "Requests/sec:" "$WORK/wrk.out" || fail "wrk $name: no result: $(cat "$WORK/wrk.out")"
-    ! grep -qE "Socket errors|Non-2xx" "$WORK/wrk.out" || fail "wrk $name: errors: $(cat "$WORK/wrk.out")"
-    requests=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$WORK/wrk.out")
-    [ "${requests:-0}" -gt 0 ] || fail "wrk $name: no requests: $(cat "$WORK/wrk.out")"
-    echo "wrk $name: $requests requests, $(grep -o 'Requests/sec: *[0-9.]*' "$WORK/wrk.out")"
-done
-kill -0 "$master" 2>/dev/null || fail "nginx died: $(tail -5 "$WORK/error.log")"
-[ "$(pgrep -c -P "$master")" -ge 2 ] || fail "an nginx worker died: $(grep -E 'signal|exited' "$WORK/error.log" | head -5)"
-! grep -qE "\[(alert|crit|emerg)\]" "$WORK/error.log" || fail "nginx logged: $(grep -E '\[(alert|crit|emerg)\]' "$WORK/error.log" | head -5)"
+    # wrk: 2 threads, 20 keep-alive connections, 2 s.
+    local requests
+    for file in small.bin odd.bin; do
+        timeout 60 $R wrk -t 2 -c 20 -d 2s "http://127.0.0.1:$port/$file" >"$dir/wrk.out" 2>>"$dir/wrk.err" \
+            || fail "$name: wrk $file: $(cat "$dir/wrk.out" "$dir/wrk.err")"
+        grep -q "Requests/sec:" "$dir/wrk.out" || fail "$name: wrk $file: no result: $(cat "$dir/wrk.out")"
+        requests=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$dir/wrk.out")
+        [ "${requests:-0}" -gt 0 ] || fail "$name: wrk $file: no requests: $(cat "$dir/wrk.out")"
+        echo "$name: wrk $file: $requests requests, $(grep -o 'Requests/sec: *[0-9.]*' "$dir/wrk.out")" \
+            "$(grep -E 'Socket errors|Non-2xx' "$dir/wrk.out" | tr -s ' ' | tr '\n' ' ')"
+        ! grep -q "Non-2xx" "$dir/wrk.out" || fail "$name: wrk $file: $(grep 'Non-2xx' "$dir/wrk.out")"
+        ! grep -q "Socket errors" "$dir/wrk.out" || fail "$name: wrk $file: $(grep 'Socket errors' "$dir/wrk.out")"
+    done
+    kill -0 "$master" 2>/dev/null || fail "$name: nginx died: $(tail -5 "$dir/error.log")"
+    [ "$(pgrep -c -P "$master")" -ge $workers ] || fail "$name: an nginx worker died: $(grep -E 'signal|exited' "$dir/error.log" | head -5)"
+    ! grep -qE "\[(alert|crit|emerg)\]" "$dir/error.log" \
+        || fail "$name: nginx logged: $(grep -E '\[(alert|crit|emerg)\]' "$dir/error.log" | head -5)"
 
-# What the debug lines say: clients (curl, wrk) and workers (error_log, where nginx sends their stderr).
-clients=$(cat "$WORK/curl.err" "$WORK/wrk.err" | grep -c "connect fd" || true)
-client_shm=$(cat "$WORK/curl.err" "$WORK/wrk.err" | grep -c "connect fd .*: shared memory" || true)
-accepts=$(grep -c "accept fd" "$WORK/error.log" || true)
-accept_shm=$(grep -c "accept fd .*: shared memory" "$WORK/error.log" || true)
-echo "debug lines: $client_shm of $clients client connections and $accept_shm of $accepts worker accepts were shared memory"
-grep -h -m1 "connect fd .*: tcp" "$WORK/curl.err" "$WORK/wrk.err" | sed 's/^/  first TCP connect: /' || true
-grep -m1 "accept fd .*: tcp" "$WORK/error.log" | sed 's/^/  first TCP accept: /' || true
-[ "$clients" -gt 0 ] || fail "curl and wrk printed no debug lines"
-if [ "$EXPECT_SHARED_MEMORY" = 1 ]; then
-    # Marked: fails until nginx's forked workers accept over shared memory (EXPECT_SHARED_MEMORY=0 skips it).
-    [ "$client_shm" = "$clients" ] || fail "$((clients - client_shm)) of $clients client connections used TCP"
-    [ "$accepts" -ge "$clients" ] && [ "$accept_shm" = "$accepts" ] \
-        || fail "the workers accepted $accept_shm of $accepts connections over shared memory (clients made $clients)"
-fi
-kill -QUIT "$master"
-wait_for "$master" 10 || fail "nginx did not stop gracefully: $(tail -5 "$WORK/error.log")"
-echo "ok: nginx served curl and wrk, every file intact$([ "$EXPECT_SHARED_MEMORY" = 1 ] && echo ", over shared memory")"
+    # What the debug lines say: clients (curl, wrk) and the accepting processes (their stderr goes to error_log).
+    local clients client_shm accepts accept_shm
+    clients=$(cat "$dir/curl.err" "$dir/wrk.err" | grep -c "connect fd" || true)
+    client_shm=$(cat "$dir/curl.err" "$dir/wrk.err" | grep -c "connect fd .*: shared memory" || true)
+    accepts=$(cat "$dir/error.log" "$dir/master.err" | grep -c "accept fd" || true)
+    accept_shm=$(cat "$dir/error.log" "$dir/master.err" | grep -c "accept fd .*: shared memory" || true)
+    echo "$name: $client_shm of $clients client connections and $accept_shm of $accepts accepts were shared memory"
+    grep -h -m1 "connect fd .*: tcp" "$dir/curl.err" "$dir/wrk.err" | sed "s/^/$name: first TCP connect: /" || true
+    grep -h -m1 "accept fd .*: tcp" "$dir/error.log" "$dir/master.err" | sed "s/^/$name: first TCP accept: /" || true
+    [ "$clients" -gt 0 ] || fail "$name: curl and wrk printed no debug lines"
+    if [ "$require" = 1 ]; then
+        [ "$client_shm" = "$clients" ] || fail "$name: $((clients - client_shm)) of $clients client connections used TCP"
+        [ "$accepts" -ge "$clients" ] && [ "$accept_shm" = "$accepts" ] \
+            || fail "$name: nginx accepted $accept_shm of $accepts connections over shared memory (clients made $clients)"
+    fi
+    kill -QUIT "$master"
+    wait_for "$master" 10 || fail "$name: nginx did not stop gracefully: $(tail -5 "$dir/error.log")"
+}
+
+# Marked (see the top): with EXPECT_SHARED_MEMORY=0 only the forked workers run, and their transport is reported.
+serve two-workers "master_process on; worker_processes 2;" "$EXPECT_SHARED_MEMORY"
+[ "$EXPECT_SHARED_MEMORY" = 1 ] && serve one-process "master_process off;" 1
+echo "ok: nginx served curl and wrk, every file intact" \
+    "$([ "$EXPECT_SHARED_MEMORY" = 1 ] && echo "over shared memory, 2 workers and one process" \
+        || echo "(2 workers; transport reported above)")"
