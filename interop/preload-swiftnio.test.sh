@@ -19,6 +19,7 @@ R="$VMSOCK_RUN --debug"
 
 port=$(free_port)
 start $R "$ECHO" server "$port" 2 >"$WORK/server.out" 2>"$WORK/server.err"
+server=$LAST
 wait_listening 127.0.0.1 "$port"
 says "$WORK/server.err" "shared memory offered" "the NIO server's listen"
 total=0
@@ -33,11 +34,13 @@ run() {  # BYTES CONNECTIONS
 run $((64 << 20)) 1
 run $((4 << 20)) 8
 run 1024 200
-kill -0 "$LAST" 2>/dev/null || fail "the NIO server died: $(cat "$WORK/server.out" "$WORK/server.err")"
+kill -0 "$server" 2>/dev/null || fail "the NIO server died: $(cat "$WORK/server.out" "$WORK/server.err")"
 for _ in $(seq 50); do
     [ "$(grep -c "accept fd" "$WORK/server.err")" -ge "$total" ] && break
     sleep 0.1
 done
 count_says "$WORK/server.err" "$total" "shared memory"
 grep -q ": tcp" "$WORK/server.err" "$WORK/client.err" && fail "a connection used TCP: $(grep ': tcp' "$WORK"/*.err)"
+kill "$server"
+wait "$server" 2>/dev/null || true
 echo "ok: SwiftNIO echo, 1 x 64 MiB, 8 x 4 MiB, 200 x 1 KiB, $total connections over shared memory"
