@@ -64,16 +64,19 @@ CONF
     # curl: six files on one keep-alive connection, then each on its own connection, and a 404.
     local args=() got file
     for file in tiny.txt small.bin odd.bin big.bin tiny.txt big.bin; do
-        args+=(-o "$dir/got.$((${#args[@]} / 2)).$file" "http://127.0.0.1:$port/$file")
+        args+=(-o "$dir/got.$((${#args[@]} / 3)).$file" "http://127.0.0.1:$port/$file")
     done
-    timeout 30 $R curl -sS --fail "${args[@]}" 2>"$dir/curl.err" || fail "$name: curl (keep-alive): $(cat "$dir/curl.err")"
+    timeout 30 $R curl -sS --fail "${args[@]}" 2>"$dir/curl.err" \
+        || fail "$name: curl (keep-alive) exited $? (124: 30 s timeout); got $(cd "$dir" && stat -c '%n %s B' got.* \
+            | tr '\n' ' ')of $(cd "$WORK/www" && stat -c '%n %s B' * | tr '\n' ' '); $(cat "$dir/curl.err")"
     for got in "$dir"/got.*; do same "$WORK/www/${got##*.[0-9].}" "$got" "$name: curl, keep-alive, ${got##*/}"; done
     local connects
     connects=$(grep -c "connect fd" "$dir/curl.err" || true)
     [ "$connects" = 1 ] || fail "$name: curl made $connects connections for 6 files, not 1: $(cat "$dir/curl.err")"
     for file in tiny.txt small.bin odd.bin big.bin; do
         timeout 30 $R curl -sS --fail -o "$dir/one" "http://127.0.0.1:$port/$file" 2>>"$dir/curl.err" \
-            || fail "$name: curl $file: $(cat "$dir/curl.err")"
+            || fail "$name: curl $file exited $? (124: 30 s timeout), got $(stat -c %s "$dir/one" 2>/dev/null) bytes" \
+                "of $(stat -c %s "$WORK/www/$file"): $(cat "$dir/curl.err")"
         same "$WORK/www/$file" "$dir/one" "$name: curl $file"
     done
     [ "$(timeout 10 $R curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/missing" 2>>"$dir/curl.err")" = 404 ] \
