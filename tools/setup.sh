@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build and test vmsock: libevent-dev (and pkg-config) from Debian, and
 # the programs the interop tests run against: nc (netcat-openbsd), socat, iperf3, curl, sockperf, ip and ss
-# (iproute2), setpriv, and
-# qemu-system-x86_64 (vmsockd's QEMU test; it skips without it).
+# (iproute2), setpriv, redis-server and redis-benchmark/redis-cli (redis-tools), nginx, wrk and ab
+# (apache2-utils) for the real-server tests and tools/bench-servers.sh, and qemu-system-x86_64 (vmsockd's QEMU
+# test; it skips without it).
 # Idempotent and quiet when everything is there. Needs root for apt-get (CI and the dev machines run as root).
 set -euo pipefail
 
@@ -26,6 +27,13 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v sockperf >/dev/null 2>&1 || missing+=(sockperf)  # vmsock-run's ping-pong benchmark (BENCHMARKS.md)
+# Real servers under vmsock-run (issue 19). The tests start their own instances on free ports; a distribution
+# service the packages may start is left alone.
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-benchmark >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v ab >/dev/null 2>&1 || missing+=(apache2-utils)  # ab: tools/bench-servers.sh's second HTTP client
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"

@@ -123,7 +123,7 @@ static int exchange(int sock, int listener, uint16_t port, int fds[CLAIM_FDS], u
         close_all(fds, received < CLAIM_FDS ? received : CLAIM_FDS);
         return -1;
     }
-    if (!found) snprintf(reason, capacity, "no hello from port %u: the peer is not under vmsock-run", port);
+    if (!found) snprintf(reason, capacity, "no link welcomed for port %u: the peer is not under vmsock-run, or it hung up before this accept", port);
     return (int)found;
 }
 

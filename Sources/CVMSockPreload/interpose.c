@@ -312,6 +312,7 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     saved = errno;
     if (result == 0 || errno == EINPROGRESS || errno == EINTR) {
         atomic_store(&r->conn->tcp_ready, result == 0);
+        vmsp_wake_socket_ready(r->conn, fd);
         vmsp_install(fd, r);  // the connection's first user reference now stands for the table's
         vmsp_debug("connect fd %d to %s: shared memory", fd, where);
     } else {
@@ -395,6 +396,7 @@ static void after_accept(int listener, int fd, int flags) {
         struct vmsp_ref *r = vmsp_conn_new(&info, (flags & SOCK_NONBLOCK) != 0);
         if (r) {
             atomic_store(&r->conn->tcp_ready, 1);
+            vmsp_wake_socket_ready(r->conn, fd);
             vmsp_install(fd, r);
             vmsp_debug("accept fd %d from %s: shared memory", fd, where);
         } else {
@@ -472,6 +474,7 @@ int close(int fd) {
             return result;
         }
         if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) forget_listener(fd);
+        vmsp_epoll_closing(fd);
     }
     return REAL(close)(fd);
 }
@@ -492,6 +495,7 @@ static void before_replace(int old_fd, int new_fd) {
     struct vmsp_ref *r = vmsp_lookup(new_fd);
     if (r) vmsp_before_last_close(r, new_fd);
     forget_listener(new_fd);
+    vmsp_epoll_closing(new_fd);
 }
 
 static void after_replace(int new_fd, int result) {
@@ -579,6 +583,7 @@ int close_range(unsigned int first, unsigned int last, int flags) {
         struct vmsp_ref *r = vmsp_lookup((int)fd);
         if (r) vmsp_before_last_close(r, (int)fd);
         if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) forget_listener((int)fd);
+        vmsp_epoll_closing((int)fd);
     }
     int result = REAL(close_range)(first, last, flags);
     if (result == 0) {

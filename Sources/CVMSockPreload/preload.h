@@ -11,6 +11,10 @@
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
 #include <sys/uio.h>
 #include "include/CVMSockPreload.h"
 
@@ -48,6 +52,18 @@ struct vmsp_real {
     int (*recvmmsg)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
     int (*sendmmsg)(int, struct mmsghdr *, unsigned int, int);
     ssize_t (*splice)(int, loff_t *, int, loff_t *, size_t, unsigned int);
+    // The waits (wait.c, epoll.c).
+    int (*ppoll)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
+    int (*poll)(struct pollfd *, nfds_t, int);
+    int (*select)(int, fd_set *, fd_set *, fd_set *, struct timeval *);
+    int (*pselect)(int, fd_set *, fd_set *, fd_set *, const struct timespec *, const sigset_t *);
+    int (*epoll_create)(int);
+    int (*epoll_create1)(int);
+    int (*epoll_ctl)(int, int, int, struct epoll_event *);
+    int (*epoll_pwait)(int, struct epoll_event *, int, int, const sigset_t *);
+    int (*epoll_pwait2)(int, struct epoll_event *, int, const struct timespec *, const sigset_t *);
+    int (*setsockopt)(int, int, int, const void *, socklen_t);
+    int (*getsockopt)(int, int, int, void *, socklen_t *);
     pid_t (*fork)(void);
     int (*execve)(const char *, char *const[], char *const[]);
     int (*execvpe)(const char *, char *const[], char *const[]);
@@ -104,6 +120,7 @@ struct vmsp_conn {
     uint64_t last_rung;       // the peer generation our last wake-up byte was for (~0: none yet)
     uint32_t sent;            // wake-up bytes sent
     int64_t full_since;       // when a non-blocking write first found the ring full with no progress (0: not)
+    atomic_int app_nodelay;   // TCP_NODELAY as the application set it (the socket itself always has it)
 
     // The processes that hold the socket (holders.c): (start time << 22) | pid, 0 for a free slot.
     atomic_int holder_slots;  // slots ever used: the scans stop there
@@ -196,6 +213,39 @@ int vmsp_readable_bytes(struct vmsp_conn *c);
 int64_t vmsp_writable_bytes(struct vmsp_conn *c);
 void vmsp_shutdown_bits(struct vmsp_conn *c, int how);
 void vmsp_drain_wakeups(struct vmsp_conn *c, int fd);
+// Readiness from the rings, for the interposed waits (no lock, no system call), and the arms a wait sets before
+// it sleeps (see stream.c).
+/// The TCP socket now carries only wake-up bytes: each must go at once (TCP_NODELAY; the application's own
+/// setting is kept aside, see sockopt.c).
+void vmsp_wake_socket_ready(struct vmsp_conn *c, int fd);
+int vmsp_rx_ready(struct vmsp_conn *c);
+/// How long a wait looks at the rings before it sleeps (VMSOCK_SPIN_US, 20 µs by default): a reply often comes
+/// sooner than a sleep and a wake-up would take.
+int vmsp_spin_ns(void);
+static inline void vmsp_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+uint64_t vmsp_rx_mark(struct vmsp_conn *c);
+int vmsp_rx_shut(struct vmsp_conn *c);
+int vmsp_tx_ready(struct vmsp_conn *c);
+uint64_t vmsp_tx_mark(struct vmsp_conn *c);
+int vmsp_rx_arm(struct vmsp_conn *c, int fd);
+void vmsp_rx_disarm(struct vmsp_conn *c);
+int vmsp_tx_arm(struct vmsp_conn *c);
+void vmsp_tx_disarm(struct vmsp_conn *c);
+// MARK: epoll sets (epoll.c): a record per set made by epoll_create, dropped when its descriptor closes.
+struct vmsp_epoll;
+struct vmsp_epoll *vmsp_epoll_untrack(int fd);
+void vmsp_epoll_forget(struct vmsp_epoll *set);
+/// The descriptor fd is about to close or be replaced: if it is an epoll set, its record goes.
+static inline void vmsp_epoll_closing(int fd) {
+    struct vmsp_epoll *set = vmsp_epoll_untrack(fd);
+    if (set) vmsp_epoll_forget(set);
+}
 
 // MARK: Debug output and process state.
 

@@ -49,7 +49,7 @@ static inline void store_u32(uint8_t *base, int offset, uint32_t value) {
     __atomic_store_n((uint32_t *)(base + offset), value, __ATOMIC_SEQ_CST);
 }
 
-static int spin_ns(void) {
+int vmsp_spin_ns(void) {
     static int cached = -1;
     if (cached < 0) {
         const char *text = getenv("VMSOCK_SPIN_US");
@@ -99,7 +99,7 @@ static int tcp_established(struct vmsp_conn *c, int fd, int dontwait) {
     if (__builtin_expect(atomic_load_explicit(&c->tcp_ready, memory_order_relaxed), 1)) return 0;
     for (;;) {
         struct pollfd p = { .fd = fd, .events = POLLOUT };
-        int ready = poll(&p, 1, dontwait ? 0 : -1);
+        int ready = REAL(poll)(&p, 1, dontwait ? 0 : -1);
         if (ready < 0 && errno == EINTR) { if (restarts_after_signal()) continue; return -1; }
         if (ready == 0) { errno = EAGAIN; return -1; }
         if (ready < 0) return -1;
@@ -148,15 +148,37 @@ static void drain_stale(struct vmsp_conn *c, int fd, uint32_t count) {
         if (deadline == 0) deadline = now_ns() + 100000000;
         if (now_ns() > deadline) return;
         struct pollfd p = { .fd = fd, .events = POLLIN };
-        (void)poll(&p, 1, 1);
+        (void)REAL(poll)(&p, 1, 1);
     }
+}
+
+// The arm word: a generation (bits 0-23) and how many waits sleep on it (bits 24-31). A writer rings only while
+// a wait sleeps, once per generation; each wait arms before it sleeps (a new generation, one more sleeper) and
+// disarms when it wakes, so that writes to a reader that is awake cost no system call.
+enum { GEN_MASK = 0xffffff, SLEEPER = 1u << 24 };
+
+static void arm_word(struct vmsp_conn *c) {
+    uint32_t *word = (uint32_t *)(c->local + OFF_ARM);
+    uint32_t old = __atomic_load_n(word, __ATOMIC_RELAXED), new;
+    do {
+        uint32_t sleepers = old >> 24;
+        new = ((sleepers < 255 ? sleepers + 1 : 255) << 24) | ((old + 1) & GEN_MASK);
+    } while (!__atomic_compare_exchange_n(word, &old, new, 1, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
+    c->gen = new & GEN_MASK;
+}
+
+// A wait that armed woke up: one sleeper less (the generation stays, so a byte already rung is accounted).
+void vmsp_rx_disarm(struct vmsp_conn *c) {
+    uint32_t *word = (uint32_t *)(c->local + OFF_ARM);
+    uint32_t old = __atomic_load_n(word, __ATOMIC_RELAXED);
+    while ((old >> 24) > 0 &&
+           !__atomic_compare_exchange_n(word, &old, old - SLEEPER, 1, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {}
 }
 
 // The ring was found empty: arm a new generation and re-check. Returns >0 when data is there after all, 0 when
 // the ring is empty and armed (no stale byte left in the socket), -1 when the peer broke the ring.
 static int64_t rx_settle(struct vmsp_conn *c, int fd) {
-    c->gen += 1;
-    store_u32(c->local, OFF_ARM, c->gen);
+    arm_word(c);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);  // the store above before the re-check below (Dekker)
     int64_t avail = rx_refresh(c);
     if (avail != 0) return avail;
@@ -169,19 +191,23 @@ static int64_t rx_settle(struct vmsp_conn *c, int fd) {
 }
 
 // Whether the stream has ended for the reader (the ring is empty): the peer's write-shut bit, or the TCP socket's
-// own end (FIN or RST, from a close, a shutdown or the peer's death). Costs a syscall only when asked by a caller
-// about to return EAGAIN or sleep.
+// own end (FIN or RST, from a close, a shutdown or the peer's death). Asked of the kernel with POLLRDHUP, which
+// sees the FIN behind wake-up bytes not yet drained. Costs a syscall only when asked by a caller about to return
+// EAGAIN or sleep.
 static int rx_ended(struct vmsp_conn *c, int fd) {
     if (c->eof) return 1;
     if (load_u32(c->peer, OFF_SHUTDOWN) & (SHUT_WRITE_BIT | CLOSED_BIT)) { c->eof = 1; return 1; }
-    char byte;
-    ssize_t n = REAL(recv)(fd, &byte, 1, MSG_DONTWAIT | MSG_PEEK);
-    if (n == 0) { c->eof = 1; return 1; }
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+    struct pollfd p = { .fd = fd, .events = POLLRDHUP };
+    if (REAL(poll)(&p, 1, 0) != 1) return 0;
+    if (p.revents & POLLERR) {
+        int error = 0;
+        socklen_t length = sizeof error;
+        (void)getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length);
         c->eof = 1;
-        c->eof_error = errno;
+        c->eof_error = error ? error : ECONNRESET;
         return 1;
     }
+    if (p.revents & (POLLRDHUP | POLLHUP)) { c->eof = 1; return 1; }
     return 0;
 }
 
@@ -234,17 +260,17 @@ ssize_t vmsp_recv(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
             }
             copied += n;
             avail -= (int64_t)n;
-            if (avail == 0 && !peek) avail = rx_refresh(c);
-            if (copied == total || !waitall) {
-                // Leaving an empty ring: arm now, so that the socket is readable exactly when data comes.
-                if (avail == 0 && !peek) avail = rx_settle(c, fd);
-                result = (ssize_t)copied;
-                break;
+            // Bytes published meanwhile go in the same read, as TCP gives all it has.
+            if (avail == 0) {
+                avail = rx_refresh(c);  // counted from our position: a peek has not moved it past `copied`
+                if (peek && avail > 0) avail -= (int64_t)copied;
             }
+            if (copied == total || (!waitall && avail <= 0)) { result = (ssize_t)copied; break; }
             continue;
         }
-        // Empty.
-        avail = peek ? rx_refresh(c) : rx_settle(c, fd);
+        // Empty. Not armed here: only a wait arms (the interposed poll, select and epoll, or the sleep below), so
+        // that a writer whose reader keeps up sends no wake-up byte.
+        avail = rx_refresh(c);
         if (avail != 0) continue;
         if (rx_ended(c, fd)) {
             // Every byte published before the end is visible now: the FIN (or the bit) came after it.
@@ -264,18 +290,21 @@ ssize_t vmsp_recv(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
             break;
         }
         // Block: spin on the ring a little (a wake-up costs more), then sleep until a wake-up byte, FIN or RST.
-        int64_t spin_until = now_ns() + spin_ns();
+        int64_t spin_until = now_ns() + vmsp_spin_ns();
         for (int turn = 1; avail == 0; turn++) {
             avail = rx_refresh(c);
             if (avail != 0 || now_ns() > spin_until) break;
             if ((turn & 63) == 0) sched_yield();
         }
         if (avail != 0) continue;
-        struct pollfd p = { .fd = fd, .events = POLLIN };
+        avail = rx_settle(c, fd);  // arm, so that the next publish rings; drains the bytes of older arms
+        if (avail != 0) { vmsp_rx_disarm(c); continue; }
+        struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
         int timeout = socket_timeout_ms(fd, SO_RCVTIMEO);
         pthread_mutex_unlock(&c->rx_lock);
-        int ready = poll(&p, 1, timeout);
+        int ready = REAL(poll)(&p, 1, timeout);
         int saved = errno;
+        vmsp_rx_disarm(c);
         pthread_mutex_lock(&c->rx_lock);
         if (ready < 0 && saved == EINTR) {
             if (copied > 0) { result = (ssize_t)copied; break; }
@@ -332,8 +361,8 @@ int64_t vmsp_writable_bytes(struct vmsp_conn *c) {
 
 // After publishing: one wake-up byte per reader generation (see the top of the file).
 static void ring_reader(struct vmsp_conn *c, int fd) {
-    uint32_t gen = load_u32(c->peer, OFF_ARM);
-    if ((uint64_t)gen == c->last_rung) return;
+    uint32_t word = load_u32(c->peer, OFF_ARM), gen = word & GEN_MASK;
+    if ((word >> 24) == 0 || (uint64_t)gen == c->last_rung) return;  // nobody sleeps, or rung already
     c->last_rung = gen;
     c->sent += 1;
     store_u64(c->local, OFF_BELL, ((uint64_t)gen << 32) | c->sent);
@@ -357,7 +386,7 @@ static int tx_closed(struct vmsp_conn *c) {
 // The peer process's last copy of the control socket closed (death included): the full-ring path asks.
 static int peer_hung_up(struct vmsp_conn *c) {
     struct pollfd p = { .fd = c->control_fd, .events = POLLIN };
-    if (poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR))) {
+    if (REAL(poll)(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR))) {
         atomic_store(&c->peer_gone, 1);
         return 1;
     }
@@ -373,7 +402,7 @@ static ssize_t broken_pipe(int flags) {
 
 // Waits for room. 1: there may be room; 0: timed out or interrupted (errno set); -1: the peer is gone.
 static int tx_wait(struct vmsp_conn *c, int fd, int64_t need) {
-    int64_t spin_until = now_ns() + spin_ns();
+    int64_t spin_until = now_ns() + vmsp_spin_ns();
     for (int turn = 1;; turn++) {
         int64_t space = tx_refresh(c);
         if (space < 0 || space >= need) return 1;
@@ -390,7 +419,7 @@ static int tx_wait(struct vmsp_conn *c, int fd, int64_t need) {
         { .fd = fd, .events = POLLRDHUP },
     };
     int ready;
-    do ready = poll(p, 3, socket_timeout_ms(fd, SO_SNDTIMEO));
+    do ready = REAL(poll)(p, 3, socket_timeout_ms(fd, SO_SNDTIMEO));
     while (ready < 0 && errno == EINTR && restarts_after_signal());
     int saved = errno;
     store_u32(c->local, OFF_WAIT_SPACE, 0);
@@ -458,7 +487,7 @@ ssize_t vmsp_send(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
             if (written > 0) { result = (ssize_t)written; break; }
             // A poller is told POLLOUT by the TCP socket at all times: look a little before answering EAGAIN,
             // so that it does not spin on us at full speed, and learn whether the peer is still there.
-            int64_t spin_until = now_ns() + spin_ns();
+            int64_t spin_until = now_ns() + vmsp_spin_ns();
             for (int turn = 1; space == 0 && now_ns() < spin_until; turn++) {
                 space = tx_refresh(c);
                 if ((turn & 63) == 0) sched_yield();
@@ -536,4 +565,59 @@ void vmsp_shutdown_bits(struct vmsp_conn *c, int how) {
     if (how == SHUT_WR || how == SHUT_RDWR) { bits |= SHUT_WRITE_BIT; atomic_store(&c->write_shut, 1); }
     if (how == SHUT_RD || how == SHUT_RDWR) { bits |= SHUT_READ_BIT; atomic_store(&c->read_shut, 1); }
     if (bits) __atomic_or_fetch((uint32_t *)(c->local + OFF_SHUTDOWN), bits, __ATOMIC_SEQ_CST);
+}
+
+// MARK: Readiness, for the interposed waits (wait.c): no lock, no system call.
+
+// Whether a read would not wait: ring bytes, the end of the stream, or an error to report.
+int vmsp_rx_ready(struct vmsp_conn *c) {
+    if (atomic_load_explicit(&c->broken, memory_order_relaxed) || atomic_load_explicit(&c->read_shut, memory_order_relaxed)) return 1;
+    if (__atomic_load_n(&c->eof, __ATOMIC_RELAXED)) return 1;
+    if (load_u64(c->peer, OFF_PRODUCER) != load_u64(c->local, OFF_CONSUMER)) return 1;
+    return (load_u32(c->peer, OFF_SHUTDOWN) & (SHUT_WRITE_BIT | CLOSED_BIT)) != 0;
+}
+
+// Changes whenever new bytes arrive or the stream ends: what an edge-triggered waiter compares.
+// Whether the peer shut its writing side or closed (EPOLLRDHUP, before its FIN reaches the socket).
+int vmsp_rx_shut(struct vmsp_conn *c) { return (load_u32(c->peer, OFF_SHUTDOWN) & (SHUT_WRITE_BIT | CLOSED_BIT)) != 0; }
+
+uint64_t vmsp_rx_mark(struct vmsp_conn *c) {
+    uint64_t ended = (load_u32(c->peer, OFF_SHUTDOWN) & (SHUT_WRITE_BIT | CLOSED_BIT)) ? 1ull << 63 : 0;
+    return load_u64(c->peer, OFF_PRODUCER) ^ ended;
+}
+
+// Whether a write would not wait: room in the ring, or an error (EPIPE, EPROTO) to report.
+int vmsp_tx_ready(struct vmsp_conn *c) {
+    if (atomic_load_explicit(&c->broken, memory_order_relaxed) || tx_closed(c)) return 1;
+    uint64_t produced = load_u64(c->local, OFF_PRODUCER), consumed = load_u64(c->peer, OFF_CONSUMER);
+    return produced - consumed < c->tx_cap || consumed - produced < (1ull << 62);  // room, or a lying peer
+}
+
+uint64_t vmsp_tx_mark(struct vmsp_conn *c) { return load_u64(c->peer, OFF_CONSUMER); }
+
+// Before a wait sleeps for data: arms a new generation (the writer's next publish sends a wake-up byte), drains
+// the bytes of older ones, and returns whether a read would not wait after all. Armed either way: the caller
+// disarms (vmsp_rx_disarm) once it no longer sleeps on the connection.
+int vmsp_rx_arm(struct vmsp_conn *c, int fd) {
+    pthread_mutex_lock(&c->rx_lock);
+    int64_t avail = rx_settle(c, fd);
+    pthread_mutex_unlock(&c->rx_lock);
+    return avail != 0 || vmsp_rx_ready(c);
+}
+
+// Before a wait sleeps for room: asks the peer's reader to ring our space doorbell when it consumes, and returns
+// whether there is room already (then disarmed).
+int vmsp_tx_arm(struct vmsp_conn *c) {
+    store_u32(c->local, OFF_WAIT_SPACE, 1);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);  // the flag before the re-check (Dekker, against the consumer)
+    if (!vmsp_tx_ready(c)) return 0;
+    store_u32(c->local, OFF_WAIT_SPACE, 0);
+    return 1;
+}
+
+// After the wait: no more space rings wanted, and the rung bytes drained.
+void vmsp_tx_disarm(struct vmsp_conn *c) {
+    store_u32(c->local, OFF_WAIT_SPACE, 0);
+    char sink[64];
+    while (REAL(recv)(c->space_bell_fd, sink, sizeof sink, MSG_DONTWAIT) > 0) {}
 }

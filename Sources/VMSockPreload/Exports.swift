@@ -18,6 +18,7 @@ private let installHooks: Void = {
         destination.withSocketAddress { address, length in vmsp_bind_source(fd, address, length) }
     }
     PreloadConnector.hooks.withLock { $0 = hooks }
+    LibraryDescriptors.keepAboveHalfTheLimit()
 }()
 
 /// Copies `text` into a C buffer of `capacity` bytes, NUL-terminated, cut if it must be.

@@ -1,5 +1,6 @@
 import CVMSock
 import Glibc
+import Synchronization
 
 // The narrow layer every system call goes through: one small function per C call, EINTR retried in one place
 // (`retryingEINTR`), failures turned into `VMSockError` with the errno preserved and a message naming the call.
@@ -162,7 +163,7 @@ final class Descriptor: @unchecked Sendable {  // immutable after init, but for 
 
     init(_ raw: Int32) {
         precondition(raw >= 0)
-        self.raw = raw
+        self.raw = LibraryDescriptors.moved(raw)
     }
 
     /// Hands the descriptor to a new owner, which must close it; this object no longer will.
@@ -172,4 +173,30 @@ final class Descriptor: @unchecked Sendable {  // immutable after init, but for 
     }
 
     deinit { if owned { Sys.close(raw) } }
+}
+
+/// Under vmsock-run the library's descriptors (a shared-memory connection holds seven: its control socket and
+/// doorbells) share the application's numbers. Programs size tables by descriptor number (wrk sizes its event loop
+/// by its connection count, `select` stops at 1024), so the library keeps its own above a floor: each new one is
+/// moved up when it is made, if there is room there. Off (floor 0) outside vmsock-run.
+package enum LibraryDescriptors {
+    private static let floor = Atomic<Int32>(0)
+
+    /// Keeps the library's descriptors at or above half the soft descriptor limit (at most 4096).
+    package static func keepAboveHalfTheLimit() {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur >= 64 else { return }
+        let half = min(limit.rlim_cur / 2, 4096)  // RLIM_INFINITY is the largest value: 4096
+        floor.store(Int32(half), ordering: .relaxed)
+    }
+
+    /// `fd`, or a copy of it at or above the floor (close-on-exec, the original closed) when it is below.
+    static func moved(_ fd: Int32) -> Int32 {
+        let floor = floor.load(ordering: .relaxed)
+        guard floor > 0, fd < floor else { return fd }
+        let moved = fcntl(fd, F_DUPFD_CLOEXEC, floor)
+        guard moved >= 0 else { return fd }  // no room up there: it stays where it is
+        Sys.close(fd)
+        return moved
+    }
 }

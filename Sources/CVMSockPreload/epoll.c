@@ -1,0 +1,526 @@
+// The interposed epoll: a set that holds shared-memory connections (or other sets that may) answers for them from
+// their rings, as the interposed poll does (wait.c), and sleeps in the kernel's set only after arming them.
+//
+// Every epoll set made through epoll_create or epoll_create1 has a record here. A connection (or a set inside a
+// set) added to it gets a registration: the application's events and data are kept here, and the kernel's set
+// holds the connection's TCP socket under a cookie of ours instead, edge-triggered, for EPOLLIN and EPOLLRDHUP
+// only. So the kernel wakes a sleeper at each wake-up byte or hang-up, a stale wake-up byte never keeps it awake,
+// and the application sees only its own data, with readiness from the rings (level, EPOLLET or EPOLLONESHOT, as
+// it asked). A writer waiting for room adds the connection's space doorbell under a second cookie.
+//
+// A registration is "quiet" once armed with an empty ring: its writer will ring, so it is not looked at again
+// until the kernel reports its cookie, a call changes it, or the application reads it empty and sleeps again.
+// An idle connection therefore costs nothing per wait.
+#include "preload.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { KIND_CONN = 1, KIND_SET = 2 };
+// Cookies: a tag no pointer or small integer of the application's has (the top 16 bits of a user address are 0),
+// what the cookie is for, and the registration's index.
+#define COOKIE_TAG 0x7ff5000000000000ull
+#define COOKIE_MASK 0xffff000000000000ull
+enum { COOKIE_REG = 0, COOKIE_BELL = 1, COOKIE_WAKER = 2 };
+static uint64_t cookie(int what, int index) { return COOKIE_TAG | ((uint64_t)what << 32) | (uint32_t)index; }
+
+struct vmsp_epoll;
+
+struct reg {
+    int fd;                   // -1: a free slot
+    int kind;
+    struct vmsp_conn *conn;   // KIND_CONN: the connection fd named when added (a reference is not held)
+    struct vmsp_epoll *set;   // KIND_SET
+    uint32_t events;          // the application's
+    uint64_t data;            // the application's
+    uint64_t last_in, last_out;   // what EPOLLET compares: the rings' marks at the last report
+    uint32_t kernel_bits;     // EPOLLHUP, EPOLLERR, EPOLLRDHUP seen from the kernel: final
+    uint32_t reported_bits;
+    int disabled;             // EPOLLONESHOT fired: nothing until EPOLL_CTL_MOD
+    int quiet;                // armed with an empty ring: the kernel will say when data comes
+    int bell_added, tx_armed;
+    int rx_armed;             // this registration counts as a sleeper on its connection (see stream.c's arm word)
+    int idle;                 // sleeps in a row that found its ring empty: from 2 on, it stays armed when awake
+};
+
+struct vmsp_epoll {
+    pthread_mutex_t lock;
+    int fd;
+    struct reg *regs;
+    int count, capacity;      // slots in use (some free), allocated
+    atomic_int live;          // registrations: 0 means every wait goes straight to the kernel
+    int sleepers;             // waits asleep in the kernel now
+    atomic_int kernel_sleepers;   // waits that went straight to the kernel (no registration of ours then)
+    int waker;                // an eventfd in the kernel's set, to wake them when a call adds readiness (-1: none)
+    int next_scan;            // where the next scan starts, so that a short events array starves no one
+    int64_t last_kernel_ns;   // when a wait last asked the kernel's set
+};
+
+static _Atomic(struct vmsp_epoll *) *_Atomic sets;
+
+static struct vmsp_epoll *set_of(int fd) {
+    if (!sets || (unsigned)fd >= (unsigned)vmsp_table_size) return NULL;
+    return atomic_load_explicit(&sets[fd], memory_order_acquire);
+}
+
+static void track(int fd) {
+    if (fd < 0 || (unsigned)fd >= (unsigned)vmsp_table_size) return;
+    if (!sets) {
+        // Reserved like the descriptor table: untouched pages cost nothing.
+        static pthread_mutex_t once = PTHREAD_MUTEX_INITIALIZER;
+        pthread_mutex_lock(&once);
+        if (!sets) {
+            void *table = calloc((size_t)vmsp_table_size, sizeof *sets);
+            if (table) atomic_store(&sets, (_Atomic(struct vmsp_epoll *) *)table);
+        }
+        pthread_mutex_unlock(&once);
+        if (!sets) return;
+    }
+    struct vmsp_epoll *set = calloc(1, sizeof *set);
+    if (!set) return;  // then this set is the kernel's alone: its connections report from their sockets
+    pthread_mutex_init(&set->lock, NULL);
+    set->fd = fd;
+    set->waker = -1;
+    struct vmsp_epoll *old = atomic_exchange(&sets[fd], set);
+    if (old) vmsp_epoll_forget(old);
+}
+
+int epoll_create(int size) {
+    int fd = REAL(epoll_create)(size);
+    if (fd >= 0 && !vmsp_inside) track(fd);
+    return fd;
+}
+
+int epoll_create1(int flags) {
+    int fd = REAL(epoll_create1)(flags);
+    if (fd >= 0 && !vmsp_inside) track(fd);
+    return fd;
+}
+
+// The set at fd is closing (close, dup2 over it): its record goes. A wait still inside keeps it alive: records
+// are never freed while their number can be waited on, so this leaks one small record per closed set that had a
+// wait in flight, which is the rare case.
+struct vmsp_epoll *vmsp_epoll_untrack(int fd) {
+    if (!sets || (unsigned)fd >= (unsigned)vmsp_table_size) return NULL;
+    return atomic_exchange(&sets[fd], NULL);
+}
+
+void vmsp_epoll_forget(struct vmsp_epoll *set) {
+    pthread_mutex_lock(&set->lock);
+    int busy = set->sleepers > 0;
+    if (set->waker >= 0) REAL(close)(set->waker);
+    set->waker = -1;
+    free(set->regs);
+    set->regs = NULL;
+    set->count = set->capacity = 0;
+    atomic_store(&set->live, 0);
+    pthread_mutex_unlock(&set->lock);
+    if (!busy) {
+        pthread_mutex_destroy(&set->lock);
+        free(set);
+    }
+}
+
+// MARK: Registrations
+
+static struct reg *find(struct vmsp_epoll *set, int fd) {
+    for (int i = 0; i < set->count; i++) {
+        if (set->regs[i].fd == fd) return &set->regs[i];
+    }
+    return NULL;
+}
+
+static struct reg *new_reg(struct vmsp_epoll *set) {
+    for (int i = 0; i < set->count; i++) {
+        if (set->regs[i].fd < 0) return &set->regs[i];
+    }
+    if (set->count == set->capacity) {
+        int capacity = set->capacity ? set->capacity * 2 : 16;
+        struct reg *grown = realloc(set->regs, (size_t)capacity * sizeof *grown);
+        if (!grown) return NULL;
+        set->regs = grown;
+        set->capacity = capacity;
+    }
+    return &set->regs[set->count++];
+}
+
+// Whether the registration still names what it was added for: the application may have closed the descriptor
+// (the kernel then dropped it from its set) and the number may name something else by now.
+static int still_valid(struct reg *r) {
+    if (r->kind == KIND_CONN) {
+        struct vmsp_ref *now = vmsp_lookup(r->fd);  // one ref per connection in a process: same page, same ref
+        return now && now->conn == r->conn;
+    }
+    return set_of(r->fd) == r->set;
+}
+
+static void drop(struct vmsp_epoll *set, struct reg *r) {
+    if (r->rx_armed && r->kind == KIND_CONN && still_valid(r)) vmsp_rx_disarm(r->conn);
+    if (r->tx_armed && r->kind == KIND_CONN && still_valid(r)) vmsp_tx_disarm(r->conn);
+    r->rx_armed = r->tx_armed = 0;
+    r->fd = -1;
+    r->conn = NULL;
+    r->set = NULL;
+    atomic_fetch_sub(&set->live, 1);
+}
+
+// A call made a registration possibly ready: wake the waits asleep in the kernel, so that they look.
+static void wake_sleepers(struct vmsp_epoll *set) {
+    if ((set->sleepers == 0 && atomic_load(&set->kernel_sleepers) == 0) || set->waker < 0) return;
+    uint64_t one = 1;
+    (void)REAL(write)(set->waker, &one, sizeof one);
+}
+
+static int ensure_waker(struct vmsp_epoll *set) {
+    if (set->waker >= 0) return 0;
+    int waker = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (waker < 0) return -1;
+    struct epoll_event event = { .events = EPOLLIN | EPOLLET, .data.u64 = cookie(COOKIE_WAKER, 0) };
+    if (REAL(epoll_ctl)(set->fd, EPOLL_CTL_ADD, waker, &event) != 0) { REAL(close)(waker); return -1; }
+    set->waker = waker;
+    return 0;
+}
+
+static int ctl_ours(struct vmsp_epoll *set, int op, int fd, struct epoll_event *event, struct vmsp_conn *conn,
+                    struct vmsp_epoll *inner) {
+    struct reg *r = find(set, fd);
+    if (r && !still_valid(r)) { drop(set, r); r = NULL; }
+    if (op == EPOLL_CTL_DEL) {
+        if (!r) { errno = ENOENT; return -1; }
+        if (r->bell_added) (void)REAL(epoll_ctl)(set->fd, EPOLL_CTL_DEL, r->conn->space_bell_fd, NULL);
+        drop(set, r);
+        return REAL(epoll_ctl)(set->fd, EPOLL_CTL_DEL, fd, NULL);
+    }
+    if (!event) { errno = EFAULT; return -1; }
+    if (op == EPOLL_CTL_MOD) {
+        if (!r) { errno = ENOENT; return -1; }
+    } else {
+        if (r) { errno = EEXIST; return -1; }
+        if (ensure_waker(set) != 0) return -1;
+        r = new_reg(set);
+        if (!r) { errno = ENOMEM; return -1; }
+        int index = (int)(r - set->regs);
+        struct epoll_event kernel = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = cookie(COOKIE_REG, index) };
+        if (REAL(epoll_ctl)(set->fd, EPOLL_CTL_ADD, fd, &kernel) != 0) {
+            if (index == set->count - 1) set->count--;
+            else r->fd = -1;
+            return -1;
+        }
+        *r = (struct reg){ .fd = fd, .kind = conn ? KIND_CONN : KIND_SET, .conn = conn, .set = inner };
+        atomic_fetch_add(&set->live, 1);
+    }
+    r->events = event->events;
+    r->data = event->data.u64;
+    r->last_in = r->last_out = ~0ull;  // as the kernel, which re-checks readiness at ADD and MOD
+    r->reported_bits = 0;
+    r->disabled = 0;
+    r->quiet = 0;
+    r->idle = 0;
+    wake_sleepers(set);
+    return 0;
+}
+
+int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
+    struct vmsp_epoll *set = vmsp_inside ? NULL : set_of(epfd);
+    if (!set) return REAL(epoll_ctl)(epfd, op, fd, event);
+    struct vmsp_ref *ref = vmsp_lookup(fd);
+    struct vmsp_conn *conn = ref ? ref->conn : NULL;  // the page lives as long as the ref (10 s after it retired)
+    struct vmsp_epoll *inner = conn ? NULL : set_of(fd);
+    if (!conn && !inner && atomic_load_explicit(&set->live, memory_order_relaxed) == 0) {
+        return REAL(epoll_ctl)(epfd, op, fd, event);
+    }
+    pthread_mutex_lock(&set->lock);
+    int result;
+    if (conn || inner) {
+        result = ctl_ours(set, op, fd, event, conn, inner);
+    } else {
+        // Not ours now; a registration left for this number named a connection since closed.
+        struct reg *stale = find(set, fd);
+        if (stale) drop(set, stale);
+        result = REAL(epoll_ctl)(epfd, op, fd, event);
+    }
+    int saved = errno;
+    pthread_mutex_unlock(&set->lock);
+    errno = saved;
+    return result;
+}
+
+// MARK: Readiness
+
+static int set_has_ready(struct vmsp_epoll *set, int depth);
+
+// The events a registration would report now, from its rings (and the kernel's final bits), honouring EPOLLET
+// and EPOLLONESHOT; updates the marks when `report` is set. 0: nothing to report.
+static uint32_t reg_events(struct reg *r, int report, int depth) {
+    if (r->disabled) return 0;
+    uint32_t want = r->events, got = 0;
+    int edge = (want & EPOLLET) != 0;
+    if (r->kind == KIND_SET) {
+        if ((want & EPOLLIN) && set_has_ready(r->set, depth + 1)) got = EPOLLIN;
+    } else {
+        struct vmsp_conn *c = r->conn;
+        int ended = (r->kernel_bits & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
+        uint64_t in_mark = 0, out_mark = 0;
+        if ((want & EPOLLIN) && (vmsp_rx_ready(c) || ended)) {
+            in_mark = vmsp_rx_mark(c) ^ (ended ? 1ull << 62 : 0);
+            if (!edge || in_mark != r->last_in) got |= EPOLLIN;
+        }
+        if ((want & EPOLLOUT) && vmsp_tx_ready(c)) {
+            out_mark = vmsp_tx_mark(c);
+            if (!edge || out_mark != r->last_out) got |= EPOLLOUT;
+        }
+        uint32_t final = r->kernel_bits & (EPOLLHUP | EPOLLERR | ((want & EPOLLRDHUP) ? EPOLLRDHUP : 0));
+        if ((want & EPOLLRDHUP) && vmsp_rx_shut(c)) final |= EPOLLRDHUP;
+        if (!edge || (final & ~r->reported_bits)) got |= final;
+        if (report && got) {
+            if (got & EPOLLIN) r->last_in = in_mark;
+            if (got & EPOLLOUT) r->last_out = out_mark;
+            r->reported_bits |= final;
+        }
+    }
+    if (report && got && (want & EPOLLONESHOT)) r->disabled = 1;
+    return got;
+}
+
+static int set_has_ready(struct vmsp_epoll *set, int depth) {
+    if (depth > 5 || atomic_load(&set->live) == 0) return 0;  // the kernel allows 5 levels of sets in sets
+    pthread_mutex_lock(&set->lock);
+    int found = 0;
+    for (int i = 0; i < set->count && !found; i++) {
+        struct reg *r = &set->regs[i];
+        // Quiet ones too: their kernel events wait in this set's queue, which only a wait on it takes.
+        if (r->fd >= 0 && still_valid(r) && reg_events(r, 0, depth)) found = 1;
+    }
+    pthread_mutex_unlock(&set->lock);
+    return found;
+}
+
+// Fills events with what the registrations report, starting where the last scan stopped. Under the set's lock.
+static int collect(struct vmsp_epoll *set, struct epoll_event *events, int max) {
+    int n = 0, count = set->count;
+    for (int k = 0; k < count && n < max; k++) {
+        int i = (set->next_scan + k) % count;
+        struct reg *r = &set->regs[i];
+        if (r->fd < 0 || r->quiet || r->disabled) continue;
+        if (!still_valid(r)) { drop(set, r); continue; }
+        uint32_t got = reg_events(r, 1, 0);
+        if (got & EPOLLIN) r->idle = 0;
+        if (got) events[n++] = (struct epoll_event){ .events = got, .data.u64 = r->data };
+    }
+    if (count > 0) set->next_scan = (set->next_scan + 1) % count;
+    return n;
+}
+
+static int arm_set(struct vmsp_epoll *set, int depth);
+
+// Before sleeping: arm every registration that is not quiet. Returns whether one became reportable meanwhile.
+static int arm_reg(struct vmsp_epoll *set, struct reg *r, int depth) {
+    if (r->fd < 0 || r->disabled || r->quiet) return 0;
+    if (!still_valid(r)) { drop(set, r); return 0; }
+    if (r->kind == KIND_SET) return (r->events & EPOLLIN) && arm_set(r->set, depth + 1);
+    struct vmsp_conn *c = r->conn;
+    int data = 0;
+    if (r->events & EPOLLIN) {
+        if (r->rx_armed) vmsp_rx_disarm(c);  // one sleeper per registration: the new arm replaces it
+        data = vmsp_rx_arm(c, r->fd);
+        r->rx_armed = 1;
+        if (!data && r->idle < 2) r->idle++;
+    }
+    if ((r->events & EPOLLOUT) && !vmsp_tx_arm(c)) {
+        if (!r->bell_added) {
+            int index = (int)(r - set->regs);
+            struct epoll_event kernel = { .events = EPOLLIN | EPOLLET, .data.u64 = cookie(COOKIE_BELL, index) };
+            if (REAL(epoll_ctl)(set->fd, EPOLL_CTL_ADD, c->space_bell_fd, &kernel) == 0) r->bell_added = 1;
+        }
+        r->tx_armed = r->bell_added;
+        if (!r->bell_added) return 1;  // cannot sleep on it: look again (the caller bounds the sleep)
+    }
+    if (reg_events(r, 0, depth)) return 1;
+    if (!data && !((r->events & EPOLLOUT) && !r->tx_armed)) r->quiet = 1;
+    return 0;
+}
+
+static int arm_set(struct vmsp_epoll *set, int depth) {
+    if (depth > 5 || atomic_load(&set->live) == 0) return 0;
+    if (depth > 0) pthread_mutex_lock(&set->lock);
+    int ready = 0;
+    for (int i = 0; i < set->count; i++) ready |= arm_reg(set, &set->regs[i], depth);
+    if (depth > 0) pthread_mutex_unlock(&set->lock);
+    return ready;
+}
+
+// After waking: the arms of connections that were active lately come off (their writers then ring no more while
+// this wait is awake); those idle for two sleeps stay armed and quiet, so that they cost nothing until they ring.
+static void disarm_set(struct vmsp_epoll *set) {
+    for (int i = 0; i < set->count; i++) {
+        struct reg *r = &set->regs[i];
+        if (r->fd < 0 || r->kind != KIND_CONN) continue;
+        int valid = still_valid(r);
+        if (r->tx_armed) {
+            if (valid) vmsp_tx_disarm(r->conn);
+            r->tx_armed = 0;
+            r->quiet = 0;
+        }
+        if (r->rx_armed && (!r->quiet || r->idle < 2)) {
+            if (valid) vmsp_rx_disarm(r->conn);
+            r->rx_armed = 0;
+            r->quiet = 0;
+        }
+    }
+}
+
+// Takes the kernel's events: ours (cookies) mark their registration for a look, the application's are kept, in
+// order, at the front. Returns how many are the application's.
+static int absorb(struct vmsp_epoll *set, struct epoll_event *events, int got) {
+    int kept = 0;
+    for (int i = 0; i < got; i++) {
+        uint64_t data = events[i].data.u64;
+        if ((data & COOKIE_MASK) != COOKIE_TAG) { events[kept++] = events[i]; continue; }
+        int what = (int)((data >> 32) & 0xffff), index = (int)(uint32_t)data;
+        if (what == COOKIE_WAKER) {
+            uint64_t sink;
+            (void)REAL(read)(set->waker, &sink, sizeof sink);
+            continue;
+        }
+        if (index < 0 || index >= set->count || set->regs[index].fd < 0) continue;
+        struct reg *r = &set->regs[index];
+        r->quiet = 0;
+        if (what == COOKIE_REG) r->kernel_bits |= events[i].events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP);
+    }
+    return kept;
+}
+
+// MARK: epoll_wait and its kin
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static int wait_ms(int64_t deadline) {
+    if (deadline < 0) return -1;
+    int64_t left = deadline - now_ns();
+    if (left <= 0) return 0;
+    int64_t ms = (left + 999999) / 1000000;
+    return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
+}
+
+// Whether a registration has been active lately (not quiet): then a reply may come within the spin budget.
+static int has_active(struct vmsp_epoll *set) {
+    for (int i = 0; i < set->count; i++) {
+        struct reg *r = &set->regs[i];
+        if (r->fd >= 0 && !r->quiet && !r->disabled) return 1;
+    }
+    return 0;
+}
+
+// Looks at the rings for the spin budget before the caller arms and sleeps. Under the set's lock.
+static int spin(struct vmsp_epoll *set, struct epoll_event *events, int max, int64_t deadline) {
+    if (deadline >= 0 && deadline <= now_ns()) return 0;
+    if (!has_active(set)) return 0;
+    int64_t until = now_ns() + vmsp_spin_ns();
+    if (deadline >= 0 && deadline < until) until = deadline;
+    for (int turn = 1;; turn++) {
+        int n = collect(set, events, max);
+        if (n > 0) return n;
+        if ((turn & 15) == 0 && now_ns() > until) return 0;
+        vmsp_relax();
+    }
+}
+
+static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, int max, int64_t deadline,
+                           const sigset_t *mask) {
+    pthread_mutex_lock(&set->lock);
+    for (;;) {
+        int n = collect(set, events, max);
+        if (n == 0) n = spin(set, events, max, deadline);
+        int unsure = n == 0 && arm_set(set, 0);
+        if (unsure) n = collect(set, events, max);
+        int sleeping = n == 0;
+        int timeout = sleeping ? wait_ms(deadline) : 0;
+        // Armed one that looked ready and then did not report (a race with a reader, or no doorbell in the set):
+        // sleep at most 1 ms before looking again.
+        if (sleeping && unsure && (timeout < 0 || timeout > 1)) timeout = 1;
+        if (sleeping) set->sleepers++;
+        pthread_mutex_unlock(&set->lock);
+        // Ready from the rings: the kernel's set is asked without waiting, and at most every 50 µs, so that a
+        // wait the rings keep busy costs no system call and the application's other descriptors wait little.
+        int ask = sleeping || (n < max && now_ns() - set->last_kernel_ns >= 50000);
+        if (ask) set->last_kernel_ns = now_ns();
+        int got = ask ? REAL(epoll_pwait)(set->fd, events + n, max - n, timeout, mask) : 0;
+        int saved = errno;
+        pthread_mutex_lock(&set->lock);
+        if (sleeping) set->sleepers--;
+        // Events of ours go (marking their registrations for a look); the application's close up behind the
+        // ones from the rings.
+        int kept = got > 0 ? absorb(set, events + n, got) : 0;
+        disarm_set(set);
+        if (got < 0) {
+            pthread_mutex_unlock(&set->lock);
+            if (n > 0) return n;
+            errno = saved;
+            return -1;
+        }
+        n += kept;
+        if (sleeping && n < max) n += collect(set, events + n, max - n);
+        if (n > 0 || (deadline >= 0 && now_ns() >= deadline)) {
+            pthread_mutex_unlock(&set->lock);
+            return n;
+        }
+    }
+}
+
+// A set with no connection of ours waits in the kernel alone. A connection added meanwhile wakes it (the waker),
+// and then it goes on with the rings for the rest of the timeout.
+static int wait_kernel_only(struct vmsp_epoll *set, struct epoll_event *events, int max, int timeout_ms,
+                            const sigset_t *mask) {
+    atomic_fetch_add(&set->kernel_sleepers, 1);
+    int got = REAL(epoll_pwait)(set->fd, events, max, timeout_ms, mask);
+    int saved = errno;
+    atomic_fetch_sub(&set->kernel_sleepers, 1);
+    if (got <= 0 || atomic_load_explicit(&set->live, memory_order_relaxed) == 0) { errno = saved; return got; }
+    pthread_mutex_lock(&set->lock);
+    int kept = absorb(set, events, got);
+    pthread_mutex_unlock(&set->lock);
+    return kept > 0 ? kept : -2;  // -2: only our waker; look at the rings
+}
+
+static int wait_common(int epfd, struct epoll_event *events, int max, int64_t deadline, int timeout_ms,
+                       const sigset_t *mask) {
+    struct vmsp_epoll *set = vmsp_inside ? NULL : set_of(epfd);
+    if (!set || max <= 0) return REAL(epoll_pwait)(epfd, events, max, timeout_ms, mask);
+    if (atomic_load_explicit(&set->live, memory_order_relaxed) == 0) {
+        int got = wait_kernel_only(set, events, max, timeout_ms, mask);
+        if (got != -2) return got;
+    }
+    return wait_with_rings(set, events, max, deadline, mask);
+}
+
+static int64_t deadline_ms(int timeout) {
+    return timeout < 0 ? -1 : now_ns() + (int64_t)timeout * 1000000;
+}
+
+int epoll_wait(int epfd, struct epoll_event *events, int max, int timeout) {
+    return wait_common(epfd, events, max, deadline_ms(timeout), timeout, NULL);
+}
+
+int epoll_pwait(int epfd, struct epoll_event *events, int max, int timeout, const sigset_t *mask) {
+    return wait_common(epfd, events, max, deadline_ms(timeout), timeout, mask);
+}
+
+int epoll_pwait2(int epfd, struct epoll_event *events, int max, const struct timespec *timeout, const sigset_t *mask) {
+    struct vmsp_epoll *set = vmsp_inside ? NULL : set_of(epfd);
+    if (!set || atomic_load_explicit(&set->live, memory_order_relaxed) == 0 || max <= 0) {
+        // (A connection added to this set while it sleeps here is seen at the next wait.)
+        if (!REAL(epoll_pwait2)) { errno = ENOSYS; return -1; }
+        return REAL(epoll_pwait2)(epfd, events, max, timeout, mask);
+    }
+    int64_t deadline = timeout ? now_ns() + (int64_t)timeout->tv_sec * 1000000000 + timeout->tv_nsec : -1;
+    return wait_with_rings(set, events, max, deadline, mask);
+}

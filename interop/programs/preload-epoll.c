@@ -1,0 +1,303 @@
+// Exercises the waits vmsock-run answers from the rings (epoll, poll, select) on connections within one process,
+// and prints one line per check: what a program can observe (event masks, counts, data), never timings.
+// interop/preload-epoll.test.sh runs it with and without vmsock-run and requires the same output (issue 19).
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+static int listener;
+static struct sockaddr_in bound;
+
+static void pair(int *client, int *server) {
+    *client = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(*client, (struct sockaddr *)&bound, sizeof bound) != 0) { perror("connect"); exit(1); }
+    *server = accept(listener, NULL, NULL);
+    if (*server < 0) { perror("accept"); exit(1); }
+}
+
+static void put(int fd, const char *text) {
+    if (write(fd, text, strlen(text)) != (ssize_t)strlen(text)) { perror("write"); exit(1); }
+}
+
+static long take(int fd, size_t count) {
+    char buf[4096];
+    return read(fd, buf, count < sizeof buf ? count : sizeof buf);
+}
+
+// One epoll_wait, printed as "label: N [data:events ...]" with events sorted by data.
+static void show(const char *label, int set, int timeout) {
+    struct epoll_event events[16];
+    int n = epoll_wait(set, events, 16, timeout);
+    for (int i = 1; i < n; i++) {
+        for (int j = i; j > 0 && events[j - 1].data.u64 > events[j].data.u64; j--) {
+            struct epoll_event t = events[j]; events[j] = events[j - 1]; events[j - 1] = t;
+        }
+    }
+    printf("%-40s %d", label, n);
+    for (int i = 0; i < n; i++) printf(" %llu:%#x", (unsigned long long)events[i].data.u64, events[i].events);
+    printf("\n");
+    fflush(stdout);
+}
+
+static void add(int set, int op, int fd, uint32_t events, uint64_t data) {
+    struct epoll_event e = { .events = events, .data.u64 = data };
+    if (epoll_ctl(set, op, fd, &e) != 0) { printf("epoll_ctl %d: %s\n", op, strerrorname_np(errno)); }
+}
+
+struct later { int fd; int delay_ms; const char *text; int set; int add_fd; };
+
+static void *write_later(void *arg) {
+    struct later *l = arg;
+    usleep((useconds_t)l->delay_ms * 1000);
+    if (l->text) put(l->fd, l->text);
+    if (l->add_fd >= 0) add(l->set, EPOLL_CTL_ADD, l->add_fd, EPOLLIN, 7);
+    return NULL;
+}
+
+static void levels(void) {
+    int c, s;
+    pair(&c, &s);
+    int set = epoll_create1(EPOLL_CLOEXEC);
+    add(set, EPOLL_CTL_ADD, s, EPOLLIN, 1);
+    show("level: idle", set, 0);
+    put(c, "0123456789");
+    show("level: written", set, 1000);
+    printf("%-40s %ld\n", "level: read 5", take(s, 5));
+    show("level: 5 left", set, 0);
+    printf("%-40s %ld\n", "level: read rest", take(s, 100));
+    show("level: drained", set, 0);
+
+    add(set, EPOLL_CTL_MOD, s, EPOLLIN | EPOLLET, 1);
+    put(c, "abcdefghij");
+    show("edge: written", set, 1000);
+    printf("%-40s %ld\n", "edge: read 5", take(s, 5));
+    show("edge: no new data", set, 0);
+    put(c, "k");
+    show("edge: one more byte", set, 1000);
+    printf("%-40s %ld\n", "edge: read rest", take(s, 100));
+
+    add(set, EPOLL_CTL_MOD, s, EPOLLIN | EPOLLONESHOT, 1);
+    put(c, "x");
+    show("oneshot: first", set, 1000);
+    put(c, "y");
+    show("oneshot: disabled", set, 50);
+    add(set, EPOLL_CTL_MOD, s, EPOLLIN | EPOLLONESHOT, 1);
+    show("oneshot: re-armed by MOD", set, 1000);
+    printf("%-40s %ld\n", "oneshot: read", take(s, 100));
+
+    add(set, EPOLL_CTL_MOD, s, EPOLLOUT, 1);
+    show("out: writable", set, 0);
+    add(set, EPOLL_CTL_ADD, s, EPOLLIN, 1);  // EEXIST
+    add(set, EPOLL_CTL_DEL, s, 0, 0);
+    add(set, EPOLL_CTL_DEL, s, 0, 0);  // ENOENT
+    add(set, EPOLL_CTL_MOD, s, EPOLLIN, 1);  // ENOENT
+
+    // Asleep when the data comes: the arm must make the writer ring.
+    add(set, EPOLL_CTL_ADD, s, EPOLLIN | EPOLLRDHUP, 1);
+    pthread_t t;
+    struct later l = { c, 50, "late", -1, -1 };
+    pthread_create(&t, NULL, write_later, &l);
+    show("asleep: woken by a write", set, 5000);
+    pthread_join(t, NULL);
+    printf("%-40s %ld\n", "asleep: read", take(s, 100));
+    shutdown(c, SHUT_WR);
+    show("rdhup: peer shut its side", set, 1000);
+    printf("%-40s %ld\n", "rdhup: read end", take(s, 100));
+    close(c);
+    close(s);
+    show("closed: nothing", set, 0);
+    close(set);
+}
+
+static void mixed(void) {
+    int c, s;
+    pair(&c, &s);
+    int pipes[2];
+    if (pipe2(pipes, O_CLOEXEC) != 0) exit(1);
+    int event = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    int timer = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    int set = epoll_create1(EPOLL_CLOEXEC);
+    add(set, EPOLL_CTL_ADD, s, EPOLLIN | EPOLLRDHUP, 1);
+    add(set, EPOLL_CTL_ADD, pipes[0], EPOLLIN, 2);
+    add(set, EPOLL_CTL_ADD, event, EPOLLIN, 3);
+    add(set, EPOLL_CTL_ADD, timer, EPOLLIN, 4);
+    show("mixed: idle", set, 0);
+    struct itimerspec in = { .it_value = { 0, 20000000 } };
+    timerfd_settime(timer, 0, &in, NULL);
+    show("mixed: timer fires", set, 5000);
+    uint64_t count;
+    (void)!read(timer, &count, sizeof count);
+    uint64_t one = 1;
+    (void)!write(event, &one, sizeof one);
+    put(pipes[1], "p");
+    put(c, "conn");
+    // All three are ready now; a short wait lets the wake-up of the connection arrive.
+    show("mixed: eventfd, pipe, connection", set, 1000);
+    (void)!read(event, &count, sizeof count);
+    char b;
+    (void)!read(pipes[0], &b, 1);
+    printf("%-40s %ld\n", "mixed: read", take(s, 100));
+    show("mixed: drained", set, 0);
+
+    // A set inside a set.
+    int outer = epoll_create1(EPOLL_CLOEXEC);
+    add(outer, EPOLL_CTL_ADD, set, EPOLLIN, 9);
+    show("nested: idle", outer, 0);
+    struct later l = { c, 30, "nest", -1, -1 };
+    pthread_t t;
+    pthread_create(&t, NULL, write_later, &l);
+    show("nested: woken through the inner set", outer, 5000);
+    pthread_join(t, NULL);
+    show("nested: the inner set says", set, 0);
+    printf("%-40s %ld\n", "nested: read", take(s, 100));
+    show("nested: inner drained", set, 0);
+
+    // Added while another thread sleeps in the set, data already there.
+    int c2, s2;
+    pair(&c2, &s2);
+    put(c2, "before");
+    usleep(20000);
+    int lonely = epoll_create1(EPOLL_CLOEXEC);
+    struct later l2 = { -1, 50, NULL, lonely, s2 };
+    pthread_create(&t, NULL, write_later, &l2);
+    show("added while asleep: reported", lonely, 5000);
+    pthread_join(t, NULL);
+    printf("%-40s %ld\n", "added while asleep: read", take(s2, 100));
+    close(lonely);
+    close(outer);
+    close(set);
+    close(c2); close(s2); close(c); close(s);
+    close(pipes[0]); close(pipes[1]); close(event); close(timer);
+}
+
+// A non-blocking writer that waits for EPOLLOUT (edge-triggered) with a reader in another thread that waits for
+// EPOLLIN (edge-triggered): 16 MiB must arrive whole and in order.
+struct stream { int fd; uint64_t sum; long total; };
+
+static void *edge_reader(void *arg) {
+    struct stream *r = arg;
+    int set = epoll_create1(EPOLL_CLOEXEC);
+    add(set, EPOLL_CTL_ADD, r->fd, EPOLLIN | EPOLLET | EPOLLRDHUP, 1);
+    unsigned char buf[65536];
+    for (;;) {
+        ssize_t n = read(r->fd, buf, sizeof buf);
+        if (n > 0) {
+            for (ssize_t i = 0; i < n; i++) r->sum = r->sum * 31 + buf[i];
+            r->total += n;
+            continue;
+        }
+        if (n == 0) break;
+        if (errno != EAGAIN) { perror("read"); break; }
+        struct epoll_event e;
+        epoll_wait(set, &e, 1, 5000);
+    }
+    close(set);
+    return NULL;
+}
+
+static void transfer(const char *label, int use_poll) {
+    int c, s;
+    pair(&c, &s);
+    fcntl(c, F_SETFL, O_NONBLOCK);
+    fcntl(s, F_SETFL, O_NONBLOCK);
+    struct stream r = { s, 0, 0 };
+    pthread_t t;
+    pthread_create(&t, NULL, edge_reader, &r);
+    int set = epoll_create1(EPOLL_CLOEXEC);
+    add(set, EPOLL_CTL_ADD, c, EPOLLOUT | EPOLLET, 1);
+    static unsigned char chunk[100000];
+    uint64_t sum = 0;
+    long total = 16L << 20, sent = 0;
+    while (sent < total) {
+        size_t n = total - sent < (long)sizeof chunk ? (size_t)(total - sent) : sizeof chunk;
+        for (size_t i = 0; i < n; i++) chunk[i] = (unsigned char)((sent + (long)i) * 7 + 3);
+        size_t off = 0;
+        while (off < n) {
+            ssize_t w = write(c, chunk + off, n - off);
+            if (w > 0) { off += (size_t)w; continue; }
+            if (errno != EAGAIN) { perror("write"); exit(1); }
+            if (use_poll) {
+                struct pollfd p = { c, POLLOUT, 0 };
+                poll(&p, 1, 5000);
+            } else {
+                struct epoll_event e;
+                epoll_wait(set, &e, 1, 5000);
+            }
+        }
+        for (size_t i = 0; i < n; i++) sum = sum * 31 + chunk[i];
+        sent += (long)n;
+    }
+    shutdown(c, SHUT_WR);
+    pthread_join(t, NULL);
+    printf("%-40s %ld bytes, %s\n", label, r.total, r.sum == sum && r.total == total ? "intact" : "CORRUPT");
+    close(set);
+    close(c);
+    close(s);
+}
+
+static void polls(void) {
+    int c, s;
+    pair(&c, &s);
+    struct pollfd p = { s, POLLIN, 0 };
+    int r = poll(&p, 1, 0);
+    printf("%-40s %d %#x\n", "poll: idle", r, p.revents);
+    put(c, "hello");
+    r = poll(&p, 1, 1000);
+    printf("%-40s %d %#x\n", "poll: written", r, p.revents);
+    printf("%-40s %ld\n", "poll: read", take(s, 100));
+    r = poll(&p, 1, 0);
+    printf("%-40s %d %#x\n", "poll: drained", r, p.revents);
+    struct later l = { c, 30, "late", -1, -1 };
+    pthread_t t;
+    pthread_create(&t, NULL, write_later, &l);
+    fd_set readers;
+    FD_ZERO(&readers);
+    FD_SET(s, &readers);
+    struct timeval tv = { 5, 0 };
+    int n = select(s + 1, &readers, NULL, NULL, &tv);
+    printf("%-40s %d %d\n", "select: woken by a write", n, FD_ISSET(s, &readers) != 0);
+    pthread_join(t, NULL);
+    printf("%-40s %ld\n", "select: read", take(s, 100));
+    FD_ZERO(&readers);
+    FD_SET(s, &readers);
+    tv = (struct timeval){ 0, 0 };
+    printf("%-40s %d\n", "select: drained", select(s + 1, &readers, NULL, NULL, &tv));
+    close(c);
+    r = poll(&p, 1, 1000);
+    printf("%-40s %d %#x\n", "poll: peer closed", r, p.revents & (POLLIN | POLLHUP | POLLERR));
+    printf("%-40s %ld\n", "poll: read end", take(s, 100));
+    close(s);
+}
+
+int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    listener = socket(AF_INET, SOCK_STREAM, 0);
+    bound = (struct sockaddr_in){ .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t length = sizeof bound;
+    if (bind(listener, (struct sockaddr *)&bound, sizeof bound) != 0 || listen(listener, 16) != 0 ||
+        getsockname(listener, (struct sockaddr *)&bound, &length) != 0) {
+        perror("listen");
+        return 1;
+    }
+    levels();
+    mixed();
+    polls();
+    transfer("transfer: epoll EPOLLOUT|EPOLLET", 0);
+    transfer("transfer: poll POLLOUT", 1);
+    printf("done\n");
+    return 0;
+}

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Real servers under vmsock-run against plain TCP loopback, in one run (issue 19; BENCHMARKS.md, "Real servers
+# under vmsock-run"): redis-benchmark SET and GET requests/s from 50 clients, pipelined (-P 16) and not, and wrk
+# requests/s on a 1 KiB file from nginx with 2 forked workers and from nginx as one process (master_process off),
+# and ab -k requests/s from the latter.
+# Each server runs twice for the whole run, plainly and under vmsock-run, and its client runs the same way. This VM
+# changes speed within seconds, so the two sides alternate (as tools/bench-ab.sh does) for ROUNDS rounds and the
+# table gives medians and the median of the per-round ratios.
+# Usage: tools/bench-servers.sh [ROUNDS]   (default 5, about 45 s a round; SECONDS_EACH=3 for wrk)
+# Builds vmsock-run and its library in release first (SCRATCH=.build, the --scratch-path; BUILD=0 skips it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/opt/swift/usr/bin:$PATH:/usr/sbin"
+ROUNDS=${1:-5}
+SECONDS_EACH=${SECONDS_EACH:-3}
+SCRATCH=${SCRATCH:-.build}
+for tool in redis-server redis-benchmark redis-cli nginx wrk ab python3; do
+    command -v $tool >/dev/null || { echo "bench-servers: needs $tool (tools/setup.sh)" >&2; exit 1; }
+done
+if [ "${BUILD:-1}" = 1 ]; then
+    swift build -c release --scratch-path "$SCRATCH" --product vmsock-preload >/dev/null
+    swift build -c release --scratch-path "$SCRATCH" --product vmsock-run >/dev/null
+fi
+RUN="$(realpath "$SCRATCH/release/vmsock-run") --debug"
+WORK=$(mktemp -d /tmp/vmsock-bench-servers.XXXXXX)
+SERVERS=()
+cleanup() {
+    for pid in "${SERVERS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        sleep 0.2
+        pkill -9 -P "$pid" 2>/dev/null || true
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_listening() { for _ in $(seq 100); do ss -ltn | grep -q "127.0.0.1:$1 " && return 0; sleep 0.1; done; echo "bench-servers: nothing on port $1" >&2; exit 1; }
+
+# The servers: SIDE is plain or vmsock; the vmsock side runs under vmsock-run, its debug lines in $WORK/SIDE.*.
+head -c 1024 /dev/urandom >"$WORK/small.bin"
+start_redis() {  # SIDE PREFIX
+    local port; port=$(free_port)
+    mkdir -p "$WORK/redis-$1"
+    $2 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+        --dir "$WORK/redis-$1" --logfile "$WORK/redis-$1/log" 2>"$WORK/$1.redis.err" &
+    SERVERS+=($!)
+    wait_listening "$port"
+    eval "redis_$1=$port"
+}
+start_nginx() {  # SIDE PREFIX NAME PROCESS-LINES
+    local port dir="$WORK/nginx-$1-$3"; port=$(free_port)
+    mkdir -p "$dir/temp"
+    cat >"$dir/nginx.conf" <<CONF
+daemon off;
+$4
+$([ "$(id -u)" = 0 ] && echo "user root;")
+pid $dir/nginx.pid;
+error_log $dir/error.log info;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    keepalive_requests 1000000;
+    client_body_temp_path $dir/temp/body;
+    proxy_temp_path $dir/temp/proxy;
+    fastcgi_temp_path $dir/temp/fastcgi;
+    uwsgi_temp_path $dir/temp/uwsgi;
+    scgi_temp_path $dir/temp/scgi;
+    types { application/octet-stream bin; }
+    server { listen 127.0.0.1:$port; root $WORK; }
+}
+CONF
+    $2 nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" 2>"$dir/master.err" &
+    SERVERS+=($!)
+    wait_listening "$port"
+    eval "nginx_$1_$3=$port"
+}
+for side in plain vmsock; do
+    prefix=$([ $side = vmsock ] && echo "$RUN" || true)
+    start_redis $side "$prefix"
+    start_nginx $side "$prefix" workers "master_process on; worker_processes 2;"
+    start_nginx $side "$prefix" single "master_process off;"
+done
+
+# One measurement: prints requests/s (for redis: SET and GET as two numbers).
+redis_rps() {  # SIDE PREFIX ARGS...
+    local side=$1 prefix=$2 port; shift 2
+    port=$(eval echo "\$redis_$side")
+    $prefix redis-benchmark -p "$port" -c 50 -t set,get --csv "$@" 2>>"$WORK/$side.clients.err" \
+        | python3 -c '
+import csv, sys
+rows = {r[0]: r[1] for r in csv.reader(sys.stdin) if r and r[0] in ("SET", "GET")}
+if len(rows) != 2: sys.exit("redis-benchmark: no SET and GET results")
+print(rows["SET"], rows["GET"])'
+}
+wrk_rps() {  # SIDE PREFIX NAME
+    local port out; port=$(eval echo "\$nginx_$1_$3")
+    out=$($2 wrk -t 2 -c 50 -d "${SECONDS_EACH}s" "http://127.0.0.1:$port/small.bin" 2>>"$WORK/$1.clients.err")
+    # Errors do not stop the run (the rate is still wrk's), but they are counted and shown under the table.
+    grep -E "Socket errors|Non-2xx" <<<"$out" | sed "s/^ */$1 nginx-$3: /" >>"$WORK/errors" || true
+    sed -n 's/^Requests\/sec: *\([0-9.]*\)/\1/p' <<<"$out"
+}
+# ab (one thread, poll) as the second client of the single-process nginx: wrk sizes its event loop by its
+# connection count and fails connections whose descriptors land above that (BENCHMARKS.md explains why that
+# happens under vmsock-run), so this row keeps all 50 connections on both sides.
+ab_rps() {  # SIDE PREFIX NAME
+    local port out; port=$(eval echo "\$nginx_$1_$3")
+    out=$($2 ab -q -k -c 50 -t "$SECONDS_EACH" -n 100000000 "http://127.0.0.1:$port/small.bin" 2>>"$WORK/$1.clients.err")
+    grep -E "^(Failed requests|Non-2xx responses): *[1-9]" <<<"$out" | sed "s/^/$1 nginx-$3 (ab): /" >>"$WORK/errors" || true
+    sed -n 's/^Requests per second: *\([0-9.]*\).*/\1/p' <<<"$out"
+}
+measure() {  # SIDE: one line "name value" per workload
+    local side=$1 prefix; prefix=$([ "$1" = vmsock ] && echo "$RUN" || true)
+    read -r set get < <(redis_rps $side "$prefix" -n 100000)
+    echo "redis-SET $set"; echo "redis-GET $get"
+    read -r set get < <(redis_rps $side "$prefix" -n 1000000 -P 16)
+    echo "redis-SET-P16 $set"; echo "redis-GET-P16 $get"
+    echo "nginx-2-workers $(wrk_rps $side "$prefix" workers)"
+    echo "nginx-1-process $(wrk_rps $side "$prefix" single)"
+    echo "nginx-1-process-ab $(ab_rps $side "$prefix" single)"
+}
+
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores; $ROUNDS rounds"
+for round in $(seq "$ROUNDS"); do
+    if [ $((round % 2)) = 1 ]; then order="plain vmsock"; else order="vmsock plain"; fi
+    for side in $order; do measure $side | sed "s/^/$round $side /" >>"$WORK/results"; done
+    echo "round $round: $(grep "^$round " "$WORK/results" | awk '{printf "%s %s %.0f; ", $3, $2, $4}')"
+done
+
+# Which transport each side really used, from the --debug lines (nginx's workers print into their error_log).
+transport() {  # FILES...: "N of M shared memory"
+    local all shm
+    all=$(cat "$@" 2>/dev/null | grep -cE "(connect|accept) fd" || true)
+    shm=$(cat "$@" 2>/dev/null | grep -cE "(connect|accept) fd .*: shared memory" || true)
+    echo "$shm of $all shared memory"
+}
+echo "transport, vmsock side: redis-server accepts $(transport "$WORK/vmsock.redis.err");" \
+    "nginx workers accept $(transport "$WORK/nginx-vmsock-workers/error.log");" \
+    "nginx one process accepts $(transport "$WORK/nginx-vmsock-single/error.log" "$WORK/nginx-vmsock-single/master.err");" \
+    "clients connect $(transport "$WORK/vmsock.clients.err")"
+[ -s "$WORK/errors" ] && { echo "wrk reported errors (summed over rounds):"; sort "$WORK/errors" | uniq -c; }
+python3 - "$WORK/results" <<'EOF'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    r, side, name, value = line.split()
+    rows.setdefault(name, {}).setdefault(int(r), {})[side] = float(value)
+print("| workload | plain TCP, req/s | vmsock-run, req/s | vmsock-run / TCP (median, quartiles) | vmsock-run faster |")
+print("|---|---|---|---|---|")
+for name, rounds in rows.items():
+    pairs = [(v["plain"], v["vmsock"]) for v in rounds.values() if "plain" in v and "vmsock" in v]
+    ratios = sorted(b / a for a, b in pairs)
+    q = lambda f: ratios[min(len(ratios) - 1, int(f * len(ratios)))]
+    print("| %s | %.0f | %.0f | %.2fx (%.2f-%.2f) | %d of %d rounds |" % (
+        name, statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
+        statistics.median(ratios), q(0.25), q(0.75), sum(b > a for a, b in pairs), len(pairs)))
+EOF
