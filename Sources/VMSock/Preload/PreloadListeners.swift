@@ -16,6 +16,7 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
     static let pendingLimit = 64
     static let welcomedLimit = 1024
     static let helloTimeoutNanos: Int64 = 5_000_000_000
+    static let hungUpKeepNanos: Int64 = 5_000_000_000
 
     private enum Entry {
         /// A registration of the listener on descriptor `listener`.
@@ -37,6 +38,8 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         var nextToken: UInt64 = 1
         var epoll: Int32 = -1
         var threadStarted = false
+        /// Welcomed links whose connector hung up before the accept -> when they are dropped.
+        var hungUp: [UInt64: Int64] = [:]
     }
 
     private let state = Mutex(State())
@@ -123,6 +126,7 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
             guard let token = state.welcomed[listener]?.removeValue(forKey: port),
                 case .welcomed(let link, _) = state.entries.removeValue(forKey: token)
             else { return nil }
+            state.hungUp[token] = nil
             return link
         }
         guard let link else { return nil }
@@ -196,14 +200,14 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
             answer(control, peer: peer, listener: listener)
         case .claims(let registration):
             answerClaims(registration)
-        case .welcomed:
-            // Nothing may arrive on a welcomed link's control socket but its hang-up: the connector is gone.
-            let removed: Entry? = state.withLock { state in
-                guard let entry = state.entries.removeValue(forKey: token) else { return nil }
-                if case .welcomed(let link, let listener) = entry { state.welcomed[listener]?[link.sourcePort] = nil }
-                return entry
+        case .welcomed(let link, _):
+            // Nothing may arrive on a welcomed link's control socket but its hang-up: the connector is gone. Its
+            // TCP connection may still wait in the backlog, with bytes it wrote before closing in the ring (a
+            // request then close, or wrk's probe): the link stays for the accept, a while.
+            _ = try? Sys.epollControl(state.withLock { $0.epoll }, EPOLL_CTL_DEL, link.control.raw, events: 0, data: 0)
+            state.withLock { state in
+                if state.entries[token] != nil { state.hungUp[token] = monotonicNanos() + Self.hungUpKeepNanos }
             }
-            if let removed { forget(removed) }
         case nil:
             return
         }
@@ -311,6 +315,12 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
                     state.entries[token] = nil
                     expired.append(entry)
                 }
+            }
+            for (token, deadline) in state.hungUp where deadline < now {
+                state.hungUp[token] = nil
+                guard let entry = state.entries.removeValue(forKey: token) else { continue }
+                if case .welcomed(let link, let listener) = entry { state.welcomed[listener]?[link.sourcePort] = nil }
+                expired.append(entry)
             }
             return expired
         }
