@@ -150,11 +150,16 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         openClaims()
         var thread = pthread_t()
         let context = Unmanaged.passRetained(self).toOpaque()
-        let status = pthread_create(&thread, nil, { context in
-            let listeners = Unmanaged<PreloadListeners>.fromOpaque(context!).takeRetainedValue()
-            listeners.run()
-            return nil
-        }, context)
+        // The thread starts with every signal blocked, so that none meant for the application runs its handler
+        // here: nginx's master sleeps in sigsuspend for SIGCHLD, and a SIGCHLD taken by this thread left it
+        // asleep for good after its workers ended.
+        let status = Sys.withSignalsBlocked {
+            pthread_create(&thread, nil, { context in
+                let listeners = Unmanaged<PreloadListeners>.fromOpaque(context!).takeRetainedValue()
+                listeners.run()
+                return nil
+            }, context)
+        }
         guard status == 0 else {
             Unmanaged<PreloadListeners>.fromOpaque(context).release()
             state.withLock { $0.threadStarted = false }

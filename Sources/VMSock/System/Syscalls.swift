@@ -41,6 +41,17 @@ enum Sys {
     /// close, which `Descriptor` and `GuardedDescriptor` rule out.
     static func close(_ fd: Int32) { _ = Glibc.close(fd) }
 
+    /// Runs `body` with every signal blocked on this thread, then restores the mask: a thread created in `body`
+    /// inherits the blocked mask, so it never runs the application's signal handlers.
+    static func withSignalsBlocked<R>(_ body: () -> R) -> R {
+        var all = sigset_t()
+        var saved = sigset_t()
+        sigfillset(&all)
+        _ = pthread_sigmask(SIG_BLOCK, &all, &saved)  // cannot fail with a valid `how`
+        defer { _ = pthread_sigmask(SIG_SETMASK, &saved, nil) }
+        return body()
+    }
+
     /// fcntl(F_GETFL) and, when the flag must change, fcntl(F_SETFL): sets or clears O_NONBLOCK.
     static func setNonBlocking(_ fd: Int32, _ on: Bool) throws(VMSockError) {
         let flags = try check("fcntl(F_GETFL)") { fcntl(fd, F_GETFL) }
