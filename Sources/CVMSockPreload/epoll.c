@@ -397,20 +397,6 @@ static int absorb(struct vmsp_epoll *set, struct epoll_event *events, int got) {
 
 // MARK: epoll_wait and its kin
 
-static int64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
-static int wait_ms(int64_t deadline) {
-    if (deadline < 0) return -1;
-    int64_t left = deadline - now_ns();
-    if (left <= 0) return 0;
-    int64_t ms = (left + 999999) / 1000000;
-    return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
-}
-
 // Whether a registration has been active lately (not quiet): then a reply may come within the spin budget.
 static int has_active(struct vmsp_epoll *set) {
     for (int i = 0; i < set->count; i++) {
@@ -422,14 +408,14 @@ static int has_active(struct vmsp_epoll *set) {
 
 // Looks at the rings for the spin budget before the caller arms and sleeps. Under the set's lock.
 static int spin(struct vmsp_epoll *set, struct epoll_event *events, int max, int64_t deadline) {
-    if (deadline >= 0 && deadline <= now_ns()) return 0;
+    if (deadline >= 0 && deadline <= vmsp_now_ns()) return 0;
     if (!has_active(set)) return 0;
-    int64_t until = now_ns() + vmsp_spin_ns();
+    int64_t until = vmsp_now_ns() + vmsp_spin_ns();
     if (deadline >= 0 && deadline < until) until = deadline;
     for (int turn = 1;; turn++) {
         int n = collect(set, events, max);
         if (n > 0) return n;
-        if ((turn & 15) == 0 && now_ns() > until) return 0;
+        if ((turn & 15) == 0 && vmsp_now_ns() > until) return 0;
         vmsp_relax();
     }
 }
@@ -443,7 +429,7 @@ static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, i
         int unsure = n == 0 && arm_set(set, 0);
         if (unsure) n = collect(set, events, max);
         int sleeping = n == 0;
-        int timeout = sleeping ? wait_ms(deadline) : 0;
+        int timeout = sleeping ? vmsp_ms_until(deadline) : 0;
         // Armed one that looked ready and then did not report (a race with a reader, or no doorbell in the set):
         // sleep at most 1 ms before looking again.
         if (sleeping && unsure && (timeout < 0 || timeout > 1)) timeout = 1;
@@ -451,8 +437,8 @@ static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, i
         pthread_mutex_unlock(&set->lock);
         // Ready from the rings: the kernel's set is asked without waiting, and at most every 50 µs, so that a
         // wait the rings keep busy costs no system call and the application's other descriptors wait little.
-        int ask = sleeping || (n < max && now_ns() - set->last_kernel_ns >= 50000);
-        if (ask) set->last_kernel_ns = now_ns();
+        int ask = sleeping || (n < max && vmsp_now_ns() - set->last_kernel_ns >= 50000);
+        if (ask) set->last_kernel_ns = vmsp_now_ns();
         int got = ask ? REAL(epoll_pwait)(set->fd, events + n, max - n, timeout, mask) : 0;
         int saved = errno;
         pthread_mutex_lock(&set->lock);
@@ -469,7 +455,7 @@ static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, i
         }
         n += kept;
         if (sleeping && n < max) n += collect(set, events + n, max - n);
-        if (n > 0 || (deadline >= 0 && now_ns() >= deadline)) {
+        if (n > 0 || (deadline >= 0 && vmsp_now_ns() >= deadline)) {
             pthread_mutex_unlock(&set->lock);
             return n;
         }
@@ -502,16 +488,12 @@ static int wait_common(int epfd, struct epoll_event *events, int max, int64_t de
     return wait_with_rings(set, events, max, deadline, mask);
 }
 
-static int64_t deadline_ms(int timeout) {
-    return timeout < 0 ? -1 : now_ns() + (int64_t)timeout * 1000000;
-}
-
 int epoll_wait(int epfd, struct epoll_event *events, int max, int timeout) {
-    return wait_common(epfd, events, max, deadline_ms(timeout), timeout, NULL);
+    return wait_common(epfd, events, max, vmsp_deadline_after_ms(timeout), timeout, NULL);
 }
 
 int epoll_pwait(int epfd, struct epoll_event *events, int max, int timeout, const sigset_t *mask) {
-    return wait_common(epfd, events, max, deadline_ms(timeout), timeout, mask);
+    return wait_common(epfd, events, max, vmsp_deadline_after_ms(timeout), timeout, mask);
 }
 
 int epoll_pwait2(int epfd, struct epoll_event *events, int max, const struct timespec *timeout, const sigset_t *mask) {
@@ -521,6 +503,5 @@ int epoll_pwait2(int epfd, struct epoll_event *events, int max, const struct tim
         if (!REAL(epoll_pwait2)) { errno = ENOSYS; return -1; }
         return REAL(epoll_pwait2)(epfd, events, max, timeout, mask);
     }
-    int64_t deadline = timeout ? now_ns() + (int64_t)timeout->tv_sec * 1000000000 + timeout->tv_nsec : -1;
-    return wait_with_rings(set, events, max, deadline, mask);
+    return wait_with_rings(set, events, max, vmsp_deadline_after(timeout), mask);
 }

@@ -108,22 +108,26 @@ int fexecve(int fd, char *const argv[], char *const envp[]) {
 }
 
 // posix_spawn runs in the parent until the clone: the child never held the connections, so nothing is left.
-int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *actions,
-                const posix_spawnattr_t *attributes, char *const argv[], char *const envp[]) {
+typedef int (*spawn_fn)(pid_t *, const char *, const posix_spawn_file_actions_t *, const posix_spawnattr_t *,
+                        char *const[], char *const[]);
+
+static int spawn_with_inherited(spawn_fn real, pid_t *pid, const char *program, const posix_spawn_file_actions_t *actions,
+                                const posix_spawnattr_t *attributes, char *const argv[], char *const envp[]) {
     char entry[8192];
-    if (vmsp_inside || !inherited_entry(entry, sizeof entry)) return REAL(posix_spawn)(pid, path, actions, attributes, argv, envp);
+    if (vmsp_inside || !inherited_entry(entry, sizeof entry)) return real(pid, program, actions, attributes, argv, envp);
     size_t slots = env_count(envp) + 2;
     char *array[slots];
-    return REAL(posix_spawn)(pid, path, actions, attributes, argv, with_entry(envp, entry, array, slots));
+    return real(pid, program, actions, attributes, argv, with_entry(envp, entry, array, slots));
+}
+
+int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *actions,
+                const posix_spawnattr_t *attributes, char *const argv[], char *const envp[]) {
+    return spawn_with_inherited(REAL(posix_spawn), pid, path, actions, attributes, argv, envp);
 }
 
 int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *actions,
                  const posix_spawnattr_t *attributes, char *const argv[], char *const envp[]) {
-    char entry[8192];
-    if (vmsp_inside || !inherited_entry(entry, sizeof entry)) return REAL(posix_spawnp)(pid, file, actions, attributes, argv, envp);
-    size_t slots = env_count(envp) + 2;
-    char *array[slots];
-    return REAL(posix_spawnp)(pid, file, actions, attributes, argv, with_entry(envp, entry, array, slots));
+    return spawn_with_inherited(REAL(posix_spawnp), pid, file, actions, attributes, argv, envp);
 }
 
 // The list forms: the arguments gathered on the stack, then the vector forms above.

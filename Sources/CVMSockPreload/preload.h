@@ -16,6 +16,7 @@
 #include <sys/epoll.h>
 #include <sys/select.h>
 #include <sys/uio.h>
+#include <time.h>
 #include "include/CVMSockPreload.h"
 
 // MARK: The next definitions (libc's), resolved with dlsym(RTLD_NEXT) in a constructor, or on first use when a
@@ -76,6 +77,29 @@ struct vmsp_real {
 extern struct vmsp_real vmsp_real;
 void vmsp_resolve(void);
 #define REAL(name) (__builtin_expect(vmsp_real.name != NULL, 1) ? vmsp_real.name : (vmsp_resolve(), vmsp_real.name))
+
+// MARK: Time, for the waits and the data path's spins.
+static inline int64_t vmsp_now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+/// The monotonic time `timeout` milliseconds from now, or -1 for none (a negative timeout).
+static inline int64_t vmsp_deadline_after_ms(int timeout) {
+    return timeout < 0 ? -1 : vmsp_now_ns() + (int64_t)timeout * 1000000;
+}
+/// The monotonic time `timeout` from now, or -1 for none (NULL).
+static inline int64_t vmsp_deadline_after(const struct timespec *timeout) {
+    return timeout ? vmsp_now_ns() + (int64_t)timeout->tv_sec * 1000000000 + timeout->tv_nsec : -1;
+}
+/// Milliseconds left until `deadline` (-1: none), rounded up, for a kernel wait.
+static inline int vmsp_ms_until(int64_t deadline) {
+    if (deadline < 0) return -1;
+    int64_t left = deadline - vmsp_now_ns();
+    if (left <= 0) return 0;
+    int64_t ms = (left + 999999) / 1000000;
+    return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
+}
 
 // Set while this thread runs the library's own code (the Swift set-up, which calls socket functions itself):
 // every interposed call then goes straight to libc.

@@ -59,12 +59,6 @@ int vmsp_spin_ns(void) {
     return cached;
 }
 
-static int64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
 // SO_RCVTIMEO / SO_SNDTIMEO in milliseconds, -1 for none: read only on the way to sleep.
 static int socket_timeout_ms(int fd, int option) {
     struct timeval tv;
@@ -145,8 +139,8 @@ static void drain_stale(struct vmsp_conn *c, int fd, uint32_t count) {
         if (n == 0) { c->eof = 1; return; }
         if (errno == EINTR) continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK) { c->eof = 1; c->eof_error = errno; return; }
-        if (deadline == 0) deadline = now_ns() + 100000000;
-        if (now_ns() > deadline) return;
+        if (deadline == 0) deadline = vmsp_now_ns() + 100000000;
+        if (vmsp_now_ns() > deadline) return;
         struct pollfd p = { .fd = fd, .events = POLLIN };
         (void)REAL(poll)(&p, 1, 1);
     }
@@ -290,10 +284,10 @@ ssize_t vmsp_recv(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
             break;
         }
         // Block: spin on the ring a little (a wake-up costs more), then sleep until a wake-up byte, FIN or RST.
-        int64_t spin_until = now_ns() + vmsp_spin_ns();
+        int64_t spin_until = vmsp_now_ns() + vmsp_spin_ns();
         for (int turn = 1; avail == 0; turn++) {
             avail = rx_refresh(c);
-            if (avail != 0 || now_ns() > spin_until) break;
+            if (avail != 0 || vmsp_now_ns() > spin_until) break;
             if ((turn & 63) == 0) sched_yield();
         }
         if (avail != 0) continue;
@@ -402,11 +396,11 @@ static ssize_t broken_pipe(int flags) {
 
 // Waits for room. 1: there may be room; 0: timed out or interrupted (errno set); -1: the peer is gone.
 static int tx_wait(struct vmsp_conn *c, int fd, int64_t need) {
-    int64_t spin_until = now_ns() + vmsp_spin_ns();
+    int64_t spin_until = vmsp_now_ns() + vmsp_spin_ns();
     for (int turn = 1;; turn++) {
         int64_t space = tx_refresh(c);
         if (space < 0 || space >= need) return 1;
-        if (now_ns() > spin_until) break;
+        if (vmsp_now_ns() > spin_until) break;
         if ((turn & 63) == 0) sched_yield();
     }
     store_u32(c->local, OFF_WAIT_SPACE, 1);
@@ -487,15 +481,15 @@ ssize_t vmsp_send(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
             if (written > 0) { result = (ssize_t)written; break; }
             // A poller is told POLLOUT by the TCP socket at all times: look a little before answering EAGAIN,
             // so that it does not spin on us at full speed, and learn whether the peer is still there.
-            int64_t spin_until = now_ns() + vmsp_spin_ns();
-            for (int turn = 1; space == 0 && now_ns() < spin_until; turn++) {
+            int64_t spin_until = vmsp_now_ns() + vmsp_spin_ns();
+            for (int turn = 1; space == 0 && vmsp_now_ns() < spin_until; turn++) {
                 space = tx_refresh(c);
                 if ((turn & 63) == 0) sched_yield();
             }
             if (space != 0) { c->full_since = 0; continue; }
             // Whether the peer still lives costs a poll: asked once the ring has stayed full for 10 ms, and
             // every 10 ms after, not at each EAGAIN of a poller that spins on POLLOUT.
-            int64_t now = now_ns();
+            int64_t now = vmsp_now_ns();
             if (c->full_since == 0) {
                 c->full_since = now;
             } else if (now - c->full_since > 10000000) {

@@ -35,12 +35,6 @@ void vmsp_table_init(void) {
     vmsp_table_size = (int)size;
 }
 
-static int64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
 // The shared part gets a page of its own, mapped MAP_SHARED: a fork then shares it instead of copying it.
 static struct vmsp_conn *map_shared_conn(void) {
     size_t size = (sizeof(struct vmsp_conn) + 4095) & ~(size_t)4095;
@@ -119,7 +113,7 @@ struct vmsp_ref *vmsp_enter(int fd) {
 // Frees refs retired more than ten seconds ago: a thread that read a table slot just before the connection
 // left it has long finished its increment by then. The shared page goes with the ref (close looks at it).
 static void free_old_retired(void) {
-    int64_t limit = now_ns() - 10LL * 1000000000;
+    int64_t limit = vmsp_now_ns() - 10LL * 1000000000;
     struct vmsp_ref **link = &retired;
     while (*link) {
         struct vmsp_ref *r = *link;
@@ -139,7 +133,7 @@ void vmsp_leave(struct vmsp_ref *r) {
     pthread_mutex_lock(&live_lock);
     if (r->prev_live) r->prev_live->next_live = r->next_live; else live = r->next_live;
     if (r->next_live) r->next_live->prev_live = r->prev_live;
-    r->retired_at = now_ns();
+    r->retired_at = vmsp_now_ns();
     r->next_retired = retired;
     retired = r;
     free_old_retired();

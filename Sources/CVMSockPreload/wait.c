@@ -18,21 +18,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static int64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
-// Milliseconds left until `deadline` (-1: none), rounded up, for a kernel wait.
-static int remaining_ms(int64_t deadline) {
-    if (deadline < 0) return -1;
-    int64_t left = deadline - now_ns();
-    if (left <= 0) return 0;
-    int64_t ms = (left + 999999) / 1000000;
-    return ms > 0x7fffffff ? 0x7fffffff : (int)ms;
-}
-
 // A call's reference on fd's connection when it is ours and this is not the library's own call.
 static struct vmsp_ref *ours(int fd) {
     if (vmsp_inside || !vmsp_lookup(fd)) return NULL;
@@ -99,8 +84,8 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
             if (fds[i].revents) ready++;
         }
         // Nothing yet: look at the rings for the spin budget (a reply often comes sooner than a sleep would end).
-        if (ready == 0 && others < (int)n && (deadline < 0 || deadline > now_ns())) {
-            int64_t until = now_ns() + vmsp_spin_ns();
+        if (ready == 0 && others < (int)n && (deadline < 0 || deadline > vmsp_now_ns())) {
+            int64_t until = vmsp_now_ns() + vmsp_spin_ns();
             if (deadline >= 0 && deadline < until) until = deadline;
             for (int turn = 1; ready == 0; turn++) {
                 for (nfds_t i = 0; i < n; i++) {
@@ -108,7 +93,7 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
                     fds[i].revents = conn_revents(conns[i], fds[i].events, 0);
                     if (fds[i].revents) ready++;
                 }
-                if ((turn & 15) == 0 && now_ns() > until) break;
+                if ((turn & 15) == 0 && vmsp_now_ns() > until) break;
                 vmsp_relax();
             }
         }
@@ -133,13 +118,13 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
             }
         }
         // All from the rings: no system call, unless the other descriptors have not been asked for a while.
-        if (ready > 0 && (others == 0 || now_ns() - last_kernel_ns < KERNEL_EVERY_NS)) {
+        if (ready > 0 && (others == 0 || vmsp_now_ns() - last_kernel_ns < KERNEL_EVERY_NS)) {
             for (nfds_t i = 0; i < n; i++) {
                 if (!conns[i]) fds[i].revents = 0;
             }
             return ready;
         }
-        last_kernel_ns = now_ns();
+        last_kernel_ns = vmsp_now_ns();
         for (nfds_t i = 0; i < n; i++) {
             kernel[i] = fds[i];
             if (conns[i]) kernel[i].events = (fds[i].events & POLLIN) ? POLLIN | POLLRDHUP : POLLRDHUP;
@@ -147,7 +132,7 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
         struct timespec zero = { 0, 0 }, left;
         const struct timespec *timeout = &zero;
         if (ready == 0 && deadline >= 0) {
-            int64_t ns = deadline - now_ns();
+            int64_t ns = deadline - vmsp_now_ns();
             if (ns < 0) ns = 0;
             left = (struct timespec){ ns / 1000000000, ns % 1000000000 };
             timeout = &left;
@@ -164,7 +149,7 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
             if (fds[i].revents) count++;
         }
         // Nothing but a stale wake-up byte or a bell: wait again for what is left of the timeout.
-        if (count > 0 || (deadline >= 0 && now_ns() >= deadline)) return count;
+        if (count > 0 || (deadline >= 0 && vmsp_now_ns() >= deadline)) return count;
     }
 }
 
@@ -198,16 +183,9 @@ static int poll_common(struct pollfd *fds, nfds_t n, int64_t deadline, const str
     return result;
 }
 
-static int64_t deadline_after_ms(int timeout) { return timeout < 0 ? -1 : now_ns() + (int64_t)timeout * 1000000; }
-
-static int64_t deadline_after(const struct timespec *timeout) {
-    if (!timeout) return -1;
-    return now_ns() + (int64_t)timeout->tv_sec * 1000000000 + timeout->tv_nsec;
-}
-
 int poll(struct pollfd *fds, nfds_t n, int timeout) {
     struct timespec t = { timeout / 1000, (timeout % 1000) * 1000000 };
-    return poll_common(fds, n, deadline_after_ms(timeout), timeout < 0 ? NULL : &t, NULL);
+    return poll_common(fds, n, vmsp_deadline_after_ms(timeout), timeout < 0 ? NULL : &t, NULL);
 }
 
 int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t length) {
@@ -216,7 +194,7 @@ int __poll_chk(struct pollfd *fds, nfds_t n, int timeout, size_t length) {
 }
 
 int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *timeout, const sigset_t *mask) {
-    return poll_common(fds, n, deadline_after(timeout), timeout, mask);
+    return poll_common(fds, n, vmsp_deadline_after(timeout), timeout, mask);
 }
 
 int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *timeout, const sigset_t *mask, size_t length) {
@@ -247,7 +225,7 @@ static int select_common(int nfds, fd_set *readers, fd_set *writers, fd_set *err
     }
     struct timespec left, *timeout = NULL;
     if (deadline >= 0) {
-        int64_t ns = deadline - now_ns();
+        int64_t ns = deadline - vmsp_now_ns();
         if (ns < 0) ns = 0;
         left = (struct timespec){ ns / 1000000000, ns % 1000000000 };
         timeout = &left;
@@ -272,12 +250,12 @@ static int select_common(int nfds, fd_set *readers, fd_set *writers, fd_set *err
 }
 
 int select(int nfds, fd_set *readers, fd_set *writers, fd_set *errors, struct timeval *timeout) {
-    int64_t deadline = timeout ? now_ns() + (int64_t)timeout->tv_sec * 1000000000 + (int64_t)timeout->tv_usec * 1000 : -1;
+    int64_t deadline = timeout ? vmsp_now_ns() + (int64_t)timeout->tv_sec * 1000000000 + (int64_t)timeout->tv_usec * 1000 : -1;
     int handled;
     int result = select_common(nfds, readers, writers, errors, deadline, NULL, &handled);
     if (!handled) return REAL(select)(nfds, readers, writers, errors, timeout);
     if (timeout) {  // as Linux: the time not slept
-        int64_t left = deadline - now_ns();
+        int64_t left = deadline - vmsp_now_ns();
         if (left < 0) left = 0;
         *timeout = (struct timeval){ left / 1000000000, (left % 1000000000) / 1000 };
     }
@@ -287,7 +265,7 @@ int select(int nfds, fd_set *readers, fd_set *writers, fd_set *errors, struct ti
 int pselect(int nfds, fd_set *readers, fd_set *writers, fd_set *errors, const struct timespec *timeout,
             const sigset_t *mask) {
     int handled;
-    int result = select_common(nfds, readers, writers, errors, deadline_after(timeout), mask, &handled);
+    int result = select_common(nfds, readers, writers, errors, vmsp_deadline_after(timeout), mask, &handled);
     if (!handled) return REAL(pselect)(nfds, readers, writers, errors, timeout, mask);
     return result;
 }
