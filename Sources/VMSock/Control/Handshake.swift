@@ -212,6 +212,7 @@ enum Handshake {
             theirs = try adopt(request.descriptors, capacity: Int(hello.ringCapacity), from: "connector")
         } catch {
             if error.code == EPROTO && error.fallback != .versionMismatch { reject(control, .badRequest) }
+            if error.isShortOfResources { reject(control, .outOfResources) }  // e.g. no room to map their ring
             throw error
         }
         let mine: LocalHalf

@@ -352,9 +352,6 @@ struct Connector {
     /// A handshake failure, with its fallback reason.
     private static func handshakeFailure(_ error: VMSockError) -> VMSockError {
         if error.fallback != nil { return error }
-        switch error.code {
-        case EMFILE, ENFILE, ENOMEM, ENOSPC: return error.because(.outOfResources)
-        default: return error.because(.handshakeFailed)
-        }
+        return error.because(error.isShortOfResources ? .outOfResources : .handshakeFailed)
     }
 }

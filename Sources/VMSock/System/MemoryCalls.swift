@@ -11,8 +11,17 @@ extension Sys {
         Descriptor(try check("memfd_create") { vms_memfd_create(name, flags) })
     }
 
-    /// ftruncate(2): sets the file's size.
+    /// ftruncate(2): sets the file's size. A size above the process's file size limit (`ulimit -f`) fails here
+    /// with EFBIG and says so: the kernel would send SIGXFSZ, whose default action ends the whole process.
     static func truncate(_ fd: Int32, to size: Int, _ what: @autoclosure () -> String) throws(VMSockError) {
+        var limit = rlimit()
+        if getrlimit(Int32(RLIMIT_FSIZE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max,
+           UInt64(size) > UInt64(limit.rlim_cur) {
+            throw VMSockError(
+                code: EFBIG,
+                "\(what()): \(size) bytes is above this process's file size limit of \(limit.rlim_cur) bytes "
+                    + "(ulimit -f); raise it for shared memory")
+        }
         try check(what()) { ftruncate(fd, off_t(size)) }
     }
 

@@ -36,6 +36,10 @@ public struct VMSockError: Error, CustomStringConvertible, Sendable {
     /// The peer broke the ring rules or the handshake: the connection is torn down.
     static func protocolFault(_ what: String) -> VMSockError { VMSockError(code: EPROTO, what) }
 
+    /// Whether this process ran short of something (descriptors, memory, address space, the file size limit),
+    /// rather than the peer breaking a rule: a connection refused for it says "out of resources".
+    var isShortOfResources: Bool { [EMFILE, ENFILE, ENOMEM, ENOSPC, EFBIG].contains(code) }
+
     static func protocolFault(_ violation: RingViolation) -> VMSockError {
         VMSockError(code: EPROTO, "peer broke the shared ring: \(violation)")
     }
