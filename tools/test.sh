@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README): set-up, debug build, every XCTest, the interop tests against nc, socat and friends
-# (interop/run.sh), every fuzz target briefly (tools/fuzz.sh), then a check that no test left anything behind.
+# (interop/run.sh), every fuzz target briefly (tools/fuzz.sh), the chaos soak, the XCTests under AddressSanitizer
+# (tools/sanitize.sh), then a check that no test left anything behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
@@ -46,6 +47,17 @@ if [ "${SOAK_MINUTES:-2}" != 0 ]; then
     rm -f "$soak_log"
 fi
 
+# The XCTests again under AddressSanitizer and LeakSanitizer (tools/sanitize.sh address, about 4 minutes here):
+# any report fails the run. SANITIZE=thread runs ThreadSanitizer instead (about 5 minutes), SANITIZE=0 neither.
+sanitize_status=0
+sanitize_summary="sanitize: not run"
+if [ "${SANITIZE:-address}" != 0 ]; then
+    sanitize_log=$(mktemp)
+    tools/sanitize.sh "${SANITIZE:-address}" 2>&1 | tee "$sanitize_log" || sanitize_status=1
+    sanitize_summary=$(grep -E "^sanitize: " "$sanitize_log" | tail -1)
+    rm -f "$sanitize_log"
+fi
+
 # Tests stop what they start and free what they map; say so loudly if one did not.
 left=0
 if pgrep -x vmsock-testpeer >/dev/null; then
@@ -84,5 +96,6 @@ if grep -q "vmsock/tcp-" /proc/net/unix 2>/dev/null; then
 fi
 echo "tests: $((total - failed)) passed, $failed failed (XCTest); $interop_summary; $fuzz_summary"
 echo "tests: $soak_summary"
+echo "tests: $sanitize_summary"
 [ "$status" = 0 ] && [ "$failed" = 0 ] && [ "$left" = 0 ] && [ "$interop_status" = 0 ] && [ "$docs_status" = 0 ] \
-    && [ "$fuzz_status" = 0 ] && [ "$soak_status" = 0 ]
+    && [ "$fuzz_status" = 0 ] && [ "$soak_status" = 0 ] && [ "$sanitize_status" = 0 ]

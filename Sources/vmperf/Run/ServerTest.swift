@@ -97,19 +97,18 @@ struct ServerTest {
 
     /// Runs the test on a thread of its own, and meanwhile answers any other client with "busy".
     private func runTurningAwayOthers(_ run: TestRun, _ intervals: IntervalReport) throws -> TestRun.Outcome {
-        let result = ResultBox()
-        let finished = DispatchSemaphore(value: 0)
+        let work = TestThreadWork(run)
         let thread = Thread {
-            result.value = Result { try run.run(printInterval: intervals.print) }
-            finished.signal()
+            work.execute(printInterval: intervals.print)
+            work.finished.signal()
         }
         thread.start()
-        while finished.wait(timeout: .now() + .milliseconds(100)) == .timedOut {
+        while work.finished.wait(timeout: .now() + .milliseconds(100)) == .timedOut {
             if let (connection, greeting) = try? door.next(timeout: 0) {
                 if greeting.kind == .control { turnAway(connection) } else { connection.close() }
             }
         }
-        return try result.value!.get()
+        return try work.result!.get()
     }
 
     /// Tells another client we are busy. Its parameters are read first (for up to a second): a client still
@@ -122,7 +121,20 @@ struct ServerTest {
     }
 }
 
-/// The test thread's result, read after it signalled.
-final class ResultBox: @unchecked Sendable {
-    var value: Result<TestRun.Outcome, Error>?
+/// The test thread's run and, once it signalled, its result. The thread lets go of the run before it signals, so
+/// the run and its connections are freed by the thread that called, never by a test thread that may still be
+/// finishing while the process exits: LeakSanitizer, checking at exit, once caught one of those connections half
+/// released and reported it as a leak.
+final class TestThreadWork: @unchecked Sendable {  // `run` is handed over once; `result` is written before the signal
+    private var run: TestRun?
+    private(set) var result: Result<TestRun.Outcome, Error>?
+    let finished = DispatchSemaphore(value: 0)
+
+    init(_ run: TestRun) { self.run = run }
+
+    func execute(printInterval: @escaping ([StreamSpan]) -> Void) {
+        let run = self.run!
+        self.run = nil
+        result = Result { try run.run(printInterval: printInterval) }
+    }
 }
