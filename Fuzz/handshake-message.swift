@@ -1,5 +1,5 @@
 // Fuzz target: a handshake message as the peer wrote it (HandshakeMessage.decode, Handshake.decode).
-// Invariants: decoding never crashes; a message that decodes encodes back to the same 48 bytes (so nothing the
+// Invariants: decoding never crashes; a message that decodes encodes back to the same 64 bytes (so nothing the
 // peer sent is ignored by the check and then lost); the reasons a decode fails are the documented ones.
 import Glibc
 @testable import VMSock

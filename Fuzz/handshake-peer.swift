@@ -18,7 +18,7 @@ private let dialed = IPEndpoint(family: .v4, addressBytes: [127, 0, 0, 1], port:
 
 private func makeParkedLinks() -> (connector: EstablishedLink, listener: EstablishedLink) {
     let (a, b) = controlPair()
-    let sent = try! Handshake.sendHello(a, dialed: dialed, sourcePort: 9, address: address, capacity: 4096, reusable: true)
+    let sent = try! Handshake.sendHello(a, dialed: dialed, source: dialed.with(port: 9), address: address, capacity: 4096, reusable: true)
     let listener = try! Handshake.answer(b, peer: peerIdentity, capacity: 4096, reusable: true)
     let reply = try! ControlSocket.receiveReady(a.raw)
     let connector = try! Handshake.finishConnect(sent, reply: reply, control: a, peer: peerIdentity, address: address)
@@ -74,7 +74,7 @@ public func fuzzHandshakePeer(_ data: UnsafeRawPointer?, _ count: Int) -> CInt {
         case 1:  // the connector reads the answer to its hello
             let (connector, listener) = controlPair()
             let sent = try Handshake.sendHello(
-                connector, dialed: dialed, sourcePort: 9, address: address, capacity: 4096, reusable: input.bool())
+                connector, dialed: dialed, source: dialed.with(port: 9), address: address, capacity: 4096, reusable: input.bool())
             drain(listener.raw)
             try? ControlSocket.send(listener.raw, message, descriptors: passed)
             let reply = try ControlSocket.receiveReady(connector.raw)
@@ -88,7 +88,7 @@ public func fuzzHandshakePeer(_ data: UnsafeRawPointer?, _ count: Int) -> CInt {
         default:  // the connector reads the answer to its reopen
             try? ControlSocket.send(links.listener.control.raw, message, descriptors: passed)
             let reply = try ControlSocket.receiveReady(links.connector.control.raw)
-            _ = try Handshake.finishReopen(links.connector, reply: reply, dialed: dialed, sourcePort: 9)
+            _ = try Handshake.finishReopen(links.connector, reply: reply, dialed: dialed, source: dialed.with(port: 9))
             require(passed.isEmpty && message.count == HandshakeMessage.size, "reopened with \(passed.count) descriptors")
         }
     } catch {

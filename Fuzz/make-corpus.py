@@ -10,10 +10,11 @@ import json, os, shutil, struct
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 
 
-def message(kind, capacity=0, reason=0, family=0, port=0, address=b"", flags=0, source=0, version=5):
-    """A handshake message (Sources/VMSock/Control/HandshakeMessage.swift): 48 bytes."""
-    return struct.pack("<IHHIIHH16sIH6s", 0x48534D56, version, kind, capacity, reason, family, port,
-                       address.ljust(16, b"\0"), flags, source, b"")
+def message(kind, capacity=0, reason=0, family=0, port=0, address=b"", flags=0, source=0, source_address=b"",
+            version=6):
+    """A handshake message (Sources/VMSock/Control/HandshakeMessage.swift): 64 bytes."""
+    return struct.pack("<IHHIIHH16sIH6s16s", 0x48534D56, version, kind, capacity, reason, family, port,
+                       address.ljust(16, b"\0"), flags, source, b"", source_address.ljust(16, b"\0"))
 
 
 HELLO, WELCOME, REJECT, REOPEN = 1, 2, 3, 4
@@ -22,15 +23,18 @@ RING_MEMFD = bytes([0, 0, 0, 0x17, 0])  # kind 0, the announced size, no size ch
 BELL = bytes([2])                        # the ringing end of a Unix stream socketpair
 seeds = {
     "handshake-message": {
-        "hello-v4": b"\0" + message(HELLO, 262144, family=4, port=7000, address=LOOPBACK, flags=3, source=40000),
-        "hello-v6": b"\0" + message(HELLO, 4096, family=6, port=7000, address=bytes(15) + b"\1", flags=1),
+        "hello-v4": b"\0" + message(HELLO, 262144, family=4, port=7000, address=LOOPBACK, flags=3, source=40000,
+                                    source_address=LOOPBACK),
+        "hello-v6": b"\0" + message(HELLO, 4096, family=6, port=7000, address=bytes(15) + b"\1", flags=1, source=40002,
+                                    source_address=bytes(15) + b"\1"),
         "hello-no-address": b"\0" + message(HELLO, 65536),
         "welcome": b"\0" + message(WELCOME, 262144, flags=2),
         "reject": b"\0" + message(REJECT, reason=1),
-        "reopen": b"\0" + message(REOPEN, 262144, family=4, port=7000, address=LOOPBACK, source=40001),
+        "reopen": b"\0" + message(REOPEN, 262144, family=4, port=7000, address=LOOPBACK, source=40001,
+                                  source_address=LOOPBACK),
         "truncated-hello": b"\x80" + message(HELLO, 4096),
     },
-    # step, length choice (0: 48 bytes), message, descriptor count, descriptors, our ring size choice, reuse flag
+    # step, length choice (0: 64 bytes), message, descriptor count, descriptors, our ring size choice, reuse flag
     "handshake-peer": {
         "hello": bytes([0, 0]) + message(HELLO, 4096, family=4, port=7000, address=LOOPBACK, flags=2)
         + bytes([3]) + RING_MEMFD + BELL + BELL + bytes([0, 1]),

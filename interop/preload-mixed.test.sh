@@ -22,5 +22,5 @@ wait_listening 127.0.0.1 "$port"
 timeout 30 nc -N 127.0.0.1 "$port" <"$WORK/data" || fail "client failed"
 wait_for "$pid" 30
 same "$WORK/data" "$WORK/got" "plain client, preloaded server"
-says "$WORK/server.err" "tcp (no hello from port" "preloaded server's reason"
+says "$WORK/server.err" "tcp (no hello from 127.0.0.1:" "preloaded server's reason"
 echo "ok: mixed ends use TCP and say why"

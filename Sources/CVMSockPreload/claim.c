@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,12 +76,27 @@ static int connect_claims(char *reason, size_t capacity) {
 }
 
 // Sends the claim and receives the answer: 1 found (fds and capacities filled), 0 none, -1 failed.
-static int exchange(int sock, int listener, uint16_t port, int fds[CLAIM_FDS], uint64_t caps[2], char *reason, size_t capacity) {
-    uint8_t claim[12] = { 0 };
+static int exchange(int sock, int listener, const struct sockaddr_storage *peer, int fds[CLAIM_FDS], uint64_t caps[2],
+                    char *reason, size_t capacity) {
+    // The connector's address and port: the port alone could be two sockets' on different addresses.
+    uint8_t claim[28] = { 0 };
     uint32_t magic = CLAIM_MAGIC;
+    uint16_t port, family;
     memcpy(claim, &magic, 4);
     memcpy(claim + 4, &listener, 4);
+    if (peer->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)peer;
+        port = ntohs(v6->sin6_port);
+        family = 6;
+        memcpy(claim + 12, &v6->sin6_addr, 16);
+    } else {
+        const struct sockaddr_in *v4 = (const struct sockaddr_in *)peer;
+        port = ntohs(v4->sin_port);
+        family = 4;
+        memcpy(claim + 12, &v4->sin_addr, 4);
+    }
     memcpy(claim + 8, &port, 2);
+    memcpy(claim + 10, &family, 2);
     // The listening socket goes with the claim: the owner gives links only to a process that holds it.
     union { struct cmsghdr align; char space[CMSG_SPACE(sizeof(int))]; } proof;
     struct iovec claim_iov = { claim, sizeof claim };
@@ -123,16 +139,16 @@ static int exchange(int sock, int listener, uint16_t port, int fds[CLAIM_FDS], u
         close_all(fds, received < CLAIM_FDS ? received : CLAIM_FDS);
         return -1;
     }
-    if (!found) snprintf(reason, capacity, "no link welcomed for port %u: the peer is not under vmsock-run, or it hung up before this accept", port);
+    if (!found) snprintf(reason, capacity, "no link welcomed for port %u: the peer is not under vmsock-run, or it hung up before this accept", (unsigned)port);
     return (int)found;
 }
 
-int vmsp_claim(int listener, uint16_t port, vmsp_link_info *info, char *reason, size_t capacity) {
+int vmsp_claim(int listener, const struct sockaddr_storage *peer, vmsp_link_info *info, char *reason, size_t capacity) {
     int sock = connect_claims(reason, capacity);
     if (sock < 0) return sock;
     int fds[CLAIM_FDS] = { -1, -1, -1, -1, -1 };
     uint64_t caps[2];
-    int found = exchange(sock, listener, port, fds, caps, reason, capacity);
+    int found = exchange(sock, listener, peer, fds, caps, reason, capacity);
     REAL(close)(sock);
     if (found < 0) return -2;
     if (found == 0) return 0;

@@ -376,9 +376,7 @@ static void after_accept(int listener, int fd, int flags) {
     int attached;
     if (getpid() != vmsp_listen_owner) {
         // Another process (our parent) registered the listener and welcomed the connector: claim its link.
-        uint16_t port = peer.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&peer)->sin6_port)
-                                                   : ntohs(((struct sockaddr_in *)&peer)->sin_port);
-        attached = vmsp_claim(listener, port, &info, reason, sizeof reason);
+        attached = vmsp_claim(listener, &peer, &info, reason, sizeof reason);
         if (attached == -2) {
             // The connector may be writing to rings: reading its wake-up bytes as data would be worse than this.
             REAL(shutdown)(fd, SHUT_RDWR);

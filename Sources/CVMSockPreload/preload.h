@@ -282,10 +282,11 @@ extern atomic_int vmsp_forked_child, vmsp_parent_forked;
 /// The process whose listener thread answers hellos for this process's listeners (inherited across fork).
 extern pid_t vmsp_listen_owner;
 extern atomic_int vmsp_claims_open;
-/// Claims the link welcomed for the connector at `port` on `listener` from vmsp_listen_owner: 1 with *info
-/// filled (owner tagged with bit 0: release with vmsp_claim_release), 0 none (TCP), -1 the owner takes no
-/// claims (TCP: then it welcomes nobody either), -2 failed after asking (the connector may use shared memory).
-int vmsp_claim(int listener, uint16_t port, vmsp_link_info *info, char *reason, size_t capacity);
+/// Claims the link welcomed for the connector at `peer` (its address and port) on `listener` from
+/// vmsp_listen_owner: 1 with *info filled (owner tagged with bit 0: release with vmsp_claim_release), 0 none
+/// (TCP), -1 the owner takes no claims (TCP: then it welcomes nobody either), -2 failed after asking (the
+/// connector may use shared memory).
+int vmsp_claim(int listener, const struct sockaddr_storage *peer, vmsp_link_info *info, char *reason, size_t capacity);
 void vmsp_claim_release(void *owner);
 
 // MARK: The Swift half (@_cdecl in Sources/VMSockPreload).

@@ -164,29 +164,50 @@ void vmsp_format_address(const struct sockaddr *address, socklen_t length, char 
 
 // MARK: The connector's source address
 
-int vmsp_bind_source(int fd, const struct sockaddr *destination, socklen_t length) {
-    struct sockaddr_storage bound;
-    socklen_t bound_length = sizeof bound;
-    if (getsockname(fd, (struct sockaddr *)&bound, &bound_length) != 0) return -1;
-    in_port_t port = bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                                                 : ((struct sockaddr_in *)&bound)->sin_port;
-    if (port != 0) return ntohs(port);
-    // The address the kernel would pick: a UDP socket "connected" to the destination says (no packet is sent).
-    int probe = socket(bound.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+// The address a connection to `destination` leaves from when its socket names none: a UDP socket "connected" to
+// the destination says (no packet is sent). Port 0 in `source`. 0, or -1 with errno.
+static int kernel_source(const struct sockaddr *destination, socklen_t length, struct sockaddr_storage *source,
+                         socklen_t *source_length) {
+    int probe = socket(destination->sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (probe < 0) return -1;
-    struct sockaddr_storage source;
-    socklen_t source_length = sizeof source;
-    int ok = REAL(connect)(probe, destination, length) == 0 &&
-             getsockname(probe, (struct sockaddr *)&source, &source_length) == 0;
+    *source_length = sizeof *source;
+    int ok = REAL(connect)(probe, destination, length) == 0 && getsockname(probe, (struct sockaddr *)source, source_length) == 0;
     int saved = errno;
     REAL(close)(probe);
     if (!ok) { errno = saved; return -1; }
-    if (source.ss_family == AF_INET6) ((struct sockaddr_in6 *)&source)->sin6_port = 0;
-    else ((struct sockaddr_in *)&source)->sin_port = 0;
-    if (bind(fd, (struct sockaddr *)&source, source_length) != 0) return -1;
-    bound_length = sizeof bound;
-    if (getsockname(fd, (struct sockaddr *)&bound, &bound_length) != 0) return -1;
-    port = bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                                       : ((struct sockaddr_in *)&bound)->sin_port;
-    return ntohs(port);
+    if (source->ss_family == AF_INET6) ((struct sockaddr_in6 *)source)->sin6_port = 0;
+    else ((struct sockaddr_in *)source)->sin_port = 0;
+    return 0;
+}
+
+static int is_wildcard(const struct sockaddr_storage *address) {
+    if (address->ss_family == AF_INET6) return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)address)->sin6_addr);
+    return ((const struct sockaddr_in *)address)->sin_addr.s_addr == htonl(INADDR_ANY);
+}
+
+static in_port_t port_of(const struct sockaddr_storage *address) {
+    return address->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)address)->sin6_port
+                                          : ((const struct sockaddr_in *)address)->sin_port;
+}
+
+int vmsp_bind_source(int fd, const struct sockaddr *destination, socklen_t length, struct sockaddr_storage *source,
+                     socklen_t *source_length) {
+    *source_length = sizeof *source;
+    if (getsockname(fd, (struct sockaddr *)source, source_length) != 0) return -1;
+    in_port_t port = port_of(source);
+    if (port != 0 && !is_wildcard(source)) return 0;  // bound by the application to one address and port
+    struct sockaddr_storage picked;
+    socklen_t picked_length;
+    if (kernel_source(destination, length, &picked, &picked_length) != 0) return -1;
+    if (port != 0) {
+        // Bound to a wildcard address: the kernel picks the address at connect, this one.
+        if (picked.ss_family == AF_INET6) ((struct sockaddr_in6 *)&picked)->sin6_port = port;
+        else ((struct sockaddr_in *)&picked)->sin_port = port;
+        *source = picked;
+        *source_length = picked_length;
+        return 0;
+    }
+    if (bind(fd, (struct sockaddr *)&picked, picked_length) != 0) return -1;
+    *source_length = sizeof *source;
+    return getsockname(fd, (struct sockaddr *)source, source_length);
 }

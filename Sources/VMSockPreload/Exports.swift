@@ -15,7 +15,15 @@ private let installHooks: Void = {
     hooks.claimsReady = { vmsp_claims_ready() }
     hooks.enterLibraryThread = { vmsp_enter_library_thread() }
     hooks.bindSource = { fd, destination in
-        destination.withSocketAddress { address, length in vmsp_bind_source(fd, address, length) }
+        var source = sockaddr_storage()
+        var sourceLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let status = destination.withSocketAddress { address, length in
+            vmsp_bind_source(fd, address, length, &source, &sourceLength)
+        }
+        guard status == 0 else { return nil }
+        return withUnsafePointer(to: &source) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { IPEndpoint(socketAddress: $0, length: sourceLength) }
+        }
     }
     PreloadConnector.hooks.withLock { $0 = hooks }
     LibraryDescriptors.keepAboveHalfTheLimit()

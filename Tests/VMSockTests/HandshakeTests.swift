@@ -13,6 +13,27 @@ final class HandshakeTests: XCTestCase {
         XCTAssertEqual(try bytes.withUnsafeBytes { try HandshakeMessage.decode($0) }, hello)
     }
 
+    /// The connector's own address and port travel with the dialed address, in its family; without a dialed
+    /// address, any source byte is malformed.
+    func testSourceAddressRoundTrip() throws {
+        let dialed = try XCTUnwrap(IPEndpoint(numericHost: "127.0.0.1", port: 7000))
+        for source in [try XCTUnwrap(IPEndpoint(numericHost: "127.0.0.2", port: 40000)), dialed.with(port: 0)] {
+            let hello = HandshakeMessage(kind: .hello, ringCapacity: 4096, dialed: dialed, source: source)
+            XCTAssertEqual(try hello.encoded().withUnsafeBytes { try HandshakeMessage.decode($0) }.source, source)
+        }
+        let v6 = try XCTUnwrap(IPEndpoint(numericHost: "::1", port: 7000))
+        let hello6 = HandshakeMessage(kind: .reopen, ringCapacity: 4096, dialed: v6, source: v6.with(port: 40001))
+        XCTAssertEqual(try hello6.encoded().withUnsafeBytes { try HandshakeMessage.decode($0) }, hello6)
+        // A source of the other family is not sent; all zero decodes as none.
+        let mixed = HandshakeMessage(kind: .hello, dialed: v6, source: dialed)
+        XCTAssertNil(try mixed.encoded().withUnsafeBytes { try HandshakeMessage.decode($0) }.source)
+        var bytes = HandshakeMessage(kind: .welcome, ringCapacity: 4096).encoded()
+        bytes[50] = 1
+        XCTAssertThrowsError(try bytes.withUnsafeBytes { try HandshakeMessage.decode($0) }) {
+            XCTAssertEqual($0 as? HandshakeMessage.DecodeError, .nonZeroReserved)
+        }
+    }
+
     func testMalformedMessagesAreRefused() {
         var bytes = HandshakeMessage(kind: .welcome, ringCapacity: 4096).encoded()
         XCTAssertThrowsError(try bytes.prefix(31).withUnsafeBytes { try HandshakeMessage.decode($0) }) {

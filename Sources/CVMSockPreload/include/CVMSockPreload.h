@@ -25,8 +25,10 @@ typedef struct {
 } vmsp_link_info;
 
 /// Binds an unbound TCP socket to the source address a connect to `destination` would leave from, at a port the
-/// kernel picks, and returns the socket's port (a bound socket's own), or -1 with errno.
-int vmsp_bind_source(int fd, const struct sockaddr *destination, socklen_t length);
+/// kernel picks. Fills `source` with the address and port the connection will have (for a socket the application
+/// bound to a wildcard address, the address the kernel will pick) and returns 0, or -1 with errno.
+int vmsp_bind_source(int fd, const struct sockaddr *destination, socklen_t length, struct sockaddr_storage *source,
+                     socklen_t *source_length);
 
 /// Whether this process may offer shared memory to new connections: not in a forked child (its parent's
 /// set-up state was copied mid-flight), and, for listeners, not after the process forked (a child might accept).

@@ -15,8 +15,9 @@ struct EstablishedLink {
     let peerSpaceBell: PeerBell
     /// The address and port the connector dialed (both sides know it after the hello, or a reopen).
     var dialed: IPEndpoint?
-    /// The connector's own port, as its hello (or reopen) said: the port the listener reports as the peer's.
-    var sourcePort: UInt16 = 0
+    /// The connector's own address and port, as its hello (or reopen) said: what the listener reports as the
+    /// peer's address (nil if it said neither).
+    var source: IPEndpoint? = nil
     /// `asymmetric` when both processes offered it.
     let ordering: WakeUpOrdering
     /// Whether both sides agreed to keep the link for another connection once this one is closed (`LinkReuse`).
@@ -97,7 +98,7 @@ enum Handshake {
     /// The connector's first step: makes our region and bells and sends them in a hello. Never waits (a fresh
     /// control socket has room for one message).
     static func sendHello(
-        _ control: Descriptor, dialed: IPEndpoint, sourcePort: UInt16, address: ControlAddress, capacity: Int,
+        _ control: Descriptor, dialed: IPEndpoint, source: IPEndpoint?, address: ControlAddress, capacity: Int,
         reusable: Bool = false
     ) throws(VMSockError) -> HelloSent {
         let mine: LocalHalf
@@ -105,7 +106,7 @@ enum Handshake {
             throw error.because(.outOfResources)
         }
         let hello = HandshakeMessage(
-            kind: .hello, ringCapacity: UInt32(capacity), dialed: dialed, sourcePort: sourcePort,
+            kind: .hello, ringCapacity: UInt32(capacity), dialed: dialed, source: source,
             ordering: Membarrier.offered,
             reusable: reusable)
         do throws(VMSockError) {
@@ -193,7 +194,7 @@ enum Handshake {
         }
         let theirs: PeerHalf
         let dialed: IPEndpoint?
-        let sourcePort: UInt16
+        let source: IPEndpoint?
         let ordering: WakeUpOrdering
         let agreedReuse: Bool
         do throws(VMSockError) {
@@ -206,7 +207,7 @@ enum Handshake {
             }
             guard hello.kind == .hello else { throw VMSockError.protocolFault("connector sent a \(hello.kind) instead of a hello") }
             dialed = hello.dialed
-            sourcePort = hello.sourcePort
+            source = hello.source
             ordering = agreed(hello.ordering)
             agreedReuse = reusable && hello.reusable
             theirs = try adopt(request.descriptors, capacity: Int(hello.ringCapacity), from: "connector")
@@ -229,7 +230,7 @@ enum Handshake {
         var link = EstablishedLink(
             control: control, peer: peer, localRegion: mine.region, peerRegion: theirs.region,
             dataBell: mine.dataBell, spaceBell: mine.spaceBell,
-            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed, sourcePort: sourcePort,
+            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed, source: source,
             ordering: ordering, reusable: agreedReuse)
         if keepMemory { link.memory = [mine.memfd, theirs.memfd] }
         return link

@@ -6,7 +6,7 @@ import VMSockRing
 /// ```
 ///  offset  size  field
 ///       0     4  magic "VMSH"
-///       4     2  protocol version (5)
+///       4     2  protocol version (6)
 ///       6     2  kind: 1 hello (connector), 2 welcome (listener), 3 reject (listener), 4 reopen (connector)
 ///       8     4  ring capacity: bytes of the sender's outgoing ring (hello, welcome, reopen); 0 in a reject
 ///      12     4  reject reason (reject only, else 0)
@@ -19,10 +19,14 @@ import VMSockRing
 ///      40     2  hello, reopen: the connector's own port, a TCP port it holds for the connection so that no TCP
 ///                  connection on the host has it meanwhile (0 if it could not get one); else 0
 ///      42     6  reserved, zero
+///      48    16  hello, reopen: the connector's own address, of the dialed address's family (IPv4 in the first
+///                  4 bytes); zero if it has none; else zero
 /// ```
-/// The dialed address and the connector's port are what make a shared-memory connection report addresses like a
-/// TCP one: the listener reports the dialed address as its local address, and the dialed host with the
-/// connector's port as the peer's; the connector reports that host and port as its own.
+/// The dialed address and the connector's own address and port are what make a shared-memory connection report
+/// addresses like a TCP one: the listener reports the dialed address as its local address, and the connector's
+/// as the peer's. They also pair a connection with its hello where the TCP connection is real (vmsock-run's
+/// listener matches what accept(2) returns by the connector's address and port: the port alone could belong to
+/// two sockets on different addresses). Protocol 6 added the connector's address (and the 16 bytes).
 /// Hello and welcome carry exactly three descriptors with SCM_RIGHTS: the sender's ring memfd, and the ringing ends
 /// of its two doorbells (the one it sleeps on waiting for data, the one it sleeps on waiting for space). A reject
 /// carries none.
@@ -32,8 +36,8 @@ import VMSockRing
 /// that carries none, or with a reject after which the listener drops the link.
 public struct HandshakeMessage: Equatable, Sendable {
     public static let magic: UInt32 = 0x4853_4d56  // "VMSH" little-endian
-    public static let protocolVersion: UInt16 = 5
-    public static let size = 48
+    public static let protocolVersion: UInt16 = 6
+    public static let size = 64
     public static let descriptorCount = 3
 
     public enum Kind: UInt16, Sendable {
@@ -66,8 +70,9 @@ public struct HandshakeMessage: Equatable, Sendable {
     public var rejectReason: UInt32
     /// The address and port the connector dialed (hello and reopen).
     public var dialed: IPEndpoint?
-    /// The connector's own port (hello and reopen); 0 if it has none.
-    public var sourcePort: UInt16
+    /// The connector's own address and port (hello and reopen), of the dialed address's family; nil if it has
+    /// neither. Its port is 0 when it holds none, its address zero when it does not know it.
+    public var source: IPEndpoint?
     /// How the sender can order wake-ups: `asymmetric` when its process registered for membarrier.
     public var ordering: WakeUpOrdering
     /// Whether the sender keeps the link for a later connection (hello, welcome).
@@ -75,7 +80,7 @@ public struct HandshakeMessage: Equatable, Sendable {
 
     public init(
         kind: Kind, ringCapacity: UInt32 = 0, rejectReason: UInt32 = 0, dialed: IPEndpoint? = nil,
-        sourcePort: UInt16 = 0, ordering: WakeUpOrdering = .fenced, reusable: Bool = false,
+        source: IPEndpoint? = nil, ordering: WakeUpOrdering = .fenced, reusable: Bool = false,
         version: UInt16 = protocolVersion
     ) {
         self.version = version
@@ -83,7 +88,7 @@ public struct HandshakeMessage: Equatable, Sendable {
         self.ringCapacity = ringCapacity
         self.rejectReason = rejectReason
         self.dialed = dialed
-        self.sourcePort = sourcePort
+        self.source = source
         self.ordering = ordering
         self.reusable = reusable
     }
@@ -102,11 +107,15 @@ public struct HandshakeMessage: Equatable, Sendable {
         put(ringCapacity, at: 8)
         put(rejectReason, at: 12)
         put((ordering == .asymmetric ? Self.asymmetricFlag : 0) | (reusable ? Self.reusableFlag : 0), at: 36)
-        put(sourcePort, at: 40)
         if let dialed {
             put(UInt16(dialed.family == .v4 ? 4 : 6), at: 16)
             put(dialed.port, at: 18)
             bytes.replaceSubrange(20..<20 + dialed.addressBytes.count, with: dialed.addressBytes)
+            // The source only travels with a dialed address, whose family it shares.
+            if let source, source.family == dialed.family {
+                put(source.port, at: 40)
+                bytes.replaceSubrange(48..<48 + source.addressBytes.count, with: source.addressBytes)
+            }
         }
         return bytes
     }
@@ -145,21 +154,28 @@ public struct HandshakeMessage: Equatable, Sendable {
             throw .nonZeroReserved
         }
         let dialed: IPEndpoint?
+        var source: IPEndpoint? = nil
+        let sourcePort = get(UInt16.self, at: 40)
         switch get(UInt16.self, at: 16) {
         case 0:
-            guard bytes[18..<36].allSatisfy({ $0 == 0 }) else { throw .nonZeroReserved }
+            guard bytes[18..<36].allSatisfy({ $0 == 0 }), sourcePort == 0, bytes[48..<64].allSatisfy({ $0 == 0 }) else {
+                throw .nonZeroReserved
+            }
             dialed = nil
         case 4:
-            guard bytes[24..<36].allSatisfy({ $0 == 0 }) else { throw .nonZeroReserved }
+            guard bytes[24..<36].allSatisfy({ $0 == 0 }), bytes[52..<64].allSatisfy({ $0 == 0 }) else { throw .nonZeroReserved }
             dialed = IPEndpoint(family: .v4, addressBytes: Array(bytes[20..<24]), port: get(UInt16.self, at: 18))
+            source = IPEndpoint(family: .v4, addressBytes: Array(bytes[48..<52]), port: sourcePort)
         case 6:
             dialed = IPEndpoint(family: .v6, addressBytes: Array(bytes[20..<36]), port: get(UInt16.self, at: 18))
+            source = IPEndpoint(family: .v6, addressBytes: Array(bytes[48..<64]), port: sourcePort)
         case let other:
             throw .badAddressFamily(other)
         }
+        if let known = source, known.port == 0, known.isWildcard { source = nil }  // all zero: none
         return HandshakeMessage(
             kind: kind, ringCapacity: get(UInt32.self, at: 8), rejectReason: get(UInt32.self, at: 12),
-            dialed: dialed, sourcePort: get(UInt16.self, at: 40),
+            dialed: dialed, source: source,
             ordering: flags & Self.asymmetricFlag != 0 ? .asymmetric : .fenced,
             reusable: flags & Self.reusableFlag != 0, version: get(UInt16.self, at: 4))
     }

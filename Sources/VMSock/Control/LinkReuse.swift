@@ -29,10 +29,10 @@ extension EstablishedLink {
     var peerParked: Bool { PeerHeader(base: peerRegion.base).shutdownFlags & RingLayout.Shutdown.parked != 0 }
 
     /// This link, reopened for a connection to `dialed`.
-    func reopened(for dialed: IPEndpoint, sourcePort: UInt16) -> EstablishedLink {
+    func reopened(for dialed: IPEndpoint, source: IPEndpoint?) -> EstablishedLink {
         var link = self
         link.dialed = dialed
-        link.sourcePort = sourcePort
+        link.source = source
         return link
     }
 
@@ -47,16 +47,16 @@ extension EstablishedLink {
 extension Handshake {
     /// The connector's side of a reopen, first step: resets our side and asks the listener to reopen the link
     /// for a connection to `dialed`. Never waits. Any failure means the link is unusable: the caller frees it.
-    static func sendReopen(_ link: EstablishedLink, dialed: IPEndpoint, sourcePort: UInt16) throws(VMSockError) {
+    static func sendReopen(_ link: EstablishedLink, dialed: IPEndpoint, source: IPEndpoint?) throws(VMSockError) {
         link.resetLocalSide()
         let request = HandshakeMessage(
-            kind: .reopen, ringCapacity: UInt32(link.localRegion.capacity), dialed: dialed, sourcePort: sourcePort)
+            kind: .reopen, ringCapacity: UInt32(link.localRegion.capacity), dialed: dialed, source: source)
         try ControlSocket.send(link.control.raw, request.encoded(), descriptors: [])
     }
 
     /// The connector's side of a reopen, second step, with the listener's answer: the reopened link, or why not.
     static func finishReopen(
-        _ link: EstablishedLink, reply: ControlSocket.Received, dialed: IPEndpoint, sourcePort: UInt16
+        _ link: EstablishedLink, reply: ControlSocket.Received, dialed: IPEndpoint, source: IPEndpoint?
     ) throws(VMSockError) -> EstablishedLink {
         if reply.bytes.isEmpty && !reply.truncated {
             throw VMSockError(code: ECONNRESET, "the listener dropped the parked link")
@@ -67,7 +67,7 @@ extension Handshake {
         else {
             throw .protocolFault("listener answered a reopen with a \(message.kind) (version \(message.version), \(reply.descriptors.count) descriptors, ring \(message.ringCapacity))")
         }
-        return link.reopened(for: dialed, sourcePort: sourcePort)
+        return link.reopened(for: dialed, source: source)
     }
 
     /// The listener's side of a reopen, once the parked link's control socket polled readable: never waits.
@@ -97,6 +97,6 @@ extension Handshake {
         link.resetLocalSide()
         let welcome = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity))
         try ControlSocket.send(link.control.raw, welcome.encoded(), descriptors: [])
-        return link.reopened(for: dialed, sourcePort: message.sourcePort)
+        return link.reopened(for: dialed, source: message.source)
     }
 }

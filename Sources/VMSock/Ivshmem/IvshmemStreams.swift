@@ -165,7 +165,7 @@ extension IvshmemNode {
             }
             var link = try establish(slot: request.slot, side: .connector, peer: request.listener)
             link.dialed = request.dialed
-            link.sourcePort = request.sourcePort
+            link.source = request.dialed.with(port: request.sourcePort)
             request.established = true
             return link
         case IvshmemArena.State.refused:
@@ -218,7 +218,7 @@ extension IvshmemNode {
                 LocalHeader(base: view.base + arena.listenerHalfOffset(slot)).initialize(capacity: arena.ringCapacity)
                 var link = try establish(slot: slot, side: .listener, peer: connector)
                 link.dialed = dialed
-                link.sourcePort = sourcePort
+                link.source = peerAddress
                 view.store32(offset + IvshmemArena.SlotOffset.state, IvshmemArena.State.accepted)
                 link.peerDataBell.ring()
                 return (link, peerAddress)

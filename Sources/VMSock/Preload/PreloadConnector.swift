@@ -48,12 +48,12 @@ package enum PreloadConnector {
             guard PeerPolicy.sameUser.admits(peer) else {
                 return .tcp(reason: "the registration \(address) belongs to uid \(peer.uid), not a trusted user")
             }
-            let port = hooks.withLock { $0.bindSource }(fd, destination)
-            guard port >= 0 else {
+            // The listener pairs the connection it accepts with this hello by our address and port.
+            guard let source = hooks.withLock({ $0.bindSource })(fd, destination) else {
                 return .tcp(reason: "could not bind the socket for its port: \(VMSockError.name(of: errno))")
             }
             let hello = try Handshake.sendHello(
-                control, dialed: destination, sourcePort: UInt16(port), address: address, capacity: ringSize)
+                control, dialed: destination, source: source, address: address, capacity: ringSize)
             let reply = try ControlSocket.receive(control.raw, timeoutMs: handshakeTimeoutMs)
             let link = try Handshake.finishConnect(hello, reply: reply, control: control, peer: peer, address: address)
             return .welcomed(PreloadLink(link))

@@ -54,8 +54,9 @@ package struct PreloadHooks: Sendable {
     package var listenersSharing: @Sendable (Int32) -> Int32 = { _ in 1 }
     /// Called first on the listener thread: marks it as the library's own, so its calls are not interposed.
     package var enterLibraryThread: @Sendable () -> Void = {}
-    /// Binds an unbound socket for a connect to the address, returning its port, or -1 with errno.
-    package var bindSource: @Sendable (Int32, IPEndpoint) -> Int32 = { _, _ in -1 }
+    /// Binds an unbound socket for a connect to the address, returning the address and port its connection
+    /// will have, or nil with errno.
+    package var bindSource: @Sendable (Int32, IPEndpoint) -> IPEndpoint? = { _, _ in nil }
 
     package init() {}
 }

@@ -5,8 +5,8 @@ import Synchronization
 /// vmsock-run's listening side: a registration per listening TCP socket, and one background thread per process
 /// that answers hellos, since the application itself only ever calls accept.
 ///
-/// A welcomed link waits, keyed by the connector's port (the hello carries it), until the application accepts
-/// the TCP connection from that port, or its control socket hangs up (the connector closed or died; a connector
+/// A welcomed link waits, keyed by the connector's address and port (the hello carries both), until the
+/// application accepts the TCP connection from there, or its control socket hangs up (the connector closed or died; a connector
 /// whose TCP connect failed releases its link at once). It never expires while the connector lives: the
 /// connector uses shared memory from the welcome on, and an accept that found no link would disagree with it.
 /// At most `welcomedLimit` wait per listener; beyond that, connectors are rejected and use TCP.
@@ -33,8 +33,8 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         var entries: [UInt64: Entry] = [:]
         /// Listener descriptor -> its registrations' tokens.
         var listeners: [Int32: [UInt64]] = [:]
-        /// (listener, connector port) -> the welcomed link's token.
-        var welcomed: [Int32: [UInt16: UInt64]] = [:]
+        /// (listener, connector address and port, as `matchKey` has them) -> the welcomed link's token.
+        var welcomed: [Int32: [IPEndpoint: UInt64]] = [:]
         var nextToken: UInt64 = 1
         var epoll: Int32 = -1
         var threadStarted = false
@@ -105,7 +105,7 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         guard let peer = IPEndpoint.of(fd, peer: true) else { return .failure(PreloadRefusal("no peer address")) }
         let deadline = monotonicNanos() + 100_000_000
         while true {
-            if var link = takeWelcomed(listener: listener, port: peer.port) {
+            if var link = takeWelcomed(listener: listener, from: peer) {
                 // Accepted here: nobody maps our region writable from now on. (It cannot fail on a memfd of ours
                 // without F_SEAL_SEAL; were it to, the connection would still work, with the protection missing.)
                 _ = try? SharedRegion.sealWrites(link.memory[0].raw)
@@ -114,16 +114,16 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
             }
             // A hello being answered now may be this connection's: its welcome went before its entry was made.
             if answering.load(ordering: .acquiring) == 0 || monotonicNanos() > deadline {
-                return .failure(PreloadRefusal("no hello from port \(peer.port): the peer is not under vmsock-run"))
+                return .failure(PreloadRefusal("no hello from \(peer): the peer is not under vmsock-run"))
             }
             Sys.yield()
         }
     }
 
-    /// Takes the link welcomed for the connector at `port` off `listener`'s list, and out of the thread's sight.
-    private func takeWelcomed(listener: Int32, port: UInt16) -> EstablishedLink? {
+    /// Takes the link welcomed for the connector at `peer` off `listener`'s list, and out of the thread's sight.
+    private func takeWelcomed(listener: Int32, from peer: IPEndpoint) -> EstablishedLink? {
         let link: EstablishedLink? = state.withLock { state in
-            guard let token = state.welcomed[listener]?.removeValue(forKey: port),
+            guard let token = state.welcomed[listener]?.removeValue(forKey: Self.matchKey(peer)),
                 case .welcomed(let link, _) = state.entries.removeValue(forKey: token)
             else { return nil }
             state.hungUp[token] = nil
@@ -267,12 +267,18 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
             hooks.forgetInternal(control.raw)
             return
         }
+        // vmsock-run's connector always says where it connects from (it binds first): without that, accept could
+        // not tell its connection from another, so the link goes (the connector sees the hang-up).
+        guard let source = link.source, !source.isWildcard, source.port != 0 else {
+            hooks.forgetInternal(link.control.raw)
+            return
+        }
         let token: UInt64? = state.withLock { state in
             guard state.listeners[listener] != nil else { return nil }  // closed meanwhile
             let token = state.nextToken
             state.nextToken += 1
             state.entries[token] = .welcomed(link, listener: listener)
-            if let older = state.welcomed[listener, default: [:]].updateValue(token, forKey: link.sourcePort) {
+            if let older = state.welcomed[listener, default: [:]].updateValue(token, forKey: Self.matchKey(source)) {
                 state.entries[older] = nil  // a connector reused its port: the older one's connection never came
             }
             return token
@@ -295,13 +301,18 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
                 let claim = PreloadClaims.Claim(request.bytes), request.descriptors.count == 1,
                 Self.sameSocket(request.descriptors[0].raw, claim.listener), state.withLock({ $0.listeners[claim.listener] != nil })
             else { continue }
-            let link = takeWelcomed(listener: claim.listener, port: claim.port)
+            let link = takeWelcomed(listener: claim.listener, from: claim.peer)
             withExtendedLifetime(link) {  // its descriptors stay open until they are sent
                 let answer = PreloadClaims.answer(link)
                 try? ControlSocket.send(control.raw, answer.bytes, descriptors: answer.descriptors)
             }
         }
     }
+
+    /// How a connector's address and port are compared: the port and the address, an IPv4-mapped IPv6 address
+    /// as the IPv4 one (a dual-stack socket on either side sees its IPv4 peer that way). The port alone is not
+    /// enough: two sockets on different addresses may hold the same port, and one may be a plain TCP client.
+    static func matchKey(_ endpoint: IPEndpoint) -> IPEndpoint { endpoint.mappedIPv4 ?? endpoint }
 
     /// Whether two descriptors name the same socket (sockfs gives each socket its own inode).
     private static func sameSocket(_ a: Int32, _ b: Int32) -> Bool {
@@ -324,7 +335,9 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
             for (token, deadline) in state.hungUp where deadline < now {
                 state.hungUp[token] = nil
                 guard let entry = state.entries.removeValue(forKey: token) else { continue }
-                if case .welcomed(let link, let listener) = entry { state.welcomed[listener]?[link.sourcePort] = nil }
+                if case .welcomed(let link, let listener) = entry, let source = link.source {
+                    state.welcomed[listener]?[Self.matchKey(source)] = nil
+                }
                 expired.append(entry)
             }
             return expired

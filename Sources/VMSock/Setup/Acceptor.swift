@@ -180,13 +180,15 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     }
 
     /// An accepted shared-memory connection reports the address and port the client dialed as ours, and the
-    /// client's address (this host's: the dialed one, or loopback for a wildcard) with the port it holds as the
-    /// peer's.
+    /// client's address and port, as its hello said, as the peer's. The address must be one of this host's (the
+    /// client is a process here); otherwise, or when the hello had none, the dialed one stands in for it (loopback
+    /// for a wildcard).
     private func connection(on link: EstablishedLink, reused: Bool, _ pending: PendingHandshakes) throws(VMSockError) -> Connection {
         let local = link.dialed ?? localAddress
         let peerHost = local.isWildcard ? IPEndpoint.loopback(local.family, port: 0) : local
+        let said = link.source.flatMap { !$0.isWildcard && LocalAddresses.isLocal($0) ? $0 : nil }
         return try .sharedMemory(
-            link, local: local, peer: peerHost.with(port: link.sourcePort), reused: reused,
+            link, local: local, peer: said ?? peerHost.with(port: link.source?.port ?? 0), reused: reused,
             parking: { [pending] in pending.park($0) })
     }
 

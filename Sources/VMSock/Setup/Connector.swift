@@ -127,7 +127,7 @@ struct Connector {
             {
                 attempt.holdPort()
                 do throws(VMSockError) {
-                    try Handshake.sendReopen(link, dialed: attempt.destination, sourcePort: attempt.local.port)
+                    try Handshake.sendReopen(link, dialed: attempt.destination, source: attempt.local)
                 } catch {
                     state = .nextRegistration(attempt)
                     return nil  // the link is unusable and freed; try the next, or a new link
@@ -187,7 +187,7 @@ struct Connector {
                 return try fallBack(attempt.destination, Self.handshakeFailure(timedOut), using: attempt.portHeld)
             }
             let reopened = try Handshake.finishReopen(
-                link, reply: reply, dialed: attempt.destination, sourcePort: attempt.local.port)
+                link, reply: reply, dialed: attempt.destination, source: attempt.local)
             return .connected(try attempt.connection(on: reopened, reused: true))
         } catch {
             state = .nextRegistration(attempt)  // the same registration: its next parked link, or a new one
@@ -232,7 +232,7 @@ struct Connector {
             }
             attempt.holdPort()
             let hello = try Handshake.sendHello(
-                control, dialed: attempt.destination, sourcePort: attempt.local.port, address: attempt.address,
+                control, dialed: attempt.destination, source: attempt.local, address: attempt.address,
                 capacity: options.ringSize, reusable: options.reusesLinks)
             state = .awaitingWelcome(attempt, hello, control: control, peer: peer, until: deadline)
             return .wait(PollInterest(descriptor: control.raw, events: Int16(POLLIN)), until: deadline, spinFirst: true)
