@@ -22,12 +22,19 @@ says "$WORK/server.err" "shared memory offered" "redis-server's listen"
 cli() { timeout 60 $R redis-cli -p "$port" "$@" 2>>"$WORK/client.err"; }
 info() { cli INFO "$1" | tr -d '\r' | sed -n "s/^$2:\(.*\)/\1/p"; }  # SECTION FIELD
 
+# How the connections went, for a failure: a client that says shared memory where the server says tcp is stuck.
+ends() {
+    echo "server: $(grep -c ': shared memory' "$WORK/server.err") shared memory, $(grep -c ': tcp' "$WORK/server.err") tcp" \
+        "$(grep ': tcp' "$WORK/server.err" | head -3); clients: $(grep -c ': shared memory' "$WORK/client.err") shared memory," \
+        "$(grep -c ': tcp' "$WORK/client.err") tcp $(grep ': tcp' "$WORK/client.err" | head -3)"
+}
+
 # redis-benchmark LABEL REQUESTS [ARGS...]: SET and GET from 50 clients; every request must reach the server.
 bench() {
     local label=$1 requests=$2; shift 2
     cli CONFIG RESETSTAT >/dev/null
     timeout 120 $R redis-benchmark -p "$port" -c 50 -n "$requests" -t set,get -q "$@" >"$WORK/bench.out" \
-        2>>"$WORK/client.err" || fail "redis-benchmark $label: $(tr '\r' '\n' <"$WORK/bench.out" | tail -5)"
+        2>>"$WORK/client.err" || fail "redis-benchmark $label: $(tr '\r' '\n' <"$WORK/bench.out" | tail -2); $(ends)"
     for command in SET GET; do
         grep -q "$command: [0-9.]* requests per second" "$WORK/bench.out" \
             || fail "redis-benchmark $label: no $command result: $(tr '\r' '\n' <"$WORK/bench.out" | tail -5)"

@@ -103,8 +103,14 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
     /// The link welcomed for the connection `fd` just accepted on `listener`, or why there is none.
     package func accept(listener: Int32, fd: Int32) -> Result<PreloadLink, PreloadRefusal> {
         guard let peer = IPEndpoint.of(fd, peer: true) else { return .failure(PreloadRefusal("no peer address")) }
-        let deadline = monotonicNanos() + 100_000_000
+        // Once welcomed, the connector uses shared memory: a miss here while its entry is on the way would leave
+        // the two ends disagreeing (its requests in a ring nobody reads). The thread that answers never blocks, so
+        // the bound is only against a thread descheduled for long on a loaded machine (100 ms was not enough).
+        let deadline = monotonicNanos() + Self.helloTimeoutNanos
         while true {
+            // Read before the look-up: a hello answered by then has its entry made (it is made before the count
+            // goes down), so the look-up sees it; one still being answered keeps us looking.
+            let beingAnswered = answering.load(ordering: .sequentiallyConsistent)
             if var link = takeWelcomed(listener: listener, from: peer) {
                 // Accepted here: nobody maps our region writable from now on. (It cannot fail on a memfd of ours
                 // without F_SEAL_SEAL; were it to, the connection would still work, with the protection missing.)
@@ -113,7 +119,7 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
                 return .success(PreloadLink(link))
             }
             // A hello being answered now may be this connection's: its welcome went before its entry was made.
-            if answering.load(ordering: .acquiring) == 0 || monotonicNanos() > deadline {
+            if beingAnswered == 0 || monotonicNanos() > deadline {
                 return .failure(PreloadRefusal("no hello from \(peer): the peer is not under vmsock-run"))
             }
             Sys.yield()
