@@ -37,6 +37,14 @@ for length in 128K 1K; do
     shm=$(iperf "$RUN" $length 5302)
     echo "iperf3 -l $length: plain TCP $plain Gbit/s, vmsock-run $shm Gbit/s"
 done
+# The ceiling at 128 KiB: a bare C ring between two pinned threads (tools/micro/ring64.c), one copy in and every
+# line read once on the other core, less than iperf3's read, which copies out too. What this machine moves from one
+# core to the other, in the same run.
+if cc=$(command -v gcc || command -v cc); then
+    "$cc" -O2 -pthread -o "${TMPDIR:-/tmp}/vmsock-ring64" tools/micro/ring64.c
+    "${TMPDIR:-/tmp}/vmsock-ring64" release 131072 \
+        | awk '{printf "bare C ring, 128 KiB messages (the ceiling): %s GB/s = %.1f Gbit/s\n", $(NF-1), $(NF-1) * 8}'
+fi
 plain=$(pingpong "" 5303)
 shm=$(pingpong "$RUN" 5304)
 echo "sockperf ping-pong 64 B (avg of RTT/2 as sockperf reports it): plain TCP $plain us, vmsock-run $shm us"
