@@ -318,6 +318,9 @@ static int collect(struct vmsp_epoll *set, struct epoll_event *events, int max) 
 
 static int arm_set(struct vmsp_epoll *set, int depth);
 
+// Whether the last arm_set of this thread armed a connection for room (at any depth): its sleep is then bounded.
+static __thread int armed_for_room;
+
 // Before sleeping: arm every registration that is not quiet. Returns whether one became reportable meanwhile.
 static int arm_reg(struct vmsp_epoll *set, struct reg *r, int depth) {
     if (r->fd < 0 || r->disabled || r->quiet) return 0;
@@ -339,6 +342,7 @@ static int arm_reg(struct vmsp_epoll *set, struct reg *r, int depth) {
         }
         r->tx_armed = r->bell_added;
         if (!r->bell_added) return 1;  // cannot sleep on it: look again (the caller bounds the sleep)
+        armed_for_room = 1;
     }
     if (reg_events(r, 0, depth)) return 1;
     if (!data && !((r->events & EPOLLOUT) && !r->tx_armed)) r->quiet = 1;
@@ -426,6 +430,7 @@ static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, i
     for (;;) {
         int n = collect(set, events, max);
         if (n == 0) n = spin(set, events, max, deadline);
+        armed_for_room = 0;
         int unsure = n == 0 && arm_set(set, 0);
         if (unsure) n = collect(set, events, max);
         int sleeping = n == 0;
@@ -433,6 +438,9 @@ static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, i
         // Armed one that looked ready and then did not report (a race with a reader, or no doorbell in the set):
         // sleep at most 1 ms before looking again.
         if (sleeping && unsure && (timeout < 0 || timeout > 1)) timeout = 1;
+        // Armed for room: look again at least every VMSP_SPACE_RECHECK_MS (a wake-up for room can be lost to
+        // another waiter on the same connection).
+        if (sleeping && armed_for_room && (timeout < 0 || timeout > VMSP_SPACE_RECHECK_MS)) timeout = VMSP_SPACE_RECHECK_MS;
         if (sleeping) set->sleepers++;
         pthread_mutex_unlock(&set->lock);
         // Ready from the rings: the kernel's set is asked without waiting, and at most every 50 µs, so that a

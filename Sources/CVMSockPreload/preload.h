@@ -92,6 +92,12 @@ static inline int64_t vmsp_deadline_after_ms(int timeout) {
 static inline int64_t vmsp_deadline_after(const struct timespec *timeout) {
     return timeout ? vmsp_now_ns() + (int64_t)timeout->tv_sec * 1000000000 + timeout->tv_nsec : -1;
 }
+/// A wait for room in a ring sleeps at most this long between looks at the ring. Two waiters on one connection's
+/// room (two processes after fork, or a writer and a poller) share its flag and its bell: the first one woken drains
+/// the bell and lowers the flag, and the other would sleep on with room in the ring. A lost wake-up then costs at
+/// most this much latency, never a hang.
+enum { VMSP_SPACE_RECHECK_MS = 10 };
+
 /// Milliseconds left until `deadline` (-1: none), rounded up, for a kernel wait.
 static inline int vmsp_ms_until(int64_t deadline) {
     if (deadline < 0) return -1;

@@ -395,7 +395,9 @@ static ssize_t broken_pipe(int flags) {
 }
 
 // Waits for room. 1: there may be room; 0: timed out or interrupted (errno set); -1: the peer is gone.
-static int tx_wait(struct vmsp_conn *c, int fd, int64_t need) {
+// `deadline` carries SO_SNDTIMEO across the calls of one send (0 until the first sleep, -1 for none); each sleep
+// lasts at most VMSP_SPACE_RECHECK_MS, after which the caller looks at the ring again.
+static int tx_wait(struct vmsp_conn *c, int fd, int64_t need, int64_t *deadline) {
     int64_t spin_until = vmsp_now_ns() + vmsp_spin_ns();
     for (int turn = 1;; turn++) {
         int64_t space = tx_refresh(c);
@@ -403,6 +405,7 @@ static int tx_wait(struct vmsp_conn *c, int fd, int64_t need) {
         if (vmsp_now_ns() > spin_until) break;
         if ((turn & 63) == 0) sched_yield();
     }
+    if (*deadline == 0) *deadline = vmsp_deadline_after_ms(socket_timeout_ms(fd, SO_SNDTIMEO));
     store_u32(c->local, OFF_WAIT_SPACE, 1);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);  // the flag before the re-check (Dekker, against the consumer)
     int64_t space = tx_refresh(c);
@@ -412,15 +415,20 @@ static int tx_wait(struct vmsp_conn *c, int fd, int64_t need) {
         { .fd = c->control_fd, .events = POLLIN },
         { .fd = fd, .events = POLLRDHUP },
     };
+    int wait_ms = vmsp_ms_until(*deadline);
+    if (wait_ms < 0 || wait_ms > VMSP_SPACE_RECHECK_MS) wait_ms = VMSP_SPACE_RECHECK_MS;
     int ready;
-    do ready = REAL(poll)(p, 3, socket_timeout_ms(fd, SO_SNDTIMEO));
+    do ready = REAL(poll)(p, 3, wait_ms);
     while (ready < 0 && errno == EINTR && restarts_after_signal());
     int saved = errno;
     store_u32(c->local, OFF_WAIT_SPACE, 0);
     char sink[64];
     while (REAL(recv)(c->space_bell_fd, sink, sizeof sink, MSG_DONTWAIT) > 0) {}
     if (ready < 0) { errno = saved; return 0; }
-    if (ready == 0) { errno = EAGAIN; return 0; }
+    if (ready == 0) {
+        if (*deadline >= 0 && vmsp_now_ns() >= *deadline) { errno = EAGAIN; return 0; }
+        return 1;  // the longest sleep between looks: look again
+    }
     if (p[1].revents & (POLLHUP | POLLERR)) { atomic_store(&c->peer_gone, 1); return -1; }
     if (p[2].revents & (POLLERR | POLLHUP)) { atomic_store(&c->peer_gone, 1); return -1; }
     return 1;
@@ -459,6 +467,7 @@ ssize_t vmsp_send(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
     pthread_mutex_lock(&c->tx_lock);
     size_t written = 0;
     ssize_t result;
+    int64_t deadline = 0;  // SO_SNDTIMEO's, set at the first sleep
     for (;;) {
         if (tx_closed(c)) {
             pthread_mutex_unlock(&c->tx_lock);
@@ -500,7 +509,7 @@ ssize_t vmsp_send(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
             result = -1;
             break;
         }
-        int waited = tx_wait(c, fd, 1);
+        int waited = tx_wait(c, fd, 1, &deadline);
         if (waited < 0) continue;  // EPIPE above
         if (waited == 0) { result = written ? (ssize_t)written : -1; break; }
     }
@@ -517,6 +526,7 @@ ssize_t vmsp_sendfile(struct vmsp_conn *c, int fd, int in_fd, off_t *offset, siz
     pthread_mutex_lock(&c->tx_lock);
     size_t written = 0;
     ssize_t result;
+    int64_t deadline = 0;  // SO_SNDTIMEO's, set at the first sleep
     off_t position = offset ? *offset : 0;
     for (;;) {
         if (tx_closed(c)) {
@@ -545,7 +555,7 @@ ssize_t vmsp_sendfile(struct vmsp_conn *c, int fd, int in_fd, off_t *offset, siz
             result = -1;
             break;
         }
-        int waited = tx_wait(c, fd, 1);
+        int waited = tx_wait(c, fd, 1, &deadline);
         if (waited < 0) continue;
         if (waited == 0) { result = written ? (ssize_t)written : -1; break; }
     }

@@ -139,6 +139,10 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
         } else if (ready == 0) {
             timeout = NULL;
         }
+        // Armed for room: look at the rings again at least every VMSP_SPACE_RECHECK_MS (a wake-up for room can be
+        // lost to another waiter on the same connection).
+        struct timespec recheck = { 0, (long)VMSP_SPACE_RECHECK_MS * 1000000 };
+        if (bells > 0 && (timeout == NULL || timeout->tv_sec > 0 || timeout->tv_nsec > recheck.tv_nsec)) timeout = &recheck;
         int woke = REAL(ppoll)(kernel, n + bells, timeout, mask);
         int saved = errno;
         if (armed) disarm(fds, n, conns, owners, bells);
