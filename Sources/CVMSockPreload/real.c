@@ -171,7 +171,8 @@ static int kernel_source(const struct sockaddr *destination, socklen_t length, s
     int probe = socket(destination->sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (probe < 0) return -1;
     *source_length = sizeof *source;
-    int ok = REAL(connect)(probe, destination, length) == 0 && getsockname(probe, (struct sockaddr *)source, source_length) == 0;
+    int ok = REAL(connect)(probe, destination, length) == 0 &&
+             getsockname(probe, (struct sockaddr *)source, source_length) == 0;
     int saved = errno;
     REAL(close)(probe);
     if (!ok) { errno = saved; return -1; }
