@@ -26,7 +26,15 @@ kill_server() {
     sleep 0.5
     kill -0 "$client_pid" 2>/dev/null || fail "killed $role: the client ended before the kill"
     kill -9 "$server_pid"
-    wait_for "$client_pid" 5 || true  # any exit status: what matters is that it ended
+    # Any exit status: what matters is that it ended. If it does not, say where it waits.
+    for _ in $(seq 50); do kill -0 "$client_pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$client_pid" 2>/dev/null && [ "$(cut -d' ' -f3 "/proc/$client_pid/stat" 2>/dev/null)" != Z ]; then
+        fail "killed $role: the client (pid $client_pid) did not end within 5 s; it waits in" \
+            "$(for task in /proc/$client_pid/task/*; do echo "[$(cat "$task/comm") $(cat "$task/wchan")]"; done | tr '\n' ' ')" \
+            "$(timeout 2 strace -p "$client_pid" 2>&1 | head -8 | tr '\n' ' ')" \
+            "; its debug lines: $(cat "$WORK/client.err"); the server's: $(cat "$WORK/server.err")"
+    fi
+    wait "$client_pid" 2>/dev/null || true
     echo "killed $role: the other end ended"
 }
 

@@ -270,8 +270,11 @@ static uint32_t reg_events(struct reg *r, int report, int depth) {
             in_mark = vmsp_rx_mark(c) ^ (ended ? 1ull << 62 : 0);
             if (!edge || in_mark != r->last_in) got |= EPOLLIN;
         }
-        if ((want & EPOLLOUT) && vmsp_tx_ready(c)) {
-            out_mark = vmsp_tx_mark(c);
+        // A reader that died leaves its ring full: once the kernel says the connection ended, ask whether it did
+        // (and make that an edge of its own).
+        int dead = ended && (want & EPOLLOUT) && vmsp_peer_gone(c);
+        if ((want & EPOLLOUT) && (vmsp_tx_ready(c) || dead)) {
+            out_mark = vmsp_tx_mark(c) ^ (dead ? 1ull << 62 : 0);
             if (!edge || out_mark != r->last_out) got |= EPOLLOUT;
         }
         uint32_t final = r->kernel_bits & (EPOLLHUP | EPOLLERR | ((want & EPOLLRDHUP) ? EPOLLRDHUP : 0));

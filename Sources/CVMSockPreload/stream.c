@@ -390,6 +390,13 @@ static int peer_hung_up(struct vmsp_conn *c) {
     return 0;
 }
 
+// Whether the peer process is gone. Asked by the waits for room only once the kernel said the TCP connection
+// ended: a FIN alone may be a half-close by a live peer, and a dead reader leaves its ring full, so without this a
+// wait for room on a dead peer's connection would never end.
+int vmsp_peer_gone(struct vmsp_conn *c) {
+    return atomic_load(&c->peer_gone) || peer_hung_up(c);
+}
+
 static ssize_t broken_pipe(int flags) {
     // As TCP: EPIPE, and SIGPIPE to this thread unless MSG_NOSIGNAL (a disposition of SIG_IGN discards it).
     if (!(flags & MSG_NOSIGNAL)) pthread_kill(pthread_self(), SIGPIPE);

@@ -31,7 +31,8 @@ static short conn_revents(struct vmsp_conn *c, short events, short kernel) {
     short got = 0;
     int ended = (kernel & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
     if ((events & POLLIN) && (vmsp_rx_ready(c) || ended)) got |= POLLIN;
-    if ((events & POLLOUT) && vmsp_tx_ready(c)) got |= POLLOUT;
+    // A reader that died leaves its ring full: once the kernel says the connection ended, ask whether it did.
+    if ((events & POLLOUT) && (vmsp_tx_ready(c) || (ended && vmsp_peer_gone(c)))) got |= POLLOUT;
     if (events & POLLRDHUP) got |= kernel & POLLRDHUP;
     return got | (kernel & (POLLHUP | POLLERR));
 }
