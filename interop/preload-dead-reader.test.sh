@@ -1,7 +1,8 @@
 # A reader killed with kill -9 while its writer waits for room (issue 18): the writer, under vmsock-run, waits in
 # poll or epoll for POLLOUT on a full ring. The dead reader's ring stays full and its socket closes with a FIN (it
 # read nothing, so nothing unread makes it a reset), which alone could be a half-close. The wait must still end:
-# POLLOUT, then a send that fails with EPIPE, as over TCP. Before, it waited for ever (a flaky preload-kill).
+# POLLOUT, then a send that fails with EPIPE, as over TCP. Before, it waited for ever (a flaky preload-kill). And a
+# reader that is alive but half-closed must not make that wait spin.
 source "$(dirname "$0")/lib.sh"
 need python3 ss
 [ -x "$VMSOCK_RUN" ] || fail "$VMSOCK_RUN is not built (swift build)"
@@ -67,4 +68,58 @@ for how in poll epoll; do
     says "$WORK/writer.out" "send: EPIPE" "$how: the send after the reader died"
     echo "$how: a wait for room on a dead reader's full ring ended, and the send said EPIPE"
 done
-echo "ok: a dead reader ends a writer's wait for room in poll and in epoll"
+# A reader that is alive but half-closed (FIN) and reads nothing for 2 s: the writer's poll for room sleeps
+# (a FIN alone once made every kernel poll return at once, a busy loop), then ends when the reader reads.
+cat >"$WORK/halfclosed.py" <<'EOF'
+import socket, sys, time
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", int(sys.argv[1])))
+listener.listen(1)
+connection, _ = listener.accept()
+connection.shutdown(socket.SHUT_WR)
+time.sleep(2)
+total = 0
+while True:
+    data = connection.recv(1 << 16)
+    if not data:
+        break
+    total += len(data)
+print(total, flush=True)
+EOF
+cat >"$WORK/patient.py" <<'EOF'
+import resource, select, socket, sys
+client = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+client.setblocking(False)
+sent = 0
+try:
+    while True:
+        sent += client.send(b"x" * 65536)
+except BlockingIOError:
+    pass
+waiter = select.poll()
+waiter.register(client, select.POLLOUT)
+before = resource.getrusage(resource.RUSAGE_SELF)
+events = waiter.poll(20000)
+after = resource.getrusage(resource.RUSAGE_SELF)
+cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+client.setblocking(True)
+client.sendall(b"y" * 1000)
+client.close()
+print(sent + 1000, "%.2f" % cpu, flush=True)
+EOF
+port=$(free_port)
+start "$VMSOCK_RUN" --debug python3 "$WORK/halfclosed.py" "$port" >"$WORK/halfclosed.out" 2>"$WORK/halfclosed.err"
+reader=$LAST
+wait_listening 127.0.0.1 "$port"
+timeout 30 "$VMSOCK_RUN" --debug python3 "$WORK/patient.py" "$port" >"$WORK/patient.out" 2>"$WORK/patient.err" \
+    || fail "the patient writer failed: $(cat "$WORK/patient.out") $(cat "$WORK/patient.err")"
+count_says "$WORK/patient.err" 1 "shared memory"
+wait_for "$reader" 20 || fail "the half-closed reader failed: $(cat "$WORK/halfclosed.err")"
+read -r expected cpu <"$WORK/patient.out"
+[ "$(cat "$WORK/halfclosed.out")" = "$expected" ] || fail "the reader got $(cat "$WORK/halfclosed.out") bytes, not $expected"
+# A busy loop would take about 2 s of CPU over the 2 s wait; a sleep takes a few hundredths.
+python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) < 1.0 else 1)" "$cpu" \
+    || fail "the writer's wait for room on a half-closed peer spun: $cpu CPU seconds over a 2 s wait"
+echo "half-closed reader: the wait for room slept ($cpu CPU seconds), and all $expected bytes arrived"
+echo "ok: a dead reader ends a writer's wait for room in poll and in epoll; a half-closed one does not make it spin"

@@ -261,6 +261,7 @@ static inline void vmsp_relax(void) {
 }
 uint64_t vmsp_rx_mark(struct vmsp_conn *c);
 int vmsp_peer_gone(struct vmsp_conn *c);
+void vmsp_control_woke(struct vmsp_conn *c);
 int vmsp_rx_shut(struct vmsp_conn *c);
 int vmsp_tx_ready(struct vmsp_conn *c);
 uint64_t vmsp_tx_mark(struct vmsp_conn *c);

@@ -397,6 +397,12 @@ int vmsp_peer_gone(struct vmsp_conn *c) {
     return atomic_load(&c->peer_gone) || peer_hung_up(c);
 }
 
+// A wait that polled the control socket found it ready: the peer process is gone (hang-up), or it sent something
+// after the handshake, which breaks the protocol (EPROTO from then on, rather than a wait that returns at once).
+void vmsp_control_woke(struct vmsp_conn *c) {
+    if (!peer_hung_up(c)) atomic_store(&c->broken, EPROTO);
+}
+
 static ssize_t broken_pipe(int flags) {
     // As TCP: EPIPE, and SIGPIPE to this thread unless MSG_NOSIGNAL (a disposition of SIG_IGN discards it).
     if (!(flags & MSG_NOSIGNAL)) pthread_kill(pthread_self(), SIGPIPE);

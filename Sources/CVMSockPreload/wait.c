@@ -37,18 +37,19 @@ static short conn_revents(struct vmsp_conn *c, short events, short kernel) {
     return got | (kernel & (POLLHUP | POLLERR));
 }
 
-// The kernel's copy of a poll set, with a slot per connection waiting for room (its space doorbell). Kept per
-// thread and grown as needed: a poll allocates only when it is bigger than every earlier one of its thread.
+// The kernel's copy of a poll set, with two slots per connection waiting for room (its space doorbell, and its
+// control socket, whose hang-up says the reader's process is gone). Kept per thread and grown as needed: a poll
+// allocates only when it is bigger than every earlier one of its thread.
 static __thread struct pollfd *scratch;
 static __thread nfds_t *scratch_owners;  // for each doorbell slot, the index of its connection
 static __thread size_t scratch_capacity;
 
 static struct pollfd *scratch_for(size_t count) {
     if (count <= scratch_capacity) return scratch;
-    struct pollfd *grown = realloc(scratch, 2 * count * sizeof *grown);
+    struct pollfd *grown = realloc(scratch, 3 * count * sizeof *grown);
     if (!grown) return NULL;
     scratch = grown;
-    nfds_t *owners = realloc(scratch_owners, count * sizeof *owners);
+    nfds_t *owners = realloc(scratch_owners, 2 * count * sizeof *owners);
     if (!owners) return NULL;
     scratch_owners = owners;
     scratch_capacity = count;
@@ -60,7 +61,7 @@ static void disarm(struct pollfd *fds, nfds_t n, struct vmsp_conn **conns, const
     for (nfds_t i = 0; i < n; i++) {
         if (conns[i] && (fds[i].events & POLLIN)) vmsp_rx_disarm(conns[i]);
     }
-    for (nfds_t j = 0; j < bells; j++) vmsp_tx_disarm(conns[owners[j]]);
+    for (nfds_t j = 0; j < bells; j += 2) vmsp_tx_disarm(conns[owners[j]]);
 }
 
 // While connections are ready from their rings, the kernel is asked about the other descriptors at most this
@@ -112,6 +113,9 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
                 if (vmsp_tx_arm(c)) { now = 1; continue; }
                 owners[bells] = i;
                 kernel[n + bells++] = (struct pollfd){ .fd = c->space_bell_fd, .events = POLLIN };
+                // A reader that dies leaves its ring full; its TCP socket may say only FIN, as a half-close does.
+                owners[bells] = i;
+                kernel[n + bells++] = (struct pollfd){ .fd = c->control_fd, .events = POLLIN };
             }
             if (now) {  // ready after all: report it from the rings, on the next turn
                 disarm(fds, n, conns, owners, bells);
@@ -128,7 +132,9 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
         last_kernel_ns = vmsp_now_ns();
         for (nfds_t i = 0; i < n; i++) {
             kernel[i] = fds[i];
-            if (conns[i]) kernel[i].events = (fds[i].events & POLLIN) ? POLLIN | POLLRDHUP : POLLRDHUP;
+            // RDHUP only where it is asked about: a peer's half-close stays reported, and a wait for room alone
+            // would return at once for ever (the control socket's slot says when the peer is gone).
+            if (conns[i]) kernel[i].events = (fds[i].events & POLLIN) ? POLLIN | POLLRDHUP : (fds[i].events & POLLRDHUP);
         }
         struct timespec zero = { 0, 0 }, left;
         const struct timespec *timeout = &zero;
@@ -146,6 +152,9 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
         if (bells > 0 && (timeout == NULL || timeout->tv_sec > 0 || timeout->tv_nsec > recheck.tv_nsec)) timeout = &recheck;
         int woke = REAL(ppoll)(kernel, n + bells, timeout, mask);
         int saved = errno;
+        for (nfds_t j = 1; woke > 0 && j < bells; j += 2) {
+            if (kernel[n + j].revents) vmsp_control_woke(conns[owners[j]]);
+        }
         if (armed) disarm(fds, n, conns, owners, bells);
         if (woke < 0) { errno = saved; return -1; }
         int count = 0;
