@@ -176,12 +176,26 @@ public struct IvshmemArenaView: @unchecked Sendable {  // a pointer into a mappi
         self.arena = arena
     }
 
-    /// Whether `owner` names a peer that is in the region now (its slot's liveness word is exactly its epoch, live).
+    /// Whether `owner` names a peer that is in the region now: its slot's liveness word is exactly its epoch, live;
+    /// for a process slot (a process in a guest), its VM's slot too.
     public func isCurrent(_ owner: IvshmemArena.Owner) -> Bool {
         guard owner.id < region.peerSlots else { return false }
         let live = IvshmemHeader(base: base).liveness(of: owner.id, in: region)
-        return live.live && live.epoch == owner.epoch
+        guard live.live && live.epoch == owner.epoch else { return false }
+        guard region.isProcessSlot(owner.id) else { return true }
+        guard let vm = processSlots.vm(of: owner.id) else { return false }
+        let vmLive = IvshmemHeader(base: base).liveness(of: vm.id, in: region)
+        return vmLive.live && vmLive.epoch == vm.epoch
     }
+
+    /// The peer whose doorbell reaches `owner`: itself, or for a process slot its VM. Nil when `owner` is not
+    /// current.
+    public func ringTarget(of owner: IvshmemArena.Owner) -> IvshmemArena.Owner? {
+        guard isCurrent(owner) else { return nil }
+        return region.isProcessSlot(owner.id) ? processSlots.vm(of: owner.id) : owner
+    }
+
+    public var processSlots: IvshmemProcessSlots { IvshmemProcessSlots(base: base, geometry: region) }
 
     /// Whether a word names a current peer (0 and malformed words do not; a released bit is ignored).
     public func isCurrent(word: UInt64) -> Bool { IvshmemArena.Owner(word: word).map(isCurrent) ?? false }

@@ -27,14 +27,18 @@ import CVMSock
 ///                  +8  4  pid   (SO_PEERCRED at join)    before liveness, so a reader that sees it live sees these
 ///                 +12  4  uid
 ///                 +16  4  gid
-///                 +20 44  reserved, zero                 (the next step: per-peer state)
+///                 +20  4  reserved, zero
+///                 +24  8  via (process slots only): the owner word of the VM whose device the process uses
+///                 +32  8  heartbeat (process slots only): counted up by the process while it lives
+///                 +40 24  reserved, zero
 ///   arena   ...  zero until the next step uses it; starts on a 4 KiB boundary after the slot table
 /// ```
 ///
 /// Every peer maps the whole region read-write (ivshmem cannot map part of a BAR read-only), so "only the daemon
 /// writes the header" is a convention every peer must keep, not something the kernel enforces. The daemon
-/// therefore never reads the region back (like `LocalHeader`, it keeps its values privately and only stores), and a
-/// peer checks what it reads before it uses it (`IvshmemHeader.validate`).
+/// therefore never reads its own fields back (like `LocalHeader`, it keeps its values privately and only stores;
+/// of the process slots it only compares words, to see whether they changed), and a peer checks what it reads
+/// before it uses it (`IvshmemHeader.validate`).
 ///
 /// **Epochs.** The daemon counts joins from 1; a peer's epoch is the count at its join, and it is never handed out
 /// again in this region. A peer slot's liveness word holds the epoch of the last peer that had the slot and
@@ -43,13 +47,20 @@ import CVMSock
 /// only while the slot's liveness word is exactly `epoch << 1 | 1`. A new peer that gets the id of a dead one has
 /// another epoch, so it is never mistaken for it.
 ///
+/// **Process slots.** The last `processSlots` slots are never handed to a client: a process inside a guest shares
+/// its VM's id (one device, one id), so it claims one of these for an identity of its own (`IvshmemProcessSlots`),
+/// by CAS of the liveness word to the next epoch, live. Nothing tells anyone that such a process died (its guest's
+/// kernel does not tell the device), so it counts its heartbeat up at least every 100 ms, and the daemon clears
+/// the live bit of one whose heartbeat has stood still for `processTimeoutMs`. A process slot is current only while
+/// its VM's slot is too.
+///
 /// **Sizes.** The region is a power of two (QEMU maps BAR2 from the memfd's size and refuses anything else), from
 /// 64 KiB to 64 GiB. It has one slot per KiB, at most 65,536 (ivshmem ids are 16 bits): the slot table is 1/16 of
 /// the region up to 64 MiB, 4 MiB beyond.
 public enum IvshmemLayout {
     /// "vmsockI" and a 1, read as a little-endian 64-bit word.
     public static let magic: UInt64 = 0x0149_6b63_6f73_6d76
-    public static let version: UInt32 = 1
+    public static let version: UInt32 = 2
     public static let headerSize = 4096
     public static let slotSize = 64
 
@@ -60,6 +71,11 @@ public enum IvshmemLayout {
     /// ivshmem's limits: 16-bit peer ids, at most 64 vectors (MSI-X vectors of the QEMU device).
     public static let maximumPeers = 1 << 16
     public static let maximumVectors = 64
+    /// Process slots: half the slots, at most this many.
+    public static let maximumProcessSlots = 4096
+    /// A process slot whose heartbeat stands still this long is cleared by the daemon: its process is gone (or
+    /// stopped, or its VM paused, that long).
+    public static let processTimeoutMs = 600
 
     public enum Offset {
         public static let magic = 0
@@ -83,6 +99,8 @@ public enum IvshmemLayout {
         public static let pid = 8
         public static let uid = 12
         public static let gid = 16
+        public static let via = 24
+        public static let heartbeat = 32
     }
 
     /// A region size is valid when it is a power of two from 64 KiB to 64 GiB.
@@ -94,16 +112,22 @@ public enum IvshmemLayout {
     public struct Geometry: Equatable, Sendable {
         public let regionSize: Int
         public let peerSlots: Int
+        /// Ids from here up are process slots (`processSlots` of them); the daemon hands out only ids below.
+        public let firstProcessSlot: Int
         public let slotTableOffset: Int
         public let arenaOffset: Int
 
         public var arenaSize: Int { regionSize - arenaOffset }
+        public var processSlots: Int { peerSlots - firstProcessSlot }
+
+        public func isProcessSlot(_ id: Int) -> Bool { id >= firstProcessSlot && id < peerSlots }
 
         /// The geometry of a region of `regionSize` bytes; nil unless `isValid(regionSize:)`.
         public init?(regionSize: Int) {
             guard IvshmemLayout.isValid(regionSize: regionSize) else { return nil }
             self.regionSize = regionSize
             peerSlots = min(IvshmemLayout.maximumPeers, regionSize >> 10)
+            firstProcessSlot = peerSlots - min(peerSlots / 2, IvshmemLayout.maximumProcessSlots)
             slotTableOffset = IvshmemLayout.headerSize
             let tableEnd = slotTableOffset + peerSlots * IvshmemLayout.slotSize
             arenaOffset = (tableEnd + 4095) & ~4095

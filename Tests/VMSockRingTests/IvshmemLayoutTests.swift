@@ -15,10 +15,15 @@ final class IvshmemLayoutTests: XCTestCase {
         XCTAssertEqual(smallest.arenaOffset, 8192)
         XCTAssertEqual(smallest.arenaSize, 56 << 10)
         XCTAssertEqual(smallest.slotOffset(63), 4096 + 63 * 64)
+        XCTAssertEqual(smallest.firstProcessSlot, 32, "half the slots are process slots")
+        XCTAssertTrue(smallest.isProcessSlot(32) && smallest.isProcessSlot(63))
+        XCTAssertFalse(smallest.isProcessSlot(31) || smallest.isProcessSlot(64))
 
         let usual = try XCTUnwrap(IvshmemLayout.Geometry(regionSize: 64 << 20))
         XCTAssertEqual(usual.peerSlots, 65536, "one per KiB, which is every 16-bit id")
         XCTAssertEqual(usual.arenaOffset, 4096 + (4 << 20))
+        XCTAssertEqual(usual.processSlots, 4096, "at most 4096 process slots")
+        XCTAssertEqual(usual.firstProcessSlot, 65536 - 4096)
         let large = try XCTUnwrap(IvshmemLayout.Geometry(regionSize: 1 << 30))
         XCTAssertEqual(large.peerSlots, 65536, "never more than the id space")
         XCTAssertEqual(large.arenaOffset % 4096, 0)
@@ -65,7 +70,7 @@ final class IvshmemLayoutTests: XCTestCase {
         // Each fixed field broken in turn (as any peer could, the region being writable by all).
         let cases: [(Int, UInt64, Int, IvshmemLayoutViolation)] = [
             (IvshmemLayout.Offset.magic, 1, 8, .badMagic(1)),
-            (IvshmemLayout.Offset.version, 2, 4, .versionMismatch(2)),
+            (IvshmemLayout.Offset.version, 1, 4, .versionMismatch(1)),
             (IvshmemLayout.Offset.headerSize, 8192, 4, .badHeaderSize(8192)),
             (IvshmemLayout.Offset.vectors, 0, 4, .badVectors(0)),
             (IvshmemLayout.Offset.vectors, 65, 4, .badVectors(65)),
@@ -86,5 +91,65 @@ final class IvshmemLayoutTests: XCTestCase {
                 XCTAssertEqual($0 as? IvshmemLayoutViolation, expected)
             }
         }
+    }
+
+    /// A guest's processes: each claims a process slot of its own, current only while its VM is; the daemon's
+    /// judge clears one whose words stand still for the timeout, never one that beats, and never after its own
+    /// pause. A fake clock: nothing here waits.
+    func testProcessSlotsAndTheirJudge() throws {
+        let size = 64 << 10
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        defer { memory.deallocate() }
+        memory.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+        let geometry = try XCTUnwrap(IvshmemLayout.Geometry(regionSize: size))
+        let writer = IvshmemHeaderWriter(base: memory, geometry: geometry)
+        writer.initialize(vectors: 1, instance: 1, daemonPID: 1)
+        writer.markJoined(id: 2, epoch: 5, pid: 1, uid: 0, gid: 0)
+        let arena = try XCTUnwrap(IvshmemArena.Geometry(geometry))
+        let view = IvshmemArenaView(base: memory, region: geometry, arena: arena)
+        let vm = IvshmemArena.Owner(id: 2, epoch: 5)
+
+        let first = try XCTUnwrap(view.processSlots.claim(for: vm, pid: 10, uid: 0, gid: 0))
+        let second = try XCTUnwrap(view.processSlots.claim(for: vm, pid: 11, uid: 0, gid: 0))
+        XCTAssertEqual(first, IvshmemArena.Owner(id: 32, epoch: 1))
+        XCTAssertEqual(second, IvshmemArena.Owner(id: 33, epoch: 1), "two processes of one VM: two owners")
+        XCTAssertTrue(view.isCurrent(first))
+        XCTAssertEqual(view.ringTarget(of: first), vm, "a process is rung through its VM")
+        XCTAssertEqual(view.ringTarget(of: vm), vm)
+
+        var judge = IvshmemProcessJudge(base: memory, geometry: geometry)
+        let timeout = UInt64(IvshmemLayout.processTimeoutMs)
+        var now: UInt64 = 1000
+        XCTAssertTrue(judge.scan(nowMs: now).isEmpty)
+        // `first` beats at every scan, `second` stops: only `second` is cleared, after the timeout.
+        var cleared: [Int] = []
+        while now < 1000 + 3 * timeout {
+            now += 100
+            view.processSlots.beat(first)
+            cleared += judge.scan(nowMs: now).map(\.id)
+        }
+        XCTAssertEqual(cleared, [33])
+        XCTAssertTrue(view.isCurrent(first))
+        XCTAssertFalse(view.isCurrent(second))
+        XCTAssertNil(view.ringTarget(of: second))
+        XCTAssertEqual(view.processSlots.claim(for: vm, pid: 12, uid: 0, gid: 0), IvshmemArena.Owner(id: 33, epoch: 2),
+                       "a cleared slot is claimed again with a new epoch")
+
+        // The judge's own pause (a jump of its clock) restarts every count instead of condemning.
+        now += 10 * timeout
+        XCTAssertTrue(judge.scan(nowMs: now).isEmpty)
+
+        // The VM leaves: its processes are no longer current at once, before any judge runs.
+        writer.markLeft(id: 2, epoch: 5)
+        XCTAssertFalse(view.isCurrent(first))
+        XCTAssertNil(view.ringTarget(of: first))
+        // A via word naming another process slot, or nothing, is never current.
+        memory.storeBytes(of: first.word.littleEndian, toByteOffset: geometry.slotOffset(32) + IvshmemLayout.SlotOffset.via, as: UInt64.self)
+        XCTAssertNil(view.processSlots.vm(of: 32))
+        // Every process slot live: no claim.
+        for id in geometry.firstProcessSlot..<geometry.peerSlots {
+            memory.storeBytes(of: UInt64(3).littleEndian, toByteOffset: geometry.slotOffset(id), as: UInt64.self)
+        }
+        XCTAssertNil(view.processSlots.claim(for: vm, pid: 13, uid: 0, gid: 0))
     }
 }

@@ -108,12 +108,33 @@ final class ClientTests: XCTestCase {
         XCTAssertEqual(Array(c.peers.keys), [0])
     }
 
+    /// A guest's process has no socket to vmsockd, only its process slot (`IvshmemProcessSlots`): the daemon keeps
+    /// one whose heartbeat moves and clears one whose heartbeat stopped (its process died, or its guest rebooted).
+    func testTheDaemonClearsAProcessSlotWhoseHeartbeatStopped() throws {
+        let daemon = try Daemon(self, ["--size", "1M", "--verbose"])
+        let vm = try IvshmemClient.connect(path: daemon.socket)  // stands in for a QEMU
+        let arena = try XCTUnwrap(IvshmemArena.Geometry(vm.region.geometry))
+        let view = IvshmemArenaView(base: vm.region.base, region: vm.region.geometry, arena: arena)
+        let owner = IvshmemArena.Owner(id: vm.id, epoch: vm.epoch)
+        let beating = try XCTUnwrap(view.processSlots.claim(for: owner, pid: 1, uid: 0, gid: 0))
+        let stopped = try XCTUnwrap(view.processSlots.claim(for: owner, pid: 2, uid: 0, gid: 0))
+        let started = Date()
+        while view.isCurrent(stopped) && Date().timeIntervalSince(started) < 10 {
+            view.processSlots.beat(beating)
+            usleep(20_000)
+        }
+        XCTAssertFalse(view.isCurrent(stopped), "the daemon cleared the silent process slot within 10 s")
+        XCTAssertTrue(view.isCurrent(beating), "and kept the one that beats")
+        let end = daemon.terminate()
+        XCTAssertTrue(end.stderr.contains("process slot \(stopped.id) (a process of peer \(vm.id)) cleared"), end.stderr)
+    }
+
     /// Ids are the next unused one: after the last slot they wrap to the first free one, whose slot then shows a new
     /// epoch, so the new peer is never taken for the old one. Beyond the last free id a client is refused.
     func testIdsWrapWithNewEpochsAndAClientBeyondTheIdSpaceIsRefused() throws {
-        let daemon = try Daemon(self, ["--size", "64K", "--vectors", "1"])  // 64 slots
+        let daemon = try Daemon(self, ["--size", "64K", "--vectors", "1"])  // 64 slots: 32 ids, 32 process slots
         var clients: [IvshmemClient] = []
-        for expected in 0..<64 {
+        for expected in 0..<32 {
             let client = try IvshmemClient.connect(path: daemon.socket)
             XCTAssertEqual(client.id, expected)
             clients.append(client)
@@ -130,9 +151,9 @@ final class ClientTests: XCTestCase {
         XCTAssertEqual(try events(watcher), [.left(5)])
         let again = try IvshmemClient.connect(path: daemon.socket)
         XCTAssertEqual(again.id, 5)
-        XCTAssertEqual(again.epoch, 65, "64 joins, one refused (no epoch), then this one")
+        XCTAssertEqual(again.epoch, 33, "32 joins, one refused (no epoch), then this one")
         XCTAssertEqual(try events(watcher), [.joined(5)])
-        XCTAssertEqual(watcher.peers[5]?.epoch, 65)
+        XCTAssertEqual(watcher.peers[5]?.epoch, 33)
     }
 
     /// A client that never reads costs only itself: the daemon does not wait for it (what its socket cannot take

@@ -110,7 +110,7 @@ final class ClientValidationTests: XCTestCase {
         expect(try server.join { try send($0, 0); try send($0, 0); try send($0, -1, blank.raw) }, EPROTO, "bad magic 0x0 (not a vmsockd region)")
         expect(try server.join { try send($0, 0); try send($0, 0); try send($0, -1, readOnly.raw) }, EPROTO, "sealed against writing")
         expect(try server.join { try send($0, 0); try send($0, 0); try send($0, -1, writeSealed.raw) }, EPROTO, "sealed against writing")
-        expect(try server.join { try send($0, 0); try send($0, 64); try send($0, -1, good.raw) }, EPROTO, "id 64, beyond its 64 peer slots")
+        expect(try server.join { try send($0, 0); try send($0, 32); try send($0, -1, good.raw) }, EPROTO, "id 32, beyond its 32 peer ids (the rest are process slots)")
         expect(try server.join { try send($0, 0); try send($0, 1); try send($0, -1, good.raw) }, EPROTO, "our slot 1 in vmsockd's region is not marked live")
 
         XCTAssertEqual(openDescriptors(), descriptors, "every descriptor received on a failed join is closed")

@@ -24,6 +24,9 @@ protocol IvshmemAttachment: AnyObject, Sendable {
     /// Our peer id (the index of our slot) and the epoch vmsockd gave us at our join.
     var id: Int { get }
     var epoch: UInt64 { get }
+    /// Whether other processes reach the region with the same id (a guest's device, which is its VM's): then each
+    /// process takes a process slot for an identity of its own (`IvshmemProcessSlots`).
+    var sharesItsID: Bool { get }
     var region: IvshmemRegion { get }
     /// A descriptor whose mapping at `memoryOffset + x` is byte x of the region: connections map their halves
     /// from it (the memfd; the PCI resource file; the vfio device).
@@ -48,6 +51,7 @@ extension IvshmemClient: IvshmemAttachment {
     var memoryFD: Int32 { memory.raw }
     var memoryOffset: Int { 0 }
     var mode: IvshmemMode { .socket }
+    var sharesItsID: Bool { false }
     var interrupts: [Int32] { (0..<vectors).map { descriptor(ofVector: $0) } }
     var news: Int32? { descriptor }
 

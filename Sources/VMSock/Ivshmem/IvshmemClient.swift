@@ -99,15 +99,15 @@ package final class IvshmemClient: @unchecked Sendable {  // see above: the peer
             throw .protocolFault("vmsockd sent \(memory.value) where the shared memory belongs")
         }
         let (region, fields) = try IvshmemRegion.attach(memoryFD.raw)
-        guard id < region.geometry.peerSlots else {
-            throw .protocolFault("vmsockd gave us id \(id), beyond its \(region.geometry.peerSlots) peer slots")
+        guard id < region.geometry.firstProcessSlot else {
+            throw .protocolFault("vmsockd gave us id \(id), beyond its \(region.geometry.firstProcessSlot) peer ids (the rest are process slots)")
         }
         let own = IvshmemHeader(base: region.base).liveness(of: id, in: region.geometry)
         guard own.live, own.epoch > 0 else {
             throw .protocolFault("our slot \(id) in vmsockd's region is not marked live")
         }
         // The other peers' vectors, then our own: the join is complete once all of ours are here.
-        var state = Tracker(id: id, vectors: fields.vectors, slots: region.geometry.peerSlots)
+        var state = Tracker(id: id, vectors: fields.vectors, slots: region.geometry.firstProcessSlot)
         while state.own.count < fields.vectors {
             _ = try state.take(try next(), region: region)
         }
@@ -133,7 +133,7 @@ package final class IvshmemClient: @unchecked Sendable {  // see above: the peer
     }
 
     private func readArrived() throws(VMSockError) -> [Event] {
-        var state = Tracker(id: id, vectors: vectors, slots: region.geometry.peerSlots)
+        var state = Tracker(id: id, vectors: vectors, slots: region.geometry.firstProcessSlot)
         state.peers = peers
         state.arriving = arriving
         state.own = ownVectors

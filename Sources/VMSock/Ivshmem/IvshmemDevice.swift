@@ -26,6 +26,7 @@ final class IvshmemDevice: IvshmemAttachment, @unchecked Sendable {  // immutabl
     let mode: IvshmemMode
     let interrupts: [Int32]
     var news: Int32? { nil }
+    var sharesItsID: Bool { true }
     var memoryFD: Int32 { memoryFile.raw }
 
     /// BAR0, mapped (one page): the registers.

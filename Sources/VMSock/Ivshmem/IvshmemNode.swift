@@ -27,10 +27,17 @@ import VMSockRing
 /// bytes, then EPIPE) when vmsockd announces the peer's leave, when the peer's slot in the region stops naming it
 /// (checked every pass, so within `tickMs`), or when vmsockd itself goes away (then nothing could tell us of a
 /// death any more, and every connection ends).
+///
+/// **Inside a guest** every process shares its VM's id, so the node takes a process slot (`IvshmemProcessSlots`)
+/// as its own identity, `me`, and the dispatcher counts its heartbeat up at every pass. If the daemon cleared it
+/// anyway (this process, or its whole VM, stood still for `IvshmemLayout.processTimeoutMs`), its peers have ended
+/// their connections with it: so does the node, as when vmsockd goes away, and the next use joins again.
 final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, behind its lock
     let path: String
     let view: IvshmemArenaView
     let me: IvshmemArena.Owner
+    /// Whether `me` is a process slot, whose heartbeat the dispatcher keeps.
+    private let isProcess: Bool
     /// Which host and network namespace we are in, for loopback and wildcard listen entries.
     let hostKey: UInt64
     /// How this process reaches the region (vmsockd's socket, or a guest's PCI device). Its `readLeaves` and
@@ -77,11 +84,12 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
         }
     }
 
-    private init(path: String, attachment: any IvshmemAttachment, arena: IvshmemArena.Geometry) {
+    private init(path: String, attachment: any IvshmemAttachment, view: IvshmemArenaView, me: IvshmemArena.Owner) {
         self.path = path
         self.attachment = attachment
-        view = IvshmemArenaView(base: attachment.region.base, region: attachment.region.geometry, arena: arena)
-        me = IvshmemArena.Owner(id: attachment.id, epoch: attachment.epoch)
+        self.view = view
+        self.me = me
+        isProcess = view.region.isProcessSlot(me.id)
         hostKey = Self.thisHostKey
     }
 
@@ -111,11 +119,26 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
             guard let arena = IvshmemArena.Geometry(attachment.region.geometry) else {
                 throw VMSockError(code: ENOSPC, "vmsockd's region at \(path) is too small to hold a connection")
             }
-            let node = IvshmemNode(path: path, attachment: attachment, arena: arena)
+            let view = IvshmemArenaView(base: attachment.region.base, region: attachment.region.geometry, arena: arena)
+            let node = IvshmemNode(path: path, attachment: attachment, view: view, me: try identity(attachment, view))
             try node.startDispatcher()
             nodes[path] = node
             return node
         }
+    }
+
+    /// Who this process is in the region: its attachment's id, or a process slot of its own when the id is shared
+    /// (a guest's device).
+    /// - Throws: ENOSPC when every process slot is taken.
+    private static func identity(_ attachment: any IvshmemAttachment, _ view: IvshmemArenaView) throws(VMSockError) -> IvshmemArena.Owner {
+        let peer = IvshmemArena.Owner(id: attachment.id, epoch: attachment.epoch)
+        guard attachment.sharesItsID else { return peer }
+        guard let me = view.processSlots.claim(for: peer, pid: UInt32(bitPattern: getpid()), uid: getuid(), gid: getgid()) else {
+            throw VMSockError(
+                code: ENOSPC,
+                "all \(view.region.processSlots) process slots of vmsockd's region are taken (one per guest process using it); end some, or give vmsockd a larger --size")
+        }
+        return me
     }
 
     /// Whether `VMSOCK_IVSHMEM` (or `VMSocketOptions.ivshmemPath`) names a guest's PCI device, not a socket path.
@@ -174,6 +197,15 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
                             code: ECONNRESET, "vmsockd at \(path) went away (\(error.message)); no region peer's liveness can be known"))
                         return true
                     }
+                }
+                if isProcess {
+                    guard view.isCurrent(me) else {
+                        fail(&tables, VMSockError(
+                            code: ECONNRESET,
+                            "vmsockd took back this process's slot in its region (\(me)): the process or its VM stood still for over \(IvshmemLayout.processTimeoutMs) ms"))
+                        return true
+                    }
+                    view.processSlots.beat(me)
                 }
                 urgent = sweep(&tables)
                 return false
@@ -255,10 +287,13 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
 
     func unwatch(_ id: Int) { _ = tables.withLock { $0.connections.removeValue(forKey: id) } }
 
-    /// A bell that rings `peer` (vector 0; our own for ourselves).
+    /// A bell that rings `owner` (vector 0 of its peer: our own for ourselves, its VM's for a process in a guest).
     /// - Throws: EHOSTUNREACH for a peer vmsockd has not announced, or whose epoch differs.
-    func peerBell(_ peer: IvshmemArena.Owner) throws(VMSockError) -> PeerBell {
-        try tables.withLock { (tables) throws(VMSockError) -> PeerBell in
+    func peerBell(_ owner: IvshmemArena.Owner) throws(VMSockError) -> PeerBell {
+        guard let peer = view.ringTarget(of: owner) else {
+            throw VMSockError(code: EHOSTUNREACH, "\(owner) is no longer in vmsockd's region")
+        }
+        return try tables.withLock { (tables) throws(VMSockError) -> PeerBell in
             if let failure = tables.failure { throw failure }
             if let bell = try attachment.bell(for: peer) { return bell }
             // Its join may still be unread: the dispatcher would read it within a tick, but it is here now.
@@ -274,10 +309,13 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
         }
     }
 
-    /// What vmsockd recorded of `id` at its join (SO_PEERCRED): for a QEMU guest, QEMU's process. Every peer can
-    /// write the region, so this is the daemon's record only as far as the region's peers are honest.
+    /// What vmsockd recorded of `id` at its join (SO_PEERCRED): for a QEMU guest (and each process in it), QEMU's
+    /// process. Every peer can write the region, so this is the daemon's record only as far as the region's peers
+    /// are honest.
     func credentials(of id: Int) -> PeerCredentials {
-        let slot = view.region.slotOffset(id)
+        let peer = view.region.isProcessSlot(id) ? view.processSlots.vm(of: id)?.id : id
+        guard let peer else { return PeerCredentials(pid: 0, uid: UInt32.max, gid: UInt32.max) }
+        let slot = view.region.slotOffset(peer)
         return PeerCredentials(
             pid: pid_t(bitPattern: view.load32(slot + IvshmemLayout.SlotOffset.pid)),
             uid: view.load32(slot + IvshmemLayout.SlotOffset.uid), gid: view.load32(slot + IvshmemLayout.SlotOffset.gid))

@@ -10,6 +10,9 @@ import VMSockRing
 /// fit in a client's socket buffer waits in that client's queue, sent as the socket drains (EPOLLOUT); a client
 /// whose queue passes `queueLimit` is dropped, like one whose send fails. A client that sends anything, or hangs
 /// up, leaves. Whoever leaves is announced to everyone left, so one bad client costs only itself.
+///
+/// Every `IvshmemProcessJudge.scanIntervalMs` it also looks at the region's process slots (processes inside
+/// guests) and clears those whose heartbeat stopped: nobody else could learn of such a death.
 package final class IvshmemServer {
     package struct Configuration: Sendable {
         package var path: String
@@ -59,6 +62,9 @@ package final class IvshmemServer {
     private var joins: UInt64 = 0
     /// The listener is out of the epoll set after EMFILE or ENFILE, until a client leaves (or a second passes).
     private var listenerPaused = false
+    private var pausedAtNanos: Int64 = 0
+    private var processJudge: IvshmemProcessJudge
+    private var lastScanNanos: Int64 = 0
 
     private static let listenerToken = UInt64.max
     private static let stopToken = UInt64.max - 1
@@ -72,6 +78,7 @@ package final class IvshmemServer {
         self.configuration = configuration
         (region, memory) = try IvshmemRegion.create(size: configuration.regionSize, vectors: configuration.vectors)
         header = IvshmemHeaderWriter(base: region.base, geometry: region.geometry)
+        processJudge = IvshmemProcessJudge(base: region.base, geometry: region.geometry)
         listener = try Self.bindListener(configuration.path)
         listenerInode = Sys.inode(of: configuration.path)
         do {
@@ -113,8 +120,9 @@ package final class IvshmemServer {
         defer { shutDown() }
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         while true {
-            let ready = try Sys.epollWait(epoll.raw, &events, timeoutMs: listenerPaused ? 1000 : -1)
-            if listenerPaused { resumeListener() }
+            let ready = try Sys.epollWait(epoll.raw, &events, timeoutMs: Int32(IvshmemProcessJudge.scanIntervalMs))
+            if listenerPaused && monotonicNanos() - pausedAtNanos >= 1_000_000_000 { resumeListener() }
+            judgeProcesses()
             for event in events.prefix(ready) {
                 switch event.data.u64 {
                 case Self.stopToken:
@@ -128,6 +136,17 @@ package final class IvshmemServer {
                 }
             }
             removeDoomedClients()
+        }
+    }
+
+    /// Clears the process slots whose heartbeat stopped (at most every `scanIntervalMs`).
+    private func judgeProcesses() {
+        let now = monotonicNanos()
+        guard now - lastScanNanos >= Int64(IvshmemProcessJudge.scanIntervalMs) * 1_000_000 else { return }
+        lastScanNanos = now
+        for (id, vm) in processJudge.scan(nowMs: UInt64(now / 1_000_000)) where configuration.verbose {
+            let of = vm.map { " of peer \($0.id)" } ?? ""
+            log("process slot \(id) (a process\(of)) cleared: no heartbeat for \(IvshmemLayout.processTimeoutMs) ms")
         }
     }
 
@@ -182,7 +201,7 @@ package final class IvshmemServer {
     /// The whole join of one client, in the protocol's order.
     private func join(_ socket: Descriptor) {
         guard let id = unusedID() else {
-            log("refused a client: all \(region.geometry.peerSlots) peer ids are in use")
+            log("refused a client: all \(region.geometry.firstProcessSlot) peer ids are in use")
             return  // closing the socket is the refusal
         }
         let credentials = try? Sys.peerCredentials(socket.raw)
@@ -209,7 +228,7 @@ package final class IvshmemServer {
         clients.append(client)
         clientsByToken[client.epoch] = client
         usedIDs.insert(id)
-        nextID = (id + 1) % region.geometry.peerSlots
+        nextID = (id + 1) % region.geometry.firstProcessSlot
         // The slot is live before the client can learn its id, so it finds its epoch there.
         header.markJoined(
             id: id, epoch: client.epoch, pid: UInt32(bitPattern: credentials?.pid ?? 0),
@@ -236,7 +255,7 @@ package final class IvshmemServer {
 
     /// The next id nobody holds, searching from `nextID` and wrapping; nil when every slot is taken.
     private func unusedID() -> Int? {
-        let slots = region.geometry.peerSlots
+        let slots = region.geometry.firstProcessSlot  // the rest are process slots, never handed out
         guard usedIDs.count < slots else { return nil }
         var id = nextID
         while usedIDs.contains(id) { id = (id + 1) % slots }
@@ -352,6 +371,7 @@ package final class IvshmemServer {
         guard !listenerPaused else { return }
         try? Sys.epollControl(epoll.raw, EPOLL_CTL_DEL, listener.raw, events: 0, data: 0)
         listenerPaused = true
+        pausedAtNanos = monotonicNanos()
     }
 
     private func resumeListener() {

@@ -1,0 +1,67 @@
+# A vmcat inside a QEMU guest streams to a host vmcat through vmsockd's region and is killed (kill -9, inside the
+# guest) mid-transfer. QEMU stays up, so vmsockd hears of no leave: the host side must learn of the death from the
+# guest process's slot, whose heartbeat stops (vmsockd clears it within about 0.6 s). Then a new vmcat in the same
+# guest connects again, with a slot of its own, and its 1 MiB arrives whole.
+source "$(dirname "$0")/lib.sh"
+need python3 ip
+VMSOCKD=$BIN/vmsockd
+[ -x "$VMSOCKD" ] || fail "$VMSOCKD is not built (swift build)"
+SOCK=$WORK/vmsockd.sock
+HOST=$(ip -4 -o addr show scope global | awk '{ split($4, a, "/"); print a[1]; exit }')
+[ -n "$HOST" ] || skip "this host has no global IPv4 address for the guest to dial"
+
+start timeout -s KILL 200 "$VMSOCKD" --socket "$SOCK" --vectors 1 --verbose >"$WORK/vmsockd.out" 2>"$WORK/vmsockd.err"
+DAEMON=$LAST
+CLEANUPS+=("pkill -KILL -P $DAEMON")
+wait_contains "$WORK/vmsockd.out" 10 "vmsockd: ready on $SOCK"
+PORT=$(free_port)
+AGAIN=$(free_port)
+VMSOCK_IVSHMEM=$SOCK start "$VMCAT" -v -l "$PORT" >"$WORK/received" 2>"$WORK/host.err"
+HOSTCAT=$LAST
+VMSOCK_IVSHMEM=$SOCK start "$VMCAT" -v -l "$AGAIN" >"$WORK/again" 2>"$WORK/again.err"
+AGAINCAT=$LAST
+wait_listening 0.0.0.0 "$PORT"
+wait_listening 0.0.0.0 "$AGAIN"
+
+cat >"$WORK/guest.sh" <<GUEST
+export VMSOCK_IVSHMEM=pci
+vmcat -v --transport ivshmem $HOST $PORT < /dev/zero &
+sleep 4
+kill -9 \$!
+echo "guest: killed vmcat"
+sleep 3
+head -c 1048576 /dev/urandom > /tmp/data
+echo "guest sent: \$(sha256sum < /tmp/data)"
+vmcat -v -N --transport ivshmem $HOST $AGAIN < /tmp/data
+GUEST
+start tools/vm/boot.sh --bin "$BIN" --socket "$SOCK" --timeout 170 "$WORK/guest.sh" >"$WORK/console" 2>&1
+BOOT=$LAST
+CLEANUPS+=("pkill -KILL -P $BOOT")
+for _ in $(seq 1500); do
+    grep -q "guest: killed vmcat" "$WORK/console" 2>/dev/null && break
+    kill -0 "$BOOT" 2>/dev/null || break
+    sleep 0.1
+done
+if ! grep -q "guest: killed vmcat" "$WORK/console"; then
+    wait "$BOOT" && status=0 || status=$?
+    [ "$status" = 77 ] && skip "$(grep SKIP: "$WORK/console" | tail -1)"
+    fail "the guest never got to the kill (boot.sh exit $status): $(tr -d '\r' <"$WORK/console" | tail -20)"
+fi
+seen=$(date +%s%N)
+says "$WORK/host.err" "via ivshmem (vmsockd socket)" "the host's vmcat -v"
+[ -s "$WORK/received" ] || fail "no bytes arrived from the guest before the kill"
+# The guest's next vmcat starts 3 s after the kill: the host side must have ended well before, by itself.
+while kill -0 "$HOSTCAT" 2>/dev/null && [ $(( $(date +%s%N) - seen )) -lt 2000000000 ]; do sleep 0.02; done
+kill -0 "$HOSTCAT" 2>/dev/null && fail "the host's vmcat still runs 2 s after the guest said it killed its peer: $(tail -3 "$WORK/vmsockd.err")"
+ms=$(( ($(date +%s%N) - seen) / 1000000 ))
+echo "host vmcat ended ${ms} ms after the console said the guest's vmcat was killed, with $(stat -c %s "$WORK/received") bytes"
+grep "process slot" "$WORK/vmsockd.err" || fail "vmsockd did not say it cleared the guest process's slot"
+
+wait "$BOOT" && status=0 || status=$?
+tr -d '\r' <"$WORK/console" | grep -E "^(guest|vmcat)" || true
+[ "$status" = 0 ] || fail "the guest's second vmcat failed (exit $status): $(tr -d '\r' <"$WORK/console" | tail -10)"
+wait_for "$AGAINCAT" 20 || fail "the host's second vmcat failed: $(cat "$WORK/again.err")"
+sent=$(tr -d '\r' <"$WORK/console" | sed -n 's/^guest sent: \([0-9a-f]*\).*/\1/p')
+[ "$(sha256sum <"$WORK/again" | cut -d' ' -f1)" = "$sent" ] || fail "the second connection's 1 MiB arrived changed ($(stat -c %s "$WORK/again") bytes)"
+says "$WORK/again.err" "via ivshmem (vmsockd socket)" "the host's second vmcat -v"
+echo "ok: a guest process killed mid-transfer ended the host side in ${ms} ms; the guest's next process connected again"
