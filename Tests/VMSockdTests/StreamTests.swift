@@ -272,6 +272,26 @@ final class StreamTests: XCTestCase {
         XCTAssertEqual(perfServer.finish(timeout: 30).status, 0)
     }
 
+    /// `vmperf --compare` with a region in the environment: a fourth column, measured through the region.
+    func testCompareGainsAnIvshmemColumn() throws {
+        let daemon = try Daemon(self)
+        let output = daemon.directory + "/compare.json"
+        let compare = try Child(
+            "vmperf", ["--compare", "-t", "0.2", "-J"], environment: ["VMSOCK_IVSHMEM": daemon.socket], output: output)
+        let end = compare.finish(timeout: 120)
+        XCTAssertEqual(end.status, 0, end.stderr)
+        let document = try JSONSerialization.jsonObject(with: try XCTUnwrap(FileManager.default.contents(atPath: output)))
+        let table = try XCTUnwrap((document as? [String: Any])?["compare"] as? [String: Any])
+        for row in try XCTUnwrap(table["throughput"] as? [[String: Any]]) {
+            let results = try XCTUnwrap(row["results"] as? [String: [String: Any]])
+            XCTAssertEqual(Set(results.keys), ["shm", "ivshmem", "tcp", "unix"])
+            XCTAssertEqual(results["ivshmem"]?["transport"] as? String, "ivshmem (vmsockd socket)")
+            XCTAssertGreaterThan(results["ivshmem"]?["bytes_per_second"] as? Double ?? 0, 0)
+        }
+        let latency = try XCTUnwrap((table["latency"] as? [String: Any])?["results"] as? [String: [String: Any]])
+        XCTAssertEqual(latency["ivshmem"]?["transport"] as? String, "ivshmem (vmsockd socket)")
+    }
+
     /// Open descriptors, but pipes: the library never makes one, and under ThreadSanitizer the runtime made a pipe
     /// pair during the cycles (after the warm-up) in one full-suite run.
     private static func openDescriptors() -> Int {

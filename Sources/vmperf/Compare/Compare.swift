@@ -3,8 +3,9 @@ import Histogram
 import VMPerfSupport
 import VMSock
 
-/// `vmperf --compare`: the same workloads over shared memory, TCP loopback and a Unix socket, one after another
-/// in one run, against a server process it starts itself; a table of the figures and their ratio to TCP.
+/// `vmperf --compare`: the same workloads over shared memory, TCP loopback and a Unix socket (and vmsockd's region
+/// when `VMSOCK_IVSHMEM` names one), one after another in one run, against a server process it starts itself; a
+/// table of the figures and their ratio to TCP.
 struct Compare {
     let options: Options
     let report: Report
@@ -14,7 +15,14 @@ struct Compare {
         self.report = report
     }
 
-    static let transports: [Options.Choice] = [.shm, .tcp, .unix]
+    /// Every transport a comparison can show, in the order of the table's columns.
+    static let allTransports: [Options.Choice] = [.shm, .ivshmem, .tcp, .unix]
+
+    /// What this run compares: the region too when the environment names one (the server, our child, inherits it).
+    static var transports: [Options.Choice] {
+        let region = getenv("VMSOCK_IVSHMEM").map { String(cString: $0) } ?? ""
+        return allTransports.filter { $0 != .ivshmem || !region.isEmpty }
+    }
     static let writeSizes = [64, 1 << 10, 64 << 10, 128 << 10]
     static let messageSize = 64
 

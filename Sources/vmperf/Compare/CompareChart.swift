@@ -2,13 +2,18 @@ import Foundation
 import VMPerfSupport
 
 /// The comparison's table drawn as an SVG bar chart (`vmperf --compare --svg FILE`): for each write size, the
-/// throughput of the three transports, and the mean 64-byte round trip of each, as horizontal bars on a
+/// throughput of each transport, and the mean 64-byte round trip of each, as horizontal bars on a
 /// logarithmic scale (the figures span three orders of magnitude), each bar labelled with its figure.
 struct CompareChart {
     let rows: [Compare.Row]
 
-    private static let colors: [Options.Choice: String] = [.shm: "#1b7837", .tcp: "#b2182b", .unix: "#2166ac"]
-    private static let names: [Options.Choice: String] = [.shm: "shared memory", .tcp: "TCP loopback", .unix: "Unix socket"]
+    private static let colors: [Options.Choice: String] = [.shm: "#1b7837", .ivshmem: "#7fbc41", .tcp: "#b2182b", .unix: "#2166ac"]
+    private static let names = CompareTable.names
+
+    /// The transports measured, in the table's order.
+    private var transports: [Options.Choice] {
+        Compare.allTransports.filter { choice in rows.contains { $0.figures[choice] != nil } }
+    }
     private static let width = 760.0
     private static let labelWidth = 130.0
     private static let barSpace = 480.0
@@ -20,7 +25,7 @@ struct CompareChart {
         var y = 30.0
         body.append(text(x: 10, y: y, "vmperf --compare", size: 16, weight: "bold"))
         y += 10
-        for (index, choice) in Compare.transports.enumerated() {
+        for (index, choice) in transports.enumerated() {
             let x = 10 + Double(index) * 170
             body.append(#"<rect x="\#(x)" y="\#(y)" width="12" height="12" fill="\#(Self.colors[choice]!)"/>"#)
             body.append(text(x: x + 18, y: y + 11, Self.names[choice]!))
@@ -67,7 +72,7 @@ struct CompareChart {
             y += 6
             let label = row.latency ? "\(row.blockSize) B messages" : row.workload
             body.append(text(x: 10, y: y + 1.5 * Self.barHeight, label))
-            for choice in Compare.transports {
+            for choice in transports {
                 guard let figure = row.figures[choice] else { continue }
                 let v = value(figure)
                 let length = v > 0 ? max(1, (log10(v) - floor) / span * Self.barSpace) : 0

@@ -7,29 +7,36 @@ struct CompareTable {
     let rows: [Compare.Row]
     let seconds: Double
 
-    private static let columns: [(Options.Choice, String)] = [(.shm, "shared memory"), (.tcp, "TCP loopback"), (.unix, "Unix socket")]
+    static let names: [Options.Choice: String] = [
+        .shm: "shared memory", .ivshmem: "ivshmem region", .tcp: "TCP loopback", .unix: "Unix socket",
+    ]
+
+    /// A column per transport measured (the region's only when the run had one).
+    private var columns: [(Options.Choice, String)] {
+        Compare.allTransports.filter { choice in rows.contains { $0.figures[choice] != nil } }.map { ($0, Self.names[$0]!) }
+    }
 
     func lines() -> [String] {
         let pad = { (text: String, width: Int) in text.padding(toLength: max(width, text.count), withPad: " ", startingAt: 0) }
         var lines = [
             "",
-            pad("workload", 22) + Self.columns.map { pad($0.1, 24) }.joined(),
+            pad("workload", 22) + columns.map { pad($0.1, 24) }.joined(),
         ]
         for row in rows {
             if row.latency {
                 for (label, pick) in Self.latencyStatistics {
-                    lines.append(pad("\(row.workload), \(label)", 22) + Self.columns.map { column in
+                    lines.append(pad("\(row.workload), \(label)", 22) + columns.map { column in
                         pad(latencyCell(row, column.0, pick), 24)
                     }.joined())
                 }
             } else {
-                lines.append(pad(row.workload, 22) + Self.columns.map { pad(throughputCell(row, $0.0), 24) }.joined())
+                lines.append(pad(row.workload, 22) + columns.map { pad(throughputCell(row, $0.0), 24) }.joined())
             }
         }
         lines.append("")
         lines.append("Throughput in GB/s (10^9 bytes per second, as the receiver counted them), round trips in usec;")
         lines.append("in parentheses: times TCP's throughput, times lower than TCP's round trip. Transports used:")
-        for (choice, _) in Self.columns {
+        for (choice, _) in columns {
             lines.append("  \(choice.rawValue): \(rows.first?.figures[choice]?.transport ?? "-")")
         }
         return lines + stealWarnings()
@@ -89,7 +96,7 @@ struct CompareTable {
         for row in rows {
             let tcp = row.figures[.tcp]
             var results: [(String, JSON)] = []
-            for (choice, _) in Self.columns {
+            for (choice, _) in columns {
                 guard let figure = row.figures[choice] else { continue }
                 if row.latency, let histogram = figure.histogram {
                     var stats = JSONDocument.latency(histogram, size: row.blockSize)
