@@ -43,8 +43,8 @@ protocol IvshmemAttachment: AnyObject, Sendable {
     /// - Throws: ECONNRESET (or EPROTO) once the way to the region is gone; later calls throw again.
     func readLeaves() throws(VMSockError) -> [Int]
     /// A bell that rings vector 0 of `peer` (our own for us), or nil when `peer` is not known (yet) with that
-    /// epoch.
-    func bell(for peer: IvshmemArena.Owner) throws(VMSockError) -> PeerBell?
+    /// epoch. An eventfd is rung by `ringer`'s thread.
+    func bell(for peer: IvshmemArena.Owner, ringer: EventRinger) throws(VMSockError) -> PeerBell?
 }
 
 extension IvshmemClient: IvshmemAttachment {
@@ -63,9 +63,11 @@ extension IvshmemClient: IvshmemAttachment {
 
     /// Our own duplicate of the eventfd, so that a leave, which closes the client's copy, cannot turn it into
     /// someone else's.
-    func bell(for peer: IvshmemArena.Owner) throws(VMSockError) -> PeerBell? {
-        if peer.id == id && peer.epoch == epoch { return PeerBell.regionPeer(try Sys.duplicate(descriptor(ofVector: 0))) }
+    func bell(for peer: IvshmemArena.Owner, ringer: EventRinger) throws(VMSockError) -> PeerBell? {
+        if peer.id == id && peer.epoch == epoch {
+            return PeerBell.regionPeer(try Sys.duplicate(descriptor(ofVector: 0)), ringer: ringer)
+        }
         guard let known = peers[peer.id], known.epoch == peer.epoch else { return nil }
-        return PeerBell.regionPeer(try Sys.duplicate(known.vectors[0].raw))
+        return PeerBell.regionPeer(try Sys.duplicate(known.vectors[0].raw), ringer: ringer)
     }
 }

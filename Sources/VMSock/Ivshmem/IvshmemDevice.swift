@@ -178,7 +178,7 @@ final class IvshmemDevice: IvshmemAttachment, @unchecked Sendable {  // immutabl
 
     func readLeaves() throws(VMSockError) -> [Int] { [] }
 
-    func bell(for peer: IvshmemArena.Owner) throws(VMSockError) -> PeerBell? {
+    func bell(for peer: IvshmemArena.Owner, ringer: EventRinger) throws(VMSockError) -> PeerBell? {
         guard peer.id < region.geometry.peerSlots else { return nil }
         let slot = IvshmemHeader(base: region.base).liveness(of: peer.id, in: region.geometry)
         guard slot.live, slot.epoch == peer.epoch else { return nil }

@@ -13,8 +13,9 @@ import VMSockRing
 ///
 /// - Ringing a peer is `vms_eventfd_ring_shared`: O_NONBLOCK put back if cleared, then poll for room, then write.
 ///   A full counter drops the ring. A peer that refills the counter between our poll and our write, having cleared
-///   O_NONBLOCK after our check, can still make that one write wait until the eventfd's owner reads it: the one
-///   window left, since eventfd refuses RWF_NOWAIT for writes (EOPNOTSUPP on Linux 6.18).
+///   O_NONBLOCK after our check, can still make that write wait until the eventfd's owner reads it (eventfd refuses
+///   RWF_NOWAIT for writes: EOPNOTSUPP on Linux 6.18). So callers only queue rings for the `EventRinger` thread,
+///   and the dispatcher rescues a write stuck there by reading that eventfd's count away.
 /// - Our own eventfds are read only by the dispatcher thread below, with `preadv2(RWF_NOWAIT)`, which never blocks
 ///   whatever the file flags say. It then wakes, through bells that never leave this process (`Doorbell`), every
 ///   local connection whose reader or writer announced that it sleeps, every listener, and every connector
@@ -44,6 +45,8 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
     /// `bell(for:)` only under `tables`' lock.
     let attachment: any IvshmemAttachment
     private let tables = Mutex(Tables())
+    /// Rings peers' eventfds, so that no caller waits on one a peer filled.
+    private let ringer: EventRinger
 
     /// How often, at most, the dispatcher wakes sleepers and checks liveness without being rung.
     static let tickMs: Int32 = 100
@@ -84,8 +87,11 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
         }
     }
 
-    private init(path: String, attachment: any IvshmemAttachment, view: IvshmemArenaView, me: IvshmemArena.Owner) {
+    private init(
+        path: String, attachment: any IvshmemAttachment, view: IvshmemArenaView, me: IvshmemArena.Owner, ringer: EventRinger
+    ) {
         self.path = path
+        self.ringer = ringer
         self.attachment = attachment
         self.view = view
         self.me = me
@@ -120,7 +126,8 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
                 throw VMSockError(code: ENOSPC, "vmsockd's region at \(path) is too small to hold a connection")
             }
             let view = IvshmemArenaView(base: attachment.region.base, region: attachment.region.geometry, arena: arena)
-            let node = IvshmemNode(path: path, attachment: attachment, view: view, me: try identity(attachment, view))
+            let node = IvshmemNode(
+                path: path, attachment: attachment, view: view, me: try identity(attachment, view), ringer: try EventRinger.start())
             try node.startDispatcher()
             nodes[path] = node
             return node
@@ -158,18 +165,7 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
     // MARK: The dispatcher
 
     private func startDispatcher() throws(VMSockError) {
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(self).toOpaque()
-        let status = pthread_create(&thread, nil, { context in
-            let node = Unmanaged<IvshmemNode>.fromOpaque(context!).takeRetainedValue()
-            node.dispatch()
-            return nil
-        }, context)
-        guard status == 0 else {
-            Unmanaged<IvshmemNode>.fromOpaque(context).release()
-            throw VMSockError.system("pthread_create(ivshmem dispatcher)", errno: status)
-        }
-        pthread_detach(thread)
+        try Sys.startThread("ivshmem dispatcher") { self.dispatch() }
     }
 
     /// The dispatcher's loop: wait for a ring, news from vmsockd, or the tick (without interrupts: the polling
@@ -187,6 +183,7 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
             for (index, fd) in vectors.enumerated() where fds[index].revents != 0 {
                 _ = vms_eventfd_read_nowait(fd)  // never blocks, whoever cleared O_NONBLOCK
             }
+            ringer.rescueIfStuck()
             let news = attachment.news != nil && fds[fds.count - 1].revents != 0
             let failed = tables.withLock { (tables) -> Bool in
                 if news {
@@ -242,6 +239,7 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
     /// vmsockd is gone: every connection ends, and every waiter wakes to learn why.
     private func fail(_ tables: inout Tables, _ error: VMSockError) {
         tables.failure = error
+        ringer.stop()
         for watch in tables.connections.values where !watch.gone {
             watch.gone = true
             Sys.shutdown(watch.far.raw)
@@ -295,14 +293,14 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
         }
         return try tables.withLock { (tables) throws(VMSockError) -> PeerBell in
             if let failure = tables.failure { throw failure }
-            if let bell = try attachment.bell(for: peer) { return bell }
+            if let bell = try attachment.bell(for: peer, ringer: ringer) { return bell }
             // Its join may still be unread: the dispatcher would read it within a tick, but it is here now.
             do throws(VMSockError) {
                 tables.leaves += try attachment.readLeaves()
             } catch {
                 throw VMSockError(code: ECONNRESET, "vmsockd at \(path) went away (\(error.message))")
             }
-            guard let bell = try attachment.bell(for: peer) else {
+            guard let bell = try attachment.bell(for: peer, ringer: ringer) else {
                 throw VMSockError(code: EHOSTUNREACH, "vmsockd has not announced \(peer)")
             }
             return bell

@@ -69,9 +69,9 @@ final class Doorbell: @unchecked Sendable {  // immutable after init
 /// The peer's doorbell: the sending end of its socketpair, or, for a peer in vmsockd's region, its eventfd.
 final class PeerBell: @unchecked Sendable {  // immutable after init
     private let sender: Descriptor?
-    /// An eventfd the peer shares with every other peer of the region (ivshmem hands them all out): rung by
-    /// `vms_eventfd_ring_shared`, which never waits on a counter someone filled (see `IvshmemNode`).
-    private let sharedEventFD: Bool
+    /// For an eventfd the peer shares with every other peer of the region (ivshmem hands them all out): the thread
+    /// that rings it, so that no caller waits on a counter someone filled (`EventRinger`).
+    private let ringer: EventRinger?
     /// In a guest: the ivshmem device's Doorbell register, and the word that rings the peer (`IvshmemDevice`).
     private let register: UnsafeMutableRawPointer?
     private let registerValue: UInt32
@@ -79,11 +79,11 @@ final class PeerBell: @unchecked Sendable {  // immutable after init
     private let registerOwner: AnyObject?
 
     private init(
-        _ sender: Descriptor?, sharedEventFD: Bool = false, register: UnsafeMutableRawPointer? = nil, value: UInt32 = 0,
+        _ sender: Descriptor?, ringer: EventRinger? = nil, register: UnsafeMutableRawPointer? = nil, value: UInt32 = 0,
         owner: AnyObject? = nil
     ) {
         self.sender = sender
-        self.sharedEventFD = sharedEventFD
+        self.ringer = ringer
         self.register = register
         registerValue = value
         registerOwner = owner
@@ -95,8 +95,9 @@ final class PeerBell: @unchecked Sendable {  // immutable after init
         PeerBell(nil, register: register, value: value, owner: owner)
     }
 
-    /// A region peer's eventfd (our own duplicate of it, so that its number stays ours for the connection's life).
-    static func regionPeer(_ eventFD: Descriptor) -> PeerBell { PeerBell(eventFD, sharedEventFD: true) }
+    /// A region peer's eventfd (our own duplicate of it, so that its number stays ours for the connection's life),
+    /// rung by `ringer`'s thread.
+    static func regionPeer(_ eventFD: Descriptor, ringer: EventRinger) -> PeerBell { PeerBell(eventFD, ringer: ringer) }
 
     /// The ringing end, for a data path outside this module (vmsock-run's C half) that rings it itself; -1 for a
     /// guest's device register (vmsock-run's links are memfd links, whose bells are sockets).
@@ -118,8 +119,8 @@ final class PeerBell: @unchecked Sendable {  // immutable after init
     func ring() {
         if let register {
             vms_mmio_write32(register, registerValue)
-        } else if sharedEventFD {
-            _ = vms_eventfd_ring_shared(sender!.raw)
+        } else if let ringer {
+            ringer.ring(self)
         } else {
             Self.send(sender!.raw)
         }

@@ -154,24 +154,14 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         guard start else { return }
         hooks.noteInternal(state.withLock { $0.epoll })
         openClaims()
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(self).toOpaque()
-        // The thread starts with every signal blocked, so that none meant for the application runs its handler
-        // here: nginx's master sleeps in sigsuspend for SIGCHLD, and a SIGCHLD taken by this thread left it
-        // asleep for good after its workers ended.
-        let status = Sys.withSignalsBlocked {
-            pthread_create(&thread, nil, { context in
-                let listeners = Unmanaged<PreloadListeners>.fromOpaque(context!).takeRetainedValue()
-                listeners.run()
-                return nil
-            }, context)
-        }
-        guard status == 0 else {
-            Unmanaged<PreloadListeners>.fromOpaque(context).release()
+        // Every signal blocked in the thread (`Sys.startThread`): nginx's master sleeps in sigsuspend for SIGCHLD,
+        // and a SIGCHLD taken by this thread left it asleep for good after its workers ended.
+        do throws(VMSockError) {
+            try Sys.startThread("vmsock-run listener") { self.run() }
+        } catch {
             state.withLock { $0.threadStarted = false }
-            throw VMSockError.system("pthread_create(vmsock-run listener)", errno: status)
+            throw error
         }
-        pthread_detach(thread)
     }
 
     /// Binds this process's claim socket. Without it, a forked sibling could not take the links welcomed here,

@@ -52,6 +52,29 @@ enum Sys {
         return body()
     }
 
+    /// Starts a detached thread of the library's own that runs `body`. It starts with every signal blocked, so
+    /// that none meant for the application runs its handler there (nginx's master sleeps in sigsuspend for
+    /// SIGCHLD; a SIGCHLD taken by a library thread would leave it asleep).
+    static func startThread(_ name: String, _ body: @escaping @Sendable () -> Void) throws(VMSockError) {
+        final class Box: @unchecked Sendable {  // handed to the thread once
+            let body: @Sendable () -> Void
+            init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        }
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(Box(body)).toOpaque()
+        let status = withSignalsBlocked {
+            pthread_create(&thread, nil, { context in
+                Unmanaged<Box>.fromOpaque(context!).takeRetainedValue().body()
+                return nil
+            }, context)
+        }
+        guard status == 0 else {
+            Unmanaged<Box>.fromOpaque(context).release()
+            throw VMSockError.system("pthread_create(\(name))", errno: status)
+        }
+        pthread_detach(thread)
+    }
+
     /// fcntl(F_GETFL) and, when the flag must change, fcntl(F_SETFL): sets or clears O_NONBLOCK.
     static func setNonBlocking(_ fd: Int32, _ on: Bool) throws(VMSockError) {
         let flags = try check("fcntl(F_GETFL)") { fcntl(fd, F_GETFL) }
