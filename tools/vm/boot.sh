@@ -9,6 +9,8 @@
 #     --timeout S      QEMU is killed after S seconds (default 120)
 #     --ip A.B.C.D     the guest's address on QEMU user networking (default 10.0.2.15): guests on one vmsockd
 #                      find each other's listeners by address, so each needs its own
+#     --add FILE       also put FILE in the guest's /bin (repeatable): a static binary, or one whose libraries
+#                      the guest already has
 #     --reboot         a `reboot -f` in the guest restarts it in the same QEMU (same ivshmem device, same peer id
 #                      at vmsockd), and /init runs the script again; without it QEMU exits on a reboot. The
 #                      script must find out itself which boot it is in (the guest keeps nothing across one), e.g.
@@ -23,7 +25,7 @@
 # VMSOCK_VM_ACCEL: tcg (default; KVM guests hang on the machines this was written on) or kvm.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-socket="" vectors=1 vfio=0 bin=.build/debug pidfile="" limit=120 ip=10.0.2.15 reboot=0
+socket="" vectors=1 vfio=0 bin=.build/debug pidfile="" limit=120 ip=10.0.2.15 reboot=0 added=()
 while [ $# -gt 1 ]; do
     case $1 in
         --socket) socket=$2; shift 2 ;;
@@ -34,25 +36,30 @@ while [ $# -gt 1 ]; do
         --timeout) limit=$2; shift 2 ;;
         --ip) ip=$2; shift 2 ;;
         --reboot) reboot=1; shift ;;
+        --add) added+=("$2"); shift 2 ;;
         *) echo "boot.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
 [ $# = 1 ] || { echo "usage: boot.sh [--socket PATH] [--vectors N] [--vfio] [--bin DIR] [--pidfile FILE]" \
-    "[--timeout S] [--ip A.B.C.D] [--reboot] SCRIPT" >&2; exit 2; }
+    "[--timeout S] [--ip A.B.C.D] [--reboot] [--add FILE]... SCRIPT" >&2; exit 2; }
 script=$1
 # QEMU's user network is 10.0.2.0/24; .2 is the host, .3 its DNS server.
 [[ $ip =~ ^10\.0\.2\.([0-9]+)$ ]] && [ "${BASH_REMATCH[1]}" -ge 4 ] && [ "${BASH_REMATCH[1]}" -le 254 ] \
     || { echo "boot.sh: --ip $ip is not an address of QEMU's user network (10.0.2.4 to 10.0.2.254)" >&2; exit 2; }
+for file in "${added[@]}"; do [ -f "$file" ] || { echo "boot.sh: --add $file: no such file" >&2; exit 2; }; done
 command -v qemu-system-x86_64 >/dev/null || { echo "SKIP: qemu-system-x86_64 is not installed" >&2; exit 77; }
 read -r kernel base < <("$here/build.sh" "$bin") || exit 77
 cache=$(dirname "$base")
 cpio_busybox=$cache/base/busybox/bin/busybox
 
-# The script goes in a third archive, unpacked last (the kernel takes concatenated archives).
+# The script and the added files go in a third archive, unpacked last (the kernel takes concatenated archives).
+# Not in build.sh's cache: it keeps one binaries archive (24 MB), which tests adding different files would
+# rebuild each in turn.
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/root"
+mkdir -p "$work/root/bin"
 cp "$script" "$work/root/run.sh"
+for file in "${added[@]}"; do install -m 755 "$file" "$work/root/bin/"; done
 (cd "$work/root" && find . | "$cpio_busybox" cpio -o -H newc 2>/dev/null > "$work/run.cpio")
 cat "$base" "$work/run.cpio" > "$work/initrd"  # $base ends at a 512-byte boundary (build.sh)
 
