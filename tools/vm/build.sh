@@ -47,10 +47,12 @@ if [ ! -s "$CACHE/base/ready" ]; then
     rm -rf "$CACHE/base/kernel"
     echo ok > "$CACHE/base/ready"
 fi
-# /init changes more often than the kernel: the base archive is rebuilt when it does.
+# /init changes more often than the kernel: the base archive is rebuilt when it does, and with it every initrd
+# (they are named after the binaries only, and would keep the old /init).
 if ! cmp -s tools/vm/init "$CACHE/base/root/init"; then
     cp tools/vm/init "$CACHE/base/root/init"
     (cd "$CACHE/base/root" && find . | "$CACHE/base/busybox/bin/busybox" cpio -o -H newc 2>/dev/null | gzip -1 > "$CACHE/base.cpio.gz")
+    rm -f "$CACHE"/initrd-*
 fi
 
 # The binaries and their libraries: a second archive, which the kernel unpacks over the first.
