@@ -72,6 +72,9 @@ back=$(tr -d '\r' <"$WORK/b.console" | sed -n 's/^guest B got back: \([0-9a-f]*\
 [ "$back" = "$sent" ] || fail "guest B got back something else ($back, not $sent)"
 says "$WORK/a.console" "via ivshmem (pci, polling)" "guest A's vmcat -v"
 says "$WORK/b.console" "via ivshmem (pci, polling)" "guest B's vmcat -v"
+# The accepting side sees the connector's own address and a real port, as over TCP.
+tr -d '\r' <"$WORK/a.console" | grep -qE "Connection received on 10\.0\.2\.15 [1-9][0-9]* via ivshmem" \
+    || fail "guest A did not see guest B's address and port: $(tr -d '\r' <"$WORK/a.console" | grep "Connection received")"
 # The successful attempts only (B's clock): the fetch may include a moment until A listens again.
 took() { tr -d '\r' <"$WORK/b.console" | sed -n "s/^guest B: $1 seconds: //p" | awk '{ print $2 - $1 }'; }
 echo "ok: $MIB MiB guest B -> guest A in $(took send) s, back in $(took fetch) s, through vmsockd's region;" \

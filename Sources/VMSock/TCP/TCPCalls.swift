@@ -73,12 +73,21 @@ enum TCPCalls {
 
     /// A TCP port held for a shared-memory connection to `destination`, so that the connection has an address a
     /// TCP programmer expects (a distinct, non-zero local port) that no TCP connection on the host can take while
-    /// it is held: a socket bound to the address a TCP connect to `destination` would leave from (the destination
-    /// itself, which is an address of this host; the loopback address for a wildcard), at a port the kernel
-    /// picks. connect(2) never picks a port a socket is bound to. Nil, and port 0 reported, when the kernel has none
-    /// to give (or no descriptor is left): the connection works all the same.
+    /// it is held: a socket bound to the address a TCP connect to `destination` would leave from, at a port the
+    /// kernel picks. That address is the destination itself when it is an address of this host (the loopback
+    /// address for a wildcard); otherwise (a peer of vmsockd's region on another machine: a guest dialing its host,
+    /// or another guest) the one the routing table picks for it. connect(2) never picks a port a socket is bound
+    /// to. Nil, and port 0 reported, when the kernel has none to give (or no descriptor is left): the connection
+    /// works all the same.
     static func reservePort(for destination: IPEndpoint) -> (socket: Descriptor, local: IPEndpoint)? {
         let source = destination.isWildcard ? IPEndpoint.loopback(destination.family, port: 0) : destination.with(port: 0)
+        if let held = bindAnyPort(source) { return held }
+        guard !destination.isWildcard, let routed = routedSource(to: destination) else { return nil }
+        return bindAnyPort(routed)
+    }
+
+    /// A TCP socket bound to `source` at a port the kernel picks, and that address; nil when it cannot be bound.
+    private static func bindAnyPort(_ source: IPEndpoint) -> (socket: Descriptor, local: IPEndpoint)? {
         guard let socket = try? makeSocket(source.family) else { return nil }
         do {
             try source.withSockaddr { (address, length) throws(VMSockError) in
@@ -89,6 +98,23 @@ enum TCPCalls {
         }
         guard let bound = IPEndpoint.of(socket.raw, peer: false), bound.port != 0 else { return nil }
         return (socket, source.with(port: bound.port))
+    }
+
+    /// The address a connection to `destination` leaves from, as the routing table says: a UDP socket connected
+    /// to it (which sends nothing) names it. Nil when there is no route.
+    private static func routedSource(to destination: IPEndpoint) -> IPEndpoint? {
+        let type = Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        guard let probe = try? Sys.socket(destination.family == .v4 ? AF_INET : AF_INET6, type, "socket(SOCK_DGRAM)") else {
+            return nil
+        }
+        do {
+            _ = try destination.withSockaddr { (address, length) throws(VMSockError) in
+                try Sys.connect(probe.raw, address, length, "connect(UDP \(destination))")
+            }
+        } catch {
+            return nil
+        }
+        return IPEndpoint.of(probe.raw, peer: false)?.with(port: 0)
     }
 
     /// Binds with SO_REUSEADDR (as servers expect: a restarted server gets its port back despite TIME_WAIT) and
