@@ -1,7 +1,8 @@
 # A vmcat inside a QEMU guest streams to a host vmcat through vmsockd's region and is killed (kill -9, inside the
 # guest) mid-transfer. QEMU stays up, so vmsockd hears of no leave: the host side must learn of the death from the
 # guest process's slot, whose heartbeat stops (vmsockd clears it within about 0.6 s). Then a new vmcat in the same
-# guest connects again, with a slot of its own, and its 1 MiB arrives whole.
+# guest connects again, with a slot of its own, and its 1 MiB arrives whole. That one dials 10.0.2.2, QEMU user
+# networking's name for the host, which vmsockd was told is an alias of its host (--host-alias): still ivshmem.
 source "$(dirname "$0")/lib.sh"
 need python3 ip
 VMSOCKD=$BIN/vmsockd
@@ -10,7 +11,7 @@ SOCK=$WORK/vmsockd.sock
 HOST=$(ip -4 -o addr show scope global | awk '{ split($4, a, "/"); print a[1]; exit }')
 [ -n "$HOST" ] || skip "this host has no global IPv4 address for the guest to dial"
 
-start timeout -s KILL 200 "$VMSOCKD" --socket "$SOCK" --vectors 1 --verbose >"$WORK/vmsockd.out" 2>"$WORK/vmsockd.err"
+start timeout -s KILL 200 "$VMSOCKD" --socket "$SOCK" --vectors 1 --host-alias 10.0.2.2 --verbose >"$WORK/vmsockd.out" 2>"$WORK/vmsockd.err"
 DAEMON=$LAST
 CLEANUPS+=("pkill -KILL -P $DAEMON")
 wait_contains "$WORK/vmsockd.out" 10 "vmsockd: ready on $SOCK"
@@ -32,7 +33,7 @@ echo "guest: killed vmcat"
 sleep 3
 head -c 1048576 /dev/urandom > /tmp/data
 echo "guest sent: \$(sha256sum < /tmp/data)"
-vmcat -v -N --transport ivshmem $HOST $AGAIN < /tmp/data
+vmcat -v -N --transport ivshmem 10.0.2.2 $AGAIN < /tmp/data
 GUEST
 start tools/vm/boot.sh --bin "$BIN" --socket "$SOCK" --timeout 170 "$WORK/guest.sh" >"$WORK/console" 2>&1
 BOOT=$LAST

@@ -21,7 +21,13 @@ import CVMSock
 ///      72     4  daemon pid
 ///      76     4  reserved, zero
 ///      80     8  joins                       after each join            diagnostics: the last epoch handed out
-///      88  4008  reserved, zero              (the next step: where the listen table is, its size)
+///      88     8  heartbeat                   every 100 ms               a guest learns that vmsockd died
+///      96     8  host key                    once                       which host and network namespace the
+///                                                                         daemon runs in (`IvshmemNode`)
+///     104     4  host aliases: count (0-4)   once                       addresses that name the daemon's host
+///     108    16  host aliases: IPv4 each                                  to a guest (QEMU user networking's
+///                                                                         10.0.2.2: `vmsockd --host-alias`)
+///     124  3972  reserved, zero
 ///    4096  S*64  peer slots, 64 bytes each:
 ///                  +0  8  liveness: epoch << 1 | live    at join (live), at leave (epoch kept, live cleared)
 ///                  +8  4  pid   (SO_PEERCRED at join)    before liveness, so a reader that sees it live sees these
@@ -73,6 +79,10 @@ public enum IvshmemLayout {
     public static let maximumVectors = 64
     /// Process slots: half the slots, at most this many.
     public static let maximumProcessSlots = 4096
+    /// Host aliases the header has room for.
+    public static let maximumHostAliases = 4
+    /// A guest that sees the daemon's heartbeat stand still this long takes the daemon for dead.
+    public static let daemonTimeoutMs = 2000
     /// A process slot whose heartbeat stands still this long is cleared by the daemon: its process is gone (or
     /// stopped, or its VM paused, that long).
     public static let processTimeoutMs = 600
@@ -91,6 +101,10 @@ public enum IvshmemLayout {
         public static let instance = 64
         public static let daemonPID = 72
         public static let joins = 80
+        public static let heartbeat = 88
+        public static let hostKey = 96
+        public static let aliasCount = 104
+        public static let aliases = 108
     }
 
     /// Offsets inside one peer slot.
@@ -208,6 +222,24 @@ public struct IvshmemHeaderWriter: @unchecked Sendable {  // a pointer into a ma
         store32(daemonPID, at: IvshmemLayout.Offset.daemonPID)
     }
 
+    /// Writes the daemon's host key and the addresses that name its host to guests (IPv4, 4 bytes each; at most
+    /// `maximumHostAliases`, the rest ignored). Call once, after `initialize`.
+    public func describeHost(key: UInt64, aliases: [[UInt8]]) {
+        let kept = aliases.filter { $0.count == 4 }.prefix(IvshmemLayout.maximumHostAliases)
+        store64(key, at: IvshmemLayout.Offset.hostKey)
+        for (index, alias) in kept.enumerated() {
+            for (byte, value) in alias.enumerated() {
+                base.storeBytes(of: value, toByteOffset: IvshmemLayout.Offset.aliases + index * 4 + byte, as: UInt8.self)
+            }
+        }
+        store32(UInt32(kept.count), at: IvshmemLayout.Offset.aliasCount)
+    }
+
+    /// One heartbeat: `count`, the daemon's own count of them (it never reads the word back).
+    public func beat(_ count: UInt64) {
+        vms_store_release_u64(word(IvshmemLayout.Offset.heartbeat), count.littleEndian)
+    }
+
     /// Marks slot `id` live for a new peer: its credentials first, then (release) the liveness word, so that a
     /// peer that sees the slot live also sees the credentials. Then the join count, for diagnostics.
     public func markJoined(id: Int, epoch: UInt64, pid: UInt32, uid: UInt32, gid: UInt32) {
@@ -274,6 +306,23 @@ public struct IvshmemHeader: @unchecked Sendable {  // a pointer into a mapping 
         return Fields(
             geometry: geometry, vectors: Int(vectors), instance: load64(IvshmemLayout.Offset.instance),
             daemonPID: load32(IvshmemLayout.Offset.daemonPID))
+    }
+
+    /// The daemon's heartbeat, counted up every 100 ms while it runs.
+    public var heartbeat: UInt64 {
+        UInt64(littleEndian: vms_load_acquire_u64((base + IvshmemLayout.Offset.heartbeat).assumingMemoryBound(to: UInt64.self)))
+    }
+
+    /// The daemon's host key (0: not written).
+    public var hostKey: UInt64 { load64(IvshmemLayout.Offset.hostKey) }
+
+    /// The addresses that name the daemon's host to a guest (IPv4, 4 bytes each): at most `maximumHostAliases`,
+    /// whatever the count word says.
+    public var hostAliases: [[UInt8]] {
+        let count = min(Int(load32(IvshmemLayout.Offset.aliasCount)), IvshmemLayout.maximumHostAliases)
+        return (0..<count).map { index in
+            (0..<4).map { base.load(fromByteOffset: IvshmemLayout.Offset.aliases + index * 4 + $0, as: UInt8.self) }
+        }
     }
 
     /// Slot `id`'s liveness word (acquire: a live slot's credentials, written before it, are visible after it).

@@ -1,7 +1,7 @@
 import ArgumentParser
 import VMSock
 
-/// The command line: `vmsockd --socket PATH [--size BYTES] [--vectors N] [-v]`. The sizes and counts are checked in
+/// The command line: `vmsockd --socket PATH [--size BYTES] [--vectors N] [--host-alias IPV4]... [-v]`. The sizes and counts are checked in
 /// `validate()`, so that a bad one is one line of usage error like any other.
 struct Options: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -20,6 +20,11 @@ struct Options: ParsableCommand {
     var size: ByteCount = ByteCount(64 << 20)
     @Option(parsing: .unconditional, help: "eventfds (interrupt vectors) per peer, 1 to 64: QEMU's vectors= must match.")
     var vectors: Int = 4
+    @Option(name: .customLong("host-alias"), parsing: .unconditionalSingleValue,
+            help: ArgumentHelp(
+                "An IPv4 address that names this host to guests (repeat for more, up to 4), such as QEMU user networking's 10.0.2.2: a guest dialing it reaches this host's listeners on the wildcard or loopback address.",
+                valueName: "ipv4"))
+    var hostAliases: [IPv4Address] = []
     @Flag(name: [.customShort("v"), .customLong("verbose")], help: "Report every peer that joins or leaves on standard error.")
     var verbose = false
 
@@ -37,7 +42,21 @@ struct Options: ParsableCommand {
         configuration.regionSize = size.value
         configuration.vectors = vectors
         configuration.verbose = verbose
+        configuration.hostAliases = hostAliases.map(\.bytes)
         return configuration
+    }
+}
+
+/// A dotted-quad IPv4 address, as `--host-alias` takes it.
+struct IPv4Address: ExpressibleByArgument, Equatable {
+    let bytes: [UInt8]
+
+    init?(argument: String) {
+        let parts = argument.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4 else { return nil }
+        let bytes = parts.compactMap { part in part.count <= 3 && part.allSatisfy(\.isNumber) ? UInt8(part) : nil }
+        guard bytes.count == 4 else { return nil }
+        self.bytes = bytes
     }
 }
 

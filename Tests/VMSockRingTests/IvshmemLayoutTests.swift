@@ -152,4 +152,27 @@ final class IvshmemLayoutTests: XCTestCase {
         }
         XCTAssertNil(view.processSlots.claim(for: vm, pid: 13, uid: 0, gid: 0))
     }
+
+    /// The daemon's heartbeat, host key and host aliases, as a guest reads them; a scribbled alias count never
+    /// makes a reader go past the four the header has room for.
+    func testHeartbeatHostKeyAndAliases() throws {
+        let size = 64 << 10
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        defer { memory.deallocate() }
+        memory.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+        let geometry = try XCTUnwrap(IvshmemLayout.Geometry(regionSize: size))
+        let writer = IvshmemHeaderWriter(base: memory, geometry: geometry)
+        writer.initialize(vectors: 1, instance: 1, daemonPID: 1)
+        let header = IvshmemHeader(base: memory)
+        XCTAssertEqual(header.hostKey, 0)
+        XCTAssertEqual(header.hostAliases, [])
+        writer.describeHost(key: 0xabc, aliases: [[10, 0, 2, 2], [1, 2, 3], [192, 168, 1, 1]])
+        XCTAssertEqual(header.hostKey, 0xabc)
+        XCTAssertEqual(header.hostAliases, [[10, 0, 2, 2], [192, 168, 1, 1]], "only 4-byte addresses are kept")
+        writer.beat(7)
+        XCTAssertEqual(header.heartbeat, 7)
+        memory.storeBytes(of: UInt32(1000).littleEndian, toByteOffset: IvshmemLayout.Offset.aliasCount, as: UInt32.self)
+        XCTAssertEqual(header.hostAliases.count, IvshmemLayout.maximumHostAliases)
+        XCTAssertNoThrow(try header.validate(regionSize: size), "the new fields are not part of the fixed ones")
+    }
 }

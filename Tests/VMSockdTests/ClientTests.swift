@@ -129,6 +129,20 @@ final class ClientTests: XCTestCase {
         XCTAssertTrue(end.stderr.contains("process slot \(stopped.id) (a process of peer \(vm.id)) cleared"), end.stderr)
     }
 
+    /// What a guest learns from the header alone: that vmsockd lives (its heartbeat moves), which host it is on,
+    /// and the addresses that name that host (`--host-alias`).
+    func testTheHeaderSaysTheDaemonLivesAndNamesItsHost() throws {
+        let daemon = try Daemon(self, ["--size", "1M", "--host-alias", "10.0.2.2", "--host-alias", "192.0.2.9"])
+        let client = try IvshmemClient.connect(path: daemon.socket)
+        let header = IvshmemHeader(base: client.region.base)
+        XCTAssertEqual(header.hostKey, IvshmemNode.thisHostKey, "the daemon's host is ours")
+        XCTAssertEqual(header.hostAliases, [[10, 0, 2, 2], [192, 0, 2, 9]])
+        let first = header.heartbeat
+        let started = Date()
+        while header.heartbeat == first && Date().timeIntervalSince(started) < 10 { usleep(20_000) }
+        XCTAssertNotEqual(header.heartbeat, first, "the heartbeat moved within 10 s")
+    }
+
     /// Ids are the next unused one: after the last slot they wrap to the first free one, whose slot then shows a new
     /// epoch, so the new peer is never taken for the old one. Beyond the last free id a client is refused.
     func testIdsWrapWithNewEpochsAndAClientBeyondTheIdSpaceIsRefused() throws {

@@ -21,6 +21,9 @@ final class DaemonTests: XCTestCase {
             (["--socket", socket, "--vectors", "65"], "65 vectors: use 1 to 64"),
             (["--socket", socket, "--vectors", "four"], "The value 'four' is invalid for '--vectors <vectors>'"),
             (["--socket", socket, "--frobnicate"], "Unknown option '--frobnicate'"),
+            (["--socket", socket, "--host-alias", "10.0.2"], "The value '10.0.2' is invalid for '--host-alias <ipv4>'"),
+            (["--socket", socket, "--host-alias", "::1"], "The value '::1' is invalid for '--host-alias <ipv4>'"),
+            (["--socket", socket] + (1...5).flatMap { ["--host-alias", "10.0.2.\($0)"] }, "5 host aliases: at most 4"),
             (["--socket", directory + "/" + String(repeating: "x", count: 120)], "name too long for a Unix socket"),
             (["--socket", directory + "/missing/sock"], "bind(\(directory)/missing/sock): No such file or directory"),
         ]

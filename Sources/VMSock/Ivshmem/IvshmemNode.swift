@@ -152,7 +152,7 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
     static func isDevice(_ path: String) -> Bool { path == "pci" || path.hasPrefix("pci:") }
 
     /// Boot id and network namespace, hashed (FNV-1a): equal for two processes of one host and namespace.
-    private static let thisHostKey: UInt64 = {
+    static let thisHostKey: UInt64 = {
         var text = "ns\(LocalAddresses.networkNamespace)"
         if let bootID = Sys.readSmallFile("/proc/sys/kernel/random/boot_id", limit: 64) {
             text += String(decoding: bootID, as: UTF8.self)
@@ -176,6 +176,7 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
         if let news = attachment.news { fds.append(pollfd(fd: news, events: Int16(POLLIN), revents: 0)) }
         let polling = vectors.isEmpty
         var urgent = false
+        var daemon = DaemonWatch(beat: IvshmemHeader(base: view.base).heartbeat, since: monotonicNanos())
         while true {
             for index in fds.indices { fds[index].revents = 0 }
             let timeoutMs = polling ? (urgent ? Self.pollingMs : Self.idleMs) : Self.tickMs
@@ -196,6 +197,13 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
                     }
                 }
                 if isProcess {
+                    // A guest hears nothing from vmsockd but its heartbeat in the header.
+                    guard daemon.isAlive(beat: IvshmemHeader(base: view.base).heartbeat, at: monotonicNanos()) else {
+                        fail(&tables, VMSockError(
+                            code: ECONNRESET,
+                            "vmsockd stopped: its heartbeat in the region stood still for \(IvshmemLayout.daemonTimeoutMs) ms, so no peer's death can be learnt; restart it, then this VM (QEMU cannot join a new vmsockd)"))
+                        return true
+                    }
                     guard view.isCurrent(me) else {
                         fail(&tables, VMSockError(
                             code: ECONNRESET,
@@ -208,6 +216,21 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
                 return false
             }
             if failed { return }
+        }
+    }
+
+    /// What a guest knows of vmsockd's life: its last heartbeat seen, and since when (our monotonic clock).
+    private struct DaemonWatch {
+        var beat: UInt64
+        var since: Int64
+
+        /// False once the heartbeat has stood still for `IvshmemLayout.daemonTimeoutMs`.
+        mutating func isAlive(beat current: UInt64, at time: Int64) -> Bool {
+            if current != beat {
+                beat = current
+                since = time
+            }
+            return time - since < Int64(IvshmemLayout.daemonTimeoutMs) * 1_000_000
         }
     }
 

@@ -20,6 +20,9 @@ package final class IvshmemServer {
         package var vectors = 4
         /// Report every join and leave on standard error, not only the clients dropped or refused.
         package var verbose = false
+        /// IPv4 addresses (4 bytes each) that name this host to guests, such as QEMU user networking's 10.0.2.2: a
+        /// guest that dials one reaches this host's listeners on the wildcard or loopback address, as slirp would.
+        package var hostAliases: [[UInt8]] = []
 
         package init(path: String) { self.path = path }
 
@@ -29,6 +32,9 @@ package final class IvshmemServer {
             try IvshmemRegion.checkSize(regionSize)
             guard vectors >= 1 && vectors <= IvshmemLayout.maximumVectors else {
                 throw VMSockError(code: EINVAL, "\(vectors) vectors: use 1 to \(IvshmemLayout.maximumVectors)")
+            }
+            guard hostAliases.count <= IvshmemLayout.maximumHostAliases else {
+                throw VMSockError(code: EINVAL, "\(hostAliases.count) host aliases: at most \(IvshmemLayout.maximumHostAliases)")
             }
         }
     }
@@ -65,6 +71,8 @@ package final class IvshmemServer {
     private var pausedAtNanos: Int64 = 0
     private var processJudge: IvshmemProcessJudge
     private var lastScanNanos: Int64 = 0
+    /// The heartbeats written to the header so far (a guest has no other way to learn that we died).
+    private var beats: UInt64 = 0
 
     private static let listenerToken = UInt64.max
     private static let stopToken = UInt64.max - 1
@@ -79,6 +87,7 @@ package final class IvshmemServer {
         (region, memory) = try IvshmemRegion.create(size: configuration.regionSize, vectors: configuration.vectors)
         header = IvshmemHeaderWriter(base: region.base, geometry: region.geometry)
         processJudge = IvshmemProcessJudge(base: region.base, geometry: region.geometry)
+        header.describeHost(key: IvshmemNode.thisHostKey, aliases: configuration.hostAliases)
         listener = try Self.bindListener(configuration.path)
         listenerInode = Sys.inode(of: configuration.path)
         do {
@@ -139,11 +148,14 @@ package final class IvshmemServer {
         }
     }
 
-    /// Clears the process slots whose heartbeat stopped (at most every `scanIntervalMs`).
+    /// Counts our heartbeat up and clears the process slots whose heartbeat stopped (at most every
+    /// `scanIntervalMs`).
     private func judgeProcesses() {
         let now = monotonicNanos()
         guard now - lastScanNanos >= Int64(IvshmemProcessJudge.scanIntervalMs) * 1_000_000 else { return }
         lastScanNanos = now
+        beats += 1
+        header.beat(beats)
         for (id, vm) in processJudge.scan(nowMs: UInt64(now / 1_000_000)) where configuration.verbose {
             let of = vm.map { " of peer \($0.id)" } ?? ""
             log("process slot \(id) (a process\(of)) cleared: no heartbeat for \(IvshmemLayout.processTimeoutMs) ms")

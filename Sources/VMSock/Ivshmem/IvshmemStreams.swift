@@ -83,6 +83,7 @@ extension IvshmemNode {
     /// changed while we read it is skipped.
     func findListener(_ destination: IPEndpoint) -> IvshmemArena.Owner? {
         let target = destination.mappedIPv4 ?? destination
+        if let host = aliasedHost(target) { return findHostListener(port: target.port, hostKey: host) }
         let family: UInt8 = target.family == .v4 ? 4 : 6
         let wanted = target.addressBytes + [UInt8](repeating: 0, count: 16 - target.addressBytes.count)
         let zero = [UInt8](repeating: 0, count: 16)
@@ -101,6 +102,37 @@ extension IvshmemNode {
             if address == zero && ours && wildcard == nil && LocalAddresses.isLocal(target) { wildcard = owner }
         }
         return wildcard
+    }
+
+    /// The host key of vmsockd's host when `target` is one of the addresses vmsockd was told name that host to
+    /// guests (`--host-alias`, such as 10.0.2.2) and we are not on that host; nil otherwise.
+    private func aliasedHost(_ target: IPEndpoint) -> UInt64? {
+        guard target.family == .v4 else { return nil }
+        let header = IvshmemHeader(base: view.base)
+        let host = header.hostKey
+        guard host != 0, host != hostKey, header.hostAliases.contains(target.addressBytes) else { return nil }
+        return host
+    }
+
+    /// A listener of vmsockd's host (`hostKey`) on `port`, on the wildcard or loopback address: what QEMU user
+    /// networking connects 10.0.2.2 to.
+    private func findHostListener(port: UInt16, hostKey host: UInt64) -> IvshmemArena.Owner? {
+        let zero = [UInt8](repeating: 0, count: 16)
+        let loopback = [127, 0, 0, 1] + [UInt8](repeating: 0, count: 12)
+        for index in 0..<view.arena.listenEntries {
+            let entry = view.arena.listenEntryOffset(index)
+            let word = view.load64(entry + IvshmemArena.ListenOffset.owner)
+            guard let owner = IvshmemArena.Owner(word: word), view.load32(entry + IvshmemArena.ListenOffset.published) == 1,
+                view.load16(entry + IvshmemArena.ListenOffset.port) == port,
+                view.load8(entry + IvshmemArena.ListenOffset.family) == 4,
+                view.load64(entry + IvshmemArena.ListenOffset.hostKey) == host
+            else { continue }
+            let address = view.loadBytes16(entry + IvshmemArena.ListenOffset.address)
+            guard address == zero || address == loopback else { continue }
+            guard view.load64(entry + IvshmemArena.ListenOffset.owner) == word, view.isCurrent(owner) else { continue }
+            return owner
+        }
+        return nil
     }
 
     // MARK: Connecting

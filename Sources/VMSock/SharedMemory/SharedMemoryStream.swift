@@ -187,6 +187,8 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
             if flags & State.writeShut != 0 { throw VMSockError(code: EPIPE, "socket is shut down for writing") }
             let peerFlags = peer.shutdownFlags
             if peerFlags & (LocalHeader.peerStopsReading) != 0 || flags & State.peerGone != 0 {
+                // A region connection that ended because vmsockd went (or took our slot back) says so.
+                if flags & State.peerGone != 0, let failure = link.lease?.node.failure { throw failure }
                 throw VMSockError(code: EPIPE, "peer closed the connection (or stopped reading); nothing more can be sent")
             }
             var free = tx.cachedFreeSpace
