@@ -25,7 +25,7 @@ public func fuzzIvshmemHeader(_ data: UnsafeRawPointer?, _ count: Int) -> CInt {
             vectors: Int(input.byte() % 66), instance: input.integer(UInt64.self), daemonPID: 1)
     }
     for _ in 0..<Int(input.byte() % 4) {
-        base.storeBytes(of: input.byte(), toByteOffset: Int(input.byte()) % 96, as: UInt8.self)
+        base.storeBytes(of: input.byte(), toByteOffset: Int(input.byte()) % 128, as: UInt8.self)
     }
     let header = IvshmemHeader(base: base)
     guard let fields = try? header.validate(regionSize: size) else {
@@ -40,6 +40,10 @@ public func fuzzIvshmemHeader(_ data: UnsafeRawPointer?, _ count: Int) -> CInt {
     require(geometry.slotOffset(geometry.peerSlots) <= geometry.arenaOffset, "slot table runs into the arena")
     require(geometry.arenaOffset + geometry.arenaSize == size && geometry.arenaSize >= 0, "arena past the region")
     require(geometry.arenaOffset <= length, "the table is larger than the memory it was checked against")
+    // What a guest reads of the header besides: any count word gives at most four 4-byte aliases.
+    let aliases = header.hostAliases
+    require(aliases.count <= IvshmemLayout.maximumHostAliases && aliases.allSatisfy { $0.count == 4 }, "\(aliases.count) aliases")
+    _ = (header.heartbeat, header.hostKey)
     for _ in 0..<Int(input.byte() % 4) {
         let id = Int(input.integer(UInt32.self)) % geometry.peerSlots
         let slot = base + geometry.slotOffset(id)
