@@ -42,7 +42,10 @@ import CVMSock
 ///   +40 16  dialed address
 ///   +56  8  request number: the connector's, new at every claim (an acceptor checks it did not change)
 ///   +64 16  connector's address (reported as the accepted socket's peer address)
-///   +80 48  reserved
+///   +80  4  ordering offered: 1 when the connector can use `WakeUpOrdering.asymmetric` (membarrier)
+///   +84  4  ordering agreed: 1 when the listener, on the same host key, can too (written before `accepted`)
+///   +88  8  the connector's host key (boot id and netns: a membarrier reaches only the same kernel)
+///   +96 32  reserved
 /// ```
 ///
 /// **Owner words** name a peer as `epoch << 16 | id` (bit 63 apart: in a slot, "released"). A word is current only while slot `id`'s liveness word in the
@@ -80,6 +83,9 @@ public enum IvshmemArena {
         public static let dialedAddress = 40
         public static let request = 56
         public static let sourceAddress = 64
+        public static let orderingOffered = 80
+        public static let orderingAgreed = 84
+        public static let connectorHostKey = 88
     }
 
     public enum State {

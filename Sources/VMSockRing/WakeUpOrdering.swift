@@ -17,7 +17,8 @@ import CVMSock
 ///   about 12 µs per sleep here (an inter-processor interrupt in a VM), against a wake-up's 30 to 70 µs.
 ///
 /// A connection is `asymmetric` only when both processes registered for the barrier and said so in the
-/// handshake; a peer in another VM (ivshmem) could not be reached by it and would stay `fenced`.
+/// handshake (for vmsockd's region: in the connection slot, with the same host key); a peer in another VM (a
+/// guest through ivshmem) could not be reached by it and stays `fenced`.
 public enum WakeUpOrdering: Sendable, Equatable {
     case fenced
     case asymmetric

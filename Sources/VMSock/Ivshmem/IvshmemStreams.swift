@@ -14,7 +14,9 @@ import VMSockRing
 //    header as it checks a peer's ring today, initializes its own half, stores `state = accepted`, and rings back.
 //    Or it stores `state = refused`.
 // 4. The connector sees `accepted` with the listener word naming the peer it asked, checks the listener's half,
-//    and both run a `SharedMemoryStream` over the two halves (fenced: a guest cannot receive membarrier).
+//    and both run a `SharedMemoryStream` over the two halves: `asymmetric` when both are processes of one kernel
+//    that registered for membarrier (the slot's ordering words, the host key), else `fenced` (a host and a guest,
+//    or two guests: no barrier crosses kernels).
 //
 // Each side's `IvshmemLease` marks its side of the slot released when the link goes and frees the slot if the
 // other side is done too; a dead side's claim counts as released (see `IvshmemArenaView.freeIfDone`).
@@ -167,6 +169,9 @@ extension IvshmemNode {
         view.store8(offset + IvshmemArena.SlotOffset.family, target.family == .v4 ? 4 : 6)
         view.storeBytes16(offset + IvshmemArena.SlotOffset.dialedAddress, target.addressBytes)
         view.storeBytes16(offset + IvshmemArena.SlotOffset.sourceAddress, source.addressBytes)
+        view.store32(offset + IvshmemArena.SlotOffset.orderingOffered, Membarrier.isRegistered ? 1 : 0)
+        view.store32(offset + IvshmemArena.SlotOffset.orderingAgreed, 0)
+        view.store64(offset + IvshmemArena.SlotOffset.connectorHostKey, hostKey)
         let number = UInt64.random(in: 1...UInt64.max)
         view.store64(offset + IvshmemArena.SlotOffset.request, number)
         view.store32(offset + IvshmemArena.SlotOffset.state, IvshmemArena.State.requested)
@@ -195,7 +200,11 @@ extension IvshmemNode {
             guard listener == request.listener.word else {
                 throw .protocolFault("connection slot \(request.slot) was accepted by 0x\(String(listener, radix: 16)), not by \(request.listener)")
             }
-            var link = try establish(slot: request.slot, side: .connector, peer: request.listener)
+            // Asymmetric only if we offered it and the listener agreed; a word a scribbler changed costs at worst
+            // a lost ring, which the 100 ms re-check covers.
+            let agreed = view.load32(offset + IvshmemArena.SlotOffset.orderingAgreed) == 1 && Membarrier.isRegistered
+            var link = try establish(
+                slot: request.slot, side: .connector, peer: request.listener, ordering: agreed ? .asymmetric : .fenced)
             link.dialed = request.dialed
             link.source = request.dialed.with(port: request.sourcePort)
             request.established = true
@@ -248,7 +257,11 @@ extension IvshmemNode {
                     throw VMSockError(code: EACCES, "\(connector) (uid \(credentials(of: connector.id).uid)) is not admitted by the listener's peer policy")
                 }
                 LocalHeader(base: view.base + arena.listenerHalfOffset(slot)).initialize(capacity: arena.ringCapacity)
-                var link = try establish(slot: slot, side: .listener, peer: connector)
+                let asymmetric = Membarrier.isRegistered
+                    && view.load32(offset + IvshmemArena.SlotOffset.orderingOffered) == 1
+                    && view.load64(offset + IvshmemArena.SlotOffset.connectorHostKey) == hostKey
+                var link = try establish(slot: slot, side: .listener, peer: connector, ordering: asymmetric ? .asymmetric : .fenced)
+                view.store32(offset + IvshmemArena.SlotOffset.orderingAgreed, asymmetric ? 1 : 0)
                 link.dialed = dialed
                 link.source = peerAddress
                 view.store32(offset + IvshmemArena.SlotOffset.state, IvshmemArena.State.accepted)
@@ -269,7 +282,9 @@ extension IvshmemNode {
     /// Maps both halves of `slot` (ours read-write, the peer's read-only, each data area twice), checks the
     /// peer's half header, and makes the link: our bells, a bell that rings the peer, and a liveness socket the
     /// dispatcher ends when the peer does.
-    private func establish(slot: Int, side: IvshmemSide, peer: IvshmemArena.Owner) throws(VMSockError) -> EstablishedLink {
+    private func establish(
+        slot: Int, side: IvshmemSide, peer: IvshmemArena.Owner, ordering: WakeUpOrdering
+    ) throws(VMSockError) -> EstablishedLink {
         let arena = view.arena
         let (ours, theirs) = side == .connector
             ? (arena.connectorHalfOffset(slot), arena.listenerHalfOffset(slot))
@@ -290,7 +305,7 @@ extension IvshmemNode {
         let lease = IvshmemLease(node: self, slot: slot, side: side, watchID: watchID)
         return EstablishedLink(
             control: control, peer: credentials(of: peer.id), localRegion: localRegion, peerRegion: peerRegion,
-            dataBell: dataBell, spaceBell: spaceBell, peerDataBell: bell, peerSpaceBell: bell, ordering: .fenced,
+            dataBell: dataBell, spaceBell: spaceBell, peerDataBell: bell, peerSpaceBell: bell, ordering: ordering,
             reusable: false, lease: lease)
     }
 
