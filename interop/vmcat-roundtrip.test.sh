@@ -47,4 +47,16 @@ wait_listening 127.0.0.1 "$port"
 "$VMCAT" -v -d 127.0.0.1 "$port" >"$WORK/got" 2>"$WORK/client" || fail "client to python: $(cat "$WORK/client")"
 says "$WORK/client" "succeeded via TCP (no shared-memory listener)" "client -v to a plain TCP server"
 says "$WORK/got" "hi from python" "client to a plain TCP server"
+
+# A region that is named but cannot be joined is part of the reason, for a client and for a listener.
+port=$(free_port)
+start python3 -c "
+import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', $port)); s.listen(); c, _ = s.accept(); c.sendall(b'hi\n'); c.close()"
+wait_listening 127.0.0.1 "$port"
+VMSOCK_IVSHMEM=$WORK/no-vmsockd.sock "$VMCAT" -v -d 127.0.0.1 "$port" >/dev/null 2>"$WORK/client" || fail "client, region named: $(cat "$WORK/client")"
+says "$WORK/client" "why not shared memory: the ivshmem region could not be joined: nothing listens on $WORK/no-vmsockd.sock" "client -v"
+port=$(free_port)
+VMSOCK_IVSHMEM=$WORK/no-vmsockd.sock start "$VMCAT" -v -l 127.0.0.1 "$port" >/dev/null 2>"$WORK/listener"
+wait_contains "$WORK/listener" 10 "not in the ivshmem region: nothing listens on $WORK/no-vmsockd.sock"
 echo "ok: text and binary, both ways, shared memory and TCP"

@@ -38,6 +38,7 @@ enum Netcat {
         defer { socket.close() }
         if options.verbose {
             StandardIO.report("Connection to \(host) \(options.port) port succeeded via \(socket.transportDescription)")
+            if let detail = socket.fallbackDetail { StandardIO.report("  (why not shared memory: \(detail))") }
         }
         guard let loop else { return }
         try pump(socket, on: loop, options: options, stdin: Stdin(ignore: options.noStdin))
@@ -55,6 +56,7 @@ enum Netcat {
             let shm = listener.registrations.isEmpty
                 ? " (TCP only: \(listener.sharedMemoryUnavailableReason ?? "no registration"))" : ""
             StandardIO.report("Listening on \(listener.localAddress.host) \(listener.localAddress.port)\(shm)")
+            if let reason = listener.ivshmemUnavailableReason { StandardIO.report("  (not in the ivshmem region: \(reason))") }
         }
         let stdin = Stdin(ignore: options.noStdin)
         let loop = options.scanOnly ? nil : try makeLoop()  // one for every client, made before any arrives

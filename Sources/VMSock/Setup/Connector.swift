@@ -312,12 +312,18 @@ struct Connector {
     ) throws(VMSockError) -> Step? {
         let fallback = error.fallback ?? .handshakeFailed
         // This host has no shared-memory listener there: a peer of the region may have one (see `startIvshmem`).
-        if !triedRegion, options.effectiveTransport == .auto, fallback == .remote || fallback == .noListener,
-            let node = try? IvshmemNode.node(for: options), node.failure == nil, node.findListener(destination) != nil
-        {
-            return try startIvshmem(destination)
+        var detail = error.message.isEmpty ? nil : error.message
+        if !triedRegion, options.effectiveTransport == .auto, fallback == .remote || fallback == .noListener {
+            do throws(VMSockError) {
+                if let node = try IvshmemNode.node(for: options), node.failure == nil, node.findListener(destination) != nil {
+                    return try startIvshmem(destination)
+                }
+            } catch {
+                // A region is named but cannot be joined (vmsockd gone, the device held by another process): the
+                // reason TCP is used must say so.
+                detail = "the ivshmem region could not be joined: \(error.message)"
+            }
         }
-        let detail = error.message.isEmpty ? nil : error.message
         if options.effectiveTransport == .ivshmem {
             throw VMSockError(
                 code: error.code,

@@ -28,6 +28,7 @@ struct Server {
         let unix = try? UnixListener(port: options.port)
         let door = Door(listener: listener, unix: unix, port: options.port)
         if let reason = listener.sharedMemoryUnavailableReason { note("shared memory unavailable: \(reason); TCP only") }
+        if let reason = listener.ivshmemUnavailableReason { note("not in the ivshmem region: \(reason)") }
         if unix == nil { note("no Unix socket @vmperf-\(options.port) (another server has it); shared memory and TCP only") }
         var test = 1
         while true {
