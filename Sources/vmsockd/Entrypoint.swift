@@ -2,9 +2,9 @@ import ArgumentParser
 import Glibc
 import VMSock
 
-/// `vmsockd`: parses the command line and runs the broker (`IvshmemServer`) in the foreground until SIGINT or
-/// SIGTERM. Prints one line on standard output once clients may connect; every failure is one line on standard
-/// error and exit status 1.
+/// `vmsockd`: parses the command line and runs the broker (`IvshmemServer`, one per `--socket`, each with a region
+/// of its own) in the foreground until SIGINT or SIGTERM. Prints one line on standard output once clients may
+/// connect; every failure is one line on standard error and exit status 1.
 @main
 enum Entrypoint {
     static func main() {
@@ -19,21 +19,30 @@ enum Entrypoint {
             fail("\(Options.message(for: error)) (usage: vmsockd --help)")
         }
         signal(SIGPIPE, SIG_IGN)  // a closed stdout or stderr must not kill the broker
-        let server: IvshmemServer
+        var servers: [IvshmemServer] = []
         do throws(VMSockError) {
-            server = try IvshmemServer(options.serverConfiguration)
-            try server.stopOnTerminationSignals()
-            server.raiseDescriptorLimit()
+            for configuration in options.serverConfigurations { servers.append(try IvshmemServer(configuration)) }
+            // The signals stop the first; the first's end stops the others.
+            try servers[0].stopOnTerminationSignals()
+            servers[0].raiseDescriptorLimit()
+            for server in servers.dropFirst() { try server.start() }
         } catch {
+            for server in servers { server.stopAndWait() }
+            servers.removeAll()  // their socket files go with them
             fail(error.message)
         }
-        print("vmsockd: ready on \(options.socket) (\(server.summary))")
+        let each = servers.count > 1 ? ", each" : ""
+        print("vmsockd: ready on \(options.socket.joined(separator: ", ")) (\(servers[0].summary)\(each))")
         fflush(nil)  // stdout is a pipe for whoever waits for this line: push it out now
+        var failure: VMSockError? = nil
         do throws(VMSockError) {
-            try server.run()
+            try servers[0].run()
         } catch {
-            fail(error.message)
+            failure = error
         }
+        for server in servers.dropFirst() { server.stopAndWait() }
+        servers.removeAll()
+        if let failure { fail(failure.message) }
         exit(0)
     }
 

@@ -1,7 +1,7 @@
 import ArgumentParser
 import VMSock
 
-/// The command line: `vmsockd --socket PATH [--size BYTES] [--vectors N] [--host-alias IPV4]... [-v]`. The sizes and counts are checked in
+/// The command line: `vmsockd --socket PATH... [--size BYTES] [--vectors N] [--host-alias IPV4]... [-v]`. The sizes and counts are checked in
 /// `validate()`, so that a bad one is one line of usage error like any other.
 struct Options: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -13,8 +13,9 @@ struct Options: ParsableCommand {
             Runs in the foreground; prints one line once ready; SIGINT or SIGTERM end it cleanly.
             """)
 
-    @Option(help: "The Unix socket path to listen on (a stale socket file there is replaced).")
-    var socket: String
+    @Option(parsing: .unconditionalSingleValue,
+            help: "The Unix socket path to listen on (a stale socket file there is replaced). Repeat it to serve several regions, one per socket, for groups of VMs that must not share one.")
+    var socket: [String]
     @Option(parsing: .unconditional,
             help: "Bytes of the shared region: a power of two from 64K to 64G, with an optional K, M or G suffix.")
     var size: ByteCount = ByteCount(64 << 20)
@@ -29,16 +30,22 @@ struct Options: ParsableCommand {
     var verbose = false
 
     func validate() throws {
-        if socket.isEmpty { throw ValidationError("--socket needs a path") }
+        if socket.contains(where: \.isEmpty) { throw ValidationError("--socket needs a path") }
+        if let twice = socket.first(where: { path in socket.filter { $0 == path }.count > 1 }) {
+            throw ValidationError("--socket \(twice) is given twice: each region needs a socket of its own")
+        }
         do {
-            try serverConfiguration.validate()
+            for configuration in serverConfigurations { try configuration.validate() }
         } catch {
             throw ValidationError(error.message)
         }
     }
 
-    var serverConfiguration: IvshmemServer.Configuration {
-        var configuration = IvshmemServer.Configuration(path: socket)
+    /// One region per socket, all of the same size, vectors and aliases.
+    var serverConfigurations: [IvshmemServer.Configuration] { socket.map(serverConfiguration) }
+
+    private func serverConfiguration(_ path: String) -> IvshmemServer.Configuration {
+        var configuration = IvshmemServer.Configuration(path: path)
         configuration.regionSize = size.value
         configuration.vectors = vectors
         configuration.verbose = verbose

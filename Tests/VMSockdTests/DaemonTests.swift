@@ -1,6 +1,8 @@
 import Foundation
 import XCTest
 
+@testable import VMSock
+
 /// vmsockd as a user runs it: its command line, and what it does with what it finds at the socket path.
 final class DaemonTests: XCTestCase {
     /// Each bad command line: exit status 1, one line on stderr naming the problem, nothing on stdout, no trace.
@@ -8,7 +10,7 @@ final class DaemonTests: XCTestCase {
         let directory = try temporaryDirectory(self)
         let socket = directory + "/sock"
         let cases: [([String], String)] = [
-            ([], "Missing expected argument '--socket <socket>'"),
+            ([], "Missing expected argument '--socket <socket> ...'"),
             (["--socket"], "Missing value for '--socket <socket>'"),
             (["--socket", ""], "--socket needs a path"),
             (["--socket", socket, "--size", "3M"], "region size 3145728 is invalid: use a power of two from 64 KiB to 64 GiB"),
@@ -21,6 +23,8 @@ final class DaemonTests: XCTestCase {
             (["--socket", socket, "--vectors", "65"], "65 vectors: use 1 to 64"),
             (["--socket", socket, "--vectors", "four"], "The value 'four' is invalid for '--vectors <vectors>'"),
             (["--socket", socket, "--frobnicate"], "Unknown option '--frobnicate'"),
+            (["--socket", socket, "--socket", socket], "--socket \(socket) is given twice"),
+            (["--socket", socket, "--socket", directory + "/missing/sock"], "bind(\(directory)/missing/sock): No such file or directory"),
             (["--socket", socket, "--host-alias", "10.0.2"], "The value '10.0.2' is invalid for '--host-alias <ipv4>'"),
             (["--socket", socket, "--host-alias", "::1"], "The value '::1' is invalid for '--host-alias <ipv4>'"),
             (["--socket", socket] + (1...5).flatMap { ["--host-alias", "10.0.2.\($0)"] }, "5 host aliases: at most 4"),
@@ -43,6 +47,26 @@ final class DaemonTests: XCTestCase {
         XCTAssertEqual(result.status, 0)
         XCTAssertTrue(result.stdout.contains("USAGE: vmsockd --socket <socket>"), result.stdout)
         XCTAssertTrue(result.stdout.contains("--vectors"), result.stdout)
+    }
+
+    /// One vmsockd, two sockets: two regions, each with its own peers (groups that must not share one); SIGTERM
+    /// ends both and removes both socket files.
+    func testSeveralSocketsServeSeparateRegions() throws {
+        let directory = try temporaryDirectory(self)
+        let (first, second) = (directory + "/a", directory + "/b")
+        let child = try Child("vmsockd", ["--socket", first, "--socket", second, "--size", "1M"])
+        XCTAssertEqual(child.line(startingWith: "vmsockd: ready"), "vmsockd: ready on \(first), \(second) (1 MiB region, 4 vectors, each)")
+        let a = try IvshmemClient.connect(path: first)
+        let b = try IvshmemClient.connect(path: second)
+        XCTAssertEqual(a.id, 0)
+        XCTAssertEqual(b.id, 0, "each region counts its own peers")
+        XCTAssertNotEqual(a.instance, b.instance, "two regions")
+        XCTAssertTrue(a.peers.isEmpty && b.peers.isEmpty, "neither hears of the other's peer")
+        a.region.base.storeBytes(of: 0x5A, toByteOffset: a.region.geometry.arenaOffset, as: UInt8.self)
+        XCTAssertEqual(b.region.base.load(fromByteOffset: b.region.geometry.arenaOffset, as: UInt8.self), 0, "separate memory")
+        kill(child.pid, SIGTERM)
+        XCTAssertEqual(child.finish().status, 0)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory), [], "both socket files removed")
     }
 
     /// A second vmsockd on a path a live one serves is refused, and leaves the first one's socket alone.

@@ -13,7 +13,7 @@ import VMSockRing
 ///
 /// Every `IvshmemProcessJudge.scanIntervalMs` it also looks at the region's process slots (processes inside
 /// guests) and clears those whose heartbeat stopped: nobody else could learn of such a death.
-package final class IvshmemServer {
+package final class IvshmemServer: @unchecked Sendable {  // one thread runs it; others only `stop` (an eventfd write)
     package struct Configuration: Sendable {
         package var path: String
         package var regionSize = IvshmemLayout.defaultRegionSize
@@ -56,6 +56,8 @@ package final class IvshmemServer {
     private let listenerInode: ino_t?
     private let epoll: Descriptor
     private let stopEvent: Descriptor
+    /// Readable once a `start`ed server's thread has finished.
+    private var background: Descriptor?
 
     /// The connected clients, in the order they joined (the order the protocol announces them in).
     private var clients: [Client] = []
@@ -122,6 +124,27 @@ package final class IvshmemServer {
 
     /// Makes `run` return. Any thread.
     package func stop() { Sys.eventRing(stopEvent.raw) }
+
+    /// Runs `run` on a thread of its own (for a vmsockd that serves several regions); `stopAndWait` ends it.
+    package func start() throws(VMSockError) {
+        let finished = try Sys.eventFD(flags: Int32(EFD_CLOEXEC))
+        background = finished
+        try Sys.startThread("vmsockd \(configuration.path)") {
+            do throws(VMSockError) {
+                try self.run()
+            } catch {
+                self.log("\(self.configuration.path): \(error.message)")
+            }
+            Sys.eventRing(finished.raw)
+        }
+    }
+
+    /// Stops a server `start` runs, and waits until it has let every client go and removed its socket file.
+    package func stopAndWait() {
+        stop()
+        guard let background else { return }
+        _ = try? Sys.poll(background.raw, Int16(POLLIN), timeoutMs: -1)
+    }
 
     /// Serves clients until `stop()` (or a forwarded signal); then closes every client's connection and removes
     /// the socket file. Returns normally; throws only when epoll itself fails.
