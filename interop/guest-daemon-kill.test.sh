@@ -27,9 +27,9 @@ start=\$(cut -d' ' -f1 /proc/uptime)
 timeout 20 vmcat -v --transport ivshmem $HOST $PORT < /dev/null
 echo "guest: second vmcat exit \$? after \$start \$(cut -d' ' -f1 /proc/uptime)"
 GUEST
-start tools/vm/boot.sh --bin "$BIN" --socket "$SOCK" --timeout 170 "$WORK/guest.sh" >"$WORK/console" 2>&1
+start tools/vm/boot.sh --bin "$BIN" --socket "$SOCK" --pidfile "$WORK/qemu.pid" --timeout 170 "$WORK/guest.sh" >"$WORK/console" 2>&1
 BOOT=$LAST
-CLEANUPS+=("pkill -KILL -P $BOOT")
+CLEANUPS+=("pkill -KILL -P $BOOT; [ -s $WORK/qemu.pid ] && kill -9 \$(cat $WORK/qemu.pid)")  # QEMU: not boot.sh's child
 for _ in $(seq 1500); do
     grep -q "Connection received" "$WORK/host.err" 2>/dev/null && break
     kill -0 "$BOOT" 2>/dev/null || break

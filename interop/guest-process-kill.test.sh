@@ -42,9 +42,9 @@ vmcat -v -N --transport ivshmem 10.0.2.2 $AGAIN < /tmp/data || exit 1
 vmcat --transport ivshmem $HOST $THIRD < /dev/zero
 echo "guest: third vmcat exit \$?"
 GUEST
-start tools/vm/boot.sh --bin "$BIN" --socket "$SOCK" --timeout 170 "$WORK/guest.sh" >"$WORK/console" 2>&1
+start tools/vm/boot.sh --bin "$BIN" --socket "$SOCK" --pidfile "$WORK/qemu.pid" --timeout 170 "$WORK/guest.sh" >"$WORK/console" 2>&1
 BOOT=$LAST
-CLEANUPS+=("pkill -KILL -P $BOOT")
+CLEANUPS+=("pkill -KILL -P $BOOT; [ -s $WORK/qemu.pid ] && kill -9 \$(cat $WORK/qemu.pid)")  # QEMU: not boot.sh's child
 for _ in $(seq 1500); do
     grep -q "guest: killed vmcat" "$WORK/console" 2>/dev/null && break
     kill -0 "$BOOT" 2>/dev/null || break

@@ -50,9 +50,9 @@ head -c 1048576 /dev/urandom > /tmp/data
 echo "guest sent: \$(sha256sum < /tmp/data)"
 vmcat -v -N --transport ivshmem $HOST $AGAIN < /tmp/data
 GUEST
-start tools/vm/boot.sh --bin "$BIN" --socket "$SOCK" --reboot --timeout 170 "$WORK/guest.sh" >"$WORK/console" 2>&1
+start tools/vm/boot.sh --bin "$BIN" --socket "$SOCK" --pidfile "$WORK/qemu.pid" --reboot --timeout 170 "$WORK/guest.sh" >"$WORK/console" 2>&1
 BOOT=$LAST
-CLEANUPS+=("pkill -KILL -P $BOOT")
+CLEANUPS+=("pkill -KILL -P $BOOT; [ -s $WORK/qemu.pid ] && kill -9 \$(cat $WORK/qemu.pid)")  # QEMU: not boot.sh's child
 for _ in $(seq 1500); do
     grep -q "guest: rebooting" "$WORK/console" 2>/dev/null && break
     kill -0 "$BOOT" 2>/dev/null || break

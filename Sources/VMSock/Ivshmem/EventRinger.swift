@@ -51,7 +51,8 @@ final class EventRinger: @unchecked Sendable {  // its state behind `state`'s lo
     /// Queues a ring of `bell`'s eventfd. Never blocks: the thread writes it.
     func ring(_ bell: PeerBell) {
         let first = state.withLock { (state) -> Bool in
-            if state.pending.contains(where: { $0 === bell }) { return false }
+            // A stopped ringer's node is finished: its peers learnt that from the region, not from a ring.
+            if state.stopped || state.pending.contains(where: { $0 === bell }) { return false }
             state.pending.append(bell)
             return state.pending.count == 1
         }
@@ -90,7 +91,11 @@ final class EventRinger: @unchecked Sendable {  // its state behind `state`'s lo
                 write(bell.fd)
                 state.withLock { $0.current = nil }
             }
-            if state.withLock({ $0.stopped }) { return }
+            // Let go of what is queued (each bell holds us: a cycle, and a duplicated eventfd each).
+            if state.withLock({ (state) -> Bool in
+                if state.stopped { state.pending.removeAll() }
+                return state.stopped
+            }) { return }
         }
     }
 

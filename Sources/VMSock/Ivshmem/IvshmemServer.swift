@@ -128,7 +128,6 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
     /// Runs `run` on a thread of its own (for a vmsockd that serves several regions); `stopAndWait` ends it.
     package func start() throws(VMSockError) {
         let finished = try Sys.eventFD(flags: Int32(EFD_CLOEXEC))
-        background = finished
         try Sys.startThread("vmsockd \(configuration.path)") {
             do throws(VMSockError) {
                 try self.run()
@@ -137,13 +136,15 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
             }
             Sys.eventRing(finished.raw)
         }
+        background = finished  // only once the thread runs: `stopAndWait` waits for it
     }
 
     /// Stops a server `start` runs, and waits until it has let every client go and removed its socket file.
     package func stopAndWait() {
         stop()
         guard let background else { return }
-        _ = try? Sys.poll(background.raw, Int16(POLLIN), timeoutMs: -1)
+        // A signal (a second SIGINT) ends a poll early: wait on until the thread says it is done.
+        while let events = try? Sys.poll(background.raw, Int16(POLLIN), timeoutMs: -1), events == 0 {}
     }
 
     /// Serves clients until `stop()` (or a forwarded signal); then closes every client's connection and removes

@@ -314,15 +314,17 @@ struct Connector {
         // This host has no shared-memory listener there: a peer of the region may have one (see `startIvshmem`).
         var detail = error.message.isEmpty ? nil : error.message
         if !triedRegion, options.effectiveTransport == .auto, fallback == .remote || fallback == .noListener {
+            var regionListens = false
             do throws(VMSockError) {
-                if let node = try IvshmemNode.node(for: options), node.failure == nil, node.findListener(destination) != nil {
-                    return try startIvshmem(destination)
+                if let node = try IvshmemNode.node(for: options), node.failure == nil {
+                    regionListens = node.findListener(destination) != nil
                 }
             } catch {
                 // A region is named but cannot be joined (vmsockd gone, the device held by another process): the
                 // reason TCP is used must say so.
                 detail = "the ivshmem region could not be joined: \(error.message)"
             }
+            if regionListens { return try startIvshmem(destination) }
         }
         if options.effectiveTransport == .ivshmem {
             throw VMSockError(
