@@ -4,16 +4,9 @@
 # and a pass) with an error that names vmsockd, and a vmcat started afterwards must fail with a clear error too,
 # not hang.
 source "$(dirname "$0")/lib.sh"
-need python3 ip
-VMSOCKD=$BIN/vmsockd
-[ -x "$VMSOCKD" ] || fail "$VMSOCKD is not built (swift build)"
-SOCK=$WORK/vmsockd.sock
-HOST=$(ip -4 -o addr show scope global | awk '{ split($4, a, "/"); print a[1]; exit }')
-[ -n "$HOST" ] || skip "this host has no global IPv4 address for the guest to dial"
+guest_host_address
 
-start "$VMSOCKD" --socket "$SOCK" --vectors 1 >"$WORK/vmsockd.out" 2>"$WORK/vmsockd.err"
-DAEMON=$LAST
-wait_contains "$WORK/vmsockd.out" 10 "vmsockd: ready on $SOCK"
+start_vmsockd --vectors 1
 PORT=$(free_port)
 VMSOCK_IVSHMEM=$SOCK start "$VMCAT" -v -l "$PORT" >/dev/null 2>"$WORK/host.err"
 HOSTCAT=$LAST
@@ -27,19 +20,8 @@ start=\$(cut -d' ' -f1 /proc/uptime)
 timeout 20 vmcat -v --transport ivshmem $HOST $PORT < /dev/null
 echo "guest: second vmcat exit \$? after \$start \$(cut -d' ' -f1 /proc/uptime)"
 GUEST
-start tools/vm/boot.sh --bin "$BIN" --socket "$SOCK" --pidfile "$WORK/qemu.pid" --timeout 170 "$WORK/guest.sh" >"$WORK/console" 2>&1
-BOOT=$LAST
-CLEANUPS+=("pkill -KILL -P $BOOT; [ -s $WORK/qemu.pid ] && kill -9 \$(cat $WORK/qemu.pid)")  # QEMU: not boot.sh's child
-for _ in $(seq 1500); do
-    grep -q "Connection received" "$WORK/host.err" 2>/dev/null && break
-    kill -0 "$BOOT" 2>/dev/null || break
-    sleep 0.1
-done
-if ! grep -q "Connection received" "$WORK/host.err"; then
-    wait "$BOOT" && status=0 || status=$?
-    [ "$status" = 77 ] && skip "$(grep SKIP: "$WORK/console" | tail -1)"
-    fail "the guest never connected (boot.sh exit $status): $(tr -d '\r' <"$WORK/console" | tail -20)"
-fi
+boot_guest --timeout 170 "$WORK/guest.sh"
+await_guest "$WORK/host.err" "Connection received" "the guest never connected"
 says "$WORK/host.err" "via ivshmem (vmsockd socket)" "the host's vmcat -v"
 sleep 1.5
 kill -STOP "$HOSTCAT"  # so that it cannot close its end when it sees vmsockd go

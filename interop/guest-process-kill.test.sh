@@ -5,17 +5,9 @@
 # networking's name for the host, which vmsockd was told is an alias of its host (--host-alias): still ivshmem.
 # Last, the other way round: a host vmcat a guest vmcat streams to is killed, and the guest's must end within 2 s.
 source "$(dirname "$0")/lib.sh"
-need python3 ip
-VMSOCKD=$BIN/vmsockd
-[ -x "$VMSOCKD" ] || fail "$VMSOCKD is not built (swift build)"
-SOCK=$WORK/vmsockd.sock
-HOST=$(ip -4 -o addr show scope global | awk '{ split($4, a, "/"); print a[1]; exit }')
-[ -n "$HOST" ] || skip "this host has no global IPv4 address for the guest to dial"
+guest_host_address
 
-start timeout -s KILL 200 "$VMSOCKD" --socket "$SOCK" --vectors 1 --host-alias 10.0.2.2 --verbose >"$WORK/vmsockd.out" 2>"$WORK/vmsockd.err"
-DAEMON=$LAST
-CLEANUPS+=("pkill -KILL -P $DAEMON")
-wait_contains "$WORK/vmsockd.out" 10 "vmsockd: ready on $SOCK"
+start_vmsockd --vectors 1 --host-alias 10.0.2.2 --verbose
 PORT=$(free_port)
 AGAIN=$(free_port)
 VMSOCK_IVSHMEM=$SOCK start "$VMCAT" -v -l "$PORT" >"$WORK/received" 2>"$WORK/host.err"
@@ -42,19 +34,8 @@ vmcat -v -N --transport ivshmem 10.0.2.2 $AGAIN < /tmp/data || exit 1
 vmcat --transport ivshmem $HOST $THIRD < /dev/zero
 echo "guest: third vmcat exit \$?"
 GUEST
-start tools/vm/boot.sh --bin "$BIN" --socket "$SOCK" --pidfile "$WORK/qemu.pid" --timeout 170 "$WORK/guest.sh" >"$WORK/console" 2>&1
-BOOT=$LAST
-CLEANUPS+=("pkill -KILL -P $BOOT; [ -s $WORK/qemu.pid ] && kill -9 \$(cat $WORK/qemu.pid)")  # QEMU: not boot.sh's child
-for _ in $(seq 1500); do
-    grep -q "guest: killed vmcat" "$WORK/console" 2>/dev/null && break
-    kill -0 "$BOOT" 2>/dev/null || break
-    sleep 0.1
-done
-if ! grep -q "guest: killed vmcat" "$WORK/console"; then
-    wait "$BOOT" && status=0 || status=$?
-    [ "$status" = 77 ] && skip "$(grep SKIP: "$WORK/console" | tail -1)"
-    fail "the guest never got to the kill (boot.sh exit $status): $(tr -d '\r' <"$WORK/console" | tail -20)"
-fi
+boot_guest --timeout 170 "$WORK/guest.sh"
+await_guest "$WORK/console" "guest: killed vmcat" "the guest never got to the kill"
 seen=$(date +%s%N)
 says "$WORK/host.err" "via ivshmem (vmsockd socket)" "the host's vmcat -v"
 [ -s "$WORK/received" ] || fail "no bytes arrived from the guest before the kill"

@@ -4,16 +4,9 @@
 # same peer id) connects again and its 1 MiB arrives whole. The guest learns which boot it is in from a small
 # TCP server on the host (reached through user networking at 10.0.2.2).
 source "$(dirname "$0")/lib.sh"
-need python3 ip
-VMSOCKD=$BIN/vmsockd
-[ -x "$VMSOCKD" ] || fail "$VMSOCKD is not built (swift build)"
-SOCK=$WORK/vmsockd.sock
-HOST=$(ip -4 -o addr show scope global | awk '{ split($4, a, "/"); print a[1]; exit }')
-[ -n "$HOST" ] || skip "this host has no global IPv4 address for the guest to dial"
+guest_host_address
 
-start timeout -s KILL 200 "$VMSOCKD" --socket "$SOCK" --vectors 1 --verbose >"$WORK/vmsockd.out" 2>"$WORK/vmsockd.err"
-CLEANUPS+=("pkill -KILL -P $LAST")
-wait_contains "$WORK/vmsockd.out" 10 "vmsockd: ready on $SOCK"
+start_vmsockd --vectors 1 --verbose
 PORT=$(free_port)
 AGAIN=$(free_port)
 PHASE=$(free_port)
@@ -50,19 +43,8 @@ head -c 1048576 /dev/urandom > /tmp/data
 echo "guest sent: \$(sha256sum < /tmp/data)"
 vmcat -v -N --transport ivshmem $HOST $AGAIN < /tmp/data
 GUEST
-start tools/vm/boot.sh --bin "$BIN" --socket "$SOCK" --pidfile "$WORK/qemu.pid" --reboot --timeout 170 "$WORK/guest.sh" >"$WORK/console" 2>&1
-BOOT=$LAST
-CLEANUPS+=("pkill -KILL -P $BOOT; [ -s $WORK/qemu.pid ] && kill -9 \$(cat $WORK/qemu.pid)")  # QEMU: not boot.sh's child
-for _ in $(seq 1500); do
-    grep -q "guest: rebooting" "$WORK/console" 2>/dev/null && break
-    kill -0 "$BOOT" 2>/dev/null || break
-    sleep 0.1
-done
-if ! grep -q "guest: rebooting" "$WORK/console"; then
-    wait "$BOOT" && status=0 || status=$?
-    [ "$status" = 77 ] && skip "$(grep SKIP: "$WORK/console" | tail -1)"
-    fail "the guest never got to its reboot (boot.sh exit $status): $(tr -d '\r' <"$WORK/console" | tail -20)"
-fi
+boot_guest --reboot --timeout 170 "$WORK/guest.sh"
+await_guest "$WORK/console" "guest: rebooting" "the guest never got to its reboot"
 seen=$(date +%s%N)
 says "$WORK/host.err" "via ivshmem (vmsockd socket)" "the host's vmcat -v"
 [ -s "$WORK/received" ] || fail "no bytes arrived from the guest before its reboot"

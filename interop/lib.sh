@@ -74,3 +74,43 @@ count_says() {
     got=$(grep -cE "(connect|accept) fd [0-9]+ (to|from) .*: $kind" "$file" || true)
     [ "$got" -ge "$want" ] || fail "expected at least $want '$kind' connections in $file, got $got: $(cat "$file")"
 }
+
+# The guest tests (tools/vm): an address of this host a guest dials ($HOST), or a skip when there is none.
+guest_host_address() {
+    need python3 ip
+    HOST=$(ip -4 -o addr show scope global | awk '{ split($4, a, "/"); print a[1]; exit }')
+    [ -n "$HOST" ] || skip "this host has no global IPv4 address for the guest to dial"
+}
+
+# Starts vmsockd on $WORK/vmsockd.sock ($SOCK; $DAEMON its pid) with ARGS, and waits for its ready line.
+start_vmsockd() {
+    [ -x "$BIN/vmsockd" ] || fail "$BIN/vmsockd is not built (swift build)"
+    SOCK=$WORK/vmsockd.sock
+    start "$BIN/vmsockd" --socket "$SOCK" "$@" >"$WORK/vmsockd.out" 2>"$WORK/vmsockd.err"
+    DAEMON=$LAST
+    wait_contains "$WORK/vmsockd.out" 10 "vmsockd: ready on $SOCK"
+}
+
+# Boots the test guest on $SOCK in the background (tools/vm/boot.sh with ARGS, then the script), its console in
+# $WORK/console, its pid in $BOOT. QEMU runs under boot.sh's `timeout`, in a process group of its own: cleanup
+# kills it by its pid file.
+boot_guest() {
+    start tools/vm/boot.sh --bin "$BIN" --socket "$SOCK" --pidfile "$WORK/qemu.pid" "$@" >"$WORK/console" 2>&1
+    BOOT=$LAST
+    CLEANUPS+=("pkill -KILL -P $BOOT; [ -s $WORK/qemu.pid ] && kill -9 \$(cat $WORK/qemu.pid)")
+}
+
+# Waits (up to 150 s) while the guest runs until FILE contains TEXT. Skips when no guest could boot here; fails,
+# saying WHAT did not happen, when the guest ended first.
+await_guest() {
+    local file=$1 text=$2 what=$3 status
+    for _ in $(seq 1500); do
+        grep -q -- "$text" "$file" 2>/dev/null && return 0
+        kill -0 "$BOOT" 2>/dev/null || break
+        sleep 0.1
+    done
+    grep -q -- "$text" "$file" 2>/dev/null && return 0
+    wait "$BOOT" && status=0 || status=$?
+    [ "$status" = 77 ] && skip "$(grep SKIP: "$WORK/console" | tail -1)"
+    fail "$what (boot.sh exit $status): $(tr -d '\r' <"$WORK/console" | tail -20)"
+}
