@@ -13,9 +13,11 @@ import CVMSock
 ///  ------------  --------------  ------------------------------------------------------------------------------
 ///             0  L * 64          listen table: L entries (256; 64 in an arena under 16 MiB)
 ///    (4 KiB up)  S * 128         connection slots: S entries (64, fewer in a small arena)
-///    (4 KiB up)  S * 2*(4096+C)  rings: slot i's two halves, the connector's then the listener's, each a ring
-///                                header (`RingLayout`) and C bytes of data, C a power of two (256 KiB in a 64 MiB
-///                                region, up to 4 MiB in a 1 GiB one)
+///    (4 KiB up)  rings           slot i's two halves, the connector's then the listener's, each a ring header
+///                                (`RingLayout`) and C(i) bytes of data: the first B slots ("big") have 4 MiB
+///                                rings, memfd's size, the others C, the largest power of two with which all S
+///                                slots fit; B is as many as the space left over allows. A 64 MiB region: 3 big
+///                                slots and 61 of 256 KiB; 1 GiB and more: all 64 big.
 ///
 ///  listen entry (64 bytes)
 ///    +0  8  owner: epoch << 16 | id of the peer that listens, 0 when free   CAS 0 -> owner to claim; CAS back
@@ -102,11 +104,15 @@ public enum IvshmemArena {
         public let slotTableOffset: Int
         public let slots: Int
         public let ringsOffset: Int
-        /// Bytes of each ring's data (each direction of a connection has one).
+        /// Slots below this index are big: their rings have `bigCapacity` bytes of data, the others `ringCapacity`.
+        /// A connector claims the lowest free slot, so the first connections at a time get the big rings.
+        public let bigSlots: Int
+        /// Bytes of each ring's data in a slot that is not big (each direction of a connection has one ring).
         public let ringCapacity: Int
+        public var bigCapacity: Int { IvshmemArena.maximumRingCapacity }
 
-        /// One half of a connection: a ring header and its data.
-        public var halfSize: Int { RingLayout.headerSize + ringCapacity }
+        /// Bytes of each ring's data in slot `index`.
+        public func ringCapacity(ofSlot index: Int) -> Int { index < bigSlots ? bigCapacity : ringCapacity }
 
         /// The arena of `region`, or nil when it is too small for even one connection.
         public init?(_ region: IvshmemLayout.Geometry) {
@@ -117,14 +123,19 @@ public enum IvshmemArena {
             let listenEnd = Self.pageUp(listenTableOffset + listenEntries * IvshmemArena.listenEntrySize)
             var slots = 64
             var capacity = IvshmemArena.maximumRingCapacity
-            func fits(_ slots: Int, _ capacity: Int) -> Bool {
+            func ringsEnd(_ slots: Int, _ capacity: Int, big: Int = 0) -> Int {
                 let tableEnd = Self.pageUp(listenEnd + slots * IvshmemArena.slotSize)
-                return tableEnd + slots * 2 * (RingLayout.headerSize + capacity) <= arenaStart + arenaSize
+                return tableEnd + big * Self.pairSize(IvshmemArena.maximumRingCapacity)
+                    + (slots - big) * Self.pairSize(capacity)
             }
-            while !fits(slots, capacity) && capacity > RingLayout.minimumCapacity { capacity /= 2 }
-            while !fits(slots, capacity) && slots > 1 { slots /= 2 }
-            guard fits(slots, capacity) else { return nil }
+            let end = arenaStart + arenaSize
+            while ringsEnd(slots, capacity) > end && capacity > RingLayout.minimumCapacity { capacity /= 2 }
+            while ringsEnd(slots, capacity) > end && slots > 1 { slots /= 2 }
+            guard ringsEnd(slots, capacity) <= end else { return nil }
+            var big = capacity == IvshmemArena.maximumRingCapacity ? slots : 0
+            while big < slots && ringsEnd(slots, capacity, big: big + 1) <= end { big += 1 }
             self.slots = slots
+            bigSlots = big
             ringCapacity = capacity
             slotTableOffset = listenEnd
             ringsOffset = Self.pageUp(listenEnd + slots * IvshmemArena.slotSize)
@@ -133,10 +144,17 @@ public enum IvshmemArena {
         public func listenEntryOffset(_ index: Int) -> Int { listenTableOffset + index * IvshmemArena.listenEntrySize }
         public func slotOffset(_ index: Int) -> Int { slotTableOffset + index * IvshmemArena.slotSize }
         /// The connector's half of slot `index`'s rings (the ring it writes, and its positions in the other).
-        public func connectorHalfOffset(_ index: Int) -> Int { ringsOffset + index * 2 * halfSize }
+        public func connectorHalfOffset(_ index: Int) -> Int {
+            let big = min(index, bigSlots)
+            return ringsOffset + big * Self.pairSize(bigCapacity) + (index - big) * Self.pairSize(ringCapacity)
+        }
         /// The listener's half, right after the connector's.
-        public func listenerHalfOffset(_ index: Int) -> Int { connectorHalfOffset(index) + halfSize }
+        public func listenerHalfOffset(_ index: Int) -> Int {
+            connectorHalfOffset(index) + RingLayout.headerSize + ringCapacity(ofSlot: index)
+        }
 
+        /// A slot's two halves, each a ring header and `capacity` bytes.
+        private static func pairSize(_ capacity: Int) -> Int { 2 * (RingLayout.headerSize + capacity) }
         private static func pageUp(_ offset: Int) -> Int { (offset + 4095) & ~4095 }
     }
 

@@ -66,7 +66,7 @@ import CVMSock
 public enum IvshmemLayout {
     /// "vmsockI" and a 1, read as a little-endian 64-bit word.
     public static let magic: UInt64 = 0x0149_6b63_6f73_6d76
-    public static let version: UInt32 = 2
+    public static let version: UInt32 = 3
     public static let headerSize = 4096
     public static let slotSize = 64
 

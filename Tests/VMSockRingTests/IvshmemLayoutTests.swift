@@ -29,6 +29,34 @@ final class IvshmemLayoutTests: XCTestCase {
         XCTAssertEqual(large.arenaOffset % 4096, 0)
     }
 
+    /// The arena's rings: page-aligned halves that never overlap and stay inside the region; the first slots get
+    /// memfd-sized rings while the space left over allows.
+    func testArenaGeometry() throws {
+        for size in [64 << 10, 1 << 20, 16 << 20, 64 << 20, 256 << 20, 1 << 30, 64 << 30] {
+            let region = try XCTUnwrap(IvshmemLayout.Geometry(regionSize: size))
+            let arena = try XCTUnwrap(IvshmemArena.Geometry(region), "\(size)")
+            XCTAssertGreaterThan(arena.slots, 0)
+            XCTAssertLessThanOrEqual(arena.bigSlots, arena.slots)
+            var end = arena.ringsOffset
+            for slot in 0..<arena.slots {
+                let capacity = arena.ringCapacity(ofSlot: slot)
+                XCTAssertEqual(capacity & (capacity - 1), 0, "a power of two")
+                XCTAssertEqual(capacity, slot < arena.bigSlots ? IvshmemArena.maximumRingCapacity : arena.ringCapacity)
+                XCTAssertEqual(arena.connectorHalfOffset(slot), end, "\(size): slot \(slot) follows the one before")
+                XCTAssertEqual(arena.listenerHalfOffset(slot), end + RingLayout.headerSize + capacity)
+                XCTAssertEqual(end % 4096, 0)
+                end += 2 * (RingLayout.headerSize + capacity)
+            }
+            XCTAssertLessThanOrEqual(end, size, "\(size): the rings end inside the region")
+            let oneMore = end + 2 * (IvshmemArena.maximumRingCapacity - arena.ringCapacity)
+            XCTAssertTrue(arena.bigSlots == arena.slots || oneMore > size, "\(size): as many big slots as fit")
+        }
+        let usual = try XCTUnwrap(IvshmemArena.Geometry(XCTUnwrap(IvshmemLayout.Geometry(regionSize: 64 << 20))))
+        XCTAssertEqual([usual.slots, usual.bigSlots, usual.ringCapacity], [64, 3, 256 << 10])
+        let large = try XCTUnwrap(IvshmemArena.Geometry(XCTUnwrap(IvshmemLayout.Geometry(regionSize: 1 << 30))))
+        XCTAssertEqual([large.slots, large.bigSlots, large.ringCapacity], [64, 64, 4 << 20])
+    }
+
     func testLivenessWord() {
         let live = IvshmemLayout.Liveness(epoch: 7, live: true)
         XCTAssertEqual(live.word, 15)

@@ -234,6 +234,63 @@ final class StreamTests: XCTestCase {
         XCTAssertEqual(claimer.line(startingWith: "claimed"), "claimed \(64 + 256)")
     }
 
+    /// Six connections open at once in the default 64 MiB region: the first three get its big slots (4 MiB rings),
+    /// the others small ones (256 KiB). Bytes come through each intact, in order, wrapping their rings.
+    func testBigAndSmallSlotsCarryEveryByte() throws {
+        let daemon = try Daemon(self)
+        let options = regionOptions(daemon)
+        let port = randomPort()
+        let listener = try VMListener(host: "127.0.0.1", port: port, options: options)
+        var pairs: [(VMSocket, VMSocket)] = []
+        for _ in 0..<6 {
+            // A region connect waits for the accept, so the accept runs beside it.
+            let accepting = Box<VMSocket>()
+            let accepted = DispatchSemaphore(value: 0)
+            DispatchQueue.global().async {
+                accepting.value = try? listener.accept()
+                accepted.signal()
+            }
+            let connector = try VMSocket.connect(host: "127.0.0.1", port: port, options: options)
+            XCTAssertEqual(accepted.wait(timeout: .now() + 20), .success, "accept")
+            let socket = try XCTUnwrap(accepting.value)
+            XCTAssertEqual(socket.transport, .ivshmem)
+            pairs.append((connector, socket))
+        }
+        let size = 5 << 20 + 12_345  // more than the big rings, many times the small ones
+        for (index, (connector, accepted)) in pairs.enumerated() {
+            let seed = UInt8(index * 37 + 1)
+            let writer = Thread {
+                var block = [UInt8](repeating: 0, count: 65_536)
+                var sent = 0
+                while sent < size {
+                    let count = min(block.count, size - sent)
+                    for i in 0..<count { block[i] = UInt8(truncatingIfNeeded: sent + i) &+ seed }
+                    guard (try? connector.writeAll(Array(block[0..<count]))) != nil else { return }
+                    sent += count
+                }
+                try? connector.shutdown(.write)
+            }
+            writer.start()
+            let received: Int = try bounded("connection \(index)'s \(size) bytes") {
+                var got = 0
+                while true {
+                    let chunk = try accepted.read(upTo: 100_000)
+                    if chunk.isEmpty { return got }
+                    for (i, byte) in chunk.enumerated() where byte != UInt8(truncatingIfNeeded: got + i) &+ seed {
+                        throw VMSockError(code: EPROTO, "connection \(index): byte \(got + i) is \(byte)")
+                    }
+                    got += chunk.count
+                }
+            }
+            XCTAssertEqual(received, size, "connection \(index)")
+        }
+        for (connector, accepted) in pairs {
+            connector.close()
+            accepted.close()
+        }
+        listener.close()
+    }
+
     func testVmcatAndVmperfOverIvshmem() throws {
         let daemon = try Daemon(self)
         let port = randomPort()

@@ -161,7 +161,7 @@ extension IvshmemNode {
         let offset = arena.slotOffset(slot)
         view.store64(offset + IvshmemArena.SlotOffset.listener, 0)
         view.store32(offset + IvshmemArena.SlotOffset.state, 0)
-        LocalHeader(base: view.base + arena.connectorHalfOffset(slot)).initialize(capacity: arena.ringCapacity)
+        LocalHeader(base: view.base + arena.connectorHalfOffset(slot)).initialize(capacity: arena.ringCapacity(ofSlot: slot))
         let target = dialed.mappedIPv4 ?? dialed
         view.store64(offset + IvshmemArena.SlotOffset.target, listener.word)
         view.store16(offset + IvshmemArena.SlotOffset.dialedPort, target.port)
@@ -256,7 +256,7 @@ extension IvshmemNode {
                 guard listening.options.peerPolicy.admits(credentials(of: connector.id)) else {
                     throw VMSockError(code: EACCES, "\(connector) (uid \(credentials(of: connector.id).uid)) is not admitted by the listener's peer policy")
                 }
-                LocalHeader(base: view.base + arena.listenerHalfOffset(slot)).initialize(capacity: arena.ringCapacity)
+                LocalHeader(base: view.base + arena.listenerHalfOffset(slot)).initialize(capacity: arena.ringCapacity(ofSlot: slot))
                 let asymmetric = Membarrier.isRegistered
                     && view.load32(offset + IvshmemArena.SlotOffset.orderingOffered) == 1
                     && view.load64(offset + IvshmemArena.SlotOffset.connectorHostKey) == hostKey
@@ -289,12 +289,13 @@ extension IvshmemNode {
         let (ours, theirs) = side == .connector
             ? (arena.connectorHalfOffset(slot), arena.listenerHalfOffset(slot))
             : (arena.listenerHalfOffset(slot), arena.connectorHalfOffset(slot))
+        let capacity = arena.ringCapacity(ofSlot: slot)
         let localRegion = try SharedRegion.mapIvshmemHalf(
-            fd: memory.fd, offset: memory.offset + ours, capacity: arena.ringCapacity, writable: true)
+            fd: memory.fd, offset: memory.offset + ours, capacity: capacity, writable: true)
         let peerRegion = try SharedRegion.mapIvshmemHalf(
-            fd: memory.fd, offset: memory.offset + theirs, capacity: arena.ringCapacity, writable: false)
+            fd: memory.fd, offset: memory.offset + theirs, capacity: capacity, writable: false)
         do throws(RingViolation) {
-            try PeerHeader(base: peerRegion.base).validate(expectedCapacity: arena.ringCapacity)
+            try PeerHeader(base: peerRegion.base).validate(expectedCapacity: capacity)
         } catch {
             throw .protocolFault("\(peer)'s half of connection slot \(slot): \(error)")
         }
