@@ -5,17 +5,12 @@
 # Size: VMSOCK_GUEST_MIB (default 64 MiB each way).
 source "$(dirname "$0")/lib.sh"
 need python3
-VMSOCKD=$BIN/vmsockd
-[ -x "$VMSOCKD" ] || fail "$VMSOCKD is not built (swift build)"
 MIB=${VMSOCK_GUEST_MIB:-64}
-SOCK=$WORK/vmsockd.sock
 A=10.0.2.16
 IN=$(free_port)
 OUT=$(free_port)
 
-start timeout -s KILL 150 "$VMSOCKD" --socket "$SOCK" --vectors 1 --verbose >"$WORK/vmsockd.out" 2>"$WORK/vmsockd.err"
-CLEANUPS+=("pkill -KILL -P $LAST")  # what timeout runs, not only timeout
-wait_contains "$WORK/vmsockd.out" 10 "vmsockd: ready on $SOCK"
+start_vmsockd --vectors 1 --verbose
 # Built once here: two boot.sh building the same new initrd at once would race in the cache.
 tools/vm/build.sh "$BIN" >/dev/null 2>"$WORK/build.err" || skip "$(grep SKIP: "$WORK/build.err" | tail -1)"
 

@@ -69,9 +69,8 @@ final class IvshmemLayoutTests: XCTestCase {
     /// What the daemon writes, a peer reads back; every fixed field a peer relies on is checked.
     func testHeaderRoundTripAndChecks() throws {
         let size = 64 << 10
-        let memory = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        let memory = Self.zeroedRegion(size)
         defer { memory.deallocate() }
-        memory.initializeMemory(as: UInt8.self, repeating: 0, count: size)
         let geometry = try XCTUnwrap(IvshmemLayout.Geometry(regionSize: size))
         let writer = IvshmemHeaderWriter(base: memory, geometry: geometry)
         writer.initialize(vectors: 4, instance: 0xfeed, daemonPID: 42)
@@ -126,9 +125,8 @@ final class IvshmemLayoutTests: XCTestCase {
     /// pause. A fake clock: nothing here waits.
     func testProcessSlotsAndTheirJudge() throws {
         let size = 64 << 10
-        let memory = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        let memory = Self.zeroedRegion(size)
         defer { memory.deallocate() }
-        memory.initializeMemory(as: UInt8.self, repeating: 0, count: size)
         let geometry = try XCTUnwrap(IvshmemLayout.Geometry(regionSize: size))
         let writer = IvshmemHeaderWriter(base: memory, geometry: geometry)
         writer.initialize(vectors: 1, instance: 1, daemonPID: 1)
@@ -185,9 +183,8 @@ final class IvshmemLayoutTests: XCTestCase {
     /// makes a reader go past the four the header has room for.
     func testHeartbeatHostKeyAndAliases() throws {
         let size = 64 << 10
-        let memory = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        let memory = Self.zeroedRegion(size)
         defer { memory.deallocate() }
-        memory.initializeMemory(as: UInt8.self, repeating: 0, count: size)
         let geometry = try XCTUnwrap(IvshmemLayout.Geometry(regionSize: size))
         let writer = IvshmemHeaderWriter(base: memory, geometry: geometry)
         writer.initialize(vectors: 1, instance: 1, daemonPID: 1)
@@ -202,5 +199,12 @@ final class IvshmemLayoutTests: XCTestCase {
         memory.storeBytes(of: UInt32(1000).littleEndian, toByteOffset: IvshmemLayout.Offset.aliasCount, as: UInt32.self)
         XCTAssertEqual(header.hostAliases.count, IvshmemLayout.maximumHostAliases)
         XCTAssertNoThrow(try header.validate(regionSize: size), "the new fields are not part of the fixed ones")
+    }
+
+    /// Page-aligned zeroed memory standing in for a region of `size` bytes; the caller deallocates it.
+    private static func zeroedRegion(_ size: Int) -> UnsafeMutableRawPointer {
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
+        memory.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+        return memory
     }
 }
