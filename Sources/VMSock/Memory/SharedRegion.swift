@@ -11,10 +11,12 @@ import VMSockRing
 ///  | header (4 KiB)    | data (file 4096..)  | data again (same pages) |
 /// ```
 /// Our own region is mapped read-write and sealed before the peer sees it; the peer's is mapped read-only.
-final class SharedRegion: @unchecked Sendable {  // immutable after init; the mapping is released in deinit
+final class SharedRegion: @unchecked Sendable {  // immutable once made; the mapping is released in deinit
     let base: UnsafeMutableRawPointer
     let capacity: Int
     private let mappedLength: Int
+    /// Our own ring's share of the memory cgroup's limit (`MemoryBudget`), given back with the region.
+    private var charge: MemoryCharge? = nil
 
     var data: UnsafeMutableRawPointer { base + RingLayout.headerSize }
 
@@ -42,10 +44,12 @@ final class SharedRegion: @unchecked Sendable {  // immutable after init; the ma
     ///   vmsock-run's listener lets the forked sibling that accepts map the region writable first.
     static func create(capacity: Int, sealWrites: Bool = true) throws(VMSockError) -> (SharedRegion, Descriptor) {
         try checkCapacity(capacity)
-        let fd = try Sys.memfdCreate("vmsock-ring", flags: VMS_MFD_CLOEXEC | VMS_MFD_ALLOW_SEALING)
         let size = RingLayout.regionSize(capacity: capacity)
+        let charge = try MemoryBudget.charge(size)
+        let fd = try Sys.memfdCreate("vmsock-ring", flags: VMS_MFD_CLOEXEC | VMS_MFD_ALLOW_SEALING)
         try Sys.truncate(fd.raw, to: size, "ftruncate(memfd, \(size))")
         let region = try map(fd: fd.raw, capacity: capacity, writable: true)
+        region.charge = charge
         LocalHeader(base: region.base).initialize(capacity: capacity)
         let seals = VMS_F_SEAL_GROW | VMS_F_SEAL_SHRINK | (sealWrites ? VMS_F_SEAL_FUTURE_WRITE | VMS_F_SEAL_SEAL : 0)
         try Sys.addSeals(fd.raw, seals)
