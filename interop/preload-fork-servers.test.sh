@@ -7,27 +7,12 @@ source "$(dirname "$0")/lib.sh"
 need nginx curl redis-server redis-cli redis-benchmark
 
 # nginx: files from 130 KB to 4.2 MB (the ring holds 1 MiB).
-mkdir -p "$WORK/ngx/www" "$WORK/ngx/logs" "$WORK/ngx/tmp"
+mkdir -p "$WORK/ngx/www" "$WORK/ngx/temp"
 for n in 1 2 3 4 5 6; do random_file "$WORK/ngx/www/f$n.bin" $((n * n * 117000 + 13000 + n)); done
 chmod o+x "$WORK" && chmod -R a+rX "$WORK/ngx/www"  # the workers run as nobody
 port=$(free_port)
-cat >"$WORK/ngx/nginx.conf" <<CONF
-daemon off;
-master_process on;
-worker_processes 2;
-pid $WORK/ngx/nginx.pid;
-error_log $WORK/ngx/logs/error.log info;
-events { worker_connections 64; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/ngx/tmp;
-    proxy_temp_path $WORK/ngx/tmp;
-    fastcgi_temp_path $WORK/ngx/tmp;
-    uwsgi_temp_path $WORK/ngx/tmp;
-    scgi_temp_path $WORK/ngx/tmp;
-    server { listen 127.0.0.1:$port; root $WORK/ngx/www; }
-}
-CONF
+NGINX_USER= interop/programs/nginx-conf.sh "$WORK/ngx" "$port" "$WORK/ngx/www" \
+    "master_process on; worker_processes 2;" >"$WORK/ngx/nginx.conf"
 # The master and its workers (a master killed -9 would leave them running, holding our output).
 stop_nginx() {
     local master workers pid
@@ -51,8 +36,8 @@ for round in 1 2 3; do
 done
 count_says "$WORK/curl.txt" 18 "shared memory"
 master=$(cat "$WORK/ngx/nginx.pid")
-workers=$(grep -aE "accept fd [0-9]+ from .*: shared memory" "$WORK/ngx/logs/error.log" | grep -avc "^vmsock-run\[$master\]" || true)
-[ "$workers" -ge 18 ] || fail "expected 18 shared-memory accepts in nginx's workers, got $workers: $(grep -a vmsock-run "$WORK/ngx/logs/error.log")"
+workers=$(grep -aE "accept fd [0-9]+ from .*: shared memory" "$WORK/ngx/error.log" | grep -avc "^vmsock-run\[$master\]" || true)
+[ "$workers" -ge 18 ] || fail "expected 18 shared-memory accepts in nginx's workers, got $workers: $(grep -a vmsock-run "$WORK/ngx/error.log")"
 stop_nginx
 echo "nginx: 18 files byte-identical, all accepted over shared memory by forked workers"
 

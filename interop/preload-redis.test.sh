@@ -2,9 +2,8 @@
 # clients, pipelined (-P 16) and not (it exits non-zero on any error, and the server's command counts must match
 # the requests it made); 1 MiB and 8 MiB values through redis-cli, checksummed; a BGSAVE (a fork) while 50 clients
 # are connected and sending, then more round trips and a fresh benchmark. Shared memory is confirmed from the
-# --debug lines of both ends. Connections made after the BGSAVE fork are shared memory only once forked
-# processes keep offering it (the fork work of issue 19): EXPECT_SHARED_MEMORY_AFTER_FORK=0 checks only their
-# data.
+# --debug lines of both ends. Connections made after the BGSAVE fork must be shared memory too (the server, which
+# forked, keeps offering it); EXPECT_SHARED_MEMORY_AFTER_FORK=0 checks only their data.
 EXPECT_SHARED_MEMORY_AFTER_FORK=${EXPECT_SHARED_MEMORY_AFTER_FORK:-1}
 source "$(dirname "$0")/lib.sh"
 need redis-server redis-benchmark redis-cli ss python3

@@ -52,26 +52,7 @@ start_redis() {  # SIDE PREFIX
 start_nginx() {  # SIDE PREFIX NAME PROCESS-LINES
     local port dir="$WORK/nginx-$1-$3"; port=$(free_port)
     mkdir -p "$dir/temp"
-    cat >"$dir/nginx.conf" <<CONF
-daemon off;
-$4
-$([ "$(id -u)" = 0 ] && echo "user root;")
-pid $dir/nginx.pid;
-error_log $dir/error.log info;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    sendfile on;
-    keepalive_requests 1000000;
-    client_body_temp_path $dir/temp/body;
-    proxy_temp_path $dir/temp/proxy;
-    fastcgi_temp_path $dir/temp/fastcgi;
-    uwsgi_temp_path $dir/temp/uwsgi;
-    scgi_temp_path $dir/temp/scgi;
-    types { application/octet-stream bin; }
-    server { listen 127.0.0.1:$port; root $WORK; }
-}
-CONF
+    interop/programs/nginx-conf.sh "$dir" "$port" "$WORK" "$4" "keepalive_requests 1000000;" >"$dir/nginx.conf"
     $2 nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" 2>"$dir/master.err" &
     SERVERS+=($!)
     wait_listening "$port"
