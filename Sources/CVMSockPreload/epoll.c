@@ -414,7 +414,8 @@ static int has_active(struct vmsp_epoll *set) {
 }
 
 // Looks at the rings for the spin budget before the caller arms and sleeps. Under the set's lock.
-static int spin(struct vmsp_epoll *set, struct epoll_event *events, int max, int64_t deadline) {
+static int spin(struct vmsp_epoll *set, struct epoll_event *events, int max, int64_t deadline,
+                struct vmsp_signal_mark mark) {
     if (deadline >= 0 && deadline <= vmsp_now_ns()) return 0;
     if (!has_active(set)) return 0;
     int64_t until = vmsp_now_ns() + vmsp_spin_ns();
@@ -422,17 +423,24 @@ static int spin(struct vmsp_epoll *set, struct epoll_event *events, int max, int
     for (int turn = 1;; turn++) {
         int n = collect(set, events, max);
         if (n > 0) return n;
-        if ((turn & 15) == 0 && vmsp_now_ns() > until) return 0;
+        if ((turn & 15) == 0 && (vmsp_now_ns() > until || vmsp_signalled(mark, 1))) return 0;
         vmsp_relax();
     }
 }
 
 static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, int max, int64_t deadline,
                            const sigset_t *mask) {
+    struct vmsp_signal_mark mark = vmsp_signal_mark();
     pthread_mutex_lock(&set->lock);
     for (;;) {
         int n = collect(set, events, max);
-        if (n == 0) n = spin(set, events, max, deadline);
+        if (n == 0) n = spin(set, events, max, deadline, mark);
+        // A handler ran while we spun: the kernel would have ended the wait with EINTR (signals.c).
+        if (n == 0 && vmsp_signalled(mark, 1)) {
+            pthread_mutex_unlock(&set->lock);
+            errno = EINTR;
+            return -1;
+        }
         armed_for_room = 0;
         int unsure = n == 0 && arm_set(set, 0);
         if (unsure) n = collect(set, events, max);
@@ -450,6 +458,14 @@ static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, i
         // wait the rings keep busy costs no system call and the application's other descriptors wait little.
         int ask = sleeping || (n < max && vmsp_now_ns() - set->last_kernel_ns >= 50000);
         if (ask) set->last_kernel_ns = vmsp_now_ns();
+        if (sleeping && vmsp_signalled(mark, 1)) {  // a handler ran while we armed
+            pthread_mutex_lock(&set->lock);
+            set->sleepers--;
+            disarm_set(set);
+            pthread_mutex_unlock(&set->lock);
+            errno = EINTR;
+            return -1;
+        }
         int got = ask ? REAL(epoll_pwait)(set->fd, events + n, max - n, timeout, mask) : 0;
         int saved = errno;
         pthread_mutex_lock(&set->lock);

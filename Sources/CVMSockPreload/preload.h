@@ -64,6 +64,7 @@ struct vmsp_real {
     int (*epoll_pwait)(int, struct epoll_event *, int, int, const sigset_t *);
     int (*epoll_pwait2)(int, struct epoll_event *, int, const struct timespec *, const sigset_t *);
     int (*setsockopt)(int, int, int, const void *, socklen_t);
+    int (*sigaction)(int, const struct sigaction *, struct sigaction *);
     int (*getsockopt)(int, int, int, void *, socklen_t *);
     pid_t (*fork)(void);
     int (*execve)(const char *, char *const[], char *const[]);
@@ -278,6 +279,15 @@ static inline void vmsp_epoll_closing(int fd) {
     struct vmsp_epoll *set = vmsp_epoll_untrack(fd);
     if (set) vmsp_epoll_forget(set);
 }
+
+// MARK: Signal handlers that ran while a wait spun (signals.c).
+
+/// The counts of the program's handlers run so far: any, and those without SA_RESTART.
+struct vmsp_signal_mark { unsigned any, interrupting; };
+struct vmsp_signal_mark vmsp_signal_mark(void);
+/// Whether a handler ran since `mark` (any: every handler, as poll, select and epoll see them; else only those
+/// without SA_RESTART, as a socket call sees them). One atomic load: the spins ask it as they turn.
+int vmsp_signalled(struct vmsp_signal_mark mark, int any);
 
 // MARK: Debug output and process state.
 

@@ -30,7 +30,7 @@ void vmsp_resolve(void) {
         RESOLVE(ppoll, "ppoll"); RESOLVE(poll, "poll"); RESOLVE(select, "select"); RESOLVE(pselect, "pselect");
     RESOLVE(epoll_create, "epoll_create"); RESOLVE(epoll_create1, "epoll_create1"); RESOLVE(epoll_ctl, "epoll_ctl");
     RESOLVE(epoll_pwait, "epoll_pwait"); RESOLVE(epoll_pwait2, "epoll_pwait2");
-    RESOLVE(setsockopt, "setsockopt"); RESOLVE(getsockopt, "getsockopt");
+    RESOLVE(setsockopt, "setsockopt"); RESOLVE(getsockopt, "getsockopt"); RESOLVE(sigaction, "sigaction");
     RESOLVE(splice, "splice"); RESOLVE(fork, "fork");
     RESOLVE(execve, "execve"); RESOLVE(execvpe, "execvpe"); RESOLVE(fexecve, "fexecve");
     RESOLVE(posix_spawn, "posix_spawn"); RESOLVE(posix_spawnp, "posix_spawnp");

@@ -239,6 +239,7 @@ ssize_t vmsp_recv(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
     int dontwait = (flags & MSG_DONTWAIT) || atomic_load(&c->nonblocking);
     int waitall = (flags & MSG_WAITALL) && !peek;
     if (total == 0) return 0;
+    struct vmsp_signal_mark mark = vmsp_signal_mark();
     pthread_mutex_lock(&c->rx_lock);
     size_t copied = 0;
     ssize_t result;
@@ -288,14 +289,28 @@ ssize_t vmsp_recv(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
         }
         // Block: spin on the ring a little (a wake-up costs more), then sleep until a wake-up byte, FIN or RST.
         int64_t spin_until = vmsp_now_ns() + vmsp_spin_ns();
+        int interrupted = 0;
         for (int turn = 1; avail == 0; turn++) {
             avail = rx_refresh(c);
             if (avail != 0 || vmsp_now_ns() > spin_until) break;
-            if ((turn & 63) == 0) sched_yield();
+            if ((turn & 63) == 0) {
+                if ((interrupted = vmsp_signalled(mark, 0))) break;
+                sched_yield();
+            }
         }
         if (avail != 0) continue;
-        avail = rx_settle(c, fd);  // arm, so that the next publish rings; drains the bytes of older arms
-        if (avail != 0) { vmsp_rx_disarm(c); continue; }
+        if (!interrupted) {
+            avail = rx_settle(c, fd);  // arm, so that the next publish rings; drains the bytes of older arms
+            if (avail != 0) { vmsp_rx_disarm(c); continue; }
+            if (vmsp_signalled(mark, 0)) { vmsp_rx_disarm(c); interrupted = 1; }
+        }
+        // A handler without SA_RESTART ran while we spun or armed: the kernel would have said EINTR (signals.c).
+        if (interrupted) {
+            if (copied > 0) { result = (ssize_t)copied; break; }
+            errno = EINTR;
+            result = -1;
+            break;
+        }
         struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
         int timeout = socket_timeout_ms(fd, SO_RCVTIMEO);
         pthread_mutex_unlock(&c->rx_lock);
@@ -413,14 +428,19 @@ static ssize_t broken_pipe(int flags) {
 // Waits for room. 1: there may be room; 0: timed out or interrupted (errno set); -1: the peer is gone.
 // `deadline` carries SO_SNDTIMEO across the calls of one send (0 until the first sleep, -1 for none); each sleep
 // lasts at most VMSP_SPACE_RECHECK_MS, after which the caller looks at the ring again.
-static int tx_wait(struct vmsp_conn *c, int fd, int64_t need, int64_t *deadline) {
+static int tx_wait(struct vmsp_conn *c, int fd, int64_t need, int64_t *deadline, struct vmsp_signal_mark mark) {
     int64_t spin_until = vmsp_now_ns() + vmsp_spin_ns();
     for (int turn = 1;; turn++) {
         int64_t space = tx_refresh(c);
         if (space < 0 || space >= need) return 1;
         if (vmsp_now_ns() > spin_until) break;
-        if ((turn & 63) == 0) sched_yield();
+        if ((turn & 63) == 0) {
+            // A handler without SA_RESTART ran: the kernel would have said EINTR (signals.c).
+            if (vmsp_signalled(mark, 0)) { errno = EINTR; return 0; }
+            sched_yield();
+        }
     }
+    if (vmsp_signalled(mark, 0)) { errno = EINTR; return 0; }
     if (*deadline == 0) *deadline = vmsp_deadline_after_ms(socket_timeout_ms(fd, SO_SNDTIMEO));
     store_u32(c->local, OFF_WAIT_SPACE, 1);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);  // the flag before the re-check (Dekker, against the consumer)
@@ -484,6 +504,7 @@ ssize_t vmsp_send(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
     size_t written = 0;
     ssize_t result;
     int64_t deadline = 0;  // SO_SNDTIMEO's, set at the first sleep
+    struct vmsp_signal_mark mark = vmsp_signal_mark();
     for (;;) {
         if (tx_closed(c)) {
             pthread_mutex_unlock(&c->tx_lock);
@@ -525,7 +546,7 @@ ssize_t vmsp_send(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
             result = -1;
             break;
         }
-        int waited = tx_wait(c, fd, 1, &deadline);
+        int waited = tx_wait(c, fd, 1, &deadline, mark);
         if (waited < 0) continue;  // EPIPE above
         if (waited == 0) { result = written ? (ssize_t)written : -1; break; }
     }
@@ -543,6 +564,7 @@ ssize_t vmsp_sendfile(struct vmsp_conn *c, int fd, int in_fd, off_t *offset, siz
     size_t written = 0;
     ssize_t result;
     int64_t deadline = 0;  // SO_SNDTIMEO's, set at the first sleep
+    struct vmsp_signal_mark mark = vmsp_signal_mark();
     off_t position = offset ? *offset : 0;
     for (;;) {
         if (tx_closed(c)) {
@@ -571,7 +593,7 @@ ssize_t vmsp_sendfile(struct vmsp_conn *c, int fd, int in_fd, off_t *offset, siz
             result = -1;
             break;
         }
-        int waited = tx_wait(c, fd, 1, &deadline);
+        int waited = tx_wait(c, fd, 1, &deadline, mark);
         if (waited < 0) continue;
         if (waited == 0) { result = written ? (ssize_t)written : -1; break; }
     }

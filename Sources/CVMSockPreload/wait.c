@@ -71,7 +71,7 @@ static __thread int64_t last_kernel_ns;
 
 // One poll over a set holding connections. `conns[i]` is fds[i]'s connection or NULL.
 static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conns, int64_t deadline,
-                           const sigset_t *mask) {
+                           const sigset_t *mask, struct vmsp_signal_mark mark) {
     struct pollfd *kernel = scratch_for(n);
     if (!kernel) { errno = ENOMEM; return -1; }
     nfds_t *owners = scratch_owners;
@@ -95,10 +95,12 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
                     fds[i].revents = conn_revents(conns[i], fds[i].events, 0);
                     if (fds[i].revents) ready++;
                 }
-                if ((turn & 15) == 0 && vmsp_now_ns() > until) break;
+                if ((turn & 15) == 0 && (vmsp_now_ns() > until || vmsp_signalled(mark, 1))) break;
                 vmsp_relax();
             }
         }
+        // A handler ran while we spun: the kernel would have ended the wait with EINTR (signals.c).
+        if (ready == 0 && vmsp_signalled(mark, 1)) { errno = EINTR; return -1; }
         // Still nothing: arm every connection, then look once more (a publish may have come before the arm).
         nfds_t bells = 0;
         int armed = 0;
@@ -150,6 +152,11 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
         // lost to another waiter on the same connection).
         struct timespec recheck = { 0, (long)VMSP_SPACE_RECHECK_MS * 1000000 };
         if (bells > 0 && (timeout == NULL || timeout->tv_sec > 0 || timeout->tv_nsec > recheck.tv_nsec)) timeout = &recheck;
+        if (ready == 0 && vmsp_signalled(mark, 1)) {
+            if (armed) disarm(fds, n, conns, owners, bells);
+            errno = EINTR;
+            return -1;
+        }
         int woke = REAL(ppoll)(kernel, n + bells, timeout, mask);
         int saved = errno;
         for (nfds_t j = 1; woke > 0 && j < bells; j += 2) {
@@ -170,6 +177,7 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
 // poll and ppoll: straight to libc unless a descriptor in the set is a connection.
 static int poll_common(struct pollfd *fds, nfds_t n, int64_t deadline, const struct timespec *timeout,
                        const sigset_t *mask) {
+    struct vmsp_signal_mark mark = vmsp_signal_mark();
     nfds_t found = 0;
     if (!vmsp_inside) {
         for (nfds_t i = 0; i < n; i++) {
@@ -187,7 +195,7 @@ static int poll_common(struct pollfd *fds, nfds_t n, int64_t deadline, const str
         refs[i] = fds[i].fd >= 0 ? ours(fds[i].fd) : NULL;
         conns[i] = refs[i] ? refs[i]->conn : NULL;
     }
-    int result = poll_with_rings(fds, n, conns, deadline, mask);
+    int result = poll_with_rings(fds, n, conns, deadline, mask, mark);
     int saved = errno;
     for (nfds_t i = 0; i < n; i++) {
         if (refs[i]) vmsp_leave(refs[i]);

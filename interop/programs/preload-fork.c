@@ -279,9 +279,15 @@ static void spawn_inherited(void) {
     posix_spawn_file_actions_adddup2(&actions, s, 0);
     char *argv[] = { self_path, "exec-child", "0", NULL };
     pid_t pid;
-    CHECK("posix_spawn: spawned", posix_spawn(&pid, self_path, &actions, NULL, argv, environ));
+    // Printed once the child has printed its line: the two processes share standard output.
+    int spawned = posix_spawn(&pid, self_path, &actions, NULL, argv, environ);
     posix_spawn_file_actions_destroy(&actions);
-    after_exec("posix_spawn: child exit status", c, s, pid);
+    int status = spawned == 0 ? child_status(pid) : -1;
+    SHOW("posix_spawn: spawned", "%s", spawned == 0 ? "0" : strerrorname_np(spawned));
+    SHOW("posix_spawn: child exit status", "%d", status);
+    char text[64];
+    CHECK("exec: parent writes the other way", write(s, "back", 4));
+    CHECK("exec: parent reads it", read_full(c, text, 4));
     close(c);
     close(s);
 }
