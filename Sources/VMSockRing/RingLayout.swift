@@ -57,7 +57,8 @@ public enum RingLayout {
         public static let waitingForSpace = 512
         public static let shutdownFlags = 640
         /// vmsock-run's writer: which reader generation it last sent a wake-up byte for, and how many it sent
-        /// (`Sources/CVMSockPreload/stream.c`; that data path also reads `waitingForData` as a generation).
+        /// (`Sources/CVMSockPreload/stream.c`; that data path keeps its own 32-bit words at `waitingForData`, a
+        /// reader generation, and `waitingForSpace`, a flag: a vmsock-run link never meets this library's engine).
         public static let preloadBell = 768
     }
 
