@@ -11,7 +11,7 @@ root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 
 
 def message(kind, capacity=0, reason=0, family=0, port=0, address=b"", flags=0, source=0, source_address=b"",
-            version=6):
+            version=7):
     """A handshake message (Sources/VMSock/Control/HandshakeMessage.swift): 64 bytes."""
     return struct.pack("<IHHIIHH16sIH6s16s", 0x48534D56, version, kind, capacity, reason, family, port,
                        address.ljust(16, b"\0"), flags, source, b"", source_address.ljust(16, b"\0"))

@@ -7,7 +7,10 @@
 //   128  producer position   (ours: stored after copying in; the peer's: read, checked against a window)
 //   256  consumer position   (ours: stored after copying out)
 //   384  arm generation      the reader's: bumped each time it finds the ring empty and wants a wake-up byte
-//   512  waiting for space   the writer's: set while it sleeps on its space doorbell (the core's meaning)
+//   512  waiting for space   the writer's: a 32-bit flag, set while it sleeps on its space doorbell
+//
+// These two words are this data path's own: both ends of a vmsock-run link run this file, never the library's
+// engine, whose words at 384 and 512 are 64-bit announcement counters rung for once each (WaitWord.swift).
 //   640  shutdown bits       1 write shut, 2 read shut, 4 closed
 //   768  bell word           the writer's: (generation rung << 32) | wake-up bytes sent, stored before each send
 //

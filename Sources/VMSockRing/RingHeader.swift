@@ -20,33 +20,36 @@ public struct LocalHeader: @unchecked Sendable {
     }
 
     /// Makes the header what `initialize` left, for a link reopened for a new connection: positions, waiting
-    /// flags and shutdown bits back to zero. Call only while the peer reads nothing of ours (its connection on
+    /// words and shutdown bits back to zero. Call only while the peer reads nothing of ours (its connection on
     /// this link is gone too, and it has not yet been told of the new one).
     public func reset() {
-        for offset in [RingLayout.Offset.producerPosition, RingLayout.Offset.consumerPosition] {
+        for offset in [
+            RingLayout.Offset.producerPosition, RingLayout.Offset.consumerPosition, RingLayout.Offset.waitingForData,
+            RingLayout.Offset.waitingForSpace,
+        ] {
             vms_store_seqcst_u64(word(offset), 0)
         }
-        for offset in [RingLayout.Offset.waitingForData, RingLayout.Offset.waitingForSpace, RingLayout.Offset.shutdownFlags] {
-            vms_store_seqcst_u32(word32(offset), 0)
-        }
+        vms_store_seqcst_u32(word32(RingLayout.Offset.shutdownFlags), 0)
     }
 
     @usableFromInline var producerPosition: UnsafeMutablePointer<UInt64> { word(RingLayout.Offset.producerPosition) }
     @usableFromInline var consumerPosition: UnsafeMutablePointer<UInt64> { word(RingLayout.Offset.consumerPosition) }
 
-    /// Announces (or withdraws) that our reader is about to sleep until the peer publishes.
-    /// Sequentially consistent: the caller re-reads the peer's producer position right after setting it.
-    @inlinable public func setWaitingForData(_ waiting: Bool) {
-        vms_store_seqcst_u32(word32(RingLayout.Offset.waitingForData), waiting ? 1 : 0)
+    /// Stores our "waiting for data" word (a `WaitWord` value: odd announces that our reader is about to sleep
+    /// until the peer publishes, and asks for one ring). Sequentially consistent: the caller re-reads the peer's
+    /// producer position right after an announcement.
+    @inlinable public func setWaitingForData(_ word: UInt64) {
+        vms_store_seqcst_u64(self.word(RingLayout.Offset.waitingForData), word)
         // The caller's re-check of the peer's position is an acquire load, which may (on arm64 with RCpc) be
         // ordered before the store above without a full fence: the need-wakeup handshake would lose a wake-up.
-        if waiting { vms_fence_seqcst() }
+        if word & 1 != 0 { vms_fence_seqcst() }
     }
 
-    /// Announces (or withdraws) that our writer is about to sleep until the peer consumes.
-    @inlinable public func setWaitingForSpace(_ waiting: Bool) {
-        vms_store_seqcst_u32(word32(RingLayout.Offset.waitingForSpace), waiting ? 1 : 0)
-        if waiting { vms_fence_seqcst() }  // as in setWaitingForData
+    /// Stores our "waiting for space" word: odd announces that our writer is about to sleep until the peer
+    /// consumes.
+    @inlinable public func setWaitingForSpace(_ word: UInt64) {
+        vms_store_seqcst_u64(self.word(RingLayout.Offset.waitingForSpace), word)
+        if word & 1 != 0 { vms_fence_seqcst() }  // as in setWaitingForData
     }
 
     /// Adds shutdown bits (any thread may; the peer only ever sees bits added). Returns the bits now set.
@@ -85,10 +88,15 @@ public struct PeerHeader: @unchecked Sendable {
     @usableFromInline var producerPosition: UnsafePointer<UInt64> { word(RingLayout.Offset.producerPosition) }
     @usableFromInline var consumerPosition: UnsafePointer<UInt64> { word(RingLayout.Offset.consumerPosition) }
 
-    /// Whether the peer's reader sleeps until we publish. Sequentially consistent: read right after publishing.
-    @inlinable public var isWaitingForData: Bool { vms_load_seqcst_u32(word32(RingLayout.Offset.waitingForData)) != 0 }
-    /// Whether the peer's writer sleeps until we consume.
-    @inlinable public var isWaitingForSpace: Bool { vms_load_seqcst_u32(word32(RingLayout.Offset.waitingForSpace)) != 0 }
+    /// The peer's "waiting for data" word: odd while its reader sleeps until we publish, and new at each
+    /// announcement (see `WaitWord`). Sequentially consistent: read right after publishing.
+    @inlinable public var waitingForData: UInt64 { vms_load_seqcst_u64(word(RingLayout.Offset.waitingForData)) }
+    /// The peer's "waiting for space" word: odd while its writer sleeps until we consume.
+    @inlinable public var waitingForSpace: UInt64 { vms_load_seqcst_u64(word(RingLayout.Offset.waitingForSpace)) }
+    /// Whether the peer's reader announced that it sleeps (for whoever rings whatever was rung before).
+    @inlinable public var isWaitingForData: Bool { waitingForData & 1 != 0 }
+    /// Whether the peer's writer announced that it sleeps.
+    @inlinable public var isWaitingForSpace: Bool { waitingForSpace & 1 != 0 }
     /// The peer's shutdown bits. Callers test only the bits they need; unknown bits mean nothing.
     @inlinable public var shutdownFlags: UInt32 { vms_load_acquire_u32(word32(RingLayout.Offset.shutdownFlags)) }
 

@@ -17,10 +17,11 @@
 ///     136   120  padding                (two cache lines per hot word: adjacent-line prefetch)
 ///     256     8  consumer position      peer writer: how far we have consumed the peer's ring
 ///     264   120  padding
-///     384     4  waiting for data       peer writer: after publishing, ring our data bell if set
-///     388   124  padding
-///     512     4  waiting for space      peer reader: after consuming, ring our space bell if set
-///     516   124  padding
+///     384     8  waiting for data       peer writer: after publishing, ring our data bell if odd and not
+///                                         rung for yet (a new value per announcement: `WaitWord`)
+///     392   120  padding
+///     512     8  waiting for space      peer reader: after consuming, ring our space bell, likewise
+///     520   120  padding
 ///     640     4  shutdown flags         peer: bit 0 write side shut (producer position is final),
 ///                                             bit 1 read side shut, bit 2 closed, bit 3 parked (the
 ///                                             connection is gone on this side, which keeps the link
@@ -36,7 +37,9 @@
 public enum RingLayout {
     /// "vmsockR" and a 1, read as a little-endian 64-bit word.
     public static let magic: UInt64 = 0x0152_6b63_6f73_6d76
-    public static let version: UInt32 = 1
+    /// 2: the waiting words are 64-bit announcement counters, rung for once each (1: 32-bit flags, rung for at
+    /// every publish).
+    public static let version: UInt32 = 2
     public static let headerSize = 4096
 
     public static let minimumCapacity = 4 << 10
@@ -54,7 +57,8 @@ public enum RingLayout {
         public static let waitingForSpace = 512
         public static let shutdownFlags = 640
         /// vmsock-run's writer: which reader generation it last sent a wake-up byte for, and how many it sent
-        /// (`Sources/CVMSockPreload/stream.c`; that data path also reads `waitingForData` as a generation).
+        /// (`Sources/CVMSockPreload/stream.c`; that data path keeps its own 32-bit words at `waitingForData`, a
+        /// reader generation, and `waitingForSpace`, a flag: a vmsock-run link never meets this library's engine).
         public static let preloadBell = 768
     }
 

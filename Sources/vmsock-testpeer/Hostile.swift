@@ -29,8 +29,8 @@ enum Hostile {
         case "consumer-ahead":
             store(1 << 40, at: 256)  // claims to have consumed bytes the victim never wrote
         case "garbage-flags":
-            vms_store_seqcst_u32((base + 384).assumingMemoryBound(to: UInt32.self), 0xdead_beef)
-            vms_store_seqcst_u32((base + 512).assumingMemoryBound(to: UInt32.self), 0xdead_beef)
+            vms_store_seqcst_u64((base + 384).assumingMemoryBound(to: UInt64.self), 0xdead_beef_dead_beef)
+            vms_store_seqcst_u64((base + 512).assumingMemoryBound(to: UInt64.self), 0xdead_beef_dead_beef)
             vms_store_seqcst_u32((base + 640).assumingMemoryBound(to: UInt32.self), 0xffff_ffff)
         case "unknown-flag":
             vms_store_seqcst_u32((base + 640).assumingMemoryBound(to: UInt32.self), 0x100)  // no bit we define (parked is 0x8)
@@ -45,8 +45,8 @@ enum Hostile {
             for fd in Int32(3)..<Int32(1024) where fcntl(fd, F_GETFL) >= 0 {
                 _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
             }
-            vms_store_seqcst_u32((base + 384).assumingMemoryBound(to: UInt32.self), 1)
-            vms_store_seqcst_u32((base + 512).assumingMemoryBound(to: UInt32.self), 1)
+            vms_store_seqcst_u64((base + 384).assumingMemoryBound(to: UInt64.self), 1)
+            vms_store_seqcst_u64((base + 512).assumingMemoryBound(to: UInt64.self), 1)
         default:
             fail("unknown misbehaviour \(how)")
         }

@@ -73,7 +73,7 @@ final class HandshakeTests: XCTestCase {
             ("bad ring size", HandshakeMessage(kind: .hello, ringCapacity: 5000).encoded(), good, .badRequest),
             ("wrong size memfd", HandshakeMessage(kind: .hello, ringCapacity: 8192).encoded(), good, .badRequest),
             ("welcome instead of hello", HandshakeMessage(kind: .welcome, ringCapacity: 4096).encoded(), good, .badRequest),
-            ("future version", HandshakeMessage(kind: .hello, ringCapacity: 4096, version: 7).encoded(), good, .versionMismatch),
+            ("future version", HandshakeMessage(kind: .hello, ringCapacity: 4096, version: HandshakeMessage.protocolVersion + 1).encoded(), good, .versionMismatch),
             ("silence", [], { [] }, nil),
         ]
         // What earlier tests left (idle links, a thread holding its last socket) goes first, not during the cases.

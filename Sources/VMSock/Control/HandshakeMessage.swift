@@ -36,7 +36,9 @@ import VMSockRing
 /// that carries none, or with a reject after which the listener drops the link.
 public struct HandshakeMessage: Equatable, Sendable {
     public static let magic: UInt32 = 0x4853_4d56  // "VMSH" little-endian
-    public static let protocolVersion: UInt16 = 6
+    /// 7: ring layout 2 (the waiting words are announcement counters, rung for once each); a peer speaking 6
+    /// would wait for a ring at every publish that we no longer send, so the versions must match.
+    public static let protocolVersion: UInt16 = 7
     public static let size = 64
     public static let descriptorCount = 3
 

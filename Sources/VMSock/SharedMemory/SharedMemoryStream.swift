@@ -21,6 +21,13 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     @usableFromInline @exclusivity(unchecked) var tx: RingProducer
     @usableFromInline @exclusivity(unchecked) var readArmed = false
     @usableFromInline @exclusivity(unchecked) var writeArmed = false
+    // The need-wakeup words we announce with, and the peer's announcements we have rung for (one ring each): the
+    // read side's pair belongs to the reading thread, the write side's to the writing thread, like `rx` and `tx`.
+    // They belong to this connection: a reopened link starts a new stream, and both sides' words from zero.
+    @exclusivity(unchecked) var readWait = WaitWord()
+    @exclusivity(unchecked) var writeWait = WaitWord()
+    @usableFromInline @exclusivity(unchecked) var rangForPeerReader = RingMemo()
+    @usableFromInline @exclusivity(unchecked) var rangForPeerWriter = RingMemo()
 
     private let local: LocalHeader
     @usableFromInline let peer: PeerHeader
@@ -47,7 +54,8 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     }
 
     var peerCredentials: PeerCredentials? { link.peer }
-    /// Whether the peer announced it waits for our data, or for room in its ring (it wants a doorbell per publish).
+    /// Whether the peer announced it waits for our data, or for room in its ring (it wants a doorbell at our next
+    /// publish or consume, once per announcement).
     var peerWaits: (data: Bool, space: Bool) { (peer.isWaitingForData, peer.isWaitingForSpace) }
     var sendCapacity: Int { link.localRegion.capacity }
     var receiveCapacity: Int { link.peerRegion.capacity }
@@ -156,18 +164,20 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         return used
     }
 
-    /// Gives bytes back to the peer, and wakes its writer if it sleeps waiting for space. The peer's flag is
-    /// read once, and that reading decides (see `PeerHeader`).
+    /// Gives bytes back to the peer, and wakes its writer if it sleeps waiting for space and we have not rung for
+    /// that announcement yet. The peer's word is read once, and that reading decides (see `PeerHeader`).
     @inlinable @inline(__always)
     func consume(_ count: Int) {
         rx.consume(count)
-        let peerWaits = peer.isWaitingForSpace
-        if peerWaits || readArmed { afterConsume(ringing: peerWaits) }
+        let word = peer.waitingForSpace
+        let ringing = rangForPeerWriter.wantsRing(word)
+        if ringing || readArmed { afterConsume(ringing: ringing, word: word) }
     }
 
     @usableFromInline
-    func afterConsume(ringing: Bool) {
+    func afterConsume(ringing: Bool, word: UInt64) {
         if ringing {
+            rangForPeerWriter.rang(for: word)
             link.peerSpaceBell.ring()
             WaitCounters.count(waits.spaceRings)
         }
@@ -234,18 +244,21 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         return used
     }
 
-    /// Makes bytes visible to the peer, and wakes its reader if it sleeps waiting for data (the flag read once,
-    /// as in `consume`).
+    /// Makes bytes visible to the peer, and wakes its reader if it sleeps waiting for data and we have not rung
+    /// for that announcement yet (the word read once, as in `consume`). While a sleeper wakes, its writer may
+    /// publish hundreds of times: one ring per announcement, not one per publish.
     @inlinable @inline(__always)
     func publish(_ count: Int) {
         tx.publish(count)
-        let peerWaits = peer.isWaitingForData
-        if peerWaits || writeArmed { afterPublish(ringing: peerWaits) }
+        let word = peer.waitingForData
+        let ringing = rangForPeerReader.wantsRing(word)
+        if ringing || writeArmed { afterPublish(ringing: ringing, word: word) }
     }
 
     @usableFromInline
-    func afterPublish(ringing: Bool) {
+    func afterPublish(ringing: Bool, word: UInt64) {
         if ringing {
+            rangForPeerReader.rang(for: word)
             link.peerDataBell.ring()
             WaitCounters.count(waits.dataRings)
         }
@@ -298,7 +311,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         deadline = end
         if spin(until: end, { (try? readWaitIsOver()) ?? true }) { return }
         announceWaiting(forData: true)
-        defer { local.setWaitingForData(false) }
+        defer { withdrawWaiting(forData: true) }
         // Announce, then re-check: a publish that raced with the announcement is seen here, any later one rings.
         if try readWaitIsOver() { return }
         WaitCounters.count(waits.readSleeps)
@@ -316,18 +329,28 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         deadline = end
         if spin(until: end, { (try? writeWaitIsOver(needed: needed)) ?? true }) { return }
         announceWaiting(forData: false)
-        defer { local.setWaitingForSpace(false) }
+        defer { withdrawWaiting(forData: false) }
         if try writeWaitIsOver(needed: needed) { return }
         WaitCounters.count(waits.writeSleeps)
         try sleep(on: link.spaceBell, until: end, what: "write")
     }
 
-    /// Sets our "waiting for data" (or "for space") flag, ordered before the re-check that follows: with
-    /// asymmetric ordering the peer's position stores carry no fence, so the barrier is run here, on the way to
-    /// sleep (see `WakeUpOrdering`).
+    /// Announces anew in our "waiting for data" (or "for space") word, ordered before the re-check that follows:
+    /// with asymmetric ordering the peer's position stores carry no fence, so the barrier is run here, on the way
+    /// to sleep (see `WakeUpOrdering`). Every announcement is a new value, so the peer rings once for it.
     private func announceWaiting(forData: Bool) {
-        if forData { local.setWaitingForData(true) } else { local.setWaitingForSpace(true) }
+        if forData { local.setWaitingForData(readWait.announce()) } else { local.setWaitingForSpace(writeWait.announce()) }
         if link.ordering == .asymmetric { Membarrier.barrier() }
+    }
+
+    /// Withdraws the announcement, if there is one: the peer rings no more for it.
+    @inline(__always)
+    private func withdrawWaiting(forData: Bool) {
+        if forData {
+            if let word = readWait.withdraw() { local.setWaitingForData(word) }
+        } else {
+            if let word = writeWait.withdraw() { local.setWaitingForSpace(word) }
+        }
     }
 
     /// Spins on shared memory until `ready` or the spin budget (or the deadline) runs out. The clock is read
@@ -394,23 +417,24 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
 
     // MARK: Readiness for pollers
 
-    /// Arms `pollDescriptor` for readability: announces that we sleep, re-checks, and only on the way to sleep
-    /// clears stale rings and re-checks again (so a socket that is ready costs no system call here).
+    /// Arms `pollDescriptor` for readability: checks; only on the way to sleep clears stale rings, announces
+    /// that we sleep and re-checks (so a socket that is ready costs no system call here).
     /// - Returns: true when the socket is readable right now (do not poll; read). When false, poll
     ///   `pollDescriptor`; once it fires, read until EAGAIN. A successful read disarms.
     func armReadable() throws(VMSockError) -> Bool {
         _ = try readinessSet(write: false)  // a poller is coming: fail here, not with a descriptor of -1
         if try readWaitIsOver() { return true }  // no need to announce anything (nor pay for the barrier)
-        announceWaiting(forData: true)
-        readArmed = true
-        let ready = try armed(bell: link.dataBell) { () throws(VMSockError) in try readWaitIsOver() }
+        let ready = try armed(bell: link.dataBell) {
+            announceWaiting(forData: true)
+            readArmed = true
+        } isReady: { () throws(VMSockError) in try readWaitIsOver() }
         if !ready { WaitCounters.count(waits.readSleeps) }  // the caller goes to poll
         return ready
     }
 
     /// Withdraws the announcement of `armReadable`: the peer stops ringing for us. Reading thread only.
     func disarmReadable() {
-        local.setWaitingForData(false)
+        withdrawWaiting(forData: true)
         readArmed = false
     }
 
@@ -421,28 +445,29 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     func armWritable() throws(VMSockError) -> Bool {
         _ = try readinessSet(write: true)
         if try writeWaitIsOver(needed: 1) { return true }
-        announceWaiting(forData: false)
-        writeArmed = true
-        let ready = try armed(bell: link.spaceBell) { () throws(VMSockError) in try writeWaitIsOver(needed: 1) }
+        let ready = try armed(bell: link.spaceBell) {
+            announceWaiting(forData: false)
+            writeArmed = true
+        } isReady: { () throws(VMSockError) in try writeWaitIsOver(needed: 1) }
         if !ready { WaitCounters.count(waits.writeSleeps) }
         return ready
     }
 
     /// Withdraws the announcement of `armWritable`. Writing thread only.
     func disarmWritable() {
-        local.setWaitingForSpace(false)
+        withdrawWaiting(forData: false)
         writeArmed = false
     }
 
-    /// The second half of arming, after the flag is announced (with its fence): re-check; if not ready, drain
-    /// the bell and re-check again. The drain comes after the announcement, so a ring it swallows belongs to a
-    /// publish that the second re-check sees; a ring from before the announcement (stale) is gone, and would
-    /// otherwise make the poll fire for nothing.
+    /// The second half of arming, once a check found the socket not ready: drain the bell, announce, re-check
+    /// (`PollerArming` says why in that order: the peer rings once per announcement, and a ring for this one must
+    /// stay in the bell), then look at the liveness socket, which the poller's set holds too.
     @inline(__always)
-    private func armed(bell: Doorbell, _ ready: () throws(VMSockError) -> Bool) throws(VMSockError) -> Bool {
-        if try ready() { return true }
-        if !bell.drain() { markPeerGone() }
-        if try ready() { return true }
+    private func armed(
+        bell: Doorbell, announce: () -> Void, isReady: () throws(VMSockError) -> Bool
+    ) throws(VMSockError) -> Bool {
+        let ready = try PollerArming.arm(drain: { if !bell.drain() { markPeerGone() } }, announce: announce, isReady: isReady)
+        if ready { return true }
         return try controlSaysPeerGone()
     }
 
@@ -546,14 +571,15 @@ extension SharedMemoryStream {
         func word32(_ base: UnsafeRawPointer, _ offset: Int) -> UInt32 { base.load(fromByteOffset: offset, as: UInt32.self) }
         func header(_ base: UnsafeRawPointer) -> String {
             "produced \(word(base, RingLayout.Offset.producerPosition)) consumed \(word(base, RingLayout.Offset.consumerPosition))"
-                + " waitsData \(word32(base, RingLayout.Offset.waitingForData))"
-                + " waitsSpace \(word32(base, RingLayout.Offset.waitingForSpace))"
+                + " waitsData \(word(base, RingLayout.Offset.waitingForData))"
+                + " waitsSpace \(word(base, RingLayout.Offset.waitingForSpace))"
                 + " shutdown \(word32(base, RingLayout.Offset.shutdownFlags))"
         }
         func rung(_ fd: Int32) -> Bool { (try? Sys.poll(fd, Int16(POLLIN), timeoutMs: 0)).map { $0 != 0 } ?? false }
         return "state \(state.load(ordering: .relaxed)) ordering \(link.ordering)"
             + " rx \(rx.position)/\(rx.cachedAvailable) tx \(tx.position)/\(tx.cachedFreeSpace)"
             + " armed r\(readArmed ? 1 : 0) w\(writeArmed ? 1 : 0)"
+            + " rang for peer's data \(rangForPeerReader.lastRung) space \(rangForPeerWriter.lastRung)"
             + " bells data \(rung(link.dataBell.fd)) space \(rung(link.spaceBell.fd))"
             + " | ours: \(header(link.localRegion.base)) | peer's: \(header(link.peerRegion.base))"
             + " | \(waits.snapshot)"
