@@ -296,7 +296,7 @@ final class StreamTests: XCTestCase {
         let port = randomPort()
         let input = daemon.directory + "/input"
         let bytes = (0..<(3 << 20)).map { _ in UInt8.random(in: 0...255) }
-        FileManager.default.createFile(atPath: input, contents: Data(bytes))
+        XCTAssertTrue(FileManager.default.createFile(atPath: input, contents: Data(bytes)))
         let environment = ["VMSOCK_IVSHMEM": daemon.socket]
         let output = daemon.directory + "/output"
         let server = try Child("vmcat", ["-l", "127.0.0.1", "\(port)"], environment: environment, output: output)
