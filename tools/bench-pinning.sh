@@ -14,7 +14,7 @@ port=$((20000 + $$ % 20000))
 server=$!
 results=$(mktemp)
 trap 'kill $server 2>/dev/null; rm -f "$results"' EXIT INT TERM
-sleep 0.5
+for _ in $(seq 50); do ss -ltn | grep -q ":$port " && break; sleep 0.1; done
 run() {  # size, then -A 0,1 or nothing: GB/s received
     size=$1
     shift
@@ -26,8 +26,13 @@ print("%.2f" % (d["end"]["sum_received"]["bits_per_second"] / 8e9))'
 }
 for round in $(seq "$rounds"); do
     for size in 1K 128K; do
-        pinned=$(run "$size" -A 0,1)
-        free=$(run "$size")
+        if [ $((round % 2)) = 1 ]; then  # which goes first alternates too
+            pinned=$(run "$size" -A 0,1)
+            free=$(run "$size")
+        else
+            free=$(run "$size")
+            pinned=$(run "$size" -A 0,1)
+        fi
         echo "round $round, $size writes: pinned $pinned GB/s, default $free GB/s"
         echo "$size $pinned $free" >>"$results"
     done

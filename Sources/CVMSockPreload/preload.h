@@ -282,12 +282,14 @@ static inline void vmsp_epoll_closing(int fd) {
 
 // MARK: Signal handlers that ran while a wait spun (signals.c).
 
-/// The counts of the program's handlers run so far: any, and those without SA_RESTART.
+/// The counts of the program's handlers run so far on this thread: any, and those without SA_RESTART.
 struct vmsp_signal_mark { unsigned any, interrupting; };
 struct vmsp_signal_mark vmsp_signal_mark(void);
 /// Whether a handler ran since `mark` (any: every handler, as poll, select and epoll see them; else only those
 /// without SA_RESTART, as a socket call sees them). One atomic load: the spins ask it as they turn.
 int vmsp_signalled(struct vmsp_signal_mark mark, int any);
+/// SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS: raised by an instruction, never interrupting a call.
+int vmsp_is_fault_signal(int sig);
 
 // MARK: Debug output and process state.
 

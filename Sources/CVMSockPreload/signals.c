@@ -8,15 +8,25 @@
 // sysv_signal are interposed. The kernel gets the trampoline (with SA_SIGINFO added) for every handler of a
 // signal that can interrupt a call; the program's handler and flags are kept here and are what sigaction reports
 // back, so the program sees only what it set. SIG_DFL and SIG_IGN, and handlers of the synchronous fault signals
-// (which never interrupt a call), go to the kernel unchanged. A wait notes the counts when it starts and looks at
-// them as it spins and before it sleeps (`vmsp_signalled`). Not covered: sigset(3), and handlers installed with
-// the raw rt_sigaction system call.
+// (which never interrupt a call), go to the kernel unchanged. The counts are per thread: a handler runs on the
+// thread the kernel picked, and only that thread's call would have been interrupted. A wait notes its thread's
+// counts when it starts and looks at them as it spins and before it sleeps (`vmsp_signalled`). Not covered:
+// sigset(3), and handlers installed with the raw rt_sigaction system call.
 #include "preload.h"
 
+#include <errno.h>
 #include <signal.h>
 #include <string.h>
 
-atomic_uint vmsp_signals_any, vmsp_signals_interrupting;
+#ifndef SA_RESTORER
+#define SA_RESTORER 0x04000000  // the kernel's; libc sets it on every handler and hides the name
+#endif
+
+// This thread's handlers so far: all, and those without SA_RESTART. Initial-exec TLS: a plain load and store,
+// safe in a handler (a dynamic TLS access may allocate on a thread's first use).
+static __thread unsigned signals_any __attribute__((tls_model("initial-exec")));
+static __thread unsigned signals_interrupting __attribute__((tls_model("initial-exec")));
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_POINTER_LOCK_FREE == 2, "the handler table is read in handlers");
 
 struct kept {
     _Atomic(void *) handler;  // the program's sa_handler or sa_sigaction; NULL: not ours (kernel has it all)
@@ -25,31 +35,31 @@ struct kept {
 static struct kept kept[NSIG];
 
 static int wrapped(int sig) {
-    return sig > 0 && sig < NSIG && sig != SIGSEGV && sig != SIGBUS && sig != SIGILL && sig != SIGFPE &&
-           sig != SIGTRAP && sig != SIGSYS && sig != SIGKILL && sig != SIGSTOP;
+    return sig > 0 && sig < NSIG && !vmsp_is_fault_signal(sig) && sig != SIGKILL && sig != SIGSTOP;
 }
 
 static void trampoline(int sig, siginfo_t *info, void *context) {
     struct kept *k = &kept[sig];
     int flags = atomic_load_explicit(&k->flags, memory_order_relaxed);
     void *handler = atomic_load_explicit(&k->handler, memory_order_acquire);
-    atomic_fetch_add_explicit(&vmsp_signals_any, 1, memory_order_relaxed);
-    if (!(flags & SA_RESTART)) atomic_fetch_add_explicit(&vmsp_signals_interrupting, 1, memory_order_relaxed);
+    signals_any++;
+    if (!(flags & SA_RESTART)) signals_interrupting++;
     if (!handler) return;  // replaced meanwhile by SIG_DFL or SIG_IGN: the kernel has that now
-    if (flags & SA_SIGINFO) ((void (*)(int, siginfo_t *, void *))handler)(sig, info, context);
-    else ((void (*)(int))handler)(sig);
+    // Always the three-argument form: the kernel set all three (the trampoline has SA_SIGINFO), and a
+    // one-argument handler ignores the others. So a handler and flags read apart never pair wrongly.
+    ((void (*)(int, siginfo_t *, void *))handler)(sig, info, context);
 }
 
 int vmsp_signalled(struct vmsp_signal_mark mark, int any) {
-    if (any) return atomic_load_explicit(&vmsp_signals_any, memory_order_relaxed) != mark.any;
-    return atomic_load_explicit(&vmsp_signals_interrupting, memory_order_relaxed) != mark.interrupting;
+    return any ? signals_any != mark.any : signals_interrupting != mark.interrupting;
 }
 
 struct vmsp_signal_mark vmsp_signal_mark(void) {
-    return (struct vmsp_signal_mark){
-        .any = atomic_load_explicit(&vmsp_signals_any, memory_order_relaxed),
-        .interrupting = atomic_load_explicit(&vmsp_signals_interrupting, memory_order_relaxed),
-    };
+    return (struct vmsp_signal_mark){ .any = signals_any, .interrupting = signals_interrupting };
+}
+
+int vmsp_is_fault_signal(int sig) {
+    return sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE || sig == SIGTRAP || sig == SIGSYS;
 }
 
 int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
@@ -91,6 +101,7 @@ int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
 
 // signal(2) as glibc's (BSD semantics): the handler stays, and interrupted calls restart.
 static sighandler_t set_handler(int sig, sighandler_t handler, int flags) {
+    if (handler == SIG_ERR) { errno = EINVAL; return SIG_ERR; }
     struct sigaction act, old;
     memset(&act, 0, sizeof act);
     act.sa_handler = handler;
@@ -102,7 +113,20 @@ static sighandler_t set_handler(int sig, sighandler_t handler, int flags) {
 
 sighandler_t signal(int sig, sighandler_t handler) { return set_handler(sig, handler, SA_RESTART); }
 sighandler_t bsd_signal(int sig, sighandler_t handler) { return set_handler(sig, handler, SA_RESTART); }
-// System V semantics: the handler runs once, without blocking its own signal, and calls are not restarted.
+sighandler_t ssignal(int sig, sighandler_t handler) { return set_handler(sig, handler, SA_RESTART); }
+// System V semantics: the handler runs once, without blocking its own signal, and calls are not restarted. glibc's
+// signal is __sysv_signal in a program built without _DEFAULT_SOURCE (strict ISO C).
 sighandler_t sysv_signal(int sig, sighandler_t handler) {
     return set_handler(sig, handler, SA_RESETHAND | SA_NODEFER);
+}
+sighandler_t __sysv_signal(int sig, sighandler_t handler) { return sysv_signal(sig, handler); }
+
+// siginterrupt(3): SA_RESTART off (1) or on (0) for the signal's handler, through sigaction above, so that what
+// is kept stays what the kernel has.
+int siginterrupt(int sig, int interrupt) {
+    struct sigaction act;
+    if (sigaction(sig, NULL, &act) != 0) return -1;
+    if (interrupt) act.sa_flags &= ~SA_RESTART; else act.sa_flags |= SA_RESTART;
+    act.sa_flags &= ~SA_RESTORER;  // libc adds its own
+    return sigaction(sig, &act, NULL);
 }

@@ -81,16 +81,23 @@ static int socket_timeout_ms(int fd, int option) {
 // otherwise (vmsock-run turns it off). Asked only after EINTR.
 static int restarts_after_signal(void) {
     for (int sig = 1; sig < NSIG; sig++) {
-        if (sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE || sig == SIGTRAP || sig == SIGABRT ||
-            sig == SIGSYS || sig == SIGQUIT) {
-            continue;
-        }
+        if (vmsp_is_fault_signal(sig) || sig == SIGABRT || sig == SIGQUIT) continue;
         struct sigaction action;
         if (sigaction(sig, NULL, &action) != 0) continue;
         if (action.sa_handler == SIG_DFL || action.sa_handler == SIG_IGN) continue;
         if (!(action.sa_flags & SA_RESTART)) return 0;
     }
     return 1;
+}
+
+// Whether a wait a signal handler interrupted ends with EINTR, as the kernel's socket call would: when a handler
+// without SA_RESTART ran on this thread since `mark` (signals.c), or the socket has a timeout for this direction
+// (signal(7): such a call is never restarted). When no handler the library saw ran (one set with the raw system
+// call), every handler's flags decide, as above. A caller that goes on takes a new mark.
+static int interrupted_since(struct vmsp_signal_mark mark, int fd, int timeout_option) {
+    if (vmsp_signalled(mark, 0)) return 1;
+    if (!vmsp_signalled(mark, 1) && !restarts_after_signal()) return 1;
+    return socket_timeout_ms(fd, timeout_option) >= 0;
 }
 
 // A connector's TCP connection may still be in progress (a non-blocking connect): TCP does not take data then,
@@ -297,7 +304,10 @@ ssize_t vmsp_recv(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
             avail = rx_refresh(c);
             if (avail != 0 || vmsp_now_ns() > spin_until) break;
             if ((turn & 63) == 0) {
-                if ((interrupted = vmsp_signalled(mark, 0))) break;
+                if (vmsp_signalled(mark, 1)) {
+                    if ((interrupted = interrupted_since(mark, fd, SO_RCVTIMEO))) break;
+                    mark = vmsp_signal_mark();  // restarted: the wait goes on
+                }
                 sched_yield();
             }
         }
@@ -305,7 +315,7 @@ ssize_t vmsp_recv(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
         if (!interrupted) {
             avail = rx_settle(c, fd);  // arm, so that the next publish rings; drains the bytes of older arms
             if (avail != 0) { vmsp_rx_disarm(c); continue; }
-            if (vmsp_signalled(mark, 0)) { vmsp_rx_disarm(c); interrupted = 1; }
+            if (vmsp_signalled(mark, 1) && interrupted_since(mark, fd, SO_RCVTIMEO)) { vmsp_rx_disarm(c); interrupted = 1; }
         }
         // A handler without SA_RESTART ran while we spun or armed: the kernel would have said EINTR (signals.c).
         if (interrupted) {
@@ -323,7 +333,7 @@ ssize_t vmsp_recv(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
         pthread_mutex_lock(&c->rx_lock);
         if (ready < 0 && saved == EINTR) {
             if (copied > 0) { result = (ssize_t)copied; break; }
-            if (restarts_after_signal()) { avail = rx_refresh(c); continue; }
+            if (!interrupted_since(mark, fd, SO_RCVTIMEO)) { mark = vmsp_signal_mark(); avail = rx_refresh(c); continue; }
             errno = EINTR;
             result = -1;
             break;
@@ -431,19 +441,25 @@ static ssize_t broken_pipe(int flags) {
 // Waits for room. 1: there may be room; 0: timed out or interrupted (errno set); -1: the peer is gone.
 // `deadline` carries SO_SNDTIMEO across the calls of one send (0 until the first sleep, -1 for none); each sleep
 // lasts at most VMSP_SPACE_RECHECK_MS, after which the caller looks at the ring again.
-static int tx_wait(struct vmsp_conn *c, int fd, int64_t need, int64_t *deadline, struct vmsp_signal_mark mark) {
+static int tx_wait(struct vmsp_conn *c, int fd, int64_t need, int64_t *deadline, struct vmsp_signal_mark *mark) {
     int64_t spin_until = vmsp_now_ns() + vmsp_spin_ns();
     for (int turn = 1;; turn++) {
         int64_t space = tx_refresh(c);
         if (space < 0 || space >= need) return 1;
         if (vmsp_now_ns() > spin_until) break;
         if ((turn & 63) == 0) {
-            // A handler without SA_RESTART ran: the kernel would have said EINTR (signals.c).
-            if (vmsp_signalled(mark, 0)) { errno = EINTR; return 0; }
+            // A handler ran: EINTR where the kernel's send would have said it (signals.c), else go on.
+            if (vmsp_signalled(*mark, 1)) {
+                if (interrupted_since(*mark, fd, SO_SNDTIMEO)) { errno = EINTR; return 0; }
+                *mark = vmsp_signal_mark();
+            }
             sched_yield();
         }
     }
-    if (vmsp_signalled(mark, 0)) { errno = EINTR; return 0; }
+    if (vmsp_signalled(*mark, 1)) {
+        if (interrupted_since(*mark, fd, SO_SNDTIMEO)) { errno = EINTR; return 0; }
+        *mark = vmsp_signal_mark();
+    }
     if (*deadline == 0) *deadline = vmsp_deadline_after_ms(socket_timeout_ms(fd, SO_SNDTIMEO));
     store_u32(c->local, OFF_WAIT_SPACE, 1);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);  // the flag before the re-check (Dekker, against the consumer)
@@ -457,8 +473,11 @@ static int tx_wait(struct vmsp_conn *c, int fd, int64_t need, int64_t *deadline,
     int wait_ms = vmsp_ms_until(*deadline);
     if (wait_ms < 0 || wait_ms > VMSP_SPACE_RECHECK_MS) wait_ms = VMSP_SPACE_RECHECK_MS;
     int ready;
-    do ready = REAL(poll)(p, 3, wait_ms);
-    while (ready < 0 && errno == EINTR && restarts_after_signal());
+    for (;;) {
+        ready = REAL(poll)(p, 3, wait_ms);
+        if (ready >= 0 || errno != EINTR || interrupted_since(*mark, fd, SO_SNDTIMEO)) break;
+        *mark = vmsp_signal_mark();
+    }
     int saved = errno;
     store_u32(c->local, OFF_WAIT_SPACE, 0);
     char sink[64];
@@ -549,7 +568,7 @@ ssize_t vmsp_send(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
             result = -1;
             break;
         }
-        int waited = tx_wait(c, fd, 1, &deadline, mark);
+        int waited = tx_wait(c, fd, 1, &deadline, &mark);
         if (waited < 0) continue;  // EPIPE above
         if (waited == 0) { result = written ? (ssize_t)written : -1; break; }
     }
@@ -596,7 +615,7 @@ ssize_t vmsp_sendfile(struct vmsp_conn *c, int fd, int in_fd, off_t *offset, siz
             result = -1;
             break;
         }
-        int waited = tx_wait(c, fd, 1, &deadline, mark);
+        int waited = tx_wait(c, fd, 1, &deadline, &mark);
         if (waited < 0) continue;
         if (waited == 0) { result = written ? (ssize_t)written : -1; break; }
     }

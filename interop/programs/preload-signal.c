@@ -16,6 +16,7 @@
 #include <sys/epoll.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t handled;
@@ -49,6 +50,17 @@ static void *send_later(void *arg) {
     struct later *l = arg;
     usleep((useconds_t)l->delay_ms * 1000);
     if (write(l->fd, "x", 1) != 1) perror("write");
+    return NULL;
+}
+
+// Takes SIGALRM on this thread (both block it; sigsuspend lets it in here only), then sends a byte to `*arg`
+// 50 ms later.
+static void *take_alarm(void *arg) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigsuspend(&none);
+    usleep(50000);
+    if (write(*(int *)arg, "y", 1) != 1) perror("write");
     return NULL;
 }
 
@@ -100,6 +112,43 @@ int main(void) {
         if (restart) pthread_join(thread, NULL);
     }
 
+    // A socket with SO_RCVTIMEO: even a handler with SA_RESTART ends recv with EINTR (signal(7)).
+    install(SA_RESTART);
+    struct timeval five = { 5, 0 };
+    setsockopt(server, SOL_SOCKET, SO_RCVTIMEO, &five, sizeof five);
+    arm_alarm();
+    long timed = recv(server, &byte, 1, 0);
+    printf("SA_RESTART, SO_RCVTIMEO: recv: %s, handler ran %d\n", outcome(timed), handled);
+    struct timeval none = { 0, 0 };
+    setsockopt(server, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+
+    // A handler that runs on another thread does not end this thread's wait: this thread blocks SIGALRM, the
+    // other takes it, then sends a byte that ends the wait.
+    install(0);
+    sigset_t alarm_only;
+    sigemptyset(&alarm_only);
+    sigaddset(&alarm_only, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alarm_only, NULL);
+    pthread_t taker;
+    pthread_create(&taker, NULL, take_alarm, &client);
+    arm_alarm();
+    struct pollfd q = { .fd = server, .events = POLLIN };
+    long other = poll(&q, 1, -1);
+    pthread_join(taker, NULL);
+    printf("handler on another thread: poll: %s, handler ran %d\n", outcome(other), handled);
+    if (other == 1 && read(server, &byte, 1) != 1) perror("read");
+    pthread_sigmask(SIG_UNBLOCK, &alarm_only, NULL);
+
+    // sysv_signal: the handler runs once (SA_RESETHAND), and the wait ends with EINTR.
+    sysv_signal(SIGALRM, on_alarm);
+    struct pollfd r = { .fd = server, .events = POLLIN };
+    arm_alarm();
+    long once = poll(&r, 1, -1);
+    struct sigaction after;
+    sigaction(SIGALRM, NULL, &after);
+    printf("sysv_signal: poll: %s, handler ran %d, then %s\n", outcome(once), handled,
+           after.sa_handler == SIG_DFL ? "SIG_DFL" : "still a handler");
+
     // What sigaction reports is what the program set.
     struct sigaction now;
     install(SA_SIGINFO | SA_RESTART);
@@ -112,6 +161,13 @@ int main(void) {
     printf("query after 0: handler %s, SA_SIGINFO %d, SA_RESTART %d\n",
            now.sa_handler == on_alarm ? "the program's" : "another", !!(now.sa_flags & SA_SIGINFO),
            !!(now.sa_flags & SA_RESTART));
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"  // still in programs that vmsock-run must serve
+    siginterrupt(SIGALRM, 0);
+#pragma GCC diagnostic pop
+    sigaction(SIGALRM, NULL, &now);
+    printf("query after siginterrupt(0): handler %s, SA_RESTART %d\n",
+           now.sa_handler == on_alarm ? "the program's" : "another", !!(now.sa_flags & SA_RESTART));
     sighandler_t previous = signal(SIGALRM, SIG_IGN);
     printf("signal(SIG_IGN) returned %s\n", previous == on_alarm ? "the program's handler" : "another");
     previous = signal(SIGALRM, on_alarm);

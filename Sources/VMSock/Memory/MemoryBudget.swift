@@ -1,40 +1,43 @@
 import Glibc
 import Synchronization
 
-/// Keeps our rings inside this process's memory cgroup limit.
+/// Keeps our rings inside the memory cgroup limits above this process.
 ///
 /// A ring's pages are charged to the memory cgroup of the process that first writes them, when it writes them, not
-/// when the ring is made. Without swap, a write that pushes the cgroup over its limit makes the kernel kill a
+/// when the ring is made. Without swap, a write that pushes a cgroup over its limit makes the kernel kill a
 /// process of the group (checked here: even fallocate at set-up is killed, not refused). A TCP socket's buffers
-/// shrink under pressure instead. So when the process's cgroup has a limit, every ring we make is first weighed
-/// against it: the cgroup's usage that cannot be reclaimed (usage less inactive file pages), plus every ring this
-/// process made and still holds (counted whole, as if already written), plus the new ring, must stay a margin
-/// below the limit (1/16 of it, at least 4 MiB). Otherwise the ring is refused with ENOMEM, which a connection
-/// takes as "out of resources": TCP where the policy allows, as for `ulimit -f` and `ulimit -v`.
+/// shrink under pressure instead. So when the process's cgroup, or one above it, has a limit, every ring we make
+/// is first weighed against each such limit: that cgroup's usage that cannot be reclaimed (usage less inactive file
+/// pages), plus every ring this process made and still holds (counted whole, as if not yet written: a written ring
+/// counts twice, so a long-lived process falls back a little early), plus the new ring, must stay a margin below
+/// the limit (1/16 of it, at least 4 MiB). Otherwise the ring is refused with ENOMEM, which a connection takes as
+/// "out of resources": TCP where the policy allows, as for `ulimit -f` and `ulimit -v`.
 ///
-/// The cgroup and whether it has a limit are looked up once, at the first ring: a process without a limit then
-/// pays nothing per ring (a limit set later is not seen). With a limit, each ring reads two small files. Rings in
-/// a vmsockd region are not weighed: their memory is the region's, made once.
+/// The cgroups and which of them have a limit are looked up once, at the first ring: a process without a limit
+/// then pays nothing per ring (a limit set later is not seen). With limits, each ring reads three small files per
+/// limited cgroup. Rings in a vmsockd region are not weighed: their memory is the region's, made once.
 enum MemoryBudget {
     /// Bytes of rings this process made and holds.
     private static let promised = Atomic<Int>(0)
     private static let cgroup: MemoryCgroup? = MemoryCgroup.ofThisProcess()
 
-    /// A ring of `bytes`, weighed against the limit: the charge to keep while the ring lives (nil when the
-    /// process has no limit).
-    /// - Throws: ENOMEM, saying what the cgroup has and what to change.
+    /// A ring of `bytes`, weighed against every limit above the process: the charge to keep while the ring lives
+    /// (nil when no cgroup of the process has a limit).
+    /// - Throws: ENOMEM, saying which cgroup is short, what it has, and what to change.
     static func charge(_ bytes: Int) throws(VMSockError) -> MemoryCharge? {
-        guard let cgroup, let now = cgroup.measure() else { return nil }
-        let margin = max(now.limit / 16, 4 << 20)
+        guard let cgroup else { return nil }
         let before = promised.add(bytes, ordering: .relaxed).oldValue
-        guard now.unreclaimable + before + bytes + margin <= now.limit else {
+        for level in cgroup.levels {
+            guard let now = level.measure() else { continue }
+            let margin = max(now.limit / 16, 4 << 20)
+            guard now.unreclaimable + before + bytes + margin > now.limit else { continue }
             promised.subtract(bytes, ordering: .relaxed)
             throw VMSockError(
                 code: ENOMEM,
-                "a \(bytes >> 10) KiB ring would bring this process's memory cgroup (\(cgroup.path)) within "
-                    + "\(margin >> 20) MiB of its \(now.limit >> 20) MiB limit (\(now.unreclaimable >> 20) MiB in use, "
-                    + "\(before >> 20) MiB promised to other rings); the kernel would kill the process as the ring "
-                    + "fills. Raise the cgroup's memory limit for shared memory")
+                "a \(bytes >> 10) KiB ring would bring the memory cgroup \(level.path) within \(margin >> 20) MiB of its "
+                    + "\(now.limit >> 20) MiB limit (\(now.unreclaimable >> 20) MiB in use, \(before >> 20) MiB promised to "
+                    + "this process's other rings); the kernel would kill a process as the ring fills. Raise the "
+                    + "cgroup's memory limit for shared memory")
         }
         return MemoryCharge(bytes)
     }
@@ -54,79 +57,75 @@ final class MemoryCharge: Sendable {
     deinit { MemoryBudget.release(bytes) }
 }
 
-/// This process's memory cgroup, v1 (a `memory` hierarchy) or v2 (the unified one), when it or a parent has a
-/// limit.
+/// The memory cgroups of this process, v1 (a `memory` hierarchy) or v2 (the unified one), from its own up to the
+/// hierarchy's root, that have a limit. Each is weighed on its own usage, which counts its other members and
+/// descendants too: a parent at its limit through a sibling group kills us as surely as our own.
 struct MemoryCgroup: Sendable {
-    let path: String
-    let version: Int
+    let levels: [Level]
 
-    /// What the cgroup has now, in bytes.
+    /// One cgroup directory.
+    struct Level: Sendable {
+        let path: String
+        let version: Int
+
+        /// What the cgroup has now, in bytes: its limit, and the usage reclaim cannot give back (usage less
+        /// inactive file pages); nil without a limit, or when its files cannot be read.
+        func measure() -> Measure? {
+            let limitFile = version == 1 ? "/memory.limit_in_bytes" : "/memory.max"
+            let usageFile = version == 1 ? "/memory.usage_in_bytes" : "/memory.current"
+            guard let limit = MemoryCgroup.number(in: path + limitFile), limit < MemoryCgroup.unlimited,
+                let usage = MemoryCgroup.number(in: path + usageFile)
+            else { return nil }
+            let stat = MemoryCgroup.fields(of: path + "/memory.stat")
+            let inactiveFile = stat[version == 1 ? "total_inactive_file" : "inactive_file"] ?? 0
+            return Measure(limit: limit, unreclaimable: max(0, usage - inactiveFile))
+        }
+    }
+
     struct Measure {
         let limit: Int
         let unreclaimable: Int
     }
 
     /// Limits at or above this are "no limit" (v1 writes a page-rounded 2^63 - 1).
-    private static let unlimited = 1 << 60
+    fileprivate static let unlimited = 1 << 60
 
-    /// The cgroup, when /proc/self/cgroup names one whose limit (its own or a parent's) is set.
+    /// The limited cgroups /proc/self/cgroup names (and their parents), or nil when none has a limit. A path that
+    /// is not under the mount (a container without its own cgroup namespace sees the host's path) is taken as the
+    /// mount's root, which is then the container's own cgroup.
     static func ofThisProcess() -> MemoryCgroup? {
         guard let bytes = Sys.readSmallFile("/proc/self/cgroup", limit: 8192) else { return nil }
-        var unified: String? = nil
+        var found: (root: String, path: String, version: Int)? = nil
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
             let fields = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
             guard fields.count == 3 else { continue }
             if fields[1].split(separator: ",").contains("memory") {
-                let cgroup = MemoryCgroup(path: "/sys/fs/cgroup/memory" + fields[2], version: 1)
-                return cgroup.measure() != nil ? cgroup : nil
+                found = ("/sys/fs/cgroup/memory", String(fields[2]), 1)
+                break
             }
-            if fields[0] == "0" && fields[1].isEmpty { unified = String(fields[2]) }
+            if fields[0] == "0" && fields[1].isEmpty { found = ("/sys/fs/cgroup", String(fields[2]), 2) }
         }
-        guard let unified else { return nil }
-        let cgroup = MemoryCgroup(path: "/sys/fs/cgroup" + unified, version: 2)
-        return cgroup.measure() != nil ? cgroup : nil
-    }
-
-    /// The limit and the usage that reclaim cannot give back; nil without a limit, or when the files cannot be
-    /// read (then nothing is weighed).
-    func measure() -> Measure? {
-        let stat = Self.fields(of: path + "/memory.stat")
-        let limit: Int
-        let usage: Int?
-        if version == 1 {
-            guard let hierarchical = stat["hierarchical_memory_limit"] else { return nil }
-            limit = hierarchical
-            usage = Self.number(in: path + "/memory.usage_in_bytes")
-        } else {
-            guard let smallest = Self.smallestLimit(from: path) else { return nil }
-            limit = smallest
-            usage = Self.number(in: path + "/memory.current")
-        }
-        guard limit < Self.unlimited, let usage else { return nil }
-        let inactiveFile = stat[version == 1 ? "total_inactive_file" : "inactive_file"] ?? 0
-        return Measure(limit: limit, unreclaimable: max(0, usage - inactiveFile))
-    }
-
-    /// v2: the smallest memory.max from the cgroup up to the root (which has none).
-    private static func smallestLimit(from path: String) -> Int? {
-        var smallest: Int? = nil
-        var directory = path
-        while directory.count > "/sys/fs/cgroup".count {
-            if let limit = number(in: directory + "/memory.max") { smallest = min(smallest ?? limit, limit) }
-            guard let slash = directory.lastIndex(of: "/") else { break }
+        guard let found else { return nil }
+        var directory = found.root + found.path
+        if Sys.pathStatus(directory) == nil { directory = found.root }
+        var levels: [Level] = []
+        while true {
+            let level = Level(path: directory, version: found.version)
+            if level.measure() != nil { levels.append(level) }
+            guard directory.count > found.root.count, let slash = directory.lastIndex(of: "/") else { break }
             directory = String(directory[..<slash])
         }
-        return smallest
+        return levels.isEmpty ? nil : MemoryCgroup(levels: levels)
     }
 
     /// A file holding one number ("max" and unreadable files give nil).
-    private static func number(in path: String) -> Int? {
+    fileprivate static func number(in path: String) -> Int? {
         guard let bytes = Sys.readSmallFile(path, limit: 64) else { return nil }
         return Int(String(decoding: bytes.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self))
     }
 
     /// "name value" lines of a memory.stat file.
-    private static func fields(of path: String) -> [String: Int] {
+    fileprivate static func fields(of path: String) -> [String: Int] {
         guard let bytes = Sys.readSmallFile(path, limit: 16384) else { return [:] }
         var fields: [String: Int] = [:]
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
