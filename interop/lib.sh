@@ -114,3 +114,25 @@ await_guest() {
     [ "$status" = 77 ] && skip "$(grep SKIP: "$WORK/console" | tail -1)"
     fail "$what (boot.sh exit $status): $(tr -d '\r' <"$WORK/console" | tail -20)"
 }
+
+# The preload tests whose C program prints what it observes: compiles interop/programs/NAME.c (with CFLAGS), runs
+# it plainly and under vmsock-run --debug (with ENV, e.g. VMSOCK_SPIN_US=2000000, for that run only), each within
+# 60 s, and fails unless the two outputs are the same and end with "done". Leaves $WORK/plain.txt,
+# $WORK/preloaded.txt and the debug lines in $WORK/debug.txt. Usage: same_under_preload NAME "CFLAGS" [ENV...]
+same_under_preload() {
+    local name=$1 flags=$2 cc status
+    shift 2
+    [ -x "$VMSOCK_RUN" ] || fail "$VMSOCK_RUN is not built (swift build)"
+    cc=$(command -v cc || command -v /opt/swift/usr/bin/clang || true)
+    [ -n "$cc" ] || skip "no C compiler (cc or the Swift toolchain's clang)"
+    # shellcheck disable=SC2086  # CFLAGS are words
+    "$cc" -O2 -Wall $flags -o "$WORK/$name" "interop/programs/$name.c" -lpthread
+    timeout 60 "$WORK/$name" >"$WORK/plain.txt" || fail "plain run failed: $(cat "$WORK/plain.txt")"
+    env "$@" timeout 60 "$VMSOCK_RUN" --debug "$WORK/$name" >"$WORK/preloaded.txt" 2>"$WORK/debug.txt" || {
+        status=$?
+        fail "preloaded run failed (exit $status; 124: it did not end within 60 s): $(cat "$WORK/preloaded.txt" "$WORK/debug.txt")"
+    }
+    diff -u "$WORK/plain.txt" "$WORK/preloaded.txt" \
+        || { tail -30 "$WORK/debug.txt"; fail "the program observed a difference under vmsock-run"; }
+    grep -q '^done$' "$WORK/plain.txt" || fail "the program did not finish"
+}

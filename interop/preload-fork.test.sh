@@ -3,15 +3,7 @@
 # forked child accepts over shared memory, an exec'd image reads data or end of stream, never wake-up bytes.
 # Run under vmsock-run (shared memory, confirmed by the debug lines) and without it: the output must be the same.
 source "$(dirname "$0")/lib.sh"
-[ -x "$VMSOCK_RUN" ] || fail "$VMSOCK_RUN is not built (swift build)"
-CC=$(command -v cc || command -v /opt/swift/usr/bin/clang || true)
-[ -n "$CC" ] || skip "no C compiler (cc or the Swift toolchain's clang)"
-"$CC" -O2 -Wall -o "$WORK/fork" interop/programs/preload-fork.c
-timeout 60 "$WORK/fork" >"$WORK/plain.txt" || fail "plain run failed: $(cat "$WORK/plain.txt")"
-timeout 60 "$VMSOCK_RUN" --debug "$WORK/fork" >"$WORK/preloaded.txt" 2>"$WORK/debug.txt" \
-    || fail "preloaded run failed: $(cat "$WORK/preloaded.txt" "$WORK/debug.txt")"
-diff -u "$WORK/plain.txt" "$WORK/preloaded.txt" || { cat "$WORK/debug.txt"; fail "the program observed a difference under vmsock-run"; }
-grep -q '^done$' "$WORK/plain.txt" || fail "the program did not finish"
+same_under_preload preload-fork ""
 count_says "$WORK/debug.txt" 18 "shared memory"
 # The accept in the forked child claimed the link its parent's listener thread welcomed.
 owner=$(sed -n 's/^vmsock-run\[\([0-9]*\)\]: listen fd .*shared memory offered.*/\1/p' "$WORK/debug.txt" | head -1)

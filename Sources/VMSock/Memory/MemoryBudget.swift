@@ -43,9 +43,6 @@ enum MemoryBudget {
     }
 
     fileprivate static func release(_ bytes: Int) { promised.subtract(bytes, ordering: .relaxed) }
-
-    /// Bytes of rings this process holds under a limit (for tests and diagnostics; 0 without a limit).
-    static var promisedBytes: Int { promised.load(ordering: .relaxed) }
 }
 
 /// One ring's share of `MemoryBudget`, given back when the ring's region goes.
