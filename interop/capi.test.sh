@@ -33,6 +33,13 @@ done
 timeout 120 "$WORK/capi_test-${compilers[0]}" >"$WORK/out" 2>&1 || fail "capi_test: $(cat "$WORK/out")"
 cat "$WORK/out"
 says "$WORK/out" "ok: every test passed" "capi_test"
+# Through a vmsockd region: the same data calls, and vmsock_transport says VMSOCK_TRANSPORT_IVSHMEM.
+[ -x "$BIN/vmsockd" ] || fail "$BIN/vmsockd is not built (swift build)"
+start_vmsockd
+VMSOCK_IVSHMEM=$SOCK timeout 120 "$WORK/capi_test-${compilers[0]}" ivshmem >"$WORK/out-ivshmem" 2>&1 \
+    || fail "capi_test ivshmem: $(cat "$WORK/out-ivshmem")"
+cat "$WORK/out-ivshmem"
+says "$WORK/out-ivshmem" "ok: every ivshmem test passed" "capi_test ivshmem"
 # The other compiler's build runs every test too.
 if [ ${#compilers[@]} -gt 1 ]; then
     timeout 120 "$WORK/capi_test-${compilers[1]}" >"$WORK/out2" 2>&1 || fail "capi_test (${compilers[1]}): $(cat "$WORK/out2")"

@@ -9,7 +9,11 @@ import VMSockHandles
 public func cTransport(_ handle: Int32) -> Int32 {
     Errno.returning32 { () throws(VMSockError) in
         try HandleTable.withConnection(handle) {
-            $0.transport == .sharedMemory ? VMSOCK_TRANSPORT_SHM : VMSOCK_TRANSPORT_TCP
+            switch $0.transport {
+            case .sharedMemory: VMSOCK_TRANSPORT_SHM
+            case .ivshmem: VMSOCK_TRANSPORT_IVSHMEM
+            case .tcp: VMSOCK_TRANSPORT_TCP
+            }
         }
     }
 }

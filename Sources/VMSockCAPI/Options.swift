@@ -15,6 +15,7 @@ extension VMSocketOptions {
         case VMSOCK_POLICY_AUTO: transport = .auto
         case VMSOCK_POLICY_SHM: transport = .shm
         case VMSOCK_POLICY_TCP: transport = .tcp
+        case VMSOCK_POLICY_IVSHMEM: transport = .ivshmem
         default: throw VMSockError(code: EINVAL, "vmsock_options.policy \(c.policy) is not a VMSOCK_POLICY_ value")
         }
         switch c.family {

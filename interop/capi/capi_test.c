@@ -3,6 +3,7 @@
 // as a child through fork and exec). Built and run by interop/capi.test.sh.
 //
 //   capi_test                 every test; prints "ok: ..." per test, exits 0, or 1 at the first failure
+//   capi_test ivshmem         the data tests through a vmsockd region (VMSOCK_IVSHMEM names a running vmsockd)
 //   capi_test client PORT REASON   (the child) connects to PORT, echoes a pattern through the parent
 //   capi_test pump write|read BYTES CHUNK   streams BYTES in CHUNK-byte calls to (or from) a child it starts, and
 //                             prints the rate: what tools/check-capi-data-path.sh runs under callgrind
@@ -285,7 +286,9 @@ static void test_stale_handle(void) {
 // The data calls, the same over both transports.
 static void test_data(int policy, const char *name) {
     struct pair p = make_pair(policy, 4096);
-    int expected = policy == VMSOCK_POLICY_TCP ? VMSOCK_TRANSPORT_TCP : VMSOCK_TRANSPORT_SHM;
+    int expected = policy == VMSOCK_POLICY_TCP       ? VMSOCK_TRANSPORT_TCP
+                   : policy == VMSOCK_POLICY_IVSHMEM ? VMSOCK_TRANSPORT_IVSHMEM
+                                                     : VMSOCK_TRANSPORT_SHM;
     CHECK(vmsock_transport(p.client) == expected && vmsock_transport(p.server) == expected);
 
     // Addresses: each side's local port is the other's peer port, as over TCP.
@@ -649,6 +652,12 @@ int main(int argc, char **argv) {
         return run_pump_peer(argv[2], argv[3], strtoull(argv[4], NULL, 0), strtoull(argv[5], NULL, 0));
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc == 2 && strcmp(argv[1], "ivshmem") == 0) {  // run with VMSOCK_IVSHMEM naming a running vmsockd
+        test_data(VMSOCK_POLICY_IVSHMEM, "ivshmem region");
+        test_close_wakes_reader(VMSOCK_POLICY_IVSHMEM, "ivshmem region");
+        printf("ok: every ivshmem test passed\n");
+        return 0;
+    }
     test_bad_handles();
     test_listener();
     test_bad_arguments();

@@ -55,8 +55,10 @@
  * library never exits, and prints nothing but two warnings about the environment, once each on stderr: an
  * unknown VMSOCK_TRANSPORT value (treated as "auto") and an invalid VMSOCK_SPIN_US (the default is used).
  *
- * ENVIRONMENT. VMSOCK_TRANSPORT=auto|shm|tcp (the default transport policy), VMSOCK_DIR (where listeners
- * register), VMSOCK_SPIN_US (how long a blocked call spins before it sleeps, default 50). See README.md.
+ * ENVIRONMENT. VMSOCK_TRANSPORT=auto|shm|tcp|ivshmem (the default transport policy), VMSOCK_DIR (where
+ * listeners register), VMSOCK_SPIN_US (how long a blocked call spins before it sleeps, default 50),
+ * VMSOCK_IVSHMEM (the socket of a vmsockd whose region this process joins: a listener registers there too, and
+ * under auto a connect uses the region when a peer of it listens at the address). See README.md.
  */
 
 #include <stddef.h>
@@ -74,10 +76,12 @@ extern "C" {
 #define VMSOCK_POLICY_AUTO 1    /* shared memory when the peer is a trusted vmsock listener on this host, else TCP */
 #define VMSOCK_POLICY_SHM 2     /* shared memory or fail (ECONNREFUSED, with the reason in vmsock_last_error) */
 #define VMSOCK_POLICY_TCP 3     /* TCP only; a listener does not register for shared memory */
+#define VMSOCK_POLICY_IVSHMEM 4 /* the vmsockd region (VMSOCK_IVSHMEM) or fail; a listener registers only there */
 
 /* Transports, as vmsock_transport returns them. */
 #define VMSOCK_TRANSPORT_SHM 1 /* shared-memory rings with a peer on this host */
 #define VMSOCK_TRANSPORT_TCP 2 /* a real TCP connection */
+#define VMSOCK_TRANSPORT_IVSHMEM 3 /* rings inside a vmsockd region, with a peer of that region (VMSOCK_IVSHMEM) */
 
 /* Directions, for vmsock_poll_fd, vmsock_poll_events and vmsock_set_timeout. */
 #define VMSOCK_READ 0
@@ -313,7 +317,8 @@ short vmsock_poll_events(int handle, int direction);
 /*
  * How the connection carries its bytes.
  *
- * Returns: VMSOCK_TRANSPORT_SHM or VMSOCK_TRANSPORT_TCP; or -1 with errno EBADF, ENOTCONN (a listener).
+ * Returns: VMSOCK_TRANSPORT_SHM, VMSOCK_TRANSPORT_IVSHMEM or VMSOCK_TRANSPORT_TCP; or -1 with errno EBADF,
+ * ENOTCONN (a listener).
  */
 int vmsock_transport(int handle);
 

@@ -11,6 +11,10 @@ public enum Transport: String, Sendable, CustomStringConvertible {
     case ivshmem = "ivshmem"
 
     public var description: String { rawValue }
+
+    /// Whether the bytes go through shared-memory rings (this host's, or a vmsockd region's): `readInPlace` and
+    /// `writeInPlace` then hand out the ring itself, where over TCP they go through a buffer.
+    public var usesRings: Bool { self != .tcp }
 }
 
 /// Which transports a connection may use: per socket (`VMSocketOptions.transport`) or per process

@@ -6,10 +6,11 @@ import VMSock
 /// The pumps in `Pump` are generic over this protocol and called with the concrete type, so the compiler
 /// specializes them: no existential dispatch per block.
 protocol ByteStream: AnyObject {
-    /// Writes the whole block. Over shared memory the block is copied straight into the ring (`writeInPlace`).
+    /// Writes the whole block. Over rings (shared memory, a vmsockd region) the block is copied straight into the
+    /// ring (`writeInPlace`).
     func send(block: UnsafeRawBufferPointer) throws
     /// Takes what has arrived, at least one byte, and loads every cache line of it (so the bytes really cross to
-    /// this core); 0 at end of stream. Copying transports read into `scratch`; shared memory reads in place.
+    /// this core); 0 at end of stream. TCP and Unix sockets read into `scratch`; rings are read in place.
     func receive(scratch: UnsafeMutableRawBufferPointer) throws -> Int
     /// Fills `buffer` completely; false at end of stream before the first byte.
     func readExactly(_ buffer: UnsafeMutableRawBufferPointer) throws -> Bool
@@ -50,7 +51,7 @@ func touchCacheLines(_ bytes: UnsafeRawBufferPointer) -> UInt8 {
 extension VMSocket: ByteStream {
     @inline(__always)
     func send(block: UnsafeRawBufferPointer) throws {
-        guard transport == .sharedMemory else { return try writeAll(block) }
+        guard transport.usesRings else { return try writeAll(block) }
         var done = 0
         while done < block.count {
             // writeInPlace caps `minimum` at the ring size itself: a block larger than the ring goes in pieces.
@@ -67,7 +68,7 @@ extension VMSocket: ByteStream {
 
     @inline(__always)
     func receive(scratch: UnsafeMutableRawBufferPointer) throws -> Int {
-        guard transport == .sharedMemory else {
+        guard transport.usesRings else {
             let n = try read(into: scratch)
             return n
         }
