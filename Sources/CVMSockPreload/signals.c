@@ -4,14 +4,14 @@
 // A wait here first spins on the rings in user space, where a handler that runs leaves no trace: the wait then
 // slept in the kernel until some later event, perhaps never.
 //
-// So the program's handlers run through a trampoline of ours that counts them: sigaction, signal, bsd_signal and
-// sysv_signal are interposed. The kernel gets the trampoline (with SA_SIGINFO added) for every handler of a
+// So the program's handlers run through a trampoline of ours that counts them: sigaction, signal, bsd_signal,
+// sysv_signal, sigset and sigignore are interposed (libc's own call sigaction inside libc, out of our reach). The kernel gets the trampoline (with SA_SIGINFO added) for every handler of a
 // signal that can interrupt a call; the program's handler and flags are kept here and are what sigaction reports
 // back, so the program sees only what it set. SIG_DFL and SIG_IGN, and handlers of the synchronous fault signals
 // (which never interrupt a call), go to the kernel unchanged. The counts are per thread: a handler runs on the
 // thread the kernel picked, and only that thread's call would have been interrupted. A wait notes its thread's
 // counts when it starts and looks at them as it spins and before it sleeps (`vmsp_signalled`). Not covered:
-// sigset(3), and handlers installed with the raw rt_sigaction system call.
+// handlers installed with the raw rt_sigaction system call.
 #include "preload.h"
 
 #include <errno.h>
@@ -128,5 +128,35 @@ int siginterrupt(int sig, int interrupt) {
     if (sigaction(sig, NULL, &act) != 0) return -1;
     if (interrupt) act.sa_flags &= ~SA_RESTART; else act.sa_flags |= SA_RESTART;
     act.sa_flags &= ~SA_RESTORER;  // libc adds its own
+    return sigaction(sig, &act, NULL);
+}
+
+// sigset(3), System V: a handler with no flags (calls are not restarted), and the signal unblocked; SIG_HOLD
+// blocks it instead. Returns SIG_HOLD when the signal was blocked before, else the previous disposition, as
+// glibc's does.
+sighandler_t sigset(int sig, sighandler_t disp) {
+    sigset_t set, before;
+    struct sigaction act, old;
+    if (disp == SIG_ERR || sigemptyset(&set) != 0 || sigaddset(&set, sig) != 0) { errno = EINVAL; return SIG_ERR; }
+    if (disp == SIG_HOLD) {
+        if (sigprocmask(SIG_BLOCK, &set, &before) != 0) return SIG_ERR;
+        if (sigismember(&before, sig)) return SIG_HOLD;
+        if (sigaction(sig, NULL, &old) != 0) return SIG_ERR;
+        return old.sa_handler;
+    }
+    memset(&act, 0, sizeof act);
+    act.sa_handler = disp;
+    sigemptyset(&act.sa_mask);
+    if (sigaction(sig, &act, &old) != 0) return SIG_ERR;
+    if (sigprocmask(SIG_UNBLOCK, &set, &before) != 0) return SIG_ERR;
+    return sigismember(&before, sig) ? SIG_HOLD : old.sa_handler;
+}
+
+// sigignore(3): SIG_IGN through sigaction above, so that what is kept stays what the kernel has.
+int sigignore(int sig) {
+    struct sigaction act;
+    memset(&act, 0, sizeof act);
+    act.sa_handler = SIG_IGN;
+    sigemptyset(&act.sa_mask);
     return sigaction(sig, &act, NULL);
 }

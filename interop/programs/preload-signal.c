@@ -175,6 +175,26 @@ int main(void) {
     sigaction(SIGALRM, NULL, &now);
     printf("query after signal(handler): handler %s, SA_RESTART %d\n",
            now.sa_handler == on_alarm ? "the program's" : "another", !!(now.sa_flags & SA_RESTART));
+
+    // sigset(3) and sigignore(3), System V: a handler without SA_RESTART ends the wait with EINTR; SIG_HOLD
+    // blocks the signal and reports what was there; sigignore's SIG_IGN is what sigaction reports after it.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    previous = sigset(SIGALRM, on_alarm);
+    printf("sigset(handler) returned %s\n", previous == on_alarm ? "the program's handler" : "another");
+    arm_alarm();
+    long held_poll = poll(&r, 1, -1);
+    printf("sigset: poll: %s, handler ran %d\n", outcome(held_poll), handled);
+    previous = sigset(SIGALRM, SIG_HOLD);
+    printf("sigset(SIG_HOLD) returned %s\n", previous == on_alarm ? "the program's handler" : "another");
+    previous = sigset(SIGALRM, SIG_HOLD);
+    printf("sigset(SIG_HOLD) again returned %s\n", previous == SIG_HOLD ? "SIG_HOLD" : "another");
+    previous = sigset(SIGALRM, on_alarm);
+    printf("sigset(handler) while held returned %s\n", previous == SIG_HOLD ? "SIG_HOLD" : "another");
+    sigignore(SIGALRM);
+#pragma GCC diagnostic pop
+    sigaction(SIGALRM, NULL, &now);
+    printf("query after sigignore: %s\n", now.sa_handler == SIG_IGN ? "SIG_IGN" : "another");
     printf("done\n");
     return 0;
 }
