@@ -14,6 +14,8 @@
 #include "preload.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -62,6 +64,10 @@ struct vmsp_epoll {
 };
 
 static _Atomic(struct vmsp_epoll *) *_Atomic sets;
+static atomic_int sets_high = -1;  // the highest descriptor a set was tracked at
+// Per descriptor: added to one of our sets while it was no connection of ours (a socket nginx registers before
+// it connects). Set by epoll_ctl, taken by `vmsp_epoll_adopt`; a stale mark costs one look, nothing more.
+static atomic_uchar *_Atomic plain_added;
 
 static struct vmsp_epoll *set_of(int fd) {
     if (!sets || (unsigned)fd >= (unsigned)vmsp_table_size) return NULL;
@@ -81,8 +87,14 @@ static void track(int fd) {
         pthread_mutex_unlock(&once);
         if (!sets) return;
     }
+    if (!plain_added) {
+        void *marks = calloc((size_t)vmsp_table_size, sizeof *plain_added);
+        atomic_uchar *expected = NULL;
+        if (marks && !atomic_compare_exchange_strong(&plain_added, &expected, marks)) free(marks);
+    }
     struct vmsp_epoll *set = calloc(1, sizeof *set);
     if (!set) return;  // then this set is the kernel's alone: its connections report from their sockets
+    for (int high = atomic_load(&sets_high); high < fd && !atomic_compare_exchange_weak(&sets_high, &high, fd);) {}
     pthread_mutex_init(&set->lock, NULL);
     set->fd = fd;
     set->waker = -1;
@@ -231,6 +243,10 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
     struct vmsp_ref *ref = vmsp_lookup(fd);
     struct vmsp_conn *conn = ref ? ref->conn : NULL;  // the page lives as long as the ref (10 s after it retired)
     struct vmsp_epoll *inner = conn ? NULL : set_of(fd);
+    atomic_uchar *marks = atomic_load_explicit(&plain_added, memory_order_acquire);
+    if (!conn && !inner && op == EPOLL_CTL_ADD && marks && (unsigned)fd < (unsigned)vmsp_table_size) {
+        atomic_store_explicit(&marks[fd], 1, memory_order_relaxed);
+    }
     if (!conn && !inner && atomic_load_explicit(&set->live, memory_order_relaxed) == 0) {
         return REAL(epoll_ctl)(epfd, op, fd, event);
     }
@@ -248,6 +264,55 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
     pthread_mutex_unlock(&set->lock);
     errno = saved;
     return result;
+}
+
+// The kernel's registration of `fd` in the set at `epfd` (its events and data), from /proc: whether there is one.
+static int kernel_registration(int epfd, int fd, uint32_t *events, uint64_t *data) {
+    char path[64], text[8192];
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", epfd);
+    int file = open(path, O_RDONLY | O_CLOEXEC);
+    if (file < 0) return 0;
+    ssize_t n = REAL(read)(file, text, sizeof text - 1);
+    REAL(close)(file);
+    if (n <= 0) return 0;
+    text[n] = 0;
+    for (char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        int target;
+        unsigned mask;
+        unsigned long long word;
+        if (sscanf(line, "tfd: %d events: %x data: %llx", &target, &mask, &word) == 3 && target == fd) {
+            *events = mask;
+            *data = word;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+// `fd` has just become a connection of ours (connect): a set it was added to before, as a plain socket, holds it
+// in the kernel's way, which would report wake-up bytes, not the rings. Each such registration becomes ours, with
+// the events and data the application gave (nginx adds its upstream socket, edge-triggered, before connecting).
+void vmsp_epoll_adopt(int fd) {
+    atomic_uchar *marks = atomic_load_explicit(&plain_added, memory_order_acquire);
+    if (!marks || (unsigned)fd >= (unsigned)vmsp_table_size || !atomic_exchange(&marks[fd], 0)) return;
+    struct vmsp_ref *ref = vmsp_lookup(fd);
+    if (!ref) return;
+    int high = atomic_load(&sets_high);
+    for (int epfd = 0; epfd <= high; epfd++) {
+        struct vmsp_epoll *set = set_of(epfd);
+        uint32_t events;
+        uint64_t data;
+        if (!set || !kernel_registration(epfd, fd, &events, &data)) continue;
+        pthread_mutex_lock(&set->lock);
+        if (!find(set, fd) && REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fd, NULL) == 0) {
+            struct epoll_event event = { .events = events, .data.u64 = data };
+            if (ctl_ours(set, EPOLL_CTL_ADD, fd, &event, ref->conn, NULL) != 0) {
+                vmsp_debug("fd %d: its epoll registration in set %d could not become the rings' (%s)", fd, epfd,
+                           strerror(errno));
+            }
+        }
+        pthread_mutex_unlock(&set->lock);
+    }
 }
 
 // MARK: Readiness

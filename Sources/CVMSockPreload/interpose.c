@@ -314,6 +314,7 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
         atomic_store(&r->conn->tcp_ready, result == 0);
         vmsp_wake_socket_ready(r->conn, fd);
         vmsp_install(fd, r);  // the connection's first user reference now stands for the table's
+        vmsp_epoll_adopt(fd);  // a set it joined before the connect now reports from the rings
         vmsp_debug("connect fd %d to %s: shared memory", fd, where);
     } else {
         vmsp_leave(r);  // releases the link: its control socket closes, and the listener drops it

@@ -273,6 +273,7 @@ void vmsp_tx_disarm(struct vmsp_conn *c);
 // MARK: epoll sets (epoll.c): a record per set made by epoll_create, dropped when its descriptor closes.
 struct vmsp_epoll;
 struct vmsp_epoll *vmsp_epoll_untrack(int fd);
+void vmsp_epoll_adopt(int fd);
 void vmsp_epoll_forget(struct vmsp_epoll *set);
 /// The descriptor fd is about to close or be replaced: if it is an epoll set, its record goes.
 static inline void vmsp_epoll_closing(int fd) {
