@@ -1,9 +1,10 @@
 # nginx as a reverse proxy under vmsock-run (issue 19): a front port whose location proxies every request to a
-# back port of the same nginx, which serves static files (100 B, 3 MiB + 1 B). curl, under vmsock-run, fetches
-# through the front; every file comes back checksummed. Both hops are shared memory: curl to nginx, and nginx's
-# own connect to the back port. nginx adds its upstream socket to its epoll set, edge-triggered, before it
-# connects: that registration must turn into the rings' when the connect does (before, the proxied 3 MiB file
-# never arrived).
+# back port of the same nginx, which serves static files (100 B, 3 MiB + 1 B); as a master with 2 forked workers,
+# and as one process. curl, under vmsock-run, fetches through the front; every file comes back checksummed. Both
+# hops are shared memory: curl to nginx (a worker claims the link its master welcomed), and nginx's own connect to
+# the back port (a forked worker connects over shared memory once its fork found the library's set-up idle).
+# nginx adds its upstream socket to its epoll set, edge-triggered, before it connects: that registration must
+# turn into the rings' when the connect does (before, the proxied 3 MiB file never arrived).
 source "$(dirname "$0")/lib.sh"
 PATH=$PATH:/usr/sbin  # where Debian puts nginx, off a user's PATH
 need nginx curl python3
@@ -55,5 +56,6 @@ proxy() {
     echo "$name: ok"
 }
 
+proxy two-workers "master_process on; worker_processes 2;" 2
 proxy one-process "master_process off;" 0
-echo "ok: nginx proxied 6 files to curl, checksummed, both hops over shared memory (one process)"
+echo "ok: nginx proxied 6 files to curl, checksummed, both hops over shared memory, 2 workers and one process"

@@ -8,7 +8,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 struct vmsp_real vmsp_real;
@@ -58,14 +60,56 @@ void vmsp_forget_internal_fd(int fd) {
     pthread_mutex_unlock(&internal_lock);
 }
 
-// MARK: fork
+// MARK: The Swift set-up, and fork
 //
+// After fork the child has one thread: any lock another thread held in the Swift set-up (a Mutex, a lazy global
+// being made) stays held in the child for good, and any state it was changing stays half changed. So every
+// stretch of Swift set-up code runs between vmsp_setup_enter and vmsp_setup_leave, and the fork handler closes
+// the gate and waits until no thread is inside. A child forked through a closed, empty gate has a whole copy of
+// the Swift state and may make shared-memory connections of its own. The wait is bounded (a connect inside may
+// wait up to a second for its welcome, and fork may be called from a signal handler that interrupted the set-up
+// on the same thread): a fork that finds the set-up still busy after `setup_wait_ns` goes ahead, and its child
+// stays on TCP for its connects, as every child did before.
+static atomic_int setup_busy;     // threads inside the set-up
+static atomic_int setup_closed;   // a fork is waiting: nobody enters
+static int fork_quiet;            // the last fork found the set-up empty (written by the forking thread)
+static int setup_whole = 1;       // this process's Swift state is whole (copied whole, or never copied)
+static const long setup_wait_ns = 20 * 1000 * 1000;
+
+void vmsp_setup_enter(void) {
+    for (;;) {
+        atomic_fetch_add(&setup_busy, 1);
+        if (!atomic_load(&setup_closed)) return;
+        atomic_fetch_sub(&setup_busy, 1);
+        while (atomic_load(&setup_closed)) sched_yield();
+    }
+}
+
+void vmsp_setup_leave(void) { atomic_fetch_sub(&setup_busy, 1); }
+
+static long monotonic_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec * 1000000000L + now.tv_nsec;
+}
+
+// Closes the gate; whether the set-up emptied within the wait.
+static int close_setup(void) {
+    atomic_store(&setup_closed, 1);
+    long until = monotonic_ns() + setup_wait_ns;
+    while (atomic_load(&setup_busy) != 0) {
+        if (monotonic_ns() > until) return 0;
+        sched_yield();
+    }
+    return 1;
+}
+
 // After fork both processes hold every shared-memory socket, and share its state (the connection's page is
 // MAP_SHARED): either may read and write, and only the last holder's close ends the connection (holders.c). The
-// child joins each connection's holders here. It makes no new shared-memory connections (the Swift state it
-// inherited may be mid-update), and closes the registrations it inherited, so that no connector waits on a
-// process that does not answer. When the child accepts on an inherited listener, it claims the link the
-// parent's listener thread welcomed (claim.c).
+// child joins each connection's holders here, and closes the registrations it inherited, so that no connector
+// waits on a process that does not answer. When the child accepts on an inherited listener, it claims the link
+// the parent's listener thread welcomed (claim.c). Its own listens stay TCP (a listener thread in each child
+// would answer for sockets its siblings accept on); its connects use shared memory when its Swift state is whole.
 
 // The child must count as a holder before the parent can close anything: the child adds itself, but only once
 // it runs, so the parent adds it too, as soon as fork returns its pid (hence fork is interposed), and until then
@@ -85,6 +129,7 @@ pid_t fork(void) {
 
 static void before_fork(void) {
     atomic_fetch_add(&vmsp_forks_in_flight, 1);
+    fork_quiet = close_setup();  // first: a thread inside the set-up may be about to take the locks below
     pthread_mutex_lock(&internal_lock);
     vmsp_live_lock();
 }
@@ -94,9 +139,14 @@ static void after_fork_parent(void) {
     atomic_store(&vmsp_parent_forked, 1);
     vmsp_live_unlock();
     pthread_mutex_unlock(&internal_lock);
+    atomic_store(&setup_closed, 0);
 }
 
 static void after_fork_child(void) {
+    // The gate first: closing an inherited connection below may call the set-up (to release its link).
+    setup_whole = setup_whole && fork_quiet;
+    atomic_store(&setup_busy, 0);  // the threads counted there are the parent's
+    atomic_store(&setup_closed, 0);
     atomic_store(&vmsp_forks_in_flight, 0);
     forking = 0;
     atomic_store(&vmsp_forked_child, 1);
@@ -107,7 +157,7 @@ static void after_fork_child(void) {
     vmsp_live_unlock();
 }
 
-int vmsp_connects_allowed(void) { return !atomic_load(&vmsp_forked_child); }
+int vmsp_connects_allowed(void) { return !atomic_load(&vmsp_forked_child) || setup_whole; }
 // After a fork, a child may accept a connection whose hello this process answered: fine once the child can
 // claim the link (claim.c), which needs this process's claim socket.
 int vmsp_listeners_allowed(void) {

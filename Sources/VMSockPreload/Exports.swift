@@ -4,7 +4,8 @@ import VMSock
 
 // The Swift half of libvmsock-preload.so: what the C half (Sources/CVMSockPreload) calls to set a connection up
 // and to release it. Every function here runs with the C half's `vmsp_inside` set, so the socket calls the set-up
-// makes go straight to libc.
+// makes go straight to libc, and inside the set-up gate (`vmsp_setup_enter`), so that a fork never copies this
+// state mid-update.
 
 private let installHooks: Void = {
     var hooks = PreloadHooks()
@@ -14,6 +15,8 @@ private let installHooks: Void = {
     hooks.listenersSharing = { vmsp_listeners_sharing($0) }
     hooks.claimsReady = { vmsp_claims_ready() }
     hooks.enterLibraryThread = { vmsp_enter_library_thread() }
+    hooks.enterSetUp = { vmsp_setup_enter() }
+    hooks.leaveSetUp = { vmsp_setup_leave() }
     hooks.bindSource = { fd, destination in
         var source = sockaddr_storage()
         var sourceLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
@@ -52,6 +55,8 @@ func preloadConnect(
     _ fd: Int32, _ address: UnsafePointer<sockaddr>, _ length: socklen_t, _ info: UnsafeMutablePointer<vmsp_link_info>,
     _ reason: UnsafeMutablePointer<CChar>, _ reasonCapacity: Int
 ) -> Int32 {
+    vmsp_setup_enter()
+    defer { vmsp_setup_leave() }
     installHooks
     guard let destination = IPEndpoint(socketAddress: address, length: length) else {
         write("not an IPv4 or IPv6 address", to: reason, capacity: reasonCapacity)
@@ -69,6 +74,8 @@ func preloadConnect(
 
 @_cdecl("vmsock_preload_listen")
 func preloadListen(_ fd: Int32, _ reason: UnsafeMutablePointer<CChar>, _ reasonCapacity: Int) -> Int32 {
+    vmsp_setup_enter()
+    defer { vmsp_setup_leave() }
     installHooks
     guard let bound = IPEndpoint.localAddress(of: fd) else {
         write("getsockname failed", to: reason, capacity: reasonCapacity)
@@ -83,6 +90,8 @@ func preloadListen(_ fd: Int32, _ reason: UnsafeMutablePointer<CChar>, _ reasonC
 
 @_cdecl("vmsock_preload_unlisten")
 func preloadUnlisten(_ fd: Int32) {
+    vmsp_setup_enter()
+    defer { vmsp_setup_leave() }
     PreloadListeners.shared.unlisten(fd: fd)
 }
 
@@ -91,6 +100,8 @@ func preloadAccept(
     _ listener: Int32, _ fd: Int32, _ info: UnsafeMutablePointer<vmsp_link_info>,
     _ reason: UnsafeMutablePointer<CChar>, _ reasonCapacity: Int
 ) -> Int32 {
+    vmsp_setup_enter()
+    defer { vmsp_setup_leave() }
     switch PreloadListeners.shared.accept(listener: listener, fd: fd) {
     case .success(let link):
         fill(info, with: link)
@@ -103,5 +114,7 @@ func preloadAccept(
 
 @_cdecl("vmsock_preload_release")
 func preloadRelease(_ owner: UnsafeMutableRawPointer) {
+    vmsp_setup_enter()
+    defer { vmsp_setup_leave() }
     Unmanaged<PreloadLink>.fromOpaque(owner).release()
 }

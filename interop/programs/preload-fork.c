@@ -207,6 +207,30 @@ static void accept_in_child(void) {
     close(c);
 }
 
+// A prefork server's worker (nginx proxying, a gunicorn worker reaching its database): a forked child connects
+// on its own, to a listener of its parent's here, and the two talk both ways.
+static void connect_in_child(void) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        int c = connect_local();
+        char text[8] = "";
+        int ok = write(c, "hello", 5) == 5 && read_full(c, text, 5) == 5 && memcmp(text, "world", 5) == 0 &&
+                 send_pattern(c, 2 << 20, 5) == 0 && receive_pattern(c, 1 << 20, 6) == 0;
+        close(c);
+        _exit(ok ? 0 : 1);
+    }
+    int s = accept(listener, NULL, NULL);
+    char text[8] = "";
+    CHECK("connect in child: parent reads", read_full(s, text, 5));
+    SHOW("connect in child: bytes", "%s", text);
+    CHECK("connect in child: parent answers", write(s, "world", 5));
+    SHOW("connect in child: 2 MiB from the child", "%d", receive_pattern(s, 2 << 20, 5));
+    SHOW("connect in child: 1 MiB to the child", "%d", send_pattern(s, 1 << 20, 6));
+    CHECK("connect in child: end of stream", read(s, text, 1));
+    SHOW("connect in child: exit status", "%d", child_status(pid));
+    close(s);
+}
+
 // After the forks, the parent's own accepts still work.
 static void accept_after_fork(void) {
     int c, s;
@@ -306,6 +330,7 @@ int main(int argc, char **argv) {
     shutdown_in_child(pairs[2][0], pairs[2][1]);
     exit_without_close(pairs[3][0], pairs[3][1]);
     accept_in_child();
+    connect_in_child();
     accept_after_fork();
     exec_inherited();
     vfork_exec();

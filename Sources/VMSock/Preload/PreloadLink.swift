@@ -54,6 +54,10 @@ package struct PreloadHooks: Sendable {
     package var listenersSharing: @Sendable (Int32) -> Int32 = { _ in 1 }
     /// Called first on the listener thread: marks it as the library's own, so its calls are not interposed.
     package var enterLibraryThread: @Sendable () -> Void = {}
+    /// Bracket the listener thread's work between its waits (`vmsp_setup_enter`): a fork waits until no thread
+    /// is inside the set-up, so that a forked child's copy of this state is whole and the child may connect.
+    package var enterSetUp: @Sendable () -> Void = {}
+    package var leaveSetUp: @Sendable () -> Void = {}
     /// Binds an unbound socket for a connect to the address, returning the address and port its connection
     /// will have, or nil with errno.
     package var bindSource: @Sendable (Int32, IPEndpoint) -> IPEndpoint? = { _, _ in nil }

@@ -156,8 +156,9 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         openClaims()
         // Every signal blocked in the thread (`Sys.startThread`): nginx's master sleeps in sigsuspend for SIGCHLD,
         // and a SIGCHLD taken by this thread left it asleep for good after its workers ended.
+        let hooks = self.hooks  // read here, inside the set-up: the thread takes no lock outside it
         do throws(VMSockError) {
-            try Sys.startThread("vmsock-run listener") { self.run() }
+            try Sys.startThread("vmsock-run listener") { self.run(hooks) }
         } catch {
             state.withLock { $0.threadStarted = false }
             throw error
@@ -180,12 +181,17 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         hooks.claimsReady()
     }
 
-    private func run() {
+    /// The thread's loop. It works inside the set-up gate and leaves it only to wait, so that a fork (which waits
+    /// until nobody is inside) finds this thread asleep, holding no lock (see `PreloadHooks.enterSetUp`).
+    private func run(_ hooks: PreloadHooks) {
         hooks.enterLibraryThread()
+        hooks.enterSetUp()
         let epoll = state.withLock { $0.epoll }
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         while true {
+            hooks.leaveSetUp()
             let count = (try? Sys.epollWait(epoll, &events, timeoutMs: 1000)) ?? 0
+            hooks.enterSetUp()
             for event in events.prefix(count) { handle(token: event.data.u64) }
             expirePending()
         }
