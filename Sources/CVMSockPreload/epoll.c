@@ -266,27 +266,46 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
     return result;
 }
 
+// One line of /proc/self/fdinfo/EPFD: whether it is `fd`'s registration, and then its events and data.
+static int registration_line(const char *line, int fd, uint32_t *events, uint64_t *data) {
+    int target;
+    unsigned mask;
+    unsigned long long word;
+    if (sscanf(line, "tfd: %d events: %x data: %llx", &target, &mask, &word) != 3 || target != fd) return 0;
+    *events = mask;
+    *data = word;
+    return 1;
+}
+
 // The kernel's registration of `fd` in the set at `epfd` (its events and data), from /proc: whether there is one.
+// The file has a line per registration, so it is read whole, a piece at a time.
 static int kernel_registration(int epfd, int fd, uint32_t *events, uint64_t *data) {
-    char path[64], text[8192];
+    char path[64], text[4096];
     snprintf(path, sizeof path, "/proc/self/fdinfo/%d", epfd);
     int file = open(path, O_RDONLY | O_CLOEXEC);
     if (file < 0) return 0;
-    ssize_t n = REAL(read)(file, text, sizeof text - 1);
-    REAL(close)(file);
-    if (n <= 0) return 0;
-    text[n] = 0;
-    for (char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
-        int target;
-        unsigned mask;
-        unsigned long long word;
-        if (sscanf(line, "tfd: %d events: %x data: %llx", &target, &mask, &word) == 3 && target == fd) {
-            *events = mask;
-            *data = word;
-            return 1;
+    size_t kept = 0;  // the start of a line the last piece cut
+    int found = 0;
+    ssize_t n;
+    while (!found && (n = REAL(read)(file, text + kept, sizeof text - 1 - kept)) > 0) {
+        size_t length = kept + (size_t)n;
+        text[length] = 0;
+        char *line = text, *end;
+        while (!found && (end = strchr(line, '\n'))) {
+            *end = 0;
+            found = registration_line(line, fd, events, data);
+            line = end + 1;
         }
+        kept = length - (size_t)(line - text);
+        if (kept == sizeof text - 1) kept = 0;  // a line longer than the buffer is no registration line
+        memmove(text, line, kept);
     }
-    return 0;
+    if (!found && kept) {
+        text[kept] = 0;
+        found = registration_line(text, fd, events, data);
+    }
+    REAL(close)(file);
+    return found;
 }
 
 // `fd` has just become a connection of ours (connect): a set it was added to before, as a plain socket, holds it
@@ -303,8 +322,11 @@ void vmsp_epoll_adopt(int fd) {
         uint32_t events;
         uint64_t data;
         if (!set || !kernel_registration(epfd, fd, &events, &data)) continue;
+        if ((data & COOKIE_MASK) == COOKIE_TAG) continue;  // already ours
         pthread_mutex_lock(&set->lock);
-        if (!find(set, fd) && REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fd, NULL) == 0) {
+        struct reg *r = find(set, fd);
+        if (r && !still_valid(r)) { drop(set, r); r = NULL; }  // left by a connection this number named before
+        if (!r && REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fd, NULL) == 0) {
             struct epoll_event event = { .events = events, .data.u64 = data };
             if (ctl_ours(set, EPOLL_CTL_ADD, fd, &event, ref->conn, NULL) != 0) {
                 vmsp_debug("fd %d: its epoll registration in set %d could not become the rings' (%s)", fd, epfd,

@@ -70,10 +70,10 @@ void vmsp_forget_internal_fd(int fd) {
 // wait up to a second for its welcome, and fork may be called from a signal handler that interrupted the set-up
 // on the same thread): a fork that finds the set-up still busy after `setup_wait_ns` goes ahead, and its child
 // stays on TCP for its connects, as every child did before.
-static atomic_int setup_busy;     // threads inside the set-up
-static atomic_int setup_closed;   // a fork is waiting: nobody enters
-static int fork_quiet;            // the last fork found the set-up empty (written by the forking thread)
-static int setup_whole = 1;       // this process's Swift state is whole (copied whole, or never copied)
+static atomic_int setup_busy;       // threads inside the set-up
+static atomic_int setup_closed;     // forks waiting or under way: nobody enters
+static __thread int fork_quiet;     // this thread's fork found the set-up empty (its child handler reads it)
+static int setup_whole = 1;         // this process's Swift state is whole (copied whole, or never copied)
 static const long setup_wait_ns = 20 * 1000 * 1000;
 
 void vmsp_setup_enter(void) {
@@ -93,9 +93,9 @@ static long monotonic_ns(void) {
     return now.tv_sec * 1000000000L + now.tv_nsec;
 }
 
-// Closes the gate; whether the set-up emptied within the wait.
+// Closes the gate (until every fork under way has ended); whether the set-up emptied within the wait.
 static int close_setup(void) {
-    atomic_store(&setup_closed, 1);
+    atomic_fetch_add(&setup_closed, 1);
     long until = monotonic_ns() + setup_wait_ns;
     while (atomic_load(&setup_busy) != 0) {
         if (monotonic_ns() > until) return 0;
@@ -139,13 +139,13 @@ static void after_fork_parent(void) {
     atomic_store(&vmsp_parent_forked, 1);
     vmsp_live_unlock();
     pthread_mutex_unlock(&internal_lock);
-    atomic_store(&setup_closed, 0);
+    atomic_fetch_sub(&setup_closed, 1);
 }
 
 static void after_fork_child(void) {
     // The gate first: closing an inherited connection below may call the set-up (to release its link).
     setup_whole = setup_whole && fork_quiet;
-    atomic_store(&setup_busy, 0);  // the threads counted there are the parent's
+    atomic_store(&setup_busy, 0);  // the threads counted there, and other forks under way, are the parent's
     atomic_store(&setup_closed, 0);
     atomic_store(&vmsp_forks_in_flight, 0);
     forking = 0;
