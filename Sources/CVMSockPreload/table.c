@@ -17,7 +17,8 @@ atomic_int vmsp_table_high;
 
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct vmsp_ref *live;
-static struct vmsp_ref *retired;
+// Refs whose connection left, oldest first (each retires at the tail), freed from the head once old enough.
+static struct vmsp_ref *retired, *retired_tail;
 
 // One pointer per descriptor number up to the hard limit (at most 2^20): reserved, not committed, so an
 // untouched page costs nothing. A descriptor beyond it never gets shared memory (its connect stays TCP).
@@ -112,18 +113,16 @@ struct vmsp_ref *vmsp_enter(int fd) {
 
 // Frees refs retired more than ten seconds ago: a thread that read a table slot just before the connection
 // left it has long finished its increment by then. The shared page goes with the ref (close looks at it).
+// The list is in retiring order, so this stops at the first that is too young: a close costs no walk over the
+// thousands a busy server retires in ten seconds (it did, and closes slowed as they piled up).
 static void free_old_retired(void) {
     int64_t limit = vmsp_now_ns() - 10LL * 1000000000;
-    struct vmsp_ref **link = &retired;
-    while (*link) {
-        struct vmsp_ref *r = *link;
-        if (r->retired_at < limit) {
-            *link = r->next_retired;
-            unmap_shared_conn(r->conn);
-            free(r);
-        } else {
-            link = &r->next_retired;
-        }
+    while (retired && retired->retired_at < limit) {
+        struct vmsp_ref *r = retired;
+        retired = r->next_retired;
+        if (!retired) retired_tail = NULL;
+        unmap_shared_conn(r->conn);
+        free(r);
     }
 }
 
@@ -134,8 +133,9 @@ void vmsp_leave(struct vmsp_ref *r) {
     if (r->prev_live) r->prev_live->next_live = r->next_live; else live = r->next_live;
     if (r->next_live) r->next_live->prev_live = r->prev_live;
     r->retired_at = vmsp_now_ns();
-    r->next_retired = retired;
-    retired = r;
+    r->next_retired = NULL;
+    if (retired_tail) retired_tail->next_retired = r; else retired = r;
+    retired_tail = r;
     free_old_retired();
     pthread_mutex_unlock(&live_lock);
     int inside = vmsp_inside;
