@@ -283,8 +283,8 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     char where[64], reason[256] = "";
     vmsp_format_address(address, length, where, sizeof where);
     if (!vmsp_connects_allowed()) {
-        vmsp_debug("connect fd %d to %s: tcp (this process was forked while the library's set-up was busy in another "
-                   "thread: its copy of that state may be mid-update)", fd, where);
+        vmsp_debug("connect fd %d to %s: tcp (a forked child's connects are TCP: mostly short-lived, and a new "
+                   "shared-memory connection costs more than a TCP one)", fd, where);
         return REAL(connect)(fd, address, length);
     }
     int flags = REAL(fcntl)(fd, F_GETFL);

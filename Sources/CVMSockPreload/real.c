@@ -63,17 +63,19 @@ void vmsp_forget_internal_fd(int fd) {
 // MARK: The Swift set-up, and fork
 //
 // After fork the child has one thread: any lock another thread held in the Swift set-up (a Mutex, a lazy global
-// being made) stays held in the child for good, and any state it was changing stays half changed. So every
-// stretch of Swift set-up code runs between vmsp_setup_enter and vmsp_setup_leave, and the fork handler closes
-// the gate and waits until no thread is inside. A child forked through a closed, empty gate has a whole copy of
-// the Swift state and may make shared-memory connections of its own. The wait is bounded (a connect inside may
-// wait up to a second for its welcome, and fork may be called from a signal handler that interrupted the set-up
-// on the same thread): a fork that finds the set-up still busy after `setup_wait_ns` goes ahead, and its child
-// stays on TCP for its connects, as every child did before.
+// being made) stays held in the child for good, and any state it was changing stays half changed. A child still
+// calls into that state: to accept on an inherited listener (its claim, PreloadListeners) and to release a link.
+// So every stretch of Swift set-up code runs between vmsp_setup_enter and vmsp_setup_leave, and the fork handler
+// closes the gate and waits until no thread is inside. The wait is bounded (a connect inside may wait up to a
+// second for its welcome, and fork may be called from a signal handler that interrupted the set-up on the same
+// thread): after `setup_wait_ns` the fork goes ahead, as every fork did before the gate.
+//
+// A child whose fork found the set-up idle could also make shared-memory connections of its own. It does not:
+// a new connection costs several times a TCP connect under vmsock-run today, and a forked worker's connects are
+// mostly short-lived (nginx proxying without upstream keepalive ran at 1,500 requests/s with them against 8,000
+// with TCP; docs/BENCHMARKS.md, "nginx as a reverse proxy").
 static atomic_int setup_busy;       // threads inside the set-up
 static atomic_int setup_closed;     // forks waiting or under way: nobody enters
-static __thread int fork_quiet;     // this thread's fork found the set-up empty (its child handler reads it)
-static int setup_whole = 1;         // this process's Swift state is whole (copied whole, or never copied)
 static const long setup_wait_ns = 20 * 1000 * 1000;
 
 void vmsp_setup_enter(void) {
@@ -93,15 +95,11 @@ static long monotonic_ns(void) {
     return now.tv_sec * 1000000000L + now.tv_nsec;
 }
 
-// Closes the gate (until every fork under way has ended); whether the set-up emptied within the wait.
-static int close_setup(void) {
+// Closes the gate (until every fork under way has ended) and waits, a bounded while, until the set-up is empty.
+static void close_setup(void) {
     atomic_fetch_add(&setup_closed, 1);
     long until = monotonic_ns() + setup_wait_ns;
-    while (atomic_load(&setup_busy) != 0) {
-        if (monotonic_ns() > until) return 0;
-        sched_yield();
-    }
-    return 1;
+    while (atomic_load(&setup_busy) != 0 && monotonic_ns() <= until) sched_yield();
 }
 
 // After fork both processes hold every shared-memory socket, and share its state (the connection's page is
@@ -109,7 +107,7 @@ static int close_setup(void) {
 // child joins each connection's holders here, and closes the registrations it inherited, so that no connector
 // waits on a process that does not answer. When the child accepts on an inherited listener, it claims the link
 // the parent's listener thread welcomed (claim.c). Its own listens stay TCP (a listener thread in each child
-// would answer for sockets its siblings accept on); its connects use shared memory when its Swift state is whole.
+// would answer for sockets its siblings accept on), and so do its connects (above).
 
 // The child must count as a holder before the parent can close anything: the child adds itself, but only once
 // it runs, so the parent adds it too, as soon as fork returns its pid (hence fork is interposed), and until then
@@ -129,7 +127,7 @@ pid_t fork(void) {
 
 static void before_fork(void) {
     atomic_fetch_add(&vmsp_forks_in_flight, 1);
-    fork_quiet = close_setup();  // first: a thread inside the set-up may be about to take the locks below
+    close_setup();  // first: a thread inside the set-up may be about to take the locks below
     pthread_mutex_lock(&internal_lock);
     vmsp_live_lock();
 }
@@ -144,7 +142,6 @@ static void after_fork_parent(void) {
 
 static void after_fork_child(void) {
     // The gate first: closing an inherited connection below may call the set-up (to release its link).
-    setup_whole = setup_whole && fork_quiet;
     atomic_store(&setup_busy, 0);  // the threads counted there, and other forks under way, are the parent's
     atomic_store(&setup_closed, 0);
     atomic_store(&vmsp_forks_in_flight, 0);
@@ -157,7 +154,7 @@ static void after_fork_child(void) {
     vmsp_live_unlock();
 }
 
-int vmsp_connects_allowed(void) { return !atomic_load(&vmsp_forked_child) || setup_whole; }
+int vmsp_connects_allowed(void) { return !atomic_load(&vmsp_forked_child); }
 // After a fork, a child may accept a connection whose hello this process answered: fine once the child can
 // claim the link (claim.c), which needs this process's claim socket.
 int vmsp_listeners_allowed(void) {

@@ -30,16 +30,16 @@ typedef struct {
 int vmsp_bind_source(int fd, const struct sockaddr *destination, socklen_t length, struct sockaddr_storage *source,
                      socklen_t *source_length);
 
-/// Whether this process may offer shared memory to new connections. Connects: not in a forked child that forked
-/// while a thread was inside the Swift set-up (its copy of that state may be mid-update; see `vmsp_setup_enter`).
-/// Listeners: not in a forked child, and not after the process forked (a child might accept) unless its claim
-/// socket is open.
+/// Whether this process may offer shared memory to new connections: not in a forked child (a new connection
+/// costs more than a TCP connect, and a worker's are mostly short-lived: real.c), and, for listeners, not after
+/// the process forked (a child might accept) unless its claim socket is open.
 int vmsp_connects_allowed(void);
 int vmsp_listeners_allowed(void);
 
 /// Brackets every stretch of Swift set-up code (the exports, the listener thread's work between its waits): a
-/// fork waits until no thread is inside (at most 20 ms), so that a child's copy of the Swift state is whole and
-/// the child may connect. A thread never sleeps inside: the listener thread leaves before its epoll_wait.
+/// fork waits until no thread is inside (at most 20 ms), so that a child, which still accepts and releases
+/// through that code, never finds a lock held by a thread it does not have. A thread never sleeps inside: the
+/// listener thread leaves before its epoll_wait.
 void vmsp_setup_enter(void);
 void vmsp_setup_leave(void);
 /// The listener thread's claim socket is open: a forked sibling can take over the links welcomed here.

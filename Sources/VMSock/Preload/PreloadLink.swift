@@ -55,7 +55,8 @@ package struct PreloadHooks: Sendable {
     /// Called first on the listener thread: marks it as the library's own, so its calls are not interposed.
     package var enterLibraryThread: @Sendable () -> Void = {}
     /// Bracket the listener thread's work between its waits (`vmsp_setup_enter`): a fork waits until no thread
-    /// is inside the set-up, so that a forked child's copy of this state is whole and the child may connect.
+    /// is inside the set-up, so that a forked child, which still accepts and releases through it, finds no lock
+    /// held by a thread it does not have.
     package var enterSetUp: @Sendable () -> Void = {}
     package var leaveSetUp: @Sendable () -> Void = {}
     /// Binds an unbound socket for a connect to the address, returning the address and port its connection

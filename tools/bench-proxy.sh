@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# nginx as a reverse proxy, and short-lived connections, under vmsock-run against plain TCP (issue 19; BENCHMARKS.md,
+# "nginx as a reverse proxy"). Each nginx has a front port that proxies to a back port of its own, which serves a
+# 1 KiB file. wrk (2 threads, 50 keep-alive connections) asks the front, and ab (no keep-alive: a new connection
+# per request, one at a time) asks the back directly. Workloads:
+#   proxy-new: nginx's default proxying, a new upstream connection per request (HTTP/1.0)
+#   proxy-keepalive: an upstream block with `keepalive 32` and HTTP/1.1, upstream connections reused
+#   new-connections: ab without -k against the back port (connect, one request, close)
+# each with nginx as one process and with a master and 2 forked workers. Every nginx runs twice for the whole run,
+# plainly and under vmsock-run, and its client runs the same way; the sides alternate for ROUNDS rounds.
+# Usage: tools/bench-proxy.sh [ROUNDS]   (default 3; SECONDS_EACH=3 for wrk)
+# Builds vmsock-run and its library in release first (SCRATCH=.build, the --scratch-path; BUILD=0 skips it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/opt/swift/usr/bin:$PATH:/usr/sbin"
+ROUNDS=${1:-3}
+SECONDS_EACH=${SECONDS_EACH:-3}
+SCRATCH=${SCRATCH:-.build}
+for tool in nginx wrk ab python3 ss; do
+    command -v $tool >/dev/null || { echo "bench-proxy: needs $tool (tools/setup.sh)" >&2; exit 1; }
+done
+if [ "${BUILD:-1}" = 1 ]; then
+    swift build -c release --scratch-path "$SCRATCH" --product vmsock-preload >/dev/null
+    swift build -c release --scratch-path "$SCRATCH" --product vmsock-run >/dev/null
+fi
+RUN="$(realpath "$SCRATCH/release/vmsock-run") --debug"
+WORK=$(mktemp -d /tmp/vmsock-bench-proxy.XXXXXX)
+SERVERS=()
+cleanup() {
+    for pid in "${SERVERS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        sleep 0.2
+        pkill -9 -P "$pid" 2>/dev/null || true
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_listening() { for _ in $(seq 100); do ss -ltn | grep -q "127.0.0.1:$1 " && return 0; sleep 0.1; done; echo "bench-proxy: nothing on port $1" >&2; exit 1; }
+
+head -c 1024 /dev/urandom >"$WORK/small.bin"
+start_nginx() {  # SIDE PREFIX NAME PROCESS-LINES KEEPALIVE(0|1)
+    local back front proxy dir="$WORK/nginx-$1-$3"; back=$(free_port); front=$(free_port)
+    if [ "$5" = 1 ]; then
+        proxy="upstream back { server 127.0.0.1:$back; keepalive 32; }
+               server { listen 127.0.0.1:$front; location / { proxy_pass http://back; proxy_http_version 1.1;
+                        proxy_set_header Connection \"\"; } }"
+    else
+        proxy="server { listen 127.0.0.1:$front; location / { proxy_pass http://127.0.0.1:$back; } }"
+    fi
+    mkdir -p "$dir/temp"
+    interop/programs/nginx-conf.sh "$dir" "$back" "$WORK" "$4" "keepalive_requests 1000000; $proxy" >"$dir/nginx.conf"
+    $2 nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" 2>"$dir/master.err" &
+    SERVERS+=($!)
+    wait_listening "$back"
+    wait_listening "$front"
+    eval "front_$1_$3=$front back_$1_$3=$back"
+}
+for side in plain vmsock; do
+    prefix=$([ $side = vmsock ] && echo "$RUN" || true)
+    start_nginx $side "$prefix" new1 "master_process off;" 0
+    start_nginx $side "$prefix" new2 "master_process on; worker_processes 2;" 0
+    start_nginx $side "$prefix" keepalive1 "master_process off;" 1
+    start_nginx $side "$prefix" keepalive2 "master_process on; worker_processes 2;" 1
+done
+
+wrk_rps() {  # SIDE PREFIX NAME
+    local port out; port=$(eval echo "\$front_$1_$3")
+    out=$($2 wrk -t 2 -c 50 -d "${SECONDS_EACH}s" "http://127.0.0.1:$port/small.bin" 2>>"$WORK/$1.clients.err")
+    grep -E "Socket errors|Non-2xx" <<<"$out" | sed "s/^ */$1 $3: /" >>"$WORK/errors" || true
+    sed -n 's/^Requests\/sec: *\([0-9.]*\)/\1/p' <<<"$out"
+}
+ab_rps() {  # SIDE PREFIX NAME: a new connection per request
+    local port out; port=$(eval echo "\$back_$1_$3")
+    out=$($2 ab -q -c 1 -t "$SECONDS_EACH" -n 100000000 "http://127.0.0.1:$port/small.bin" 2>>"$WORK/$1.clients.err")
+    grep -E "^(Failed requests|Non-2xx responses): *[1-9]" <<<"$out" | sed "s/^/$1 $3 (ab): /" >>"$WORK/errors" || true
+    sed -n 's/^Requests per second: *\([0-9.]*\).*/\1/p' <<<"$out"
+}
+measure() {  # SIDE: one line "name value" per workload
+    local side=$1 prefix; prefix=$([ "$1" = vmsock ] && echo "$RUN" || true)
+    echo "proxy-new-1-process $(wrk_rps $side "$prefix" new1)"
+    echo "proxy-new-2-workers $(wrk_rps $side "$prefix" new2)"
+    echo "proxy-keepalive-1-process $(wrk_rps $side "$prefix" keepalive1)"
+    echo "proxy-keepalive-2-workers $(wrk_rps $side "$prefix" keepalive2)"
+    echo "new-connections-1-process $(ab_rps $side "$prefix" new1)"
+}
+
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores; $ROUNDS rounds"
+for round in $(seq "$ROUNDS"); do
+    if [ $((round % 2)) = 1 ]; then order="plain vmsock"; else order="vmsock plain"; fi
+    for side in $order; do measure $side | sed "s/^/$round $side /" >>"$WORK/results"; done
+    echo "round $round: $(grep "^$round " "$WORK/results" | awk '{printf "%s %s %.0f; ", $3, $2, $4}')"
+done
+
+# Which transport each hop used, from the --debug lines (nginx prints its own into its error_log).
+count() { cat "$@" 2>/dev/null | grep -cE "$PATTERN" || true; }
+for name in new1 new2; do
+    dir="$WORK/nginx-vmsock-$name" back=$(eval echo "\$back_vmsock_$name")
+    all=$(PATTERN="connect fd .* to 127.0.0.1:$back:" count "$dir/error.log" "$dir/master.err")
+    shm=$(PATTERN="connect fd .* to 127.0.0.1:$back: shared memory" count "$dir/error.log" "$dir/master.err")
+    echo "transport, vmsock side, nginx $name: $shm of $all upstream connects shared memory"
+done
+[ -s "$WORK/errors" ] && { echo "errors:"; cat "$WORK/errors"; }
+python3 - "$WORK/results" <<'EOF'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    round_, side, name, value = line.split()
+    rows.setdefault(name, {}).setdefault(side, {})[round_] = float(value or 0)
+print("| workload | plain TCP, requests/s | under vmsock-run | vmsock/plain, median of rounds |")
+print("|---|---|---|---|")
+for name, sides in rows.items():
+    plain, vmsock = sides["plain"], sides["vmsock"]
+    ratios = [vmsock[r] / plain[r] for r in plain if plain[r] > 0 and r in vmsock]
+    print("| %s | %.0f | %.0f | %.2fx |" % (name, statistics.median(plain.values()), statistics.median(vmsock.values()),
+                                          statistics.median(ratios)))
+EOF
