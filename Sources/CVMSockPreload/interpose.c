@@ -274,10 +274,19 @@ static int is_tcp_stream(int fd, int *family) {
     return 1;
 }
 
+// Whether the TCP socket has not connected yet (nor begun to): a connect on a socket whose earlier connect went to
+// TCP (ab calls connect again to learn how its non-blocking one ended) must stay TCP, as the listener took it so.
+static int is_fresh(int fd) {
+    struct tcp_info info;
+    socklen_t length = sizeof info;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0) return 0;
+    return info.tcpi_state == TCP_CLOSE;
+}
+
 int connect(int fd, const struct sockaddr *address, socklen_t length) {
     int family;
     if (vmsp_inside || !address || (address->sa_family != AF_INET && address->sa_family != AF_INET6) ||
-        (unsigned)fd >= (unsigned)vmsp_table_size || vmsp_lookup(fd) || !is_tcp_stream(fd, &family)) {
+        (unsigned)fd >= (unsigned)vmsp_table_size || vmsp_lookup(fd) || !is_tcp_stream(fd, &family) || !is_fresh(fd)) {
         return REAL(connect)(fd, address, length);
     }
     char where[64], reason[256] = "";
@@ -285,6 +294,14 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     if (!vmsp_connects_allowed()) {
         vmsp_debug("connect fd %d to %s: tcp (a forked child's connects are TCP: mostly short-lived, and a new "
                    "shared-memory connection costs more than a TCP one)", fd, where);
+        return REAL(connect)(fd, address, length);
+    }
+    uint64_t key = vmsp_brief_key(address, length);
+    int run = 0;
+    if (vmsp_brief_prefers_tcp(key, &run)) {
+        vmsp_debug("connect fd %d to %s: tcp (short-lived: this process's last %d shared-memory connections there "
+                   "each ended within %d ms having moved under 1 MiB, and TCP sets such connections up faster)",
+                   fd, where, run, vmsp_brief_limit_ms());
         return REAL(connect)(fd, address, length);
     }
     int flags = REAL(fcntl)(fd, F_GETFL);
@@ -314,6 +331,9 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     if (result == 0 || errno == EINPROGRESS || errno == EINTR) {
         atomic_store(&r->conn->tcp_ready, result == 0);
         vmsp_wake_socket_ready(r->conn, fd);
+        r->brief_key = key;
+        r->opened_ns = vmsp_now_ns();
+        r->opener = getpid();
         vmsp_install(fd, r);  // the connection's first user reference now stands for the table's
         vmsp_epoll_adopt(fd);  // a set it joined before the connect now reports from the rings
         vmsp_debug("connect fd %d to %s: shared memory", fd, where);

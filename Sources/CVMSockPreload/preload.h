@@ -169,6 +169,11 @@ struct vmsp_ref {
     struct vmsp_ref *next_live, *prev_live;   // every live ref, for fork
     struct vmsp_ref *next_retired;
     int64_t retired_at;
+    // A connection this process connected: where to (`vmsp_brief_key`; 0 for an accepted one), when, and by
+    // which process, so that its end is remembered for the next connect there (brief.c).
+    uint64_t brief_key;
+    int64_t opened_ns;
+    pid_t opener;
 };
 
 // The connection's locks are robust: a lock whose holder died (a forked sibling killed inside a read) is taken
@@ -274,6 +279,14 @@ void vmsp_tx_disarm(struct vmsp_conn *c);
 struct vmsp_epoll;
 struct vmsp_epoll *vmsp_epoll_untrack(int fd);
 void vmsp_epoll_adopt(int fd);
+
+// MARK: Connections that end quickly (brief.c): TCP for a destination whose shared-memory connections keep doing so.
+uint64_t vmsp_brief_key(const struct sockaddr *address, socklen_t length);
+/// Whether a connect to the destination should use TCP; `run` gets how many brief connections in a row it had.
+int vmsp_brief_prefers_tcp(uint64_t key, int *run);
+/// Remembers how a shared-memory connection to the destination ended.
+void vmsp_brief_note(uint64_t key, int64_t lifetime_ns, uint64_t bytes);
+int vmsp_brief_limit_ms(void);
 void vmsp_epoll_forget(struct vmsp_epoll *set);
 /// The descriptor fd is about to close or be replaced: if it is an epoll set, its record goes.
 static inline void vmsp_epoll_closing(int fd) {

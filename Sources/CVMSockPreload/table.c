@@ -129,6 +129,10 @@ static void free_old_retired(void) {
 void vmsp_leave(struct vmsp_ref *r) {
     if (atomic_fetch_sub(&r->users, 1) != 1) return;
     // Last user: nothing in this process touches the rings any more.
+    if (r->brief_key && r->opener == getpid()) {
+        // Bytes sent and received: the positions, which start at 0 (no call uses them any more).
+        vmsp_brief_note(r->brief_key, vmsp_now_ns() - r->opened_ns, r->conn->tx_pos + r->conn->rx_pos);
+    }
     pthread_mutex_lock(&live_lock);
     if (r->prev_live) r->prev_live->next_live = r->next_live; else live = r->next_live;
     if (r->next_live) r->next_live->prev_live = r->prev_live;

@@ -1,0 +1,40 @@
+# Short-lived connections under vmsock-run (brief.c): a new shared-memory connection costs several times a TCP one,
+# so once a process's shared-memory connections to a destination keep ending within 100 ms having moved under
+# 1 MiB (8 in a row), its connects there use TCP, with every 32nd still trying shared memory. ab without
+# keep-alive (a new connection per request, 300 of them) against nginx, both under vmsock-run: every request is
+# answered, at most the first 8 and the probes use shared memory, the rest TCP with the reason. With
+# VMSOCK_SHORT_TCP=0 every connection uses shared memory.
+source "$(dirname "$0")/lib.sh"
+PATH=$PATH:/usr/sbin  # where Debian puts nginx, off a user's PATH
+need nginx ab python3
+[ -x "$VMSOCK_RUN" ] || fail "$VMSOCK_RUN is not built (swift build)"
+dir=$WORK/nginx
+mkdir -p "$dir/temp" "$WORK/www"
+random_file "$WORK/www/small.bin" 1024
+port=$(free_port)
+interop/programs/nginx-conf.sh "$dir" "$port" "$WORK/www" "master_process off;" >"$dir/nginx.conf"
+start "$VMSOCK_RUN" --debug nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/out" 2>"$dir/err"
+CLEANUPS+=("kill -TERM $LAST")
+wait_listening 127.0.0.1 "$port"
+
+# ab ENV-ASSIGNMENT NAME: 300 requests, one connection each; its debug lines in $WORK/NAME.err
+ab_run() {
+    env "$1" timeout 60 "$VMSOCK_RUN" --debug ab -q -n 300 -c 1 "http://127.0.0.1:$port/small.bin" \
+        >"$WORK/$2.out" 2>"$WORK/$2.err" || fail "$2: ab exited $?: $(tail -n 5 "$WORK/$2.out" "$WORK/$2.err")"
+    grep -q "^Complete requests: *300$" "$WORK/$2.out" || fail "$2: ab did not complete 300 requests: $(cat "$WORK/$2.out")"
+    grep -q "^Failed requests: *0$" "$WORK/$2.out" || fail "$2: ab saw failed requests: $(cat "$WORK/$2.out")"
+}
+ab_run VMSOCK_SHORT_TCP=1 adaptive
+shm=$(grep -c "connect fd .*: shared memory" "$WORK/adaptive.err" || true)
+brief=$(grep -c "connect fd .*: tcp (short-lived: " "$WORK/adaptive.err" || true)
+echo "adaptive: $shm shared memory, $brief TCP as short-lived, of 300 connections"
+grep -m1 "tcp (short-lived" "$WORK/adaptive.err" || true
+[ "$shm" -ge 8 ] && [ "$shm" -le 20 ] || fail "adaptive: $shm connections used shared memory (8 and one probe in 32 expected)"
+[ $((shm + brief)) = 300 ] || fail "adaptive: $shm + $brief of 300 connections accounted for: $(grep "connect fd" "$WORK/adaptive.err" | sort | uniq -c | head)"
+
+ab_run VMSOCK_SHORT_TCP=0 always
+shm=$(grep -c "connect fd .*: shared memory" "$WORK/always.err" || true)
+echo "VMSOCK_SHORT_TCP=0: $shm of 300 connections shared memory"
+[ "$shm" = 300 ] || fail "VMSOCK_SHORT_TCP=0: $shm of 300 connections used shared memory"
+kill -0 "$LAST" 2>/dev/null || fail "nginx died: $(tail -5 "$dir/error.log")"
+echo "ok: short-lived connections go to TCP after 8 (with probes), and all to shared memory with VMSOCK_SHORT_TCP=0"
