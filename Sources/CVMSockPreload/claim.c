@@ -28,6 +28,42 @@ struct claimed {
 
 pid_t vmsp_listen_owner;
 
+// MARK: The welcome book: which connector ports may have a welcomed link, shared with forked children
+//
+// An accept must ask for a welcomed link (a claim, a round trip to the listening process's thread, in a forked
+// worker) only if the connection's connector is under vmsock-run. So the listening process keeps, in a page it
+// maps shared before any child forks, how many links it holds welcomed per connector port, and how many hellos
+// its thread is answering now (a welcome goes out before its link is entered). An accept that reads "none being
+// answered" first, then no link for its peer's port, is a plain TCP client's: the thread counts a link before it
+// stops counting the answer, so a welcome sent by then would show. Ports alone, so that another address's link
+// on the same port only costs a claim, never a miss; a count never goes down without its link going.
+struct welcome_book {
+    atomic_int answering;
+    _Atomic uint16_t ports[65536];
+};
+static struct welcome_book *book;
+
+void vmsp_welcome_book_init(void) {
+    if (book) return;
+    void *page = mmap(NULL, sizeof *book, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (page != MAP_FAILED) book = page;  // without it, every accept asks, as before
+}
+
+void vmsp_welcome_answering(int delta) {
+    if (book) atomic_fetch_add(&book->answering, delta);
+}
+
+void vmsp_welcome_port(int port, int delta) {
+    if (book && port > 0 && port < 65536) atomic_fetch_add(&book->ports[port], (uint16_t)delta);
+}
+
+int vmsp_welcome_possible(const struct sockaddr_storage *peer) {
+    if (!book || atomic_load(&book->answering) != 0) return 1;
+    in_port_t port = peer->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)peer)->sin6_port
+                                                 : ((const struct sockaddr_in *)peer)->sin_port;
+    return atomic_load(&book->ports[ntohs(port)]) != 0;
+}
+
 static void close_all(const int *fds, int count) {
     for (int i = 0; i < count; i++) if (fds[i] >= 0) REAL(close)(fds[i]);
 }

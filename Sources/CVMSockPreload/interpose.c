@@ -360,6 +360,7 @@ int listen(int fd, int backlog) {
     if (!vmsp_listeners_allowed()) {
         vmsp_debug("listen fd %d on %s: tcp only (this process forked: a child might accept)", fd, where);
     } else {
+        vmsp_welcome_book_init();  // before any child forks: they read it at their accepts
         vmsp_inside = 1;
         int registered = vmsock_preload_listen(fd, reason, sizeof reason);
         vmsp_inside = 0;
@@ -396,7 +397,11 @@ static void after_accept(int listener, int fd, int flags) {
     if (getpeername(fd, (struct sockaddr *)&peer, &length) == 0) vmsp_format_address((struct sockaddr *)&peer, length, where, sizeof where);
     vmsp_link_info info;
     int attached;
-    if (getpid() != vmsp_listen_owner) {
+    if (!vmsp_welcome_possible(&peer)) {
+        // No hello answered for its port: a plain TCP client (no claim, no look-up).
+        snprintf(reason, sizeof reason, "no hello from %s: the peer is not under vmsock-run", where);
+        attached = 0;
+    } else if (getpid() != vmsp_listen_owner) {
         // Another process (our parent) registered the listener and welcomed the connector: claim its link.
         attached = vmsp_claim(listener, &peer, &info, reason, sizeof reason);
         if (attached == -2) {

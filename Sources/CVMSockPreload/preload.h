@@ -322,6 +322,9 @@ extern atomic_int vmsp_claims_open;
 /// connector may use shared memory).
 int vmsp_claim(int listener, const struct sockaddr_storage *peer, vmsp_link_info *info, char *reason, size_t capacity);
 void vmsp_claim_release(void *owner);
+void vmsp_welcome_book_init(void);
+/// Whether a link may be welcomed for the connection from `peer`: 0 only when surely not (see claim.c).
+int vmsp_welcome_possible(const struct sockaddr_storage *peer);
 
 // MARK: The Swift half (@_cdecl in Sources/VMSockPreload).
 

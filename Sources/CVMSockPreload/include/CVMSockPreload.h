@@ -45,6 +45,11 @@ void vmsp_setup_leave(void);
 /// The listener thread's claim socket is open: a forked sibling can take over the links welcomed here.
 void vmsp_claims_ready(void);
 
+/// The welcome book (claim.c): hellos being answered now, and links welcomed per connector port, in a page shared
+/// with forked children, so that an accept from a plain TCP client asks nobody for a link.
+void vmsp_welcome_answering(int delta);
+void vmsp_welcome_port(int port, int delta);
+
 /// Descriptors of the library's own (registrations, control sockets waiting to be accepted): a forked child
 /// closes them, so that a registration never outlives the process that answers it.
 void vmsp_note_internal_fd(int fd);

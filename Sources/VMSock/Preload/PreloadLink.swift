@@ -59,6 +59,10 @@ package struct PreloadHooks: Sendable {
     /// held by a thread it does not have.
     package var enterSetUp: @Sendable () -> Void = {}
     package var leaveSetUp: @Sendable () -> Void = {}
+    /// The welcome book (claim.c), which accepts in this process and its forked children read: a hello being
+    /// answered (+1, -1), and a link welcomed or gone for a connector port (port, +1 or -1).
+    package var welcomeAnswering: @Sendable (Int32) -> Void = { _ in }
+    package var welcomePort: @Sendable (Int32, Int32) -> Void = { _, _ in }
     /// Binds an unbound socket for a connect to the address, returning the address and port its connection
     /// will have, or nil with errno.
     package var bindSource: @Sendable (Int32, IPEndpoint) -> IPEndpoint? = { _, _ in nil }

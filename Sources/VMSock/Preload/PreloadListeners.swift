@@ -86,7 +86,8 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
             for token in state.listeners.removeValue(forKey: fd) ?? [] {
                 if let entry = state.entries.removeValue(forKey: token) { removed.append(entry) }
             }
-            for (_, token) in state.welcomed.removeValue(forKey: fd) ?? [:] {
+            for (key, token) in state.welcomed.removeValue(forKey: fd) ?? [:] {
+                hooks.welcomePort(Int32(key.port), -1)
                 if let entry = state.entries.removeValue(forKey: token) { removed.append(entry) }
             }
             for (token, entry) in state.entries {
@@ -129,9 +130,9 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
     /// Takes the link welcomed for the connector at `peer` off `listener`'s list, and out of the thread's sight.
     private func takeWelcomed(listener: Int32, from peer: IPEndpoint) -> EstablishedLink? {
         let link: EstablishedLink? = state.withLock { state in
-            guard let token = state.welcomed[listener]?.removeValue(forKey: Self.matchKey(peer)),
-                case .welcomed(let link, _) = state.entries.removeValue(forKey: token)
-            else { return nil }
+            guard let token = state.welcomed[listener]?.removeValue(forKey: Self.matchKey(peer)) else { return nil }
+            hooks.welcomePort(Int32(peer.port), -1)
+            guard case .welcomed(let link, _) = state.entries.removeValue(forKey: token) else { return nil }
             state.hungUp[token] = nil
             return link
         }
@@ -262,7 +263,11 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
             return
         }
         answering.add(1, ordering: .sequentiallyConsistent)
-        defer { answering.subtract(1, ordering: .sequentiallyConsistent) }
+        hooks.welcomeAnswering(1)
+        defer {
+            hooks.welcomeAnswering(-1)  // after the link's port is counted, below
+            answering.subtract(1, ordering: .sequentiallyConsistent)
+        }
         guard let link = try? Handshake.answer(
             control, peer: peer, capacity: PreloadConnector.ringSize, reusable: false, keepMemory: true)
         else {
@@ -282,6 +287,8 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
             state.entries[token] = .welcomed(link, listener: listener)
             if let older = state.welcomed[listener, default: [:]].updateValue(token, forKey: Self.matchKey(source)) {
                 state.entries[older] = nil  // a connector reused its port: the older one's connection never came
+            } else {
+                hooks.welcomePort(Int32(source.port), 1)
             }
             return token
         }
@@ -337,8 +344,10 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
             for (token, deadline) in state.hungUp where deadline < now {
                 state.hungUp[token] = nil
                 guard let entry = state.entries.removeValue(forKey: token) else { continue }
-                if case .welcomed(let link, let listener) = entry, let source = link.source {
-                    state.welcomed[listener]?[Self.matchKey(source)] = nil
+                if case .welcomed(let link, let listener) = entry, let source = link.source,
+                    state.welcomed[listener]?.removeValue(forKey: Self.matchKey(source)) != nil
+                {
+                    hooks.welcomePort(Int32(source.port), -1)
                 }
                 expired.append(entry)
             }
