@@ -6,39 +6,16 @@
 #   proxy-new: nginx's default proxying, a new upstream connection per request (HTTP/1.0)
 #   proxy-keepalive: an upstream block with `keepalive 32` and HTTP/1.1, upstream connections reused
 #   new-connections: ab without -k against the back port (connect, one request, close)
+#   plain-client-new-connections: the same from an ab that is not under vmsock-run, against the 2-worker nginx
 # each with nginx as one process and with a master and 2 forked workers. Every nginx runs twice for the whole run,
 # plainly and under vmsock-run, and its client runs the same way; the sides alternate for ROUNDS rounds.
 # Usage: tools/bench-proxy.sh [ROUNDS]   (default 3; SECONDS_EACH=3 for wrk)
-# Builds vmsock-run and its library in release first (SCRATCH=.build, the --scratch-path; BUILD=0 skips it).
+# Builds vmsock-run and its library in release first (tools/bench-servers-lib.sh: SCRATCH, BUILD=0 skips it).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export PATH="/opt/swift/usr/bin:$PATH:/usr/sbin"
 ROUNDS=${1:-3}
 SECONDS_EACH=${SECONDS_EACH:-3}
-SCRATCH=${SCRATCH:-.build}
-for tool in nginx wrk ab python3 ss; do
-    command -v $tool >/dev/null || { echo "bench-proxy: needs $tool (tools/setup.sh)" >&2; exit 1; }
-done
-if [ "${BUILD:-1}" = 1 ]; then
-    swift build -c release --scratch-path "$SCRATCH" --product vmsock-preload >/dev/null
-    swift build -c release --scratch-path "$SCRATCH" --product vmsock-run >/dev/null
-fi
-RUN="$(realpath "$SCRATCH/release/vmsock-run") --debug"
-WORK=$(mktemp -d /tmp/vmsock-bench-proxy.XXXXXX)
-SERVERS=()
-cleanup() {
-    for pid in "${SERVERS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-        sleep 0.2
-        pkill -9 -P "$pid" 2>/dev/null || true
-        kill -9 "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_listening() { for _ in $(seq 100); do ss -ltn | grep -q "127.0.0.1:$1 " && return 0; sleep 0.1; done; echo "bench-proxy: nothing on port $1" >&2; exit 1; }
+NAME=bench-proxy TOOLS="nginx wrk ab"
+source "$(dirname "$0")/bench-servers-lib.sh"
 
 head -c 1024 /dev/urandom >"$WORK/small.bin"
 start_nginx() {  # SIDE PREFIX NAME PROCESS-LINES KEEPALIVE(0|1)
@@ -85,6 +62,8 @@ measure() {  # SIDE: one line "name value" per workload
     echo "proxy-keepalive-1-process $(wrk_rps $side "$prefix" keepalive1)"
     echo "proxy-keepalive-2-workers $(wrk_rps $side "$prefix" keepalive2)"
     echo "new-connections-1-process $(ab_rps $side "$prefix" new1)"
+    # A client that is not under vmsock-run, on both sides: what a plain TCP client of a preloaded server pays.
+    echo "plain-client-new-connections-2-workers $(ab_rps $side "" new2)"
 }
 
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores; $ROUNDS rounds"

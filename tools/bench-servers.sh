@@ -7,36 +7,12 @@
 # changes speed within seconds, so the two sides alternate (as tools/bench-ab.sh does) for ROUNDS rounds and the
 # table gives medians and the median of the per-round ratios.
 # Usage: tools/bench-servers.sh [ROUNDS]   (default 5, about 45 s a round; SECONDS_EACH=3 for wrk)
-# Builds vmsock-run and its library in release first (SCRATCH=.build, the --scratch-path; BUILD=0 skips it).
+# Builds vmsock-run and its library in release first (tools/bench-servers-lib.sh: SCRATCH, BUILD=0 skips it).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export PATH="/opt/swift/usr/bin:$PATH:/usr/sbin"
 ROUNDS=${1:-5}
 SECONDS_EACH=${SECONDS_EACH:-3}
-SCRATCH=${SCRATCH:-.build}
-for tool in redis-server redis-benchmark redis-cli nginx wrk ab python3; do
-    command -v $tool >/dev/null || { echo "bench-servers: needs $tool (tools/setup.sh)" >&2; exit 1; }
-done
-if [ "${BUILD:-1}" = 1 ]; then
-    swift build -c release --scratch-path "$SCRATCH" --product vmsock-preload >/dev/null
-    swift build -c release --scratch-path "$SCRATCH" --product vmsock-run >/dev/null
-fi
-RUN="$(realpath "$SCRATCH/release/vmsock-run") --debug"
-WORK=$(mktemp -d /tmp/vmsock-bench-servers.XXXXXX)
-SERVERS=()
-cleanup() {
-    for pid in "${SERVERS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-        sleep 0.2
-        pkill -9 -P "$pid" 2>/dev/null || true
-        kill -9 "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_listening() { for _ in $(seq 100); do ss -ltn | grep -q "127.0.0.1:$1 " && return 0; sleep 0.1; done; echo "bench-servers: nothing on port $1" >&2; exit 1; }
+NAME=bench-servers TOOLS="redis-server redis-benchmark redis-cli nginx wrk ab"
+source "$(dirname "$0")/bench-servers-lib.sh"
 
 # The servers: SIDE is plain or vmsock; the vmsock side runs under vmsock-run, its debug lines in $WORK/SIDE.*.
 head -c 1024 /dev/urandom >"$WORK/small.bin"

@@ -1,0 +1,35 @@
+# Sourced by the benchmarks that run real servers under vmsock-run against plain TCP (tools/bench-servers.sh,
+# tools/bench-proxy.sh): NAME (for messages) and the tools each needs, set before sourcing. Checks the tools,
+# builds vmsock-run and its library in release (SCRATCH=.build, the --scratch-path; BUILD=0 skips it), and gives
+# RUN (vmsock-run --debug), WORK (removed at exit), SERVERS (pids stopped at exit), free_port and wait_listening.
+# Usage: NAME=bench-x; TOOLS="nginx wrk"; source "$(dirname "$0")/bench-servers-lib.sh"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="/opt/swift/usr/bin:$PATH:/usr/sbin"
+SCRATCH=${SCRATCH:-.build}
+for tool in $TOOLS python3 ss; do
+    command -v "$tool" >/dev/null || { echo "$NAME: needs $tool (tools/setup.sh)" >&2; exit 1; }
+done
+if [ "${BUILD:-1}" = 1 ]; then
+    swift build -c release --scratch-path "$SCRATCH" --product vmsock-preload >/dev/null
+    swift build -c release --scratch-path "$SCRATCH" --product vmsock-run >/dev/null
+fi
+RUN="$(realpath "$SCRATCH/release/vmsock-run") --debug"
+WORK=$(mktemp -d "/tmp/vmsock-$NAME.XXXXXX")
+SERVERS=()
+cleanup() {
+    for pid in "${SERVERS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+        sleep 0.2
+        pkill -9 -P "$pid" 2>/dev/null || true
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_listening() {
+    for _ in $(seq 100); do ss -ltn | grep -q "127.0.0.1:$1 " && return 0; sleep 0.1; done
+    echo "$NAME: nothing on port $1" >&2
+    exit 1
+}
