@@ -61,6 +61,7 @@ struct vmsp_epoll {
     int waker;                // an eventfd in the kernel's set, to wake them when a call adds readiness (-1: none)
     int next_scan;            // where the next scan starts, so that a short events array starves no one
     int64_t last_kernel_ns;   // when a wait last asked the kernel's set
+    struct vmsp_spin spin;    // how long its waits look at the rings before they sleep (spin.c)
 };
 
 static _Atomic(struct vmsp_epoll *) *_Atomic sets;
@@ -505,7 +506,7 @@ static int spin(struct vmsp_epoll *set, struct epoll_event *events, int max, int
                 struct vmsp_signal_mark mark) {
     if (deadline >= 0 && deadline <= vmsp_now_ns()) return 0;
     if (!has_active(set)) return 0;
-    int64_t until = vmsp_now_ns() + vmsp_spin_ns();
+    int64_t until = vmsp_now_ns() + vmsp_spin_budget(&set->spin);
     if (deadline >= 0 && deadline < until) until = deadline;
     for (int turn = 1;; turn++) {
         int n = collect(set, events, max);
@@ -553,8 +554,10 @@ static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, i
             errno = EINTR;
             return -1;
         }
+        int64_t slept_from = sleeping ? vmsp_now_ns() : 0;
         int got = ask ? REAL(epoll_pwait)(set->fd, events + n, max - n, timeout, mask) : 0;
         int saved = errno;
+        int64_t slept = sleeping ? vmsp_now_ns() - slept_from : 0;
         pthread_mutex_lock(&set->lock);
         if (sleeping) set->sleepers--;
         // Events of ours go (marking their registrations for a look); the application's close up behind the
@@ -569,6 +572,7 @@ static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, i
         }
         n += kept;
         if (sleeping && n < max) n += collect(set, events + n, max - n);
+        if (sleeping && (n > 0 || got == 0)) vmsp_spin_slept(&set->spin, slept, n > 0);
         if (n > 0 || (deadline >= 0 && vmsp_now_ns() >= deadline)) {
             pthread_mutex_unlock(&set->lock);
             return n;

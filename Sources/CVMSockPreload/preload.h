@@ -255,9 +255,13 @@ void vmsp_drain_wakeups(struct vmsp_conn *c, int fd);
 /// setting is kept aside, see sockopt.c).
 void vmsp_wake_socket_ready(struct vmsp_conn *c, int fd);
 int vmsp_rx_ready(struct vmsp_conn *c);
-/// How long a wait looks at the rings before it sleeps (VMSOCK_SPIN_US, 20 µs by default): a reply often comes
-/// sooner than a sleep and a wake-up would take.
+/// How long a wait looks at the rings before it sleeps (spin.c): VMSOCK_SPIN_US (50 µs by default) to start with,
+/// then learnt per wait (an epoll set, a thread's poll or blocking call) from how its sleeps end.
+struct vmsp_spin { int ns; };
 int vmsp_spin_ns(void);
+int64_t vmsp_spin_budget(struct vmsp_spin *s);
+/// After a sleep of `slept_ns`: `woke` says it ended with something to report (not a timeout).
+void vmsp_spin_slept(struct vmsp_spin *s, int64_t slept_ns, int woke);
 static inline void vmsp_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();

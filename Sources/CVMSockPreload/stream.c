@@ -52,18 +52,8 @@ static inline void store_u32(uint8_t *base, int offset, uint32_t value) {
     __atomic_store_n((uint32_t *)(base + offset), value, __ATOMIC_SEQ_CST);
 }
 
-// How long a wait looks at the rings before it sleeps: VMSOCK_SPIN_US, 50 µs by default as in the library. A
-// server's next request often comes within that (redis-benchmark's 50 clients: SET went from 1.3x to 1.8x plain
-// TCP, GET from 1.8x to 2.7x, against a budget of 20 µs), and a wait that does sleep spent at most that much.
-int vmsp_spin_ns(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        const char *text = getenv("VMSOCK_SPIN_US");
-        cached = text ? atoi(text) * 1000 : 50000;
-        if (cached < 0) cached = 0;
-    }
-    return cached;
-}
+// How long this thread's blocking reads look at the ring before they sleep (spin.c).
+static __thread struct vmsp_spin recv_spin;
 
 // SO_RCVTIMEO / SO_SNDTIMEO in milliseconds, -1 for none: read only on the way to sleep.
 static int socket_timeout_ms(int fd, int option) {
@@ -298,7 +288,7 @@ ssize_t vmsp_recv(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
             break;
         }
         // Block: spin on the ring a little (a wake-up costs more), then sleep until a wake-up byte, FIN or RST.
-        int64_t spin_until = vmsp_now_ns() + vmsp_spin_ns();
+        int64_t spin_until = vmsp_now_ns() + vmsp_spin_budget(&recv_spin);
         int interrupted = 0;
         for (int turn = 1; avail == 0; turn++) {
             avail = rx_refresh(c);
@@ -327,8 +317,10 @@ ssize_t vmsp_recv(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
         struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
         int timeout = socket_timeout_ms(fd, SO_RCVTIMEO);
         pthread_mutex_unlock(&c->rx_lock);
+        int64_t slept_from = vmsp_now_ns();
         int ready = REAL(poll)(&p, 1, timeout);
         int saved = errno;
+        if (ready >= 0) vmsp_spin_slept(&recv_spin, vmsp_now_ns() - slept_from, ready > 0);
         vmsp_rx_disarm(c);
         pthread_mutex_lock(&c->rx_lock);
         if (ready < 0 && saved == EINTR) {

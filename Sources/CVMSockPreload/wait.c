@@ -68,6 +68,7 @@ static void disarm(struct pollfd *fds, nfds_t n, struct vmsp_conn **conns, const
 // often: a poll that rings keep busy then costs no system call, and the others wait at most 50 µs longer.
 enum { KERNEL_EVERY_NS = 50000 };
 static __thread int64_t last_kernel_ns;
+static __thread struct vmsp_spin poll_spin;  // this thread's poll and select (spin.c)
 
 // One poll over a set holding connections. `conns[i]` is fds[i]'s connection or NULL.
 static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conns, int64_t deadline,
@@ -87,7 +88,7 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
         }
         // Nothing yet: look at the rings for the spin budget (a reply often comes sooner than a sleep would end).
         if (ready == 0 && others < (int)n && (deadline < 0 || deadline > vmsp_now_ns())) {
-            int64_t until = vmsp_now_ns() + vmsp_spin_ns();
+            int64_t until = vmsp_now_ns() + vmsp_spin_budget(&poll_spin);
             if (deadline >= 0 && deadline < until) until = deadline;
             for (int turn = 1; ready == 0; turn++) {
                 for (nfds_t i = 0; i < n; i++) {
@@ -157,8 +158,10 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
             errno = EINTR;
             return -1;
         }
+        int64_t slept_from = ready == 0 ? vmsp_now_ns() : 0;
         int woke = REAL(ppoll)(kernel, n + bells, timeout, mask);
         int saved = errno;
+        int64_t slept = ready == 0 ? vmsp_now_ns() - slept_from : 0;
         for (nfds_t j = 1; woke > 0 && j < bells; j += 2) {
             if (kernel[n + j].revents) vmsp_control_woke(conns[owners[j]]);
         }
@@ -169,6 +172,7 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
             fds[i].revents = conns[i] ? conn_revents(conns[i], fds[i].events, kernel[i].revents) : kernel[i].revents;
             if (fds[i].revents) count++;
         }
+        if (ready == 0 && (count > 0 || woke == 0)) vmsp_spin_slept(&poll_spin, slept, count > 0);
         // Nothing but a stale wake-up byte or a bell: wait again for what is left of the timeout.
         if (count > 0 || (deadline >= 0 && vmsp_now_ns() >= deadline)) return count;
     }
