@@ -7,5 +7,5 @@
 source "$(dirname "$0")/lib.sh"
 same_under_preload preload-epoll ""
 grep -q 'CORRUPT' "$WORK/plain.txt" && fail "a transfer was corrupted"
-count_says "$WORK/debug.txt" 14 "shared memory"
+count_says "$WORK/debug.txt" 18 "shared memory"
 echo "ok: $(grep -c . "$WORK/plain.txt") observations, the same with and without vmsock-run"

@@ -11,6 +11,14 @@
 // A registration is "quiet" once armed with an empty ring: its writer will ring, so it is not looked at again
 // until the kernel reports its cookie, a call changes it, or the application reads it empty and sleeps again.
 // An idle connection therefore costs nothing per wait.
+//
+// A connection's registration that the application deletes is parked, not taken from the kernel's set: if the
+// application adds the same connection again at the same number, it comes back without a system call. ae (redis,
+// redis-benchmark) and libuv delete and add a descriptor at every turn of a request and reply, which would cost
+// two kernel epoll_ctl calls each time. The kernel drops a parked registration when the socket is closed for
+// good; until then its events are ignored. Cookies carry the slot's stamp, bumped whenever the slot gets a new
+// kernel registration, so that events of a registration the slot no longer stands for (a parked one whose socket
+// a dup kept open) are ignored too.
 #include "preload.h"
 
 #include <errno.h>
@@ -25,11 +33,14 @@
 
 enum { KIND_CONN = 1, KIND_SET = 2 };
 // Cookies: a tag no pointer or small integer of the application's has (the top 16 bits of a user address are 0),
-// what the cookie is for, and the registration's index.
+// the slot's stamp (bits 34 to 47), what the cookie is for (bits 32 and 33), and the registration's index.
 #define COOKIE_TAG 0x7ff5000000000000ull
 #define COOKIE_MASK 0xffff000000000000ull
+#define STAMP_MASK 0x3fffu
 enum { COOKIE_REG = 0, COOKIE_BELL = 1, COOKIE_WAKER = 2 };
-static uint64_t cookie(int what, int index) { return COOKIE_TAG | ((uint64_t)what << 32) | (uint32_t)index; }
+static uint64_t cookie(int what, int index, uint32_t stamp) {
+    return COOKIE_TAG | ((uint64_t)(stamp & STAMP_MASK) << 34) | ((uint64_t)what << 32) | (uint32_t)index;
+}
 
 struct vmsp_epoll;
 
@@ -48,6 +59,10 @@ struct reg {
     int bell_added, tx_armed;
     int rx_armed;             // this registration counts as a sleeper on its connection (see stream.c's arm word)
     int idle;                 // sleeps in a row that found its ring empty: from 2 on, it stays armed when awake
+    uint32_t stamp;           // in the slot's cookies: bumped at each new kernel registration of the slot
+    // A free slot (fd -1) whose kernel registrations stay: the connection's serial (0: not parked) and number.
+    uint64_t parked_serial;
+    int parked_fd;
 };
 
 struct vmsp_epoll {
@@ -148,9 +163,34 @@ static struct reg *find(struct vmsp_epoll *set, int fd) {
     return NULL;
 }
 
-static struct reg *new_reg(struct vmsp_epoll *set) {
+// Whether `fd` still names the connection a parked registration was for.
+static int parked_for(const struct reg *r, int fd) {
+    struct vmsp_ref *now = vmsp_lookup(fd);
+    return now && now->serial == r->parked_serial;
+}
+
+// The parked registration of this connection at this number, if the set has one.
+static struct reg *find_parked(struct vmsp_epoll *set, int fd, struct vmsp_ref *ref) {
     for (int i = 0; i < set->count; i++) {
-        if (set->regs[i].fd < 0) return &set->regs[i];
+        struct reg *r = &set->regs[i];
+        if (r->fd < 0 && r->parked_serial == ref->serial && r->parked_fd == fd) return r;
+    }
+    return NULL;
+}
+
+// A free slot: a never parked one, else one whose parked connection its number no longer names (closed: the
+// kernel dropped it, or a dup keeps it, and the new stamp makes its events ignored), else a new one.
+static struct reg *new_reg(struct vmsp_epoll *set) {
+    struct reg *reclaimable = NULL;
+    for (int i = 0; i < set->count; i++) {
+        struct reg *r = &set->regs[i];
+        if (r->fd >= 0) continue;
+        if (!r->parked_serial) return r;
+        if (!reclaimable && !parked_for(r, r->parked_fd)) reclaimable = r;
+    }
+    if (reclaimable) {
+        reclaimable->parked_serial = 0;
+        return reclaimable;
     }
     if (set->count == set->capacity) {
         int capacity = set->capacity ? set->capacity * 2 : 16;
@@ -159,6 +199,7 @@ static struct reg *new_reg(struct vmsp_epoll *set) {
         set->regs = grown;
         set->capacity = capacity;
     }
+    set->regs[set->count] = (struct reg){ .fd = -1 };
     return &set->regs[set->count++];
 }
 
@@ -193,19 +234,49 @@ static int ensure_waker(struct vmsp_epoll *set) {
     if (set->waker >= 0) return 0;
     int waker = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (waker < 0) return -1;
-    struct epoll_event event = { .events = EPOLLIN | EPOLLET, .data.u64 = cookie(COOKIE_WAKER, 0) };
+    struct epoll_event event = { .events = EPOLLIN | EPOLLET, .data.u64 = cookie(COOKIE_WAKER, 0, 0) };
     if (REAL(epoll_ctl)(set->fd, EPOLL_CTL_ADD, waker, &event) != 0) { REAL(close)(waker); return -1; }
     set->waker = waker;
     return 0;
 }
 
-static int ctl_ours(struct vmsp_epoll *set, int op, int fd, struct epoll_event *event, struct vmsp_conn *conn,
+// Adds a registration for `fd` (a connection, with its ref, or a set inside this one), taking the connection's
+// parked one back if the set has it.
+static struct reg *add_reg(struct vmsp_epoll *set, int fd, struct vmsp_ref *ref, struct vmsp_epoll *inner) {
+    struct reg *r = ref ? find_parked(set, fd, ref) : NULL;
+    if (r) {  // the kernel holds it still, with its space doorbell if it had one, and what it reported meanwhile
+        *r = (struct reg){ .fd = fd, .kind = KIND_CONN, .conn = ref->conn, .stamp = r->stamp,
+                           .bell_added = r->bell_added, .kernel_bits = r->kernel_bits };
+        atomic_fetch_add(&set->live, 1);
+        return r;
+    }
+    r = new_reg(set);
+    if (!r) { errno = ENOMEM; return NULL; }
+    int index = (int)(r - set->regs);
+    uint32_t stamp = (r->stamp + 1) & STAMP_MASK;
+    struct epoll_event kernel = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = cookie(COOKIE_REG, index, stamp) };
+    if (REAL(epoll_ctl)(set->fd, EPOLL_CTL_ADD, fd, &kernel) != 0) {
+        if (index == set->count - 1) set->count--;
+        return NULL;
+    }
+    *r = (struct reg){ .fd = fd, .kind = ref ? KIND_CONN : KIND_SET, .conn = ref ? ref->conn : NULL, .set = inner,
+                       .stamp = stamp };
+    atomic_fetch_add(&set->live, 1);
+    return r;
+}
+
+static int ctl_ours(struct vmsp_epoll *set, int op, int fd, struct epoll_event *event, struct vmsp_ref *ref,
                     struct vmsp_epoll *inner) {
     struct reg *r = find(set, fd);
     if (r && !still_valid(r)) { drop(set, r); r = NULL; }
     if (op == EPOLL_CTL_DEL) {
         if (!r) { errno = ENOENT; return -1; }
-        if (r->bell_added) (void)REAL(epoll_ctl)(set->fd, EPOLL_CTL_DEL, r->conn->space_bell_fd, NULL);
+        if (r->kind == KIND_CONN) {  // parked: the kernel keeps it (and its space doorbell) for an add to come
+            drop(set, r);
+            r->parked_serial = ref->serial;
+            r->parked_fd = fd;
+            return 0;
+        }
         drop(set, r);
         return REAL(epoll_ctl)(set->fd, EPOLL_CTL_DEL, fd, NULL);
     }
@@ -215,17 +286,8 @@ static int ctl_ours(struct vmsp_epoll *set, int op, int fd, struct epoll_event *
     } else {
         if (r) { errno = EEXIST; return -1; }
         if (ensure_waker(set) != 0) return -1;
-        r = new_reg(set);
-        if (!r) { errno = ENOMEM; return -1; }
-        int index = (int)(r - set->regs);
-        struct epoll_event kernel = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = cookie(COOKIE_REG, index) };
-        if (REAL(epoll_ctl)(set->fd, EPOLL_CTL_ADD, fd, &kernel) != 0) {
-            if (index == set->count - 1) set->count--;
-            else r->fd = -1;
-            return -1;
-        }
-        *r = (struct reg){ .fd = fd, .kind = conn ? KIND_CONN : KIND_SET, .conn = conn, .set = inner };
-        atomic_fetch_add(&set->live, 1);
+        r = add_reg(set, fd, ref, inner);
+        if (!r) return -1;
     }
     r->events = event->events;
     r->data = event->data.u64;
@@ -254,7 +316,7 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
     pthread_mutex_lock(&set->lock);
     int result;
     if (conn || inner) {
-        result = ctl_ours(set, op, fd, event, conn, inner);
+        result = ctl_ours(set, op, fd, event, conn ? ref : NULL, inner);
     } else {
         // Not ours now; a registration left for this number named a connection since closed.
         struct reg *stale = find(set, fd);
@@ -329,7 +391,7 @@ void vmsp_epoll_adopt(int fd) {
         if (r && !still_valid(r)) { drop(set, r); r = NULL; }  // left by a connection this number named before
         if (!r && REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fd, NULL) == 0) {
             struct epoll_event event = { .events = events, .data.u64 = data };
-            if (ctl_ours(set, EPOLL_CTL_ADD, fd, &event, ref->conn, NULL) != 0) {
+            if (ctl_ours(set, EPOLL_CTL_ADD, fd, &event, ref, NULL) != 0) {
                 vmsp_debug("fd %d: its epoll registration in set %d could not become the rings' (%s)", fd, epfd,
                            strerror(errno));
             }
@@ -428,7 +490,7 @@ static int arm_reg(struct vmsp_epoll *set, struct reg *r, int depth) {
     if ((r->events & EPOLLOUT) && !vmsp_tx_arm(c)) {
         if (!r->bell_added) {
             int index = (int)(r - set->regs);
-            struct epoll_event kernel = { .events = EPOLLIN | EPOLLET, .data.u64 = cookie(COOKIE_BELL, index) };
+            struct epoll_event kernel = { .events = EPOLLIN | EPOLLET, .data.u64 = cookie(COOKIE_BELL, index, r->stamp) };
             if (REAL(epoll_ctl)(set->fd, EPOLL_CTL_ADD, c->space_bell_fd, &kernel) == 0) r->bell_added = 1;
         }
         r->tx_armed = r->bell_added;
@@ -476,16 +538,19 @@ static int absorb(struct vmsp_epoll *set, struct epoll_event *events, int got) {
     for (int i = 0; i < got; i++) {
         uint64_t data = events[i].data.u64;
         if ((data & COOKIE_MASK) != COOKIE_TAG) { events[kept++] = events[i]; continue; }
-        int what = (int)((data >> 32) & 0xffff), index = (int)(uint32_t)data;
+        int what = (int)((data >> 32) & 3), index = (int)(uint32_t)data;
+        uint32_t stamp = (uint32_t)(data >> 34) & STAMP_MASK;
         if (what == COOKIE_WAKER) {
             uint64_t sink;
             (void)REAL(read)(set->waker, &sink, sizeof sink);
             continue;
         }
-        if (index < 0 || index >= set->count || set->regs[index].fd < 0) continue;
+        if (index < 0 || index >= set->count || set->regs[index].stamp != stamp) continue;
         struct reg *r = &set->regs[index];
-        r->quiet = 0;
+        if (r->fd < 0 && !r->parked_serial) continue;
+        // A parked one keeps its final bits for when it comes back.
         if (what == COOKIE_REG) r->kernel_bits |= events[i].events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP);
+        r->quiet = 0;
     }
     return kept;
 }

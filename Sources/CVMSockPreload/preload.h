@@ -174,6 +174,9 @@ struct vmsp_ref {
     uint64_t brief_key;
     int64_t opened_ns;
     pid_t opener;
+    // Which connection this is, never reused within the process (unlike the ref's or the page's address): what a
+    // parked epoll registration is matched with (epoll.c).
+    uint64_t serial;
 };
 
 // The connection's locks are robust: a lock whose holder died (a forked sibling killed inside a read) is taken

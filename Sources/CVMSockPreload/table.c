@@ -62,6 +62,8 @@ struct vmsp_ref *vmsp_conn_new(const vmsp_link_info *info, int nonblocking) {
     if (!r) return NULL;
     struct vmsp_conn *c = map_shared_conn();
     if (!c) { free(r); return NULL; }
+    static _Atomic uint64_t serials;
+    r->serial = atomic_fetch_add(&serials, 1) + 1;
     r->conn = c;
     c->local = info->local_base;
     c->peer = info->peer_base;

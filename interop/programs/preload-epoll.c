@@ -123,6 +123,71 @@ static void levels(void) {
     close(set);
 }
 
+// Deleted and added again at every turn, as ae (redis, redis-benchmark) and libuv do: under vmsock-run the kernel
+// keeps a deleted connection's registration parked, so it must behave exactly as a fresh one.
+static void deleted_and_added(void) {
+    int c, s;
+    pair(&c, &s);
+    int set = epoll_create1(EPOLL_CLOEXEC);
+    int right = 0;
+    for (int round = 0; round < 200; round++) {
+        add(set, EPOLL_CTL_ADD, s, round % 2 ? EPOLLIN : EPOLLIN | EPOLLOUT, (uint64_t)round);
+        put(c, "ping");
+        struct epoll_event events[4];
+        int n = epoll_wait(set, events, 4, 1000);
+        right += n == 1 && events[0].data.u64 == (uint64_t)round && (events[0].events & EPOLLIN) &&
+                 (!(events[0].events & EPOLLOUT)) == (round % 2) && take(s, 100) == 4;
+        add(set, EPOLL_CTL_DEL, s, 0, 0);
+    }
+    printf("%-40s %d of 200\n", "del/add: rounds reported right", right);
+    put(c, "unseen");
+    show("del/add: deleted reports nothing", set, 50);
+    add(set, EPOLL_CTL_MOD, s, EPOLLIN, 1);  // ENOENT
+    add(set, EPOLL_CTL_DEL, s, 0, 0);  // ENOENT
+    add(set, EPOLL_CTL_ADD, s, EPOLLIN, 1);
+    show("del/add: added with data waiting", set, 1000);
+    printf("%-40s %ld\n", "del/add: read", take(s, 100));
+
+    // Asleep after coming back: the arm must still make the writer ring.
+    add(set, EPOLL_CTL_DEL, s, 0, 0);
+    add(set, EPOLL_CTL_ADD, s, EPOLLIN | EPOLLRDHUP, 2);
+    pthread_t t;
+    struct later l = { c, 50, "late", -1, -1 };
+    pthread_create(&t, NULL, write_later, &l);
+    show("del/add: asleep, woken by a write", set, 5000);
+    pthread_join(t, NULL);
+    printf("%-40s %ld\n", "del/add: read", take(s, 100));
+
+    // The peer hangs up while deleted: seen when added again.
+    add(set, EPOLL_CTL_DEL, s, 0, 0);
+    shutdown(c, SHUT_WR);
+    usleep(50000);
+    add(set, EPOLL_CTL_ADD, s, EPOLLIN | EPOLLRDHUP, 3);
+    show("del/add: peer shut while deleted", set, 1000);
+    printf("%-40s %ld\n", "del/add: read end", take(s, 100));
+
+    // Deleted, kept open by a dup, and its number given to a new connection: the new one starts clean, and what
+    // happens to the old one is not reported for it.
+    add(set, EPOLL_CTL_DEL, s, 0, 0);
+    int kept = dup(s);
+    int c2, s2;
+    pair(&c2, &s2);
+    if (dup2(s2, s) != s) { perror("dup2"); exit(1); }
+    close(s2);
+    add(set, EPOLL_CTL_ADD, s, EPOLLIN | EPOLLRDHUP, 4);
+    close(c);  // the old connection ends
+    usleep(50000);
+    show("reuse: new connection idle", set, 50);
+    put(c2, "new");
+    show("reuse: new connection written", set, 1000);
+    printf("%-40s %ld\n", "reuse: read", take(s, 100));
+    printf("%-40s %ld\n", "reuse: old one ended", take(kept, 100));
+    close(kept);
+    close(c2);
+    close(s);
+    close(set);
+}
+
 static void mixed(void) {
     int c, s;
     pair(&c, &s);
@@ -354,6 +419,7 @@ int main(void) {
         return 1;
     }
     levels();
+    deleted_and_added();
     mixed();
     polls();
     added_before_connect();
