@@ -6,16 +6,18 @@
 //
 // So this process remembers, per destination, how its shared-memory connections there ended. After `brief_run`
 // in a row that each lived under `brief_ns` and moved under `brief_bytes` (both directions), a connect there
-// uses TCP. Every `probe_every`th connect there still tries shared memory, so that a change is seen: any
-// connection that is not brief ends the run. VMSOCK_SHORT_TCP=0 turns this off (every connect tries shared
-// memory, as the tests of the ring paths need).
+// uses TCP. A connect there still tries shared memory now and then (a probe), so that a change is seen: after
+// `probe_first` connects, then after twice as many each time a probe was brief again, up to `probe_most`. Any
+// connection that is not brief ends the run. A probe costs several TCP connections (ab without keep-alive: one
+// in 32 over shared memory cost about a sixth of its rate; BENCHMARKS.md). VMSOCK_SHORT_TCP=0 turns this off
+// (every connect tries shared memory, as the tests of the ring paths need).
 #include "preload.h"
 
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { brief_run = 8, probe_every = 32, slot_count = 256 };
+enum { brief_run = 8, probe_first = 32, probe_most = 1024, slot_count = 256 };
 static const int64_t brief_ns = 100 * 1000 * 1000;
 static const uint64_t brief_bytes = 1 << 20;
 
@@ -23,7 +25,8 @@ static const uint64_t brief_bytes = 1 << 20;
 struct slot {
     _Atomic uint64_t key;
     atomic_int run;      // brief connections in a row
-    atomic_int skipped;  // connects sent to TCP since the run reached `brief_run`
+    atomic_int skipped;  // connects sent to TCP since the run reached `brief_run`, or since the last probe
+    atomic_int interval; // connects from one probe to the next (0 until the run reaches `brief_run`)
 };
 static struct slot slots[slot_count];
 static int disabled = -1;
@@ -60,7 +63,11 @@ int vmsp_brief_prefers_tcp(uint64_t key, int *run) {
     if (atomic_load_explicit(&s->key, memory_order_relaxed) != key) return 0;
     *run = atomic_load_explicit(&s->run, memory_order_relaxed);
     if (*run < brief_run) return 0;
-    return (atomic_fetch_add_explicit(&s->skipped, 1, memory_order_relaxed) + 1) % probe_every != 0;
+    int interval = atomic_load_explicit(&s->interval, memory_order_relaxed);
+    if (interval < probe_first) interval = probe_first;
+    if (atomic_fetch_add_explicit(&s->skipped, 1, memory_order_relaxed) + 1 < interval) return 1;
+    atomic_store_explicit(&s->skipped, 0, memory_order_relaxed);  // this one probes
+    return 0;
 }
 
 void vmsp_brief_note(uint64_t key, int64_t lifetime_ns, uint64_t bytes) {
@@ -72,12 +79,20 @@ void vmsp_brief_note(uint64_t key, int64_t lifetime_ns, uint64_t bytes) {
         atomic_store_explicit(&s->key, key, memory_order_relaxed);
         atomic_store_explicit(&s->run, 0, memory_order_relaxed);
         atomic_store_explicit(&s->skipped, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->interval, 0, memory_order_relaxed);
     }
     if (brief) {
-        atomic_fetch_add_explicit(&s->run, 1, memory_order_relaxed);
+        // Past the run, a brief connection was a probe (or one that was open when the run was reached): the next
+        // probe comes twice as late.
+        if (atomic_fetch_add_explicit(&s->run, 1, memory_order_relaxed) >= brief_run) {
+            int interval = atomic_load_explicit(&s->interval, memory_order_relaxed);
+            interval = interval < probe_first ? probe_first : interval;
+            atomic_store_explicit(&s->interval, interval * 2 < probe_most ? interval * 2 : probe_most, memory_order_relaxed);
+        }
     } else {
         atomic_store_explicit(&s->run, 0, memory_order_relaxed);
         atomic_store_explicit(&s->skipped, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->interval, 0, memory_order_relaxed);
     }
 }
 
