@@ -17,13 +17,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-enum { CLAIM_MAGIC = 0x766d636c, HEADER = 4096, CLAIM_FDS = 5, WAIT_MS = 1000 };
+enum { CLAIM_MAGIC = 0x766d636c, HEADER = 4096, CLAIM_FDS = 7, WAIT_MS = 1000 };
 
 // What a claimed link owns in this process, released at its last close (vmsp_claim_release).
 struct claimed {
     void *local, *peer;
     size_t local_length, peer_length;
-    int control_fd, space_bell_fd, peer_space_bell_fd;
+    int control_fd, space_bell_fd, peer_space_bell_fd, data_bell_fd, peer_data_bell_fd;
 };
 
 pid_t vmsp_listen_owner;
@@ -182,7 +182,7 @@ static int exchange(int sock, int listener, const struct sockaddr_storage *peer,
 int vmsp_claim(int listener, const struct sockaddr_storage *peer, vmsp_link_info *info, char *reason, size_t capacity) {
     int sock = connect_claims(reason, capacity);
     if (sock < 0) return sock;
-    int fds[CLAIM_FDS] = { -1, -1, -1, -1, -1 };
+    int fds[CLAIM_FDS] = { -1, -1, -1, -1, -1, -1, -1 };
     uint64_t caps[2];
     int found = exchange(sock, listener, peer, fds, caps, reason, capacity);
     REAL(close)(sock);
@@ -202,15 +202,18 @@ int vmsp_claim(int listener, const struct sockaddr_storage *peer, vmsp_link_info
         if (owned && owned->local) munmap(owned->local, owned->local_length);
         if (owned && owned->peer) munmap(owned->peer, owned->peer_length);
         free(owned);
-        close_all(fds + 2, 3);
+        close_all(fds + 2, CLAIM_FDS - 2);
         return -2;
     }
     owned->control_fd = fds[2];
     owned->space_bell_fd = fds[3];
     owned->peer_space_bell_fd = fds[4];
+    owned->data_bell_fd = fds[5];
+    owned->peer_data_bell_fd = fds[6];
     *info = (vmsp_link_info){
         .local_base = owned->local, .peer_base = owned->peer, .local_capacity = caps[0], .peer_capacity = caps[1],
         .control_fd = fds[2], .space_bell_fd = fds[3], .peer_space_bell_fd = fds[4],
+        .data_bell_fd = fds[5], .peer_data_bell_fd = fds[6],
         .owner = (void *)((uintptr_t)owned | 1),  // tagged: released here, not by the Swift half
     };
     return 1;
@@ -223,5 +226,7 @@ void vmsp_claim_release(void *owner) {
     REAL(close)(owned->control_fd);
     REAL(close)(owned->space_bell_fd);
     REAL(close)(owned->peer_space_bell_fd);
+    REAL(close)(owned->data_bell_fd);
+    REAL(close)(owned->peer_data_bell_fd);
     free(owned);
 }

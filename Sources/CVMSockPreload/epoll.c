@@ -33,11 +33,13 @@
 
 enum { KIND_CONN = 1, KIND_SET = 2 };
 // Cookies: a tag no pointer or small integer of the application's has (the top 16 bits of a user address are 0),
-// the slot's stamp (bits 34 to 47), what the cookie is for (bits 32 and 33), and the registration's index.
+// the slot's stamp (bits 34 to 47), what the cookie is for (bits 32 and 33), and the registration's index. The
+// kernel's set may hold, per connection, its TCP socket (REG), its space doorbell (BELL: a wait for room) and its
+// data doorbell (DATA_BELL: rung instead of the TCP socket while only such sets sleep on it; stream.c).
 #define COOKIE_TAG 0x7ff5000000000000ull
 #define COOKIE_MASK 0xffff000000000000ull
 #define STAMP_MASK 0x3fffu
-enum { COOKIE_REG = 0, COOKIE_BELL = 1, COOKIE_WAKER = 2 };
+enum { COOKIE_REG = 0, COOKIE_BELL = 1, COOKIE_WAKER = 2, COOKIE_DATA_BELL = 3 };
 static uint64_t cookie(int what, int index, uint32_t stamp) {
     return COOKIE_TAG | ((uint64_t)(stamp & STAMP_MASK) << 34) | ((uint64_t)what << 32) | (uint32_t)index;
 }
@@ -58,6 +60,8 @@ struct reg {
     int quiet;                // armed with an empty ring: the kernel will say when data comes
     int bell_added, tx_armed;
     int rx_armed;             // this registration counts as a sleeper on its connection (see stream.c's arm word)
+    int data_bell_added;      // the connection's data doorbell is in the kernel's set under this slot's cookie
+    int rx_bell;              // the arm in force listens on the data doorbell
     int idle;                 // sleeps in a row that found its ring empty: from 2 on, it stays armed when awake
     uint32_t stamp;           // in the slot's cookies: bumped at each new kernel registration of the slot
     // A free slot (fd -1) whose kernel registrations stay: the connection's serial (0: not parked) and number.
@@ -214,7 +218,7 @@ static int still_valid(struct reg *r) {
 }
 
 static void drop(struct vmsp_epoll *set, struct reg *r) {
-    if (r->rx_armed && r->kind == KIND_CONN && still_valid(r)) vmsp_rx_disarm(r->conn);
+    if (r->rx_armed && r->kind == KIND_CONN && still_valid(r)) vmsp_rx_disarm(r->conn, r->rx_bell);
     if (r->tx_armed && r->kind == KIND_CONN && still_valid(r)) vmsp_tx_disarm(r->conn);
     r->rx_armed = r->tx_armed = 0;
     r->fd = -1;
@@ -246,7 +250,8 @@ static struct reg *add_reg(struct vmsp_epoll *set, int fd, struct vmsp_ref *ref,
     struct reg *r = ref ? find_parked(set, fd, ref) : NULL;
     if (r) {  // the kernel holds it still, with its space doorbell if it had one, and what it reported meanwhile
         *r = (struct reg){ .fd = fd, .kind = KIND_CONN, .conn = ref->conn, .stamp = r->stamp,
-                           .bell_added = r->bell_added, .kernel_bits = r->kernel_bits };
+                           .bell_added = r->bell_added, .data_bell_added = r->data_bell_added,
+                           .kernel_bits = r->kernel_bits };
         atomic_fetch_add(&set->live, 1);
         return r;
     }
@@ -471,6 +476,20 @@ static int collect(struct vmsp_epoll *set, struct epoll_event *events, int max) 
 
 static int arm_set(struct vmsp_epoll *set, int depth);
 
+// Puts the connection's data doorbell in the kernel's set under the registration's cookie (taking it over from a
+// registration of the same connection before, whose slot the set no longer uses for it). Without it, arms ask for
+// the TCP byte.
+static void add_data_bell(struct vmsp_epoll *set, struct reg *r) {
+    int bell = r->conn->data_bell_fd;
+    if (bell < 0) return;
+    struct epoll_event kernel = { .events = EPOLLIN | EPOLLET,
+                                  .data.u64 = cookie(COOKIE_DATA_BELL, (int)(r - set->regs), r->stamp) };
+    if (REAL(epoll_ctl)(set->fd, EPOLL_CTL_ADD, bell, &kernel) == 0 ||
+        (errno == EEXIST && REAL(epoll_ctl)(set->fd, EPOLL_CTL_MOD, bell, &kernel) == 0)) {
+        r->data_bell_added = 1;
+    }
+}
+
 // Whether the last arm_set of this thread armed a connection for room (at any depth): its sleep is then bounded.
 static __thread int armed_for_room;
 
@@ -482,8 +501,10 @@ static int arm_reg(struct vmsp_epoll *set, struct reg *r, int depth) {
     struct vmsp_conn *c = r->conn;
     int data = 0;
     if (r->events & EPOLLIN) {
-        if (r->rx_armed) vmsp_rx_disarm(c);  // one sleeper per registration: the new arm replaces it
-        data = vmsp_rx_arm(c, r->fd);
+        if (r->rx_armed) vmsp_rx_disarm(c, r->rx_bell);  // one sleeper per registration: the new arm replaces it
+        if (!r->data_bell_added) add_data_bell(set, r);
+        r->rx_bell = r->data_bell_added;
+        data = vmsp_rx_arm(c, r->fd, r->rx_bell);
         r->rx_armed = 1;
         if (!data && r->idle < 2) r->idle++;
     }
@@ -524,11 +545,21 @@ static void disarm_set(struct vmsp_epoll *set) {
             r->quiet = 0;
         }
         if (r->rx_armed && (!r->quiet || r->idle < 2)) {
-            if (valid) vmsp_rx_disarm(r->conn);
+            if (valid) vmsp_rx_disarm(r->conn, r->rx_bell);
             r->rx_armed = 0;
             r->quiet = 0;
         }
     }
+}
+
+// A data doorbell rang for a registration: its rings are cleared, so that the doorbell never fills up.
+static void drain_data_bell(struct reg *r) {
+    if (r->fd >= 0) {
+        if (r->kind == KIND_CONN && still_valid(r)) vmsp_data_bell_drain(r->conn);
+        return;
+    }
+    struct vmsp_ref *parked = vmsp_lookup(r->parked_fd);  // parked: its number still names the connection?
+    if (parked && parked->serial == r->parked_serial) vmsp_data_bell_drain(parked->conn);
 }
 
 // Takes the kernel's events: ours (cookies) mark their registration for a look, the application's are kept, in
@@ -550,6 +581,7 @@ static int absorb(struct vmsp_epoll *set, struct epoll_event *events, int got) {
         if (r->fd < 0 && !r->parked_serial) continue;
         // A parked one keeps its final bits for when it comes back.
         if (what == COOKIE_REG) r->kernel_bits |= events[i].events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP);
+        if (what == COOKIE_DATA_BELL) drain_data_bell(r);
         r->quiet = 0;
     }
     return kept;

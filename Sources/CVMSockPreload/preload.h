@@ -129,6 +129,7 @@ struct vmsp_conn {
     const uint8_t *peer;      // the peer's region, read-only
     uint64_t tx_cap, rx_cap;
     int control_fd, space_bell_fd, peer_space_bell_fd;
+    int data_bell_fd, peer_data_bell_fd;   // rung instead of the TCP socket when only epoll sets sleep (stream.c)
 
     atomic_int nonblocking;   // O_NONBLOCK of the open file description, kept by fcntl/ioctl/accept4
     atomic_int broken;        // an errno every later call returns (EPROTO: the peer broke a ring rule)
@@ -278,8 +279,10 @@ void vmsp_control_woke(struct vmsp_conn *c);
 int vmsp_rx_shut(struct vmsp_conn *c);
 int vmsp_tx_ready(struct vmsp_conn *c);
 uint64_t vmsp_tx_mark(struct vmsp_conn *c);
-int vmsp_rx_arm(struct vmsp_conn *c, int fd);
-void vmsp_rx_disarm(struct vmsp_conn *c);
+int vmsp_rx_arm(struct vmsp_conn *c, int fd, int bell);
+void vmsp_rx_disarm(struct vmsp_conn *c, int bell);
+/// Clears the data doorbell's rings (a wait that sleeps on it does, when it wakes).
+void vmsp_data_bell_drain(struct vmsp_conn *c);
 int vmsp_tx_arm(struct vmsp_conn *c);
 void vmsp_tx_disarm(struct vmsp_conn *c);
 // MARK: epoll sets (epoll.c): a record per set made by epoll_create, dropped when its descriptor closes.

@@ -72,6 +72,8 @@ struct vmsp_ref *vmsp_conn_new(const vmsp_link_info *info, int nonblocking) {
     c->control_fd = info->control_fd;
     c->space_bell_fd = info->space_bell_fd;
     c->peer_space_bell_fd = info->peer_space_bell_fd;
+    c->data_bell_fd = info->data_bell_fd;
+    c->peer_data_bell_fd = info->peer_data_bell_fd;
     r->owner = info->owner;
     atomic_init(&r->users, 1);
     atomic_init(&c->nonblocking, nonblocking);

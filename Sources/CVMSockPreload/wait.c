@@ -59,7 +59,7 @@ static struct pollfd *scratch_for(size_t count) {
 // After a sleep (or instead of one): the arms of this poll come off.
 static void disarm(struct pollfd *fds, nfds_t n, struct vmsp_conn **conns, const nfds_t *owners, nfds_t bells) {
     for (nfds_t i = 0; i < n; i++) {
-        if (conns[i] && (fds[i].events & POLLIN)) vmsp_rx_disarm(conns[i]);
+        if (conns[i] && (fds[i].events & POLLIN)) vmsp_rx_disarm(conns[i], 0);
     }
     for (nfds_t j = 0; j < bells; j += 2) vmsp_tx_disarm(conns[owners[j]]);
 }
@@ -111,7 +111,7 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
             for (nfds_t i = 0; i < n; i++) {
                 struct vmsp_conn *c = conns[i];
                 if (!c) continue;
-                if (fds[i].events & POLLIN) now |= vmsp_rx_arm(c, fds[i].fd);
+                if (fds[i].events & POLLIN) now |= vmsp_rx_arm(c, fds[i].fd, 0);
                 if (!(fds[i].events & POLLOUT)) continue;
                 if (vmsp_tx_arm(c)) { now = 1; continue; }
                 owners[bells] = i;

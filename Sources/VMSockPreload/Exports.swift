@@ -49,6 +49,7 @@ private func fill(_ info: UnsafeMutablePointer<vmsp_link_info>, with link: Prelo
         local_base: link.localBase, peer_base: link.peerBase,
         local_capacity: UInt64(link.localCapacity), peer_capacity: UInt64(link.peerCapacity),
         control_fd: link.controlFD, space_bell_fd: link.spaceBellFD, peer_space_bell_fd: link.peerSpaceBellFD,
+        data_bell_fd: link.dataBellFD, peer_data_bell_fd: link.peerDataBellFD,
         owner: Unmanaged.passRetained(link).toOpaque())
 }
 

@@ -188,6 +188,34 @@ static void deleted_and_added(void) {
     close(set);
 }
 
+static void *peek_blocking(void *arg) {
+    int fd = *(int *)arg;
+    char byte;
+    return (void *)(intptr_t)recv(fd, &byte, 1, MSG_PEEK);
+}
+
+// An epoll set and a blocking read asleep on one connection at once: under vmsock-run the set listens on the
+// connection's data doorbell and the read on its TCP socket, and one write must wake both.
+static void two_kinds_asleep(void) {
+    int c, s;
+    pair(&c, &s);
+    int set = epoll_create1(EPOLL_CLOEXEC);
+    add(set, EPOLL_CTL_ADD, s, EPOLLIN, 5);
+    pthread_t reader, writer;
+    pthread_create(&reader, NULL, peek_blocking, &s);
+    struct later l = { c, 100, "both", -1, -1 };
+    pthread_create(&writer, NULL, write_later, &l);
+    show("two kinds asleep: the set woken", set, 5000);
+    void *peeked;
+    pthread_join(reader, &peeked);
+    pthread_join(writer, NULL);
+    printf("%-40s %ld\n", "two kinds asleep: the read woken", (long)(intptr_t)peeked);
+    printf("%-40s %ld\n", "two kinds asleep: read", take(s, 100));
+    close(c);
+    close(s);
+    close(set);
+}
+
 static void mixed(void) {
     int c, s;
     pair(&c, &s);
@@ -420,6 +448,7 @@ int main(void) {
     }
     levels();
     deleted_and_added();
+    two_kinds_asleep();
     mixed();
     polls();
     added_before_connect();

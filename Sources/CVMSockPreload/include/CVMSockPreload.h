@@ -21,6 +21,11 @@ typedef struct {
     int space_bell_fd;
     /// The ringing end of the peer's space doorbell.
     int peer_space_bell_fd;
+    /// Our data doorbell's receiving end: the peer rings it after publishing when only our epoll sets sleep on the
+    /// connection (a Unix socket byte costs a third of a TCP one; stream.c).
+    int data_bell_fd;
+    /// The ringing end of the peer's data doorbell.
+    int peer_data_bell_fd;
     void *owner;
 } vmsp_link_info;
 

@@ -50,6 +50,7 @@ enum PreloadClaims {
             raw.storeBytes(of: UInt64(link?.peerRegion.capacity ?? 0), toByteOffset: 16, as: UInt64.self)
         }
         guard let link, link.memory.count == 2 else { return (bytes, []) }
-        return (bytes, [link.memory[0].raw, link.memory[1].raw, link.control.raw, link.spaceBell.fd, link.peerSpaceBell.fd])
+        return (bytes, [link.memory[0].raw, link.memory[1].raw, link.control.raw, link.spaceBell.fd, link.peerSpaceBell.fd,
+                        link.dataBell.fd, link.peerDataBell.fd])
     }
 }

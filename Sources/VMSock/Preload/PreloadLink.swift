@@ -19,14 +19,21 @@ package final class PreloadLink: @unchecked Sendable {  // immutable; the C half
     package var controlFD: Int32 { link.control.raw }
     package var spaceBellFD: Int32 { link.spaceBell.fd }
     package var peerSpaceBellFD: Int32 { link.peerSpaceBell.fd }
+    package var dataBellFD: Int32 { link.dataBell.fd }
+    package var peerDataBellFD: Int32 { link.peerDataBell.fd }
 }
 
 /// Where vmsock-run's listeners register: the registry's names (`Registry.key`) under a prefix of their own, so
 /// that a preloaded program and a `VMSocket` program never try to share rings (their protocols after the
 /// handshake differ: a preloaded connector also makes a real TCP connection).
 enum PreloadRegistry {
+    /// The C data path's own words (the arm word's layout, which doorbell a writer rings) change without the
+    /// handshake knowing: vmsock-run processes of different data paths must not share rings, so each registers and
+    /// looks up under its own version, and to each other they are plain TCP. 2: data doorbells for epoll sleepers.
+    static let dataPathVersion = 2
+
     static func address(of endpoint: IPEndpoint) -> ControlAddress {
-        ControlAddress(kind: .abstract, name: "vmsock-run/" + Registry.key(of: endpoint))
+        ControlAddress(kind: .abstract, name: "vmsock-run/\(dataPathVersion)/" + Registry.key(of: endpoint))
     }
 
     /// Where a connector looks for `destination`'s listener: the exact address, then the wildcard of its family,
