@@ -8,8 +8,9 @@
 source "$(dirname "$0")/lib.sh"
 same_under_preload preload-epoll ""
 grep -q 'CORRUPT' "$WORK/plain.txt" && fail "a transfer was corrupted"
-count_says "$WORK/debug.txt" 20 "shared memory"
+count_says "$WORK/debug.txt" 22 "shared memory"
 # Again with every wait asleep at once (no spinning): wake-ups on the data doorbell and on the TCP socket, and
 # the sets that drain the doorbell, on every turn.
 same_under_preload preload-epoll "" VMSOCK_SPIN_US=0
+count_says "$WORK/debug.txt" 22 "shared memory"
 echo "ok: $(grep -c . "$WORK/plain.txt") observations, the same with and without vmsock-run, spinning and not"

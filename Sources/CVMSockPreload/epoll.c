@@ -18,7 +18,8 @@
 // two kernel epoll_ctl calls each time. The kernel drops a parked registration when the socket is closed for
 // good; until then its events are ignored. Cookies carry the slot's stamp, bumped whenever the slot gets a new
 // kernel registration, so that events of a registration the slot no longer stands for (a parked one whose socket
-// a dup kept open) are ignored too.
+// a dup kept open) are ignored too (14 bits: only a slot given 16,384 new registrations meanwhile could mistake
+// one for its own).
 #include "preload.h"
 
 #include <errno.h>
@@ -261,7 +262,7 @@ static struct reg *add_reg(struct vmsp_epoll *set, int fd, struct vmsp_ref *ref,
     uint32_t stamp = (r->stamp + 1) & STAMP_MASK;
     struct epoll_event kernel = { .events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = cookie(COOKIE_REG, index, stamp) };
     if (REAL(epoll_ctl)(set->fd, EPOLL_CTL_ADD, fd, &kernel) != 0) {
-        if (index == set->count - 1) set->count--;
+        if (index == set->count - 1 && r->stamp == 0) set->count--;  // a slot with a past keeps its stamp
         return NULL;
     }
     *r = (struct reg){ .fd = fd, .kind = ref ? KIND_CONN : KIND_SET, .conn = ref ? ref->conn : NULL, .set = inner,
@@ -476,18 +477,16 @@ static int collect(struct vmsp_epoll *set, struct epoll_event *events, int max) 
 
 static int arm_set(struct vmsp_epoll *set, int depth);
 
-// Puts the connection's data doorbell in the kernel's set under the registration's cookie (taking it over from a
-// registration of the same connection before, whose slot the set no longer uses for it). Without it, arms ask for
-// the TCP byte.
+// Puts the connection's data doorbell in the kernel's set under the registration's cookie. Another slot may hold
+// it already (the connection added under a second number, or a registration whose number was closed while a dup
+// keeps the connection): then this registration's arms ask for the TCP byte. Never taken over: the rings would
+// then be reported under a slot that does not drain them.
 static void add_data_bell(struct vmsp_epoll *set, struct reg *r) {
     int bell = r->conn->data_bell_fd;
     if (bell < 0) return;
     struct epoll_event kernel = { .events = EPOLLIN | EPOLLET,
                                   .data.u64 = cookie(COOKIE_DATA_BELL, (int)(r - set->regs), r->stamp) };
-    if (REAL(epoll_ctl)(set->fd, EPOLL_CTL_ADD, bell, &kernel) == 0 ||
-        (errno == EEXIST && REAL(epoll_ctl)(set->fd, EPOLL_CTL_MOD, bell, &kernel) == 0)) {
-        r->data_bell_added = 1;
-    }
+    if (REAL(epoll_ctl)(set->fd, EPOLL_CTL_ADD, bell, &kernel) == 0) r->data_bell_added = 1;
 }
 
 // Whether the last arm_set of this thread armed a connection for room (at any depth): its sleep is then bounded.
@@ -503,8 +502,8 @@ static int arm_reg(struct vmsp_epoll *set, struct reg *r, int depth) {
     if (r->events & EPOLLIN) {
         if (r->rx_armed) vmsp_rx_disarm(c, r->rx_bell);  // one sleeper per registration: the new arm replaces it
         if (!r->data_bell_added) add_data_bell(set, r);
-        r->rx_bell = r->data_bell_added;
-        data = vmsp_rx_arm(c, r->fd, r->rx_bell);
+        r->rx_bell = r->data_bell_added;  // asked for; the arm says whether it got it (the first sleeper only)
+        data = vmsp_rx_arm(c, r->fd, &r->rx_bell);
         r->rx_armed = 1;
         if (!data && r->idle < 2) r->idle++;
     }
@@ -552,14 +551,11 @@ static void disarm_set(struct vmsp_epoll *set) {
     }
 }
 
-// A data doorbell rang for a registration: its rings are cleared, so that the doorbell never fills up.
+// A data doorbell rang for a registration: the one armed on it clears its rings, so that it never fills up. No
+// other may: the ring may be for another set's sleeper, which the kernel has yet to tell (it looks at the
+// doorbell again before it reports it).
 static void drain_data_bell(struct reg *r) {
-    if (r->fd >= 0) {
-        if (r->kind == KIND_CONN && still_valid(r)) vmsp_data_bell_drain(r->conn);
-        return;
-    }
-    struct vmsp_ref *parked = vmsp_lookup(r->parked_fd);  // parked: its number still names the connection?
-    if (parked && parked->serial == r->parked_serial) vmsp_data_bell_drain(parked->conn);
+    if (r->fd >= 0 && r->kind == KIND_CONN && r->rx_armed && r->rx_bell && still_valid(r)) vmsp_data_bell_drain(r->conn);
 }
 
 // Takes the kernel's events: ours (cookies) mark their registration for a look, the application's are kept, in
@@ -669,12 +665,25 @@ static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, i
         }
         n += kept;
         if (sleeping && n < max) n += collect(set, events + n, max - n);
-        if (sleeping && (n > 0 || got == 0)) vmsp_spin_slept(&set->spin, slept, n > 0);
+        if (sleeping && timeout != 0 && (n > 0 || got == 0)) vmsp_spin_slept(&set->spin, slept, n > 0);  // a poll teaches nothing
         if (n > 0 || (deadline >= 0 && vmsp_now_ns() >= deadline)) {
             pthread_mutex_unlock(&set->lock);
             return n;
         }
     }
+}
+
+// What a wait in the kernel alone got, without our cookies: the set may still hold kernel registrations of ours
+// while it has no live one (a deleted connection stays parked, a closed number's dup keeps its socket), and
+// those events are never the application's. -2: only ours (look at the rings, or wait again).
+static int kernel_events(struct vmsp_epoll *set, struct epoll_event *events, int got) {
+    int ours = 0;
+    for (int i = 0; i < got && !ours; i++) ours = (events[i].data.u64 & COOKIE_MASK) == COOKIE_TAG;
+    if (!ours) return got;
+    pthread_mutex_lock(&set->lock);
+    int kept = absorb(set, events, got);
+    pthread_mutex_unlock(&set->lock);
+    return kept > 0 ? kept : -2;
 }
 
 // A set with no connection of ours waits in the kernel alone. A connection added meanwhile wakes it (the waker),
@@ -685,11 +694,8 @@ static int wait_kernel_only(struct vmsp_epoll *set, struct epoll_event *events, 
     int got = REAL(epoll_pwait)(set->fd, events, max, timeout_ms, mask);
     int saved = errno;
     atomic_fetch_sub(&set->kernel_sleepers, 1);
-    if (got <= 0 || atomic_load_explicit(&set->live, memory_order_relaxed) == 0) { errno = saved; return got; }
-    pthread_mutex_lock(&set->lock);
-    int kept = absorb(set, events, got);
-    pthread_mutex_unlock(&set->lock);
-    return kept > 0 ? kept : -2;  // -2: only our waker; look at the rings
+    if (got <= 0) { errno = saved; return got; }
+    return kernel_events(set, events, got);
 }
 
 static int wait_common(int epfd, struct epoll_event *events, int max, int64_t deadline, int timeout_ms,
@@ -713,10 +719,14 @@ int epoll_pwait(int epfd, struct epoll_event *events, int max, int timeout, cons
 
 int epoll_pwait2(int epfd, struct epoll_event *events, int max, const struct timespec *timeout, const sigset_t *mask) {
     struct vmsp_epoll *set = vmsp_inside ? NULL : set_of(epfd);
+    int64_t deadline = vmsp_deadline_after(timeout);
     if (!set || atomic_load_explicit(&set->live, memory_order_relaxed) == 0 || max <= 0) {
         // (A connection added to this set while it sleeps here is seen at the next wait.)
         if (!REAL(epoll_pwait2)) { errno = ENOSYS; return -1; }
-        return REAL(epoll_pwait2)(epfd, events, max, timeout, mask);
+        int got = REAL(epoll_pwait2)(epfd, events, max, timeout, mask);
+        if (!set || got <= 0) return got;
+        got = kernel_events(set, events, got);
+        if (got != -2) return got;
     }
-    return wait_with_rings(set, events, max, vmsp_deadline_after(timeout), mask);
+    return wait_with_rings(set, events, max, deadline, mask);
 }

@@ -279,7 +279,7 @@ void vmsp_control_woke(struct vmsp_conn *c);
 int vmsp_rx_shut(struct vmsp_conn *c);
 int vmsp_tx_ready(struct vmsp_conn *c);
 uint64_t vmsp_tx_mark(struct vmsp_conn *c);
-int vmsp_rx_arm(struct vmsp_conn *c, int fd, int bell);
+int vmsp_rx_arm(struct vmsp_conn *c, int fd, int *bell);
 void vmsp_rx_disarm(struct vmsp_conn *c, int bell);
 /// Clears the data doorbell's rings (a wait that sleeps on it does, when it wakes).
 void vmsp_data_bell_drain(struct vmsp_conn *c);

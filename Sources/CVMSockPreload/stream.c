@@ -24,10 +24,13 @@
 // generation means data published after the arm, so it stays and keeps the socket readable. If the re-check
 // after arming finds data, nothing is drained: the byte that announced it is still there.
 //
-// When every wait sleeping on the connection is one of our epoll sets, which have the connection's data doorbell
-// (a Unix socketpair of the link) in their kernel set, the writer rings that instead: a byte on a Unix socket costs
-// about a third of a loopback TCP byte, sending and draining (1.8 against 5.1 µs here), and leaves the TCP socket
-// alone. Those sets drain the doorbell when it wakes them; if it is full, the writer sends the TCP byte after all.
+// When the one wait sleeping on the connection is an epoll set that has the connection's data doorbell (a Unix
+// socketpair of the link) in its kernel set, the writer rings that instead: a byte on a Unix socket costs about a
+// third of a loopback TCP byte, sending and draining (1.8 against 5.1 µs here), and leaves the TCP socket alone.
+// Only a wait that arms while nobody else sleeps on the connection may ask for the doorbell, and only it drains
+// it: another set that holds the doorbell (the connection deleted from it, or in two sets) could otherwise drain
+// a ring before the kernel reports it to the sleeper, which would sleep on. If the doorbell is full, the writer
+// sends the TCP byte after all.
 #include "preload.h"
 
 #include <errno.h>
@@ -155,46 +158,47 @@ static void drain_stale(struct vmsp_conn *c, int fd, uint32_t count) {
     }
 }
 
-// The arm word: a generation (bits 0-31), how many of the sleeping waits listen on the data doorbell (bits
-// 32-39), and how many waits sleep on it in all (bits 40-47). A writer rings only while a wait sleeps, once per
-// generation; each wait arms before it sleeps (a new generation, one more sleeper) and disarms when it wakes, so
-// that writes to a reader that is awake cost no system call. The doorbell count may fall short (a wait that found
-// the counts full), never over: then the writer sends the TCP byte, which wakes every kind of wait.
+// The arm word: a generation (bits 0-31), whether the one sleeping wait listens on the data doorbell (bit 32),
+// and how many waits sleep on it (bits 40-47). A writer rings only while a wait sleeps, once per generation;
+// each wait arms before it sleeps (a new generation, one more sleeper) and disarms when it wakes, so that writes
+// to a reader that is awake cost no system call. A wait gets the doorbell only if it is the first sleeper; the
+// writer rings it only while that wait is the only one, and sends the TCP byte, which wakes every kind of wait,
+// whenever another sleeps too.
 #define GEN_MASK 0xffffffffull
-enum { BELLS_SHIFT = 32, SLEEPERS_SHIFT = 40 };
-static inline uint64_t arm_bells(uint64_t word) { return (word >> BELLS_SHIFT) & 0xff; }
+enum { BELL_SHIFT = 32, SLEEPERS_SHIFT = 40 };
+static inline uint64_t arm_bell(uint64_t word) { return (word >> BELL_SHIFT) & 1; }
 static inline uint64_t arm_sleepers(uint64_t word) { return (word >> SLEEPERS_SHIFT) & 0xff; }
 
-static void arm_word(struct vmsp_conn *c, int bell) {
+// `*bell` asks for the doorbell, and says whether this arm got it.
+static void arm_word(struct vmsp_conn *c, int *bell) {
     uint64_t *word = (uint64_t *)(c->local + OFF_ARM);
     uint64_t old = __atomic_load_n(word, __ATOMIC_RELAXED), new;
+    int got;
     do {
-        uint64_t sleepers = arm_sleepers(old), bells = arm_bells(old);
-        int counted = sleepers < 255;
-        if (counted) sleepers++;
-        if (counted && bell && bells < 255) bells++;
-        new = (sleepers << SLEEPERS_SHIFT) | (bells << BELLS_SHIFT) | (((old & GEN_MASK) + 1) & GEN_MASK);
+        uint64_t sleepers = arm_sleepers(old);
+        got = *bell && sleepers == 0;
+        new = ((sleepers < 255 ? sleepers + 1 : 255) << SLEEPERS_SHIFT) | (old & (1ull << BELL_SHIFT)) |
+              ((uint64_t)got << BELL_SHIFT) | (((old & GEN_MASK) + 1) & GEN_MASK);
     } while (!__atomic_compare_exchange_n(word, &old, new, 1, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
+    *bell = got;
     c->gen = (uint32_t)(new & GEN_MASK);
 }
 
-// A wait that armed woke up: one sleeper less, and one on the doorbell less if it armed for it (the generation
-// stays, so a byte already rung is accounted).
+// A wait that armed woke up: one sleeper less, and the doorbell's bit cleared if it had it (the generation stays,
+// so a byte already rung is accounted).
 void vmsp_rx_disarm(struct vmsp_conn *c, int bell) {
     uint64_t *word = (uint64_t *)(c->local + OFF_ARM);
     uint64_t old = __atomic_load_n(word, __ATOMIC_RELAXED), new;
     do {
-        uint64_t sleepers = arm_sleepers(old), bells = arm_bells(old);
+        uint64_t sleepers = arm_sleepers(old);
         if (sleepers == 0) return;
-        if (bell && bells > 0) bells--;
-        if (bells > --sleepers) bells = sleepers;
-        new = (sleepers << SLEEPERS_SHIFT) | (bells << BELLS_SHIFT) | (old & GEN_MASK);
+        new = ((sleepers - 1) << SLEEPERS_SHIFT) | (bell ? 0 : old & (1ull << BELL_SHIFT)) | (old & GEN_MASK);
     } while (!__atomic_compare_exchange_n(word, &old, new, 1, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
 }
 
 // The ring was found empty: arm a new generation and re-check. Returns >0 when data is there after all, 0 when
 // the ring is empty and armed (no stale byte left in the socket), -1 when the peer broke the ring.
-static int64_t rx_settle(struct vmsp_conn *c, int fd, int on_data_bell) {
+static int64_t rx_settle(struct vmsp_conn *c, int fd, int *on_data_bell) {
     arm_word(c, on_data_bell);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);  // the store above before the re-check below (Dekker)
     int64_t avail = rx_refresh(c);
@@ -323,7 +327,8 @@ ssize_t vmsp_recv(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
         }
         if (avail != 0) continue;
         if (!interrupted) {
-            avail = rx_settle(c, fd, 0);  // arm, so that the next publish rings; drains the bytes of older arms
+            int tcp_only = 0;
+            avail = rx_settle(c, fd, &tcp_only);  // arm, so that the next publish rings; drains the bytes of older arms
             if (avail != 0) { vmsp_rx_disarm(c, 0); continue; }
             if (vmsp_signalled(mark, 1) && interrupted_since(mark, fd, SO_RCVTIMEO)) { vmsp_rx_disarm(c, 0); interrupted = 1; }
         }
@@ -398,14 +403,16 @@ int64_t vmsp_writable_bytes(struct vmsp_conn *c) {
 
 // After publishing: one wake-up per reader generation (see the top of the file).
 static void ring_reader(struct vmsp_conn *c, int fd) {
-    uint64_t word = load_u64(c->peer, OFF_ARM), sleepers = arm_sleepers(word);
+    // Sequentially consistent, as the publish before it: Dekker's order against the reader's arm and re-check.
+    uint64_t word = __atomic_load_n((const uint64_t *)(c->peer + OFF_ARM), __ATOMIC_SEQ_CST);
+    uint64_t sleepers = arm_sleepers(word);
     uint32_t gen = (uint32_t)(word & GEN_MASK);
     if (sleepers == 0 || (uint64_t)gen == c->last_rung) return;  // nobody sleeps, or rung already
     c->last_rung = gen;
     char byte = 0;
-    if (arm_bells(word) >= sleepers && c->peer_data_bell_fd >= 0 &&
+    if (sleepers == 1 && arm_bell(word) && c->peer_data_bell_fd >= 0 &&
         REAL(send)(c->peer_data_bell_fd, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1) {
-        return;  // only epoll sets sleep, and the doorbell wakes them
+        return;  // the one sleeper is an epoll set, and the doorbell wakes it
     }
     c->sent += 1;
     store_u64(c->local, OFF_BELL, ((uint64_t)gen << 32) | c->sent);
@@ -677,10 +684,10 @@ int vmsp_tx_ready(struct vmsp_conn *c) {
 uint64_t vmsp_tx_mark(struct vmsp_conn *c) { return load_u64(c->peer, OFF_CONSUMER); }
 
 // Before a wait sleeps for data: arms a new generation (the writer's next publish sends a wake-up byte, or rings
-// the data doorbell if `bell` and every sleeper is such a wait), drains the bytes of older ones, and returns
-// whether a read would not wait after all. Armed either way: the caller disarms (vmsp_rx_disarm, with the same
-// `bell`) once it no longer sleeps on the connection.
-int vmsp_rx_arm(struct vmsp_conn *c, int fd, int bell) {
+// the data doorbell if `*bell` asked for it and got it), drains the bytes of older ones, and returns whether a
+// read would not wait after all. Armed either way: the caller disarms (vmsp_rx_disarm, with `*bell` as it came
+// back) once it no longer sleeps on the connection.
+int vmsp_rx_arm(struct vmsp_conn *c, int fd, int *bell) {
     pthread_mutex_lock(&c->rx_lock);
     int64_t avail = rx_settle(c, fd, bell);
     pthread_mutex_unlock(&c->rx_lock);

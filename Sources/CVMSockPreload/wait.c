@@ -111,7 +111,8 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
             for (nfds_t i = 0; i < n; i++) {
                 struct vmsp_conn *c = conns[i];
                 if (!c) continue;
-                if (fds[i].events & POLLIN) now |= vmsp_rx_arm(c, fds[i].fd, 0);
+                int tcp_only = 0;
+                if (fds[i].events & POLLIN) now |= vmsp_rx_arm(c, fds[i].fd, &tcp_only);
                 if (!(fds[i].events & POLLOUT)) continue;
                 if (vmsp_tx_arm(c)) { now = 1; continue; }
                 owners[bells] = i;
@@ -172,7 +173,8 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
             fds[i].revents = conns[i] ? conn_revents(conns[i], fds[i].events, kernel[i].revents) : kernel[i].revents;
             if (fds[i].revents) count++;
         }
-        if (ready == 0 && (count > 0 || woke == 0)) vmsp_spin_slept(&poll_spin, slept, count > 0);
+        int polled = timeout && timeout->tv_sec == 0 && timeout->tv_nsec == 0;  // a poll teaches nothing
+        if (ready == 0 && !polled && (count > 0 || woke == 0)) vmsp_spin_slept(&poll_spin, slept, count > 0);
         // Nothing but a stale wake-up byte or a bell: wait again for what is left of the timeout.
         if (count > 0 || (deadline >= 0 && vmsp_now_ns() >= deadline)) return count;
     }

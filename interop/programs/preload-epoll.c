@@ -185,6 +185,21 @@ static void deleted_and_added(void) {
     close(kept);
     close(c2);
     close(s);
+
+    // Every connection of the set deleted, and then one's peer goes: the set still holds it in the kernel, and its
+    // hang-up is not the application's event.
+    int c3, s3;
+    pair(&c3, &s3);
+    add(set, EPOLL_CTL_ADD, s3, EPOLLIN | EPOLLRDHUP, 6);
+    put(c3, "x");
+    show("deleted: added and written", set, 1000);
+    printf("%-40s %ld\n", "deleted: read", take(s3, 100));
+    show("deleted: asleep once, empty", set, 20);
+    add(set, EPOLL_CTL_DEL, s3, 0, 0);
+    close(c3);
+    usleep(50000);
+    show("deleted: peer gone, nothing reported", set, 100);
+    close(s3);
     close(set);
 }
 

@@ -9,8 +9,9 @@ import Glibc
 /// Why a Unix stream socketpair and not an eventfd: the peer is untrusted, and whatever descriptor we hand it shares
 /// its open file description with ours. With an eventfd the peer could clear O_NONBLOCK on it and fill its counter,
 /// and our next wake-up write would block for good (eventfd writes ignore RWF_NOWAIT: EOPNOTSUPP on Linux 6.18);
-/// it could also read our bell and swallow our wake-ups. Here the receiving end never leaves this process, and every
-/// send and receive says MSG_DONTWAIT, which no file flag can override. The wake-up costs the same.
+/// it could also read our bell and swallow our wake-ups. Here the receiving end never goes to the peer (under
+/// vmsock-run, only to a forked sibling of our own program that accepts the connection), and every send and
+/// receive says MSG_DONTWAIT, which no file flag can override. The wake-up costs the same.
 final class Doorbell: @unchecked Sendable {  // immutable after init
     /// Where we sleep: private to this process.
     private let receiver: Descriptor

@@ -13,7 +13,8 @@ import Glibc
 ///                        with SCM_RIGHTS: the listening socket (the claimer's proof that it holds it)
 ///     answer (24 bytes)  magic u32 'vmcl' | found u32 (1 or 0) | our capacity u64 | the peer's capacity u64
 ///                        with, when found, SCM_RIGHTS: our memfd, the peer's memfd, the control socket,
-///                        our space doorbell's receiving end, the peer's space doorbell
+///                        our space doorbell's receiving end, the peer's space doorbell, our data doorbell's
+///                        receiving end, the peer's data doorbell
 enum PreloadClaims {
     static let magic: UInt32 = 0x766d_636c
 
