@@ -82,6 +82,7 @@ struct vmsp_epoll {
     int next_scan;            // where the next scan starts, so that a short events array starves no one
     int64_t last_kernel_ns;   // when a wait last asked the kernel's set
     struct vmsp_spin spin;    // how long its waits look at the rings before they sleep (spin.c)
+    atomic_int plain;         // the application's own registrations in the kernel's set (more after a close: harmless)
 };
 
 static _Atomic(struct vmsp_epoll *) *_Atomic sets;
@@ -306,6 +307,15 @@ static int ctl_ours(struct vmsp_epoll *set, int op, int fd, struct epoll_event *
     return 0;
 }
 
+// One of the application's own descriptors, which the kernel's set holds as it asked: counted, so that a spin on
+// the rings knows to look at the kernel's set too.
+static int plain_ctl(struct vmsp_epoll *set, int op, int fd, struct epoll_event *event) {
+    int result = REAL(epoll_ctl)(set->fd, op, fd, event);
+    if (result == 0 && op == EPOLL_CTL_ADD) atomic_fetch_add_explicit(&set->plain, 1, memory_order_relaxed);
+    if (result == 0 && op == EPOLL_CTL_DEL) atomic_fetch_sub_explicit(&set->plain, 1, memory_order_relaxed);
+    return result;
+}
+
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
     struct vmsp_epoll *set = vmsp_inside ? NULL : set_of(epfd);
     if (!set) return REAL(epoll_ctl)(epfd, op, fd, event);
@@ -317,7 +327,7 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
         atomic_store_explicit(&marks[fd], 1, memory_order_relaxed);
     }
     if (!conn && !inner && atomic_load_explicit(&set->live, memory_order_relaxed) == 0) {
-        return REAL(epoll_ctl)(epfd, op, fd, event);
+        return plain_ctl(set, op, fd, event);
     }
     pthread_mutex_lock(&set->lock);
     int result;
@@ -327,7 +337,7 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
         // Not ours now; a registration left for this number named a connection since closed.
         struct reg *stale = find(set, fd);
         if (stale) drop(set, stale);
-        result = REAL(epoll_ctl)(epfd, op, fd, event);
+        result = plain_ctl(set, op, fd, event);
     }
     int saved = errno;
     pthread_mutex_unlock(&set->lock);
@@ -396,6 +406,7 @@ void vmsp_epoll_adopt(int fd) {
         struct reg *r = find(set, fd);
         if (r && !still_valid(r)) { drop(set, r); r = NULL; }  // left by a connection this number named before
         if (!r && REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fd, NULL) == 0) {
+            atomic_fetch_sub_explicit(&set->plain, 1, memory_order_relaxed);  // the application's no more
             struct epoll_event event = { .events = events, .data.u64 = data };
             if (ctl_ours(set, EPOLL_CTL_ADD, fd, &event, ref, NULL) != 0) {
                 vmsp_debug("fd %d: its epoll registration in set %d could not become the rings' (%s)", fd, epfd,
@@ -594,17 +605,36 @@ static int has_active(struct vmsp_epoll *set) {
     return 0;
 }
 
-// Looks at the rings for the spin budget before the caller arms and sleeps. Under the set's lock.
+// While a wait spins, the application's own descriptors in the set (a proxy's upstream TCP socket, a listening
+// socket) are asked about this often, without waiting: a spin that looked only at the rings held their events
+// back for the whole budget (nginx proxying to a TCP upstream ran at 0.49x of plain TCP with spinning, 1.02x
+// without).
+enum { SPIN_ASKS_KERNEL_NS = 10000 };
+
+static int absorb(struct vmsp_epoll *set, struct epoll_event *events, int got);
+
+// Looks at the rings for the spin budget before the caller arms and sleeps. Under the set's lock. Returns the
+// rings' events, or the kernel's for the application's own descriptors.
 static int spin(struct vmsp_epoll *set, struct epoll_event *events, int max, int64_t deadline,
                 struct vmsp_signal_mark mark) {
     if (deadline >= 0 && deadline <= vmsp_now_ns()) return 0;
     if (!has_active(set)) return 0;
     int64_t until = vmsp_now_ns() + vmsp_spin_budget(&set->spin);
     if (deadline >= 0 && deadline < until) until = deadline;
+    int asks = atomic_load_explicit(&set->plain, memory_order_relaxed) > 0;
     for (int turn = 1;; turn++) {
         int n = collect(set, events, max);
         if (n > 0) return n;
-        if ((turn & 15) == 0 && (vmsp_now_ns() > until || vmsp_signalled(mark, 1))) return 0;
+        if ((turn & 15) == 0) {
+            int64_t now = vmsp_now_ns();
+            if (now > until || vmsp_signalled(mark, 1)) return 0;
+            if (asks && now - set->last_kernel_ns >= SPIN_ASKS_KERNEL_NS) {
+                set->last_kernel_ns = now;
+                int got = REAL(epoll_pwait)(set->fd, events, max, 0, NULL);
+                int kept = got > 0 ? absorb(set, events, got) : 0;
+                if (kept > 0) return kept;
+            }
+        }
         vmsp_relax();
     }
 }
@@ -664,8 +694,12 @@ static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, i
             return -1;
         }
         n += kept;
-        if (sleeping && n < max) n += collect(set, events + n, max - n);
-        if (sleeping && timeout != 0 && (n > 0 || got == 0)) vmsp_spin_slept(&set->spin, slept, n > 0);  // a poll teaches nothing
+        int from_rings = sleeping && n < max ? collect(set, events + n, max - n) : 0;
+        n += from_rings;
+        // What the sleep teaches the spin (a poll teaches nothing): only the rings' events could have come during
+        // a spin, which looks at nothing else (a proxy's upstream TCP socket wakes it too, and longer spins there
+        // only delay it).
+        if (sleeping && timeout != 0 && (n > 0 || got == 0)) vmsp_spin_slept(&set->spin, slept, from_rings > 0);
         if (n > 0 || (deadline >= 0 && vmsp_now_ns() >= deadline)) {
             pthread_mutex_unlock(&set->lock);
             return n;

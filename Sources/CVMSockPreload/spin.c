@@ -5,7 +5,9 @@
 // nothing by sleeping. So, as KVM's halt polling does for a vCPU: a wait starts with VMSOCK_SPIN_US (50 µs by
 // default, as in the library); each sleep that ends with something to report within VMSOCK_SPIN_MAX_US (200 µs
 // by default, KVM's halt_poll_ns) of starting doubles the budget up to that, and a sleep that lasts longer, or
-// times out, sets it back. A wait that finds data while it looks leaves the budget as it is.
+// times out, or ends with only the application's other descriptors ready (which a spin would only have delayed:
+// epoll.c asks about them while it spins, but the spin still holds the core), sets it back. A wait that finds
+// data while it looks leaves the budget as it is.
 //
 // Measured with redis-benchmark -P 16 (50 clients, GET): at a fixed 50 µs the client slept about 8,000 times a
 // million requests and was sent up to 55,000 wake-up bytes; see BENCHMARKS.md for the figures with learning.

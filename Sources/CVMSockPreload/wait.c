@@ -168,13 +168,16 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
         }
         if (armed) disarm(fds, n, conns, owners, bells);
         if (woke < 0) { errno = saved; return -1; }
-        int count = 0;
+        int count = 0, from_rings = 0;
         for (nfds_t i = 0; i < n; i++) {
             fds[i].revents = conns[i] ? conn_revents(conns[i], fds[i].events, kernel[i].revents) : kernel[i].revents;
             if (fds[i].revents) count++;
+            if (fds[i].revents && conns[i]) from_rings++;
         }
-        int polled = timeout && timeout->tv_sec == 0 && timeout->tv_nsec == 0;  // a poll teaches nothing
-        if (ready == 0 && !polled && (count > 0 || woke == 0)) vmsp_spin_slept(&poll_spin, slept, count > 0);
+        // What the sleep teaches the spin (a poll teaches nothing): only the connections could have become ready
+        // during a spin, which looks at nothing else.
+        int polled = timeout && timeout->tv_sec == 0 && timeout->tv_nsec == 0;
+        if (ready == 0 && !polled && (count > 0 || woke == 0)) vmsp_spin_slept(&poll_spin, slept, from_rings > 0);
         // Nothing but a stale wake-up byte or a bell: wait again for what is left of the timeout.
         if (count > 0 || (deadline >= 0 && vmsp_now_ns() >= deadline)) return count;
     }
