@@ -83,7 +83,6 @@ struct vmsp_epoll {
     int next_scan;            // where the next scan starts, so that a short events array starves no one
     int64_t last_kernel_ns;   // when a wait last asked the kernel's set
     struct vmsp_spin spin;    // how long its waits look at the rings before they sleep (spin.c)
-    atomic_int plain;         // the application's own registrations in the kernel's set (more after a close: harmless)
 };
 
 static _Atomic(struct vmsp_epoll *) *_Atomic sets;
@@ -308,15 +307,6 @@ static int ctl_ours(struct vmsp_epoll *set, int op, int fd, struct epoll_event *
     return 0;
 }
 
-// One of the application's own descriptors, which the kernel's set holds as it asked: counted, so that a spin on
-// the rings knows to look at the kernel's set too.
-static int plain_ctl(struct vmsp_epoll *set, int op, int fd, struct epoll_event *event) {
-    int result = REAL(epoll_ctl)(set->fd, op, fd, event);
-    if (result == 0 && op == EPOLL_CTL_ADD) atomic_fetch_add_explicit(&set->plain, 1, memory_order_relaxed);
-    if (result == 0 && op == EPOLL_CTL_DEL) atomic_fetch_sub_explicit(&set->plain, 1, memory_order_relaxed);
-    return result;
-}
-
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
     struct vmsp_epoll *set = vmsp_inside ? NULL : set_of(epfd);
     if (!set) return REAL(epoll_ctl)(epfd, op, fd, event);
@@ -328,7 +318,7 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
         atomic_store_explicit(&marks[fd], 1, memory_order_relaxed);
     }
     if (!conn && !inner && atomic_load_explicit(&set->live, memory_order_relaxed) == 0) {
-        return plain_ctl(set, op, fd, event);
+        return REAL(epoll_ctl)(epfd, op, fd, event);
     }
     pthread_mutex_lock(&set->lock);
     int result;
@@ -338,7 +328,7 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
         // Not ours now; a registration left for this number named a connection since closed.
         struct reg *stale = find(set, fd);
         if (stale) drop(set, stale);
-        result = plain_ctl(set, op, fd, event);
+        result = REAL(epoll_ctl)(epfd, op, fd, event);
     }
     int saved = errno;
     pthread_mutex_unlock(&set->lock);
@@ -407,7 +397,6 @@ void vmsp_epoll_adopt(int fd) {
         struct reg *r = find(set, fd);
         if (r && !still_valid(r)) { drop(set, r); r = NULL; }  // left by a connection this number named before
         if (!r && REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fd, NULL) == 0) {
-            atomic_fetch_sub_explicit(&set->plain, 1, memory_order_relaxed);  // the application's no more
             struct epoll_event event = { .events = events, .data.u64 = data };
             if (ctl_ours(set, EPOLL_CTL_ADD, fd, &event, ref, NULL) != 0) {
                 vmsp_debug("fd %d: its epoll registration in set %d could not become the rings' (%s)", fd, epfd,
@@ -606,37 +595,24 @@ static int has_active(struct vmsp_epoll *set) {
     return 0;
 }
 
-// While a wait spins, the application's own descriptors in the set (a proxy's upstream TCP socket, a listening
-// socket) are asked about this often, without waiting: a spin that looked only at the rings held their events
-// back for the whole budget (nginx proxying to a TCP upstream ran at 0.49x of plain TCP with spinning, 1.02x
-// without). And the spin yields its core now and then (every 64 looks): on a machine with more busy threads than
-// cores, the process that will answer may be waiting for it (the 2-worker proxy went from 0.55x to 0.88x of plain
-// TCP, nginx with wrk's 2 threads from 1.31x to 2.72x).
-enum { SPIN_ASKS_KERNEL_NS = 10000 };
-
-static int absorb(struct vmsp_epoll *set, struct epoll_event *events, int got);
-
-// Looks at the rings for the spin budget before the caller arms and sleeps. Under the set's lock. Returns the
-// rings' events, or the kernel's for the application's own descriptors.
+// Looks at the rings for the spin budget before the caller arms and sleeps. Under the set's lock. The spin yields
+// its core now and then (every 64 looks): on a machine with more busy threads than cores, the process that will
+// answer may be waiting for it (nginx proxying to a TCP upstream with 2 workers went from 0.55x to 0.88x of plain
+// TCP, nginx with wrk's 2 threads from 1.31x to 2.72x). It looks at nothing but the rings: asking the kernel's set
+// about the application's other descriptors while spinning made SwiftNIO's server see a readable event with
+// nothing to read (NIOPosix asserts that it never does), in about 1 run of interop/preload-swiftnio's 200 short
+// connections in 10, for a cause not found.
 static int spin(struct vmsp_epoll *set, struct epoll_event *events, int max, int64_t deadline,
                 struct vmsp_signal_mark mark) {
     if (deadline >= 0 && deadline <= vmsp_now_ns()) return 0;
     if (!has_active(set)) return 0;
     int64_t until = vmsp_now_ns() + vmsp_spin_budget(&set->spin);
     if (deadline >= 0 && deadline < until) until = deadline;
-    int asks = atomic_load_explicit(&set->plain, memory_order_relaxed) > 0;
     for (int turn = 1;; turn++) {
         int n = collect(set, events, max);
         if (n > 0) return n;
         if ((turn & 15) == 0) {
-            int64_t now = vmsp_now_ns();
-            if (now > until || vmsp_signalled(mark, 1)) return 0;
-            if (asks && now - set->last_kernel_ns >= SPIN_ASKS_KERNEL_NS) {
-                set->last_kernel_ns = now;
-                int got = REAL(epoll_pwait)(set->fd, events, max, 0, NULL);
-                int kept = got > 0 ? absorb(set, events, got) : 0;
-                if (kept > 0) return kept;
-            }
+            if (vmsp_now_ns() > until || vmsp_signalled(mark, 1)) return 0;
             if ((turn & 63) == 0) sched_yield();
         }
         vmsp_relax();
