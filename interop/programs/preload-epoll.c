@@ -68,6 +68,20 @@ static void *write_later(void *arg) {
     return NULL;
 }
 
+// Sleeps in the set while another thread writes "late" to c 50 ms later, then reads it from s: "LABEL: woken by
+// a write" and "LABEL: read", for a registration whose arm must make the writer ring.
+static void woken_by_write(const char *label, int set, int c, int s) {
+    char line[64];
+    pthread_t t;
+    struct later l = { c, 50, "late", -1, -1 };
+    pthread_create(&t, NULL, write_later, &l);
+    snprintf(line, sizeof line, "%s: woken by a write", label);
+    show(line, set, 5000);
+    pthread_join(t, NULL);
+    snprintf(line, sizeof line, "%s: read", label);
+    printf("%-40s %ld\n", line, take(s, 100));
+}
+
 static void levels(void) {
     int c, s;
     pair(&c, &s);
@@ -108,12 +122,7 @@ static void levels(void) {
 
     // Asleep when the data comes: the arm must make the writer ring.
     add(set, EPOLL_CTL_ADD, s, EPOLLIN | EPOLLRDHUP, 1);
-    pthread_t t;
-    struct later l = { c, 50, "late", -1, -1 };
-    pthread_create(&t, NULL, write_later, &l);
-    show("asleep: woken by a write", set, 5000);
-    pthread_join(t, NULL);
-    printf("%-40s %ld\n", "asleep: read", take(s, 100));
+    woken_by_write("asleep", set, c, s);
     shutdown(c, SHUT_WR);
     show("rdhup: peer shut its side", set, 1000);
     printf("%-40s %ld\n", "rdhup: read end", take(s, 100));
@@ -151,12 +160,7 @@ static void deleted_and_added(void) {
     // Asleep after coming back: the arm must still make the writer ring.
     add(set, EPOLL_CTL_DEL, s, 0, 0);
     add(set, EPOLL_CTL_ADD, s, EPOLLIN | EPOLLRDHUP, 2);
-    pthread_t t;
-    struct later l = { c, 50, "late", -1, -1 };
-    pthread_create(&t, NULL, write_later, &l);
-    show("del/add: asleep, woken by a write", set, 5000);
-    pthread_join(t, NULL);
-    printf("%-40s %ld\n", "del/add: read", take(s, 100));
+    woken_by_write("del/add: asleep", set, c, s);
 
     // The peer hangs up while deleted: seen when added again.
     add(set, EPOLL_CTL_DEL, s, 0, 0);
