@@ -55,15 +55,16 @@ struct LocalHalf: Sendable {
 
     // Making a half costs about ten system calls (memfd, seals, two mappings, two socketpairs): a quarter of a
     // connection's set-up. So a listener keeps one spare, made while nothing waits (before it sleeps), and the
-    // next connect or accept takes it. A half is never reused once a peer has seen it.
-    private static let spare = Mutex<LocalHalf?>(nil)
+    // next connect or accept takes it. A half is never reused once a peer has seen it, and only the process that
+    // made it takes it: a forked child holds a copy of the same memory, and two connections must never share it.
+    private static let spare = Mutex<(half: LocalHalf, owner: pid_t)?>(nil)
 
     /// A fresh half of `capacity` bytes: the spare when it fits, else a new one.
     static func take(capacity: Int) throws(VMSockError) -> LocalHalf {
         let kept = spare.withLock { spare -> LocalHalf? in
-            guard let half = spare, half.region.capacity == capacity else { return nil }
+            guard let kept = spare, kept.half.region.capacity == capacity else { return nil }
             spare = nil
-            return half
+            return kept.owner == Sys.processID() ? kept.half : nil
         }
         if let kept { return kept }
         return try LocalHalf(capacity: capacity)
@@ -81,8 +82,9 @@ struct LocalHalf: Sendable {
 
     /// Makes the spare now if there is none of this size: call before sleeping, so the next connection need not.
     static func prepareSpare(capacity: Int) {
-        guard spare.withLock({ $0?.region.capacity != capacity }) else { return }
-        if let half = try? LocalHalf(capacity: capacity) { spare.withLock { $0 = half } }
+        let owner = Sys.processID()
+        guard spare.withLock({ $0?.half.region.capacity != capacity || $0?.owner != owner }) else { return }
+        if let half = try? LocalHalf(capacity: capacity) { spare.withLock { $0 = (half, owner) } }
     }
 }
 
