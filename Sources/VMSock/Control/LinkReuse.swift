@@ -36,11 +36,12 @@ extension EstablishedLink {
         return link
     }
 
-    /// Our side as a new link has it: zero positions, no waiting flags, no shutdown bits, no stale rings.
+    /// Our side as a new link has it: zero positions, no waiting flags, no shutdown bits. The bells are not
+    /// drained (two system calls): a close rings ours only when a thread of ours sleeps, and the peer only for an
+    /// announcement of ours, so they are nearly always empty; a ring left over costs one spurious wake-up, which
+    /// every wait tolerates (a blocking wait drains after waking, and arming drains first).
     func resetLocalSide() {
         LocalHeader(base: localRegion.base).reset()
-        dataBell.clear()
-        spaceBell.clear()
     }
 }
 

@@ -44,15 +44,6 @@ final class Doorbell: @unchecked Sendable {  // immutable after init
     @discardableResult
     func drain() -> Bool { receive() != 0 }
 
-    /// Clears pending rings, for a link reopened for a new connection. Bounded: the peer can ring faster than we
-    /// drain, and must not keep us here. A stale ring left over only costs one spurious wake-up, which every wait
-    /// tolerates.
-    func clear() {
-        for _ in 0..<16 {
-            if receive() < Self.sinkSize { return }
-        }
-    }
-
     private static let sinkSize = 64
 
     /// One non-blocking receive of up to `sinkSize` rings: how many, 0 at end of stream, -1 for none (EAGAIN) or

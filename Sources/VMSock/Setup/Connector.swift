@@ -134,6 +134,8 @@ struct Connector {
                 }
                 let deadline = Deadline.after(milliseconds: options.handshakeTimeoutMs)
                 state = .reopening(attempt, link: link, until: deadline)
+                // While the listener answers: the port of this process's next connection there (it reuses links).
+                TCPCalls.prepareSparePort(for: attempt.destination)
                 return .wait(PollInterest(descriptor: link.control.raw, events: Int16(POLLIN)), until: deadline, spinFirst: true)
             }
             state = .knocking(attempt, until: .after(milliseconds: options.handshakeTimeoutMs), pause: .milliseconds(1))

@@ -1,5 +1,6 @@
 import CVMSock
 import Glibc
+import Synchronization
 
 /// The TCP system calls: socket, connect (bounded), bind and listen, accept. Every descriptor is close-on-exec
 /// and non-blocking; `TCPStream` does the waiting.
@@ -80,11 +81,46 @@ enum TCPCalls {
     /// to. Nil, and port 0 reported, when the kernel has none to give (or no descriptor is left): the connection
     /// works all the same.
     static func reservePort(for destination: IPEndpoint) -> (socket: Descriptor, local: IPEndpoint)? {
-        let source = destination.isWildcard ? IPEndpoint.loopback(destination.family, port: 0) : destination.with(port: 0)
+        let source = Self.source(for: destination)
+        if let spare = takeSparePort(from: source) { return spare }
         if let held = bindAnyPort(source) { return held }
         guard !destination.isWildcard, let routed = routedSource(to: destination) else { return nil }
         return bindAnyPort(routed)
     }
+
+    private static func source(for destination: IPEndpoint) -> IPEndpoint {
+        destination.isWildcard ? IPEndpoint.loopback(destination.family, port: 0) : destination.with(port: 0)
+    }
+
+    /// A port held ahead for the next connection (three system calls off its way): `prepareSparePort` makes it
+    /// while a connect waits for the listener's answer. Only the process that bound it takes it: a forked child
+    /// holds the same socket, and two connections must never report one port.
+    private struct SparePort {
+        let source: IPEndpoint
+        let held: (socket: Descriptor, local: IPEndpoint)
+        let owner: pid_t
+    }
+
+    private static let sparePort = Mutex<SparePort?>(nil)
+
+    private static func takeSparePort(from source: IPEndpoint) -> (socket: Descriptor, local: IPEndpoint)? {
+        let owner = Sys.processID()
+        return sparePort.withLock { spare in
+            guard let kept = spare, kept.source == source, kept.owner == owner else { return nil }
+            spare = nil
+            return kept.held
+        }
+    }
+
+    /// Binds the port the next connection to `destination` takes, unless one is held already. Call while waiting.
+    static func prepareSparePort(for destination: IPEndpoint) {
+        let source = Self.source(for: destination), owner = Sys.processID()
+        guard sparePort.withLock({ $0?.source != source || $0?.owner != owner }), let held = bindAnyPort(source) else { return }
+        sparePort.withLock { $0 = SparePort(source: source, held: held, owner: owner) }
+    }
+
+    /// Frees the spare port, if any.
+    static func dropSparePort() { _ = sparePort.withLock { spare in defer { spare = nil }; return spare } }
 
     /// A TCP socket bound to `source` at a port the kernel picks, and that address; nil when it cannot be bound.
     private static func bindAnyPort(_ source: IPEndpoint) -> (socket: Descriptor, local: IPEndpoint)? {
