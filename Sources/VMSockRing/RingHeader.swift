@@ -42,6 +42,8 @@ public struct LocalHeader: @unchecked Sendable {
         vms_store_seqcst_u64(self.word(RingLayout.Offset.waitingForData), word)
         // The caller's re-check of the peer's position is an acquire load, which may (on arm64 with RCpc) be
         // ordered before the store above without a full fence: the need-wakeup handshake would lose a wake-up.
+        // SharedMemoryStream.close relies on this fence too (its sleepers re-check `closed` after it), whatever
+        // the link's ordering mode.
         if word & 1 != 0 { vms_fence_seqcst() }
     }
 

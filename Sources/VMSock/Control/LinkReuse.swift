@@ -37,9 +37,10 @@ extension EstablishedLink {
     }
 
     /// Our side as a new link has it: zero positions, no waiting flags, no shutdown bits. The bells are not
-    /// drained (two system calls): a close rings ours only when a thread of ours sleeps, and the peer only for an
-    /// announcement of ours, so they are nearly always empty; a ring left over costs one spurious wake-up, which
-    /// every wait tolerates (a blocking wait drains after waking, and arming drains first).
+    /// drained (two system calls): a close rings ours only when a thread of ours may sleep, and the peer's writes
+    /// and reads only for an announcement of ours, so after most connections they are empty. A shutdown rings
+    /// all four bells, and rings left over cost the next connection's waits a few spurious wake-ups (a blocking
+    /// wait drains after waking, arming drains first, each drain takes up to 64 rings).
     func resetLocalSide() {
         LocalHeader(base: localRegion.base).reset()
     }

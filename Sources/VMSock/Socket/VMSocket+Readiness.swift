@@ -47,7 +47,7 @@ extension VMSocket: ReadinessSource {
     /// POLLIN): it fires when the peer made room, shut down or left. TCP: (the socket, POLLOUT).
     public var writeInterest: PollInterest { engine.writeInterest }
 
-    /// Announces "waiting for space" (so the peer rings when it frees some), clears stale rings, then re-checks.
+    /// Clears stale rings, announces "waiting for space" (so the peer rings when it frees some), then re-checks.
     /// Call from the writing thread.
     /// - Returns: true when a write would not wait: there is room, or it would fail at once (we shut down or
     ///   closed, the peer is gone or stopped reading). Write now instead of polling. A successful write disarms.

@@ -93,30 +93,35 @@ enum TCPCalls {
     }
 
     /// A port held ahead for the next connection (three system calls off its way): `prepareSparePort` makes it
-    /// while a connect waits for the listener's answer. Only the process that bound it takes it: a forked child
-    /// holds the same socket, and two connections must never report one port.
+    /// while a reopening connect waits for the listener's answer. One at a time, for the first source asked
+    /// (a client that alternates between destinations binds as before for the others, and never churns it); a
+    /// source that cannot be bound is remembered (`held` nil) and never tried again. Only the process that bound
+    /// it takes it: a forked child holds the same socket, and two connections must never report one port.
     private struct SparePort {
         let source: IPEndpoint
-        let held: (socket: Descriptor, local: IPEndpoint)
+        let held: (socket: Descriptor, local: IPEndpoint)?
         let owner: pid_t
     }
 
     private static let sparePort = Mutex<SparePort?>(nil)
 
     private static func takeSparePort(from source: IPEndpoint) -> (socket: Descriptor, local: IPEndpoint)? {
-        let owner = Sys.processID()
-        return sparePort.withLock { spare in
-            guard let kept = spare, kept.source == source, kept.owner == owner else { return nil }
+        let kept = sparePort.withLock { spare -> SparePort? in
+            guard let kept = spare, kept.source == source, kept.held != nil else { return nil }
             spare = nil
-            return kept.held
+            return kept
         }
+        guard let kept, let held = kept.held else { return nil }
+        return kept.owner == Sys.processID() ? held : nil  // a forked child's copy is dropped (and closed) here
     }
 
-    /// Binds the port the next connection to `destination` takes, unless one is held already. Call while waiting.
+    /// Binds the port the next connection to `destination` takes, unless a spare (or a failed try) is kept
+    /// already. Call while waiting.
     static func prepareSparePort(for destination: IPEndpoint) {
-        let source = Self.source(for: destination), owner = Sys.processID()
-        guard sparePort.withLock({ $0?.source != source || $0?.owner != owner }), let held = bindAnyPort(source) else { return }
-        sparePort.withLock { $0 = SparePort(source: source, held: held, owner: owner) }
+        guard sparePort.withLock({ $0 == nil }) else { return }
+        let source = Self.source(for: destination)
+        let spare = SparePort(source: source, held: bindAnyPort(source), owner: Sys.processID())
+        sparePort.withLock { if $0 == nil { $0 = spare } }
     }
 
     /// Frees the spare port, if any.
