@@ -58,6 +58,7 @@ void vmsp_welcome_port(int port, int delta) {
 }
 
 int vmsp_welcome_possible(const struct sockaddr_storage *peer) {
+    if (peer->ss_family != AF_INET && peer->ss_family != AF_INET6) return 0;  // getpeername failed: it is gone
     if (!book || atomic_load(&book->answering) != 0) return 1;
     in_port_t port = peer->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)peer)->sin6_port
                                                  : ((const struct sockaddr_in *)peer)->sin_port;

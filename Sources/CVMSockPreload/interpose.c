@@ -274,23 +274,28 @@ static int is_tcp_stream(int fd, int *family) {
     return 1;
 }
 
-// Whether the TCP socket has not connected yet (nor begun to): a connect on a socket whose earlier connect went to
-// TCP (ab calls connect again to learn how its non-blocking one ended) must stay TCP, as the listener took it so.
-static int is_fresh(int fd) {
+// Whether the socket is TCP and has not connected yet (nor begun to), in two calls where is_tcp_stream and a state
+// check took four (a connect is interposed twice per connection by ab, which calls it again to learn how its
+// non-blocking one ended). Only TCP answers TCP_INFO: raw IPPROTO_TCP, UDP, Unix and SCTP sockets refuse the level;
+// SO_PROTOCOL keeps MPTCP out, as before. A socket whose earlier connect went to TCP must stay TCP, as the listener
+// took it so.
+static int is_fresh_tcp(int fd) {
+    int protocol;
+    socklen_t length = sizeof protocol;
+    if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &length) != 0 || protocol != IPPROTO_TCP) return 0;
     struct tcp_info info;
-    socklen_t length = sizeof info;
+    length = sizeof info;
     if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0) return 0;
     return info.tcpi_state == TCP_CLOSE;
 }
 
 int connect(int fd, const struct sockaddr *address, socklen_t length) {
-    int family;
     if (vmsp_inside || !address || (address->sa_family != AF_INET && address->sa_family != AF_INET6) ||
-        (unsigned)fd >= (unsigned)vmsp_table_size || vmsp_lookup(fd) || !is_tcp_stream(fd, &family) || !is_fresh(fd)) {
+        (unsigned)fd >= (unsigned)vmsp_table_size || vmsp_lookup(fd) || !is_fresh_tcp(fd)) {
         return REAL(connect)(fd, address, length);
     }
-    char where[64], reason[256] = "";
-    vmsp_format_address(address, length, where, sizeof where);
+    char where[64] = "", reason[256] = "";
+    if (vmsp_debug_enabled()) vmsp_format_address(address, length, where, sizeof where);
     if (!vmsp_connects_allowed()) {
         vmsp_debug("connect fd %d to %s: tcp (a forked child's connects are TCP: mostly short-lived, and a new "
                    "shared-memory connection costs more than a TCP one)", fd, where);
@@ -394,12 +399,15 @@ static void after_accept(int listener, int fd, int flags) {
     struct sockaddr_storage peer;
     socklen_t length = sizeof peer;
     char where[64] = "?", reason[256] = "";
-    if (getpeername(fd, (struct sockaddr *)&peer, &length) == 0) vmsp_format_address((struct sockaddr *)&peer, length, where, sizeof where);
+    peer.ss_family = AF_UNSPEC;  // a peer gone before getpeername: no hello can be found for it
+    if (getpeername(fd, (struct sockaddr *)&peer, &length) == 0 && vmsp_debug_enabled()) {
+        vmsp_format_address((struct sockaddr *)&peer, length, where, sizeof where);
+    }
     vmsp_link_info info;
     int attached;
     if (!vmsp_welcome_possible(&peer)) {
         // No hello answered for its port: a plain TCP client (no claim, no look-up).
-        snprintf(reason, sizeof reason, "no hello from %s: the peer is not under vmsock-run", where);
+        if (vmsp_debug_enabled()) snprintf(reason, sizeof reason, "no hello from %s: the peer is not under vmsock-run", where);
         attached = 0;
     } else if (getpid() != vmsp_listen_owner) {
         // Another process (our parent) registered the listener and welcomed the connector: claim its link.
