@@ -71,6 +71,7 @@ do {
             socket = try listener.accept()
         } else {
             socket = try VMSocket.connect(host: loopback, port: port, options: options)
+            ready("connected")
         }
         let isListener = args[1] == "stream-listen"
         try PatternPump.run(socket, bytes: bytes, sendSeed: isListener ? seed : seed + 1, receiveSeed: isListener ? seed + 1 : seed)
