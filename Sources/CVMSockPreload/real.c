@@ -173,6 +173,11 @@ __attribute__((constructor)) static void vmsp_constructor(void) {
     vmsp_exec_inherited();
 }
 
+// At exit, with --debug: how this process woke its peers' readers.
+__attribute__((destructor)) static void vmsp_destructor(void) {
+    if (debug_enabled) vmsp_debug_wakeups();
+}
+
 // MARK: Debug output: one write(2) per line, straight to libc.
 
 int vmsp_debug_enabled(void) { return debug_enabled; }

@@ -401,6 +401,16 @@ int64_t vmsp_writable_bytes(struct vmsp_conn *c) {
     return space;
 }
 
+// Wake-ups this process sent to sleeping readers, by way: for --debug's line at exit, which shows that the doorbell
+// path is the one taken (interop/preload-epoll.test.sh asks). A relaxed add next to a system call.
+static atomic_ullong wakeups_on_doorbells, wakeups_on_sockets;
+
+void vmsp_debug_wakeups(void) {
+    unsigned long long bells = atomic_load_explicit(&wakeups_on_doorbells, memory_order_relaxed);
+    unsigned long long sockets = atomic_load_explicit(&wakeups_on_sockets, memory_order_relaxed);
+    if (bells || sockets) vmsp_debug("wake-ups sent: %llu on data doorbells, %llu on TCP sockets", bells, sockets);
+}
+
 // After publishing: one wake-up per reader generation (see the top of the file).
 static void ring_reader(struct vmsp_conn *c, int fd) {
     // Sequentially consistent, as the publish before it: Dekker's order against the reader's arm and re-check.
@@ -412,11 +422,15 @@ static void ring_reader(struct vmsp_conn *c, int fd) {
     char byte = 0;
     if (sleepers == 1 && arm_bell(word) && c->peer_data_bell_fd >= 0 &&
         REAL(send)(c->peer_data_bell_fd, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1) {
+        atomic_fetch_add_explicit(&wakeups_on_doorbells, 1, memory_order_relaxed);
         return;  // the one sleeper is an epoll set, and the doorbell wakes it
     }
     c->sent += 1;
     store_u64(c->local, OFF_BELL, ((uint64_t)gen << 32) | c->sent);
-    if (REAL(send)(fd, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1) return;
+    if (REAL(send)(fd, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1) {
+        atomic_fetch_add_explicit(&wakeups_on_sockets, 1, memory_order_relaxed);
+        return;
+    }
     if (errno == EPIPE || errno == ECONNRESET) { atomic_store(&c->peer_gone, 1); return; }
     // Not sent (a full socket buffer cannot happen with one byte per generation; this is a socket that is not
     // connected yet): take the bell back, so that the next publish rings again. A reader that counted it meanwhile
