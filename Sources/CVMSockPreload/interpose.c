@@ -276,9 +276,9 @@ static int is_tcp_stream(int fd, int *family) {
 
 // Whether the socket is TCP and has not connected yet (nor begun to), in two calls where is_tcp_stream and a state
 // check took four (a connect is interposed twice per connection by ab, which calls it again to learn how its
-// non-blocking one ended). Only TCP answers TCP_INFO: raw IPPROTO_TCP, UDP, Unix and SCTP sockets refuse the level;
-// SO_PROTOCOL keeps MPTCP out, as before. A socket whose earlier connect went to TCP must stay TCP, as the listener
-// took it so.
+// non-blocking one ended). SO_PROTOCOL keeps out everything but protocol number 6 (UDP, SCTP, Unix, MPTCP's 262);
+// of those, only TCP answers TCP_INFO: raw IPPROTO_TCP sockets and other families' protocol 6 (AF_PACKET) refuse
+// the level. A socket whose earlier connect went to TCP must stay TCP, as the listener took it so.
 static int is_fresh_tcp(int fd) {
     int protocol;
     socklen_t length = sizeof protocol;
@@ -407,7 +407,10 @@ static void after_accept(int listener, int fd, int flags) {
     int attached;
     if (!vmsp_welcome_possible(&peer)) {
         // No hello answered for its port: a plain TCP client (no claim, no look-up).
-        if (vmsp_debug_enabled()) snprintf(reason, sizeof reason, "no hello from %s: the peer is not under vmsock-run", where);
+        if (vmsp_debug_enabled()) {
+            snprintf(reason, sizeof reason, peer.ss_family == AF_UNSPEC ? "the peer was gone before the accept"
+                                                                       : "no hello from %s: the peer is not under vmsock-run", where);
+        }
         attached = 0;
     } else if (getpid() != vmsp_listen_owner) {
         // Another process (our parent) registered the listener and welcomed the connector: claim its link.

@@ -318,8 +318,10 @@ int vmsp_is_fault_signal(int sig);
 // MARK: Debug output and process state.
 
 void vmsp_debug(const char *format, ...) __attribute__((format(printf, 1, 2)));
-/// With --debug, one line: the wake-ups this process sent on data doorbells and on TCP sockets (at exit).
+/// With --debug, one line: the wake-ups this process sent on data doorbells and on TCP sockets (at exit; exec,
+/// _exit and a killing signal print nothing). A forked child forgets its parent's counts.
 void vmsp_debug_wakeups(void);
+void vmsp_forget_wakeups(void);
 void vmsp_format_address(const struct sockaddr *address, socklen_t length, char *out, size_t capacity);
 extern atomic_int vmsp_forked_child, vmsp_parent_forked;
 

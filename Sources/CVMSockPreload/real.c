@@ -147,6 +147,7 @@ static void after_fork_child(void) {
     atomic_store(&vmsp_forks_in_flight, 0);
     forking = 0;
     atomic_store(&vmsp_forked_child, 1);
+    vmsp_forget_wakeups();
     for (int i = 0; i < internal_count; i++) REAL(close)(internal_fds[i]);
     internal_count = 0;
     pthread_mutex_init(&internal_lock, NULL);

@@ -405,6 +405,11 @@ int64_t vmsp_writable_bytes(struct vmsp_conn *c) {
 // path is the one taken (interop/preload-epoll.test.sh asks). A relaxed add next to a system call.
 static atomic_ullong wakeups_on_doorbells, wakeups_on_sockets;
 
+void vmsp_forget_wakeups(void) {
+    atomic_store_explicit(&wakeups_on_doorbells, 0, memory_order_relaxed);
+    atomic_store_explicit(&wakeups_on_sockets, 0, memory_order_relaxed);
+}
+
 void vmsp_debug_wakeups(void) {
     unsigned long long bells = atomic_load_explicit(&wakeups_on_doorbells, memory_order_relaxed);
     unsigned long long sockets = atomic_load_explicit(&wakeups_on_sockets, memory_order_relaxed);

@@ -69,6 +69,7 @@ do {
             let listener = try VMListener(host: loopback, port: port, options: options)
             ready()
             socket = try listener.accept()
+            ready("accepted")
         } else {
             socket = try VMSocket.connect(host: loopback, port: port, options: options)
             ready("connected")

@@ -95,8 +95,9 @@ enum TCPCalls {
     /// A port held ahead for the next connection (three system calls off its way): `prepareSparePort` makes it
     /// while a reopening connect waits for the listener's answer. One at a time, for the first source asked
     /// (a client that alternates between destinations binds as before for the others, and never churns it); a
-    /// source that cannot be bound is remembered (`held` nil) and never tried again. Only the process that bound
-    /// it takes it: a forked child holds the same socket, and two connections must never report one port.
+    /// source that could not be bound is remembered (`held` nil) until another source asks. Only the process
+    /// that bound it takes it: a forked child holds the same socket, and two connections must never report one
+    /// port; the child's first spare replaces it.
     private struct SparePort {
         let source: IPEndpoint
         let held: (socket: Descriptor, local: IPEndpoint)?
@@ -115,13 +116,17 @@ enum TCPCalls {
         return kept.owner == Sys.processID() ? held : nil  // a forked child's copy is dropped (and closed) here
     }
 
-    /// Binds the port the next connection to `destination` takes, unless a spare (or a failed try) is kept
-    /// already. Call while waiting.
+    /// Binds the port the next connection to `destination` takes, unless this process keeps a spare already (or
+    /// a failed try from the same source). Call while waiting.
     static func prepareSparePort(for destination: IPEndpoint) {
-        guard sparePort.withLock({ $0 == nil }) else { return }
-        let source = Self.source(for: destination)
-        let spare = SparePort(source: source, held: bindAnyPort(source), owner: Sys.processID())
-        sparePort.withLock { if $0 == nil { $0 = spare } }
+        let source = Self.source(for: destination), owner = Sys.processID()
+        func wanted(_ spare: SparePort?) -> Bool {
+            guard let spare else { return true }
+            return spare.owner != owner || (spare.held == nil && spare.source != source)
+        }
+        guard sparePort.withLock({ wanted($0) }) else { return }
+        let made = SparePort(source: source, held: bindAnyPort(source), owner: owner)
+        sparePort.withLock { if wanted($0) { $0 = made } }
     }
 
     /// Frees the spare port, if any.
