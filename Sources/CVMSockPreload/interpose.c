@@ -261,37 +261,25 @@ done:;
 
 // MARK: Connections
 
-static int is_tcp_stream(int fd, int *family) {
-    int value;
-    socklen_t length = sizeof value;
-    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &value, &length) != 0) return 0;
-    if (value != AF_INET && value != AF_INET6) return 0;
-    *family = value;
-    length = sizeof value;
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &length) != 0 || value != SOCK_STREAM) return 0;
-    length = sizeof value;
-    if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &value, &length) != 0 || value != IPPROTO_TCP) return 0;
-    return 1;
-}
-
-// Whether the socket is TCP and has not connected yet (nor begun to), in two calls where is_tcp_stream and a state
-// check took four (a connect is interposed twice per connection by ab, which calls it again to learn how its
-// non-blocking one ended). SO_PROTOCOL keeps out everything but protocol number 6 (UDP, SCTP, Unix, MPTCP's 262);
-// of those, only TCP answers TCP_INFO: raw IPPROTO_TCP sockets and other families' protocol 6 (AF_PACKET) refuse
-// the level. A socket whose earlier connect went to TCP must stay TCP, as the listener took it so.
-static int is_fresh_tcp(int fd) {
+// The socket's TCP state (TCP_CLOSE before any connect or listen), or -1 when it is not a TCP socket, in two calls.
+// SO_PROTOCOL keeps out everything but protocol number 6 (UDP, SCTP, Unix, MPTCP's 262); of those, only TCP
+// answers TCP_INFO: raw IPPROTO_TCP sockets and other families' protocol 6 (AF_PACKET) refuse the level. (Four calls
+// before: SO_DOMAIN, SO_TYPE, SO_PROTOCOL, then TCP_INFO; ab's connect is interposed twice per connection.)
+static int tcp_state(int fd) {
     int protocol;
     socklen_t length = sizeof protocol;
-    if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &length) != 0 || protocol != IPPROTO_TCP) return 0;
+    if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &length) != 0 || protocol != IPPROTO_TCP) return -1;
     struct tcp_info info;
     length = sizeof info;
-    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0) return 0;
-    return info.tcpi_state == TCP_CLOSE;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0) return -1;
+    return info.tcpi_state;
 }
 
 int connect(int fd, const struct sockaddr *address, socklen_t length) {
     if (vmsp_inside || !address || (address->sa_family != AF_INET && address->sa_family != AF_INET6) ||
-        (unsigned)fd >= (unsigned)vmsp_table_size || vmsp_lookup(fd) || !is_fresh_tcp(fd)) {
+        (unsigned)fd >= (unsigned)vmsp_table_size || vmsp_lookup(fd) || tcp_state(fd) != TCP_CLOSE) {
+        // Not TCP, or connected (or connecting) already: a socket whose earlier connect went to TCP stays TCP, as
+        // the listener took it so.
         return REAL(connect)(fd, address, length);
     }
     char where[64] = "", reason[256] = "";
@@ -352,9 +340,8 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
 
 int listen(int fd, int backlog) {
     int result = REAL(listen)(fd, backlog);
-    int family;
     if (result != 0 || vmsp_inside || (unsigned)fd >= (unsigned)vmsp_table_size || atomic_load(&vmsp_listening[fd]) ||
-        !is_tcp_stream(fd, &family)) {
+        tcp_state(fd) < 0) {
         return result;
     }
     int saved = errno;
@@ -383,8 +370,7 @@ int listen(int fd, int backlog) {
 static void after_accept(int listener, int fd, int flags) {
     if (fd < 0 || vmsp_inside || (unsigned)listener >= (unsigned)vmsp_table_size) return;
     if (!atomic_load(&vmsp_listening[listener]) || (unsigned)fd >= (unsigned)vmsp_table_size) {
-        int family;
-        if (vmsp_debug_enabled() && is_tcp_stream(fd, &family)) {
+        if (vmsp_debug_enabled() && tcp_state(fd) >= 0) {
             int saved = errno;
             struct sockaddr_storage peer;
             socklen_t length = sizeof peer;
