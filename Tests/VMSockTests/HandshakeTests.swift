@@ -105,7 +105,7 @@ final class HandshakeTests: XCTestCase {
             XCTAssertEqual(try server.readExactly(1), [UInt8(index)], label)
             XCTAssertEqual(listener.rejectedCount, index + 1, label)
         }
-        XCTAssertEqual(openDescriptorCount(), fdsBefore, "descriptors leaked across malformed handshakes")
+        XCTAssertEqual(settledDescriptorCount(), fdsBefore, "descriptors leaked across malformed handshakes")
     }
 
     /// A hostile listener answers our hello wrongly: connect fails cleanly and leaks nothing.
