@@ -96,7 +96,10 @@ final class LinkReuseTests: XCTestCase {
         usleep(100_000)
         client3.close()
         XCTAssertEqual(try XCTUnwrap(poller.wait(timeout: 10)).get(), 1, "the armed poller was not woken")
+        XCTAssertTrue(server3._debugSnapshot.contains("armed r1 w0 sleepers 1"), server3._debugSnapshot)
         XCTAssertEqual(try server3.read(upTo: 10), [])
+        // The end of the stream ends the arming: the poller no longer counts as a sleeper that close must wake.
+        XCTAssertTrue(server3._debugSnapshot.contains("armed r0 w0 sleepers 0"), server3._debugSnapshot)
     }
 
     /// When the listener has dropped a parked link (it keeps one for the handshake timeout), the connector's

@@ -118,17 +118,24 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         while true {
             let flags = state.load(ordering: .relaxed)
             if flags & (State.closed | State.broken) != 0 { throw unusable(flags) }
-            if flags & State.readShut != 0 { return 0 }
+            if flags & State.readShut != 0 { return endOfStream() }
             var available = rx.cachedAvailable
             if available < wanted { available = try refreshAvailable() }
             if available > 0 { return available }
             if peerFinishedWriting(flags) {
                 // The peer's last position was published before its shutdown bit (or its death): read it once more.
-                if try refreshAvailable() == 0 { return 0 }
+                if try refreshAvailable() == 0 { return endOfStream() }
                 continue
             }
             try sleepUntilReadable(&deadline)
         }
+    }
+
+    /// End of stream for the reading thread: a poller armed for data that will never come stops counting as a
+    /// sleeper of ours (so that `close` need not ring our own bells for it).
+    private func endOfStream() -> Int {
+        if readArmed { disarmReadable() }
+        return 0
     }
 
     @inlinable @inline(__always)
@@ -198,9 +205,13 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         while true {
             let flags = state.load(ordering: .relaxed)
             if flags & (State.closed | State.broken) != 0 { throw unusable(flags) }
-            if flags & State.writeShut != 0 { throw VMSockError(code: EPIPE, "socket is shut down for writing") }
+            if flags & State.writeShut != 0 {
+                if writeArmed { disarmWritable() }  // room will never matter again (as `endOfStream`)
+                throw VMSockError(code: EPIPE, "socket is shut down for writing")
+            }
             let peerFlags = peer.shutdownFlags
             if peerFlags & (LocalHeader.peerStopsReading) != 0 || flags & State.peerGone != 0 {
+                if writeArmed { disarmWritable() }
                 // A region connection that ended because vmsockd went (or took our slot back) says so.
                 if flags & State.peerGone != 0, let failure = link.lease?.node.failure { throw failure }
                 throw VMSockError(code: EPIPE, "peer closed the connection (or stopped reading); nothing more can be sent")
@@ -599,7 +610,7 @@ extension SharedMemoryStream {
         func rung(_ fd: Int32) -> Bool { (try? Sys.poll(fd, Int16(POLLIN), timeoutMs: 0)).map { $0 != 0 } ?? false }
         return "state \(state.load(ordering: .relaxed)) ordering \(link.ordering)"
             + " rx \(rx.position)/\(rx.cachedAvailable) tx \(tx.position)/\(tx.cachedFreeSpace)"
-            + " armed r\(readArmed ? 1 : 0) w\(writeArmed ? 1 : 0)"
+            + " armed r\(readArmed ? 1 : 0) w\(writeArmed ? 1 : 0) sleepers \(ownSleepers.load(ordering: .relaxed))"
             + " rang for peer's data \(rangForPeerReader.lastRung) space \(rangForPeerWriter.lastRung)"
             + " bells data \(rung(link.dataBell.fd)) space \(rung(link.spaceBell.fd))"
             + " | ours: \(header(link.localRegion.base)) | peer's: \(header(link.peerRegion.base))"
