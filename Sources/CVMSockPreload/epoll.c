@@ -18,8 +18,8 @@
 // two kernel epoll_ctl calls each time. The kernel drops a parked registration when the socket is closed for
 // good; until then its events are ignored. Cookies carry the slot's stamp, bumped whenever the slot gets a new
 // kernel registration, so that events of a registration the slot no longer stands for (a parked one whose socket
-// a dup kept open) are ignored too (14 bits: only a slot given 16,384 new registrations meanwhile could mistake
-// one for its own).
+// a dup kept open) are ignored too (25 bits: only a slot given 33 million new registrations meanwhile could
+// mistake one for its own).
 #include "preload.h"
 
 #include <errno.h>
@@ -35,15 +35,19 @@
 
 enum { KIND_CONN = 1, KIND_SET = 2 };
 // Cookies: a tag no pointer or small integer of the application's has (the top 16 bits of a user address are 0),
-// the slot's stamp (bits 34 to 47), what the cookie is for (bits 32 and 33), and the registration's index. The
+// the slot's stamp (bits 23 to 47), what the cookie is for (bits 21 and 22), and the registration's index (bits 0
+// to 20: a set holds at most 2,097,152 registrations, twice the kernel's default limit of descriptors). The
 // kernel's set may hold, per connection, its TCP socket (REG), its space doorbell (BELL: a wait for room) and its
 // data doorbell (DATA_BELL: rung instead of the TCP socket while only such sets sleep on it; stream.c).
 #define COOKIE_TAG 0x7ff5000000000000ull
 #define COOKIE_MASK 0xffff000000000000ull
-#define STAMP_MASK 0x3fffu
+#define STAMP_MASK 0x1ffffffu
+#define INDEX_BITS 21
+#define MAX_REGS (1 << INDEX_BITS)
 enum { COOKIE_REG = 0, COOKIE_BELL = 1, COOKIE_WAKER = 2, COOKIE_DATA_BELL = 3 };
 static uint64_t cookie(int what, int index, uint32_t stamp) {
-    return COOKIE_TAG | ((uint64_t)(stamp & STAMP_MASK) << 34) | ((uint64_t)what << 32) | (uint32_t)index;
+    return COOKIE_TAG | ((uint64_t)(stamp & STAMP_MASK) << (INDEX_BITS + 2)) | ((uint64_t)what << INDEX_BITS) |
+           (uint64_t)index;
 }
 
 struct vmsp_epoll;
@@ -198,6 +202,7 @@ static struct reg *new_reg(struct vmsp_epoll *set) {
         reclaimable->parked_serial = 0;
         return reclaimable;
     }
+    if (set->count == MAX_REGS) return NULL;  // the cookie has no room for another index
     if (set->count == set->capacity) {
         int capacity = set->capacity ? set->capacity * 2 : 16;
         struct reg *grown = realloc(set->regs, (size_t)capacity * sizeof *grown);
@@ -566,8 +571,8 @@ static int absorb(struct vmsp_epoll *set, struct epoll_event *events, int got) {
     for (int i = 0; i < got; i++) {
         uint64_t data = events[i].data.u64;
         if ((data & COOKIE_MASK) != COOKIE_TAG) { events[kept++] = events[i]; continue; }
-        int what = (int)((data >> 32) & 3), index = (int)(uint32_t)data;
-        uint32_t stamp = (uint32_t)(data >> 34) & STAMP_MASK;
+        int what = (int)((data >> INDEX_BITS) & 3), index = (int)(data & (MAX_REGS - 1));
+        uint32_t stamp = (uint32_t)(data >> (INDEX_BITS + 2)) & STAMP_MASK;
         if (what == COOKIE_WAKER) {
             uint64_t sink;
             (void)REAL(read)(set->waker, &sink, sizeof sink);
