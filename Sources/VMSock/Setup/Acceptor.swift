@@ -71,13 +71,14 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     /// - Throws: EBADF once closed; what accept(2) throws on the TCP socket.
     func acceptNow() throws(VMSockError) -> Connection? {
         do throws(VMSockError) {
-            return try readiness.use("listener") { _ throws(VMSockError) -> Connection? in
+            return try readiness.use("listener") { epoll throws(VMSockError) -> Connection? in
+                let ready = ReadyNow(epoll, capacity: readyCapacity)
                 // Take turns, so that a stream of clients of one transport cannot starve the other.
                 let tcpFirst = turn.add(1, ordering: .relaxed).newValue & 1 == 0
-                if tcpFirst, let connection = try acceptTCP() { return connection }
-                if let connection = try acceptSharedMemory() { return connection }
+                if tcpFirst, let connection = try acceptTCP(ready) { return connection }
+                if let connection = try acceptSharedMemory(ready) { return connection }
                 if let connection = try acceptRegion() { return connection }
-                if !tcpFirst, let connection = try acceptTCP() { return connection }
+                if !tcpFirst, let connection = try acceptTCP(ready) { return connection }
                 return nil
             }
         } catch {
@@ -91,29 +92,56 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
         }
     }
 
-    private func acceptTCP() throws(VMSockError) -> Connection? {
-        let socket = try tcp.use("listener") { fd throws(VMSockError) in try TCPCalls.accept(fd) }
+    /// What the listener's set reports ready, from one epoll_wait that does not wait: an accept(2) is tried only
+    /// on a socket it names. An accept that finds nothing costs 1.8 µs on a TCP socket here, against 0.12 µs for
+    /// the epoll_wait, and a listener used to try each socket twice per connection (before sleeping and after
+    /// waking). Every socket is in the set level-triggered, so what is left waiting is reported again.
+    struct ReadyNow {
+        private var events: [epoll_event]
+        private let count: Int
+
+        init(_ epoll: Int32, capacity: Int) {
+            events = [epoll_event](repeating: epoll_event(), count: capacity)
+            count = Sys.epollReady(epoll, &events)
+        }
+
+        /// Whether the listening socket `fd` (its data word is its descriptor) is ready.
+        func names(_ fd: Int32) -> Bool { events.prefix(count).contains { $0.data.u64 == UInt64(UInt32(bitPattern: fd)) } }
+
+        /// The data words of what is ready, for `PendingHandshakes`.
+        var tokens: some Sequence<UInt64> { events.prefix(count).lazy.map(\.data.u64) }
+    }
+
+    /// Room for everything the set can hold: the sockets, the region's bell, the timer, every pending connector
+    /// and every parked link.
+    private var readyCapacity: Int {
+        registrations.count + 3 + (pending == nil ? 0 : PendingHandshakes.limit + PendingHandshakes.parkedLimit)
+    }
+
+    private func acceptTCP(_ ready: ReadyNow) throws(VMSockError) -> Connection? {
+        let socket = try tcp.use("listener") { fd throws(VMSockError) in ready.names(fd) ? try TCPCalls.accept(fd) : nil }
         guard let socket else { return nil }
         let peer = IPEndpoint.of(socket.raw, peer: true) ?? .wildcard(localAddress.family, port: 0)
         return .tcp(socket, peer: peer)
     }
 
     /// Drops the connectors whose time ran out, takes in new ones, then answers one whose hello arrived.
-    private func acceptSharedMemory() throws(VMSockError) -> Connection? {
+    private func acceptSharedMemory(_ ready: ReadyNow) throws(VMSockError) -> Connection? {
         guard let pending else { return nil }
         for late in pending.takeExpired() where late.link == nil {  // parked links just go
             reject("a connector (pid \(late.peer.pid)) sent no hello within \(options.handshakeTimeoutMs) ms")
         }
         for registration in registrations {
             // A connector whose hello is already there is answered at once, without a trip through `pending`.
-            if let arrived = try takeInConnectors(registration, pending), let connection = answer(arrived, pending) {
+            if let arrived = try takeInConnectors(registration, ready, pending), let connection = answer(arrived, pending) {
                 return connection
             }
         }
-        while let ready = pending.takeReady() {
-            if let parked = ready.link {
+        for token in ready.tokens {
+            guard let waiting = pending.take(token) else { continue }
+            if let parked = waiting.link {
                 if let connection = reopen(parked, pending) { return connection }
-            } else if let connection = answer(ready, pending) {
+            } else if let connection = answer(waiting, pending) {
                 return connection
             }
         }
@@ -124,11 +152,11 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     /// who they are first, and stops at one whose hello has arrived already (the usual case: connectors send it
     /// right after connecting), returning it to be answered now. Never waits.
     private func takeInConnectors(
-        _ registration: Registration, _ pending: PendingHandshakes
+        _ registration: Registration, _ ready: ReadyNow, _ pending: PendingHandshakes
     ) throws(VMSockError) -> PendingHandshakes.Waiting? {
         for _ in 0..<PendingHandshakes.limit {
             let accepted = try registration.socket.use("listener") { fd throws(VMSockError) in
-                try Sys.acceptUnix(fd, what: "accept(shared-memory registration)")
+                ready.names(fd) ? try Sys.acceptUnix(fd, what: "accept(shared-memory registration)") : nil
             }
             guard let connector = accepted else { return nil }
             do throws(VMSockError) {

@@ -115,25 +115,18 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
         }
     }
 
-    /// Takes out one connector whose control socket polls readable (its hello arrived, or it hung up), or one
-    /// parked link whose does (a reopen, or a hang-up), or nil.
-    /// Costs no system call while nobody waits.
-    func takeReady() -> Waiting? {
-        guard !table.withLock({ $0.entries.isEmpty }) else { return nil }
-        var events = [epoll_event](repeating: epoll_event(), count: Self.limit + 8)
-        let count = Sys.epollReady(epoll, &events)
-        guard count > 0 else { return nil }
+    /// Takes out the connector or parked link whose epoll data word is `token`, as the listener's set reported it
+    /// ready (its hello or reopen arrived, or it hung up); nil for any other word, or one another accept took
+    /// since. Costs a system call (taking it out of the set) only when it returns one.
+    func take(_ token: UInt64) -> Waiting? {
+        guard token >= Self.firstToken else { return nil }
         return table.withLock { table in
-            for event in events.prefix(Int(count)) where event.data.u64 >= Self.firstToken {
-                // Another accept may have taken it since: then it is not in the table any more.
-                guard let index = table.entries.firstIndex(where: { $0.token == event.data.u64 }) else { continue }
-                // A forked child shares the parked links' rings with its parent: only the parent reopens them.
-                if let link = table.entries[index].waiting.link, !link.isOwnedByThisProcess { continue }
-                let entry = table.entries.remove(at: index)
-                try? Self.control(epoll, EPOLL_CTL_DEL, entry.waiting.control.raw, token: entry.token)
-                return entry.waiting
-            }
-            return nil
+            guard let index = table.entries.firstIndex(where: { $0.token == token }) else { return nil }
+            // A forked child shares the parked links' rings with its parent: only the parent reopens them.
+            if let link = table.entries[index].waiting.link, !link.isOwnedByThisProcess { return nil }
+            let entry = table.entries.remove(at: index)
+            try? Self.control(epoll, EPOLL_CTL_DEL, entry.waiting.control.raw, token: entry.token)
+            return entry.waiting
         }
     }
 
