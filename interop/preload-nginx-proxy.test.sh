@@ -1,8 +1,8 @@
 # nginx as a reverse proxy under vmsock-run (issue 19): a front port whose location proxies every request to a
 # back port of the same nginx, which serves static files (100 B, 3 MiB + 1 B); as one process, and as a master
 # with 2 forked workers. curl, under vmsock-run, fetches through the front; every file comes back checksummed.
-# curl's connections to nginx are shared memory. nginx's own connects to the back port are shared memory in the
-# one process, TCP in a forked worker (a child's connects are TCP: DESIGN.md says why). nginx adds its upstream
+# curl's connections to nginx are shared memory, and so are nginx's own connects to the back port, in the one
+# process and in a forked worker (whose connection the other worker may accept). nginx adds its upstream
 # socket to its epoll set, edge-triggered, before it connects: that registration must turn into the rings' when
 # the connect does (before, the proxied 3 MiB file never arrived).
 source "$(dirname "$0")/lib.sh"
@@ -57,5 +57,5 @@ proxy() {
 }
 
 proxy one-process "master_process off;" 0 "shared memory"
-proxy two-workers "master_process on; worker_processes 2;" 2 "tcp (a forked child's connects are TCP"
-echo "ok: nginx proxied 6 files to curl, checksummed: one process, both hops over shared memory; 2 workers, the upstream hop over TCP"
+proxy two-workers "master_process on; worker_processes 2;" 2 "shared memory"
+echo "ok: nginx proxied 6 files to curl, checksummed, both hops over shared memory: as one process, and with 2 workers"

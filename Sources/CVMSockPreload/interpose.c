@@ -285,8 +285,8 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     char where[64] = "", reason[256] = "";
     if (vmsp_debug_enabled()) vmsp_format_address(address, length, where, sizeof where);
     if (!vmsp_connects_allowed()) {
-        vmsp_debug("connect fd %d to %s: tcp (a forked child's connects are TCP: mostly short-lived, and a new "
-                   "shared-memory connection costs more than a TCP one)", fd, where);
+        vmsp_debug("connect fd %d to %s: tcp (this process was forked while another thread of its parent set "
+                   "up a connection, so its copy of that state may be half made)", fd, where);
         return REAL(connect)(fd, address, length);
     }
     uint64_t key = vmsp_brief_key(address, length);

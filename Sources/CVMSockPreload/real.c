@@ -70,10 +70,10 @@ void vmsp_forget_internal_fd(int fd) {
 // second for its welcome, and fork may be called from a signal handler that interrupted the set-up on the same
 // thread): after `setup_wait_ns` the fork goes ahead, as every fork did before the gate.
 //
-// A child whose fork found the set-up idle could also make shared-memory connections of its own. It does not:
-// a new connection costs several times a TCP connect under vmsock-run today, and a forked worker's connects are
-// mostly short-lived (nginx proxying without upstream keepalive ran at 1,500 requests/s with them against 8,000
-// with TCP; docs/BENCHMARKS.md, "nginx as a reverse proxy").
+// A child whose fork found the set-up idle makes shared-memory connections of its own, as its parent does (a
+// prefork server's workers reaching a cache or a database, nginx's workers their upstreams): its copy of the
+// Swift state is whole. One whose fork went ahead with a thread inside (after `setup_wait_ns`) connects over
+// TCP. Short-lived connections go to TCP after a run of them, per process (brief.c).
 static atomic_int setup_busy;       // threads inside the set-up
 static atomic_int setup_closed;     // forks waiting or under way: nobody enters
 static const long setup_wait_ns = 20 * 1000 * 1000;
@@ -140,8 +140,12 @@ static void after_fork_parent(void) {
     atomic_fetch_sub(&setup_closed, 1);
 }
 
+static atomic_int child_setup_whole;
+
 static void after_fork_child(void) {
-    // The gate first: closing an inherited connection below may call the set-up (to release its link).
+    // The gate first: closing an inherited connection below may call the set-up (to release its link). What it
+    // counted at the fork says whether a thread was inside (or about to look at the closed gate: counted too).
+    atomic_store(&child_setup_whole, atomic_load(&setup_busy) == 0);
     atomic_store(&setup_busy, 0);  // the threads counted there, and other forks under way, are the parent's
     atomic_store(&setup_closed, 0);
     atomic_store(&vmsp_forks_in_flight, 0);
@@ -155,7 +159,7 @@ static void after_fork_child(void) {
     vmsp_live_unlock();
 }
 
-int vmsp_connects_allowed(void) { return !atomic_load(&vmsp_forked_child); }
+int vmsp_connects_allowed(void) { return !atomic_load(&vmsp_forked_child) || atomic_load(&child_setup_whole); }
 // After a fork, a child may accept a connection whose hello this process answered: fine once the child can
 // claim the link (claim.c), which needs this process's claim socket.
 int vmsp_listeners_allowed(void) {

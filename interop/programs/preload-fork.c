@@ -208,7 +208,8 @@ static void accept_in_child(void) {
 }
 
 // A prefork server's worker (nginx proxying, a gunicorn worker reaching its database): a forked child connects
-// on its own, to a listener of its parent's here, and the two talk both ways (under vmsock-run over TCP).
+// on its own, to a listener of its parent's here, and the two talk both ways (under vmsock-run over shared
+// memory).
 static void connect_in_child(void) {
     pid_t pid = fork();
     if (pid == 0) {
