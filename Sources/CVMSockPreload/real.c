@@ -107,7 +107,8 @@ static void close_setup(void) {
 // child joins each connection's holders here, and closes the registrations it inherited, so that no connector
 // waits on a process that does not answer. When the child accepts on an inherited listener, it claims the link
 // the parent's listener thread welcomed (claim.c). Its own listens stay TCP (a listener thread in each child
-// would answer for sockets its siblings accept on), and so do its connects (above).
+// would answer for sockets its siblings accept on); its connects use shared memory when its copy of the set-up
+// is whole (above).
 
 // The child must count as a holder before the parent can close anything: the child adds itself, but only once
 // it runs, so the parent adds it too, as soon as fork returns its pid (hence fork is interposed), and until then
@@ -144,8 +145,9 @@ static atomic_int child_setup_whole;
 
 static void after_fork_child(void) {
     // The gate first: closing an inherited connection below may call the set-up (to release its link). What it
-    // counted at the fork says whether a thread was inside (or about to look at the closed gate: counted too).
-    atomic_store(&child_setup_whole, atomic_load(&setup_busy) == 0);
+    // counted at the fork says whether a thread was inside (or about to look at the closed gate: counted too);
+    // and a copy of a copy that was not whole is not whole either (a grandchild of such a fork).
+    atomic_store(&child_setup_whole, atomic_load(&setup_busy) == 0 && vmsp_connects_allowed());
     atomic_store(&setup_busy, 0);  // the threads counted there, and other forks under way, are the parent's
     atomic_store(&setup_closed, 0);
     atomic_store(&vmsp_forks_in_flight, 0);

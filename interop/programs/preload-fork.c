@@ -232,6 +232,33 @@ static void connect_in_child(void) {
     close(s);
 }
 
+// A worker's worker: a child forks again, and the grandchild connects (under vmsock-run over shared memory too:
+// its copy of the set-up is whole when its parent's was).
+static void connect_in_grandchild(void) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        pid_t grandchild = fork();
+        if (grandchild == 0) {
+            int c = connect_local();
+            char text[8] = "";
+            int ok = write(c, "hello", 5) == 5 && read_full(c, text, 5) == 5 && memcmp(text, "world", 5) == 0 &&
+                     send_pattern(c, 1 << 20, 7) == 0;
+            close(c);
+            _exit(ok ? 0 : 1);
+        }
+        _exit(child_status(grandchild));
+    }
+    int s = accept(listener, NULL, NULL);
+    char text[8] = "";
+    CHECK("connect in grandchild: parent reads", read_full(s, text, 5));
+    SHOW("connect in grandchild: bytes", "%s", text);
+    CHECK("connect in grandchild: parent answers", write(s, "world", 5));
+    SHOW("connect in grandchild: 1 MiB from it", "%d", receive_pattern(s, 1 << 20, 7));
+    CHECK("connect in grandchild: end of stream", read(s, text, 1));
+    SHOW("connect in grandchild: exit status", "%d", child_status(pid));
+    close(s);
+}
+
 // After the forks, the parent's own accepts still work.
 static void accept_after_fork(void) {
     int c, s;
@@ -332,6 +359,7 @@ int main(int argc, char **argv) {
     exit_without_close(pairs[3][0], pairs[3][1]);
     accept_in_child();
     connect_in_child();
+    connect_in_grandchild();
     accept_after_fork();
     exec_inherited();
     vfork_exec();
