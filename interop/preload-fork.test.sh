@@ -2,6 +2,7 @@
 # keep working connections, close counts per process, shutdown does not, a child's _exit disturbs nothing, a
 # forked child accepts and connects over shared memory, an exec'd image reads data or end of stream, never wake-up bytes.
 # Run under vmsock-run (shared memory, confirmed by the debug lines) and without it: the output must be the same.
+# Then, under vmsock-run only, a fork while another thread is inside the library's set-up: the child uses TCP.
 source "$(dirname "$0")/lib.sh"
 same_under_preload preload-fork ""
 count_says "$WORK/debug.txt" 22 "shared memory"
@@ -16,4 +17,18 @@ grep -E "connect fd [0-9]+ to .*: shared memory" "$WORK/debug.txt" | grep -vq "^
 # The exec'd images (exec, vfork + execve, posix_spawn with the socket moved to stdin) were told.
 [ "$(grep -c "exec: fd [0-9]* was a shared-memory connection of the previous image: ended" "$WORK/debug.txt")" -ge 3 ] \
     || fail "the exec'd images did not end their inherited connections: $(cat "$WORK/debug.txt")"
+# A fork while another thread is inside the library's set-up (its connect waits for the welcome of a listener
+# that is stopped): the child's copy may be half made, so its connect uses TCP, says why, and works.
+need nc
+stopped=$(free_port)
+start "$VMSOCK_RUN" --debug nc -l 127.0.0.1 "$stopped" 2>"$WORK/stopped.err"
+for _ in $(seq 100); do grep -q "shared memory offered" "$WORK/stopped.err" && break; sleep 0.1; done
+grep -q "shared memory offered" "$WORK/stopped.err" || fail "nc under vmsock-run did not register: $(cat "$WORK/stopped.err")"
+kill -STOP "$LAST"
+timeout 30 "$VMSOCK_RUN" --debug "$WORK/preload-fork" torn-fork "$stopped" >"$WORK/torn.txt" 2>"$WORK/torn-debug.txt" \
+    || fail "torn fork: $(cat "$WORK/torn.txt" "$WORK/torn-debug.txt")"
+grep -q "tcp (this process was forked while another thread of its parent set up a connection" "$WORK/torn-debug.txt" \
+    || fail "the child of a torn fork did not say it uses TCP: $(cat "$WORK/torn-debug.txt")"
+{ kill -9 "$LAST" && wait "$LAST"; } 2>/dev/null || true
+cat "$WORK/torn.txt"
 echo "ok: $(grep -c . "$WORK/plain.txt") observations, the same with and without vmsock-run"

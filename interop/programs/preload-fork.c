@@ -1,12 +1,14 @@
 // fork, exec and posix_spawn with connections open: what each process observes, one line per check, never
 // addresses, pids or timings. interop/preload-fork.test.sh runs it with and without vmsock-run and requires the
-// same output. `preload-fork exec-child FD` is the program the exec checks run.
+// same output. `preload-fork exec-child FD` is the program the exec checks run; `preload-fork torn-fork PORT`,
+// run under vmsock-run only, forks while another thread is inside the library's set-up.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdint.h>
@@ -344,8 +346,44 @@ static void spawn_inherited(void) {
     close(s);
 }
 
+// A thread's connect to PORT, whose vmsock-run listener is stopped (SIGSTOP): under vmsock-run it waits inside
+// the library's set-up for a welcome that does not come (up to 1 s), then connects over TCP.
+static void *connect_to_stopped(void *port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)(intptr_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    return (void *)(intptr_t)(connect(fd, (struct sockaddr *)&a, sizeof a) == 0 ? fd : -1);
+}
+
+// A fork while that thread waits: the fork goes ahead after 20 ms with the thread inside, so the child's copy of
+// the set-up may be half made, and its own connect must use TCP (its debug line says why) and work. Exit status 0
+// when it did.
+static int torn_fork(int port) {
+    listener = listen_local();
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, connect_to_stopped, (void *)(intptr_t)port) != 0) return 2;
+    usleep(200 * 1000);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int c = connect_local();
+        char text[8] = "";
+        int ok = write(c, "hello", 5) == 5 && read_full(c, text, 5) == 5 && memcmp(text, "world", 5) == 0;
+        _exit(ok ? 0 : 1);
+    }
+    int s = accept(listener, NULL, NULL);
+    char text[8] = "";
+    int ok = read_full(s, text, 5) == 5 && memcmp(text, "hello", 5) == 0 && write(s, "world", 5) == 5;
+    int status = child_status(pid);
+    void *stopped;
+    pthread_join(thread, &stopped);
+    printf("torn fork: parent %s, child exit status %d, connect to the stopped listener %s\n", ok ? "ok" : "failed",
+           status, (intptr_t)stopped >= 0 ? "ok" : "failed");
+    return ok && status == 0 && (intptr_t)stopped >= 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "exec-child") == 0) return exec_child(atoi(argv[2]));
+    if (argc == 3 && strcmp(argv[1], "torn-fork") == 0) return torn_fork(atoi(argv[2]));
     ssize_t n = readlink("/proc/self/exe", self_path, sizeof self_path - 1);
     if (n > 0) self_path[n] = 0;
     signal(SIGPIPE, SIG_IGN);
