@@ -4,6 +4,7 @@
 # Run under vmsock-run (shared memory, confirmed by the debug lines) and without it: the output must be the same.
 # Then, under vmsock-run only, a fork while another thread is inside the library's set-up: the child uses TCP.
 source "$(dirname "$0")/lib.sh"
+need nc
 same_under_preload preload-fork ""
 count_says "$WORK/debug.txt" 22 "shared memory"
 # The accept in the forked child claimed the link its parent's listener thread welcomed.
@@ -19,7 +20,6 @@ grep -E "connect fd [0-9]+ to .*: shared memory" "$WORK/debug.txt" | grep -vq "^
     || fail "the exec'd images did not end their inherited connections: $(cat "$WORK/debug.txt")"
 # A fork while another thread is inside the library's set-up (its connect waits for the welcome of a listener
 # that is stopped): the child's copy may be half made, so its connect uses TCP, says why, and works.
-need nc
 stopped=$(free_port)
 start "$VMSOCK_RUN" --debug nc -l 127.0.0.1 "$stopped" 2>"$WORK/stopped.err"
 for _ in $(seq 100); do grep -q "shared memory offered" "$WORK/stopped.err" && break; sleep 0.1; done
