@@ -1,6 +1,7 @@
 #!/bin/sh
-# Micro-benchmarks in C behind README figures: what each set-up step costs, and what a fence per publish (or 20
-# more stores that hit the cache) costs a ring of 64-byte messages. Needs a C compiler (gcc or cc). This VM's figures move between runs: run it a few times.
+# Micro-benchmarks in C behind README figures: what each set-up step costs (and each call a reused link's
+# connection makes), and what a fence per publish (or 20 more stores that hit the cache) costs a ring of 64-byte
+# messages. Needs a C compiler (gcc or cc). This VM's figures move between runs: run it a few times.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 out=${TMPDIR:-/tmp}/vmsock-micro

@@ -1,8 +1,13 @@
 // What each step of a shared-memory connection's set-up costs on this machine, in isolation (µs per call, mean
 // over N calls made back to back). Build and run: tools/micro/run.sh. Backs the figures in README "Connection set-up".
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
 #include <stdio.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -45,5 +50,34 @@ int main(void) {
     STEP("first write to a data page (a fault)", maps[i][header] = 1);
     STEP("munmap", munmap(maps[i], header + 2 * cap));
     STEP("close memfd", close(fds[i][0]));
+
+    // What a reused link's connection pays: the listener's looks for work, the reopen and its welcome, the
+    // connector's port for the next connection (BENCHMARKS.md, "The listener accepts only where epoll says").
+    int tcp = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), set = epoll_create1(0), pair[2];
+    struct sockaddr_in loopback = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    if (tcp < 0 || set < 0 || bind(tcp, (struct sockaddr *)&loopback, sizeof loopback) != 0 || listen(tcp, 16) != 0 ||
+        socketpair(AF_UNIX, SOCK_SEQPACKET, 0, pair) != 0) {
+        perror("setup-costs");
+        return 1;
+    }
+    struct epoll_event event = { .events = EPOLLIN }, ready[8];
+    epoll_ctl(set, EPOLL_CTL_ADD, tcp, &event);
+    char message[64] = { 0 };
+    struct pollfd look = { .fd = pair[0], .events = POLLIN };
+    STEP("accept4 on a TCP socket with nothing waiting", accept4(tcp, NULL, NULL, SOCK_NONBLOCK));
+    STEP("epoll_wait without waiting", epoll_wait(set, ready, 8, 0));
+    STEP("poll without waiting", poll(&look, 1, 0));
+    STEP("sched_yield", sched_yield());
+    STEP("getpid", getpid());
+    STEP("64 bytes sent and received (SOCK_SEQPACKET)", send(pair[0], message, 64, 0); recv(pair[1], message, 64, 0));
+    STEP("epoll_ctl DEL then ADD", epoll_ctl(set, EPOLL_CTL_DEL, tcp, NULL); epoll_ctl(set, EPOLL_CTL_ADD, tcp, &event));
+    STEP("a port: socket, bind, getsockname, close", {
+        int port = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        struct sockaddr_in bound = loopback;
+        socklen_t length = sizeof bound;
+        bind(port, (struct sockaddr *)&bound, sizeof bound);
+        getsockname(port, (struct sockaddr *)&bound, &length);
+        close(port);
+    });
     return 0;
 }
