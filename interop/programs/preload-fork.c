@@ -212,16 +212,21 @@ static void accept_in_child(void) {
 // A prefork server's worker (nginx proxying, a gunicorn worker reaching its database): a forked child connects
 // on its own, to a listener of its parent's here, and the two talk both ways (under vmsock-run over shared
 // memory).
+// A forked process's side of its own connection to the listener: hello, world, then `sent` bytes of pattern
+// `seed` out and `received` of pattern `seed + 1` in. Exits 0 when all of it went as it should.
+static void talk_as_child(size_t sent, size_t received, int seed) {
+    int c = connect_local();
+    char text[8] = "";
+    int ok = write(c, "hello", 5) == 5 && read_full(c, text, 5) == 5 && memcmp(text, "world", 5) == 0 &&
+             (sent == 0 || send_pattern(c, sent, seed) == 0) &&
+             (received == 0 || receive_pattern(c, received, seed + 1) == 0);
+    close(c);
+    _exit(ok ? 0 : 1);
+}
+
 static void connect_in_child(void) {
     pid_t pid = fork();
-    if (pid == 0) {
-        int c = connect_local();
-        char text[8] = "";
-        int ok = write(c, "hello", 5) == 5 && read_full(c, text, 5) == 5 && memcmp(text, "world", 5) == 0 &&
-                 send_pattern(c, 2 << 20, 5) == 0 && receive_pattern(c, 1 << 20, 6) == 0;
-        close(c);
-        _exit(ok ? 0 : 1);
-    }
+    if (pid == 0) talk_as_child(2 << 20, 1 << 20, 5);
     int s = accept(listener, NULL, NULL);
     char text[8] = "";
     CHECK("connect in child: parent reads", read_full(s, text, 5));
@@ -240,14 +245,7 @@ static void connect_in_grandchild(void) {
     pid_t pid = fork();
     if (pid == 0) {
         pid_t grandchild = fork();
-        if (grandchild == 0) {
-            int c = connect_local();
-            char text[8] = "";
-            int ok = write(c, "hello", 5) == 5 && read_full(c, text, 5) == 5 && memcmp(text, "world", 5) == 0 &&
-                     send_pattern(c, 1 << 20, 7) == 0;
-            close(c);
-            _exit(ok ? 0 : 1);
-        }
+        if (grandchild == 0) talk_as_child(1 << 20, 0, 7);
         _exit(child_status(grandchild));
     }
     int s = accept(listener, NULL, NULL);
@@ -364,12 +362,7 @@ static int torn_fork(int port) {
     if (pthread_create(&thread, NULL, connect_to_stopped, (void *)(intptr_t)port) != 0) return 2;
     usleep(200 * 1000);
     pid_t pid = fork();
-    if (pid == 0) {
-        int c = connect_local();
-        char text[8] = "";
-        int ok = write(c, "hello", 5) == 5 && read_full(c, text, 5) == 5 && memcmp(text, "world", 5) == 0;
-        _exit(ok ? 0 : 1);
-    }
+    if (pid == 0) talk_as_child(0, 0, 0);
     int s = accept(listener, NULL, NULL);
     char text[8] = "";
     int ok = read_full(s, text, 5) == 5 && memcmp(text, "hello", 5) == 0 && write(s, "world", 5) == 5;
