@@ -1,6 +1,6 @@
 # vmsock-run's command line: a missing command, an unknown option and a command that does not exist fail with a
 # message and a non-zero status; --help succeeds; --debug sets VMSOCK_DEBUG=1 and LD_PRELOAD names the library;
-# the command's exit status is passed on.
+# --stats sets VMSOCK_STATS=1; the command's exit status is passed on.
 source "$(dirname "$0")/lib.sh"
 [ -x "$VMSOCK_RUN" ] || fail "$VMSOCK_RUN is not built (swift build)"
 status=0; "$VMSOCK_RUN" 2>"$WORK/err" || status=$?
@@ -16,6 +16,8 @@ says "$WORK/err" "/nonexistent/command: No such file or directory" "missing prog
 says "$WORK/out" "usage: vmsock-run" "--help"
 "$VMSOCK_RUN" --debug sh -c 'echo "$VMSOCK_DEBUG $LD_PRELOAD"' >"$WORK/out"
 says "$WORK/out" "^1 .*libvmsock-preload.so" "--debug"
+"$VMSOCK_RUN" --stats sh -c 'echo "$VMSOCK_STATS"' >"$WORK/out"
+says "$WORK/out" "^1$" "--stats"
 status=0; "$VMSOCK_RUN" -- sh -c 'exit 3' || status=$?
 [ "$status" = 3 ] || fail "the command's status 3 came back as $status"
 echo "ok: vmsock-run's arguments and errors"

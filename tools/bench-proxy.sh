@@ -73,14 +73,15 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round: $(grep "^$round " "$WORK/results" | awk '{printf "%s %s %.0f; ", $3, $2, $4}')"
 done
 
-# Which transport each hop used, from the --debug lines (nginx prints its own into its error_log).
-count() { cat "$@" 2>/dev/null | grep -cE "$PATTERN" || true; }
-for name in new1 new2; do
-    dir="$WORK/nginx-vmsock-$name" back=$(eval echo "\$back_vmsock_$name")
-    all=$(PATTERN="connect fd .* to 127.0.0.1:$back:" count "$dir/error.log" "$dir/master.err")
-    shm=$(PATTERN="connect fd .* to 127.0.0.1:$back: shared memory" count "$dir/error.log" "$dir/master.err")
-    echo "transport, vmsock side, nginx $name: $shm of $all upstream connects shared memory"
+# Which transport each hop used, from the --stats lines the vmsock side's processes print at exit (nginx's
+# workers into their error_log). An nginx here connects only to its upstream.
+stop_servers
+for name in new1 new2 keepalive1 keepalive2; do
+    dir="$WORK/nginx-vmsock-$name"
+    echo "transport, vmsock side, nginx $name: upstream connects $(transports connects "$dir/error.log" "$dir/master.err")," \
+        "accepts $(transports accepts "$dir/error.log" "$dir/master.err")"
 done
+echo "transport, vmsock side, clients: connects $(transports connects "$WORK/vmsock.clients.err")"
 [ -s "$WORK/errors" ] && { echo "errors:"; cat "$WORK/errors"; }
 python3 - "$WORK/results" <<'EOF'
 import statistics, sys

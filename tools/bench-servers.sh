@@ -14,7 +14,7 @@ SECONDS_EACH=${SECONDS_EACH:-3}
 NAME=bench-servers TOOLS="redis-server redis-benchmark redis-cli nginx wrk ab"
 source "$(dirname "$0")/bench-servers-lib.sh"
 
-# The servers: SIDE is plain or vmsock; the vmsock side runs under vmsock-run, its debug lines in $WORK/SIDE.*.
+# The servers: SIDE is plain or vmsock; the vmsock side runs under vmsock-run, its --stats lines in $WORK/SIDE.*.
 head -c 1024 /dev/urandom >"$WORK/small.bin"
 start_redis() {  # SIDE PREFIX
     local port; port=$(free_port)
@@ -86,17 +86,13 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round: $(grep "^$round " "$WORK/results" | awk '{printf "%s %s %.0f; ", $3, $2, $4}')"
 done
 
-# Which transport each side really used, from the --debug lines (nginx's workers print into their error_log).
-transport() {  # FILES...: "N of M shared memory"
-    local all shm
-    all=$(cat "$@" 2>/dev/null | grep -cE "(connect|accept) fd" || true)
-    shm=$(cat "$@" 2>/dev/null | grep -cE "(connect|accept) fd .*: shared memory" || true)
-    echo "$shm of $all shared memory"
-}
-echo "transport, vmsock side: redis-server accepts $(transport "$WORK/vmsock.redis.err");" \
-    "nginx workers accept $(transport "$WORK/nginx-vmsock-workers/error.log");" \
-    "nginx one process accepts $(transport "$WORK/nginx-vmsock-single/error.log" "$WORK/nginx-vmsock-single/master.err");" \
-    "clients connect $(transport "$WORK/vmsock.clients.err")"
+# Which transport each side really used, from the --stats lines its processes print at exit (nginx's workers
+# into their error_log).
+stop_servers
+echo "transport, vmsock side: redis-server accepts $(transports accepts "$WORK/vmsock.redis.err");" \
+    "nginx workers accept $(transports accepts "$WORK/nginx-vmsock-workers/error.log");" \
+    "nginx one process accepts $(transports accepts "$WORK/nginx-vmsock-single/error.log" "$WORK/nginx-vmsock-single/master.err");" \
+    "clients connect $(transports connects "$WORK/vmsock.clients.err")"
 [ -s "$WORK/errors" ] && { echo "wrk reported errors (summed over rounds):"; sort "$WORK/errors" | uniq -c; }
 python3 - "$WORK/results" <<'EOF'
 import statistics, sys

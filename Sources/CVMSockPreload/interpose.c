@@ -285,6 +285,7 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     char where[64] = "", reason[256] = "";
     if (vmsp_debug_enabled()) vmsp_format_address(address, length, where, sizeof where);
     if (!vmsp_connects_allowed()) {
+        vmsp_tally(VMSP_CONNECT_TCP);
         vmsp_debug("connect fd %d to %s: tcp (this process was forked while another thread of its parent set "
                    "up a connection, so its copy of that state may be half made)", fd, where);
         return REAL(connect)(fd, address, length);
@@ -292,6 +293,7 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     uint64_t key = vmsp_brief_key(address, length);
     int run = 0;
     if (vmsp_brief_prefers_tcp(key, &run)) {
+        vmsp_tally(VMSP_CONNECT_TCP);
         vmsp_debug("connect fd %d to %s: tcp (short-lived: this process's last %d shared-memory connections there "
                    "each ended within %d ms having moved under 1 MiB, and TCP sets such connections up faster)",
                    fd, where, run, vmsp_brief_limit_ms());
@@ -305,6 +307,7 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     vmsp_inside = 0;
     errno = saved;
     if (!welcomed) {
+        vmsp_tally(VMSP_CONNECT_TCP);
         vmsp_debug("connect fd %d to %s: tcp (%s)", fd, where, reason);
         return REAL(connect)(fd, address, length);
     }
@@ -315,6 +318,7 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
         vmsp_inside = 1;
         vmsock_preload_release(info.owner);
         vmsp_inside = 0;
+        vmsp_tally(VMSP_CONNECT_TCP);
         vmsp_debug("connect fd %d to %s: tcp (out of memory after the welcome; the listener drops it)", fd, where);
         errno = saved;
         return REAL(connect)(fd, address, length);
@@ -329,6 +333,7 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
         r->opener = getpid();
         vmsp_install(fd, r);  // the connection's first user reference now stands for the table's
         vmsp_epoll_adopt(fd);  // a set it joined before the connect now reports from the rings
+        vmsp_tally(VMSP_CONNECT_SHM);
         vmsp_debug("connect fd %d to %s: shared memory", fd, where);
     } else {
         vmsp_leave(r);  // releases the link: its control socket closes, and the listener drops it
@@ -370,15 +375,19 @@ int listen(int fd, int backlog) {
 static void after_accept(int listener, int fd, int flags) {
     if (fd < 0 || vmsp_inside || (unsigned)listener >= (unsigned)vmsp_table_size) return;
     if (!atomic_load(&vmsp_listening[listener]) || (unsigned)fd >= (unsigned)vmsp_table_size) {
-        if (vmsp_debug_enabled() && tcp_state(fd) >= 0) {
-            int saved = errno;
+        if (!vmsp_counting()) return;
+        int saved = errno;
+        if (tcp_state(fd) >= 0) {
+            vmsp_tally(VMSP_ACCEPT_TCP);
             struct sockaddr_storage peer;
             socklen_t length = sizeof peer;
             char where[64] = "?";
-            if (getpeername(fd, (struct sockaddr *)&peer, &length) == 0) vmsp_format_address((struct sockaddr *)&peer, length, where, sizeof where);
+            if (vmsp_debug_enabled() && getpeername(fd, (struct sockaddr *)&peer, &length) == 0) {
+                vmsp_format_address((struct sockaddr *)&peer, length, where, sizeof where);
+            }
             vmsp_debug("accept fd %d from %s: tcp (its listener offers no shared memory)", fd, where);
-            errno = saved;
         }
+        errno = saved;
         return;
     }
     int saved = errno;
@@ -420,6 +429,7 @@ static void after_accept(int listener, int fd, int flags) {
             atomic_store(&r->conn->tcp_ready, 1);
             vmsp_wake_socket_ready(r->conn, fd);
             vmsp_install(fd, r);
+            vmsp_tally(VMSP_ACCEPT_SHM);
             vmsp_debug("accept fd %d from %s: shared memory", fd, where);
         } else {
             // The connector will write to rings nobody reads: end the connection rather than lose bytes.
@@ -431,6 +441,7 @@ static void after_accept(int listener, int fd, int flags) {
             vmsp_debug("accept fd %d from %s: shut down (out of memory for a welcomed link)", fd, where);
         }
     } else {
+        vmsp_tally(VMSP_ACCEPT_TCP);
         vmsp_debug("accept fd %d from %s: tcp (%s)", fd, where, reason);
     }
     errno = saved;

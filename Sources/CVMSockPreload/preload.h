@@ -318,9 +318,16 @@ int vmsp_is_fault_signal(int sig);
 // MARK: Debug output and process state.
 
 void vmsp_debug(const char *format, ...) __attribute__((format(printf, 1, 2)));
-/// With --debug, one line: the wake-ups this process sent on data doorbells and on TCP sockets (at exit; exec,
+/// What --stats counts (--debug too): connections by the transport they got, one count per debug line that says
+/// so. A connect or accept that failed or was shut down counts in neither.
+enum vmsp_tally { VMSP_CONNECT_SHM, VMSP_CONNECT_TCP, VMSP_ACCEPT_SHM, VMSP_ACCEPT_TCP, VMSP_TALLIES };
+void vmsp_tally(enum vmsp_tally what);
+/// Whether connections are counted (--stats or --debug): a path that would not otherwise learn whether a socket
+/// is TCP asks only then.
+int vmsp_counting(void);
+/// The wake-ups this process sent on data doorbells and on TCP sockets, printed at exit with the tallies (exec,
 /// _exit and a killing signal print nothing). A forked child forgets its parent's counts.
-void vmsp_debug_wakeups(void);
+void vmsp_wakeups_sent(unsigned long long *bells, unsigned long long *sockets);
 void vmsp_forget_wakeups(void);
 void vmsp_format_address(const struct sockaddr *address, socklen_t length, char *out, size_t capacity);
 extern atomic_int vmsp_forked_child, vmsp_parent_forked;

@@ -16,7 +16,8 @@
 struct vmsp_real vmsp_real;
 __thread int vmsp_inside;
 atomic_int vmsp_forked_child, vmsp_parent_forked;
-static int debug_enabled;
+static int debug_enabled, stats_enabled;
+static atomic_ullong tallies[VMSP_TALLIES];
 
 // dlsym may allocate, never reads or writes a descriptor, so resolving from inside an interposed call is safe.
 void vmsp_resolve(void) {
@@ -154,6 +155,7 @@ static void after_fork_child(void) {
     forking = 0;
     atomic_store(&vmsp_forked_child, 1);
     vmsp_forget_wakeups();
+    for (int i = 0; i < VMSP_TALLIES; i++) atomic_store_explicit(&tallies[i], 0, memory_order_relaxed);
     for (int i = 0; i < internal_count; i++) REAL(close)(internal_fds[i]);
     internal_count = 0;
     pthread_mutex_init(&internal_lock, NULL);
@@ -175,17 +177,33 @@ __attribute__((constructor)) static void vmsp_constructor(void) {
     vmsp_resolve();
     vmsp_table_init();
     const char *debug = getenv("VMSOCK_DEBUG");
+    const char *stats = getenv("VMSOCK_STATS");
     debug_enabled = debug && strcmp(debug, "1") == 0;
+    stats_enabled = debug_enabled || (stats && strcmp(stats, "1") == 0);
     pthread_atfork(before_fork, after_fork_parent, after_fork_child);
     vmsp_exec_inherited();
 }
 
-// At exit, with --debug: how this process woke its peers' readers.
-__attribute__((destructor)) static void vmsp_destructor(void) {
-    if (debug_enabled) vmsp_debug_wakeups();
+// MARK: Debug output and counts: one write(2) per line, straight to libc.
+
+static void write_line(const char *format, va_list args) {
+    int saved = errno;
+    char line[512];
+    int n = snprintf(line, sizeof line, "vmsock-run[%d]: ", (int)getpid());
+    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, format, args);
+    size_t length = (size_t)n + (m < 0 ? 0 : (size_t)m < sizeof line - (size_t)n - 1 ? (size_t)m : sizeof line - (size_t)n - 2);
+    line[length++] = '\n';
+    (void)REAL(write)(2, line, length);
+    errno = saved;
 }
 
-// MARK: Debug output: one write(2) per line, straight to libc.
+static void print_line(const char *format, ...) __attribute__((format(printf, 1, 2)));
+static void print_line(const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    write_line(format, args);
+    va_end(args);
+}
 
 int vmsp_debug_enabled(void) { return debug_enabled; }
 
@@ -193,17 +211,28 @@ void vmsp_enter_library_thread(void) { vmsp_inside = 1; }
 
 void vmsp_debug(const char *format, ...) {
     if (!debug_enabled) return;
-    int saved = errno;
-    char line[512];
-    int n = snprintf(line, sizeof line, "vmsock-run[%d]: ", (int)getpid());
     va_list args;
     va_start(args, format);
-    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, format, args);
+    write_line(format, args);
     va_end(args);
-    size_t length = (size_t)n + (m < 0 ? 0 : (size_t)m < sizeof line - (size_t)n - 1 ? (size_t)m : sizeof line - (size_t)n - 2);
-    line[length++] = '\n';
-    (void)REAL(write)(2, line, length);
-    errno = saved;
+}
+
+int vmsp_counting(void) { return stats_enabled; }
+
+void vmsp_tally(enum vmsp_tally what) {
+    if (stats_enabled) atomic_fetch_add_explicit(&tallies[what], 1, memory_order_relaxed);
+}
+
+// At exit, with --stats or --debug: how this process's connections were made, and how it woke its peers' readers.
+__attribute__((destructor)) static void vmsp_destructor(void) {
+    if (!stats_enabled) return;
+    unsigned long long n[VMSP_TALLIES], bells, sockets, any = 0;
+    for (int i = 0; i < VMSP_TALLIES; i++) any |= n[i] = atomic_load_explicit(&tallies[i], memory_order_relaxed);
+    vmsp_wakeups_sent(&bells, &sockets);
+    if (!(any | bells | sockets)) return;
+    print_line("connects: %llu shared memory, %llu tcp; accepts: %llu shared memory, %llu tcp; "
+               "wake-ups sent: %llu on data doorbells, %llu on TCP sockets", n[VMSP_CONNECT_SHM],
+               n[VMSP_CONNECT_TCP], n[VMSP_ACCEPT_SHM], n[VMSP_ACCEPT_TCP], bells, sockets);
 }
 
 void vmsp_format_address(const struct sockaddr *address, socklen_t length, char *out, size_t capacity) {

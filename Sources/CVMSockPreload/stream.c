@@ -410,10 +410,9 @@ void vmsp_forget_wakeups(void) {
     atomic_store_explicit(&wakeups_on_sockets, 0, memory_order_relaxed);
 }
 
-void vmsp_debug_wakeups(void) {
-    unsigned long long bells = atomic_load_explicit(&wakeups_on_doorbells, memory_order_relaxed);
-    unsigned long long sockets = atomic_load_explicit(&wakeups_on_sockets, memory_order_relaxed);
-    if (bells || sockets) vmsp_debug("wake-ups sent: %llu on data doorbells, %llu on TCP sockets", bells, sockets);
+void vmsp_wakeups_sent(unsigned long long *bells, unsigned long long *sockets) {
+    *bells = atomic_load_explicit(&wakeups_on_doorbells, memory_order_relaxed);
+    *sockets = atomic_load_explicit(&wakeups_on_sockets, memory_order_relaxed);
 }
 
 // After publishing: one wake-up per reader generation (see the top of the file).

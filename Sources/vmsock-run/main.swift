@@ -1,14 +1,16 @@
 import Glibc
 
-// vmsock-run [--debug] [--] COMMAND [ARGS...]: runs COMMAND with libvmsock-preload.so preloaded (as smc_run does),
+// vmsock-run [--debug] [--stats] [--] COMMAND [ARGS...]: runs COMMAND with libvmsock-preload.so preloaded (as smc_run does),
 // so that its TCP connections to other programs run under vmsock-run on this host go through shared memory.
 // The library is the one next to this executable, or VMSOCK_PRELOAD_LIBRARY.
 
 let usage = """
-    usage: vmsock-run [--debug] [--] COMMAND [ARGS...]
+    usage: vmsock-run [--debug] [--stats] [--] COMMAND [ARGS...]
       Runs COMMAND with its TCP connections carried through shared memory when the other end runs under
       vmsock-run on this host too, and plain TCP otherwise (decided per connection).
       --debug   print one line per connection on standard error: the transport, and for TCP why (VMSOCK_DEBUG=1)
+      --stats   print one line per process at exit on standard error: its connects and accepts by transport, and
+                the wake-ups it sent (VMSOCK_STATS=1; --debug prints it too)
 
     """
 
@@ -38,11 +40,13 @@ func libraryPath() -> String {
 
 var arguments = Array(CommandLine.arguments.dropFirst())
 var debug = false
+var stats = false
 while let first = arguments.first, first.hasPrefix("-") {
     arguments.removeFirst()
     switch first {
     case "--": break
     case "--debug", "-d": debug = true; continue
+    case "--stats", "-s": stats = true; continue
     case "--help", "-h": print(usage, to: 1); exit(0)
     default: print(usage, to: 2); fail("unknown option \(first)", status: 2)
     }
@@ -58,6 +62,7 @@ guard access(library, R_OK) == 0 else { fail("the preload library \(library) is 
 let existing = getenv("LD_PRELOAD").map { String(cString: $0) } ?? ""
 setenv("LD_PRELOAD", existing.isEmpty ? library : library + " " + existing, 1)
 if debug { setenv("VMSOCK_DEBUG", "1", 1) }
+if stats { setenv("VMSOCK_STATS", "1", 1) }
 // The library brings the Swift runtime, whose backtracer would install crash handlers (SIGSEGV, SIGQUIT...) in a
 // program that never asked for them: a crash would print a Swift report. Off, unless the caller chose.
 setenv("SWIFT_BACKTRACE", "enable=no", 0)
