@@ -4,7 +4,7 @@
 # twice as many each time. ab without keep-alive (a new connection per request, 300 of them) against nginx, both
 # under vmsock-run: every request is answered, the first 8 and the probes (3 in 300: after 32, 64 and 128
 # more) use shared memory, the rest TCP with the reason. With VMSOCK_SHORT_TCP=0 every connection uses shared
-# memory.
+# memory, also in a program that clears its environment before it connects.
 source "$(dirname "$0")/lib.sh"
 PATH=$PATH:/usr/sbin  # where Debian puts nginx, off a user's PATH
 need nginx ab python3
@@ -37,5 +37,20 @@ ab_run VMSOCK_SHORT_TCP=0 always
 shm=$(grep -c "connect fd .*: shared memory" "$WORK/always.err" || true)
 echo "VMSOCK_SHORT_TCP=0: $shm of 300 connections shared memory"
 [ "$shm" = 300 ] || fail "VMSOCK_SHORT_TCP=0: $shm of 300 connections used shared memory"
+
+# A program that replaces its environment before it connects (nginx keeps only TZ) keeps VMSOCK_SHORT_TCP=0: the
+# library reads it at load. Python clears its environment, then makes 30 short connections; its --stats line
+# counts them.
+VMSOCK_SHORT_TCP=0 timeout 60 "$VMSOCK_RUN" --stats python3 -c '
+import os, socket, sys
+os.environ.clear()
+for _ in range(30):
+    with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as s:
+        s.sendall(b"GET /small.bin HTTP/1.0\r\n\r\n")
+        reply = b"".join(iter(lambda: s.recv(65536), b""))
+        assert reply.startswith(b"HTTP/1.1 200") and len(reply) > 1024, reply[:100]
+' "$port" 2>"$WORK/cleared.err" || fail "python with a cleared environment: $(cat "$WORK/cleared.err")"
+says "$WORK/cleared.err" "connects: 30 shared memory, 0 tcp;" "VMSOCK_SHORT_TCP=0 after the environment was cleared"
 kill -0 "$LAST" 2>/dev/null || fail "nginx died: $(tail -5 "$dir/error.log")"
-echo "ok: short-lived connections go to TCP after 8 (with probes), and all to shared memory with VMSOCK_SHORT_TCP=0"
+echo "ok: short-lived connections go to TCP after 8 (with probes), and all to shared memory with VMSOCK_SHORT_TCP=0," \
+    "read at load"

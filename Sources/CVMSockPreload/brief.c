@@ -45,6 +45,8 @@ static uint64_t mix(uint64_t hash, const void *data, size_t length) {
     return hash;
 }
 
+void vmsp_brief_read_environment(void) { (void)is_disabled(); }
+
 uint64_t vmsp_brief_key(const struct sockaddr *address, socklen_t length) {
     uint64_t hash = mix(1469598103934665603ull, &address->sa_family, sizeof address->sa_family);
     if (address->sa_family == AF_INET && length >= sizeof(struct sockaddr_in)) {

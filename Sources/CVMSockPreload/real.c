@@ -180,6 +180,10 @@ __attribute__((constructor)) static void vmsp_constructor(void) {
     const char *stats = getenv("VMSOCK_STATS");
     debug_enabled = debug && strcmp(debug, "1") == 0;
     stats_enabled = debug_enabled || (stats && strcmp(stats, "1") == 0);
+    // Read now: a program may replace its environment before its first wait or connect (nginx keeps only TZ in
+    // its processes', and VMSOCK_SPIN_US was lost there).
+    vmsp_spin_read_environment();
+    vmsp_brief_read_environment();
     pthread_atfork(before_fork, after_fork_parent, after_fork_child);
     vmsp_exec_inherited();
 }

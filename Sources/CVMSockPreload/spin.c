@@ -41,6 +41,8 @@ static int spin_max_ns(void) {
     return cached;
 }
 
+void vmsp_spin_read_environment(void) { (void)spin_max_ns(); }
+
 int64_t vmsp_spin_budget(struct vmsp_spin *s) {
     if (s->ns <= 0) s->ns = vmsp_spin_ns();
     return s->ns;
