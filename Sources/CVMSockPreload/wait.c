@@ -90,13 +90,13 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
         if (ready == 0 && others < (int)n && (deadline < 0 || deadline > vmsp_now_ns())) {
             int64_t until = vmsp_now_ns() + vmsp_spin_budget(&poll_spin);
             if (deadline >= 0 && deadline < until) until = deadline;
-            for (int turn = 1; ready == 0; turn++) {
+            while (ready == 0) {
                 for (nfds_t i = 0; i < n; i++) {
                     if (!conns[i]) continue;
                     fds[i].revents = conn_revents(conns[i], fds[i].events, 0);
                     if (fds[i].revents) ready++;
                 }
-                if ((turn & 15) == 0 && (vmsp_now_ns() > until || vmsp_signalled(mark, 1))) break;
+                if (vmsp_now_ns() > until || vmsp_signalled(mark, 1)) break;  // every turn, as epoll.c's spin
                 vmsp_relax();
             }
         }
