@@ -8,7 +8,10 @@
 // in a row that each lived under `brief_ns` and moved under `brief_bytes` (both directions), a connect there
 // uses TCP. A connect there still tries shared memory now and then (a probe), so that a change is seen: after
 // `probe_first` connects, then after twice as many each time a probe was brief again, up to `probe_most`. Any
-// connection that is not brief ends the run. A probe costs several TCP connections (ab without keep-alive: one
+// connection that is not brief ends the run. Without --debug, a connect there is decided before the socket is
+// looked at (two getsockopt calls fewer), so connects are counted as calls: ab, which calls connect twice per
+// connection, probes twice as often, and a probe granted to a call that was no new connection goes to the next
+// (`vmsp_brief_probe_next`). A probe costs several TCP connections (ab without keep-alive: one
 // in 32 over shared memory cost about a sixth of its rate; BENCHMARKS.md). VMSOCK_SHORT_TCP=0 turns this off
 // (every connect tries shared memory, as the tests of the ring paths need).
 #include "preload.h"
@@ -70,6 +73,14 @@ int vmsp_brief_prefers_tcp(uint64_t key, int *run) {
     if (atomic_fetch_add_explicit(&s->skipped, 1, memory_order_relaxed) + 1 < interval) return 1;
     atomic_store_explicit(&s->skipped, 0, memory_order_relaxed);  // this one probes
     return 0;
+}
+
+void vmsp_brief_probe_next(uint64_t key) {
+    if (is_disabled()) return;
+    struct slot *s = &slots[key % slot_count];
+    if (atomic_load_explicit(&s->key, memory_order_relaxed) != key) return;
+    if (atomic_load_explicit(&s->run, memory_order_relaxed) < brief_run) return;  // it granted no probe
+    atomic_store_explicit(&s->skipped, probe_most, memory_order_relaxed);  // at least the interval: the next probes
 }
 
 void vmsp_brief_note(uint64_t key, int64_t lifetime_ns, uint64_t bytes) {

@@ -275,11 +275,42 @@ static int tcp_state(int fd) {
     return info.tcpi_state;
 }
 
+// A connect to a short-lived destination (brief.c), made without a look at the socket: the kernel's connect is
+// right whatever the socket is. --stats counts the connections it begins: EINPROGRESS (or EINTR) begins one, and
+// marks the descriptor; 0 is a blocking connect's success, or the call that completes a marked one (ab asks so),
+// or a UDP socket's connect, which SO_TYPE tells apart. (A mark left by a program that never completed its connect
+// that way makes a later blocking connect on the same number go uncounted.)
+static int brief_connect(int fd, const struct sockaddr *address, socklen_t length) {
+    int result = REAL(connect)(fd, address, length);
+    if (!vmsp_counting() || (result != 0 && errno != EINPROGRESS && errno != EINTR)) return result;
+    int saved = errno, type = 0;
+    socklen_t size = sizeof type;
+    if (result != 0) {
+        atomic_store_explicit(&vmsp_connect_began[fd], 1, memory_order_relaxed);
+        vmsp_tally(VMSP_CONNECT_TCP);
+    } else if (atomic_exchange_explicit(&vmsp_connect_began[fd], 0, memory_order_relaxed) == 0 &&
+               getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &size) == 0 && type == SOCK_STREAM) {
+        vmsp_tally(VMSP_CONNECT_TCP);
+    }
+    errno = saved;
+    return result;
+}
+
 int connect(int fd, const struct sockaddr *address, socklen_t length) {
     if (vmsp_inside || !address || (address->sa_family != AF_INET && address->sa_family != AF_INET6) ||
-        (unsigned)fd >= (unsigned)vmsp_table_size || vmsp_lookup(fd) || tcp_state(fd) != TCP_CLOSE) {
+        (unsigned)fd >= (unsigned)vmsp_table_size || vmsp_lookup(fd)) {
+        return REAL(connect)(fd, address, length);
+    }
+    // A short-lived destination first: its connects go to TCP without the two getsockopt calls that tell a TCP
+    // socket's first connect (ab makes a second connect per connection, to learn how its first ended). --debug
+    // looks first, so that it prints a line only for a first connect.
+    uint64_t key = vmsp_brief_key(address, length);
+    int run = 0, looked = vmsp_debug_enabled();
+    if (!looked && vmsp_brief_prefers_tcp(key, &run)) return brief_connect(fd, address, length);
+    if (tcp_state(fd) != TCP_CLOSE) {
         // Not TCP, or connected (or connecting) already: a socket whose earlier connect went to TCP stays TCP, as
-        // the listener took it so.
+        // the listener took it so. A probe of shared memory the line above granted goes to the next connect.
+        if (!looked) vmsp_brief_probe_next(key);
         return REAL(connect)(fd, address, length);
     }
     char where[64] = "", reason[256] = "";
@@ -290,9 +321,7 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
                    "up a connection, so its copy of that state may be half made)", fd, where);
         return REAL(connect)(fd, address, length);
     }
-    uint64_t key = vmsp_brief_key(address, length);
-    int run = 0;
-    if (vmsp_brief_prefers_tcp(key, &run)) {
+    if (looked && vmsp_brief_prefers_tcp(key, &run)) {
         vmsp_tally(VMSP_CONNECT_TCP);
         vmsp_debug("connect fd %d to %s: tcp (short-lived: this process's last %d shared-memory connections there "
                    "each ended within %d ms having moved under 1 MiB, and TCP sets such connections up faster)",
@@ -372,7 +401,9 @@ int listen(int fd, int backlog) {
     return result;
 }
 
-static void after_accept(int listener, int fd, int flags) {
+// `given` is the peer's address as accept returned it to the program (NULL when it asked for none or its buffer
+// was too small): then getpeername is not asked again.
+static void after_accept(int listener, int fd, int flags, const struct sockaddr *given, socklen_t given_length) {
     if (fd < 0 || vmsp_inside || (unsigned)listener >= (unsigned)vmsp_table_size) return;
     if (!atomic_load(&vmsp_listening[listener]) || (unsigned)fd >= (unsigned)vmsp_table_size) {
         if (!vmsp_counting()) return;
@@ -395,7 +426,13 @@ static void after_accept(int listener, int fd, int flags) {
     socklen_t length = sizeof peer;
     char where[64] = "?", reason[256] = "";
     peer.ss_family = AF_UNSPEC;  // a peer gone before getpeername: no hello can be found for it
-    if (getpeername(fd, (struct sockaddr *)&peer, &length) == 0 && vmsp_debug_enabled()) {
+    if (given) {
+        memcpy(&peer, given, given_length);
+        length = given_length;
+    } else if (getpeername(fd, (struct sockaddr *)&peer, &length) != 0) {
+        peer.ss_family = AF_UNSPEC;
+    }
+    if (peer.ss_family != AF_UNSPEC && vmsp_debug_enabled()) {
         vmsp_format_address((struct sockaddr *)&peer, length, where, sizeof where);
     }
     vmsp_link_info info;
@@ -447,15 +484,27 @@ static void after_accept(int listener, int fd, int flags) {
     errno = saved;
 }
 
+// The address accept wrote, if it wrote it whole and it is an IPv4 or IPv6 one (a Unix listener is never ours).
+static const struct sockaddr *whole_address(const struct sockaddr *address, socklen_t capacity, socklen_t length) {
+    if (!address || length > capacity || length > sizeof(struct sockaddr_storage)) return NULL;
+    if (address->sa_family == AF_INET && length >= sizeof(struct sockaddr_in)) return address;
+    if (address->sa_family == AF_INET6 && length >= sizeof(struct sockaddr_in6)) return address;
+    return NULL;
+}
+
 int accept(int fd, struct sockaddr *address, socklen_t *length) {
+    socklen_t capacity = address && length ? *length : 0;
     int result = REAL(accept)(fd, address, length);
-    after_accept(fd, result, 0);
+    const struct sockaddr *given = result >= 0 && length ? whole_address(address, capacity, *length) : NULL;
+    after_accept(fd, result, 0, given, given ? *length : 0);
     return result;
 }
 
 int accept4(int fd, struct sockaddr *address, socklen_t *length, int flags) {
+    socklen_t capacity = address && length ? *length : 0;
     int result = REAL(accept4)(fd, address, length, flags);
-    after_accept(fd, result, flags);
+    const struct sockaddr *given = result >= 0 && length ? whole_address(address, capacity, *length) : NULL;
+    after_accept(fd, result, flags, given, given ? *length : 0);
     return result;
 }
 

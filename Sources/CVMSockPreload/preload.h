@@ -198,6 +198,9 @@ static inline int vmsp_mutex_lock(pthread_mutex_t *lock) {
 
 extern _Atomic(struct vmsp_ref *) *vmsp_table;
 extern atomic_uchar *vmsp_listening;
+/// Per descriptor: a connect to a short-lived destination began a connection here that --stats counted, and no
+/// later connect has completed it yet (interpose.c's brief_connect).
+extern atomic_uchar *vmsp_connect_began;
 extern int vmsp_table_size;
 /// The highest descriptor ever installed: exec's scans of the table stop there.
 extern atomic_int vmsp_table_high;
@@ -298,6 +301,9 @@ uint64_t vmsp_brief_key(const struct sockaddr *address, socklen_t length);
 int vmsp_brief_prefers_tcp(uint64_t key, int *run);
 /// Remembers how a shared-memory connection to the destination ended.
 void vmsp_brief_note(uint64_t key, int64_t lifetime_ns, uint64_t bytes);
+/// The connect that vmsp_brief_prefers_tcp just let probe shared memory was not a new connection (a second
+/// connect on a connecting socket, or not TCP): the next connect there probes instead.
+void vmsp_brief_probe_next(uint64_t key);
 int vmsp_brief_limit_ms(void);
 /// Reads VMSOCK_SHORT_TCP (at load, as the spin's settings).
 void vmsp_brief_read_environment(void);

@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 _Atomic(struct vmsp_ref *) *vmsp_table;
-atomic_uchar *vmsp_listening;
+atomic_uchar *vmsp_listening, *vmsp_connect_began;
 int vmsp_table_size;
 atomic_int vmsp_table_high;
 
@@ -30,9 +30,11 @@ void vmsp_table_init(void) {
     if (size > (1 << 20)) size = 1 << 20;
     void *table = mmap(NULL, size * sizeof(void *), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     void *listening = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (table == MAP_FAILED || listening == MAP_FAILED) return;  // then nothing is ever ours: plain TCP
+    void *began = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (table == MAP_FAILED || listening == MAP_FAILED || began == MAP_FAILED) return;  // nothing is ever ours: TCP
     vmsp_table = table;
     vmsp_listening = listening;
+    vmsp_connect_began = began;
     vmsp_table_size = (int)size;
 }
 
