@@ -32,15 +32,19 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# Stops the servers with SIGTERM and waits up to 10 s for them, so that their --stats lines are written.
+# Stops the servers with SIGTERM and waits up to 10 s for them, so that their --stats lines are written (a
+# process killed, or one that called _exit, writes none: its counts are missing from the sums).
 stop_servers() {
+    local pid left=()
     for pid in "${SERVERS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for _ in $(seq 100); do
-        local running=0
-        for pid in "${SERVERS[@]}"; do kill -0 "$pid" 2>/dev/null && running=1; done
-        [ $running = 0 ] && break
+        left=()
+        for pid in "${SERVERS[@]}"; do kill -0 "$pid" 2>/dev/null && left+=("$pid"); done
+        [ ${#left[@]} = 0 ] && break
         sleep 0.1
     done
+    [ ${#left[@]} = 0 ] || echo "$NAME: ${#left[@]} server(s) still running 10 s after SIGTERM: their counts are missing" >&2
+    SERVERS=("${left[@]}")  # the rest for cleanup; pids that exited are not ours to signal any more
 }
 # What the --stats lines in FILES say, summed over processes: "N of M shared memory" for KIND connects or accepts.
 transports() {  # KIND FILES...

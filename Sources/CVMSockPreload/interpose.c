@@ -275,12 +275,12 @@ static int tcp_state(int fd) {
     return info.tcpi_state;
 }
 
-// A connect to a short-lived destination (brief.c), made without a look at the socket: the kernel's connect is
-// right whatever the socket is. --stats counts the connections it begins: EINPROGRESS (or EINTR) begins one, and
-// marks the descriptor; 0 is a blocking connect's success, or the call that completes a marked one (ab asks so),
-// or a UDP socket's connect, which SO_TYPE tells apart. (A mark left by a program that never completed its connect
-// that way makes a later blocking connect on the same number go uncounted.)
-static int brief_connect(int fd, const struct sockaddr *address, socklen_t length) {
+// A connect that goes to TCP: the kernel's. --stats counts the connections it begins, also for one made without a
+// look at the socket (a short-lived destination, brief.c): EINPROGRESS (or EINTR) begins one, and marks the
+// descriptor; 0 is a blocking connect's success, or the call that completes a marked one (ab asks so), or a UDP
+// socket's connect, which SO_TYPE tells apart. A failed connect counts in neither. (close clears the mark; a
+// descriptor closed another way may leave one, and a later blocking connect on its number goes uncounted.)
+static int tcp_connect(int fd, const struct sockaddr *address, socklen_t length) {
     int result = REAL(connect)(fd, address, length);
     if (!vmsp_counting() || (result != 0 && errno != EINPROGRESS && errno != EINTR)) return result;
     int saved = errno, type = 0;
@@ -306,7 +306,7 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     // looks first, so that it prints a line only for a first connect.
     uint64_t key = vmsp_brief_key(address, length);
     int run = 0, looked = vmsp_debug_enabled();
-    if (!looked && vmsp_brief_prefers_tcp(key, &run)) return brief_connect(fd, address, length);
+    if (!looked && vmsp_brief_prefers_tcp(key, &run)) return tcp_connect(fd, address, length);
     if (tcp_state(fd) != TCP_CLOSE) {
         // Not TCP, or connected (or connecting) already: a socket whose earlier connect went to TCP stays TCP, as
         // the listener took it so. A probe of shared memory the line above granted goes to the next connect.
@@ -316,17 +316,15 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     char where[64] = "", reason[256] = "";
     if (vmsp_debug_enabled()) vmsp_format_address(address, length, where, sizeof where);
     if (!vmsp_connects_allowed()) {
-        vmsp_tally(VMSP_CONNECT_TCP);
         vmsp_debug("connect fd %d to %s: tcp (this process was forked while another thread of its parent set "
                    "up a connection, so its copy of that state may be half made)", fd, where);
-        return REAL(connect)(fd, address, length);
+        return tcp_connect(fd, address, length);
     }
     if (looked && vmsp_brief_prefers_tcp(key, &run)) {
-        vmsp_tally(VMSP_CONNECT_TCP);
         vmsp_debug("connect fd %d to %s: tcp (short-lived: this process's last %d shared-memory connections there "
                    "each ended within %d ms having moved under 1 MiB, and TCP sets such connections up faster)",
                    fd, where, run, vmsp_brief_limit_ms());
-        return REAL(connect)(fd, address, length);
+        return tcp_connect(fd, address, length);
     }
     int flags = REAL(fcntl)(fd, F_GETFL);
     vmsp_link_info info;
@@ -336,9 +334,8 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     vmsp_inside = 0;
     errno = saved;
     if (!welcomed) {
-        vmsp_tally(VMSP_CONNECT_TCP);
         vmsp_debug("connect fd %d to %s: tcp (%s)", fd, where, reason);
-        return REAL(connect)(fd, address, length);
+        return tcp_connect(fd, address, length);
     }
     // Agreed: from here this connection is shared memory or nothing. The TCP connection is made as the
     // application asked (blocking, or EINPROGRESS and then POLLOUT/SO_ERROR); the listener waits for it.
@@ -347,10 +344,9 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
         vmsp_inside = 1;
         vmsock_preload_release(info.owner);
         vmsp_inside = 0;
-        vmsp_tally(VMSP_CONNECT_TCP);
         vmsp_debug("connect fd %d to %s: tcp (out of memory after the welcome; the listener drops it)", fd, where);
         errno = saved;
-        return REAL(connect)(fd, address, length);
+        return tcp_connect(fd, address, length);
     }
     int result = REAL(connect)(fd, address, length);
     saved = errno;
@@ -556,6 +552,7 @@ int close(int fd) {
             return result;
         }
         if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) forget_listener(fd);
+        if (vmsp_counting()) atomic_store_explicit(&vmsp_connect_began[fd], 0, memory_order_relaxed);
         vmsp_epoll_closing(fd);
     }
     return REAL(close)(fd);

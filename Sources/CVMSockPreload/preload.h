@@ -328,8 +328,8 @@ int vmsp_is_fault_signal(int sig);
 // MARK: Debug output and process state.
 
 void vmsp_debug(const char *format, ...) __attribute__((format(printf, 1, 2)));
-/// What --stats counts (--debug too): connections by the transport they got, one count per debug line that says
-/// so. A connect or accept that failed or was shut down counts in neither.
+/// What --stats counts (--debug too): connections by the transport they got. A connect that failed and an accept
+/// that was shut down count in neither.
 enum vmsp_tally { VMSP_CONNECT_SHM, VMSP_CONNECT_TCP, VMSP_ACCEPT_SHM, VMSP_ACCEPT_TCP, VMSP_TALLIES };
 void vmsp_tally(enum vmsp_tally what);
 /// Whether connections are counted (--stats or --debug): a path that would not otherwise learn whether a socket
