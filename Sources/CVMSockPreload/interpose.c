@@ -397,9 +397,18 @@ int listen(int fd, int backlog) {
     return result;
 }
 
-// `given` is the peer's address as accept returned it to the program (NULL when it asked for none or its buffer
-// was too small): then getpeername is not asked again.
-static void after_accept(int listener, int fd, int flags, const struct sockaddr *given, socklen_t given_length) {
+// The address accept wrote, if it wrote it whole and it is an IPv4 or IPv6 one (a Unix listener is never ours).
+static const struct sockaddr *whole_address(const struct sockaddr *address, socklen_t capacity, socklen_t length) {
+    if (!address || length > capacity || length > sizeof(struct sockaddr_storage)) return NULL;
+    if (address->sa_family == AF_INET && length >= sizeof(struct sockaddr_in)) return address;
+    if (address->sa_family == AF_INET6 && length >= sizeof(struct sockaddr_in6)) return address;
+    return NULL;
+}
+
+// `address` (of `capacity` bytes before the call, `*written` after) is where accept wrote the peer's address for
+// the program: when it is there whole, getpeername is not asked again.
+static void after_accept(int listener, int fd, int flags, const struct sockaddr *address, socklen_t capacity,
+                         const socklen_t *written) {
     if (fd < 0 || vmsp_inside || (unsigned)listener >= (unsigned)vmsp_table_size) return;
     if (!atomic_load(&vmsp_listening[listener]) || (unsigned)fd >= (unsigned)vmsp_table_size) {
         if (!vmsp_counting()) return;
@@ -422,9 +431,9 @@ static void after_accept(int listener, int fd, int flags, const struct sockaddr 
     socklen_t length = sizeof peer;
     char where[64] = "?", reason[256] = "";
     peer.ss_family = AF_UNSPEC;  // a peer gone before getpeername: no hello can be found for it
-    if (given) {
-        memcpy(&peer, given, given_length);
-        length = given_length;
+    if (written && whole_address(address, capacity, *written)) {
+        memcpy(&peer, address, *written);
+        length = *written;
     } else if (getpeername(fd, (struct sockaddr *)&peer, &length) != 0) {
         peer.ss_family = AF_UNSPEC;
     }
@@ -480,27 +489,17 @@ static void after_accept(int listener, int fd, int flags, const struct sockaddr 
     errno = saved;
 }
 
-// The address accept wrote, if it wrote it whole and it is an IPv4 or IPv6 one (a Unix listener is never ours).
-static const struct sockaddr *whole_address(const struct sockaddr *address, socklen_t capacity, socklen_t length) {
-    if (!address || length > capacity || length > sizeof(struct sockaddr_storage)) return NULL;
-    if (address->sa_family == AF_INET && length >= sizeof(struct sockaddr_in)) return address;
-    if (address->sa_family == AF_INET6 && length >= sizeof(struct sockaddr_in6)) return address;
-    return NULL;
-}
-
 int accept(int fd, struct sockaddr *address, socklen_t *length) {
     socklen_t capacity = address && length ? *length : 0;
     int result = REAL(accept)(fd, address, length);
-    const struct sockaddr *given = result >= 0 && length ? whole_address(address, capacity, *length) : NULL;
-    after_accept(fd, result, 0, given, given ? *length : 0);
+    after_accept(fd, result, 0, address, capacity, length);
     return result;
 }
 
 int accept4(int fd, struct sockaddr *address, socklen_t *length, int flags) {
     socklen_t capacity = address && length ? *length : 0;
     int result = REAL(accept4)(fd, address, length, flags);
-    const struct sockaddr *given = result >= 0 && length ? whole_address(address, capacity, *length) : NULL;
-    after_accept(fd, result, flags, given, given ? *length : 0);
+    after_accept(fd, result, flags, address, capacity, length);
     return result;
 }
 

@@ -198,8 +198,8 @@ static inline int vmsp_mutex_lock(pthread_mutex_t *lock) {
 
 extern _Atomic(struct vmsp_ref *) *vmsp_table;
 extern atomic_uchar *vmsp_listening;
-/// Per descriptor: a connect to a short-lived destination began a connection here that --stats counted, and no
-/// later connect has completed it yet (interpose.c's brief_connect).
+/// Per descriptor, under --stats: a connect that went to TCP began a connection here, counted, and no later
+/// connect has completed it yet (interpose.c's tcp_connect).
 extern atomic_uchar *vmsp_connect_began;
 extern int vmsp_table_size;
 /// The highest descriptor ever installed: exec's scans of the table stop there.
