@@ -61,7 +61,7 @@ let package = Package(
         ),
         // vmsock-run's preload library: the interposed libc calls and the shared-memory data path, in C (no Swift
         // runtime on a call that is not ours, nothing that could re-enter itself) ...
-        .target(name: "CVMSockPreload"),
+        .target(name: "CVMSockPreload", dependencies: ["CVMSock"]),
         // ... and the set-up it calls, in Swift (the registry and handshake of VMSock).
         .target(name: "VMSockPreload", dependencies: ["VMSock", "CVMSockPreload"]),
         // `vmsock-run [--debug] COMMAND`: LD_PRELOAD set to the library next to it, then exec.

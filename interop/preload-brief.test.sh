@@ -4,7 +4,8 @@
 # twice as many each time. ab without keep-alive (a new connection per request, 300 of them) against nginx, both
 # under vmsock-run: every request is answered, the first 8 and the probes (3 in 300: after 32, 64 and 128
 # more) use shared memory, the rest TCP with the reason. With VMSOCK_SHORT_TCP=0 every connection uses shared
-# memory, also in a program that clears its environment before it connects.
+# memory, also in a program that clears its environment before it connects; so does VMSOCK_TRANSPORT=tcp, which
+# makes them all TCP.
 source "$(dirname "$0")/lib.sh"
 PATH=$PATH:/usr/sbin  # where Debian puts nginx, off a user's PATH
 need nginx ab python3
@@ -60,6 +61,17 @@ for _ in range(30):
         assert reply.startswith(b"HTTP/1.1 200") and len(reply) > 1024, reply[:100]
 ' "$port" 2>"$WORK/cleared.err" || fail "python with a cleared environment: $(cat "$WORK/cleared.err")"
 says "$WORK/cleared.err" "connects: 30 shared memory, 0 tcp;" "VMSOCK_SHORT_TCP=0 after the environment was cleared"
+# The same for the Swift half's settings: VMSOCK_TRANSPORT=tcp holds after the environment was cleared (it was read
+# at the first connect, and lost there).
+VMSOCK_TRANSPORT=tcp timeout 60 "$VMSOCK_RUN" --stats python3 -c '
+import os, socket, sys
+os.environ.clear()
+for _ in range(3):
+    with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as s:
+        s.sendall(b"GET /small.bin HTTP/1.0\r\n\r\n")
+        assert b"".join(iter(lambda: s.recv(65536), b"")).startswith(b"HTTP/1.1 200")
+' "$port" 2>"$WORK/cleared-tcp.err" || fail "python with a cleared environment, VMSOCK_TRANSPORT=tcp: $(cat "$WORK/cleared-tcp.err")"
+says "$WORK/cleared-tcp.err" "connects: 0 shared memory, 3 tcp;" "VMSOCK_TRANSPORT=tcp after the environment was cleared"
 kill -0 "$LAST" 2>/dev/null || fail "nginx died: $(tail -5 "$dir/error.log")"
 echo "ok: short-lived connections go to TCP after 8 (with probes), and all to shared memory with VMSOCK_SHORT_TCP=0," \
-    "read at load"
+    "read at load, as VMSOCK_TRANSPORT is"

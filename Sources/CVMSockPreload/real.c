@@ -1,5 +1,6 @@
 // The next definitions of every interposed call (libc's), the per-process state, and what happens at fork.
 #include "preload.h"
+#include "CVMSock.h"
 
 #include <arpa/inet.h>
 #include <dlfcn.h>
@@ -183,6 +184,7 @@ __attribute__((constructor)) static void vmsp_constructor(void) {
     // Read now: a program may replace its environment before its first wait or connect (nginx keeps only TZ in
     // its processes', and VMSOCK_SPIN_US was lost there).
     vmsp_spin_read_environment();
+    vms_settings_keep();  // and the Swift half's settings (VMSOCK_TRANSPORT, VMSOCK_DIR, ...)
     vmsp_brief_read_environment();
     pthread_atfork(before_fork, after_fork_parent, after_fork_child);
     vmsp_exec_inherited();

@@ -154,6 +154,15 @@ void vms_last_error_set(const char *text, size_t length);
 /// The calling thread's last error message ("" before the first).
 const char *vms_last_error_get(void);
 
+// MARK: settings
+/// The value of the vmsock setting `name` (VMSOCK_...): from the copy `vms_settings_keep` made, once it has run,
+/// else from the environment now. NULL when unset.
+const char *vms_setting(const char *name);
+/// Copies every VMSOCK_ variable of the environment now, for `vms_setting` to answer from from then on. vmsock-run's
+/// library calls it when it loads: a program may replace its environment before its first listen or connect (nginx
+/// keeps only TZ). Call it before any other thread runs; later calls change nothing.
+void vms_settings_keep(void);
+
 // MARK: test pattern
 // A deterministic pseudo-random byte stream: the byte at stream offset o depends only on (seed, o), so a receiver
 // can check any chunking of it, and a lost, duplicated or reordered byte shows at its exact offset.

@@ -49,7 +49,7 @@ enum Registry {
 
     /// The directory from `VMSOCK_DIR`, or nil for the abstract namespace.
     static let processDirectory: String? = {
-        guard let raw = getenv("VMSOCK_DIR").map({ String(cString: $0) }), !raw.isEmpty else { return nil }
+        guard let raw = Sys.setting("VMSOCK_DIR"), !raw.isEmpty else { return nil }
         return raw.hasSuffix("/") && raw.count > 1 ? String(raw.dropLast()) : raw
     }()
 }

@@ -35,7 +35,7 @@ public enum TransportPolicy: String, Sendable, CaseIterable {
     /// The process default: `VMSOCK_TRANSPORT`, or `auto` when it is unset. An unknown value is reported once on
     /// stderr and treated as `auto`.
     public static let processDefault: TransportPolicy = {
-        guard let raw = getenv("VMSOCK_TRANSPORT").map({ String(cString: $0) }), !raw.isEmpty else { return .auto }
+        guard let raw = Sys.setting("VMSOCK_TRANSPORT"), !raw.isEmpty else { return .auto }
         if let policy = TransportPolicy(rawValue: raw.lowercased()) { return policy }
         Sys.writeToStandardError("vmsock: ignoring VMSOCK_TRANSPORT=\(raw): use auto, shm, tcp or ivshmem\n")
         return .auto

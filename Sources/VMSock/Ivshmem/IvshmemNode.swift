@@ -105,8 +105,7 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
     /// socket (a host process), or `pci` / `pci:ADDRESS` for the ivshmem-doorbell device of a guest
     /// (`IvshmemDevice`). Unset: no region; a guest's device is never used unless asked for.
     static let processPath: String? = {
-        guard let raw = getenv("VMSOCK_IVSHMEM") else { return nil }
-        let path = String(cString: raw)
+        guard let path = Sys.setting("VMSOCK_IVSHMEM") else { return nil }
         return path.isEmpty ? nil : path
     }()
 

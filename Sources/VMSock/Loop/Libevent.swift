@@ -30,5 +30,5 @@ public enum Libevent {
         }
     }()
 
-    private static let printsMessages: Bool = getenv("VMSOCK_DEBUG").map { String(cString: $0) == "1" } ?? false
+    private static let printsMessages: Bool = Sys.setting("VMSOCK_DEBUG") == "1"
 }

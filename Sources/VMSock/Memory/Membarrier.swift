@@ -8,7 +8,7 @@ enum Membarrier {
     /// barrier reaches our cores and ours can be used. False where the kernel or a seccomp filter refuses it, or
     /// when `VMSOCK_FENCED=1` asks for fenced connections (for measuring the difference).
     static let isRegistered: Bool = {
-        if let forced = getenv("VMSOCK_FENCED"), String(cString: forced) == "1" { return false }
+        if Sys.setting("VMSOCK_FENCED") == "1" { return false }
         // Refused (ENOSYS, EINVAL, EPERM: an old kernel or a seccomp filter): this process's connections are fenced.
         return (try? Sys.registerGlobalMembarrier()) != nil
     }()

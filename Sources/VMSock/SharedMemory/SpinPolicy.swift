@@ -19,7 +19,7 @@ enum SpinPolicy {
 
     /// The process-wide budget: `VMSOCK_SPIN_US` if set and valid, else the built-in one.
     static let processMicroseconds: Int = {
-        guard let text = getenv("VMSOCK_SPIN_US").map({ String(cString: $0) }) else { return builtInMicroseconds }
+        guard let text = Sys.setting("VMSOCK_SPIN_US") else { return builtInMicroseconds }
         guard let value = Int(text), value >= 0, value <= maximumMicroseconds else {
             let warning = "vmsock: ignoring VMSOCK_SPIN_US=\(text): want microseconds from 0 to \(maximumMicroseconds)\n"
             Sys.writeToStandardError(warning)

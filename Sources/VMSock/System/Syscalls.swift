@@ -89,6 +89,10 @@ enum Sys {
 
     // MARK: Processes
 
+    /// A vmsock setting (`VMSOCK_...`): the environment's value, or under vmsock-run the value it had when the
+    /// library loaded (`vms_settings_keep`). Nil when unset.
+    static func setting(_ name: String) -> String? { vms_setting(name).map { String(cString: $0) } }
+
     /// getpid(2), which cannot fail.
     static func processID() -> pid_t { getpid() }
 
