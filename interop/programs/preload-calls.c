@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/wait.h>
 #include <sys/ioctl.h>
 #include <sys/select.h>
 #include <sys/sendfile.h>
@@ -163,6 +164,22 @@ int main(void) {
     struct pollfd pp = { server, POLLIN | POLLOUT, 0 };
     CHECK("ppoll", ppoll(&pp, 1, &ts, NULL));
     SHOW("ppoll revents", "in=%d out=%d", (pp.revents & POLLIN) != 0, (pp.revents & POLLOUT) != 0);
+    // A poll on the idle connection and a pipe that another process writes to while the poll spins on the rings:
+    // the pipe's event ends the spin (wait.c peeks at the other descriptors) and is reported; the connection is not.
+    int later[2];
+    (void)!pipe(later);
+    pid_t writer = fork();
+    if (writer == 0) {
+        usleep(20);
+        (void)!write(later[1], "p", 1);
+        _exit(0);
+    }
+    struct pollfd two[2] = { { server, POLLIN, 0 }, { later[0], POLLIN, 0 } };
+    CHECK("poll: idle connection, pipe written", poll(two, 2, 5000));
+    SHOW("poll: pipe readable, connection not", "%d %d", (two[1].revents & POLLIN) != 0, two[0].revents != 0);
+    waitpid(writer, NULL, 0);
+    close(later[0]);
+    close(later[1]);
 
     // The FORTIFY_SOURCE variants: a length the compiler cannot check makes read, recv and recvfrom into a
     // buffer of known size call __read_chk, __recv_chk and __recvfrom_chk.
