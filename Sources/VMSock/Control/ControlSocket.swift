@@ -31,8 +31,9 @@ enum ControlSocket {
         return (addr, socklen_t(length))
     }
 
-    static func makeSocket() throws(VMSockError) -> Descriptor {
+    static func makeSocket(nonBlocking: Bool = false) throws(VMSockError) -> Descriptor {
         let type = Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+            | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0)
         return try Sys.socket(AF_UNIX, type, "socket(AF_UNIX, SOCK_SEQPACKET)")
     }
 
@@ -64,11 +65,11 @@ enum ControlSocket {
     /// Connects without waiting: the socket, or nil when the listener's backlog is full (AF_UNIX connect does not
     /// complete later: try again). For the async connect.
     static func connectNow(_ address: ControlAddress) throws(VMSockError) -> Descriptor? {
-        let fd = try makeSocket()
-        try Sys.setNonBlocking(fd.raw, true)
+        let fd = try makeSocket(nonBlocking: true)
         if try !connectCall(fd.raw, address) { return nil }
-        // Blocking again, as `connect` leaves it: the connection's code expects that of its liveness socket.
-        try Sys.setNonBlocking(fd.raw, false)
+        // Blocking again, as `connect` leaves it: the connection's code expects that of its liveness socket. The
+        // socket is ours and new, so O_NONBLOCK is its only status flag: one fcntl, without asking first.
+        try Sys.clearStatusFlags(fd.raw)
         return fd
     }
 

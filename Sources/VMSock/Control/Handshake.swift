@@ -53,14 +53,19 @@ struct LocalHalf: Sendable {
 
     var descriptors: [Int32] { [memfd.raw, dataBell.sender.raw, spaceBell.sender.raw] }
 
-    // Making a half costs about ten system calls (memfd, seals, two mappings, two socketpairs): a quarter of a
+    // Making a half costs about eight system calls (memfd, seals, two mappings, two socketpairs): a quarter of a
     // connection's set-up. So a listener keeps one spare, made while nothing waits (before it sleeps), and the
-    // next connect or accept takes it. A half is never reused once a peer has seen it, and only the process that
-    // made it takes it: a forked child holds a copy of the same memory, and two connections must never share it.
+    // next connect or accept takes it. A connector that makes its second half or more (a new link to another
+    // process, or a process that does not reuse links) makes the next one's spare while the listener answers its
+    // hello. A half is never reused once a peer has seen it, and only the process that made it takes it: a forked
+    // child holds a copy of the same memory, and two connections must never share it.
     private static let spare = Mutex<(half: LocalHalf, owner: pid_t)?>(nil)
+    /// Halves taken for connections by this process (and its parent before a fork: a count, not a record).
+    private static let taken = Atomic<Int>(0)
 
     /// A fresh half of `capacity` bytes: the spare when it fits, else a new one.
     static func take(capacity: Int) throws(VMSockError) -> LocalHalf {
+        taken.add(1, ordering: .relaxed)
         let kept = spare.withLock { spare -> LocalHalf? in
             guard let kept = spare, kept.half.region.capacity == capacity else { return nil }
             spare = nil
@@ -78,6 +83,12 @@ struct LocalHalf: Sendable {
             return spare
         }
         return dropped != nil
+    }
+
+    /// For a connector that has sent its hello: makes the spare while the listener answers, once this process has
+    /// taken a half before this one (a process that connects once keeps no spare).
+    static func prepareSpareAfterHello(capacity: Int) {
+        if taken.load(ordering: .relaxed) >= 2 { prepareSpare(capacity: capacity) }
     }
 
     /// Makes the spare now if there is none of this size: call before sleeping, so the next connection need not.
@@ -124,6 +135,7 @@ enum Handshake {
             }
             throw error
         }
+        LocalHalf.prepareSpareAfterHello(capacity: capacity)
         return HelloSent(mine: mine, dialed: dialed, reusable: reusable)
     }
 

@@ -28,9 +28,9 @@ final class Doorbell: @unchecked Sendable {  // immutable after init
     /// A new bell of our own.
     static func create() throws(VMSockError) -> Doorbell {
         let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+        // Nothing travels the other way: only the holders of the receiving end (we, and under vmsock-run a forked
+        // sibling) could write to the peer's end, and none does; so no shutdown(SHUT_WR) is needed to refuse it.
         let (receiver, sender) = try Sys.socketPair(type, "socketpair(doorbell)")
-        // Nothing travels the other way; refuse it, so the peer cannot fill a buffer we never read.
-        try Sys.shutdown(receiver.raw, Int32(SHUT_WR), "shutdown(doorbell, SHUT_WR)")
         return Doorbell(receiver: receiver, sender: sender)
     }
 
@@ -95,13 +95,15 @@ final class PeerBell: @unchecked Sendable {  // immutable after init
     /// guest's device register (vmsock-run's links are memfd links, whose bells are sockets).
     var fd: Int32 { sender?.raw ?? -1 }
 
-    /// Adopts a bell the peer sent us, after checking that it is what a bell must be: a Unix stream socket.
+    /// Adopts a bell the peer sent us, after checking that it is a Unix socket. All we ever do with it is send one
+    /// byte that never waits and never raises SIGPIPE (`send`), which on a socket of the peer's is nothing the
+    /// peer could not do itself, whatever its type; the check refuses a network socket, a file or a pipe, which
+    /// only a broken or hostile peer sends (one system call: the type was asked too, and told nothing more).
     static func adopt(_ descriptor: Descriptor) throws(VMSockError) -> PeerBell {
-        // Either getsockopt failing (ENOTSOCK) means it is no socket at all.
-        let type = try? Sys.getOption(descriptor.raw, SOL_SOCKET, SO_TYPE, Int32(0), "getsockopt(SO_TYPE)")
+        // getsockopt failing (ENOTSOCK) means it is no socket at all.
         let domain = try? Sys.getOption(descriptor.raw, SOL_SOCKET, SO_DOMAIN, Int32(0), "getsockopt(SO_DOMAIN)")
-        guard type == Int32(SOCK_STREAM.rawValue), domain == AF_UNIX else {
-            throw .protocolFault("peer sent a doorbell that is not a Unix stream socket (\(Sys.describe(descriptor.raw)))")
+        guard domain == AF_UNIX else {
+            throw .protocolFault("peer sent a doorbell that is not a Unix socket (\(Sys.describe(descriptor.raw)))")
         }
         return PeerBell(descriptor)
     }

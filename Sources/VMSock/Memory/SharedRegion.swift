@@ -96,21 +96,29 @@ final class SharedRegion: @unchecked Sendable {  // immutable once made; the map
     /// `fd` may also be a guest's PCI resource file or vfio device (`IvshmemDevice`), which refuse a mapping that
     /// reaches past the BAR: so the span is reserved anonymously first, and both views replace parts of it.
     static func mapIvshmemHalf(fd: Int32, offset: Int, capacity: Int, writable: Bool) throws(VMSockError) -> SharedRegion {
-        try map(fd: fd, capacity: capacity, writable: writable, offset: offset)
+        try map(fd: fd, capacity: capacity, writable: writable, offset: offset, reserveFirst: true)
     }
 
-    /// Reserves header + 2 * capacity of address space, then maps the file's header and data over its start and
-    /// the data again over its tail, so that every slice of up to `capacity` bytes is contiguous. The reservation
-    /// keeps every mapping inside the file (a PCI resource or vfio device refuses one that reaches past its BAR).
-    private static func map(fd: Int32, capacity: Int, writable: Bool, offset: Int = 0) throws(VMSockError) -> SharedRegion {
+    /// Maps the file's header and data, then the data again over the span's tail, so that every slice of up to
+    /// `capacity` bytes is contiguous. A memfd is mapped for the whole span at once (the part past its end is never
+    /// touched before the second view replaces it): two system calls. `reserveFirst` reserves the span
+    /// anonymously first, so that every mapping stays inside the file: a PCI resource or vfio device refuses one
+    /// that reaches past its BAR.
+    private static func map(
+        fd: Int32, capacity: Int, writable: Bool, offset: Int = 0, reserveFirst: Bool = false
+    ) throws(VMSockError) -> SharedRegion {
         let header = RingLayout.headerSize
         let total = header + 2 * capacity
         let protection = writable ? PROT_READ | PROT_WRITE : PROT_READ
-        let base = try Sys.map(
-            at: nil, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, offset: 0, "mmap(ring span, \(total) bytes)")
+        let base = reserveFirst
+            ? try Sys.map(
+                at: nil, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, offset: 0, "mmap(ring span, \(total) bytes)")
+            : try Sys.map(at: nil, total, protection, MAP_SHARED, fd, offset: offset, "mmap(ring memory, \(total) bytes)")
         do throws(VMSockError) {
-            _ = try Sys.map(
-                at: base, header + capacity, protection, MAP_SHARED | MAP_FIXED, fd, offset: offset, "mmap(ring memory)")
+            if reserveFirst {
+                _ = try Sys.map(
+                    at: base, header + capacity, protection, MAP_SHARED | MAP_FIXED, fd, offset: offset, "mmap(ring memory)")
+            }
             _ = try Sys.map(
                 at: base + header + capacity, capacity, protection, MAP_SHARED | MAP_FIXED, fd, offset: offset + header,
                 "mmap(ring memory, second view)")

@@ -82,6 +82,12 @@ enum Sys {
         if wanted != flags { try check("fcntl(F_SETFL)") { fcntl(fd, F_SETFL, wanted) } }
     }
 
+    /// fcntl(F_SETFL, 0): clears every status flag (O_NONBLOCK, O_APPEND, O_ASYNC, ...) without asking which are
+    /// set, for a descriptor of our own whose only one is O_NONBLOCK.
+    static func clearStatusFlags(_ fd: Int32) throws(VMSockError) {
+        try check("fcntl(F_SETFL)") { fcntl(fd, F_SETFL, 0) }
+    }
+
     /// dup(2): a second descriptor for the same open file (not close-on-exec, as dup makes it).
     static func duplicate(_ fd: Int32) throws(VMSockError) -> Descriptor {
         Descriptor(try check("dup") { dup(fd) })
