@@ -107,9 +107,10 @@ for target in "${targets[@]}"; do
         -artifact_prefix="Fuzz/crashes/$target/" >"$log" 2>&1
     code=$?
     set -e
-    runs=$(grep -E '^stat::number_of_executed_units:' "$log" | awk '{print $2}')
-    cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}')
-    corp=$(grep -oE 'corp: [0-9]+' "$log" | tail -1 | awk '{print $2}')
+    # A run that crashed early has none of these lines: "?" then, and the FAILED line below says why.
+    runs=$(grep -E '^stat::number_of_executed_units:' "$log" | awk '{print $2}' || true)
+    cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}' || true)
+    corp=$(grep -oE 'corp: [0-9]+' "$log" | tail -1 | awk '{print $2}' || true)
     if [ "$code" = 0 ]; then
         result=ok
     else
