@@ -69,8 +69,10 @@ static void close_all(const int *fds, int count) {
     for (int i = 0; i < count; i++) if (fds[i] >= 0) REAL(close)(fds[i]);
 }
 
-// Maps a region as SharedRegion does: the header and data, then the data again right after, so that any slice
-// of up to one capacity is contiguous. The memfd must be exactly that long (a shorter one would fault).
+// Maps a region as SharedRegion does for vmsockd's region (a reservation first, then the header and data, then the
+// data again right after), so that any slice of up to one capacity is contiguous. SharedRegion maps a memfd
+// without the reservation, in two calls; this runs once per claimed link. The memfd must be exactly that long (a
+// shorter one would fault).
 static void *map_region(int memfd, uint64_t capacity, int writable, size_t *length) {
     struct stat info;
     if (capacity < 4096 || capacity > (1u << 30) || (capacity & (capacity - 1)) != 0) return NULL;

@@ -73,15 +73,17 @@ static __thread struct vmsp_spin poll_spin;  // this thread's poll and select (s
 // The spin peeks at the set's other descriptors (a pipe, a TCP socket, a listening socket) when it starts and every
 // SPIN_PEEK_NS, as epoll.c's does at the kernel's set: one of them ready ends the spin, and the kernel is asked
 // about everything without waiting. Without the peek they waited for the whole budget (50 µs, learnt up to 200).
+// epoll's peek is one descriptor; this one is all the others, so a peek that takes long (a select of hundreds)
+// spaces the next ones out to four times as long, and the spin still looks at the rings most of the time.
 enum { SPIN_PEEK_NS = 5000 };
 
-// Whether one of the descriptors that are not connections is ready now (poll with timeout 0, into `scratch`).
-static int others_ready(const struct pollfd *fds, nfds_t n, struct vmsp_conn **conns, struct pollfd *scratch) {
+// The descriptors that are not connections (and not -1: poll ignores those), into `peek`; how many.
+static nfds_t other_descriptors(const struct pollfd *fds, nfds_t n, struct vmsp_conn **conns, struct pollfd *peek) {
     nfds_t m = 0;
     for (nfds_t i = 0; i < n; i++) {
-        if (!conns[i]) scratch[m++] = (struct pollfd){ .fd = fds[i].fd, .events = fds[i].events };
+        if (!conns[i] && fds[i].fd >= 0) peek[m++] = (struct pollfd){ .fd = fds[i].fd, .events = fds[i].events };
     }
-    return REAL(poll)(scratch, m, 0) > 0;
+    return m;
 }
 
 // One poll over a set holding connections. `conns[i]` is fds[i]'s connection or NULL.
@@ -105,12 +107,17 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
         // peeking at the other descriptors. One of them ready: the kernel is asked below without waiting.
         int kernel_ready = 0;
         if (ready == 0 && others < (int)n) {
-            int64_t now_ns = vmsp_now_ns(), until = now_ns + vmsp_spin_budget(&poll_spin), peeked = now_ns - SPIN_PEEK_NS;
+            int64_t now_ns = vmsp_now_ns(), until = now_ns + vmsp_spin_budget(&poll_spin);
+            int64_t gap = SPIN_PEEK_NS, peeked = now_ns - gap;
             if (deadline >= 0 && deadline < until) until = deadline;
+            // The other descriptors, listed once per spin into `kernel` (rebuilt whole before the real poll).
+            nfds_t peekable = peeks && now_ns < until ? other_descriptors(fds, n, conns, kernel) : 0;
             while (ready == 0 && now_ns < until) {  // (VMSOCK_SPIN_US=0: no spin, and no peek either)
-                if (peeks && now_ns - peeked >= SPIN_PEEK_NS) {
+                if (peekable > 0 && now_ns - peeked >= gap) {
                     peeked = now_ns;
-                    if (others_ready(fds, n, conns, kernel)) { kernel_ready = 1; break; }
+                    if (REAL(poll)(kernel, peekable, 0) > 0) { kernel_ready = 1; break; }
+                    int64_t took = vmsp_now_ns() - peeked;
+                    if (4 * took > gap) gap = 4 * took;
                 }
                 for (nfds_t i = 0; i < n; i++) {
                     if (!conns[i]) continue;
@@ -198,7 +205,7 @@ static int poll_with_rings(struct pollfd *fds, nfds_t n, struct vmsp_conn **conn
             if (fds[i].revents && conns[i]) from_rings++;
         }
         // What the sleep teaches the spin (a poll teaches nothing): only the connections could have become ready
-        // during a spin, which looks at nothing else.
+        // during a spin; the other descriptors end a spin by its peek, so a longer one would not see them sooner.
         int polled = timeout && timeout->tv_sec == 0 && timeout->tv_nsec == 0;
         if (sleeping && !polled && (count > 0 || woke == 0)) vmsp_spin_slept(&poll_spin, slept, from_rings > 0);
         // Nothing but a stale wake-up byte or a bell: wait again for what is left of the timeout.

@@ -61,6 +61,12 @@ final class HandshakeTests: XCTestCase {
         let listener = try VMListener(address: .port(port), options: options)
         let hello = HandshakeMessage(kind: .hello, ringCapacity: 4096).encoded()
         let good = Self.good, unsealed = Self.unsealed, pipeBell = Self.pipeBell
+        // A named datagram socket, as /dev/log is: a bell connected to it would post our rings there in our name.
+        let service = try Self.namedService()
+        defer { close(service.fd) }
+        let serviceBell = { () throws -> [Int32] in
+            [try RawControl.makeRegion(capacity: 4096), try Self.connected(to: service.name), RawControl.makeBell()]
+        }
         let cases: [(String, [UInt8], () throws -> [Int32], HandshakeMessage.RejectReason?)] = [
             ("garbage", [UInt8](repeating: 0xEE, count: 32), good, .badRequest),
             ("short", Array(hello.prefix(5)), good, .badRequest),
@@ -69,6 +75,7 @@ final class HandshakeTests: XCTestCase {
             ("extra descriptors", hello, { try good() + [RawControl.makeBell()] }, .badRequest),
             ("unsealed memfd", hello, unsealed, .badRequest),
             ("pipe as doorbell", hello, pipeBell, .badRequest),
+            ("doorbell connected to a named socket", hello, serviceBell, .badRequest),
             ("eventfd as doorbell", hello, { [try RawControl.makeRegion(capacity: 4096), RawControl.makeEventFD(), RawControl.makeBell()] }, .badRequest),
             ("bad ring size", HandshakeMessage(kind: .hello, ringCapacity: 5000).encoded(), good, .badRequest),
             ("wrong size memfd", HandshakeMessage(kind: .hello, ringCapacity: 8192).encoded(), good, .badRequest),
@@ -105,7 +112,8 @@ final class HandshakeTests: XCTestCase {
             XCTAssertEqual(try server.readExactly(1), [UInt8(index)], label)
             XCTAssertEqual(listener.rejectedCount, index + 1, label)
         }
-        // The spare half a connector makes from its second new link on is kept by design: freed here, as before.
+        // The spare half a connector that does not reuse links makes after its hellos is kept by design: freed
+        // here, as before.
         VMSocket.closeIdleLinks()
         XCTAssertEqual(settledDescriptorCount(), fdsBefore, "descriptors leaked across malformed handshakes")
     }
@@ -127,7 +135,6 @@ final class HandshakeTests: XCTestCase {
             let fdsBefore = settledDescriptorCount()
             let mapsBefore = mappingCount()
             XCTAssertErrno(expected, try VMSocket.connect(to: .port(port), options: options), how)
-            VMSocket.closeIdleLinks()  // the spare half a connector makes from its second new link on, by design
             XCTAssertEqual(openDescriptorCount(), fdsBefore, "descriptors leaked after '\(how)'")
             XCTAssertEqual(mappingCount(), mapsBefore, "mappings leaked after '\(how)'")
             peer.killHard()
@@ -155,6 +162,35 @@ final class HandshakeTests: XCTestCase {
         let memfd = vms_memfd_create("unsealed", VMS_MFD_CLOEXEC)
         ftruncate(memfd, 4096 * 2)
         return [memfd, RawControl.makeBell(), RawControl.makeBell()]
+    }
+
+    /// A Unix datagram socket bound to an abstract name of its own.
+    private static func namedService() throws -> (fd: Int32, name: String) {
+        let name = "vmsock-test-service-\(getpid())"
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        var (address, length) = abstractAddress(name)
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        guard bound == 0 else { let code = errno; close(fd); throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO) }
+        return (fd, name)
+    }
+
+    /// A Unix datagram socket connected to the abstract name `name`.
+    private static func connected(to name: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        var (address, length) = abstractAddress(name)
+        let done = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, length) } }
+        guard done == 0 else { let code = errno; close(fd); throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO) }
+        return fd
+    }
+
+    private static func abstractAddress(_ name: String) -> (sockaddr_un, socklen_t) {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(name.utf8)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.baseAddress!.advanced(by: 1).copyMemory(from: bytes, byteCount: bytes.count) }
+        return (address, socklen_t(MemoryLayout<sa_family_t>.size + 1 + bytes.count))
     }
 
     private static func pipeBell() throws -> [Int32] {

@@ -55,24 +55,30 @@ struct LocalHalf: Sendable {
 
     // Making a half costs about eight system calls (memfd, seals, two mappings, two socketpairs): a quarter of a
     // connection's set-up. So a listener keeps one spare, made while nothing waits (before it sleeps), and the
-    // next connect or accept takes it. A connector that makes its second half or more (a new link to another
-    // process, or a process that does not reuse links) makes the next one's spare while the listener answers its
-    // hello. A half is never reused once a peer has seen it, and only the process that made it takes it: a forked
-    // child holds a copy of the same memory, and two connections must never share it.
+    // next connect or accept takes it. A connector that does not offer link reuse (`reusesLinks` false, and
+    // vmsock-run's connections), from its second hello on, makes the next one's spare while the listener answers
+    // (one that reuses links makes new ones only now and then, and a spare would wait for good). A half is never
+    // reused once a peer has seen it, and only the process that made it takes it: a forked child holds a copy of
+    // the same memory, and two connections must never share it. A spare replaced or taken out is released
+    // outside the lock, so that a fork never finds the lock held by a thread busy with munmap and close.
     private static let spare = Mutex<(half: LocalHalf, owner: pid_t)?>(nil)
-    /// Halves taken for connections by this process (and its parent before a fork: a count, not a record).
-    private static let taken = Atomic<Int>(0)
+    /// Hellos this process sent (and its parent before a fork: a count, not a record).
+    private static let hellos = Atomic<Int>(0)
 
-    /// A fresh half of `capacity` bytes: the spare when it fits, else a new one.
+    /// A fresh half of `capacity` bytes: the spare when it fits, else a new one. Short of descriptors, a spare of
+    /// another size is freed for it (its five descriptors).
     static func take(capacity: Int) throws(VMSockError) -> LocalHalf {
-        taken.add(1, ordering: .relaxed)
-        let kept = spare.withLock { spare -> LocalHalf? in
+        let me = Sys.processID()
+        let kept = spare.withLock { spare -> (half: LocalHalf, owner: pid_t)? in
             guard let kept = spare, kept.half.region.capacity == capacity else { return nil }
             spare = nil
-            return kept.owner == Sys.processID() ? kept.half : nil
+            return kept
         }
-        if let kept { return kept }
-        return try LocalHalf(capacity: capacity)
+        if let kept, kept.owner == me { return kept.half }  // (a parent's, in a forked child, goes here)
+        do throws(VMSockError) { return try LocalHalf(capacity: capacity) } catch {
+            guard error.code == EMFILE || error.code == ENFILE, dropSpare() else { throw error }
+            return try LocalHalf(capacity: capacity)
+        }
     }
 
     /// Frees the spare, if any (its five descriptors with it): whether there was one.
@@ -85,17 +91,34 @@ struct LocalHalf: Sendable {
         return dropped != nil
     }
 
-    /// For a connector that has sent its hello: makes the spare while the listener answers, once this process has
-    /// taken a half before this one (a process that connects once keeps no spare).
-    static func prepareSpareAfterHello(capacity: Int) {
-        if taken.load(ordering: .relaxed) >= 2 { prepareSpare(capacity: capacity) }
+    /// For a connector that has sent its hello: makes the spare while the listener answers, when the hello did
+    /// not offer link reuse and is not this process's first, and there is no spare of this process's already (a
+    /// listener's of another ring size is not replaced: the two would take turns throwing each other's away).
+    static func prepareSpareAfterHello(capacity: Int, reusable: Bool) {
+        let count = hellos.add(1, ordering: .relaxed).newValue
+        guard !reusable, count >= 2 else { return }
+        let owner = Sys.processID()
+        guard spare.withLock({ $0 == nil || $0!.owner != owner }) else { return }
+        store(try? LocalHalf(capacity: capacity), owner: owner, replacingOurs: false)
     }
 
     /// Makes the spare now if there is none of this size: call before sleeping, so the next connection need not.
     static func prepareSpare(capacity: Int) {
         let owner = Sys.processID()
         guard spare.withLock({ $0?.half.region.capacity != capacity || $0?.owner != owner }) else { return }
-        if let half = try? LocalHalf(capacity: capacity) { spare.withLock { $0 = (half, owner) } }
+        store(try? LocalHalf(capacity: capacity), owner: owner, replacingOurs: true)
+    }
+
+    /// Stores `half` as the spare: in place of a forked parent's, and of one of ours only if `replacingOurs`
+    /// (else `half` goes). Whatever goes is released after the lock.
+    private static func store(_ half: LocalHalf?, owner: pid_t, replacingOurs: Bool) {
+        guard let half else { return }
+        let unused = spare.withLock { spare -> LocalHalf? in
+            if let kept = spare, kept.owner == owner, !replacingOurs { return half }
+            defer { spare = (half, owner) }
+            return spare?.half
+        }
+        _ = unused
     }
 }
 
@@ -135,7 +158,7 @@ enum Handshake {
             }
             throw error
         }
-        LocalHalf.prepareSpareAfterHello(capacity: capacity)
+        LocalHalf.prepareSpareAfterHello(capacity: capacity, reusable: reusable)
         return HelloSent(mine: mine, dialed: dialed, reusable: reusable)
     }
 

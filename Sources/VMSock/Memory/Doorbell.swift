@@ -95,15 +95,17 @@ final class PeerBell: @unchecked Sendable {  // immutable after init
     /// guest's device register (vmsock-run's links are memfd links, whose bells are sockets).
     var fd: Int32 { sender?.raw ?? -1 }
 
-    /// Adopts a bell the peer sent us, after checking that it is a Unix socket. All we ever do with it is send one
-    /// byte that never waits and never raises SIGPIPE (`send`), which on a socket of the peer's is nothing the
-    /// peer could not do itself, whatever its type; the check refuses a network socket, a file or a pipe, which
-    /// only a broken or hostile peer sends (one system call: the type was asked too, and told nothing more).
+    /// Adopts a bell the peer sent us, after checking that it is a Unix socket connected to a socket without a
+    /// name: the other end of a socketpair, as our own bells are. All we ever do with it is send one byte that
+    /// never waits and never raises SIGPIPE (`send`). To a socket of the peer's, that is nothing it could not
+    /// send itself. But the kernel stamps each message with the sender's credentials where the receiver asks for
+    /// them (SO_PASSCRED), so a bell connected to a named service (/dev/log, journald's socket) would post
+    /// messages there in our name: one getpeername refuses those, as well as anything that is no connected Unix
+    /// socket (a pipe, an eventfd, a file, a TCP socket).
     static func adopt(_ descriptor: Descriptor) throws(VMSockError) -> PeerBell {
-        // getsockopt failing (ENOTSOCK) means it is no socket at all.
-        let domain = try? Sys.getOption(descriptor.raw, SOL_SOCKET, SO_DOMAIN, Int32(0), "getsockopt(SO_DOMAIN)")
-        guard domain == AF_UNIX else {
-            throw .protocolFault("peer sent a doorbell that is not a Unix socket (\(Sys.describe(descriptor.raw)))")
+        guard Sys.isConnectedToUnnamedUnixSocket(descriptor.raw) else {
+            throw .protocolFault(
+                "peer sent a doorbell that is not a Unix socket connected to an unnamed one (\(Sys.describe(descriptor.raw)))")
         }
         return PeerBell(descriptor)
     }

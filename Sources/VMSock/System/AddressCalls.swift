@@ -14,6 +14,18 @@ extension Sys {
         try socketName(fd, peer: true)
     }
 
+    /// Whether `fd` is a Unix socket connected to a socket without a name (the other end of a socketpair): one
+    /// getpeername(2), which gives AF_UNIX and nothing more for those. False for anything else (no socket, another
+    /// family, not connected, a peer bound to a path or an abstract name) or when the call fails.
+    static func isConnectedToUnnamedUnixSocket(_ fd: Int32) -> Bool {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) }
+        }
+        return result == 0 && storage.ss_family == sa_family_t(AF_UNIX) && length == socklen_t(MemoryLayout<sa_family_t>.size)
+    }
+
     private static func socketName(_ fd: Int32, peer: Bool) throws(VMSockError) -> sockaddr_storage {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
