@@ -15,6 +15,7 @@
 // in 32 over shared memory cost about a sixth of its rate; BENCHMARKS.md). VMSOCK_SHORT_TCP=0 turns this off
 // (every connect tries shared memory, as the tests of the ring paths need).
 #include "preload.h"
+#include "CVMSock.h"
 
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -36,7 +37,7 @@ static int disabled = -1;
 
 static int is_disabled(void) {
     if (disabled < 0) {
-        const char *text = getenv("VMSOCK_SHORT_TCP");
+        const char *text = vms_setting("VMSOCK_SHORT_TCP");  // as kept at load (real.c)
         disabled = text && strcmp(text, "0") == 0;
     }
     return disabled;
@@ -48,7 +49,6 @@ static uint64_t mix(uint64_t hash, const void *data, size_t length) {
     return hash;
 }
 
-void vmsp_brief_read_environment(void) { (void)is_disabled(); }
 
 uint64_t vmsp_brief_key(const struct sockaddr *address, socklen_t length) {
     uint64_t hash = mix(1469598103934665603ull, &address->sa_family, sizeof address->sa_family);

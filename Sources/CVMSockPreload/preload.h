@@ -266,8 +266,6 @@ int vmsp_rx_ready(struct vmsp_conn *c);
 /// then learnt per wait (an epoll set, a thread's poll or blocking call) from how its sleeps end.
 struct vmsp_spin { int ns; };
 int vmsp_spin_ns(void);
-/// Reads VMSOCK_SPIN_US and VMSOCK_SPIN_MAX_US (at load: a program may replace its environment later).
-void vmsp_spin_read_environment(void);
 int64_t vmsp_spin_budget(struct vmsp_spin *s);
 /// After a sleep of `slept_ns`: `woke` says it ended with something to report (not a timeout).
 void vmsp_spin_slept(struct vmsp_spin *s, int64_t slept_ns, int woke);
@@ -305,8 +303,6 @@ void vmsp_brief_note(uint64_t key, int64_t lifetime_ns, uint64_t bytes);
 /// connect on a connecting socket, or not TCP): the next connect there probes instead.
 void vmsp_brief_probe_next(uint64_t key);
 int vmsp_brief_limit_ms(void);
-/// Reads VMSOCK_SHORT_TCP (at load, as the spin's settings).
-void vmsp_brief_read_environment(void);
 void vmsp_epoll_forget(struct vmsp_epoll *set);
 /// The descriptor fd is about to close or be replaced: if it is an epoll set, its record goes.
 static inline void vmsp_epoll_closing(int fd) {

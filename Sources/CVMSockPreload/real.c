@@ -177,15 +177,14 @@ void vmsp_claims_ready(void) { atomic_store(&vmsp_claims_open, 1); }
 __attribute__((constructor)) static void vmsp_constructor(void) {
     vmsp_resolve();
     vmsp_table_init();
-    const char *debug = getenv("VMSOCK_DEBUG");
-    const char *stats = getenv("VMSOCK_STATS");
+    // Every VMSOCK_ setting, ours and the Swift half's, is read from a copy kept now (vms_setting): a program may
+    // replace its environment before its first wait or connect (nginx keeps only TZ in its processes', and
+    // VMSOCK_SPIN_US was lost there).
+    vms_settings_keep();
+    const char *debug = vms_setting("VMSOCK_DEBUG");
+    const char *stats = vms_setting("VMSOCK_STATS");
     debug_enabled = debug && strcmp(debug, "1") == 0;
     stats_enabled = debug_enabled || (stats && strcmp(stats, "1") == 0);
-    // Read now: a program may replace its environment before its first wait or connect (nginx keeps only TZ in
-    // its processes', and VMSOCK_SPIN_US was lost there).
-    vmsp_spin_read_environment();
-    vms_settings_keep();  // and the Swift half's settings (VMSOCK_TRANSPORT, VMSOCK_DIR, ...)
-    vmsp_brief_read_environment();
     pthread_atfork(before_fork, after_fork_parent, after_fork_child);
     vmsp_exec_inherited();
 }

@@ -12,11 +12,12 @@
 // Measured with redis-benchmark -P 16 (50 clients, GET): at a fixed 50 µs the client slept about 8,000 times a
 // million requests and was sent up to 55,000 wake-up bytes; see BENCHMARKS.md for the figures with learning.
 #include "preload.h"
+#include "CVMSock.h"
 
 #include <stdlib.h>
 
 static int read_microseconds(const char *name, int fallback) {
-    const char *text = getenv(name);
+    const char *text = vms_setting(name);  // as kept at load (real.c)
     if (!text || !*text) return fallback;
     char *end;
     long value = strtol(text, &end, 10);
@@ -40,8 +41,6 @@ static int spin_max_ns(void) {
     }
     return cached;
 }
-
-void vmsp_spin_read_environment(void) { (void)spin_max_ns(); }
 
 int64_t vmsp_spin_budget(struct vmsp_spin *s) {
     if (s->ns <= 0) s->ns = vmsp_spin_ns();
