@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -105,6 +106,10 @@ int execvp(const char *file, char *const argv[]) { return execvpe(file, argv, en
 
 int fexecve(int fd, char *const argv[], char *const envp[]) {
     WITH_INHERITED(envp, REAL(fexecve)(fd, argv, env));
+}
+
+int vmsp_execveat(int dirfd, const char *path, char *const argv[], char *const envp[], int flags) {
+    WITH_INHERITED(envp, (int)REAL(syscall)(SYS_execveat, dirfd, path, argv, env, flags));
 }
 
 // posix_spawn runs in the parent until the clone: the child never held the connections, so nothing is left.

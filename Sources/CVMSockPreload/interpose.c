@@ -320,6 +320,11 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
                    "up a connection, so its copy of that state may be half made)", fd, where);
         return tcp_connect(fd, address, length);
     }
+    const char *uring = vmsp_uring_reason();
+    if (uring) {
+        vmsp_debug("connect fd %d to %s: tcp (%s, and io_uring moves a socket's bytes past this library)", fd, where, uring);
+        return tcp_connect(fd, address, length);
+    }
     if (looked && vmsp_brief_prefers_tcp(key, &run)) {
         vmsp_debug("connect fd %d to %s: tcp (short-lived: this process's last %d shared-memory connections there "
                    "each ended within %d ms having moved under 1 MiB, and TCP sets such connections up faster)",
@@ -378,9 +383,12 @@ int listen(int fd, int backlog) {
     struct sockaddr_storage bound;
     socklen_t length = sizeof bound;
     char where[64] = "?", reason[256] = "";
+    const char *uring;
     if (getsockname(fd, (struct sockaddr *)&bound, &length) == 0) vmsp_format_address((struct sockaddr *)&bound, length, where, sizeof where);
     if (!vmsp_listeners_allowed()) {
         vmsp_debug("listen fd %d on %s: tcp only (this process forked: a child might accept)", fd, where);
+    } else if ((uring = vmsp_uring_reason())) {
+        vmsp_debug("listen fd %d on %s: tcp only (%s, and io_uring moves a socket's bytes past this library)", fd, where, uring);
     } else {
         vmsp_welcome_book_init();  // before any child forks: they read it at their accepts
         vmsp_inside = 1;
@@ -525,7 +533,7 @@ int shutdown(int fd, int how) {
 
 // MARK: Descriptors
 
-static void forget_listener(int fd) {
+void vmsp_forget_listener(int fd) {
     if ((unsigned)fd < (unsigned)vmsp_table_size && atomic_exchange(&vmsp_listening[fd], 0)) {
         // A forked child closed its inherited registrations at fork and never calls into the Swift state it
         // copied: its descriptor numbers may name the application's files by now.
@@ -550,7 +558,7 @@ int close(int fd) {
             errno = saved;
             return result;
         }
-        if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) forget_listener(fd);
+        if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) vmsp_forget_listener(fd);
         if (vmsp_counting()) atomic_store_explicit(&vmsp_connect_began[fd], 0, memory_order_relaxed);
         vmsp_epoll_closing(fd);
     }
@@ -572,7 +580,7 @@ static void before_replace(int old_fd, int new_fd) {
     if (old_fd == new_fd || vmsp_inside) return;
     struct vmsp_ref *r = vmsp_lookup(new_fd);
     if (r) vmsp_before_last_close(r, new_fd);
-    forget_listener(new_fd);
+    vmsp_forget_listener(new_fd);
     vmsp_epoll_closing(new_fd);
 }
 
@@ -660,7 +668,7 @@ int close_range(unsigned int first, unsigned int last, int flags) {
     for (unsigned int fd = first; vmsp_table_size > 0 && fd <= end; fd++) {
         struct vmsp_ref *r = vmsp_lookup((int)fd);
         if (r) vmsp_before_last_close(r, (int)fd);
-        if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) forget_listener((int)fd);
+        if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) vmsp_forget_listener((int)fd);
         vmsp_epoll_closing((int)fd);
     }
     int result = REAL(close_range)(first, last, flags);

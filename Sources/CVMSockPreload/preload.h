@@ -13,6 +13,8 @@
 #include <sys/types.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <sys/epoll.h>
 #include <sys/select.h>
 #include <sys/uio.h>
@@ -74,6 +76,10 @@ struct vmsp_real {
                        char *const[], char *const[]);
     int (*posix_spawnp)(pid_t *, const char *, const posix_spawn_file_actions_t *, const posix_spawnattr_t *,
                         char *const[], char *const[]);
+    long (*syscall)(long, ...);
+    FILE *(*fdopen)(int, const char *);
+    int (*vdprintf)(int, const char *, va_list);
+    int (*vdprintf_chk)(int, int, const char *, va_list);
 };
 extern struct vmsp_real vmsp_real;
 void vmsp_resolve(void);
@@ -242,6 +248,8 @@ extern atomic_int vmsp_forks_in_flight;
 int vmsp_holders_leave(struct vmsp_conn *c);
 /// Whether this process is the one its holder identity names (false in a vfork child, which shares our memory).
 int vmsp_holders_is_self(void);
+/// execveat as the exec wrappers do it (a raw call routed by rawcall.c).
+int vmsp_execveat(int dirfd, const char *path, char *const argv[], char *const envp[], int flags);
 /// In the constructor: ends the descriptors the previous image held for shared-memory sockets (exec.c).
 void vmsp_exec_inherited(void);
 /// After fork, in the child: who this process is (its pid and start time) changed.
@@ -352,6 +360,14 @@ void vmsp_claim_release(void *owner);
 void vmsp_welcome_book_init(void);
 /// Whether a link may be welcomed for the connection from `peer`: 0 only when surely not (see claim.c).
 int vmsp_welcome_possible(const struct sockaddr_storage *peer);
+
+// MARK: Ways past the named calls (rawcall.c).
+
+/// Why this process may use io_uring (liburing is loaded, or io_uring_setup went through syscall()), or NULL.
+/// The first time it is not NULL, the process's registrations are withdrawn: its connections must all be TCP.
+const char *vmsp_uring_reason(void);
+/// Withdraws the registration of the listening socket fd, if it has one (close does it too).
+void vmsp_forget_listener(int fd);
 
 // MARK: The Swift half (@_cdecl in Sources/VMSockPreload).
 

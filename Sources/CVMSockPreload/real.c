@@ -31,13 +31,14 @@ void vmsp_resolve(void) {
     RESOLVE(shutdown, "shutdown"); RESOLVE(close, "close"); RESOLVE(dup, "dup"); RESOLVE(dup2, "dup2");
     RESOLVE(dup3, "dup3"); RESOLVE(fcntl, "fcntl"); RESOLVE(fcntl64, "fcntl64"); RESOLVE(ioctl, "ioctl");
     RESOLVE(close_range, "close_range"); RESOLVE(recvmmsg, "recvmmsg"); RESOLVE(sendmmsg, "sendmmsg");
-        RESOLVE(ppoll, "ppoll"); RESOLVE(poll, "poll"); RESOLVE(select, "select"); RESOLVE(pselect, "pselect");
+    RESOLVE(ppoll, "ppoll"); RESOLVE(poll, "poll"); RESOLVE(select, "select"); RESOLVE(pselect, "pselect");
     RESOLVE(epoll_create, "epoll_create"); RESOLVE(epoll_create1, "epoll_create1"); RESOLVE(epoll_ctl, "epoll_ctl");
     RESOLVE(epoll_pwait, "epoll_pwait"); RESOLVE(epoll_pwait2, "epoll_pwait2");
     RESOLVE(setsockopt, "setsockopt"); RESOLVE(getsockopt, "getsockopt"); RESOLVE(sigaction, "sigaction");
     RESOLVE(splice, "splice"); RESOLVE(fork, "fork");
     RESOLVE(execve, "execve"); RESOLVE(execvpe, "execvpe"); RESOLVE(fexecve, "fexecve");
-    RESOLVE(posix_spawn, "posix_spawn"); RESOLVE(posix_spawnp, "posix_spawnp");
+    RESOLVE(posix_spawn, "posix_spawn"); RESOLVE(posix_spawnp, "posix_spawnp"); RESOLVE(syscall, "syscall");
+    RESOLVE(fdopen, "fdopen"); RESOLVE(vdprintf, "vdprintf"); RESOLVE(vdprintf_chk, "__vdprintf_chk");
     if (!vmsp_real.fcntl64) vmsp_real.fcntl64 = vmsp_real.fcntl;
 #undef RESOLVE
 }

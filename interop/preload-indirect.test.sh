@@ -1,0 +1,19 @@
+# Ways into the kernel other than the named calls (issue 19): a C program (programs/preload-indirect.c) reads,
+# writes, waits (poll, ppoll, pselect6, epoll), duplicates, forks and shuts down a connection through libc's
+# syscall(), and moves 4 MiB by raw write and read; then it wraps a connection in stdio streams (fdopen, fprintf,
+# fgets, getline, dprintf), whose reads and writes libc makes internally. Run under vmsock-run (its connections
+# over shared memory, confirmed by the debug lines) and without it, the output must be the same, built plain and
+# fortified (dprintf is then __dprintf_chk). Then it calls io_uring_setup through syscall(): its later connection,
+# and those its listener (registered before) accepts from it and from another process, must be TCP, since
+# io_uring moves a socket's bytes past the library.
+source "$(dirname "$0")/lib.sh"
+same_under_preload preload-indirect "-D_FORTIFY_SOURCE=2"
+same_under_preload preload-indirect ""
+count_says "$WORK/debug.txt" 4 "shared memory"
+grep -q '4 MiB by raw write and read *4194304 bytes, 0 wrong' "$WORK/plain.txt" || fail "the raw transfer was wrong"
+grep -q 'getline after the writer.s fclose *20000 lines, 0 wrong, eof 1' "$WORK/plain.txt" || fail "the stdio transfer was wrong"
+grep -qE "connect fd [0-9]+ to .*: tcp \(this process called io_uring_setup" "$WORK/debug.txt" \
+    || fail "the connect after io_uring_setup was not TCP: $(grep -E 'connect|accept|io_uring' "$WORK/debug.txt")"
+after=$(sed -n '/called io_uring_setup/,$p' "$WORK/debug.txt" | grep -cE "(connect|accept) fd [0-9]+ .*: shared memory" || true)
+[ "$after" -eq 0 ] || fail "$after connections used shared memory after io_uring_setup: $(cat "$WORK/debug.txt")"
+echo "ok: $(grep -c . "$WORK/plain.txt") observations, the same with and without vmsock-run; plain and fortified; TCP once io_uring_setup was called"

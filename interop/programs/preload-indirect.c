@@ -1,0 +1,296 @@
+// Ways into the kernel other than the named calls, on connections within one process, and one line per check of
+// what a program can observe: calls through libc's syscall(), and stdio streams on a socket (fdopen, dprintf),
+// whose reads and writes libc makes internally. interop/preload-indirect.test.sh runs it with and without
+// vmsock-run and requires the same output: under vmsock-run, the connections are shared memory, and these ways
+// must reach the rings, never the wake-up bytes. At the end the program calls io_uring_setup through syscall():
+// from then on its connections, and those made to its listener, must be TCP (the debug lines say it).
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/io_uring.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static const char *err(long result) {
+    static char text[64];
+    if (result >= 0) { snprintf(text, sizeof text, "%ld", result); return text; }
+    snprintf(text, sizeof text, "-1 %s", strerrorname_np(errno));
+    return text;
+}
+#define CHECK(label, expr) printf("%-44s %s\n", label, err((long)(expr)))
+#define SHOW(label, fmt, ...) printf("%-44s " fmt "\n", label, __VA_ARGS__)
+
+static int listener;
+static struct sockaddr_in bound;
+
+// A connected pair, connect and accept through syscall().
+static int connected_pair(int *server) {
+    int client = socket(AF_INET, SOCK_STREAM, 0);
+    if (syscall(SYS_connect, client, &bound, sizeof bound) != 0) { perror("connect"); exit(1); }
+    *server = (int)syscall(SYS_accept4, listener, NULL, NULL, 0);
+    return client;
+}
+
+enum { BIG = 4 << 20 };
+static unsigned char pattern(size_t i) { return (unsigned char)(i * 131 + (i >> 12)); }
+
+static void *big_writer(void *arg) {
+    int fd = *(int *)arg;
+    static unsigned char chunk[65536];
+    for (size_t sent = 0; sent < BIG;) {
+        size_t n = BIG - sent < sizeof chunk ? BIG - sent : sizeof chunk;
+        for (size_t i = 0; i < n; i++) chunk[i] = pattern(sent + i);
+        long w = syscall(SYS_write, fd, chunk, n);
+        if (w <= 0) { perror("write"); exit(1); }
+        sent += (size_t)w;
+    }
+    return NULL;
+}
+
+// 4 MiB through raw write and raw read, with a thread writing: every byte checked.
+static void big_transfer(int client, int server) {
+    pthread_t thread;
+    pthread_create(&thread, NULL, big_writer, &client);
+    static unsigned char buf[70000];
+    size_t got = 0, bad = 0;
+    while (got < BIG) {
+        long n = syscall(SYS_read, server, buf, sizeof buf);
+        if (n <= 0) { perror("read"); break; }
+        for (long i = 0; i < n; i++) bad += buf[i] != pattern(got + (size_t)i);
+        got += (size_t)n;
+    }
+    pthread_join(thread, NULL);
+    SHOW("4 MiB by raw write and read", "%zu bytes, %zu wrong", got, bad);
+}
+
+static void raw_waits(int client, int server) {
+    struct pollfd p = { server, POLLIN, 0 };
+    CHECK("SYS_poll idle", syscall(SYS_poll, &p, 1, 0));
+    CHECK("SYS_write", syscall(SYS_write, client, "ping", 4));
+    CHECK("SYS_poll with data", syscall(SYS_poll, &p, 1, 2000));
+    SHOW("SYS_poll revents", "%#x", p.revents);
+    struct timespec timeout = { 2, 0 };
+    uint64_t kernel_mask = 0;  // the kernel's 8-byte signal set
+    CHECK("SYS_ppoll with a mask", syscall(SYS_ppoll, &p, 1, &timeout, &kernel_mask, (size_t)8));
+    SHOW("SYS_ppoll wrote the time left back", "%d", timeout.tv_sec <= 2 && (timeout.tv_sec > 0 || timeout.tv_nsec > 0));
+    CHECK("SYS_ppoll with a wrong mask size", syscall(SYS_ppoll, &p, 1, &timeout, &kernel_mask, 4));
+    fd_set readers;
+    FD_ZERO(&readers);
+    FD_SET(server, &readers);
+    struct { const void *set; size_t size; } packed = { &kernel_mask, 8 };
+    struct timespec zero = { 0, 0 };
+    CHECK("SYS_pselect6 with data", syscall(SYS_pselect6, server + 1, &readers, NULL, NULL, &zero, &packed));
+    SHOW("SYS_pselect6 says readable", "%d", FD_ISSET(server, &readers));
+    int queued = -1;
+    CHECK("SYS_ioctl FIONREAD", syscall(SYS_ioctl, server, FIONREAD, &queued));
+    SHOW("FIONREAD", "%d", queued);
+    int set = (int)syscall(SYS_epoll_create1, EPOLL_CLOEXEC);
+    struct epoll_event event = { .events = EPOLLIN | EPOLLET, .data.u32 = 7 }, out[4];
+    CHECK("SYS_epoll_ctl ADD", syscall(SYS_epoll_ctl, set, EPOLL_CTL_ADD, server, &event));
+    CHECK("SYS_epoll_pwait with data", syscall(SYS_epoll_pwait, set, out, 4, 2000, &kernel_mask, (size_t)8));
+    SHOW("SYS_epoll_pwait data", "%u %#x", out[0].data.u32, out[0].events);
+    char buf[16] = "";
+    CHECK("SYS_read", syscall(SYS_read, server, buf, sizeof buf));
+    SHOW("SYS_read got", "%s", buf);
+    CHECK("SYS_epoll_pwait after the read (ET)", syscall(SYS_epoll_pwait, set, out, 4, 0, NULL, (size_t)8));
+    CHECK("SYS_write again", syscall(SYS_write, client, "pong", 4));
+    CHECK("SYS_epoll_pwait2 with new data", syscall(SYS_epoll_pwait2, set, out, 4, &timeout, NULL, (size_t)8));
+    CHECK("SYS_recvfrom", syscall(SYS_recvfrom, server, buf, sizeof buf, 0, NULL, NULL));
+    CHECK("SYS_close of the set", syscall(SYS_close, set));
+}
+
+static void raw_calls(int client, int server) {
+    char buf[64] = "";
+    CHECK("SYS_sendto", syscall(SYS_sendto, client, "abc", 3, 0, NULL, 0));
+    CHECK("SYS_recvfrom MSG_PEEK", syscall(SYS_recvfrom, server, buf, sizeof buf, MSG_PEEK, NULL, NULL));
+    struct iovec two[2] = { { "de", 2 }, { "fgh", 3 } };
+    CHECK("SYS_writev", syscall(SYS_writev, client, two, 2));
+    char x[3], y[5];
+    struct iovec in[2] = { { x, 3 }, { y, 5 } };
+    CHECK("SYS_readv", syscall(SYS_readv, server, in, 2));
+    SHOW("SYS_readv got", "%.3s%.5s", x, y);
+    struct msghdr message = { .msg_iov = two, .msg_iovlen = 2 };
+    CHECK("SYS_sendmsg", syscall(SYS_sendmsg, client, &message, MSG_NOSIGNAL));
+    memset(buf, 0, sizeof buf);
+    struct iovec one = { buf, sizeof buf - 1 };
+    struct msghdr reply = { .msg_iov = &one, .msg_iovlen = 1 };
+    CHECK("SYS_recvmsg", syscall(SYS_recvmsg, server, &reply, 0));
+    SHOW("SYS_recvmsg got", "%s", buf);
+    long flags = syscall(SYS_fcntl, server, F_GETFL);
+    CHECK("SYS_fcntl F_SETFL O_NONBLOCK", syscall(SYS_fcntl, server, F_SETFL, flags | O_NONBLOCK));
+    CHECK("SYS_read empty non-blocking", syscall(SYS_read, server, buf, sizeof buf));
+    int copy = (int)syscall(SYS_dup, client);
+    CHECK("SYS_write through a dup", syscall(SYS_write, copy, "dup", 3));
+    CHECK("SYS_close of the dup", syscall(SYS_close, copy));
+    struct pollfd p = { server, POLLIN, 0 };
+    poll(&p, 1, 2000);
+    memset(buf, 0, sizeof buf);
+    CHECK("read after the dup closed", read(server, buf, sizeof buf));
+    SHOW("read got", "%s", buf);
+    int spare = (int)syscall(SYS_dup, client);
+    CHECK("SYS_close_range of a dup", syscall(SYS_close_range, spare, spare, 0));
+    CHECK("write after close_range of the dup", write(client, "!", 1));
+    poll(&p, 1, 2000);
+    CHECK("read it", read(server, buf, sizeof buf));
+    syscall(SYS_fcntl, server, F_SETFL, flags);
+}
+
+// A child forked through the raw call writes; the parent reads.
+static void raw_fork(int client, int server) {
+    fflush(stdout);
+    long child = syscall(SYS_fork);
+    if (child == 0) {
+        long w = syscall(SYS_write, client, "from the child", 14);
+        _exit(w == 14 ? 0 : 1);
+    }
+    int status = 0;
+    waitpid((pid_t)child, &status, 0);
+    SHOW("SYS_fork child wrote", "exit %d", WEXITSTATUS(status));
+    char buf[32] = "";
+    struct pollfd p = { server, POLLIN, 0 };
+    poll(&p, 1, 2000);
+    CHECK("parent reads it", read(server, buf, sizeof buf));
+    SHOW("parent got", "%s", buf);
+}
+
+static void shutdown_and_close(int client, int server) {
+    CHECK("SYS_shutdown SHUT_WR", syscall(SYS_shutdown, client, SHUT_WR));
+    char buf[8];
+    CHECK("SYS_read at end of stream", syscall(SYS_read, server, buf, sizeof buf));
+    CHECK("SYS_close client", syscall(SYS_close, client));
+    CHECK("SYS_close server", syscall(SYS_close, server));
+}
+
+enum { LINES = 20000 };
+
+static void *line_writer(void *arg) {
+    FILE *out = arg;
+    for (int i = 0; i < LINES; i++) fprintf(out, "line %d of %d, padded to some length .....................\n", i, LINES);
+    fclose(out);  // closes the socket too: the reader sees the end
+    return NULL;
+}
+
+// fdopen streams both ways: lines with fprintf and fgets, dprintf, then 20,000 lines from a thread read back with
+// getline, every one checked, and the end of the stream after the writer's fclose.
+static void stdio_streams(void) {
+    int server, client = connected_pair(&server);
+    FILE *out = fdopen(client, "w"), *in = fdopen(server, "r+");
+    SHOW("fdopen both ends", "%d %d", out != NULL, in != NULL);
+    SHOW("fileno gives the sockets", "%d %d", fileno(out) == client, fileno(in) == server);
+    CHECK("fprintf two lines", fprintf(out, "line one\nline %d\n", 2));
+    CHECK("fflush", fflush(out));
+    char line[128] = "";
+    SHOW("fgets", "%s", fgets(line, sizeof line, in) ? line : "(null)\n");
+    SHOW("fgets", "%s", fgets(line, sizeof line, in) ? line : "(null)\n");
+    CHECK("dprintf to the server's socket", dprintf(server, "reply %d\n", 42));
+    CHECK("fprintf on the server's stream", fprintf(in, "and %s\n", "more"));
+    CHECK("fflush it", fflush(in));
+    memset(line, 0, sizeof line);
+    struct pollfd p = { client, POLLIN, 0 };
+    size_t got = 0;
+    while (got < 17 && poll(&p, 1, 2000) == 1) {
+        ssize_t n = read(client, line + got, sizeof line - 1 - got);
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    SHOW("client read", "%zu %s", got, strchr(line, '\n') ? "(lines)" : line);
+    SHOW("what it read", "%s", line);
+    pthread_t thread;
+    pthread_create(&thread, NULL, line_writer, out);
+    char *text = NULL, want[128];
+    size_t capacity = 0;
+    int lines = 0, wrong = 0;
+    while (getline(&text, &capacity, in) > 0) {
+        snprintf(want, sizeof want, "line %d of %d, padded to some length .....................\n", lines, LINES);
+        wrong += strcmp(text, want) != 0;
+        lines++;
+    }
+    pthread_join(thread, NULL);
+    SHOW("getline after the writer's fclose", "%d lines, %d wrong, eof %d", lines, wrong, feof(in) != 0);
+    free(text);
+    CHECK("fclose the reader", fclose(in));
+}
+
+// After io_uring_setup through syscall(): a connection both ways still works, whatever it is made of.
+static void after_uring(void) {
+    struct io_uring_params params;
+    memset(&params, 0, sizeof params);
+    long ring = syscall(SYS_io_uring_setup, 4, &params);
+    SHOW("io_uring_setup", "%s", ring >= 0 ? "ok" : errno == ENOSYS || errno == EPERM ? "refused" : "failed");
+    // Another process connects to the listener made before the ring: it must find no registration.
+    char port[16];
+    snprintf(port, sizeof port, "%d", ntohs(bound.sin_port));
+    char *argv[] = { "preload-indirect", "client", port, NULL };
+    pid_t pid;
+    SHOW("posix_spawn a client process", "%d", posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, environ));
+    int accepted = (int)syscall(SYS_accept4, listener, NULL, NULL, 0);
+    char hello[16] = "";
+    CHECK("read what it sent", read(accepted, hello, sizeof hello));
+    SHOW("it sent", "%s", hello);
+    close(accepted);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    SHOW("client process", "exit %d", WEXITSTATUS(status));
+    int server, client = connected_pair(&server);
+    CHECK("write after io_uring_setup", write(client, "after", 5));
+    char buf[8] = "";
+    CHECK("read it", read(server, buf, sizeof buf));
+    SHOW("got", "%s", buf);
+    close(client);
+    close(server);
+    if (ring >= 0) close((int)ring);
+}
+
+// The client process of after_uring: connects to the port, sends a line, and waits for the end.
+static int client_process(const char *port) {
+    struct sockaddr_in to = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = htons((uint16_t)atoi(port)) };
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&to, sizeof to) != 0) return 1;
+    if (write(fd, "from a process", 14) != 14) return 2;
+    shutdown(fd, SHUT_WR);
+    char buf[8];
+    return read(fd, buf, sizeof buf) == 0 ? 0 : 3;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "client") == 0) return client_process(argv[2]);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGPIPE, SIG_IGN);
+    listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    bound = (struct sockaddr_in){ .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    CHECK("bind", bind(listener, (struct sockaddr *)&bound, sizeof bound));
+    socklen_t length = sizeof bound;
+    getsockname(listener, (struct sockaddr *)&bound, &length);
+    CHECK("SYS_listen", syscall(SYS_listen, listener, 16));
+
+    int server, client = connected_pair(&server);
+    raw_waits(client, server);
+    raw_calls(client, server);
+    raw_fork(client, server);
+    big_transfer(client, server);
+    shutdown_and_close(client, server);
+    stdio_streams();
+    after_uring();
+    printf("done\n");
+    return 0;
+}
