@@ -1,7 +1,8 @@
 # Real servers that fork, under vmsock-run, with preloaded clients: nginx (the master listens, two forked
 # workers accept: each claims the link the master's listener thread welcomed) and redis-server (a BGSAVE
-# child forks while clients are connected and leaves with _exit). Files come back byte-identical; the
-# connections are shared memory (the VMSOCK_DEBUG lines go to nginx's error_log).
+# child forks while clients are connected and leaves with _exit; then redis --daemonize yes, which listens in a
+# forked child). Files come back byte-identical; the connections are shared memory (the VMSOCK_DEBUG lines go to
+# nginx's error_log).
 source "$(dirname "$0")/lib.sh"
 [ -x "$VMSOCK_RUN" ] || fail "$VMSOCK_RUN is not built (swift build)"
 need nginx curl redis-server redis-cli redis-benchmark
@@ -63,3 +64,23 @@ grep -q "DB saved on disk" "$WORK/redis.out" || fail "no BGSAVE finished: $(cat 
 count_says "$WORK/redis.txt" 5 "shared memory"
 timeout 10 "$VMSOCK_RUN" redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
 echo "redis: BGSAVE with preloaded clients connected, replies and benchmark intact, over shared memory"
+
+# redis --daemonize yes: the process that listens is a forked child (its parent exits at once), whose own listen
+# offers shared memory since nothing of a listener came with its fork. Its debug lines go to /dev/null with its
+# output; the clients' say what they got.
+port=$(free_port)
+stop_daemon() { local pid; pid=$(cat "$WORK/redis-d.pid" 2>/dev/null) && kill "$pid" 2>/dev/null || true; }
+CLEANUPS+=(stop_daemon)
+timeout 20 "$VMSOCK_RUN" redis-server --port "$port" --bind 127.0.0.1 --save "" --dir "$WORK" --daemonize yes \
+    --pidfile "$WORK/redis-d.pid" --logfile "$WORK/redis-d.log" || fail "redis-server --daemonize yes failed"
+wait_listening 127.0.0.1 "$port"
+timeout 20 "$VMSOCK_RUN" --debug redis-cli -p "$port" SET daemon yes >"$WORK/cli-d.txt" 2>"$WORK/cli-d.err" \
+    || fail "redis-cli failed: $(cat "$WORK/cli-d.err")"
+count_says "$WORK/cli-d.err" 1 "shared memory"
+timeout 60 "$VMSOCK_RUN" --stats redis-benchmark -p "$port" -n 20000 -c 4 -q -t set,get >"$WORK/bench-d.txt" 2>&1 \
+    || fail "redis-benchmark failed: $(cat "$WORK/bench-d.txt")"
+grep -qE "connects: [1-9][0-9]* shared memory, 0 tcp" "$WORK/bench-d.txt" \
+    || fail "the benchmark's connections to the daemon were not all shared memory: $(cat "$WORK/bench-d.txt")"
+[ "$(timeout 10 "$VMSOCK_RUN" redis-cli -p "$port" GET daemon)" = yes ] || fail "GET from the daemon failed"
+timeout 10 "$VMSOCK_RUN" redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
+echo "redis --daemonize yes: its listen, in a forked child, offered shared memory; benchmark intact"

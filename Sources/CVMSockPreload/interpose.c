@@ -385,12 +385,16 @@ int listen(int fd, int backlog) {
     char where[64] = "?", reason[256] = "";
     const char *uring;
     if (getsockname(fd, (struct sockaddr *)&bound, &length) == 0) vmsp_format_address((struct sockaddr *)&bound, length, where, sizeof where);
-    if (!vmsp_listeners_allowed()) {
-        vmsp_debug("listen fd %d on %s: tcp only (this process forked: a child might accept)", fd, where);
+    if (!vmsp_own_listens_allowed()) {
+        vmsp_debug("listen fd %d on %s: tcp only (this process is a forked child of one that listened, or was "
+                   "forked while another thread of its parent set up a connection)", fd, where);
+    } else if (!vmsp_listeners_allowed()) {
+        vmsp_debug("listen fd %d on %s: tcp only (this process forked before it listened: a child might accept)", fd, where);
     } else if ((uring = vmsp_uring_reason())) {
         vmsp_debug("listen fd %d on %s: tcp only (%s, and io_uring moves a socket's bytes past this library)", fd, where, uring);
     } else {
         vmsp_welcome_book_init();  // before any child forks: they read it at their accepts
+        if (!vmsp_listen_tried) vmsp_listen_tried = getpid();
         vmsp_inside = 1;
         int registered = vmsock_preload_listen(fd, reason, sizeof reason);
         vmsp_inside = 0;
@@ -536,8 +540,8 @@ int shutdown(int fd, int how) {
 void vmsp_forget_listener(int fd) {
     if ((unsigned)fd < (unsigned)vmsp_table_size && atomic_exchange(&vmsp_listening[fd], 0)) {
         // A forked child closed its inherited registrations at fork and never calls into the Swift state it
-        // copied: its descriptor numbers may name the application's files by now.
-        if (atomic_load(&vmsp_forked_child)) return;
+        // copied: its descriptor numbers may name the application's files by now. Its own are its own.
+        if (atomic_load(&vmsp_forked_child) && vmsp_listen_owner != getpid()) return;
         int saved = errno;
         vmsp_inside = 1;
         vmsock_preload_unlisten(fd);

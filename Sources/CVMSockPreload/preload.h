@@ -350,6 +350,10 @@ extern atomic_int vmsp_forked_child, vmsp_parent_forked;
 
 /// The process whose listener thread answers hellos for this process's listeners (inherited across fork).
 extern pid_t vmsp_listen_owner;
+/// The process that first tried to register a listener in this line of forks (0: none): a forked child may
+/// register its own only if none did before it (real.c).
+extern pid_t vmsp_listen_tried;
+int vmsp_own_listens_allowed(void);
 extern atomic_int vmsp_claims_open;
 /// Claims the link welcomed for the connector at `peer` (its address and port) on `listener` from
 /// vmsp_listen_owner: 1 with *info filled (owner tagged with bit 0: release with vmsp_claim_release), 0 none

@@ -109,8 +109,8 @@ static void close_setup(void) {
 // MAP_SHARED): either may read and write, and only the last holder's close ends the connection (holders.c). The
 // child joins each connection's holders here, and closes the registrations it inherited, so that no connector
 // waits on a process that does not answer. When the child accepts on an inherited listener, it claims the link
-// the parent's listener thread welcomed (claim.c). Its own listens stay TCP (a listener thread in each child
-// would answer for sockets its siblings accept on); its connects use shared memory when its copy of the set-up
+// the parent's listener thread welcomed (claim.c). Its own listens offer shared memory only when it inherited
+// no listener state (vmsp_own_listens_allowed, below); its connects use shared memory when its copy of the set-up
 // is whole (above).
 
 // The child must count as a holder before the parent can close anything: the child adds itself, but only once
@@ -156,6 +156,7 @@ static void after_fork_child(void) {
     atomic_store(&vmsp_forks_in_flight, 0);
     forking = 0;
     atomic_store(&vmsp_forked_child, 1);
+    atomic_store(&vmsp_parent_forked, 0);  // this process has forked nobody yet
     vmsp_forget_wakeups();
     for (int i = 0; i < VMSP_TALLIES; i++) atomic_store_explicit(&tallies[i], 0, memory_order_relaxed);
     for (int i = 0; i < internal_count; i++) REAL(close)(internal_fds[i]);
@@ -166,10 +167,23 @@ static void after_fork_child(void) {
 }
 
 int vmsp_connects_allowed(void) { return !atomic_load(&vmsp_forked_child) || atomic_load(&child_setup_whole); }
+
+pid_t vmsp_listen_tried;
+
+// A forked child listens as its own owner (its own listener thread, claim socket and welcome book) when nothing
+// of a listener came with its fork: no process up its line tried to register one, so the Swift listener state it
+// copied is untouched; and that copy is whole. That is the daemon that forks before it listens (redis
+// --daemonize yes). A child that inherited registrations stays TCP for its own listens: one listener thread per
+// process answers for the registrations it made, and the copied ones are its parent's.
+int vmsp_own_listens_allowed(void) {
+    if (!atomic_load(&vmsp_forked_child)) return 1;
+    return atomic_load(&child_setup_whole) && (vmsp_listen_tried == 0 || vmsp_listen_tried == getpid());
+}
+
 // After a fork, a child may accept a connection whose hello this process answered: fine once the child can
 // claim the link (claim.c), which needs this process's claim socket.
 int vmsp_listeners_allowed(void) {
-    return !atomic_load(&vmsp_forked_child) && (atomic_load(&vmsp_claims_open) || !atomic_load(&vmsp_parent_forked));
+    return vmsp_own_listens_allowed() && (atomic_load(&vmsp_claims_open) || !atomic_load(&vmsp_parent_forked));
 }
 
 atomic_int vmsp_claims_open;
