@@ -1,5 +1,6 @@
 # Real servers that fork, under vmsock-run, with preloaded clients: nginx (the master listens, two forked
-# workers accept: each claims the link the master's listener thread welcomed) and redis-server (a BGSAVE
+# workers accept: each claims the link the master's listener thread welcomed; then with `daemon on`, whose
+# daemon takes the listener over from the process that made it) and redis-server (a BGSAVE
 # child forks while clients are connected and leaves with _exit; then redis --daemonize yes, which listens in a
 # forked child). Files come back byte-identical; the connections are shared memory (the VMSOCK_DEBUG lines go to
 # nginx's error_log).
@@ -41,6 +42,26 @@ workers=$(grep -aE "accept fd [0-9]+ from .*: shared memory" "$WORK/ngx/error.lo
 [ "$workers" -ge 18 ] || fail "expected 18 shared-memory accepts in nginx's workers, got $workers: $(grep -a vmsock-run "$WORK/ngx/error.log")"
 stop_nginx
 echo "nginx: 18 files byte-identical, all accepted over shared memory by forked workers"
+
+# nginx with `daemon on`, as a distribution starts it: the process that listens forks the daemon and exits; the
+# daemon takes its listeners over before it forks its workers.
+sed -i 's/^daemon off;/daemon on;/' "$WORK/ngx/nginx.conf"
+: >"$WORK/ngx/error.log"
+: >"$WORK/curl.txt"
+timeout 20 env VMSOCK_DEBUG=1 "$VMSOCK_RUN" nginx -c "$WORK/ngx/nginx.conf" -p "$WORK/ngx" 2>>"$WORK/ngx/first.txt" \
+    || fail "nginx with daemon on failed: $(cat "$WORK/ngx/first.txt")"
+wait_listening 127.0.0.1 "$port"
+for n in 1 2 3 4 5 6; do
+    timeout 20 "$VMSOCK_RUN" --debug curl -sS -o "$WORK/out.bin" "http://127.0.0.1:$port/f$n.bin" 2>>"$WORK/curl.txt" \
+        || fail "curl of f$n.bin failed: $(cat "$WORK/curl.txt")"
+    cmp "$WORK/out.bin" "$WORK/ngx/www/f$n.bin" || fail "f$n.bin came back different"
+done
+count_says "$WORK/curl.txt" 6 "shared memory"
+grep -aq "this one takes it over" "$WORK/ngx/error.log" || fail "the daemon did not take the listener over: $(grep -a vmsock-run "$WORK/ngx/error.log")"
+workers=$(grep -acE "accept fd [0-9]+ from .*: shared memory" "$WORK/ngx/error.log" || true)
+[ "$workers" -ge 6 ] || fail "expected 6 shared-memory accepts in the daemon's workers, got $workers: $(grep -a vmsock-run "$WORK/ngx/error.log")"
+stop_nginx
+echo "nginx with daemon on: 6 files byte-identical, the daemon took its first process's listener over"
 
 # redis: BGSAVE forks a child that holds every client connection and leaves with _exit.
 port=$(free_port)

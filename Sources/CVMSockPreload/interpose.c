@@ -373,6 +373,19 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     return result;
 }
 
+int vmsp_register_listener(int fd, char *reason, size_t capacity) {
+    vmsp_welcome_book_init();  // before any child forks: they read it at their accepts
+    if (!vmsp_listen_tried) vmsp_listen_tried = getpid();
+    vmsp_inside = 1;
+    int registered = vmsock_preload_listen(fd, reason, capacity);
+    vmsp_inside = 0;
+    if (registered) {
+        vmsp_listen_owner = getpid();
+        atomic_store(&vmsp_listening[fd], 1);
+    }
+    return registered;
+}
+
 int listen(int fd, int backlog) {
     int result = REAL(listen)(fd, backlog);
     if (result != 0 || vmsp_inside || (unsigned)fd >= (unsigned)vmsp_table_size || atomic_load(&vmsp_listening[fd]) ||
@@ -393,15 +406,7 @@ int listen(int fd, int backlog) {
     } else if ((uring = vmsp_uring_reason())) {
         vmsp_debug("listen fd %d on %s: tcp only (%s, and io_uring moves a socket's bytes past this library)", fd, where, uring);
     } else {
-        vmsp_welcome_book_init();  // before any child forks: they read it at their accepts
-        if (!vmsp_listen_tried) vmsp_listen_tried = getpid();
-        vmsp_inside = 1;
-        int registered = vmsock_preload_listen(fd, reason, sizeof reason);
-        vmsp_inside = 0;
-        if (registered) {
-            vmsp_listen_owner = getpid();
-            atomic_store(&vmsp_listening[fd], 1);
-        }
+        int registered = vmsp_register_listener(fd, reason, sizeof reason);
         vmsp_debug("listen fd %d on %s: %s%s%s", fd, where, registered ? "shared memory offered" : "tcp only (",
                    registered ? "" : reason, registered ? "" : ")");
     }
@@ -457,8 +462,15 @@ static void after_accept(int listener, int fd, int flags, const struct sockaddr 
     if (!vmsp_welcome_possible(&peer)) {
         // No hello answered for its port: a plain TCP client (no claim, no look-up).
         if (vmsp_debug_enabled()) {
-            snprintf(reason, sizeof reason, peer.ss_family == AF_UNSPEC ? "the peer was gone before the accept"
-                                                                       : "no hello from %s: the peer is not under vmsock-run", where);
+            pid_t owner = vmsp_listen_owner;
+            if (peer.ss_family == AF_UNSPEC) {
+                snprintf(reason, sizeof reason, "the peer was gone before the accept");
+            } else if (owner != getpid() && kill(owner, 0) != 0 && errno == ESRCH) {
+                snprintf(reason, sizeof reason, "no hello from %s: process %d, which offered shared memory on this "
+                         "listener, has exited (a daemon that listened before it forked away)", where, (int)owner);
+            } else {
+                snprintf(reason, sizeof reason, "no hello from %s: the peer is not under vmsock-run", where);
+            }
         }
         attached = 0;
     } else if (getpid() != vmsp_listen_owner) {

@@ -354,6 +354,14 @@ extern pid_t vmsp_listen_owner;
 /// register its own only if none did before it (real.c).
 extern pid_t vmsp_listen_tried;
 int vmsp_own_listens_allowed(void);
+/// Whether this forked child's copy of the Swift set-up was whole at its fork (real.c).
+int vmsp_child_setup_whole(void);
+/// The parent at this process's fork (0 in the first process).
+extern pid_t vmsp_forked_from;
+/// Before this process's first fork: if it inherited listeners whose owner has exited, it takes them over.
+void vmsp_adopt_orphaned_listeners(void);
+/// Registers fd (a listening socket) as this process's: 1 when shared memory is offered (interpose.c).
+int vmsp_register_listener(int fd, char *reason, size_t capacity);
 extern atomic_int vmsp_claims_open;
 /// Claims the link welcomed for the connector at `peer` (its address and port) on `listener` from
 /// vmsp_listen_owner: 1 with *info filled (owner tagged with bit 0: release with vmsp_claim_release), 0 none
@@ -381,6 +389,8 @@ int vmsock_preload_connect(int fd, const struct sockaddr *destination, socklen_t
 /// 1: the listener is registered; 0: it stays TCP-only, with the reason.
 int vmsock_preload_listen(int fd, char *reason, size_t reason_capacity);
 void vmsock_preload_unlisten(int fd);
+/// Sets aside the listener state a forked child copied from its parent, and starts it empty (see adopt.c).
+void vmsock_preload_forget_copied_listeners(void);
 /// 1 with *info filled: fd (just accepted on listener) is the TCP half of a welcomed link; 0: TCP, with the reason.
 int vmsock_preload_accept(int listener, int fd, vmsp_link_info *info, char *reason, size_t reason_capacity);
 void vmsock_preload_release(void *owner);

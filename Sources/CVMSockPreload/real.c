@@ -120,6 +120,7 @@ atomic_int vmsp_forks_in_flight;
 static __thread int forking;
 
 pid_t fork(void) {
+    if (!atomic_load(&vmsp_parent_forked)) vmsp_adopt_orphaned_listeners();  // before its children copy the owner
     forking = 1;
     pid_t pid = REAL(fork)();
     if (pid == 0) return 0;
@@ -157,6 +158,7 @@ static void after_fork_child(void) {
     forking = 0;
     atomic_store(&vmsp_forked_child, 1);
     atomic_store(&vmsp_parent_forked, 0);  // this process has forked nobody yet
+    vmsp_forked_from = getppid();
     vmsp_forget_wakeups();
     for (int i = 0; i < VMSP_TALLIES; i++) atomic_store_explicit(&tallies[i], 0, memory_order_relaxed);
     for (int i = 0; i < internal_count; i++) REAL(close)(internal_fds[i]);
@@ -165,6 +167,8 @@ static void after_fork_child(void) {
     vmsp_hold_all_after_fork();
     vmsp_live_unlock();
 }
+
+int vmsp_child_setup_whole(void) { return atomic_load(&child_setup_whole); }
 
 int vmsp_connects_allowed(void) { return !atomic_load(&vmsp_forked_child) || atomic_load(&child_setup_whole); }
 

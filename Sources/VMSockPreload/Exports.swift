@@ -91,6 +91,13 @@ func preloadListen(_ fd: Int32, _ reason: UnsafeMutablePointer<CChar>, _ reasonC
     return 1
 }
 
+@_cdecl("vmsock_preload_forget_copied_listeners")
+func preloadForgetCopiedListeners() {
+    vmsp_setup_enter()
+    defer { vmsp_setup_leave() }
+    PreloadListeners.shared.forgetCopiedState()
+}
+
 @_cdecl("vmsock_preload_unlisten")
 func preloadUnlisten(_ fd: Int32) {
     vmsp_setup_enter()

@@ -78,6 +78,22 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         return nil
     }
 
+    /// In a forked child whose listeners' owner has exited (a daemon's first process), before it takes them over:
+    /// the state copied at fork is its parent's. Its descriptors were closed at fork (their numbers may name the
+    /// application's files by now) and its thread did not come along, so the copy is set aside, never released
+    /// (releasing would close those numbers), and the state starts empty.
+    package func forgetCopiedState() {
+        let copied = state.withLock { state in
+            let copied = state
+            state = State()
+            return copied
+        }
+        Self.setAside.withLock { $0.append(copied) }
+        answering.store(0, ordering: .sequentiallyConsistent)
+    }
+
+    private static let setAside = Mutex<[State]>([])
+
     /// The listening socket `fd` closed: its registrations go, and the links welcomed for it (their connectors'
     /// TCP connections are reset with the listening socket).
     package func unlisten(fd: Int32) {

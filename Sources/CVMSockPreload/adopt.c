@@ -1,0 +1,53 @@
+// A daemon's listeners. nginx with `daemon on` listens in its first process, which registers the listeners and
+// so becomes their owner (its listener thread answers hellos, its claim socket hands links to forked workers);
+// then it forks the daemon and exits. The registrations end with it, and the daemon's workers would claim links
+// from a process that is gone: TCP throughout. So before its first fork, a daemon whose listeners' owner was its
+// parent and has exited takes them over: it sets the listener state it copied aside and registers each listener
+// it inherited as its own, so that its workers claim from it.
+//
+// Only a session leader does (a daemon calls setsid), and only one whose parent was the owner: another process
+// that shares the listening sockets and accepts on them would claim from the old owner, find nobody, and take a
+// connection this process welcomed for TCP. A daemon forked twice (its first child exits too) is TCP as before.
+#include "preload.h"
+
+#include <sched.h>
+#include <stdio.h>
+#include <unistd.h>
+
+pid_t vmsp_forked_from;  // the parent at this process's fork (real.c's child handler sets it)
+
+// Whether the owner, our parent at the fork, has exited: we were then given another parent (its descriptors,
+// the registrations among them, were closed before that). Its exit may still be under way as we get here, just
+// after setsid: we wait for it, at most 20 ms.
+static int parent_owner_gone(pid_t owner) {
+    for (int i = 0; i < 20 && getppid() == owner; i++) {
+        struct timespec pause = { 0, 1000000 };
+        nanosleep(&pause, NULL);
+    }
+    return getppid() != owner;
+}
+
+void vmsp_adopt_orphaned_listeners(void) {
+    static int looked;
+    pid_t owner = vmsp_listen_owner, self = getpid();
+    if (looked || !atomic_load(&vmsp_forked_child) || owner == 0 || owner == self) return;
+    looked = 1;
+    if (owner != vmsp_forked_from || getsid(0) != self || !vmsp_child_setup_whole()) return;
+    if (!parent_owner_gone(owner)) return;
+    int saved = errno;
+    vmsp_inside = 1;
+    vmsock_preload_forget_copied_listeners();
+    vmsp_inside = 0;
+    atomic_store(&vmsp_claims_open, 0);  // the old owner's claim socket; ours opens with our first registration
+    vmsp_listen_owner = 0;
+    vmsp_listen_tried = 0;
+    for (int fd = 0; fd < vmsp_table_size; fd++) {
+        if (!atomic_load(&vmsp_listening[fd])) continue;
+        atomic_store(&vmsp_listening[fd], 0);
+        char reason[256] = "";
+        int registered = vmsp_register_listener(fd, reason, sizeof reason);
+        vmsp_debug("listen fd %d: %s (process %d, which offered it, has exited; this one takes it over%s%s)", fd,
+                   registered ? "shared memory offered" : "tcp only", (int)owner, registered ? "" : ": ", reason);
+    }
+    errno = saved;
+}
