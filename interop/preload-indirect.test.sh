@@ -1,6 +1,6 @@
 # Ways into the kernel other than the named calls (issue 19): a C program (programs/preload-indirect.c) reads,
 # writes, waits (poll, ppoll, pselect6, epoll), duplicates, forks and shuts down a connection through libc's
-# syscall(), and moves 4 MiB by raw write and read; then it wraps a connection in stdio streams (fdopen, fprintf,
+# syscall(), uses preadv2 and pwritev2 at offset -1, and moves 4 MiB by raw write and read; then it wraps a connection in stdio streams (fdopen, fprintf,
 # fgets, getline, dprintf), whose reads and writes libc makes internally. Run under vmsock-run (its connections
 # over shared memory, confirmed by the debug lines) and without it, the output must be the same, built plain and
 # fortified (dprintf is then __dprintf_chk). Then it calls io_uring_setup through syscall(): its later connection,

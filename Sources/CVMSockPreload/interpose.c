@@ -93,6 +93,41 @@ ssize_t writev(int fd, const struct iovec *iov, int iovcnt) {
     return REAL(writev)(fd, iov, iovcnt);
 }
 
+// preadv2 and pwritev2 at offset -1 (the current position) are readv and writev on a socket, with RWF_NOWAIT as
+// MSG_DONTWAIT; the other flags mean nothing there. An offset, or a flag the kernel does not know, is its error.
+#ifndef RWF_NOAPPEND
+#define RWF_NOAPPEND 0x20
+#endif
+enum { KNOWN_RWF = RWF_HIPRI | RWF_DSYNC | RWF_SYNC | RWF_NOWAIT | RWF_APPEND | RWF_NOAPPEND };
+
+ssize_t preadv2(int fd, const struct iovec *iov, int iovcnt, off_t offset, int flags) {
+    if (offset == -1 && !(flags & ~KNOWN_RWF) && OURS(fd)) {
+        if (iovcnt < 0 || iovcnt > IOV_MAX) { errno = EINVAL; return -1; }
+        int handled;
+        ssize_t n = recv_ours(fd, iov, iovcnt, (flags & RWF_NOWAIT) ? MSG_DONTWAIT : 0, &handled);
+        if (handled) return n;
+    }
+    return REAL(preadv2)(fd, iov, iovcnt, offset, flags);
+}
+
+ssize_t pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t offset, int flags) {
+    if (offset == -1 && !(flags & ~KNOWN_RWF) && OURS(fd)) {
+        if (iovcnt < 0 || iovcnt > IOV_MAX) { errno = EINVAL; return -1; }
+        int handled;
+        ssize_t n = send_ours(fd, iov, iovcnt, (flags & RWF_NOWAIT) ? MSG_DONTWAIT : 0, 1, &handled);
+        if (handled) return n;
+    }
+    return REAL(pwritev2)(fd, iov, iovcnt, offset, flags);
+}
+
+ssize_t preadv64v2(int fd, const struct iovec *iov, int iovcnt, off_t offset, int flags) {
+    return preadv2(fd, iov, iovcnt, offset, flags);
+}
+
+ssize_t pwritev64v2(int fd, const struct iovec *iov, int iovcnt, off_t offset, int flags) {
+    return pwritev2(fd, iov, iovcnt, offset, flags);
+}
+
 ssize_t recv(int fd, void *buf, size_t len, int flags) {
     if (OURS(fd)) {
         struct iovec v = { buf, len };

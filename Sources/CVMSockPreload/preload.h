@@ -77,6 +77,8 @@ struct vmsp_real {
     int (*posix_spawnp)(pid_t *, const char *, const posix_spawn_file_actions_t *, const posix_spawnattr_t *,
                         char *const[], char *const[]);
     long (*syscall)(long, ...);
+    ssize_t (*preadv2)(int, const struct iovec *, int, off_t, int);
+    ssize_t (*pwritev2)(int, const struct iovec *, int, off_t, int);
     FILE *(*fdopen)(int, const char *);
     int (*vdprintf)(int, const char *, va_list);
     int (*vdprintf_chk)(int, int, const char *, va_list);

@@ -176,6 +176,8 @@ long syscall(long number, ...) {
     case SYS_writev: return writev((int)a, (const struct iovec *)b, (int)c);
     case SYS_recvfrom: return recvfrom((int)a, (void *)b, (size_t)c, (int)d, (struct sockaddr *)e, (socklen_t *)f);
     case SYS_sendto: return sendto((int)a, (const void *)b, (size_t)c, (int)d, (const struct sockaddr *)e, (socklen_t)f);
+    case SYS_preadv2: return preadv2((int)a, (const struct iovec *)b, (int)c, (off_t)d, (int)f);
+    case SYS_pwritev2: return pwritev2((int)a, (const struct iovec *)b, (int)c, (off_t)d, (int)f);
     case SYS_recvmsg: return recvmsg((int)a, (struct msghdr *)b, (int)c);
     case SYS_sendmsg: return sendmsg((int)a, (const struct msghdr *)b, (int)c);
     case SYS_recvmmsg: return recvmmsg((int)a, (struct mmsghdr *)b, (unsigned)c, (int)d, (struct timespec *)e);

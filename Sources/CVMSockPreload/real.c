@@ -38,6 +38,7 @@ void vmsp_resolve(void) {
     RESOLVE(splice, "splice"); RESOLVE(fork, "fork");
     RESOLVE(execve, "execve"); RESOLVE(execvpe, "execvpe"); RESOLVE(fexecve, "fexecve");
     RESOLVE(posix_spawn, "posix_spawn"); RESOLVE(posix_spawnp, "posix_spawnp"); RESOLVE(syscall, "syscall");
+    RESOLVE(preadv2, "preadv2"); RESOLVE(pwritev2, "pwritev2");
     RESOLVE(fdopen, "fdopen"); RESOLVE(vdprintf, "vdprintf"); RESOLVE(vdprintf_chk, "__vdprintf_chk");
     if (!vmsp_real.fcntl64) vmsp_real.fcntl64 = vmsp_real.fcntl;
 #undef RESOLVE

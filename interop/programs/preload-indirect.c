@@ -1,5 +1,6 @@
 // Ways into the kernel other than the named calls, on connections within one process, and one line per check of
-// what a program can observe: calls through libc's syscall(), and stdio streams on a socket (fdopen, dprintf),
+// what a program can observe: calls through libc's syscall(), preadv2 and pwritev2 at offset -1 (readv and
+// writev on a socket), and stdio streams on a socket (fdopen, dprintf),
 // whose reads and writes libc makes internally. interop/preload-indirect.test.sh runs it with and without
 // vmsock-run and requires the same output: under vmsock-run, the connections are shared memory, and these ways
 // must reach the rings, never the wake-up bytes. At the end the program calls io_uring_setup through syscall():
@@ -134,6 +135,20 @@ static void raw_calls(int client, int server) {
     struct msghdr reply = { .msg_iov = &one, .msg_iovlen = 1 };
     CHECK("SYS_recvmsg", syscall(SYS_recvmsg, server, &reply, 0));
     SHOW("SYS_recvmsg got", "%s", buf);
+    // preadv2 and pwritev2 at offset -1 are readv and writev on a socket (RWF_NOWAIT: non-blocking).
+    struct iovec whole = { buf, sizeof buf - 1 };
+    CHECK("preadv2 -1 RWF_NOWAIT, nothing there", preadv2(server, &whole, 1, -1, RWF_NOWAIT));
+    CHECK("pwritev2 -1", pwritev2(client, two, 2, -1, 0));
+    CHECK("preadv2 at offset 0", preadv2(server, &whole, 1, 0, 0));
+    memset(buf, 0, sizeof buf);
+    CHECK("preadv2 -1", preadv2(server, &whole, 1, -1, 0));
+    SHOW("preadv2 got", "%s", buf);
+    CHECK("SYS_pwritev2 -1", syscall(SYS_pwritev2, client, two, 2, -1L, 0L, 0L));
+    struct pollfd ready = { server, POLLIN, 0 };
+    poll(&ready, 1, 2000);
+    memset(buf, 0, sizeof buf);
+    CHECK("SYS_preadv2 -1 RWF_NOWAIT", syscall(SYS_preadv2, server, &whole, 1, -1L, 0L, (long)RWF_NOWAIT));
+    SHOW("SYS_preadv2 got", "%s", buf);
     long flags = syscall(SYS_fcntl, server, F_GETFL);
     CHECK("SYS_fcntl F_SETFL O_NONBLOCK", syscall(SYS_fcntl, server, F_SETFL, flags | O_NONBLOCK));
     CHECK("SYS_read empty non-blocking", syscall(SYS_read, server, buf, sizeof buf));
