@@ -37,11 +37,21 @@ pid_t vmsp_listen_owner;
 // answered" first, then no link for its peer's port, is a plain TCP client's: the thread counts a link before it
 // stops counting the answer, so a welcome sent by then would show. Ports alone, so that another address's link
 // on the same port only costs a claim, never a miss; a count never goes down without its link going.
+//
+// The book also says whether a process of the family uses io_uring (rawcall.c): a worker that accepts through
+// a ring would take a connection the owner welcomed as TCP, so the owner then welcomes nobody.
 struct welcome_book {
     atomic_int answering;
+    atomic_int uring;
     _Atomic uint16_t ports[65536];
 };
 static struct welcome_book *book;
+
+void vmsp_welcome_book_note_uring(void) {
+    if (book) atomic_store(&book->uring, 1);
+}
+
+int vmsp_welcome_book_uring(void) { return book && atomic_load(&book->uring); }
 
 void vmsp_welcome_book_init(void) {
     if (book) return;

@@ -22,6 +22,8 @@
 // mistake one for its own).
 #include "preload.h"
 
+#include <sys/syscall.h>
+
 #include <errno.h>
 #include <sched.h>
 #include <fcntl.h>
@@ -761,8 +763,9 @@ int epoll_pwait2(int epfd, struct epoll_event *events, int max, const struct tim
     int64_t deadline = vmsp_deadline_after(timeout);
     if (!set || atomic_load_explicit(&set->live, memory_order_relaxed) == 0 || max <= 0) {
         // (A connection added to this set while it sleeps here is seen at the next wait.)
-        if (!REAL(epoll_pwait2)) { errno = ENOSYS; return -1; }
-        int got = REAL(epoll_pwait2)(epfd, events, max, timeout, mask);
+        // Through the system call where libc has no wrapper (before glibc 2.35): the kernel's 8-byte mask.
+        int got = REAL(epoll_pwait2) ? REAL(epoll_pwait2)(epfd, events, max, timeout, mask)
+                                     : (int)REAL(syscall)(SYS_epoll_pwait2, epfd, events, max, timeout, mask, mask ? 8L : 0L);
         if (!set || got <= 0) return got;
         got = kernel_events(set, events, got);
         if (got != -2) return got;

@@ -112,6 +112,11 @@ int vmsp_execveat(int dirfd, const char *path, char *const argv[], char *const e
     WITH_INHERITED(envp, (int)REAL(syscall)(SYS_execveat, dirfd, path, argv, env, flags));
 }
 
+// glibc 2.34 and later: the system call alone, as its own execveat is.
+int execveat(int dirfd, const char *path, char *const argv[], char *const envp[], int flags) {
+    return vmsp_execveat(dirfd, path, argv, envp, flags);
+}
+
 // posix_spawn runs in the parent until the clone: the child never held the connections, so nothing is left.
 typedef int (*spawn_fn)(pid_t *, const char *, const posix_spawn_file_actions_t *, const posix_spawnattr_t *,
                         char *const[], char *const[]);

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/sendfile.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 void __chk_fail(void) __attribute__((noreturn));
@@ -417,6 +418,12 @@ int vmsp_register_listener(int fd, char *reason, size_t capacity) {
     if (registered) {
         vmsp_listen_owner = getpid();
         atomic_store(&vmsp_listening[fd], 1);
+        // io_uring set up by another thread since the look before: its withdrawal may have missed this one.
+        if (vmsp_welcome_book_uring()) {
+            vmsp_forget_listener(fd);
+            snprintf(reason, capacity, "this process set up io_uring meanwhile");
+            return 0;
+        }
     }
     return registered;
 }
@@ -712,9 +719,19 @@ int ioctl(int fd, unsigned long request, ...) {
     return REAL(ioctl)(fd, request, arg);
 }
 
+// Through the system call where libc has no wrapper (before glibc 2.34).
+static int real_close_range(unsigned int first, unsigned int last, int flags) {
+    if (REAL(close_range)) return REAL(close_range)(first, last, flags);
+#ifdef SYS_close_range
+    return (int)REAL(syscall)(SYS_close_range, first, last, flags);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
 int close_range(unsigned int first, unsigned int last, int flags) {
-    if (!REAL(close_range)) { errno = ENOSYS; return -1; }
-    if (vmsp_inside || (flags & CLOSE_RANGE_CLOEXEC)) return REAL(close_range)(first, last, flags);
+    if (vmsp_inside || (flags & CLOSE_RANGE_CLOEXEC)) return real_close_range(first, last, flags);
     unsigned int end = last < (unsigned)vmsp_table_size ? last : (unsigned)vmsp_table_size - 1;
     for (unsigned int fd = first; vmsp_table_size > 0 && fd <= end; fd++) {
         struct vmsp_ref *r = vmsp_lookup((int)fd);
@@ -722,7 +739,7 @@ int close_range(unsigned int first, unsigned int last, int flags) {
         if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) vmsp_forget_listener((int)fd);
         vmsp_epoll_closing((int)fd);
     }
-    int result = REAL(close_range)(first, last, flags);
+    int result = real_close_range(first, last, flags);
     if (result == 0) {
         for (unsigned int fd = first; vmsp_table_size > 0 && fd <= end; fd++) {
             struct vmsp_ref *r = vmsp_remove((int)fd);

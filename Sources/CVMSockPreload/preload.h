@@ -372,6 +372,9 @@ extern atomic_int vmsp_claims_open;
 int vmsp_claim(int listener, const struct sockaddr_storage *peer, vmsp_link_info *info, char *reason, size_t capacity);
 void vmsp_claim_release(void *owner);
 void vmsp_welcome_book_init(void);
+/// A process of this listener family uses io_uring: its owner welcomes nobody from now on (see rawcall.c).
+void vmsp_welcome_book_note_uring(void);
+int vmsp_welcome_book_uring(void);
 /// Whether a link may be welcomed for the connection from `peer`: 0 only when surely not (see claim.c).
 int vmsp_welcome_possible(const struct sockaddr_storage *peer);
 

@@ -10,8 +10,11 @@
 // moved that way would carry wake-up bytes instead of data. A process that may use it therefore makes no
 // shared-memory connection: once liburing is loaded in it, or once it called io_uring_setup through syscall(),
 // its connects use TCP, its listens stay TCP-only, and the registrations it already made are withdrawn (links
-// welcomed there and not yet accepted are dropped: their connectors see the connection end). Not covered: a ring
-// set up by other means (inline system calls, a static liburing), and a connection made before the first ring.
+// welcomed there and not yet accepted are dropped: their connectors see the connection end); the process that
+// registered listeners it inherited welcomes nobody from then on. Not covered: a ring set up by other means
+// (inline system calls, a static liburing), and a connection made before the first ring.
+//
+// A raw fork (like _Fork and clone) is not routed: it is async-signal-safe, and fork's handlers are not.
 #include "preload.h"
 
 #include <fcntl.h>
@@ -47,17 +50,24 @@ static int look_at_object(struct dl_phdr_info *info, size_t size, void *data) {
     }
     const char *name = info->dlpi_name ? strrchr(info->dlpi_name, '/') : NULL;
     name = name ? name + 1 : info->dlpi_name;
-    if (name && strncmp(name, "liburing.so", 11) == 0) scan->found = 1;
+    // liburing.so.2, and liburing-ffi.so.2 (the same calls, not inlined, for other languages' bindings).
+    if (name && (strncmp(name, "liburing.so", 11) == 0 || strncmp(name, "liburing-ffi.so", 15) == 0)) scan->found = 1;
     return scan->found;
 }
 
-// Withdraws this process's registrations once: connectors that look next find none and use TCP.
+// Withdraws this process's registrations once, and tells the process that registered its inherited listeners
+// (the welcome book it shares with its forked children): connectors that look next find none, or are refused,
+// and use TCP.
 static void notice_uring(const char *why) {
     if (atomic_exchange(&uring_noticed, 1)) return;
+    vmsp_welcome_book_note_uring();
     vmsp_debug("%s: io_uring moves a socket's bytes past this library, so this process's new connections use TCP "
-               "and its listeners stop offering shared memory", why);
+               "and its listeners (and those it shares with its family) stop offering shared memory", why);
+    // Our own registrations go (their welcomed links too: the connectors see the connection end). Inherited
+    // listeners keep their mark: a link their owner welcomed before the book said so must still be claimed.
+    if (vmsp_listen_owner != getpid()) return;
     for (int fd = 0; fd < vmsp_table_size; fd++) {
-        if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) vmsp_forget_listener(fd);
+        if (atomic_load(&vmsp_listening[fd])) vmsp_forget_listener(fd);  // after the book's flag (a listen re-checks it)
     }
 }
 
@@ -125,7 +135,7 @@ static long masked(long number, long a, long b, long c, long d, long e, long f) 
     case SYS_ppoll: {
         if (d && e != 8) break;
         int64_t deadline = vmsp_deadline_after((const struct timespec *)c);
-        int result = ppoll((struct pollfd *)a, (nfds_t)b, (const struct timespec *)c, libc_mask((void *)d, e, &mask));
+        int result = ppoll((struct pollfd *)a, (unsigned)b, (const struct timespec *)c, libc_mask((void *)d, e, &mask));
         int saved = errno;
         write_back_left((struct timespec *)c, deadline);
         errno = saved;
@@ -163,9 +173,14 @@ long syscall(long number, ...) {
     va_end(args);
 #ifdef SYS_io_uring_setup
     if (number == SYS_io_uring_setup) {
-        // Before the ring exists: a server that listened first may accept through it, and must not be found.
-        atomic_store(&uring_setup_called, 1);
-        if (!vmsp_inside && vmsp_real.syscall) vmsp_uring_reason();
+        // Only a ring that exists counts (libuv probes, and a container may refuse); and before its descriptor
+        // reaches the caller, nothing can be submitted: a server that listened first may accept through it.
+        long ring = direct(number, a, b, c, d, e, f);
+        int saved = errno;
+        if (ring >= 0) atomic_store(&uring_setup_called, 1);
+        if (ring >= 0 && !vmsp_inside && vmsp_real.syscall) vmsp_uring_reason();
+        errno = saved;
+        return ring;
     }
 #endif
     if (vmsp_inside || !vmsp_real.syscall) return direct(number, a, b, c, d, e, f);
@@ -199,11 +214,11 @@ long syscall(long number, ...) {
 #endif
     case SYS_dup3: return dup3((int)a, (int)b, (int)c);
     case SYS_fcntl: return fcntl((int)a, (int)b, (void *)c);
-    case SYS_ioctl: return ioctl((int)a, (unsigned long)b, (void *)c);
+    case SYS_ioctl: return ioctl((int)a, (unsigned)b, (void *)c);
     case SYS_getsockopt: return getsockopt((int)a, (int)b, (int)c, (void *)d, (socklen_t *)e);
     case SYS_setsockopt: return setsockopt((int)a, (int)b, (int)c, (const void *)d, (socklen_t)e);
 #ifdef SYS_poll
-    case SYS_poll: return poll((struct pollfd *)a, (nfds_t)b, (int)c);
+    case SYS_poll: return poll((struct pollfd *)a, (unsigned)b, (int)c);
 #endif
 #ifdef SYS_select
     case SYS_select: return select((int)a, (fd_set *)b, (fd_set *)c, (fd_set *)d, (struct timeval *)e);
@@ -221,9 +236,6 @@ long syscall(long number, ...) {
     case SYS_epoll_pwait2:
 #endif
         return masked(number, a, b, c, d, e, f);
-#ifdef SYS_fork
-    case SYS_fork: return fork();  // the wrapper also runs the atfork handlers, which the raw call skips
-#endif
     case SYS_execve: return execve((const char *)a, (char *const *)b, (char *const *)c);
     case SYS_execveat: return vmsp_execveat((int)a, (const char *)b, (char *const *)c, (char *const *)d, (int)e);
     }

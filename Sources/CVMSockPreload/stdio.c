@@ -38,15 +38,21 @@ static ssize_t stream_write(void *cookie, const char *buf, size_t size) {
 
 static int stream_close(void *cookie) { return close(cookie_fd(cookie)); }
 
+// A socket cannot seek: ESPIPE, which libc's streams expect (fflush of a read stream ignores it).
+static int stream_seek(void *cookie, off64_t *offset, int whence) {
+    (void)cookie, (void)offset, (void)whence;
+    errno = ESPIPE;
+    return -1;
+}
+
 FILE *fdopen(int fd, const char *mode) {
     if (vmsp_inside || !vmsp_lookup(fd) || !mode) return REAL(fdopen)(fd, mode);
-    cookie_io_functions_t calls = { .read = stream_read, .write = stream_write, .seek = NULL, .close = stream_close };
+    cookie_io_functions_t calls = { .read = stream_read, .write = stream_write, .seek = stream_seek, .close = stream_close };
     FILE *stream = fopencookie((void *)(intptr_t)fd, mode, calls);
     if (!stream) return NULL;
     // A cookie stream's descriptor is -2 ("not a file, but treated as one"); fileno must give the socket's, as for
     // a stream fdopen made. The field is public (struct _IO_FILE), and reads and writes go through the cookie.
-    stream->_fileno = fd;
-    if (strchr(mode, 'e')) REAL(fcntl)(fd, F_SETFD, REAL(fcntl)(fd, F_GETFD) | FD_CLOEXEC);
+    stream->_fileno = fd;  // (libc's fdopen ignores 'e' in the mode, and so does this)
     return stream;
 }
 

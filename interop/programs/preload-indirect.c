@@ -3,8 +3,9 @@
 // writev on a socket), and stdio streams on a socket (fdopen, dprintf),
 // whose reads and writes libc makes internally. interop/preload-indirect.test.sh runs it with and without
 // vmsock-run and requires the same output: under vmsock-run, the connections are shared memory, and these ways
-// must reach the rings, never the wake-up bytes. At the end the program calls io_uring_setup through syscall():
-// from then on its connections, and those made to its listener, must be TCP (the debug lines say it).
+// must reach the rings, never the wake-up bytes. At the end a forked worker, then the program itself, call
+// io_uring_setup through syscall(): from then on the connections made to the listener the worker inherited, and
+// the program's own, must be TCP (the debug lines say it).
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -91,14 +92,15 @@ static void raw_waits(int client, int server) {
     struct timespec timeout = { 2, 0 };
     uint64_t kernel_mask = 0;  // the kernel's 8-byte signal set
     CHECK("SYS_ppoll with a mask", syscall(SYS_ppoll, &p, 1, &timeout, &kernel_mask, (size_t)8));
-    SHOW("SYS_ppoll wrote the time left back", "%d", timeout.tv_sec <= 2 && (timeout.tv_sec > 0 || timeout.tv_nsec > 0));
+    SHOW("SYS_ppoll wrote the time left back", "%d", timeout.tv_sec < 2 && (timeout.tv_sec > 0 || timeout.tv_nsec > 0));
     CHECK("SYS_ppoll with a wrong mask size", syscall(SYS_ppoll, &p, 1, &timeout, &kernel_mask, 4));
     fd_set readers;
     FD_ZERO(&readers);
     FD_SET(server, &readers);
     struct { const void *set; size_t size; } packed = { &kernel_mask, 8 };
-    struct timespec zero = { 0, 0 };
-    CHECK("SYS_pselect6 with data", syscall(SYS_pselect6, server + 1, &readers, NULL, NULL, &zero, &packed));
+    struct timespec two = { 2, 0 };
+    CHECK("SYS_pselect6 with data", syscall(SYS_pselect6, server + 1, &readers, NULL, NULL, &two, &packed));
+    SHOW("SYS_pselect6 wrote the time left back", "%d", two.tv_sec < 2 && (two.tv_sec > 0 || two.tv_nsec > 0));
     SHOW("SYS_pselect6 says readable", "%d", FD_ISSET(server, &readers));
     int queued = -1;
     CHECK("SYS_ioctl FIONREAD", syscall(SYS_ioctl, server, FIONREAD, &queued));
@@ -244,26 +246,70 @@ static void stdio_streams(void) {
     CHECK("fclose the reader", fclose(in));
 }
 
-// After io_uring_setup through syscall(): a connection both ways still works, whatever it is made of.
-static void after_uring(void) {
+static long setup_ring(void) {
     struct io_uring_params params;
     memset(&params, 0, sizeof params);
-    long ring = syscall(SYS_io_uring_setup, 4, &params);
-    SHOW("io_uring_setup", "%s", ring >= 0 ? "ok" : errno == ENOSYS || errno == EPERM ? "refused" : "failed");
-    // Another process connects to the listener made before the ring: it must find no registration.
+    return syscall(SYS_io_uring_setup, 4, &params);
+}
+
+// Another process connects to the listener, sends a line and waits for the end (client_process below).
+static pid_t spawn_client(void) {
     char port[16];
     snprintf(port, sizeof port, "%d", ntohs(bound.sin_port));
     char *argv[] = { "preload-indirect", "client", port, NULL };
-    pid_t pid;
+    pid_t pid = -1;
     SHOW("posix_spawn a client process", "%d", posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, environ));
+    return pid;
+}
+
+static void wait_client(pid_t pid) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    SHOW("client process", "exit %d", WEXITSTATUS(status));
+}
+
+// A forked worker sets up a ring, then accepts on the listener it inherited: the process that registered it
+// (this one) must welcome nobody from then on, so the client's connection is TCP and the worker reads its line.
+static void worker_uring(void) {
+    int ready[2], report[2];
+    if (pipe(ready) != 0 || pipe(report) != 0) { perror("pipe"); exit(1); }
+    fflush(stdout);
+    pid_t worker = fork();
+    if (worker == 0) {
+        char c = setup_ring() >= 0 ? 'y' : 'n';
+        (void)!write(ready[1], &c, 1);
+        int accepted = accept4(listener, NULL, NULL, 0);
+        char hello[16] = "";
+        ssize_t n = read(accepted, hello, sizeof hello);
+        (void)!write(report[1], hello, n > 0 ? (size_t)n : 0);
+        close(accepted);
+        _exit(0);
+    }
+    close(report[1]);
+    char c = 0;
+    (void)!read(ready[0], &c, 1);
+    SHOW("worker's io_uring_setup", "%s", c == 'y' ? "ok" : "refused");
+    pid_t client = spawn_client();
+    char hello[16] = "";
+    (void)!read(report[0], hello, sizeof hello - 1);
+    SHOW("the worker read", "%s", hello);
+    wait_client(client);
+    waitpid(worker, NULL, 0);
+    close(ready[0]), close(ready[1]), close(report[0]);
+}
+
+// After io_uring_setup through syscall() in this process: a connection both ways still works, and so does one
+// from another process, whatever they are made of.
+static void after_uring(void) {
+    long ring = setup_ring();
+    SHOW("io_uring_setup", "%s", ring >= 0 ? "ok" : "refused");
+    pid_t pid = spawn_client();
     int accepted = (int)syscall(SYS_accept4, listener, NULL, NULL, 0);
     char hello[16] = "";
     CHECK("read what it sent", read(accepted, hello, sizeof hello));
     SHOW("it sent", "%s", hello);
     close(accepted);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    SHOW("client process", "exit %d", WEXITSTATUS(status));
+    wait_client(pid);
     int server, client = connected_pair(&server);
     CHECK("write after io_uring_setup", write(client, "after", 5));
     char buf[8] = "";
@@ -305,6 +351,7 @@ int main(int argc, char **argv) {
     big_transfer(client, server);
     shutdown_and_close(client, server);
     stdio_streams();
+    worker_uring();
     after_uring();
     printf("done\n");
     return 0;
