@@ -1,6 +1,7 @@
 # fork, exec and posix_spawn with shared-memory connections open (programs/preload-fork.c): both processes
 # keep working connections, close counts per process, shutdown does not, a child's _exit disturbs nothing, a
-# forked child accepts and connects over shared memory, an exec'd image reads data or end of stream, never wake-up bytes.
+# forked child accepts and connects over shared memory, an exec'd image reads data or end of stream, never wake-up
+# bytes, and a daemon takes its first process's listener over only when no other child shares it.
 # Run under vmsock-run (shared memory, confirmed by the debug lines) and without it: the output must be the same.
 # Then, under vmsock-run only, a fork while another thread is inside the library's set-up: the child uses TCP.
 source "$(dirname "$0")/lib.sh"
@@ -15,6 +16,13 @@ grep -E "accept fd [0-9]+ from .*: shared memory" "$WORK/debug.txt" | grep -vq "
 # (and a grandchild's: the count above has both).
 grep -E "connect fd [0-9]+ to .*: shared memory" "$WORK/debug.txt" | grep -vq "^vmsock-run\[$owner\]" \
     || fail "no forked child connected over shared memory: $(cat "$WORK/debug.txt")"
+# A daemon (setsid) whose first process listened and exited took the listener over when it was that process's
+# only child since the listen, and not when another child shared the listener (the outputs above agree).
+[ "$(grep -c "this one takes it over" "$WORK/debug.txt")" -eq 1 ] \
+    || fail "expected one take-over (the daemon without a sibling): $(grep -E 'takes it over|daemon' "$WORK/debug.txt")"
+grep -q "^daemon: the acceptor read hello, the client got reply" "$WORK/plain.txt" || fail "the daemon case failed"
+grep -q "^daemon with a sibling acceptor: the acceptor read hello, the client got reply" "$WORK/plain.txt" \
+    || fail "the daemon case with a sibling failed"
 # The exec'd images (exec, vfork + execve, posix_spawn with the socket moved to stdin) were told.
 [ "$(grep -c "exec: fd [0-9]* was a shared-memory connection of the previous image: ended" "$WORK/debug.txt")" -ge 3 ] \
     || fail "the exec'd images did not end their inherited connections: $(cat "$WORK/debug.txt")"

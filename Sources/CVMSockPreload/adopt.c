@@ -5,21 +5,45 @@
 // parent and has exited takes them over: it sets the listener state it copied aside and registers each listener
 // it inherited as its own, so that its workers claim from it.
 //
-// Only a session leader does (a daemon calls setsid), and only one whose parent was the owner: another process
-// that shares the listening sockets and accepts on them would claim from the old owner, find nobody, and take a
-// connection this process welcomed for TCP. A daemon forked twice (its first child exits too) is TCP as before.
+// Only a session leader does (a daemon calls setsid), only one whose parent was the owner and forked nobody else
+// since it registered (the welcome book counts the owner's forks): another process sharing the listening sockets
+// would claim from the old owner, find nobody, and take a connection this process welcomed for TCP. And only one
+// that still holds an inherited listener and uses no io_uring. A daemon forked twice is TCP as before (its first
+// child takes over, then exits).
 #include "preload.h"
 
-#include <sched.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 pid_t vmsp_forked_from;  // the parent at this process's fork (real.c's child handler sets it)
 
+// Whether process `pid` is exiting: a zombie, or a task past the start of exit (PF_EXITING, in /proc/PID/stat's
+// ninth field); gone counts too.
+static int exiting(pid_t pid) {
+    char path[64], text[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 1;
+    ssize_t n = REAL(read)(fd, text, sizeof text - 1);
+    REAL(close)(fd);
+    if (n <= 0) return 1;
+    text[n] = 0;
+    const char *end = strrchr(text, ')');
+    char state = 0;
+    unsigned flags = 0;
+    if (!end || sscanf(end + 1, " %c %*d %*d %*d %*d %*d %u", &state, &flags) != 2) return 0;
+    return state == 'Z' || state == 'X' || (flags & 0x4);
+}
+
 // Whether the owner, our parent at the fork, has exited: we were then given another parent (its descriptors,
-// the registrations among them, were closed before that). Its exit may still be under way as we get here, just
-// after setsid: we wait for it, at most 20 ms.
+// the registrations among them, were closed before that). When it is exiting as we look (a daemon gets here
+// just after setsid, its first process on its way out), we wait for the reparenting, at most 20 ms; an owner
+// that lives on is not ours to take over, and costs no wait.
 static int parent_owner_gone(pid_t owner) {
+    if (getppid() != owner) return 1;
+    if (!exiting(owner)) return 0;
     for (int i = 0; i < 20 && getppid() == owner; i++) {
         struct timespec pause = { 0, 1000000 };
         nanosleep(&pause, NULL);
@@ -27,25 +51,37 @@ static int parent_owner_gone(pid_t owner) {
     return getppid() != owner;
 }
 
+static int holds_a_listener(void) {
+    for (int fd = 0; fd < vmsp_table_size; fd++) {
+        if (atomic_load(&vmsp_listening[fd])) return 1;
+    }
+    return 0;
+}
+
 void vmsp_adopt_orphaned_listeners(void) {
     static int looked;
     pid_t owner = vmsp_listen_owner, self = getpid();
     if (looked || !atomic_load(&vmsp_forked_child) || owner == 0 || owner == self) return;
     looked = 1;
-    if (owner != vmsp_forked_from || getsid(0) != self || !vmsp_child_setup_whole()) return;
-    if (!parent_owner_gone(owner)) return;
+    if (owner != vmsp_forked_from || getsid(0) != self || !vmsp_child_setup_whole() || !holds_a_listener() ||
+        vmsp_welcome_book_forks() != 1 || vmsp_uring_reason() || !parent_owner_gone(owner)) {
+        return;
+    }
     int saved = errno;
     vmsp_inside = 1;
     vmsock_preload_forget_copied_listeners();
     vmsp_inside = 0;
     atomic_store(&vmsp_claims_open, 0);  // the old owner's claim socket; ours opens with our first registration
-    vmsp_listen_owner = 0;
-    vmsp_listen_tried = 0;
+    vmsp_welcome_book_renew();           // the old owner's counts: its answers, its links, its forks
+    // This process owns the listeners from here: another thread's accept meanwhile finds no welcome (there is
+    // none yet) and takes TCP, as it should, rather than claim from the old owner.
+    vmsp_listen_owner = self;
+    vmsp_listen_tried = self;
     for (int fd = 0; fd < vmsp_table_size; fd++) {
         if (!atomic_load(&vmsp_listening[fd])) continue;
-        atomic_store(&vmsp_listening[fd], 0);
         char reason[256] = "";
         int registered = vmsp_register_listener(fd, reason, sizeof reason);
+        if (!registered) atomic_store(&vmsp_listening[fd], 0);
         vmsp_debug("listen fd %d: %s (process %d, which offered it, has exited; this one takes it over%s%s)", fd,
                    registered ? "shared memory offered" : "tcp only", (int)owner, registered ? "" : ": ", reason);
     }

@@ -43,6 +43,7 @@ pid_t vmsp_listen_owner;
 struct welcome_book {
     atomic_int answering;
     atomic_int uring;
+    atomic_int forks;  // the owner's forks since the book was made: a daemon takes over only from a lone child
     _Atomic uint16_t ports[65536];
 };
 static struct welcome_book *book;
@@ -52,6 +53,18 @@ void vmsp_welcome_book_note_uring(void) {
 }
 
 int vmsp_welcome_book_uring(void) { return book && atomic_load(&book->uring); }
+
+void vmsp_welcome_book_count_fork(void) {
+    if (book && vmsp_listen_owner == getpid()) atomic_fetch_add(&book->forks, 1);
+}
+
+int vmsp_welcome_book_forks(void) { return book ? atomic_load(&book->forks) : -1; }
+
+void vmsp_welcome_book_renew(void) {
+    if (book) munmap(book, sizeof *book);
+    book = NULL;
+    vmsp_welcome_book_init();
+}
 
 void vmsp_welcome_book_init(void) {
     if (book) return;

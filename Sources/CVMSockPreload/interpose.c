@@ -410,8 +410,8 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
 }
 
 int vmsp_register_listener(int fd, char *reason, size_t capacity) {
+    if (!vmsp_listen_tried) vmsp_listen_tried = getpid();  // first: a child forked from here on has tried too
     vmsp_welcome_book_init();  // before any child forks: they read it at their accepts
-    if (!vmsp_listen_tried) vmsp_listen_tried = getpid();
     vmsp_inside = 1;
     int registered = vmsock_preload_listen(fd, reason, capacity);
     vmsp_inside = 0;
@@ -419,7 +419,7 @@ int vmsp_register_listener(int fd, char *reason, size_t capacity) {
         vmsp_listen_owner = getpid();
         atomic_store(&vmsp_listening[fd], 1);
         // io_uring set up by another thread since the look before: its withdrawal may have missed this one.
-        if (vmsp_welcome_book_uring()) {
+        if (vmsp_welcome_book_uring() || vmsp_uring_seen()) {
             vmsp_forget_listener(fd);
             snprintf(reason, capacity, "this process set up io_uring meanwhile");
             return 0;
@@ -443,6 +443,8 @@ int listen(int fd, int backlog) {
     if (!vmsp_own_listens_allowed()) {
         vmsp_debug("listen fd %d on %s: tcp only (this process is a forked child of one that listened, or was "
                    "forked while another thread of its parent set up a connection)", fd, where);
+    } else if (vmsp_welcome_book_uring()) {
+        vmsp_debug("listen fd %d on %s: tcp only (a process of this family uses io_uring)", fd, where);
     } else if (!vmsp_listeners_allowed()) {
         vmsp_debug("listen fd %d on %s: tcp only (this process forked before it listened: a child might accept)", fd, where);
     } else if ((uring = vmsp_uring_reason())) {
@@ -532,7 +534,9 @@ static void after_accept(int listener, int fd, int flags, const struct sockaddr 
         vmsp_inside = 0;
     }
     if (attached) {
-        struct vmsp_ref *r = vmsp_conn_new(&info, (flags & SOCK_NONBLOCK) != 0);
+        // This process uses io_uring (rawcall.c), which would read the socket past the rings: a link welcomed
+        // before that was seen ends here, visibly, rather than have its wake-up bytes read as data.
+        struct vmsp_ref *r = vmsp_uring_seen() ? NULL : vmsp_conn_new(&info, (flags & SOCK_NONBLOCK) != 0);
         if (r) {
             atomic_store(&r->conn->tcp_ready, 1);
             vmsp_wake_socket_ready(r->conn, fd);
@@ -546,7 +550,9 @@ static void after_accept(int listener, int fd, int flags, const struct sockaddr 
             else vmsock_preload_release(info.owner);
             vmsp_inside = 0;
             REAL(shutdown)(fd, SHUT_RDWR);
-            vmsp_debug("accept fd %d from %s: shut down (out of memory for a welcomed link)", fd, where);
+            vmsp_debug("accept fd %d from %s: shut down (%s)", fd, where,
+                       vmsp_uring_seen() ? "this process uses io_uring, and the link was welcomed before that"
+                                         : "out of memory for a welcomed link");
         }
     } else {
         vmsp_tally(VMSP_ACCEPT_TCP);

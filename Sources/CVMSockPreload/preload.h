@@ -375,6 +375,11 @@ void vmsp_welcome_book_init(void);
 /// A process of this listener family uses io_uring: its owner welcomes nobody from now on (see rawcall.c).
 void vmsp_welcome_book_note_uring(void);
 int vmsp_welcome_book_uring(void);
+/// The owner's forks since its first registration (the book's), or -1 without a book; counted by the owner.
+void vmsp_welcome_book_count_fork(void);
+int vmsp_welcome_book_forks(void);
+/// A new book, for a process that takes listeners over from an owner that exited (adopt.c).
+void vmsp_welcome_book_renew(void);
 /// Whether a link may be welcomed for the connection from `peer`: 0 only when surely not (see claim.c).
 int vmsp_welcome_possible(const struct sockaddr_storage *peer);
 
@@ -383,6 +388,8 @@ int vmsp_welcome_possible(const struct sockaddr_storage *peer);
 /// Why this process may use io_uring (liburing is loaded, or io_uring_setup went through syscall()), or NULL.
 /// The first time it is not NULL, the process's registrations are withdrawn: its connections must all be TCP.
 const char *vmsp_uring_reason(void);
+/// Whether vmsp_uring_reason has found io_uring in this process (no look of its own).
+int vmsp_uring_seen(void);
 /// Withdraws the registration of the listening socket fd, if it has one (close does it too).
 void vmsp_forget_listener(int fd);
 

@@ -71,6 +71,8 @@ static void notice_uring(const char *why) {
     }
 }
 
+int vmsp_uring_seen(void) { return atomic_load(&uring_noticed); }
+
 const char *vmsp_uring_reason(void) {
     if (!atomic_load(&uring_library_loaded) && !atomic_load(&uring_setup_called)) {
         struct object_scan scan = { ~0ull, 1, 0 };

@@ -141,6 +141,7 @@ static void before_fork(void) {
 static void after_fork_parent(void) {
     if (!forking) atomic_fetch_sub(&vmsp_forks_in_flight, 1);  // not our fork(): nobody else will
     atomic_store(&vmsp_parent_forked, 1);
+    vmsp_welcome_book_count_fork();
     vmsp_live_unlock();
     pthread_mutex_unlock(&internal_lock);
     atomic_fetch_sub(&setup_closed, 1);

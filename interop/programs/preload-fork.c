@@ -374,9 +374,76 @@ static int torn_fork(int port) {
     return ok && status == 0 && (intptr_t)stopped >= 0 ? 0 : 1;
 }
 
+// Accepts one connection on l, reads its line, answers "reply", and writes what it read to `report`.
+static void accept_and_report(int l, int report) {
+    int s = accept(l, NULL, NULL);
+    char text[16] = "";
+    long n = read(s, text, sizeof text - 1);
+    if (n == 5 && write(s, "reply", 5) != 5) n = -1;
+    (void)!write(report, n == 5 ? text : "(nothing)", n == 5 ? 5 : 9);
+    close(s);
+    _exit(0);
+}
+
+// A daemon's first process O (a new image, run by daemon_case: a forked child of a process that listened would
+// not offer shared memory) listens, then forks the daemon D (setsid), which waits until O has exited and then
+// forks K: under vmsock-run, D takes the listener over at that fork when it is O's only child since the listen.
+// With `sibling`, O also forked W first, which accepts on the same socket: then D must not take over (W would
+// claim links from O, which is gone, and read a connection D welcomed as TCP).
+static int daemon_first(int sibling, int ready, int report) {
+    int l = listen_local();
+    (void)!write(ready, &bound, sizeof bound);
+    if (sibling && fork() == 0) accept_and_report(l, report);
+    pid_t parent = getpid();
+    if (fork() == 0) {
+        setsid();
+        while (getppid() == parent) usleep(1000);
+        pid_t k = fork();
+        if (k == 0) {
+            if (!sibling) accept_and_report(l, report);
+            _exit(0);
+        }
+        (void)!write(ready, "d", 1);
+        waitpid(k, NULL, 0);
+        _exit(0);
+    }
+    return 0;
+}
+
+// Runs daemon_first, then connects, sends "hello", and prints what the acceptor (K, or W) read and what came back.
+static void daemon_case(int sibling) {
+    int ready[2], report[2];
+    if (pipe(ready) != 0 || pipe(report) != 0) { perror("pipe"); exit(2); }
+    char mode[4], ready_fd[16], report_fd[16];
+    snprintf(mode, sizeof mode, "%d", sibling);
+    snprintf(ready_fd, sizeof ready_fd, "%d", ready[1]);
+    snprintf(report_fd, sizeof report_fd, "%d", report[1]);
+    char *argv[] = { self_path, "daemon-first", mode, ready_fd, report_fd, NULL };
+    pid_t first;
+    if (posix_spawn(&first, self_path, NULL, NULL, argv, environ) != 0) { perror("posix_spawn"); exit(2); }
+    waitpid(first, NULL, 0);
+    struct sockaddr_in address;
+    char forked;
+    if (read(ready[0], &address, sizeof address) != sizeof address || read(ready[0], &forked, 1) != 1) {
+        perror("daemon case");
+        exit(2);
+    }
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    char answer[8] = "", heard[16] = "";
+    if (connect(c, (struct sockaddr *)&address, sizeof address) != 0 || write(c, "hello", 5) != 5) perror("connect");
+    struct pollfd p = { c, POLLIN, 0 };
+    if (poll(&p, 1, 3000) == 1) (void)!read(c, answer, sizeof answer - 1);
+    (void)!read(report[0], heard, sizeof heard - 1);
+    printf("daemon%s: the acceptor read %s, the client got %s\n", sibling ? " with a sibling acceptor" : "", heard,
+           answer[0] ? answer : "(nothing)");
+    close(c);
+    close(ready[0]), close(ready[1]), close(report[0]), close(report[1]);
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "exec-child") == 0) return exec_child(atoi(argv[2]));
     if (argc == 3 && strcmp(argv[1], "torn-fork") == 0) return torn_fork(atoi(argv[2]));
+    if (argc == 5 && strcmp(argv[1], "daemon-first") == 0) return daemon_first(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
     ssize_t n = readlink("/proc/self/exe", self_path, sizeof self_path - 1);
     if (n > 0) self_path[n] = 0;
     signal(SIGPIPE, SIG_IGN);
@@ -395,6 +462,8 @@ int main(int argc, char **argv) {
     exec_inherited();
     vfork_exec();
     spawn_inherited();
+    daemon_case(0);
+    daemon_case(1);
     close(listener);
     printf("done\n");
     return 0;
