@@ -1,7 +1,8 @@
 # fork, exec and posix_spawn with shared-memory connections open (programs/preload-fork.c): both processes
 # keep working connections, close counts per process, shutdown does not, a child's _exit disturbs nothing, a
 # forked child accepts and connects over shared memory, an exec'd image reads data or end of stream, never wake-up
-# bytes, and a daemon takes its first process's listener over only when no other child shares it.
+# bytes, a daemon takes its first process's listener over only when no other child shares it, and a listener
+# handed to a new image stops its owner's welcomes.
 # Run under vmsock-run (shared memory, confirmed by the debug lines) and without it: the output must be the same.
 # Then, under vmsock-run only, a fork while another thread is inside the library's set-up: the child uses TCP.
 source "$(dirname "$0")/lib.sh"
@@ -23,6 +24,11 @@ grep -E "connect fd [0-9]+ to .*: shared memory" "$WORK/debug.txt" | grep -vq "^
 grep -q "^daemon: the acceptor read hello, the client got reply" "$WORK/plain.txt" || fail "the daemon case failed"
 grep -q "^daemon with a sibling acceptor: the acceptor read hello, the client got reply" "$WORK/plain.txt" \
     || fail "the daemon case with a sibling failed"
+# A new image that inherited a registered listening socket stopped its owner's welcomes: the connection it
+# accepted was TCP (its data checked by the outputs above).
+grep -q "exec: listening fd [0-9]* goes to the new image, which may accept on it" "$WORK/debug.txt" \
+    || fail "handing a listener to a new image did not stop the welcomes: $(tail -20 "$WORK/debug.txt")"
+grep -q "^handed-on listener: the new image read  *hello" "$WORK/plain.txt" || fail "the handed-on listener case failed"
 # The exec'd images (exec, vfork + execve, posix_spawn with the socket moved to stdin) were told.
 [ "$(grep -c "exec: fd [0-9]* was a shared-memory connection of the previous image: ended" "$WORK/debug.txt")" -ge 3 ] \
     || fail "the exec'd images did not end their inherited connections: $(cat "$WORK/debug.txt")"

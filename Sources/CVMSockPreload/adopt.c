@@ -12,39 +12,18 @@
 // child takes over, then exits).
 #include "preload.h"
 
-#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 pid_t vmsp_forked_from;  // the parent at this process's fork (real.c's child handler sets it)
 
-// Whether process `pid` is exiting: a zombie, or a task past the start of exit (PF_EXITING, in /proc/PID/stat's
-// ninth field); gone counts too.
-static int exiting(pid_t pid) {
-    char path[64], text[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 1;
-    ssize_t n = REAL(read)(fd, text, sizeof text - 1);
-    REAL(close)(fd);
-    if (n <= 0) return 1;
-    text[n] = 0;
-    const char *end = strrchr(text, ')');
-    char state = 0;
-    unsigned flags = 0;
-    if (!end || sscanf(end + 1, " %c %*d %*d %*d %*d %*d %u", &state, &flags) != 2) return 0;
-    return state == 'Z' || state == 'X' || (flags & 0x4);
-}
-
 // Whether the owner, our parent at the fork, has exited: we were then given another parent (its descriptors,
-// the registrations among them, were closed before that). When it is exiting as we look (a daemon gets here
-// just after setsid, its first process on its way out), we wait for the reparenting, at most 20 ms; an owner
-// that lives on is not ours to take over, and costs no wait.
+// the registrations among them, were closed before that). A daemon gets here just after setsid, its first
+// process on its way out, perhaps not yet there under load: we wait for the reparenting, at most 100 ms. Only
+// the owner's first child since it registered, a session leader still holding the listener, ever waits, once.
 static int parent_owner_gone(pid_t owner) {
-    if (getppid() != owner) return 1;
-    if (!exiting(owner)) return 0;
-    for (int i = 0; i < 20 && getppid() == owner; i++) {
+    for (int i = 0; i < 100 && getppid() == owner; i++) {
         struct timespec pause = { 0, 1000000 };
         nanosleep(&pause, NULL);
     }

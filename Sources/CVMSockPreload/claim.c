@@ -38,11 +38,13 @@ pid_t vmsp_listen_owner;
 // stops counting the answer, so a welcome sent by then would show. Ports alone, so that another address's link
 // on the same port only costs a claim, never a miss; a count never goes down without its link going.
 //
-// The book also says whether a process of the family uses io_uring (rawcall.c): a worker that accepts through
-// a ring would take a connection the owner welcomed as TCP, so the owner then welcomes nobody.
+// The book also says whether a process of the family uses io_uring (rawcall.c), or handed a registered listening
+// socket to a new image (exec.c): a worker that accepts through a ring, or an image that knows nothing of the
+// links, would take a connection the owner welcomed as TCP, so the owner then welcomes nobody.
 struct welcome_book {
     atomic_int answering;
     atomic_int uring;
+    atomic_int handed_on;  // a new image (exec, posix_spawn) inherited a registered listening socket
     atomic_int forks;  // the owner's forks since the book was made: a daemon takes over only from a lone child
     _Atomic uint16_t ports[65536];
 };
@@ -53,6 +55,14 @@ void vmsp_welcome_book_note_uring(void) {
 }
 
 int vmsp_welcome_book_uring(void) { return book && atomic_load(&book->uring); }
+
+void vmsp_welcome_book_note_handed_on(void) {
+    if (book) atomic_store(&book->handed_on, 1);
+}
+
+int vmsp_welcome_book_closed(void) {
+    return book && (atomic_load(&book->uring) || atomic_load(&book->handed_on));
+}
 
 void vmsp_welcome_book_count_fork(void) {
     if (book && vmsp_listen_owner == getpid()) atomic_fetch_add(&book->forks, 1);

@@ -73,10 +73,28 @@ static size_t env_count(char *const *envp) {
     return n;
 }
 
+// A registered listening socket the new image inherits (not close-on-exec): that image may accept on it, and it
+// knows nothing of the links the listener's owner welcomes, so it would read a welcomed connection's wake-up
+// bytes as data. The owner then welcomes nobody, for good (the welcome book's mark; connectors use TCP). Not
+// covered: posix_spawn file actions that move a close-on-exec listener to another number.
+static void listeners_handed_on(void) {
+    int end = atomic_load(&vmsp_listening_end);
+    for (int fd = 0; fd < end && fd < vmsp_table_size; fd++) {
+        if (!atomic_load(&vmsp_listening[fd])) continue;
+        int flags = REAL(fcntl)(fd, F_GETFD);
+        if (flags < 0 || (flags & FD_CLOEXEC)) continue;
+        vmsp_welcome_book_note_handed_on();
+        vmsp_debug("exec: listening fd %d goes to the new image, which may accept on it: process %d offers shared "
+                   "memory on its listeners no more", fd, (int)vmsp_listen_owner);
+        return;
+    }
+}
+
 // Runs `call` with envp extended; the exec wrappers below differ only in the call.
 #define WITH_INHERITED(envp, call)                                                    \
     do {                                                                              \
         char entry_[8192];                                                            \
+        if (!vmsp_inside) listeners_handed_on();                                      \
         if (vmsp_inside || !inherited_entry(entry_, sizeof entry_)) {                 \
             char *const *env = (envp);                                                \
             return call;                                                              \
@@ -124,6 +142,7 @@ typedef int (*spawn_fn)(pid_t *, const char *, const posix_spawn_file_actions_t 
 static int spawn_with_inherited(spawn_fn real, pid_t *pid, const char *program, const posix_spawn_file_actions_t *actions,
                                 const posix_spawnattr_t *attributes, char *const argv[], char *const envp[]) {
     char entry[8192];
+    if (!vmsp_inside) listeners_handed_on();
     if (vmsp_inside || !inherited_entry(entry, sizeof entry)) return real(pid, program, actions, attributes, argv, envp);
     size_t slots = env_count(envp) + 2;
     char *array[slots];

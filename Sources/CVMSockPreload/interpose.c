@@ -409,6 +409,8 @@ int connect(int fd, const struct sockaddr *address, socklen_t length) {
     return result;
 }
 
+atomic_int vmsp_listening_end;
+
 int vmsp_register_listener(int fd, char *reason, size_t capacity) {
     if (!vmsp_listen_tried) vmsp_listen_tried = getpid();  // first: a child forked from here on has tried too
     vmsp_welcome_book_init();  // before any child forks: they read it at their accepts
@@ -417,6 +419,8 @@ int vmsp_register_listener(int fd, char *reason, size_t capacity) {
     vmsp_inside = 0;
     if (registered) {
         vmsp_listen_owner = getpid();
+        int end = atomic_load(&vmsp_listening_end);
+        while (fd >= end && !atomic_compare_exchange_weak(&vmsp_listening_end, &end, fd + 1)) {}
         atomic_store(&vmsp_listening[fd], 1);
         // io_uring set up by another thread since the look before: its withdrawal may have missed this one.
         if (vmsp_welcome_book_uring() || vmsp_uring_seen()) {
@@ -443,8 +447,9 @@ int listen(int fd, int backlog) {
     if (!vmsp_own_listens_allowed()) {
         vmsp_debug("listen fd %d on %s: tcp only (this process is a forked child of one that listened, or was "
                    "forked while another thread of its parent set up a connection)", fd, where);
-    } else if (vmsp_welcome_book_uring()) {
-        vmsp_debug("listen fd %d on %s: tcp only (a process of this family uses io_uring)", fd, where);
+    } else if (vmsp_welcome_book_closed()) {
+        vmsp_debug("listen fd %d on %s: tcp only (a process of this family uses io_uring, or handed a listening "
+                   "socket to a new image)", fd, where);
     } else if (!vmsp_listeners_allowed()) {
         vmsp_debug("listen fd %d on %s: tcp only (this process forked before it listened: a child might accept)", fd, where);
     } else if ((uring = vmsp_uring_reason())) {

@@ -375,6 +375,12 @@ void vmsp_welcome_book_init(void);
 /// A process of this listener family uses io_uring: its owner welcomes nobody from now on (see rawcall.c).
 void vmsp_welcome_book_note_uring(void);
 int vmsp_welcome_book_uring(void);
+/// A new image inherited a registered listening socket: its owner welcomes nobody from now on (see exec.c).
+void vmsp_welcome_book_note_handed_on(void);
+/// Either mark: the family's owner welcomes nobody.
+int vmsp_welcome_book_closed(void);
+/// Above the highest descriptor ever registered as a listener (its marks in vmsp_listening end below it).
+extern atomic_int vmsp_listening_end;
 /// The owner's forks since its first registration (the book's), or -1 without a book; counted by the owner.
 void vmsp_welcome_book_count_fork(void);
 int vmsp_welcome_book_forks(void);

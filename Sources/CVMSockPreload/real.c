@@ -188,10 +188,11 @@ int vmsp_own_listens_allowed(void) {
 
 // After a fork, a child may accept a connection whose hello this process answered: fine once the child can
 // claim the link (claim.c), which needs this process's claim socket.
-// And never once a process of the family uses io_uring (rawcall.c): it may accept through a ring.
+// And never once a process of the family uses io_uring (rawcall.c), or handed a listening socket to a new image
+// (exec.c): either may accept without claiming.
 int vmsp_listeners_allowed(void) {
     return vmsp_own_listens_allowed() && (atomic_load(&vmsp_claims_open) || !atomic_load(&vmsp_parent_forked)) &&
-           !vmsp_welcome_book_uring();
+           !vmsp_welcome_book_closed();
 }
 
 atomic_int vmsp_claims_open;

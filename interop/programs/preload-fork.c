@@ -33,8 +33,9 @@ static const char *err(long result) {
 static int listener;
 static struct sockaddr_in bound;
 
+// Close-on-exec: a listener a new image inherits stops its owner's welcomes (listener_handed_on below).
 static int listen_local(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 64) != 0) { perror("listen"); exit(2); }
     socklen_t length = sizeof bound;
@@ -440,9 +441,43 @@ static void daemon_case(int sibling) {
     close(ready[0]), close(ready[1]), close(report[0]), close(report[1]);
 }
 
+// The new image of listener_handed_on: accepts on the listening socket it inherited and reads a line.
+static int accept_inherited(int l) {
+    int s = accept(l, NULL, NULL);
+    char text[16] = "";
+    long n = read_full(s, text, 5);
+    printf("%-48s %s\n", "handed-on listener: the new image read", n == 5 ? text : "(nothing)");
+    fflush(stdout);
+    return n == 5 && memcmp(text, "hello", 5) == 0 ? 0 : 1;
+}
+
+// A new image inherits a registered listening socket (not close-on-exec) and accepts on it. It knows nothing of
+// the links this process (the owner) welcomes, so from the spawn on this process welcomes nobody: the
+// connection the new image accepts is TCP, and its data arrives.
+static void listener_handed_on(void) {
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t length = sizeof a;
+    if (bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 8) != 0) { perror("listen"); exit(2); }
+    getsockname(l, (struct sockaddr *)&a, &length);
+    char fd_text[16];
+    snprintf(fd_text, sizeof fd_text, "%d", l);
+    char *argv[] = { self_path, "accept-inherited", fd_text, NULL };
+    pid_t pid;
+    fflush(stdout);
+    if (posix_spawn(&pid, self_path, NULL, NULL, argv, environ) != 0) { perror("posix_spawn"); exit(2); }
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK("handed-on listener: connect", connect(c, (struct sockaddr *)&a, sizeof a));
+    CHECK("handed-on listener: write", write(c, "hello", 5));
+    SHOW("handed-on listener: new image's exit status", "%d", child_status(pid));
+    close(c);
+    close(l);
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "exec-child") == 0) return exec_child(atoi(argv[2]));
     if (argc == 3 && strcmp(argv[1], "torn-fork") == 0) return torn_fork(atoi(argv[2]));
+    if (argc == 3 && strcmp(argv[1], "accept-inherited") == 0) return accept_inherited(atoi(argv[2]));
     if (argc == 5 && strcmp(argv[1], "daemon-first") == 0) return daemon_first(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
     ssize_t n = readlink("/proc/self/exe", self_path, sizeof self_path - 1);
     if (n > 0) self_path[n] = 0;
@@ -464,6 +499,7 @@ int main(int argc, char **argv) {
     spawn_inherited();
     daemon_case(0);
     daemon_case(1);
+    listener_handed_on();  // last: this process welcomes nobody after it
     close(listener);
     printf("done\n");
     return 0;
