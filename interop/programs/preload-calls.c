@@ -25,14 +25,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-static const char *err(long result) {
-    static char text[64];
-    if (result >= 0) { snprintf(text, sizeof text, "%ld", result); return text; }
-    snprintf(text, sizeof text, "-1 %s", strerrorname_np(errno));
-    return text;
-}
-#define CHECK(label, expr) printf("%-44s %s\n", label, err((long)(expr)))
-#define SHOW(label, fmt, ...) printf("%-44s " fmt "\n", label, __VA_ARGS__)
+#include "observe.h"
 
 static int listener;
 static struct sockaddr_in bound;

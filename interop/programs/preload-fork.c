@@ -21,14 +21,7 @@
 
 extern char **environ;
 
-static const char *err(long result) {
-    static char text[64];
-    if (result >= 0) { snprintf(text, sizeof text, "%ld", result); return text; }
-    snprintf(text, sizeof text, "-1 %s", strerrorname_np(errno));
-    return text;
-}
-#define CHECK(label, expr) do { long r_ = (long)(expr); printf("%-48s %s\n", label, err(r_)); fflush(stdout); } while (0)
-#define SHOW(label, fmt, ...) do { printf("%-48s " fmt "\n", label, __VA_ARGS__); fflush(stdout); } while (0)
+#include "observe.h"
 
 static int listener;
 static struct sockaddr_in bound;
