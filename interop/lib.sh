@@ -61,6 +61,8 @@ wait_for() {
     fail "process $pid did not end within $limit s"
 }
 
+# vmsock-run's relay processes still running (exec's, ferry.c), one line each; those that ended are left to init.
+live_relays() { ps -eo stat=,pid=,comm= | awk '$3 == "vmsock-relay" && $1 !~ /^Z/'; }
 random_file() { head -c "$2" /dev/urandom > "$1"; }
 same() { [ "$(sha256sum < "$1")" = "$(sha256sum < "$2")" ] || fail "$3: $1 ($(stat -c %s "$1") bytes) and $2 ($(stat -c %s "$2") bytes) differ"; }
 says() { grep -q -- "$2" "$1" || fail "$3: expected '$2' in $1, got: $(cat "$1")"; }

@@ -3,7 +3,7 @@
 # the programs the interop tests run against: nc (netcat-openbsd), socat, iperf3, curl, sockperf, ip and ss
 # (iproute2), setpriv, redis-server and redis-benchmark/redis-cli (redis-tools), nginx, wrk and ab
 # (apache2-utils) for the real-server tests and tools/bench-servers.sh, liburing-dev (a server on io_uring under
-# vmsock-run), and qemu-system-x86_64 (vmsockd's QEMU test; it skips without it).
+# vmsock-run), openssh-server (sshd re-execs itself on each connection), and qemu-system-x86_64 (vmsockd's QEMU test; it skips without it).
 # Idempotent and quiet when everything is there. Needs root for apt-get (CI and the dev machines run as root).
 set -euo pipefail
 
@@ -36,6 +36,8 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v ab >/dev/null 2>&1 || missing+=(apache2-utils)  # ab: tools/bench-servers.sh's second HTTP client
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 [ -f /usr/include/liburing.h ] || missing+=(liburing-dev)  # interop/preload-uring: a server that uses io_uring
+# interop/preload-sshd: sshd re-execs itself on each accepted connection (its client, ssh, comes with it)
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     apt-get update -qq

@@ -1,11 +1,13 @@
 // exec with shared-memory sockets open. The new image would see only the TCP socket, whose bytes are wake-ups,
-// not data; carrying the rings across exec is not done (see DESIGN.md). So the connection ends for the new
-// image, as a TCP connection whose peer vanished looks: the exec wrappers (the exec family, posix_spawn and
-// posix_spawnp) put the inodes of this process's shared-memory sockets in VMSOCK_INHERITED, and the new image's
-// constructor replaces each descriptor it inherited of those sockets with a socket whose peer is gone (reads
-// return 0, writes EPIPE), with a debug line saying so. Inodes, not descriptor numbers: posix_spawn's file
-// actions may move a socket to another number (stdin, as inetd does). A process that execs leaves the
-// connections' holders first (its close is then this one), and joins them again if exec fails.
+// not data, and the rings cannot go with it (DESIGN.md). So a process that execs hands each connection its new
+// image inherits (not close-on-exec) to a relay (ferry.c): the new image gets a TCP socket in its place, which
+// carries the connection's data. Where no relay can be made (a vfork child, posix_spawn, or a relay that could not
+// be started), the connection ends for the new image, as a TCP connection whose peer vanished looks: the wrappers
+// put the inodes of those sockets in VMSOCK_INHERITED, and the new image's constructor replaces each descriptor it
+// inherited of them with a socket whose peer is gone (reads return 0, writes EPIPE), with a debug line saying so.
+// Inodes, not descriptor numbers: posix_spawn's file actions may move a socket to another number (stdin, as inetd
+// does). A process that execs leaves the connections' holders first (its close is then this one, unless a relay
+// holds the connection), and joins them again if exec fails.
 #include "preload.h"
 
 #include <dirent.h>
@@ -24,14 +26,15 @@ static const char variable[] = "VMSOCK_INHERITED=";
 
 // MARK: Before exec (runs in a vfork child too: no allocation, no write to memory the parent uses)
 
-// Writes "VMSOCK_INHERITED=ino,ino,..." into `out`; 0 when there is no shared-memory socket.
-static int inherited_entry(char *out, size_t capacity) {
+// Writes "VMSOCK_INHERITED=ino,ino,..." into `out`, leaving out the descriptors a relay carries; 0 when there is
+// no other shared-memory socket.
+static int inherited_entry(char *out, size_t capacity, const struct vmsp_relays *relays) {
     int high = atomic_load(&vmsp_table_high), count = 0;
     size_t length = strlen(variable);
     memcpy(out, variable, length);
     for (int fd = 0; fd <= high && fd < vmsp_table_size; fd++) {
         struct stat info;
-        if (!vmsp_lookup(fd) || fstat(fd, &info) != 0) continue;
+        if (!vmsp_lookup(fd) || vmsp_relay_carries(relays, fd) || fstat(fd, &info) != 0) continue;
         int n = snprintf(out + length, capacity - length, "%s%llu", count ? "," : "", (unsigned long long)info.st_ino);
         if (n < 0 || (size_t)n >= capacity - length) break;  // more than fit: the rest are not recognized
         length += (size_t)n;
@@ -56,13 +59,19 @@ static void leave_all(int rejoin) {
     }
 }
 
-// envp with our entry (any older one left out), in `out` (room for count + 2 pointers).
-static char *const *with_entry(char *const *envp, char *entry, char **out, size_t slots) {
+static const char relayed_variable[] = "VMSOCK_RELAYED=";
+
+// envp with our entries (`relayed` may be NULL; any older ones left out), in `out` (room for count + 3 pointers).
+static char *const *with_entry(char *const *envp, char *entry, char *relayed, char **out, size_t slots) {
     size_t n = 0;
-    for (size_t i = 0; envp && envp[i] && n + 2 < slots; i++) {
-        if (strncmp(envp[i], variable, sizeof variable - 1) != 0) out[n++] = envp[i];
+    for (size_t i = 0; envp && envp[i] && n + 3 < slots; i++) {
+        if (strncmp(envp[i], variable, sizeof variable - 1) != 0 &&
+            strncmp(envp[i], relayed_variable, sizeof relayed_variable - 1) != 0) {
+            out[n++] = envp[i];
+        }
     }
     out[n++] = entry;
+    if (relayed) out[n++] = relayed;
     out[n] = NULL;
     return out;
 }
@@ -90,22 +99,31 @@ static void listeners_handed_on(void) {
     }
 }
 
-// Runs `call` with envp extended; the exec wrappers below differ only in the call.
+// Runs `call` with envp extended and the relays in place; the exec wrappers below differ only in the call.
 #define WITH_INHERITED(envp, call)                                                    \
     do {                                                                              \
-        char entry_[8192];                                                            \
-        if (!vmsp_inside) listeners_handed_on();                                      \
-        if (vmsp_inside || !inherited_entry(entry_, sizeof entry_)) {                 \
+        if (vmsp_inside) {                                                            \
             char *const *env = (envp);                                                \
             return call;                                                              \
         }                                                                             \
-        size_t slots_ = env_count(envp) + 2;                                          \
+        listeners_handed_on();                                                        \
+        struct vmsp_relays relays_;                                                   \
+        vmsp_relay_prepare(&relays_);                                                 \
+        char entry_[8192];                                                            \
+        int listed_ = inherited_entry(entry_, sizeof entry_, &relays_);               \
+        if (!listed_ && !relays_.count) {                                             \
+            char *const *env = (envp);                                                \
+            return call;                                                              \
+        }                                                                             \
+        size_t slots_ = env_count(envp) + 3;                                          \
         char *array_[slots_];                                                         \
-        char *const *env = with_entry((envp), entry_, array_, slots_);                \
+        char *const *env = listed_ ? with_entry((envp), entry_, NULL, array_, slots_) : (envp); \
         leave_all(0);                                                                 \
+        vmsp_relay_swap(&relays_);                                                    \
         int result_ = call;                                                           \
         int saved_ = errno;                                                           \
         leave_all(1);                                                                 \
+        vmsp_relay_exec_failed(&relays_);                                             \
         errno = saved_;                                                               \
         return result_;                                                               \
     } while (0)
@@ -135,18 +153,26 @@ int execveat(int dirfd, const char *path, char *const argv[], char *const envp[]
     return vmsp_execveat(dirfd, path, argv, envp, flags);
 }
 
-// posix_spawn runs in the parent until the clone: the child never held the connections, so nothing is left.
+// posix_spawn runs in the parent until the clone: the child never held the connections, so nothing is left. The
+// parent keeps its descriptors, so the relays' sockets are put in place by the new image's constructor.
 typedef int (*spawn_fn)(pid_t *, const char *, const posix_spawn_file_actions_t *, const posix_spawnattr_t *,
                         char *const[], char *const[]);
 
 static int spawn_with_inherited(spawn_fn real, pid_t *pid, const char *program, const posix_spawn_file_actions_t *actions,
                                 const posix_spawnattr_t *attributes, char *const argv[], char *const envp[]) {
-    char entry[8192];
-    if (!vmsp_inside) listeners_handed_on();
-    if (vmsp_inside || !inherited_entry(entry, sizeof entry)) return real(pid, program, actions, attributes, argv, envp);
-    size_t slots = env_count(envp) + 2;
+    char entry[8192], relayed[4096];
+    struct vmsp_relays none = { 0 }, relays;
+    if (vmsp_inside) return real(pid, program, actions, attributes, argv, envp);
+    listeners_handed_on();
+    if (!inherited_entry(entry, sizeof entry, &none)) return real(pid, program, actions, attributes, argv, envp);
+    vmsp_relay_prepare(&relays);
+    int has_relays = relays.count && vmsp_relay_entry(&relays, relayed, sizeof relayed);
+    size_t slots = env_count(envp) + 3;
     char *array[slots];
-    return real(pid, program, actions, attributes, argv, with_entry(envp, entry, array, slots));
+    int result = real(pid, program, actions, attributes, argv,
+                      with_entry(envp, entry, has_relays ? relayed : NULL, array, slots));
+    vmsp_relay_spawned(&relays, result == 0 && has_relays);
+    return result;
 }
 
 int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *actions,
@@ -214,8 +240,41 @@ static void end_inherited(int fd) {
                "(vmsock-run does not carry connections across exec)", fd);
 }
 
+// The relay socket VMSOCK_RELAYED ("inode:fd:inode,...") names for the socket `inode` (any, for 0), if this
+// image has it (a file action may have closed or replaced it), from entry `*at` on; -1 at the end.
+static int next_relay(const char **at, unsigned long long inode) {
+    while (*at && **at) {
+        char *end;
+        unsigned long long socket_inode = strtoull(*at, &end, 10), relay_inode = 0;
+        long fd = -1;
+        if (*end == ':') fd = strtol(end + 1, &end, 10);
+        if (*end == ':') relay_inode = strtoull(end + 1, &end, 10);
+        *at = strchr(*at, ',');
+        if (*at) (*at)++;
+        struct stat info;
+        if ((inode == 0 || socket_inode == inode) && fd >= 0 && fd <= 0x7fffffff && fstat((int)fd, &info) == 0 &&
+            info.st_ino == relay_inode && S_ISSOCK(info.st_mode)) {
+            return (int)fd;
+        }
+    }
+    return -1;
+}
+
+static int relay_socket(const char *list, unsigned long long inode) {
+    const char *at = list;
+    return next_relay(&at, inode);
+}
+
+// posix_spawn's child: the descriptor takes the relay's socket (its close-on-exec flag kept).
+static void take_relay(int fd, int relay) {
+    int flags = REAL(fcntl)(fd, F_GETFD);
+    REAL(dup3)(relay, fd, flags >= 0 && (flags & FD_CLOEXEC) ? O_CLOEXEC : 0);
+    vmsp_debug("exec: fd %d, a shared-memory connection of the previous image, is a TCP socket through a relay "
+               "process in this one (vmsock-run cannot carry the rings across exec)", fd);
+}
+
 void vmsp_exec_inherited(void) {
-    const char *list = getenv("VMSOCK_INHERITED");
+    const char *list = getenv("VMSOCK_INHERITED"), *relays = getenv("VMSOCK_RELAYED");
     if (!list) return;
     DIR *directory = opendir("/proc/self/fd");
     if (directory) {
@@ -224,9 +283,17 @@ void vmsp_exec_inherited(void) {
             int fd = atoi(entry->d_name);
             struct stat info;
             if (entry->d_name[0] == '.' || fd == own || fstat(fd, &info) != 0 || !S_ISSOCK(info.st_mode)) continue;
-            if (listed(list, (unsigned long long)info.st_ino)) end_inherited(fd);
+            if (!listed(list, (unsigned long long)info.st_ino)) continue;
+            int relay = relay_socket(relays, (unsigned long long)info.st_ino);
+            if (relay < 0 || relay == fd) { end_inherited(fd); continue; }
+            take_relay(fd, relay);
         }
         closedir(directory);
     }
+    // The relay sockets, in place or not: one whose connection this image did not get (a file action closed it)
+    // must not keep that connection open here.
+    const char *at = relays;
+    for (int relay; (relay = next_relay(&at, 0)) != -1;) REAL(close)(relay);
     unsetenv("VMSOCK_INHERITED");
+    unsetenv("VMSOCK_RELAYED");
 }

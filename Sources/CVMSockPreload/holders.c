@@ -129,3 +129,13 @@ int vmsp_holders_leave(struct vmsp_conn *c) {
     }
     return others;
 }
+
+int vmsp_holders_others(struct vmsp_conn *c) {
+    uint64_t id = self();
+    int slots = atomic_load(&c->holder_slots);
+    for (int i = 0; i < slots; i++) {
+        uint64_t other = atomic_load(&c->holders[i]);
+        if (other && other != id && alive(other)) return 1;
+    }
+    return atomic_load(&c->holders_lost);
+}

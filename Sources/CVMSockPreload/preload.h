@@ -254,6 +254,33 @@ int vmsp_holders_is_self(void);
 int vmsp_execveat(int dirfd, const char *path, char *const argv[], char *const envp[], int flags);
 /// In the constructor: ends the descriptors the previous image held for shared-memory sockets (exec.c).
 void vmsp_exec_inherited(void);
+/// Whether a process other than this one holds the connection (holders.c).
+int vmsp_holders_others(struct vmsp_conn *c);
+/// fork as the program's goes (the child a holder of every connection), without a daemon's take-over of its
+/// listeners: for the library's own children (ferry.c).
+pid_t vmsp_fork_quietly(void);
+
+// MARK: Relays for connections a new image inherits (ferry.c).
+
+enum { VMSP_RELAYS = 16, VMSP_RELAY_FDS = 64 };
+struct vmsp_relays {
+    int count;                          // relays, one per connection
+    struct vmsp_conn *conn[VMSP_RELAYS];
+    int app[VMSP_RELAYS];               // the new image's end of each relay's TCP connection (close-on-exec here)
+    int go[VMSP_RELAYS];                // close-on-exec: its end starts the relay, a byte on it sends it away
+    int fds;                            // descriptors that go to a relay's socket at exec
+    int fd[VMSP_RELAY_FDS], relay[VMSP_RELAY_FDS], saved[VMSP_RELAY_FDS];
+};
+/// Before exec, outside a vfork child: a relay for each connection the new image inherits (not close-on-exec).
+void vmsp_relay_prepare(struct vmsp_relays *plan);
+int vmsp_relay_carries(const struct vmsp_relays *plan, int fd);
+/// Just before exec: the descriptors take the relays' sockets.
+void vmsp_relay_swap(struct vmsp_relays *plan);
+/// exec failed: the descriptors back, the relays sent away.
+void vmsp_relay_exec_failed(struct vmsp_relays *plan);
+/// posix_spawn: the VMSOCK_RELAYED entry for the new image's constructor; then each relay started or sent away.
+int vmsp_relay_entry(struct vmsp_relays *plan, char *out, size_t capacity);
+void vmsp_relay_spawned(struct vmsp_relays *plan, int started);
 /// After fork, in the child: who this process is (its pid and start time) changed.
 void vmsp_holders_forget_self(void);
 

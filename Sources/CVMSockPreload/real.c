@@ -122,6 +122,10 @@ static __thread int forking;
 
 pid_t fork(void) {
     if (!atomic_load(&vmsp_parent_forked)) vmsp_adopt_orphaned_listeners();  // before its children copy the owner
+    return vmsp_fork_quietly();
+}
+
+pid_t vmsp_fork_quietly(void) {
     forking = 1;
     pid_t pid = REAL(fork)();
     if (pid == 0) return 0;

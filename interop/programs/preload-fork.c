@@ -266,8 +266,9 @@ static void accept_after_fork(void) {
     close(s);
 }
 
-// The exec'd program: reads what is there on the inherited descriptor. Over TCP that is the data; under
-// vmsock-run the connection has ended for the new image. Never anything else (a wake-up byte as data).
+// The program vfork runs: reads what is there on the inherited descriptor. Over TCP that is the data; under
+// vmsock-run the connection has ended for the new image (no relay is made in a vfork child). Never anything else
+// (a wake-up byte as data).
 static int exec_child(int fd) {
     char text[64];
     struct pollfd p = { fd, POLLIN, 0 };
@@ -288,6 +289,17 @@ static void after_exec(const char *label, int c, int s, pid_t pid) {
     CHECK("exec: parent reads it", read_full(c, text, 4));
 }
 
+// The exec'd program that answers: reads "hello" on the inherited descriptor and writes "olleh" back. Under
+// vmsock-run the exec wrapper hands the connection to a relay, and the new image's descriptor carries the data.
+static int exec_answer(int fd) {
+    char text[8] = "";
+    long n = read_full(fd, text, 5);
+    int sane = n == 5 && memcmp(text, "hello", 5) == 0 && write_full(fd, "olleh", 5) == 5;
+    printf("%-48s %s\n", "exec child: read hello, answered", sane ? "yes" : "no");
+    fflush(stdout);
+    return sane ? 0 : 1;
+}
+
 static void exec_inherited(void) {
     int c, s;
     pair(&c, &s);
@@ -295,10 +307,88 @@ static void exec_inherited(void) {
     char fd_text[16];
     snprintf(fd_text, sizeof fd_text, "%d", s);
     pid_t pid = fork();
-    if (pid == 0) { execl(self_path, self_path, "exec-child", fd_text, (char *)NULL); _exit(127); }
-    after_exec("exec: child exit status", c, s, pid);
+    if (pid == 0) { execl(self_path, self_path, "exec-answer", fd_text, (char *)NULL); _exit(127); }
+    close(s);  // as inetd does: the child has it
+    char text[8] = "";
+    long n = read_full(c, text, 5);
+    int status = child_status(pid);  // printed after the child's own line
+    SHOW("exec: the parent's client read the answer", "%s", n == 5 ? text : "(nothing)");
+    SHOW("exec: child exit status", "%d", status);
+    CHECK("exec: then end of stream", read(c, text, 1));
     close(c);
+}
+
+// A child that execs with a connection it does not use (the socket leaked into a helper): the parent keeps
+// reading and writing it, and nothing of it goes astray. Under vmsock-run the relay reads nothing while the
+// parent holds the connection.
+static void exec_leaked(void) {
+    int c, s;
+    pair(&c, &s);
+    int ready[2];
+    if (pipe(ready) != 0) { perror("pipe"); exit(2); }
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(ready[1]);
+        char fd_text[16];
+        snprintf(fd_text, sizeof fd_text, "%d", ready[0]);
+        execl(self_path, self_path, "wait-for-end", fd_text, (char *)NULL);
+        _exit(127);
+    }
+    close(ready[0]);
+    char text[8] = "";
+    CHECK("leaked: write after the exec", write(c, "hello", 5));
+    CHECK("leaked: the parent reads it", read_full(s, text, 5));
+    CHECK("leaked: and writes back", write(s, "olleh", 5));
+    CHECK("leaked: the client reads it", read_full(c, text, 5));
+    close(ready[1]);
+    SHOW("leaked: child exit status", "%d", child_status(pid));
     close(s);
+    CHECK("leaked: end of stream once the parent closes", read(c, text, 1));
+    close(c);
+}
+
+// The helper of exec_leaked: waits for the end of the pipe, reading nothing else.
+static int wait_for_end(int fd) {
+    char byte;
+    while (read(fd, &byte, 1) > 0) {}
+    return 0;
+}
+
+// An inetd-like service: standard input and output are the connection. Echoes until end of stream.
+static int inetd_service(void) {
+    static char buffer[65536];
+    ssize_t n;
+    while ((n = read(0, buffer, sizeof buffer)) > 0) {
+        if (write_full(1, buffer, (size_t)n) != n) return 1;
+    }
+    return n == 0 ? 0 : 2;
+}
+
+// inetd's way: the accepted socket moved to standard input and output in a forked child, which execs the
+// service; the parent closes its copy at once. 4 MiB go through the service and back, with end of stream each
+// way (the writer shuts its side down, the service's exit ends the other).
+static void inetd_exec(void) {
+    int c, s;
+    pair(&c, &s);
+    pid_t service = fork();
+    if (service == 0) {
+        dup2(s, 0);
+        dup2(s, 1);
+        close(s);
+        close(c);
+        execl(self_path, self_path, "inetd-service", (char *)NULL);
+        _exit(127);
+    }
+    close(s);
+    enum { total = 4 << 20 };
+    pid_t writer = fork();
+    if (writer == 0) _exit(send_pattern(c, total, 9) == 0 && shutdown(c, SHUT_WR) == 0 ? 0 : 1);
+    SHOW("inetd: 4 MiB echoed in order", "%s", receive_pattern(c, total, 9) == 0 ? "yes" : "no");
+    char byte;
+    CHECK("inetd: then end of stream", read(c, &byte, 1));
+    SHOW("inetd: writer exit status", "%d", child_status(writer));
+    SHOW("inetd: service exit status", "%d", child_status(service));
+    close(c);
 }
 
 static void vfork_exec(void) {
@@ -315,7 +405,8 @@ static void vfork_exec(void) {
     close(s);
 }
 
-// posix_spawn with the socket moved to the child's standard input by a file action.
+// posix_spawn with the socket moved to the child's standard input by a file action, the parent's copy closed at
+// once (as inetd does): the spawned program reads "hello" there and answers.
 static void spawn_inherited(void) {
     int c, s;
     pair(&c, &s);
@@ -323,19 +414,20 @@ static void spawn_inherited(void) {
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, s, 0);
-    char *argv[] = { self_path, "exec-child", "0", NULL };
+    char *argv[] = { self_path, "exec-answer", "0", NULL };
     pid_t pid;
-    // Printed once the child has printed its line: the two processes share standard output.
     int spawned = posix_spawn(&pid, self_path, &actions, NULL, argv, environ);
     posix_spawn_file_actions_destroy(&actions);
+    close(s);
+    char text[8] = "";
+    long n = read_full(c, text, 5);
+    // Printed once the child has printed its line: the two processes share standard output.
     int status = spawned == 0 ? child_status(pid) : -1;
     SHOW("posix_spawn: spawned", "%s", spawned == 0 ? "0" : strerrorname_np(spawned));
+    SHOW("posix_spawn: the parent's client read the answer", "%s", n == 5 ? text : "(nothing)");
     SHOW("posix_spawn: child exit status", "%d", status);
-    char text[64];
-    CHECK("exec: parent writes the other way", write(s, "back", 4));
-    CHECK("exec: parent reads it", read_full(c, text, 4));
+    CHECK("posix_spawn: then end of stream", read(c, text, 1));
     close(c);
-    close(s);
 }
 
 // A thread's connect to PORT, whose vmsock-run listener is stopped (SIGSTOP): under vmsock-run it waits inside
@@ -469,6 +561,9 @@ static void listener_handed_on(void) {
 
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "exec-child") == 0) return exec_child(atoi(argv[2]));
+    if (argc == 3 && strcmp(argv[1], "exec-answer") == 0) return exec_answer(atoi(argv[2]));
+    if (argc == 2 && strcmp(argv[1], "inetd-service") == 0) return inetd_service();
+    if (argc == 3 && strcmp(argv[1], "wait-for-end") == 0) return wait_for_end(atoi(argv[2]));
     if (argc == 3 && strcmp(argv[1], "torn-fork") == 0) return torn_fork(atoi(argv[2]));
     if (argc == 3 && strcmp(argv[1], "accept-inherited") == 0) return accept_inherited(atoi(argv[2]));
     if (argc == 5 && strcmp(argv[1], "daemon-first") == 0) return daemon_first(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
@@ -488,6 +583,8 @@ int main(int argc, char **argv) {
     connect_in_grandchild();
     accept_after_fork();
     exec_inherited();
+    inetd_exec();
+    exec_leaked();
     vfork_exec();
     spawn_inherited();
     daemon_case(0);
