@@ -123,6 +123,7 @@ static void track(int fd) {
     struct vmsp_epoll *set = calloc(1, sizeof *set);
     if (!set) return;  // then this set is the kernel's alone: its connections report from their sockets
     for (int high = atomic_load(&sets_high); high < fd && !atomic_compare_exchange_weak(&sets_high, &high, fd);) {}
+    vmsp_note_state();
     pthread_mutex_init(&set->lock, NULL);
     set->fd = fd;
     set->waker = -1;

@@ -1,7 +1,7 @@
 // exec with shared-memory sockets open. The new image would see only the TCP socket, whose bytes are wake-ups,
 // not data, and the rings cannot go with it (DESIGN.md). So a process that execs hands each connection its new
 // image inherits (not close-on-exec) to a relay (ferry.c): the new image gets a TCP socket in its place, which
-// carries the connection's data. Where no relay can be made (a vfork child, posix_spawn, or a relay that could not
+// carries the connection's data. Where no relay can be made (file actions of posix_spawn, or a relay that could not
 // be started), the connection ends for the new image, as a TCP connection whose peer vanished looks: the wrappers
 // put the inodes of those sockets in VMSOCK_INHERITED, and the new image's constructor replaces each descriptor it
 // inherited of them with a socket whose peer is gone (reads return 0, writes EPIPE), with a debug line saying so.
@@ -100,7 +100,9 @@ static void listeners_handed_on(void) {
 }
 
 // Runs `call` with envp extended and the relays in place; the exec wrappers below differ only in the call.
-#define WITH_INHERITED(envp, call)                                                    \
+#define WITH_INHERITED(envp, call) WITH_INHERITED_IF(1, envp, call)
+// `runnable`: whether the exec may succeed; a search along PATH tries (and fails) many: no relay for those.
+#define WITH_INHERITED_IF(runnable, envp, call)                                       \
     do {                                                                              \
         if (vmsp_inside) {                                                            \
             char *const *env = (envp);                                                \
@@ -108,7 +110,8 @@ static void listeners_handed_on(void) {
         }                                                                             \
         listeners_handed_on();                                                        \
         struct vmsp_relays relays_;                                                   \
-        vmsp_relay_prepare(&relays_);                                                 \
+        if (runnable) vmsp_relay_prepare(&relays_);                                   \
+        else memset(&relays_, 0, sizeof relays_);                                     \
         char entry_[8192];                                                            \
         int listed_ = inherited_entry(entry_, sizeof entry_, &relays_);               \
         if (!listed_ && !relays_.count) {                                             \
@@ -129,7 +132,7 @@ static void listeners_handed_on(void) {
     } while (0)
 
 int execve(const char *path, char *const argv[], char *const envp[]) {
-    WITH_INHERITED(envp, REAL(execve)(path, argv, env));
+    WITH_INHERITED_IF(access(path, X_OK) == 0, envp, REAL(execve)(path, argv, env));
 }
 
 int execv(const char *path, char *const argv[]) { return execve(path, argv, environ); }
@@ -153,6 +156,13 @@ int execveat(int dirfd, const char *path, char *const argv[], char *const envp[]
     return vmsp_execveat(dirfd, path, argv, envp, flags);
 }
 
+static int preloads_us(char *const *envp) {
+    for (size_t i = 0; envp && envp[i]; i++) {
+        if (strncmp(envp[i], "LD_PRELOAD=", 11) == 0) return strstr(envp[i], "libvmsock-preload.so") != NULL;
+    }
+    return 0;
+}
+
 // posix_spawn runs in the parent until the clone: the child never held the connections, so nothing is left. The
 // parent keeps its descriptors, so the relays' sockets are put in place by the new image's constructor.
 typedef int (*spawn_fn)(pid_t *, const char *, const posix_spawn_file_actions_t *, const posix_spawnattr_t *,
@@ -165,7 +175,9 @@ static int spawn_with_inherited(spawn_fn real, pid_t *pid, const char *program, 
     if (vmsp_inside) return real(pid, program, actions, attributes, argv, envp);
     listeners_handed_on();
     if (!inherited_entry(entry, sizeof entry, &none)) return real(pid, program, actions, attributes, argv, envp);
-    vmsp_relay_prepare(&relays);
+    // The relays' sockets are put in place by this library in the new image: without it there, none is made.
+    if (preloads_us(envp)) vmsp_relay_prepare(&relays);
+    else memset(&relays, 0, sizeof relays);
     int has_relays = relays.count && vmsp_relay_entry(&relays, relayed, sizeof relayed);
     size_t slots = env_count(envp) + 3;
     char *array[slots];
@@ -236,8 +248,8 @@ static void end_inherited(int fd) {
     int flags = REAL(fcntl)(fd, F_GETFD);
     REAL(dup3)(pair[0], fd, flags >= 0 && (flags & FD_CLOEXEC) ? O_CLOEXEC : 0);
     REAL(close)(pair[0]);
-    vmsp_debug("exec: fd %d was a shared-memory connection of the previous image: ended for this one "
-               "(vmsock-run does not carry connections across exec)", fd);
+    vmsp_debug("exec: fd %d was a shared-memory connection of the previous image: ended for this one (no relay "
+               "was made for it: the rings cannot cross exec)", fd);
 }
 
 // The relay socket VMSOCK_RELAYED ("inode:fd:inode,...") names for the socket `inode` (any, for 0), if this

@@ -6,8 +6,9 @@
 // order; the peer keeps its shared-memory connection and sees no change. That is what inetd-like servers
 // need (the accepted socket moved to stdin and stdout, then exec), and sshd's re-exec, and socat's EXEC.
 //
-// The relay starts copying only once the exec has happened: it waits for the end of a close-on-exec pipe, and a
-// byte on it (exec failed) sends it away without copying, the descriptors back as they were. It is a holder of
+// The relay starts copying only once the exec has happened: it waits for the end of a close-on-exec socket pair
+// (or a 'g', after posix_spawn), and any other byte (exec failed) sends it away without copying, the descriptors
+// back as they were. It reads for the new image only while no other process reads (relay_turn). It is a holder of
 // the connection (holders.c) from its fork on, so the old image's leaving is not the last close. It ends when
 // the new image and the peer are done with the connection:
 // - the new image shuts its socket down for writing: the connection is shut down for writing too (as TCP's
@@ -20,8 +21,8 @@
 // posix_spawn keeps the parent's descriptors as they are: the relays' sockets go to the new image in
 // VMSOCK_RELAYED, and its constructor puts them in place (exec.c). Only descriptors the parent lets through (not
 // close-on-exec) get a relay: one a file action copies from a close-on-exec descriptor ends for the new image.
-// Not covered: vfork then exec (the relay would be forked from a child sharing its parent's memory): the new
-// image's connection ends there. The new image's socket has the connection's addresses, but ports of its own.
+// A vfork child of a process with connections is a fork's (real.c); a raw clone's is not covered: the new image's
+// connection ends there. The new image's socket has the connection's addresses, but ports of its own.
 #include "preload.h"
 
 #include <dirent.h>
@@ -29,10 +30,12 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -40,6 +43,18 @@
 #include <unistd.h>
 
 // MARK: In the process that execs
+
+// The connection from `expected` on `listener`: another process could have connected first.
+static int accept_from(int listener, const struct sockaddr *expected, socklen_t length) {
+    struct sockaddr_storage from;
+    socklen_t from_length = sizeof from;
+    int server = REAL(accept4)(listener, (struct sockaddr *)&from, &from_length, SOCK_CLOEXEC);
+    if (server >= 0 && (from_length != length || memcmp(&from, expected, length) != 0)) {
+        REAL(close)(server);
+        return -1;
+    }
+    return server;
+}
 
 // A connected pair of TCP sockets with the addresses of `like` but their ports: the new image's end (pair[0],
 // bound to `like`'s local address) and the relay's (listening on `like`'s peer address), both close-on-exec.
@@ -65,8 +80,9 @@ static int relay_pair(int like, int pair[2]) {
         REAL(listen)(listener, 1) == 0 && getsockname(listener, (struct sockaddr *)&peer, &peer_length) == 0) {
         client = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (client >= 0 && bind(client, (struct sockaddr *)&local, local_length) == 0 &&
-            REAL(connect)(client, (struct sockaddr *)&peer, peer_length) == 0) {
-            server = REAL(accept4)(listener, NULL, NULL, SOCK_CLOEXEC);
+            REAL(connect)(client, (struct sockaddr *)&peer, peer_length) == 0 &&
+            getsockname(client, (struct sockaddr *)&local, &local_length) == 0) {
+            server = accept_from(listener, (struct sockaddr *)&local, local_length);
         }
     }
     if (listener >= 0) REAL(close)(listener);
@@ -83,12 +99,13 @@ static int relay_pair(int like, int pair[2]) {
 
 static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_inode) __attribute__((noreturn));
 
-// Forks the relay for the connection `fd` names (twice: the new image never sees it as a child). Returns the
-// new image's end, or -1.
+// Forks the relay for the connection `fd` names: twice, so that the new image never sees it as a child. Returns
+// the new image's end, or -1. `*go_write` starts the relay: its end (at exec, which closes it), or a 'g' (after
+// posix_spawn); any other byte sends it away.
 static int start_relay(struct vmsp_conn *c, int fd, int *go_write) {
     int pair[2], go[2];
     if (relay_pair(fd, pair) != 0) return -1;
-    if (pipe2(go, O_CLOEXEC) != 0) {
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, go) != 0) {
         REAL(close)(pair[0]);
         REAL(close)(pair[1]);
         return -1;
@@ -96,19 +113,29 @@ static int start_relay(struct vmsp_conn *c, int fd, int *go_write) {
     struct stat app;
     pid_t first = fstat(pair[0], &app) == 0 ? vmsp_fork_quietly() : -1;
     if (first == 0) {
-        if (vmsp_fork_quietly() != 0) _exit(0);
+        // The relay waits for this process's end (the pipe's): until then it may still be added to the holders
+        // of every connection here (vmsp_fork_quietly does, as fork does), and its leaving them must come after.
+        int gone[2];
+        if (pipe2(gone, O_CLOEXEC) != 0) _exit(1);
+        pid_t relay = vmsp_fork_quietly();
+        if (relay != 0) _exit(relay > 0 ? 0 : 1);
+        REAL(close)(gone[1]);
+        char byte;
+        while (REAL(read)(gone[0], &byte, 1) < 0 && errno == EINTR) {}
+        REAL(close)(gone[0]);
         REAL(close)(go[1]);
         REAL(close)(pair[0]);
         run_relay(c, fd, pair[1], go[0], app.st_ino);
     }
     REAL(close)(pair[1]);
     REAL(close)(go[0]);
-    if (first < 0) {
+    int status = -1;
+    while (first > 0 && waitpid(first, &status, 0) < 0 && errno == EINTR) {}
+    if (first < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {  // no relay (a relay sent away ends)
         REAL(close)(pair[0]);
         REAL(close)(go[1]);
         return -1;
     }
-    while (waitpid(first, NULL, 0) < 0 && errno == EINTR) {}
     // The new image's socket as the old one was: O_NONBLOCK (its open file description's), TCP_NODELAY.
     if (atomic_load(&c->nonblocking)) REAL(fcntl)(pair[0], F_SETFL, REAL(fcntl)(pair[0], F_GETFL) | O_NONBLOCK);
     if (atomic_load(&c->app_nodelay)) {
@@ -119,20 +146,31 @@ static int start_relay(struct vmsp_conn *c, int fd, int *go_write) {
     return pair[0];
 }
 
+static void send_relay(int go, char byte) {
+    (void)REAL(send)(go, &byte, 1, MSG_NOSIGNAL);
+    REAL(close)(go);
+}
+
 void vmsp_relay_prepare(struct vmsp_relays *plan) {
     memset(plan, 0, sizeof *plan);
-    if (vmsp_inside || !vmsp_holders_is_self()) return;  // a vfork child shares its parent's memory: not there
+    if (vmsp_inside || !vmsp_holders_is_self()) return;  // a raw clone's child, sharing its parent's memory: not there
     int high = atomic_load(&vmsp_table_high);
     for (int fd = 0; fd <= high && fd < vmsp_table_size; fd++) {
         struct vmsp_ref *r = vmsp_lookup(fd);
         int flags = r ? REAL(fcntl)(fd, F_GETFD) : -1;
         if (flags < 0 || (flags & FD_CLOEXEC) || plan->fds == VMSP_RELAY_FDS) continue;
+        int saved = REAL(fcntl)(fd, F_DUPFD_CLOEXEC, 0);  // put back if exec fails
+        if (saved < 0) continue;
         int which = 0;
         while (which < plan->count && plan->conn[which] != r->conn) which++;
         if (which == plan->count) {
-            if (plan->count == VMSP_RELAYS) continue;
+            if (plan->count == VMSP_RELAYS) {
+                REAL(close)(saved);
+                continue;
+            }
             int go = -1, app = start_relay(r->conn, fd, &go);
             if (app < 0) {
+                REAL(close)(saved);
                 vmsp_debug("exec: fd %d is a shared-memory connection and no relay could be made for it: it ends for "
                            "the new image", fd);
                 continue;
@@ -144,7 +182,7 @@ void vmsp_relay_prepare(struct vmsp_relays *plan) {
         }
         plan->fd[plan->fds] = fd;
         plan->relay[plan->fds] = which;
-        plan->saved[plan->fds] = -1;
+        plan->saved[plan->fds] = saved;
         plan->fds++;
     }
 }
@@ -157,8 +195,7 @@ int vmsp_relay_carries(const struct vmsp_relays *plan, int fd) {
 void vmsp_relay_swap(struct vmsp_relays *plan) {
     for (int i = 0; i < plan->fds; i++) {
         int fd = plan->fd[i];
-        plan->saved[i] = REAL(fcntl)(fd, F_DUPFD_CLOEXEC, 0);
-        if (plan->saved[i] < 0 || REAL(dup2)(plan->app[plan->relay[i]], fd) < 0) continue;
+        if (REAL(dup2)(plan->app[plan->relay[i]], fd) < 0) continue;
         vmsp_debug("exec: fd %d, a shared-memory connection, goes to the new image as a TCP socket through a relay "
                    "process (vmsock-run cannot carry the rings across exec)", fd);
     }
@@ -167,14 +204,11 @@ void vmsp_relay_swap(struct vmsp_relays *plan) {
 // exec failed: the descriptors back, and each relay sent away.
 void vmsp_relay_exec_failed(struct vmsp_relays *plan) {
     for (int i = 0; i < plan->fds; i++) {
-        if (plan->saved[i] < 0) continue;
         REAL(dup2)(plan->saved[i], plan->fd[i]);
         REAL(close)(plan->saved[i]);
     }
     for (int i = 0; i < plan->count; i++) {
-        char byte = 1;
-        (void)REAL(write)(plan->go[i], &byte, 1);
-        REAL(close)(plan->go[i]);
+        send_relay(plan->go[i], 'x');
         REAL(close)(plan->app[i]);
     }
 }
@@ -201,41 +235,86 @@ int vmsp_relay_entry(struct vmsp_relays *plan, char *out, size_t capacity) {
 
 // After posix_spawn: each relay starts (the new image has its socket) or is sent away; ours are closed.
 void vmsp_relay_spawned(struct vmsp_relays *plan, int started) {
+    for (int i = 0; i < plan->fds; i++) REAL(close)(plan->saved[i]);
     for (int i = 0; i < plan->count; i++) {
-        char byte = 1;
-        if (!started) (void)REAL(write)(plan->go[i], &byte, 1);
-        REAL(close)(plan->go[i]);
+        send_relay(plan->go[i], started ? 'g' : 'x');
         REAL(close)(plan->app[i]);
     }
 }
 
 // MARK: In the relay
 
-// Whether the relay may read the connection: only once no other process holds it. Another holder (the parent
-// that forked the exec'd child and kept its copy, a program that leaked the socket into a helper it runs) reads
-// it itself, and a relay reading ahead for a new image that may never read would take its bytes. inetd's parent
-// closes its copy at once. Once alone, the relay stays alone: only a holder's fork adds one.
-static int alone(struct vmsp_conn *c) {
-    static int known;
-    if (!known) known = !vmsp_holders_others(c);
-    return known;
+// Whether the relay reads the connection for the new image, which cannot say when it wants bytes. Another
+// process may hold the connection too, and bytes the relay takes are gone for it: the parent that forked the
+// exec'd child and kept its copy (Python's subprocess keeps it while the child runs: it reads nothing), or a
+// program that leaked the socket into a helper it runs and goes on reading it itself. So the relay reads
+// - when no other process holds the connection (inetd closes its copy at once; a relay alone stays alone, since
+//   only a holder's fork adds one), looked at every 50 ms (nothing wakes the relay when another holder closes);
+// - or, while others hold it, once bytes have waited in the ring for 20 ms with none of them reading or waiting
+//   to read since the relay started: each read and each wait to read names its process in the connection's
+//   page (vmsp_note_reader). Once another process reads or waits, the relay leaves the bytes to it until it is
+//   alone.
+enum { LOOK_MS = 50, CLAIM_MS = 20 };
+int vmsp_relay_process;
+enum turn { HOLD, WATCH, READ };  // leave the ring alone; wait for bytes there; read it
+struct claim { int alone, others_read, claimed; int64_t next_look, pending_since; };
+
+static enum turn relay_turn(struct vmsp_conn *c, struct claim *k, int *timeout_ms) {
+    int64_t now = vmsp_now_ns();
+    *timeout_ms = -1;
+    if (!k->alone && now >= k->next_look) {
+        k->alone = !vmsp_holders_others(c);
+        k->next_look = now + (int64_t)LOOK_MS * 1000000;
+    }
+    if (k->alone) return READ;
+    *timeout_ms = (int)((k->next_look - now + 999999) / 1000000);
+    if (atomic_load(&c->reader_pid) != vmsp_self_pid) k->others_read = 1;
+    if (k->others_read) return HOLD;
+    if (k->claimed) return READ;
+    if (!vmsp_rx_ready(c)) {
+        k->pending_since = 0;
+        return WATCH;
+    }
+    if (!k->pending_since) k->pending_since = now;
+    int64_t left = k->pending_since + (int64_t)CLAIM_MS * 1000000 - now;
+    if (left <= 0) {
+        k->claimed = 1;
+        return READ;
+    }
+    int left_ms = (int)((left + 999999) / 1000000);
+    if (left_ms < *timeout_ms) *timeout_ms = left_ms;
+    return HOLD;
 }
 
 // The relay keeps its connection's descriptors and nothing else of the old image's: the others' holds are
-// given up as a close would (so that their last close is still seen), and every other descriptor is closed, so
-// that no pipe or socket of the program stays open through it.
+// given up as a close would (so that their last close is still seen), their rings unmapped (so that their
+// memory goes when their last holder closes), and every other descriptor is closed, so that no pipe or socket
+// of the program stays open through it.
 static void keep_only(struct vmsp_conn *c, int fd, int sock, int go) {
+    enum { UNMAPPED_MAX = 256 };
+    struct vmsp_conn *unmapped[UNMAPPED_MAX];  // left and unmapped: never touched again
+    int unmapped_count = 0;
     int high = atomic_load(&vmsp_table_high);
     for (int other = 0; other <= high && other < vmsp_table_size; other++) {
         struct vmsp_ref *r = vmsp_lookup(other);
         if (!r || other == fd) continue;
         if (r->conn == c) { close(other); continue; }  // one more name of ours: the table's count drops
-        if (!vmsp_holders_leave(r->conn)) {
-            __atomic_or_fetch((uint32_t *)(r->conn->local + 640), 4u, __ATOMIC_SEQ_CST);  // closed
-            vmsp_drain_wakeups(r->conn, other);
+        struct vmsp_conn *x = r->conn;
+        int done = 0;
+        for (int i = 0; i < unmapped_count && !done; i++) done = unmapped[i] == x;
+        if (done) continue;
+        if (!vmsp_holders_leave(x)) {
+            __atomic_or_fetch((uint32_t *)(x->local + 640), 4u, __ATOMIC_SEQ_CST);  // closed
+            vmsp_drain_wakeups(x, other);
         }
+        if (unmapped_count == UNMAPPED_MAX) continue;  // left again at its next name: no harm
+        unmapped[unmapped_count++] = x;
+        // Each region: its header, then its data mapped twice (SharedRegion.swift).
+        munmap(x->local, 4096 + 2 * (size_t)x->tx_cap);
+        munmap((void *)x->peer, 4096 + 2 * (size_t)x->rx_cap);
     }
-    int keep[] = { fd, sock, go, c->control_fd, c->space_bell_fd, c->peer_space_bell_fd, c->data_bell_fd,
+    // Standard error only under --debug, for the relay's last line: it may be a pipe whose reader waits for its end.
+    int keep[] = { vmsp_debug_enabled() ? 2 : -1, fd, sock, go, c->control_fd, c->space_bell_fd, c->peer_space_bell_fd, c->data_bell_fd,
                    c->peer_data_bell_fd };
     int count = (int)(sizeof keep / sizeof keep[0]);
     for (int i = 1; i < count; i++) {  // sorted, for the gaps between them
@@ -253,19 +332,22 @@ static void keep_only(struct vmsp_conn *c, int fd, int sock, int go) {
 }
 
 // Whether any process still has the socket `inode` open: the new image (or a child of it) that shut it down
-// for writing, rather than closed it. Processes /proc does not show us are not seen.
+// for writing, rather than closed it. A process whose descriptors /proc does not show us may: it counts.
 static int socket_held(ino_t inode) {
     char wanted[48];
     snprintf(wanted, sizeof wanted, "socket:[%llu]", (unsigned long long)inode);
     DIR *proc = opendir("/proc");
-    if (!proc) return 0;
+    if (!proc) return 1;
     int found = 0;
     for (struct dirent *process; !found && (process = readdir(proc));) {
         if (process->d_name[0] < '1' || process->d_name[0] > '9') continue;
         char path[64];
         snprintf(path, sizeof path, "/proc/%s/fd", process->d_name);
         DIR *fds = opendir(path);
-        if (!fds) continue;
+        if (!fds) {
+            found = errno == EACCES;
+            continue;
+        }
         for (struct dirent *entry; !found && (entry = readdir(fds));) {
             char link[300], target[64];
             snprintf(link, sizeof link, "%s/%s", path, entry->d_name);
@@ -286,62 +368,90 @@ static void reset(int sock) {
     (void)REAL(setsockopt)(sock, SOL_SOCKET, SO_LINGER, &now, sizeof now);
 }
 
+// The program's signal handlers are not the relay's (a pidfile's clean-up, a reload), nor its blocked signals
+// (a stop's SIGTERM must end it). A broken pipe is an error, not a signal.
+static void own_signals(void) {
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction action;
+        if (REAL(sigaction)(sig, NULL, &action) != 0 || action.sa_handler == SIG_DFL || action.sa_handler == SIG_IGN) {
+            continue;
+        }
+        memset(&action, 0, sizeof action);
+        action.sa_handler = SIG_DFL;
+        (void)REAL(sigaction)(sig, &action, NULL);
+    }
+    struct sigaction ignore = { .sa_handler = SIG_IGN };
+    (void)REAL(sigaction)(SIGPIPE, &ignore, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, NULL);
+}
+
 static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_inode) {
     static struct leg down, up;  // peer to new image, new image to peer
     vmsp_inside = 0;
+    own_signals();
     setsid();  // a terminal's signals to the program's group are not for the relay
     prctl(PR_SET_NAME, "vmsock-relay");
-    signal(SIGPIPE, SIG_IGN);
     keep_only(c, fd, sock, go);
-    char byte;
+    char byte = 0;
     ssize_t n;
     while ((n = REAL(read)(go, &byte, 1)) < 0 && errno == EINTR) {}
     REAL(close)(go);
-    if (n != 0) { close(fd); _exit(0); }  // exec failed: the old image keeps the connection
+    if (n != 0 && byte != 'g') { close(fd); _exit(0); }  // exec failed: the old image keeps the connection
     REAL(fcntl)(sock, F_SETFL, REAL(fcntl)(sock, F_GETFL) | O_NONBLOCK);
-    int up_shut = 0, failed = 0;
+    vmsp_relay_process = 1;
+    atomic_store(&c->reader_pid, vmsp_self_pid);  // what others read from here on is theirs
+    struct claim claim = { 0 };
+    // up_unread: the peer reads no more (EPIPE); what the new image writes is dropped, as TCP's peer would
+    // answer it with a reset, while what the peer sent still reaches it.
+    int up_shut = 0, up_unread = 0, failed = 0;
+    const char *why = "both ways ended";
     while (!failed && !(up.ended && down.ended)) {
-        int moved = 0;
-        int reads = !down.ended && down.end == 0 && alone(c);
-        if (reads) {
+        int moved = 0, timeout_ms = -1;
+        enum turn turn = !down.ended && down.end == 0 ? relay_turn(c, &claim, &timeout_ms) : HOLD;
+        if (turn == READ) {
             n = recv(fd, down.bytes, sizeof down.bytes, MSG_DONTWAIT);
             if (n > 0) { down.end = (size_t)n; moved = 1; }
             else if (n == 0) { down.ended = 1; (void)REAL(shutdown)(sock, SHUT_WR); moved = 1; }
-            else if (errno != EAGAIN && errno != EINTR) { reset(sock); failed = 1; }
+            else if (errno != EAGAIN && errno != EINTR) { why = "the connection broke"; reset(sock); failed = errno; }
         }
         if (down.end > down.start) {
             n = REAL(send)(sock, down.bytes + down.start, down.end - down.start, MSG_DONTWAIT | MSG_NOSIGNAL);
             if (n > 0) { down.start += (size_t)n; moved = 1; }
-            else if (errno != EAGAIN && errno != EINTR) failed = 1;  // the new image is gone
+            else if (errno != EAGAIN && errno != EINTR) { why = "the new image's socket refused data"; failed = errno; }
             if (down.start == down.end) down.start = down.end = 0;
         }
         if (!up.ended && up.end == 0) {
             n = REAL(recv)(sock, up.bytes, sizeof up.bytes, MSG_DONTWAIT);
-            if (n > 0) { up.end = (size_t)n; moved = 1; }
+            if (n > 0) { up.end = up_unread ? 0 : (size_t)n; moved = 1; }
             else if (n == 0) { up.ended = 1; moved = 1; }
-            else if (errno != EAGAIN && errno != EINTR) failed = 1;
+            else if (errno != EAGAIN && errno != EINTR) { why = "the new image's socket failed"; failed = errno; }
         }
         if (up.end > up.start) {
             n = send(fd, up.bytes + up.start, up.end - up.start, MSG_DONTWAIT | MSG_NOSIGNAL);
             if (n > 0) { up.start += (size_t)n; moved = 1; }
-            else if (errno != EAGAIN && errno != EINTR) { reset(sock); failed = 1; }
+            else if (errno == EPIPE) { up_unread = 1; up.start = up.end; moved = 1; }
+            else if (errno != EAGAIN && errno != EINTR) { why = "the connection refused data"; reset(sock); failed = errno; }
             if (up.start == up.end) up.start = up.end = 0;
         }
         if (up.ended && up.end == 0 && !up_shut) {
             // Shut down or closed? Closed: nobody reads what the peer sends any more, and our close is the
             // new image's. Shut down: the peer sees the end of stream, and the other way goes on.
-            if (down.ended || !socket_held(app_inode)) break;
-            shutdown(fd, SHUT_WR);
+            if (down.ended || !socket_held(app_inode)) {
+                why = down.ended ? "both ways ended" : "the new image closed its socket";
+                break;
+            }
+            if (!up_unread) shutdown(fd, SHUT_WR);
             up_shut = 1;
         }
         if (moved || failed) continue;
-        short on_fd = (short)((reads ? POLLIN : 0) | (up.end ? POLLOUT : 0));
+        short on_fd = (short)((turn != HOLD ? POLLIN : 0) | (up.end ? POLLOUT : 0));
         short on_sock = (short)((!up.ended && up.end == 0 ? POLLIN : 0) | (down.end ? POLLOUT : 0));
         struct pollfd wait[2] = { { .fd = on_fd ? fd : -1, .events = on_fd }, { .fd = on_sock ? sock : -1, .events = on_sock } };
-        // Not alone yet: looks again every 50 ms (nothing wakes the relay when another holder closes).
-        int ready = poll(wait, 2, alone(c) || down.ended ? -1 : 50);
-        if (ready > 0 && (wait[1].revents & (POLLERR | POLLNVAL))) failed = 1;  // the new image reset its socket
+        (void)poll(wait, 2, timeout_ms);
     }
+    vmsp_debug("relay for fd %d ends: %s%s%s", fd, why, failed ? ": " : "", failed ? strerrorname_np(failed) : "");
     close(fd);
     REAL(close)(sock);
     _exit(0);

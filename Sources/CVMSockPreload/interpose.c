@@ -421,6 +421,7 @@ int vmsp_register_listener(int fd, char *reason, size_t capacity) {
         vmsp_listen_owner = getpid();
         int end = atomic_load(&vmsp_listening_end);
         while (fd >= end && !atomic_compare_exchange_weak(&vmsp_listening_end, &end, fd + 1)) {}
+        vmsp_note_state();
         atomic_store(&vmsp_listening[fd], 1);
         // io_uring set up by another thread since the look before: its withdrawal may have missed this one.
         if (vmsp_welcome_book_uring() || vmsp_uring_seen()) {
@@ -627,6 +628,10 @@ int close(int fd) {
             errno = saved;
             return result;
         }
+        if (atomic_load_explicit(&vmsp_library_fd[fd], memory_order_relaxed)) {
+            errno = EBADF;  // not the program's (a close of every descriptor reached it)
+            return -1;
+        }
         if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) vmsp_forget_listener(fd);
         if (vmsp_counting()) atomic_store_explicit(&vmsp_connect_began[fd], 0, memory_order_relaxed);
         vmsp_epoll_closing(fd);
@@ -742,7 +747,7 @@ static int real_close_range(unsigned int first, unsigned int last, int flags) {
 }
 
 int close_range(unsigned int first, unsigned int last, int flags) {
-    if (vmsp_inside || (flags & CLOSE_RANGE_CLOEXEC)) return real_close_range(first, last, flags);
+    if (vmsp_inside || (flags & CLOSE_RANGE_CLOEXEC) || first > last) return real_close_range(first, last, flags);
     unsigned int end = last < (unsigned)vmsp_table_size ? last : (unsigned)vmsp_table_size - 1;
     for (unsigned int fd = first; vmsp_table_size > 0 && fd <= end; fd++) {
         struct vmsp_ref *r = vmsp_lookup((int)fd);
@@ -750,7 +755,15 @@ int close_range(unsigned int first, unsigned int last, int flags) {
         if (atomic_load_explicit(&vmsp_listening[fd], memory_order_relaxed)) vmsp_forget_listener((int)fd);
         vmsp_epoll_closing((int)fd);
     }
-    int result = real_close_range(first, last, flags);
+    // The library's link descriptors in the range stay open: the range is closed around them.
+    int result = 0;
+    unsigned int from = first;
+    for (unsigned int fd = first; vmsp_table_size > 0 && fd <= end; fd++) {
+        if (!atomic_load_explicit(&vmsp_library_fd[fd], memory_order_relaxed)) continue;
+        if (fd > from && (result = real_close_range(from, fd - 1, flags)) != 0) break;
+        from = fd + 1;
+    }
+    if (result == 0 && from <= last) result = real_close_range(from, last, flags);
     if (result == 0) {
         for (unsigned int fd = first; vmsp_table_size > 0 && fd <= end; fd++) {
             struct vmsp_ref *r = vmsp_remove((int)fd);

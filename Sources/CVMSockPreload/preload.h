@@ -120,6 +120,17 @@ static inline int vmsp_ms_until(int64_t deadline) {
 // every interposed call then goes straight to libc.
 extern __thread int vmsp_inside;
 
+// This process's pid, kept by the constructor and the fork handler (no system call to ask).
+extern pid_t vmsp_self_pid;
+// A read or a wait to read names the reader: a relay reads for a new image only while nobody else does (its own
+// reads name nobody: vmsp_relay_process).
+extern int vmsp_relay_process;
+static inline void vmsp_note_reader(atomic_int *reader_pid) {
+    if (!vmsp_relay_process && atomic_load_explicit(reader_pid, memory_order_relaxed) != vmsp_self_pid) {
+        atomic_store_explicit(reader_pid, vmsp_self_pid, memory_order_relaxed);
+    }
+}
+
 // MARK: A shared-memory connection.
 //
 // Two parts. `struct vmsp_conn` is what the data path uses: the ring positions, the wake-up counts, the locks
@@ -143,6 +154,7 @@ struct vmsp_conn {
     atomic_int broken;        // an errno every later call returns (EPROTO: the peer broke a ring rule)
     atomic_int read_shut, write_shut, peer_gone;
     atomic_int tcp_ready;     // the TCP connection is established (a connector's may still be in progress)
+    atomic_int reader_pid;    // the process that last read or waited to read (a relay's clue, ferry.c)
 
     // Reader, under rx_lock.
     pthread_mutex_t rx_lock;
@@ -209,6 +221,8 @@ extern atomic_uchar *vmsp_listening;
 /// Per descriptor, under --stats: a connect that went to TCP began a connection here, counted, and no later
 /// connect has completed it yet (interpose.c's tcp_connect).
 extern atomic_uchar *vmsp_connect_began;
+/// A connection's link descriptors, which close and close_range leave alone (table.c).
+extern atomic_uchar *vmsp_library_fd;
 extern int vmsp_table_size;
 /// The highest descriptor ever installed: exec's scans of the table stop there.
 extern atomic_int vmsp_table_high;
@@ -254,10 +268,16 @@ int vmsp_holders_is_self(void);
 int vmsp_execveat(int dirfd, const char *path, char *const argv[], char *const envp[], int flags);
 /// In the constructor: ends the descriptors the previous image held for shared-memory sockets (exec.c).
 void vmsp_exec_inherited(void);
+/// vfork (real.c): libc's until this process has state of ours a vfork child could change (descriptors of
+/// connections, listeners, epoll sets); fork from then on. Hidden: the wrapper reaches them without the GOT.
+extern atomic_int vmsp_has_state __attribute__((visibility("hidden")));
+extern void *vmsp_real_vfork __attribute__((visibility("hidden")));
+pid_t vmsp_vfork_as_fork(void) __attribute__((visibility("hidden")));
+void vmsp_note_state(void);
 /// Whether a process other than this one holds the connection (holders.c).
 int vmsp_holders_others(struct vmsp_conn *c);
-/// fork as the program's goes (the child a holder of every connection), without a daemon's take-over of its
-/// listeners: for the library's own children (ferry.c).
+/// fork as the program's goes (the child a holder of every connection), but not counted as the program's (no
+/// daemon's take-over of its listeners, no mark that it forked): for the library's own children (ferry.c).
 pid_t vmsp_fork_quietly(void);
 
 // MARK: Relays for connections a new image inherits (ferry.c).

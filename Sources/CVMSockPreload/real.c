@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -42,6 +43,7 @@ void vmsp_resolve(void) {
     RESOLVE(fdopen, "fdopen"); RESOLVE(vdprintf, "vdprintf"); RESOLVE(vdprintf_chk, "__vdprintf_chk");
     if (!vmsp_real.fcntl64) vmsp_real.fcntl64 = vmsp_real.fcntl;
 #undef RESOLVE
+    if (!vmsp_real_vfork) vmsp_real_vfork = dlsym(RTLD_NEXT, "vfork");
 }
 
 // MARK: Library-owned descriptors a forked child must not keep
@@ -119,19 +121,27 @@ static void close_setup(void) {
 // no close counts as the last. A fork that does not come through here (clone, _Fork) runs no handler at all.
 atomic_int vmsp_forks_in_flight;
 static __thread int forking;
+static __thread int library_fork;  // a relay's (ferry.c): not a fork of the program's listeners' owner
 
-pid_t fork(void) {
-    if (!atomic_load(&vmsp_parent_forked)) vmsp_adopt_orphaned_listeners();  // before its children copy the owner
-    return vmsp_fork_quietly();
-}
-
-pid_t vmsp_fork_quietly(void) {
+static pid_t fork_holding(void) {
     forking = 1;
     pid_t pid = REAL(fork)();
     if (pid == 0) return 0;
     if (pid > 0) vmsp_hold_all_for_child(pid);
     forking = 0;
     atomic_fetch_sub(&vmsp_forks_in_flight, 1);
+    return pid;
+}
+
+pid_t fork(void) {
+    if (!atomic_load(&vmsp_parent_forked)) vmsp_adopt_orphaned_listeners();  // before its children copy the owner
+    return fork_holding();
+}
+
+pid_t vmsp_fork_quietly(void) {
+    library_fork = 1;
+    pid_t pid = fork_holding();
+    library_fork = 0;
     return pid;
 }
 
@@ -144,8 +154,10 @@ static void before_fork(void) {
 
 static void after_fork_parent(void) {
     if (!forking) atomic_fetch_sub(&vmsp_forks_in_flight, 1);  // not our fork(): nobody else will
-    atomic_store(&vmsp_parent_forked, 1);
-    vmsp_welcome_book_count_fork();
+    if (!library_fork) {
+        atomic_store(&vmsp_parent_forked, 1);
+        vmsp_welcome_book_count_fork();
+    }
     vmsp_live_unlock();
     pthread_mutex_unlock(&internal_lock);
     atomic_fetch_sub(&setup_closed, 1);
@@ -162,6 +174,7 @@ static void after_fork_child(void) {
     atomic_store(&setup_closed, 0);
     atomic_store(&vmsp_forks_in_flight, 0);
     forking = 0;
+    vmsp_self_pid = getpid();
     atomic_store(&vmsp_forked_child, 1);
     atomic_store(&vmsp_parent_forked, 0);  // this process has forked nobody yet
     vmsp_forked_from = getppid();
@@ -173,6 +186,71 @@ static void after_fork_child(void) {
     vmsp_hold_all_after_fork();
     vmsp_live_unlock();
 }
+
+// MARK: vfork
+//
+// A vfork child shares this process's memory until it execs or exits, and what the program does there goes
+// through this library. Python's subprocess, for one, moves descriptors with dup2 and closes every other one
+// (close_range) in its vfork child: each of those changed the parent's descriptor table, listener marks and
+// epoll records, and a shared-memory connection the parent kept ended (the child's close counted as the
+// parent's). So once this process has any of that state, vfork is fork: the child gets its own copy, joins the
+// connections' holders, and its exec hands the connections it passes on to relays (ferry.c). The parent waits,
+// as after vfork, until the child has exec'd or exited (the end of a close-on-exec pipe). Until then vfork is
+// libc's: the wrapper jumps to it without a frame of its own, since a vfork child must not return through a
+// frame its parent returns through again. (A vfork child that writes its parent's memory on purpose, which
+// POSIX does not allow, does so in a copy then.)
+atomic_int vmsp_has_state;
+void *vmsp_real_vfork;
+
+void vmsp_note_state(void) {
+    if (!atomic_load_explicit(&vmsp_has_state, memory_order_relaxed)) atomic_store(&vmsp_has_state, 1);
+}
+
+pid_t vmsp_vfork_as_fork(void) {
+    int gate[2];
+    int gated = pipe2(gate, O_CLOEXEC) == 0;
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (gated) REAL(close)(gate[0]);  // the other end closes at exec or exit
+        return 0;
+    }
+    if (gated) {
+        int saved = errno;
+        REAL(close)(gate[1]);
+        char byte;
+        while (pid > 0 && REAL(read)(gate[0], &byte, 1) < 0 && errno == EINTR) {}
+        REAL(close)(gate[0]);
+        errno = saved;
+    }
+    return pid;
+}
+
+#if defined(__x86_64__)
+__asm__(".text\n"
+        ".globl vfork\n"
+        ".type vfork, @function\n"
+        "vfork:\n"
+        "    cmpl $0, vmsp_has_state(%rip)\n"
+        "    jne vmsp_vfork_as_fork\n"
+        "    movq vmsp_real_vfork(%rip), %rax\n"
+        "    testq %rax, %rax\n"
+        "    jz vmsp_vfork_as_fork\n"
+        "    jmp *%rax\n"
+        ".size vfork, .-vfork\n");
+#elif defined(__aarch64__)
+__asm__(".text\n"
+        ".globl vfork\n"
+        ".type vfork, %function\n"
+        "vfork:\n"
+        "    adrp x16, vmsp_has_state\n"
+        "    ldr w16, [x16, :lo12:vmsp_has_state]\n"
+        "    cbnz w16, vmsp_vfork_as_fork\n"
+        "    adrp x16, vmsp_real_vfork\n"
+        "    ldr x16, [x16, :lo12:vmsp_real_vfork]\n"
+        "    cbz x16, vmsp_vfork_as_fork\n"
+        "    br x16\n"
+        ".size vfork, .-vfork\n");
+#endif
 
 int vmsp_child_setup_whole(void) { return atomic_load(&child_setup_whole); }
 
@@ -202,7 +280,10 @@ int vmsp_listeners_allowed(void) {
 atomic_int vmsp_claims_open;
 void vmsp_claims_ready(void) { atomic_store(&vmsp_claims_open, 1); }
 
+pid_t vmsp_self_pid;
+
 __attribute__((constructor)) static void vmsp_constructor(void) {
+    vmsp_self_pid = getpid();
     vmsp_resolve();
     vmsp_table_init();
     // Every VMSOCK_ setting, ours and the Swift half's, is read from a copy kept now (vms_setting): a program may

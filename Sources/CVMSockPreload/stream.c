@@ -171,6 +171,7 @@ static inline uint64_t arm_sleepers(uint64_t word) { return (word >> SLEEPERS_SH
 
 // `*bell` asks for the doorbell, and says whether this arm got it.
 static void arm_word(struct vmsp_conn *c, int *bell) {
+    vmsp_note_reader(&c->reader_pid);
     uint64_t *word = (uint64_t *)(c->local + OFF_ARM);
     uint64_t old = __atomic_load_n(word, __ATOMIC_RELAXED), new;
     int got;
@@ -263,6 +264,7 @@ ssize_t vmsp_recv(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
     int dontwait = (flags & MSG_DONTWAIT) || atomic_load(&c->nonblocking);
     int waitall = (flags & MSG_WAITALL) && !peek;
     if (total == 0) return 0;
+    vmsp_note_reader(&c->reader_pid);
     struct vmsp_signal_mark mark = vmsp_signal_mark();
     pthread_mutex_lock(&c->rx_lock);
     size_t copied = 0;

@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 _Atomic(struct vmsp_ref *) *vmsp_table;
-atomic_uchar *vmsp_listening, *vmsp_connect_began;
+atomic_uchar *vmsp_listening, *vmsp_connect_began, *vmsp_library_fd;
 int vmsp_table_size;
 atomic_int vmsp_table_high;
 
@@ -31,7 +31,11 @@ void vmsp_table_init(void) {
     void *table = mmap(NULL, size * sizeof(void *), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     void *listening = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     void *began = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (table == MAP_FAILED || listening == MAP_FAILED || began == MAP_FAILED) return;  // nothing is ever ours: TCP
+    void *library = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (table == MAP_FAILED || listening == MAP_FAILED || began == MAP_FAILED || library == MAP_FAILED) {
+        return;  // nothing is ever ours: TCP
+    }
+    vmsp_library_fd = library;
     vmsp_table = table;
     vmsp_listening = listening;
     vmsp_connect_began = began;
@@ -59,6 +63,16 @@ static void unmap_shared_conn(struct vmsp_conn *c) {
     munmap(c, (sizeof(struct vmsp_conn) + 4095) & ~(size_t)4095);
 }
 
+// A connection's link descriptors (its control socket and doorbells) are the library's: a program that closes
+// every descriptor but a few (Python's subprocess in its child, a daemon) must not close them under a connection
+// it keeps. close and close_range pass them over (interpose.c).
+static void mark_link_fds(const struct vmsp_conn *c, unsigned char on) {
+    int fds[] = { c->control_fd, c->space_bell_fd, c->peer_space_bell_fd, c->data_bell_fd, c->peer_data_bell_fd };
+    for (int i = 0; i < 5; i++) {
+        if ((unsigned)fds[i] < (unsigned)vmsp_table_size) atomic_store(&vmsp_library_fd[fds[i]], on);
+    }
+}
+
 struct vmsp_ref *vmsp_conn_new(const vmsp_link_info *info, int nonblocking) {
     struct vmsp_ref *r = calloc(1, sizeof *r);
     if (!r) return NULL;
@@ -76,6 +90,7 @@ struct vmsp_ref *vmsp_conn_new(const vmsp_link_info *info, int nonblocking) {
     c->peer_space_bell_fd = info->peer_space_bell_fd;
     c->data_bell_fd = info->data_bell_fd;
     c->peer_data_bell_fd = info->peer_data_bell_fd;
+    mark_link_fds(c, 1);
     r->owner = info->owner;
     atomic_init(&r->users, 1);
     atomic_init(&c->nonblocking, nonblocking);
@@ -91,6 +106,7 @@ struct vmsp_ref *vmsp_conn_new(const vmsp_link_info *info, int nonblocking) {
 
 void vmsp_install(int fd, struct vmsp_ref *r) {
     if ((unsigned)fd >= (unsigned)vmsp_table_size) return;
+    vmsp_note_state();
     atomic_fetch_add(&r->refs, 1);
     int high = atomic_load(&vmsp_table_high);
     while (fd > high && !atomic_compare_exchange_weak(&vmsp_table_high, &high, fd)) {}
@@ -148,6 +164,7 @@ void vmsp_leave(struct vmsp_ref *r) {
     retired_tail = r;
     free_old_retired();
     pthread_mutex_unlock(&live_lock);
+    mark_link_fds(r->conn, 0);
     int inside = vmsp_inside;
     vmsp_inside = 1;
     // Unmaps this process's mappings and closes its link descriptors: a claimed link's are the C half's own.

@@ -266,9 +266,10 @@ static void accept_after_fork(void) {
     close(s);
 }
 
-// The program vfork runs: reads what is there on the inherited descriptor. Over TCP that is the data; under
-// vmsock-run the connection has ended for the new image (no relay is made in a vfork child). Never anything else
-// (a wake-up byte as data).
+// The program the vfork and close-on-exec cases run: reads what is there on the inherited descriptor. Over TCP
+// that is the data; under vmsock-run, through a relay, the data too, unless no relay could be made (the
+// close-on-exec case): then the connection has ended for the new image. Never anything else (a wake-up byte as
+// data).
 static int exec_child(int fd) {
     char text[64];
     struct pollfd p = { fd, POLLIN, 0 };
@@ -300,6 +301,7 @@ static int exec_answer(int fd) {
     return sane ? 0 : 1;
 }
 
+// The parent keeps its copy and reads nothing while the child runs, as Python's subprocess does.
 static void exec_inherited(void) {
     int c, s;
     pair(&c, &s);
@@ -308,12 +310,14 @@ static void exec_inherited(void) {
     snprintf(fd_text, sizeof fd_text, "%d", s);
     pid_t pid = fork();
     if (pid == 0) { execl(self_path, self_path, "exec-answer", fd_text, (char *)NULL); _exit(127); }
-    close(s);  // as inetd does: the child has it
     char text[8] = "";
     long n = read_full(c, text, 5);
     int status = child_status(pid);  // printed after the child's own line
     SHOW("exec: the parent's client read the answer", "%s", n == 5 ? text : "(nothing)");
     SHOW("exec: child exit status", "%d", status);
+    CHECK("exec: parent writes the other way", write(s, "back", 4));
+    CHECK("exec: parent reads it", read_full(c, text, 4));
+    close(s);
     CHECK("exec: then end of stream", read(c, text, 1));
     close(c);
 }
@@ -428,6 +432,31 @@ static void spawn_inherited(void) {
     SHOW("posix_spawn: child exit status", "%d", status);
     CHECK("posix_spawn: then end of stream", read(c, text, 1));
     close(c);
+}
+
+// posix_spawn with a close-on-exec socket copied to the child's standard input by a file action: no relay is made
+// for it (the parent lets nothing through), so under vmsock-run the connection ends for the new image. The parent
+// keeps using it.
+static void spawn_cloexec(void) {
+    int c, s;
+    pair(&c, &s);
+    fcntl(s, F_SETFD, FD_CLOEXEC);
+    CHECK("posix_spawn close-on-exec: parent writes", write(c, "hello", 5));
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, s, 0);
+    char *argv[] = { self_path, "exec-child", "0", NULL };
+    pid_t pid;
+    int spawned = posix_spawn(&pid, self_path, &actions, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    int status = spawned == 0 ? child_status(pid) : -1;
+    SHOW("posix_spawn close-on-exec: child exit status", "%d", status);
+    char text[8];
+    if (readable(s, 0)) read_full(s, text, 5);  // over TCP the child read it; under vmsock-run nobody did
+    CHECK("posix_spawn close-on-exec: parent writes back", write(s, "back", 4));
+    CHECK("posix_spawn close-on-exec: parent reads it", read_full(c, text, 4));
+    close(c);
+    close(s);
 }
 
 // A thread's connect to PORT, whose vmsock-run listener is stopped (SIGSTOP): under vmsock-run it waits inside
@@ -587,6 +616,7 @@ int main(int argc, char **argv) {
     exec_leaked();
     vfork_exec();
     spawn_inherited();
+    spawn_cloexec();
     daemon_case(0);
     daemon_case(1);
     listener_handed_on();  // last: this process welcomes nobody after it
