@@ -101,17 +101,17 @@ static void listeners_handed_on(void) {
 
 // Runs `call` with envp extended and the relays in place; the exec wrappers below differ only in the call.
 #define WITH_INHERITED(envp, call) WITH_INHERITED_IF(1, envp, call)
-// `runnable`: whether the exec may succeed; a search along PATH tries (and fails) many: no relay for those.
+// `runnable`: whether the exec may succeed. A search along PATH tries (and fails) many: those leave everything as
+// it is (no relay; no leaving the holders, whose last one would end the connection).
 #define WITH_INHERITED_IF(runnable, envp, call)                                       \
     do {                                                                              \
-        if (vmsp_inside) {                                                            \
+        if (vmsp_inside || !(runnable)) { /* this one fails: nothing to hand on */    \
             char *const *env = (envp);                                                \
             return call;                                                              \
         }                                                                             \
         listeners_handed_on();                                                        \
         struct vmsp_relays relays_;                                                   \
-        if (runnable) vmsp_relay_prepare(&relays_);                                   \
-        else memset(&relays_, 0, sizeof relays_);                                     \
+        vmsp_relay_prepare(&relays_);                                                 \
         char entry_[8192];                                                            \
         int listed_ = inherited_entry(entry_, sizeof entry_, &relays_);               \
         if (!listed_ && !relays_.count) {                                             \
@@ -132,7 +132,7 @@ static void listeners_handed_on(void) {
     } while (0)
 
 int execve(const char *path, char *const argv[], char *const envp[]) {
-    WITH_INHERITED_IF(access(path, X_OK) == 0, envp, REAL(execve)(path, argv, env));
+    WITH_INHERITED_IF(faccessat(AT_FDCWD, path, X_OK, AT_EACCESS) == 0, envp, REAL(execve)(path, argv, env));
 }
 
 int execv(const char *path, char *const argv[]) { return execve(path, argv, environ); }
@@ -176,7 +176,7 @@ static int spawn_with_inherited(spawn_fn real, pid_t *pid, const char *program, 
     listeners_handed_on();
     if (!inherited_entry(entry, sizeof entry, &none)) return real(pid, program, actions, attributes, argv, envp);
     // The relays' sockets are put in place by this library in the new image: without it there, none is made.
-    if (preloads_us(envp)) vmsp_relay_prepare(&relays);
+    if (preloads_us(envp)) vmsp_relay_prepare_spawn(&relays, actions != NULL);
     else memset(&relays, 0, sizeof relays);
     int has_relays = relays.count && vmsp_relay_entry(&relays, relayed, sizeof relayed);
     size_t slots = env_count(envp) + 3;

@@ -97,12 +97,13 @@ static int relay_pair(int like, int pair[2]) {
     return 0;
 }
 
-static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_inode) __attribute__((noreturn));
+static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_inode, int may_claim)
+    __attribute__((noreturn));
 
 // Forks the relay for the connection `fd` names: twice, so that the new image never sees it as a child. Returns
 // the new image's end, or -1. `*go_write` starts the relay: its end (at exec, which closes it), or a 'g' (after
 // posix_spawn); any other byte sends it away.
-static int start_relay(struct vmsp_conn *c, int fd, int *go_write) {
+static int start_relay(struct vmsp_conn *c, int fd, int *go_write, int may_claim) {
     int pair[2], go[2];
     if (relay_pair(fd, pair) != 0) return -1;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, go) != 0) {
@@ -125,7 +126,7 @@ static int start_relay(struct vmsp_conn *c, int fd, int *go_write) {
         REAL(close)(gone[0]);
         REAL(close)(go[1]);
         REAL(close)(pair[0]);
-        run_relay(c, fd, pair[1], go[0], app.st_ino);
+        run_relay(c, fd, pair[1], go[0], app.st_ino, may_claim);
     }
     REAL(close)(pair[1]);
     REAL(close)(go[0]);
@@ -151,7 +152,18 @@ static void send_relay(int go, char byte) {
     REAL(close)(go);
 }
 
-void vmsp_relay_prepare(struct vmsp_relays *plan) {
+// Whether the new image gets the connection as its standard input, output or error (not close-on-exec): handed
+// over on purpose (inetd, Python's subprocess, a shell's redirection), not leaked.
+static int stdio_of(struct vmsp_conn *c) {
+    for (int fd = 0; fd <= 2; fd++) {
+        struct vmsp_ref *r = vmsp_lookup(fd);
+        int flags = r && r->conn == c ? REAL(fcntl)(fd, F_GETFD) : -1;
+        if (flags >= 0 && !(flags & FD_CLOEXEC)) return 1;
+    }
+    return 0;
+}
+
+static void prepare(struct vmsp_relays *plan, int spawn_redirects) {
     memset(plan, 0, sizeof *plan);
     if (vmsp_inside || !vmsp_holders_is_self()) return;  // a raw clone's child, sharing its parent's memory: not there
     int high = atomic_load(&vmsp_table_high);
@@ -168,7 +180,8 @@ void vmsp_relay_prepare(struct vmsp_relays *plan) {
                 REAL(close)(saved);
                 continue;
             }
-            int go = -1, app = start_relay(r->conn, fd, &go);
+            int may_claim = spawn_redirects >= 0 ? spawn_redirects : stdio_of(r->conn);
+            int go = -1, app = start_relay(r->conn, fd, &go, may_claim);
             if (app < 0) {
                 REAL(close)(saved);
                 vmsp_debug("exec: fd %d is a shared-memory connection and no relay could be made for it: it ends for "
@@ -186,6 +199,10 @@ void vmsp_relay_prepare(struct vmsp_relays *plan) {
         plan->fds++;
     }
 }
+
+void vmsp_relay_prepare(struct vmsp_relays *plan) { prepare(plan, -1); }
+
+void vmsp_relay_prepare_spawn(struct vmsp_relays *plan, int redirects) { prepare(plan, redirects != 0); }
 
 int vmsp_relay_carries(const struct vmsp_relays *plan, int fd) {
     for (int i = 0; i < plan->fds; i++) if (plan->fd[i] == fd) return 1;
@@ -251,13 +268,20 @@ void vmsp_relay_spawned(struct vmsp_relays *plan, int started) {
 // - when no other process holds the connection (inetd closes its copy at once; a relay alone stays alone, since
 //   only a holder's fork adds one), looked at every 50 ms (nothing wakes the relay when another holder closes);
 // - or, while others hold it, once bytes have waited in the ring for 20 ms with none of them reading or waiting
-//   to read since the relay started: each read and each wait to read names its process in the connection's
-//   page (vmsp_note_reader). Once another process reads or waits, the relay leaves the bytes to it until it is
-//   alone.
+//   to read since the relay started (each read and each wait to read names its process in the connection's
+//   page: vmsp_note_reader), if the connection was handed over on purpose: it is the new image's standard
+//   input, output or error after exec, or posix_spawn had file actions. A socket merely leaked into a helper
+//   waits for its other holders to close it. Once another process reads or waits, the relay leaves the bytes
+//   to it until it is alone.
 enum { LOOK_MS = 50, CLAIM_MS = 20 };
 int vmsp_relay_process;
 enum turn { HOLD, WATCH, READ };  // leave the ring alone; wait for bytes there; read it
-struct claim { int alone, others_read, claimed; int64_t next_look, pending_since; };
+struct claim {
+    int may_claim;        // handed over on purpose (above)
+    int alone, others_read, claimed;
+    int woke;             // a wait for bytes ended (bytes, or the peer's end the rings do not show yet)
+    int64_t next_look, pending_since;
+};
 
 static enum turn relay_turn(struct vmsp_conn *c, struct claim *k, int *timeout_ms) {
     int64_t now = vmsp_now_ns();
@@ -269,9 +293,9 @@ static enum turn relay_turn(struct vmsp_conn *c, struct claim *k, int *timeout_m
     if (k->alone) return READ;
     *timeout_ms = (int)((k->next_look - now + 999999) / 1000000);
     if (atomic_load(&c->reader_pid) != vmsp_self_pid) k->others_read = 1;
-    if (k->others_read) return HOLD;
+    if (k->others_read || !k->may_claim) return HOLD;
     if (k->claimed) return READ;
-    if (!vmsp_rx_ready(c)) {
+    if (!vmsp_rx_ready(c) && !k->woke) {
         k->pending_since = 0;
         return WATCH;
     }
@@ -387,7 +411,7 @@ static void own_signals(void) {
     pthread_sigmask(SIG_SETMASK, &none, NULL);
 }
 
-static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_inode) {
+static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_inode, int may_claim) {
     static struct leg down, up;  // peer to new image, new image to peer
     vmsp_inside = 0;
     own_signals();
@@ -402,7 +426,7 @@ static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_i
     REAL(fcntl)(sock, F_SETFL, REAL(fcntl)(sock, F_GETFL) | O_NONBLOCK);
     vmsp_relay_process = 1;
     atomic_store(&c->reader_pid, vmsp_self_pid);  // what others read from here on is theirs
-    struct claim claim = { 0 };
+    struct claim claim = { .may_claim = may_claim };
     // up_unread: the peer reads no more (EPIPE); what the new image writes is dropped, as TCP's peer would
     // answer it with a reset, while what the peer sent still reaches it.
     int up_shut = 0, up_unread = 0, failed = 0;
@@ -449,7 +473,10 @@ static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_i
         short on_fd = (short)((turn != HOLD ? POLLIN : 0) | (up.end ? POLLOUT : 0));
         short on_sock = (short)((!up.ended && up.end == 0 ? POLLIN : 0) | (down.end ? POLLOUT : 0));
         struct pollfd wait[2] = { { .fd = on_fd ? fd : -1, .events = on_fd }, { .fd = on_sock ? sock : -1, .events = on_sock } };
-        (void)poll(wait, 2, timeout_ms);
+        if (poll(wait, 2, timeout_ms) > 0 && turn == WATCH &&
+            (wait[0].revents & (POLLIN | POLLHUP | POLLERR | POLLRDHUP))) {
+            claim.woke = 1;  // from here the claim's 20 ms run, and then a read says what it was
+        }
     }
     vmsp_debug("relay for fd %d ends: %s%s%s", fd, why, failed ? ": " : "", failed ? strerrorname_np(failed) : "");
     close(fd);

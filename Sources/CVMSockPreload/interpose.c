@@ -652,6 +652,8 @@ static int after_dup(int old_fd, int new_fd) {
 // dup2/dup3 onto a descriptor that was a connection of ours closes that one: drop its name first.
 static void before_replace(int old_fd, int new_fd) {
     if (old_fd == new_fd || vmsp_inside) return;
+    // A link descriptor replaced: the number is the program's now (its connection loses that doorbell).
+    if ((unsigned)new_fd < (unsigned)vmsp_table_size) atomic_store(&vmsp_library_fd[new_fd], 0);
     struct vmsp_ref *r = vmsp_lookup(new_fd);
     if (r) vmsp_before_last_close(r, new_fd);
     vmsp_forget_listener(new_fd);

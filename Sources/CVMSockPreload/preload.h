@@ -293,6 +293,9 @@ struct vmsp_relays {
 };
 /// Before exec, outside a vfork child: a relay for each connection the new image inherits (not close-on-exec).
 void vmsp_relay_prepare(struct vmsp_relays *plan);
+/// The same for posix_spawn: `redirects`, whether it has file actions (the connection may be handed over on
+/// purpose, so its relay may read while the parent keeps its copy).
+void vmsp_relay_prepare_spawn(struct vmsp_relays *plan, int redirects);
 int vmsp_relay_carries(const struct vmsp_relays *plan, int fd);
 /// Just before exec: the descriptors take the relays' sockets.
 void vmsp_relay_swap(struct vmsp_relays *plan);

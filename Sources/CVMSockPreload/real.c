@@ -194,8 +194,9 @@ static void after_fork_child(void) {
 // (close_range) in its vfork child: each of those changed the parent's descriptor table, listener marks and
 // epoll records, and a shared-memory connection the parent kept ended (the child's close counted as the
 // parent's). So once this process has any of that state, vfork is fork: the child gets its own copy, joins the
-// connections' holders, and its exec hands the connections it passes on to relays (ferry.c). The parent waits,
-// as after vfork, until the child has exec'd or exited (the end of a close-on-exec pipe). Until then vfork is
+// connections' holders, and its exec hands the connections it passes on to relays (ferry.c). The parent goes on
+// at once, as after fork (waiting for the child's exec, as vfork does, would hang on a pipe end that another
+// thread's fork copied meanwhile; a program that is right with vfork is right with fork). Until then vfork is
 // libc's: the wrapper jumps to it without a frame of its own, since a vfork child must not return through a
 // frame its parent returns through again. (A vfork child that writes its parent's memory on purpose, which
 // POSIX does not allow, does so in a copy then.)
@@ -206,24 +207,7 @@ void vmsp_note_state(void) {
     if (!atomic_load_explicit(&vmsp_has_state, memory_order_relaxed)) atomic_store(&vmsp_has_state, 1);
 }
 
-pid_t vmsp_vfork_as_fork(void) {
-    int gate[2];
-    int gated = pipe2(gate, O_CLOEXEC) == 0;
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (gated) REAL(close)(gate[0]);  // the other end closes at exec or exit
-        return 0;
-    }
-    if (gated) {
-        int saved = errno;
-        REAL(close)(gate[1]);
-        char byte;
-        while (pid > 0 && REAL(read)(gate[0], &byte, 1) < 0 && errno == EINTR) {}
-        REAL(close)(gate[0]);
-        errno = saved;
-    }
-    return pid;
-}
+pid_t vmsp_vfork_as_fork(void) { return fork(); }
 
 #if defined(__x86_64__)
 __asm__(".text\n"

@@ -301,15 +301,18 @@ static int exec_answer(int fd) {
     return sane ? 0 : 1;
 }
 
-// The parent keeps its copy and reads nothing while the child runs, as Python's subprocess does.
+// The child gets the socket as its standard input; the parent keeps its copy and reads nothing while the child
+// runs, as Python's subprocess does.
 static void exec_inherited(void) {
     int c, s;
     pair(&c, &s);
     CHECK("exec: parent writes", write(c, "hello", 5));
-    char fd_text[16];
-    snprintf(fd_text, sizeof fd_text, "%d", s);
     pid_t pid = fork();
-    if (pid == 0) { execl(self_path, self_path, "exec-answer", fd_text, (char *)NULL); _exit(127); }
+    if (pid == 0) {
+        dup2(s, 0);
+        execl(self_path, self_path, "exec-answer", "0", (char *)NULL);
+        _exit(127);
+    }
     char text[8] = "";
     long n = read_full(c, text, 5);
     int status = child_status(pid);  // printed after the child's own line
@@ -399,11 +402,13 @@ static void vfork_exec(void) {
     int c, s;
     pair(&c, &s);
     CHECK("vfork: parent writes", write(c, "hello", 5));
-    char fd_text[16];
-    snprintf(fd_text, sizeof fd_text, "%d", s);
-    char *argv[] = { self_path, "exec-child", fd_text, NULL };
+    char *argv[] = { self_path, "exec-child", "0", NULL };
     pid_t pid = vfork();
-    if (pid == 0) { execve(self_path, argv, environ); _exit(127); }
+    if (pid == 0) {
+        dup2(s, 0);
+        execve(self_path, argv, environ);
+        _exit(127);
+    }
     after_exec("vfork: child exit status", c, s, pid);
     close(c);
     close(s);
