@@ -100,6 +100,11 @@ static int relay_pair(int like, int pair[2]) {
 static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_inode, int may_claim)
     __attribute__((noreturn));
 
+static void send_relay(int go, char byte) {
+    (void)REAL(send)(go, &byte, 1, MSG_NOSIGNAL);
+    REAL(close)(go);
+}
+
 // Forks the relay for the connection `fd` names: twice, so that the new image never sees it as a child. Returns
 // the new image's end, or -1. `*go_write` starts the relay: its end (at exec, which closes it), or a 'g' (after
 // posix_spawn); any other byte sends it away.
@@ -130,11 +135,14 @@ static int start_relay(struct vmsp_conn *c, int fd, int *go_write, int may_claim
     }
     REAL(close)(pair[1]);
     REAL(close)(go[0]);
-    int status = -1;
-    while (first > 0 && waitpid(first, &status, 0) < 0 && errno == EINTR) {}
-    if (first < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {  // no relay (a relay sent away ends)
+    // Its status says whether the relay was forked. ECHILD: the program reaped it (a SIGCHLD handler) or ignores
+    // SIGCHLD; then the relay is taken to be there.
+    int status = 0, waited = -1;
+    while (first > 0 && (waited = waitpid(first, &status, 0)) < 0 && errno == EINTR) {}
+    int made = first > 0 && (waited < 0 ? errno == ECHILD : WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    if (!made) {  // no relay (one that was forked after all is sent away)
         REAL(close)(pair[0]);
-        REAL(close)(go[1]);
+        send_relay(go[1], 'x');
         return -1;
     }
     // The new image's socket as the old one was: O_NONBLOCK (its open file description's), TCP_NODELAY.
@@ -145,11 +153,6 @@ static int start_relay(struct vmsp_conn *c, int fd, int *go_write, int may_claim
     }
     *go_write = go[1];
     return pair[0];
-}
-
-static void send_relay(int go, char byte) {
-    (void)REAL(send)(go, &byte, 1, MSG_NOSIGNAL);
-    REAL(close)(go);
 }
 
 // Whether the new image gets the connection as its standard input, output or error (not close-on-exec): handed
