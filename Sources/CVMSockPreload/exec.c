@@ -272,11 +272,6 @@ static int next_relay(const char **at, unsigned long long inode) {
     return -1;
 }
 
-static int relay_socket(const char *list, unsigned long long inode) {
-    const char *at = list;
-    return next_relay(&at, inode);
-}
-
 // posix_spawn's child: the descriptor takes the relay's socket (its close-on-exec flag kept).
 static void take_relay(int fd, int relay) {
     int flags = REAL(fcntl)(fd, F_GETFD);
@@ -296,7 +291,8 @@ void vmsp_exec_inherited(void) {
             struct stat info;
             if (entry->d_name[0] == '.' || fd == own || fstat(fd, &info) != 0 || !S_ISSOCK(info.st_mode)) continue;
             if (!listed(list, (unsigned long long)info.st_ino)) continue;
-            int relay = relay_socket(relays, (unsigned long long)info.st_ino);
+            const char *at = relays;
+            int relay = next_relay(&at, (unsigned long long)info.st_ino);
             if (relay < 0 || relay == fd) { end_inherited(fd); continue; }
             take_relay(fd, relay);
         }

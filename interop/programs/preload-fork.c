@@ -414,19 +414,25 @@ static void vfork_exec(void) {
     close(s);
 }
 
+// Spawns this program in MODE with `s` moved to its standard input by a file action: posix_spawn's result.
+static int spawn_on_stdin(int s, const char *mode, pid_t *pid) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, s, 0);
+    char *argv[] = { self_path, (char *)mode, "0", NULL };
+    int spawned = posix_spawn(pid, self_path, &actions, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    return spawned;
+}
+
 // posix_spawn with the socket moved to the child's standard input by a file action, the parent's copy closed at
 // once (as inetd does): the spawned program reads "hello" there and answers.
 static void spawn_inherited(void) {
     int c, s;
     pair(&c, &s);
     CHECK("posix_spawn: parent writes", write(c, "hello", 5));
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, s, 0);
-    char *argv[] = { self_path, "exec-answer", "0", NULL };
     pid_t pid;
-    int spawned = posix_spawn(&pid, self_path, &actions, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&actions);
+    int spawned = spawn_on_stdin(s, "exec-answer", &pid);
     close(s);
     char text[8] = "";
     long n = read_full(c, text, 5);
@@ -447,13 +453,8 @@ static void spawn_cloexec(void) {
     pair(&c, &s);
     fcntl(s, F_SETFD, FD_CLOEXEC);
     CHECK("posix_spawn close-on-exec: parent writes", write(c, "hello", 5));
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, s, 0);
-    char *argv[] = { self_path, "exec-child", "0", NULL };
     pid_t pid;
-    int spawned = posix_spawn(&pid, self_path, &actions, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&actions);
+    int spawned = spawn_on_stdin(s, "exec-child", &pid);
     int status = spawned == 0 ? child_status(pid) : -1;
     SHOW("posix_spawn close-on-exec: child exit status", "%d", status);
     char text[8];
