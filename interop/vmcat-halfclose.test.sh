@@ -34,4 +34,14 @@ wait_listening 127.0.0.1 "$port"
 echo bye | timeout 5 "$VMCAT" -q 0 127.0.0.1 "$port" || fail "-q 0 did not end at once"
 wait_for "$listener" 5 || fail "listener after -q 0"
 says "$WORK/got" bye "-q 0"
-echo "ok: -N half-close over both transports, -q 0"
+
+# A listener with a file to send, whose client sends a line and quits at once without reading: the listener
+# stops sending when the peer reads no more, takes the line and ends with status 0, as nc does.
+port=$(free_port)
+start "$VMCAT" -l 127.0.0.1 "$port" <"$WORK/data" >"$WORK/got"
+listener=$LAST
+wait_listening 127.0.0.1 "$port"
+echo bye | timeout 5 "$VMCAT" -q 0 127.0.0.1 "$port" >/dev/null || fail "-q 0 against a sending listener"
+wait_for "$listener" 5 || fail "a sending listener whose client quit did not end with status 0"
+says "$WORK/got" bye "the sending listener"
+echo "ok: -N half-close over both transports, -q 0, a client that quits without reading"

@@ -144,6 +144,10 @@ final class Session: @unchecked Sendable {  // used on its loop thread only (sta
             }
         } catch let error as VMSockError {
             if error.code == EAGAIN { return false }
+            if error.code == EPIPE {  // the peer reads no more: stop sending, as nc does; its end still ends us
+                stopSending()
+                return nil
+            }
             finish(failure: "write to the peer: \(Self.describe(error))")
             return nil
         } catch let error as SystemError {
@@ -164,10 +168,7 @@ final class Session: @unchecked Sendable {  // used on its loop thread only (sta
     /// End of file on stdin (or -d): shut down our writing with -N, and with -q N quit N seconds later.
     private func stdinEnded() {
         stdin.ended = true
-        stdinWatch?.cancel()
-        stdinWatch = nil
-        writeWatch?.cancel()
-        writeWatch = nil
+        stopSending()
         guard sending else { return }
         sending = false
         if options.shutdownOnEOF {
@@ -183,6 +184,14 @@ final class Session: @unchecked Sendable {  // used on its loop thread only (sta
                 finish(failure: error.message)
             }
         }
+    }
+
+    /// Reads no more of stdin and sends nothing more on this connection.
+    private func stopSending() {
+        stdinWatch?.cancel()
+        stdinWatch = nil
+        writeWatch?.cancel()
+        writeWatch = nil
     }
 
     // MARK: Timers and the end
