@@ -128,8 +128,13 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     /// Drops the connectors whose time ran out, takes in new ones, then answers one whose hello arrived.
     private func acceptSharedMemory(_ ready: ReadyNow) throws(VMSockError) -> Connection? {
         guard let pending else { return nil }
-        for late in pending.takeExpired() where late.link == nil {  // parked links just go
-            reject("a connector (pid \(late.peer.pid)) sent no hello within \(options.handshakeTimeoutMs) ms")
+        for late in pending.takeExpired() {
+            guard let parked = late.link else {
+                reject("a connector (pid \(late.peer.pid)) sent no hello within \(options.handshakeTimeoutMs) ms")
+                continue
+            }
+            // A parked link goes, unless its connector has just reopened it: its reopen is on the way.
+            if !parked.retire() { _ = pending.park(parked) }
         }
         for registration in registrations {
             // A connector whose hello is already there is answered at once, without a trip through `pending`.
@@ -199,7 +204,7 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     /// as a rejection only when the connector broke the protocol).
     private func reopen(_ parked: EstablishedLink, _ pending: PendingHandshakes) -> Connection? {
         do throws(VMSockError) {
-            let link = try Handshake.answerReopen(parked, capacity: ringSize.load(ordering: .relaxed))
+            let link = try Handshake.answerReopen(parked)
             return try connection(on: link, reused: true, pending)
         } catch {
             if error.code == EPROTO { reject(error.description) }
@@ -217,7 +222,11 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
         let said = link.source.flatMap { !$0.isWildcard && LocalAddresses.isLocal($0) ? $0 : nil }
         return try .sharedMemory(
             link, local: local, peer: said ?? peerHost.with(port: link.source?.port ?? 0), reused: reused,
-            parking: { [pending] in pending.park($0) })
+            parking: { [pending, weak self] link in
+                // A link of another ring size than the one we make now (`setRingSize`) serves no more.
+                guard let self, link.localRegion.capacity == ringSize.load(ordering: .relaxed) else { return false }
+                return pending.park(link)
+            })
     }
 
     private func reject(_ reason: String) {

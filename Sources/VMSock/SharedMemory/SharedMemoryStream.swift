@@ -23,7 +23,8 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     @usableFromInline @exclusivity(unchecked) var writeArmed = false
     // The need-wakeup words we announce with, and the peer's announcements we have rung for (one ring each): the
     // read side's pair belongs to the reading thread, the write side's to the writing thread, like `rx` and `tx`.
-    // They belong to this connection: a reopened link starts a new stream, and both sides' words from zero.
+    // They belong to this connection: a reopened link starts a new stream, and both sides' words from zero
+    // (`LocalHeader.reopen`).
     @exclusivity(unchecked) var readWait = WaitWord()
     @exclusivity(unchecked) var writeWait = WaitWord()
     @usableFromInline @exclusivity(unchecked) var rangForPeerReader = RingMemo()
@@ -69,13 +70,13 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     init(_ link: EstablishedLink) throws(VMSockError) {
         self.link = link
         local = LocalHeader(base: link.localRegion.base)
-        peer = PeerHeader(base: link.peerRegion.base)
+        peer = PeerHeader(base: link.peerRegion.base, generation: link.generation)
         tx = RingProducer(
             data: link.localRegion.data, capacity: link.localRegion.capacity, mirrored: true, local: local, peer: peer,
-            ordering: link.ordering)
+            ordering: link.ordering, start: link.start.produced)
         rx = RingConsumer(
             data: link.peerRegion.data, capacity: link.peerRegion.capacity, mirrored: true, local: local, peer: peer,
-            ordering: link.ordering)
+            ordering: link.ordering, start: link.start.consumed)
     }
 
     /// The read-side epoll set, made now if need be (its descriptor is -1 when it cannot be made: arming throws
@@ -559,7 +560,9 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         // free it). A bit set on a link that then is not taken only makes the peer's reopen fail, and it makes a
         // new link.
         local.addShutdown(RingLayout.Shutdown.parked)
-        return link
+        var parked = link
+        parked.start = (tx.position, rx.position)  // where the next connection on it carries on
+        return parked
     }
 
     private func wakeEveryone() {
