@@ -90,7 +90,7 @@ public func fuzzHandshakePeer(_ data: UnsafeRawPointer?, _ count: Int) -> CInt {
             let link = try Handshake.answerReopen(links.listener)
             require(passed.isEmpty && message.count == HandshakeMessage.size, "reopened with \(passed.count) descriptors")
             require(link.dialed != nil && generation == 1, "reopened without an address, or of generation \(generation)")
-        default:  // the connector reopens a link whose listener header says anything
+        default:  // the connector reopens a link whose listener header says anything (the message goes nowhere)
             let header = links.listener.localRegion.base
             let produced = input.bool() ? 0 : UInt64(input.byte()) << (input.byte() % 64)
             let consumed = input.bool() ? 0 : UInt64(input.byte()) << (input.byte() % 64)

@@ -14,7 +14,7 @@ final class LinkReuseTests: XCTestCase {
         super.tearDown()
     }
 
-    /// The second connection reopens the first one's link: the same ring memory, reset, carries new streams both
+    /// The second connection reopens the first one's link: the same ring memory, carried on, carries new streams both
     /// ways (1 MiB through a 4 KiB ring, so positions wrap many times), and both sides count it as reused.
     func testNextConnectionReopensTheLink() throws {
         let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
@@ -173,7 +173,7 @@ final class LinkReuseTests: XCTestCase {
     /// the connector's header, its reopen on the way), and goes otherwise (`LinkReuse`, retiring).
     func testListenerKeepsALinkBeingReopened() throws {
         var options = VMSocketOptions(ringSize: 4096)
-        options.handshakeTimeout = .milliseconds(100)
+        options.handshakeTimeout = .seconds(1)
         let listener = try VMListener(address: .port(freePortText()), options: options)
         defer { listener.close() }
         let (control, startGeneration) = try parkedLinkByHand(listener)
@@ -182,11 +182,65 @@ final class LinkReuseTests: XCTestCase {
         defer { close(idle) }
         startGeneration(1)
         let accepting = Background { try listener.accept() }  // its waits expire the parked links
-        usleep(500_000)
-        XCTAssertEqual(listener.parkedLinkCount, 1, "the idle link should go, the one being reopened stay")
+        XCTAssertTrue(eventually { listener.parkedLinkCount == 1 }, "the idle link should go")
+        // The one being reopened is kept for another second: its reopen is served.
         let reopen = HandshakeMessage(kind: .reopen, ringCapacity: 4096, dialed: listener.localAddress).encoded()
         try RawControl.send(control, reopen, descriptors: [])
         XCTAssertNoThrow(try XCTUnwrap(accepting.wait(timeout: 10)).get())
+    }
+
+    /// A connector that began a reopen and never sends it holds the parked link for one more timeout only.
+    func testAReopenNeverSentIsNotWaitedForLong() throws {
+        var options = VMSocketOptions(ringSize: 4096)
+        options.handshakeTimeout = .milliseconds(200)
+        let listener = try VMListener(address: .port(freePortText()), options: options)
+        defer { listener.close() }
+        let (control, startGeneration) = try parkedLinkByHand(listener)
+        defer { close(control) }
+        startGeneration(1)
+        let accepting = Background { try listener.accept() }
+        XCTAssertTrue(eventually { listener.parkedLinkCount == 0 }, "the link is kept for a reopen never sent")
+        listener.close()
+        _ = accepting.wait(timeout: 10)
+    }
+
+    /// A listener that closes while a reopened connection waits for its accept ends that connection, as a TCP
+    /// listener's close resets what waits in its backlog: the client reads end of stream, never hangs.
+    func testListenerCloseEndsAReopenNotTaken() throws {
+        let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
+        try oneConnection(listener, bytes: 100)
+        let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(ringSize: 4096))
+        XCTAssertEqual(client.transport, .sharedMemory)
+        listener.close()
+        client.readTimeout = .seconds(5)
+        XCTAssertEqual(try client.read(upTo: 10), [])
+    }
+
+    /// A poller armed when its connection closed leaves no announcement standing on the parked link: every
+    /// wake-up of the next connection arrives.
+    func testArmedPollerAtCloseLosesNoWakeUp() throws {
+        let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
+        defer { listener.close() }
+        try closeWhileArmed(listener)
+        XCTAssertTrue(eventually { VMSocket.idleLinkCount > 0 && listener.parkedLinkCount > 0 }, "not parked")
+        let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(ringSize: 4096))
+        try client.writeAll([1])
+        let server = try listener.accept()
+        XCTAssertEqual(try server.readExactly(1), [1])
+        XCTAssertFalse(try server.armReadable())
+        try client.writeAll([2])
+        var entry = pollfd(fd: server.pollDescriptor, events: Int16(POLLIN), revents: 0)
+        XCTAssertEqual(poll(&entry, 1, 3000), 1, "the wake-up for the second write was lost: \(server._debugSnapshot)")
+        XCTAssertEqual(try server.readExactly(1), [2])
+    }
+
+    private func closeWhileArmed(_ listener: VMListener) throws {
+        let accepting = Background { try listener.accept() }
+        let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(ringSize: 4096))
+        let server = try XCTUnwrap(accepting.wait(timeout: 10)).get()
+        XCTAssertFalse(try server.armReadable())
+        server.close()
+        client.close()
     }
 
     /// A connector that speaks the handshake by hand: a well-formed reopen of the next generation on its parked

@@ -28,6 +28,8 @@ struct EstablishedLink {
     /// new link; where the last connection left them on a reopened one, and the consumer position moved past
     /// what it left unread).
     var start: (produced: UInt64, consumed: UInt64) = (0, 0)
+    /// The listener kept this parked link past its time once already, for a reopen its connector had begun.
+    var keptForReopen = false
     /// The process that made the link.
     let creator = Sys.processID()
     /// For a connection inside vmsockd's region: its connection slot, released when the link goes.

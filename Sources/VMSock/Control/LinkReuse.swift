@@ -27,20 +27,26 @@ import VMSockRing
 // listener before the listener takes the reopen (its positions, its waiting words) is in range and means "no
 // data yet": no check on the data path changes, and no value is trusted that was not before.
 //
-// Retiring. The listener frees a parked link whose time is up. To never free one that a connector has just
-// reopened, each side stores, then reads the other's word, both sequentially consistent: the listener sets
-// `retired` and then looks for the next generation in the connector's header; the connector stores the next
-// generation and then looks for `retired`. At least one of them sees the other: a listener that sees the new
-// generation keeps the link for the reopen on its way; a connector that sees `retired` makes a new link.
+// Retiring. The listener frees a parked link whose time is up, or all of them when it closes. To never drop
+// one that a connector has just reopened unseen, each side stores, then reads the other's word, both
+// sequentially consistent: the listener sets `retired` and then looks for the next generation in the
+// connector's header; the connector stores the next generation and then looks for `retired`. At least one of
+// them sees the other: a connector that sees `retired` makes a new link; a listener that sees the new
+// generation keeps the link for the reopen on its way (once, for one more timeout), or, when it closes or the
+// reopen still has not come, ends that connection by showing the new generation closed (`refuseReopen`), which
+// the connector reads as end of stream even while another process holds the link's descriptors. A side marks
+// a link `parked` only once it keeps it, and `retired` when it does not, so a connector never reopens a link
+// its listener is not waiting with.
 //
 // Safety. A link is only reused between the two processes that made it: its control socket is a connected Unix
 // socket, whose peer never changes, so nobody is shown memory it was not given before. Each side changes only
 // its own header. The reopen checks what a hello checks that could have changed (ring sizes) and the connector's
 // new generation; a reopen that fails in any way drops the link, and the connector's connection sees its peer
-// gone, as a TCP connection whose server never accepts it is reset. A parked link is freed when the listener
-// side has held it for the handshake timeout (retired, as above), when the listener closes, when either process
-// exits (the control socket hangs up), beyond `LinkPool.limit` parked links in a connector process or
-// `PendingHandshakes.parkedLimit` in a listener, and in a forked child (which must not share the parent's rings).
+// gone (end of stream), as a TCP connection whose server never accepts it is reset. A parked link is freed when
+// the listener side has held it for the handshake timeout (retired, as above), when the listener closes (the
+// same), when either process exits (the control socket hangs up), beyond `LinkPool.limit` parked links in a
+// connector process or `PendingHandshakes.parkedLimit` in a listener, and in a forked child (which must not
+// share the parent's rings).
 
 extension EstablishedLink {
     /// The peer's header as this link's current connection reads it.
@@ -65,17 +71,37 @@ extension EstablishedLink {
         var link = self
         link.generation = generation
         link.start.consumed = consumed
+        link.keptForReopen = false
         link.dialed = dialed
         link.source = source
         return link
     }
 
-    /// The listener's side of freeing a parked link whose time is up: marks it retired and returns true, unless
-    /// the connector has begun to reopen it (its reopen is then on its way: the caller keeps the link for it).
+    /// Marks our side parked: its connection is gone and whoever keeps the link now waits for a reopen (the
+    /// listener), or will send one (the connector).
+    func markParked() { LocalHeader(base: localRegion.base).addShutdown(RingLayout.Shutdown.parked) }
+
+    /// Marks our side retired: the link will not be kept, and a connector that sees it frees its copy.
+    func markRetired() { LocalHeader(base: localRegion.base).addShutdown(RingLayout.Shutdown.retired) }
+
+    /// The listener's side of giving a parked link up (its time is up, or the listener closes): marks it retired,
+    /// so that no connector reopens it from now on, and returns whether its connector has begun to reopen it
+    /// already (see *Retiring* above). Then the reopen is on its way: the caller keeps the link for it, or ends
+    /// that connection with `refuseReopen`.
     func retire() -> Bool {
         LocalHeader(base: localRegion.base).addShutdown(RingLayout.Shutdown.retired)  // sequentially consistent
         let word = PeerHeader(base: peerRegion.base).shutdownWordOrdered
-        return word >> RingLayout.Shutdown.generationShift != nextGeneration
+        return word >> RingLayout.Shutdown.generationShift == nextGeneration
+    }
+
+    /// Ends the connection a connector has begun on this link, without taking it: our side of that generation
+    /// reads as closed, as a connection reset in a TCP backlog ends (the connector reads end of stream, and its
+    /// writes fail with EPIPE), even while another process holds the link's descriptors. The caller frees the
+    /// link.
+    func refuseReopen() {
+        let local = LocalHeader(base: localRegion.base)
+        local.reopen(generation: nextGeneration, consumed: nil)
+        local.addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
     }
 }
 

@@ -133,8 +133,16 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
                 reject("a connector (pid \(late.peer.pid)) sent no hello within \(options.handshakeTimeoutMs) ms")
                 continue
             }
-            // A parked link goes, unless its connector has just reopened it: its reopen is on the way.
-            if !parked.retire() { _ = pending.park(parked) }
+            // A parked link goes (a forked child's copy just closes), unless its connector has begun to reopen it:
+            // then its reopen is on the way, and the link is kept for it once more. A connector that began and
+            // still has not sent it by then has its connection ended.
+            guard parked.isOwnedByThisProcess, parked.retire() else { continue }
+            var kept = parked
+            if !parked.keptForReopen {
+                kept.keptForReopen = true
+                if pending.park(kept) { continue }
+            }
+            kept.refuseReopen()
         }
         for registration in registrations {
             // A connector whose hello is already there is answered at once, without a trip through `pending`.

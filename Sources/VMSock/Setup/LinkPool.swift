@@ -24,6 +24,7 @@ final class LinkPool: Sendable {
 
     /// Only the link's creator hands it here (`SharedMemoryStream.detachForReuse`).
     private func park(_ link: EstablishedLink, under address: ControlAddress) -> Bool {
+        link.markParked()  // before another thread can take it and start its next generation
         let evicted = entries.withLock { entries -> Entry? in
             let oldest = entries.count >= Self.limit ? entries.removeFirst() : nil
             entries.append(Entry(address: address, link: link))

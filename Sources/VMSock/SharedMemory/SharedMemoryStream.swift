@@ -550,16 +550,18 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     /// The link, for another connection between the same two processes, once this one is closed and nothing in
     /// this process touches its rings any more (the owner above calls this when its socket is gone); nil when it
     /// cannot serve again (not reusable, not closed cleanly, the peer gone or a rule broken, or a forked child,
-    /// which shares its rings with the parent). Marks our side `parked` for the peer (see `LinkReuse`).
+    /// which shares its rings with the parent). Whoever keeps it marks it `parked` (see `LinkReuse`).
     func detachForReuse() -> EstablishedLink? {
         let flags = state.load(ordering: .acquiring)
         guard link.reusable, flags & State.closed != 0, flags & (State.broken | State.peerGone) == 0,
             link.isOwnedByThisProcess
         else { return nil }
-        // The bit before handing the link over: from then on another thread may take it and reset our header (or
-        // free it). A bit set on a link that then is not taken only makes the peer's reopen fail, and it makes a
-        // new link.
-        local.addShutdown(RingLayout.Shutdown.parked)
+        // An announcement left standing (a poller armed at close) goes: the peer's next connection, whose ring
+        // memo starts afresh, would otherwise ring for it and then take our next connection's announcement of the
+        // same value (`WaitWord` starts from zero) for one it rang for. Stored before `parked`, which the peer
+        // acquires.
+        local.setWaitingForData(0)
+        local.setWaitingForSpace(0)
         var parked = link
         parked.start = (tx.position, rx.position)  // where the next connection on it carries on
         return parked

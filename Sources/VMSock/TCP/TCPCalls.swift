@@ -117,7 +117,7 @@ enum TCPCalls {
     }
 
     /// Binds the port the next connection to `destination` takes, unless this process keeps a spare already (or
-    /// a failed try from the same source). Call while waiting.
+    /// a failed try from the same source). Call where the peer is busy anyway (a reopen just sent).
     static func prepareSparePort(for destination: IPEndpoint) {
         let source = Self.source(for: destination), owner = Sys.processID()
         func wanted(_ spare: SparePort?) -> Bool {
