@@ -26,7 +26,7 @@
 ///                                             bit 1 read side shut, bit 2 closed, bit 3 parked (the
 ///                                             connection is gone on this side, which keeps the link
 ///                                             for the next connection between the same two processes),
-///                                             bit 4 retired (a parked side that frees the link: do
+///                                             bit 4 retired (a side that does not keep the link: do
 ///                                             not reopen it); bits 8-31 the connection's generation on
 ///                                             its link (0 on a new link, one more at each reopen): bits
 ///                                             of another generation are not this connection's
@@ -74,8 +74,8 @@ public enum RingLayout {
         /// Set after `closed`, once nothing in this process touches the connection any more: the connector may
         /// ask to reopen the link (see `HandshakeMessage.Kind.reopen`).
         public static let parked: UInt32 = 1 << 3
-        /// Set on a parked side that is about to free the link (its time is up): a connector that sees it must
-        /// not reopen the link (see `LinkReuse`).
+        /// Set by a side that does not keep the link (its time is up, its listener closes, or it could not park
+        /// it): a connector that sees it must not reopen the link, and frees its copy (see `LinkReuse`).
         public static let retired: UInt32 = 1 << 4
         /// The bits above this shift are the generation of the connection the bits below belong to.
         public static let generationShift: UInt32 = 8

@@ -59,7 +59,7 @@ extension EstablishedLink {
         return bits & RingLayout.Shutdown.parked != 0 && bits & RingLayout.Shutdown.retired == 0
     }
 
-    /// Whether the peer has retired its parked side: the link will never be reopened.
+    /// Whether the peer has retired its side: the link will never be reopened.
     var peerRetired: Bool { peerHeader.shutdownFlags & RingLayout.Shutdown.retired != 0 }
 
     /// The next generation, as the shutdown word holds it.
