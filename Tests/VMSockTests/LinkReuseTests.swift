@@ -176,11 +176,12 @@ final class LinkReuseTests: XCTestCase {
         options.handshakeTimeout = .seconds(1)
         let listener = try VMListener(address: .port(freePortText()), options: options)
         defer { listener.close() }
-        let (control, startGeneration) = try parkedLinkByHand(listener)
+        let made = try parkedLinkByHand(listener)
+        let control = made.control
         defer { close(control) }
-        let (idle, _) = try parkedLinkByHand(listener)
+        let idle = try parkedLinkByHand(listener).control
         defer { close(idle) }
-        startGeneration(1)
+        made.startGeneration(1)
         let accepting = Background { try listener.accept() }  // its waits expire the parked links
         XCTAssertTrue(eventually { listener.parkedLinkCount == 1 }, "the idle link should go")
         // The one being reopened is kept for another second: its reopen is served.
@@ -195,11 +196,14 @@ final class LinkReuseTests: XCTestCase {
         options.handshakeTimeout = .milliseconds(200)
         let listener = try VMListener(address: .port(freePortText()), options: options)
         defer { listener.close() }
-        let (control, startGeneration) = try parkedLinkByHand(listener)
-        defer { close(control) }
-        startGeneration(1)
+        let made = try parkedLinkByHand(listener)
+        defer { close(made.control) }
+        made.startGeneration(1)
         let accepting = Background { try listener.accept() }
-        XCTAssertTrue(eventually { listener.parkedLinkCount == 0 }, "the link is kept for a reopen never sent")
+        // Refused: the listener shows generation 1 written, read and closed, and retired.
+        let refused: UInt32 = 1 << 8 | 0x17
+        XCTAssertTrue(eventually { made.listenerWord() == refused }, "not refused: 0x\(String(made.listenerWord(), radix: 16))")
+        XCTAssertEqual(listener.parkedLinkCount, 0)
         listener.close()
         _ = accepting.wait(timeout: 10)
     }
@@ -209,11 +213,20 @@ final class LinkReuseTests: XCTestCase {
     func testListenerCloseEndsAReopenNotTaken() throws {
         let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
         try oneConnection(listener, bytes: 100)
+        try readAcrossTheClose(listener)
+        XCTAssertTrue(eventually { VMSocket.idleLinkCount == 0 }, "the client kept a refused link")
+    }
+
+    private func readAcrossTheClose(_ listener: VMListener) throws {
+        let before = TransportStatistics.current.sharedMemoryReused
         let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(ringSize: 4096))
-        XCTAssertEqual(client.transport, .sharedMemory)
-        listener.close()
+        XCTAssertEqual(TransportStatistics.current.sharedMemoryReused - before, 1, "not reopened")
         client.readTimeout = .seconds(5)
-        XCTAssertEqual(try client.read(upTo: 10), [])
+        let reading = Background { try client.read(upTo: 10) }  // asleep, most likely, when the listener closes
+        usleep(20_000)
+        listener.close()
+        XCTAssertEqual(try XCTUnwrap(reading.wait(timeout: 10)).get(), [])
+        client.close()
     }
 
     /// A poller armed when its connection closed leaves no announcement standing on the parked link: every
@@ -223,7 +236,9 @@ final class LinkReuseTests: XCTestCase {
         defer { listener.close() }
         try closeWhileArmed(listener)
         XCTAssertTrue(eventually { VMSocket.idleLinkCount > 0 && listener.parkedLinkCount > 0 }, "not parked")
+        let before = TransportStatistics.current.sharedMemoryReused
         let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(ringSize: 4096))
+        XCTAssertEqual(TransportStatistics.current.sharedMemoryReused - before, 1, "not reopened")
         try client.writeAll([1])
         let server = try listener.accept()
         XCTAssertEqual(try server.readExactly(1), [1])
@@ -261,7 +276,8 @@ final class LinkReuseTests: XCTestCase {
             ("good", reopen, false),
         ]
         for (label, bytes, withDescriptors) in cases {
-            let (control, startGeneration) = try parkedLinkByHand(listener)
+            let made = try parkedLinkByHand(listener)
+            let (control, startGeneration) = (made.control, made.startGeneration)
             defer { close(control) }
             let rejectedBefore = listener.rejectedCount
             let accepting = Background { try listener.accept() }
@@ -296,7 +312,7 @@ final class LinkReuseTests: XCTestCase {
         let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
         defer { listener.close() }
         let accepting = Background { try listener.accept() }
-        let (control, _) = try handshakeByHand(listener.localAddress)
+        let control = try handshakeByHand(listener.localAddress).control
         defer { close(control) }
         let server = try XCTUnwrap(accepting.wait(timeout: 10)).get()
         let reader = Background { try server.read(upTo: 1) }
@@ -338,8 +354,7 @@ final class LinkReuseTests: XCTestCase {
 
     /// A connection made by hand with a hello that offers reuse, whose listener side is then closed and parked.
     /// - Returns: the control socket of the parked link.
-    /// - Returns: the control socket of the parked link, and what starts a generation in our region's header.
-    private func parkedLinkByHand(_ listener: VMListener) throws -> (Int32, (UInt32) -> Void) {
+    private func parkedLinkByHand(_ listener: VMListener) throws -> ByHand {
         let parkedBefore = listener.parkedLinkCount
         let made = try acceptAndCloseByHand(listener)
         XCTAssertTrue(eventually { listener.parkedLinkCount > parkedBefore }, "the listener did not park the link")
@@ -347,7 +362,7 @@ final class LinkReuseTests: XCTestCase {
     }
 
     /// (A function of its own: the accepted socket goes, and its link is parked, when `accepting` does.)
-    private func acceptAndCloseByHand(_ listener: VMListener) throws -> (Int32, (UInt32) -> Void) {
+    private func acceptAndCloseByHand(_ listener: VMListener) throws -> ByHand {
         let accepting = Background { try listener.accept() }
         let made = try handshakeByHand(listener.localAddress)
         try XCTUnwrap(accepting.wait(timeout: 10)).get().close()
@@ -355,7 +370,15 @@ final class LinkReuseTests: XCTestCase {
     }
 
     /// Sends a hello offering reuse with a good region and bells, and checks the welcome.
-    private func handshakeByHand(_ endpoint: IPEndpoint) throws -> (Int32, (UInt32) -> Void) {
+    /// A link made by hand: its control socket, what starts a generation in our header, and what reads the
+    /// listener's shutdown word.
+    private struct ByHand {
+        let control: Int32
+        let startGeneration: (UInt32) -> Void
+        let listenerWord: () -> UInt32
+    }
+
+    private func handshakeByHand(_ endpoint: IPEndpoint) throws -> ByHand {
         let control = try RawControl.connect(endpoint)
         let hello = HandshakeMessage(kind: .hello, ringCapacity: 4096, dialed: endpoint, reusable: true)
         let region = try RawControl.makeRegionKept(capacity: 4096)
@@ -363,11 +386,15 @@ final class LinkReuseTests: XCTestCase {
         try RawControl.send(control, hello.encoded(), descriptors: descriptors)
         descriptors.forEach { close($0) }
         let welcome = try RawControl.receive(control, timeoutMs: 3000)
+        let header = welcome.descriptors.first.flatMap { mmap(nil, 4096, PROT_READ, MAP_SHARED, $0, 0) }
         welcome.descriptors.forEach { close($0) }
+        guard let header, header != MAP_FAILED else { throw POSIXError(.EINVAL) }
         let message = try welcome.bytes.withUnsafeBytes { try HandshakeMessage.decode($0) }
         XCTAssertEqual(message.kind, .welcome)
         XCTAssertTrue(message.reusable, "the listener did not offer reuse")
-        return (control, region.reopen)
+        return ByHand(control: control, startGeneration: region.reopen, listenerWord: {
+            header.load(fromByteOffset: 640, as: UInt32.self)  // RingLayout.Offset.shutdownFlags
+        })
     }
 
     /// Whether `fd` has a message waiting, without waiting.

@@ -32,11 +32,11 @@ import VMSockRing
 // sequentially consistent: the listener sets `retired` and then looks for the next generation in the
 // connector's header; the connector stores the next generation and then looks for `retired`. At least one of
 // them sees the other: a connector that sees `retired` makes a new link; a listener that sees the new
-// generation keeps the link for the reopen on its way (once, for one more timeout), or, when it closes or the
-// reopen still has not come, ends that connection by showing the new generation closed (`refuseReopen`), which
-// the connector reads as end of stream even while another process holds the link's descriptors. A side marks
-// a link `parked` only once it keeps it, and `retired` when it does not, so a connector never reopens a link
-// its listener is not waiting with.
+// generation keeps the link for the reopen on its way (once, for one more timeout), or, when it closes, the
+// reopen still has not come or taking it fails, ends that connection by showing the new generation closed and
+// ringing (`refuseReopen`), which the connector reads as end of stream even while another process holds the
+// link's descriptors. A side marks a link `parked` only once it keeps it, and `retired` when it does not, so a
+// connector never reopens a link its listener is not waiting with.
 //
 // Safety. A link is only reused between the two processes that made it: its control socket is a connected Unix
 // socket, whose peer never changes, so nobody is shown memory it was not given before. Each side changes only
@@ -90,18 +90,27 @@ extension EstablishedLink {
     /// that connection with `refuseReopen`.
     func retire() -> Bool {
         LocalHeader(base: localRegion.base).addShutdown(RingLayout.Shutdown.retired)  // sequentially consistent
-        let word = PeerHeader(base: peerRegion.base).shutdownWordOrdered
-        return word >> RingLayout.Shutdown.generationShift == nextGeneration
+        return peerBeganReopen
+    }
+
+    /// Whether the connector has started the link's next generation in its header (read sequentially
+    /// consistent, after our own store in `retire`).
+    var peerBeganReopen: Bool {
+        PeerHeader(base: peerRegion.base).shutdownWordOrdered >> RingLayout.Shutdown.generationShift == nextGeneration
     }
 
     /// Ends the connection a connector has begun on this link, without taking it: our side of that generation
-    /// reads as closed, as a connection reset in a TCP backlog ends (the connector reads end of stream, and its
-    /// writes fail with EPIPE), even while another process holds the link's descriptors. The caller frees the
+    /// reads as closed and retired, as a connection reset in a TCP backlog ends (the connector reads end of
+    /// stream, its writes fail with EPIPE, and it does not keep the link), and both its bells are rung for a
+    /// thread of its that sleeps, even while another process holds the link's descriptors. The caller frees the
     /// link.
     func refuseReopen() {
         let local = LocalHeader(base: localRegion.base)
         local.reopen(generation: nextGeneration, consumed: nil)
-        local.addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
+        local.addShutdown(
+            RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed | RingLayout.Shutdown.retired)
+        peerDataBell.ring()
+        peerSpaceBell.ring()
     }
 }
 

@@ -134,11 +134,12 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
                 continue
             }
             // A parked link goes (a forked child's copy just closes), unless its connector has begun to reopen it:
-            // then its reopen is on the way, and the link is kept for it once more. A connector that began and
-            // still has not sent it by then has its connection ended.
+            // then its reopen is on the way, and the link is kept for it once more (or as long as the reopen is
+            // there to take). A connector that began and still has not sent it by then has its connection ended.
             guard parked.isOwnedByThisProcess, parked.retire() else { continue }
             var kept = parked
-            if !parked.keptForReopen {
+            let arrived = (try? Sys.isReady(parked.control.raw, Int16(POLLIN))) ?? false
+            if !parked.keptForReopen || arrived {
                 kept.keptForReopen = true
                 if pending.park(kept) { continue }
             }
@@ -209,13 +210,15 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     }
 
     /// Answers the reopen of a parked link: the new connection, or nil when the link is dropped instead (counted
-    /// as a rejection only when the connector broke the protocol).
+    /// as a rejection only when the connector broke the protocol). A connection its connector began on the
+    /// dropped link is ended (`refuseReopen`).
     private func reopen(_ parked: EstablishedLink, _ pending: PendingHandshakes) -> Connection? {
         do throws(VMSockError) {
             let link = try Handshake.answerReopen(parked)
             return try connection(on: link, reused: true, pending)
         } catch {
             if error.code == EPROTO { reject(error.description) }
+            if parked.peerBeganReopen { parked.refuseReopen() }
             return nil
         }
     }

@@ -79,13 +79,11 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
     }
 
     /// Parks a link whose connection is gone, to wait for its connector's reopen for up to the handshake timeout,
-    /// and marks it `parked` for the connector once it is in. Returns false, keeping nothing, when `parkedLimit`
-    /// are parked or the listener is closed.
+    /// and marks it `parked` for the connector once it is in (under the lock, so that no other accept can take
+    /// and reopen it before the mark). Returns false, keeping nothing, when `parkedLimit` are parked or the
+    /// listener is closed.
     func park(_ link: EstablishedLink) -> Bool {
-        guard (try? enter(Waiting(control: link.control, peer: link.peer, link: link), limit: Self.parkedLimit)) ?? false
-        else { return false }
-        link.markParked()
-        return true
+        (try? enter(Waiting(control: link.control, peer: link.peer, link: link), limit: Self.parkedLimit)) ?? false
     }
 
     private func enter(_ waiting: Waiting, limit: Int) throws(VMSockError) -> Bool {
@@ -98,6 +96,7 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
             // Level-triggered: a hello that is there already makes the set readable at once.
             try Self.control(epoll, EPOLL_CTL_ADD, waiting.control.raw, token: token)
             table.nextToken += 1
+            waiting.link?.markParked()
             let deadline = monotonicNanos() + timeoutNanos
             table.entries.append(Entry(token: token, waiting: waiting, deadline: deadline))
             if table.timerDeadline == nil { setTimer(&table, deadline) }

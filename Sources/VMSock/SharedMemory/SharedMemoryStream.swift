@@ -554,7 +554,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     func detachForReuse() -> EstablishedLink? {
         let flags = state.load(ordering: .acquiring)
         guard link.reusable, flags & State.closed != 0, flags & (State.broken | State.peerGone) == 0,
-            link.isOwnedByThisProcess
+            link.isOwnedByThisProcess, peer.shutdownFlags & RingLayout.Shutdown.retired == 0  // (refused)
         else { return nil }
         // An announcement left standing (a poller armed at close) goes: the peer's next connection, whose ring
         // memo starts afresh, would otherwise ring for it and then take our next connection's announcement of the
