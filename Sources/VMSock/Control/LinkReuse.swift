@@ -101,7 +101,7 @@ extension EstablishedLink {
 
     /// Ends the connection a connector has begun on this link, without taking it: our side of that generation
     /// reads as closed and retired, as a connection reset in a TCP backlog ends (the connector reads end of
-    /// stream, its writes fail with EPIPE, and it does not keep the link), and both its bells are rung for a
+    /// stream, its writes fail with EPIPE, and it does not keep the link), and both its bells are rung for any
     /// thread of its that sleeps, even while another process holds the link's descriptors. The caller frees the
     /// link.
     func refuseReopen() {
