@@ -131,10 +131,8 @@ final class LinkReuseTests: XCTestCase {
         defer { listener.close() }
         for round in 0..<3 {
             try oneConnection(listener, bytes: 5000)
-            let before = TransportStatistics.current.sharedMemoryReused
             do {
-                let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(ringSize: 4096))
-                XCTAssertEqual(TransportStatistics.current.sharedMemoryReused - before, 1, "round \(round): not reopened")
+                let client = try reopeningConnect(listener, "round \(round)")
                 let pattern = (0..<3000).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ round) }
                 try client.writeAll(pattern)
                 try client.shutdown(.write)
@@ -161,9 +159,7 @@ final class LinkReuseTests: XCTestCase {
     }
 
     private func leaveUnread(_ listener: VMListener) throws {
-        let accepting = Background { try listener.accept() }
-        let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(ringSize: 4096))
-        let server = try XCTUnwrap(accepting.wait(timeout: 10)).get()
+        let (server, client) = try connectedPair(through: listener, options: VMSocketOptions(ringSize: 4096))
         try client.writeAll([1, 2, 3])
         server.close()
         client.close()
@@ -218,9 +214,7 @@ final class LinkReuseTests: XCTestCase {
     }
 
     private func readAcrossTheClose(_ listener: VMListener) throws {
-        let before = TransportStatistics.current.sharedMemoryReused
-        let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(ringSize: 4096))
-        XCTAssertEqual(TransportStatistics.current.sharedMemoryReused - before, 1, "not reopened")
+        let client = try reopeningConnect(listener)
         client.readTimeout = .seconds(5)
         let reading = Background { try client.read(upTo: 10) }  // asleep, most likely, when the listener closes
         usleep(20_000)
@@ -236,9 +230,7 @@ final class LinkReuseTests: XCTestCase {
         defer { listener.close() }
         try closeWhileArmed(listener)
         XCTAssertTrue(eventually { VMSocket.idleLinkCount > 0 && listener.parkedLinkCount > 0 }, "not parked")
-        let before = TransportStatistics.current.sharedMemoryReused
-        let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(ringSize: 4096))
-        XCTAssertEqual(TransportStatistics.current.sharedMemoryReused - before, 1, "not reopened")
+        let client = try reopeningConnect(listener)
         try client.writeAll([1])
         let server = try listener.accept()
         XCTAssertEqual(try server.readExactly(1), [1])
@@ -250,9 +242,7 @@ final class LinkReuseTests: XCTestCase {
     }
 
     private func closeWhileArmed(_ listener: VMListener) throws {
-        let accepting = Background { try listener.accept() }
-        let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(ringSize: 4096))
-        let server = try XCTUnwrap(accepting.wait(timeout: 10)).get()
+        let (server, client) = try connectedPair(through: listener, options: VMSocketOptions(ringSize: 4096))
         XCTAssertFalse(try server.armReadable())
         server.close()
         client.close()
@@ -325,6 +315,15 @@ final class LinkReuseTests: XCTestCase {
 
     // MARK: Helpers
 
+    /// A connect through `listener` that must have reopened a parked link (counted once, on this side: nothing
+    /// accepts it yet).
+    private func reopeningConnect(_ listener: VMListener, _ label: String = "") throws -> VMSocket {
+        let before = TransportStatistics.current.sharedMemoryReused
+        let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(ringSize: 4096))
+        XCTAssertEqual(TransportStatistics.current.sharedMemoryReused - before, 1, "\(label) not reopened")
+        return client
+    }
+
     /// Connects (through `listener`), sends `bytes` each way, closes both sides and lets both sockets go.
     private func oneConnection(_ listener: VMListener, bytes: Int, reuse: Bool = true) throws {
         try exchange(listener, bytes: bytes, reuse: reuse)
@@ -338,9 +337,7 @@ final class LinkReuseTests: XCTestCase {
     private func exchange(_ listener: VMListener, bytes: Int, reuse: Bool) throws {
         var options = VMSocketOptions(ringSize: 4096)
         options.reusesLinks = reuse
-        let accepting = Background { try listener.accept() }
-        let client = try VMSocket.connect(to: listener.address, options: options)
-        let server = try XCTUnwrap(accepting.wait(timeout: 10)).get()
+        let (server, client) = try connectedPair(through: listener, options: options)
         let pattern = (0..<bytes).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
         let sending = Background { try client.writeAll(pattern) }
         XCTAssertEqual(try server.readExactly(bytes), pattern)
