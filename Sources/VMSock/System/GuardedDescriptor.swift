@@ -59,10 +59,15 @@ final class GuardedDescriptor: @unchecked Sendable {  // immutable but for atomi
 
     /// Marks the descriptor closed and wakes blocked calls with `shutdown(SHUT_RDWR)`; the number itself is
     /// closed now, or by the last call still inside `use`. Idempotent.
+    ///
+    /// `close` counts itself in while it shuts the socket down: otherwise the last call could leave and close the
+    /// number in between, another thread's `socket` or `accept` could get it, and the shutdown would hang up that
+    /// stranger (a parked link's control socket, seen by its peer as gone).
     func close() {
+        users.add(2, ordering: .acquiringAndReleasing)
         let before = users.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue
-        guard before & 1 == 0 else { return }
-        if before != 0 { Sys.shutdown(raw) }
-        if before == 0 { release() }
+        let othersInside = before >> 1 > 1
+        if before & 1 == 0 && othersInside { Sys.shutdown(raw) }
+        leave()
     }
 }
