@@ -78,8 +78,11 @@ while [ "$(date +%s)" -lt $((end - 3)) ]; do
             unset "clients[$pick]"; clients=("${clients[@]}")
             start_client $((end - $(date +%s))) ;;
         2)  # kill -9 the server (clients told first, by the generation), restart it on its port
-            echo $((server_kills + 1)) > "$SOAK_GENERATION_FILE"
+            # Odd from just before the kill until the server is reaped (its sockets closed), even again after: a
+            # client whose connection began after the first write still lost its server if that one was dying.
+            echo $((2 * server_kills + 1)) > "$SOAK_GENERATION_FILE"
             kill -9 "$server"; wait "$server" 2>/dev/null || true
+            echo $((2 * server_kills + 2)) > "$SOAK_GENERATION_FILE"
             server_kills=$((server_kills + 1))
             start_server ;;
         *)  # a hostile peer: breaks the rules, then is killed

@@ -51,7 +51,8 @@ enum Soak {
     }
 
     /// Connection after connection for `seconds`. Exits 1 at the first broken invariant: a wrong byte, more or
-    /// fewer bytes than sent at a clean end of stream, or a call that waited past `bound`.
+    /// fewer bytes than sent at a clean end of stream, an established connection that fails while the server
+    /// lives, or a call that waited past `bound`.
     static func client(port: UInt16, seconds: Double) -> Never {
         var tally = Tally()
         let end = Date().addingTimeInterval(seconds)
@@ -63,14 +64,22 @@ enum Soak {
             var options = VMSocketOptions(ringSize: 4096 << Int.random(in: 0...8, using: &rng))
             options.transport = Bool.random(using: &rng) ? .auto : .tcp
             let generation = serverGeneration()
+            // Bytes missing at end of stream, or an error, are right only when the server was killed during the
+            // connection (as TCP may end it either way).
+            let lostServer = { () -> Bool in
+                let now = serverGeneration()
+                return now != generation || now % 2 == 1
+            }
             do {
-                let socket = try VMSocket.connect(host: "127.0.0.1", port: port, options: options)
+                guard let socket = try connect(port: port, options: options) else {
+                    tally.interrupted += 1  // the server is restarting (refused), or was killed under the handshake
+                    usleep(20_000)
+                    continue
+                }
                 if socket.transport == .tcp { tally.tcp += 1 } else { tally.shared += 1 }
                 let received = try exchange(socket, bytes: bytes, seed: UInt64(tally.connections))
                 if received < bytes {
-                    // A killed server ends its connections with end of stream too (as TCP may): bytes missing
-                    // are data lost only when the server lived through the whole connection.
-                    guard serverGeneration() != generation else {
+                    guard lostServer() else {
                         fail("end of stream after \(received) of \(bytes) echoed bytes, with the server alive")
                     }
                     tally.interrupted += 1
@@ -81,7 +90,8 @@ enum Soak {
             } catch let error as VMSockError where error.code == ETIMEDOUT {
                 fail("a call waited past \(bound) (connection \(tally.connections), \(bytes) bytes): \(error)")
             } catch {
-                tally.interrupted += 1  // the server was killed under us, or restarting: an error is the right answer
+                guard lostServer() else { fail("connection \(tally.connections) failed with the server alive: \(error)") }
+                tally.interrupted += 1
                 usleep(20_000)
             }
         }
@@ -90,10 +100,24 @@ enum Soak {
         exit(0)
     }
 
-    /// How many times the script has killed the server so far (the number in `SOAK_GENERATION_FILE`).
-    private static func serverGeneration() -> String {
-        guard let path = ProcessInfo.processInfo.environment["SOAK_GENERATION_FILE"] else { return "" }
-        return (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+    /// A connection, or nil when connecting failed other than by a timeout.
+    private static func connect(port: UInt16, options: VMSocketOptions) throws(VMSockError) -> VMSocket? {
+        do {
+            return try VMSocket.connect(host: "127.0.0.1", port: port, options: options)
+        } catch {
+            if error.code == ETIMEDOUT { throw error }
+            return nil
+        }
+    }
+
+    /// The number in `SOAK_GENERATION_FILE`: the script counts each server kill twice, so it is odd from just
+    /// before the kill until the server is reaped, and even otherwise. A connection during which it changed, or
+    /// that ends while it is odd, may have lost its server; one that began while it was odd sees it change.
+    private static func serverGeneration() -> Int {
+        guard let path = ProcessInfo.processInfo.environment["SOAK_GENERATION_FILE"],
+            let text = try? String(contentsOfFile: path, encoding: .utf8)
+        else { return 0 }
+        return Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
     }
 
     /// Sends `bytes` of the pattern while checking the echo; every call bounded. Returns the bytes echoed before
