@@ -1,7 +1,8 @@
 // Fuzz target: a peer's side of the handshake, message and descriptors together, through a real control socket.
 // The input picks one of four steps (the listener answering a hello, the connector reading the answer to its
-// hello, and both sides of a reopen), the message bytes, and the descriptors that travel with them (memfds of any
-// size, seals and header, pipes, eventfds, sockets, files: Fuzz/Support/PeerDescriptors.swift).
+// hello, the listener taking a reopen, the connector reopening a link whose listener header the peer wrote), the
+// message bytes, and the descriptors that travel with them (memfds of any size, seals and header, pipes,
+// eventfds, sockets, files: Fuzz/Support/PeerDescriptors.swift), and for a reopen the header words.
 // Invariants: no crash; a failure is one of the documented errnos; a link is made only from a well-formed
 // message of our version with a sealed memfd of exactly the announced size and a valid header, and two Unix
 // sockets; every descriptor received or made for the step is closed afterwards (none leak; the spare half a
@@ -82,16 +83,25 @@ public func fuzzHandshakePeer(_ data: UnsafeRawPointer?, _ count: Int) -> CInt {
             let reply = try ControlSocket.receiveReady(connector.raw)
             let link = try Handshake.finishConnect(sent, reply: reply, control: connector, peer: peerIdentity, address: address)
             check(link, message: message, passed: passed.count)
-        case 2:  // the listener answers a reopen on a parked link
+        case 2:  // the listener takes a reopen on a parked link, the connector's header of some generation
+            let generation = input.bool() ? 1 : UInt32(input.byte())
+            LocalHeader(base: links.connector.localRegion.base).reopen(generation: generation, consumed: nil)
             try? ControlSocket.send(links.connector.control.raw, message, descriptors: passed)
-            let link = try Handshake.answerReopen(links.listener, capacity: capacity)
+            let link = try Handshake.answerReopen(links.listener)
             require(passed.isEmpty && message.count == HandshakeMessage.size, "reopened with \(passed.count) descriptors")
-            require(link.dialed != nil, "reopened without an address")
-        default:  // the connector reads the answer to its reopen
-            try? ControlSocket.send(links.listener.control.raw, message, descriptors: passed)
-            let reply = try ControlSocket.receiveReady(links.connector.control.raw)
-            _ = try Handshake.finishReopen(links.connector, reply: reply, dialed: dialed, source: dialed.with(port: 9))
-            require(passed.isEmpty && message.count == HandshakeMessage.size, "reopened with \(passed.count) descriptors")
+            require(link.dialed != nil && generation == 1, "reopened without an address, or of generation \(generation)")
+        default:  // the connector reopens a link whose listener header says anything (the message goes nowhere)
+            let header = links.listener.localRegion.base
+            let produced = input.bool() ? 0 : UInt64(input.byte()) << (input.byte() % 64)
+            let consumed = input.bool() ? 0 : UInt64(input.byte()) << (input.byte() % 64)
+            header.storeBytes(of: produced, toByteOffset: RingLayout.Offset.producerPosition, as: UInt64.self)
+            header.storeBytes(of: consumed, toByteOffset: RingLayout.Offset.consumerPosition, as: UInt64.self)
+            let word = UInt32(input.byte()) | UInt32(input.byte()) << 8
+            header.storeBytes(of: word, toByteOffset: RingLayout.Offset.shutdownFlags, as: UInt32.self)
+            let link = try Handshake.reopen(links.connector, dialed: dialed, source: dialed.with(port: 9))
+            require(consumed == links.connector.start.produced && produced &- links.connector.start.consumed <= 4096
+                && word & RingLayout.Shutdown.retired == 0 && link.start.consumed == produced && link.generation == 1,
+                "reopened a link the listener's header did not allow (produced \(produced), consumed \(consumed), word \(word))")
         }
     } catch {
         require(documented.contains(error.code), "the step threw an undocumented error: \(error)")

@@ -11,7 +11,7 @@ root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 
 
 def message(kind, capacity=0, reason=0, family=0, port=0, address=b"", flags=0, source=0, source_address=b"",
-            version=7):
+            version=8):
     """A handshake message (Sources/VMSock/Control/HandshakeMessage.swift): 64 bytes."""
     return struct.pack("<IHHIIHH16sIH6s16s", 0x48534D56, version, kind, capacity, reason, family, port,
                        address.ljust(16, b"\0"), flags, source, b"", source_address.ljust(16, b"\0"))
@@ -40,8 +40,10 @@ seeds = {
         + bytes([3]) + RING_MEMFD + BELL + BELL + bytes([0, 1]),
         "welcome": bytes([1, 0]) + message(WELCOME, 8192, flags=2) + bytes([3]) + RING_MEMFD + BELL + BELL + bytes([0, 1]),
         "reject": bytes([1, 0]) + message(REJECT, reason=2) + bytes([0, 0, 0]),
-        "reopen": bytes([2, 0]) + message(REOPEN, 4096, family=4, port=7000, address=LOOPBACK) + bytes([0, 0]),
-        "reopen-welcome": bytes([3, 0]) + message(WELCOME, 4096) + bytes([0, 0]),
+        # ... then the connector's generation: 1 (the link's next)
+        "reopen": bytes([2, 0]) + message(REOPEN, 4096, family=4, port=7000, address=LOOPBACK) + bytes([0, 0, 1]),
+        # ... then the listener's header: producer 0, consumer 0 (all read), shutdown word parked|closed, generation 0
+        "reopen-connector": bytes([3, 0]) + message(REOPEN, 4096) + bytes([0, 0, 1, 1, 0x0C, 0]),
     },
     # capacity, mirrored, start, producer offset (2), then steps (see Fuzz/ring.swift)
     "ring": {

@@ -16,8 +16,10 @@ public struct RingConsumer: @unchecked Sendable {
     @inlinable public var position: UInt64 { _position }
     @usableFromInline var peerProduced: UInt64 = 0
 
+    /// `start`: where the stream starts: 0 on a new link; on a reopened one, the peer's producer position when
+    /// the connection began (`LinkReuse`).
     public init(data: UnsafeRawPointer, capacity: Int, mirrored: Bool, local: LocalHeader, peer: PeerHeader,
-        ordering: WakeUpOrdering = .fenced
+        ordering: WakeUpOrdering = .fenced, start: UInt64 = 0
     ) {
         precondition(RingLayout.isValid(capacity: capacity))
         self.data = data
@@ -26,6 +28,8 @@ public struct RingConsumer: @unchecked Sendable {
         self.local = local
         self.peer = peer
         self.ordering = ordering
+        _position = start
+        peerProduced = start
     }
 
     /// Readable bytes as of the last accepted peer producer position (no shared-memory read).

@@ -19,17 +19,16 @@ public struct LocalHeader: @unchecked Sendable {
         base.storeBytes(of: UInt64(capacity).littleEndian, toByteOffset: RingLayout.Offset.capacity, as: UInt64.self)
     }
 
-    /// Makes the header what `initialize` left, for a link reopened for a new connection: positions, waiting
-    /// words and shutdown bits back to zero. Call only while the peer reads nothing of ours (its connection on
-    /// this link is gone too, and it has not yet been told of the new one).
-    public func reset() {
-        for offset in [
-            RingLayout.Offset.producerPosition, RingLayout.Offset.consumerPosition, RingLayout.Offset.waitingForData,
-            RingLayout.Offset.waitingForSpace,
-        ] {
-            vms_store_seqcst_u64(word(offset), 0)
-        }
-        vms_store_seqcst_u32(word32(RingLayout.Offset.shutdownFlags), 0)
+    /// Starts connection `generation` on a reopened link (see `LinkReuse` in VMSock): no waiting words, our
+    /// consumer position moved to `consumed` when given (skipping what the last connection left unread), and no
+    /// shutdown bits, under the new generation, stored last. Positions otherwise carry on from the last
+    /// connection, so that what the peer reads of ours before it has seen the new generation is still in range.
+    public func reopen(generation: UInt32, consumed: UInt64?) {
+        vms_store_seqcst_u64(word(RingLayout.Offset.waitingForData), 0)
+        vms_store_seqcst_u64(word(RingLayout.Offset.waitingForSpace), 0)
+        if let consumed { vms_store_seqcst_u64(word(RingLayout.Offset.consumerPosition), consumed) }
+        let bits = (generation & RingLayout.Shutdown.generationMask) << RingLayout.Shutdown.generationShift
+        vms_store_seqcst_u32(word32(RingLayout.Offset.shutdownFlags), bits)
     }
 
     @usableFromInline var producerPosition: UnsafeMutablePointer<UInt64> { word(RingLayout.Offset.producerPosition) }
@@ -54,7 +53,8 @@ public struct LocalHeader: @unchecked Sendable {
         if word & 1 != 0 { vms_fence_seqcst() }  // as in setWaitingForData
     }
 
-    /// Adds shutdown bits (any thread may; the peer only ever sees bits added). Returns the bits now set.
+    /// Adds shutdown bits (any thread may; the peer only ever sees bits added, within a generation). Returns the
+    /// word now stored (generation and bits).
     @discardableResult
     public func addShutdown(_ bits: UInt32) -> UInt32 {
         vms_fetch_or_u32(word32(RingLayout.Offset.shutdownFlags), bits)
@@ -72,8 +72,13 @@ public struct LocalHeader: @unchecked Sendable {
 /// checked, and then used; never read twice for one decision.
 public struct PeerHeader: @unchecked Sendable {
     public let base: UnsafeRawPointer
+    /// The connection's generation on its link (see `RingLayout`): shutdown bits of another count as none.
+    public let generation: UInt32
 
-    public init(base: UnsafeRawPointer) { self.base = base }
+    public init(base: UnsafeRawPointer, generation: UInt32 = 0) {
+        self.base = base
+        self.generation = generation & RingLayout.Shutdown.generationMask
+    }
 
     /// Checks the fixed fields the peer wrote before the handshake.
     public func validate(expectedCapacity: Int) throws(RingViolation) {
@@ -99,8 +104,21 @@ public struct PeerHeader: @unchecked Sendable {
     @inlinable public var isWaitingForData: Bool { waitingForData & 1 != 0 }
     /// Whether the peer's writer announced that it sleeps.
     @inlinable public var isWaitingForSpace: Bool { waitingForSpace & 1 != 0 }
-    /// The peer's shutdown bits. Callers test only the bits they need; unknown bits mean nothing.
-    @inlinable public var shutdownFlags: UInt32 { vms_load_acquire_u32(word32(RingLayout.Offset.shutdownFlags)) }
+    /// The peer's shutdown bits for our generation (none while the peer's word is of another: a reopened link
+    /// whose peer has not started the new connection yet). Callers test only the bits they need; unknown bits
+    /// mean nothing.
+    @inlinable public var shutdownFlags: UInt32 {
+        let word = shutdownWord
+        return word >> RingLayout.Shutdown.generationShift == generation ? word & 0xFF : 0
+    }
+    /// The peer's published positions, each read once (acquire) and unchecked: the caller checks them.
+    public var positions: (produced: UInt64, consumed: UInt64) {
+        (vms_load_acquire_u64(producerPosition), vms_load_acquire_u64(consumerPosition))
+    }
+    /// The peer's whole shutdown word, generation and bits, read once (acquire).
+    @inlinable public var shutdownWord: UInt32 { vms_load_acquire_u32(word32(RingLayout.Offset.shutdownFlags)) }
+    /// The same, sequentially consistent: for a decision that must see the peer's store or have the peer see ours.
+    public var shutdownWordOrdered: UInt32 { vms_load_seqcst_u32(word32(RingLayout.Offset.shutdownFlags)) }
 
     @usableFromInline func word(_ offset: Int) -> UnsafePointer<UInt64> {
         (base + offset).assumingMemoryBound(to: UInt64.self)

@@ -25,7 +25,11 @@
 ///     640     4  shutdown flags         peer: bit 0 write side shut (producer position is final),
 ///                                             bit 1 read side shut, bit 2 closed, bit 3 parked (the
 ///                                             connection is gone on this side, which keeps the link
-///                                             for the next connection between the same two processes)
+///                                             for the next connection between the same two processes),
+///                                             bit 4 retired (a side that does not keep the link: do
+///                                             not reopen it); bits 8-31 the connection's generation on
+///                                             its link (0 on a new link, one more at each reopen): bits
+///                                             of another generation are not this connection's
 ///     644   124  padding
 ///     768     8  bell word (vmsock-run) peer reader: (reader generation rung << 32) | wake-up bytes
 ///                                       sent on the TCP socket; only vmsock-run's C data path uses it
@@ -70,6 +74,13 @@ public enum RingLayout {
         /// Set after `closed`, once nothing in this process touches the connection any more: the connector may
         /// ask to reopen the link (see `HandshakeMessage.Kind.reopen`).
         public static let parked: UInt32 = 1 << 3
+        /// Set by a side that does not keep the link (its time is up, its listener closes, or it could not park
+        /// it): a connector that sees it must not reopen the link, and frees its copy (see `LinkReuse`).
+        public static let retired: UInt32 = 1 << 4
+        /// The bits above this shift are the generation of the connection the bits below belong to.
+        public static let generationShift: UInt32 = 8
+        /// Generations count modulo 2^24.
+        public static let generationMask: UInt32 = 0xFF_FFFF
     }
 
     /// A data capacity is valid when it is a power of two from 4 KiB to 64 MiB (so it is also a whole number

@@ -24,8 +24,10 @@ public struct RingProducer: @unchecked Sendable {
     /// - Parameters:
     ///   - data: the start of our data area (`capacity` bytes; `2 * capacity` readable and writable when `mirrored`).
     ///   - mirrored: the data area is mapped twice back to back, so any slice of up to `capacity` is contiguous.
+    ///   - start: where the stream starts: 0 on a new link; on a reopened one, where the last connection left our
+    ///     position, which the peer had consumed up to (`LinkReuse`).
     public init(data: UnsafeMutableRawPointer, capacity: Int, mirrored: Bool, local: LocalHeader, peer: PeerHeader,
-        ordering: WakeUpOrdering = .fenced
+        ordering: WakeUpOrdering = .fenced, start: UInt64 = 0
     ) {
         precondition(RingLayout.isValid(capacity: capacity))
         self.data = data
@@ -34,6 +36,8 @@ public struct RingProducer: @unchecked Sendable {
         self.local = local
         self.peer = peer
         self.ordering = ordering
+        _position = start
+        peerConsumed = start
     }
 
     /// Free bytes as of the last accepted peer consumer position (no shared-memory read).

@@ -31,9 +31,12 @@ enum Hostile {
         case "garbage-flags":
             vms_store_seqcst_u64((base + 384).assumingMemoryBound(to: UInt64.self), 0xdead_beef_dead_beef)
             vms_store_seqcst_u64((base + 512).assumingMemoryBound(to: UInt64.self), 0xdead_beef_dead_beef)
-            vms_store_seqcst_u32((base + 640).assumingMemoryBound(to: UInt32.self), 0xffff_ffff)
+            vms_store_seqcst_u32((base + 640).assumingMemoryBound(to: UInt32.self), 0xff)  // every bit, generation 0
         case "unknown-flag":
-            vms_store_seqcst_u32((base + 640).assumingMemoryBound(to: UInt32.self), 0x100)  // no bit we define (parked is 0x8)
+            vms_store_seqcst_u32((base + 640).assumingMemoryBound(to: UInt32.self), 0x80)  // no bit we define (retired is 0x10)
+        case "foreign-generation":
+            // Every bit, of a generation this connection is not (its link's first is 0): they are not its bits.
+            vms_store_seqcst_u32((base + 640).assumingMemoryBound(to: UInt32.self), 0xffff_ffff)
         case "control-chatter":
             var byte: UInt8 = 0x42
             _ = send(socket._controlDescriptor, &byte, 1, Int32(MSG_NOSIGNAL))

@@ -14,7 +14,7 @@ final class LinkReuseTests: XCTestCase {
         super.tearDown()
     }
 
-    /// The second connection reopens the first one's link: the same ring memory, reset, carries new streams both
+    /// The second connection reopens the first one's link: the same ring memory, carried on, carries new streams both
     /// ways (1 MiB through a 4 KiB ring, so positions wrap many times), and both sides count it as reused.
     func testNextConnectionReopensTheLink() throws {
         let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
@@ -123,8 +123,134 @@ final class LinkReuseTests: XCTestCase {
         XCTAssertEqual(listener.rejectedCount, 0, "a dropped link is not a rejection")
     }
 
-    /// A connector that speaks the handshake by hand: a well-formed reopen on its parked link gets a welcome
-    /// without descriptors, and anything else gets a reject, is counted, and leaves the listener serving.
+    /// A reopening connect returns before the listener accepts, as a TCP connect does: what the client wrote, and
+    /// its shutdown, are there when the listener gets to the connection. What the client leaves unread is not
+    /// seen by the next connection.
+    func testConnectorWritesAndClosesBeforeTheAccept() throws {
+        let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
+        defer { listener.close() }
+        for round in 0..<3 {
+            try oneConnection(listener, bytes: 5000)
+            do {
+                let client = try reopeningConnect(listener, "round \(round)")
+                let pattern = (0..<3000).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ round) }
+                try client.writeAll(pattern)
+                try client.shutdown(.write)
+                let server = try listener.accept()
+                XCTAssertEqual(try server.readExactly(3000), pattern, "round \(round)")
+                XCTAssertEqual(try server.read(upTo: 10), [], "round \(round): the client's shutdown")
+                try server.writeAll([1, 2])  // the client never reads it: the next reopen skips it
+                server.close()
+                client.close()
+            }
+        }
+    }
+
+    /// A listener that closed with bytes of ours unread leaves its link unusable: the next connect makes a new
+    /// link, and nothing of the last connection reaches the next.
+    func testLinkWithUnreadBytesIsNotReopened() throws {
+        let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
+        defer { listener.close() }
+        try leaveUnread(listener)
+        XCTAssertTrue(eventually { VMSocket.idleLinkCount > 0 && listener.parkedLinkCount > 0 }, "not parked")
+        let before = TransportStatistics.current.sharedMemoryReused
+        try oneConnection(listener, bytes: 2000)
+        XCTAssertEqual(TransportStatistics.current.sharedMemoryReused, before, "the link was reopened")
+    }
+
+    private func leaveUnread(_ listener: VMListener) throws {
+        let (server, client) = try connectedPair(through: listener, options: VMSocketOptions(ringSize: 4096))
+        try client.writeAll([1, 2, 3])
+        server.close()
+        client.close()
+    }
+
+    /// A parked link whose time is up stays while its connector has begun to reopen it (the new generation is in
+    /// the connector's header, its reopen on the way), and goes otherwise (`LinkReuse`, retiring).
+    func testListenerKeepsALinkBeingReopened() throws {
+        var options = VMSocketOptions(ringSize: 4096)
+        options.handshakeTimeout = .seconds(1)
+        let listener = try VMListener(address: .port(freePortText()), options: options)
+        defer { listener.close() }
+        let made = try parkedLinkByHand(listener)
+        let control = made.control
+        defer { close(control) }
+        let idle = try parkedLinkByHand(listener).control
+        defer { close(idle) }
+        made.startGeneration(1)
+        let accepting = Background { try listener.accept() }  // its waits expire the parked links
+        XCTAssertTrue(eventually { listener.parkedLinkCount == 1 }, "the idle link should go")
+        // The one being reopened is kept for another second: its reopen is served.
+        let reopen = HandshakeMessage(kind: .reopen, ringCapacity: 4096, dialed: listener.localAddress).encoded()
+        try RawControl.send(control, reopen, descriptors: [])
+        XCTAssertNoThrow(try XCTUnwrap(accepting.wait(timeout: 10)).get())
+    }
+
+    /// A connector that began a reopen and never sends it holds the parked link for one more timeout only.
+    func testAReopenNeverSentIsNotWaitedForLong() throws {
+        var options = VMSocketOptions(ringSize: 4096)
+        options.handshakeTimeout = .milliseconds(200)
+        let listener = try VMListener(address: .port(freePortText()), options: options)
+        defer { listener.close() }
+        let made = try parkedLinkByHand(listener)
+        defer { close(made.control) }
+        made.startGeneration(1)
+        let accepting = Background { try listener.accept() }
+        // Refused: the listener shows generation 1 written, read and closed, and retired.
+        let refused: UInt32 = 1 << 8 | 0x17
+        XCTAssertTrue(eventually { made.listenerWord() == refused }, "not refused: 0x\(String(made.listenerWord(), radix: 16))")
+        XCTAssertEqual(listener.parkedLinkCount, 0)
+        listener.close()
+        _ = accepting.wait(timeout: 10)
+    }
+
+    /// A listener that closes while a reopened connection waits for its accept ends that connection, as a TCP
+    /// listener's close resets what waits in its backlog: the client reads end of stream, never hangs.
+    func testListenerCloseEndsAReopenNotTaken() throws {
+        let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
+        try oneConnection(listener, bytes: 100)
+        try readAcrossTheClose(listener)
+        XCTAssertTrue(eventually { VMSocket.idleLinkCount == 0 }, "the client kept a refused link")
+    }
+
+    private func readAcrossTheClose(_ listener: VMListener) throws {
+        let client = try reopeningConnect(listener)
+        client.readTimeout = .seconds(5)
+        let reading = Background { try client.read(upTo: 10) }  // asleep, most likely, when the listener closes
+        usleep(20_000)
+        listener.close()
+        XCTAssertEqual(try XCTUnwrap(reading.wait(timeout: 10)).get(), [])
+        client.close()
+    }
+
+    /// A poller armed when its connection closed leaves no announcement standing on the parked link: every
+    /// wake-up of the next connection arrives.
+    func testArmedPollerAtCloseLosesNoWakeUp() throws {
+        let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
+        defer { listener.close() }
+        try closeWhileArmed(listener)
+        XCTAssertTrue(eventually { VMSocket.idleLinkCount > 0 && listener.parkedLinkCount > 0 }, "not parked")
+        let client = try reopeningConnect(listener)
+        try client.writeAll([1])
+        let server = try listener.accept()
+        XCTAssertEqual(try server.readExactly(1), [1])
+        XCTAssertFalse(try server.armReadable())
+        try client.writeAll([2])
+        var entry = pollfd(fd: server.pollDescriptor, events: Int16(POLLIN), revents: 0)
+        XCTAssertEqual(poll(&entry, 1, 3000), 1, "the wake-up for the second write was lost: \(server._debugSnapshot)")
+        XCTAssertEqual(try server.readExactly(1), [2])
+    }
+
+    private func closeWhileArmed(_ listener: VMListener) throws {
+        let (server, client) = try connectedPair(through: listener, options: VMSocketOptions(ringSize: 4096))
+        XCTAssertFalse(try server.armReadable())
+        server.close()
+        client.close()
+    }
+
+    /// A connector that speaks the handshake by hand: a well-formed reopen of the next generation on its parked
+    /// link is accepted without an answer, and anything else gets a reject, is counted, and leaves the listener
+    /// serving.
     func testListenerChecksReopens() throws {
         let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
         defer { listener.close() }
@@ -136,25 +262,27 @@ final class LinkReuseTests: XCTestCase {
             ("wrong ring size", HandshakeMessage(kind: .reopen, ringCapacity: 8192, dialed: endpoint).encoded(), false),
             ("hello", HandshakeMessage(kind: .hello, ringCapacity: 4096, dialed: endpoint).encoded(), false),
             ("no address", HandshakeMessage(kind: .reopen, ringCapacity: 4096).encoded(), false),
+            ("no new generation", reopen, false),
             ("good", reopen, false),
         ]
         for (label, bytes, withDescriptors) in cases {
-            let control = try parkedLinkByHand(listener)
+            let made = try parkedLinkByHand(listener)
+            let (control, startGeneration) = (made.control, made.startGeneration)
             defer { close(control) }
             let rejectedBefore = listener.rejectedCount
             let accepting = Background { try listener.accept() }
             let descriptors = withDescriptors ? [RawControl.makeBell()] : []
+            if label != "no new generation" { startGeneration(1) }
             try RawControl.send(control, bytes, descriptors: descriptors)
             descriptors.forEach { close($0) }
+            if label == "good" {
+                XCTAssertNoThrow(try XCTUnwrap(accepting.wait(timeout: 10), label).get(), label)
+                XCTAssertEqual(try hasMessage(control), false, "a reopen is not answered")
+                continue
+            }
             let reply = try RawControl.receive(control, timeoutMs: 3000)
             reply.descriptors.forEach { close($0) }
             let message = try reply.bytes.withUnsafeBytes { try HandshakeMessage.decode($0) }
-            if label == "good" {
-                XCTAssertEqual(message.kind, .welcome, label)
-                XCTAssertEqual(reply.descriptors.count, 0, label)
-                XCTAssertNoThrow(try XCTUnwrap(accepting.wait(timeout: 10), label).get(), label)
-                continue
-            }
             XCTAssertEqual(message.kind, .reject, label)
             XCTAssertEqual(message.rejectReason, HandshakeMessage.RejectReason.badRequest.rawValue, label)
             // The same accept call still serves a good connector.
@@ -174,7 +302,7 @@ final class LinkReuseTests: XCTestCase {
         let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
         defer { listener.close() }
         let accepting = Background { try listener.accept() }
-        let control = try handshakeByHand(listener.localAddress)
+        let control = try handshakeByHand(listener.localAddress).control
         defer { close(control) }
         let server = try XCTUnwrap(accepting.wait(timeout: 10)).get()
         let reader = Background { try server.read(upTo: 1) }
@@ -186,6 +314,15 @@ final class LinkReuseTests: XCTestCase {
     }
 
     // MARK: Helpers
+
+    /// A connect through `listener` that must have reopened a parked link (counted once, on this side: nothing
+    /// accepts it yet).
+    private func reopeningConnect(_ listener: VMListener, _ label: String = "") throws -> VMSocket {
+        let before = TransportStatistics.current.sharedMemoryReused
+        let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(ringSize: 4096))
+        XCTAssertEqual(TransportStatistics.current.sharedMemoryReused - before, 1, "\(label) not reopened")
+        return client
+    }
 
     /// Connects (through `listener`), sends `bytes` each way, closes both sides and lets both sockets go.
     private func oneConnection(_ listener: VMListener, bytes: Int, reuse: Bool = true) throws {
@@ -200,9 +337,7 @@ final class LinkReuseTests: XCTestCase {
     private func exchange(_ listener: VMListener, bytes: Int, reuse: Bool) throws {
         var options = VMSocketOptions(ringSize: 4096)
         options.reusesLinks = reuse
-        let accepting = Background { try listener.accept() }
-        let client = try VMSocket.connect(to: listener.address, options: options)
-        let server = try XCTUnwrap(accepting.wait(timeout: 10)).get()
+        let (server, client) = try connectedPair(through: listener, options: options)
         let pattern = (0..<bytes).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
         let sending = Background { try client.writeAll(pattern) }
         XCTAssertEqual(try server.readExactly(bytes), pattern)
@@ -216,33 +351,53 @@ final class LinkReuseTests: XCTestCase {
 
     /// A connection made by hand with a hello that offers reuse, whose listener side is then closed and parked.
     /// - Returns: the control socket of the parked link.
-    private func parkedLinkByHand(_ listener: VMListener) throws -> Int32 {
+    private func parkedLinkByHand(_ listener: VMListener) throws -> ByHand {
         let parkedBefore = listener.parkedLinkCount
-        let control = try acceptAndCloseByHand(listener)
+        let made = try acceptAndCloseByHand(listener)
         XCTAssertTrue(eventually { listener.parkedLinkCount > parkedBefore }, "the listener did not park the link")
-        return control
+        return made
     }
 
-    private func acceptAndCloseByHand(_ listener: VMListener) throws -> Int32 {
+    /// (A function of its own: the accepted socket goes, and its link is parked, when `accepting` does.)
+    private func acceptAndCloseByHand(_ listener: VMListener) throws -> ByHand {
         let accepting = Background { try listener.accept() }
-        let control = try handshakeByHand(listener.localAddress)
+        let made = try handshakeByHand(listener.localAddress)
         try XCTUnwrap(accepting.wait(timeout: 10)).get().close()
-        return control
+        return made
     }
 
     /// Sends a hello offering reuse with a good region and bells, and checks the welcome.
-    private func handshakeByHand(_ endpoint: IPEndpoint) throws -> Int32 {
+    /// A link made by hand: its control socket, what starts a generation in our header, and what reads the
+    /// listener's shutdown word.
+    private struct ByHand {
+        let control: Int32
+        let startGeneration: (UInt32) -> Void
+        let listenerWord: () -> UInt32
+    }
+
+    private func handshakeByHand(_ endpoint: IPEndpoint) throws -> ByHand {
         let control = try RawControl.connect(endpoint)
         let hello = HandshakeMessage(kind: .hello, ringCapacity: 4096, dialed: endpoint, reusable: true)
-        let descriptors = [try RawControl.makeRegion(capacity: 4096), RawControl.makeBell(), RawControl.makeBell()]
+        let region = try RawControl.makeRegionKept(capacity: 4096)
+        let descriptors = [region.fd, RawControl.makeBell(), RawControl.makeBell()]
         try RawControl.send(control, hello.encoded(), descriptors: descriptors)
         descriptors.forEach { close($0) }
         let welcome = try RawControl.receive(control, timeoutMs: 3000)
+        let header = welcome.descriptors.first.flatMap { mmap(nil, 4096, PROT_READ, MAP_SHARED, $0, 0) }
         welcome.descriptors.forEach { close($0) }
+        guard let header, header != MAP_FAILED else { throw POSIXError(.EINVAL) }
         let message = try welcome.bytes.withUnsafeBytes { try HandshakeMessage.decode($0) }
         XCTAssertEqual(message.kind, .welcome)
         XCTAssertTrue(message.reusable, "the listener did not offer reuse")
-        return control
+        return ByHand(control: control, startGeneration: region.reopen, listenerWord: {
+            header.load(fromByteOffset: 640, as: UInt32.self)  // RingLayout.Offset.shutdownFlags
+        })
+    }
+
+    /// Whether `fd` has a message waiting, without waiting.
+    private func hasMessage(_ fd: Int32) throws -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&entry, 1, 100) > 0 && entry.revents & Int16(POLLIN) != 0
     }
 }
 

@@ -22,6 +22,14 @@ struct EstablishedLink {
     let ordering: WakeUpOrdering
     /// Whether both sides agreed to keep the link for another connection once this one is closed (`LinkReuse`).
     let reusable: Bool
+    /// The connection's generation on this link: 0 for the first, one more at each reopen (`LinkReuse`).
+    var generation: UInt32 = 0
+    /// Where the connection starts: our producer position and our consumer position in the peer's ring (0 on a
+    /// new link; where the last connection left them on a reopened one, and the consumer position moved past
+    /// what it left unread).
+    var start: (produced: UInt64, consumed: UInt64) = (0, 0)
+    /// The listener kept this parked link past its time once already, for a reopen its connector had begun.
+    var keptForReopen = false
     /// The process that made the link.
     let creator = Sys.processID()
     /// For a connection inside vmsockd's region: its connection slot, released when the link goes.

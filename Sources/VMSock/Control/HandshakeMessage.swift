@@ -6,7 +6,7 @@ import VMSockRing
 /// ```
 ///  offset  size  field
 ///       0     4  magic "VMSH"
-///       4     2  protocol version (6)
+///       4     2  protocol version (8)
 ///       6     2  kind: 1 hello (connector), 2 welcome (listener), 3 reject (listener), 4 reopen (connector)
 ///       8     4  ring capacity: bytes of the sender's outgoing ring (hello, welcome, reopen); 0 in a reject
 ///      12     4  reject reason (reject only, else 0)
@@ -32,13 +32,15 @@ import VMSockRing
 /// carries none.
 ///
 /// A reopen starts a new connection on a link whose previous connection both sides have closed and parked (see
-/// `LinkReuse`): it travels on that link's control socket, carries no descriptors, and is answered with a welcome
-/// that carries none, or with a reject after which the listener drops the link.
+/// `LinkReuse`): it travels on that link's control socket, carries no descriptors, and is not answered: the
+/// listener starts the connector's new generation in its own header, or sends a reject and drops the link.
 public struct HandshakeMessage: Equatable, Sendable {
     public static let magic: UInt32 = 0x4853_4d56  // "VMSH" little-endian
     /// 7: ring layout 2 (the waiting words are announcement counters, rung for once each); a peer speaking 6
-    /// would wait for a ring at every publish that we no longer send, so the versions must match.
-    public static let protocolVersion: UInt16 = 7
+    /// would wait for a ring at every publish that we no longer send, so the versions must match. 8: a reopen is
+    /// not answered, and the shutdown word carries the connection's generation (`LinkReuse`); a peer speaking 7
+    /// would wait for a welcome.
+    public static let protocolVersion: UInt16 = 8
     public static let size = 64
     public static let descriptorCount = 3
 

@@ -128,8 +128,22 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     /// Drops the connectors whose time ran out, takes in new ones, then answers one whose hello arrived.
     private func acceptSharedMemory(_ ready: ReadyNow) throws(VMSockError) -> Connection? {
         guard let pending else { return nil }
-        for late in pending.takeExpired() where late.link == nil {  // parked links just go
-            reject("a connector (pid \(late.peer.pid)) sent no hello within \(options.handshakeTimeoutMs) ms")
+        for late in pending.takeExpired() {
+            guard let parked = late.link else {
+                reject("a connector (pid \(late.peer.pid)) sent no hello within \(options.handshakeTimeoutMs) ms")
+                continue
+            }
+            // A parked link goes (a forked child's copy just closes), unless its connector has begun to reopen it:
+            // then its reopen is on the way, and the link is kept for it once more (or as long as the reopen is
+            // there to take). A connector that began and still has not sent it by then has its connection ended.
+            guard parked.isOwnedByThisProcess, parked.retire() else { continue }
+            var kept = parked
+            let arrived = (try? Sys.isReady(parked.control.raw, Int16(POLLIN))) ?? false
+            if !parked.keptForReopen || arrived {
+                kept.keptForReopen = true
+                if pending.park(kept) { continue }
+            }
+            kept.refuseReopen()
         }
         for registration in registrations {
             // A connector whose hello is already there is answered at once, without a trip through `pending`.
@@ -196,13 +210,15 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     }
 
     /// Answers the reopen of a parked link: the new connection, or nil when the link is dropped instead (counted
-    /// as a rejection only when the connector broke the protocol).
+    /// as a rejection only when the connector broke the protocol). A connection its connector began on the
+    /// dropped link is ended (`refuseReopen`).
     private func reopen(_ parked: EstablishedLink, _ pending: PendingHandshakes) -> Connection? {
         do throws(VMSockError) {
-            let link = try Handshake.answerReopen(parked, capacity: ringSize.load(ordering: .relaxed))
+            let link = try Handshake.answerReopen(parked)
             return try connection(on: link, reused: true, pending)
         } catch {
             if error.code == EPROTO { reject(error.description) }
+            if parked.peerBeganReopen { parked.refuseReopen() }
             return nil
         }
     }
@@ -217,7 +233,11 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
         let said = link.source.flatMap { !$0.isWildcard && LocalAddresses.isLocal($0) ? $0 : nil }
         return try .sharedMemory(
             link, local: local, peer: said ?? peerHost.with(port: link.source?.port ?? 0), reused: reused,
-            parking: { [pending] in pending.park($0) })
+            parking: { [pending, weak self] link in
+                // A link of another ring size than the one we make now (`setRingSize`) serves no more.
+                guard let self, link.localRegion.capacity == ringSize.load(ordering: .relaxed) else { return false }
+                return pending.park(link)
+            })
     }
 
     private func reject(_ reason: String) {

@@ -23,7 +23,8 @@ struct Connection {
         var connection = Connection(engine: stream, local: local, peer: peer)
         if link.reusable, let parking {
             connection.onRelease = { [stream] in
-                if let link = stream.detachForReuse() { _ = parking(link) }  // not taken: freed here
+                // Not kept: retired (a connector frees its copy at its next look), and freed here.
+                if let link = stream.detachForReuse(), !parking(link) { link.markRetired() }
             }
         }
         return connection

@@ -24,7 +24,6 @@ struct Connector {
     private enum State {
         case nextAddress
         case nextRegistration(Attempt)
-        case reopening(Attempt, link: EstablishedLink, until: Deadline)
         case knocking(Attempt, until: Deadline, pause: Duration)
         case awaitingWelcome(Attempt, Handshake.HelloSent, control: Descriptor, peer: PeerCredentials, until: Deadline)
         case tcp(Descriptor, to: IPEndpoint, fallback: FallbackReason, detail: String?, until: Deadline)
@@ -126,23 +125,20 @@ struct Connector {
                 let link = LinkPool.shared.take(attempt.address, capacity: options.ringSize, policy: options.peerPolicy)
             {
                 attempt.holdPort()
+                let reopened: EstablishedLink
                 do throws(VMSockError) {
-                    try Handshake.sendReopen(link, dialed: attempt.destination, source: attempt.local)
+                    reopened = try Handshake.reopen(link, dialed: attempt.destination, source: attempt.local)
                 } catch {
                     state = .nextRegistration(attempt)
                     return nil  // the link is unusable and freed; try the next, or a new link
                 }
-                let deadline = Deadline.after(milliseconds: options.handshakeTimeoutMs)
-                state = .reopening(attempt, link: link, until: deadline)
-                // While the listener answers: the port of this process's next connection there (it reuses links).
+                let connection = try attempt.connection(on: reopened, reused: true)
+                // While the listener takes the reopen: the port of this process's next connection (it reuses links).
                 TCPCalls.prepareSparePort(for: attempt.destination)
-                return .wait(PollInterest(descriptor: link.control.raw, events: Int16(POLLIN)), until: deadline, spinFirst: true)
+                return .connected(connection)
             }
             state = .knocking(attempt, until: .after(milliseconds: options.handshakeTimeoutMs), pause: .milliseconds(1))
             return nil
-
-        case .reopening(let attempt, let link, let deadline):
-            return try reopening(attempt, link, deadline)
 
         case .knocking(var attempt, let deadline, let pause):
             return try knocking(&attempt, deadline, pause)
@@ -175,27 +171,6 @@ struct Connector {
     }
 
     // MARK: Shared memory
-
-    /// Waiting for the listener's answer to a reopen. A link that fails to reopen is freed (the next parked link,
-    /// or a new one, is tried); a listener that does not answer in time is alive but not accepting, and a new link
-    /// would wait as long, so that fails the attempt, after freeing the other links parked for it.
-    private mutating func reopening(_ attempt: Attempt, _ link: EstablishedLink, _ deadline: Deadline) throws(VMSockError) -> Step? {
-        let interest = PollInterest(descriptor: link.control.raw, events: Int16(POLLIN))
-        do throws(VMSockError) {
-            guard let reply = try ControlSocket.receiveIfReady(link.control.raw) else {
-                if !deadline.hasPassed { return .wait(interest, until: deadline, spinFirst: false) }
-                LinkPool.shared.removeAll(for: attempt.address)
-                let timedOut = VMSockError(code: ETIMEDOUT, "peer did not answer the handshake within \(options.handshakeTimeoutMs) ms")
-                return try fallBack(attempt.destination, Self.handshakeFailure(timedOut), using: attempt.portHeld)
-            }
-            let reopened = try Handshake.finishReopen(
-                link, reply: reply, dialed: attempt.destination, source: attempt.local)
-            return .connected(try attempt.connection(on: reopened, reused: true))
-        } catch {
-            state = .nextRegistration(attempt)  // the same registration: its next parked link, or a new one
-            return nil
-        }
-    }
 
     /// Connecting the control socket to the registration, then checking its owner and sending the hello. Our half
     /// is made after we knock: the connect has woken the listener, and a wake-up costs more here than making a

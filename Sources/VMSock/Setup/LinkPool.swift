@@ -24,6 +24,7 @@ final class LinkPool: Sendable {
 
     /// Only the link's creator hands it here (`SharedMemoryStream.detachForReuse`).
     private func park(_ link: EstablishedLink, under address: ControlAddress) -> Bool {
+        link.markParked()  // before another thread can take it and start its next generation
         let evicted = entries.withLock { entries -> Entry? in
             let oldest = entries.count >= Self.limit ? entries.removeFirst() : nil
             entries.append(Entry(address: address, link: link))
@@ -34,16 +35,21 @@ final class LinkPool: Sendable {
     }
 
     /// A parked link to `address` whose listener side is parked too, of our ring size, whose owner `policy`
-    /// still trusts; nil if there is none. The caller owns it: reopened, or freed.
+    /// still trusts; nil if there is none. The caller owns it: reopened, or freed. Links to `address` whose
+    /// listener side retired them are freed on the way (`LinkReuse`).
     func take(_ address: ControlAddress, capacity: Int, policy: PeerPolicy) -> EstablishedLink? {
-        entries.withLock { entries in
+        let (taken, retired) = entries.withLock { entries -> (EstablishedLink?, [Entry]) in
+            let retired = entries.filter { $0.address == address && $0.link.peerRetired }
+            entries.removeAll { $0.address == address && $0.link.peerRetired }
             guard let index = entries.firstIndex(where: {
                 $0.address == address && $0.link.isOwnedByThisProcess
                     && $0.link.localRegion.capacity == capacity && policy.admits($0.link.peer)
                     && $0.link.peerParked
-            }) else { return nil }
-            return entries.remove(at: index).link
+            }) else { return (nil, retired) }
+            return (entries.remove(at: index).link, retired)
         }
+        _ = retired  // freed here, outside the lock
+        return taken
     }
 
     /// Frees every parked link, or those parked for `address`.

@@ -59,11 +59,16 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
         table = Mutex(Table(timer: timer))
     }
 
-    /// Closes every waiting connector and the timer: for the listener's close, once no accept runs.
+    /// Closes every waiting connector and the timer: for the listener's close, once no accept runs. A parked link
+    /// that its connector has begun to reopen ends that connection, as a TCP listener's close resets the
+    /// connections in its backlog.
     func dropAll() {
         let dropped = table.withLock { table in
             defer { table = Table() }
             return (table.entries, table.timer)
+        }
+        for case let link? in dropped.0.map(\.waiting.link) where link.isOwnedByThisProcess && link.retire() {
+            link.refuseReopen()
         }
         _ = dropped  // their descriptors close here, outside the lock
     }
@@ -73,8 +78,10 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
         try enter(waiting, limit: Self.limit)
     }
 
-    /// Parks a link whose connection is gone, to wait for its connector's reopen for up to the handshake timeout.
-    /// Returns false, keeping nothing, when `parkedLimit` are parked or the listener is closed.
+    /// Parks a link whose connection is gone, to wait for its connector's reopen for up to the handshake timeout,
+    /// and marks it `parked` for the connector once it is in (under the lock, so that no other accept can take
+    /// and reopen it before the mark). Returns false, keeping nothing, when `parkedLimit` are parked or the
+    /// listener is closed.
     func park(_ link: EstablishedLink) -> Bool {
         (try? enter(Waiting(control: link.control, peer: link.peer, link: link), limit: Self.parkedLimit)) ?? false
     }
@@ -89,6 +96,7 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
             // Level-triggered: a hello that is there already makes the set readable at once.
             try Self.control(epoll, EPOLL_CTL_ADD, waiting.control.raw, token: token)
             table.nextToken += 1
+            waiting.link?.markParked()
             let deadline = monotonicNanos() + timeoutNanos
             table.entries.append(Entry(token: token, waiting: waiting, deadline: deadline))
             if table.timerDeadline == nil { setTimer(&table, deadline) }

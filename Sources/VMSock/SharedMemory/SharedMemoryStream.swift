@@ -23,7 +23,8 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     @usableFromInline @exclusivity(unchecked) var writeArmed = false
     // The need-wakeup words we announce with, and the peer's announcements we have rung for (one ring each): the
     // read side's pair belongs to the reading thread, the write side's to the writing thread, like `rx` and `tx`.
-    // They belong to this connection: a reopened link starts a new stream, and both sides' words from zero.
+    // They belong to this connection: a reopened link starts a new stream, and both sides' words from zero
+    // (`LocalHeader.reopen`).
     @exclusivity(unchecked) var readWait = WaitWord()
     @exclusivity(unchecked) var writeWait = WaitWord()
     @usableFromInline @exclusivity(unchecked) var rangForPeerReader = RingMemo()
@@ -69,13 +70,13 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     init(_ link: EstablishedLink) throws(VMSockError) {
         self.link = link
         local = LocalHeader(base: link.localRegion.base)
-        peer = PeerHeader(base: link.peerRegion.base)
+        peer = PeerHeader(base: link.peerRegion.base, generation: link.generation)
         tx = RingProducer(
             data: link.localRegion.data, capacity: link.localRegion.capacity, mirrored: true, local: local, peer: peer,
-            ordering: link.ordering)
+            ordering: link.ordering, start: link.start.produced)
         rx = RingConsumer(
             data: link.peerRegion.data, capacity: link.peerRegion.capacity, mirrored: true, local: local, peer: peer,
-            ordering: link.ordering)
+            ordering: link.ordering, start: link.start.consumed)
     }
 
     /// The read-side epoll set, made now if need be (its descriptor is -1 when it cannot be made: arming throws
@@ -549,17 +550,21 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     /// The link, for another connection between the same two processes, once this one is closed and nothing in
     /// this process touches its rings any more (the owner above calls this when its socket is gone); nil when it
     /// cannot serve again (not reusable, not closed cleanly, the peer gone or a rule broken, or a forked child,
-    /// which shares its rings with the parent). Marks our side `parked` for the peer (see `LinkReuse`).
+    /// which shares its rings with the parent). Whoever keeps it marks it `parked` (see `LinkReuse`).
     func detachForReuse() -> EstablishedLink? {
         let flags = state.load(ordering: .acquiring)
         guard link.reusable, flags & State.closed != 0, flags & (State.broken | State.peerGone) == 0,
-            link.isOwnedByThisProcess
+            link.isOwnedByThisProcess, peer.shutdownFlags & RingLayout.Shutdown.retired == 0  // (refused)
         else { return nil }
-        // The bit before handing the link over: from then on another thread may take it and reset our header (or
-        // free it). A bit set on a link that then is not taken only makes the peer's reopen fail, and it makes a
-        // new link.
-        local.addShutdown(RingLayout.Shutdown.parked)
-        return link
+        // An announcement left standing (a poller armed at close) goes: the peer's next connection, whose ring
+        // memo starts afresh, would otherwise ring for it and then take our next connection's announcement of the
+        // same value (`WaitWord` starts from zero) for one it rang for. Stored before `parked`, which the peer
+        // acquires.
+        local.setWaitingForData(0)
+        local.setWaitingForSpace(0)
+        var parked = link
+        parked.start = (tx.position, rx.position)  // where the next connection on it carries on
+        return parked
     }
 
     private func wakeEveryone() {

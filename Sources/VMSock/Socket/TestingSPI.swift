@@ -1,5 +1,6 @@
 import CVMSock
 import Glibc
+import VMSockRing
 
 // Hooks for the hostile-peer tests, behind `@_spi(Testing) import VMSock`. They let a test process play a peer
 // that breaks the rules: corrupt the words of its own region, chatter on the control socket, or speak the
@@ -60,6 +61,13 @@ extension VMSocket {
     public static func makeRegion(capacity: Int) throws(VMSockError) -> Int32 {
         let (_, fd) = try SharedRegion.create(capacity: capacity)
         return try Sys.duplicate(fd.raw).release()
+    }
+
+    /// Like `makeRegion`, with the region kept mapped: `reopen(g)` starts generation `g` in its header, as a
+    /// connector's reopen does (`LinkReuse`). The caller owns the descriptor.
+    public static func makeRegionKept(capacity: Int) throws(VMSockError) -> (fd: Int32, reopen: (UInt32) -> Void) {
+        let (region, fd) = try SharedRegion.create(capacity: capacity)
+        return (try Sys.duplicate(fd.raw).release(), { LocalHeader(base: region.base).reopen(generation: $0, consumed: nil) })
     }
 
     /// The ringing end of a new doorbell (a Unix stream socket); the caller owns it.

@@ -93,7 +93,7 @@ enum TCPCalls {
     }
 
     /// A port held ahead for the next connection (three system calls off its way): `prepareSparePort` makes it
-    /// while a reopening connect waits for the listener's answer. One at a time, for the first source asked
+    /// once a reopening connect has sent its reopen, while the listener takes it. One at a time, for the first source asked
     /// (a client that alternates between destinations binds as before for the others, and never churns it); a
     /// source that could not be bound is remembered (`held` nil) until another source asks. Only the process
     /// that bound it takes it: a forked child holds the same socket, and two connections must never report one
@@ -117,7 +117,7 @@ enum TCPCalls {
     }
 
     /// Binds the port the next connection to `destination` takes, unless this process keeps a spare already (or
-    /// a failed try from the same source). Call while waiting.
+    /// a failed try from the same source). Call where the peer is busy anyway (a reopen just sent).
     static func prepareSparePort(for destination: IPEndpoint) {
         let source = Self.source(for: destination), owner = Sys.processID()
         func wanted(_ spare: SparePort?) -> Bool {

@@ -41,6 +41,15 @@ func connectedPair(options: VMSocketOptions = .init(), port: String = freePortTe
     return (try result.get(), client)
 }
 
+/// A client connected through a listener the caller keeps (so that its links can be parked and reopened), and
+/// the listener's side of it.
+func connectedPair(through listener: VMListener, options: VMSocketOptions) throws -> (server: VMSocket, client: VMSocket) {
+    let accepted = Background { try listener.accept() }
+    let client = try VMSocket.connect(to: listener.address, options: options)
+    guard let result = accepted.wait(timeout: 10) else { throw VMSockError(code: ETIMEDOUT, "accept did not return") }
+    return (try result.get(), client)
+}
+
 func XCTAssertErrno<T>(
     _ code: Int32, _ expression: @autoclosure () throws -> T, _ message: String = "",
     file: StaticString = #filePath, line: UInt = #line
