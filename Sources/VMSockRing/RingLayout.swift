@@ -77,6 +77,9 @@ public enum RingLayout {
         /// Set by a side that does not keep the link (its time is up, its listener closes, or it could not park
         /// it): a connector that sees it must not reopen the link, and frees its copy (see `LinkReuse`).
         public static let retired: UInt32 = 1 << 4
+        /// Set with `closed` by a listener that ends a connection it never served (a reopen it refuses): the
+        /// connector's reads and writes fail with ECONNRESET, as a TCP connection reset in a backlog does.
+        public static let reset: UInt32 = 1 << 5
         /// The bits above this shift are the generation of the connection the bits below belong to.
         public static let generationShift: UInt32 = 8
         /// Generations count modulo 2^24.

@@ -10,6 +10,8 @@ let usage = """
       stream-connect PORT BYTES RING SEED    connect, send and check BYTES each way at once
       hold-listen PORT                       accept one connection and sit on it (a victim for kill -9)
       hold-connect PORT                      connect and sit on it
+      park-one PORT                          accept one, read it to its end, close it; once its link is parked,
+                                             print "parked" and accept nothing more (a victim for kill -9)
       hostile-connect PORT HOW               connect, then break the ring rules (HOW: see Hostile.swift)
       bad-welcome PORT HOW                   register for PORT and answer the first hello wrongly
       squat PORT                             register for PORT (as another user would) and sit on it
@@ -88,6 +90,17 @@ do {
         let socket = try VMSocket.connect(host: loopback, port: port)
         ready()
         withExtendedLifetime(socket) { while true { pause() } }
+    case "park-one":
+        let listener = try VMListener(host: loopback, port: port, options: VMSocketOptions(ringSize: 4096))
+        ready()
+        do {  // the socket goes at the end of the block: its link is parked then
+            let socket = try listener.accept()
+            while try !socket.read(upTo: 4096).isEmpty {}
+            socket.close()
+        }
+        while listener.parkedLinkCount == 0 { usleep(1000) }
+        ready("parked")
+        withExtendedLifetime(listener) { while true { pause() } }
     case "soak-server":
         try Soak.serve(port: port)
     case "soak-client":

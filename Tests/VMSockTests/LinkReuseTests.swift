@@ -196,8 +196,8 @@ final class LinkReuseTests: XCTestCase {
         defer { close(made.control) }
         made.startGeneration(1)
         let accepting = Background { try listener.accept() }
-        // Refused: the listener shows generation 1 written, read and closed, and retired.
-        let refused: UInt32 = 1 << 8 | 0x17
+        // Refused: the listener shows generation 1 written, read and closed, retired and reset.
+        let refused: UInt32 = 1 << 8 | 0x37
         XCTAssertTrue(eventually { made.listenerWord() == refused }, "not refused: 0x\(String(made.listenerWord(), radix: 16))")
         XCTAssertEqual(listener.parkedLinkCount, 0)
         listener.close()
@@ -205,7 +205,7 @@ final class LinkReuseTests: XCTestCase {
     }
 
     /// A listener that closes while a reopened connection waits for its accept ends that connection, as a TCP
-    /// listener's close resets what waits in its backlog: the client reads end of stream, never hangs.
+    /// listener's close resets what waits in its backlog: the client's read fails with ECONNRESET, never hangs.
     func testListenerCloseEndsAReopenNotTaken() throws {
         let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
         try oneConnection(listener, bytes: 100)
@@ -219,7 +219,9 @@ final class LinkReuseTests: XCTestCase {
         let reading = Background { try client.read(upTo: 10) }  // asleep, most likely, when the listener closes
         usleep(20_000)
         listener.close()
-        XCTAssertEqual(try XCTUnwrap(reading.wait(timeout: 10)).get(), [])
+        let result = try XCTUnwrap(reading.wait(timeout: 10), "the read hung")
+        XCTAssertThrowsError(try result.get()) { XCTAssertEqual(($0 as? VMSockError)?.code, ECONNRESET, "\($0)") }
+        XCTAssertThrowsError(try client.writeAll([1])) { XCTAssertEqual(($0 as? VMSockError)?.code, ECONNRESET, "\($0)") }
         client.close()
     }
 
@@ -425,5 +427,33 @@ final class CrossProcessLinkReuseTests: XCTestCase {
         let ours = TransportStatistics.current.sharedMemoryReused - before
         XCTAssertEqual(theirs, ours, "both sides count the same reopens")
         XCTAssertGreaterThan(ours, count / 2, "fewer than half the connections reused a link")
+    }
+
+    /// A listener process killed after a connector reopened a link, before it took the reopen, resets that
+    /// connection, as a TCP server killed with a connection in its backlog does: the connector's read and write
+    /// fail with ECONNRESET (not end of stream), and the link is not kept.
+    func testListenerKilledBeforeTakingAReopenResetsIt() throws {
+        VMSocket.closeIdleLinks()  // other tests' links, so that the counts below are this test's
+        let port = freePort()
+        let peer = try TestPeer("park-one", String(port))
+        peer.expectLine("ready")
+        let options = VMSocketOptions(ringSize: 4096)
+        do {  // the socket goes at the end of the block: its link is parked then
+            let first = try VMSocket.connect(host: "127.0.0.1", port: port, options: options)
+            try first.writeAll([1, 2, 3])
+            first.close()
+        }
+        peer.expectLine("parked")
+        XCTAssertTrue(eventually { VMSocket.idleLinkCount == 1 }, "our side did not park")
+        let before = TransportStatistics.current.sharedMemoryReused
+        let client = try VMSocket.connect(host: "127.0.0.1", port: port, options: options)
+        defer { client.close() }
+        XCTAssertEqual(TransportStatistics.current.sharedMemoryReused - before, 1, "not reopened")
+        client.readTimeout = .seconds(10)
+        peer.killHard()
+        XCTAssertThrowsError(try client.read(upTo: 10)) { XCTAssertEqual(($0 as? VMSockError)?.code, ECONNRESET, "\($0)") }
+        XCTAssertThrowsError(try client.writeAll([1])) { XCTAssertEqual(($0 as? VMSockError)?.code, ECONNRESET, "\($0)") }
+        client.close()
+        XCTAssertTrue(eventually { VMSocket.idleLinkCount == 0 }, "the reset link was kept")
     }
 }

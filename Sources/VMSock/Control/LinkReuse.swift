@@ -34,15 +34,16 @@ import VMSockRing
 // them sees the other: a connector that sees `retired` makes a new link; a listener that sees the new
 // generation keeps the link for the reopen on its way (once, for one more timeout), or, when it closes, the
 // reopen still has not come or taking it fails, ends that connection by showing the new generation closed and
-// ringing (`refuseReopen`), which the connector reads as end of stream even while another process holds the
-// link's descriptors. A side marks a link `parked` only once it keeps it, and `retired` when it does not, so a
+// reset, and ringing (`refuseReopen`): the connector's calls fail with ECONNRESET, even while another process
+// holds the link's descriptors. A side marks a link `parked` only once it keeps it, and `retired` when it does not, so a
 // connector never reopens a link its listener is not waiting with.
 //
 // Safety. A link is only reused between the two processes that made it: its control socket is a connected Unix
 // socket, whose peer never changes, so nobody is shown memory it was not given before. Each side changes only
 // its own header. The reopen checks what a hello checks that could have changed (ring sizes) and the connector's
-// new generation; a reopen that fails in any way drops the link, and the connector's connection sees its peer
-// gone (end of stream), as a TCP connection whose server never accepts it is reset. A parked link is freed when
+// new generation; a reopen that fails in any way drops the link, and the connector's connection fails with
+// ECONNRESET, as a TCP connection whose server never accepts it is reset: shown reset, or its listener gone
+// (the control socket hangs up) before it started the connection's generation. A parked link is freed when
 // the listener side has held it for the handshake timeout (retired, as above), when the listener closes (the
 // same), when either process exits (the control socket hangs up), beyond `LinkPool.limit` parked links in a
 // connector process or `PendingHandshakes.parkedLimit` in a listener, and in a forked child (which must not
@@ -100,15 +101,16 @@ extension EstablishedLink {
     }
 
     /// Ends the connection a connector has begun on this link, without taking it: our side of that generation
-    /// reads as closed and retired, as a connection reset in a TCP backlog ends (the connector reads end of
-    /// stream, its writes fail with EPIPE, and it does not keep the link), and both its bells are rung for any
+    /// reads as closed, retired and reset, as a connection reset in a TCP backlog ends (the connector's reads and
+    /// writes fail with ECONNRESET, and it does not keep the link), and both its bells are rung for any
     /// thread of its that sleeps, even while another process holds the link's descriptors. The caller frees the
     /// link.
     func refuseReopen() {
         let local = LocalHeader(base: localRegion.base)
         local.reopen(generation: nextGeneration, consumed: nil)
         local.addShutdown(
-            RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed | RingLayout.Shutdown.retired)
+            RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed | RingLayout.Shutdown.retired
+                | RingLayout.Shutdown.reset)
         peerDataBell.ring()
         peerSpaceBell.ring()
     }

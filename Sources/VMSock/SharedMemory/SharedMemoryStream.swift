@@ -125,7 +125,10 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
             if available > 0 { return available }
             if peerFinishedWriting(flags) {
                 // The peer's last position was published before its shutdown bit (or its death): read it once more.
-                if try refreshAvailable() == 0 { return endOfStream() }
+                if try refreshAvailable() == 0 {
+                    if peerReset(flags) { throw resetByPeer() }
+                    return endOfStream()
+                }
                 continue
             }
             try sleepUntilReadable(&deadline)
@@ -215,6 +218,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
                 if writeArmed { disarmWritable() }
                 // A region connection that ended because vmsockd went (or took our slot back) says so.
                 if flags & State.peerGone != 0, let failure = link.lease?.node.failure { throw failure }
+                if peerReset(flags) { throw resetByPeer() }
                 throw VMSockError(code: EPIPE, "peer closed the connection (or stopped reading); nothing more can be sent")
             }
             var free = tx.cachedFreeSpace
@@ -296,6 +300,21 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     @inline(__always)
     private func peerFinishedWriting(_ flags: UInt32) -> Bool {
         flags & State.peerGone != 0 || peer.shutdownFlags & LocalHeader.peerStopsWriting != 0
+    }
+
+    /// Whether the peer ended this connection without ever serving it, as a TCP listener resets a connection
+    /// still in its backlog: it showed `reset` (a refused reopen), or it went (the control socket hung up) before
+    /// it started this connection's generation (a reopen its listener never took; see `LinkReuse`).
+    private func peerReset(_ flags: UInt32) -> Bool {
+        if peer.shutdownFlags & RingLayout.Shutdown.reset != 0 { return true }
+        return flags & State.peerGone != 0 && peer.shutdownWord >> RingLayout.Shutdown.generationShift != peer.generation
+    }
+
+    private func resetByPeer() -> VMSockError {
+        if readArmed { disarmReadable() }
+        return VMSockError(
+            code: ECONNRESET,
+            "connection reset by peer: the listener ended this connection before accepting it (it closed or exited)")
     }
 
     /// Whether a blocked read has something to return: bytes, end of stream, or an error. Only the shutdown bits
