@@ -1,10 +1,11 @@
 // exec with shared-memory sockets open. The new image would see only the TCP socket, whose bytes are wake-ups,
 // not data, and the rings cannot go with it (DESIGN.md). So a process that execs hands each connection its new
-// image inherits (not close-on-exec) to a relay (ferry.c): the new image gets a TCP socket in its place, which
-// carries the connection's data. Where no relay can be made (file actions of posix_spawn, or a relay that could not
-// be started), the connection ends for the new image, as a TCP connection whose peer vanished looks: the wrappers
-// put the inodes of those sockets in VMSOCK_INHERITED, and the new image's constructor replaces each descriptor it
-// inherited of them with a socket whose peer is gone (reads return 0, writes EPIPE), with a debug line saying so.
+// image inherits (not close-on-exec, or copied by posix_spawn's file actions: actions.c) to a relay (ferry.c): the
+// new image gets a TCP socket in its place, which carries the connection's data. Where no relay can be made (a
+// raw clone's exec, or a relay that could not be started), the connection ends for the new image, as a TCP
+// connection whose peer vanished looks: the wrappers put the inodes of those sockets in VMSOCK_INHERITED, and the
+// new image's constructor replaces each descriptor it inherited of them with a socket whose peer is gone (reads
+// return 0, writes EPIPE), with a debug line saying so.
 // Inodes, not descriptor numbers: posix_spawn's file actions may move a socket to another number (stdin, as inetd
 // does). A process that execs leaves the connections' holders first (its close is then this one, unless a relay
 // holds the connection), and joins them again if exec fails.
@@ -82,16 +83,16 @@ static size_t env_count(char *const *envp) {
     return n;
 }
 
-// A registered listening socket the new image inherits (not close-on-exec): that image may accept on it, and it
-// knows nothing of the links the listener's owner welcomes, so it would read a welcomed connection's wake-up
-// bytes as data. The owner then welcomes nobody, for good (the welcome book's mark; connectors use TCP). Not
-// covered: posix_spawn file actions that move a close-on-exec listener to another number.
-static void listeners_handed_on(void) {
+// A registered listening socket the new image inherits (not close-on-exec, or copied by posix_spawn's file
+// `actions`): that image may accept on it, and it knows nothing of the links the listener's owner welcomes, so it
+// would read a welcomed connection's wake-up bytes as data. The owner then welcomes nobody, for good (the welcome
+// book's mark; connectors use TCP).
+static void listeners_handed_on(const posix_spawn_file_actions_t *actions) {
     int end = atomic_load(&vmsp_listening_end);
     for (int fd = 0; fd < end && fd < vmsp_table_size; fd++) {
         if (!atomic_load(&vmsp_listening[fd])) continue;
         int flags = REAL(fcntl)(fd, F_GETFD);
-        if (flags < 0 || (flags & FD_CLOEXEC)) continue;
+        if (flags < 0 || ((flags & FD_CLOEXEC) && !vmsp_spawn_copies(actions, fd))) continue;
         vmsp_welcome_book_note_handed_on();
         vmsp_debug("exec: listening fd %d goes to the new image, which may accept on it: process %d offers shared "
                    "memory on its listeners no more", fd, (int)vmsp_listen_owner);
@@ -109,7 +110,7 @@ static void listeners_handed_on(void) {
             char *const *env = (envp);                                                \
             return call;                                                              \
         }                                                                             \
-        listeners_handed_on();                                                        \
+        listeners_handed_on(NULL);                                                    \
         struct vmsp_relays relays_;                                                   \
         vmsp_relay_prepare(&relays_);                                                 \
         char entry_[8192];                                                            \
@@ -173,10 +174,10 @@ static int spawn_with_inherited(spawn_fn real, pid_t *pid, const char *program, 
     char entry[8192], relayed[4096];
     struct vmsp_relays none = { 0 }, relays;
     if (vmsp_inside) return real(pid, program, actions, attributes, argv, envp);
-    listeners_handed_on();
+    listeners_handed_on(actions);
     if (!inherited_entry(entry, sizeof entry, &none)) return real(pid, program, actions, attributes, argv, envp);
     // The relays' sockets are put in place by this library in the new image: without it there, none is made.
-    if (preloads_us(envp)) vmsp_relay_prepare_spawn(&relays, actions != NULL);
+    if (preloads_us(envp)) vmsp_relay_prepare_spawn(&relays, actions);
     else memset(&relays, 0, sizeof relays);
     int has_relays = relays.count && vmsp_relay_entry(&relays, relayed, sizeof relayed);
     size_t slots = env_count(envp) + 3;

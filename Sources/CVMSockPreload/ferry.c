@@ -19,8 +19,8 @@
 // - the new image gone while the peer still writes: the relay closes its hold, and the peer's writes fail.
 //
 // posix_spawn keeps the parent's descriptors as they are: the relays' sockets go to the new image in
-// VMSOCK_RELAYED, and its constructor puts them in place (exec.c). Only descriptors the parent lets through (not
-// close-on-exec) get a relay: one a file action copies from a close-on-exec descriptor ends for the new image.
+// VMSOCK_RELAYED, and its constructor puts them in place (exec.c). Descriptors the parent lets through get a relay:
+// those not close-on-exec, and those a file action copies to a number in the new image (actions.c).
 // A vfork child of a process with connections is a fork's (real.c); a raw clone's is not covered: the new image's
 // connection ends there. The new image's socket has the connection's addresses, but ports of its own.
 #include "preload.h"
@@ -166,14 +166,16 @@ static int stdio_of(struct vmsp_conn *c) {
     return 0;
 }
 
-static void prepare(struct vmsp_relays *plan, int spawn_redirects) {
+// `spawn_redirects`: -1 for exec, else whether posix_spawn has file actions (`actions`).
+static void prepare(struct vmsp_relays *plan, int spawn_redirects, const posix_spawn_file_actions_t *actions) {
     memset(plan, 0, sizeof *plan);
     if (vmsp_inside || !vmsp_holders_is_self()) return;  // a raw clone's child, sharing its parent's memory: not there
     int high = atomic_load(&vmsp_table_high);
     for (int fd = 0; fd <= high && fd < vmsp_table_size; fd++) {
         struct vmsp_ref *r = vmsp_lookup(fd);
         int flags = r ? REAL(fcntl)(fd, F_GETFD) : -1;
-        if (flags < 0 || (flags & FD_CLOEXEC) || plan->fds == VMSP_RELAY_FDS) continue;
+        int inherited = flags >= 0 && (!(flags & FD_CLOEXEC) || vmsp_spawn_copies(actions, fd));
+        if (!inherited || plan->fds == VMSP_RELAY_FDS) continue;
         int saved = REAL(fcntl)(fd, F_DUPFD_CLOEXEC, 0);  // put back if exec fails
         if (saved < 0) continue;
         int which = 0;
@@ -203,9 +205,11 @@ static void prepare(struct vmsp_relays *plan, int spawn_redirects) {
     }
 }
 
-void vmsp_relay_prepare(struct vmsp_relays *plan) { prepare(plan, -1); }
+void vmsp_relay_prepare(struct vmsp_relays *plan) { prepare(plan, -1, NULL); }
 
-void vmsp_relay_prepare_spawn(struct vmsp_relays *plan, int redirects) { prepare(plan, redirects != 0); }
+void vmsp_relay_prepare_spawn(struct vmsp_relays *plan, const posix_spawn_file_actions_t *actions) {
+    prepare(plan, actions != NULL, actions);
+}
 
 int vmsp_relay_carries(const struct vmsp_relays *plan, int fd) {
     for (int i = 0; i < plan->fds; i++) if (plan->fd[i] == fd) return 1;

@@ -293,9 +293,12 @@ struct vmsp_relays {
 };
 /// Before exec, outside a vfork child: a relay for each connection the new image inherits (not close-on-exec).
 void vmsp_relay_prepare(struct vmsp_relays *plan);
-/// The same for posix_spawn: `redirects`, whether it has file actions (the connection may be handed over on
-/// purpose, so its relay may read while the parent keeps its copy).
-void vmsp_relay_prepare_spawn(struct vmsp_relays *plan, int redirects);
+/// The same for posix_spawn, with its file actions (NULL for none): with any, the connection may be handed over
+/// on purpose, so its relay may read while the parent keeps its copy; and a close-on-exec socket they copy
+/// (vmsp_spawn_copies) goes to the new image too.
+void vmsp_relay_prepare_spawn(struct vmsp_relays *plan, const posix_spawn_file_actions_t *actions);
+/// Whether posix_spawn's `actions` copy `fd` (one of our sockets) to a number in the new image (actions.c).
+int vmsp_spawn_copies(const posix_spawn_file_actions_t *actions, int fd);
 int vmsp_relay_carries(const struct vmsp_relays *plan, int fd);
 /// Just before exec: the descriptors take the relays' sockets.
 void vmsp_relay_swap(struct vmsp_relays *plan);

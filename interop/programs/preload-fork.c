@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -414,6 +415,27 @@ static void vfork_exec(void) {
     close(s);
 }
 
+// A raw clone made as a fork (no fork handlers run: as some runtimes and sandboxes make one), then exec with the
+// socket as standard input. Over TCP the new image reads the data. Under vmsock-run no relay is made (the library
+// cannot tell such a child from one that shares its parent's memory), so the connection ends for the new image:
+// it reads end of stream, never a wake-up byte as data. The parent keeps its connection.
+static void raw_clone_exec(void) {
+    int c, s;
+    pair(&c, &s);
+    CHECK("raw clone: parent writes", write(c, "hello", 5));
+    char *argv[] = { self_path, "exec-child", "0", NULL };
+    fflush(stdout);
+    pid_t pid = (pid_t)syscall(SYS_clone, SIGCHLD, NULL, NULL, NULL, 0);
+    if (pid == 0) {
+        dup2(s, 0);
+        execve(self_path, argv, environ);
+        _exit(127);
+    }
+    after_exec("raw clone: child exit status", c, s, pid);
+    close(c);
+    close(s);
+}
+
 // Spawns this program in MODE with `s` moved to its standard input by a file action: posix_spawn's result.
 static int spawn_on_stdin(int s, const char *mode, pid_t *pid) {
     posix_spawn_file_actions_t actions;
@@ -445,20 +467,22 @@ static void spawn_inherited(void) {
     close(c);
 }
 
-// posix_spawn with a close-on-exec socket copied to the child's standard input by a file action: no relay is made
-// for it (the parent lets nothing through), so under vmsock-run the connection ends for the new image. The parent
-// keeps using it.
+// posix_spawn with a close-on-exec socket copied to the child's standard input by a file action (as Rust's Command
+// hands a socket to a child): the copy is not close-on-exec, so the spawned program has the connection, reads
+// "hello" there and answers. Under vmsock-run it gets a relay, as for an inherited socket. The parent keeps its
+// copy and uses it once the child is done.
 static void spawn_cloexec(void) {
     int c, s;
     pair(&c, &s);
     fcntl(s, F_SETFD, FD_CLOEXEC);
     CHECK("posix_spawn close-on-exec: parent writes", write(c, "hello", 5));
     pid_t pid;
-    int spawned = spawn_on_stdin(s, "exec-child", &pid);
+    int spawned = spawn_on_stdin(s, "exec-answer", &pid);
+    char text[8] = "";
+    long n = read_full(c, text, 5);
     int status = spawned == 0 ? child_status(pid) : -1;
+    SHOW("posix_spawn close-on-exec: the parent's client read the answer", "%s", n == 5 ? text : "(nothing)");
     SHOW("posix_spawn close-on-exec: child exit status", "%d", status);
-    char text[8];
-    if (readable(s, 0)) read_full(s, text, 5);  // over TCP the child read it; under vmsock-run nobody did
     CHECK("posix_spawn close-on-exec: parent writes back", write(s, "back", 4));
     CHECK("posix_spawn close-on-exec: parent reads it", read_full(c, text, 4));
     close(c);
@@ -571,21 +595,24 @@ static int accept_inherited(int l) {
     return n == 5 && memcmp(text, "hello", 5) == 0 ? 0 : 1;
 }
 
-// A new image inherits a registered listening socket (not close-on-exec) and accepts on it. It knows nothing of
-// the links this process (the owner) welcomes, so from the spawn on this process welcomes nobody: the
-// connection the new image accepts is TCP, and its data arrives.
+// A new image gets a registered listening socket and accepts on it: a close-on-exec one that a file action
+// copies to another number (which the copy is not). It knows nothing of the links this process (the owner)
+// welcomes, so from the spawn on this process welcomes nobody: the connection the new image accepts is TCP, and
+// its data arrives.
 static void listener_handed_on(void) {
-    int l = socket(AF_INET, SOCK_STREAM, 0);
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     socklen_t length = sizeof a;
     if (bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 8) != 0) { perror("listen"); exit(2); }
     getsockname(l, (struct sockaddr *)&a, &length);
-    char fd_text[16];
-    snprintf(fd_text, sizeof fd_text, "%d", l);
-    char *argv[] = { self_path, "accept-inherited", fd_text, NULL };
+    char *argv[] = { self_path, "accept-inherited", "50", NULL };
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, l, 50);
     pid_t pid;
     fflush(stdout);
-    if (posix_spawn(&pid, self_path, NULL, NULL, argv, environ) != 0) { perror("posix_spawn"); exit(2); }
+    if (posix_spawn(&pid, self_path, &actions, NULL, argv, environ) != 0) { perror("posix_spawn"); exit(2); }
+    posix_spawn_file_actions_destroy(&actions);
     int c = socket(AF_INET, SOCK_STREAM, 0);
     CHECK("handed-on listener: connect", connect(c, (struct sockaddr *)&a, sizeof a));
     CHECK("handed-on listener: write", write(c, "hello", 5));
@@ -623,6 +650,7 @@ int main(int argc, char **argv) {
     vfork_exec();
     spawn_inherited();
     spawn_cloexec();
+    raw_clone_exec();
     daemon_case(0);
     daemon_case(1);
     listener_handed_on();  // last: this process welcomes nobody after it
