@@ -35,7 +35,9 @@ violation() { echo "soak: INVARIANT BROKEN: $*" >&2; exit 1; }
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export SOAK_GENERATION_FILE=$work/generation
-echo 0 > "$SOAK_GENERATION_FILE"
+# Written whole (renamed into place): a client never reads it half written.
+set_generation() { echo "$1" > "$work/generation.new" && mv "$work/generation.new" "$SOAK_GENERATION_FILE"; }
+set_generation 0
 
 start_server() {
     "$PEER" soak-server "$port" > "$work/server.out" 2>>"$work/server.err" &
@@ -80,9 +82,9 @@ while [ "$(date +%s)" -lt $((end - 3)) ]; do
         2)  # kill -9 the server (clients told first, by the generation), restart it on its port
             # Odd from just before the kill until the server is reaped (its sockets closed), even again after: a
             # client whose connection began after the first write still lost its server if that one was dying.
-            echo $((2 * server_kills + 1)) > "$SOAK_GENERATION_FILE"
+            set_generation $((2 * server_kills + 1))
             kill -9 "$server"; wait "$server" 2>/dev/null || true
-            echo $((2 * server_kills + 2)) > "$SOAK_GENERATION_FILE"
+            set_generation $((2 * server_kills + 2))
             server_kills=$((server_kills + 1))
             start_server ;;
         *)  # a hostile peer: breaks the rules, then is killed

@@ -49,11 +49,20 @@ if [ "${SOAK_MINUTES:-2}" != 0 ]; then
         tools/soak.sh "${SOAK_MINUTES:-2}" > "${soak_logs[-1]}" 2>&1 &
         soak_pids+=($!)
     done
-    for pid in "${soak_pids[@]}"; do wait "$pid" || soak_status=1; done
-    grep -h "^soak:" "${soak_logs[@]}"
+    for i in 0 1 2; do
+        if wait "${soak_pids[$i]}"; then
+            grep -h "^soak:" "${soak_logs[$i]}" || true
+        else
+            soak_status=1
+            echo "soak $((i + 1)) of 3 failed; its output:"
+            cat "${soak_logs[$i]}"
+        fi
+    done
     soak_summary="soak: 3 at once, ${SOAK_MINUTES:-2} min: $(cat "${soak_logs[@]}" | awk '/^soak: [0-9.]+ min:/ \
         { c += $4; k++ } END { printf "%d of 3 held, %d connections", k, c }')"
-    if [ "$soak_status" != 0 ]; then soak_summary=$(grep -h "INVARIANT" "${soak_logs[@]}" | head -1 | cut -c1-160); fi
+    if [ "$soak_status" != 0 ]; then
+        soak_summary="soak: FAILED: $(grep -h "INVARIANT" "${soak_logs[@]}" | head -1 | cut -c1-160 || true)"
+    fi
     rm -f "${soak_logs[@]}"
 fi
 

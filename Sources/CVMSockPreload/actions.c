@@ -1,10 +1,16 @@
 // posix_spawn file actions that copy one of our sockets to a number in the new image. A copy is not close-on-exec
 // even when its original is (dup2's rule; an action from a descriptor to itself clears the flag too), so the new
-// image inherits the connection, or the registered listener, through it. Rust's Command hands a socket to a
-// child's standard input this way. The spawn wrapper (exec.c) then makes a relay for the connection, or marks the
-// listener handed on, as for a socket that is not close-on-exec. The file actions object is opaque, so adddup2 is
-// interposed and each copy of ours remembered here, by object, until the object is initialized again or destroyed.
-// Lock-free (a fork may come at any moment): a slot is claimed with a compare-and-swap, filled, then published.
+// image inherits the connection, or the registered listener, through it: the usual way to hand a socket to a
+// child's standard input with posix_spawn. The spawn wrapper (exec.c) then makes a relay for the connection, or
+// marks the listener handed on, as for a socket that is not close-on-exec.
+//
+// The file actions object is opaque, so adddup2 is interposed and every copy remembered here, by object, until the
+// object is initialized again or destroyed (every copy: the descriptor may become one of ours before the spawn,
+// when file actions are made once and used again). Lock-free, since a fork may come at any moment: a slot is
+// claimed with a compare-and-swap, filled, then published. A later action of the same object that closes or
+// replaces the copy still gets a relay made, which ends when the new image's constructor closes the relay socket
+// it did not need (exec.c). Not covered: more than 64 copies remembered at once (a program that never destroys
+// its file actions).
 #include "preload.h"
 
 #include <dlfcn.h>
@@ -31,8 +37,8 @@ static void remember(const void *actions, int fd) {
         atomic_store(&copies[i].actions, actions);
         return;
     }
-    vmsp_debug("posix_spawn: more than %d file actions copy shared-memory sockets at once: a copy of fd %d is not "
-               "recognized, and its connection ends for the new image", COPIES, fd);
+    vmsp_debug("posix_spawn: more than %d file actions copy descriptors at once: a copy of fd %d is not "
+               "remembered, and if it is a shared-memory connection, that ends for the new image", COPIES, fd);
 }
 
 int vmsp_spawn_copies(const posix_spawn_file_actions_t *actions, int fd) {
@@ -43,18 +49,14 @@ int vmsp_spawn_copies(const posix_spawn_file_actions_t *actions, int fd) {
     return 0;
 }
 
-static int ours(int fd) {
-    if (vmsp_lookup(fd)) return 1;
-    return fd >= 0 && fd < atomic_load(&vmsp_listening_end) && fd < vmsp_table_size && atomic_load(&vmsp_listening[fd]);
-}
-
 typedef int (*one_fn)(posix_spawn_file_actions_t *);
 typedef int (*dup2_fn)(posix_spawn_file_actions_t *, int, int);
 
 // libc's definition of `name`, looked up once.
 #define NEXT(type, name) \
     static type real_; \
-    if (!real_) *(void **)&real_ = dlsym(RTLD_NEXT, name)
+    if (!real_) *(void **)&real_ = dlsym(RTLD_NEXT, name); \
+    if (!real_) return ENOSYS
 
 int posix_spawn_file_actions_init(posix_spawn_file_actions_t *actions) {
     NEXT(one_fn, "posix_spawn_file_actions_init");
@@ -71,6 +73,6 @@ int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *actions) {
 int posix_spawn_file_actions_adddup2(posix_spawn_file_actions_t *actions, int fd, int newfd) {
     NEXT(dup2_fn, "posix_spawn_file_actions_adddup2");
     int result = real_(actions, fd, newfd);
-    if (result == 0 && !vmsp_inside && ours(fd)) remember(actions, fd);
+    if (result == 0 && !vmsp_inside) remember(actions, fd);
     return result;
 }

@@ -71,7 +71,7 @@ enum Soak {
                 return now != generation || now % 2 == 1
             }
             do {
-                guard let socket = try connect(port: port, options: options) else {
+                guard let socket = try connect(port: port, options: options, excused: lostServer) else {
                     tally.interrupted += 1  // the server is restarting (refused), or was killed under the handshake
                     usleep(20_000)
                     continue
@@ -100,12 +100,13 @@ enum Soak {
         exit(0)
     }
 
-    /// A connection, or nil when connecting failed other than by a timeout.
-    private static func connect(port: UInt16, options: VMSocketOptions) throws(VMSockError) -> VMSocket? {
+    /// A connection, or nil when connecting was refused (the server restarting) or failed while `excused` says
+    /// the server was being killed; any other failure is thrown.
+    private static func connect(port: UInt16, options: VMSocketOptions, excused: () -> Bool) throws(VMSockError) -> VMSocket? {
         do {
             return try VMSocket.connect(host: "127.0.0.1", port: port, options: options)
         } catch {
-            if error.code == ETIMEDOUT { throw error }
+            if error.code == ETIMEDOUT || (error.code != ECONNREFUSED && !excused()) { throw error }
             return nil
         }
     }

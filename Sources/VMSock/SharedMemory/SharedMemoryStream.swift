@@ -126,7 +126,10 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
             if peerFinishedWriting(flags) {
                 // The peer's last position was published before its shutdown bit (or its death): read it once more.
                 if try refreshAvailable() == 0 {
-                    if peerReset(flags) { throw resetByPeer() }
+                    if peerReset(flags) {
+                        _ = endOfStream()  // a poller armed for data that will never come, as at end of stream
+                        throw resetByPeer()
+                    }
                     return endOfStream()
                 }
                 continue
@@ -311,8 +314,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     }
 
     private func resetByPeer() -> VMSockError {
-        if readArmed { disarmReadable() }
-        return VMSockError(
+        VMSockError(
             code: ECONNRESET,
             "connection reset by peer: the listener ended this connection before accepting it (it closed or exited)")
     }
