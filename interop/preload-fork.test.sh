@@ -31,12 +31,17 @@ grep -q "exec: listening fd [0-9]* goes to the new image, which may accept on it
 grep -q "^handed-on listener: the new image read  *hello" "$WORK/plain.txt" || fail "the handed-on listener case failed"
 # A forked child's exec handed its connections to relays (exec with the parent keeping its copy, inetd's way, a
 # socket leaked into a helper, vfork (fork in a process with connections): 8 descriptors), and so did posix_spawn
-# twice (the socket moved to stdin; a close-on-exec socket copied there by the file action); the new images read
-# and wrote the data (the outputs above agree). The relays are gone.
+# three times (the socket moved to stdin; a close-on-exec socket copied there by the file action; a program
+# spawned without LD_PRELOAD); the new images read and wrote the data (the outputs above agree). The relays are
+# gone.
 [ "$(grep -c "exec: fd [0-9]*, a shared-memory connection, goes to the new image as a TCP socket through a relay" "$WORK/debug.txt")" -ge 8 ] \
     || fail "the exec'd images did not get relays: $(grep exec "$WORK/debug.txt")"
-[ "$(grep -c "exec: fd 0, a shared-memory connection of the previous image, is a TCP socket through a relay process" "$WORK/debug.txt")" -ge 2 ] \
+[ "$(grep -c "exec: fd 0, a shared-memory connection of the previous image, is a TCP socket through a relay process" "$WORK/debug.txt")" -ge 3 ] \
     || fail "the spawned images did not get their relays: $(grep exec "$WORK/debug.txt")"
+# A spawn without LD_PRELOAD in its environment ran through vmsock-run, which put the relay in place (the third
+# relay above) and ran the program without the library (the outputs above agree: it has no LD_PRELOAD).
+grep -q "will not load vmsock-run's library: it runs through .*/vmsock-run" "$WORK/debug.txt" \
+    || fail "the spawn without LD_PRELOAD did not run through vmsock-run: $(grep spawn "$WORK/debug.txt")"
 for _ in $(seq 50); do [ -z "$(live_relays)" ] && break; sleep 0.1; done
 [ -z "$(live_relays)" ] || fail "a relay process is left: $(live_relays)"
 # Where no relay is made (a raw clone's exec), the new image was told, and its connection ended for it.

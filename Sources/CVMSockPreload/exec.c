@@ -62,17 +62,20 @@ static void leave_all(int rejoin) {
 
 static const char relayed_variable[] = "VMSOCK_RELAYED=";
 
-// envp with our entries (`relayed` may be NULL; any older ones left out), in `out` (room for count + 3 pointers).
-static char *const *with_entry(char *const *envp, char *entry, char *relayed, char **out, size_t slots) {
+// envp with our entries (`relayed` and `preload` may be NULL; any older ones left out, and with `preload`, the
+// program's LD_PRELOAD), in `out` (room for count + 4 pointers).
+static char *const *with_entry(char *const *envp, char *entry, char *relayed, char *preload, char **out, size_t slots) {
     size_t n = 0;
-    for (size_t i = 0; envp && envp[i] && n + 3 < slots; i++) {
+    for (size_t i = 0; envp && envp[i] && n + 4 < slots; i++) {
         if (strncmp(envp[i], variable, sizeof variable - 1) != 0 &&
-            strncmp(envp[i], relayed_variable, sizeof relayed_variable - 1) != 0) {
+            strncmp(envp[i], relayed_variable, sizeof relayed_variable - 1) != 0 &&
+            !(preload && strncmp(envp[i], "LD_PRELOAD=", 11) == 0)) {
             out[n++] = envp[i];
         }
     }
     out[n++] = entry;
     if (relayed) out[n++] = relayed;
+    if (preload) out[n++] = preload;
     out[n] = NULL;
     return out;
 }
@@ -119,9 +122,9 @@ static void listeners_handed_on(const posix_spawn_file_actions_t *actions) {
             char *const *env = (envp);                                                \
             return call;                                                              \
         }                                                                             \
-        size_t slots_ = env_count(envp) + 3;                                          \
+        size_t slots_ = env_count(envp) + 4;                                          \
         char *array_[slots_];                                                         \
-        char *const *env = listed_ ? with_entry((envp), entry_, NULL, array_, slots_) : (envp); \
+        char *const *env = listed_ ? with_entry((envp), entry_, NULL, NULL, array_, slots_) : (envp); \
         leave_all(0);                                                                 \
         vmsp_relay_swap(&relays_);                                                    \
         int result_ = call;                                                           \
@@ -169,33 +172,78 @@ static int preloads_us(char *const *envp) {
 typedef int (*spawn_fn)(pid_t *, const char *, const posix_spawn_file_actions_t *, const posix_spawnattr_t *,
                         char *const[], char *const[]);
 
-static int spawn_with_inherited(spawn_fn real, pid_t *pid, const char *program, const posix_spawn_file_actions_t *actions,
-                                const posix_spawnattr_t *attributes, char *const argv[], char *const envp[]) {
+// The LD_PRELOAD value of `envp`, or NULL.
+static const char *preload_of(char *const *envp) {
+    for (size_t i = 0; envp && envp[i]; i++) {
+        if (strncmp(envp[i], "LD_PRELOAD=", 11) == 0) return envp[i] + 11;
+    }
+    return NULL;
+}
+
+// A program that will not load this library is spawned through vmsock-run (trampoline.c), which runs it with
+// `argv` and `envp` once the library, preloaded into vmsock-run, has put the relays in place. Fills `runner_argv`
+// (room for the arguments and 4 more) and `preload` (its LD_PRELOAD entry); `envp` keeps everything else.
+static int through_runner(const char *file, int search, char *const argv[], char *const envp[], char *runner,
+                          char *program, char **runner_argv, size_t argv_slots, char *preload, size_t capacity) {
+    char library[4096];
+    if (!vmsp_trampoline_paths(library, runner, 4096) || !vmsp_trampoline_program(file, search, program, 4096)) {
+        return 0;
+    }
+    const char *theirs = preload_of(envp);
+    int n = snprintf(preload, capacity, "LD_PRELOAD=%s%s%s", library, theirs ? " " : "", theirs ? theirs : "");
+    if (n < 0 || (size_t)n >= capacity) return 0;
+    size_t count = 0;
+    runner_argv[count++] = runner;
+    runner_argv[count++] = "--spawned";
+    runner_argv[count++] = program;
+    for (size_t i = 0; argv && argv[i] && count + 1 < argv_slots; i++) runner_argv[count++] = argv[i];
+    runner_argv[count] = NULL;
+    return 1;
+}
+
+static int spawn_with_inherited(spawn_fn real, int search, pid_t *pid, const char *program,
+                                const posix_spawn_file_actions_t *actions, const posix_spawnattr_t *attributes,
+                                char *const argv[], char *const envp[]) {
     char entry[8192], relayed[4096];
     struct vmsp_relays none = { 0 }, relays;
     if (vmsp_inside) return real(pid, program, actions, attributes, argv, envp);
     listeners_handed_on(actions);
     if (!inherited_entry(entry, sizeof entry, &none)) return real(pid, program, actions, attributes, argv, envp);
-    // The relays' sockets are put in place by this library in the new image: without it there, none is made.
-    if (preloads_us(envp)) vmsp_relay_prepare_spawn(&relays, actions);
+    // The relays' sockets are put in place by this library in the new image; a program that will not load it
+    // runs through vmsock-run, which does (trampoline.c). Where neither can be, no relay is made.
+    char runner[4096], path[4096], preload[8192];
+    size_t argv_slots = env_count(argv) + 4;  // a NULL-terminated array, as envp
+    char *runner_argv[argv_slots];
+    int ours = preloads_us(envp);
+    int runs_through = !ours && through_runner(program, search, argv, envp, runner, path, runner_argv, argv_slots,
+                                               preload, sizeof preload);
+    if (ours || runs_through) vmsp_relay_prepare_spawn(&relays, actions);
     else memset(&relays, 0, sizeof relays);
     int has_relays = relays.count && vmsp_relay_entry(&relays, relayed, sizeof relayed);
-    size_t slots = env_count(envp) + 3;
+    size_t slots = env_count(envp) + 4;
     char *array[slots];
-    int result = real(pid, program, actions, attributes, argv,
-                      with_entry(envp, entry, has_relays ? relayed : NULL, array, slots));
+    int through = runs_through && has_relays;
+    char *const *env = with_entry(envp, entry, has_relays ? relayed : NULL, through ? preload : NULL, array, slots);
+    int result;
+    if (through) {
+        vmsp_debug("posix_spawn: %s will not load vmsock-run's library: it runs through %s, which puts the "
+                   "connections' relays in place", path, runner);
+        result = REAL(posix_spawn)(pid, runner, actions, attributes, runner_argv, env);
+    } else {
+        result = real(pid, program, actions, attributes, argv, env);
+    }
     vmsp_relay_spawned(&relays, result == 0 && has_relays);
     return result;
 }
 
 int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *actions,
                 const posix_spawnattr_t *attributes, char *const argv[], char *const envp[]) {
-    return spawn_with_inherited(REAL(posix_spawn), pid, path, actions, attributes, argv, envp);
+    return spawn_with_inherited(REAL(posix_spawn), 0, pid, path, actions, attributes, argv, envp);
 }
 
 int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *actions,
                  const posix_spawnattr_t *attributes, char *const argv[], char *const envp[]) {
-    return spawn_with_inherited(REAL(posix_spawnp), pid, file, actions, attributes, argv, envp);
+    return spawn_with_inherited(REAL(posix_spawnp), 1, pid, file, actions, attributes, argv, envp);
 }
 
 // The list forms: the arguments gathered on the stack, then the vector forms above.

@@ -299,6 +299,11 @@ void vmsp_relay_prepare(struct vmsp_relays *plan);
 void vmsp_relay_prepare_spawn(struct vmsp_relays *plan, const posix_spawn_file_actions_t *actions);
 /// Whether posix_spawn's `actions` copy `fd` (one of our sockets) to a number in the new image (actions.c).
 int vmsp_spawn_copies(const posix_spawn_file_actions_t *actions, int fd);
+/// A spawn of a program that will not load this library runs through vmsock-run (trampoline.c): this library's
+/// path and vmsock-run's next to it (buffers of `capacity`), and the program's path as posix_spawn (`search` 0)
+/// or posix_spawnp (1) finds it; 0 when one is not there.
+int vmsp_trampoline_paths(char *library, char *runner, size_t capacity);
+int vmsp_trampoline_program(const char *file, int search, char *out, size_t capacity);
 int vmsp_relay_carries(const struct vmsp_relays *plan, int fd);
 /// Just before exec: the descriptors take the relays' sockets.
 void vmsp_relay_swap(struct vmsp_relays *plan);

@@ -38,6 +38,21 @@ func libraryPath() -> String {
     return directory + "/libvmsock-preload.so"
 }
 
+// `vmsock-run --spawned PATH ARGV0 [ARGS...]`: not for users. The library, in a process under vmsock-run, spawns a
+// program that will not load it through this (the library's trampoline.c): the library, preloaded here for that,
+// has put the connections' relays in place in its constructor; the program now runs with the environment it was
+// given, our library taken off the front of LD_PRELOAD, and its own argv.
+if CommandLine.arguments.count >= 3 && CommandLine.arguments[1] == "--spawned" {
+    let path = CommandLine.arguments[2]
+    let preload = getenv("LD_PRELOAD").map { String(cString: $0) } ?? ""
+    let theirs = preload.split(separator: " ", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
+    if theirs.isEmpty { unsetenv("LD_PRELOAD") } else { setenv("LD_PRELOAD", theirs, 1) }
+    var argv: [UnsafeMutablePointer<CChar>?] = CommandLine.arguments.dropFirst(3).map { strdup($0) } + [nil]
+    execv(path, &argv)
+    let error = errno
+    fail("\(path): \(String(cString: strerror(error)))", status: error == ENOENT ? 127 : 126)
+}
+
 var arguments = Array(CommandLine.arguments.dropFirst())
 var debug = false
 var stats = false

@@ -436,16 +436,19 @@ static void raw_clone_exec(void) {
     close(s);
 }
 
-// Spawns this program in MODE with `s` moved to its standard input by a file action: posix_spawn's result.
-static int spawn_on_stdin(int s, const char *mode, pid_t *pid) {
+// Spawns this program in MODE with `s` moved to its standard input by a file action, in environment `envp`:
+// posix_spawn's result.
+static int spawn_on_stdin_with(int s, const char *mode, pid_t *pid, char *const envp[]) {
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, s, 0);
     char *argv[] = { self_path, (char *)mode, "0", NULL };
-    int spawned = posix_spawn(pid, self_path, &actions, NULL, argv, environ);
+    int spawned = posix_spawn(pid, self_path, &actions, NULL, argv, envp);
     posix_spawn_file_actions_destroy(&actions);
     return spawned;
 }
+
+static int spawn_on_stdin(int s, const char *mode, pid_t *pid) { return spawn_on_stdin_with(s, mode, pid, environ); }
 
 // posix_spawn with the socket moved to the child's standard input by a file action, the parent's copy closed at
 // once (as inetd does): the spawned program reads "hello" there and answers.
@@ -467,10 +470,10 @@ static void spawn_inherited(void) {
     close(c);
 }
 
-// posix_spawn with a close-on-exec socket copied to the child's standard input by a file action (as Rust's Command
-// hands a socket to a child): the copy is not close-on-exec, so the spawned program has the connection, reads
-// "hello" there and answers. Under vmsock-run it gets a relay, as for an inherited socket. The parent keeps its
-// copy and uses it once the child is done.
+// posix_spawn with a close-on-exec socket copied to the child's standard input by a file action (the usual way to
+// hand a socket to a child's standard input with posix_spawn): the copy is not close-on-exec, so the spawned
+// program has the connection, reads "hello" there and answers. Under vmsock-run it gets a relay, as for an
+// inherited socket. The parent keeps its copy and uses it once the child is done.
 static void spawn_cloexec(void) {
     int c, s;
     pair(&c, &s);
@@ -487,6 +490,40 @@ static void spawn_cloexec(void) {
     CHECK("posix_spawn close-on-exec: parent reads it", read_full(c, text, 4));
     close(c);
     close(s);
+}
+
+// The program spawn_unloaded runs: exec_answer's, and whether it has an LD_PRELOAD (it must not).
+static int exec_answer_bare(int fd) {
+    printf("%-48s %s\n", "spawned without LD_PRELOAD: has one", getenv("LD_PRELOAD") ? "yes" : "no");
+    return exec_answer(fd);
+}
+
+// posix_spawn of a program that will not load vmsock-run's library (its environment lacks LD_PRELOAD, as a
+// program that clears it passes; a static program is the same case), with the socket moved to its standard input.
+// Under vmsock-run it runs through vmsock-run, which puts the relay in place and then runs it with the environment
+// it was given: it reads "hello" and answers, as over TCP, and never reads a wake-up byte as data.
+static void spawn_unloaded(void) {
+    int c, s;
+    pair(&c, &s);
+    size_t n = 0;
+    while (environ[n]) n++;
+    char *bare[n + 1];
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strncmp(environ[i], "LD_PRELOAD=", 11) != 0) bare[kept++] = environ[i];
+    }
+    bare[kept] = NULL;
+    CHECK("posix_spawn without LD_PRELOAD: parent writes", write(c, "hello", 5));
+    pid_t pid;
+    fflush(stdout);
+    int spawned = spawn_on_stdin_with(s, "exec-answer-bare", &pid, bare);
+    close(s);
+    char text[8] = "";
+    long got = read_full(c, text, 5);
+    int status = spawned == 0 ? child_status(pid) : -1;
+    SHOW("posix_spawn without LD_PRELOAD: the client read the answer", "%s", got == 5 ? text : "(nothing)");
+    SHOW("posix_spawn without LD_PRELOAD: child exit status", "%d", status);
+    close(c);
 }
 
 // A thread's connect to PORT, whose vmsock-run listener is stopped (SIGSTOP): under vmsock-run it waits inside
@@ -624,6 +661,7 @@ static void listener_handed_on(void) {
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "exec-child") == 0) return exec_child(atoi(argv[2]));
     if (argc == 3 && strcmp(argv[1], "exec-answer") == 0) return exec_answer(atoi(argv[2]));
+    if (argc == 3 && strcmp(argv[1], "exec-answer-bare") == 0) return exec_answer_bare(atoi(argv[2]));
     if (argc == 2 && strcmp(argv[1], "inetd-service") == 0) return inetd_service();
     if (argc == 3 && strcmp(argv[1], "wait-for-end") == 0) return wait_for_end(atoi(argv[2]));
     if (argc == 3 && strcmp(argv[1], "torn-fork") == 0) return torn_fork(atoi(argv[2]));
@@ -651,6 +689,7 @@ int main(int argc, char **argv) {
     spawn_inherited();
     spawn_cloexec();
     raw_clone_exec();
+    spawn_unloaded();
     daemon_case(0);
     daemon_case(1);
     listener_handed_on();  // last: this process welcomes nobody after it
