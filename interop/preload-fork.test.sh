@@ -7,6 +7,12 @@
 # Then, under vmsock-run only, a fork while another thread is inside the library's set-up: the child uses TCP.
 source "$(dirname "$0")/lib.sh"
 need nc
+# A static build of the same program, which one case spawns: LD_PRELOAD does not reach it.
+cc=$(command -v cc || command -v /opt/swift/usr/bin/clang || true)
+[ -n "$cc" ] || skip "no C compiler (cc or the Swift toolchain's clang)"
+"$cc" -O2 -static -o "$WORK/preload-fork-static" interop/programs/preload-fork.c -lpthread 2>"$WORK/static.err" \
+    || fail "cannot build a static program (libc.a, from libc6-dev, which tools/setup.sh installs): $(tail -3 "$WORK/static.err")"
+export PRELOAD_FORK_STATIC=$WORK/preload-fork-static
 same_under_preload preload-fork ""
 count_says "$WORK/debug.txt" 22 "shared memory"
 # The accept in the forked child claimed the link its parent's listener thread welcomed.
@@ -31,17 +37,17 @@ grep -q "exec: listening fd [0-9]* goes to the new image, which may accept on it
 grep -q "^handed-on listener: the new image read  *hello" "$WORK/plain.txt" || fail "the handed-on listener case failed"
 # A forked child's exec handed its connections to relays (exec with the parent keeping its copy, inetd's way, a
 # socket leaked into a helper, vfork (fork in a process with connections): 8 descriptors), and so did posix_spawn
-# three times (the socket moved to stdin; a close-on-exec socket copied there by the file action; a program
-# spawned without LD_PRELOAD); the new images read and wrote the data (the outputs above agree). The relays are
-# gone.
+# four times (the socket moved to stdin; a close-on-exec socket copied there by the file action; a program
+# spawned without LD_PRELOAD; a static program); the new images read and wrote the data (the outputs above
+# agree). The relays are gone.
 [ "$(grep -c "exec: fd [0-9]*, a shared-memory connection, goes to the new image as a TCP socket through a relay" "$WORK/debug.txt")" -ge 8 ] \
     || fail "the exec'd images did not get relays: $(grep exec "$WORK/debug.txt")"
-[ "$(grep -c "exec: fd 0, a shared-memory connection of the previous image, is a TCP socket through a relay process" "$WORK/debug.txt")" -ge 3 ] \
+[ "$(grep -c "exec: fd 0, a shared-memory connection of the previous image, is a TCP socket through a relay process" "$WORK/debug.txt")" -ge 4 ] \
     || fail "the spawned images did not get their relays: $(grep exec "$WORK/debug.txt")"
-# A spawn without LD_PRELOAD in its environment ran through vmsock-run, which put the relay in place (the third
-# relay above) and ran the program without the library (the outputs above agree: it has no LD_PRELOAD).
-grep -q "will not load vmsock-run's library: it runs through .*/vmsock-run" "$WORK/debug.txt" \
-    || fail "the spawn without LD_PRELOAD did not run through vmsock-run: $(grep spawn "$WORK/debug.txt")"
+# A spawn without LD_PRELOAD in its environment, and one of a static program, ran through vmsock-run, which put
+# the relay in place (two of the relays above) and ran the program without the library (the outputs above agree).
+[ "$(grep -c "will not load vmsock-run's library: it runs through .*/vmsock-run" "$WORK/debug.txt")" -eq 2 ] \
+    || fail "the spawns of programs without the library did not run through vmsock-run: $(grep spawn "$WORK/debug.txt")"
 for _ in $(seq 50); do [ -z "$(live_relays)" ] && break; sleep 0.1; done
 [ -z "$(live_relays)" ] || fail "a relay process is left: $(live_relays)"
 # Where no relay is made (a raw clone's exec), the new image was told, and its connection ended for it.

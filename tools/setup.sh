@@ -38,6 +38,8 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 [ -f /usr/include/liburing.h ] || missing+=(liburing-dev)  # interop/preload-uring: a server that uses io_uring
 # interop/preload-sshd: sshd re-execs itself on each accepted connection (its client, ssh, comes with it)
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+# interop/preload-fork spawns a static build of its program (libc.a)
+[ -f "$(cc -print-file-name=libc.a 2>/dev/null)" ] || missing+=(libc6-dev)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     apt-get update -qq

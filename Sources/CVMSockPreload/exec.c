@@ -180,15 +180,13 @@ static const char *preload_of(char *const *envp) {
     return NULL;
 }
 
-// A program that will not load this library is spawned through vmsock-run (trampoline.c), which runs it with
-// `argv` and `envp` once the library, preloaded into vmsock-run, has put the relays in place. Fills `runner_argv`
-// (room for the arguments and 4 more) and `preload` (its LD_PRELOAD entry); `envp` keeps everything else.
-static int through_runner(const char *file, int search, char *const argv[], char *const envp[], char *runner,
-                          char *program, char **runner_argv, size_t argv_slots, char *preload, size_t capacity) {
+// A program that will not load this library is spawned through vmsock-run (trampoline.c), which runs `program`
+// with `argv` and `envp` once the library, preloaded into vmsock-run, has put the relays in place. Fills
+// `runner_argv` (room for the arguments and 4 more) and `preload` (its LD_PRELOAD entry); `envp` keeps the rest.
+static int through_runner(char *const argv[], char *const envp[], char *runner, char *program, char **runner_argv,
+                          size_t argv_slots, char *preload, size_t capacity) {
     char library[4096];
-    if (!vmsp_trampoline_paths(library, runner, 4096) || !vmsp_trampoline_program(file, search, program, 4096)) {
-        return 0;
-    }
+    if (!vmsp_trampoline_paths(library, runner, 4096)) return 0;
     const char *theirs = preload_of(envp);
     int n = snprintf(preload, capacity, "LD_PRELOAD=%s%s%s", library, theirs ? " " : "", theirs ? theirs : "");
     if (n < 0 || (size_t)n >= capacity) return 0;
@@ -214,9 +212,10 @@ static int spawn_with_inherited(spawn_fn real, int search, pid_t *pid, const cha
     char runner[4096], path[4096], preload[8192];
     size_t argv_slots = env_count(argv) + 4;  // a NULL-terminated array, as envp
     char *runner_argv[argv_slots];
-    int ours = preloads_us(envp);
-    int runs_through = !ours && through_runner(program, search, argv, envp, runner, path, runner_argv, argv_slots,
-                                               preload, sizeof preload);
+    int found = vmsp_trampoline_program(program, search, path, sizeof path);
+    int ours = preloads_us(envp) && !(found && vmsp_program_is_static(path));
+    int runs_through = !ours && found && through_runner(argv, envp, runner, path, runner_argv, argv_slots, preload,
+                                                        sizeof preload);
     if (ours || runs_through) vmsp_relay_prepare_spawn(&relays, actions);
     else memset(&relays, 0, sizeof relays);
     int has_relays = relays.count && vmsp_relay_entry(&relays, relayed, sizeof relayed);

@@ -304,6 +304,8 @@ int vmsp_spawn_copies(const posix_spawn_file_actions_t *actions, int fd);
 /// or posix_spawnp (1) finds it; 0 when one is not there.
 int vmsp_trampoline_paths(char *library, char *runner, size_t capacity);
 int vmsp_trampoline_program(const char *file, int search, char *out, size_t capacity);
+/// Whether the program at `path` is a static ELF one, which LD_PRELOAD does not reach.
+int vmsp_program_is_static(const char *path);
 int vmsp_relay_carries(const struct vmsp_relays *plan, int fd);
 /// Just before exec: the descriptors take the relays' sockets.
 void vmsp_relay_swap(struct vmsp_relays *plan);

@@ -6,6 +6,8 @@
 #include "preload.h"
 
 #include <dlfcn.h>
+#include <elf.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,4 +44,24 @@ int vmsp_trampoline_program(const char *file, int search, char *out, size_t capa
         if (!end) return 0;
         at = end;
     }
+}
+
+// Whether `path` is a static ELF program (no interpreter: LD_PRELOAD means nothing to it). Scripts and anything
+// unreadable count as not static: their interpreter, or the kernel's refusal, decides.
+int vmsp_program_is_static(const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    Elf64_Ehdr header;
+    int is_static = 0;
+    if (pread(fd, &header, sizeof header, 0) == (ssize_t)sizeof header && memcmp(header.e_ident, ELFMAG, SELFMAG) == 0 &&
+        header.e_ident[EI_CLASS] == ELFCLASS64 && header.e_phentsize == sizeof(Elf64_Phdr) && header.e_phnum < 256) {
+        Elf64_Phdr entries[256];
+        size_t size = (size_t)header.e_phnum * sizeof(Elf64_Phdr);
+        if (pread(fd, entries, size, (off_t)header.e_phoff) == (ssize_t)size) {
+            is_static = 1;
+            for (int i = 0; i < header.e_phnum; i++) if (entries[i].p_type == PT_INTERP) is_static = 0;
+        }
+    }
+    REAL(close)(fd);
+    return is_static;
 }

@@ -4,6 +4,7 @@
 // run under vmsock-run only, forks while another thread is inside the library's set-up.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -436,19 +437,21 @@ static void raw_clone_exec(void) {
     close(s);
 }
 
-// Spawns this program in MODE with `s` moved to its standard input by a file action, in environment `envp`:
-// posix_spawn's result.
-static int spawn_on_stdin_with(int s, const char *mode, pid_t *pid, char *const envp[]) {
+// Spawns `program` (a build of this program) in MODE with `s` moved to its standard input by a file action, in
+// environment `envp`: posix_spawn's result.
+static int spawn_on_stdin_with(const char *program, int s, const char *mode, pid_t *pid, char *const envp[]) {
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, s, 0);
-    char *argv[] = { self_path, (char *)mode, "0", NULL };
-    int spawned = posix_spawn(pid, self_path, &actions, NULL, argv, envp);
+    char *argv[] = { (char *)program, (char *)mode, "0", NULL };
+    int spawned = posix_spawn(pid, program, &actions, NULL, argv, envp);
     posix_spawn_file_actions_destroy(&actions);
     return spawned;
 }
 
-static int spawn_on_stdin(int s, const char *mode, pid_t *pid) { return spawn_on_stdin_with(s, mode, pid, environ); }
+static int spawn_on_stdin(int s, const char *mode, pid_t *pid) {
+    return spawn_on_stdin_with(self_path, s, mode, pid, environ);
+}
 
 // posix_spawn with the socket moved to the child's standard input by a file action, the parent's copy closed at
 // once (as inetd does): the spawned program reads "hello" there and answers.
@@ -492,19 +495,36 @@ static void spawn_cloexec(void) {
     close(s);
 }
 
-// The program spawn_unloaded runs: exec_answer's, and whether it has an LD_PRELOAD (it must not).
+// The program spawn_unloaded runs: exec_answer's, and whether it has the library loaded (it must not).
 static int exec_answer_bare(int fd) {
-    printf("%-48s %s\n", "spawned without LD_PRELOAD: has one", getenv("LD_PRELOAD") ? "yes" : "no");
+    int loaded = dlsym(RTLD_DEFAULT, "vmsp_trampoline_paths") != NULL;
+    printf("%-48s %s\n", "spawned program: vmsock-run's library loaded", loaded ? "yes" : "no");
     return exec_answer(fd);
 }
 
-// posix_spawn of a program that will not load vmsock-run's library (its environment lacks LD_PRELOAD, as a
-// program that clears it passes; a static program is the same case), with the socket moved to its standard input.
-// Under vmsock-run it runs through vmsock-run, which puts the relay in place and then runs it with the environment
-// it was given: it reads "hello" and answers, as over TCP, and never reads a wake-up byte as data.
-static void spawn_unloaded(void) {
+// posix_spawn of a program that will not load vmsock-run's library, with the socket moved to its standard input:
+// `program` in environment `envp`. Under vmsock-run it runs through vmsock-run, which puts the relay in place and
+// then runs it with the environment it was given: it reads "hello" and answers, as over TCP, and never reads a
+// wake-up byte as data.
+static void spawn_unloaded(const char *label, const char *program, char *const envp[]) {
     int c, s;
     pair(&c, &s);
+    CHECK(label, write(c, "hello", 5));
+    pid_t pid;
+    fflush(stdout);
+    int spawned = spawn_on_stdin_with(program, s, "exec-answer-bare", &pid, envp);
+    close(s);
+    char text[8] = "";
+    long got = read_full(c, text, 5);
+    int status = spawned == 0 ? child_status(pid) : -1;
+    printf("%-48s %s, exit status %d\n", label, got == 5 ? text : "(nothing)", status);
+    close(c);
+}
+
+// Two such programs: this one, spawned in an environment without LD_PRELOAD (as a program that clears it passes);
+// and a static build of it (PRELOAD_FORK_STATIC, which the test makes), in the environment as it is, whose
+// LD_PRELOAD it ignores.
+static void spawn_without_library(void) {
     size_t n = 0;
     while (environ[n]) n++;
     char *bare[n + 1];
@@ -513,17 +533,10 @@ static void spawn_unloaded(void) {
         if (strncmp(environ[i], "LD_PRELOAD=", 11) != 0) bare[kept++] = environ[i];
     }
     bare[kept] = NULL;
-    CHECK("posix_spawn without LD_PRELOAD: parent writes", write(c, "hello", 5));
-    pid_t pid;
-    fflush(stdout);
-    int spawned = spawn_on_stdin_with(s, "exec-answer-bare", &pid, bare);
-    close(s);
-    char text[8] = "";
-    long got = read_full(c, text, 5);
-    int status = spawned == 0 ? child_status(pid) : -1;
-    SHOW("posix_spawn without LD_PRELOAD: the client read the answer", "%s", got == 5 ? text : "(nothing)");
-    SHOW("posix_spawn without LD_PRELOAD: child exit status", "%d", status);
-    close(c);
+    spawn_unloaded("posix_spawn without LD_PRELOAD: the answer", self_path, bare);
+    const char *static_build = getenv("PRELOAD_FORK_STATIC");
+    if (static_build) spawn_unloaded("posix_spawn of a static program: the answer", static_build, environ);
+    else printf("posix_spawn of a static program: not run (PRELOAD_FORK_STATIC is not set)\n");
 }
 
 // A thread's connect to PORT, whose vmsock-run listener is stopped (SIGSTOP): under vmsock-run it waits inside
@@ -689,7 +702,7 @@ int main(int argc, char **argv) {
     spawn_inherited();
     spawn_cloexec();
     raw_clone_exec();
-    spawn_unloaded();
+    spawn_without_library();
     daemon_case(0);
     daemon_case(1);
     listener_handed_on();  // last: this process welcomes nobody after it
