@@ -4,18 +4,19 @@
 // child's standard input with posix_spawn. The spawn wrapper (exec.c) then makes a relay for the connection, or
 // marks the listener handed on, as for a socket that is not close-on-exec.
 //
-// The file actions object is opaque, so adddup2 is interposed and every copy remembered here, by object, until the
-// object is initialized again or destroyed (every copy: the descriptor may become one of ours before the spawn,
-// when file actions are made once and used again). Lock-free, since a fork may come at any moment: a slot is
-// claimed with a compare-and-swap, filled, then published. A later action of the same object that closes or
-// replaces the copy still gets a relay made, which ends when the new image's constructor closes the relay socket
-// it did not need (exec.c). Not covered: more than 64 copies remembered at once (a program that never destroys
-// its file actions).
+// The file actions object is opaque, so adddup2 is interposed and each copy of a socket, or of a descriptor not
+// open yet (it may become one of ours before the spawn, when file actions are made once and used again),
+// remembered here by object, until the object is initialized again or destroyed. Lock-free, since a fork may come
+// at any moment: a slot is claimed with a compare-and-swap, filled, then published. A later action of the same
+// object that closes or replaces the copy still gets a relay made, which ends when the new image's constructor
+// closes the relay socket it did not need (exec.c). Not covered: more than 256 copies remembered at once (a
+// program that never destroys its file actions).
 #include "preload.h"
 
 #include <dlfcn.h>
+#include <sys/stat.h>
 
-enum { COPIES = 64 };
+enum { COPIES = 256 };
 static const void *const claimed = (const void *)1;
 static struct {
     _Atomic(const void *) actions;  // NULL: free; `claimed`: being filled
@@ -73,6 +74,7 @@ int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *actions) {
 int posix_spawn_file_actions_adddup2(posix_spawn_file_actions_t *actions, int fd, int newfd) {
     NEXT(dup2_fn, "posix_spawn_file_actions_adddup2");
     int result = real_(actions, fd, newfd);
-    if (result == 0 && !vmsp_inside) remember(actions, fd);
+    struct stat info;
+    if (result == 0 && !vmsp_inside && (fstat(fd, &info) != 0 || S_ISSOCK(info.st_mode))) remember(actions, fd);
     return result;
 }

@@ -62,16 +62,27 @@ static void leave_all(int rejoin) {
 
 static const char relayed_variable[] = "VMSOCK_RELAYED=";
 
-// envp with our entries (`relayed` and `preload` may be NULL; any older ones left out, and with `preload`, the
-// program's LD_PRELOAD), in `out` (room for count + 4 pointers).
-static char *const *with_entry(char *const *envp, char *entry, char *relayed, char *preload, char **out, size_t slots) {
+// envp with our entries (`relayed` and `preload` may be NULL; any older ones left out), in `out` (room for count +
+// 4 pointers). With `preload` (vmsock-run's, for a spawn through it), the program's LD_PRELOAD entry goes in
+// `saved` as VMSOCK_SPAWN_PRELOAD (room for its length + 32).
+static char *const *with_entry(char *const *envp, char *entry, char *relayed, char *preload, char *saved,
+                               char **out, size_t slots) {
     size_t n = 0;
     for (size_t i = 0; envp && envp[i] && n + 4 < slots; i++) {
-        if (strncmp(envp[i], variable, sizeof variable - 1) != 0 &&
-            strncmp(envp[i], relayed_variable, sizeof relayed_variable - 1) != 0 &&
-            !(preload && strncmp(envp[i], "LD_PRELOAD=", 11) == 0)) {
-            out[n++] = envp[i];
+        if (strncmp(envp[i], variable, sizeof variable - 1) == 0 ||
+            strncmp(envp[i], relayed_variable, sizeof relayed_variable - 1) == 0 ||
+            strncmp(envp[i], "VMSOCK_SPAWN_PRELOAD=", 21) == 0) {
+            continue;
         }
+        if (preload && strncmp(envp[i], "LD_PRELOAD=", 11) == 0) {
+            if (!saved[0]) {  // the first (preload_of's); a repeated one is left out
+                strcpy(saved, "VMSOCK_SPAWN_PRELOAD=");
+                strcat(saved, envp[i] + 11);
+                out[n++] = saved;
+            }
+            continue;
+        }
+        out[n++] = envp[i];
     }
     out[n++] = entry;
     if (relayed) out[n++] = relayed;
@@ -124,7 +135,7 @@ static void listeners_handed_on(const posix_spawn_file_actions_t *actions) {
         }                                                                             \
         size_t slots_ = env_count(envp) + 4;                                          \
         char *array_[slots_];                                                         \
-        char *const *env = listed_ ? with_entry((envp), entry_, NULL, NULL, array_, slots_) : (envp); \
+        char *const *env = listed_ ? with_entry((envp), entry_, NULL, NULL, NULL, array_, slots_) : (envp); \
         leave_all(0);                                                                 \
         vmsp_relay_swap(&relays_);                                                    \
         int result_ = call;                                                           \
@@ -182,13 +193,13 @@ static const char *preload_of(char *const *envp) {
 
 // A program that will not load this library is spawned through vmsock-run (trampoline.c), which runs `program`
 // with `argv` and `envp` once the library, preloaded into vmsock-run, has put the relays in place. Fills
-// `runner_argv` (room for the arguments and 4 more) and `preload` (its LD_PRELOAD entry); `envp` keeps the rest.
+// `runner_argv` (room for the arguments and 4 more) and `preload` (vmsock-run's LD_PRELOAD entry, this library
+// alone); the program's own LD_PRELOAD goes as VMSOCK_SPAWN_PRELOAD (with_entry), which vmsock-run puts back.
 static int through_runner(char *const argv[], char *const envp[], char *runner, char *program, char **runner_argv,
                           size_t argv_slots, char *preload, size_t capacity) {
     char library[4096];
     if (!vmsp_trampoline_paths(library, runner, 4096)) return 0;
-    const char *theirs = preload_of(envp);
-    int n = snprintf(preload, capacity, "LD_PRELOAD=%s%s%s", library, theirs ? " " : "", theirs ? theirs : "");
+    int n = snprintf(preload, capacity, "LD_PRELOAD=%s", library);
     if (n < 0 || (size_t)n >= capacity) return 0;
     size_t count = 0;
     runner_argv[count++] = runner;
@@ -213,7 +224,7 @@ static int spawn_with_inherited(spawn_fn real, int search, pid_t *pid, const cha
     size_t argv_slots = env_count(argv) + 4;  // a NULL-terminated array, as envp
     char *runner_argv[argv_slots];
     int found = vmsp_trampoline_program(program, search, path, sizeof path);
-    int ours = preloads_us(envp) && !(found && vmsp_program_is_static(path));
+    int ours = preloads_us(envp) && !(found && vmsp_program_skips_preload(path));
     int runs_through = !ours && found && through_runner(argv, envp, runner, path, runner_argv, argv_slots, preload,
                                                         sizeof preload);
     if (ours || runs_through) vmsp_relay_prepare_spawn(&relays, actions);
@@ -221,8 +232,14 @@ static int spawn_with_inherited(spawn_fn real, int search, pid_t *pid, const cha
     int has_relays = relays.count && vmsp_relay_entry(&relays, relayed, sizeof relayed);
     size_t slots = env_count(envp) + 4;
     char *array[slots];
-    int through = runs_through && has_relays;
-    char *const *env = with_entry(envp, entry, has_relays ? relayed : NULL, through ? preload : NULL, array, slots);
+    // Through vmsock-run whenever the program receives one of our sockets: there the constructor ends any that
+    // has no relay, which the program itself could not.
+    int through = runs_through && relays.inherited > 0;
+    const char *theirs = preload_of(envp);
+    char saved[theirs ? strlen(theirs) + 32 : 1];
+    saved[0] = 0;
+    char *const *env = with_entry(envp, entry, has_relays ? relayed : NULL, through ? preload : NULL, saved, array,
+                                  slots);
     int result;
     if (through) {
         vmsp_debug("posix_spawn: %s will not load vmsock-run's library: it runs through %s, which puts the "

@@ -101,6 +101,7 @@ static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_i
     __attribute__((noreturn));
 
 static void send_relay(int go, char byte) {
+    if (go < 0) return;  // an ended socket (below), no relay
     (void)REAL(send)(go, &byte, 1, MSG_NOSIGNAL);
     REAL(close)(go);
 }
@@ -166,6 +167,14 @@ static int stdio_of(struct vmsp_conn *c) {
     return 0;
 }
 
+// One end of a socket pair whose other end is closed (close-on-exec), or -1.
+static int ended_socket(void) {
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) return -1;
+    REAL(close)(pair[1]);
+    return pair[0];
+}
+
 // `spawn_redirects`: -1 for exec, else whether posix_spawn has file actions (`actions`).
 static void prepare(struct vmsp_relays *plan, int spawn_redirects, const posix_spawn_file_actions_t *actions) {
     memset(plan, 0, sizeof *plan);
@@ -175,6 +184,7 @@ static void prepare(struct vmsp_relays *plan, int spawn_redirects, const posix_s
         struct vmsp_ref *r = vmsp_lookup(fd);
         int flags = r ? REAL(fcntl)(fd, F_GETFD) : -1;
         int inherited = flags >= 0 && (!(flags & FD_CLOEXEC) || vmsp_spawn_copies(actions, fd));
+        plan->inherited += inherited;
         if (!inherited || plan->fds == VMSP_RELAY_FDS) continue;
         int saved = REAL(fcntl)(fd, F_DUPFD_CLOEXEC, 0);  // put back if exec fails
         if (saved < 0) continue;
@@ -188,10 +198,15 @@ static void prepare(struct vmsp_relays *plan, int spawn_redirects, const posix_s
             int may_claim = spawn_redirects >= 0 ? spawn_redirects : stdio_of(r->conn);
             int go = -1, app = start_relay(r->conn, fd, &go, may_claim);
             if (app < 0) {
-                REAL(close)(saved);
+                // The new image gets a socket whose peer is gone in its place: end of stream, never a wake-up byte
+                // read as data, even in a program that does not load this library.
+                app = ended_socket();
+                if (app < 0) {
+                    REAL(close)(saved);
+                    continue;
+                }
                 vmsp_debug("exec: fd %d is a shared-memory connection and no relay could be made for it: it ends for "
                            "the new image", fd);
-                continue;
             }
             plan->conn[which] = r->conn;
             plan->app[which] = app;
@@ -219,7 +234,7 @@ int vmsp_relay_carries(const struct vmsp_relays *plan, int fd) {
 void vmsp_relay_swap(struct vmsp_relays *plan) {
     for (int i = 0; i < plan->fds; i++) {
         int fd = plan->fd[i];
-        if (REAL(dup2)(plan->app[plan->relay[i]], fd) < 0) continue;
+        if (REAL(dup2)(plan->app[plan->relay[i]], fd) < 0 || plan->go[plan->relay[i]] < 0) continue;
         vmsp_debug("exec: fd %d, a shared-memory connection, goes to the new image as a TCP socket through a relay "
                    "process (vmsock-run cannot carry the rings across exec)", fd);
     }

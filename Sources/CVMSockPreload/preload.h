@@ -284,10 +284,13 @@ pid_t vmsp_fork_quietly(void);
 
 enum { VMSP_RELAYS = 16, VMSP_RELAY_FDS = 64 };
 struct vmsp_relays {
+    int inherited;                      // descriptors of ours the new image receives, relayed or not
     int count;                          // relays, one per connection
     struct vmsp_conn *conn[VMSP_RELAYS];
-    int app[VMSP_RELAYS];               // the new image's end of each relay's TCP connection (close-on-exec here)
-    int go[VMSP_RELAYS];                // close-on-exec: its end starts the relay, a byte on it sends it away
+    int app[VMSP_RELAYS];               // the new image's end of each relay's TCP connection (close-on-exec here),
+                                        // or of an ended socket where no relay could be made
+    int go[VMSP_RELAYS];                // close-on-exec: its end starts the relay, a byte on it sends it away;
+                                        // -1 for an ended socket
     int fds;                            // descriptors that go to a relay's socket at exec
     int fd[VMSP_RELAY_FDS], relay[VMSP_RELAY_FDS], saved[VMSP_RELAY_FDS];
 };
@@ -304,8 +307,8 @@ int vmsp_spawn_copies(const posix_spawn_file_actions_t *actions, int fd);
 /// or posix_spawnp (1) finds it; 0 when one is not there.
 int vmsp_trampoline_paths(char *library, char *runner, size_t capacity);
 int vmsp_trampoline_program(const char *file, int search, char *out, size_t capacity);
-/// Whether the program at `path` is a static ELF one, which LD_PRELOAD does not reach.
-int vmsp_program_is_static(const char *path);
+/// Whether the ELF program at `path` will not load this library (static, or of another class or machine).
+int vmsp_program_skips_preload(const char *path);
 int vmsp_relay_carries(const struct vmsp_relays *plan, int fd);
 /// Just before exec: the descriptors take the relays' sockets.
 void vmsp_relay_swap(struct vmsp_relays *plan);

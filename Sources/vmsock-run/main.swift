@@ -39,18 +39,20 @@ func libraryPath() -> String {
 }
 
 // `vmsock-run --spawned PATH ARGV0 [ARGS...]`: not for users. The library, in a process under vmsock-run, spawns a
-// program that will not load it through this (the library's trampoline.c): the library, preloaded here for that,
-// has put the connections' relays in place in its constructor; the program now runs with the environment it was
-// given, our library taken off the front of LD_PRELOAD, and its own argv.
-if CommandLine.arguments.count >= 3 && CommandLine.arguments[1] == "--spawned" {
-    let path = CommandLine.arguments[2]
-    let preload = getenv("LD_PRELOAD").map { String(cString: $0) } ?? ""
-    let theirs = preload.split(separator: " ", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
-    if theirs.isEmpty { unsetenv("LD_PRELOAD") } else { setenv("LD_PRELOAD", theirs, 1) }
-    var argv: [UnsafeMutablePointer<CChar>?] = CommandLine.arguments.dropFirst(3).map { strdup($0) } + [nil]
-    execv(path, &argv)
+// program that will not load it through this (the library's trampoline.c): the library, preloaded here alone for
+// that, has put the connections' relays in place in its constructor; the program now runs with its own argv and
+// the environment it was given, its LD_PRELOAD (kept in VMSOCK_SPAWN_PRELOAD) back. Bytes as they are: no String.
+if CommandLine.argc >= 3, strcmp(CommandLine.unsafeArgv[1]!, "--spawned") == 0 {
+    if let theirs = getenv("VMSOCK_SPAWN_PRELOAD") {
+        setenv("LD_PRELOAD", theirs, 1)
+        unsetenv("VMSOCK_SPAWN_PRELOAD")
+    } else {
+        unsetenv("LD_PRELOAD")
+    }
+    let path = CommandLine.unsafeArgv[2]!
+    execv(path, CommandLine.unsafeArgv + 3)
     let error = errno
-    fail("\(path): \(String(cString: strerror(error)))", status: error == ENOENT ? 127 : 126)
+    fail("\(String(cString: path)): \(String(cString: strerror(error)))", status: error == ENOENT ? 127 : 126)
 }
 
 var arguments = Array(CommandLine.arguments.dropFirst())

@@ -437,20 +437,22 @@ static void raw_clone_exec(void) {
     close(s);
 }
 
-// Spawns `program` (a build of this program) in MODE with `s` moved to its standard input by a file action, in
-// environment `envp`: posix_spawn's result.
-static int spawn_on_stdin_with(const char *program, int s, const char *mode, pid_t *pid, char *const envp[]) {
+// Spawns `program` (a build of this program; with `search`, a name posix_spawnp looks for along PATH) in MODE
+// with `s` moved to its standard input by a file action, in environment `envp`: posix_spawn's result.
+static int spawn_on_stdin_with(const char *program, int search, int s, const char *mode, pid_t *pid,
+                               char *const envp[]) {
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, s, 0);
     char *argv[] = { (char *)program, (char *)mode, "0", NULL };
-    int spawned = posix_spawn(pid, program, &actions, NULL, argv, envp);
+    int spawned = search ? posix_spawnp(pid, program, &actions, NULL, argv, envp)
+                         : posix_spawn(pid, program, &actions, NULL, argv, envp);
     posix_spawn_file_actions_destroy(&actions);
     return spawned;
 }
 
 static int spawn_on_stdin(int s, const char *mode, pid_t *pid) {
-    return spawn_on_stdin_with(self_path, s, mode, pid, environ);
+    return spawn_on_stdin_with(self_path, 0, s, mode, pid, environ);
 }
 
 // posix_spawn with the socket moved to the child's standard input by a file action, the parent's copy closed at
@@ -495,24 +497,27 @@ static void spawn_cloexec(void) {
     close(s);
 }
 
-// The program spawn_unloaded runs: exec_answer's, and whether it has the library loaded (it must not).
-static int exec_answer_bare(int fd) {
+// The programs spawn_unloaded runs: exec_answer's, and whether they have vmsock-run's library loaded (they must
+// not); with `preload`, also the LD_PRELOAD they were given.
+static int exec_answer_bare(int fd, int preload) {
     int loaded = dlsym(RTLD_DEFAULT, "vmsp_trampoline_paths") != NULL;
     printf("%-48s %s\n", "spawned program: vmsock-run's library loaded", loaded ? "yes" : "no");
+    const char *given = getenv("LD_PRELOAD");
+    if (preload) printf("%-48s %s\n", "spawned program: its LD_PRELOAD", given ? given : "(none)");
     return exec_answer(fd);
 }
 
 // posix_spawn of a program that will not load vmsock-run's library, with the socket moved to its standard input:
-// `program` in environment `envp`. Under vmsock-run it runs through vmsock-run, which puts the relay in place and
-// then runs it with the environment it was given: it reads "hello" and answers, as over TCP, and never reads a
-// wake-up byte as data.
-static void spawn_unloaded(const char *label, const char *program, char *const envp[]) {
+// `program` (looked for along PATH with `search`) in MODE and environment `envp`. Under vmsock-run it runs through
+// vmsock-run, which puts the relay in place and then runs it with the environment it was given: it reads "hello"
+// and answers, as over TCP, and never reads a wake-up byte as data.
+static void spawn_unloaded(const char *label, const char *program, int search, const char *mode, char *const envp[]) {
     int c, s;
     pair(&c, &s);
     CHECK(label, write(c, "hello", 5));
     pid_t pid;
     fflush(stdout);
-    int spawned = spawn_on_stdin_with(program, s, "exec-answer-bare", &pid, envp);
+    int spawned = spawn_on_stdin_with(program, search, s, mode, &pid, envp);
     close(s);
     char text[8] = "";
     long got = read_full(c, text, 5);
@@ -521,22 +526,38 @@ static void spawn_unloaded(const char *label, const char *program, char *const e
     close(c);
 }
 
-// Two such programs: this one, spawned in an environment without LD_PRELOAD (as a program that clears it passes);
-// and a static build of it (PRELOAD_FORK_STATIC, which the test makes), in the environment as it is, whose
-// LD_PRELOAD it ignores.
+// Two such programs. This one, by name along PATH (posix_spawnp), in an environment whose LD_PRELOAD names
+// another library only (as a program that sets its own passes): it must get that LD_PRELOAD, and not ours. And a
+// static build of it (PRELOAD_FORK_STATIC, which the test makes), in the environment as it is, whose LD_PRELOAD
+// it ignores.
 static void spawn_without_library(void) {
     size_t n = 0;
     while (environ[n]) n++;
-    char *bare[n + 1];
+    char *other[n + 2];
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
-        if (strncmp(environ[i], "LD_PRELOAD=", 11) != 0) bare[kept++] = environ[i];
+        if (strncmp(environ[i], "LD_PRELOAD=", 11) != 0) other[kept++] = environ[i];
     }
-    bare[kept] = NULL;
-    spawn_unloaded("posix_spawn without LD_PRELOAD: the answer", self_path, bare);
+    other[kept++] = "LD_PRELOAD=libm.so.6";
+    other[kept] = NULL;
+    char directory[4096], *slash, *path = getenv("PATH"), saved_path[8192] = "";
+    snprintf(directory, sizeof directory, "%s", self_path);
+    slash = strrchr(directory, '/');
+    if (slash) *slash = 0;
+    if (path) snprintf(saved_path, sizeof saved_path, "%s", path);
+    char searched[sizeof directory + sizeof saved_path + 2];
+    snprintf(searched, sizeof searched, "%s:%s", directory, saved_path);
+    setenv("PATH", searched, 1);
+    spawn_unloaded("posix_spawnp, another LD_PRELOAD: the answer", slash ? slash + 1 : self_path, 1,
+                   "exec-answer-preload", other);
+    if (path) setenv("PATH", saved_path, 1);
+    else unsetenv("PATH");
     const char *static_build = getenv("PRELOAD_FORK_STATIC");
-    if (static_build) spawn_unloaded("posix_spawn of a static program: the answer", static_build, environ);
-    else printf("posix_spawn of a static program: not run (PRELOAD_FORK_STATIC is not set)\n");
+    if (static_build) {
+        spawn_unloaded("posix_spawn of a static program: the answer", static_build, 0, "exec-answer-bare", environ);
+    } else {
+        printf("posix_spawn of a static program: not run (PRELOAD_FORK_STATIC is not set)\n");
+    }
 }
 
 // A thread's connect to PORT, whose vmsock-run listener is stopped (SIGSTOP): under vmsock-run it waits inside
@@ -674,7 +695,8 @@ static void listener_handed_on(void) {
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "exec-child") == 0) return exec_child(atoi(argv[2]));
     if (argc == 3 && strcmp(argv[1], "exec-answer") == 0) return exec_answer(atoi(argv[2]));
-    if (argc == 3 && strcmp(argv[1], "exec-answer-bare") == 0) return exec_answer_bare(atoi(argv[2]));
+    if (argc == 3 && strcmp(argv[1], "exec-answer-bare") == 0) return exec_answer_bare(atoi(argv[2]), 0);
+    if (argc == 3 && strcmp(argv[1], "exec-answer-preload") == 0) return exec_answer_bare(atoi(argv[2]), 1);
     if (argc == 2 && strcmp(argv[1], "inetd-service") == 0) return inetd_service();
     if (argc == 3 && strcmp(argv[1], "wait-for-end") == 0) return wait_for_end(atoi(argv[2]));
     if (argc == 3 && strcmp(argv[1], "torn-fork") == 0) return torn_fork(atoi(argv[2]));
