@@ -71,8 +71,10 @@ int vmsp_program_skips_preload(const char *path) {
     struct stat info;
     Elf64_Ehdr header;
     int skips = 0;
-    if (fstat(fd, &info) == 0 && S_ISREG(info.st_mode) &&
-        pread(fd, &header, sizeof header, 0) == (ssize_t)sizeof header && memcmp(header.e_ident, ELFMAG, SELFMAG) == 0) {
+    int elf = fstat(fd, &info) == 0 && S_ISREG(info.st_mode) &&
+              pread(fd, &header, sizeof header, 0) == (ssize_t)sizeof header &&
+              memcmp(header.e_ident, ELFMAG, SELFMAG) == 0;
+    if (elf) {
         if (header.e_ident[EI_CLASS] != ELFCLASS64 || header.e_machine != own_machine) {
             skips = 1;
         } else if (header.e_phentsize == sizeof(Elf64_Phdr) && header.e_phnum > 0) {

@@ -35,8 +35,8 @@ import VMSockRing
 // generation keeps the link for the reopen on its way (once, for one more timeout), or, when it closes, the
 // reopen still has not come or taking it fails, ends that connection by showing the new generation closed and
 // reset, and ringing (`refuseReopen`): the connector's calls fail with ECONNRESET, even while another process
-// holds the link's descriptors. A side marks a link `parked` only once it keeps it, and `retired` when it does not, so a
-// connector never reopens a link its listener is not waiting with.
+// holds the link's descriptors. A side marks a link `parked` only once it keeps it, and `retired` when it does
+// not, so a connector never reopens a link its listener is not waiting with.
 //
 // Safety. A link is only reused between the two processes that made it: its control socket is a connected Unix
 // socket, whose peer never changes, so nobody is shown memory it was not given before. Each side changes only
