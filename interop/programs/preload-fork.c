@@ -400,17 +400,20 @@ static void inetd_exec(void) {
     close(c);
 }
 
+// In a child (of vfork or a raw clone): `s` becomes standard input, then this program runs as exec-child.
+static void exec_child_on_stdin(int s) {
+    char *argv[] = { self_path, "exec-child", "0", NULL };
+    dup2(s, 0);
+    execve(self_path, argv, environ);
+    _exit(127);
+}
+
 static void vfork_exec(void) {
     int c, s;
     pair(&c, &s);
     CHECK("vfork: parent writes", write(c, "hello", 5));
-    char *argv[] = { self_path, "exec-child", "0", NULL };
     pid_t pid = vfork();
-    if (pid == 0) {
-        dup2(s, 0);
-        execve(self_path, argv, environ);
-        _exit(127);
-    }
+    if (pid == 0) exec_child_on_stdin(s);
     after_exec("vfork: child exit status", c, s, pid);
     close(c);
     close(s);
@@ -424,14 +427,9 @@ static void raw_clone_exec(void) {
     int c, s;
     pair(&c, &s);
     CHECK("raw clone: parent writes", write(c, "hello", 5));
-    char *argv[] = { self_path, "exec-child", "0", NULL };
     fflush(stdout);
     pid_t pid = (pid_t)syscall(SYS_clone, SIGCHLD, NULL, NULL, NULL, 0);
-    if (pid == 0) {
-        dup2(s, 0);
-        execve(self_path, argv, environ);
-        _exit(127);
-    }
+    if (pid == 0) exec_child_on_stdin(s);
     after_exec("raw clone: child exit status", c, s, pid);
     close(c);
     close(s);
