@@ -30,6 +30,14 @@ grep -E "connect fd [0-9]+ to .*: shared memory" "$WORK/debug.txt" | grep -vq "^
 grep -q "^daemon: the acceptor read hello, the client got reply" "$WORK/plain.txt" || fail "the daemon case failed"
 grep -q "^daemon with a sibling acceptor: the acceptor read hello, the client got reply" "$WORK/plain.txt" \
     || fail "the daemon case with a sibling failed"
+# The daemon case again, 10 times: the first process exits right after its fork, and the daemon's fork handler
+# may run after that (it took the parent's pid from getppid, then init's, and under load missed the take-over).
+timeout 60 "$VMSOCK_RUN" --debug "$WORK/preload-fork" daemon-cases 10 >"$WORK/daemons.txt" 2>"$WORK/daemons-debug.txt" \
+    || fail "the repeated daemon case failed: $(cat "$WORK/daemons.txt" "$WORK/daemons-debug.txt")"
+[ "$(grep -c "^daemon: the acceptor read hello, the client got reply" "$WORK/daemons.txt")" -eq 10 ] \
+    || fail "a repeated daemon case failed: $(cat "$WORK/daemons.txt")"
+[ "$(grep -c "this one takes it over" "$WORK/daemons-debug.txt")" -eq 10 ] \
+    || fail "a repeated daemon case did not take over: $(grep -E 'over|tcp only here' "$WORK/daemons-debug.txt")"
 # A new image that got a registered listening socket (a close-on-exec one copied by a spawn file action) stopped
 # its owner's welcomes: the connection it accepted was TCP (its data checked by the outputs above).
 grep -q "exec: listening fd [0-9]* goes to the new image, which may accept on it" "$WORK/debug.txt" \

@@ -37,13 +37,26 @@ static int holds_a_listener(void) {
     return 0;
 }
 
+// Why this process may not take the listeners over, or NULL when it may; "" when it is not a daemon's case at all
+// (nothing to say).
+static const char *refusal(pid_t owner, pid_t self) {
+    if (owner != vmsp_forked_from || getsid(0) != self || !holds_a_listener()) return "";  // not a daemon's case
+    if (!vmsp_child_setup_whole()) return "it was forked while another thread was inside the set-up";
+    if (vmsp_welcome_book_forks() != 1) return "another child of that process shares the listener";
+    if (vmsp_uring_reason()) return "io_uring is in use";
+    if (!parent_owner_gone(owner)) return "that process has not exited";
+    return NULL;
+}
+
 void vmsp_adopt_orphaned_listeners(void) {
     static int looked;
     pid_t owner = vmsp_listen_owner, self = getpid();
     if (looked || !atomic_load(&vmsp_forked_child) || owner == 0 || owner == self) return;
     looked = 1;
-    if (owner != vmsp_forked_from || getsid(0) != self || !vmsp_child_setup_whole() || !holds_a_listener() ||
-        vmsp_welcome_book_forks() != 1 || vmsp_uring_reason() || !parent_owner_gone(owner)) {
+    const char *why = refusal(owner, self);
+    if (why) {
+        if (*why) vmsp_debug("listeners of process %d, which offered shared memory: tcp only here (%s)", (int)owner,
+                             why);
         return;
     }
     int saved = errno;

@@ -145,7 +145,10 @@ pid_t vmsp_fork_quietly(void) {
     return pid;
 }
 
+static pid_t forking_process;  // the parent, as the child reads it: getppid there may already be init's
+
 static void before_fork(void) {
+    forking_process = getpid();
     atomic_fetch_add(&vmsp_forks_in_flight, 1);
     close_setup();  // first: a thread inside the set-up may be about to take the locks below
     pthread_mutex_lock(&internal_lock);
@@ -177,7 +180,7 @@ static void after_fork_child(void) {
     vmsp_self_pid = getpid();
     atomic_store(&vmsp_forked_child, 1);
     atomic_store(&vmsp_parent_forked, 0);  // this process has forked nobody yet
-    vmsp_forked_from = getppid();
+    vmsp_forked_from = forking_process;
     vmsp_forget_wakeups();
     for (int i = 0; i < VMSP_TALLIES; i++) atomic_store_explicit(&tallies[i], 0, memory_order_relaxed);
     for (int i = 0; i < internal_count; i++) REAL(close)(internal_fds[i]);

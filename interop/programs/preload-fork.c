@@ -703,6 +703,10 @@ int main(int argc, char **argv) {
     ssize_t n = readlink("/proc/self/exe", self_path, sizeof self_path - 1);
     if (n > 0) self_path[n] = 0;
     signal(SIGPIPE, SIG_IGN);
+    if (argc == 3 && strcmp(argv[1], "daemon-cases") == 0) {
+        for (int i = 0; i < atoi(argv[2]); i++) daemon_case(0);
+        return 0;
+    }
     listener = listen_local();
     // Made before the first fork: a listener whose process forked offered no shared memory before issue 19.
     int pairs[4][2];
