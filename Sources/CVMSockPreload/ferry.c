@@ -167,6 +167,20 @@ static int stdio_of(struct vmsp_conn *c) {
     return 0;
 }
 
+// Whether the connection goes to the new image on purpose, so that its relay may read for it while others hold
+// it (relay_turn): as its standard input, output or error, or copied by one of posix_spawn's file `actions`. Not
+// merely because the spawn has file actions: a socket leaked into a child that never reads it would lose to the
+// relay the bytes its parent reads after (they go with the child).
+static int on_purpose(struct vmsp_conn *c, const posix_spawn_file_actions_t *actions) {
+    if (stdio_of(c)) return 1;
+    int high = atomic_load(&vmsp_table_high);
+    for (int fd = 0; actions && fd <= high && fd < vmsp_table_size; fd++) {
+        struct vmsp_ref *r = vmsp_lookup(fd);
+        if (r && r->conn == c && vmsp_spawn_copies(actions, fd)) return 1;
+    }
+    return 0;
+}
+
 // One end of a socket pair whose other end is closed (close-on-exec), or -1.
 static int ended_socket(void) {
     int pair[2];
@@ -175,8 +189,8 @@ static int ended_socket(void) {
     return pair[0];
 }
 
-// `spawn_redirects`: -1 for exec, else whether posix_spawn has file actions (`actions`).
-static void prepare(struct vmsp_relays *plan, int spawn_redirects, const posix_spawn_file_actions_t *actions) {
+// `actions`: posix_spawn's file actions (NULL for exec and for a spawn without them).
+static void prepare(struct vmsp_relays *plan, const posix_spawn_file_actions_t *actions) {
     memset(plan, 0, sizeof *plan);
     if (vmsp_inside || !vmsp_holders_is_self()) return;  // a raw clone's child, sharing its parent's memory: not there
     int high = atomic_load(&vmsp_table_high);
@@ -195,8 +209,7 @@ static void prepare(struct vmsp_relays *plan, int spawn_redirects, const posix_s
                 REAL(close)(saved);
                 continue;
             }
-            int may_claim = spawn_redirects >= 0 ? spawn_redirects : stdio_of(r->conn);
-            int go = -1, app = start_relay(r->conn, fd, &go, may_claim);
+            int go = -1, app = start_relay(r->conn, fd, &go, on_purpose(r->conn, actions));
             if (app < 0) {
                 // The new image gets a socket whose peer is gone in its place: end of stream, never a wake-up byte
                 // read as data, even in a program that does not load this library.
@@ -220,10 +233,10 @@ static void prepare(struct vmsp_relays *plan, int spawn_redirects, const posix_s
     }
 }
 
-void vmsp_relay_prepare(struct vmsp_relays *plan) { prepare(plan, -1, NULL); }
+void vmsp_relay_prepare(struct vmsp_relays *plan) { prepare(plan, NULL); }
 
 void vmsp_relay_prepare_spawn(struct vmsp_relays *plan, const posix_spawn_file_actions_t *actions) {
-    prepare(plan, actions != NULL, actions);
+    prepare(plan, actions);
 }
 
 int vmsp_relay_carries(const struct vmsp_relays *plan, int fd) {
@@ -292,9 +305,9 @@ void vmsp_relay_spawned(struct vmsp_relays *plan, int started) {
 // - or, while others hold it, once bytes have waited in the ring for 20 ms with none of them reading or waiting
 //   to read since the relay started (each read and each wait to read names its process in the connection's
 //   page: vmsp_note_reader), if the connection was handed over on purpose: it is the new image's standard
-//   input, output or error after exec, or posix_spawn had file actions. A socket merely leaked into a helper
-//   waits for its other holders to close it. Once another process reads or waits, the relay leaves the bytes
-//   to it until it is alone.
+//   input, output or error, or a posix_spawn file action copies it (on_purpose). A socket merely leaked into a
+//   helper waits for its other holders to close it. Once another process reads or waits, the relay leaves the
+//   bytes to it until it is alone.
 enum { LOOK_MS = 50, CLAIM_MS = 20 };
 int vmsp_relay_process;
 enum turn { HOLD, WATCH, READ };  // leave the ring alone; wait for bytes there; read it

@@ -495,6 +495,30 @@ static void spawn_cloexec(void) {
     close(s);
 }
 
+// posix_spawn with file actions that do not name the connection (standard input from /dev/null), which the
+// program merely leaks (not close-on-exec) into a child that never reads it. Bytes the peer sends while the child
+// runs are the parent's to read after, as over TCP. Under vmsock-run the child gets a relay, which must leave them
+// in the ring: read for the child, they would be gone with it.
+static void spawn_leaked(void) {
+    int c, s;
+    pair(&c, &s);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    char *argv[] = { "sleep", "0.3", NULL };
+    pid_t pid;
+    int spawned = posix_spawn(&pid, "/bin/sleep", &actions, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    CHECK("posix_spawn, a leaked socket: the peer writes", write(c, "hello", 5));
+    int status = spawned == 0 ? child_status(pid) : -1;
+    char text[8] = "";
+    long n = readable(s, 2000) ? read_full(s, text, 5) : -2;
+    SHOW("posix_spawn, a leaked socket: child exit status", "%d", status);
+    SHOW("posix_spawn, a leaked socket: the parent read", "%s", n == 5 ? text : "(nothing)");
+    close(c);
+    close(s);
+}
+
 // The programs spawn_unloaded runs: exec_answer's, and whether they have vmsock-run's library loaded (they must
 // not); with `preload`, also the LD_PRELOAD they were given.
 static int exec_answer_bare(int fd, int preload) {
@@ -502,6 +526,16 @@ static int exec_answer_bare(int fd, int preload) {
     printf("%-48s %s\n", "spawned program: vmsock-run's library loaded", loaded ? "yes" : "no");
     const char *given = getenv("LD_PRELOAD");
     if (preload) printf("%-48s %s\n", "spawned program: its LD_PRELOAD", given ? given : "(none)");
+    // What spawn_without_library's process set, which exec keeps (a handler becomes the default): under
+    // vmsock-run, the Swift runtime in the vmsock-run it ran through must not have changed any of it.
+    struct sigaction hup, usr1;
+    sigset_t blocked;
+    sigaction(SIGHUP, NULL, &hup);
+    sigaction(SIGUSR1, NULL, &usr1);
+    sigprocmask(SIG_BLOCK, NULL, &blocked);
+    printf("%-48s %s %s %s\n", "spawned program: SIGHUP, SIGUSR1, SIGUSR2",
+           hup.sa_handler == SIG_IGN ? "ignored" : "-", usr1.sa_handler == SIG_DFL ? "default" : "-",
+           sigismember(&blocked, SIGUSR2) ? "blocked" : "-");
     return exec_answer(fd);
 }
 
@@ -528,7 +562,16 @@ static void spawn_unloaded(const char *label, const char *program, int search, c
 // another library only (as a program that sets its own passes): it must get that LD_PRELOAD, and not ours. And a
 // static build of it (PRELOAD_FORK_STATIC, which the test makes), in the environment as it is, whose LD_PRELOAD
 // it ignores.
+static void on_signal(int sig) { (void)sig; }
+
 static void spawn_without_library(void) {
+    // Signal state that exec keeps (ignored, blocked) or resets (a handler), which the programs print.
+    sigset_t usr2, mask;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &usr2, &mask);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR1, on_signal);
     size_t n = 0;
     while (environ[n]) n++;
     char *other[n + 2];
@@ -556,6 +599,9 @@ static void spawn_without_library(void) {
     } else {
         printf("posix_spawn of a static program: not run (PRELOAD_FORK_STATIC is not set)\n");
     }
+    signal(SIGHUP, SIG_DFL);
+    signal(SIGUSR1, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &mask, NULL);
 }
 
 // A thread's connect to PORT, whose vmsock-run listener is stopped (SIGSTOP): under vmsock-run it waits inside
@@ -725,6 +771,7 @@ int main(int argc, char **argv) {
     vfork_exec();
     spawn_inherited();
     spawn_cloexec();
+    spawn_leaked();
     raw_clone_exec();
     spawn_without_library();
     daemon_case(0);
