@@ -57,6 +57,10 @@ grep -q "^handed-on listener: the new image read  *hello" "$WORK/plain.txt" || f
 # the relay in place (two of the relays above) and ran the program without the library (the outputs above agree).
 [ "$(grep -c "will not load vmsock-run's library: it runs through .*/vmsock-run" "$WORK/debug.txt")" -eq 2 ] \
     || fail "the spawns of programs without the library did not run through vmsock-run: $(grep spawn "$WORK/debug.txt")"
+# The socket leaked into a spawned child that never reads it got a relay that waited for the parent (its bytes
+# stayed for the parent: the outputs above agree); the one whose close-on-exec flag the program cleared did not.
+grep -q "not handed over on purpose .*: its relay reads for the new image only once the other holders closed it" \
+    "$WORK/debug.txt" || fail "the leaked socket got no waiting relay: $(grep exec "$WORK/debug.txt")"
 for _ in $(seq 50); do [ -z "$(live_relays)" ] && break; sleep 0.1; done
 [ -z "$(live_relays)" ] || fail "a relay process is left: $(live_relays)"
 # Where no relay is made (a raw clone's exec), the new image was told, and its connection ended for it.

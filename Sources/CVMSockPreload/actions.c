@@ -39,7 +39,8 @@ static void remember(const void *actions, int fd) {
         return;
     }
     vmsp_debug("posix_spawn: more than %d file actions copy descriptors at once: a copy of fd %d is not "
-               "remembered, and if it is a shared-memory connection, that ends for the new image", COPIES, fd);
+               "remembered (if it is a shared-memory connection, a close-on-exec one ends for the new image, and "
+               "another one's relay reads only once the other holders closed it)", COPIES, fd);
 }
 
 int vmsp_spawn_copies(const posix_spawn_file_actions_t *actions, int fd) {

@@ -40,7 +40,12 @@ static int holds_a_listener(void) {
 // Why this process may not take the listeners over, or NULL when it may; "" when it is not a daemon's case at all
 // (nothing to say).
 static const char *refusal(pid_t owner, pid_t self) {
-    if (owner != vmsp_forked_from || getsid(0) != self || !holds_a_listener()) return "";  // not a daemon's case
+    static char other[96];
+    if (getsid(0) != self || !holds_a_listener()) return "";  // not a daemon's case
+    if (owner != vmsp_forked_from) {
+        snprintf(other, sizeof other, "its parent at the fork, process %d, did not offer them", (int)vmsp_forked_from);
+        return other;
+    }
     if (!vmsp_child_setup_whole()) return "it was forked while another thread was inside the set-up";
     if (vmsp_welcome_book_forks() != 1) return "another child of that process shares the listener";
     if (vmsp_uring_reason()) return "io_uring is in use";
@@ -55,8 +60,9 @@ void vmsp_adopt_orphaned_listeners(void) {
     looked = 1;
     const char *why = refusal(owner, self);
     if (why) {
-        if (*why) vmsp_debug("listeners of process %d, which offered shared memory: tcp only here (%s)", (int)owner,
-                             why);
+        if (*why) {
+            vmsp_debug("listeners of process %d, which offered shared memory: tcp only here (%s)", (int)owner, why);
+        }
         return;
     }
     int saved = errno;

@@ -168,15 +168,17 @@ static int stdio_of(struct vmsp_conn *c) {
 }
 
 // Whether the connection goes to the new image on purpose, so that its relay may read for it while others hold
-// it (relay_turn): as its standard input, output or error, or copied by one of posix_spawn's file `actions`. Not
-// merely because the spawn has file actions: a socket leaked into a child that never reads it would lose to the
-// relay the bytes its parent reads after (they go with the child).
-static int on_purpose(struct vmsp_conn *c, const posix_spawn_file_actions_t *actions) {
-    if (stdio_of(c)) return 1;
+// it (relay_turn): as its standard input, output or error (this process's, which a spawn's file actions may
+// still replace), made inheritable by the program itself (`handed`: its close-on-exec flag cleared), or copied
+// by one of posix_spawn's file `actions`. Not merely because the spawn has file actions: a socket leaked into a
+// child that never reads it would lose to the relay the bytes its parent reads after (they would go with it).
+static int on_purpose(struct vmsp_ref *r, const posix_spawn_file_actions_t *actions) {
+    if (stdio_of(r->conn) || atomic_load(&r->handed)) return 1;
+    if (!actions) return 0;
     int high = atomic_load(&vmsp_table_high);
-    for (int fd = 0; actions && fd <= high && fd < vmsp_table_size; fd++) {
-        struct vmsp_ref *r = vmsp_lookup(fd);
-        if (r && r->conn == c && vmsp_spawn_copies(actions, fd)) return 1;
+    for (int fd = 0; fd <= high && fd < vmsp_table_size; fd++) {
+        struct vmsp_ref *other = vmsp_lookup(fd);
+        if (other && other->conn == r->conn && vmsp_spawn_copies(actions, fd)) return 1;
     }
     return 0;
 }
@@ -209,7 +211,12 @@ static void prepare(struct vmsp_relays *plan, const posix_spawn_file_actions_t *
                 REAL(close)(saved);
                 continue;
             }
-            int go = -1, app = start_relay(r->conn, fd, &go, on_purpose(r->conn, actions));
+            int claim = on_purpose(r, actions), go = -1, app = start_relay(r->conn, fd, &go, claim);
+            if (app >= 0 && !claim) {
+                vmsp_debug("exec: fd %d, a shared-memory connection not handed over on purpose (not standard input, "
+                           "output or error, nor made inheritable or copied by the program): its relay reads for "
+                           "the new image only once the other holders closed it", fd);
+            }
             if (app < 0) {
                 // The new image gets a socket whose peer is gone in its place: end of stream, never a wake-up byte
                 // read as data, even in a program that does not load this library.

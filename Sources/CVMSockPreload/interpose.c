@@ -649,6 +649,14 @@ static int after_dup(int old_fd, int new_fd) {
     return new_fd;
 }
 
+// A connection the program made inheritable itself (see vmsp_ref.handed), as Python's subprocess does for
+// pass_fds in the child it execs. Not a dup2 to a number of its choice: bash keeps `exec 5<>/dev/tcp/...` that
+// way for every command it runs, most of which never read it.
+static void note_handed(int fd) {
+    struct vmsp_ref *r = vmsp_inside ? NULL : vmsp_lookup(fd);
+    if (r && !atomic_load_explicit(&r->handed, memory_order_relaxed)) atomic_store(&r->handed, 1);
+}
+
 // dup2/dup3 onto a descriptor that was a connection of ours closes that one: drop its name first.
 static void before_replace(int old_fd, int new_fd) {
     if (old_fd == new_fd || vmsp_inside) return;
@@ -687,6 +695,7 @@ static int fcntl_common(int (*real)(int, int, ...), int fd, int cmd, void *arg) 
     int result = real(fd, cmd, arg);
     if (result < 0 || vmsp_inside) return result;
     if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) return after_dup(fd, result);
+    if (cmd == F_SETFD && !((int)(intptr_t)arg & FD_CLOEXEC)) note_handed(fd);
     if (cmd == F_SETFL) {
         struct vmsp_ref *r = vmsp_lookup(fd);
         if (r) atomic_store(&r->conn->nonblocking, ((int)(intptr_t)arg & O_NONBLOCK) != 0);

@@ -198,6 +198,9 @@ struct vmsp_ref {
     // Which connection this is, never reused within the process (unlike the ref's or the page's address): what a
     // parked epoll registration is matched with (epoll.c).
     uint64_t serial;
+    // The program cleared a descriptor's close-on-exec flag itself (fcntl F_SETFD): a new image that inherits it
+    // gets it on purpose (ferry.c, on_purpose).
+    atomic_int handed;
 };
 
 // The connection's locks are robust: a lock whose holder died (a forked sibling killed inside a read) is taken
@@ -296,9 +299,9 @@ struct vmsp_relays {
 };
 /// Before exec, outside a vfork child: a relay for each connection the new image inherits (not close-on-exec).
 void vmsp_relay_prepare(struct vmsp_relays *plan);
-/// The same for posix_spawn, with its file actions (NULL for none): with any, the connection may be handed over
-/// on purpose, so its relay may read while the parent keeps its copy; and a close-on-exec socket they copy
-/// (vmsp_spawn_copies) goes to the new image too.
+/// The same for posix_spawn, with its file actions (NULL for none): a close-on-exec socket they copy
+/// (vmsp_spawn_copies) goes to the new image too, and a connection they copy is handed over on purpose, so its
+/// relay may read while the parent keeps its copy (ferry.c, on_purpose).
 void vmsp_relay_prepare_spawn(struct vmsp_relays *plan, const posix_spawn_file_actions_t *actions);
 /// Whether posix_spawn's `actions` copy `fd` (one of our sockets) to a number in the new image (actions.c).
 int vmsp_spawn_copies(const posix_spawn_file_actions_t *actions, int fd);

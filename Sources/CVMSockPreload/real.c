@@ -145,10 +145,11 @@ pid_t vmsp_fork_quietly(void) {
     return pid;
 }
 
-static pid_t forking_process;  // the parent, as the child reads it: getppid there may already be init's
+// The parent, as the child reads it: getppid there may already be init's (or a subreaper's).
+static _Atomic pid_t forking_process;
 
 static void before_fork(void) {
-    forking_process = getpid();
+    atomic_store_explicit(&forking_process, getpid(), memory_order_relaxed);
     atomic_fetch_add(&vmsp_forks_in_flight, 1);
     close_setup();  // first: a thread inside the set-up may be about to take the locks below
     pthread_mutex_lock(&internal_lock);
@@ -169,6 +170,7 @@ static void after_fork_parent(void) {
 static atomic_int child_setup_whole;
 
 static void after_fork_child(void) {
+    vmsp_forked_from = atomic_load_explicit(&forking_process, memory_order_relaxed);
     // The gate first: closing an inherited connection below may call the set-up (to release its link). What it
     // counted at the fork says whether a thread was inside (or about to look at the closed gate: counted too);
     // and a copy of a copy that was not whole is not whole either (a grandchild of such a fork).
@@ -180,7 +182,6 @@ static void after_fork_child(void) {
     vmsp_self_pid = getpid();
     atomic_store(&vmsp_forked_child, 1);
     atomic_store(&vmsp_parent_forked, 0);  // this process has forked nobody yet
-    vmsp_forked_from = forking_process;
     vmsp_forget_wakeups();
     for (int i = 0; i < VMSP_TALLIES; i++) atomic_store_explicit(&tallies[i], 0, memory_order_relaxed);
     for (int i = 0; i < internal_count; i++) REAL(close)(internal_fds[i]);

@@ -505,7 +505,7 @@ static void spawn_leaked(void) {
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    char *argv[] = { "sleep", "0.3", NULL };
+    char *argv[] = { "sleep", "1", NULL };
     pid_t pid;
     int spawned = posix_spawn(&pid, "/bin/sleep", &actions, NULL, argv, environ);
     posix_spawn_file_actions_destroy(&actions);
@@ -515,6 +515,34 @@ static void spawn_leaked(void) {
     long n = readable(s, 2000) ? read_full(s, text, 5) : -2;
     SHOW("posix_spawn, a leaked socket: child exit status", "%d", status);
     SHOW("posix_spawn, a leaked socket: the parent read", "%s", n == 5 ? text : "(nothing)");
+    close(c);
+    close(s);
+}
+
+// The same spawn, with the connection passed on purpose by its number: the program cleared its close-on-exec
+// flag itself (as Python's subprocess does for pass_fds), and the child reads "hello" there and answers while the
+// parent keeps its copy and waits for the child. Under vmsock-run the relay reads for the child.
+static void spawn_passed(void) {
+    int c, s;
+    pair(&c, &s);
+    fcntl(s, F_SETFD, FD_CLOEXEC);
+    fcntl(s, F_SETFD, 0);
+    CHECK("posix_spawn, a passed socket: parent writes", write(c, "hello", 5));
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    char number[16];
+    snprintf(number, sizeof number, "%d", s);
+    char *argv[] = { self_path, "exec-answer", number, NULL };
+    pid_t pid;
+    fflush(stdout);
+    int spawned = posix_spawn(&pid, self_path, &actions, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    int status = spawned == 0 ? child_status(pid) : -1;
+    char text[8] = "";
+    long n = read_full(c, text, 5);
+    SHOW("posix_spawn, a passed socket: child exit status", "%d", status);
+    SHOW("posix_spawn, a passed socket: the parent's client read", "%s", n == 5 ? text : "(nothing)");
     close(c);
     close(s);
 }
@@ -558,12 +586,12 @@ static void spawn_unloaded(const char *label, const char *program, int search, c
     close(c);
 }
 
+static void on_signal(int sig) { (void)sig; }
+
 // Two such programs. This one, by name along PATH (posix_spawnp), in an environment whose LD_PRELOAD names
 // another library only (as a program that sets its own passes): it must get that LD_PRELOAD, and not ours. And a
 // static build of it (PRELOAD_FORK_STATIC, which the test makes), in the environment as it is, whose LD_PRELOAD
 // it ignores.
-static void on_signal(int sig) { (void)sig; }
-
 static void spawn_without_library(void) {
     // Signal state that exec keeps (ignored, blocked) or resets (a handler), which the programs print.
     sigset_t usr2, mask;
@@ -750,7 +778,7 @@ int main(int argc, char **argv) {
     if (n > 0) self_path[n] = 0;
     signal(SIGPIPE, SIG_IGN);
     if (argc == 3 && strcmp(argv[1], "daemon-cases") == 0) {
-        for (int i = 0; i < atoi(argv[2]); i++) daemon_case(0);
+        for (int i = 0, count = atoi(argv[2]); i < count; i++) daemon_case(0);
         return 0;
     }
     listener = listen_local();
@@ -772,6 +800,7 @@ int main(int argc, char **argv) {
     spawn_inherited();
     spawn_cloexec();
     spawn_leaked();
+    spawn_passed();
     raw_clone_exec();
     spawn_without_library();
     daemon_case(0);
