@@ -311,10 +311,10 @@ void vmsp_relay_spawned(struct vmsp_relays *plan, int started) {
 //   only a holder's fork adds one), looked at every 50 ms (nothing wakes the relay when another holder closes);
 // - or, while others hold it, once bytes have waited in the ring for 20 ms with none of them reading or waiting
 //   to read since the relay started (each read and each wait to read names its process in the connection's
-//   page: vmsp_note_reader), if the connection was handed over on purpose: it is the new image's standard
-//   input, output or error, or a posix_spawn file action copies it (on_purpose). A socket merely leaked into a
-//   helper waits for its other holders to close it. Once another process reads or waits, the relay leaves the
-//   bytes to it until it is alone.
+//   page: vmsp_note_reader), if the connection was handed over on purpose (on_purpose): it is the new image's
+//   standard input, output or error, the program cleared its close-on-exec flag, or a posix_spawn file action
+//   copies it. A socket merely leaked into a helper waits for its other holders to close it. Once another
+//   process reads or waits, the relay leaves the bytes to it until it is alone.
 enum { LOOK_MS = 50, CLAIM_MS = 20 };
 int vmsp_relay_process;
 enum turn { HOLD, WATCH, READ };  // leave the ring alone; wait for bytes there; read it
