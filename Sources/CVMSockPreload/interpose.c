@@ -653,7 +653,7 @@ static int after_dup(int old_fd, int new_fd) {
 // pass_fds in the child it execs. Not a dup2 to a number of its choice: bash keeps `exec 5<>/dev/tcp/...` that
 // way for every command it runs, most of which never read it.
 static void note_handed(int fd) {
-    struct vmsp_ref *r = vmsp_inside ? NULL : vmsp_lookup(fd);
+    struct vmsp_ref *r = vmsp_lookup(fd);  // its caller, fcntl_common, has already left the library's own calls out
     if (r && !atomic_load_explicit(&r->handed, memory_order_relaxed)) atomic_store(&r->handed, 1);
 }
 
