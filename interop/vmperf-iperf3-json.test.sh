@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # vmperf -J, read by code written for iperf3: the TestResult parser of the Python "iperf3" module (PyPI), and a
 # key-by-key comparison with the document the real iperf3 writes on this machine (every key iperf3 writes must
-# be there with the same JSON type, except those that describe the kernel's TCP stack: cwnd, rtt, buffers...;
-# retransmits is there: the kernel's count over TCP, 0 over shared memory).
+# be there with the same JSON type, except those that describe the kernel's TCP stack: rtt, buffers...;
+# retransmits is there: the kernel's count over TCP, 0 over shared memory; so is a sender's snd_cwnd: TCP's
+# congestion window, the ring's size over shared memory).
 source "$(dirname "$0")/lib.sh"
 need iperf3 python3
 VMPERF=$BIN/vmperf
@@ -19,7 +20,7 @@ run_vmperf() {  # name, client flags...
     local port; port=$(free_port)
     start "$VMPERF" -s -1 -p "$port" -J > "$WORK/$name-server.json"
     local server=$LAST
-    wait_listening 0.0.0.0 "$port"
+    wait_listening '\*' "$port"  # as iperf3's: IPv6 and IPv4 on one socket
     "$VMPERF" -c 127.0.0.1 -p "$port" -J "$@" > "$WORK/$name.json" || fail "vmperf $* failed: $(cat "$WORK/$name.json")"
     wait_for "$server" 15 || fail "the vmperf server for $name failed"
 }
@@ -69,6 +70,11 @@ for name, role in [("shm", "client"), ("tcp", "client"), ("reverse", "client"), 
         if name in ("reverse", "shm-server") and path.startswith(".intervals") and path.endswith(".retransmits"): continue
         if path not in ours: problems.append(f"{name}: no {path}")
         elif ours[path] != want: problems.append(f"{name}: {path} is a {ours[path]}, iperf3 writes a {want}")
+    # A sender's intervals name its window as iperf3's snd_cwnd: TCP's congestion window, or the ring's 4 MiB.
+    if name in ("shm", "tcp"):
+        windows = [stream.get("snd_cwnd") for interval in json.loads(text)["intervals"] for stream in interval["streams"]]
+        want = (lambda w: w == 4 << 20) if name == "shm" else (lambda w: isinstance(w, int) and w > 0)
+        if not windows or not all(want(w) for w in windows): problems.append(f"{name}: snd_cwnd {windows}")
     vmsock = json.loads(text)["start"]["vmsock"]
     print(f"{name}: TestResult read it; received {result.received_Mbps:.0f} Mbit/s; transport {vmsock['transport_description']}")
 for problem in problems: print("  " + problem)

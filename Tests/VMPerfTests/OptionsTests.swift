@@ -52,6 +52,8 @@ final class OptionsTests: XCTestCase {
             (["-c", "x", "-A", "99"], "-A 99"),
             (["-s", "--transport", "shm"], "--transport is for clients"),
             (["-s", "-R"], "client only (-R)"),
+            (["-c", "x", "-B", "127.0.0.1"], "-B is for the server here"),
+            (["-c", "x", "-4", "-6"], "cannot use -4 and -6 together"),
             (["-s", "-t", "5"], "client only (-t)"),
             (["-c", "x", "-1"], "server only (-1)"),
             (["-c", "x", "-t", "0"], "test duration 0"),

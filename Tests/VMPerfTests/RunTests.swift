@@ -92,21 +92,66 @@ final class RunTests: XCTestCase {
 
     /// The human layout over each transport: the transport named on the connection line, interval lines,
     /// the sender and receiver summary; -f picks the rate's unit, the transfer stays adaptive (as in iperf3).
+    /// The sender's lines carry iperf3's Retr, and its intervals Cwnd: the ring's 4 MiB over shared memory.
     func testHumanOutputOverSharedMemoryAndTCP() throws {
         for (transport, expected) in [("shm", "via shared memory"), ("tcp", "via TCP (shared memory off by policy)")] {
-            let (client, _) = try VMPerf.clientAgainstServer(["-t", "0.4", "-i", "0.2", "-f", "K", "--transport", transport])
+            let (client, server) = try VMPerf.clientAgainstServer(["-t", "0.4", "-i", "0.2", "-f", "K", "--transport", transport])
             XCTAssertEqual(client.status, 0, client.stderr)
             let lines = client.stdout.split(separator: "\n").map(String.init)
             XCTAssertTrue(lines.contains { $0.hasPrefix("[  1] local ") && $0.hasSuffix(expected) }, client.stdout)
-            XCTAssertTrue(lines.contains("[ ID] Interval           Transfer     Bitrate"), client.stdout)
+            XCTAssertTrue(lines.contains("[ ID] Interval           Transfer     Bitrate         Retr  Cwnd"), client.stdout)
+            XCTAssertTrue(lines.contains("[ ID] Interval           Transfer     Bitrate         Retr"), client.stdout)
+            let intervals = lines.filter { $0.hasPrefix("[  1]") && $0.contains(" sec ") && !$0.hasSuffix("er") }
+            XCTAssertFalse(intervals.isEmpty, client.stdout)
+            for line in intervals {  // "...  KBytes/sec    0   4.00 MBytes       "
+                let columns = line.components(separatedBy: "/sec").last?.split(separator: " ") ?? []
+                XCTAssertEqual(columns.count, 3, "Retr and Cwnd: \(line)")
+                XCTAssertNotNil(columns.first.flatMap { Int($0) }, "Retr: \(line)")
+                if transport == "shm" { XCTAssertEqual(columns.dropFirst().joined(separator: " "), "4.00 MBytes", line) }
+            }
             let summary = lines.filter { $0.hasSuffix("sender") || $0.hasSuffix("receiver") }
             XCTAssertEqual(summary.count, 2, client.stdout)
             for line in summary {
                 XCTAssertTrue(line.contains("KBytes/sec"), line)
                 XCTAssertTrue(line.contains("MBytes  ") || line.contains("GBytes  "), "adaptive transfer: \(line)")
+                let columns = line.components(separatedBy: "/sec").last?.split(separator: " ") ?? []
+                XCTAssertEqual(columns.count, line.hasSuffix("sender") ? 2 : 1, "Retr on the sender's line only: \(line)")
             }
             XCTAssertEqual(lines.last, "vmperf Done.")
+            // The server received: no Retr over its intervals; its summary shows the client's.
+            let serverLines = server.stdout.split(separator: "\n").map(String.init)
+            XCTAssertTrue(serverLines.contains("[ ID] Interval           Transfer     Bitrate"), server.stdout)
+            XCTAssertTrue(serverLines.contains("[ ID] Interval           Transfer     Bitrate         Retr"), server.stdout)
         }
+    }
+
+    /// As iperf3, the server listens on IPv6 and IPv4 at once: a client of ::1 and one of 127.0.0.1 both reach
+    /// it over shared memory, and the server names an IPv4 client as IPv4. -4 and -6 keep a client to one
+    /// family; -B puts the server on one address.
+    func testAddressFamilies() throws {
+        let port = String(VMPerf.freePort())
+        let server = try VMPerf.Running(["-s", "-p", port])
+        defer { _ = server.wait(timeout: 0) }
+        VMPerf.waitForListener(port: port)
+        let six = try VMPerf.run(["-c", "::1", "-p", port, "-t", "0.2"])
+        XCTAssertEqual(six.status, 0, six.stderr)
+        XCTAssertTrue(six.stdout.contains("local ::1 port "), six.stdout)
+        XCTAssertTrue(six.stdout.contains("connected to ::1 port \(port) via shared memory"), six.stdout)
+        let four = try VMPerf.run(["-c", "localhost", "-4", "-p", port, "-t", "0.2"])
+        XCTAssertEqual(four.status, 0, four.stderr)
+        XCTAssertTrue(four.stdout.contains("connected to 127.0.0.1 port \(port) via shared memory"), four.stdout)
+        let wrong = try VMPerf.run(["-c", "127.0.0.1", "-6", "-p", port, "-t", "0.2"])
+        XCTAssertNotEqual(wrong.status, 0)
+        XCTAssertTrue(wrong.stderr.contains("only IPv6 is allowed"), wrong.stderr)
+
+        let boundPort = String(VMPerf.freePort())
+        let bound = try VMPerf.Running(["-s", "-1", "-B", "127.0.0.1", "-p", boundPort])
+        VMPerf.waitForListener(port: boundPort)
+        let refused = try VMPerf.run(["-c", "::1", "-p", boundPort, "-t", "0.2"])
+        XCTAssertNotEqual(refused.status, 0, "a server on 127.0.0.1 only does not answer on ::1")
+        let client = try VMPerf.run(["-c", "127.0.0.1", "-p", boundPort, "-t", "0.2"])
+        XCTAssertEqual(client.status, 0, client.stderr)
+        XCTAssertEqual(bound.wait(timeout: 15).status, 0)
     }
 
     /// Over shared memory, `end.vmsock.streams[]` gives each side's sleeps and doorbell rings; over TCP there

@@ -44,6 +44,8 @@ protocol StreamEngine: AnyObject, Sendable {
     var receiveCapacity: Int { get }
     /// Segments sent more than once (TCP_INFO); 0 where nothing is ever sent twice; nil when unknown.
     var retransmissions: Int? { get }
+    /// Bytes the sender may have in flight (iperf3's Cwnd): TCP's congestion window; the ring's size; nil when unknown.
+    var congestionWindow: Int? { get }
     /// Sleeps and doorbell rings; nil where the kernel does the waiting.
     var waitStatistics: WaitStatistics? { get }
     /// The process at the other end, where the engine can know it.

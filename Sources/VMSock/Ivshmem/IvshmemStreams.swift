@@ -93,14 +93,15 @@ extension IvshmemNode {
         for index in 0..<view.arena.listenEntries {
             let entry = view.arena.listenEntryOffset(index)
             let word = view.load64(entry + IvshmemArena.ListenOffset.owner)
+            let entryFamily = view.load8(entry + IvshmemArena.ListenOffset.family)
             guard let owner = IvshmemArena.Owner(word: word), view.load32(entry + IvshmemArena.ListenOffset.published) == 1,
-                view.load16(entry + IvshmemArena.ListenOffset.port) == target.port,
-                view.load8(entry + IvshmemArena.ListenOffset.family) == family
+                view.load16(entry + IvshmemArena.ListenOffset.port) == target.port, entryFamily == family || entryFamily == 6
             else { continue }
             let address = view.loadBytes16(entry + IvshmemArena.ListenOffset.address)
             let ours = view.load64(entry + IvshmemArena.ListenOffset.hostKey) == hostKey
             guard view.load64(entry + IvshmemArena.ListenOffset.owner) == word, view.isCurrent(owner) else { continue }
-            if address == wanted && (!target.isLoopback || ours) { return owner }
+            if entryFamily == family && address == wanted && (!target.isLoopback || ours) { return owner }
+            // A wildcard of the dialed family, or IPv6's (`::`, which accepts IPv4 too, as over TCP).
             if address == zero && ours && wildcard == nil && LocalAddresses.isLocal(target) { wildcard = owner }
         }
         return wildcard
@@ -116,8 +117,8 @@ extension IvshmemNode {
         return host
     }
 
-    /// A listener of vmsockd's host (`hostKey`) on `port`, on the wildcard or loopback address: what QEMU user
-    /// networking connects 10.0.2.2 to.
+    /// A listener of vmsockd's host (`hostKey`) on `port`, on the IPv4 wildcard or loopback address or on IPv6's
+    /// wildcard (which accepts IPv4 too): what QEMU user networking connects 10.0.2.2 to.
     private func findHostListener(port: UInt16, hostKey host: UInt64) -> IvshmemArena.Owner? {
         let zero = [UInt8](repeating: 0, count: 16)
         let loopback = [127, 0, 0, 1] + [UInt8](repeating: 0, count: 12)
@@ -126,11 +127,11 @@ extension IvshmemNode {
             let word = view.load64(entry + IvshmemArena.ListenOffset.owner)
             guard let owner = IvshmemArena.Owner(word: word), view.load32(entry + IvshmemArena.ListenOffset.published) == 1,
                 view.load16(entry + IvshmemArena.ListenOffset.port) == port,
-                view.load8(entry + IvshmemArena.ListenOffset.family) == 4,
                 view.load64(entry + IvshmemArena.ListenOffset.hostKey) == host
             else { continue }
+            let family = view.load8(entry + IvshmemArena.ListenOffset.family)
             let address = view.loadBytes16(entry + IvshmemArena.ListenOffset.address)
-            guard address == zero || address == loopback else { continue }
+            guard (family == 4 || family == 6) && address == zero || family == 4 && address == loopback else { continue }
             guard view.load64(entry + IvshmemArena.ListenOffset.owner) == word, view.isCurrent(owner) else { continue }
             return owner
         }
@@ -366,15 +367,17 @@ final class IvshmemListening: @unchecked Sendable {  // immutable
 
     var port: UInt16 { bound.port }
 
-    /// Publishes `bound` (and, for a wildcard, each address of this host's interfaces of its family, so that a
-    /// peer on another host, a guest, finds it by the address it dials).
+    /// Publishes `bound` (and, for a wildcard, each address of this host's interfaces of its family, and of
+    /// IPv4's too for IPv6's wildcard, which accepts both, so that a peer on another host, a guest, finds it by the
+    /// address it dials).
     init(node: IvshmemNode, bound: IPEndpoint, options: VMSocketOptions) throws(VMSockError) {
         self.node = node
         self.bound = bound
         self.options = options
         var entries: [Int] = []
         do throws(VMSockError) {
-            let addresses = [bound] + (bound.isWildcard ? LocalAddresses.interfaceAddresses(bound.family) : [])
+            var addresses = [bound] + (bound.isWildcard ? LocalAddresses.interfaceAddresses(bound.family) : [])
+            if bound.isWildcard && bound.family == .v6 { addresses += LocalAddresses.interfaceAddresses(.v4) }
             for address in addresses { entries.append(try node.publishListen(address, port: bound.port)) }
         } catch {
             for entry in entries { node.unpublishListen(entry) }

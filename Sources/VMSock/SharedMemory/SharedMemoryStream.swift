@@ -65,6 +65,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     var sendCapacity: Int { link.localRegion.capacity }
     var receiveCapacity: Int { link.peerRegion.capacity }
     var retransmissions: Int? { 0 }  // nothing is ever sent twice
+    var congestionWindow: Int? { sendCapacity }  // all we may have written and the peer not yet read
     var waitStatistics: WaitStatistics? { waits.snapshot }
 
     init(_ link: EstablishedLink) throws(VMSockError) {

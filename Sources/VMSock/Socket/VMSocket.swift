@@ -311,6 +311,10 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
     /// if the kernel does not say; over shared memory 0, since nothing is ever sent twice.
     public var retransmissions: Int? { engine.retransmissions }
 
+    /// Bytes this side may have sent and not yet seen taken, as iperf3's Cwnd: over TCP the kernel's congestion
+    /// window (TCP_INFO), nil if the kernel does not say; over shared memory the size of the ring it writes.
+    public var congestionWindow: Int? { engine.congestionWindow }
+
     /// How often this connection's calls slept and rang the peer (see `WaitStatistics`); nil over TCP, whose
     /// waits happen in the kernel.
     public var waitStatistics: WaitStatistics? { engine.waitStatistics }

@@ -36,10 +36,14 @@ final class TCPStream: StreamEngine, @unchecked Sendable {  // reader state is t
 
     /// Segments the kernel sent again (TCP_INFO's tcpi_total_retrans), or nil when it cannot say (or the
     /// socket is closed).
-    var retransmissions: Int? {
-        try? socket.use("socket") { fd throws(VMSockError) -> Int in
-            let info = try Sys.getOption(fd, Int32(IPPROTO_TCP), TCP_INFO, tcp_info(), "getsockopt(TCP_INFO)")
-            return Int(info.tcpi_total_retrans)
+    var retransmissions: Int? { info.map { Int($0.tcpi_total_retrans) } }
+
+    /// The congestion window in bytes (TCP_INFO's tcpi_snd_cwnd segments of tcpi_snd_mss), or nil as above.
+    var congestionWindow: Int? { info.map { Int($0.tcpi_snd_cwnd) * Int($0.tcpi_snd_mss) } }
+
+    private var info: tcp_info? {
+        try? socket.use("socket") { fd throws(VMSockError) -> tcp_info in
+            try Sys.getOption(fd, Int32(IPPROTO_TCP), TCP_INFO, tcp_info(), "getsockopt(TCP_INFO)")
         }
     }
 

@@ -35,6 +35,12 @@ struct Options: ParsableCommand {
     var latency = false
     @Option(name: [.customShort("p"), .customLong("port")], parsing: .unconditional, help: "Server port to listen on / connect to.")
     var port: Int = 5201
+    @Option(name: [.customShort("B"), .customLong("bind")], help: "Server: listen on this address only (default: every IPv6 and IPv4 address).")
+    var bind: String?
+    @Flag(name: [.customShort("4"), .customLong("version4")], help: "Only use IPv4.")
+    var version4 = false
+    @Flag(name: [.customShort("6"), .customLong("version6")], help: "Only use IPv6.")
+    var version6 = false
     @Option(name: [.customShort("t"), .customLong("time")], parsing: .unconditional, help: "Time in seconds to transmit for (default 10; --compare: 2 per workload).")
     var time: Double?
     @Option(name: [.customShort("n"), .customLong("bytes")], parsing: .unconditional, help: "Number of bytes to transmit (instead of -t), e.g. 1G.")
@@ -131,6 +137,11 @@ struct Options: ParsableCommand {
             throw ValidationError("report interval \(interval) is out of range (0, or 0.1 to 60 seconds)")
         }
         guard !(reverse && bidir) else { throw ValidationError("cannot use -R and --bidir together") }
+        guard !(version4 && version6) else { throw ValidationError("cannot use -4 and -6 together") }
+        if let bind, bind.isEmpty { throw ValidationError("-B needs an address") }
+        if bind != nil && !server {
+            throw ValidationError("-B is for the server here: a client's connection leaves from the address the route to the server gives")
+        }
         if let ringSize, !Self.validRing(ringSize.value) {
             throw ValidationError("ring size \(ringSize.value) is invalid (a power of two, 4096 to 67108864)")
         }
@@ -171,7 +182,7 @@ struct Options: ParsableCommand {
         for (index, word) in arguments.enumerated() {
             if word == "--" { return out + arguments[index...] }
             let chars = Array(word)
-            if chars.count > 2, chars[0] == "-", chars[1] != "-", "cptnklPif".contains(chars[1]) {
+            if chars.count > 2, chars[0] == "-", chars[1] != "-", "cptnklPifB".contains(chars[1]) {
                 out += [String(chars[0...1]), String(chars[2...])]
             } else {
                 out.append(word)
@@ -204,6 +215,9 @@ struct Options: ParsableCommand {
             return false
         }
     }
+
+    /// -4 or -6: the one address family to use; nil for both.
+    var addressFamily: IPEndpoint.Family? { version4 ? .v4 : version6 ? .v6 : nil }
 
     /// Block size: -l, or iperf3's default (128 KiB), or 64 bytes for round trips.
     var blockSize: Int { length?.value ?? (latency ? 64 : 128 << 10) }

@@ -2,13 +2,24 @@ import Foundation
 import Histogram
 
 /// iperf3's human-readable layout: `[  1]   0.00-1.00   sec  3.22 GBytes  27.7 Gbits/sec`, `[SUM]` lines when
-/// there are several streams, and sender/receiver lines in the summary.
+/// there are several streams, and sender/receiver lines in the summary. A sending stream's lines add iperf3's
+/// Retr (segments sent again) and, in the intervals, Cwnd (what it may have in flight: TCP's congestion window,
+/// or the ring's size).
 enum HumanLines {
     static let separator = "- - - - - - - - - - - - - - - - - - - - - - - - -"
 
-    static func header(roles: Bool, latency: Bool) -> String {
+    /// The sender's columns a header names: none, Retr (the summary), or Retr and Cwnd (the intervals).
+    enum Columns { case none, retransmits, retransmitsAndWindow }
+
+    static func header(roles: Bool, latency: Bool, columns: Columns = .none) -> String {
         let id = roles ? "[ ID][Role]" : "[ ID]"
-        return latency ? "\(id) Interval           Round trips  Mean round trip" : "\(id) Interval           Transfer     Bitrate"
+        if latency { return "\(id) Interval           Round trips  Mean round trip" }
+        let sender = switch columns {
+        case .none: ""
+        case .retransmits: "         Retr"
+        case .retransmitsAndWindow: "         Retr  Cwnd"
+        }
+        return "\(id) Interval           Transfer     Bitrate" + sender
     }
 
     /// "[  1]", "[ 12]", "[SUM]".
@@ -23,7 +34,13 @@ enum HumanLines {
         let interval = String(format: "%6.2f-%-6.2f sec", span.start, span.end)
         let transfer = Units.transfer(Double(span.bytes))
         let rate = Units.rate(span.bytesPerSecond, format)
-        let tail = tag.map { "                  \($0)" } ?? ""
+        let tail: String
+        if let retransmits = span.retransmits {  // a sending stream's
+            let window = span.window.map { "   " + Units.transfer(Double($0)) + "       " } ?? "             "
+            tail = String(format: "  %3d", retransmits) + window + (tag ?? "")
+        } else {
+            tail = tag.map { "                  \($0)" } ?? ""
+        }
         return "\(idText)\(roleText) \(interval)  \(transfer)  \(rate)\(tail)"
     }
 

@@ -75,6 +75,7 @@ enum JSONDocument {
             ("bits_per_second", .double(span.bytesPerSecond * 8)),
         ]
         if let retransmits = span.retransmits { members.append(("retransmits", .int(retransmits))) }  // senders only
+        if let window = span.window { members.append(("snd_cwnd", .int(window))) }  // a sender's interval
         if latency { members.append(("round_trips", .int(span.roundTrips))) }
         if includeOmitted { members.append(("omitted", .bool(false))) }
         members.append(("sender", .bool(span.sender)))

@@ -31,6 +31,7 @@ struct Client {
         case .tcp, .unix: socket.transport = .tcp
         }
         socket.ringSize = options.effectiveRingSize
+        socket.addressFamily = options.addressFamily
         socket.connectTimeout = .seconds(10)
         return socket
     }
@@ -88,8 +89,8 @@ struct Client {
         if parameters.mode == .latency {
             report.line("Round trips of \(parameters.blockSize) bytes, \(parameters.streams) stream(s)")
         }
-        report.line(HumanLines.header(roles: parameters.bidir, latency: parameters.mode == .latency))
         let intervals = IntervalReport(parameters: parameters, side: .client, report: report, format: options.format)
+        report.line(intervals.header(connections))
         let run = TestRun(parameters, side: .client, connections: connections, cpu: options.cpus.local)
         let outcome = try run.run(printInterval: intervals.print)
         try channel.send(SideResults(cpu: outcome.cpu, streams: outcome.streams))

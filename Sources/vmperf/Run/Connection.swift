@@ -16,13 +16,24 @@ struct Connection {
     struct Endpoint {
         var host: String
         var port: Int
+
+        init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+
+        /// As iperf3 prints it: an IPv4 peer of a dual-stack listener as IPv4 (127.0.0.1, not ::ffff:127.0.0.1).
+        init(_ address: IPEndpoint) {
+            let shown = address.mappedIPv4 ?? address
+            self.init(host: shown.host, port: Int(shown.port))
+        }
     }
 
     init(index: Int, _ socket: VMSocket) {
         self.index = index
         carrier = .socket(socket)
-        local = Endpoint(host: socket.localAddress.host, port: Int(socket.localAddress.port))
-        remote = Endpoint(host: socket.peerAddress.host, port: Int(socket.peerAddress.port))
+        local = Endpoint(socket.localAddress)
+        remote = Endpoint(socket.peerAddress)
     }
 
     init(index: Int, _ unix: UnixStream, port: Int) {
@@ -73,6 +84,13 @@ struct Connection {
         case .socket(let socket): socket.retransmissions
         case .unix: 0
         }
+    }
+
+    /// What the stream may have in flight, as iperf3's Cwnd: TCP's congestion window, or the ring's size; nil
+    /// for a Unix socket, which has none.
+    var congestionWindow: Int? {
+        if case .socket(let socket) = carrier { return socket.congestionWindow }
+        return nil
     }
 
     /// Sleeps and doorbell rings so far, for shared memory.

@@ -14,6 +14,14 @@ struct IntervalReport {
 
     private var latency: Bool { parameters.mode == .latency }
 
+    /// The header over the interval lines: iperf3's Retr and Cwnd when this side sends on some stream.
+    func header(_ connections: [Connection]) -> String {
+        let sends = !latency && (parameters.bidir || parameters.reverse == (side == .server))
+        let columns: HumanLines.Columns = !sends ? .none
+            : connections.contains { $0.congestionWindow != nil } ? .retransmitsAndWindow : .retransmits
+        return HumanLines.header(roles: parameters.bidir, latency: latency, columns: columns)
+    }
+
     /// Prints one interval: a line per stream and, when there are several, a [SUM] line; with --bidir, iperf3's
     /// order: the streams this side sends on and their sum, then the ones it receives on and theirs.
     func print(_ spans: [StreamSpan]) {

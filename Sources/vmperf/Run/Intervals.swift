@@ -10,6 +10,9 @@ struct StreamSpan {
     var sender: Bool
     /// Segments sent again (TCP), for a sending stream; nil when not known.
     var retransmits: Int? = nil
+    /// What a sending stream may have in flight at the interval's end (TCP's congestion window, the ring's
+    /// size); nil in the summary and when not known.
+    var window: Int? = nil
 
     var seconds: Double { end - start }
     var bytesPerSecond: Double { seconds > 0 ? Double(bytes) / seconds : 0 }
@@ -19,22 +22,22 @@ struct StreamSpan {
 final class IntervalSampler: @unchecked Sendable {  // used on the loop thread, then read after the loop stopped
     private let counters: [StreamCounter]
     private let senders: [Bool]
-    private let retransmissions: [() -> Int?]
+    private let sending: [() -> (retransmits: Int?, window: Int?)]
     private let startNanos: Int64
     private var last: [(bytes: Int, trips: Int, retransmits: Int?)]
     private var lastTime = 0.0
     private(set) var intervals: [[StreamSpan]] = []
     private let print: ([StreamSpan]) -> Void
 
-    /// `retransmissions` reads each stream's retransmission count so far (see `Connection.retransmissions`);
-    /// it is asked only for sending streams.
+    /// `sending` reads each stream's retransmission count so far and its window (see `Connection`); it is asked
+    /// only for sending streams.
     init(
-        counters: [StreamCounter], senders: [Bool], retransmissions: [() -> Int?], startNanos: Int64,
+        counters: [StreamCounter], senders: [Bool], sending: [() -> (retransmits: Int?, window: Int?)], startNanos: Int64,
         print: @escaping ([StreamSpan]) -> Void
     ) {
         self.counters = counters
         self.senders = senders
-        self.retransmissions = retransmissions
+        self.sending = sending
         self.startNanos = startNanos
         self.print = print
         last = Array(repeating: (0, 0, 0), count: counters.count)
@@ -50,11 +53,11 @@ final class IntervalSampler: @unchecked Sendable {  // used on the loop thread, 
         for (index, counter) in counters.enumerated() {
             let bytes = counter.bytes.load(ordering: .relaxed)
             let trips = counter.roundTrips.load(ordering: .relaxed)
-            let retransmits = senders[index] ? retransmissions[index]() : nil
+            let (retransmits, window) = senders[index] ? sending[index]() : (nil, nil)
             spans.append(StreamSpan(
                 index: index, start: lastTime, end: now, bytes: bytes - last[index].bytes,
                 roundTrips: trips - last[index].trips, sender: senders[index],
-                retransmits: retransmits.map { $0 - (last[index].retransmits ?? 0) }))
+                retransmits: retransmits.map { $0 - (last[index].retransmits ?? 0) }, window: window))
             last[index] = (bytes, trips, retransmits ?? last[index].retransmits)
         }
         lastTime = now

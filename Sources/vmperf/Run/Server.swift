@@ -17,12 +17,8 @@ struct Server {
         if options.exitOnStdinEof { Self.exitWhenStdinCloses() }
         var socketOptions = VMSocketOptions()
         socketOptions.ringSize = options.effectiveRingSize
-        let listener: VMListener
-        do {
-            listener = try VMListener(host: nil, port: UInt16(options.port), options: socketOptions)
-        } catch {
-            throw Failure("unable to start listener for connections on port \(options.port): \(error)")
-        }
+        socketOptions.addressFamily = options.addressFamily
+        let listener = try Self.listen(options, socketOptions)
         defer { listener.close() }
         listener.isNonBlocking = true
         let unix = try? UnixListener(port: options.port)
@@ -43,6 +39,24 @@ struct Server {
             }
             if options.oneOff { return }
             test += 1
+        }
+    }
+
+    /// As iperf3: on -B's address; else on every IPv6 address and, through the same socket, every IPv4 one (`::`),
+    /// or on every IPv4 address (0.0.0.0) with -4 or where this host has no IPv6.
+    private static func listen(_ options: Options, _ socketOptions: VMSocketOptions) throws -> VMListener {
+        let port = UInt16(options.port)
+        do {
+            if let bind = options.bind { return try VMListener(host: bind, port: port, options: socketOptions) }
+            if options.addressFamily == .v4 { return try VMListener(host: "0.0.0.0", port: port, options: socketOptions) }
+            do {
+                return try VMListener(host: "::", port: port, options: socketOptions)
+            } catch where options.addressFamily == nil && [EAFNOSUPPORT, EADDRNOTAVAIL].contains(error.code) {
+                return try VMListener(host: "0.0.0.0", port: port, options: socketOptions)
+            }
+        } catch {
+            let on = options.bind.map { " on \($0)" } ?? ""
+            throw Failure("unable to start listener for connections\(on) port \(options.port): \(error)")
         }
     }
 

@@ -25,8 +25,8 @@ struct ServerTest {
                                connection.local.host, connection.local.port, connection.remote.host, connection.remote.port)
                         + " via \(connection.transportDescription)")
         }
-        report.line(HumanLines.header(roles: parameters.bidir, latency: parameters.mode == .latency))
         let intervals = IntervalReport(parameters: parameters, side: .server, report: report, format: options.format)
+        report.line(intervals.header(connections))
         let outcome = try runTurningAwayOthers(TestRun(parameters, side: .server, connections: connections, cpu: parameters.serverCPU ?? options.cpus.local), intervals)
         let remote = try channel.receive(SideResults.self, timeout: 60, what: "the client's results").validated()
         try channel.send(SideResults(cpu: outcome.cpu, streams: outcome.streams))

@@ -41,7 +41,8 @@ struct Summary {
     /// The summary lines. The separator comes first unless the last interval printed one already (-P > 1).
     func humanLines() -> [String] {
         var lines = (parameters.intervalsEndWithSeparator ? [] : [HumanLines.separator])
-            + [HumanLines.header(roles: parameters.bidir, latency: false)]
+            + [HumanLines.header(roles: parameters.bidir, latency: false,
+                                 columns: pairs.contains { $0.sender.retransmits != nil } ? .retransmits : .none)]
         // As the intervals: with --bidir, the streams this side sends on and their sums, then the others.
         for group in parameters.directionGroups(pairs, on: side, localSends: \.localSends) {
             for pair in group.items {
@@ -67,10 +68,12 @@ struct Summary {
         }
     }
 
+    /// The streams' sum (iperf3's [SUM]): retransmits summed when every stream's are known, no window.
     static func total(_ spans: [StreamSpan]) -> StreamSpan {
-        StreamSpan(
+        let retransmits = spans.reduce(Int?.some(0)) { sum, span in sum.flatMap { total in span.retransmits.map { total + $0 } } }
+        return StreamSpan(
             index: 0, start: 0, end: spans.map(\.end).max() ?? 0, bytes: spans.reduce(0) { $0 + $1.bytes }, roundTrips: 0,
-            sender: spans.first?.sender ?? false)
+            sender: spans.first?.sender ?? false, retransmits: spans.isEmpty ? nil : retransmits)
     }
 
     func endJSON() -> JSON {

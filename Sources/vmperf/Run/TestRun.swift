@@ -51,7 +51,8 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
         let cpuStart = CPUUsage.Snapshot.now()
         let sampler = IntervalSampler(
             counters: counters, senders: roles.map { $0 == .send || $0 == .ping },
-            retransmissions: connections.map { connection in { connection.retransmissions } }, startNanos: cpuStart.wall,
+            sending: connections.map { connection in { (connection.retransmissions, connection.congestionWindow) } },
+            startNanos: cpuStart.wall,
             print: printInterval)
         let timers = startTimers(on: loopThread.loop, sampler)
         let done = DispatchGroup()
