@@ -21,9 +21,6 @@ enum Netcat {
 
     private static func connect(_ options: Options) throws(Failure) {
         let host = options.host ?? "localhost"
-        if options.sourcePort != nil {
-            throw Failure(message: "-p (source port) is only supported with -l")
-        }
         // The loop first: a process short of descriptors then falls back to TCP on connect, instead of making a
         // shared-memory connection it cannot pump.
         let loop = options.scanOnly ? nil : try makeLoop()

@@ -24,6 +24,7 @@ struct Options: Equatable {
     var verbose = false          // -v
     var help = false             // -h
     var sourcePort: UInt16? = nil  // -p (with -l: the port to listen on)
+    var sourceAddress: String? = nil  // -s (with -l: the address to listen on)
     var transport: TransportPolicy? = nil
     var ringSize: Int? = nil
     var host: String? = nil
@@ -35,7 +36,7 @@ struct Options: Equatable {
     }
 
     static let usage = """
-        usage: vmcat [-46dhklNvz] [-p port] [-q seconds] [-w timeout]
+        usage: vmcat [-46dhklNvz] [-p port] [-q seconds] [-s sourceaddr] [-w timeout]
         \t     [--transport auto|shm|tcp|ivshmem] [--ring-size bytes] [destination] [port]
         """
 
@@ -50,6 +51,7 @@ struct Options: Equatable {
         \t\t-l		Listen mode, for inbound connects
         \t\t-N		Shutdown the network socket after EOF on stdin
         \t\t-p port		Specify local port (with -l: the port to listen on)
+        \t\t-s sourceaddr	Local source address (with -l: the address to listen on)
         \t\t-q secs		quit after EOF on stdin and delay of secs (implies -N; negative: wait forever)
         \t\t-v		Verbose: say what happened, and which transport carries the bytes
         \t\t-w timeout	Timeout for connects and final net reads (idle time)
@@ -115,6 +117,9 @@ struct Options: Equatable {
                     case "p":
                         options.sourcePort = try port(try value(rest, "p"))
                         rest = ""
+                    case "s":
+                        options.sourceAddress = try value(rest, "s")
+                        rest = ""
                     case "q":
                         let text = try value(rest, "q")
                         guard let seconds = Double(text), seconds.isFinite else {
@@ -161,6 +166,10 @@ struct Options: Equatable {
             case (0, nil): throw UsageError(message: "missing port number")
             default: throw UsageError(message: "cannot use -p and a port together with -l")
             }
+            if let sourceAddress {
+                if host != nil { throw UsageError(message: "cannot use -s and an address together with -l") }
+                host = sourceAddress
+            }
         } else {
             if keepListening { throw UsageError(message: "must use -l with -k") }
             switch operands.count {
@@ -170,7 +179,17 @@ struct Options: Equatable {
             default: throw UsageError(message: "too many arguments: \(operands[2...].joined(separator: " "))")
             }
             if port == 0 { throw UsageError(message: "port number invalid: 0") }
+            if let sourceAddress, IPEndpoint(numericHost: sourceAddress, port: 0) == nil {
+                throw UsageError(message: "source address \(sourceAddress) is not a numeric address (such as 127.0.0.1 or ::1)")
+            }
         }
+    }
+
+    /// Where a connection leaves from (-s, -p): nil for the route's address and a port the kernel picks.
+    var source: IPEndpoint? {
+        guard !listen, sourceAddress != nil || sourcePort != nil else { return nil }
+        let address = sourceAddress ?? (family == .v6 ? "::" : "0.0.0.0")
+        return IPEndpoint(numericHost: address, port: sourcePort ?? 0)
     }
 
     private static func port(_ text: String) throws(UsageError) -> UInt16 {
@@ -195,7 +214,8 @@ struct Options: Equatable {
         var socket = VMSocketOptions()
         socket.transport = transport
         socket.ringSize = ringSize ?? Self.defaultRingSize
-        socket.addressFamily = family
+        socket.addressFamily = family ?? (sourceAddress != nil ? source?.family : nil)
+        socket.sourceAddress = source
         if let timeout {
             socket.connectTimeout = .milliseconds(Int64(timeout * 1000))
             socket.handshakeTimeout = .milliseconds(Int64(timeout * 1000))

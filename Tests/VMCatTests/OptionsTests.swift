@@ -37,8 +37,12 @@ final class OptionsTests: XCTestCase {
             (["-q", "-1", "h", "80"], Self.options { $0.quitAfterEOF = -1; $0.shutdownOnEOF = true; $0.host = "h"; $0.port = 80 }),
             (["-q-1", "h", "80"], Self.options { $0.quitAfterEOF = -1; $0.shutdownOnEOF = true; $0.host = "h"; $0.port = 80 }),
             (["-q", "0", "h", "80"], Self.options { $0.quitAfterEOF = 0; $0.shutdownOnEOF = true; $0.host = "h"; $0.port = 80 }),
-            // -p without -l parses (the connect then refuses it, as nc's usage of -p differs).
+            // -p and -s without -l: where the connection leaves from.
             (["-p", "5000", "h", "80"], Self.options { $0.sourcePort = 5000; $0.host = "h"; $0.port = 80 }),
+            (["-s", "127.0.0.1", "h", "80"], Self.options { $0.sourceAddress = "127.0.0.1"; $0.host = "h"; $0.port = 80 }),
+            (["-s::1", "-p", "5000", "h", "80"], Self.options { $0.sourceAddress = "::1"; $0.sourcePort = 5000; $0.host = "h"; $0.port = 80 }),
+            // -s with -l: the address to listen on.
+            (["-l", "-s", "127.0.0.1", "-p", "7000"], Self.options { $0.listen = true; $0.sourceAddress = "127.0.0.1"; $0.sourcePort = 7000; $0.host = "127.0.0.1"; $0.port = 7000 }),
             // Listen: a port, or -p, or an address and either.
             (["-l", "7000"], Self.options { $0.listen = true; $0.port = 7000 }),
             (["-l", "0"], Self.options { $0.listen = true; $0.port = 0 }),
@@ -111,6 +115,9 @@ final class OptionsTests: XCTestCase {
             (["h", "80", "90"], "too many arguments: 90"),
             (["h", "80", "90", "100"], "too many arguments: 90 100"),
             (["-l", "-p", "7000", "h", "8000"], "cannot use -p and a port together with -l"),
+            (["-l", "-s", "127.0.0.1", "h", "8000"], "cannot use -s and an address together with -l"),
+            (["-s", "localhost", "h", "80"], "source address localhost is not a numeric address (such as 127.0.0.1 or ::1)"),
+            (["h", "80", "-s"], "option requires an argument -- 's'"),
             (["-k", "h", "80"], "must use -l with -k"),
             // The first problem in command-line order wins.
             (["-x", "-w"], "invalid option -- 'x'"),
@@ -137,6 +144,16 @@ final class OptionsTests: XCTestCase {
         XCTAssertEqual(set.addressFamily, .v6)
         XCTAssertEqual(set.ringSize, 65536)
         XCTAssertEqual(set.connectTimeout, .milliseconds(1500))
+        XCTAssertNil(plain.sourceAddress)
+
+        // -s and -p: the connection's source; -s's family is the one to dial, -p alone takes the destination's.
+        let source = try Options.parse(["-s", "::1", "-p", "5000", "h", "80"]).socketOptions
+        XCTAssertEqual(source.sourceAddress?.description, "[::1]:5000")
+        XCTAssertEqual(source.addressFamily, .v6)
+        let port = try Options.parse(["-p", "5000", "h", "80"]).socketOptions
+        XCTAssertEqual(port.sourceAddress?.description, "0.0.0.0:5000")
+        XCTAssertNil(port.addressFamily)
+        XCTAssertNil(try Options.parse(["-l", "-s", "127.0.0.1", "7000"]).socketOptions.sourceAddress, "with -l, -s is where to listen")
 
         // The longest timeout still converts (the fuzz target's input, within the limit).
         let longest = try Options.parse(["-w", "2147483", "-q", "2147483", "h", "80"])
@@ -147,8 +164,8 @@ final class OptionsTests: XCTestCase {
 
     func testHelpText() {
         XCTAssertTrue(Options.help.hasPrefix(Options.usage))
-        XCTAssertTrue(Options.usage.hasPrefix("usage: vmcat [-46dhklNvz] [-p port] [-q seconds] [-w timeout]"))
-        for flag in ["-4", "-6", "-d", "-h", "-k", "-l", "-N", "-p port", "-q secs", "-v", "-w timeout", "-z", "--transport", "--ring-size"] {
+        XCTAssertTrue(Options.usage.hasPrefix("usage: vmcat [-46dhklNvz] [-p port] [-q seconds] [-s sourceaddr] [-w timeout]"))
+        for flag in ["-4", "-6", "-d", "-h", "-k", "-l", "-N", "-p port", "-q secs", "-s sourceaddr", "-v", "-w timeout", "-z", "--transport", "--ring-size"] {
             XCTAssertTrue(Options.help.contains("\t\t\(flag)"), "help has no line for \(flag)")
         }
     }

@@ -144,6 +144,19 @@ final class RunTests: XCTestCase {
         XCTAssertNotEqual(wrong.status, 0)
         XCTAssertTrue(wrong.stderr.contains("only IPv6 is allowed"), wrong.stderr)
 
+        // A client's -B and --cport: its data streams leave from that address, from consecutive ports, and the
+        // server sees them so, over shared memory and over TCP.
+        for transport in ["shm", "tcp"] {
+            let cport = VMPerf.freePort()
+            let (client, server) = try VMPerf.clientAgainstServer(
+                ["-B", "127.0.0.1", "--cport", String(cport), "-P", "2", "-t", "0.2", "--transport", transport])
+            XCTAssertEqual(client.status, 0, client.stderr)
+            for (stream, port) in [(1, cport), (2, cport + 1)] {
+                XCTAssertTrue(client.stdout.contains("[  \(stream)] local 127.0.0.1 port \(port) connected"), client.stdout)
+                XCTAssertTrue(server.stdout.contains("connected to 127.0.0.1 port \(port) via"), server.stdout)
+            }
+        }
+
         let boundPort = String(VMPerf.freePort())
         let bound = try VMPerf.Running(["-s", "-1", "-B", "127.0.0.1", "-p", boundPort])
         VMPerf.waitForListener(port: boundPort)

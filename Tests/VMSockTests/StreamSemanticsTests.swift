@@ -131,6 +131,58 @@ final class StreamSemanticsTests: XCTestCase {
                       "the ports are free once the sockets are gone")
     }
 
+    /// `sourceAddress` is bind before connect: over shared memory (a new link, then a reused one) and over TCP,
+    /// the connection leaves from that address and port, the listener sees it as the peer's, no one else can
+    /// bind it meanwhile, and a second connection from it fails with EADDRINUSE until the first is gone. Port 0
+    /// takes one the kernel picks; a source of the other family is EAFNOSUPPORT.
+    func testSourceAddressIsBindBeforeConnect() throws {
+        let listener = try VMListener(address: .port(freePortText()))
+        defer { listener.close() }
+        VMSocket.closeIdleLinks()
+        for (round, transport) in [TransportPolicy.auto, .auto, .tcp].enumerated() {
+            if round == 1 {
+                XCTAssertTrue(eventually { VMSocket.idleLinkCount == 1 && listener.parkedLinkCount > 0 }, "not parked")
+            }
+            var options = VMSocketOptions(transport: transport)
+            let source = try XCTUnwrap(IPEndpoint(numericHost: "127.0.0.1", port: freePort()))
+            options.sourceAddress = source
+            let accepted = Background { try listener.accept() }
+            let client = try VMSocket.connect(to: listener.address, options: options)
+            let server = try XCTUnwrap(accepted.wait(timeout: 10)).get()
+            XCTAssertEqual(client.transport, transport == .tcp ? .tcp : .sharedMemory)
+            if round == 1 { XCTAssertEqual(VMSocket.idleLinkCount, 0, "the link was reopened") }
+            XCTAssertEqual(client.localAddress, source)
+            XCTAssertEqual(server.peerAddress, source)
+            XCTAssertFalse(Self.canBind(source), "\(source) is held by the connection")
+            XCTAssertErrno(EADDRINUSE, try VMSocket.connect(to: listener.address, options: options))
+            client.close()
+            server.close()
+        }
+        var anyPort = VMSocketOptions()
+        anyPort.sourceAddress = IPEndpoint(numericHost: "127.0.0.1", port: 0)
+        let accepted = Background { try listener.accept() }
+        let client = try VMSocket.connect(to: listener.address, options: anyPort)
+        let server = try XCTUnwrap(accepted.wait(timeout: 10)).get()
+        XCTAssertEqual(client.localAddress.host, "127.0.0.1")
+        XCTAssertNotEqual(client.localAddress.port, 0)
+        XCTAssertEqual(server.peerAddress, client.localAddress)
+        client.close()
+        server.close()
+        var portOnly = VMSocketOptions()  // nc -p without -s: the port, from the address the route gives
+        let port = freePort()
+        portOnly.sourceAddress = IPEndpoint(numericHost: "0.0.0.0", port: port)
+        let acceptedToo = Background { try listener.accept() }
+        let fromPort = try VMSocket.connect(to: listener.address, options: portOnly)
+        let serverToo = try XCTUnwrap(acceptedToo.wait(timeout: 10)).get()
+        XCTAssertEqual(fromPort.localAddress.description, "127.0.0.1:\(port)")
+        XCTAssertEqual(serverToo.peerAddress, fromPort.localAddress)
+        fromPort.close()
+        serverToo.close()
+        var otherFamily = VMSocketOptions()
+        otherFamily.sourceAddress = IPEndpoint(numericHost: "::1", port: 0)
+        XCTAssertErrno(EAFNOSUPPORT, try VMSocket.connect(to: listener.address, options: otherFamily))
+    }
+
     /// Whether a plain TCP socket can bind `endpoint` (without SO_REUSEADDR) right now.
     private static func canBind(_ endpoint: IPEndpoint) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)

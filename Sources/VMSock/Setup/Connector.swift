@@ -48,9 +48,10 @@ struct Connector {
             local = destination.with(port: 0)
         }
 
-        /// Holds a TCP port for the connection, once per attempt (`TCPCalls.reservePort`); without one, port 0.
-        mutating func holdPort() {
-            guard portHeld == nil, let (socket, local) = TCPCalls.reservePort(for: destination) else { return }
+        /// Holds a TCP port for the connection, once per attempt (`TCPCalls.holdPort`): `source`'s if the caller
+        /// chose one (its bind failing fails the attempt), else one the kernel picks (without one, port 0).
+        mutating func holdPort(from source: IPEndpoint?) throws(VMSockError) {
+            guard portHeld == nil, let (socket, local) = try TCPCalls.holdPort(for: destination, source: source) else { return }
             (portHeld, self.local) = (socket, local)
         }
 
@@ -124,7 +125,7 @@ struct Connector {
             if options.reusesLinks,
                 let link = LinkPool.shared.take(attempt.address, capacity: options.ringSize, policy: options.peerPolicy)
             {
-                attempt.holdPort()
+                try attempt.holdPort(from: options.sourceAddress)
                 let reopened: EstablishedLink
                 do throws(VMSockError) {
                     reopened = try Handshake.reopen(link, dialed: attempt.destination, source: attempt.local)
@@ -134,7 +135,7 @@ struct Connector {
                 }
                 let connection = try attempt.connection(on: reopened, reused: true)
                 // While the listener takes the reopen: the port of this process's next connection (it reuses links).
-                TCPCalls.prepareSparePort(for: attempt.destination)
+                if options.sourceAddress == nil { TCPCalls.prepareSparePort(for: attempt.destination) }
                 return .connected(connection)
             }
             state = .knocking(attempt, until: .after(milliseconds: options.handshakeTimeoutMs), pause: .milliseconds(1))
@@ -207,7 +208,7 @@ struct Connector {
                 state = .nextRegistration(attempt)
                 return nil
             }
-            attempt.holdPort()
+            try attempt.holdPort(from: options.sourceAddress)
             let hello = try Handshake.sendHello(
                 control, dialed: attempt.destination, source: attempt.local, address: attempt.address,
                 capacity: options.ringSize, reusable: options.reusesLinks)
@@ -240,7 +241,9 @@ struct Connector {
                 ).because(.untrustedOwner)
             }
             var local = destination.with(port: 0)
-            if let (socket, address) = TCPCalls.reservePort(for: destination) { (held, local) = (socket, address) }
+            if let (socket, address) = try TCPCalls.holdPort(for: destination, source: options.sourceAddress) {
+                (held, local) = (socket, address)
+            }
             let request = try node.request(to: listener, dialed: destination, source: local)
             let deadline = Deadline.after(milliseconds: options.handshakeTimeoutMs)
             state = .ivshmem(request, to: destination, local: local, portHeld: held, until: deadline)
@@ -319,6 +322,10 @@ struct Connector {
     private mutating func startTCP(
         _ destination: IPEndpoint, _ fallback: FallbackReason, _ detail: String?, using held: Descriptor? = nil
     ) throws(VMSockError) -> Step? {
+        var held = held
+        if held == nil, let source = options.sourceAddress {
+            held = try TCPCalls.holdPort(for: destination, source: source)?.socket
+        }
         let (socket, inProgress) = try TCPCalls.startConnect(destination, using: held)
         guard inProgress else {
             try TCPCalls.setNoDelay(socket.raw)

@@ -17,6 +17,12 @@ public struct VMSocketOptions: Sendable {
     public var connectTimeout: Duration? = nil
     /// Only IPv4 or only IPv6 addresses (like `nc -4`/`-6`); nil: both.
     public var addressFamily: IPEndpoint.Family? = nil
+    /// The address and port a connection leaves from, as bind(2) before connect(2) (`nc -s`/`-p`, iperf3's
+    /// `-B`/`--cport`); port 0: one the kernel picks; a wildcard address (0.0.0.0 or ::): the port only, from the
+    /// address the route gives. It is the connection's local address over every transport, held while it lives.
+    /// A connect fails with bind's error (EADDRINUSE, EADDRNOTAVAIL), and skips the destination's addresses of
+    /// the other family (EAFNOSUPPORT). nil: the route's address and a port the kernel picks.
+    public var sourceAddress: IPEndpoint? = nil
     /// The registry directory; nil: `VMSOCK_DIR`, and without it the abstract Unix namespace (see `Registry`).
     public var registryDirectory: String? = nil
     /// Whether a closed shared-memory connection's rings, doorbells and control socket are kept for the next
@@ -24,7 +30,7 @@ public struct VMSocketOptions: Sendable {
     /// listener's next connection from the same connector (both must allow it). That connection then costs one
     /// message each way instead of a new set-up. A connector keeps up to four such links (`VMSocket.closeIdleLinks`
     /// frees them), a listener up to sixteen, for the handshake timeout (expired ones are freed by its next
-    /// accept, or its close). The async connect (`AsyncSocket.connect`) does not offer reuse yet. Default true.
+    /// accept, or its close). The blocking and the async connect alike. Default true.
     public var reusesLinks: Bool = true
     /// The vmsockd socket whose region this process joins, for connections with the region's peers (see
     /// `TransportPolicy.ivshmem`); nil: `VMSOCK_IVSHMEM`, and without it no region. A process joins each region

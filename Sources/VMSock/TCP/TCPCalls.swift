@@ -80,6 +80,29 @@ enum TCPCalls {
     /// or another guest) the one the routing table picks for it. connect(2) never picks a port a socket is bound
     /// to. Nil, and port 0 reported, when the kernel has none to give (or no descriptor is left): the connection
     /// works all the same.
+    /// The port a connection to `destination` leaves from: `source` when the caller chose one (its failure is the
+    /// connect's, as a bind before connect), else one `reservePort` holds (nil when it cannot).
+    static func holdPort(
+        for destination: IPEndpoint, source: IPEndpoint?
+    ) throws(VMSockError) -> (socket: Descriptor, local: IPEndpoint)? {
+        guard var source else { return reservePort(for: destination) }
+        if source.isWildcard { source = .wildcard(destination.family, port: source.port) }  // a port, from any address
+        guard source.family == destination.family else {
+            throw VMSockError(
+                code: EAFNOSUPPORT, "cannot connect from \(source) to \(destination): one is IPv4, the other IPv6")
+        }
+        let socket = try makeSocket(source.family)
+        try source.withSockaddr { (address, length) throws(VMSockError) in
+            try Sys.bind(socket.raw, address, length, "bind(\(source)) before connecting to \(destination)")
+        }
+        guard let bound = IPEndpoint.of(socket.raw, peer: false) else {
+            throw VMSockError.system("getsockname after bind(\(source))")
+        }
+        // A wildcard source chooses the port only: the address is the one the connect leaves from.
+        let address = source.isWildcard ? routedSource(to: destination) ?? Self.source(for: destination) : source
+        return (socket, address.with(port: bound.port))
+    }
+
     static func reservePort(for destination: IPEndpoint) -> (socket: Descriptor, local: IPEndpoint)? {
         let source = Self.source(for: destination)
         if let spare = takeSparePort(from: source) { return spare }

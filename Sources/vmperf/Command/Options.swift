@@ -35,8 +35,10 @@ struct Options: ParsableCommand {
     var latency = false
     @Option(name: [.customShort("p"), .customLong("port")], parsing: .unconditional, help: "Server port to listen on / connect to.")
     var port: Int = 5201
-    @Option(name: [.customShort("B"), .customLong("bind")], help: "Server: listen on this address only (default: every IPv6 and IPv4 address).")
+    @Option(name: [.customShort("B"), .customLong("bind")], help: "Server: listen on this address only (default: every IPv6 and IPv4 address); client: connect from it.")
     var bind: String?
+    @Option(parsing: .unconditional, help: "Client: the port the first data stream connects from, the next one above for each other stream.")
+    var cport: Int?
     @Flag(name: [.customShort("4"), .customLong("version4")], help: "Only use IPv4.")
     var version4 = false
     @Flag(name: [.customShort("6"), .customLong("version6")], help: "Only use IPv6.")
@@ -139,8 +141,11 @@ struct Options: ParsableCommand {
         guard !(reverse && bidir) else { throw ValidationError("cannot use -R and --bidir together") }
         guard !(version4 && version6) else { throw ValidationError("cannot use -4 and -6 together") }
         if let bind, bind.isEmpty { throw ValidationError("-B needs an address") }
-        if bind != nil && !server {
-            throw ValidationError("-B is for the server here: a client's connection leaves from the address the route to the server gives")
+        if let bind, client != nil, IPEndpoint(numericHost: bind, port: 0) == nil {
+            throw ValidationError("-B \(bind) is not a numeric address (such as 127.0.0.1 or ::1): a client connects from it")
+        }
+        if let cport, !(1...65535).contains(cport) || cport + parallel - 1 > 65535 {
+            throw ValidationError("--cport \(cport) is out of range (1 to 65535, one port for each of the \(parallel) streams)")
         }
         if let ringSize, !Self.validRing(ringSize.value) {
             throw ValidationError("ring size \(ringSize.value) is invalid (a power of two, 4096 to 67108864)")
@@ -164,6 +169,9 @@ struct Options: ParsableCommand {
             if let (flag, _) = clientOnly.first(where: \.1) {
                 throw ValidationError("parameter error - some option you are trying to set is client only (\(flag))")
             }
+        }
+        if server && cport != nil {
+            throw ValidationError("parameter error - some option you are trying to set is client only (--cport)")
         }
         if oneOff && !server {
             throw ValidationError("parameter error - some option you are trying to set is server only (-1)")
@@ -214,6 +222,14 @@ struct Options: ParsableCommand {
         } catch {
             return false
         }
+    }
+
+    /// Where a client's connection `index` (-1: the control connection) leaves from: -B's address, and for a
+    /// data stream --cport's port plus its index; nil for the route's address and a port the kernel picks.
+    func source(forStream index: Int) -> IPEndpoint? {
+        let port = index >= 0 ? cport.map { UInt16($0 + index) } ?? 0 : 0
+        guard bind != nil || port != 0 else { return nil }
+        return IPEndpoint(numericHost: bind ?? (version6 ? "::" : "0.0.0.0"), port: port)
     }
 
     /// -4 or -6: the one address family to use; nil for both.

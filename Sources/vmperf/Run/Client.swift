@@ -31,7 +31,7 @@ struct Client {
         case .tcp, .unix: socket.transport = .tcp
         }
         socket.ringSize = options.effectiveRingSize
-        socket.addressFamily = options.addressFamily
+        socket.addressFamily = options.addressFamily ?? options.bind.flatMap { IPEndpoint(numericHost: $0, port: 0)?.family }
         socket.connectTimeout = .seconds(10)
         return socket
     }
@@ -160,6 +160,8 @@ struct Client {
             if options.transport == .unix {
                 connection = Connection(index: index, try UnixStream.connect(port: options.port), port: options.port)
             } else {
+                var socketOptions = self.socketOptions
+                socketOptions.sourceAddress = options.source(forStream: index)
                 connection = Connection(
                     index: index, try VMSocket.connect(host: host, port: UInt16(options.port), options: socketOptions))
             }
