@@ -1,9 +1,10 @@
 # fork, exec and posix_spawn with shared-memory connections open (programs/preload-fork.c): both processes
 # keep working connections, close counts per process, shutdown does not, a child's _exit disturbs nothing, a
 # forked child accepts and connects over shared memory, an exec'd image reads and writes the connection through a
-# relay (or, where none is made, reads data or end of stream, never wake-up bytes), a socket merely leaked into a
-# spawned child keeps its bytes for the parent, a daemon takes its first process's listener over only when no
-# other child shares it, and a listener handed to a new image stops its owner's welcomes.
+# relay (or, where none is made, reads data or end of stream, never wake-up bytes; short of descriptors too), a
+# socket merely leaked into a spawned child keeps its bytes for the parent, a daemon takes its first process's
+# listener over only when no other child shares it, and a listener handed to a new image stops its owner's
+# welcomes.
 # Run under vmsock-run (shared memory, confirmed by the debug lines) and without it: the output must be the same.
 # Then, under vmsock-run only, a fork while another thread is inside the library's set-up: the child uses TCP.
 source "$(dirname "$0")/lib.sh"
@@ -39,6 +40,13 @@ timeout 60 "$VMSOCK_RUN" --debug "$WORK/preload-fork" daemon-cases 10 >"$WORK/da
     || fail "a repeated daemon case failed: $(cat "$WORK/daemons.txt")"
 [ "$(grep -c "this one takes it over" "$WORK/daemons-debug.txt")" -eq 10 ] \
     || fail "a repeated daemon case did not take over: $(grep -E 'over|tcp only here' "$WORK/daemons-debug.txt")"
+# exec short of descriptors: the relays could not start (the new images read end of stream), and a new image that
+# inherited a full table had its descriptor closed, not left to read wake-up bytes; the parents' connections
+# went on (the outputs above agree: a process short of descriptors took its fellow holders for gone before).
+grep -q "no relay could be made for it: it ends for the new image" "$WORK/debug.txt" \
+    || fail "no exec short of descriptors failed to start its relay: $(grep exec "$WORK/debug.txt" | tail -20)"
+grep -q "closed for this one (no relay was made for it, and no descriptor is left" "$WORK/debug.txt" \
+    || fail "the new image with a full table kept the bare socket: $(grep exec "$WORK/debug.txt" | tail -20)"
 # A new image that got a registered listening socket (a close-on-exec one copied by a spawn file action) stopped
 # its owner's welcomes: the connection it accepted was TCP (its data checked by the outputs above).
 grep -q "exec: listening fd [0-9]* goes to the new image, which may accept on it" "$WORK/debug.txt" \

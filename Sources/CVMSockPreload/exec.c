@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -308,7 +309,14 @@ static int listed(const char *list, unsigned long long inode) {
 // A descriptor the old image held for a shared-memory socket becomes a socket whose peer is gone.
 static void end_inherited(int fd) {
     int pair[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) return;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+        // No descriptor left for one (the image inherited a full table): closed, so that its reads fail with EBADF
+        // rather than return wake-up bytes as data.
+        REAL(close)(fd);
+        vmsp_debug("exec: fd %d was a shared-memory connection of the previous image: closed for this one (no "
+                   "relay was made for it, and no descriptor is left for a socket whose peer is gone)", fd);
+        return;
+    }
     REAL(close)(pair[1]);
     int flags = REAL(fcntl)(fd, F_GETFD);
     REAL(dup3)(pair[0], fd, flags >= 0 && (flags & FD_CLOEXEC) ? O_CLOEXEC : 0);
@@ -345,6 +353,16 @@ static void take_relay(int fd, int relay) {
                "process in this one (vmsock-run cannot carry the rings across exec)", fd);
 }
 
+// One inherited descriptor: a socket VMSOCK_INHERITED lists takes its relay's socket, or ends.
+static void inherited(int fd, const char *list, const char *relays) {
+    struct stat info;
+    if (fstat(fd, &info) != 0 || !S_ISSOCK(info.st_mode) || !listed(list, (unsigned long long)info.st_ino)) return;
+    const char *at = relays;
+    int relay = next_relay(&at, (unsigned long long)info.st_ino);
+    if (relay < 0 || relay == fd) end_inherited(fd);
+    else take_relay(fd, relay);
+}
+
 void vmsp_exec_inherited(void) {
     const char *list = getenv("VMSOCK_INHERITED"), *relays = getenv("VMSOCK_RELAYED");
     if (!list) return;
@@ -353,15 +371,13 @@ void vmsp_exec_inherited(void) {
         int own = dirfd(directory);
         for (struct dirent *entry; (entry = readdir(directory));) {
             int fd = atoi(entry->d_name);
-            struct stat info;
-            if (entry->d_name[0] == '.' || fd == own || fstat(fd, &info) != 0 || !S_ISSOCK(info.st_mode)) continue;
-            if (!listed(list, (unsigned long long)info.st_ino)) continue;
-            const char *at = relays;
-            int relay = next_relay(&at, (unsigned long long)info.st_ino);
-            if (relay < 0 || relay == fd) { end_inherited(fd); continue; }
-            take_relay(fd, relay);
+            if (entry->d_name[0] != '.' && fd != own) inherited(fd, list, relays);
         }
         closedir(directory);
+    } else {  // no descriptor left to list them (or no /proc): each number up to the limit, asked in turn
+        struct rlimit limit;
+        rlim_t end = getrlimit(RLIMIT_NOFILE, &limit) == 0 ? limit.rlim_cur : 1024;
+        for (int fd = 0; (rlim_t)fd < end && fd < (1 << 20); fd++) inherited(fd, list, relays);
     }
     // The relay sockets, in place or not: one whose connection this image did not get (a file action closed it)
     // must not keep that connection open here.

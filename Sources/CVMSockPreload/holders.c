@@ -14,12 +14,18 @@
 
 static uint64_t self_id;  // 0: not known yet (or forked since)
 
-// The state and start time of a process from /proc/PID/stat; 0 when it is gone or a zombie.
+// What /proc says of a process that it cannot tell (no descriptor left to read it, no /proc): it counts as alive,
+// since taking a live holder for gone would end a connection another process still uses. A process short of
+// descriptors that closed or exec'd ended its parent's connections that way.
+#define START_UNKNOWN UINT64_MAX
+
+// The state and start time of a process from /proc/PID/stat; 0 when it is gone or a zombie, START_UNKNOWN when
+// /proc cannot say.
 static uint64_t start_time(pid_t pid) {
     char path[32], text[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
+    if (fd < 0) return errno == ENOENT || errno == ESRCH ? 0 : START_UNKNOWN;
     ssize_t n = REAL(read)(fd, text, sizeof text - 1);
     REAL(close)(fd);
     if (n <= 0) return 0;
@@ -40,10 +46,12 @@ static uint64_t start_time(pid_t pid) {
 
 static uint64_t holder_id(pid_t pid, uint64_t start) { return (start << 22) | ((uint64_t)pid & 0x3fffff); }
 
+// Our holder id; 0 while /proc cannot say our start time (then we cannot be told among the holders yet).
 static uint64_t self(void) {
     if (!self_id) {
         pid_t pid = getpid();
-        self_id = holder_id(pid, start_time(pid));
+        uint64_t start = start_time(pid);
+        if (start != START_UNKNOWN) self_id = holder_id(pid, start);
     }
     return self_id;
 }
@@ -51,7 +59,7 @@ static uint64_t self(void) {
 static int alive(uint64_t id) {
     pid_t pid = (pid_t)(id & 0x3fffff);
     uint64_t start = start_time(pid);
-    return start != 0 && holder_id(pid, start) == id;
+    return start == START_UNKNOWN || (start != 0 && holder_id(pid, start) == id);
 }
 
 void vmsp_holders_forget_self(void) { self_id = 0; }
@@ -61,6 +69,7 @@ int vmsp_holders_is_self(void) { return self_id != 0 && (pid_t)(self_id & 0x3fff
 void vmsp_holders_init(struct vmsp_conn *c) {
     atomic_store(&c->holders[0], self());
     atomic_store(&c->holder_slots, 1);
+    if (!self()) atomic_store(&c->holders_lost, 1);  // not told (see `add`)
 }
 
 static int take_free_slot(struct vmsp_conn *c, uint64_t id) {
@@ -94,11 +103,11 @@ static int holds(struct vmsp_conn *c, uint64_t id) {
 }
 
 static void add(struct vmsp_conn *c, uint64_t id) {
-    if (holds(c, id) || take_free_slot(c, id)) return;
+    if (id && (holds(c, id) || take_free_slot(c, id))) return;
     prune_dead(c);
-    if (take_free_slot(c, id)) return;
-    // More live holders than slots: the last close can no longer be told, so no close ends the connection
-    // early; the kernel's FIN after the last process closes the socket still does.
+    if (id && take_free_slot(c, id)) return;
+    // More live holders than slots, or one /proc could not name (id 0): the last close can no longer be told, so
+    // no close ends the connection early; the kernel's FIN after the last process closes the socket still does.
     atomic_store(&c->holders_lost, 1);
 }
 
@@ -106,11 +115,12 @@ void vmsp_holders_add_self(struct vmsp_conn *c) { add(c, self()); }
 
 void vmsp_holders_add_child(struct vmsp_conn *c, pid_t child) {
     uint64_t start = start_time(child);
-    if (start) add(c, holder_id(child, start));  // 0: it is gone already (or a zombie)
+    if (start) add(c, start == START_UNKNOWN ? 0 : holder_id(child, start));  // 0: it is gone already (or a zombie)
 }
 
 int vmsp_holders_leave(struct vmsp_conn *c) {
     uint64_t id = self();
+    if (!id) return 1;  // we cannot be told among them (`add` marked the holders lost)
     int slots = atomic_load(&c->holder_slots);
     for (int i = 0; i < slots; i++) {  // every slot: the parent and the child may both have added the child
         uint64_t expected = id;

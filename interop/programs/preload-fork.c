@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -271,12 +272,13 @@ static void accept_after_fork(void) {
 // The program the vfork and close-on-exec cases run: reads what is there on the inherited descriptor. Over TCP
 // that is the data; under vmsock-run, through a relay, the data too, unless no relay could be made (the
 // close-on-exec case): then the connection has ended for the new image. Never anything else (a wake-up byte as
-// data).
-static int exec_child(int fd) {
+// data). `closed_too`: a descriptor closed for this image passes as well (one that inherited a full table has
+// no room for a socket whose peer is gone).
+static int exec_child(int fd, int closed_too) {
     char text[64];
     struct pollfd p = { fd, POLLIN, 0 };
     long n = poll(&p, 1, 2000) == 1 ? read(fd, text, sizeof text) : -2;
-    int sane = n == 0 || (n == 5 && memcmp(text, "hello", 5) == 0);
+    int sane = n == 0 || (n == 5 && memcmp(text, "hello", 5) == 0) || (closed_too && n == -1 && errno == EBADF);
     printf("%-48s %s\n", "exec child: data or end of stream, nothing else", sane ? "yes" : "no");
     fflush(stdout);
     return sane ? 0 : 1;
@@ -401,12 +403,14 @@ static void inetd_exec(void) {
 }
 
 // In a child (of vfork or a raw clone): `s` becomes standard input, then this program runs as exec-child.
-static void exec_child_on_stdin(int s) {
-    char *argv[] = { self_path, "exec-child", "0", NULL };
+static void exec_child_on_stdin_as(int s, char *mode) {
+    char *argv[] = { self_path, mode, "0", NULL };
     dup2(s, 0);
     execve(self_path, argv, environ);
     _exit(127);
 }
+
+static void exec_child_on_stdin(int s) { exec_child_on_stdin_as(s, "exec-child"); }
 
 static void vfork_exec(void) {
     int c, s;
@@ -433,6 +437,35 @@ static void raw_clone_exec(void) {
     after_exec("raw clone: child exit status", c, s, pid);
     close(c);
     close(s);
+}
+
+// exec with only `spare` descriptors free, the rest taken by close-on-exec copies of /dev/null: under vmsock-run
+// the relay cannot start, failing at each of its steps in turn as `spare` grows (keeping a copy of the socket,
+// its TCP pair, its start pair, the ended socket put in its place), until it starts. The new image reads the data
+// or end of stream, never a wake-up byte, and never waits for good; the parent keeps its connection (a process
+// short of descriptors took its fellow holders for gone, and ended it for them). Last, copies that are not
+// close-on-exec: the new image inherits a full table, and its descriptor may be closed for it instead.
+static void exec_short_of_descriptors(void) {
+    for (int spare = 0; spare <= 9; spare++) {
+        int inherit = spare == 9;
+        int c, s;
+        pair(&c, &s);
+        CHECK("short of descriptors: parent writes", write(c, "hello", 5));
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            dup2(s, 0);
+            struct rlimit limit = { 64, 64 };
+            setrlimit(RLIMIT_NOFILE, &limit);
+            int last = -1, fd;
+            while ((fd = open("/dev/null", O_RDONLY | (inherit ? 0 : O_CLOEXEC))) >= 0) last = fd;
+            for (int i = 0; i < spare && !inherit && last - i > 2; i++) close(last - i);
+            exec_child_on_stdin_as(0, inherit ? "exec-child-or-closed" : "exec-child");
+        }
+        after_exec("short of descriptors: child exit status", c, s, pid);
+        close(c);
+        close(s);
+    }
 }
 
 // Spawns `program` (a build of this program; with `search`, a name posix_spawnp looks for along PATH) in MODE
@@ -765,7 +798,8 @@ static void listener_handed_on(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc == 3 && strcmp(argv[1], "exec-child") == 0) return exec_child(atoi(argv[2]));
+    if (argc == 3 && strcmp(argv[1], "exec-child") == 0) return exec_child(atoi(argv[2]), 0);
+    if (argc == 3 && strcmp(argv[1], "exec-child-or-closed") == 0) return exec_child(atoi(argv[2]), 1);
     if (argc == 3 && strcmp(argv[1], "exec-answer") == 0) return exec_answer(atoi(argv[2]));
     if (argc == 3 && strcmp(argv[1], "exec-answer-bare") == 0) return exec_answer_bare(atoi(argv[2]), 0);
     if (argc == 3 && strcmp(argv[1], "exec-answer-preload") == 0) return exec_answer_bare(atoi(argv[2]), 1);
@@ -802,6 +836,7 @@ int main(int argc, char **argv) {
     spawn_leaked();
     spawn_passed();
     raw_clone_exec();
+    exec_short_of_descriptors();
     spawn_without_library();
     daemon_case(0);
     daemon_case(1);
