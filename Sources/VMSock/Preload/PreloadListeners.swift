@@ -43,6 +43,8 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
     }
 
     private let state = Mutex(State())
+    /// For refusing connectors while the process has no descriptor left (`nextConnector`); made with the thread.
+    private let reserve = Mutex<ReserveDescriptor?>(nil)
     /// Hellos being answered: between the welcome's send and the link's entry, an accept must wait.
     private let answering = Atomic<Int>(0)
 
@@ -170,13 +172,22 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         }
         guard start else { return }
         hooks.noteInternal(state.withLock { $0.epoll })
+        let reserve = ReserveDescriptor()
+        self.reserve.withLock { $0 = reserve }
+        if let fd = reserve.descriptor { hooks.noteInternal(fd) }
         openClaims()
         // Every signal blocked in the thread (`Sys.startThread`): nginx's master sleeps in sigsuspend for SIGCHLD,
         // and a SIGCHLD taken by this thread left it asleep for good after its workers ended.
         let hooks = self.hooks  // read here, inside the set-up: the thread takes no lock outside it
+        // The thread is inside the set-up from its first instruction (it leaves only to wait, `run`): its start
+        // runs Swift code, which may be making type metadata under the runtime's lock, and a fork meanwhile left
+        // that lock held in the child, whose next such step then waited for good (a daemon taking its first
+        // process's listeners over; interop/preload-fork's daemon cases hung about once in 200).
+        hooks.enterSetUp()
         do throws(VMSockError) {
             try Sys.startThread("vmsock-run listener") { self.run(hooks) }
         } catch {
+            hooks.leaveSetUp()
             state.withLock { $0.threadStarted = false }
             throw error
         }
@@ -198,13 +209,15 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         hooks.claimsReady()
     }
 
-    /// The thread's loop. It works inside the set-up gate and leaves it only to wait, so that a fork (which waits
-    /// until nobody is inside) finds this thread asleep, holding no lock (see `PreloadHooks.enterSetUp`).
+    /// The thread's loop. It works inside the set-up gate (entered for it by its starter) and leaves it only to
+    /// wait, so that a fork (which waits until nobody is inside) finds this thread asleep, holding no lock (see
+    /// `PreloadHooks.enterSetUp`). The wait's first call is made inside, without waiting: what it runs for the
+    /// first time is made there, not outside the gate.
     private func run(_ hooks: PreloadHooks) {
         hooks.enterLibraryThread()
-        hooks.enterSetUp()
         let epoll = state.withLock { $0.epoll }
         var events = [epoll_event](repeating: epoll_event(), count: 64)
+        _ = try? Sys.epollWait(epoll, &events, timeoutMs: 0)  // what it found is reported again (level-triggered)
         while true {
             hooks.leaveSetUp()
             let count = (try? Sys.epollWait(epoll, &events, timeoutMs: 1000)) ?? 0
@@ -237,8 +250,28 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         }
     }
 
+    /// The next connector waiting on `socket`; nil once none waits. While the process has no descriptor left
+    /// (EMFILE, ENFILE), each is accepted in the reserve's place and refused: it uses TCP at once, instead of
+    /// waiting out its handshake while this thread finds it in the backlog again and again.
+    private func nextConnector(on socket: Int32, _ what: String) -> Descriptor? {
+        while true {
+            do throws(VMSockError) {
+                return try Sys.acceptUnixNonBlocking(socket, what: what)
+            } catch where error.code == EMFILE || error.code == ENFILE {
+                let refused = reserve.withLock { $0 }?.withOneFree { () -> Bool in
+                    guard let control = try? Sys.acceptUnixNonBlocking(socket, what: what) else { return false }
+                    Handshake.reject(control, .outOfResources)
+                    return true  // `control` is closed here, before the reserve is made again
+                }
+                guard refused == true else { return nil }
+            } catch {
+                return nil
+            }
+        }
+    }
+
     private func takeConnectors(_ registration: Registration, listener: Int32) {
-        while let control = try? Sys.acceptUnixNonBlocking(registration.socket.raw, what: "accept(vmsock-run registration)") {
+        while let control = nextConnector(on: registration.socket.raw, "accept(vmsock-run registration)") {
             guard hooks.listenersAllowed() else {
                 Handshake.reject(control, .outOfResources)  // this process forked: the connector uses TCP
                 continue
@@ -321,7 +354,7 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
     /// nobody under a root master.) This thread made every welcome before its entry, so a claim never overtakes
     /// the hello it is for.
     private func answerClaims(_ registration: Registration) {
-        while let control = try? Sys.acceptUnixNonBlocking(registration.socket.raw, what: "accept(vmsock-run claims)") {
+        while let control = nextConnector(on: registration.socket.raw, "accept(vmsock-run claims)") {
             guard let request = try? ControlSocket.receive(control.raw, timeoutMs: 100),
                 let claim = PreloadClaims.Claim(request.bytes), request.descriptors.count == 1,
                 Self.sameSocket(request.descriptors[0].raw, claim.listener), state.withLock({ $0.listeners[claim.listener] != nil })
