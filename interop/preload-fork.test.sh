@@ -41,11 +41,12 @@ timeout 60 "$VMSOCK_RUN" --debug "$WORK/preload-fork" daemon-cases 10 >"$WORK/da
 [ "$(grep -c "this one takes it over" "$WORK/daemons-debug.txt")" -eq 10 ] \
     || fail "a repeated daemon case did not take over: $(grep -E 'over|tcp only here' "$WORK/daemons-debug.txt")"
 # exec short of descriptors: the relays could not start (the new images read end of stream), and a new image that
-# inherited a full table had its descriptor closed, not left to read wake-up bytes; the parents' connections
-# went on (the outputs above agree: a process short of descriptors took its fellow holders for gone before).
+# inherited a full table got an unconnected socket in its place, not the bare one to read wake-up bytes; the
+# parents' connections went on (the outputs above agree: a process short of descriptors took its fellow holders
+# for gone before).
 grep -q "no relay could be made for it: it ends for the new image" "$WORK/debug.txt" \
     || fail "no exec short of descriptors failed to start its relay: $(grep exec "$WORK/debug.txt" | tail -20)"
-grep -q "closed for this one (no relay was made for it, and no descriptor is left" "$WORK/debug.txt" \
+grep -q "unconnected for this one (no relay was made for it, and no descriptor is left" "$WORK/debug.txt" \
     || fail "the new image with a full table kept the bare socket: $(grep exec "$WORK/debug.txt" | tail -20)"
 # A new image that got a registered listening socket (a close-on-exec one copied by a spawn file action) stopped
 # its owner's welcomes: the connection it accepted was TCP (its data checked by the outputs above).

@@ -310,10 +310,17 @@ static int listed(const char *list, unsigned long long inode) {
 static void end_inherited(int fd) {
     int pair[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
-        // No descriptor left for one (the image inherited a full table): closed, so that its reads fail with EBADF
-        // rather than return wake-up bytes as data.
+        // No descriptor left for one (the image inherited a full table): an unconnected socket takes its number
+        // (the one just freed), so that reads fail (EINVAL) rather than return wake-up bytes as data, and the
+        // number is not free for the program's next file to be taken for the connection.
+        int flags = REAL(fcntl)(fd, F_GETFD);
         REAL(close)(fd);
-        vmsp_debug("exec: fd %d was a shared-memory connection of the previous image: closed for this one (no "
+        int unconnected = socket(AF_UNIX, SOCK_STREAM | (flags >= 0 && (flags & FD_CLOEXEC) ? SOCK_CLOEXEC : 0), 0);
+        if (unconnected >= 0 && unconnected != fd) {
+            REAL(dup3)(unconnected, fd, flags >= 0 && (flags & FD_CLOEXEC) ? O_CLOEXEC : 0);
+            REAL(close)(unconnected);
+        }
+        vmsp_debug("exec: fd %d was a shared-memory connection of the previous image: unconnected for this one (no "
                    "relay was made for it, and no descriptor is left for a socket whose peer is gone)", fd);
         return;
     }
@@ -353,14 +360,15 @@ static void take_relay(int fd, int relay) {
                "process in this one (vmsock-run cannot carry the rings across exec)", fd);
 }
 
-// One inherited descriptor: a socket VMSOCK_INHERITED lists takes its relay's socket, or ends.
-static void inherited(int fd, const char *list, const char *relays) {
+// One inherited descriptor: a socket VMSOCK_INHERITED lists takes its relay's socket, or ends. Whether it was one.
+static int inherited(int fd, const char *list, const char *relays) {
     struct stat info;
-    if (fstat(fd, &info) != 0 || !S_ISSOCK(info.st_mode) || !listed(list, (unsigned long long)info.st_ino)) return;
+    if (fstat(fd, &info) != 0 || !S_ISSOCK(info.st_mode) || !listed(list, (unsigned long long)info.st_ino)) return 0;
     const char *at = relays;
     int relay = next_relay(&at, (unsigned long long)info.st_ino);
     if (relay < 0 || relay == fd) end_inherited(fd);
     else take_relay(fd, relay);
+    return 1;
 }
 
 void vmsp_exec_inherited(void) {
@@ -374,10 +382,12 @@ void vmsp_exec_inherited(void) {
             if (entry->d_name[0] != '.' && fd != own) inherited(fd, list, relays);
         }
         closedir(directory);
-    } else {  // no descriptor left to list them (or no /proc): each number up to the limit, asked in turn
+    } else {  // no descriptor left to list them (or no /proc): each number up to the limit, until all are found
+        int left = 1;
+        for (const char *at = list; *at; at++) left += *at == ',';
         struct rlimit limit;
         rlim_t end = getrlimit(RLIMIT_NOFILE, &limit) == 0 ? limit.rlim_cur : 1024;
-        for (int fd = 0; (rlim_t)fd < end && fd < (1 << 20); fd++) inherited(fd, list, relays);
+        for (int fd = 0; left > 0 && (rlim_t)fd < end && fd < (1 << 20); fd++) left -= inherited(fd, list, relays);
     }
     // The relay sockets, in place or not: one whose connection this image did not get (a file action closed it)
     // must not keep that connection open here.

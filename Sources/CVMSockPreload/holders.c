@@ -14,7 +14,7 @@
 
 static uint64_t self_id;  // 0: not known yet (or forked since)
 
-// What /proc says of a process that it cannot tell (no descriptor left to read it, no /proc): it counts as alive,
+// What /proc says of a process that it cannot tell (no descriptor left to read it): it counts as alive,
 // since taking a live holder for gone would end a connection another process still uses. A process short of
 // descriptors that closed or exec'd ended its parent's connections that way.
 #define START_UNKNOWN UINT64_MAX
@@ -67,9 +67,10 @@ void vmsp_holders_forget_self(void) { self_id = 0; }
 int vmsp_holders_is_self(void) { return self_id != 0 && (pid_t)(self_id & 0x3fffff) == (getpid() & 0x3fffff); }
 
 void vmsp_holders_init(struct vmsp_conn *c) {
-    atomic_store(&c->holders[0], self());
+    uint64_t id = self();
+    atomic_store(&c->holders[0], id);
     atomic_store(&c->holder_slots, 1);
-    if (!self()) atomic_store(&c->holders_lost, 1);  // not told (see `add`)
+    if (!id) atomic_store(&c->holders_lost, 1);  // not told (see `add`)
 }
 
 static int take_free_slot(struct vmsp_conn *c, uint64_t id) {

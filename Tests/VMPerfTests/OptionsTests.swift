@@ -55,6 +55,7 @@ final class OptionsTests: XCTestCase {
             (["-c", "x", "-B", "localhost"], "-B localhost is not a numeric address"),
             (["-s", "--cport", "5000"], "client only (--cport)"),
             (["-c", "x", "-P", "2", "--cport", "65535"], "--cport 65535 is out of range"),
+            (["-c", "x", "--bidir", "--cport", "65535"], "one port for each of the 2 connections"),
             (["-c", "x", "-4", "-6"], "cannot use -4 and -6 together"),
             (["-s", "-t", "5"], "client only (-t)"),
             (["-c", "x", "-1"], "server only (-1)"),

@@ -272,13 +272,13 @@ static void accept_after_fork(void) {
 // The program the vfork and close-on-exec cases run: reads what is there on the inherited descriptor. Over TCP
 // that is the data; under vmsock-run, through a relay, the data too, unless no relay could be made (the
 // close-on-exec case): then the connection has ended for the new image. Never anything else (a wake-up byte as
-// data). `closed_too`: a descriptor closed for this image passes as well (one that inherited a full table has
-// no room for a socket whose peer is gone).
+// data). `closed_too`: an unconnected socket in its place passes as well (an image that inherited a full table
+// has no room for a socket whose peer is gone).
 static int exec_child(int fd, int closed_too) {
     char text[64];
     struct pollfd p = { fd, POLLIN, 0 };
     long n = poll(&p, 1, 2000) == 1 ? read(fd, text, sizeof text) : -2;
-    int sane = n == 0 || (n == 5 && memcmp(text, "hello", 5) == 0) || (closed_too && n == -1 && errno == EBADF);
+    int sane = n == 0 || (n == 5 && memcmp(text, "hello", 5) == 0) || (closed_too && n == -1 && errno == EINVAL);
     printf("%-48s %s\n", "exec child: data or end of stream, nothing else", sane ? "yes" : "no");
     fflush(stdout);
     return sane ? 0 : 1;

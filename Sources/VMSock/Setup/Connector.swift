@@ -122,6 +122,8 @@ struct Connector {
 
         case .nextRegistration(var attempt):
             guard !attempt.candidates.isEmpty else { return try fallBack(attempt.destination, attempt.failure, using: attempt.portHeld) }
+            // A source the caller chose is bound first: its failure must not cost a parked link.
+            if options.sourceAddress != nil { try attempt.holdPort(from: options.sourceAddress) }
             if options.reusesLinks,
                 let link = LinkPool.shared.take(attempt.address, capacity: options.ringSize, policy: options.peerPolicy)
             {

@@ -72,14 +72,6 @@ enum TCPCalls {
         }
     }
 
-    /// A TCP port held for a shared-memory connection to `destination`, so that the connection has an address a
-    /// TCP programmer expects (a distinct, non-zero local port) that no TCP connection on the host can take while
-    /// it is held: a socket bound to the address a TCP connect to `destination` would leave from, at a port the
-    /// kernel picks. That address is the destination itself when it is an address of this host (the loopback
-    /// address for a wildcard); otherwise (a peer of vmsockd's region on another machine: a guest dialing its host,
-    /// or another guest) the one the routing table picks for it. connect(2) never picks a port a socket is bound
-    /// to. Nil, and port 0 reported, when the kernel has none to give (or no descriptor is left): the connection
-    /// works all the same.
     /// The port a connection to `destination` leaves from: `source` when the caller chose one (its failure is the
     /// connect's, as a bind before connect), else one `reservePort` holds (nil when it cannot).
     static func holdPort(
@@ -103,6 +95,14 @@ enum TCPCalls {
         return (socket, address.with(port: bound.port))
     }
 
+    /// A TCP port held for a shared-memory connection to `destination`, so that the connection has an address a
+    /// TCP programmer expects (a distinct, non-zero local port) that no TCP connection on the host can take while
+    /// it is held: a socket bound to the address a TCP connect to `destination` would leave from, at a port the
+    /// kernel picks. That address is the destination itself when it is an address of this host (the loopback
+    /// address for a wildcard); otherwise (a peer of vmsockd's region on another machine: a guest dialing its host,
+    /// or another guest) the one the routing table picks for it. connect(2) never picks a port a socket is bound
+    /// to. Nil, and port 0 reported, when the kernel has none to give (or no descriptor is left): the connection
+    /// works all the same.
     static func reservePort(for destination: IPEndpoint) -> (socket: Descriptor, local: IPEndpoint)? {
         let source = Self.source(for: destination)
         if let spare = takeSparePort(from: source) { return spare }
@@ -191,6 +191,9 @@ enum TCPCalls {
     static func listen(_ endpoint: IPEndpoint, backlog: Int32) throws(VMSockError) -> (Descriptor, IPEndpoint) {
         let socket = try makeSocket(endpoint.family)
         try Sys.setOption(socket.raw, SOL_SOCKET, SO_REUSEADDR, Int32(1), "setsockopt(SO_REUSEADDR)")
+        if endpoint.family == .v6 {  // IPv4 too, whatever net.ipv6.bindv6only says: the registry counts on it
+            try Sys.setOption(socket.raw, Int32(IPPROTO_IPV6), IPV6_V6ONLY, Int32(0), "setsockopt(IPV6_V6ONLY)")
+        }
         do {
             try endpoint.withSockaddr { (address, length) throws(VMSockError) in
                 try Sys.bind(socket.raw, address, length, "bind(\(endpoint))")

@@ -41,7 +41,7 @@ struct Options: ParsableCommand {
     var cport: Int?
     @Flag(name: [.customShort("4"), .customLong("version4")], help: "Only use IPv4.")
     var version4 = false
-    @Flag(name: [.customShort("6"), .customLong("version6")], help: "Only use IPv6.")
+    @Flag(name: [.customShort("6"), .customLong("version6")], help: "Only use IPv6 (a server's IPv6 socket accepts IPv4 clients too).")
     var version6 = false
     @Option(name: [.customShort("t"), .customLong("time")], parsing: .unconditional, help: "Time in seconds to transmit for (default 10; --compare: 2 per workload).")
     var time: Double?
@@ -144,8 +144,9 @@ struct Options: ParsableCommand {
         if let bind, client != nil, IPEndpoint(numericHost: bind, port: 0) == nil {
             throw ValidationError("-B \(bind) is not a numeric address (such as 127.0.0.1 or ::1): a client connects from it")
         }
-        if let cport, !(1...65535).contains(cport) || cport + parallel - 1 > 65535 {
-            throw ValidationError("--cport \(cport) is out of range (1 to 65535, one port for each of the \(parallel) streams)")
+        let streams = parallel * (bidir ? 2 : 1)  // --bidir: a connection each way per stream
+        if let cport, !(1...65535).contains(cport) || cport + streams - 1 > 65535 {
+            throw ValidationError("--cport \(cport) is out of range (1 to 65535, one port for each of the \(streams) connections)")
         }
         if let ringSize, !Self.validRing(ringSize.value) {
             throw ValidationError("ring size \(ringSize.value) is invalid (a power of two, 4096 to 67108864)")
@@ -227,7 +228,7 @@ struct Options: ParsableCommand {
     /// Where a client's connection `index` (-1: the control connection) leaves from: -B's address, and for a
     /// data stream --cport's port plus its index; nil for the route's address and a port the kernel picks.
     func source(forStream index: Int) -> IPEndpoint? {
-        let port = index >= 0 ? cport.map { UInt16($0 + index) } ?? 0 : 0
+        let port = index >= 0 ? cport.flatMap { UInt16(exactly: $0 + index) } ?? 0 : 0
         guard bind != nil || port != 0 else { return nil }
         return IPEndpoint(numericHost: bind ?? (version6 ? "::" : "0.0.0.0"), port: port)
     }

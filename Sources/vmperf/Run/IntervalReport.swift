@@ -14,9 +14,10 @@ struct IntervalReport {
 
     private var latency: Bool { parameters.mode == .latency }
 
-    /// The header over the interval lines: iperf3's Retr and Cwnd when this side sends on some stream.
+    /// The header over the interval lines: iperf3's Retr and Cwnd on a client (its receiving lines leave them
+    /// blank, as iperf3's -R does), and on a server that sends.
     func header(_ connections: [Connection]) -> String {
-        let sends = !latency && (parameters.bidir || parameters.reverse == (side == .server))
+        let sends = !latency && (side == .client || parameters.bidir || parameters.reverse)
         let columns: HumanLines.Columns = !sends ? .none
             : connections.contains { $0.congestionWindow != nil } ? .retransmitsAndWindow : .retransmits
         return HumanLines.header(roles: parameters.bidir, latency: latency, columns: columns)

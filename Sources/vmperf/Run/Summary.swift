@@ -41,19 +41,27 @@ struct Summary {
     /// The summary lines. The separator comes first unless the last interval printed one already (-P > 1).
     func humanLines() -> [String] {
         var lines = (parameters.intervalsEndWithSeparator ? [] : [HumanLines.separator])
-            + [HumanLines.header(roles: parameters.bidir, latency: false,
-                                 columns: pairs.contains { $0.sender.retransmits != nil } ? .retransmits : .none)]
+            + [HumanLines.header(roles: parameters.bidir, latency: false, columns: retransmitsShown ? .retransmits : .none)]
         // As the intervals: with --bidir, the streams this side sends on and their sums, then the others.
         for group in parameters.directionGroups(pairs, on: side, localSends: \.localSends) {
             for pair in group.items {
-                lines.append(HumanLines.line(id: String(pair.index + 1), role: group.role, pair.sender, format, tag: "sender"))
+                var sender = pair.sender
+                if !retransmitsShown { sender.retransmits = nil }
+                lines.append(HumanLines.line(id: String(pair.index + 1), role: group.role, sender, format, tag: "sender"))
                 lines.append(HumanLines.line(id: String(pair.index + 1), role: group.role, pair.receiver, format, tag: "receiver"))
             }
             guard parameters.streams > 1 else { continue }
-            lines.append(HumanLines.line(id: "SUM", role: group.role, Self.total(group.items.map(\.sender)), format, tag: "sender"))
+            var total = Self.total(group.items.map(\.sender))
+            if !retransmitsShown { total.retransmits = nil }
+            lines.append(HumanLines.line(id: "SUM", role: group.role, total, format, tag: "sender"))
             lines.append(HumanLines.line(id: "SUM", role: group.role, Self.total(group.items.map(\.receiver)), format, tag: "receiver"))
         }
         return lines
+    }
+
+    /// iperf3's Retr in the summary: on a client, and on a server that sends.
+    private var retransmitsShown: Bool {
+        (side == .client || parameters.bidir || parameters.reverse) && pairs.contains { $0.sender.retransmits != nil }
     }
 
     /// With -V, over shared memory: how often each side slept and rang the other, per stream. A figure far below
