@@ -320,8 +320,13 @@ static void end_inherited(int fd) {
             REAL(dup3)(unconnected, fd, flags >= 0 && (flags & FD_CLOEXEC) ? O_CLOEXEC : 0);
             REAL(close)(unconnected);
         }
-        vmsp_debug("exec: fd %d was a shared-memory connection of the previous image: unconnected for this one (no "
-                   "relay was made for it, and no descriptor is left for a socket whose peer is gone)", fd);
+        if (unconnected < 0) {
+            vmsp_debug("exec: fd %d was a shared-memory connection of the previous image: closed for this one (no "
+                       "relay was made for it, and no socket could take its place)", fd);
+        } else {
+            vmsp_debug("exec: fd %d was a shared-memory connection of the previous image: unconnected for this one "
+                       "(no relay was made for it, and no descriptor is left for a socket whose peer is gone)", fd);
+        }
         return;
     }
     REAL(close)(pair[1]);
@@ -375,6 +380,7 @@ void vmsp_exec_inherited(void) {
     const char *list = getenv("VMSOCK_INHERITED"), *relays = getenv("VMSOCK_RELAYED");
     if (!list) return;
     DIR *directory = opendir("/proc/self/fd");
+    int no_proc = !directory && errno == ENOENT;
     if (directory) {
         int own = dirfd(directory);
         for (struct dirent *entry; (entry = readdir(directory));) {
@@ -382,12 +388,16 @@ void vmsp_exec_inherited(void) {
             if (entry->d_name[0] != '.' && fd != own) inherited(fd, list, relays);
         }
         closedir(directory);
-    } else {  // no descriptor left to list them (or no /proc): each number up to the limit, until all are found
+    } else {
+        // No descriptor left to list them: every number up to the limit is open, each asked in turn (a file
+        // action may have copied one socket to several). Without /proc: until each listed socket was found once.
         int left = 1;
         for (const char *at = list; *at; at++) left += *at == ',';
         struct rlimit limit;
         rlim_t end = getrlimit(RLIMIT_NOFILE, &limit) == 0 ? limit.rlim_cur : 1024;
-        for (int fd = 0; left > 0 && (rlim_t)fd < end && fd < (1 << 20); fd++) left -= inherited(fd, list, relays);
+        for (int fd = 0; (!no_proc || left > 0) && (rlim_t)fd < end && fd < (1 << 20); fd++) {
+            left -= inherited(fd, list, relays);
+        }
     }
     // The relay sockets, in place or not: one whose connection this image did not get (a file action closed it)
     // must not keep that connection open here.

@@ -160,17 +160,21 @@ enum ControlSocket {
         guard try Sys.wait(fd, Int16(POLLIN), until: .after(milliseconds: timeoutMs)) else {
             throw VMSockError(code: ETIMEDOUT, "peer did not answer the handshake within \(timeoutMs) ms")
         }
-        return try receiveReady(fd)
+        return try receiveReadyOrQueued(fd)
     }
 
     /// Receives one message if one has arrived (or the peer hung up: an empty message); nil when nothing is there
     /// yet. Never waits.
     static func receiveIfReady(_ fd: Int32) throws(VMSockError) -> Received? {
-        do throws(VMSockError) { return try receiveReady(fd) } catch {
-            if error.code == EAGAIN { return nil }
-            // A peer that closed with our message unread resets the socket, and the reset is reported once,
-            // ahead of the messages it sent before closing (a reject saying why): look once more for those.
-            if error.code == ECONNRESET, let queued = try? receiveReady(fd), !queued.bytes.isEmpty { return queued }
+        do throws(VMSockError) { return try receiveReadyOrQueued(fd) } catch where error.code == EAGAIN { return nil }
+    }
+
+    /// `receiveReady`, and once more after a reset: a peer that closed with our message unread resets the socket,
+    /// and the reset is reported once, ahead of the messages it sent before closing (a reject saying why: a
+    /// listener out of descriptors refuses that way before it reads our hello).
+    private static func receiveReadyOrQueued(_ fd: Int32) throws(VMSockError) -> Received {
+        do throws(VMSockError) { return try receiveReady(fd) } catch where error.code == ECONNRESET {
+            if let queued = try? receiveReady(fd), !queued.bytes.isEmpty { return queued }
             throw error
         }
     }

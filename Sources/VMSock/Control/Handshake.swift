@@ -155,10 +155,11 @@ enum Handshake {
             reusable: reusable)
         do throws(VMSockError) {
             try ControlSocket.send(control.raw, hello.encoded(), descriptors: mine.descriptors)
-        } catch where error.code == ECONNRESET {
-            // A listener checks who we are when it takes us in, and one whose policy does not admit us sends a
-            // reject and closes, maybe before our hello goes. The reject is still queued for us, and it says
-            // why (its policy) where the hang-up alone would say only that the handshake failed.
+        } catch where error.code == ECONNRESET || error.code == EPIPE {
+            // A listener checks who we are when it takes us in, and one whose policy does not admit us (or that
+            // has no descriptor left) sends a reject and closes, maybe before our hello goes: the send fails with
+            // ECONNRESET or EPIPE. The reject is still queued for us, and it says why where the hang-up alone
+            // would say only that the handshake failed.
             if let reply = try? ControlSocket.receiveIfReady(control.raw), let message = try? decode(reply, from: "listener"),
                 message.kind == .reject
             {

@@ -17,6 +17,7 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
     static let welcomedLimit = 1024
     static let helloTimeoutNanos: Int64 = 5_000_000_000
     static let hungUpKeepNanos: Int64 = 5_000_000_000
+    static let mutedNanos: Int64 = 100_000_000
 
     private enum Entry {
         /// A registration of the listener on descriptor `listener`.
@@ -40,6 +41,8 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         var threadStarted = false
         /// Welcomed links whose connector hung up before the accept -> when they are dropped.
         var hungUp: [UInt64: Int64] = [:]
+        /// Registrations left out of the wait (`mute`) -> their socket, and when they are watched again.
+        var muted: [UInt64: (socket: Int32, until: Int64)] = [:]
     }
 
     private let state = Mutex(State())
@@ -172,13 +175,13 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         }
         guard start else { return }
         hooks.noteInternal(state.withLock { $0.epoll })
-        let reserve = ReserveDescriptor()
+        let hooks = self.hooks
+        let reserve = ReserveDescriptor(note: { hooks.noteInternal($0) }, forget: { hooks.forgetInternal($0) })
         self.reserve.withLock { $0 = reserve }
-        if let fd = reserve.descriptor { hooks.noteInternal(fd) }
         openClaims()
         // Every signal blocked in the thread (`Sys.startThread`): nginx's master sleeps in sigsuspend for SIGCHLD,
         // and a SIGCHLD taken by this thread left it asleep for good after its workers ended.
-        let hooks = self.hooks  // read here, inside the set-up: the thread takes no lock outside it
+        // `hooks` was read here, inside the set-up: the thread takes no lock outside it.
         // The thread is inside the set-up from its first instruction (it leaves only to wait, `run`): its start
         // runs Swift code, which may be making type metadata under the runtime's lock, and a fork meanwhile left
         // that lock held in the child, whose next such step then waited for good (a daemon taking its first
@@ -219,11 +222,37 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         _ = try? Sys.epollWait(epoll, &events, timeoutMs: 0)  // what it found is reported again (level-triggered)
         while true {
+            let timeoutMs: Int32 = state.withLock { $0.muted.isEmpty } ? 1000 : Int32(Self.mutedNanos / 1_000_000)
             hooks.leaveSetUp()
-            let count = (try? Sys.epollWait(epoll, &events, timeoutMs: 1000)) ?? 0
+            let count = (try? Sys.epollWait(epoll, &events, timeoutMs: timeoutMs)) ?? 0
             hooks.enterSetUp()
             for event in events.prefix(count) { handle(token: event.data.u64) }
             expirePending()
+            reserve.withLock { $0 }?.refill()
+            unmuteDue()
+        }
+    }
+
+    /// Leaves a registration whose connectors cannot be taken (no descriptor left, and no reserve) out of the
+    /// wait for `mutedNanos`: they stay in its backlog, which the level-triggered wait would report again at once,
+    /// for as long as the process is out.
+    private func mute(_ token: UInt64, _ socket: Int32) {
+        let epoll = state.withLock { state in
+            state.muted[token] = (socket, monotonicNanos() + Self.mutedNanos)
+            return state.epoll
+        }
+        _ = try? Sys.epollControl(epoll, EPOLL_CTL_MOD, socket, events: 0, data: token)
+    }
+
+    private func unmuteDue() {
+        let now = monotonicNanos()
+        let (due, epoll) = state.withLock { state -> ([(UInt64, Int32)], Int32) in
+            let due = state.muted.filter { $0.value.until <= now }
+            for token in due.keys { state.muted[token] = nil }
+            return (due.filter { state.entries[$0.key] != nil }.map { ($0.key, $0.value.socket) }, state.epoll)
+        }
+        for (token, socket) in due {
+            _ = try? Sys.epollControl(epoll, EPOLL_CTL_MOD, socket, events: UInt32(EPOLLIN.rawValue), data: token)
         }
     }
 
@@ -231,12 +260,12 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         let entry = state.withLock { $0.entries[token] }
         switch entry {
         case .registration(let registration, let listener):
-            takeConnectors(registration, listener: listener)
+            if !takeConnectors(registration, listener: listener) { mute(token, registration.socket.raw) }
         case .pending(let control, let peer, let listener, _):
             guard state.withLock({ $0.entries.removeValue(forKey: token) }) != nil else { return }
             answer(control, peer: peer, listener: listener)
         case .claims(let registration):
-            answerClaims(registration)
+            if !answerClaims(registration) { mute(token, registration.socket.raw) }
         case .welcomed(let link, _):
             // Nothing may arrive on a welcomed link's control socket but its hang-up: the connector is gone. Its
             // TCP connection may still wait in the backlog, with bytes it wrote before closing in the ring (a
@@ -250,10 +279,10 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         }
     }
 
-    /// The next connector waiting on `socket`; nil once none waits. While the process has no descriptor left
-    /// (EMFILE, ENFILE), each is accepted in the reserve's place and refused: it uses TCP at once, instead of
-    /// waiting out its handshake while this thread finds it in the backlog again and again.
-    private func nextConnector(on socket: Int32, _ what: String) -> Descriptor? {
+    /// The next connector waiting on `socket`; nil once none waits, or none can be taken (`starved`). While the
+    /// process has no descriptor left (EMFILE, ENFILE), each is accepted in the reserve's place and refused: it uses
+    /// TCP at once, instead of waiting out its handshake while this thread finds it in the backlog again and again.
+    private func nextConnector(on socket: Int32, _ what: String, starved: inout Bool) -> Descriptor? {
         while true {
             do throws(VMSockError) {
                 return try Sys.acceptUnixNonBlocking(socket, what: what)
@@ -263,15 +292,20 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
                     Handshake.reject(control, .outOfResources)
                     return true  // `control` is closed here, before the reserve is made again
                 }
-                guard refused == true else { return nil }
+                guard refused == true else {
+                    starved = true
+                    return nil
+                }
             } catch {
                 return nil
             }
         }
     }
 
-    private func takeConnectors(_ registration: Registration, listener: Int32) {
-        while let control = nextConnector(on: registration.socket.raw, "accept(vmsock-run registration)") {
+    /// Answers the connectors waiting on `registration`; false when some could not be taken (`nextConnector`).
+    private func takeConnectors(_ registration: Registration, listener: Int32) -> Bool {
+        var starved = false
+        while let control = nextConnector(on: registration.socket.raw, "accept(vmsock-run registration)", starved: &starved) {
             guard hooks.listenersAllowed() else {
                 Handshake.reject(control, .outOfResources)  // this process forked: the connector uses TCP
                 continue
@@ -297,6 +331,7 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
             hooks.noteInternal(raw)
             _ = try? Sys.epollControl(epoll, EPOLL_CTL_ADD, raw, events: UInt32(EPOLLIN.rawValue), data: token)
         }
+        return !starved
     }
 
     private func answer(_ control: Descriptor, peer: PeerCredentials, listener: Int32) {
@@ -353,8 +388,10 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
     /// process that holds it could accept the connection anyway. (Not "same user": nginx's workers run as
     /// nobody under a root master.) This thread made every welcome before its entry, so a claim never overtakes
     /// the hello it is for.
-    private func answerClaims(_ registration: Registration) {
-        while let control = nextConnector(on: registration.socket.raw, "accept(vmsock-run claims)") {
+    /// Answers the claims waiting on `registration`; false when some could not be taken (`nextConnector`).
+    private func answerClaims(_ registration: Registration) -> Bool {
+        var starved = false
+        while let control = nextConnector(on: registration.socket.raw, "accept(vmsock-run claims)", starved: &starved) {
             guard let request = try? ControlSocket.receive(control.raw, timeoutMs: 100),
                 let claim = PreloadClaims.Claim(request.bytes), request.descriptors.count == 1,
                 Self.sameSocket(request.descriptors[0].raw, claim.listener), state.withLock({ $0.listeners[claim.listener] != nil })
@@ -365,6 +402,7 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
                 try? ControlSocket.send(control.raw, answer.bytes, descriptors: answer.descriptors)
             }
         }
+        return !starved
     }
 
     /// How a connector's address and port are compared: the port and the address, an IPv4-mapped IPv6 address

@@ -7,7 +7,7 @@ import Synchronization
 /// again. Without one, a connection that cannot be accepted stays in the backlog, where a level-triggered wait
 /// reports it again at once, for as long as the process is out. The reserve is an empty memfd of its own, checked
 /// by device and inode before it is closed: a program that closed every descriptor and reused the number keeps
-/// its file.
+/// its file. `note` and `forget` list it among the library's own descriptors (a forked child closes those).
 final class ReserveDescriptor: Sendable {
     private struct Held {
         let fd: Int32
@@ -16,31 +16,45 @@ final class ReserveDescriptor: Sendable {
     }
 
     private let held = Mutex<Held?>(nil)
+    private let note: @Sendable (Int32) -> Void
+    private let forget: @Sendable (Int32) -> Void
 
-    init() { held.withLock { $0 = Self.make() } }
+    init(note: @escaping @Sendable (Int32) -> Void, forget: @escaping @Sendable (Int32) -> Void) {
+        self.note = note
+        self.forget = forget
+        refill()
+    }
 
-    /// The reserve's descriptor, for a caller that lists the library's own (nil when there is none).
-    var descriptor: Int32? { held.withLock { $0?.fd } }
+    /// Makes the reserve if there is none (it could not be made, or another descriptor took its place when it
+    /// was free): called where descriptors may be back.
+    func refill() {
+        held.withLock { held in
+            if held == nil { held = make() }
+        }
+    }
 
     /// Runs `body` with the reserve's descriptor free, then makes the reserve again; nil, without running `body`,
     /// when there is no reserve (it could not be made, or the program took its number).
     func withOneFree<R>(_ body: () -> R) -> R? {
         held.withLock { held -> R? in
-            guard let reserve = held ?? Self.make() else { return nil }
+            guard let reserve = held ?? make() else { return nil }
             held = nil
+            forget(reserve.fd)
             guard let status = try? Sys.fileStatus(reserve.fd, "fstat(reserve)"),
                 UInt64(status.st_dev) == reserve.device, UInt64(status.st_ino) == reserve.inode
             else { return nil }  // not ours any more: left alone
             Sys.close(reserve.fd)
-            defer { held = Self.make() }
+            defer { held = make() }
             return body()
         }
     }
 
-    private static func make() -> Held? {
+    private func make() -> Held? {
         guard let made = try? Sys.memfdCreate("vmsock-reserve", flags: VMS_MFD_CLOEXEC),
             let status = try? Sys.fileStatus(made.raw, "fstat(reserve)")
         else { return nil }
-        return Held(fd: made.release(), device: UInt64(status.st_dev), inode: UInt64(status.st_ino))
+        let fd = made.release()
+        note(fd)
+        return Held(fd: fd, device: UInt64(status.st_dev), inode: UInt64(status.st_ino))
     }
 }
