@@ -181,7 +181,7 @@ package final class PreloadListeners: @unchecked Sendable {  // all state behind
         openClaims()
         // Every signal blocked in the thread (`Sys.startThread`): nginx's master sleeps in sigsuspend for SIGCHLD,
         // and a SIGCHLD taken by this thread left it asleep for good after its workers ended.
-        // `hooks` was read here, inside the set-up: the thread takes no lock outside it.
+        // `hooks` was read above, inside the set-up: the thread takes no lock outside it.
         // The thread is inside the set-up from its first instruction (it leaves only to wait, `run`): its start
         // runs Swift code, which may be making type metadata under the runtime's lock, and a fork meanwhile left
         // that lock held in the child, whose next such step then waited for good (a daemon taking its first
