@@ -188,8 +188,8 @@ struct Options: Equatable {
     /// Where a connection leaves from (-s, -p): nil for the route's address and a port the kernel picks.
     var source: IPEndpoint? {
         guard !listen, sourceAddress != nil || sourcePort != nil else { return nil }
-        let address = sourceAddress ?? (family == .v6 ? "::" : "0.0.0.0")
-        return IPEndpoint(numericHost: address, port: sourcePort ?? 0)
+        // -p alone: a wildcard, which chooses the port only (the library takes the destination's family).
+        return IPEndpoint(numericHost: sourceAddress ?? "0.0.0.0", port: sourcePort ?? 0)
     }
 
     private static func port(_ text: String) throws(UsageError) -> UInt16 {

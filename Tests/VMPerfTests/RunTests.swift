@@ -40,6 +40,7 @@ final class RunTests: XCTestCase {
             }
             let sum = try XCTUnwrap(interval["sum"] as? [String: Any])
             for key in Self.sumKeys { XCTAssertNotNil(sum[key], "intervals[].sum.\(key)", file: file, line: line) }
+            XCTAssertNil(sum["snd_cwnd"], "iperf3's sums have no snd_cwnd (a stream's was copied there)", file: file, line: line)
         }
         let end = try XCTUnwrap(document["end"] as? [String: Any])
         let streams = try XCTUnwrap(end["streams"] as? [[String: Any]])

@@ -34,10 +34,10 @@ final class ReserveDescriptor: Sendable {
     }
 
     /// Runs `body` with the reserve's descriptor free, then makes the reserve again; nil, without running `body`,
-    /// when there is no reserve (it could not be made, or the program took its number).
+    /// when there is no reserve (it could not be made, or the program took its number: `refill` tries again).
     func withOneFree<R>(_ body: () -> R) -> R? {
         held.withLock { held -> R? in
-            guard let reserve = held ?? make() else { return nil }
+            guard let reserve = held else { return nil }
             held = nil
             forget(reserve.fd)
             guard let status = try? Sys.fileStatus(reserve.fd, "fstat(reserve)"),

@@ -230,7 +230,8 @@ struct Options: ParsableCommand {
     func source(forStream index: Int) -> IPEndpoint? {
         let port = index >= 0 ? cport.flatMap { UInt16(exactly: $0 + index) } ?? 0 : 0
         guard bind != nil || port != 0 else { return nil }
-        return IPEndpoint(numericHost: bind ?? (version6 ? "::" : "0.0.0.0"), port: port)
+        // --cport alone: a wildcard, which chooses the port only (the library takes the destination's family).
+        return IPEndpoint(numericHost: bind ?? "0.0.0.0", port: port)
     }
 
     /// -4 or -6: the one address family to use; nil for both.

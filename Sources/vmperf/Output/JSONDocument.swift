@@ -90,8 +90,8 @@ enum JSONDocument {
         total.bytes = spans.reduce(0) { $0 + $1.bytes }
         total.roundTrips = spans.reduce(0) { $0 + $1.roundTrips }
         total.sender = sender
-        let retransmits = spans.compactMap(\.retransmits)
-        total.retransmits = retransmits.isEmpty ? nil : retransmits.reduce(0, +)
+        total.retransmits = StreamSpan.summedRetransmits(spans)
+        total.window = nil  // iperf3's sums have no snd_cwnd
         return span(total, socket: nil, includeOmitted: includeOmitted, latency: latency)
     }
 

@@ -3,6 +3,12 @@ import VMPerfSupport
 extension TestParameters {
     /// Whether the interval lines end with a separator (they do with [SUM] lines), so the summary needs none.
     var intervalsEndWithSeparator: Bool { streams > 1 && interval > 0 }
+
+    /// Whether `side`'s throughput lines have iperf3's sender columns (Retr, and Cwnd in the intervals): a
+    /// client's always (its receiving lines leave them blank, as iperf3's -R does), a server's when it sends.
+    func showsSenderColumns(on side: TestRun.Side) -> Bool {
+        mode == .throughput && (side == .client || bidir || reverse)
+    }
 }
 
 /// Interval lines as the test runs (human output), and the `intervals` array of the JSON document.
@@ -14,11 +20,9 @@ struct IntervalReport {
 
     private var latency: Bool { parameters.mode == .latency }
 
-    /// The header over the interval lines: iperf3's Retr and Cwnd on a client (its receiving lines leave them
-    /// blank, as iperf3's -R does), and on a server that sends.
+    /// The header over the interval lines (`showsSenderColumns`).
     func header(_ connections: [Connection]) -> String {
-        let sends = !latency && (side == .client || parameters.bidir || parameters.reverse)
-        let columns: HumanLines.Columns = !sends ? .none
+        let columns: HumanLines.Columns = !parameters.showsSenderColumns(on: side) ? .none
             : connections.contains { $0.congestionWindow != nil } ? .retransmitsAndWindow : .retransmits
         return HumanLines.header(roles: parameters.bidir, latency: latency, columns: columns)
     }

@@ -15,6 +15,12 @@ struct StreamSpan {
     var window: Int? = nil
 
     var seconds: Double { end - start }
+
+    /// The streams' retransmits added up, for a [SUM] line or record; nil when none is known.
+    static func summedRetransmits(_ spans: [StreamSpan]) -> Int? {
+        let known = spans.compactMap(\.retransmits)
+        return known.isEmpty ? nil : known.reduce(0, +)
+    }
     var bytesPerSecond: Double { seconds > 0 ? Double(bytes) / seconds : 0 }
 }
 

@@ -59,9 +59,9 @@ struct Summary {
         return lines
     }
 
-    /// iperf3's Retr in the summary: on a client, and on a server that sends.
+    /// iperf3's Retr in the summary (`showsSenderColumns`), where the senders' counts are known.
     private var retransmitsShown: Bool {
-        (side == .client || parameters.bidir || parameters.reverse) && pairs.contains { $0.sender.retransmits != nil }
+        parameters.showsSenderColumns(on: side) && pairs.contains { $0.sender.retransmits != nil }
     }
 
     /// With -V, over shared memory: how often each side slept and rang the other, per stream. A figure far below
@@ -76,12 +76,11 @@ struct Summary {
         }
     }
 
-    /// The streams' sum (iperf3's [SUM]): retransmits summed when every stream's are known, no window.
+    /// The streams' sum (iperf3's [SUM]): no window.
     static func total(_ spans: [StreamSpan]) -> StreamSpan {
-        let retransmits = spans.reduce(Int?.some(0)) { sum, span in sum.flatMap { total in span.retransmits.map { total + $0 } } }
-        return StreamSpan(
+        StreamSpan(
             index: 0, start: 0, end: spans.map(\.end).max() ?? 0, bytes: spans.reduce(0) { $0 + $1.bytes }, roundTrips: 0,
-            sender: spans.first?.sender ?? false, retransmits: spans.isEmpty ? nil : retransmits)
+            sender: spans.first?.sender ?? false, retransmits: StreamSpan.summedRetransmits(spans))
     }
 
     func endJSON() -> JSON {
