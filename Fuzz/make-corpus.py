@@ -93,8 +93,12 @@ seeds["vmperf-wire"] = {
     "greeting": b"\0" + greeting,
     "parameters": b"\1" + control(parameters),
     "parameters-latency": b"\1" + control(dict(parameters, mode="latency", blockSize=64, serverCPU=1)),
+    "parameters-paced": b"\1" + control(dict(parameters, omit=2, bitsPerSecond=10**9, burst=10, title="t",
+                                              extraData="x", getServerOutput=True)),
     "reply": b"\2" + control({"error": "busy"}),
-    "results": b"\3" + bytes([2, 1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0]) + control(results),
+    "server-output": b"\3" + control({"text": "Accepted connection from 127.0.0.1\n\x1b[2J", "isJSON": False}),
+    "server-output-json": b"\3" + control({"text": json.dumps({"start": {}, "intervals": [], "end": {}}), "isJSON": True}),
+    "results": b"\4" + bytes([2, 1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0]) + control(results),
 }
 argv = lambda *words: b"\0".join(w.encode() for w in words)
 seeds["vmcat-options"] = {
@@ -114,6 +118,9 @@ seeds["vmperf-options"] = {
     "paper": argv("--paper", "--runs", "3", "--iterations", "1000"),
     "connections": argv("--connections", "100", "--transport", "shm"),
     "help": argv("--help"),
+    "paced": argv("-c", "h", "-b", "1G/10", "-O", "2", "-T", "t", "--timestamps", "--extra-data", "x", "--get-server-output"),
+    "daemon": argv("-s", "-D", "-I", "/tmp/p", "--rcv-timeout", "500"),
+    "unsupported": argv("-c", "h", "-u", "-Z", "--dscp=3"),
 }
 
 for target, files in seeds.items():

@@ -19,7 +19,10 @@ public func fuzzVmperfOptions(_ data: UnsafeRawPointer?, _ count: Int) -> CInt {
         _ = options.cpus
         _ = options.duration
         require((1...128).contains(options.parallel), "parallel \(options.parallel)")
+        require((0...600).contains(options.omit), "omit \(options.omit)")
+        require((options.bitrate?.burst ?? 1) >= 1 && (options.bitrate?.burst ?? 1) <= 1000, "burst \(String(describing: options.bitrate))")
     } catch {
+        _ = Options.unsupportedIperf3Flag(arguments)
         _ = Options.exitCode(for: error)
         _ = Options.message(for: error)
         if Options.exitCode(for: error) == .success { _ = Options.fullMessage(for: error) }

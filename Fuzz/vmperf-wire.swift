@@ -1,5 +1,5 @@
 // Fuzz target: what one vmperf reads from the other (Sources/vmperf/Wire): the greeting on every connection, the
-// length-prefixed JSON control messages (test parameters, the server's reply, each side's results), and what the
+// length-prefixed JSON control messages (test parameters, the server's reply and output, each side's results), and what the
 // results become once they arrive: the summary lines and the JSON document (Summary).
 // Invariants: no crash, whatever the other side sends; a greeting that parses is what it encodes to; parameters
 // that pass `validated()` are within the command line's limits.
@@ -33,6 +33,7 @@ private final class Bytes: ByteStream {
     func shutdownWrite() throws {}
     func close() {}
     func setReadTimeout(_ seconds: Double?) {}
+    func hasInput() -> Bool { offset < data.count }
 }
 
 /// Parameters a real client could send: what the summary of a test is made with.
@@ -44,7 +45,7 @@ private let sample = TestParameters(
 public func fuzzVmperfWire(_ data: UnsafeRawPointer?, _ count: Int) -> CInt {
     var input = FuzzInput(data, count)
     let what = input.byte()
-    switch what % 4 {
+    switch what % 5 {
     case 0:  // a greeting
         let bytes = input.rest()
         if let greeting = Greeting(bytes) {
@@ -60,6 +61,11 @@ public func fuzzVmperfWire(_ data: UnsafeRawPointer?, _ count: Int) -> CInt {
     case 2:  // the server's answer
         let channel = ControlChannel(stream: Bytes(input.rest()))
         _ = try? channel.receive(ServerReply.self, timeout: 1, what: "the answer")
+    case 3:  // the server's output (--get-server-output), as the client prints it and puts it in its document
+        let channel = ControlChannel(stream: Bytes(input.rest()))
+        guard let output = try? channel.receive(ServerOutput.self, timeout: 1, what: "the server's output") else { break }
+        require(!output.printable.unicodeScalars.contains { $0.value < 0x20 && $0 != "\n" && $0 != "\t" }, "a control character printed")
+        _ = JSON.object([output.documentMember]).rendered()
     default:  // the other side's results, and the summary made with them
         let mine = (0..<Int(input.byte() % 3)).map { i in
             StreamResult(index: i, sender: input.bool(), bytes: Int(input.integer(UInt32.self)), seconds: 1,

@@ -10,6 +10,14 @@ public indirect enum JSON: Equatable {
     case double(Double)
     case bool(Bool)
     case null
+    /// JSON text written as it is: another document, already checked to parse (`verbatim(checking:)`).
+    case verbatim(String)
+
+    /// `text` as a value of its own, if it parses as a JSON object; nil otherwise.
+    public static func verbatim(checking text: String) -> JSON? {
+        guard (try? JSONSerialization.jsonObject(with: Data(text.utf8))) is [String: Any] else { return nil }
+        return .verbatim(text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
 
     public static func == (a: JSON, b: JSON) -> Bool { a.rendered() == b.rendered() }
 
@@ -36,6 +44,7 @@ public indirect enum JSON: Equatable {
             return String(format: "%.17g", value)
         case .bool(let value): return value ? "true" : "false"
         case .null: return "null"
+        case .verbatim(let text): return text
         }
     }
 

@@ -6,13 +6,27 @@ import Foundation
 /// and a closed pipe must end us quietly, not with a crash report.
 public final class Report: @unchecked Sendable {  // lines come from the interval timer and the main thread, under `lock`
     private let fd: Int32
+    /// Where the output goes: standard output, or the log file's descriptor.
+    public var descriptor: Int32 { fd }
     private let lock = NSLock()
     /// -J: one JSON document at the end instead of lines.
     public let json: Bool
+    /// -T: every line begins with it and a colon (after the time, with --timestamps), as iperf3's.
+    private let title: String?
+    /// --timestamps: every line begins with the local time in this strftime(3) format.
+    private let timestampFormat: String?
+
+    /// What `line` and `document` wrote while capturing (--get-server-output), without the lines' prefixes.
+    private var captured: String?
+
+    /// iperf3's format for a bare --timestamps: "Thu Dec  3 16:01:19 2026 ".
+    public static let defaultTimestampFormat = "%c "
 
     /// Output to stdout, or appended to `logfile`; with `json`, lines are dropped and only `document` writes.
-    public init(logfile: String?, json: Bool) throws {
+    public init(logfile: String?, json: Bool, title: String? = nil, timestampFormat: String? = nil) throws {
         self.json = json
+        self.title = title
+        self.timestampFormat = timestampFormat
         guard let logfile else {
             fd = STDOUT_FILENO
             return
@@ -26,17 +40,52 @@ public final class Report: @unchecked Sendable {  // lines come from the interva
     /// A human-readable line; nothing in JSON mode (the document carries everything).
     public func line(_ text: String = "") {
         guard !json else { return }
-        write(text + "\n")
+        write(prefix() + text + "\n", capturing: text + "\n")
+    }
+
+    /// Text written as it is: no prefix, nothing added (another program's output, such as the server's).
+    public func verbatim(_ text: String) {
+        guard !json else { return }
+        write(text)
+    }
+
+    /// From now on, keeps a copy of what `line` and `document` write, until `endCapture`.
+    public func beginCapture() {
+        lock.withLock { captured = "" }
+    }
+
+    /// What was written since `beginCapture`; capturing stops.
+    public func endCapture() -> String {
+        lock.withLock {
+            defer { captured = nil }
+            return captured ?? ""
+        }
+    }
+
+    private func prefix() -> String {
+        var out = ""
+        if let timestampFormat {
+            var now = time(nil)
+            var local = tm()
+            localtime_r(&now, &local)
+            var buffer = [CChar](repeating: 0, count: 256)
+            let count = strftime(&buffer, buffer.count, timestampFormat, &local)  // 0: too long, or an empty result
+            out += String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        if let title { out += title + ":  " }
+        return out
     }
 
     /// The JSON document, printed once at the end.
     public func document(_ value: JSON) {
-        write(value.rendered() + "\n")
+        let text = value.rendered() + "\n"
+        write(text, capturing: text)
     }
 
-    private func write(_ text: String) {
+    private func write(_ text: String, capturing copy: String? = nil) {
         lock.lock()
         defer { lock.unlock() }
+        if let copy, captured != nil { captured! += copy }
         guard Self.writeAll(fd, text) else {
             // The reader of our output is gone (EPIPE) or the disk is full: nothing more can be reported.
             if errno != EPIPE { Self.standardError("vmperf: error - cannot write the output: \(errorText())\n") }

@@ -17,18 +17,24 @@ enum Entrypoint {
                 print(Options.fullMessage(for: error))
                 exit(0)
             }
+            // An iperf3 flag vmperf does not take: say why, and what to use, rather than "Unknown option".
+            if let unsupported = Options.unsupportedIperf3Flag(Array(CommandLine.arguments.dropFirst())) {
+                Report.standardError("vmperf: error - \(unsupported)\n")
+                exit(1)
+            }
             Report.standardError("vmperf: error - \(Options.message(for: error)) (usage: vmperf --help)\n")
             exit(1)
         }
         signal(SIGPIPE, SIG_IGN)
         let report: Report
         do {
-            report = try Report(logfile: options.logfile, json: options.json)
+            report = try Report(logfile: options.logfile, json: options.json, title: options.title, timestampFormat: options.timestamps)
         } catch {
             Report.standardError("vmperf: error - \(error)\n")
             exit(1)
         }
         do {
+            try Daemon.start(daemon: options.daemon, pidFile: options.pidfile, keeping: report.descriptor)  // before any thread starts
             switch options.role {
             case .server: try Server(options, report).run()
             case .client(let host): try Client(options, host: host, report).run()

@@ -125,6 +125,130 @@ final class RunTests: XCTestCase {
         }
     }
 
+    /// -O, -b, -T and --extra-data, as iperf3 takes them: the warm-up's intervals are marked omitted and come
+    /// first, the figures and times start again from zero after it, and -n counts after it; -b holds the sender
+    /// to its rate from its start (warm-up included); the title and the extra data reach both documents.
+    func testOmitBitrateTitleAndExtraData() throws {
+        let began = Date()
+        let (client, server) = try VMPerf.clientAgainstServer(
+            ["-n", "3M", "-O", "1", "-i", "0.2", "-b", "80M", "-T", "mine", "--extra-data", "more", "-J"], serverArguments: ["-J"])
+        let elapsed = Date().timeIntervalSince(began)
+        XCTAssertEqual(client.status, 0, client.stderr)
+        XCTAssertEqual(server.status, 0, server.stderr)
+        var warmUpBytes = 0
+        for (document, isClient) in [(try client.json(), true), (try server.json(), false)] {
+            try checkIperf3Keys(document, client: isClient)
+            XCTAssertEqual(document["title"] as? String, "mine")
+            XCTAssertEqual(document["extra_data"] as? String, "more")
+            let testStart = try XCTUnwrap((document["start"] as? [String: Any])?["test_start"] as? [String: Any])
+            XCTAssertEqual(testStart["omit"] as? Int, 1)
+            XCTAssertEqual(testStart["target_bitrate"] as? Int, 80_000_000)
+            let intervals = try XCTUnwrap(document["intervals"] as? [[String: Any]])
+            let sums = intervals.compactMap { $0["sum"] as? [String: Any] }
+            let omitted = sums.map { $0["omitted"] as? Bool ?? false }
+            XCTAssertEqual(omitted.first, true, "the warm-up's intervals come first")
+            XCTAssertEqual(omitted.last, false)
+            XCTAssertEqual(omitted, omitted.sorted { $0 && !$1 }, "no warm-up interval after the test's: \(omitted)")
+            let firstCounted = try XCTUnwrap(sums.first { $0["omitted"] as? Bool == false })
+            XCTAssertEqual(firstCounted["start"] as? Double ?? (firstCounted["start"] as? Int).map(Double.init), 0,
+                           "times start again from zero after the warm-up")
+            if isClient { warmUpBytes = sums.filter { $0["omitted"] as? Bool == true }.reduce(0) { $0 + ($1["bytes"] as? Int ?? 0) } }
+        }
+        let document = try client.json()
+        XCTAssertEqual(end(document, "sum_sent")["bytes"] as? Int, 3 << 20, "-n counts after the warm-up")
+        XCTAssertEqual(end(document, "sum_received")["bytes"] as? Int, 3 << 20)
+        XCTAssertGreaterThan(warmUpBytes, 0)
+        // Never ahead of 80 Mbit/s since the sender started (within one block), warm-up included. Unpaced, the
+        // warm-up alone would be gigabytes.
+        XCTAssertLessThanOrEqual(Double(warmUpBytes + (3 << 20)), 10e6 * elapsed + 131_072, "sent faster than -b allows")
+    }
+
+    /// The human lines of the same: -T and --timestamps begin every client line (time first, as iperf3's), and
+    /// the warm-up's lines on both sides end "(omitted)" where iperf3 puts it.
+    func testOmittedLinesTitleAndTimestamps() throws {
+        let (client, server) = try VMPerf.clientAgainstServer(["-t", "0.4", "-O", "1", "-i", "0.25", "-T", "mine", "--timestamps=<%Y> "])
+        XCTAssertEqual(client.status, 0, client.stderr)
+        XCTAssertEqual(server.status, 0, server.stderr)
+        let year = Calendar(identifier: .gregorian).component(.year, from: Date())
+        let lines = client.stdout.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
+        for line in lines { XCTAssertTrue(line.hasPrefix("<\(year)> mine:  "), line) }
+        let omitted = lines.filter { $0.hasSuffix("   4.00 MBytes       (omitted)") }
+        XCTAssertFalse(omitted.isEmpty, client.stdout)
+        XCTAssertTrue(lines.contains { $0.hasSuffix(" sender") }, client.stdout)
+        let serverOmitted = server.stdout.split(separator: "\n").filter { $0.hasSuffix("/sec                  (omitted)") }
+        XCTAssertFalse(serverOmitted.isEmpty, server.stdout)
+        XCTAssertFalse(server.stdout.contains("mine:"), "the title is the client's (iperf3's server prints none)")
+    }
+
+    /// Round trips of the warm-up are left out: -k counts after it, and the histogram holds only the test's.
+    func testLatencyAfterWarmUp() throws {
+        let (client, _) = try VMPerf.clientAgainstServer(["--latency", "-k", "300", "-O", "1", "-i", "0.5", "-J"])
+        XCTAssertEqual(client.status, 0, client.stderr)
+        let latency = end(try client.json(), "latency")
+        XCTAssertEqual(latency["round_trips"] as? Int, 300)
+    }
+
+    /// --rcv-timeout: a receiver that waits longer than it for data ends the test with a message saying so
+    /// (the server, paced to 8 bits a second, sends its first block and then nothing for hours). The server,
+    /// asleep in its pacing, sees its client gone from the control connection and ends the test too, long before
+    /// its 60 s are up (the helper kills a server still running 15 s after its client).
+    func testReceiveTimeoutAndAClientGoneFromAPacedServer() throws {
+        let (client, server) = try VMPerf.clientAgainstServer(["-R", "-b", "8", "-t", "60", "--rcv-timeout", "300"])
+        XCTAssertEqual(client.status, 1, client.stdout)
+        XCTAssertTrue(client.stderr.contains("no data arrived on stream 1 for 0.3 s (--rcv-timeout)"), client.stderr)
+        XCTAssertEqual(server.status, 1, "the server ends its test itself: \(server.stdout)")
+        XCTAssertTrue(server.stderr.contains("the client ended the test while this side still ran"), server.stderr)
+    }
+
+    /// --get-server-output: the client prints the server's lines after its own (as they are: no title), or with
+    /// -J puts them in its document, as server_output_json when the server wrote JSON.
+    func testServerOutput() throws {
+        let (human, _) = try VMPerf.clientAgainstServer(["-t", "0.3", "--get-server-output", "-T", "mine"])
+        XCTAssertEqual(human.status, 0, human.stderr)
+        let text = try XCTUnwrap(human.stdout.components(separatedBy: "\nServer output:\n").last)
+        XCTAssertTrue(text.hasPrefix("Accepted connection from 127.0.0.1"), human.stdout)
+        XCTAssertTrue(text.contains("receiver\n"), human.stdout)
+        XCTAssertTrue(human.stdout.hasSuffix("mine:  vmperf Done.\n"), human.stdout)
+        for (serverArguments, key) in [([], "server_output_text"), (["-J"], "server_output_json")] {
+            let (client, _) = try VMPerf.clientAgainstServer(["-t", "0.3", "--get-server-output", "-J"], serverArguments: serverArguments)
+            XCTAssertEqual(client.status, 0, client.stderr)
+            let document = try client.json()
+            if key == "server_output_json" {
+                try checkIperf3Keys(try XCTUnwrap(document[key] as? [String: Any]), client: false)
+            } else {
+                XCTAssertTrue((document[key] as? String)?.hasPrefix("Accepted connection from") == true, "\(document[key] ?? "none")")
+            }
+        }
+    }
+
+    /// -D and -I: the server goes to the background at once, writes its pid, serves, refuses a second server
+    /// on the same pid file while it runs, and at SIGTERM ends and removes the file.
+    func testDaemonAndPidFile() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("vmperf-daemon-\(getpid())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let (pidFile, log) = (directory.appendingPathComponent("pid").path, directory.appendingPathComponent("log").path)
+        let port = String(VMPerf.freePort())
+        let started = try VMPerf.run(["-s", "-D", "-I", pidFile, "-p", port, "--logfile", log], timeout: 20)
+        XCTAssertEqual(started.status, 0, started.stderr)
+        let pid = try XCTUnwrap(pid_t((try String(contentsOfFile: pidFile, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)))
+        var signalled = false
+        defer { if !signalled { kill(pid, SIGKILL) } }  // never a pid that may have been given to another process since
+        XCTAssertEqual(kill(pid, 0), 0, "the daemon runs")
+        VMPerf.waitForListener(port: port)
+        let client = try VMPerf.run(["-c", "127.0.0.1", "-p", port, "-t", "0.2"])
+        XCTAssertEqual(client.status, 0, client.stderr)
+        XCTAssertTrue(try String(contentsOfFile: log, encoding: .utf8).contains("Accepted connection from"))
+        let second = try VMPerf.run(["-s", "-D", "-I", pidFile, "-p", String(VMPerf.freePort())], timeout: 20)
+        XCTAssertEqual(second.status, 1)
+        XCTAssertTrue(second.stderr.contains("another instance of vmperf appears to be running (pid \(pid)"), second.stderr)
+        kill(pid, SIGTERM)
+        let deadline = Date().addingTimeInterval(10)
+        while FileManager.default.fileExists(atPath: pidFile) && Date() < deadline { usleep(20_000) }
+        signalled = !FileManager.default.fileExists(atPath: pidFile)  // else it did not end: SIGKILL it
+        XCTAssertTrue(signalled, "the pid file is removed at SIGTERM")
+    }
+
     /// As iperf3, the server listens on IPv6 and IPv4 at once: a client of ::1 and one of 127.0.0.1 both reach
     /// it over shared memory, and the server names an IPv4 client as IPv4. -4 and -6 keep a client to one
     /// family; -B puts the server on one address.

@@ -1,9 +1,10 @@
 import ArgumentParser
 import Glibc
+import VMPerfSupport
 import VMSock
 
-/// The command line: iperf3's flags (`-s`, `-c host`, `-p`, `-t`/`-n`/`-k`, `-l`, `-P`, `-R`, `--bidir`, `-i`, `-f`,
-/// `-J`, `-1`, `-V`, `--logfile`) with iperf3's defaults, vmsock's own (`--transport`, `--ring-size`, `--spin-us`),
+/// The command line: iperf3's flags (`-s`, `-c host`, `-p`, `-t`/`-n`/`-k`, `-l`, `-P`, `-R`, `--bidir`, `-b`, `-O`,
+/// `-i`, `-f`, `-J`, `-T`, `--timestamps`, `-1`, `-V`, `--logfile` and more) with iperf3's defaults, vmsock's own (`--transport`, `--ring-size`, `--spin-us`),
 /// and the modes iperf3 does not have: `--latency`, `--compare`, `--paper` and `--connections`.
 struct Options: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -57,6 +58,21 @@ struct Options: ParsableCommand {
     var reverse = false
     @Flag(help: "Run in bidirectional mode (client and server send and receive data).")
     var bidir = false
+    @Option(name: [.customShort("b"), .customLong("bitrate")], parsing: .unconditional,
+            help: "Target bitrate of each sending stream in bits/sec, #[KMGT] (powers of 1000; 0 for unlimited, the default); an optional /# sends that many blocks back to back between looks at the clock.")
+    var bitrate: Bitrate?
+    @Option(name: [.customShort("O"), .customLong("omit")], parsing: .unconditional,
+            help: "Run N seconds first and leave them out of the figures (a warm-up; -t counts after it).")
+    var omit: Int = 0
+    @Option(name: .customLong("connect-timeout"), parsing: .unconditional,
+            help: "Client: milliseconds to wait for each connection to the server (default 10000).")
+    var connectTimeout: Int?
+    @Option(name: .customLong("rcv-timeout"), parsing: .unconditional,
+            help: "Milliseconds a receiving stream waits for data before the test ends with an error (default 120000).")
+    var rcvTimeout: Int = 120_000
+    @Flag(name: [.customShort("N"), .customLong("no-delay")],
+          help: "TCP_NODELAY, which vmsock sets on every TCP connection anyway (a shared-memory write is never held back).")
+    var noDelay = false
 
     // MARK: Output
     @Option(name: [.customShort("i"), .customLong("interval")], parsing: .unconditional, help: "Seconds between periodic reports (0 turns them off).")
@@ -67,10 +83,25 @@ struct Options: ParsableCommand {
     var json = false
     @Flag(name: [.customShort("1"), .customLong("one-off")], help: "Server: handle one client connection, then exit.")
     var oneOff = false
+    @Flag(name: [.customShort("D"), .customLong("daemon")], help: "Server: run in the background (output only to --logfile).")
+    var daemon = false
+    @Option(name: [.customShort("I"), .customLong("pidfile")], help: "Write the process's pid to this file, removed when it ends.")
+    var pidfile: String?
     @Flag(name: [.customShort("V"), .customLong("verbose")], help: "More detailed output.")
     var verbose = false
     @Option(help: "Send output to a log file.")
     var logfile: String?
+    @Option(name: [.customShort("T"), .customLong("title")], help: "Client: prefix every output line with this string.")
+    var title: String?
+    @Option(name: .customLong("timestamps"),
+            help: ArgumentHelp("Begin every output line with the time (--timestamps, or --timestamps=FORMAT as strftime(3) takes it).", valueName: "format"))
+    var timestamps: String?
+    @Flag(help: "Write each line out as soon as it is made (vmperf always does; accepted as iperf3 takes it).")
+    var forceflush = false
+    @Option(name: .customLong("extra-data"), help: "Client: a string both sides put in their JSON (-J) as extra_data.")
+    var extraData: String?
+    @Flag(name: .customLong("get-server-output"), help: "Client: print what the server printed for the test (with -J: put it in the document).")
+    var getServerOutput = false
 
     // MARK: vmsock
     @Option(help: "auto (shared memory when the server is a vmsock listener on this host, else TCP), shm, tcp, ivshmem (through the vmsockd region VMSOCK_IVSHMEM names), or unix (a Unix-domain socket, for comparison).")
@@ -139,6 +170,14 @@ struct Options: ParsableCommand {
             throw ValidationError("report interval \(interval) is out of range (0, or 0.1 to 60 seconds)")
         }
         guard !(reverse && bidir) else { throw ValidationError("cannot use -R and --bidir together") }
+        guard (0...600).contains(omit) else { throw ValidationError("bogus value for --omit (\(omit): 0 to 600 seconds)") }
+        if let connectTimeout, !(1...86_400_000).contains(connectTimeout) {
+            throw ValidationError("--connect-timeout \(connectTimeout) is out of range (1 to 86400000 ms)")
+        }
+        guard (100...86_400_000).contains(rcvTimeout) else {
+            throw ValidationError("--rcv-timeout \(rcvTimeout) is out of range (100 to 86400000 ms)")
+        }
+        if let timestamps, timestamps.isEmpty { throw ValidationError("--timestamps= needs a strftime(3) format") }
         guard !(version4 && version6) else { throw ValidationError("cannot use -4 and -6 together") }
         if let bind, bind.isEmpty { throw ValidationError("-B needs an address") }
         if let bind, client != nil, IPEndpoint(numericHost: bind, port: 0) == nil {
@@ -164,34 +203,51 @@ struct Options: ParsableCommand {
             throw ValidationError("--iterations \(iterations) is out of range (1 to 100000000)")
         }
         if latency && (reverse || bidir) { throw ValidationError("--latency measures round trips: -R and --bidir do not apply") }
+        if latency && (bitrate?.bitsPerSecond ?? 0) > 0 {
+            throw ValidationError("--latency makes one round trip at a time: -b paces a sending stream and does not apply")
+        }
         if server {
             let clientOnly = [("-t", time != nil), ("-n", bytes != nil), ("-k", blockcount != nil), ("-l", length != nil),
-                              ("-P", parallel != 1), ("-R", reverse), ("--bidir", bidir), ("--latency", latency)]
+                              ("-P", parallel != 1), ("-R", reverse), ("--bidir", bidir), ("--latency", latency),
+                              ("-b", bitrate != nil), ("-O", omit != 0), ("-T", title != nil), ("--extra-data", extraData != nil),
+                              ("--connect-timeout", connectTimeout != nil), ("--get-server-output", getServerOutput)]
             if let (flag, _) = clientOnly.first(where: \.1) {
                 throw ValidationError("parameter error - some option you are trying to set is client only (\(flag))")
+            }
+        }
+        if compare || paper || connections != nil {
+            let clientOnly = [("-b", bitrate != nil), ("-O", omit != 0), ("--get-server-output", getServerOutput), ("-D", daemon)]
+            if let (flag, _) = clientOnly.first(where: \.1) {
+                throw ValidationError("\(flag) is for a test between a client (-c) and a server (-s), not for --compare, --paper or --connections")
             }
         }
         if server && cport != nil {
             throw ValidationError("parameter error - some option you are trying to set is client only (--cport)")
         }
-        if oneOff && !server {
-            throw ValidationError("parameter error - some option you are trying to set is server only (-1)")
+        if let (flag, _) = [("-1", oneOff), ("-D", daemon)].first(where: \.1), !server {
+            throw ValidationError("parameter error - some option you are trying to set is server only (\(flag))")
         }
+        if let pidfile, pidfile.isEmpty { throw ValidationError("-I needs a file name") }
         if server && (transport == .shm || transport == .tcp || transport == .ivshmem) {
             throw ValidationError("--transport is for clients: a server accepts shared-memory, TCP and Unix-socket clients at once")
         }
     }
 
-    /// iperf3 (getopt) takes values attached to short options (`-P4`, `-l128K`); such words are split in two first.
-    /// swift-argument-parser would take them itself for options declared `.customShort(_, allowingJoined: true)`,
-    /// but then (1.8.2) its message for a missing value drops the value's name (`Missing value for '-c'` instead
-    /// of `Missing value for '-c <client>'`), so vmperf keeps this split.
+    /// The command line as getopt reads it for iperf3, in the words swift-argument-parser takes:
+    /// - a value attached to a short option (`-P4`, `-l128K`) is split off. swift-argument-parser would take such
+    ///   words itself for options declared `.customShort(_, allowingJoined: true)`, but then (1.8.2) its message
+    ///   for a missing value drops the value's name (`Missing value for '-c'` instead of `Missing value for
+    ///   '-c <client>'`), so vmperf keeps this split;
+    /// - `--timestamps` without `=FORMAT` (an optional value, which swift-argument-parser has not) gets iperf3's
+    ///   default format.
     static func splittingAttachedValues(_ arguments: [String]) -> [String] {
         var out: [String] = []
         for (index, word) in arguments.enumerated() {
             if word == "--" { return out + arguments[index...] }
             let chars = Array(word)
-            if chars.count > 2, chars[0] == "-", chars[1] != "-", "cptnklPifB".contains(chars[1]) {
+            if word == "--timestamps" {
+                out.append("--timestamps=" + Report.defaultTimestampFormat)
+            } else if chars.count > 2, chars[0] == "-", chars[1] != "-", "cptnklPifBbOTI".contains(chars[1]) {
                 out += [String(chars[0...1]), String(chars[2...])]
             } else {
                 out.append(word)
@@ -199,6 +255,36 @@ struct Options: ParsableCommand {
         }
         return out
     }
+
+    /// iperf3's flags that vmperf does not take, each with why and what to use instead: the first one on a command
+    /// line that did not parse, as the message for it; nil when there is none.
+    static func unsupportedIperf3Flag(_ arguments: [String]) -> String? {
+        for word in arguments {
+            if word == "--" { return nil }
+            let name = word.hasPrefix("--") ? String(word.prefix { $0 != "=" }) : word.count >= 2 && word.hasPrefix("-") ? String(word.prefix(2)) : ""
+            if let (_, why) = unsupported.first(where: { $0.flags.contains(name) }) { return "\(name) is not supported: \(why)" }
+        }
+        return nil
+    }
+
+    private static let ipHeader = "it sets a field of IP packets, which shared memory does not send; use iperf3 to measure TCP with it"
+    private static let unsupported: [(flags: [String], why: String)] = [
+        (["-u", "--udp", "--udp-counters-64bit"], "vmperf measures byte streams (shared memory, or TCP when the server is not a vmsock listener on this host); use iperf3 -u for UDP"),
+        (["--sctp", "-X", "--xbind", "--nstreams"], "vmperf measures byte streams over shared memory or TCP; use iperf3 for SCTP"),
+        (["-Z", "--zerocopy"], "over shared memory every block is already written straight into the ring and read in place; use iperf3 -Z for TCP's sendfile"),
+        (["-F", "--file"], "vmperf sends its own pattern; copy a file with vmcat (vmcat HOST PORT < FILE)"),
+        (["-C", "--congestion"], "shared memory has no congestion control; use iperf3 -C to choose TCP's"),
+        (["-M", "--set-mss", "-S", "--tos", "--dscp", "-L", "--flowlabel", "--dont-fragment"], ipHeader),
+        (["--fq-rate", "--pacing-timer"], "vmperf paces with -b, looking at the clock between blocks (-b RATE/N: every N blocks)"),
+        (["--snd-timeout"], "it sets TCP_USER_TIMEOUT; a shared-memory connection ends at once when its peer's process goes"),
+        (["--bind-dev"], "vmperf binds to an address (-B); shared memory does not go through a network device"),
+        (["--repeating-payload"], "vmperf always sends a repeating pattern"),
+        (["--username", "--rsa-public-key-path", "--rsa-private-key-path", "--authorized-users-path", "--time-skew-threshold"],
+         "vmperf has no user authentication; a shared-memory listener takes only peers its peer policy allows (same user or root by default)"),
+        (["--server-bitrate-limit", "--idle-timeout", "-d", "--debug"],
+         "not yet done in vmperf (see its --help for what it takes)"),
+        (["--mptcp"], "vmperf measures shared memory or plain TCP; use iperf3 for MPTCP"),
+    ]
 
     /// vmperf's rings: 4 MiB unless told. The library's default (256 KiB) holds only two 128 KiB blocks, so the
     /// writer waits for the reader block by block; with 2 MiB or more both run at once (README, vmperf).

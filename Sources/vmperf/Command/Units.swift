@@ -72,3 +72,31 @@ enum Units {
         Self.format(bytesPerSecond, format) + "/sec"
     }
 }
+
+/// `-b`: iperf3's target bitrate, `#[KMGT][/#]`: bits per second with powers of 1000 (a rate, not a size), and
+/// after a slash how many blocks go out back to back between two looks at the clock (1 to 1000).
+struct Bitrate: ExpressibleByArgument, Equatable {
+    /// Bits per second; 0 for unlimited.
+    let bitsPerSecond: Int
+    let burst: Int?
+
+    init?(argument: String) {
+        let parts = argument.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        var digits = parts[0]
+        var scale = 1.0
+        if let last = digits.last, let power = "kmgt".firstIndex(of: Character(last.lowercased())) {
+            scale = pow(1000, Double("kmgt".distance(from: "kmgt".startIndex, to: power) + 1))
+            digits = digits.dropLast()
+        }
+        guard let number = Double(digits), number.isFinite, number >= 0, number * scale < 0x1p62 else { return nil }
+        bitsPerSecond = Int(number * scale)
+        if parts.count == 2 {
+            guard let burst = Int(parts[1]), (1...1000).contains(burst) else { return nil }
+            self.burst = burst
+        } else {
+            burst = nil
+        }
+    }
+
+    static var defaultCompletionKind: CompletionKind { .default }
+}

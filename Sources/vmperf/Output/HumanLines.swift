@@ -7,6 +7,8 @@ import Histogram
 /// or the ring's size).
 enum HumanLines {
     static let separator = "- - - - - - - - - - - - - - - - - - - - - - - - -"
+    /// The tag of a warm-up interval's lines (-O).
+    static let omitted = "(omitted)"
 
     /// The sender's columns a header names: none, Retr (the summary), or Retr and Cwnd (the intervals).
     enum Columns { case none, retransmits, retransmitsAndWindow }
@@ -46,11 +48,12 @@ enum HumanLines {
 
     /// A latency interval: round trips and their mean. Each stream makes its round trips back to back, so the
     /// mean is the time the `streams` spent over the count.
-    static func latencyLine(id: String, _ span: StreamSpan, streams: Int = 1) -> String {
+    static func latencyLine(id: String, _ span: StreamSpan, streams: Int = 1, tag: String? = nil) -> String {
         let idText = idTag(id)
         let interval = String(format: "%6.2f-%-6.2f sec", span.start, span.end)
         let mean = span.roundTrips > 0 ? span.seconds * Double(streams) / Double(span.roundTrips) * 1e6 : 0
         return "\(idText) \(interval)  \(String(format: "%11d", span.roundTrips))  \(String(format: "%9.3f", mean)) usec"
+            + (tag.map { "  " + $0 } ?? "")
     }
 
     static let percentiles: [Double] = [25, 50, 75, 90, 99, 99.9, 99.99, 99.999]

@@ -40,12 +40,21 @@ enum JSONDocument {
     static func testStart(_ parameters: TestParameters) -> JSON {
         .object([
             ("protocol", .string("TCP")), ("num_streams", .int(parameters.streams)),
-            ("blksize", .int(parameters.blockSize)), ("omit", .int(0)),
+            ("blksize", .int(parameters.blockSize)), ("omit", .int(parameters.omitSeconds)),
             ("duration", .int(parameters.bytes == 0 && parameters.blocks == 0 ? Int(parameters.duration.rounded(.up)) : 0)),
             ("bytes", .int(parameters.bytes)), ("blocks", .int(parameters.blocks)),
             ("reverse", .int(parameters.reverse ? 1 : 0)), ("bidir", .int(parameters.bidir ? 1 : 0)),
-            ("tos", .int(0)), ("target_bitrate", .int(0)),
+            ("tos", .int(0)), ("target_bitrate", .int(parameters.bitsPerSecond ?? 0)),
         ])
+    }
+
+    /// The whole document: iperf3's three parts, then -T's title and --extra-data where given (iperf3 puts them
+    /// at the top too, on both sides).
+    static func document(start: JSON, intervals: JSON, end: JSON, _ parameters: TestParameters) -> JSON {
+        var members: [(String, JSON)] = [("start", start), ("intervals", intervals), ("end", end)]
+        if let title = parameters.title { members.append(("title", .string(title))) }
+        if let extraData = parameters.extraData { members.append(("extra_data", .string(extraData))) }
+        return .object(members)
     }
 
     /// vmsock's own facts: the transport each connection uses and, when auto fell back to TCP, why.
@@ -77,7 +86,7 @@ enum JSONDocument {
         if let retransmits = span.retransmits { members.append(("retransmits", .int(retransmits))) }  // senders only
         if let window = span.window { members.append(("snd_cwnd", .int(window))) }  // a sender's interval
         if latency { members.append(("round_trips", .int(span.roundTrips))) }
-        if includeOmitted { members.append(("omitted", .bool(false))) }
+        if includeOmitted { members.append(("omitted", .bool(span.omitted))) }
         members.append(("sender", .bool(span.sender)))
         return .object(members)
     }

@@ -19,7 +19,9 @@ struct Client {
             mode: options.latency ? .latency : .throughput, streams: options.parallel, blockSize: options.blockSize,
             duration: options.duration, bytes: options.bytes?.value ?? 0, blocks: options.blockcount?.value ?? 0,
             reverse: options.reverse, bidir: options.bidir, interval: options.interval, spinUs: options.spinUs,
-            serverCPU: options.cpus.remote, ringSize: options.ringSize?.value)
+            serverCPU: options.cpus.remote, ringSize: options.ringSize?.value, omit: options.omit,
+            bitsPerSecond: options.bitrate?.bitsPerSecond, burst: options.bitrate?.burst, title: options.title,
+            extraData: options.extraData, getServerOutput: options.getServerOutput ? true : nil)
     }
 
     var socketOptions: VMSocketOptions {
@@ -32,7 +34,7 @@ struct Client {
         }
         socket.ringSize = options.effectiveRingSize
         socket.addressFamily = options.addressFamily ?? options.bind.flatMap { IPEndpoint(numericHost: $0, port: 0)?.family }
-        socket.connectTimeout = .seconds(10)
+        socket.connectTimeout = .milliseconds(options.connectTimeout ?? 10_000)
         return socket
     }
 
@@ -43,6 +45,8 @@ struct Client {
         var cookie: [UInt8]
         var outcome: TestRun.Outcome
         var remote: SideResults
+        /// What the server printed, with --get-server-output.
+        var serverOutput: ServerOutput?
     }
 
     func run() throws {
@@ -83,7 +87,7 @@ struct Client {
             let end = parameters.bytes > 0 ? "\(parameters.bytes) bytes to send" : parameters.blocks > 0
                 ? "\(parameters.blocks) blocks to send" : "\(Compare.format(parameters.duration)) second test"
             report.line("Starting Test: protocol: TCP, \(parameters.streams) streams, \(parameters.blockSize) byte blocks, "
-                        + "omitting 0 seconds, \(end), tos 0; transport: \(connections.first?.transportDescription ?? "-")"
+                        + "omitting \(parameters.omitSeconds) seconds, \(end), tos 0; transport: \(connections.first?.transportDescription ?? "-")"
                         + (connections.first?.ringSize.map { ", ring \($0) bytes" } ?? ""))
         }
         if parameters.mode == .latency {
@@ -91,11 +95,15 @@ struct Client {
         }
         let intervals = IntervalReport(parameters: parameters, side: .client, report: report, format: options.format)
         report.line(intervals.header(connections))
-        let run = TestRun(parameters, side: .client, connections: connections, cpu: options.cpus.local)
+        let run = TestRun(parameters, side: .client, connections: connections, cpu: options.cpus.local,
+                          receiveTimeout: Double(options.rcvTimeout) / 1000)
         let outcome = try run.run(printInterval: intervals.print)
         try channel.send(SideResults(cpu: outcome.cpu, streams: outcome.streams))
         let remote = try channel.receive(SideResults.self, timeout: 60, what: "the server's results").validated()
-        return Measurement(parameters: parameters, connections: connections, cookie: cookie, outcome: outcome, remote: remote)
+        let serverOutput = options.getServerOutput ? try channel.receive(ServerOutput.self, timeout: 60, what: "the server's output") : nil
+        return Measurement(
+            parameters: parameters, connections: connections, cookie: cookie, outcome: outcome, remote: remote,
+            serverOutput: serverOutput)
     }
 
     /// The summary (human) or the whole document (-J).
@@ -104,11 +112,14 @@ struct Client {
         let summary = Summary(parameters: parameters, side: .client, local: outcome, remote: remote, format: options.format)
         let intervals = IntervalReport(parameters: parameters, side: .client, report: report, format: options.format)
         if report.json {
-            report.document(.object([
-                ("start", start(parameters, connections, cookie: measured.cookie)),
-                ("intervals", intervals.json(outcome.intervals)),
-                ("end", summary.endJSON()),
-            ]))
+            var document = JSONDocument.document(
+                start: start(parameters, connections, cookie: measured.cookie), intervals: intervals.json(outcome.intervals),
+                end: summary.endJSON(), parameters)
+            if let output = measured.serverOutput, case .object(var members) = document {
+                members.append(output.documentMember)
+                document = .object(members)
+            }
+            report.document(document)
             return
         }
         if let histogram = outcome.histogram {
@@ -131,6 +142,11 @@ struct Client {
             for line in summary.waitLines() { report.line(line) }
         }
         report.line()
+        if let output = measured.serverOutput {
+            // As iperf3 prints it: the server's own lines as they are, without this side's title or times.
+            report.verbatim("Server output:\n" + output.printable + (output.text.hasSuffix("\n") ? "" : "\n") + "\n")
+            report.line()
+        }
         report.line("vmperf Done.")
     }
 
@@ -180,6 +196,7 @@ struct Client {
             ("timestamp", JSONDocument.timestamp()),
             ("connecting_to", .object([("host", .string(host)), ("port", .int(options.port))])),
             ("cookie", .string(String(decoding: cookie, as: UTF8.self))),
+            ("target_bitrate", .int(parameters.bitsPerSecond ?? 0)),
             ("test_start", JSONDocument.testStart(parameters)),
             ("vmsock", JSONDocument.vmsock(connections, parameters: parameters)),
         ])

@@ -29,21 +29,23 @@ struct IntervalReport {
 
     /// Prints one interval: a line per stream and, when there are several, a [SUM] line; with --bidir, iperf3's
     /// order: the streams this side sends on and their sum, then the ones it receives on and theirs.
+    /// A warm-up interval's lines end "(omitted)" (-O), where iperf3 puts it.
     func print(_ spans: [StreamSpan]) {
         guard !report.json else { return }
+        let tag = spans.first?.omitted == true ? HumanLines.omitted : nil
         for group in parameters.directionGroups(spans, on: side, localSends: \.sender) {
             for span in group.items {
                 report.line(latency
-                    ? HumanLines.latencyLine(id: String(span.index + 1), span)
-                    : HumanLines.line(id: String(span.index + 1), role: group.role, span, format))
+                    ? HumanLines.latencyLine(id: String(span.index + 1), span, tag: tag)
+                    : HumanLines.line(id: String(span.index + 1), role: group.role, span, format, tag: tag))
             }
             guard parameters.streams > 1 else { continue }
             var total = Summary.total(group.items)
             total.start = spans.first?.start ?? 0
             total.roundTrips = group.items.reduce(0) { $0 + $1.roundTrips }
             report.line(latency
-                ? HumanLines.latencyLine(id: "SUM", total, streams: group.items.count)
-                : HumanLines.line(id: "SUM", role: group.role, total, format))
+                ? HumanLines.latencyLine(id: "SUM", total, streams: group.items.count, tag: tag)
+                : HumanLines.line(id: "SUM", role: group.role, total, format, tag: tag))
         }
         if parameters.intervalsEndWithSeparator { report.line(HumanLines.separator) }
     }

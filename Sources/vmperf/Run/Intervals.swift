@@ -13,6 +13,8 @@ struct StreamSpan {
     /// What a sending stream may have in flight at the interval's end (TCP's congestion window, the ring's
     /// size); nil in the summary and when not known.
     var window: Int? = nil
+    /// An interval of the warm-up (-O): printed "(omitted)", left out of the summary.
+    var omitted = false
 
     var seconds: Double { end - start }
 
@@ -29,32 +31,64 @@ final class IntervalSampler: @unchecked Sendable {  // used on the loop thread, 
     private let counters: [StreamCounter]
     private let senders: [Bool]
     private let sending: [() -> (retransmits: Int?, window: Int?)]
-    private let startNanos: Int64
+    /// Where interval times count from: the test's start, then the warm-up's end.
+    private var originNanos: Int64
     private var last: [(bytes: Int, trips: Int, retransmits: Int?)]
     private var lastTime = 0.0
+    private var warmingUp: Bool
+    private var countedIntervals = 0
     private(set) var intervals: [[StreamSpan]] = []
+    /// Each stream's bytes and retransmits when the warm-up ended, which the summary leaves out (nil without one).
+    private(set) var warmUpCounts: [(bytes: Int, retransmits: Int?)]?
     private let print: ([StreamSpan]) -> Void
 
     /// `sending` reads each stream's retransmission count so far and its window (see `Connection`); it is asked
     /// only for sending streams.
     init(
         counters: [StreamCounter], senders: [Bool], sending: [() -> (retransmits: Int?, window: Int?)], startNanos: Int64,
-        print: @escaping ([StreamSpan]) -> Void
+        warmingUp: Bool, print: @escaping ([StreamSpan]) -> Void
     ) {
         self.counters = counters
         self.senders = senders
         self.sending = sending
-        self.startNanos = startNanos
+        originNanos = startNanos
+        self.warmingUp = warmingUp
         self.print = print
         last = Array(repeating: (0, 0, 0), count: counters.count)
     }
 
     /// Takes a sample now. `final` is the last, partial interval at the end of the test: kept only if it is at
-    /// least 10 ms long (a sliver would print an absurd rate), or if it is the only one (a test shorter than
-    /// an interval still reports one, as iperf3 does).
+    /// least 10 ms long (a sliver would print an absurd rate), or if it is the only one after the warm-up (a test
+    /// shorter than an interval still reports one, as iperf3 does).
     func sample(final: Bool = false) {
-        let now = Double(MonotonicClock.nanoseconds() - startNanos) / 1e9
-        if final && now - lastTime < 0.01 && !intervals.isEmpty { return }
+        let now = Double(MonotonicClock.nanoseconds() - originNanos) / 1e9
+        if final && now - lastTime < 0.01 && countedIntervals > 0 { return }
+        record(now)
+    }
+
+    /// Ends the warm-up (-O): its last, partial interval where intervals are reported (kept if at least 10 ms
+    /// long), then, as iperf3 does, the figures and the interval times start again from zero. Each counter's
+    /// `warmUpBytes` is stored before `warmUp` is finished, so that a pump that sees it over finds it.
+    func endWarmUp(_ warmUp: WarmUp, reportsIntervals: Bool) {
+        let nanos = MonotonicClock.nanoseconds()
+        let now = Double(nanos - originNanos) / 1e9
+        if reportsIntervals && now - lastTime >= 0.01 { record(now) }
+        var counts: [(bytes: Int, retransmits: Int?)] = []
+        for (index, counter) in counters.enumerated() {
+            let bytes = counter.bytes.load(ordering: .relaxed)
+            counter.warmUpBytes.store(bytes, ordering: .relaxed)
+            let retransmits = senders[index] ? sending[index]().retransmits : nil
+            last[index] = (bytes, counter.roundTrips.load(ordering: .relaxed), retransmits ?? last[index].retransmits)
+            counts.append((bytes, retransmits))
+        }
+        warmUpCounts = counts
+        originNanos = nanos
+        lastTime = 0
+        warmingUp = false
+        warmUp.finish(at: nanos)
+    }
+
+    private func record(_ now: Double) {
         var spans: [StreamSpan] = []
         for (index, counter) in counters.enumerated() {
             let bytes = counter.bytes.load(ordering: .relaxed)
@@ -63,9 +97,10 @@ final class IntervalSampler: @unchecked Sendable {  // used on the loop thread, 
             spans.append(StreamSpan(
                 index: index, start: lastTime, end: now, bytes: bytes - last[index].bytes,
                 roundTrips: trips - last[index].trips, sender: senders[index],
-                retransmits: retransmits.map { $0 - (last[index].retransmits ?? 0) }, window: window))
+                retransmits: retransmits.map { $0 - (last[index].retransmits ?? 0) }, window: window, omitted: warmingUp))
             last[index] = (bytes, trips, retransmits ?? last[index].retransmits)
         }
+        if !warmingUp { countedIntervals += 1 }
         lastTime = now
         intervals.append(spans)
         print(spans)

@@ -9,8 +9,51 @@ import VMSock
 final class StreamCounter: @unchecked Sendable {  // one writer (the pump), readers only load
     let bytes = Atomic<Int>(0)
     let roundTrips = Atomic<Int>(0)
-    private let padding: (Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int) =
-        (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    /// `bytes` when the warm-up (-O) ended, stored once by the interval sampler before `WarmUp.finish`: the
+    /// test's own figures count from it.
+    let warmUpBytes = Atomic<Int>(0)
+    private let padding: (Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+}
+
+/// -O: the warm-up, ended once on the loop thread (at once when there is none). Once it is over, each counter's
+/// `warmUpBytes` is set.
+final class WarmUp: Sendable {
+    private let endNanos = Atomic<Int64>(0)  // 0 while it runs
+
+    @inline(__always) var isOver: Bool { endNanos.load(ordering: .acquiring) != 0 }
+    /// When it ended (MonotonicClock), or nil while it runs.
+    var end: Int64? {
+        let nanos = endNanos.load(ordering: .acquiring)
+        return nanos == 0 ? nil : nanos
+    }
+
+    func finish(at nanos: Int64) { endNanos.store(max(nanos, 1), ordering: .releasing) }
+}
+
+/// -b: holds a sending stream to a rate, on average since it started (as iperf3's throttle): before a block,
+/// every `burst` blocks, it sleeps while the bytes sent are ahead of the rate.
+struct Pacer {
+    let bytesPerSecond: Double
+    let burst: Int
+    let startNanos: Int64
+
+    init?(bitsPerSecond: Int?, burst: Int?, startNanos: Int64) {
+        guard let bitsPerSecond, bitsPerSecond > 0 else { return nil }
+        bytesPerSecond = Double(bitsPerSecond) / 8
+        self.burst = burst ?? 1
+        self.startNanos = startNanos
+    }
+
+    /// Returns once `sent` bytes are within the rate, or the test stops. Sleeps at most 10 ms at a time, so
+    /// that a slow rate does not outlast the test's end.
+    func wait(sent: Int, stop: StopFlag) {
+        while !stop.isSet {
+            let ahead = Double(sent) / bytesPerSecond - Double(MonotonicClock.nanoseconds() &- startNanos) / 1e9
+            guard ahead > 0 else { return }
+            var pause = timespec(tv_sec: 0, tv_nsec: Int(min(ahead, 0.01) * 1e9))
+            nanosleep(&pause, nil)
+        }
+    }
 }
 
 /// Set by the duration timer; the sending pumps check it between blocks.
@@ -30,19 +73,33 @@ enum Limit: Equatable {
 /// The hot loops. Generic, and called with the concrete stream type, so each is specialized: per block there is
 /// no allocation, no reference counting and no dynamic dispatch; over shared memory, no system call either.
 enum Pump {
-    /// Writes `block` until the limit, then shuts down writing. Returns the bytes sent.
+    /// Writes `block` until the limit (counted from the warm-up's end), at most at the pacer's rate, then shuts
+    /// down writing. Returns the bytes sent.
     static func send<S: ByteStream>(
-        _ stream: S, block: UnsafeRawBufferPointer, limit: Limit, stop: StopFlag, counter: StreamCounter
+        _ stream: S, block: UnsafeRawBufferPointer, limit: Limit, pacer: Pacer?, warmUp: WarmUp, stop: StopFlag,
+        counter: StreamCounter
     ) throws -> Int {
+        let budget: Int? = switch limit {
+        case .time: nil
+        case .bytes(let total): total
+        case .blocks(let total): total &* block.count
+        }
         var sent = 0
         var blocks = 0
+        var base = 0  // bytes sent in the warm-up
+        var counting = warmUp.isOver
         while !stop.isSet {
-            if case .bytes(let total) = limit, sent >= total { break }
-            if case .blocks(let total) = limit, blocks >= total { break }
-            var chunk = block
-            if case .bytes(let total) = limit, total - sent < block.count {
-                chunk = UnsafeRawBufferPointer(rebasing: block[..<(total - sent)])  // -n need not be whole blocks
+            if !counting && warmUp.isOver {
+                counting = true
+                base = counter.warmUpBytes.load(ordering: .relaxed)
             }
+            var chunk = block
+            if counting, let budget {
+                let left = budget - (sent - base)
+                if left <= 0 { break }
+                if left < block.count { chunk = UnsafeRawBufferPointer(rebasing: block[..<left]) }  // -n need not be whole blocks
+            }
+            if let pacer, blocks % pacer.burst == 0 { pacer.wait(sent: sent, stop: stop) }
             try stream.send(block: chunk)
             sent &+= chunk.count
             blocks &+= 1
@@ -64,15 +121,23 @@ enum Pump {
     }
 
     /// Round trips of `block`: write it, wait for it to come back, record the time. Returns the round trips.
+    /// Round trips made in the warm-up are left out of the histogram and the limit.
     static func ping<S: ByteStream>(
         _ stream: S, block: UnsafeRawBufferPointer, scratch: UnsafeMutableRawBufferPointer, limit: Limit,
-        stop: StopFlag, counter: StreamCounter, histogram: inout Histogram<UInt64>
+        warmUp: WarmUp, stop: StopFlag, counter: StreamCounter, histogram: inout Histogram<UInt64>
     ) throws -> Int {
         let reply = UnsafeMutableRawBufferPointer(rebasing: scratch[..<block.count])
         var trips = 0
+        var base = 0  // round trips in the warm-up
+        var counting = warmUp.isOver
         while !stop.isSet {
-            if case .blocks(let total) = limit, trips >= total { break }
-            if case .bytes(let total) = limit, trips * block.count >= total { break }
+            if !counting && warmUp.isOver {
+                counting = true
+                base = trips  // its own count, so that the histogram and the limit agree
+                histogram.reset()
+            }
+            if counting, case .blocks(let total) = limit, trips - base >= total { break }
+            if counting, case .bytes(let total) = limit, (trips - base) * block.count >= total { break }
             let start = MonotonicClock.nanoseconds()
             try stream.send(block: block)
             guard try stream.readExactly(reply) else {

@@ -14,6 +14,9 @@ struct ServerTest {
         let (control, parameters, cookie) = try awaitClient()
         defer { control.close() }
         let channel = ControlChannel(stream: control.stream)
+        let sendsOutput = parameters.getServerOutput == true
+        if sendsOutput { report.beginCapture() }
+        defer { if sendsOutput { _ = report.endCapture() } }
         report.line("Accepted connection from \(control.remote.host), port \(control.remote.port) (\(control.transportDescription))")
         var connections: [Connection] = []
         defer { for connection in connections { connection.close() } }
@@ -27,28 +30,30 @@ struct ServerTest {
         }
         let intervals = IntervalReport(parameters: parameters, side: .server, report: report, format: options.format)
         report.line(intervals.header(connections))
-        let outcome = try runTurningAwayOthers(TestRun(parameters, side: .server, connections: connections, cpu: parameters.serverCPU ?? options.cpus.local), intervals)
+        let run = TestRun(parameters, side: .server, connections: connections, cpu: parameters.serverCPU ?? options.cpus.local,
+                          receiveTimeout: Double(options.rcvTimeout) / 1000)
+        let outcome = try runTurningAwayOthers(run, intervals, control: control.stream)
         let remote = try channel.receive(SideResults.self, timeout: 60, what: "the client's results").validated()
         try channel.send(SideResults(cpu: outcome.cpu, streams: outcome.streams))
         let summary = Summary(parameters: parameters, side: .server, local: outcome, remote: remote, format: options.format)
         if report.json {
-            report.document(.object([
-                ("start", .object([
+            report.document(JSONDocument.document(
+                start: .object([
                     ("connected", JSONDocument.connected(connections)),
                     ("version", .string(JSONDocument.version)),
                     ("system_info", .string(JSONDocument.systemInfo)),
                     ("timestamp", JSONDocument.timestamp()),
                     ("accepted_connection", .object([("host", .string(control.remote.host)), ("port", .int(control.remote.port))])),
                     ("cookie", .string(String(decoding: cookie, as: UTF8.self))),
+                    ("target_bitrate", .int(parameters.bitsPerSecond ?? 0)),
                     ("test_start", JSONDocument.testStart(parameters)),
                     ("vmsock", JSONDocument.vmsock(connections, parameters: parameters)),
-                ])),
-                ("intervals", intervals.json(outcome.intervals)),
-                ("end", summary.endJSON()),
-            ]))
+                ]),
+                intervals: intervals.json(outcome.intervals), end: summary.endJSON(), parameters))
         } else if parameters.mode == .throughput {
             for line in summary.humanLines() { report.line(line) }
         }
+        if sendsOutput { try channel.send(ServerOutput(text: report.endCapture(), isJSON: report.json)) }
     }
 
     /// The next client's control connection and its parameters (checked; a bad set is answered and refused).
@@ -96,20 +101,35 @@ struct ServerTest {
     }
 
     /// Runs the test on a thread of its own, and meanwhile answers any other client with "busy".
-    private func runTurningAwayOthers(_ run: TestRun, _ intervals: IntervalReport) throws -> TestRun.Outcome {
+    ///
+    /// It also watches the client's control connection. A client speaks there only once its own side has ended
+    /// (its results), which takes this side's sending streams to have ended first; so input there (or its end)
+    /// for more than `clientGoneGrace` while this side still runs is a client that is gone or broke off, and the
+    /// test ends. Without this, a sender paced by -b, asleep between blocks, would hold the server until its
+    /// time was up (hours, at a low rate), the client long gone.
+    private func runTurningAwayOthers(_ run: TestRun, _ intervals: IntervalReport, control: any ByteStream) throws -> TestRun.Outcome {
         let work = TestThreadWork(run)
         let thread = Thread {
             work.execute(printInterval: intervals.print)
             work.finished.signal()
         }
         thread.start()
+        var clientSpokeAt: Date?
         while work.finished.wait(timeout: .now() + .milliseconds(100)) == .timedOut {
             if let (connection, greeting) = try? door.next(timeout: 0) {
                 if greeting.kind == .control { turnAway(connection) } else { connection.close() }
             }
+            if clientSpokeAt == nil, control.hasInput() { clientSpokeAt = Date() }
+            if let clientSpokeAt, Date().timeIntervalSince(clientSpokeAt) > Self.clientGoneGrace {
+                run.abort()
+                _ = work.finished.wait(timeout: .distantFuture)
+                throw Failure("the client ended the test while this side still ran (it left, or its side failed)")
+            }
         }
         return try work.result!.get()
     }
+
+    static let clientGoneGrace = 3.0
 
     /// Tells another client we are busy. Its parameters are read first (for up to a second): a client still
     /// sending them would otherwise meet a closed connection (EPIPE, or a TCP reset that loses our answer).

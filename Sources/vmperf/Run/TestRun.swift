@@ -22,6 +22,7 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
     let connections: [Connection]
     let roles: [Role]
     private let stop = StopFlag()
+    private let warmUp = WarmUp()
     private let counters: [StreamCounter]
     private let lock = NSLock()
     private var results: [StreamResult?]
@@ -31,9 +32,13 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
     /// The CPU every pump thread is pinned to (-A), or nil to let the scheduler place them.
     let cpu: Int?
 
-    init(_ parameters: TestParameters, side: Side, connections: [Connection], cpu: Int? = nil) {
+    /// Seconds a read waits for data before the test fails (--rcv-timeout).
+    let receiveTimeout: Double
+
+    init(_ parameters: TestParameters, side: Side, connections: [Connection], cpu: Int? = nil, receiveTimeout: Double = 120) {
         self.parameters = parameters
         self.cpu = cpu
+        self.receiveTimeout = receiveTimeout
         self.side = side
         self.connections = connections
         roles = connections.map { connection in
@@ -46,13 +51,17 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
 
     /// Runs the test to its end. `printInterval` gets each interval's spans (on the loop thread).
     func run(printInterval: @escaping ([StreamSpan]) -> Void) throws -> Outcome {
-        for connection in connections { connection.setSpin(parameters.spinUs) }
+        for connection in connections {
+            connection.setSpin(parameters.spinUs)
+            connection.stream.setReadTimeout(receiveTimeout)
+        }
         let loopThread = try LoopThread()
         let cpuStart = CPUUsage.Snapshot.now()
+        if parameters.omitSeconds == 0 { warmUp.finish(at: cpuStart.wall) }
         let sampler = IntervalSampler(
             counters: counters, senders: roles.map { $0 == .send || $0 == .ping },
             sending: connections.map { connection in { (connection.retransmissions, connection.congestionWindow) } },
-            startNanos: cpuStart.wall,
+            startNanos: cpuStart.wall, warmingUp: parameters.omitSeconds > 0,
             print: printInterval)
         let timers = startTimers(on: loopThread.loop, sampler)
         let done = DispatchGroup()
@@ -73,6 +82,7 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
         withExtendedLifetime(timers) {}
         if let failure { throw failure }
         sampler.sample(final: true)
+        leaveOutWarmUp(sampler.warmUpCounts)
         var merged: Histogram<UInt64>? = nil
         for histogram in histograms {
             if merged == nil { merged = histogram } else { merged!.add(histogram) }
@@ -80,21 +90,49 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
         return Outcome(streams: results.map { $0! }, intervals: sampler.intervals, cpu: cpu, histogram: merged)
     }
 
-    /// The timers, made on the loop thread: the end of a timed test, and the periodic report.
+    /// Ends the test from another thread: the pumps stop, and calls blocked on the connections fail.
+    func abort() {
+        stop.set()
+        for connection in connections { connection.abort() }
+    }
+
+    /// The summary's figures count from the warm-up's end (-O): its bytes, retransmits and time are taken off each
+    /// stream's result.
+    private func leaveOutWarmUp(_ counts: [(bytes: Int, retransmits: Int?)]?) {
+        guard let counts, let end = warmUp.end else { return }
+        for index in results.indices {
+            guard var result = results[index] else { continue }
+            result.bytes -= counts[index].bytes
+            if let retransmits = result.retransmits { result.retransmits = retransmits - (counts[index].retransmits ?? 0) }
+            result.seconds = max(0, Double(result.endNanos - end) / 1e9)
+            results[index] = result
+        }
+    }
+
+    /// The timers, made on the loop thread: the end of the warm-up (-O), the end of a timed test (after the
+    /// warm-up), and the periodic report, which starts again where the warm-up ends.
     private func startTimers(on loop: EventLoop, _ sampler: IntervalSampler) -> Timers {
         let timers = Timers()
         let timed = parameters.bytes == 0 && parameters.blocks == 0
+        let omit = parameters.omitSeconds
         let duration = parameters.duration
         let interval = parameters.interval
-        let stop = self.stop
-        loop.execute {
+        let (stop, warmUp) = (self.stop, self.warmUp)
+        let every = Duration.milliseconds(Int64(interval * 1000))
+        loop.execute { [weak timers] in
+            guard let timers else { return }
             if timed {
-                timers.end = try? loop.schedule(after: .milliseconds(Int64(duration * 1000))) { stop.set() }
+                timers.end = try? loop.schedule(after: .milliseconds(Int64((Double(omit) + duration) * 1000))) { stop.set() }
             }
             if interval > 0 {
-                timers.interval = try? loop.schedule(after: .milliseconds(Int64(interval * 1000)), repeating: true) {
-                    sampler.sample()
-                }
+                timers.interval = try? loop.schedule(after: every, repeating: true) { sampler.sample() }
+            }
+            guard omit > 0 else { return }
+            timers.warmUp = try? loop.schedule(after: .seconds(omit)) { [weak timers] in
+                sampler.endWarmUp(warmUp, reportsIntervals: interval > 0)
+                guard let timers, interval > 0 else { return }
+                timers.interval?.cancel()
+                timers.interval = try? loop.schedule(after: every, repeating: true) { sampler.sample() }
             }
         }
         return timers
@@ -109,18 +147,23 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
                 let code = CPUMask.only(cpu).apply()
                 if code != 0 { throw Failure("cannot run on CPU \(cpu) (-A): \(errorText(code))") }
             }
-            let (bytes, histogram) = try Self.pump(
-                connection, role: roles[index], parameters: parameters, limit: limit(for: index), stop: stop,
-                counter: counters[index])
-            let seconds = Double(MonotonicClock.nanoseconds() - startNanos) / 1e9
+            let how = PumpPlan(
+                role: roles[index], limit: limit(for: index), stop: stop, warmUp: warmUp, counter: counters[index],
+                pacer: Pacer(bitsPerSecond: parameters.bitsPerSecond, burst: parameters.burst, startNanos: startNanos))
+            let (bytes, histogram) = try Self.pump(connection, how, parameters: parameters)
+            let endNanos = MonotonicClock.nanoseconds()
             let sender = roles[index] == .send || roles[index] == .ping
             lock.withLock {
                 results[index] = StreamResult(
-                    index: connection.index, sender: sender, bytes: bytes, seconds: seconds,
-                    waits: connection.waitStatistics, retransmits: sender ? connection.retransmissions : nil)
+                    index: connection.index, sender: sender, bytes: bytes, seconds: Double(endNanos - startNanos) / 1e9,
+                    waits: connection.waitStatistics, retransmits: sender ? connection.retransmissions : nil,
+                    endNanos: endNanos)
                 if let histogram { histograms.append(histogram) }
             }
         } catch {
+            let error = isReadTimeout(error)
+                ? Failure("no data arrived on stream \(connection.index + 1) for \(Compare.format(receiveTimeout)) s (--rcv-timeout): the other side stopped sending")
+                : error
             let first = lock.withLock { () -> Bool in
                 defer { if failure == nil { failure = error } }
                 return failure == nil
@@ -144,39 +187,45 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
         return .time
     }
 
+    /// What one pump does and the state it shares with the test.
+    struct PumpPlan {
+        var role: Role
+        var limit: Limit
+        var stop: StopFlag
+        var warmUp: WarmUp
+        var counter: StreamCounter
+        var pacer: Pacer?
+    }
+
     /// Picks the specialized pump for the connection's concrete type.
-    private static func pump(
-        _ connection: Connection, role: Role, parameters: TestParameters, limit: Limit, stop: StopFlag,
-        counter: StreamCounter
-    ) throws -> (Int, Histogram<UInt64>?) {
+    private static func pump(_ connection: Connection, _ how: PumpPlan, parameters: TestParameters) throws -> (Int, Histogram<UInt64>?) {
         switch connection.carrier {
-        case .socket(let socket):
-            try pump(socket, role: role, parameters: parameters, limit: limit, stop: stop, counter: counter)
-        case .unix(let unix):
-            try pump(unix, role: role, parameters: parameters, limit: limit, stop: stop, counter: counter)
+        case .socket(let socket): try pump(socket, how, parameters: parameters)
+        case .unix(let unix): try pump(unix, how, parameters: parameters)
         }
     }
 
-    private static func pump<S: ByteStream>(
-        _ stream: S, role: Role, parameters: TestParameters, limit: Limit, stop: StopFlag, counter: StreamCounter
-    ) throws -> (Int, Histogram<UInt64>?) {
+    private static func pump<S: ByteStream>(_ stream: S, _ how: PumpPlan, parameters: TestParameters) throws -> (Int, Histogram<UInt64>?) {
+        let (limit, stop, counter) = (how.limit, how.stop, how.counter)
         let size = parameters.blockSize
         let block = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
         defer { block.deallocate() }
         for offset in 0..<size { block[offset] = UInt8(truncatingIfNeeded: offset &* 131 &+ 7) }
         let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 128 << 10), alignment: 64)
         defer { scratch.deallocate() }
-        switch role {
+        switch how.role {
         case .send:
-            return (try Pump.send(stream, block: UnsafeRawBufferPointer(block), limit: limit, stop: stop, counter: counter), nil)
+            return (try Pump.send(
+                stream, block: UnsafeRawBufferPointer(block), limit: limit, pacer: how.pacer, warmUp: how.warmUp, stop: stop,
+                counter: counter), nil)
         case .receive:
             return (try Pump.receive(stream, scratch: scratch, counter: counter), nil)
         case .ping:
             var histogram = Histogram<UInt64>(
                 lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
             let trips = try Pump.ping(
-                stream, block: UnsafeRawBufferPointer(block), scratch: scratch, limit: limit, stop: stop,
-                counter: counter, histogram: &histogram)
+                stream, block: UnsafeRawBufferPointer(block), scratch: scratch, limit: limit, warmUp: how.warmUp,
+                stop: stop, counter: counter, histogram: &histogram)
             return (trips * size, histogram)
         case .echo:
             return (try Pump.echo(stream, size: size, scratch: scratch, counter: counter) * size, nil)
@@ -188,4 +237,5 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
 final class Timers: @unchecked Sendable {
     var end: LoopTimer?
     var interval: LoopTimer?
+    var warmUp: LoopTimer?
 }

@@ -1,3 +1,4 @@
+import Glibc
 import VMPerfSupport
 import VMSock
 
@@ -19,6 +20,17 @@ protocol ByteStream: AnyObject {
     func close()
     /// Gives up a blocked read after `seconds` (nil: wait for ever) with ETIMEDOUT.
     func setReadTimeout(_ seconds: Double?)
+    /// Whether a read would not wait now: bytes arrived, or the peer shut down or is gone. Reads nothing.
+    func hasInput() -> Bool
+}
+
+/// A read that waited out `setReadTimeout` on a Unix socket (a `VMSocket` throws its own ETIMEDOUT).
+struct ReadTimedOut: Error {}
+
+/// Whether `error` is a read that waited out its timeout, on either kind of stream.
+func isReadTimeout(_ error: Error) -> Bool {
+    if let error = error as? VMSockError { return error.code == ETIMEDOUT }
+    return error is ReadTimedOut
 }
 
 extension ByteStream {
@@ -49,6 +61,11 @@ func touchCacheLines(_ bytes: UnsafeRawBufferPointer) -> UInt8 {
 }
 
 extension VMSocket: ByteStream {
+    func hasInput() -> Bool {
+        defer { disarmReadable() }
+        return (try? armReadable()) ?? true
+    }
+
     @inline(__always)
     func send(block: UnsafeRawBufferPointer) throws {
         guard transport.usesRings else { return try writeAll(block) }

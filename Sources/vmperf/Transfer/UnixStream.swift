@@ -47,6 +47,7 @@ final class UnixStream: ByteStream {
         while true {
             let n = recv(fd, scratch.baseAddress, scratch.count, 0)
             if n >= 0 { return n }
+            if errno == EAGAIN { throw ReadTimedOut() }  // SO_RCVTIMEO
             if errno != EINTR { throw Failure("Unix socket read failed: \(errorText())") }
         }
     }
@@ -80,6 +81,11 @@ final class UnixStream: ByteStream {
     func close() {
         if fd >= 0 { Glibc.close(fd) }
         fd = -1
+    }
+
+    func hasInput() -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&entry, 1, 0) != 0
     }
 
     func setReadTimeout(_ seconds: Double?) {

@@ -66,6 +66,19 @@ struct TestParameters: Codable, Equatable {
     /// The client's --ring-size, if given: the server's rings for this test's connections are made this size too
     /// (as iperf3's -w sets the window on both sides).
     var ringSize: Int? = nil
+    /// -O: seconds run first and left out of the figures (nil from an older client: none).
+    var omit: Int? = nil
+    /// -b: each sending stream's target rate in bits per second, and its burst (blocks between looks at the clock).
+    var bitsPerSecond: Int? = nil
+    var burst: Int? = nil
+    /// -T and --extra-data, for the server's JSON document.
+    var title: String? = nil
+    var extraData: String? = nil
+    /// --get-server-output: the server sends what it printed for the test (`ServerOutput`) after its results.
+    var getServerOutput: Bool? = nil
+
+    /// Seconds of warm-up (-O).
+    var omitSeconds: Int { omit ?? 0 }
 
     /// Connections this test opens: one per stream, two per stream with --bidir.
     var connections: Int { bidir ? streams * 2 : streams }
@@ -88,6 +101,12 @@ struct TestParameters: Codable, Equatable {
         if let spinUs, !(0...1_000_000).contains(spinUs) { throw Failure("bad spin budget \(spinUs)") }
         if let serverCPU, !(0..<1024).contains(serverCPU) { throw Failure("bad CPU \(serverCPU)") }
         if let ringSize, !Options.validRing(ringSize) { throw Failure("bad ring size \(ringSize)") }
+        if let omit, !(0...600).contains(omit) { throw Failure("bad omit \(omit)") }
+        if let bitsPerSecond, !(0..<(1 << 62)).contains(bitsPerSecond) || (bitsPerSecond > 0 && mode == .latency) {
+            throw Failure("bad bitrate \(bitsPerSecond)")
+        }
+        if let burst, !(1...1000).contains(burst) { throw Failure("bad burst \(burst)") }
+        guard (title?.utf8.count ?? 0) <= 4096, (extraData?.utf8.count ?? 0) <= 4096 else { throw Failure("title or extra data over 4096 bytes") }
         return self
     }
 }
@@ -95,6 +114,40 @@ struct TestParameters: Codable, Equatable {
 /// The server's answer to the parameters, and later its go.
 struct ServerReply: Codable {
     var error: String?
+}
+
+/// --get-server-output: what the server printed for the test, its lines or (-J on the server) its document.
+struct ServerOutput: Codable {
+    var text: String
+    var isJSON: Bool
+
+    /// The most text sent: a control message is at most 1 MiB, and a long test with short intervals prints more.
+    static let maximumText = 900_000
+
+    init(text: String, isJSON: Bool) {
+        if text.utf8.count > Self.maximumText {
+            self.text = "(the server printed \(text.utf8.count) bytes for this test, over the \(Self.maximumText) vmperf sends)\n"
+            self.isJSON = false
+        } else {
+            self.text = text
+            self.isJSON = isJSON
+        }
+    }
+
+    /// The text for a terminal: the peer's, so control characters but newline and tab (escape sequences that
+    /// would drive the terminal) are shown as "?".
+    var printable: String {
+        String(String.UnicodeScalarView(text.unicodeScalars.map { scalar in
+            scalar == "\n" || scalar == "\t" || !(scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value)) ? scalar : "?"
+        }))
+    }
+
+    /// The client's -J key, as iperf3's: the server's document when it wrote one (checked to parse, as it is the
+    /// peer's), else its lines.
+    var documentMember: (String, JSON) {
+        let json = isJSON ? JSON.verbatim(checking: text) : nil
+        return json.map { ("server_output_json", $0) } ?? ("server_output_text", .string(text))
+    }
 }
 
 /// What one side measured, sent to the other at the end so that both can print sender and receiver lines.
@@ -134,4 +187,8 @@ struct StreamResult: Codable {
     var waits: WaitStatistics? = nil
     /// Segments the sender sent again (TCP; 0 over shared memory and Unix sockets); nil from a receiver.
     var retransmits: Int? = nil
+    /// When the pump ended (this side's MonotonicClock): not sent to the other side.
+    var endNanos: Int64 = 0
+
+    private enum CodingKeys: String, CodingKey { case index, sender, bytes, seconds, waits, retransmits }
 }
