@@ -13,10 +13,16 @@ public indirect enum JSON: Equatable {
     /// JSON text written as it is: another document, already checked to parse (`verbatim(checking:)`).
     case verbatim(String)
 
-    /// `text` as a value of its own, if it parses as a JSON object; nil otherwise.
+    /// `text` as a value of its own, if it is a JSON object in UTF-8: it begins with "{", has no control character
+    /// but tab, newline and carriage return (a NUL, say, which the parser may take as another encoding) and no
+    /// byte-order mark, and parses; nil otherwise.
     public static func verbatim(checking text: String) -> JSON? {
-        guard (try? JSONSerialization.jsonObject(with: Data(text.utf8))) is [String: Any] else { return nil }
-        return .verbatim(text.trimmingCharacters(in: .whitespacesAndNewlines))
+        let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard trimmed.hasPrefix("{"),
+              !trimmed.unicodeScalars.contains(where: { ($0.value < 0x20 && !"\t\n\r".unicodeScalars.contains($0)) || $0 == "\u{FEFF}" }),
+              (try? JSONSerialization.jsonObject(with: Data(trimmed.utf8))) is [String: Any]
+        else { return nil }
+        return .verbatim(trimmed)
     }
 
     public static func == (a: JSON, b: JSON) -> Bool { a.rendered() == b.rendered() }

@@ -93,6 +93,13 @@ public final class Report: @unchecked Sendable {  // lines come from the interva
         }
     }
 
+    /// A message for the user (an error, a warning): into the log file with --logfile, as iperf3 does (where a
+    /// daemon's stderr goes nowhere), else on stderr.
+    public func message(_ text: String) {
+        guard fd != STDOUT_FILENO else { return Self.standardError(text) }
+        write(text)
+    }
+
     /// One message on stderr; if even that fails, there is nobody left to tell.
     public static func standardError(_ text: String) {
         _ = writeAll(STDERR_FILENO, text)

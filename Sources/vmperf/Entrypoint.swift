@@ -54,7 +54,7 @@ enum Entrypoint {
                 report.document(.object([("start", start), ("intervals", .array([])), ("end", .object([])),
                                          ("error", .string(String(describing: error)))]))
             } else {
-                Report.standardError("vmperf: error - \(error)\n")
+                report.message("vmperf: error - \(error)\n")
             }
             exit(1)
         }

@@ -66,6 +66,33 @@ final class OptionsTests: XCTestCase {
         XCTAssertThrowsError(try latency.validated(), "-b does not apply to round trips")
     }
 
+    /// An older server drops the fields it does not know: a client that asks for -O, -b or --get-server-output
+    /// goes on only with a server whose answer names them.
+    func testOlderServerIsRefusedForNewFlags() throws {
+        let options = try Options.parse(["-c", "h", "-O", "1", "-b", "1M", "--get-server-output"])
+        let parameters = Client(options, host: "h", try Report(logfile: nil, json: true)).parameters
+        XCTAssertEqual(Client.unhonoured(parameters, by: ServerReply(error: nil)), "-O")
+        XCTAssertEqual(Client.unhonoured(parameters, by: ServerReply(error: nil, features: ["omit"])), "-b")
+        XCTAssertEqual(Client.unhonoured(parameters, by: ServerReply(error: nil, features: ["omit", "bitrate"])), "--get-server-output")
+        XCTAssertNil(Client.unhonoured(parameters, by: ServerReply(error: nil, features: TestParameters.Feature.allCases.map(\.rawValue))))
+        let plain = Client(try Options.parse(["-c", "h"]), host: "h", try Report(logfile: nil, json: true)).parameters
+        XCTAssertNil(Client.unhonoured(plain, by: ServerReply(error: nil)), "a plain test runs against any server")
+    }
+
+    /// The server's output, the peer's text: it fits in one control message or says it did not, and it goes into
+    /// the client's document as JSON only if it is a plain UTF-8 JSON object.
+    func testServerOutputIsCheckedAndBounded() throws {
+        let huge = String(repeating: "\t\"x\"\n", count: 300_000)  // 1.2 MB once escaped, from 1.5 MB of text
+        let bounded = ServerOutput.fitting(huge, isJSON: true)
+        XCTAssertFalse(bounded.isJSON)
+        XCTAssertTrue(bounded.text.contains("more than one control message"), bounded.text)
+        XCTAssertEqual(ServerOutput.fitting("line\n", isJSON: false).text, "line\n")
+        XCTAssertEqual(ServerOutput(text: "a\u{1b}[2Jb\tc\n", isJSON: false).printable, "a?[2Jb\tc\n")
+        XCTAssertNotNil(JSON.verbatim(checking: "{\"a\": [1, true]}\n"))
+        for bad in ["[1]", "\u{FEFF}{}", "{\u{0}}", "{\"a\": 1", "text"] { XCTAssertNil(JSON.verbatim(checking: bad), bad) }
+        XCTAssertEqual(ServerOutput(text: "[1]", isJSON: true).documentMember.0, "server_output_text")
+    }
+
     func testUnitsFormatLikeIperf3() {
         XCTAssertEqual(Units.transfer(3.22 * 1024 * 1024 * 1024), "3.22 GBytes")
         XCTAssertEqual(Units.rate(27.7e9 / 8, .adaptiveBits), "27.7 Gbits/sec")

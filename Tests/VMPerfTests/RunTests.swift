@@ -184,8 +184,10 @@ final class RunTests: XCTestCase {
     func testLatencyAfterWarmUp() throws {
         let (client, _) = try VMPerf.clientAgainstServer(["--latency", "-k", "300", "-O", "1", "-i", "0.5", "-J"])
         XCTAssertEqual(client.status, 0, client.stderr)
-        let latency = end(try client.json(), "latency")
-        XCTAssertEqual(latency["round_trips"] as? Int, 300)
+        let document = try client.json()
+        XCTAssertEqual(end(document, "latency")["round_trips"] as? Int, 300)
+        XCTAssertEqual(end(document, "sum_sent")["bytes"] as? Int, 300 * 64, "the summary counts the same round trips")
+        XCTAssertEqual(end(document, "sum_received")["bytes"] as? Int, 300 * 64)
     }
 
     /// --rcv-timeout: a receiver that waits longer than it for data ends the test with a message saying so
@@ -193,11 +195,14 @@ final class RunTests: XCTestCase {
     /// asleep in its pacing, sees its client gone from the control connection and ends the test too, long before
     /// its 60 s are up (the helper kills a server still running 15 s after its client).
     func testReceiveTimeoutAndAClientGoneFromAPacedServer() throws {
-        let (client, server) = try VMPerf.clientAgainstServer(["-R", "-b", "8", "-t", "60", "--rcv-timeout", "300"])
-        XCTAssertEqual(client.status, 1, client.stdout)
-        XCTAssertTrue(client.stderr.contains("no data arrived on stream 1 for 0.3 s (--rcv-timeout)"), client.stderr)
-        XCTAssertEqual(server.status, 1, "the server ends its test itself: \(server.stdout)")
-        XCTAssertTrue(server.stderr.contains("the client ended the test while this side still ran"), server.stderr)
+        for transport in ["shm", "tcp", "unix"] {
+            let (client, server) = try VMPerf.clientAgainstServer(
+                ["-R", "-b", "8", "-t", "60", "--rcv-timeout", "300", "--transport", transport])
+            XCTAssertEqual(client.status, 1, "\(transport): \(client.stdout)")
+            XCTAssertTrue(client.stderr.contains("no data arrived on stream 1 for 0.3 s (--rcv-timeout)"), "\(transport): \(client.stderr)")
+            XCTAssertEqual(server.status, 1, "\(transport): the server ends its test itself: \(server.stdout)")
+            XCTAssertTrue(server.stderr.contains("the client ended the test while this side still ran"), "\(transport): \(server.stderr)")
+        }
     }
 
     /// --get-server-output: the client prints the server's lines after its own (as they are: no title), or with
@@ -231,7 +236,14 @@ final class RunTests: XCTestCase {
         let port = String(VMPerf.freePort())
         let started = try VMPerf.run(["-s", "-D", "-I", pidFile, "-p", port, "--logfile", log], timeout: 20)
         XCTAssertEqual(started.status, 0, started.stderr)
-        let pid = try XCTUnwrap(pid_t((try String(contentsOfFile: pidFile, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)))
+        // The daemon writes the file after its starter has returned.
+        var read: pid_t?
+        let written = Date().addingTimeInterval(10)
+        while read == nil && Date() < written {
+            read = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            if read == nil { usleep(10_000) }
+        }
+        let pid = try XCTUnwrap(read, "no pid in \(pidFile)")
         var signalled = false
         defer { if !signalled { kill(pid, SIGKILL) } }  // never a pid that may have been given to another process since
         XCTAssertEqual(kill(pid, 0), 0, "the daemon runs")

@@ -100,7 +100,15 @@ struct Client {
         let outcome = try run.run(printInterval: intervals.print)
         try channel.send(SideResults(cpu: outcome.cpu, streams: outcome.streams))
         let remote = try channel.receive(SideResults.self, timeout: 60, what: "the server's results").validated()
-        let serverOutput = options.getServerOutput ? try channel.receive(ServerOutput.self, timeout: 60, what: "the server's output") : nil
+        var serverOutput: ServerOutput?
+        if options.getServerOutput {
+            do {
+                serverOutput = try channel.receive(ServerOutput.self, timeout: 60, what: "the server's output")
+            } catch {
+                // The test itself is measured: the figures are still printed.
+                report.message("vmperf: warning - no server output (--get-server-output): \(error)\n")
+            }
+        }
         return Measurement(
             parameters: parameters, connections: connections, cookie: cookie, outcome: outcome, remote: remote,
             serverOutput: serverOutput)
@@ -162,6 +170,15 @@ struct Client {
                           + "does not speak vmperf's protocol")
         }
         if let error = reply.error { throw Failure("the server refused the test: \(error)") }
+        if let flag = Self.unhonoured(parameters, by: reply) {
+            throw Failure("the server at \(host) port \(options.port) is an older vmperf that does not take \(flag): update it, or leave \(flag) out")
+        }
+    }
+
+    /// The first flag the parameters ask for that the server's answer does not say it honours.
+    static func unhonoured(_ parameters: TestParameters, by reply: ServerReply) -> String? {
+        let honoured = Set(reply.features ?? [])
+        return parameters.requestedFeatures.first { !honoured.contains($0.feature.rawValue) }?.flag
     }
 
     private func expectGo(_ channel: ControlChannel, what: String, timeout: Double) throws {

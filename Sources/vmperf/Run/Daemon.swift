@@ -2,8 +2,9 @@ import Foundation
 import VMPerfSupport
 
 /// `-D` and `-I` for a server, as iperf3 takes them: into the background (daemon(3): a child of init in a session
-/// of its own, in /, standard streams on /dev/null, so only --logfile keeps its output), and a file with its pid,
-/// removed again when it ends: at exit, and at SIGTERM, SIGINT or SIGHUP.
+/// of its own, standard streams on /dev/null, so only --logfile keeps its output and its errors; it stays in the
+/// directory it was started in, as iperf3's, so that a relative -I or --logfile means what it meant), and a file
+/// with its pid, removed again when it ends: at exit, and at SIGTERM, SIGINT or SIGHUP.
 enum Daemon {
     /// The pid file's path, for the exit and signal handlers (which can capture nothing); set once, before them.
     nonisolated(unsafe) private static var pidPath: UnsafeMutablePointer<CChar>?
@@ -14,7 +15,7 @@ enum Daemon {
     static func start(daemon: Bool, pidFile: String?, keeping: Int32) throws {
         if let pidFile { try checkNoOther(pidFile) }  // while the terminal still hears us
         if daemon {
-            guard Glibc.daemon(0, 0) == 0 else { throw Failure("unable to run as a daemon (-D): \(errorText())") }
+            guard Glibc.daemon(1, 0) == 0 else { throw Failure("unable to run as a daemon (-D): \(errorText())") }
             closeInherited(keeping: keeping)
         }
         guard let pidFile else { return }

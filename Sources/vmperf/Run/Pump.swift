@@ -74,39 +74,55 @@ enum Limit: Equatable {
 /// no allocation, no reference counting and no dynamic dispatch; over shared memory, no system call either.
 enum Pump {
     /// Writes `block` until the limit (counted from the warm-up's end), at most at the pacer's rate, then shuts
-    /// down writing. Returns the bytes sent.
+    /// down writing. Returns the bytes sent, and those of them sent in the warm-up.
     static func send<S: ByteStream>(
         _ stream: S, block: UnsafeRawBufferPointer, limit: Limit, pacer: Pacer?, warmUp: WarmUp, stop: StopFlag,
         counter: StreamCounter
-    ) throws -> Int {
-        let budget: Int? = switch limit {
-        case .time: nil
-        case .bytes(let total): total
-        case .blocks(let total): total &* block.count
-        }
+    ) throws -> (sent: Int, warmUp: Int) {
         var sent = 0
-        var blocks = 0
-        var base = 0  // bytes sent in the warm-up
-        var counting = warmUp.isOver
-        while !stop.isSet {
-            if !counting && warmUp.isOver {
-                counting = true
-                base = counter.warmUpBytes.load(ordering: .relaxed)
-            }
-            var chunk = block
-            if counting, let budget {
-                let left = budget - (sent - base)
-                if left <= 0 { break }
-                if left < block.count { chunk = UnsafeRawBufferPointer(rebasing: block[..<left]) }  // -n need not be whole blocks
-            }
-            if let pacer, blocks % pacer.burst == 0 { pacer.wait(sent: sent, stop: stop) }
-            try stream.send(block: chunk)
-            sent &+= chunk.count
-            blocks &+= 1
-            counter.bytes.store(sent, ordering: .relaxed)
+        if !warmUp.isOver {  // -O: no limit yet; it counts from the bytes the sampler took at the warm-up's end
+            try sendBlocks(stream, block: block, until: nil, pacer: pacer, warmUp: warmUp, sent: &sent, stop: stop, counter: counter)
+        }
+        let base = warmUp.isOver ? counter.warmUpBytes.load(ordering: .relaxed) : 0
+        let end: Int? = switch limit {  // no overflow: -k 2^62 of 128 MiB blocks is "for ever"
+        case .time: nil
+        case .bytes(let total): base.addingReportingOverflow(total).overflow ? .max : base + total
+        case .blocks(let total):
+            total.multipliedReportingOverflow(by: block.count).overflow || (total * block.count).addingReportingOverflow(base).overflow
+                ? .max : base + total * block.count
+        }
+        // Called with nil where there is no pacer, so that the inlined loop has no pacing in it at all.
+        if let pacer {
+            try sendBlocks(stream, block: block, until: end, pacer: pacer, warmUp: nil, sent: &sent, stop: stop, counter: counter)
+        } else {
+            try sendBlocks(stream, block: block, until: end, pacer: nil, warmUp: nil, sent: &sent, stop: stop, counter: counter)
         }
         try stream.shutdownWrite()
-        return sent
+        return (sent, base)
+    }
+
+    /// Writes blocks until `end` bytes in all (nil: no end), the stop flag, or, given `warmUp`, its end.
+    @inline(__always)
+    private static func sendBlocks<S: ByteStream>(
+        _ stream: S, block: UnsafeRawBufferPointer, until end: Int?, pacer: Pacer?, warmUp: WarmUp?, sent: inout Int,
+        stop: StopFlag, counter: StreamCounter
+    ) throws {
+        var blocks = 0
+        while !stop.isSet {
+            if let warmUp, warmUp.isOver { return }
+            var chunk = block
+            if let end {
+                if sent >= end { return }
+                if end - sent < block.count { chunk = UnsafeRawBufferPointer(rebasing: block[..<(end - sent)]) }  // -n need not be whole blocks
+            }
+            if let pacer {
+                if blocks == 0 { pacer.wait(sent: sent, stop: stop) }
+                blocks = blocks + 1 == pacer.burst ? 0 : blocks + 1
+            }
+            try stream.send(block: chunk)
+            sent &+= chunk.count
+            counter.bytes.store(sent, ordering: .relaxed)
+        }
     }
 
     /// Reads until end of stream. Returns the bytes received.
@@ -121,11 +137,12 @@ enum Pump {
     }
 
     /// Round trips of `block`: write it, wait for it to come back, record the time. Returns the round trips.
-    /// Round trips made in the warm-up are left out of the histogram and the limit.
+    /// Round trips made in the warm-up are left out of the histogram and the limit. Returns the round trips,
+    /// and those of them made in the warm-up.
     static func ping<S: ByteStream>(
         _ stream: S, block: UnsafeRawBufferPointer, scratch: UnsafeMutableRawBufferPointer, limit: Limit,
         warmUp: WarmUp, stop: StopFlag, counter: StreamCounter, histogram: inout Histogram<UInt64>
-    ) throws -> Int {
+    ) throws -> (trips: Int, warmUp: Int) {
         let reply = UnsafeMutableRawBufferPointer(rebasing: scratch[..<block.count])
         var trips = 0
         var base = 0  // round trips in the warm-up
@@ -150,7 +167,7 @@ enum Pump {
         }
         try stream.shutdownWrite()
         while try stream.receive(scratch: scratch) > 0 {}  // the echo side's end of stream
-        return trips
+        return (trips, base)
     }
 
     /// Sends back every `size`-byte message until end of stream. Returns the messages echoed.

@@ -35,7 +35,7 @@ struct Server {
                 try ServerTest(options: options, report: report, door: door).run()
             } catch {
                 if options.oneOff { throw error }
-                Report.standardError("vmperf: error - \(error)\n")
+                report.message("vmperf: error - \(error)\n")
             }
             if options.oneOff { return }
             test += 1
@@ -74,7 +74,7 @@ struct Server {
     }
 
     private func note(_ text: String) {
-        if options.verbose || !report.json { Report.standardError("vmperf: \(text)\n") }
+        if options.verbose || !report.json { report.message("vmperf: \(text)\n") }
     }
 }
 

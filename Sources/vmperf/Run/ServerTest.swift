@@ -53,7 +53,7 @@ struct ServerTest {
         } else if parameters.mode == .throughput {
             for line in summary.humanLines() { report.line(line) }
         }
-        if sendsOutput { try channel.send(ServerOutput(text: report.endCapture(), isJSON: report.json)) }
+        if sendsOutput { try channel.send(ServerOutput.fitting(report.endCapture(), isJSON: report.json)) }
     }
 
     /// The next client's control connection and its parameters (checked; a bad set is answered and refused).
@@ -67,7 +67,7 @@ struct ServerTest {
             let channel = ControlChannel(stream: control.stream)
             do {
                 let parameters = try channel.receive(TestParameters.self, timeout: 10, what: "the test parameters").validated()
-                try channel.send(ServerReply(error: nil))
+                try channel.send(ServerReply(error: nil, features: TestParameters.Feature.allCases.map(\.rawValue)))
                 return (control, parameters, greeting.cookie)
             } catch {
                 try? channel.send(ServerReply(error: "bad test parameters: \(error)"))
@@ -103,9 +103,10 @@ struct ServerTest {
     /// Runs the test on a thread of its own, and meanwhile answers any other client with "busy".
     ///
     /// It also watches the client's control connection. A client speaks there only once its own side has ended
-    /// (its results), which takes this side's sending streams to have ended first; so input there (or its end)
-    /// for more than `clientGoneGrace` while this side still runs is a client that is gone or broke off, and the
-    /// test ends. Without this, a sender paced by -b, asleep between blocks, would hold the server until its
+    /// (its results), which takes every stream this side writes to have ended first; so input there (or its end)
+    /// for more than `clientGoneGrace` while this side still writes is a client that is gone or broke off, and
+    /// the test ends. (This side's receivers may still drain what the client's kernel buffered: they are not
+    /// counted.) Without this, a sender paced by -b, asleep between blocks, would hold the server until its
     /// time was up (hours, at a low rate), the client long gone.
     private func runTurningAwayOthers(_ run: TestRun, _ intervals: IntervalReport, control: any ByteStream) throws -> TestRun.Outcome {
         let work = TestThreadWork(run)
@@ -120,7 +121,7 @@ struct ServerTest {
                 if greeting.kind == .control { turnAway(connection) } else { connection.close() }
             }
             if clientSpokeAt == nil, control.hasInput() { clientSpokeAt = Date() }
-            if let clientSpokeAt, Date().timeIntervalSince(clientSpokeAt) > Self.clientGoneGrace {
+            if let clientSpokeAt, run.isWriting, Date().timeIntervalSince(clientSpokeAt) > Self.clientGoneGrace {
                 run.abort()
                 _ = work.finished.wait(timeout: .distantFuture)
                 throw Failure("the client ended the test while this side still ran (it left, or its side failed)")

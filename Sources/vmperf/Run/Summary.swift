@@ -26,7 +26,9 @@ struct Summary {
         local.streams.map { mine in
             let theirs = remote.streams.first { $0.index == mine.index }
                 ?? StreamResult(index: mine.index, sender: !mine.sender, bytes: 0, seconds: 0)
-            let (sent, received) = mine.sender ? (mine, theirs) : (theirs, mine)
+            var (sent, received) = mine.sender ? (mine, theirs) : (theirs, mine)
+            // -O: what the receiver counted includes the sender's warm-up bytes, which the sender's count leaves out.
+            received.bytes = max(0, received.bytes - (sent.warmUpBytes ?? 0))
             let span = { (result: StreamResult) in
                 StreamSpan(
                     index: mine.index, start: 0, end: result.seconds, bytes: result.bytes, roundTrips: 0, sender: mine.sender,

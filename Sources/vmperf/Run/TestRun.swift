@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Histogram
 import VMPerfSupport
 import VMSock
@@ -65,6 +66,7 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
             print: printInterval)
         let timers = startTimers(on: loopThread.loop, sampler)
         let done = DispatchGroup()
+        writers.store(roles.filter { $0 != .receive }.count, ordering: .relaxed)
         for index in connections.indices {
             done.enter()
             let thread = Thread { [self] in
@@ -82,7 +84,7 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
         withExtendedLifetime(timers) {}
         if let failure { throw failure }
         sampler.sample(final: true)
-        leaveOutWarmUp(sampler.warmUpCounts)
+        leaveOutWarmUp(sampler.warmUpCounts, startNanos: cpuStart.wall)
         var merged: Histogram<UInt64>? = nil
         for histogram in histograms {
             if merged == nil { merged = histogram } else { merged!.add(histogram) }
@@ -90,20 +92,31 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
         return Outcome(streams: results.map { $0! }, intervals: sampler.intervals, cpu: cpu, histogram: merged)
     }
 
+    /// Whether a stream of this side that writes (sends, or echoes round trips) is still running. The other side
+    /// can end only after each of them has.
+    var isWriting: Bool { writers.load(ordering: .relaxed) > 0 }
+    private let writers = Atomic<Int>(0)
+
     /// Ends the test from another thread: the pumps stop, and calls blocked on the connections fail.
     func abort() {
         stop.set()
         for connection in connections { connection.abort() }
     }
 
-    /// The summary's figures count from the warm-up's end (-O): its bytes, retransmits and time are taken off each
-    /// stream's result.
-    private func leaveOutWarmUp(_ counts: [(bytes: Int, retransmits: Int?)]?) {
-        guard let counts, let end = warmUp.end else { return }
+    /// The summary's figures count from the warm-up's end (-O). A sending stream's bytes and retransmits of the
+    /// warm-up are taken off its result (`warmUpBytes` says how many bytes: the receiver's side takes the same
+    /// off its own count, in `Summary`, as the two sides' warm-ups end on two clocks); every stream's time counts
+    /// from this side's warm-up end, or from its planned end where this stream ended first.
+    private func leaveOutWarmUp(_ counts: [(bytes: Int, retransmits: Int?)]?, startNanos: Int64) {
+        guard parameters.omitSeconds > 0 else { return }
+        let planned = startNanos + Int64(parameters.omitSeconds) * 1_000_000_000
         for index in results.indices {
             guard var result = results[index] else { continue }
-            result.bytes -= counts[index].bytes
-            if let retransmits = result.retransmits { result.retransmits = retransmits - (counts[index].retransmits ?? 0) }
+            if let warmUpBytes = result.warmUpBytes { result.bytes -= warmUpBytes }
+            if let counts, let retransmits = result.retransmits {
+                result.retransmits = max(0, retransmits - (counts[index].retransmits ?? 0))
+            }
+            let end = warmUp.end.flatMap { $0 <= result.endNanos ? $0 : nil } ?? planned
             result.seconds = max(0, Double(result.endNanos - end) / 1e9)
             results[index] = result
         }
@@ -142,6 +155,7 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
     /// aborted, so that none of them waits for ever on a peer that will not send.
     private func pump(_ index: Int, startNanos: Int64) {
         let connection = connections[index]
+        defer { if roles[index] != .receive { writers.subtract(1, ordering: .relaxed) } }
         do {
             if let cpu {
                 let code = CPUMask.only(cpu).apply()
@@ -150,19 +164,19 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
             let how = PumpPlan(
                 role: roles[index], limit: limit(for: index), stop: stop, warmUp: warmUp, counter: counters[index],
                 pacer: Pacer(bitsPerSecond: parameters.bitsPerSecond, burst: parameters.burst, startNanos: startNanos))
-            let (bytes, histogram) = try Self.pump(connection, how, parameters: parameters)
+            let (bytes, warmUpBytes, histogram) = try Self.pump(connection, how, parameters: parameters)
             let endNanos = MonotonicClock.nanoseconds()
             let sender = roles[index] == .send || roles[index] == .ping
             lock.withLock {
                 results[index] = StreamResult(
                     index: connection.index, sender: sender, bytes: bytes, seconds: Double(endNanos - startNanos) / 1e9,
                     waits: connection.waitStatistics, retransmits: sender ? connection.retransmissions : nil,
-                    endNanos: endNanos)
+                    warmUpBytes: warmUpBytes, endNanos: endNanos)
                 if let histogram { histograms.append(histogram) }
             }
         } catch {
             let error = isReadTimeout(error)
-                ? Failure("no data arrived on stream \(connection.index + 1) for \(Compare.format(receiveTimeout)) s (--rcv-timeout): the other side stopped sending")
+                ? Failure("no data arrived on stream \(connection.index + 1) for \(Compare.format(receiveTimeout)) s (--rcv-timeout): the other side stopped sending (\(error))")
                 : error
             let first = lock.withLock { () -> Bool in
                 defer { if failure == nil { failure = error } }
@@ -197,15 +211,19 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
         var pacer: Pacer?
     }
 
+    /// What a pump did: the bytes it moved; for a sending one (send, ping), how many of them in the warm-up; the
+    /// round trips' histogram.
+    typealias Pumped = (bytes: Int, warmUpBytes: Int?, histogram: Histogram<UInt64>?)
+
     /// Picks the specialized pump for the connection's concrete type.
-    private static func pump(_ connection: Connection, _ how: PumpPlan, parameters: TestParameters) throws -> (Int, Histogram<UInt64>?) {
+    private static func pump(_ connection: Connection, _ how: PumpPlan, parameters: TestParameters) throws -> Pumped {
         switch connection.carrier {
         case .socket(let socket): try pump(socket, how, parameters: parameters)
         case .unix(let unix): try pump(unix, how, parameters: parameters)
         }
     }
 
-    private static func pump<S: ByteStream>(_ stream: S, _ how: PumpPlan, parameters: TestParameters) throws -> (Int, Histogram<UInt64>?) {
+    private static func pump<S: ByteStream>(_ stream: S, _ how: PumpPlan, parameters: TestParameters) throws -> Pumped {
         let (limit, stop, counter) = (how.limit, how.stop, how.counter)
         let size = parameters.blockSize
         let block = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
@@ -215,20 +233,21 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
         defer { scratch.deallocate() }
         switch how.role {
         case .send:
-            return (try Pump.send(
+            let (sent, warmUp) = try Pump.send(
                 stream, block: UnsafeRawBufferPointer(block), limit: limit, pacer: how.pacer, warmUp: how.warmUp, stop: stop,
-                counter: counter), nil)
+                counter: counter)
+            return (sent, warmUp, nil)
         case .receive:
-            return (try Pump.receive(stream, scratch: scratch, counter: counter), nil)
+            return (try Pump.receive(stream, scratch: scratch, counter: counter), nil, nil)
         case .ping:
             var histogram = Histogram<UInt64>(
                 lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
-            let trips = try Pump.ping(
+            let (trips, warmUp) = try Pump.ping(
                 stream, block: UnsafeRawBufferPointer(block), scratch: scratch, limit: limit, warmUp: how.warmUp,
                 stop: stop, counter: counter, histogram: &histogram)
-            return (trips * size, histogram)
+            return (trips * size, warmUp * size, histogram)
         case .echo:
-            return (try Pump.echo(stream, size: size, scratch: scratch, counter: counter) * size, nil)
+            return (try Pump.echo(stream, size: size, scratch: scratch, counter: counter) * size, nil, nil)
         }
     }
 }

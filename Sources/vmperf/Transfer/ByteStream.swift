@@ -63,7 +63,11 @@ func touchCacheLines(_ bytes: UnsafeRawBufferPointer) -> UInt8 {
 extension VMSocket: ByteStream {
     func hasInput() -> Bool {
         defer { disarmReadable() }
-        return (try? armReadable()) ?? true
+        // Arming says it for bytes already taken in (and for rings); the kernel says it for what is still in the
+        // socket, or its end (TCP).
+        if (try? armReadable()) == true { return true }
+        var entry = pollfd(fd: readInterest.descriptor, events: readInterest.events, revents: 0)
+        return poll(&entry, 1, 0) > 0
     }
 
     @inline(__always)

@@ -85,7 +85,7 @@ final class UnixStream: ByteStream {
 
     func hasInput() -> Bool {
         var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        return poll(&entry, 1, 0) != 0
+        return poll(&entry, 1, 0) > 0
     }
 
     func setReadTimeout(_ seconds: Double?) {

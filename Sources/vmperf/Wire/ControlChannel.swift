@@ -41,7 +41,7 @@ struct ControlChannel {
     private func read(_ bytes: inout [UInt8], what: String, timeout: Double?) throws -> Bool {
         do {
             return try bytes.withUnsafeMutableBytes { try stream.readExactly($0) }
-        } catch let error as VMSockError where error.code == ETIMEDOUT {
+        } catch where isReadTimeout(error) {
             throw Failure("\(what) did not come within \(Compare.format(timeout ?? 0)) s")
         }
     }
@@ -80,6 +80,18 @@ struct TestParameters: Codable, Equatable {
     /// Seconds of warm-up (-O).
     var omitSeconds: Int { omit ?? 0 }
 
+    /// Optional parameters a server older than them would drop without a word.
+    enum Feature: String, CaseIterable { case omit, bitrate, serverOutput }
+
+    /// The features these parameters ask for, by the flags that ask.
+    var requestedFeatures: [(feature: Feature, flag: String)] {
+        let asked: [(Feature, String, Bool)] = [
+            (.omit, "-O", omitSeconds > 0), (.bitrate, "-b", (bitsPerSecond ?? 0) > 0),
+            (.serverOutput, "--get-server-output", getServerOutput == true),
+        ]
+        return asked.filter { $0.2 }.map { ($0.0, $0.1) }
+    }
+
     /// Connections this test opens: one per stream, two per stream with --bidir.
     var connections: Int { bidir ? streams * 2 : streams }
 
@@ -114,6 +126,9 @@ struct TestParameters: Codable, Equatable {
 /// The server's answer to the parameters, and later its go.
 struct ServerReply: Codable {
     var error: String?
+    /// What of the optional parameters the server honours (`TestParameters.Feature`); nil from an older server,
+    /// which drops the fields it does not know, so that a client that asks for them must refuse to go on.
+    var features: [String]? = nil
 }
 
 /// --get-server-output: what the server printed for the test, its lines or (-J on the server) its document.
@@ -121,17 +136,18 @@ struct ServerOutput: Codable {
     var text: String
     var isJSON: Bool
 
-    /// The most text sent: a control message is at most 1 MiB, and a long test with short intervals prints more.
-    static let maximumText = 900_000
-
     init(text: String, isJSON: Bool) {
-        if text.utf8.count > Self.maximumText {
-            self.text = "(the server printed \(text.utf8.count) bytes for this test, over the \(Self.maximumText) vmperf sends)\n"
-            self.isJSON = false
-        } else {
-            self.text = text
-            self.isJSON = isJSON
-        }
+        self.text = text
+        self.isJSON = isJSON
+    }
+
+    /// `text` if it fits in a control message once encoded (JSON escapes make it longer: tabs, newlines,
+    /// quotes), else a line that says it did not: a long test with short intervals prints more than 1 MiB.
+    static func fitting(_ text: String, isJSON: Bool) -> ServerOutput {
+        let output = ServerOutput(text: text, isJSON: isJSON)
+        let size = (try? JSONEncoder().encode(output).count) ?? Int.max
+        guard size > ControlChannel.maximumMessage else { return output }
+        return ServerOutput(text: "(the server printed \(text.utf8.count) bytes for this test, more than one control message of \(ControlChannel.maximumMessage) carries)\n", isJSON: false)
     }
 
     /// The text for a terminal: the peer's, so control characters but newline and tab (escape sequences that
@@ -168,7 +184,7 @@ struct SideResults: Codable {
         for stream in streams {
             let waits = stream.waits.map { [$0.readSleeps, $0.writeSleeps, $0.dataRings, $0.spaceRings] } ?? []
             guard (0..<256).contains(stream.index), counts.contains(stream.bytes), stream.seconds.isFinite, stream.seconds >= 0,
-                (waits + [stream.retransmits ?? 0]).allSatisfy(counts.contains)
+                (waits + [stream.retransmits ?? 0, stream.warmUpBytes ?? 0]).allSatisfy(counts.contains)
             else { throw Failure("bad results for stream \(stream.index)") }
         }
         guard [cpu.user, cpu.system, cpu.steal ?? 0].allSatisfy({ $0.isFinite && $0 >= 0 }) else {
@@ -187,8 +203,11 @@ struct StreamResult: Codable {
     var waits: WaitStatistics? = nil
     /// Segments the sender sent again (TCP; 0 over shared memory and Unix sockets); nil from a receiver.
     var retransmits: Int? = nil
+    /// -O: of a sending stream's bytes, those sent in the warm-up (already taken off `bytes`): the receiving
+    /// side's count includes them, and the summary takes them off it.
+    var warmUpBytes: Int? = nil
     /// When the pump ended (this side's MonotonicClock): not sent to the other side.
     var endNanos: Int64 = 0
 
-    private enum CodingKeys: String, CodingKey { case index, sender, bytes, seconds, waits, retransmits }
+    private enum CodingKeys: String, CodingKey { case index, sender, bytes, seconds, waits, retransmits, warmUpBytes }
 }
