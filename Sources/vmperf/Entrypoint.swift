@@ -35,6 +35,11 @@ enum Entrypoint {
         }
         do {
             try Daemon.start(daemon: options.daemon, pidFile: options.pidfile, keeping: report.descriptor)  // before any thread starts
+        } catch {
+            Report.standardError("vmperf: error - \(error)\n")  // on the terminal, whatever --logfile says
+            exit(1)
+        }
+        do {
             switch options.role {
             case .server: try Server(options, report).run()
             case .client(let host): try Client(options, host: host, report).run()

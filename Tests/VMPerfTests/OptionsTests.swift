@@ -82,7 +82,8 @@ final class OptionsTests: XCTestCase {
     /// The server's output, the peer's text: it fits in one control message or says it did not, and it goes into
     /// the client's document as JSON only if it is a plain UTF-8 JSON object.
     func testServerOutputIsCheckedAndBounded() throws {
-        let huge = String(repeating: "\t\"x\"\n", count: 300_000)  // 1.2 MB once escaped, from 1.5 MB of text
+        let huge = String(repeating: "\t\"\n", count: 250_000)  // 750 KB of text, 1.5 MB once escaped
+        XCTAssertLessThan(huge.utf8.count, ControlChannel.maximumMessage, "only its escaped form is too long")
         let bounded = ServerOutput.fitting(huge, isJSON: true)
         XCTAssertFalse(bounded.isJSON)
         XCTAssertTrue(bounded.text.contains("more than one control message"), bounded.text)

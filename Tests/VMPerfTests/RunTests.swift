@@ -128,6 +128,15 @@ final class RunTests: XCTestCase {
     /// -O, -b, -T and --extra-data, as iperf3 takes them: the warm-up's intervals are marked omitted and come
     /// first, the figures and times start again from zero after it, and -n counts after it; -b holds the sender
     /// to its rate from its start (warm-up included); the title and the extra data reach both documents.
+    /// -n after a warm-up, unpaced (gigabytes a second over shared memory): exactly -n, sent and received.
+    func testByteCountAfterWarmUpIsExact() throws {
+        let (client, _) = try VMPerf.clientAgainstServer(["-n", "1M", "-O", "1", "-J"])
+        XCTAssertEqual(client.status, 0, client.stderr)
+        let document = try client.json()
+        XCTAssertEqual(end(document, "sum_sent")["bytes"] as? Int, 1 << 20)
+        XCTAssertEqual(end(document, "sum_received")["bytes"] as? Int, 1 << 20)
+    }
+
     func testOmitBitrateTitleAndExtraData() throws {
         let began = Date()
         let (client, server) = try VMPerf.clientAgainstServer(
@@ -191,18 +200,24 @@ final class RunTests: XCTestCase {
     }
 
     /// --rcv-timeout: a receiver that waits longer than it for data ends the test with a message saying so
-    /// (the server, paced to 8 bits a second, sends its first block and then nothing for hours). The server,
-    /// asleep in its pacing, sees its client gone from the control connection and ends the test too, long before
-    /// its 60 s are up (the helper kills a server still running 15 s after its client).
-    func testReceiveTimeoutAndAClientGoneFromAPacedServer() throws {
+    /// (the sender, paced to 8 bits a second, sends its first block and then nothing for hours). The sender,
+    /// asleep in its pacing, sees the other side gone from the control connection and ends the test too, long
+    /// before its 60 s are up (the helper kills a server still running 15 s after its client): a server whose
+    /// client gave up (-R), and a client whose server gave up.
+    func testReceiveTimeoutAndTheOtherSideGoneFromAPacedSender() throws {
         for transport in ["shm", "tcp", "unix"] {
             let (client, server) = try VMPerf.clientAgainstServer(
-                ["-R", "-b", "8", "-t", "60", "--rcv-timeout", "300", "--transport", transport])
+                ["-R", "-b", "8", "-t", "60", "--rcv-timeout", "1000", "--transport", transport])
             XCTAssertEqual(client.status, 1, "\(transport): \(client.stdout)")
-            XCTAssertTrue(client.stderr.contains("no data arrived on stream 1 for 0.3 s (--rcv-timeout)"), "\(transport): \(client.stderr)")
+            XCTAssertTrue(client.stderr.contains("no data arrived on stream 1 for 1 s (--rcv-timeout)"), "\(transport): \(client.stderr)")
             XCTAssertEqual(server.status, 1, "\(transport): the server ends its test itself: \(server.stdout)")
             XCTAssertTrue(server.stderr.contains("the client ended the test while this side still ran"), "\(transport): \(server.stderr)")
         }
+        let (client, server) = try VMPerf.clientAgainstServer(["-b", "8", "-t", "60"], serverArguments: ["--rcv-timeout", "1000"])
+        XCTAssertEqual(server.status, 1, server.stdout)
+        XCTAssertTrue(server.stderr.contains("no data arrived on stream 1 for 1 s (--rcv-timeout)"), server.stderr)
+        XCTAssertEqual(client.status, 1, client.stdout)
+        XCTAssertTrue(client.stderr.contains("the server ended the test while this side still ran"), client.stderr)
     }
 
     /// --get-server-output: the client prints the server's lines after its own (as they are: no title), or with
@@ -236,16 +251,18 @@ final class RunTests: XCTestCase {
         let port = String(VMPerf.freePort())
         let started = try VMPerf.run(["-s", "-D", "-I", pidFile, "-p", port, "--logfile", log], timeout: 20)
         XCTAssertEqual(started.status, 0, started.stderr)
+        let readPid = { (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) } }
+        var signalled = false
+        // Never a pid that may have been given to another process since; and a daemon whose pid came late still goes.
+        defer { if !signalled, let pid = readPid() { kill(pid, SIGKILL) } }
         // The daemon writes the file after its starter has returned.
         var read: pid_t?
         let written = Date().addingTimeInterval(10)
         while read == nil && Date() < written {
-            read = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            read = readPid()
             if read == nil { usleep(10_000) }
         }
         let pid = try XCTUnwrap(read, "no pid in \(pidFile)")
-        var signalled = false
-        defer { if !signalled { kill(pid, SIGKILL) } }  // never a pid that may have been given to another process since
         XCTAssertEqual(kill(pid, 0), 0, "the daemon runs")
         VMPerf.waitForListener(port: port)
         let client = try VMPerf.run(["-c", "127.0.0.1", "-p", port, "-t", "0.2"])

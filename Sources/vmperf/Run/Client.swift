@@ -96,7 +96,7 @@ struct Client {
         let intervals = IntervalReport(parameters: parameters, side: .client, report: report, format: options.format)
         report.line(intervals.header(connections))
         let run = TestRun(parameters, side: .client, connections: connections, cpu: options.cpus.local,
-                          receiveTimeout: Double(options.rcvTimeout) / 1000)
+                          receiveTimeout: Double(options.rcvTimeout) / 1000, control: control.stream)
         let outcome = try run.run(printInterval: intervals.print)
         try channel.send(SideResults(cpu: outcome.cpu, streams: outcome.streams))
         let remote = try channel.receive(SideResults.self, timeout: 60, what: "the server's results").validated()

@@ -19,9 +19,9 @@ enum Daemon {
             closeInherited(keeping: keeping)
         }
         guard let pidFile else { return }
-        try write(pidFile)
         pidPath = strdup(pidFile)
-        atexit { Daemon.removePidFile() }
+        atexit { Daemon.removePidFile() }  // first, so that a write that fails half-way leaves no file either
+        try write(pidFile)
         for signalNumber in [SIGTERM, SIGINT, SIGHUP] {
             signal(signalNumber) { number in
                 Daemon.removePidFile()

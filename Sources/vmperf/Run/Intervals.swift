@@ -38,8 +38,8 @@ final class IntervalSampler: @unchecked Sendable {  // used on the loop thread, 
     private var warmingUp: Bool
     private var countedIntervals = 0
     private(set) var intervals: [[StreamSpan]] = []
-    /// Each stream's bytes and retransmits when the warm-up ended, which the summary leaves out (nil without one).
-    private(set) var warmUpCounts: [(bytes: Int, retransmits: Int?)]?
+    /// Each sending stream's retransmits when the warm-up ended, which the summary leaves out (nil without one).
+    private(set) var warmUpRetransmits: [Int?]?
     private let print: ([StreamSpan]) -> Void
 
     /// `sending` reads each stream's retransmission count so far and its window (see `Connection`); it is asked
@@ -67,21 +67,20 @@ final class IntervalSampler: @unchecked Sendable {  // used on the loop thread, 
     }
 
     /// Ends the warm-up (-O): its last, partial interval where intervals are reported (kept if at least 10 ms
-    /// long), then, as iperf3 does, the figures and the interval times start again from zero. Each counter's
-    /// `warmUpBytes` is stored before `warmUp` is finished, so that a pump that sees it over finds it.
+    /// long), then, as iperf3 does, the figures and the interval times start again from zero. (Each sending
+    /// pump counts its own bytes from where it sees `warmUp` finished, for -n and the summary.)
     func endWarmUp(_ warmUp: WarmUp, reportsIntervals: Bool) {
         let nanos = MonotonicClock.nanoseconds()
         let now = Double(nanos - originNanos) / 1e9
         if reportsIntervals && now - lastTime >= 0.01 { record(now) }
-        var counts: [(bytes: Int, retransmits: Int?)] = []
+        var retransmitCounts: [Int?] = []
         for (index, counter) in counters.enumerated() {
-            let bytes = counter.bytes.load(ordering: .relaxed)
-            counter.warmUpBytes.store(bytes, ordering: .relaxed)
             let retransmits = senders[index] ? sending[index]().retransmits : nil
-            last[index] = (bytes, counter.roundTrips.load(ordering: .relaxed), retransmits ?? last[index].retransmits)
-            counts.append((bytes, retransmits))
+            last[index] = (counter.bytes.load(ordering: .relaxed), counter.roundTrips.load(ordering: .relaxed),
+                           retransmits ?? last[index].retransmits)
+            retransmitCounts.append(retransmits)
         }
-        warmUpCounts = counts
+        warmUpRetransmits = retransmitCounts
         originNanos = nanos
         lastTime = 0
         warmingUp = false

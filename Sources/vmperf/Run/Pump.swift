@@ -9,14 +9,11 @@ import VMSock
 final class StreamCounter: @unchecked Sendable {  // one writer (the pump), readers only load
     let bytes = Atomic<Int>(0)
     let roundTrips = Atomic<Int>(0)
-    /// `bytes` when the warm-up (-O) ended, stored once by the interval sampler before `WarmUp.finish`: the
-    /// test's own figures count from it.
-    let warmUpBytes = Atomic<Int>(0)
-    private let padding: (Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    private let padding: (Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int) =
+        (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 }
 
-/// -O: the warm-up, ended once on the loop thread (at once when there is none). Once it is over, each counter's
-/// `warmUpBytes` is set.
+/// -O: the warm-up, ended once on the loop thread (at once when there is none).
 final class WarmUp: Sendable {
     private let endNanos = Atomic<Int64>(0)  // 0 while it runs
 
@@ -80,10 +77,10 @@ enum Pump {
         counter: StreamCounter
     ) throws -> (sent: Int, warmUp: Int) {
         var sent = 0
-        if !warmUp.isOver {  // -O: no limit yet; it counts from the bytes the sampler took at the warm-up's end
+        if !warmUp.isOver {  // -O: no limit yet; it counts from where this pump saw the warm-up end
             try sendBlocks(stream, block: block, until: nil, pacer: pacer, warmUp: warmUp, sent: &sent, stop: stop, counter: counter)
         }
-        let base = warmUp.isOver ? counter.warmUpBytes.load(ordering: .relaxed) : 0
+        let base = sent  // all of it, if the test stopped in the warm-up
         let end: Int? = switch limit {  // no overflow: -k 2^62 of 128 MiB blocks is "for ever"
         case .time: nil
         case .bytes(let total): base.addingReportingOverflow(total).overflow ? .max : base + total
@@ -136,9 +133,9 @@ enum Pump {
         }
     }
 
-    /// Round trips of `block`: write it, wait for it to come back, record the time. Returns the round trips.
-    /// Round trips made in the warm-up are left out of the histogram and the limit. Returns the round trips,
-    /// and those of them made in the warm-up.
+    /// Round trips of `block`: write it, wait for it to come back, record the time. Those made in the warm-up
+    /// are left out of the histogram and the limit. Returns the round trips, and how many of them were the
+    /// warm-up's.
     static func ping<S: ByteStream>(
         _ stream: S, block: UnsafeRawBufferPointer, scratch: UnsafeMutableRawBufferPointer, limit: Limit,
         warmUp: WarmUp, stop: StopFlag, counter: StreamCounter, histogram: inout Histogram<UInt64>

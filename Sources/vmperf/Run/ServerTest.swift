@@ -31,8 +31,8 @@ struct ServerTest {
         let intervals = IntervalReport(parameters: parameters, side: .server, report: report, format: options.format)
         report.line(intervals.header(connections))
         let run = TestRun(parameters, side: .server, connections: connections, cpu: parameters.serverCPU ?? options.cpus.local,
-                          receiveTimeout: Double(options.rcvTimeout) / 1000)
-        let outcome = try runTurningAwayOthers(run, intervals, control: control.stream)
+                          receiveTimeout: Double(options.rcvTimeout) / 1000, control: control.stream)
+        let outcome = try runTurningAwayOthers(run, intervals)
         let remote = try channel.receive(SideResults.self, timeout: 60, what: "the client's results").validated()
         try channel.send(SideResults(cpu: outcome.cpu, streams: outcome.streams))
         let summary = Summary(parameters: parameters, side: .server, local: outcome, remote: remote, format: options.format)
@@ -101,36 +101,20 @@ struct ServerTest {
     }
 
     /// Runs the test on a thread of its own, and meanwhile answers any other client with "busy".
-    ///
-    /// It also watches the client's control connection. A client speaks there only once its own side has ended
-    /// (its results), which takes every stream this side writes to have ended first; so input there (or its end)
-    /// for more than `clientGoneGrace` while this side still writes is a client that is gone or broke off, and
-    /// the test ends. (This side's receivers may still drain what the client's kernel buffered: they are not
-    /// counted.) Without this, a sender paced by -b, asleep between blocks, would hold the server until its
-    /// time was up (hours, at a low rate), the client long gone.
-    private func runTurningAwayOthers(_ run: TestRun, _ intervals: IntervalReport, control: any ByteStream) throws -> TestRun.Outcome {
+    private func runTurningAwayOthers(_ run: TestRun, _ intervals: IntervalReport) throws -> TestRun.Outcome {
         let work = TestThreadWork(run)
         let thread = Thread {
             work.execute(printInterval: intervals.print)
             work.finished.signal()
         }
         thread.start()
-        var clientSpokeAt: Date?
         while work.finished.wait(timeout: .now() + .milliseconds(100)) == .timedOut {
             if let (connection, greeting) = try? door.next(timeout: 0) {
                 if greeting.kind == .control { turnAway(connection) } else { connection.close() }
             }
-            if clientSpokeAt == nil, control.hasInput() { clientSpokeAt = Date() }
-            if let clientSpokeAt, run.isWriting, Date().timeIntervalSince(clientSpokeAt) > Self.clientGoneGrace {
-                run.abort()
-                _ = work.finished.wait(timeout: .distantFuture)
-                throw Failure("the client ended the test while this side still ran (it left, or its side failed)")
-            }
         }
         return try work.result!.get()
     }
-
-    static let clientGoneGrace = 3.0
 
     /// Tells another client we are busy. Its parameters are read first (for up to a second): a client still
     /// sending them would otherwise meet a closed connection (EPIPE, or a TCP reset that loses our answer).

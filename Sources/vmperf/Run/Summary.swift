@@ -29,6 +29,9 @@ struct Summary {
             var (sent, received) = mine.sender ? (mine, theirs) : (theirs, mine)
             // -O: what the receiver counted includes the sender's warm-up bytes, which the sender's count leaves out.
             received.bytes = max(0, received.bytes - (sent.warmUpBytes ?? 0))
+            // A receiver that had all of it before its own side's warm-up ended (its timer runs on another clock,
+            // and later: -R with a short -n) has no time of its own after it: the sender's stands.
+            if received.seconds == 0 && sent.warmUpBytes != nil { received.seconds = sent.seconds }
             let span = { (result: StreamResult) in
                 StreamSpan(
                     index: mine.index, start: 0, end: result.seconds, bytes: result.bytes, roundTrips: 0, sender: mine.sender,

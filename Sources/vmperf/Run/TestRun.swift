@@ -35,11 +35,17 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
 
     /// Seconds a read waits for data before the test fails (--rcv-timeout).
     let receiveTimeout: Double
+    /// The control connection, watched while the test runs (`waitForPumps`).
+    private let control: (any ByteStream)?
 
-    init(_ parameters: TestParameters, side: Side, connections: [Connection], cpu: Int? = nil, receiveTimeout: Double = 120) {
+    init(
+        _ parameters: TestParameters, side: Side, connections: [Connection], cpu: Int? = nil, receiveTimeout: Double = 120,
+        control: (any ByteStream)? = nil
+    ) {
         self.parameters = parameters
         self.cpu = cpu
         self.receiveTimeout = receiveTimeout
+        self.control = control
         self.side = side
         self.connections = connections
         roles = connections.map { connection in
@@ -76,15 +82,19 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
             thread.stackSize = 1 << 20
             thread.start()
         }
-        done.wait()
+        let otherSideLeft = waitForPumps(done)
         let cpu = CPUUsage(from: cpuStart, to: .now())
         // Once the loop thread has ended, its timers cannot fire again (dropping them is safe on any thread) and
         // the sampler is ours alone: the last, partial interval is taken here.
         loopThread.stop()
         withExtendedLifetime(timers) {}
+        if otherSideLeft {
+            let other = side == .client ? "server" : "client"
+            throw Failure("the \(other) ended the test while this side still ran (it left, or its side failed)")
+        }
         if let failure { throw failure }
         sampler.sample(final: true)
-        leaveOutWarmUp(sampler.warmUpCounts, startNanos: cpuStart.wall)
+        leaveOutWarmUp(sampler.warmUpRetransmits, startNanos: cpuStart.wall)
         var merged: Histogram<UInt64>? = nil
         for histogram in histograms {
             if merged == nil { merged = histogram } else { merged!.add(histogram) }
@@ -92,10 +102,35 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
         return Outcome(streams: results.map { $0! }, intervals: sampler.intervals, cpu: cpu, histogram: merged)
     }
 
-    /// Whether a stream of this side that writes (sends, or echoes round trips) is still running. The other side
-    /// can end only after each of them has.
-    var isWriting: Bool { writers.load(ordering: .relaxed) > 0 }
+    /// Streams of this side that write (send, or echo round trips) and still run. The other side can end only
+    /// after each of them has.
     private let writers = Atomic<Int>(0)
+
+    /// How long the other side may have spoken (or gone) on the control connection while this side still writes.
+    static let otherSideGrace: Int64 = 3_000_000_000
+
+    /// Waits for the pumps and meanwhile watches the control connection. The other side speaks there only once
+    /// its own side has ended (its results), which takes every stream this side writes to have ended first; so
+    /// input there (or its end) for more than `otherSideGrace` while this side still writes is a side that is
+    /// gone or broke off: the test is aborted, and this returns true. (This side's receivers may still drain what
+    /// the other's kernel buffered: they are not counted.) Without this, a sender paced by -b, asleep between
+    /// blocks, would wait for its time to be up (hours, at a low rate), the other side long gone.
+    private func waitForPumps(_ done: DispatchGroup) -> Bool {
+        guard let control else {
+            done.wait()
+            return false
+        }
+        var spokeAt: Int64?
+        while done.wait(timeout: .now() + .milliseconds(100)) == .timedOut {
+            if spokeAt == nil, control.hasInput() { spokeAt = MonotonicClock.nanoseconds() }
+            if let spokeAt, writers.load(ordering: .relaxed) > 0, MonotonicClock.nanoseconds() - spokeAt > Self.otherSideGrace {
+                abort()
+                done.wait()
+                return true
+            }
+        }
+        return false
+    }
 
     /// Ends the test from another thread: the pumps stop, and calls blocked on the connections fail.
     func abort() {
@@ -107,14 +142,14 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
     /// warm-up are taken off its result (`warmUpBytes` says how many bytes: the receiver's side takes the same
     /// off its own count, in `Summary`, as the two sides' warm-ups end on two clocks); every stream's time counts
     /// from this side's warm-up end, or from its planned end where this stream ended first.
-    private func leaveOutWarmUp(_ counts: [(bytes: Int, retransmits: Int?)]?, startNanos: Int64) {
+    private func leaveOutWarmUp(_ warmUpRetransmits: [Int?]?, startNanos: Int64) {
         guard parameters.omitSeconds > 0 else { return }
         let planned = startNanos + Int64(parameters.omitSeconds) * 1_000_000_000
         for index in results.indices {
             guard var result = results[index] else { continue }
             if let warmUpBytes = result.warmUpBytes { result.bytes -= warmUpBytes }
-            if let counts, let retransmits = result.retransmits {
-                result.retransmits = max(0, retransmits - (counts[index].retransmits ?? 0))
+            if let warmUpRetransmits, let retransmits = result.retransmits {
+                result.retransmits = max(0, retransmits - (warmUpRetransmits[index] ?? 0))
             }
             let end = warmUp.end.flatMap { $0 <= result.endNanos ? $0 : nil } ?? planned
             result.seconds = max(0, Double(result.endNanos - end) / 1e9)
