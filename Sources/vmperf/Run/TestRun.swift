@@ -176,9 +176,11 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
                 timers.interval = try? loop.schedule(after: every, repeating: true) { sampler.sample() }
             }
             guard omit > 0 else { return }
-            timers.warmUp = try? loop.schedule(after: .seconds(omit)) { [weak timers] in
+            // The loop weakly: a timer's body is freed only when the loop is (libevent finalizes it then), so a
+            // body that held the loop would keep both, and the test's connections with them (LeakSanitizer).
+            timers.warmUp = try? loop.schedule(after: .seconds(omit)) { [weak timers, weak loop] in
                 sampler.endWarmUp(warmUp, reportsIntervals: interval > 0)
-                guard let timers, interval > 0 else { return }
+                guard let timers, let loop, interval > 0 else { return }
                 timers.interval?.cancel()
                 timers.interval = try? loop.schedule(after: every, repeating: true) { sampler.sample() }
             }
