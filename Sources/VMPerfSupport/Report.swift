@@ -19,6 +19,9 @@ public final class Report: @unchecked Sendable {  // lines come from the interva
     /// What `line` and `document` wrote while capturing (--get-server-output), without the lines' prefixes.
     private var captured: String?
 
+    /// The most a capture keeps (then it stops growing).
+    public static let captureLimit = 2 << 20
+
     /// iperf3's format for a bare --timestamps: "Thu Dec  3 16:01:19 2026 ".
     public static let defaultTimestampFormat = "%c "
 
@@ -85,7 +88,9 @@ public final class Report: @unchecked Sendable {  // lines come from the interva
     private func write(_ text: String, capturing copy: String? = nil) {
         lock.lock()
         defer { lock.unlock() }
-        if let copy, captured != nil { captured! += copy }
+        // Kept up to a limit: more than a control message can carry would not be sent anyway (a day's test with
+        // 0.1 s intervals prints about 70 MB).
+        if let copy, captured != nil, captured!.utf8.count < Self.captureLimit { captured! += copy }
         guard Self.writeAll(fd, text) else {
             // The reader of our output is gone (EPIPE) or the disk is full: nothing more can be reported.
             if errno != EPIPE { Self.standardError("vmperf: error - cannot write the output: \(errorText())\n") }

@@ -147,7 +147,7 @@ struct ServerOutput: Codable {
         let output = ServerOutput(text: text, isJSON: isJSON)
         let size = (try? JSONEncoder().encode(output).count) ?? Int.max
         guard size > ControlChannel.maximumMessage else { return output }
-        return ServerOutput(text: "(the server printed \(text.utf8.count) bytes for this test, more than one control message of \(ControlChannel.maximumMessage) carries)\n", isJSON: false)
+        return ServerOutput(text: "(the server printed \(text.utf8.count) bytes or more for this test, more than one control message of \(ControlChannel.maximumMessage) carries)\n", isJSON: false)
     }
 
     /// The text for a terminal: the peer's, so control characters but newline and tab (escape sequences that
