@@ -36,7 +36,10 @@ enum Entrypoint {
         do {
             try Daemon.start(daemon: options.daemon, pidFile: options.pidfile, keeping: report.descriptor)  // before any thread starts
         } catch {
-            Report.standardError("vmperf: error - \(error)\n")  // on the terminal, whatever --logfile says
+            // On the terminal, whatever --logfile says (a refusal comes before -D lets go of it); and in the log
+            // too, where a daemon's errors go once it has.
+            Report.standardError("vmperf: error - \(error)\n")
+            if report.descriptor != STDOUT_FILENO { report.message("vmperf: error - \(error)\n") }
             exit(1)
         }
         do {

@@ -19,8 +19,6 @@ enum Daemon {
             closeInherited(keeping: keeping)
         }
         guard let pidFile else { return }
-        pidPath = strdup(pidFile)
-        atexit { Daemon.removePidFile() }  // first, so that a write that fails half-way leaves no file either
         try write(pidFile)
         for signalNumber in [SIGTERM, SIGINT, SIGHUP] {
             signal(signalNumber) { number in
@@ -48,12 +46,18 @@ enum Daemon {
             if let pid = Int32(text), pid > 0, pid != getpid(), kill(pid, 0) == 0 || errno == EPERM {
                 throw Failure("another instance of vmperf appears to be running (pid \(pid) in \(path)); stop it or name another file with -I")
             }
+        } else if errno != ENOENT {  // there, but not ours to read: it may be a live server's
+            throw Failure("unable to read the pid file \(path) (-I): \(errorText()); name another file")
         }
     }
 
+    /// Writes our pid. The file is removed at exit from the moment it is ours (opened), so that a write that
+    /// fails half-way leaves nothing either; never before, so that a failed open cannot remove another's.
     private static func write(_ path: String) throws {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw Failure("unable to write the pid file \(path) (-I): \(errorText())") }
+        pidPath = strdup(path)
+        atexit { Daemon.removePidFile() }
         let text = Array("\(getpid())\n".utf8)
         let written = text.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         close(fd)

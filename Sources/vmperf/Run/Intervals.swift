@@ -73,18 +73,24 @@ final class IntervalSampler: @unchecked Sendable {  // used on the loop thread, 
         let nanos = MonotonicClock.nanoseconds()
         let now = Double(nanos - originNanos) / 1e9
         if reportsIntervals && now - lastTime >= 0.01 { record(now) }
-        var retransmitCounts: [Int?] = []
+        // The counters first and the end right after, so that the pumps, which count from where they see the
+        // end, send as little as can be between the two (the intervals and the summary then agree); the
+        // retransmit counts (a TCP_INFO call each) after.
         for (index, counter) in counters.enumerated() {
+            last[index].bytes = counter.bytes.load(ordering: .relaxed)
+            last[index].trips = counter.roundTrips.load(ordering: .relaxed)
+        }
+        warmUp.finish(at: nanos)
+        var retransmitCounts: [Int?] = []
+        for index in counters.indices {
             let retransmits = senders[index] ? sending[index]().retransmits : nil
-            last[index] = (counter.bytes.load(ordering: .relaxed), counter.roundTrips.load(ordering: .relaxed),
-                           retransmits ?? last[index].retransmits)
+            last[index].retransmits = retransmits ?? last[index].retransmits
             retransmitCounts.append(retransmits)
         }
         warmUpRetransmits = retransmitCounts
         originNanos = nanos
         lastTime = 0
         warmingUp = false
-        warmUp.finish(at: nanos)
     }
 
     private func record(_ now: Double) {

@@ -113,7 +113,10 @@ enum Pump {
                 if end - sent < block.count { chunk = UnsafeRawBufferPointer(rebasing: block[..<(end - sent)]) }  // -n need not be whole blocks
             }
             if let pacer {
-                if blocks == 0 { pacer.wait(sent: sent, stop: stop) }
+                if blocks == 0 {
+                    pacer.wait(sent: sent, stop: stop)
+                    if let warmUp, warmUp.isOver { return }  // it may have ended in the pause: the block is the test's
+                }
                 blocks = blocks + 1 == pacer.burst ? 0 : blocks + 1
             }
             try stream.send(block: chunk)
