@@ -4,7 +4,8 @@ import VMPerfSupport
 import VMSock
 
 /// The command line: iperf3's flags (`-s`, `-c host`, `-p`, `-t`/`-n`/`-k`, `-l`, `-P`, `-R`, `--bidir`, `-b`, `-O`,
-/// `-i`, `-f`, `-J`, `-T`, `--timestamps`, `-1`, `-V`, `--logfile` and more) with iperf3's defaults, vmsock's own (`--transport`, `--ring-size`, `--spin-us`),
+/// `-i`, `-f`, `-J`, `-T`, `--timestamps`, `-1`, `-V`, `--logfile` and more) with iperf3's defaults, vmsock's own
+/// (`--transport`, `--ring-size`, `--spin-us`),
 /// and the modes iperf3 does not have: `--latency`, `--compare`, `--paper` and `--connections`.
 struct Options: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -133,7 +133,7 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
     }
 
     /// Ends the test from another thread: the pumps stop, and calls blocked on the connections fail.
-    func abort() {
+    private func abort() {
         stop.set()
         for connection in connections { connection.abort() }
     }
