@@ -43,6 +43,39 @@ final class OptionsTests: XCTestCase {
         XCTAssertEqual(Options.splittingAttachedValues(["-c", "h", "--", "--timestamps"]).last, "--timestamps", "after -- a word is left alone")
     }
 
+    /// --server-bitrate-limit as iperf3 spells it (powers of 1000, an averaging window after the slash, 5 s unless
+    /// given); -d and --debug[=LEVEL], which print at levels 3 and 4 (iperf3's info and debug) only.
+    func testServerBitrateLimitIdleTimeoutAndDebug() throws {
+        let options = try Options.parse(Options.splittingAttachedValues(
+            ["-s", "--server-bitrate-limit", "1.5G", "--idle-timeout", "30", "--debug"]))
+        XCTAssertEqual(options.serverBitrateLimit, ServerBitrateLimit(bitsPerSecond: 1_500_000_000, seconds: 5))
+        XCTAssertEqual(options.idleTimeout, 30)
+        XCTAssertEqual(options.debugLevel, 4)
+        XCTAssertEqual(ServerBitrateLimit(argument: "100M/2.5"), ServerBitrateLimit(bitsPerSecond: 100_000_000, seconds: 2.5))
+        XCTAssertEqual(ServerBitrateLimit(argument: "0")?.bitsPerSecond, 0)
+        for bad in ["", "x", "-1", "1G/0", "1G/0.05", "1G/61", "1G/", "1G/x", "1G/nan"] {
+            XCTAssertNil(ServerBitrateLimit(argument: bad), bad)
+        }
+        let report = try Report(logfile: nil, json: false)
+        XCTAssertTrue(try Options.parse(["-c", "h", "-d"]).debugLog(report).isOn)
+        for (level, on) in [(1, false), (2, false), (3, true), (4, true)] {
+            XCTAssertEqual(try Options.parse(["-c", "h", "--debug=\(level)"]).debugLog(report).isOn, on, "level \(level)")
+        }
+        XCTAssertFalse(try Options.parse(["-c", "h"]).debugLog(report).isOn)
+        XCTAssertNil(Options.unsupportedIperf3Flag(["-s", "--idle-timeout", "5", "-d"]))
+    }
+
+    /// The server's rate check: nothing before one window has passed, then the average over the last window.
+    func testRateCheckAveragesOverItsWindow() {
+        var check = RateCheck(ServerBitrateLimit(bitsPerSecond: 1000, seconds: 1), startNanos: 0)
+        XCTAssertNil(check.observe(nanos: 500_000_000, bytes: 1000), "younger than the window")
+        XCTAssertEqual(check.observe(nanos: 1_000_000_000, bytes: 1000), 8000)
+        // From the newest sample at least a window old (0.5 s, 1,000 bytes): 1,000 bytes in 1 s.
+        XCTAssertEqual(check.observe(nanos: 1_500_000_000, bytes: 2000), 8000)
+        // Idle for a second: from the sample at 1.5 s, nothing moved.
+        XCTAssertEqual(check.observe(nanos: 2_600_000_000, bytes: 2000), 0)
+    }
+
     /// The client's parameters carry -O, -b, -T and --extra-data to the server, which checks them.
     func testNewParametersReachTheServerChecked() throws {
         let options = try Options.parse(["-c", "h", "-O", "3", "-b", "2M/4", "-T", "t", "--extra-data", "x"])
@@ -154,6 +187,11 @@ final class OptionsTests: XCTestCase {
             (["--compare", "-b", "1G"], "-b is for a test between a client (-c) and a server (-s)"),
             (["--connections", "10", "-O", "1"], "-O is for a test between a client"),
             (["-c", "x", "--timestamps="], "Missing value for '--timestamps <format>'"),
+            (["-c", "x", "--server-bitrate-limit", "1G"], "server only (--server-bitrate-limit)"),
+            (["-c", "x", "--idle-timeout", "5"], "server only (--idle-timeout)"),
+            (["-s", "--idle-timeout", "0"], "--idle-timeout 0 is out of range (1 to 86400 seconds)"),
+            (["-s", "--server-bitrate-limit", "1G/0"], "'1G/0' is invalid for '--server-bitrate-limit <rate[/seconds]>'"),
+            (["-c", "x", "--debug=5"], "--debug=5 is out of range (1 to 4)"),
             // iperf3's flags that vmperf does not take: why, and what to use instead.
             (["-c", "x", "-u"], "-u is not supported: vmperf measures byte streams"),
             (["-c", "x", "-u", "-b", "1M"], "use iperf3 -u for UDP"),
@@ -177,6 +215,12 @@ final class OptionsTests: XCTestCase {
         XCTAssertEqual(result.status, 0)
         XCTAssertTrue(result.stdout.contains("--transport"))
         XCTAssertFalse(result.stdout.contains("RateFormat("), "defaults read as the user types them")
+        // iperf3's -v and --version: the version and the system, status 0.
+        for flag in ["-v", "--version"] {
+            let version = try VMPerf.run([flag])
+            XCTAssertEqual(version.status, 0, flag)
+            XCTAssertTrue(version.stdout.hasPrefix("vmperf 1.0 (vmsock; iperf3-compatible JSON)\nLinux "), "\(flag): \(version.stdout)")
+        }
     }
 
     func testNoServerIsAClearErrorAndAJSONErrorKey() throws {

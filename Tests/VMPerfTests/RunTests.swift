@@ -241,6 +241,52 @@ final class RunTests: XCTestCase {
         }
     }
 
+    /// --server-bitrate-limit: a client whose -b asks for more than the limit (2 x 200 Mbit/s against 300) is
+    /// refused before its test; a test that goes over it (unpaced, against 100 Mbit/s over 1 s) is ended by the
+    /// server after the window, and the client says why; a paced test well below it (20 Mbit/s) runs to its end.
+    func testServerBitrateLimit() throws {
+        let limit = ["--server-bitrate-limit", "300M"]
+        let (refused, refusing) = try VMPerf.clientAgainstServer(["-t", "2", "-b", "200M", "-P", "2"], serverArguments: limit)
+        XCTAssertEqual(refused.status, 1, refused.stdout)
+        XCTAssertTrue(refused.stderr.contains("the server refused the test: total required bandwidth is larger than server limit (the client asks for 2 x 200000000 bits/sec"),
+                      refused.stderr)
+        XCTAssertTrue(refusing.stderr.contains("refused a client: total required bandwidth"), refusing.stderr)
+        for transport in ["shm", "tcp", "unix"] {
+            let (client, server) = try VMPerf.clientAgainstServer(
+                ["-t", "20", "--transport", transport], serverArguments: ["--server-bitrate-limit", "100M/1"])
+            XCTAssertEqual(client.status, 1, "\(transport): \(client.stdout)")
+            XCTAssertTrue(client.stderr.contains("the server ended the test: total required bandwidth is larger than server limit ("),
+                          "\(transport): \(client.stderr)")
+            XCTAssertEqual(server.status, 1, "\(transport): \(server.stdout)")
+            XCTAssertTrue(server.stderr.contains("the server's --server-bitrate-limit is 100000000)"), "\(transport): \(server.stderr)")
+        }
+        let (paced, _) = try VMPerf.clientAgainstServer(["-t", "2", "-b", "20M", "-R"], serverArguments: ["--server-bitrate-limit", "100M/1"])
+        XCTAssertEqual(paced.status, 0, paced.stderr)
+    }
+
+    /// --idle-timeout: a one-off server that no client comes to exits (status 0), as iperf3's does; another starts
+    /// over (its banner again) and still serves the client that comes later. -d says so, and with -J on the client
+    /// prints the control messages on stderr, leaving the document whole.
+    func testIdleTimeoutAndDebug() throws {
+        let port = String(VMPerf.freePort())
+        let alone = try VMPerf.run(["-s", "-1", "-p", port, "--idle-timeout", "1", "-d"], timeout: 20)
+        XCTAssertEqual(alone.status, 0, alone.stderr)
+        XCTAssertTrue(alone.stderr.contains("vmperf: debug - no client started a test in 1 s (--idle-timeout): exiting"), alone.stderr)
+        let serving = try VMPerf.Running(["-s", "-p", port, "--idle-timeout", "1", "--debug=3"])
+        VMPerf.waitForListener(port: port)
+        usleep(2_500_000)
+        let client = try VMPerf.run(["-c", "127.0.0.1", "-p", port, "-t", "0.3", "-J", "-d"])
+        XCTAssertEqual(client.status, 0, client.stderr)
+        XCTAssertNoThrow(try checkIperf3Keys(try client.json()))
+        XCTAssertTrue(client.stderr.contains("vmperf: debug - sent TestParameters: {"), client.stderr)
+        XCTAssertTrue(client.stderr.contains("vmperf: debug - received the server's results: {"), client.stderr)
+        kill(serving.process.processIdentifier, SIGTERM)
+        let served = serving.wait(timeout: 10)
+        XCTAssertTrue(served.stderr.contains("no client started a test in 1 s (--idle-timeout): starting over"), served.stderr)
+        XCTAssertTrue(served.stdout.contains("Server listening on \(port) (test #2)"), served.stdout)
+        XCTAssertTrue(served.stdout.contains("Accepted connection from 127.0.0.1"), served.stdout)
+    }
+
     /// -D and -I: the server goes to the background at once, writes its pid, serves, refuses a second server
     /// on the same pid file while it runs, and at SIGTERM ends and removes the file.
     func testDaemonAndPidFile() throws {

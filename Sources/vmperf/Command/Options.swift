@@ -4,8 +4,8 @@ import VMPerfSupport
 import VMSock
 
 /// The command line: iperf3's flags (`-s`, `-c host`, `-p`, `-t`/`-n`/`-k`, `-l`, `-P`, `-R`, `--bidir`, `-b`, `-O`,
-/// `-i`, `-f`, `-J`, `-T`, `--timestamps`, `-1`, `-V`, `--logfile` and more) with iperf3's defaults, vmsock's own
-/// (`--transport`, `--ring-size`, `--spin-us`),
+/// `-i`, `-f`, `-J`, `-T`, `--timestamps`, `-1`, `-V`, `-d`, `--logfile`, `--server-bitrate-limit`, `--idle-timeout`
+/// and more) with iperf3's defaults, vmsock's own (`--transport`, `--ring-size`, `--spin-us`),
 /// and the modes iperf3 does not have: `--latency`, `--compare`, `--paper` and `--connections`.
 struct Options: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -15,7 +15,8 @@ struct Options: ParsableCommand {
             Start a server with `vmperf -s`, then measure with `vmperf -c HOST` (iperf3's flags). `vmperf --compare` \
             runs shared memory, TCP loopback and a Unix socket side by side with no server to start; `vmperf --paper` \
             reproduces Table 1 of the seed paper; `vmperf --connections N` measures what setting up a connection costs.
-            """)
+            """,
+        version: JSONDocument.version + "\n" + JSONDocument.systemInfo)
 
     // MARK: Role
     @Flag(name: [.customShort("s"), .customLong("server")], help: "Run in server mode.")
@@ -71,6 +72,12 @@ struct Options: ParsableCommand {
     @Option(name: .customLong("rcv-timeout"), parsing: .unconditional,
             help: "Milliseconds a receiving stream waits for data before the test ends with an error (default 120000).")
     var rcvTimeout: Int = 120_000
+    @Option(name: .customLong("server-bitrate-limit"), parsing: .unconditional,
+            help: ArgumentHelp("Server: the most bits/sec all of a test's streams may carry together, #[KMGT] (powers of 1000; 0 for no limit, the default), averaged over the last /# seconds (0.1 to 60, default 5): a client whose -b asks for more is refused, and a test that goes over it is ended.", valueName: "rate[/seconds]"))
+    var serverBitrateLimit: ServerBitrateLimit?
+    @Option(name: .customLong("idle-timeout"), parsing: .unconditional,
+            help: "Server: after this many seconds without a client starting a test, start over (with -1: exit).")
+    var idleTimeout: Int?
     @Flag(name: [.customShort("N"), .customLong("no-delay")],
           help: "TCP_NODELAY, which vmsock sets on every TCP connection anyway (a shared-memory write is never held back).")
     var noDelay = false
@@ -97,6 +104,11 @@ struct Options: ParsableCommand {
     @Option(name: .customLong("timestamps"),
             help: ArgumentHelp("Begin every output line with the time (--timestamps, or --timestamps=FORMAT as strftime(3) takes it).", valueName: "format"))
     var timestamps: String?
+    @Flag(name: .customShort("d"), help: "Print debugging output (as --debug=4).")
+    var debugFlag = false
+    @Option(name: .customLong("debug"), parsing: .unconditional,
+            help: ArgumentHelp("Print debugging output (to stderr, or --logfile) at level 1 to 4: at 3 and 4 the control messages each way and a server's rate checks and idle restarts; 1 (errors) and 2 (warnings) add nothing, since vmperf prints those anyway. A bare --debug is 4.", valueName: "level"))
+    var debugLevel: Int?
     @Flag(help: "Write each line out as soon as it is made (vmperf always does; accepted as iperf3 takes it).")
     var forceflush = false
     @Option(name: .customLong("extra-data"), help: "Client: a string both sides put in their JSON (-J) as extra_data.")
@@ -178,6 +190,10 @@ struct Options: ParsableCommand {
         guard (100...86_400_000).contains(rcvTimeout) else {
             throw ValidationError("--rcv-timeout \(rcvTimeout) is out of range (100 to 86400000 ms)")
         }
+        if let idleTimeout, !(1...86_400).contains(idleTimeout) {
+            throw ValidationError("--idle-timeout \(idleTimeout) is out of range (1 to 86400 seconds)")
+        }
+        if let debugLevel, !(1...4).contains(debugLevel) { throw ValidationError("--debug=\(debugLevel) is out of range (1 to 4)") }
         if let timestamps, timestamps.isEmpty { throw ValidationError("--timestamps= needs a strftime(3) format") }
         guard !(version4 && version6) else { throw ValidationError("cannot use -4 and -6 together") }
         if let bind, bind.isEmpty { throw ValidationError("-B needs an address") }
@@ -225,7 +241,9 @@ struct Options: ParsableCommand {
         if server && cport != nil {
             throw ValidationError("parameter error - some option you are trying to set is client only (--cport)")
         }
-        if let (flag, _) = [("-1", oneOff), ("-D", daemon)].first(where: \.1), !server {
+        let serverOnly = [("-1", oneOff), ("-D", daemon), ("--server-bitrate-limit", serverBitrateLimit != nil),
+                          ("--idle-timeout", idleTimeout != nil)]
+        if let (flag, _) = serverOnly.first(where: \.1), !server {
             throw ValidationError("parameter error - some option you are trying to set is server only (\(flag))")
         }
         if let pidfile, pidfile.isEmpty { throw ValidationError("-I needs a file name") }
@@ -240,7 +258,8 @@ struct Options: ParsableCommand {
     ///   for a missing value drops the value's name (`Missing value for '-c'` instead of `Missing value for
     ///   '-c <client>'`), so vmperf keeps this split;
     /// - `--timestamps` without `=FORMAT` (an optional value, which swift-argument-parser has not) gets iperf3's
-    ///   default format.
+    ///   default format, and `--debug` without `=LEVEL` iperf3's default level (4);
+    /// - iperf3's `-v` is `--version`, which swift-argument-parser gives a long name only.
     static func splittingAttachedValues(_ arguments: [String]) -> [String] {
         var out: [String] = []
         for (index, word) in arguments.enumerated() {
@@ -248,6 +267,10 @@ struct Options: ParsableCommand {
             let chars = Array(word)
             if word == "--timestamps" {
                 out.append("--timestamps=" + Report.defaultTimestampFormat)
+            } else if word == "--debug" {
+                out.append("--debug=4")
+            } else if word == "-v" {
+                out.append("--version")
             } else if chars.count > 2, chars[0] == "-", chars[1] != "-", "cptnklPifBbOTI".contains(chars[1]) {
                 out += [String(chars[0...1]), String(chars[2...])]
             } else {
@@ -282,10 +305,13 @@ struct Options: ParsableCommand {
         (["--repeating-payload"], "vmperf always sends a repeating pattern"),
         (["--username", "--rsa-public-key-path", "--rsa-private-key-path", "--authorized-users-path", "--time-skew-threshold"],
          "vmperf has no user authentication; a shared-memory listener takes only peers its peer policy allows (same user or root by default)"),
-        (["--server-bitrate-limit", "--idle-timeout", "-d", "--debug"],
-         "not yet done in vmperf (see its --help for what it takes)"),
         (["--mptcp"], "vmperf measures shared memory or plain TCP; use iperf3 for MPTCP"),
     ]
+
+    /// -d or --debug=3 and up: where debugging lines go; off otherwise.
+    func debugLog(_ report: Report) -> DebugLog {
+        debugFlag || (debugLevel ?? 0) >= 3 ? DebugLog(report) : .off
+    }
 
     /// vmperf's rings: 4 MiB unless told. The library's default (256 KiB) holds only two 128 KiB blocks, so the
     /// writer waits for the reader block by block; with 2 MiB or more both run at once (README, vmperf).

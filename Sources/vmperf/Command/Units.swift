@@ -82,20 +82,48 @@ struct Bitrate: ExpressibleByArgument, Equatable {
 
     init?(argument: String) {
         let parts = argument.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
-        var digits = parts[0]
-        var scale = 1.0
-        if let last = digits.last, let power = "kmgt".firstIndex(of: Character(last.lowercased())) {
-            scale = pow(1000, Double("kmgt".distance(from: "kmgt".startIndex, to: power) + 1))
-            digits = digits.dropLast()
-        }
-        guard let number = Double(digits), number.isFinite, number >= 0, number * scale < 0x1p62 else { return nil }
-        bitsPerSecond = Int(number * scale)
+        guard let bitsPerSecond = Self.bitsPerSecond(parts[0]) else { return nil }
+        self.bitsPerSecond = bitsPerSecond
         if parts.count == 2 {
             guard let burst = Int(parts[1]), (1...1000).contains(burst) else { return nil }
             self.burst = burst
         } else {
             burst = nil
         }
+    }
+
+    /// `#[KMGT]`: bits per second, powers of 1000; nil for anything else.
+    static func bitsPerSecond(_ text: Substring) -> Int? {
+        var digits = text
+        var scale = 1.0
+        if let last = digits.last, let power = "kmgt".firstIndex(of: Character(last.lowercased())) {
+            scale = pow(1000, Double("kmgt".distance(from: "kmgt".startIndex, to: power) + 1))
+            digits = digits.dropLast()
+        }
+        guard let number = Double(digits), number.isFinite, number >= 0, number * scale < 0x1p62 else { return nil }
+        return Int(number * scale)
+    }
+
+    static var defaultCompletionKind: CompletionKind { .default }
+}
+
+/// `--server-bitrate-limit`: iperf3's `#[KMGT][/#]`, the most bits per second all of a test's streams may carry
+/// together on the server (0: no limit), averaged over the seconds after the slash (0.1 to 60; default 5).
+struct ServerBitrateLimit: ExpressibleByArgument, Equatable {
+    let bitsPerSecond: Int
+    let seconds: Double
+
+    init(bitsPerSecond: Int, seconds: Double = 5) {
+        self.bitsPerSecond = bitsPerSecond
+        self.seconds = seconds
+    }
+
+    init?(argument: String) {
+        let parts = argument.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let bitsPerSecond = Bitrate.bitsPerSecond(parts[0]) else { return nil }
+        self.bitsPerSecond = bitsPerSecond
+        seconds = parts.count == 2 ? Double(parts[1]) ?? .nan : 5
+        guard seconds >= 0.1 && seconds <= 60 else { return nil }
     }
 
     static var defaultCompletionKind: CompletionKind { .default }

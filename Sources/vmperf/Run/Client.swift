@@ -61,13 +61,13 @@ struct Client {
         report.line("Connecting to host \(host), port \(options.port)")
         let control = try dial(Greeting(kind: .control, index: 0, cookie: cookie), index: -1)
         defer { control.close() }
-        let channel = ControlChannel(stream: control.stream)
+        let channel = ControlChannel(stream: control.stream, debug: options.debugLog(report))
         do {
             try channel.send(parameters)
         } catch {
             // A server that refuses may have answered and hung up before we finished sending: its answer says why.
             if let reply = try? channel.receive(ServerReply.self, timeout: 2, what: "the server's answer"), let refusal = reply.error {
-                throw Failure("the server refused the test: \(refusal)")
+                throw Failure("the server refused the test: \(ControlChannel.printable(refusal))")
             }
             throw error
         }
@@ -97,7 +97,16 @@ struct Client {
         report.line(intervals.header(connections))
         let run = TestRun(parameters, side: .client, connections: connections, cpu: options.cpus.local,
                           receiveTimeout: Double(options.rcvTimeout) / 1000, control: control.stream)
-        let outcome = try run.run(printInterval: intervals.print)
+        let outcome: TestRun.Outcome
+        do {
+            outcome = try run.run(printInterval: intervals.print)
+        } catch {
+            // A server that ended the test (over its --server-bitrate-limit) says why on the control connection.
+            if let reply = try? channel.receive(ServerReply.self, timeout: 1, what: "the server's reason"), let reason = reply.error {
+                throw Failure("the server ended the test: \(ControlChannel.printable(reason))")
+            }
+            throw error
+        }
         try channel.send(SideResults(cpu: outcome.cpu, streams: outcome.streams))
         let remote = try channel.receive(SideResults.self, timeout: 60, what: "the server's results").validated()
         var serverOutput: ServerOutput?
@@ -169,7 +178,7 @@ struct Client {
             throw Failure("\(error); is \(host) port \(options.port) a vmperf server (vmperf -s)? An iperf3 server "
                           + "does not speak vmperf's protocol")
         }
-        if let error = reply.error { throw Failure("the server refused the test: \(error)") }
+        if let error = reply.error { throw Failure("the server refused the test: \(ControlChannel.printable(error))") }
         if let flag = Self.unhonoured(parameters, by: reply) {
             throw Failure("the server at \(host) port \(options.port) is an older vmperf that does not take \(flag): update it, or leave \(flag) out")
         }
@@ -183,7 +192,7 @@ struct Client {
 
     private func expectGo(_ channel: ControlChannel, what: String, timeout: Double) throws {
         let reply = try channel.receive(ServerReply.self, timeout: timeout, what: what)
-        if let error = reply.error { throw Failure("the server refused the test: \(error)") }
+        if let error = reply.error { throw Failure("the server refused the test: \(ControlChannel.printable(error))") }
     }
 
     /// Opens one connection and introduces it.

@@ -32,7 +32,11 @@ struct Server {
             report.line("Server listening on \(options.port) (test #\(test))")
             report.line("-----------------------------------------------------------")
             do {
-                try ServerTest(options: options, report: report, door: door).run()
+                if try !ServerTest(options: options, report: report, door: door).run() {
+                    let seconds = options.idleTimeout ?? 0
+                    options.debugLog(report)("no client started a test in \(seconds) s (--idle-timeout): " + (options.oneOff ? "exiting" : "starting over"))
+                    if options.oneOff { return }
+                }
             } catch {
                 if options.oneOff { throw error }
                 report.message("vmperf: error - \(error)\n")

@@ -10,10 +10,11 @@ struct ServerTest {
 
     static let busy = "the server is busy running a test. try again later"
 
-    func run() throws {
-        let (control, parameters, cookie) = try awaitClient()
+    /// Serves one client's test; false when no client came within --idle-timeout.
+    func run() throws -> Bool {
+        guard let (control, parameters, cookie) = try awaitClient() else { return false }
         defer { control.close() }
-        let channel = ControlChannel(stream: control.stream)
+        let channel = ControlChannel(stream: control.stream, debug: debug)
         let sendsOutput = parameters.getServerOutput == true
         if sendsOutput { report.beginCapture() }
         defer { if sendsOutput { _ = report.endCapture() } }
@@ -31,8 +32,15 @@ struct ServerTest {
         let intervals = IntervalReport(parameters: parameters, side: .server, report: report, format: options.format)
         report.line(intervals.header(connections))
         let run = TestRun(parameters, side: .server, connections: connections, cpu: parameters.serverCPU ?? options.cpus.local,
-                          receiveTimeout: Double(options.rcvTimeout) / 1000, control: control.stream)
-        let outcome = try runTurningAwayOthers(run, intervals)
+                          receiveTimeout: Double(options.rcvTimeout) / 1000, control: control.stream,
+                          rateLimit: options.serverBitrateLimit.flatMap { $0.bitsPerSecond > 0 ? $0 : nil }, debug: debug)
+        let outcome: TestRun.Outcome
+        do {
+            outcome = try runTurningAwayOthers(run, intervals)
+        } catch let exceeded as ServerLimitExceeded {
+            try? channel.send(ServerReply(error: exceeded.description))
+            throw exceeded
+        }
         let remote = try channel.receive(SideResults.self, timeout: 60, what: "the client's results").validated()
         try channel.send(SideResults(cpu: outcome.cpu, streams: outcome.streams))
         let summary = Summary(parameters: parameters, side: .server, local: outcome, remote: remote, format: options.format)
@@ -54,27 +62,53 @@ struct ServerTest {
             for line in summary.humanLines() { report.line(line) }
         }
         if sendsOutput { try channel.send(ServerOutput.fitting(report.endCapture(), isJSON: report.json)) }
+        return true
     }
 
-    /// The next client's control connection and its parameters (checked; a bad set is answered and refused).
-    private func awaitClient() throws -> (Connection, TestParameters, [UInt8]) {
+    private var debug: DebugLog { options.debugLog(report) }
+
+    /// The next client's control connection and its parameters (checked; a bad set is answered and refused), or
+    /// nil when none came within --idle-timeout.
+    private func awaitClient() throws -> (Connection, TestParameters, [UInt8])? {
+        let deadline = options.idleTimeout.map { MonotonicClock.nanoseconds() + Int64($0) * 1_000_000_000 }
         while true {
-            guard let (control, greeting) = try door.next(timeout: nil) else { continue }
+            let left = deadline.map { Double($0 - MonotonicClock.nanoseconds()) / 1e9 }
+            if let left, left <= 0 { return nil }
+            guard let (control, greeting) = try door.next(timeout: left) else { continue }
             guard greeting.kind == .control else {
                 control.close()  // a data connection of no test: a late one from a test that ended
                 continue
             }
-            let channel = ControlChannel(stream: control.stream)
+            let channel = ControlChannel(stream: control.stream, debug: debug)
+            let parameters: TestParameters
             do {
-                let parameters = try channel.receive(TestParameters.self, timeout: 10, what: "the test parameters").validated()
-                try channel.send(ServerReply(error: nil, features: TestParameters.Feature.allCases.map(\.rawValue)))
-                return (control, parameters, greeting.cookie)
+                parameters = try channel.receive(TestParameters.self, timeout: 10, what: "the test parameters").validated()
             } catch {
                 try? channel.send(ServerReply(error: "bad test parameters: \(error)"))
                 control.close()
                 throw Failure("refused a client: \(error)")
             }
+            let refusal = overLimit(parameters)
+            do {
+                try channel.send(ServerReply(error: refusal, features: TestParameters.Feature.allCases.map(\.rawValue)))
+            } catch {
+                control.close()
+                throw Failure("lost a client while answering it: \(error)")
+            }
+            guard let refusal else { return (control, parameters, greeting.cookie) }
+            control.close()
+            throw Failure("refused a client: \(refusal)")
         }
+    }
+
+    /// iperf3's check of a client's -b against --server-bitrate-limit: every sending stream at its target
+    /// (both ways with --bidir) must fit. A test without -b is checked while it runs.
+    private func overLimit(_ parameters: TestParameters) -> String? {
+        guard let limit = options.serverBitrateLimit, limit.bitsPerSecond > 0 else { return nil }
+        let asked = Double(parameters.bitsPerSecond ?? 0) * Double(parameters.connections)
+        guard asked > Double(limit.bitsPerSecond) else { return nil }
+        return "total required bandwidth is larger than server limit (the client asks for \(parameters.connections) "
+            + "x \(parameters.bitsPerSecond ?? 0) bits/sec; the server's --server-bitrate-limit is \(limit.bitsPerSecond))"
     }
 
     /// The test's data connections, within 10 seconds. Strangers are closed; other clients are told we are busy.
@@ -119,7 +153,7 @@ struct ServerTest {
     /// Tells another client we are busy. Its parameters are read first (for up to a second): a client still
     /// sending them would otherwise meet a closed connection (EPIPE, or a TCP reset that loses our answer).
     private func turnAway(_ connection: Connection) {
-        let channel = ControlChannel(stream: connection.stream)
+        let channel = ControlChannel(stream: connection.stream, debug: debug)
         _ = try? channel.receive(TestParameters.self, timeout: 1, what: "the test parameters")
         try? channel.send(ServerReply(error: Self.busy))
         connection.close()

@@ -37,15 +37,20 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
     let receiveTimeout: Double
     /// The control connection, watched while the test runs (`waitForPumps`).
     private let control: (any ByteStream)?
+    /// The server's --server-bitrate-limit, checked while the test runs (`waitForPumps`).
+    private let rateLimit: ServerBitrateLimit?
+    private let debug: DebugLog
 
     init(
         _ parameters: TestParameters, side: Side, connections: [Connection], cpu: Int? = nil, receiveTimeout: Double = 120,
-        control: (any ByteStream)? = nil
+        control: (any ByteStream)? = nil, rateLimit: ServerBitrateLimit? = nil, debug: DebugLog = .off
     ) {
         self.parameters = parameters
         self.cpu = cpu
         self.receiveTimeout = receiveTimeout
         self.control = control
+        self.rateLimit = rateLimit
+        self.debug = debug
         self.side = side
         self.connections = connections
         roles = connections.map { connection in
@@ -82,16 +87,13 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
             thread.stackSize = 1 << 20
             thread.start()
         }
-        let otherSideLeft = waitForPumps(done)
+        let broken = waitForPumps(done, startNanos: cpuStart.wall)
         let cpu = CPUUsage(from: cpuStart, to: .now())
         // Once the loop thread has ended, its timers cannot fire again (dropping them is safe on any thread) and
         // the sampler is ours alone: the last, partial interval is taken here.
         loopThread.stop()
         withExtendedLifetime(timers) {}
-        if otherSideLeft {
-            let other = side == .client ? "server" : "client"
-            throw Failure("the \(other) ended the test while this side still ran (it left, or its side failed)")
-        }
+        if let broken { throw broken }
         if let failure { throw failure }
         sampler.sample(final: true)
         leaveOutWarmUp(sampler.warmUpRetransmits, startNanos: cpuStart.wall)
@@ -109,27 +111,49 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
     /// How long the other side may have spoken (or gone) on the control connection while this side still writes.
     static let otherSideGrace: Int64 = 3_000_000_000
 
-    /// Waits for the pumps and meanwhile watches the control connection. The other side speaks there only once
-    /// its own side has ended (its results), which takes every stream this side writes to have ended first; so
-    /// input there (or its end) for more than `otherSideGrace` while this side still writes is a side that is
-    /// gone or broke off: the test is aborted, and this returns true. (This side's receivers may still drain what
-    /// the other's kernel buffered: they are not counted.) Without this, a sender paced by -b, asleep between
-    /// blocks, would wait for its time to be up (hours, at a low rate), the other side long gone.
-    private func waitForPumps(_ done: DispatchGroup) -> Bool {
-        guard let control else {
+    /// Waits for the pumps and meanwhile watches the control connection and the server's rate. The other side
+    /// speaks on the control connection only once its own side has ended (its results), which takes every
+    /// stream this side writes to have ended first; so input there (or its end) for more than `otherSideGrace`
+    /// while this side still writes is a side that is gone or broke off. Without this, a sender paced by -b,
+    /// asleep between blocks, would wait for its time to be up (hours, at a low rate), the other side long gone.
+    /// (This side's receivers may still drain what the other's kernel buffered: they are not counted.) Either
+    /// aborts the test, and the reason is returned; nil when the pumps ended by themselves.
+    private func waitForPumps(_ done: DispatchGroup, startNanos: Int64) -> Error? {
+        guard control != nil || rateLimit != nil else {
             done.wait()
-            return false
+            return nil
         }
         var spokeAt: Int64?
+        var rate = rateLimit.map { RateCheck($0, startNanos: startNanos) }
+        var reported = startNanos
         while done.wait(timeout: .now() + .milliseconds(100)) == .timedOut {
-            if spokeAt == nil, control.hasInput() { spokeAt = MonotonicClock.nanoseconds() }
-            if let spokeAt, writers.load(ordering: .relaxed) > 0, MonotonicClock.nanoseconds() - spokeAt > Self.otherSideGrace {
-                abort()
-                done.wait()
-                return true
+            let now = MonotonicClock.nanoseconds()
+            if spokeAt == nil, control?.hasInput() == true { spokeAt = now }
+            if let spokeAt, writers.load(ordering: .relaxed) > 0, now - spokeAt > Self.otherSideGrace {
+                let other = side == .client ? "server" : "client"
+                return abort(Failure("the \(other) ended the test while this side still ran (it left, or its side failed)"), done)
             }
+            guard let limit = rateLimit, let average = rate?.observe(nanos: now, bytes: carried) else { continue }
+            if now - reported >= 1_000_000_000 {
+                reported = now
+                debug("throughput " + String(format: "%.0f", average)
+                      + " bits/sec over the last \(Compare.format(limit.seconds)) s (limit \(limit.bitsPerSecond))")
+            }
+            if average > Double(limit.bitsPerSecond) { return abort(ServerLimitExceeded(RateCheck.exceeded(average, limit)), done) }
         }
-        return false
+        return nil
+    }
+
+    /// What every stream has moved so far, both ways: an echo's round trips carry each byte in and out.
+    private var carried: Int {
+        zip(counters, roles).reduce(0) { $0 + $1.0.bytes.load(ordering: .relaxed) * ($1.1 == .echo ? 2 : 1) }
+    }
+
+    /// Aborts the test, waits for its pumps, and returns why.
+    private func abort(_ reason: Error, _ done: DispatchGroup) -> Error {
+        abort()
+        done.wait()
+        return reason
     }
 
     /// Ends the test from another thread: the pumps stop, and calls blocked on the connections fail.

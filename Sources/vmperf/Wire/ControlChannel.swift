@@ -7,9 +7,17 @@ import VMSock
 struct ControlChannel {
     static let maximumMessage = 1 << 20
     let stream: any ByteStream
+    /// -d: every message each way, as it went.
+    let debug: DebugLog
+
+    init(stream: any ByteStream, debug: DebugLog = .off) {
+        self.stream = stream
+        self.debug = debug
+    }
 
     func send<T: Encodable>(_ message: T) throws {
         let body = try JSONEncoder().encode(message)
+        if debug.isOn { debug("sent \(T.self): " + String(decoding: body, as: UTF8.self)) }
         var frame = withUnsafeBytes(of: UInt32(body.count).bigEndian) { Array($0) }
         frame += body
         try frame.withUnsafeBytes { try stream.writeAll($0) }
@@ -30,11 +38,26 @@ struct ControlChannel {
         guard try read(&body, what: what, timeout: timeout) else {
             throw Failure("the other side closed the control connection in the middle of \(what)")
         }
+        if debug.isOn { debug("received \(what): " + Self.printable(String(decoding: body, as: UTF8.self))) }
         do {
             return try JSONDecoder().decode(T.self, from: Data(body))
         } catch {
+            // A side that ended the test (a server over its --server-bitrate-limit) says why in its place.
+            if T.self != ServerReply.self, let reply = try? JSONDecoder().decode(ServerReply.self, from: Data(body)),
+                let reason = reply.error
+            {
+                throw Failure("the other side ended the test: \(Self.printable(reason))")
+            }
             throw Failure("the other side sent a malformed \(what) (\(error))")
         }
+    }
+
+    /// The other side's text for a terminal: control characters but newline and tab (escape sequences that would
+    /// drive the terminal) shown as "?".
+    static func printable(_ text: String) -> String {
+        String(String.UnicodeScalarView(text.unicodeScalars.map { scalar in
+            scalar == "\n" || scalar == "\t" || !(scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value)) ? scalar : "?"
+        }))
     }
 
     /// Fills `bytes`; false at end of stream. A timeout says what did not come.
@@ -150,13 +173,8 @@ struct ServerOutput: Codable {
         return ServerOutput(text: "(the server printed \(text.utf8.count) bytes or more for this test, more than one control message of \(ControlChannel.maximumMessage) carries)\n", isJSON: false)
     }
 
-    /// The text for a terminal: the peer's, so control characters but newline and tab (escape sequences that
-    /// would drive the terminal) are shown as "?".
-    var printable: String {
-        String(String.UnicodeScalarView(text.unicodeScalars.map { scalar in
-            scalar == "\n" || scalar == "\t" || !(scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value)) ? scalar : "?"
-        }))
-    }
+    /// The text for a terminal (the peer's: `ControlChannel.printable`).
+    var printable: String { ControlChannel.printable(text) }
 
     /// The client's -J key, as iperf3's: the server's document when it wrote one (checked to parse, as it is the
     /// peer's), else its lines.
