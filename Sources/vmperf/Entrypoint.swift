@@ -25,6 +25,10 @@ enum Entrypoint {
             Report.standardError("vmperf: error - \(Options.message(for: error)) (usage: vmperf --help)\n")
             exit(1)
         }
+        if options.showVersion {
+            print(Options.configuration.version)
+            exit(0)
+        }
         signal(SIGPIPE, SIG_IGN)
         let report: Report
         do {

@@ -44,7 +44,8 @@ final class OptionsTests: XCTestCase {
     }
 
     /// --server-bitrate-limit as iperf3 spells it (powers of 1000, an averaging window after the slash, 5 s unless
-    /// given); -d and --debug[=LEVEL], which print at levels 3 and 4 (iperf3's info and debug) only.
+    /// given); -d and --debug[=LEVEL] (any level prints, as in iperf3 3.12); a bare --debug or --timestamps that is
+    /// another option's value left alone.
     func testServerBitrateLimitIdleTimeoutAndDebug() throws {
         let options = try Options.parse(Options.splittingAttachedValues(
             ["-s", "--server-bitrate-limit", "1.5G", "--idle-timeout", "30", "--debug"]))
@@ -58,22 +59,50 @@ final class OptionsTests: XCTestCase {
         }
         let report = try Report(logfile: nil, json: false)
         XCTAssertTrue(try Options.parse(["-c", "h", "-d"]).debugLog(report).isOn)
-        for (level, on) in [(1, false), (2, false), (3, true), (4, true)] {
-            XCTAssertEqual(try Options.parse(["-c", "h", "--debug=\(level)"]).debugLog(report).isOn, on, "level \(level)")
+        for level in [0, 1, 4, 5] {
+            XCTAssertTrue(try Options.parse(["-c", "h", "--debug=\(level)"]).debugLog(report).isOn, "level \(level)")
         }
         XCTAssertFalse(try Options.parse(["-c", "h"]).debugLog(report).isOn)
         XCTAssertNil(Options.unsupportedIperf3Flag(["-s", "--idle-timeout", "5", "-d"]))
+        let titled = try Options.parse(Options.splittingAttachedValues(["-c", "h", "-T", "--debug", "--extra-data", "--timestamps"]))
+        XCTAssertEqual(titled.title, "--debug")
+        XCTAssertEqual(titled.extraData, "--timestamps")
+        XCTAssertNil(titled.debugLevel)
+        XCTAssertNil(titled.timestamps)
+        XCTAssertTrue(try Options.parse(["-sv"]).showVersion, "-v among other short flags, as getopt takes it")
     }
 
-    /// The server's rate check: nothing before one window has passed, then the average over the last window.
+    /// `optionsTakingAValue` names every option --help shows with a value (but --timestamps and --debug, whose
+    /// value is optional, as iperf3 takes them).
+    func testOptionsTakingAValueMatchTheParser() {
+        let help = Options.helpMessage(columns: 10_000)
+        let shown = Set(help.split(separator: "\n").flatMap { line -> [String] in
+            let words = line.split(separator: " ").map { String($0).trimmingCharacters(in: CharacterSet(charactersIn: ",")) }
+            guard let value = words.firstIndex(where: { $0.hasPrefix("<") }), value > 0 else { return [] }
+            return words[..<value].filter { $0.hasPrefix("-") }
+        })
+        XCTAssertEqual(shown.subtracting(["--timestamps", "--debug"]), Options.optionsTakingAValue.subtracting(["--paper-peer"]))
+    }
+
+    /// The server's rate check: the average over the last window; before one has passed, what moved so far over a
+    /// whole window; a paced test's slack left out before the comparison.
     func testRateCheckAveragesOverItsWindow() {
-        var check = RateCheck(ServerBitrateLimit(bitsPerSecond: 1000, seconds: 1), startNanos: 0)
-        XCTAssertNil(check.observe(nanos: 500_000_000, bytes: 1000), "younger than the window")
-        XCTAssertEqual(check.observe(nanos: 1_000_000_000, bytes: 1000), 8000)
+        var check = RateCheck(ServerBitrateLimit(bitsPerSecond: 8000, seconds: 1), slack: 0, startNanos: 0)
+        var reading = check.observe(nanos: 500_000_000, bytes: 1000)
+        XCTAssertEqual(reading.average, 8000, "1,000 bytes in the first half: at least 8,000 bit/s over the window")
+        XCTAssertFalse(reading.windowHasPassed)
+        XCTAssertFalse(reading.isOver, "at the limit is not over it")
+        reading = check.observe(nanos: 600_000_000, bytes: 1001)
+        XCTAssertTrue(reading.isOver, "more than a window's worth before the window has passed")
+        reading = check.observe(nanos: 1_000_000_000, bytes: 1001)
+        XCTAssertTrue(reading.windowHasPassed)
         // From the newest sample at least a window old (0.5 s, 1,000 bytes): 1,000 bytes in 1 s.
-        XCTAssertEqual(check.observe(nanos: 1_500_000_000, bytes: 2000), 8000)
+        XCTAssertEqual(check.observe(nanos: 1_500_000_000, bytes: 2000).average, 8000)
         // Idle for a second: from the sample at 1.5 s, nothing moved.
-        XCTAssertEqual(check.observe(nanos: 2_600_000_000, bytes: 2000), 0)
+        XCTAssertEqual(check.observe(nanos: 2_600_000_000, bytes: 2000).average, 0)
+        var paced = RateCheck(ServerBitrateLimit(bitsPerSecond: 8000, seconds: 1), slack: 500, startNanos: 0)
+        XCTAssertFalse(paced.observe(nanos: 1_000_000_000, bytes: 1500).isOver, "a burst ahead of the rate")
+        XCTAssertTrue(paced.observe(nanos: 1_000_000_001, bytes: 1502).isOver)
     }
 
     /// The client's parameters carry -O, -b, -T and --extra-data to the server, which checks them.
@@ -191,7 +220,6 @@ final class OptionsTests: XCTestCase {
             (["-c", "x", "--idle-timeout", "5"], "server only (--idle-timeout)"),
             (["-s", "--idle-timeout", "0"], "--idle-timeout 0 is out of range (1 to 86400 seconds)"),
             (["-s", "--server-bitrate-limit", "1G/0"], "'1G/0' is invalid for '--server-bitrate-limit <rate[/seconds]>'"),
-            (["-c", "x", "--debug=5"], "--debug=5 is out of range (1 to 4)"),
             // iperf3's flags that vmperf does not take: why, and what to use instead.
             (["-c", "x", "-u"], "-u is not supported: vmperf measures byte streams"),
             (["-c", "x", "-u", "-b", "1M"], "use iperf3 -u for UDP"),
@@ -216,7 +244,7 @@ final class OptionsTests: XCTestCase {
         XCTAssertTrue(result.stdout.contains("--transport"))
         XCTAssertFalse(result.stdout.contains("RateFormat("), "defaults read as the user types them")
         // iperf3's -v and --version: the version and the system, status 0.
-        for flag in ["-v", "--version"] {
+        for flag in ["-v", "--version", "-sv"] {
             let version = try VMPerf.run([flag])
             XCTAssertEqual(version.status, 0, flag)
             XCTAssertTrue(version.stdout.hasPrefix("vmperf 1.0 (vmsock; iperf3-compatible JSON)\nLinux "), "\(flag): \(version.stdout)")

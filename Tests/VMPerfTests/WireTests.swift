@@ -46,4 +46,35 @@ final class WireTests: XCTestCase {
             XCTAssertFalse(summary.endJSON().rendered().isEmpty)
         }
     }
+
+    /// A client that asks for a reverse test and then never reads, its connections left open and its control
+    /// connection silent (stuck, or hostile): the server's sending stream, blocked for room, is ended 10 s after
+    /// the test's planned end with a message, over shared memory and over TCP at once.
+    func testServerEndsATestWhoseClientStopsReading() throws {
+        let runs = try ["shm", "tcp"].map { transport -> (VMPerf.Running, [VMSocket], String) in
+            let port = VMPerf.freePort()
+            let server = try VMPerf.Running(["-s", "-1", "-p", String(port)])
+            VMPerf.waitForListener(port: String(port))
+            var options = VMSocketOptions()
+            options.transport = transport == "shm" ? .shm : .tcp
+            let cookie = Greeting.newCookie()
+            let control = try VMSocket.connect(host: "127.0.0.1", port: UInt16(port), options: options)
+            try Greeting(kind: .control, index: 0, cookie: cookie).bytes.withUnsafeBytes { try control.writeAll($0) }
+            let channel = ControlChannel(stream: control)
+            try channel.send(TestParameters(mode: .throughput, streams: 1, blockSize: 128 << 10, duration: 1, bytes: 0,
+                                            blocks: 0, reverse: true, bidir: false, interval: 0, spinUs: nil))
+            XCTAssertNil(try channel.receive(ServerReply.self, timeout: 10, what: "the answer").error)
+            let data = try VMSocket.connect(host: "127.0.0.1", port: UInt16(port), options: options)
+            try Greeting(kind: .data, index: 0, cookie: cookie).bytes.withUnsafeBytes { try data.writeAll($0) }
+            XCTAssertNil(try channel.receive(ServerReply.self, timeout: 10, what: "the go").error)
+            return (server, [control, data], transport)
+        }
+        for (server, connections, transport) in runs {
+            let finished = server.wait(timeout: 30)
+            XCTAssertEqual(finished.status, 1, "\(transport): \(finished.stdout)")
+            XCTAssertTrue(finished.stderr.contains("a stream of this side still could not write 10 s after the test's end: the client stopped reading"),
+                          "\(transport): \(finished.stderr)")
+            for connection in connections { connection.close() }
+        }
+    }
 }

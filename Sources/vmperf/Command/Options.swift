@@ -93,25 +93,27 @@ struct Options: ParsableCommand {
     var oneOff = false
     @Flag(name: [.customShort("D"), .customLong("daemon")], help: "Server: run in the background (output only to --logfile).")
     var daemon = false
-    @Option(name: [.customShort("I"), .customLong("pidfile")], help: "Write the process's pid to this file, removed when it ends.")
+    @Option(name: [.customShort("I"), .customLong("pidfile")], parsing: .unconditional, help: "Write the process's pid to this file, removed when it ends.")
     var pidfile: String?
     @Flag(name: [.customShort("V"), .customLong("verbose")], help: "More detailed output.")
     var verbose = false
-    @Option(help: "Send output to a log file.")
+    @Option(parsing: .unconditional, help: "Send output to a log file.")
     var logfile: String?
-    @Option(name: [.customShort("T"), .customLong("title")], help: "Client: prefix every output line with this string.")
+    @Option(name: [.customShort("T"), .customLong("title")], parsing: .unconditional, help: "Client: prefix every output line with this string.")
     var title: String?
     @Option(name: .customLong("timestamps"),
             help: ArgumentHelp("Begin every output line with the time (--timestamps, or --timestamps=FORMAT as strftime(3) takes it).", valueName: "format"))
     var timestamps: String?
-    @Flag(name: .customShort("d"), help: "Print debugging output (as --debug=4).")
+    @Flag(name: .customShort("d"), help: "Print debugging output (as --debug).")
     var debugFlag = false
     @Option(name: .customLong("debug"), parsing: .unconditional,
-            help: ArgumentHelp("Print debugging output (to stderr, or --logfile) at level 1 to 4: at 3 and 4 the control messages each way and a server's rate checks and idle restarts; 1 (errors) and 2 (warnings) add nothing, since vmperf prints those anyway. A bare --debug is 4.", valueName: "level"))
+            help: ArgumentHelp("Print debugging output to stderr (or --logfile): the control messages each way, a server's rate checks and idle restarts. iperf3's level (--debug=N) is taken, and any level prints all of it.", valueName: "level"))
     var debugLevel: Int?
+    @Flag(name: .customShort("v"), help: "Print the version and the system, and exit (as --version).")
+    var showVersion = false
     @Flag(help: "Write each line out as soon as it is made (vmperf always does; accepted as iperf3 takes it).")
     var forceflush = false
-    @Option(name: .customLong("extra-data"), help: "Client: a string both sides put in their JSON (-J) as extra_data.")
+    @Option(name: .customLong("extra-data"), parsing: .unconditional, help: "Client: a string both sides put in their JSON (-J) as extra_data.")
     var extraData: String?
     @Flag(name: .customLong("get-server-output"), help: "Client: print what the server printed for the test (with -J: put it in the document).")
     var getServerOutput = false
@@ -158,6 +160,7 @@ struct Options: ParsableCommand {
     }
 
     mutating func validate() throws {
+        if showVersion { return }  // -v alone decides, as --version does
         let roles = [server, client != nil, compare, paper || paperPeer != nil, connections != nil].filter { $0 }.count
         guard roles == 1 else {
             throw ValidationError(roles == 0
@@ -193,7 +196,6 @@ struct Options: ParsableCommand {
         if let idleTimeout, !(1...86_400).contains(idleTimeout) {
             throw ValidationError("--idle-timeout \(idleTimeout) is out of range (1 to 86400 seconds)")
         }
-        if let debugLevel, !(1...4).contains(debugLevel) { throw ValidationError("--debug=\(debugLevel) is out of range (1 to 4)") }
         if let timestamps, timestamps.isEmpty { throw ValidationError("--timestamps= needs a strftime(3) format") }
         guard !(version4 && version6) else { throw ValidationError("cannot use -4 and -6 together") }
         if let bind, bind.isEmpty { throw ValidationError("-B needs an address") }
@@ -258,19 +260,19 @@ struct Options: ParsableCommand {
     ///   for a missing value drops the value's name (`Missing value for '-c'` instead of `Missing value for
     ///   '-c <client>'`), so vmperf keeps this split;
     /// - `--timestamps` without `=FORMAT` (an optional value, which swift-argument-parser has not) gets iperf3's
-    ///   default format, and `--debug` without `=LEVEL` iperf3's default level (4);
-    /// - iperf3's `-v` is `--version`, which swift-argument-parser gives a long name only.
+    ///   default format, and `--debug` without `=LEVEL` iperf3's default level (4); a word that is the value of
+    ///   the option before it is left alone.
     static func splittingAttachedValues(_ arguments: [String]) -> [String] {
         var out: [String] = []
         for (index, word) in arguments.enumerated() {
             if word == "--" { return out + arguments[index...] }
             let chars = Array(word)
-            if word == "--timestamps" {
+            if word == "--timestamps" && !(index > 0 && optionsTakingAValue.contains(arguments[index - 1])) {
                 out.append("--timestamps=" + Report.defaultTimestampFormat)
+            } else if index > 0 && optionsTakingAValue.contains(arguments[index - 1]) {
+                out.append(word)  // a value (a title of "--timestamps"), as it is
             } else if word == "--debug" {
                 out.append("--debug=4")
-            } else if word == "-v" {
-                out.append("--version")
             } else if chars.count > 2, chars[0] == "-", chars[1] != "-", "cptnklPifBbOTI".contains(chars[1]) {
                 out += [String(chars[0...1]), String(chars[2...])]
             } else {
@@ -279,6 +281,15 @@ struct Options: ParsableCommand {
         }
         return out
     }
+
+    /// The options whose value is the next word (OptionsTests checks the list against --help).
+    static let optionsTakingAValue: Set<String> = [
+        "-c", "--client", "--svg", "--connections", "-p", "--port", "-B", "--bind", "--cport", "-t", "--time", "-n",
+        "--bytes", "-k", "--blockcount", "-l", "--length", "-P", "--parallel", "-b", "--bitrate", "-O", "--omit",
+        "--connect-timeout", "--rcv-timeout", "--server-bitrate-limit", "--idle-timeout", "-i", "--interval", "-f",
+        "--format", "-I", "--pidfile", "--logfile", "-T", "--title", "--extra-data", "--transport", "--ring-size",
+        "-w", "--window", "-A", "--affinity", "--spin-us", "--runs", "--iterations", "--paper-peer",
+    ]
 
     /// iperf3's flags that vmperf does not take, each with why and what to use instead: the first one on a command
     /// line that did not parse, as the message for it; nil when there is none.
@@ -308,9 +319,9 @@ struct Options: ParsableCommand {
         (["--mptcp"], "vmperf measures shared memory or plain TCP; use iperf3 for MPTCP"),
     ]
 
-    /// -d or --debug=3 and up: where debugging lines go; off otherwise.
+    /// -d or --debug (at any level, as iperf3 3.12): where debugging lines go; off otherwise.
     func debugLog(_ report: Report) -> DebugLog {
-        debugFlag || (debugLevel ?? 0) >= 3 ? DebugLog(report) : .off
+        debugFlag || debugLevel != nil ? DebugLog(report) : .off
     }
 
     /// vmperf's rings: 4 MiB unless told. The library's default (256 KiB) holds only two 128 KiB blocks, so the

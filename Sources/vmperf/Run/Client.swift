@@ -61,13 +61,13 @@ struct Client {
         report.line("Connecting to host \(host), port \(options.port)")
         let control = try dial(Greeting(kind: .control, index: 0, cookie: cookie), index: -1)
         defer { control.close() }
-        let channel = ControlChannel(stream: control.stream, debug: options.debugLog(report))
+        let channel = ControlChannel(stream: control.stream, debug: options.debugLog(report), peer: "the server")
         do {
             try channel.send(parameters)
         } catch {
             // A server that refuses may have answered and hung up before we finished sending: its answer says why.
             if let reply = try? channel.receive(ServerReply.self, timeout: 2, what: "the server's answer"), let refusal = reply.error {
-                throw Failure("the server refused the test: \(ControlChannel.printable(refusal))")
+                throw Failure("the server refused the test: \(ControlChannel.oneLine(refusal))")
             }
             throw error
         }
@@ -102,8 +102,8 @@ struct Client {
             outcome = try run.run(printInterval: intervals.print)
         } catch {
             // A server that ended the test (over its --server-bitrate-limit) says why on the control connection.
-            if let reply = try? channel.receive(ServerReply.self, timeout: 1, what: "the server's reason"), let reason = reply.error {
-                throw Failure("the server ended the test: \(ControlChannel.printable(reason))")
+            if let reply = try? channel.receive(ServerReply.self, timeout: 2, what: "the server's reason"), let reason = reply.error {
+                throw Failure("the server ended the test: \(ControlChannel.oneLine(reason))")
             }
             throw error
         }
@@ -178,7 +178,7 @@ struct Client {
             throw Failure("\(error); is \(host) port \(options.port) a vmperf server (vmperf -s)? An iperf3 server "
                           + "does not speak vmperf's protocol")
         }
-        if let error = reply.error { throw Failure("the server refused the test: \(ControlChannel.printable(error))") }
+        if let error = reply.error { throw Failure("the server refused the test: \(ControlChannel.oneLine(error))") }
         if let flag = Self.unhonoured(parameters, by: reply) {
             throw Failure("the server at \(host) port \(options.port) is an older vmperf that does not take \(flag): update it, or leave \(flag) out")
         }
@@ -192,7 +192,7 @@ struct Client {
 
     private func expectGo(_ channel: ControlChannel, what: String, timeout: Double) throws {
         let reply = try channel.receive(ServerReply.self, timeout: timeout, what: what)
-        if let error = reply.error { throw Failure("the server refused the test: \(ControlChannel.printable(error))") }
+        if let error = reply.error { throw Failure("the server refused the test: \(ControlChannel.oneLine(error))") }
     }
 
     /// Opens one connection and introduces it.

@@ -88,9 +88,10 @@ struct Door {
     let unix: UnixListener?
     let port: Int
 
-    /// Waits up to `timeout` seconds (nil: for ever) for a connection that greets properly. Connections that do
-    /// not (port scanners, nc, another program) are closed and skipped. Returns nil when the time ran out.
-    func next(timeout: Double?) throws -> (Connection, Greeting)? {
+    /// Waits up to `timeout` seconds (nil: for ever) for a connection that greets properly, each within
+    /// `greetingTimeout` seconds. Connections that do not (port scanners, nc, another program) are closed and
+    /// skipped. Returns nil when the time ran out.
+    func next(timeout: Double?, greetingTimeout: Double = 5) throws -> (Connection, Greeting)? {
         let deadline = timeout.map { MonotonicClock.nanoseconds() + Int64($0 * 1e9) }
         while true {
             var fds = [pollfd(fd: listener.pollDescriptor, events: Int16(POLLIN), revents: 0)]
@@ -119,14 +120,14 @@ struct Door {
                 accepted = Connection(index: -1, try unix.accept(), port: port)
             }
             guard let accepted else { continue }
-            if let greeting = Self.greeting(of: accepted) { return (accepted, greeting) }
+            if let greeting = Self.greeting(of: accepted, within: greetingTimeout) { return (accepted, greeting) }
             accepted.close()
         }
     }
 
-    /// The 48-byte greeting, read within 5 seconds; nil when it is missing or wrong.
-    private static func greeting(of connection: Connection) -> Greeting? {
-        connection.stream.setReadTimeout(5)
+    /// The 48-byte greeting, read within `seconds`; nil when it is missing or wrong.
+    private static func greeting(of connection: Connection, within seconds: Double) -> Greeting? {
+        connection.stream.setReadTimeout(seconds)
         defer { connection.stream.setReadTimeout(nil) }
         var bytes = [UInt8](repeating: 0, count: Greeting.size)
         guard (try? bytes.withUnsafeMutableBytes({ try connection.stream.readExactly($0) })) == true else { return nil }

@@ -14,7 +14,7 @@ struct ServerTest {
     func run() throws -> Bool {
         guard let (control, parameters, cookie) = try awaitClient() else { return false }
         defer { control.close() }
-        let channel = ControlChannel(stream: control.stream, debug: debug)
+        let channel = ControlChannel(stream: control.stream, debug: debug, peer: "the client")
         let sendsOutput = parameters.getServerOutput == true
         if sendsOutput { report.beginCapture() }
         defer { if sendsOutput { _ = report.endCapture() } }
@@ -74,12 +74,13 @@ struct ServerTest {
         while true {
             let left = deadline.map { Double($0 - MonotonicClock.nanoseconds()) / 1e9 }
             if let left, left <= 0 { return nil }
-            guard let (control, greeting) = try door.next(timeout: left) else { continue }
+            // A connection that says nothing (a probe) holds the wait for its greeting: at most until the deadline.
+            guard let (control, greeting) = try door.next(timeout: left, greetingTimeout: min(5, max(0.1, left ?? 5))) else { continue }
             guard greeting.kind == .control else {
                 control.close()  // a data connection of no test: a late one from a test that ended
                 continue
             }
-            let channel = ControlChannel(stream: control.stream, debug: debug)
+            let channel = ControlChannel(stream: control.stream, debug: debug, peer: "the client")
             let parameters: TestParameters
             do {
                 parameters = try channel.receive(TestParameters.self, timeout: 10, what: "the test parameters").validated()
@@ -153,7 +154,7 @@ struct ServerTest {
     /// Tells another client we are busy. Its parameters are read first (for up to a second): a client still
     /// sending them would otherwise meet a closed connection (EPIPE, or a TCP reset that loses our answer).
     private func turnAway(_ connection: Connection) {
-        let channel = ControlChannel(stream: connection.stream, debug: debug)
+        let channel = ControlChannel(stream: connection.stream, debug: debug, peer: "the client")
         _ = try? channel.receive(TestParameters.self, timeout: 1, what: "the test parameters")
         try? channel.send(ServerReply(error: Self.busy))
         connection.close()

@@ -110,38 +110,56 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
 
     /// How long the other side may have spoken (or gone) on the control connection while this side still writes.
     static let otherSideGrace: Int64 = 3_000_000_000
+    /// How long after a timed test's end a stream of this side may still be writing (its last block waits for
+    /// room only while the other side reads slower than it: milliseconds).
+    static let lastWriteGrace: Int64 = 10_000_000_000
 
-    /// Waits for the pumps and meanwhile watches the control connection and the server's rate. The other side
-    /// speaks on the control connection only once its own side has ended (its results), which takes every
-    /// stream this side writes to have ended first; so input there (or its end) for more than `otherSideGrace`
-    /// while this side still writes is a side that is gone or broke off. Without this, a sender paced by -b,
-    /// asleep between blocks, would wait for its time to be up (hours, at a low rate), the other side long gone.
-    /// (This side's receivers may still drain what the other's kernel buffered: they are not counted.) Either
-    /// aborts the test, and the reason is returned; nil when the pumps ended by themselves.
+    /// Waits for the pumps and meanwhile watches the control connection, the end of a timed test and the
+    /// server's rate; any of them may abort the test, and then the reason is returned (nil when the pumps ended
+    /// by themselves).
+    /// - The other side speaks on the control connection only once its own side has ended (its results), which
+    ///   takes every stream this side writes to have ended first; so input there (or its end) for more than
+    ///   `otherSideGrace` while this side still writes is a side that is gone or broke off. Without this, a
+    ///   sender paced by -b, asleep between blocks, would wait for its time to be up (hours, at a low rate), the
+    ///   other side long gone. (This side's receivers may still drain what the other's kernel buffered: they are
+    ///   not counted.)
+    /// - A stream of this side still writing `lastWriteGrace` after a timed test's end waits for room that a
+    ///   stuck (or hostile) other side, still connected, will never make.
     private func waitForPumps(_ done: DispatchGroup, startNanos: Int64) -> Error? {
         guard control != nil || rateLimit != nil else {
             done.wait()
             return nil
         }
+        let timed = parameters.bytes == 0 && parameters.blocks == 0
+        let end = startNanos + Int64((Double(parameters.omitSeconds) + parameters.duration) * 1e9)
+        let other = side == .client ? "server" : "client"
         var spokeAt: Int64?
-        var rate = rateLimit.map { RateCheck($0, startNanos: startNanos) }
+        var rate = rateLimit.map { RateCheck($0, slack: rateSlack, startNanos: startNanos) }
         var reported = startNanos
         while done.wait(timeout: .now() + .milliseconds(100)) == .timedOut {
             let now = MonotonicClock.nanoseconds()
+            let writing = writers.load(ordering: .relaxed) > 0
             if spokeAt == nil, control?.hasInput() == true { spokeAt = now }
-            if let spokeAt, writers.load(ordering: .relaxed) > 0, now - spokeAt > Self.otherSideGrace {
-                let other = side == .client ? "server" : "client"
+            if let spokeAt, writing, now - spokeAt > Self.otherSideGrace {
                 return abort(Failure("the \(other) ended the test while this side still ran (it left, or its side failed)"), done)
             }
-            guard let limit = rateLimit, let average = rate?.observe(nanos: now, bytes: carried) else { continue }
-            if now - reported >= 1_000_000_000 {
+            if timed, writing, now - end > Self.lastWriteGrace {
+                return abort(Failure("a stream of this side still could not write \(Self.lastWriteGrace / 1_000_000_000) s after the test's end: the \(other) stopped reading"), done)
+            }
+            guard let limit = rateLimit, let reading = rate?.observe(nanos: now, bytes: carried) else { continue }
+            if reading.windowHasPassed && now - reported >= 1_000_000_000 {
                 reported = now
-                debug("throughput " + String(format: "%.0f", average)
+                debug("throughput " + String(format: "%.0f", reading.average)
                       + " bits/sec over the last \(Compare.format(limit.seconds)) s (limit \(limit.bitsPerSecond))")
             }
-            if average > Double(limit.bitsPerSecond) { return abort(ServerLimitExceeded(RateCheck.exceeded(average, limit)), done) }
+            if reading.isOver { return abort(ServerLimitExceeded(RateCheck.exceeded(reading.average, limit)), done) }
         }
         return nil
+    }
+
+    /// A paced test's streams may each be a burst of blocks ahead of their rate at any moment.
+    private var rateSlack: Int {
+        (parameters.bitsPerSecond ?? 0) > 0 ? parameters.connections * (parameters.burst ?? 1) * parameters.blockSize : 0
     }
 
     /// What every stream has moved so far, both ways: an echo's round trips carry each byte in and out.

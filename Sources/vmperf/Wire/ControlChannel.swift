@@ -9,10 +9,13 @@ struct ControlChannel {
     let stream: any ByteStream
     /// -d: every message each way, as it went.
     let debug: DebugLog
+    /// Who is at the other end, for messages: "the server", "the client".
+    let peer: String
 
-    init(stream: any ByteStream, debug: DebugLog = .off) {
+    init(stream: any ByteStream, debug: DebugLog = .off, peer: String = "the other side") {
         self.stream = stream
         self.debug = debug
+        self.peer = peer
     }
 
     func send<T: Encodable>(_ message: T) throws {
@@ -38,7 +41,7 @@ struct ControlChannel {
         guard try read(&body, what: what, timeout: timeout) else {
             throw Failure("the other side closed the control connection in the middle of \(what)")
         }
-        if debug.isOn { debug("received \(what): " + Self.printable(String(decoding: body, as: UTF8.self))) }
+        if debug.isOn { debug("received \(what): " + Self.oneLine(String(decoding: body, as: UTF8.self))) }
         do {
             return try JSONDecoder().decode(T.self, from: Data(body))
         } catch {
@@ -46,9 +49,10 @@ struct ControlChannel {
             if T.self != ServerReply.self, let reply = try? JSONDecoder().decode(ServerReply.self, from: Data(body)),
                 let reason = reply.error
             {
-                throw Failure("the other side ended the test: \(Self.printable(reason))")
+                throw Failure("\(peer) ended the test: \(Self.oneLine(reason))")
             }
-            throw Failure("the other side sent a malformed \(what) (\(error))")
+            // The decoder's words may quote the peer's (a bad enum value).
+            throw Failure("\(peer) sent a malformed \(what) (\(Self.oneLine(String(describing: error))))")
         }
     }
 
@@ -56,8 +60,18 @@ struct ControlChannel {
     /// drive the terminal) shown as "?".
     static func printable(_ text: String) -> String {
         String(String.UnicodeScalarView(text.unicodeScalars.map { scalar in
-            scalar == "\n" || scalar == "\t" || !(scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value)) ? scalar : "?"
+            scalar == "\n" || scalar == "\t" || !isControl(scalar) ? scalar : "?"
         }))
+    }
+
+    /// The other side's text within one line of ours (a reason, a refusal): every control character shown as "?",
+    /// so that it cannot drive the terminal or pass for a line of its own.
+    static func oneLine(_ text: String) -> String {
+        String(String.UnicodeScalarView(text.unicodeScalars.map { isControl($0) ? "?" : $0 }))
+    }
+
+    private static func isControl(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value)
     }
 
     /// Fills `bytes`; false at end of stream. A timeout says what did not come.
