@@ -368,6 +368,8 @@ void vmsp_tx_disarm(struct vmsp_conn *c);
 struct vmsp_epoll;
 struct vmsp_epoll *vmsp_epoll_untrack(int fd);
 void vmsp_epoll_adopt(int fd);
+/// stdio.c: descriptor 0, 1 or 2 became one of our connections; its standard stream becomes one of ours.
+void vmsp_stdio_adopt(int fd);
 
 // MARK: Connections that end quickly (brief.c): TCP for a destination whose shared-memory connections keep doing so.
 uint64_t vmsp_brief_key(const struct sockaddr *address, socklen_t length);

@@ -3,12 +3,23 @@
 // as many small servers and clients do) or prints to it with dprintf would move wake-up bytes instead of data.
 // So fdopen of one of our sockets returns a stream whose reads, writes and close are this library's (fopencookie),
 // and dprintf and vdprintf format first and then write through it. The stream reports the socket's number from
-// fileno, as one from fdopen does. Not covered: stdin, stdout and stderr themselves when a shared-memory socket
-// is moved onto descriptor 0, 1 or 2 (those streams were made before), and an fdopen made before the connect.
+// fileno, as one from fdopen does.
+//
+// The standard streams too: a program that moves a connection onto descriptor 0, 1 or 2 (an inetd-like server's
+// dup2 before printf and fgets; bash's `echo a >&3`, which moves the socket onto 1 for the builtin's printf) uses
+// stdin, stdout and stderr, made before the socket was. So the first time a connection becomes one of those
+// numbers, that standard stream is replaced (the `stdin`, `stdout` or `stderr` variable, which libc's printf,
+// puts and the rest read at each call) by a stream like fdopen's on the number, whose reads and writes reach
+// whatever the number names from then on through this library (which passes a terminal's or a file's to libc):
+// bash moves its standard output back, and its next line goes there as before. The new stream keeps the old
+// one's buffering and takes over what it held unwritten (it would have gone to the new descriptor at its next
+// flush); stdin is left alone while it holds unread input from the descriptor before. Not covered: a stream
+// pointer copied before (C++'s std::cout keeps libc's stdout), and an fdopen made before the connect.
 #include "preload.h"
 
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdio_ext.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,8 +56,8 @@ static int stream_seek(void *cookie, off64_t *offset, int whence) {
     return -1;
 }
 
-FILE *fdopen(int fd, const char *mode) {
-    if (vmsp_inside || !vmsp_lookup(fd) || !mode) return REAL(fdopen)(fd, mode);
+// A stream whose reads, writes and close go through this library, on descriptor `fd`.
+static FILE *our_stream(int fd, const char *mode) {
     cookie_io_functions_t calls = { .read = stream_read, .write = stream_write, .seek = stream_seek, .close = stream_close };
     FILE *stream = fopencookie((void *)(intptr_t)fd, mode, calls);
     if (!stream) return NULL;
@@ -54,6 +65,46 @@ FILE *fdopen(int fd, const char *mode) {
     // a stream fdopen made. The field is public (struct _IO_FILE), and reads and writes go through the cookie.
     stream->_fileno = fd;  // (libc's fdopen ignores 'e' in the mode, and so does this)
     return stream;
+}
+
+FILE *fdopen(int fd, const char *mode) {
+    if (vmsp_inside || !vmsp_lookup(fd) || !mode) return REAL(fdopen)(fd, mode);
+    return our_stream(fd, mode);
+}
+
+// libc's flags for a stream's buffering (libio.h, part of its ABI).
+enum { UNBUFFERED = 0x2, LINE_BUFFERED = 0x200 };
+static atomic_int adopted[3];
+
+void vmsp_stdio_adopt(int fd) {
+    int expected = 0;
+    if (fd < 0 || fd > 2 || !atomic_compare_exchange_strong(&adopted[fd], &expected, 1)) return;
+    FILE **standard = fd == 0 ? &stdin : fd == 1 ? &stdout : &stderr;
+    FILE *old = *standard;
+    flockfile(old);
+    int held_input = fd == 0 && old->_IO_read_ptr < old->_IO_read_end;
+    FILE *stream = held_input ? NULL : our_stream(fd, fd == 0 ? "r" : "w");
+    if (!stream) {
+        funlockfile(old);
+        atomic_store(&adopted[fd], 0);  // the next connection there tries again
+        vmsp_debug("fd %d is a shared-memory connection, and std%s %s: a program that uses the stream there would "
+                   "move the connection's wake-up bytes", fd, fd == 0 ? "in" : fd == 1 ? "out" : "err",
+                   held_input ? "holds input read before: it stays libc's" : "could not be replaced");
+        return;
+    }
+    // libc decides a stream's buffering at its first use (a line at a time on a terminal): as the old one did, or
+    // as it would have now, on a socket.
+    int mode = old->_flags & UNBUFFERED ? _IONBF : old->_flags & LINE_BUFFERED ? _IOLBF : _IOFBF;
+    setvbuf(stream, NULL, mode, mode == _IONBF ? 0 : BUFSIZ);
+    size_t pending = fd == 0 ? 0 : __fpending(old);
+    if (pending) {
+        fwrite(old->_IO_write_base, 1, pending, stream);
+        __fpurge(old);
+    }
+    *standard = stream;
+    funlockfile(old);
+    vmsp_debug("fd %d is a shared-memory connection: std%s is the library's stream from now on", fd,
+               fd == 0 ? "in" : fd == 1 ? "out" : "err");
 }
 
 int __vsnprintf_chk(char *out, size_t capacity, int flag, size_t length, const char *format, va_list args);

@@ -114,6 +114,7 @@ void vmsp_install(int fd, struct vmsp_ref *r) {
     if (old) {  // the descriptor was replaced under us (dup2 onto it): that one loses a name
         vmsp_drop(old);
     }
+    if (fd <= 2) vmsp_stdio_adopt(fd);  // stdin, stdout or stderr now name a connection (stdio.c)
 }
 
 struct vmsp_ref *vmsp_remove(int fd) {

@@ -324,6 +324,48 @@ static int client_process(const char *port) {
     return read(fd, buf, sizeof buf) == 0 ? 0 : 3;
 }
 
+// Standard streams on a connection, as an inetd-like server uses them without exec: a forked child moves the
+// socket onto 0 and 1 and uses stdin and stdout, made long before (libc reads and writes them internally); its
+// standard output moved back (bash's way with `echo >&3`) writes to the old descriptor again; moved onto the
+// socket once more, a last line is left in the buffer for exit to flush.
+static void standard_streams(void) {
+    int server, client = connected_pair(&server);
+    fflush(stdout);
+    pid_t child = fork();
+    if (child == 0) {
+        int saved = dup(1);
+        dup2(client, 0);
+        dup2(client, 1);
+        close(client);
+        printf("printf %d\n", 1);
+        puts("puts");
+        putchar('c');
+        putchar('\n');
+        fflush(stdout);
+        char line[64] = "";
+        if (!fgets(line, sizeof line, stdin)) strcpy(line, "(nothing)\n");
+        printf("fgets got %s", line);
+        fflush(stdout);
+        int moved = dup(1);
+        dup2(saved, 1);
+        SHOW("the child's stdout, moved back", "%s", "writes here");
+        dup2(moved, 1);
+        printf("left for exit to flush\n");
+        exit(0);
+    }
+    close(client);
+    CHECK("a line for the child's fgets", write(server, "hello\n", 6));
+    char text[256] = "";
+    size_t got = 0;
+    ssize_t n;
+    while (got < sizeof text - 1 && (n = read(server, text + got, sizeof text - 1 - got)) > 0) got += (size_t)n;
+    int status = 0;
+    waitpid(child, &status, 0);
+    SHOW("the child", "exit %d", WEXITSTATUS(status));
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) SHOW("the child's stdout wrote", "%s", line);
+    close(server);
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "client") == 0) return client_process(argv[2]);
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -344,6 +386,7 @@ int main(int argc, char **argv) {
     big_transfer(client, server);
     shutdown_and_close(client, server);
     stdio_streams();
+    standard_streams();
     worker_uring();
     after_uring();
     printf("done\n");
