@@ -1,6 +1,7 @@
 # Programs under vmsock-run that exec another with a shared-memory connection, both ends under vmsock-run, data
 # checked by sha256: socat's EXEC with nofork runs cat on the accepted socket itself (inetd's way; 16 MiB through
-# cat and back); bash's /dev/tcp with cat reading it; Python's subprocess, with and without the connection.
+# cat and back), and its SYSTEM with nofork runs it through system(); bash's /dev/tcp with cat reading it;
+# Python's subprocess, with and without the connection.
 # The exec hands the connection to a relay process (the new image gets a TCP socket that carries the data: the
 # rings cannot go across exec), which ends with the connection.
 source "$(dirname "$0")/lib.sh"
@@ -19,6 +20,22 @@ says "$WORK/server.err" "accept fd [0-9]* from .*: shared memory" "the server's 
 says "$WORK/server.err" "goes to the new image as a TCP socket through a relay process" "the exec"
 wait_for "$server" 30 || fail "the server (cat, after the exec) did not end: $(cat "$WORK/server.err")"
 # The relay ends with the connection: nothing is left behind.
+for _ in $(seq 50); do [ -z "$(live_relays)" ] && break; sleep 0.1; done
+[ -z "$(live_relays)" ] || fail "a relay process is left: $(live_relays)"
+
+# socat's SYSTEM with nofork: system() on the accepted socket, as the shell's standard input and output. libc's
+# system spawns the shell out of the library's reach; while a connection would be inherited, the library's own
+# runs it through the posix_spawn wrapper, which gives the shell a relay.
+port=$(free_port)
+start "$VMSOCK_RUN" --debug socat TCP-LISTEN:"$port",bind=127.0.0.1,reuseaddr SYSTEM:cat,nofork 2>"$WORK/system.err"
+server=$LAST
+wait_listening 127.0.0.1 "$port"
+timeout 60 "$VMSOCK_RUN" --debug socat -t 30 - TCP:127.0.0.1:"$port" <"$WORK/data" >"$WORK/got" 2>"$WORK/client.err" \
+    || fail "client of SYSTEM:cat failed: $(cat "$WORK/client.err" "$WORK/system.err")"
+same "$WORK/data" "$WORK/got" "16 MiB through cat, run by system() on the connection"
+says "$WORK/system.err" "accept fd [0-9]* from .*: shared memory" "socat's accept"
+says "$WORK/system.err" "system: the shell inherits a shared-memory connection" "system()"
+wait_for "$server" 30 || fail "the server (system) did not end: $(cat "$WORK/system.err")"
 for _ in $(seq 50); do [ -z "$(live_relays)" ] && break; sleep 0.1; done
 [ -z "$(live_relays)" ] || fail "a relay process is left: $(live_relays)"
 
@@ -58,4 +75,4 @@ same "$WORK/small" "$WORK/got" "4 MiB through cat run by python's subprocess on 
 says "$WORK/py-inetd.err" "goes to the new image as a TCP socket through a relay process" "python's cat"
 for _ in $(seq 50); do [ -z "$(live_relays)" ] && break; sleep 0.1; done
 [ -z "$(live_relays)" ] || fail "a relay process is left: $(live_relays)"
-echo "ok: programs exec'd on shared-memory connections (socat's cat, bash's cat, python's subprocess), relays gone"
+echo "ok: programs exec'd on shared-memory connections (socat's cat by exec and by system(), bash's cat, python's subprocess), relays gone"
