@@ -28,6 +28,19 @@ for i in $(seq 1000); do echo "line $i"; echo "printf $i"; done >"$WORK/bash-wan
 same "$WORK/bash-want" "$WORK/bash-got" "2,000 lines from bash's echo and printf builtins"
 says "$WORK/bash.err" "connect fd 3 to .*: shared memory" "bash's connect"
 says "$WORK/bash.err" "stdout is the library's stream" "bash's standard output"
+# bash's echo around cat, exec'd with the connection through a relay: bash writes again as soon as its wait for
+# cat returns, and must come after all of cat's bytes (the wait waits for the relay to have moved them).
+random_file "$WORK/blob" $((2 << 20))
+base64 -w 100 "$WORK/blob" >"$WORK/text"
+port=$(free_port)
+start "$VMSOCK_RUN" socat -u TCP-LISTEN:"$port",bind=127.0.0.1,reuseaddr - >"$WORK/order-got" 2>"$WORK/order-server.err"
+reader=$LAST
+wait_listening 127.0.0.1 "$port"
+timeout 60 "$VMSOCK_RUN" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port; for i in 1 2 3 4; do echo \"start \$i\" >&3; cat '$WORK/text' >&3; echo \"end \$i\" >&3; done; exec 3>&-" \
+    2>"$WORK/order.err" || fail "bash and cat failed: $(cat "$WORK/order.err")"
+wait_for "$reader" 30 || fail "the reader did not end: $(cat "$WORK/order-server.err")"
+for i in 1 2 3 4; do echo "start $i"; cat "$WORK/text"; echo "end $i"; done >"$WORK/order-want"
+same "$WORK/order-want" "$WORK/order-got" "bash's echo lines around four cats, in order"
 if grep -q "^io_uring_setup  *refused" "$WORK/plain.txt"; then
     echo "ok: $(grep -c . "$WORK/plain.txt") observations, the same with and without vmsock-run, plain and fortified;" \
         "io_uring's part not checked: this kernel refuses io_uring_setup"

@@ -249,7 +249,7 @@ static int spawn_with_inherited(spawn_fn real, int search, pid_t *pid, const cha
     } else {
         result = real(pid, program, actions, attributes, argv, env);
     }
-    vmsp_relay_spawned(&relays, result == 0 && has_relays);
+    vmsp_relay_spawned(&relays, result == 0 && has_relays, result == 0 && pid ? *pid : 0);
     return result;
 }
 

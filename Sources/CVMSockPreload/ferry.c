@@ -97,13 +97,45 @@ static int relay_pair(int like, int pair[2]) {
     return 0;
 }
 
-static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_inode, int may_claim)
+static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_inode, int may_claim, pid_t image)
     __attribute__((noreturn));
 
 static void send_relay(int go, char byte) {
     if (go < 0) return;  // an ended socket (below), no relay
     (void)REAL(send)(go, &byte, 1, MSG_NOSIGNAL);
     REAL(close)(go);
+}
+
+// The new image `image` writes through a relay of `c`: its slot, cleared by the relay once everything it wrote
+// is in the ring (or when the relay ends). No free slot: the wait after it is not ordered (as before).
+static void note_image(struct vmsp_conn *c, pid_t image) {
+    for (int i = 0; image > 0 && i < VMSP_RELAY_IMAGES; i++) {
+        int32_t expected = 0;
+        if (atomic_compare_exchange_strong(&c->relay_images[i], &expected, (int32_t)image)) return;
+    }
+}
+
+static void forget_image(struct vmsp_conn *c, pid_t image) {
+    for (int i = 0; image > 0 && i < VMSP_RELAY_IMAGES; i++) {
+        int32_t expected = (int32_t)image;
+        if (atomic_compare_exchange_strong(&c->relay_images[i], &expected, 0)) return;
+    }
+}
+
+void vmsp_relays_settle(pid_t child) {
+    if (child <= 0 || vmsp_inside) return;
+    int64_t deadline = vmsp_now_ns() + 2000000000;  // a relay whose peer reads nothing may never finish
+    int high = atomic_load(&vmsp_table_high);
+    for (int fd = 0; fd <= high && fd < vmsp_table_size; fd++) {
+        struct vmsp_ref *r = vmsp_lookup(fd);
+        if (!r) continue;
+        for (int i = 0; i < VMSP_RELAY_IMAGES; i++) {
+            while (atomic_load(&r->conn->relay_images[i]) == (int32_t)child && vmsp_now_ns() < deadline) {
+                struct timespec pause = { 0, 200000 };
+                nanosleep(&pause, NULL);
+            }
+        }
+    }
 }
 
 // Forks the relay for the connection `fd` names: twice, so that the new image never sees it as a child. Returns
@@ -118,6 +150,7 @@ static int start_relay(struct vmsp_conn *c, int fd, int *go_write, int may_claim
         return -1;
     }
     struct stat app;
+    pid_t image = getpid();  // after exec; a spawn's child sends its own with the start (run_relay)
     pid_t first = fstat(pair[0], &app) == 0 ? vmsp_fork_quietly() : -1;
     if (first == 0) {
         // The relay waits for this process's end (the pipe's): until then it may still be added to the holders
@@ -132,7 +165,7 @@ static int start_relay(struct vmsp_conn *c, int fd, int *go_write, int may_claim
         REAL(close)(gone[0]);
         REAL(close)(go[1]);
         REAL(close)(pair[0]);
-        run_relay(c, fd, pair[1], go[0], app.st_ino, may_claim);
+        run_relay(c, fd, pair[1], go[0], app.st_ino, may_claim, image);
     }
     REAL(close)(pair[1]);
     REAL(close)(go[0]);
@@ -192,7 +225,7 @@ static int ended_socket(void) {
 }
 
 // `actions`: posix_spawn's file actions (NULL for exec and for a spawn without them).
-static void prepare(struct vmsp_relays *plan, const posix_spawn_file_actions_t *actions) {
+static void prepare(struct vmsp_relays *plan, const posix_spawn_file_actions_t *actions, int spawning) {
     memset(plan, 0, sizeof *plan);
     if (vmsp_inside || !vmsp_holders_is_self()) return;  // a raw clone's child, sharing its parent's memory: not there
     int high = atomic_load(&vmsp_table_high);
@@ -232,6 +265,7 @@ static void prepare(struct vmsp_relays *plan, const posix_spawn_file_actions_t *
             plan->app[which] = app;
             plan->go[which] = go;
             plan->count++;
+            if (go >= 0 && !spawning) note_image(r->conn, getpid());  // exec keeps the pid (a spawn's: spawned)
         }
         plan->fd[plan->fds] = fd;
         plan->relay[plan->fds] = which;
@@ -240,10 +274,10 @@ static void prepare(struct vmsp_relays *plan, const posix_spawn_file_actions_t *
     }
 }
 
-void vmsp_relay_prepare(struct vmsp_relays *plan) { prepare(plan, NULL); }
+void vmsp_relay_prepare(struct vmsp_relays *plan) { prepare(plan, NULL, 0); }
 
 void vmsp_relay_prepare_spawn(struct vmsp_relays *plan, const posix_spawn_file_actions_t *actions) {
-    prepare(plan, actions);
+    prepare(plan, actions, 1);
 }
 
 int vmsp_relay_carries(const struct vmsp_relays *plan, int fd) {
@@ -267,6 +301,7 @@ void vmsp_relay_exec_failed(struct vmsp_relays *plan) {
         REAL(close)(plan->saved[i]);
     }
     for (int i = 0; i < plan->count; i++) {
+        if (plan->go[i] >= 0) forget_image(plan->conn[i], getpid());
         send_relay(plan->go[i], 'x');
         REAL(close)(plan->app[i]);
     }
@@ -293,10 +328,18 @@ int vmsp_relay_entry(struct vmsp_relays *plan, char *out, size_t capacity) {
 }
 
 // After posix_spawn: each relay starts (the new image has its socket) or is sent away; ours are closed.
-void vmsp_relay_spawned(struct vmsp_relays *plan, int started) {
+void vmsp_relay_spawned(struct vmsp_relays *plan, int started, pid_t image) {
     for (int i = 0; i < plan->fds; i++) REAL(close)(plan->saved[i]);
     for (int i = 0; i < plan->count; i++) {
-        send_relay(plan->go[i], started ? 'g' : 'x');
+        if (started && plan->go[i] >= 0) {
+            note_image(plan->conn[i], image);
+            char start[1 + sizeof image] = { 'g' };
+            memcpy(start + 1, &image, sizeof image);
+            (void)REAL(send)(plan->go[i], start, sizeof start, MSG_NOSIGNAL);
+            REAL(close)(plan->go[i]);
+        } else {
+            send_relay(plan->go[i], 'x');
+        }
         REAL(close)(plan->app[i]);
     }
 }
@@ -453,18 +496,19 @@ static void own_signals(void) {
     pthread_sigmask(SIG_SETMASK, &none, NULL);
 }
 
-static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_inode, int may_claim) {
+static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_inode, int may_claim, pid_t image) {
     static struct leg down, up;  // peer to new image, new image to peer
     vmsp_inside = 0;
     own_signals();
     setsid();  // a terminal's signals to the program's group are not for the relay
     prctl(PR_SET_NAME, "vmsock-relay");
     keep_only(c, fd, sock, go);
-    char byte = 0;
+    char start[1 + sizeof image] = { 0 };
     ssize_t n;
-    while ((n = REAL(read)(go, &byte, 1)) < 0 && errno == EINTR) {}
+    while ((n = REAL(read)(go, start, sizeof start)) < 0 && errno == EINTR) {}
     REAL(close)(go);
-    if (n != 0 && byte != 'g') { close(fd); _exit(0); }  // exec failed: the old image keeps the connection
+    if (n != 0 && start[0] != 'g') { close(fd); _exit(0); }  // exec failed: the old image keeps the connection
+    if (n == (ssize_t)sizeof start) memcpy(&image, start + 1, sizeof image);  // a spawn's child
     REAL(fcntl)(sock, F_SETFL, REAL(fcntl)(sock, F_GETFL) | O_NONBLOCK);
     vmsp_relay_process = 1;
     atomic_store(&c->reader_pid, vmsp_self_pid);  // what others read from here on is theirs
@@ -501,6 +545,7 @@ static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_i
             else if (errno != EAGAIN && errno != EINTR) { why = "the connection refused data"; reset(sock); failed = errno; }
             if (up.start == up.end) up.start = up.end = 0;
         }
+        if (up.ended && up.end == 0) forget_image(c, image);  // all it wrote is in the ring
         if (up.ended && up.end == 0 && !up_shut) {
             // Shut down or closed? Closed: nobody reads what the peer sends any more, and our close is the
             // new image's. Shut down: the peer sees the end of stream, and the other way goes on.
@@ -520,6 +565,7 @@ static void run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_i
             claim.woke = 1;  // from here the claim's 20 ms run, and then a read says what it was
         }
     }
+    forget_image(c, image);
     vmsp_debug("relay for fd %d ends: %s%s%s", fd, why, failed ? ": " : "", failed ? strerrorname_np(failed) : "");
     close(fd);
     REAL(close)(sock);

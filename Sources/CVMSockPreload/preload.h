@@ -140,7 +140,7 @@ static inline void vmsp_note_reader(atomic_int *reader_pid) {
 // numbers. `struct vmsp_ref` is this process's hold on it: the descriptors that name it here, the calls in
 // progress, the Swift object that owns this process's mappings. The table points at refs.
 
-enum { VMSP_HOLDERS = 128 };
+enum { VMSP_HOLDERS = 128, VMSP_RELAY_IMAGES = 8 };
 
 struct vmsp_conn {
     // Immutable after attach.
@@ -178,6 +178,9 @@ struct vmsp_conn {
     atomic_int holder_slots;  // slots ever used: the scans stop there
     atomic_int holders_lost;  // a fork found every slot taken: nobody can tell the last holder any more
     _Atomic uint64_t holders[VMSP_HOLDERS];
+    // The pids of new images whose relays (ferry.c) may still be moving what they wrote into the ring, 0 for a
+    // free slot: a holder that reaps one of them waits for its slot to clear before it writes on (wait.c).
+    _Atomic int32_t relay_images[VMSP_RELAY_IMAGES];
 };
 
 struct vmsp_ref {
@@ -319,7 +322,10 @@ void vmsp_relay_swap(struct vmsp_relays *plan);
 void vmsp_relay_exec_failed(struct vmsp_relays *plan);
 /// posix_spawn: the VMSOCK_RELAYED entry for the new image's constructor; then each relay started or sent away.
 int vmsp_relay_entry(struct vmsp_relays *plan, char *out, size_t capacity);
-void vmsp_relay_spawned(struct vmsp_relays *plan, int started);
+void vmsp_relay_spawned(struct vmsp_relays *plan, int started, pid_t image);
+/// A child reaped: wait (a bounded while) until the relays of the connections it inherited have put into the
+/// rings everything it wrote, so that this process's next write comes after it, as over TCP.
+void vmsp_relays_settle(pid_t child);
 /// After fork, in the child: who this process is (its pid and start time) changed.
 void vmsp_holders_forget_self(void);
 

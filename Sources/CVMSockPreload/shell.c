@@ -1,3 +1,8 @@
+// Child processes. A child reaped (waitpid, wait4, wait, waitid) may have written to a connection through a
+// relay (ferry.c) that is still moving its last bytes into the ring: the wait returns once they are there (at
+// most 2 s), so that what this process writes next comes after them, as over TCP (a shell's `echo a >&3;
+// cat f >&3; echo b >&3`).
+//
 // system() runs the shell through libc's own posix_spawn, which never reaches this library: a shell that
 // inherits a shared-memory connection (socat's `SYSTEM:...,nofork` puts it on the shell's standard input and
 // output) would see the bare TCP socket, whose bytes are wake-ups. So while one of our connections would be
@@ -11,10 +16,57 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 extern char **environ;
+
+#define NEXT(type, name) \
+    static type real_; \
+    if (!real_) *(void **)&real_ = dlsym(RTLD_NEXT, name); \
+    if (!real_) { errno = ENOSYS; return -1; }
+
+// MARK: Waits for a child
+
+typedef pid_t (*wait4_fn)(pid_t, int *, int, struct rusage *);
+typedef int (*waitid_fn)(idtype_t, id_t, siginfo_t *, int);
+typedef int (*system_fn)(const char *);
+
+static pid_t reaped(pid_t pid, int status) {
+    if (pid > 0 && (WIFEXITED(status) || WIFSIGNALED(status))) {
+        int saved = errno;
+        vmsp_relays_settle(pid);
+        errno = saved;
+    }
+    return pid;
+}
+
+pid_t wait4(pid_t pid, int *status, int options, struct rusage *usage) {
+    NEXT(wait4_fn, "wait4");
+    int got = 0;
+    pid_t result = real_(pid, &got, options, usage);
+    if (status) *status = got;
+    return reaped(result, got);
+}
+
+pid_t waitpid(pid_t pid, int *status, int options) { return wait4(pid, status, options, NULL); }
+
+pid_t wait(int *status) { return wait4(-1, status, 0, NULL); }
+
+int waitid(idtype_t type, id_t id, siginfo_t *info, int options) {
+    NEXT(waitid_fn, "waitid");
+    int result = real_(type, id, info, options);
+    if (result == 0 && info && info->si_pid > 0 && !(options & WNOWAIT) &&
+        (info->si_code == CLD_EXITED || info->si_code == CLD_KILLED || info->si_code == CLD_DUMPED)) {
+        int saved = errno;
+        vmsp_relays_settle(info->si_pid);
+        errno = saved;
+    }
+    return result;
+}
+
+// MARK: system
 
 // Whether a new image would inherit one of our connections.
 static int inherits_connection(void) {
@@ -32,9 +84,7 @@ static int running;  // system() calls under way: the first ignores SIGINT and S
 static struct sigaction saved_intr, saved_quit;
 
 int system(const char *command) {
-    static int (*real_)(const char *);
-    if (!real_) *(void **)&real_ = dlsym(RTLD_NEXT, "system");
-    if (!real_) { errno = ENOSYS; return -1; }
+    NEXT(system_fn, "system");
     if (!command || vmsp_inside || !inherits_connection()) return real_(command);
     struct sigaction ignore = { .sa_handler = SIG_IGN };
     sigemptyset(&ignore.sa_mask);

@@ -13,13 +13,16 @@
 // whatever the number names from then on through this library (which passes a terminal's or a file's to libc):
 // bash moves its standard output back, and its next line goes there as before. The new stream keeps the old
 // one's buffering and takes over what it held unwritten (it would have gone to the new descriptor at its next
-// flush); stdin is left alone while it holds unread input from the descriptor before. Not covered: a stream
-// pointer copied before (C++'s std::cout keeps libc's stdout), and an fdopen made before the connect.
+// flush); stdin is left alone while it holds unread input from the descriptor before, and a wide-oriented stream
+// is left libc's. Not covered: a stream pointer copied before (C++'s std::cout keeps libc's stdout), and an
+// fdopen made before the connect.
 #include "preload.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio_ext.h>
+#include <wchar.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,36 +78,71 @@ FILE *fdopen(int fd, const char *mode) {
 // libc's flags for a stream's buffering (libio.h, part of its ABI).
 enum { UNBUFFERED = 0x2, LINE_BUFFERED = 0x200 };
 static atomic_int adopted[3];
+static FILE *_Atomic standard_ours[3];  // the streams that replaced them, for freopen
 
 void vmsp_stdio_adopt(int fd) {
     int expected = 0;
     if (fd < 0 || fd > 2 || !atomic_compare_exchange_strong(&adopted[fd], &expected, 1)) return;
     FILE **standard = fd == 0 ? &stdin : fd == 1 ? &stdout : &stderr;
     FILE *old = *standard;
-    flockfile(old);
-    int held_input = fd == 0 && old->_IO_read_ptr < old->_IO_read_end;
-    FILE *stream = held_input ? NULL : our_stream(fd, fd == 0 ? "r" : "w");
+    const char *name = fd == 0 ? "in" : fd == 1 ? "out" : "err";
+    // A wide-oriented stream (wprintf) stays libc's: a cookie stream has no wide side.
+    int wide = fwide(old, 0) > 0, held_input = fd == 0 && old->_IO_read_ptr < old->_IO_read_end;
+    // Made before the old stream is locked: fopencookie takes libc's list of streams, which fflush(NULL) takes
+    // before each stream's lock.
+    FILE *stream = wide || held_input ? NULL : our_stream(fd, fd == 0 ? "r" : "w");
     if (!stream) {
-        funlockfile(old);
         atomic_store(&adopted[fd], 0);  // the next connection there tries again
         vmsp_debug("fd %d is a shared-memory connection, and std%s %s: a program that uses the stream there would "
-                   "move the connection's wake-up bytes", fd, fd == 0 ? "in" : fd == 1 ? "out" : "err",
-                   held_input ? "holds input read before: it stays libc's" : "could not be replaced");
+                   "move the connection's wake-up bytes", fd, name,
+                   held_input ? "holds input read before: it stays libc's"
+                   : wide ? "is wide-oriented: it stays libc's" : "could not be replaced");
         return;
     }
     // libc decides a stream's buffering at its first use (a line at a time on a terminal): as the old one did, or
     // as it would have now, on a socket.
     int mode = old->_flags & UNBUFFERED ? _IONBF : old->_flags & LINE_BUFFERED ? _IOLBF : _IOFBF;
     setvbuf(stream, NULL, mode, mode == _IONBF ? 0 : BUFSIZ);
+    flockfile(old);
     size_t pending = fd == 0 ? 0 : __fpending(old);
     if (pending) {
         fwrite(old->_IO_write_base, 1, pending, stream);
         __fpurge(old);
     }
+    atomic_store(&standard_ours[fd], stream);
     *standard = stream;
     funlockfile(old);
-    vmsp_debug("fd %d is a shared-memory connection: std%s is the library's stream from now on", fd,
-               fd == 0 ? "in" : fd == 1 ? "out" : "err");
+    vmsp_debug("fd %d is a shared-memory connection: std%s is the library's stream from now on", fd, name);
+}
+
+// freopen of one of the library's streams (a daemon's freopen(log, "a", stderr) at SIGHUP; an inetd-like
+// child's freopen("/dev/null", "r", stdin)): libc's would read the cookie stream's missing wide side and crash.
+// As libc's: the stream's descriptor closed, the file opened on the same number, and a stream on it (a new one,
+// which the standard stream's variable then names). A NULL path (a change of mode) keeps the stream as it is.
+FILE *freopen(const char *path, const char *mode, FILE *stream) {
+    static FILE *(*real_)(const char *, const char *, FILE *);
+    if (!real_) *(void **)&real_ = dlsym(RTLD_NEXT, "freopen");
+    if (!real_) { errno = ENOSYS; return NULL; }
+    int which = -1;
+    for (int i = 0; i < 3 && stream; i++) if (atomic_load(&standard_ours[i]) == stream) which = i;
+    if (which < 0) return real_(path, mode, stream);
+    if (!path) return stream;
+    int fd = stream->_fileno;
+    atomic_store(&standard_ours[which], NULL);
+    fclose(stream);  // closes fd through this library (a connection loses a name)
+    FILE *opened = fopen(path, mode);
+    if (opened && fileno(opened) != fd && fd >= 0) {
+        int moved = REAL(dup2)(fileno(opened), fd);
+        FILE *again = moved == fd ? REAL(fdopen)(fd, mode) : NULL;
+        if (again) {
+            fclose(opened);
+            opened = again;
+        }
+    }
+    if (stream == stdin) stdin = opened;
+    else if (stream == stdout) stdout = opened;
+    else if (stream == stderr) stderr = opened;
+    return opened;
 }
 
 int __vsnprintf_chk(char *out, size_t capacity, int flag, size_t length, const char *format, va_list args);

@@ -70,6 +70,9 @@ final class OptionsTests: XCTestCase {
         XCTAssertNil(titled.debugLevel)
         XCTAssertNil(titled.timestamps)
         XCTAssertTrue(try Options.parse(["-sv"]).showVersion, "-v among other short flags, as getopt takes it")
+        let second = try Options.parse(Options.splittingAttachedValues(["-c", "h", "-T", "-c", "--debug"]))
+        XCTAssertEqual(second.title, "-c")
+        XCTAssertEqual(second.debugLevel, 4, "a value that looks like an option does not make the next word a value")
     }
 
     /// `optionsTakingAValue` names every option --help shows with a value (but --timestamps and --debug, whose

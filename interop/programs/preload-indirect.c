@@ -326,8 +326,8 @@ static int client_process(const char *port) {
 
 // Standard streams on a connection, as an inetd-like server uses them without exec: a forked child moves the
 // socket onto 0 and 1 and uses stdin and stdout, made long before (libc reads and writes them internally); its
-// standard output moved back (bash's way with `echo >&3`) writes to the old descriptor again; moved onto the
-// socket once more, a last line is left in the buffer for exit to flush.
+// standard output moved back (bash's way with `echo >&3`) writes to the old descriptor again; stdin is reopened
+// on /dev/null (freopen); stdout, moved onto the socket once more, leaves a last line in its buffer for exit.
 static void standard_streams(void) {
     int server, client = connected_pair(&server);
     fflush(stdout);
@@ -350,7 +350,10 @@ static void standard_streams(void) {
         dup2(saved, 1);
         SHOW("the child's stdout, moved back", "%s", "writes here");
         dup2(moved, 1);
-        printf("left for exit to flush\n");
+        // An inetd-like child's freopen of its standard input (libc's would crash on the library's stream).
+        if (!freopen("/dev/null", "r", stdin) || getchar() != EOF) printf("freopen of stdin failed\n");
+        setvbuf(stdout, NULL, _IOFBF, 4096);
+        printf("left for exit to flush");
         exit(0);
     }
     close(client);

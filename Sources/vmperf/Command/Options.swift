@@ -264,12 +264,14 @@ struct Options: ParsableCommand {
     ///   the option before it is left alone.
     static func splittingAttachedValues(_ arguments: [String]) -> [String] {
         var out: [String] = []
+        var isValue = false  // the word is the value of the option before it
         for (index, word) in arguments.enumerated() {
+            defer { isValue = !isValue && optionsTakingAValue.contains(word) }
             if word == "--" { return out + arguments[index...] }
             let chars = Array(word)
-            if word == "--timestamps" && !(index > 0 && optionsTakingAValue.contains(arguments[index - 1])) {
+            if word == "--timestamps" && !isValue {
                 out.append("--timestamps=" + Report.defaultTimestampFormat)
-            } else if index > 0 && optionsTakingAValue.contains(arguments[index - 1]) {
+            } else if isValue {
                 out.append(word)  // a value (a title of "--timestamps"), as it is
             } else if word == "--debug" {
                 out.append("--debug=4")

@@ -123,8 +123,9 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
     ///   sender paced by -b, asleep between blocks, would wait for its time to be up (hours, at a low rate), the
     ///   other side long gone. (This side's receivers may still drain what the other's kernel buffered: they are
     ///   not counted.)
-    /// - A stream of this side still writing `lastWriteGrace` after a timed test's end waits for room that a
-    ///   stuck (or hostile) other side, still connected, will never make.
+    /// - A stream of this side still writing `lastWriteGrace` after a timed test's end, with nothing moved for as
+    ///   long (a huge block over a slow link still moves), waits for room that a stuck (or hostile) other side,
+    ///   still connected, will never make.
     private func waitForPumps(_ done: DispatchGroup, startNanos: Int64) -> Error? {
         guard control != nil || rateLimit != nil else {
             done.wait()
@@ -136,6 +137,7 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
         var spokeAt: Int64?
         var rate = rateLimit.map { RateCheck($0, slack: rateSlack, startNanos: startNanos) }
         var reported = startNanos
+        var (lastSent, movedAt) = (0, startNanos)
         while done.wait(timeout: .now() + .milliseconds(100)) == .timedOut {
             let now = MonotonicClock.nanoseconds()
             let writing = writers.load(ordering: .relaxed) > 0
@@ -143,7 +145,9 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
             if let spokeAt, writing, now - spokeAt > Self.otherSideGrace {
                 return abort(Failure("the \(other) ended the test while this side still ran (it left, or its side failed)"), done)
             }
-            if timed, writing, now - end > Self.lastWriteGrace {
+            let sent = sending
+            if sent != lastSent { (lastSent, movedAt) = (sent, now) }
+            if timed, writing, now - end > Self.lastWriteGrace, now - movedAt > Self.lastWriteGrace {
                 return abort(Failure("a stream of this side still could not write \(Self.lastWriteGrace / 1_000_000_000) s after the test's end: the \(other) stopped reading"), done)
             }
             guard let limit = rateLimit, let reading = rate?.observe(nanos: now, bytes: carried) else { continue }
@@ -155,6 +159,11 @@ final class TestRun: @unchecked Sendable {  // the result slots are written unde
             if reading.isOver { return abort(ServerLimitExceeded(RateCheck.exceeded(reading.average, limit)), done) }
         }
         return nil
+    }
+
+    /// What this side's writing streams have moved so far.
+    private var sending: Int {
+        zip(counters, roles).reduce(0) { $0 + ($1.1 == .receive ? 0 : $1.0.bytes.load(ordering: .relaxed)) }
     }
 
     /// A paced test's streams may each be a burst of blocks ahead of their rate at any moment.
