@@ -127,14 +127,22 @@ void vmsp_relays_settle(pid_t child) {
     int64_t deadline = vmsp_now_ns() + 2000000000;  // a relay whose peer reads nothing may never finish
     int high = atomic_load(&vmsp_table_high);
     for (int fd = 0; fd <= high && fd < vmsp_table_size; fd++) {
-        struct vmsp_ref *r = vmsp_lookup(fd);
+        if (!vmsp_lookup(fd)) continue;
+        struct vmsp_ref *r = vmsp_enter(fd);  // held: another thread may close it meanwhile
         if (!r) continue;
         for (int i = 0; i < VMSP_RELAY_IMAGES; i++) {
-            while (atomic_load(&r->conn->relay_images[i]) == (int32_t)child && vmsp_now_ns() < deadline) {
+            while (atomic_load(&r->conn->relay_images[i]) == (int32_t)child) {
+                if (vmsp_now_ns() >= deadline) {
+                    // Its relay is gone, or cannot finish: not waited for again.
+                    int32_t expected = (int32_t)child;
+                    atomic_compare_exchange_strong(&r->conn->relay_images[i], &expected, 0);
+                    break;
+                }
                 struct timespec pause = { 0, 200000 };
                 nanosleep(&pause, NULL);
             }
         }
+        vmsp_leave(r);
     }
 }
 
@@ -172,7 +180,8 @@ static int start_relay(struct vmsp_conn *c, int fd, int *go_write, int may_claim
     // Its status says whether the relay was forked. ECHILD: the program reaped it (a SIGCHLD handler) or ignores
     // SIGCHLD; then the relay is taken to be there.
     int status = 0, waited = -1;
-    while (first > 0 && (waited = waitpid(first, &status, 0)) < 0 && errno == EINTR) {}
+    // The kernel's wait, not the interposed one (which would look for relays of this pid).
+    while (first > 0 && (waited = (int)syscall(SYS_wait4, first, &status, 0, NULL)) < 0 && errno == EINTR) {}
     int made = first > 0 && (waited < 0 ? errno == ECHILD : WIFEXITED(status) && WEXITSTATUS(status) == 0);
     if (!made) {  // no relay (one that was forked after all is sent away)
         REAL(close)(pair[0]);

@@ -9,7 +9,7 @@
 // inherited (not close-on-exec), system() runs the shell through the posix_spawn wrapper (exec.c), which gives
 // it a relay (ferry.c), and otherwise is libc's own. As libc's: SIGINT and SIGQUIT ignored and SIGCHLD blocked
 // in the caller while the shell runs, the shell started with them as they were; exit status 127 when it could
-// not be started. Not covered: popen.
+// not be started. Not covered: popen, and a thread cancelled inside system() (libc's kills the shell).
 #include "preload.h"
 
 #include <dlfcn.h>
@@ -46,9 +46,11 @@ pid_t wait4(pid_t pid, int *status, int options, struct rusage *usage) {
     NEXT(wait4_fn, "wait4");
     int got = 0;
     pid_t result = real_(pid, &got, options, usage);
-    if (status) *status = got;
+    if (status && result > 0) *status = got;
     return reaped(result, got);
 }
+
+pid_t wait3(int *status, int options, struct rusage *usage) { return wait4(-1, status, options, usage); }
 
 pid_t waitpid(pid_t pid, int *status, int options) { return wait4(pid, status, options, NULL); }
 
@@ -111,13 +113,14 @@ int system(const char *command) {
     pid_t pid;
     char *argv[] = { "sh", "-c", "--", (char *)command, NULL };
     int status = 127 << 8;  // libc's: as a shell that could not run
-    if (posix_spawn(&pid, "/bin/sh", NULL, &attributes, argv, environ) == 0) {
+    int failed = posix_spawn(&pid, "/bin/sh", NULL, &attributes, argv, environ);
+    if (!failed) {
         while (waitpid(pid, &status, 0) < 0) {
             if (errno != EINTR) { status = -1; break; }
         }
     }
     posix_spawnattr_destroy(&attributes);
-    int saved = errno;
+    int saved = failed ? failed : errno;
     pthread_mutex_lock(&lock);
     if (--running == 0) {
         REAL(sigaction)(SIGINT, &saved_intr, NULL);

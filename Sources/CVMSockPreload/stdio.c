@@ -115,36 +115,6 @@ void vmsp_stdio_adopt(int fd) {
     vmsp_debug("fd %d is a shared-memory connection: std%s is the library's stream from now on", fd, name);
 }
 
-// freopen of one of the library's streams (a daemon's freopen(log, "a", stderr) at SIGHUP; an inetd-like
-// child's freopen("/dev/null", "r", stdin)): libc's would read the cookie stream's missing wide side and crash.
-// As libc's: the stream's descriptor closed, the file opened on the same number, and a stream on it (a new one,
-// which the standard stream's variable then names). A NULL path (a change of mode) keeps the stream as it is.
-FILE *freopen(const char *path, const char *mode, FILE *stream) {
-    static FILE *(*real_)(const char *, const char *, FILE *);
-    if (!real_) *(void **)&real_ = dlsym(RTLD_NEXT, "freopen");
-    if (!real_) { errno = ENOSYS; return NULL; }
-    int which = -1;
-    for (int i = 0; i < 3 && stream; i++) if (atomic_load(&standard_ours[i]) == stream) which = i;
-    if (which < 0) return real_(path, mode, stream);
-    if (!path) return stream;
-    int fd = stream->_fileno;
-    atomic_store(&standard_ours[which], NULL);
-    fclose(stream);  // closes fd through this library (a connection loses a name)
-    FILE *opened = fopen(path, mode);
-    if (opened && fileno(opened) != fd && fd >= 0) {
-        int moved = REAL(dup2)(fileno(opened), fd);
-        FILE *again = moved == fd ? REAL(fdopen)(fd, mode) : NULL;
-        if (again) {
-            fclose(opened);
-            opened = again;
-        }
-    }
-    if (stream == stdin) stdin = opened;
-    else if (stream == stdout) stdout = opened;
-    else if (stream == stderr) stderr = opened;
-    return opened;
-}
-
 int __vsnprintf_chk(char *out, size_t capacity, int flag, size_t length, const char *format, va_list args);
 
 // Formats (with the _chk checks when `flag` is not -1: fortified programs call __dprintf_chk) and writes it all.
@@ -193,3 +163,42 @@ int __dprintf_chk(int fd, int flag, const char *format, ...) {
     va_end(args);
     return result;
 }
+
+// freopen of one of the library's standard streams (a daemon's freopen(log, "a", stderr) at SIGHUP; an inetd-like
+// child's freopen("/dev/null", "r", stdin)): libc's would read the cookie stream's missing wide side and crash.
+// The stream stays the same (it reads and writes its number through this library): the file is opened onto the
+// number, which closes what the number named (a connection loses a name). A NULL path (a change of mode) keeps
+// the stream as it is; a file that cannot be opened leaves everything as it was and returns NULL.
+static FILE *reopen(const char *path, const char *mode, FILE *stream, const char *symbol) {
+    static FILE *(*real_[2])(const char *, const char *, FILE *);
+    int which = symbol[7] == '6';
+    if (!real_[which]) *(void **)&real_[which] = dlsym(RTLD_NEXT, symbol);
+    if (!real_[which]) { errno = ENOSYS; return NULL; }
+    int standard = 0;
+    for (int i = 0; i < 3 && stream; i++) standard |= atomic_load(&standard_ours[i]) == stream;
+    if (!standard) return real_[which](path, mode, stream);
+    if (!path) return stream;
+    int read_only = mode[0] == 'r' && !strchr(mode, '+');
+    int flags = read_only ? O_RDONLY : mode[0] == 'r' ? O_RDWR : (strchr(mode, '+') ? O_RDWR : O_WRONLY) | O_CREAT |
+                (mode[0] == 'a' ? O_APPEND : O_TRUNC);
+    fflush(stream);
+    int opened = open(path, flags | O_CLOEXEC, 0666);
+    if (opened < 0) return NULL;
+    int fd = fileno(stream);
+    if (opened != fd) {
+        int moved = dup2(opened, fd);  // through this library: a connection there loses this name
+        int saved = errno;
+        REAL(close)(opened);
+        if (moved != fd) { errno = saved; return NULL; }
+    } else {
+        REAL(fcntl)(fd, F_SETFD, 0);
+    }
+    flockfile(stream);
+    __fpurge(stream);
+    clearerr_unlocked(stream);
+    funlockfile(stream);
+    return stream;
+}
+
+FILE *freopen(const char *path, const char *mode, FILE *stream) { return reopen(path, mode, stream, "freopen"); }
+FILE *freopen64(const char *path, const char *mode, FILE *stream) { return reopen(path, mode, stream, "freopen64"); }
