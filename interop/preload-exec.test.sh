@@ -8,36 +8,29 @@ source "$(dirname "$0")/lib.sh"
 need socat python3 bash
 [ -x "$VMSOCK_RUN" ] || fail "$VMSOCK_RUN is not built (swift build)"
 random_file "$WORK/data" $((16 << 20))
-port=$(free_port)
-start "$VMSOCK_RUN" --debug socat TCP-LISTEN:"$port",bind=127.0.0.1,reuseaddr EXEC:cat,nofork 2>"$WORK/server.err"
-server=$LAST
-wait_listening 127.0.0.1 "$port"
-timeout 60 "$VMSOCK_RUN" --debug socat -t 30 - TCP:127.0.0.1:"$port" <"$WORK/data" >"$WORK/got" 2>"$WORK/client.err" \
-    || fail "client failed: $(cat "$WORK/client.err" "$WORK/server.err")"
-same "$WORK/data" "$WORK/got" "16 MiB through cat, exec'd on the connection"
-says "$WORK/client.err" "connect fd [0-9]* to .*: shared memory" "the client's connect"
-says "$WORK/server.err" "accept fd [0-9]* from .*: shared memory" "the server's accept"
-says "$WORK/server.err" "goes to the new image as a TCP socket through a relay process" "the exec"
-wait_for "$server" 30 || fail "the server (cat, after the exec) did not end: $(cat "$WORK/server.err")"
-# The relay ends with the connection: nothing is left behind.
-for _ in $(seq 50); do [ -z "$(live_relays)" ] && break; sleep 0.1; done
-[ -z "$(live_relays)" ] || fail "a relay process is left: $(live_relays)"
-
-# socat's SYSTEM with nofork: system() on the accepted socket, as the shell's standard input and output. libc's
-# system spawns the shell out of the library's reach; while a connection would be inherited, the library's own
-# runs it through the posix_spawn wrapper, which gives the shell a relay.
-port=$(free_port)
-start "$VMSOCK_RUN" --debug socat TCP-LISTEN:"$port",bind=127.0.0.1,reuseaddr SYSTEM:cat,nofork 2>"$WORK/system.err"
-server=$LAST
-wait_listening 127.0.0.1 "$port"
-timeout 60 "$VMSOCK_RUN" --debug socat -t 30 - TCP:127.0.0.1:"$port" <"$WORK/data" >"$WORK/got" 2>"$WORK/client.err" \
-    || fail "client of SYSTEM:cat failed: $(cat "$WORK/client.err" "$WORK/system.err")"
-same "$WORK/data" "$WORK/got" "16 MiB through cat, run by system() on the connection"
-says "$WORK/system.err" "accept fd [0-9]* from .*: shared memory" "socat's accept"
-says "$WORK/system.err" "system: the shell inherits a shared-memory connection" "system()"
-wait_for "$server" 30 || fail "the server (system) did not end: $(cat "$WORK/system.err")"
-for _ in $(seq 50); do [ -z "$(live_relays)" ] && break; sleep 0.1; done
-[ -z "$(live_relays)" ] || fail "a relay process is left: $(live_relays)"
+# 16 MiB through socat serving ADDRESS (cat on the accepted connection), both ends under vmsock-run; the
+# server's debug lines must say WHAT; the relay ends with the connection: nothing is left behind.
+through_socat() {  # ADDRESS LABEL WHAT
+    local port server
+    port=$(free_port)
+    start "$VMSOCK_RUN" --debug socat TCP-LISTEN:"$port",bind=127.0.0.1,reuseaddr "$1" 2>"$WORK/server.err"
+    server=$LAST
+    wait_listening 127.0.0.1 "$port"
+    timeout 60 "$VMSOCK_RUN" --debug socat -t 30 - TCP:127.0.0.1:"$port" <"$WORK/data" >"$WORK/got" 2>"$WORK/client.err" \
+        || fail "client of $1 failed: $(cat "$WORK/client.err" "$WORK/server.err")"
+    same "$WORK/data" "$WORK/got" "16 MiB through cat, $2"
+    says "$WORK/client.err" "connect fd [0-9]* to .*: shared memory" "the client's connect"
+    says "$WORK/server.err" "accept fd [0-9]* from .*: shared memory" "the server's accept"
+    says "$WORK/server.err" "$3" "$1"
+    wait_for "$server" 30 || fail "the server ($1) did not end: $(cat "$WORK/server.err")"
+    for _ in $(seq 50); do [ -z "$(live_relays)" ] && break; sleep 0.1; done
+    [ -z "$(live_relays)" ] || fail "a relay process is left: $(live_relays)"
+}
+through_socat EXEC:cat,nofork "exec'd on the connection" "goes to the new image as a TCP socket through a relay process"
+# SYSTEM with nofork: system() on the accepted socket, as the shell's standard input and output. libc's system
+# spawns the shell out of the library's reach; while a connection would be inherited, the library's own runs it
+# through the posix_spawn wrapper, which gives the shell a relay.
+through_socat SYSTEM:cat,nofork "run by system() on the connection" "system: the shell inherits a shared-memory connection"
 
 # bash's /dev/tcp: bash keeps the connection (fd 3) and reads nothing while cat, exec'd with it as its standard
 # input, reads what the server sends. The relay reads for cat once the bytes have waited unread.
