@@ -1,10 +1,10 @@
-# fork, exec and posix_spawn with shared-memory connections open (programs/preload-fork.c): both processes
-# keep working connections, close counts per process, shutdown does not, a child's _exit disturbs nothing, a
-# forked child accepts and connects over shared memory, an exec'd image reads and writes the connection through a
-# relay (or, where none is made, reads data or end of stream, never wake-up bytes; short of descriptors too), a
-# socket merely leaked into a spawned child keeps its bytes for the parent, a daemon takes its first process's
-# listener over only when no other child shares it, and a listener handed to a new image stops its owner's
-# welcomes.
+# fork, exec and posix_spawn with shared-memory connections open (programs/preload-fork.c): both processes keep
+# working connections, close counts per process, shutdown does not, a child's _exit disturbs nothing, a forked child
+# accepts and connects over shared memory, an exec'd image reads and writes the connection through a relay (or,
+# where none is made, reads data or end of stream, never wake-up bytes; short of descriptors too), popen's shells
+# read and write a connection as over TCP, a socket merely leaked into a spawned child keeps its bytes for the
+# parent, a daemon takes its first process's listener over only when no other child shares it, and a listener handed
+# to a new image stops its owner's welcomes.
 # Run under vmsock-run (shared memory, confirmed by the debug lines) and without it: the output must be the same.
 # Then, under vmsock-run only, a fork while another thread is inside the library's set-up: the child uses TCP.
 source "$(dirname "$0")/lib.sh"

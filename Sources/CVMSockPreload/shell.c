@@ -9,13 +9,21 @@
 // inherited (not close-on-exec), system() runs the shell through the posix_spawn wrapper (exec.c), which gives
 // it a relay (ferry.c), and otherwise is libc's own. As libc's: SIGINT and SIGQUIT ignored and SIGCHLD blocked
 // in the caller while the shell runs, the shell started with them as they were; exit status 127 when it could
-// not be started. Not covered: popen, and a thread cancelled inside system() (libc's kills the shell).
+// not be started. Not covered: a thread cancelled inside system() (libc's kills the shell).
+//
+// popen() is the same: libc's runs its shell through its own posix_spawn. While a connection would be inherited,
+// the library's popen runs `/bin/sh -c` through the posix_spawn wrapper with a pipe on its standard output ("r")
+// or input ("w"), as libc's: mode "r" or "w", and "e" for a close-on-exec stream; a child does not inherit an
+// earlier stream of this popen. pclose waits for the shell (and its relays) and gives its status; a stream libc's
+// popen made goes to libc's pclose.
 #include "preload.h"
 
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -129,5 +137,109 @@ int system(const char *command) {
     pthread_mutex_unlock(&lock);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     errno = saved;
+    return status;
+}
+
+// MARK: popen
+
+typedef FILE *(*popen_fn)(const char *, const char *);
+typedef int (*pclose_fn)(FILE *);
+
+// A stream this popen made: its shell's pid. A list under `lock`, as libc keeps its own.
+struct piped {
+    FILE *stream;
+    int fd;
+    pid_t pid;
+    struct piped *next;
+};
+static struct piped *piped;
+
+// Mode "r" or "w", with "e" for close-on-exec, as libc's popen takes it: 0 for reading, 1 for writing, -1 if bad.
+static int popen_mode(const char *mode, int *cloexec) {
+    int reading = 0, writing = 0;
+    *cloexec = 0;
+    for (const char *m = mode; *m; m++) {
+        if (*m == 'r') reading = 1;
+        else if (*m == 'w') writing = 1;
+        else if (*m == 'e') *cloexec = 1;
+        else return -1;
+    }
+    return reading == writing ? -1 : writing;
+}
+
+// Runs the shell with `theirs` on its standard input or output; the earlier streams stay out of it. Under `lock`.
+static int popen_spawn(pid_t *pid, const char *command, int theirs, int target) {
+    posix_spawn_file_actions_t actions;
+    if (posix_spawn_file_actions_init(&actions) != 0) return ENOMEM;
+    int failed = posix_spawn_file_actions_adddup2(&actions, theirs, target);
+    for (struct piped *p = piped; p && !failed; p = p->next) {
+        if (p->fd != target) failed = posix_spawn_file_actions_addclose(&actions, p->fd);
+    }
+    char *argv[] = { "sh", "-c", "--", (char *)command, NULL };
+    if (!failed) failed = posix_spawn(pid, "/bin/sh", &actions, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    return failed;
+}
+
+FILE *popen(const char *command, const char *mode) {
+    static popen_fn real_;
+    if (!real_) *(void **)&real_ = dlsym(RTLD_NEXT, "popen");
+    if (!real_) { errno = ENOSYS; return NULL; }
+    if (!command || !mode || vmsp_inside || !inherits_connection()) return real_(command, mode);
+    int cloexec, writing = popen_mode(mode, &cloexec);
+    if (writing < 0) { errno = EINVAL; return NULL; }
+    struct piped *entry = malloc(sizeof *entry);
+    int ends[2];
+    if (!entry || pipe2(ends, O_CLOEXEC) != 0) { free(entry); if (!entry) errno = ENOMEM; return NULL; }
+    int mine = ends[writing], theirs = ends[!writing];
+    entry->pid = 0;
+    vmsp_debug("popen: the shell inherits a shared-memory connection: it runs through vmsock-run's posix_spawn");
+    pthread_mutex_lock(&lock);
+    int failed = popen_spawn(&entry->pid, command, theirs, writing ? 0 : 1);
+    REAL(close)(theirs);
+    FILE *stream = NULL;
+    if (!failed) {
+        if (!cloexec) REAL(fcntl)(mine, F_SETFD, 0);
+        stream = REAL(fdopen)(mine, writing ? "w" : "r");
+        failed = stream ? 0 : errno;
+    }
+    if (stream) {
+        // A stream closed with fclose rather than pclose left its record, whose address this one now has.
+        for (struct piped **p = &piped; *p; p = &(*p)->next) {
+            if ((*p)->stream == stream) { struct piped *stale = *p; *p = stale->next; free(stale); break; }
+        }
+        *entry = (struct piped){ .stream = stream, .fd = mine, .pid = entry->pid, .next = piped };
+        piped = entry;
+    }
+    pthread_mutex_unlock(&lock);
+    if (stream) return stream;
+    REAL(close)(mine);
+    if (entry->pid > 0) {  // started, but no stream: the shell sees its pipe end and is reaped
+        int status;
+        while (waitpid(entry->pid, &status, 0) < 0 && errno == EINTR) {}
+    }
+    free(entry);
+    errno = failed;
+    return NULL;
+}
+
+int pclose(FILE *stream) {
+    static pclose_fn real_;
+    if (!real_) *(void **)&real_ = dlsym(RTLD_NEXT, "pclose");
+    if (!real_) { errno = ENOSYS; return -1; }
+    pthread_mutex_lock(&lock);
+    struct piped *entry = NULL;
+    for (struct piped **p = &piped; *p; p = &(*p)->next) {
+        if ((*p)->stream == stream) { entry = *p; *p = entry->next; break; }
+    }
+    pthread_mutex_unlock(&lock);
+    if (!entry) return real_(stream);
+    pid_t pid = entry->pid;
+    free(entry);
+    fclose(stream);
+    int status;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) return -1;
+    }
     return status;
 }

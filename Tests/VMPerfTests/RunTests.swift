@@ -346,7 +346,7 @@ final class RunTests: XCTestCase {
         // A client's -B and --cport: its data streams leave from that address, from consecutive ports, and the
         // server sees them so, over shared memory and over TCP.
         for transport in ["shm", "tcp"] {
-            let cport = VMPerf.freePort()
+            let cport = VMPerf.freePortPair()
             let (client, server) = try VMPerf.clientAgainstServer(
                 ["-B", "127.0.0.1", "--cport", String(cport), "-P", "2", "-t", "0.2", "--transport", transport])
             XCTAssertEqual(client.status, 0, client.stderr)

@@ -122,6 +122,18 @@ enum VMPerf {
         return port
     }
 
+    /// The first of two consecutive ports that are free now, below the kernel's ephemeral range, so that no
+    /// socket bound to port 0 (this test's other connections, another program's) takes one before it is used.
+    static func freePortPair() -> Int {
+        for _ in 0..<100 {
+            let first = Int.random(in: 10_000..<30_000)
+            let probes = [first, first + 1].map { boundSocket(port: UInt16($0)) }
+            probes.forEach { close($0.fd) }
+            if probes.allSatisfy({ $0.port != 0 }) { return first }
+        }
+        return 0
+    }
+
     /// A TCP socket that listens on a free loopback port and never accepts nor answers (the kernel completes
     /// connections into its backlog): a server that is not vmperf. Close the descriptor when done.
     static func silentListener() -> (fd: Int32, port: Int) {
@@ -130,14 +142,15 @@ enum VMPerf {
         return (fd, port)
     }
 
-    private static func boundSocket() -> (fd: Int32, port: Int) {
+    /// A socket bound to the loopback port given (0: one the kernel picks) and its port, 0 if the bind failed.
+    private static func boundSocket(port: UInt16 = 0) -> (fd: Int32, port: Int) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = loopback(port: 0)
+        var address = loopback(port: port)
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
+        let bound = withUnsafeMutablePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
         }
-        return (fd, Int(UInt16(bigEndian: address.sin_port)))
+        return (fd, bound ? Int(UInt16(bigEndian: address.sin_port)) : 0)
     }
 
     private static func loopback(port: UInt16) -> sockaddr_in {

@@ -580,6 +580,50 @@ static void spawn_passed(void) {
     close(s);
 }
 
+// popen, whose shell inherits the connection (not close-on-exec): a command reads it through a "r" stream, another
+// writes it through a "w" stream, and the parent writes after pclose. The peer gets the command's bytes before
+// the parent's. A "re" stream is close-on-exec and a bad mode is EINVAL, as libc's. Under vmsock-run the shells
+// get relays: libc's popen would give them the bare TCP socket, whose bytes are wake-ups. The connection is made
+// inheritable on purpose, as spawn_passed's (a merely leaked one is read for a new image only once this process
+// has closed it: spawn_leaked).
+static void popen_inherited(void) {
+    int c, s;
+    pair(&c, &s);
+    fcntl(s, F_SETFD, FD_CLOEXEC);
+    fcntl(s, F_SETFD, 0);
+    char command[64];
+    snprintf(command, sizeof command, "head -c 5 <&%d", s);
+    CHECK("popen: the peer writes", write(c, "hello", 5));
+    fflush(stdout);
+    FILE *in = popen(command, "re");
+    char text[64] = "";
+    size_t n = in ? fread(text, 1, sizeof text - 1, in) : 0;
+    int flags = in ? fcntl(fileno(in), F_GETFD) : -1;
+    SHOW("popen r: the command read", "%.*s", (int)n, text);
+    SHOW("popen re: close-on-exec", "%s", flags >= 0 && (flags & FD_CLOEXEC) ? "yes" : "no");
+    SHOW("popen r: pclose status", "%d", in ? pclose(in) : -1);
+    errno = 0;
+    FILE *bad = popen("true", "rw");
+    SHOW("popen rw: refused", "%s", bad ? "no" : strerrorname_np(errno));
+    if (bad) pclose(bad);
+    snprintf(command, sizeof command, "cat >&%d", s);
+    FILE *out = popen(command, "w");
+    flags = out ? fcntl(fileno(out), F_GETFD) : -1;
+    SHOW("popen w: close-on-exec", "%s", flags >= 0 && (flags & FD_CLOEXEC) ? "yes" : "no");
+    if (out) fputs("from the command, ", out);
+    SHOW("popen w: pclose status", "%d", out ? pclose(out) : -1);
+    CHECK("popen: the parent writes after pclose", write(s, "then the parent", 15));
+    shutdown(s, SHUT_WR);
+    memset(text, 0, sizeof text);
+    n = 0;
+    for (long got = 1; got > 0 && n < sizeof text - 1; n += (size_t)(got > 0 ? got : 0)) {
+        got = read(c, text + n, sizeof text - 1 - n);
+    }
+    SHOW("popen: the peer read", "%s", text);
+    close(c);
+    close(s);
+}
+
 // The programs spawn_unloaded runs: exec_answer's, and whether they have vmsock-run's library loaded (they must
 // not); with `preload`, also the LD_PRELOAD they were given.
 static int exec_answer_bare(int fd, int preload) {
@@ -836,6 +880,7 @@ int main(int argc, char **argv) {
     spawn_cloexec();
     spawn_leaked();
     spawn_passed();
+    popen_inherited();
     raw_clone_exec();
     exec_short_of_descriptors();
     spawn_without_library();
