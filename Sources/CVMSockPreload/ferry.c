@@ -198,11 +198,12 @@ static int start_relay(struct vmsp_conn *c, int fd, int *go_write, int may_claim
     return pair[0];
 }
 
-// Whether the new image gets the connection as its standard input, output or error (not close-on-exec): handed
-// over on purpose (inetd, Python's subprocess, a shell's redirection), not leaked.
-static int stdio_of(struct vmsp_conn *c) {
+// Whether the new image gets the connection as its standard input, output or error (not close-on-exec, nor
+// replaced by a spawn's file `actions`): handed over on purpose (inetd, Python's subprocess, a shell's
+// redirection), not leaked.
+static int stdio_of(struct vmsp_conn *c, const posix_spawn_file_actions_t *actions) {
     for (int fd = 0; fd <= 2; fd++) {
-        struct vmsp_ref *r = vmsp_lookup(fd);
+        struct vmsp_ref *r = vmsp_spawn_takes(actions, fd) ? NULL : vmsp_lookup(fd);
         int flags = r && r->conn == c ? REAL(fcntl)(fd, F_GETFD) : -1;
         if (flags >= 0 && !(flags & FD_CLOEXEC)) return 1;
     }
@@ -215,7 +216,7 @@ static int stdio_of(struct vmsp_conn *c) {
 // by one of posix_spawn's file `actions`. Not merely because the spawn has file actions: a socket leaked into a
 // child that never reads it would lose to the relay the bytes its parent reads after (they would go with it).
 static int on_purpose(struct vmsp_ref *r, const posix_spawn_file_actions_t *actions) {
-    if (stdio_of(r->conn) || atomic_load(&r->handed)) return 1;
+    if (stdio_of(r->conn, actions) || atomic_load(&r->handed)) return 1;
     if (!actions) return 0;
     int high = atomic_load(&vmsp_table_high);
     for (int fd = 0; fd <= high && fd < vmsp_table_size; fd++) {
@@ -241,7 +242,8 @@ static void prepare(struct vmsp_relays *plan, const posix_spawn_file_actions_t *
     for (int fd = 0; fd <= high && fd < vmsp_table_size; fd++) {
         struct vmsp_ref *r = vmsp_lookup(fd);
         int flags = r ? REAL(fcntl)(fd, F_GETFD) : -1;
-        int inherited = flags >= 0 && (!(flags & FD_CLOEXEC) || vmsp_spawn_copies(actions, fd));
+        int inherited = flags >= 0 && (!(flags & FD_CLOEXEC) || vmsp_spawn_copies(actions, fd)) &&
+                        !vmsp_spawn_takes(actions, fd);
         plan->inherited += inherited;
         if (!inherited || plan->fds == VMSP_RELAY_FDS) continue;
         int saved = REAL(fcntl)(fd, F_DUPFD_CLOEXEC, 0);  // put back if exec fails

@@ -308,6 +308,10 @@ void vmsp_relay_prepare(struct vmsp_relays *plan);
 void vmsp_relay_prepare_spawn(struct vmsp_relays *plan, const posix_spawn_file_actions_t *actions);
 /// Whether posix_spawn's `actions` copy `fd` (one of our sockets) to a number in the new image (actions.c).
 int vmsp_spawn_copies(const posix_spawn_file_actions_t *actions, int fd);
+/// Whether posix_spawn's `actions` take `fd` away from the new image (replace or close it) without copying it.
+int vmsp_spawn_takes(const posix_spawn_file_actions_t *actions, int fd);
+/// After fork, in the child: popen's and system's lock (shell.c) as new.
+void vmsp_shell_after_fork(void);
 /// A spawn of a program that will not load this library runs through vmsock-run (trampoline.c): this library's
 /// path and vmsock-run's next to it (buffers of `capacity`), and the program's path as posix_spawn (`search` 0)
 /// or posix_spawnp (1) finds it; 0 when one is not there.

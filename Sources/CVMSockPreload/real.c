@@ -187,6 +187,7 @@ static void after_fork_child(void) {
     for (int i = 0; i < internal_count; i++) REAL(close)(internal_fds[i]);
     internal_count = 0;
     pthread_mutex_init(&internal_lock, NULL);
+    vmsp_shell_after_fork();
     vmsp_hold_all_after_fork();
     vmsp_live_unlock();
 }

@@ -11,11 +11,11 @@
 // in the caller while the shell runs, the shell started with them as they were; exit status 127 when it could
 // not be started. Not covered: a thread cancelled inside system() (libc's kills the shell).
 //
-// popen() is the same: libc's runs its shell through its own posix_spawn. While a connection would be inherited,
-// the library's popen runs `/bin/sh -c` through the posix_spawn wrapper with a pipe on its standard output ("r")
-// or input ("w"), as libc's: mode "r" or "w", and "e" for a close-on-exec stream; a child does not inherit an
-// earlier stream of this popen. pclose waits for the shell (and its relays) and gives its status; a stream libc's
-// popen made goes to libc's pclose.
+// popen() is the same: libc's runs its shell through its own posix_spawn. So the library's popen runs `/bin/sh -c`
+// through the posix_spawn wrapper (which makes relays only when a connection would be inherited) with a pipe on
+// its standard output ("r") or input ("w"), as libc's: mode "r" or "w", and "e" for a close-on-exec stream; a
+// shell does not inherit an earlier popen stream. pclose, and fclose as in libc, wait for the shell (and its
+// relays) and give its status.
 #include "preload.h"
 
 #include <dlfcn.h>
@@ -143,9 +143,10 @@ int system(const char *command) {
 // MARK: popen
 
 typedef FILE *(*popen_fn)(const char *, const char *);
-typedef int (*pclose_fn)(FILE *);
+typedef int (*fclose_fn)(FILE *);
 
-// A stream this popen made: its shell's pid. A list under `lock`, as libc keeps its own.
+// A stream this popen made: its shell's pid. A list under `lock`, as libc keeps its own; fclose looks at it only
+// while it has records.
 struct piped {
     FILE *stream;
     int fd;
@@ -153,6 +154,12 @@ struct piped {
     struct piped *next;
 };
 static struct piped *piped;
+static atomic_int piped_count;
+
+void vmsp_shell_after_fork(void) {
+    // Another thread may have held it at the fork: the child's copy would stay held (newer libcs reset theirs).
+    pthread_mutex_init(&lock, NULL);
+}
 
 // Mode "r" or "w", with "e" for close-on-exec, as libc's popen takes it: 0 for reading, 1 for writing, -1 if bad.
 static int popen_mode(const char *mode, int *cloexec) {
@@ -181,65 +188,96 @@ static int popen_spawn(pid_t *pid, const char *command, int theirs, int target) 
     return failed;
 }
 
+static int real_fclose(FILE *stream) {
+    static fclose_fn real_;
+    if (!real_) *(void **)&real_ = dlsym(RTLD_NEXT, "fclose");
+    if (!real_) { errno = ENOSYS; return EOF; }
+    return real_(stream);
+}
+
+// Every popen is this one, so that one list knows every stream (a shell that kept an earlier command's pipe
+// end open would keep that command waiting for its input's end); the posix_spawn wrapper gives the shell relays
+// only when it inherits a connection.
 FILE *popen(const char *command, const char *mode) {
     static popen_fn real_;
     if (!real_) *(void **)&real_ = dlsym(RTLD_NEXT, "popen");
     if (!real_) { errno = ENOSYS; return NULL; }
-    if (!command || !mode || vmsp_inside || !inherits_connection()) return real_(command, mode);
+    if (!command || !mode || vmsp_inside) return real_(command, mode);
     int cloexec, writing = popen_mode(mode, &cloexec);
     if (writing < 0) { errno = EINVAL; return NULL; }
     struct piped *entry = malloc(sizeof *entry);
     int ends[2];
-    if (!entry || pipe2(ends, O_CLOEXEC) != 0) { free(entry); if (!entry) errno = ENOMEM; return NULL; }
+    if (!entry || pipe2(ends, O_CLOEXEC) != 0) {
+        free(entry);
+        if (!entry) errno = ENOMEM;
+        return NULL;
+    }
     int mine = ends[writing], theirs = ends[!writing];
-    entry->pid = 0;
-    vmsp_debug("popen: the shell inherits a shared-memory connection: it runs through vmsock-run's posix_spawn");
+    FILE *stream = REAL(fdopen)(mine, writing ? "w" : "r");  // first, as libc's: no shell to wait for if it fails
+    if (!stream) {
+        int saved = errno;
+        REAL(close)(mine);
+        REAL(close)(theirs);
+        free(entry);
+        errno = saved;
+        return NULL;
+    }
+    if (inherits_connection()) {
+        vmsp_debug("popen: the shell inherits a shared-memory connection: it runs through vmsock-run's posix_spawn");
+    }
     pthread_mutex_lock(&lock);
-    int failed = popen_spawn(&entry->pid, command, theirs, writing ? 0 : 1);
+    pid_t pid = 0;
+    int failed = popen_spawn(&pid, command, theirs, writing ? 0 : 1);
     REAL(close)(theirs);
-    FILE *stream = NULL;
     if (!failed) {
         if (!cloexec) REAL(fcntl)(mine, F_SETFD, 0);
-        stream = REAL(fdopen)(mine, writing ? "w" : "r");
-        failed = stream ? 0 : errno;
-    }
-    if (stream) {
-        // A stream closed with fclose rather than pclose left its record, whose address this one now has.
-        for (struct piped **p = &piped; *p; p = &(*p)->next) {
-            if ((*p)->stream == stream) { struct piped *stale = *p; *p = stale->next; free(stale); break; }
-        }
-        *entry = (struct piped){ .stream = stream, .fd = mine, .pid = entry->pid, .next = piped };
+        *entry = (struct piped){ .stream = stream, .fd = mine, .pid = pid, .next = piped };
         piped = entry;
+        atomic_fetch_add(&piped_count, 1);
     }
     pthread_mutex_unlock(&lock);
-    if (stream) return stream;
-    REAL(close)(mine);
-    if (entry->pid > 0) {  // started, but no stream: the shell sees its pipe end and is reaped
-        int status;
-        while (waitpid(entry->pid, &status, 0) < 0 && errno == EINTR) {}
-    }
+    if (!failed) return stream;
+    real_fclose(stream);
     free(entry);
     errno = failed;
     return NULL;
 }
 
-int pclose(FILE *stream) {
-    static pclose_fn real_;
-    if (!real_) *(void **)&real_ = dlsym(RTLD_NEXT, "pclose");
-    if (!real_) { errno = ENOSYS; return -1; }
+// If `stream` is one of popen's: closes it, waits for its shell and returns 1 with the status in `status`.
+static int close_piped(FILE *stream, int *status) {
     pthread_mutex_lock(&lock);
     struct piped *entry = NULL;
     for (struct piped **p = &piped; *p; p = &(*p)->next) {
-        if ((*p)->stream == stream) { entry = *p; *p = entry->next; break; }
+        if ((*p)->stream == stream) {
+            entry = *p;
+            *p = entry->next;
+            atomic_fetch_sub(&piped_count, 1);
+            break;
+        }
     }
     pthread_mutex_unlock(&lock);
-    if (!entry) return real_(stream);
+    if (!entry) return 0;
     pid_t pid = entry->pid;
     free(entry);
-    fclose(stream);
-    int status;
-    while (waitpid(pid, &status, 0) < 0) {
-        if (errno != EINTR) return -1;
+    real_fclose(stream);
+    while (waitpid(pid, status, 0) < 0) {
+        if (errno != EINTR) { *status = -1; break; }
     }
-    return status;
+    return 1;
+}
+
+int pclose(FILE *stream) {
+    int status;
+    if (close_piped(stream, &status)) return status;
+    static fclose_fn real_;  // a stream libc's own popen made (from inside this library)
+    if (!real_) *(void **)&real_ = dlsym(RTLD_NEXT, "pclose");
+    if (!real_) { errno = ENOSYS; return -1; }
+    return real_(stream);
+}
+
+// As libc's: fclose of a popen stream is its pclose (the command's status, once it has ended).
+int fclose(FILE *stream) {
+    int status;
+    if (atomic_load_explicit(&piped_count, memory_order_relaxed) && close_piped(stream, &status)) return status;
+    return real_fclose(stream);
 }

@@ -620,6 +620,28 @@ static void popen_inherited(void) {
         got = read(c, text + n, sizeof text - 1 - n);
     }
     SHOW("popen: the peer read", "%s", text);
+
+    // The connection as this process's standard input, and a "w" stream, whose pipe replaces the shell's: the
+    // shell never gets the connection, so the peer's bytes stay for this process (no relay may read them).
+    int kept = dup(0);
+    fcntl(s, F_SETFD, FD_CLOEXEC);  // only standard input carries it
+    dup2(s, 0);
+    CHECK("popen w on standard input: the peer writes", write(c, "stays", 5));
+    FILE *quiet = popen("sleep 0.2; cat >/dev/null", "w");
+    SHOW("popen w on standard input: pclose status", "%d", quiet ? pclose(quiet) : -1);
+    memset(text, 0, sizeof text);
+    SHOW("popen w on standard input: this process read", "%s", readable(0, 2000) && read(0, text, 5) == 5 ? text : "(nothing)");
+    dup2(kept, 0);
+    close(kept);
+
+    // Two streams at once: the second shell must not hold the first one's pipe (its command would never see the
+    // end of its input, and pclose would wait for ever); fclose of a popen stream waits as pclose does.
+    FILE *first = popen("cat >/dev/null", "w"), *second = popen("cat >/dev/null", "w");
+    SHOW("popen twice: pclose of the first", "%d", first ? pclose(first) : -1);
+    SHOW("popen twice: pclose of the second", "%d", second ? pclose(second) : -1);
+    FILE *exits = popen("exit 3", "r");
+    int status = exits ? fclose(exits) : -1;
+    SHOW("popen, then fclose: the command's exit status", "%d", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
     close(c);
     close(s);
 }
