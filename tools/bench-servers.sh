@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Real servers under vmsock-run against plain TCP loopback, in one run (issue 19; BENCHMARKS.md, "Real servers
 # under vmsock-run"): redis-benchmark SET and GET requests/s from 50 clients, pipelined (-P 16) and not, and wrk
-# requests/s on a 1 KiB file from nginx with 2 forked workers and from nginx as one process (master_process off),
-# and ab -k requests/s from the latter.
+# requests/s on a 1 KiB file from nginx with 2 forked workers, from nginx as one process (master_process off) and
+# through haproxy (2 threads, HTTP) in front of the first, and ab -k requests/s from the one-process nginx.
 # Each server runs twice for the whole run, plainly and under vmsock-run, and its client runs the same way. This VM
 # changes speed within seconds, so the two sides alternate (as tools/bench-ab.sh does) for ROUNDS rounds and the
 # table gives medians and the median of the per-round ratios.
@@ -11,7 +11,7 @@
 set -euo pipefail
 ROUNDS=${1:-5}
 SECONDS_EACH=${SECONDS_EACH:-3}
-NAME=bench-servers TOOLS="redis-server redis-benchmark redis-cli nginx wrk ab"
+NAME=bench-servers TOOLS="redis-server redis-benchmark redis-cli nginx haproxy wrk ab"
 source "$(dirname "$0")/bench-servers-lib.sh"
 
 # The servers: SIDE is plain or vmsock; the vmsock side runs under vmsock-run, its --stats lines in $WORK/SIDE.*.
@@ -34,11 +34,23 @@ start_nginx() {  # SIDE PREFIX NAME PROCESS-LINES
     wait_listening "$port"
     eval "nginx_$1_$3=$port"
 }
+HAPROXIES=()
+start_haproxy() {  # SIDE PREFIX: in front of that side's nginx with workers, its port as nginx_SIDE_haproxy
+    local port backend; port=$(free_port); backend=$(eval echo "\$nginx_$1_workers")
+    printf '%s\n' "global" "    maxconn 1000" "    nbthread 2" "defaults" "    mode http" "    timeout connect 5s" \
+        "    timeout client 30s" "    timeout server 30s" "frontend web" "    bind 127.0.0.1:$port" \
+        "    default_backend nginx" "backend nginx" "    server s1 127.0.0.1:$backend" >"$WORK/haproxy-$1.cfg"
+    $2 haproxy -db -f "$WORK/haproxy-$1.cfg" >/dev/null 2>"$WORK/$1.haproxy.err" &
+    SERVERS+=($!) HAPROXIES+=($!)
+    wait_listening "$port"
+    eval "nginx_$1_haproxy=$port"
+}
 for side in plain vmsock; do
     prefix=$([ $side = vmsock ] && echo "$RUN" || true)
     start_redis $side "$prefix"
     start_nginx $side "$prefix" workers "master_process on; worker_processes 2;"
     start_nginx $side "$prefix" single "master_process off;"
+    start_haproxy $side "$prefix"
 done
 
 # One measurement: prints requests/s (for redis: SET and GET as two numbers).
@@ -76,6 +88,7 @@ measure() {  # SIDE: one line "name value" per workload
     echo "redis-SET-P16 $set"; echo "redis-GET-P16 $get"
     echo "nginx-2-workers $(wrk_rps $side "$prefix" workers)"
     echo "nginx-1-process $(wrk_rps $side "$prefix" single)"
+    echo "haproxy-to-nginx $(wrk_rps $side "$prefix" haproxy)"
     echo "nginx-1-process-ab $(ab_rps $side "$prefix" single)"
 }
 
@@ -87,11 +100,21 @@ for round in $(seq "$ROUNDS"); do
 done
 
 # Which transport each side really used, from the --stats lines its processes print at exit (nginx's workers
-# into their error_log).
+# into their error_log). haproxy -db ends at SIGTERM without exit's handlers (the line is printed by one): its
+# soft stop, SIGUSR1, goes first.
+for pid in "${HAPROXIES[@]}"; do kill -USR1 "$pid" 2>/dev/null || true; done
+for _ in $(seq 50); do
+    alive=0
+    for pid in "${HAPROXIES[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.1
+done
+[ $alive = 0 ] || echo "haproxy still ran 5 s after its soft stop: its counts are missing below"
 stop_servers
 echo "transport, vmsock side: redis-server accepts $(transports accepts "$WORK/vmsock.redis.err");" \
     "nginx workers accept $(transports accepts "$WORK/nginx-vmsock-workers/error.log");" \
     "nginx one process accepts $(transports accepts "$WORK/nginx-vmsock-single/error.log" "$WORK/nginx-vmsock-single/master.err");" \
+    "haproxy accepts $(transports accepts "$WORK/vmsock.haproxy.err"), connects $(transports connects "$WORK/vmsock.haproxy.err");" \
     "clients connect $(transports connects "$WORK/vmsock.clients.err")"
 [ -s "$WORK/errors" ] && { echo "wrk reported errors (summed over rounds):"; sort "$WORK/errors" | uniq -c; }
 python3 - "$WORK/results" <<'EOF'

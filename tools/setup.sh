@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build and test vmsock: libevent-dev (and pkg-config) from Debian, and
 # the programs the interop tests run against: nc (netcat-openbsd), socat, iperf3, curl, sockperf, ip and ss
-# (iproute2), setpriv, redis-server and redis-benchmark/redis-cli (redis-tools), nginx, wrk and ab
+# (iproute2), setpriv, redis-server and redis-benchmark/redis-cli (redis-tools), nginx, haproxy, memcached, wrk and ab
 # (apache2-utils) for the real-server tests and tools/bench-servers.sh, liburing-dev (a server on io_uring under
 # vmsock-run), openssh-server (sshd re-execs itself on each connection), and qemu-system-x86_64 (vmsockd's QEMU test; it skips without it).
 # Idempotent and quiet when everything is there. Needs root for apt-get (CI and the dev machines run as root).
@@ -32,6 +32,8 @@ command -v sockperf >/dev/null 2>&1 || missing+=(sockperf)  # vmsock-run's ping-
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)  # interop/preload-haproxy
+command -v memcached >/dev/null 2>&1 || missing+=(memcached)  # interop/preload-memcached
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v ab >/dev/null 2>&1 || missing+=(apache2-utils)  # ab: tools/bench-servers.sh's second HTTP client
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
