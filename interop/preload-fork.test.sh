@@ -4,7 +4,7 @@
 # where none is made, reads data or end of stream, never wake-up bytes; short of descriptors too), popen's shells
 # read and write a connection as over TCP, a socket merely leaked into a spawned child keeps its bytes for the
 # parent, a daemon takes its first process's listener over only when no other child shares it, and a listener handed
-# to a new image stops its owner's welcomes.
+# to a new image stops its owner's welcomes; descriptors passed in SCM_RIGHTS messages, likewise.
 # Run under vmsock-run (shared memory, confirmed by the debug lines) and without it: the output must be the same.
 # Then, under vmsock-run only, a fork while another thread is inside the library's set-up: the child uses TCP.
 source "$(dirname "$0")/lib.sh"
@@ -53,6 +53,31 @@ grep -q "unconnected for this one (no relay was made for it, and no descriptor i
 grep -q "exec: listening fd [0-9]* goes to the new image, which may accept on it" "$WORK/debug.txt" \
     || fail "handing a listener to a new image did not stop the welcomes: $(tail -20 "$WORK/debug.txt")"
 grep -q "^handed-on listener: the new image read  *hello" "$WORK/plain.txt" || fail "the handed-on listener case failed"
+# A listener that is not close-on-exec, then popen: the shell is taken not to accept on it (as before popen went
+# through the library), so its owner's next connection is still shared memory.
+# same_mode MODE: runs `preload-fork MODE` without and with vmsock-run (debug lines in $WORK/MODE-debug.txt); the
+# outputs must be the same.
+same_mode() {
+    timeout 30 "$WORK/preload-fork" "$1" >"$WORK/$1-plain.txt" 2>&1 \
+        || fail "$1 without vmsock-run: $(cat "$WORK/$1-plain.txt")"
+    timeout 30 "$VMSOCK_RUN" --debug "$WORK/preload-fork" "$1" >"$WORK/$1.txt" 2>"$WORK/$1-debug.txt" \
+        || fail "$1 under vmsock-run: $(cat "$WORK/$1.txt" "$WORK/$1-debug.txt")"
+    cmp -s "$WORK/$1-plain.txt" "$WORK/$1.txt" || fail "$1 differs under vmsock-run: $(diff "$WORK/$1-plain.txt" "$WORK/$1.txt")"
+}
+same_mode popen-listener
+count_says "$WORK/popen-listener-debug.txt" 2 "shared memory"
+! grep -q "offers shared memory on its listeners no more" "$WORK/popen-listener-debug.txt" \
+    || fail "popen's shell stopped the listener's welcomes: $(cat "$WORK/popen-listener-debug.txt")"
+# A listening socket passed to another process in an SCM_RIGHTS message (haproxy's reload, envoy's hot restart):
+# the owner welcomed nobody after it, so the receiver's accept got a TCP connection, and the client's bytes arrived.
+same_mode pass-listener
+grep -q "olleh" "$WORK/pass-listener.txt" || fail "pass-listener: the client got no answer: $(cat "$WORK/pass-listener.txt")"
+grep -q "sendmsg: listening fd [0-9]* goes to another process" "$WORK/pass-listener-debug.txt" \
+    || fail "passing a listener did not stop the welcomes: $(cat "$WORK/pass-listener-debug.txt")"
+# A connection passed so (Dovecot's login process handing its client over) went through a relay (the outputs above
+# agree: the receiver read the bytes and answered).
+grep -q "sendmsg: fd [0-9]*, a shared-memory connection, goes to the receiver as a TCP socket through a relay" \
+    "$WORK/debug.txt" || fail "the passed connection got no relay: $(grep sendmsg "$WORK/debug.txt")"
 # A forked child's exec handed its connections to relays (exec with the parent keeping its copy, inetd's way, a
 # socket leaked into a helper, vfork (fork in a process with connections): 8 descriptors), and so did posix_spawn
 # four times (the socket moved to stdin; a close-on-exec socket copied there by the file action; a program

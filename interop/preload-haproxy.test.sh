@@ -1,8 +1,8 @@
 # haproxy, unmodified, under vmsock-run, in front of nginx (2 forked workers) under vmsock-run: haproxy with 2
-# threads (epoll), an HTTP frontend and a TCP frontend that splices (`option splice-auto`: splice between the
-# sockets and a pipe). curl under vmsock-run fetches a 3 MiB file through each frontend three times (checksummed)
-# and wrk under vmsock-run runs 2 s through the HTTP one (no socket errors, no non-2xx answers). Every connection
-# of haproxy, both sides, is shared memory.
+# threads (epoll), an HTTP frontend and a TCP frontend that splices both ways (`option splice-request` and
+# `splice-response`: non-blocking splice calls between the sockets and blocking pipes). curl under vmsock-run
+# fetches a 3 MiB file through each frontend three times (checksummed) and wrk under vmsock-run runs 2 s through
+# the HTTP one (no socket errors, no non-2xx answers). Every connection of haproxy, both sides, is shared memory.
 # Then haproxy in master-worker mode (-W, how Debian's service runs it), reloaded twice (SIGUSR2: the master execs
 # itself again and its new worker takes the listeners over a socket from the old one) while curl fetches a file
 # over and over: every answer must be right. Its connections to nginx are shared memory; its clients' are TCP (the
@@ -48,7 +48,8 @@ config "" "frontend spliced
     default_backend nginx-spliced
 backend nginx-spliced
     mode tcp
-    option splice-auto
+    option splice-request
+    option splice-response
     server s1 127.0.0.1:$backend" >"$WORK/haproxy.cfg"
 start $R haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>"$WORK/haproxy.err"
 haproxy=$LAST
@@ -62,6 +63,8 @@ for port in "$http" "$spliced"; do
         same "$WORK/www/big.bin" "$WORK/got" "curl through haproxy's port $port, round $round"
     done
 done
+grep -q "splice: fd [0-9]*, a shared-memory connection, is copied" "$WORK/haproxy.err" \
+    || fail "haproxy never spliced a shared-memory connection: $(grep -i splice "$WORK/haproxy.err" | head -3)"
 timeout 60 $R wrk -t 2 -c 20 -d 2s "http://127.0.0.1:$http/small.txt" >"$WORK/wrk.out" 2>>"$WORK/wrk.err" \
     || fail "wrk: $(cat "$WORK/wrk.out" "$WORK/wrk.err")"
 grep -q "Requests/sec:" "$WORK/wrk.out" || fail "wrk: no result: $(cat "$WORK/wrk.out")"
@@ -90,14 +93,23 @@ wait_listening 127.0.0.1 "$http"
     done
 ) >"$WORK/loop.out" &
 loop=$!
+# count_reaches FILE N PATTERN: waits (10 s at most) until FILE has N lines matching PATTERN.
+count_reaches() {
+    for _ in $(seq 100); do
+        [ "$(grep -c "$3" "$1")" -ge "$2" ] && return 0
+        sleep 0.1
+    done
+    fail "expected $2 lines matching '$3' in $1: $(grep -E 'NOTICE|ALERT|WARNING' "$1" | tail -5)"
+}
+count_reaches "$WORK/workers.err" 1 "Loading success"
 for reload in 1 2; do
     sleep 1
+    kill -0 "$loop" 2>/dev/null || fail "the requests ended before reload $reload: $(cat "$WORK/loop.out")"
     kill -USR2 "$master"
-    wait_contains "$WORK/workers.err" 10 "Former worker .* exited" || true
+    count_reaches "$WORK/workers.err" $((reload + 1)) "Loading success"
+    count_reaches "$WORK/workers.err" "$reload" "Former worker .* exited"
 done
 wait "$loop" || fail "a request through the reloaded haproxy failed: $(cat "$WORK/loop.out")"
-[ "$(grep -c "Loading success" "$WORK/workers.err")" -ge 3 ] \
-    || fail "haproxy did not reload twice: $(grep -E 'NOTICE|ALERT' "$WORK/workers.err" | tail -5)"
 grep -qE "connect fd [0-9]+ .*: shared memory" "$WORK/workers.err" \
     || fail "no connection of the reloaded haproxy to nginx was shared memory: $(grep 'connect fd' "$WORK/workers.err" | head -3)"
 echo "haproxy -W: 300 requests right through two reloads" \

@@ -9,8 +9,10 @@
 // replaces the standard input or output), so no relay reads for it (ferry.c).
 //
 // The file actions object is opaque, so adddup2, addopen, addclose and addclosefrom_np are interposed and each
-// such number (of a socket, or of a descriptor not open yet: it may become one of ours before the spawn, when file
-// actions are made once and used again) remembered here by object, until the object is initialized again or
+// such number remembered here by object: a copy's (of a socket, or of a descriptor not open yet: it may become one
+// of ours before the spawn, when file actions are made once and used again), a number taken away when it is a
+// socket now or a standard stream (a program that closes a range of unopened numbers one by one must not crowd
+// the copies out), until the object is initialized again or
 // destroyed. Lock-free, since a fork may come at any moment: a slot is claimed with a compare-and-swap, filled,
 // then published. A later action of the same object that closes or replaces a copy still gets a relay made,
 // which ends when the new image's constructor closes the relay socket it did not need (exec.c). Not covered:
@@ -46,9 +48,9 @@ static void remember(const void *actions, int fd, enum kind kind) {
         atomic_store(&copies[i].actions, actions);
         return;
     }
-    vmsp_debug("posix_spawn: more than %d file actions copy descriptors at once: a copy of fd %d is not "
-               "remembered (if it is a shared-memory connection, a close-on-exec one ends for the new image, and "
-               "another one's relay reads only once the other holders closed it)", COPIES, fd);
+    vmsp_debug("posix_spawn: more than %d file actions that copy or take away descriptors are remembered at once: "
+               "one on fd %d is not (if it copies a shared-memory connection, a close-on-exec one ends for the new "
+               "image, and another one's relay reads only once the other holders closed it)", COPIES, fd);
 }
 
 int vmsp_spawn_copies(const posix_spawn_file_actions_t *actions, int fd) {
@@ -70,10 +72,16 @@ int vmsp_spawn_takes(const posix_spawn_file_actions_t *actions, int fd) {
     return 0;
 }
 
-// Whether `fd` is a socket, or not open (it may be one by the spawn): worth remembering.
+// Whether a copy from `fd` is worth remembering: a socket, or not open (it may be one by the spawn).
 static int maybe_ours(int fd) {
     struct stat info;
     return fstat(fd, &info) != 0 || S_ISSOCK(info.st_mode);
+}
+
+// Whether taking `fd` away is worth remembering: a socket now, or a standard stream (popen's pipe replaces one).
+static int taken_matters(int fd) {
+    struct stat info;
+    return (fd >= 0 && fd <= 2) || (fstat(fd, &info) == 0 && S_ISSOCK(info.st_mode));
 }
 
 typedef int (*one_fn)(posix_spawn_file_actions_t *);
@@ -104,7 +112,7 @@ int posix_spawn_file_actions_adddup2(posix_spawn_file_actions_t *actions, int fd
     int result = real_(actions, fd, newfd);
     if (result != 0 || vmsp_inside) return result;
     if (maybe_ours(fd)) remember(actions, fd, COPIED);
-    if (newfd != fd && maybe_ours(newfd)) remember(actions, newfd, TAKEN);
+    if (newfd != fd && taken_matters(newfd)) remember(actions, newfd, TAKEN);
     return result;
 }
 
@@ -112,14 +120,14 @@ int posix_spawn_file_actions_addopen(posix_spawn_file_actions_t *actions, int fd
                                      mode_t mode) {
     NEXT(open_fn, "posix_spawn_file_actions_addopen");
     int result = real_(actions, fd, path, flags, mode);
-    if (result == 0 && !vmsp_inside && maybe_ours(fd)) remember(actions, fd, TAKEN);
+    if (result == 0 && !vmsp_inside && taken_matters(fd)) remember(actions, fd, TAKEN);
     return result;
 }
 
 int posix_spawn_file_actions_addclose(posix_spawn_file_actions_t *actions, int fd) {
     NEXT(close_fn, "posix_spawn_file_actions_addclose");
     int result = real_(actions, fd);
-    if (result == 0 && !vmsp_inside && maybe_ours(fd)) remember(actions, fd, TAKEN);
+    if (result == 0 && !vmsp_inside && taken_matters(fd)) remember(actions, fd, TAKEN);
     return result;
 }
 

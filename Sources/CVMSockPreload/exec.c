@@ -102,10 +102,16 @@ static size_t env_count(char *const *envp) {
 // `actions`): that image may accept on it, and it knows nothing of the links the listener's owner welcomes, so it
 // would read a welcomed connection's wake-up bytes as data. The owner then welcomes nobody, for good (the welcome
 // book's mark; connectors use TCP).
+// A shell that popen or system runs (shell.c, `vmsp_shell_spawning`) is taken not to accept on a listener it
+// inherits, as before those went through this wrapper: a server that runs `popen("hostname")` keeps its shared
+// memory.
+__thread int vmsp_shell_spawning;
+
 static void listeners_handed_on(const posix_spawn_file_actions_t *actions) {
+    if (vmsp_shell_spawning) return;
     int end = atomic_load(&vmsp_listening_end);
     for (int fd = 0; fd < end && fd < vmsp_table_size; fd++) {
-        if (!atomic_load(&vmsp_listening[fd])) continue;
+        if (!atomic_load(&vmsp_listening[fd]) || vmsp_spawn_takes(actions, fd)) continue;
         int flags = REAL(fcntl)(fd, F_GETFD);
         if (flags < 0 || ((flags & FD_CLOEXEC) && !vmsp_spawn_copies(actions, fd))) continue;
         vmsp_welcome_book_note_handed_on();

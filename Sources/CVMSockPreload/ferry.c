@@ -227,7 +227,7 @@ static int on_purpose(struct vmsp_ref *r, const posix_spawn_file_actions_t *acti
 }
 
 // One end of a socket pair whose other end is closed (close-on-exec), or -1.
-static int ended_socket(void) {
+int vmsp_ended_socket(void) {
     int pair[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) return -1;
     REAL(close)(pair[1]);
@@ -264,7 +264,7 @@ static void prepare(struct vmsp_relays *plan, const posix_spawn_file_actions_t *
             if (app < 0) {
                 // The new image gets a socket whose peer is gone in its place: end of stream, never a wake-up byte
                 // read as data, even in a program that does not load this library.
-                app = ended_socket();
+                app = vmsp_ended_socket();
                 if (app < 0) {
                     REAL(close)(saved);
                     continue;
@@ -316,6 +316,24 @@ void vmsp_relay_exec_failed(struct vmsp_relays *plan) {
         send_relay(plan->go[i], 'x');
         REAL(close)(plan->app[i]);
     }
+}
+
+// A connection passed in an SCM_RIGHTS message (passing.c): its relay, which reads for the receiver as for a new
+// image handed the connection on purpose. The socket to pass, or -1; `*go` for vmsp_relay_passed.
+int vmsp_relay_for_passing(struct vmsp_conn *c, int fd, int *go) {
+    int app = start_relay(c, fd, go, 1);
+    if (app >= 0) REAL(fcntl)(app, F_SETFD, FD_CLOEXEC);
+    return app;
+}
+
+// After the message: the relay starts (the receiver's process is not known: no order after its wait), or is
+// sent away when the message was not sent.
+void vmsp_relay_passed(int go, int sent) {
+    if (go < 0) return;
+    if (!sent) return send_relay(go, 'x');
+    char start[1 + sizeof(pid_t)] = { 'g' };  // pid 0: none
+    (void)REAL(send)(go, start, sizeof start, MSG_NOSIGNAL);
+    REAL(close)(go);
 }
 
 // posix_spawn: the parent keeps its descriptors, so the new image's constructor puts each relay's socket in place

@@ -210,6 +210,7 @@ ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
         ssize_t n = send_ours(fd, msg->msg_iov, (int)msg->msg_iovlen, flags, 0, &handled);
         if (handled) return n;
     }
+    if (msg && msg->msg_controllen) return vmsp_sendmsg_passing(fd, msg, flags);  // descriptors passed (passing.c)
     return REAL(sendmsg)(fd, msg, flags);
 }
 
@@ -245,7 +246,9 @@ int recvmmsg(int fd, struct mmsghdr *messages, unsigned int count, int flags, st
 }
 
 int sendmmsg(int fd, struct mmsghdr *messages, unsigned int count, int flags) {
-    if (!OURS(fd)) return REAL(sendmmsg)(fd, messages, count, flags);
+    int passing = 0;
+    for (unsigned int i = 0; i < count && !OURS(fd) && !passing; i++) passing = messages[i].msg_hdr.msg_controllen != 0;
+    if (!OURS(fd) && !passing) return REAL(sendmmsg)(fd, messages, count, flags);
     unsigned int done = 0;
     while (done < count) {
         ssize_t n = sendmsg(fd, &messages[done].msg_hdr, flags);
@@ -253,46 +256,6 @@ int sendmmsg(int fd, struct mmsghdr *messages, unsigned int count, int flags) {
         messages[done++].msg_len = (unsigned int)n;
     }
     return (int)done;
-}
-
-// splice with a shared-memory socket at one end (the other is a pipe): copied through a buffer. From the socket,
-// the bytes are peeked, written to the pipe, and only what the pipe took is consumed; to the socket, only as much
-// as the ring has room for is taken from the pipe when the socket does not block.
-ssize_t splice(int fd_in, loff_t *off_in, int fd_out, loff_t *off_out, size_t len, unsigned int flags) {
-    int in_ours = OURS(fd_in), out_ours = OURS(fd_out);
-    if (!in_ours && !out_ours) return REAL(splice)(fd_in, off_in, fd_out, off_out, len, flags);
-    if ((in_ours && off_in) || (out_ours && off_out)) { errno = ESPIPE; return -1; }
-    size_t chunk = len < 65536 ? len : 65536;
-    char *buffer = malloc(chunk ? chunk : 1);
-    if (!buffer) { errno = ENOMEM; return -1; }
-    ssize_t result;
-    if (in_ours) {
-        ssize_t n = recv(fd_in, buffer, chunk, (flags & SPLICE_F_NONBLOCK) ? MSG_PEEK | MSG_DONTWAIT : MSG_PEEK);
-        if (n <= 0) { result = n; goto done; }
-        ssize_t w = off_out ? pwrite(fd_out, buffer, (size_t)n, *off_out) : REAL(write)(fd_out, buffer, (size_t)n);
-        if (w > 0) {
-            (void)recv(fd_in, NULL, (size_t)w, MSG_TRUNC);
-            if (off_out) *off_out += w;
-        }
-        result = w;
-    } else {
-        struct vmsp_ref *r = vmsp_enter(fd_out);
-        if (!r) { free(buffer); return REAL(splice)(fd_in, off_in, fd_out, off_out, len, flags); }
-        int nonblocking = atomic_load(&r->conn->nonblocking) || (flags & SPLICE_F_NONBLOCK);
-        int64_t room = nonblocking ? vmsp_writable_bytes(r->conn) : (int64_t)chunk;
-        vmsp_leave(r);
-        if (room <= 0) { errno = EAGAIN; result = -1; goto done; }
-        size_t want = (size_t)room < chunk ? (size_t)room : chunk;
-        ssize_t n = off_in ? pread(fd_in, buffer, want, *off_in) : REAL(read)(fd_in, buffer, want);
-        if (n <= 0) { result = n; goto done; }
-        if (off_in) *off_in += n;
-        result = send(fd_out, buffer, (size_t)n, MSG_NOSIGNAL);
-    }
-done:;
-    int saved = errno;
-    free(buffer);
-    errno = saved;
-    return result;
 }
 
 // MARK: Connections

@@ -80,6 +80,9 @@ struct vmsp_real {
     ssize_t (*preadv2)(int, const struct iovec *, int, off_t, int);
     ssize_t (*pwritev2)(int, const struct iovec *, int, off_t, int);
     FILE *(*fdopen)(int, const char *);
+    FILE *(*popen)(const char *, const char *);
+    int (*pclose)(FILE *);
+    int (*fclose)(FILE *);
     int (*vdprintf)(int, const char *, va_list);
     int (*vdprintf_chk)(int, int, const char *, va_list);
 };
@@ -310,6 +313,8 @@ void vmsp_relay_prepare_spawn(struct vmsp_relays *plan, const posix_spawn_file_a
 int vmsp_spawn_copies(const posix_spawn_file_actions_t *actions, int fd);
 /// Whether posix_spawn's `actions` take `fd` away from the new image (replace or close it) without copying it.
 int vmsp_spawn_takes(const posix_spawn_file_actions_t *actions, int fd);
+/// Set by popen and system (shell.c) around their spawn: the shell does not hand the listeners on (exec.c).
+extern __thread int vmsp_shell_spawning;
 /// After fork, in the child: popen's and system's lock (shell.c) as new.
 void vmsp_shell_after_fork(void);
 /// A spawn of a program that will not load this library runs through vmsock-run (trampoline.c): this library's
@@ -327,6 +332,13 @@ void vmsp_relay_exec_failed(struct vmsp_relays *plan);
 /// posix_spawn: the VMSOCK_RELAYED entry for the new image's constructor; then each relay started or sent away.
 int vmsp_relay_entry(struct vmsp_relays *plan, char *out, size_t capacity);
 void vmsp_relay_spawned(struct vmsp_relays *plan, int started, pid_t image);
+/// A connection passed in an SCM_RIGHTS message: a relay for the receiver (its socket, or -1), then started once
+/// the message went (`sent`) or sent away (ferry.c); passing.c's sendmsg does both.
+int vmsp_relay_for_passing(struct vmsp_conn *c, int fd, int *go);
+void vmsp_relay_passed(int go, int sent);
+ssize_t vmsp_sendmsg_passing(int sock, const struct msghdr *msg, int flags);
+/// One end of a socket pair whose other end is closed: a stand-in that reads as end of stream, or -1.
+int vmsp_ended_socket(void);
 /// A child reaped: wait (a bounded while) until the relays of the connections it inherited have put into the
 /// rings everything it wrote, so that this process's next write comes after it, as over TCP.
 void vmsp_relays_settle(pid_t child);

@@ -41,6 +41,7 @@ void vmsp_resolve(void) {
     RESOLVE(posix_spawn, "posix_spawn"); RESOLVE(posix_spawnp, "posix_spawnp"); RESOLVE(syscall, "syscall");
     RESOLVE(preadv2, "preadv2"); RESOLVE(pwritev2, "pwritev2");
     RESOLVE(fdopen, "fdopen"); RESOLVE(vdprintf, "vdprintf"); RESOLVE(vdprintf_chk, "__vdprintf_chk");
+    RESOLVE(popen, "popen"); RESOLVE(pclose, "pclose"); RESOLVE(fclose, "fclose");
     if (!vmsp_real.fcntl64) vmsp_real.fcntl64 = vmsp_real.fcntl;
 #undef RESOLVE
     if (!vmsp_real_vfork) vmsp_real_vfork = dlsym(RTLD_NEXT, "vfork");

@@ -121,7 +121,9 @@ int system(const char *command) {
     pid_t pid;
     char *argv[] = { "sh", "-c", "--", (char *)command, NULL };
     int status = 127 << 8;  // libc's: as a shell that could not run
+    vmsp_shell_spawning = 1;
     int failed = posix_spawn(&pid, "/bin/sh", NULL, &attributes, argv, environ);
+    vmsp_shell_spawning = 0;
     if (!failed) {
         while (waitpid(pid, &status, 0) < 0) {
             if (errno != EINTR) { status = -1; break; }
@@ -142,14 +144,11 @@ int system(const char *command) {
 
 // MARK: popen
 
-typedef FILE *(*popen_fn)(const char *, const char *);
-typedef int (*fclose_fn)(FILE *);
-
-// A stream this popen made: its shell's pid. A list under `lock`, as libc keeps its own; fclose looks at it only
-// while it has records.
+// A stream this popen made: its shell's pid. A list under `lock`, as libc keeps its own, held with every signal
+// blocked (a handler's fclose would wait for it for ever); fclose looks at it only while it has records.
 struct piped {
     FILE *stream;
-    int fd;
+    int fd, writing;
     pid_t pid;
     struct piped *next;
 };
@@ -159,6 +158,18 @@ static atomic_int piped_count;
 void vmsp_shell_after_fork(void) {
     // Another thread may have held it at the fork: the child's copy would stay held (newer libcs reset theirs).
     pthread_mutex_init(&lock, NULL);
+}
+
+static void lock_list(sigset_t *old) {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, old);
+    pthread_mutex_lock(&lock);
+}
+
+static void unlock_list(const sigset_t *old) {
+    pthread_mutex_unlock(&lock);
+    pthread_sigmask(SIG_SETMASK, old, NULL);
 }
 
 // Mode "r" or "w", with "e" for close-on-exec, as libc's popen takes it: 0 for reading, 1 for writing, -1 if bad.
@@ -174,35 +185,36 @@ static int popen_mode(const char *mode, int *cloexec) {
     return reading == writing ? -1 : writing;
 }
 
-// Runs the shell with `theirs` on its standard input or output; the earlier streams stay out of it. Under `lock`.
-static int popen_spawn(pid_t *pid, const char *command, int theirs, int target) {
+// Runs the shell with `theirs` on its standard input or output and the caller's signal mask (`mask`); the earlier
+// streams stay out of it. Under `lock`.
+static int popen_spawn(pid_t *pid, const char *command, int theirs, int target, const sigset_t *mask) {
     posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attributes;
     if (posix_spawn_file_actions_init(&actions) != 0) return ENOMEM;
+    if (posix_spawnattr_init(&attributes) != 0) {
+        posix_spawn_file_actions_destroy(&actions);
+        return ENOMEM;
+    }
+    posix_spawnattr_setsigmask(&attributes, mask);
+    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK);
     int failed = posix_spawn_file_actions_adddup2(&actions, theirs, target);
     for (struct piped *p = piped; p && !failed; p = p->next) {
         if (p->fd != target) failed = posix_spawn_file_actions_addclose(&actions, p->fd);
     }
     char *argv[] = { "sh", "-c", "--", (char *)command, NULL };
-    if (!failed) failed = posix_spawn(pid, "/bin/sh", &actions, NULL, argv, environ);
+    vmsp_shell_spawning = 1;
+    if (!failed) failed = posix_spawn(pid, "/bin/sh", &actions, &attributes, argv, environ);
+    vmsp_shell_spawning = 0;
+    posix_spawnattr_destroy(&attributes);
     posix_spawn_file_actions_destroy(&actions);
     return failed;
-}
-
-static int real_fclose(FILE *stream) {
-    static fclose_fn real_;
-    if (!real_) *(void **)&real_ = dlsym(RTLD_NEXT, "fclose");
-    if (!real_) { errno = ENOSYS; return EOF; }
-    return real_(stream);
 }
 
 // Every popen is this one, so that one list knows every stream (a shell that kept an earlier command's pipe
 // end open would keep that command waiting for its input's end); the posix_spawn wrapper gives the shell relays
 // only when it inherits a connection.
 FILE *popen(const char *command, const char *mode) {
-    static popen_fn real_;
-    if (!real_) *(void **)&real_ = dlsym(RTLD_NEXT, "popen");
-    if (!real_) { errno = ENOSYS; return NULL; }
-    if (!command || !mode || vmsp_inside) return real_(command, mode);
+    if (!command || !mode || vmsp_inside) return REAL(popen)(command, mode);
     int cloexec, writing = popen_mode(mode, &cloexec);
     if (writing < 0) { errno = EINVAL; return NULL; }
     struct piped *entry = malloc(sizeof *entry);
@@ -225,27 +237,47 @@ FILE *popen(const char *command, const char *mode) {
     if (inherits_connection()) {
         vmsp_debug("popen: the shell inherits a shared-memory connection: it runs through vmsock-run's posix_spawn");
     }
-    pthread_mutex_lock(&lock);
+    sigset_t old;
+    lock_list(&old);
     pid_t pid = 0;
-    int failed = popen_spawn(&pid, command, theirs, writing ? 0 : 1);
+    int failed = popen_spawn(&pid, command, theirs, writing ? 0 : 1, &old);
     REAL(close)(theirs);
     if (!failed) {
         if (!cloexec) REAL(fcntl)(mine, F_SETFD, 0);
-        *entry = (struct piped){ .stream = stream, .fd = mine, .pid = pid, .next = piped };
+        *entry = (struct piped){ .stream = stream, .fd = mine, .writing = writing, .pid = pid, .next = piped };
         piped = entry;
         atomic_fetch_add(&piped_count, 1);
     }
-    pthread_mutex_unlock(&lock);
+    unlock_list(&old);
     if (!failed) return stream;
-    real_fclose(stream);
+    REAL(fclose)(stream);
     free(entry);
     errno = failed;
     return NULL;
 }
 
-// If `stream` is one of popen's: closes it, waits for its shell and returns 1 with the status in `status`.
-static int close_piped(FILE *stream, int *status) {
-    pthread_mutex_lock(&lock);
+// Whether `stream` is one of popen's: -1 if not, else whether it writes.
+static int listed(FILE *stream) {
+    sigset_t old;
+    lock_list(&old);
+    struct piped *p = piped;
+    while (p && p->stream != stream) p = p->next;
+    int writing = p ? p->writing : -1;
+    unlock_list(&old);
+    return writing;
+}
+
+// If `stream` is one of popen's: closes it, waits for its shell and returns 1 with what pclose returns in
+// `result`: as libc's, the shell's wait status, or -1 when the wait failed, or when the status is 0 and the
+// stream's last bytes could not be written (EPIPE: the command did not read them all).
+static int close_piped(FILE *stream, int *result) {
+    int writing = listed(stream);
+    if (writing < 0) return 0;
+    // Flushed while still listed: a popen meanwhile keeps its shell off this pipe, or this command would wait for
+    // the end of its input for as long as that shell runs.
+    int written = writing ? fflush(stream) : 0, flush_error = errno;
+    sigset_t old;
+    lock_list(&old);
     struct piped *entry = NULL;
     for (struct piped **p = &piped; *p; p = &(*p)->next) {
         if ((*p)->stream == stream) {
@@ -255,29 +287,35 @@ static int close_piped(FILE *stream, int *status) {
             break;
         }
     }
-    pthread_mutex_unlock(&lock);
-    if (!entry) return 0;
+    unlock_list(&old);
+    if (!entry) return 0;  // another thread closed it meanwhile
     pid_t pid = entry->pid;
     free(entry);
-    real_fclose(stream);
-    while (waitpid(pid, status, 0) < 0) {
-        if (errno != EINTR) { *status = -1; break; }
+    if (REAL(fclose)(stream) == EOF && written == 0) {
+        written = EOF;
+        flush_error = errno;
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) { status = -1; break; }
+    }
+    *result = status;
+    if (status == 0 && written == EOF) {
+        *result = -1;
+        errno = flush_error;
     }
     return 1;
 }
 
 int pclose(FILE *stream) {
-    int status;
-    if (close_piped(stream, &status)) return status;
-    static fclose_fn real_;  // a stream libc's own popen made (from inside this library)
-    if (!real_) *(void **)&real_ = dlsym(RTLD_NEXT, "pclose");
-    if (!real_) { errno = ENOSYS; return -1; }
-    return real_(stream);
+    int result;
+    if (close_piped(stream, &result)) return result;
+    return REAL(pclose)(stream);  // a stream libc's own popen made (from inside this library)
 }
 
 // As libc's: fclose of a popen stream is its pclose (the command's status, once it has ended).
 int fclose(FILE *stream) {
-    int status;
-    if (atomic_load_explicit(&piped_count, memory_order_relaxed) && close_piped(stream, &status)) return status;
-    return real_fclose(stream);
+    int result;
+    if (atomic_load_explicit(&piped_count, memory_order_relaxed) && close_piped(stream, &result)) return result;
+    return REAL(fclose)(stream);
 }

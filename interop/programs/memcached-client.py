@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """A memcached client for interop/preload-memcached.test.sh: OPS random sets and gets of values from 1 B to 900 KB
 over 20 connections, every answer checked against what it stored, then 50 pipelined gets on one connection.
-Usage: memcached-client.py PORT OPS KEY-PREFIX. Prints one line and exits 0, or says what differed and exits 1."""
-import os
+Usage: memcached-client.py PORT OPS KEY-PREFIX [SEED]. Prints one line and exits 0, or says what differed (and the
+random seed, which replays the same operations) and exits 1."""
 import random
 import socket
 import sys
 
 port, ops, prefix = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode()
+seed = int(sys.argv[4]) if len(sys.argv) > 4 else random.randrange(1 << 32)
+random.seed(seed)
 connections = []
 for _ in range(20):
     s = socket.create_connection(("127.0.0.1", port))
@@ -16,7 +18,7 @@ stored = {}
 
 
 def fail(text):
-    print("memcached-client: " + text)
+    print("memcached-client (seed %d): %s" % (seed, text))
     sys.exit(1)
 
 
@@ -38,7 +40,7 @@ for i in range(ops):
     s, reader = random.choice(connections)
     key = prefix + b"%d" % random.randrange(200)
     if random.random() < 0.5:
-        value = os.urandom(random.choice([1, 100, 5000, 100000, 900000]))
+        value = random.randbytes(random.choice([1, 100, 5000, 100000, 900000]))
         s.sendall(b"set %s 0 0 %d\r\n%s\r\n" % (key, len(value), value))
         answer = reader.readline()
         if answer != b"STORED\r\n":

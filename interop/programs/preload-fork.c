@@ -640,10 +640,137 @@ static void popen_inherited(void) {
     SHOW("popen twice: pclose of the first", "%d", first ? pclose(first) : -1);
     SHOW("popen twice: pclose of the second", "%d", second ? pclose(second) : -1);
     FILE *exits = popen("exit 3", "r");
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-dealloc"  // on purpose: fclose of a popen stream is its pclose
+#endif
     int status = exits ? fclose(exits) : -1;
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
     SHOW("popen, then fclose: the command's exit status", "%d", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    // A command that exits without reading (SIGPIPE is ignored here): pclose's flush fails, and pclose says so.
+    FILE *unread = popen("exit 0", "w");
+    usleep(200000);
+    if (unread) fputs("never read", unread);
+    errno = 0;
+    status = unread ? pclose(unread) : 0;
+    SHOW("popen w, the command reads nothing: pclose", "%d %s", status, strerrorname_np(errno));
     close(c);
     close(s);
+}
+
+// MARK: Descriptors passed in SCM_RIGHTS messages
+
+static void send_descriptor(int unix_socket, int fd) {
+    char byte = 'x', control[CMSG_SPACE(sizeof(int))] __attribute__((aligned(8))) = { 0 };
+    struct iovec v = { &byte, 1 };
+    struct msghdr m = { .msg_iov = &v, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control };
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    if (sendmsg(unix_socket, &m, 0) != 1) { perror("sendmsg"); exit(2); }
+}
+
+static int receive_descriptor(int unix_socket) {
+    char byte, control[CMSG_SPACE(sizeof(int))] __attribute__((aligned(8)));
+    struct iovec v = { &byte, 1 };
+    struct msghdr m = { .msg_iov = &v, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control };
+    if (recvmsg(unix_socket, &m, 0) != 1) return -1;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    int fd = -1;
+    if (c && c->cmsg_type == SCM_RIGHTS) memcpy(&fd, CMSG_DATA(c), sizeof fd);
+    return fd;
+}
+
+// The receiving program (a new image, unrelated to the connection's set-up): gets a connection, or a listening
+// socket to accept one on, reads "hello" and answers. Its exit status says how it went.
+static int receive_and_answer(int unix_socket, const char *kind) {
+    int fd = receive_descriptor(unix_socket);
+    if (fd >= 0 && strcmp(kind, "listener") == 0) fd = accept(fd, NULL, NULL);
+    if (fd < 0) return 2;
+    char text[8] = "";
+    return read_full(fd, text, 5) == 5 && memcmp(text, "hello", 5) == 0 && write_full(fd, "olleh", 5) == 5 ? 0 : 1;
+}
+
+// A listening socket that is not close-on-exec (most C servers'), then popen: the shell is taken not to accept on
+// it, so the listener's next connection is still shared memory (the test reads the debug lines). Run alone
+// (`popen-listener`).
+static int popen_listener(void) {
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t length = sizeof bound;
+    if (bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 8) != 0) { perror("listen"); return 2; }
+    getsockname(l, (struct sockaddr *)&bound, &length);
+    FILE *command = popen("echo from the shell", "r");
+    char line[64] = "";
+    if (!command || !fgets(line, sizeof line, command)) strcpy(line, "(nothing)\n");
+    SHOW("popen after listen: the shell said", "%s", strtok(line, "\n"));
+    SHOW("popen after listen: pclose", "%d", command ? pclose(command) : -1);
+    listener = l;
+    int c, s;
+    pair(&c, &s);
+    char text[8] = "";
+    CHECK("popen after listen: the client writes", write(c, "hello", 5));
+    SHOW("popen after listen: the server read", "%s", read_full(s, text, 5) == 5 ? text : "(nothing)");
+    close(c);
+    close(s);
+    close(l);
+    return 0;
+}
+
+// Spawns this program to receive a descriptor on the other end of `*unix_socket` (a new socket pair).
+static pid_t spawn_receiver(int *unix_socket, const char *kind) {
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0) { perror("socketpair"); exit(2); }
+    fcntl(pair[0], F_SETFD, FD_CLOEXEC);
+    char number[16];
+    snprintf(number, sizeof number, "%d", pair[1]);
+    char *argv[] = { self_path, "receive", number, (char *)kind, NULL };
+    pid_t pid;
+    fflush(stdout);
+    if (posix_spawn(&pid, self_path, NULL, NULL, argv, environ) != 0) { perror("posix_spawn"); exit(2); }
+    close(pair[1]);
+    *unix_socket = pair[0];
+    return pid;
+}
+
+// A connection handed to another program with sendmsg (as Dovecot's login process hands its client over): that
+// program reads "hello" on it and answers, and this process has closed its copy.
+static void pass_connection(void) {
+    int c, s, u;
+    pair(&c, &s);
+    pid_t pid = spawn_receiver(&u, "connection");
+    CHECK("SCM_RIGHTS connection: the peer writes", write(c, "hello", 5));
+    send_descriptor(u, s);
+    close(s);
+    close(u);
+    char text[8] = "";
+    long n = read_full(c, text, 5);
+    SHOW("SCM_RIGHTS connection: receiver's exit status", "%d", child_status(pid));
+    SHOW("SCM_RIGHTS connection: the peer read", "%s", n == 5 ? text : "(nothing)");
+    close(c);
+}
+
+// A listening socket handed to another program with sendmsg (haproxy's reload, envoy's hot restart), whose
+// owner keeps it: the other program accepts a connection on it, reads "hello" and answers. Run alone (`pass-listener`):
+// this process welcomes nobody after it.
+static int pass_listener(void) {
+    int l = listen_local(), u;
+    pid_t pid = spawn_receiver(&u, "listener");
+    send_descriptor(u, l);
+    close(u);
+    int c = connect_local();
+    CHECK("SCM_RIGHTS listener: the client writes", write(c, "hello", 5));
+    char text[8] = "";
+    long n = read_full(c, text, 5);
+    SHOW("SCM_RIGHTS listener: receiver's exit status", "%d", child_status(pid));
+    SHOW("SCM_RIGHTS listener: the client read", "%s", n == 5 ? text : "(nothing)");
+    close(c);
+    close(l);
+    return 0;
 }
 
 // The programs spawn_unloaded runs: exec_answer's, and whether they have vmsock-run's library loaded (they must
@@ -878,6 +1005,12 @@ int main(int argc, char **argv) {
     ssize_t n = readlink("/proc/self/exe", self_path, sizeof self_path - 1);
     if (n > 0) self_path[n] = 0;
     signal(SIGPIPE, SIG_IGN);
+    if (argc == 4 && strcmp(argv[1], "receive") == 0) return receive_and_answer(atoi(argv[2]), argv[3]);
+    if (argc == 2 && strcmp(argv[1], "pass-listener") == 0) {
+        listener = -1;
+        return pass_listener();
+    }
+    if (argc == 2 && strcmp(argv[1], "popen-listener") == 0) return popen_listener();
     if (argc == 3 && strcmp(argv[1], "daemon-cases") == 0) {
         for (int i = 0, count = atoi(argv[2]); i < count; i++) daemon_case(0);
         return 0;
@@ -903,6 +1036,7 @@ int main(int argc, char **argv) {
     spawn_leaked();
     spawn_passed();
     popen_inherited();
+    pass_connection();
     raw_clone_exec();
     exec_short_of_descriptors();
     spawn_without_library();
