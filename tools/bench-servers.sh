@@ -104,12 +104,12 @@ done
 # soft stop, SIGUSR1, goes first.
 for pid in "${HAPROXIES[@]}"; do kill -USR1 "$pid" 2>/dev/null || true; done
 for _ in $(seq 50); do
-    alive=0
-    for pid in "${HAPROXIES[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
+    alive=""
+    for i in "${!HAPROXIES[@]}"; do kill -0 "${HAPROXIES[$i]}" 2>/dev/null && alive+=" $([ "$i" = 0 ] && echo plain || echo vmsock)"; done
+    [ -z "$alive" ] && break
     sleep 0.1
 done
-[ $alive = 0 ] || echo "haproxy still ran 5 s after its soft stop: its counts are missing below"
+[ -z "$alive" ] || echo "haproxy still ran 5 s after its soft stop (side:$alive): its counts are missing below"
 stop_servers
 echo "transport, vmsock side: redis-server accepts $(transports accepts "$WORK/vmsock.redis.err");" \
     "nginx workers accept $(transports accepts "$WORK/nginx-vmsock-workers/error.log");" \

@@ -44,7 +44,7 @@ pid_t vmsp_listen_owner;
 struct welcome_book {
     atomic_int answering;
     atomic_int uring;
-    atomic_int handed_on;  // a new image (exec, posix_spawn) inherited a registered listening socket
+    atomic_int handed_on;  // marks: a new image (exec, posix_spawn) or another process got a registered listener
     atomic_int forks;  // the owner's forks since the book was made: a daemon takes over only from a lone child
     _Atomic uint16_t ports[65536];
 };
@@ -57,7 +57,11 @@ void vmsp_welcome_book_note_uring(void) {
 int vmsp_welcome_book_uring(void) { return book && atomic_load(&book->uring); }
 
 void vmsp_welcome_book_note_handed_on(void) {
-    if (book) atomic_store(&book->handed_on, 1);
+    if (book) atomic_fetch_add(&book->handed_on, 1);
+}
+
+void vmsp_welcome_book_unnote_handed_on(void) {
+    if (book) atomic_fetch_sub(&book->handed_on, 1);
 }
 
 int vmsp_welcome_book_closed(void) {

@@ -424,6 +424,26 @@ static enum turn relay_turn(struct vmsp_conn *c, struct claim *k, int *timeout_m
     return HOLD;
 }
 
+// Unmaps the rings of connections `x` (each region: its header, then its data mapped twice, SharedRegion.swift),
+// once each, after every one was left: a process holding both ends of a connection maps each region once, as one
+// end's own ring and the other's peer ring, and `keep`'s (the relay's own connection) stay.
+static void unmap_others(struct vmsp_conn *keep, struct vmsp_conn **x, int count) {
+    enum { REGIONS_MAX = 512 };
+    const void *done[REGIONS_MAX];
+    int done_count = 0;
+    for (int i = 0; i < count; i++) {
+        const void *region[2] = { x[i]->local, (const void *)x[i]->peer };
+        size_t size[2] = { 4096 + 2 * (size_t)x[i]->tx_cap, 4096 + 2 * (size_t)x[i]->rx_cap };
+        for (int k = 0; k < 2; k++) {
+            int skip = region[k] == keep->local || region[k] == (const void *)keep->peer;
+            for (int j = 0; j < done_count && !skip; j++) skip = done[j] == region[k];
+            if (skip) continue;
+            if (done_count < REGIONS_MAX) done[done_count++] = region[k];
+            munmap((void *)region[k], size[k]);
+        }
+    }
+}
+
 // The relay keeps its connection's descriptors and nothing else of the old image's: the others' holds are
 // given up as a close would (so that their last close is still seen), their rings unmapped (so that their
 // memory goes when their last holder closes), and every other descriptor is closed, so that no pipe or socket
@@ -438,6 +458,7 @@ static void keep_only(struct vmsp_conn *c, int fd, int sock, int go) {
         if (!r || other == fd) continue;
         if (r->conn == c) { close(other); continue; }  // one more name of ours: the table's count drops
         struct vmsp_conn *x = r->conn;
+        (void)vmsp_remove(other);  // never touched again: a later close of the number is not a close of `x`
         int done = 0;
         for (int i = 0; i < unmapped_count && !done; i++) done = unmapped[i] == x;
         if (done) continue;
@@ -447,10 +468,8 @@ static void keep_only(struct vmsp_conn *c, int fd, int sock, int go) {
         }
         if (unmapped_count == UNMAPPED_MAX) continue;  // left again at its next name: no harm
         unmapped[unmapped_count++] = x;
-        // Each region: its header, then its data mapped twice (SharedRegion.swift).
-        munmap(x->local, 4096 + 2 * (size_t)x->tx_cap);
-        munmap((void *)x->peer, 4096 + 2 * (size_t)x->rx_cap);
     }
+    unmap_others(c, unmapped, unmapped_count);
     // Standard error only under --debug, for the relay's last line: it may be a pipe whose reader waits for its end.
     int keep[] = { vmsp_debug_enabled() ? 2 : -1, fd, sock, go, c->control_fd, c->space_bell_fd, c->peer_space_bell_fd, c->data_bell_fd,
                    c->peer_data_bell_fd };
@@ -462,7 +481,8 @@ static void keep_only(struct vmsp_conn *c, int fd, int sock, int go) {
     for (int i = 0; i <= count; i++) {
         unsigned int to = i < count ? (unsigned int)keep[i] : ~0u;
         if (i < count && keep[i] < 0) continue;
-        if (to > from && syscall(SYS_close_range, from, to - 1, 0) != 0) {
+        // The kernel's close_range: the interposed one would close the numbers' connections once more.
+        if (to > from && REAL(syscall)(SYS_close_range, from, to - 1, 0) != 0) {
             for (unsigned int n = from; n < to && n < 65536; n++) REAL(close)((int)n);
         }
         if (i < count) from = (unsigned int)keep[i] + 1;

@@ -247,7 +247,9 @@ int recvmmsg(int fd, struct mmsghdr *messages, unsigned int count, int flags, st
 
 int sendmmsg(int fd, struct mmsghdr *messages, unsigned int count, int flags) {
     int passing = 0;
-    for (unsigned int i = 0; i < count && !OURS(fd) && !passing; i++) passing = messages[i].msg_hdr.msg_controllen != 0;
+    for (unsigned int i = 0; i < count && !OURS(fd) && !passing; i++) {
+        passing = messages[i].msg_hdr.msg_controllen != 0 && vmsp_passes_ours(&messages[i].msg_hdr);
+    }
     if (!OURS(fd) && !passing) return REAL(sendmmsg)(fd, messages, count, flags);
     unsigned int done = 0;
     while (done < count) {

@@ -337,6 +337,8 @@ void vmsp_relay_spawned(struct vmsp_relays *plan, int started, pid_t image);
 int vmsp_relay_for_passing(struct vmsp_conn *c, int fd, int *go);
 void vmsp_relay_passed(int go, int sent);
 ssize_t vmsp_sendmsg_passing(int sock, const struct msghdr *msg, int flags);
+/// Whether `msg`'s control data passes one of our connections or registered listeners (passing.c).
+int vmsp_passes_ours(const struct msghdr *msg);
 /// One end of a socket pair whose other end is closed: a stand-in that reads as end of stream, or -1.
 int vmsp_ended_socket(void);
 /// A child reaped: wait (a bounded while) until the relays of the connections it inherited have put into the
@@ -352,6 +354,9 @@ ssize_t vmsp_send(struct vmsp_conn *c, int fd, const struct iovec *iov, int iovc
 ssize_t vmsp_sendfile(struct vmsp_conn *c, int fd, int in_fd, off_t *offset, size_t count);
 int vmsp_readable_bytes(struct vmsp_conn *c);
 int64_t vmsp_writable_bytes(struct vmsp_conn *c);
+/// Whether writes fail now: then EPIPE, with SIGPIPE as a send without MSG_NOSIGNAL raises it (splice asks before
+/// it takes bytes from a pipe).
+int vmsp_tx_refuses(struct vmsp_conn *c);
 void vmsp_shutdown_bits(struct vmsp_conn *c, int how);
 void vmsp_drain_wakeups(struct vmsp_conn *c, int fd);
 // Readiness from the rings, for the interposed waits (no lock, no system call), and the arms a wait sets before
@@ -467,6 +472,8 @@ void vmsp_welcome_book_note_uring(void);
 int vmsp_welcome_book_uring(void);
 /// A new image inherited a registered listening socket: its owner welcomes nobody from now on (see exec.c).
 void vmsp_welcome_book_note_handed_on(void);
+/// Takes back one mark of the above (a message that passed a listener could not be sent).
+void vmsp_welcome_book_unnote_handed_on(void);
 /// Either mark: the family's owner welcomes nobody.
 int vmsp_welcome_book_closed(void);
 /// Above the highest descriptor ever registered as a listener (its marks in vmsp_listening end below it).

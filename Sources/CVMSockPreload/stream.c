@@ -482,6 +482,12 @@ static ssize_t broken_pipe(int flags) {
     return -1;
 }
 
+int vmsp_tx_refuses(struct vmsp_conn *c) {
+    if (!tx_closed(c)) return 0;
+    broken_pipe(0);
+    return 1;
+}
+
 // Waits for room. 1: there may be room; 0: timed out or interrupted (errno set); -1: the peer is gone.
 // `deadline` carries SO_SNDTIMEO across the calls of one send (0 until the first sleep, -1 for none); each sleep
 // lasts at most VMSP_SPACE_RECHECK_MS, after which the caller looks at the ring again.

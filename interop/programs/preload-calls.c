@@ -84,6 +84,26 @@ static void nonblocking_splices(int client, int server) {
     }
     SHOW("splice NONBLOCK: bytes through a pipe, in order", "%zu %s", total,
          memcmp(sent, got, sizeof got) == 0 ? "same" : "DIFFERENT");
+    // An O_NONBLOCK pipe end makes a call without SPLICE_F_NONBLOCK not wait either; the kernel's refusals.
+    CHECK("splice: the peer writes again", write(client, "abc", 3));
+    readable(server, 2000);
+    fcntl(p[1], F_SETFL, O_NONBLOCK);
+    while (write(p[1], block, sizeof block) > 0) {}
+    errno = 0;
+    n = splice(server, NULL, p[1], NULL, 3, 0);
+    SHOW("splice into a full O_NONBLOCK pipe, flags 0", "%zd %s", n, strerrorname_np(errno));
+    char path[] = "/tmp/preload-calls-splice-XXXXXX";
+    int file = mkstemp(path);
+    unlink(path);
+    errno = 0;
+    n = splice(server, NULL, file, NULL, 3, 0);
+    SHOW("splice socket to a regular file", "%zd %s", n, strerrorname_np(errno));
+    loff_t offset = 0;
+    errno = 0;
+    n = splice(server, &offset, p[1], NULL, 3, 0);
+    SHOW("splice with an offset on the socket", "%zd %s", n, strerrorname_np(errno));
+    SHOW("splice: the bytes stay for a read", "%zd", recv(server, block, sizeof block, 0));
+    close(file);
     close(p[0]);
     close(p[1]);
 }

@@ -754,6 +754,43 @@ static void pass_connection(void) {
     close(c);
 }
 
+// Many connections in one message (to this process itself), the sender's copies closed, and the peers' bytes
+// read on the received ones; and control data whose header runs past its end: the kernel's EINVAL, nothing passed.
+static void pass_many(void) {
+    enum { N = 20 };
+    int c[N], s[N], got[N], u[2];
+    for (int i = 0; i < N; i++) pair(&c[i], &s[i]);
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, u) != 0) { perror("socketpair"); exit(2); }
+    char control[CMSG_SPACE(N * sizeof(int))] __attribute__((aligned(8))) = { 0 }, byte = 'x';
+    struct iovec v = { &byte, 1 };
+    struct msghdr m = { .msg_iov = &v, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control };
+    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+    *h = (struct cmsghdr){ .cmsg_len = CMSG_LEN(N * sizeof(int)) + 64, .cmsg_level = SOL_SOCKET, .cmsg_type = SCM_RIGHTS };
+    memcpy(CMSG_DATA(h), s, sizeof s);
+    errno = 0;
+    long n = sendmsg(u[0], &m, MSG_DONTWAIT);
+    SHOW("SCM_RIGHTS, a header past the end: sendmsg", "%ld %s", n, strerrorname_np(errno));
+    h->cmsg_len = CMSG_LEN(N * sizeof(int));
+    CHECK("SCM_RIGHTS, 20 connections in one message", sendmsg(u[0], &m, 0));
+    struct msghdr r = { .msg_iov = &v, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control };
+    memset(control, 0, sizeof control);
+    n = recvmsg(u[1], &r, 0);
+    h = CMSG_FIRSTHDR(&r);
+    int count = h ? (int)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int)) : 0;
+    if (count == N) memcpy(got, CMSG_DATA(h), sizeof got);
+    int answered = 0;
+    for (int i = 0; i < N; i++) close(s[i]);
+    for (int i = 0; i < N && count == N; i++) {
+        char text[8] = "";
+        answered += write(c[i], "hello", 5) == 5 && read_full(got[i], text, 5) == 5 && memcmp(text, "hello", 5) == 0;
+        close(got[i]);
+    }
+    SHOW("SCM_RIGHTS, 20 connections: received, read hello", "%d %d", count, answered);
+    for (int i = 0; i < N; i++) close(c[i]);
+    close(u[0]);
+    close(u[1]);
+}
+
 // A listening socket handed to another program with sendmsg (haproxy's reload, envoy's hot restart), whose
 // owner keeps it: the other program accepts a connection on it, reads "hello" and answers. Run alone (`pass-listener`):
 // this process welcomes nobody after it.
@@ -1037,6 +1074,7 @@ int main(int argc, char **argv) {
     spawn_passed();
     popen_inherited();
     pass_connection();
+    pass_many();
     raw_clone_exec();
     exec_short_of_descriptors();
     spawn_without_library();
