@@ -8,7 +8,8 @@
 // Only a session leader does (a daemon calls setsid), only one whose parent was the owner and forked nobody else
 // since it registered (the welcome book counts the owner's forks): another process sharing the listening sockets
 // would claim from the old owner, find nobody, and take a connection this process welcomed for TCP. And only one
-// that still holds an inherited listener and uses no io_uring. A daemon forked twice is TCP as before (its first
+// that still holds an inherited listener, uses no io_uring, and whose family handed no listener on (exec,
+// posix_spawn, SCM_RIGHTS: the old book's mark would be lost with it). A daemon forked twice is TCP as before (its first
 // child takes over, then exits).
 #include "preload.h"
 
@@ -49,6 +50,8 @@ static const char *refusal(pid_t owner, pid_t self) {
     if (!vmsp_child_setup_whole()) return "it was forked while another thread was inside the set-up";
     if (vmsp_welcome_book_forks() != 1) return "another child of that process shares the listener";
     if (vmsp_uring_reason()) return "io_uring is in use";
+    // A mark the old book carries would be lost with it: a listener handed to another process still is.
+    if (vmsp_welcome_book_closed()) return "a process of its family handed a listener on, or uses io_uring";
     if (!parent_owner_gone(owner)) return "that process has not exited";
     return NULL;
 }

@@ -424,52 +424,74 @@ static enum turn relay_turn(struct vmsp_conn *c, struct claim *k, int *timeout_m
     return HOLD;
 }
 
-// Unmaps the rings of connections `x` (each region: its header, then its data mapped twice, SharedRegion.swift),
-// once each, after every one was left: a process holding both ends of a connection maps each region once, as one
-// end's own ring and the other's peer ring, and `keep`'s (the relay's own connection) stay.
-static void unmap_others(struct vmsp_conn *keep, struct vmsp_conn **x, int count) {
-    enum { REGIONS_MAX = 512 };
-    const void *done[REGIONS_MAX];
-    int done_count = 0;
-    for (int i = 0; i < count; i++) {
-        const void *region[2] = { x[i]->local, (const void *)x[i]->peer };
-        size_t size[2] = { 4096 + 2 * (size_t)x[i]->tx_cap, 4096 + 2 * (size_t)x[i]->rx_cap };
-        for (int k = 0; k < 2; k++) {
-            int skip = region[k] == keep->local || region[k] == (const void *)keep->peer;
-            for (int j = 0; j < done_count && !skip; j++) skip = done[j] == region[k];
-            if (skip) continue;
-            if (done_count < REGIONS_MAX) done[done_count++] = region[k];
-            munmap((void *)region[k], size[k]);
-        }
-    }
+// The relay's hold on the connections it does not keep: every live one (in the table or not: a name another
+// thread closed while a call still held the connection), each left once, as a close would (the last holder sets
+// its closed bit, and drains its wake-up bytes, or the kernel would answer the close with RST), then its rings
+// unmapped, so that its memory goes with its last holder. A process holding both ends of a connection maps each
+// region once, as one end's own ring and the other's peer ring: `keep`'s (the relay's own) stay mapped.
+struct others {
+    struct vmsp_conn **conn;
+    unsigned char *last;  // this process was its last holder
+    size_t count, size;   // `size`: of the mapping that holds both arrays
+};
+
+static int by_address(const void *a, const void *b) {
+    uintptr_t x = (uintptr_t)*(struct vmsp_conn *const *)a, y = (uintptr_t)*(struct vmsp_conn *const *)b;
+    return x < y ? -1 : x > y;
 }
 
-// The relay keeps its connection's descriptors and nothing else of the old image's: the others' holds are
-// given up as a close would (so that their last close is still seen), their rings unmapped (so that their
-// memory goes when their last holder closes), and every other descriptor is closed, so that no pipe or socket
-// of the program stays open through it.
-static void keep_only(struct vmsp_conn *c, int fd, int sock, int go) {
-    enum { UNMAPPED_MAX = 256 };
-    struct vmsp_conn *unmapped[UNMAPPED_MAX];  // left and unmapped: never touched again
-    int unmapped_count = 0;
+// Each live connection but `keep`, once, sorted; in memory from mmap (malloc's lock may be held by a thread the
+// fork left behind). count 0 when there is none or no memory.
+static struct others others_of(struct vmsp_conn *keep) {
+    struct others o = { 0 };
+    size_t n = vmsp_live_connections(NULL, 0);
+    if (n == 0) return o;
+    size_t size = n * (sizeof(struct vmsp_conn *) + 1);
+    void *memory = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED) return o;
+    o.conn = memory;
+    o.size = size;
+    o.last = (unsigned char *)(o.conn + n);
+    n = vmsp_live_connections(o.conn, n);
+    qsort(o.conn, n, sizeof o.conn[0], by_address);
+    for (size_t i = 0; i < n; i++) {
+        if (o.conn[i] != keep && (o.count == 0 || o.conn[o.count - 1] != o.conn[i])) o.conn[o.count++] = o.conn[i];
+    }
+    return o;
+}
+
+static int last_holder(const struct others *o, struct vmsp_conn *x) {
+    struct vmsp_conn **found = bsearch(&x, o->conn, o->count, sizeof o->conn[0], by_address);
+    return found && o->last[found - o->conn];
+}
+
+static void leave_others(struct vmsp_conn *c, int fd) {
+    struct others o = others_of(c);
+    for (size_t i = 0; i < o.count; i++) {
+        o.last[i] = !vmsp_holders_leave(o.conn[i]);
+        if (o.last[i]) __atomic_or_fetch((uint32_t *)(o.conn[i]->local + 640), 4u, __ATOMIC_SEQ_CST);  // closed
+    }
     int high = atomic_load(&vmsp_table_high);
     for (int other = 0; other <= high && other < vmsp_table_size; other++) {
         struct vmsp_ref *r = vmsp_lookup(other);
         if (!r || other == fd) continue;
         if (r->conn == c) { close(other); continue; }  // one more name of ours: the table's count drops
-        struct vmsp_conn *x = r->conn;
-        (void)vmsp_remove(other);  // never touched again: a later close of the number is not a close of `x`
-        int done = 0;
-        for (int i = 0; i < unmapped_count && !done; i++) done = unmapped[i] == x;
-        if (done) continue;
-        if (!vmsp_holders_leave(x)) {
-            __atomic_or_fetch((uint32_t *)(x->local + 640), 4u, __ATOMIC_SEQ_CST);  // closed
-            vmsp_drain_wakeups(x, other);
-        }
-        if (unmapped_count == UNMAPPED_MAX) continue;  // left again at its next name: no harm
-        unmapped[unmapped_count++] = x;
+        if (last_holder(&o, r->conn)) vmsp_drain_wakeups(r->conn, other);
+        (void)vmsp_remove(other);  // never touched again: a later close of the number is not a close of it
     }
-    unmap_others(c, unmapped, unmapped_count);
+    for (size_t i = 0; i < o.count; i++) {
+        struct vmsp_conn *x = o.conn[i];
+        if (x->local != (const uint8_t *)c->peer) munmap(x->local, 4096 + 2 * (size_t)x->tx_cap);
+        if (x->peer != c->local) munmap((void *)x->peer, 4096 + 2 * (size_t)x->rx_cap);
+    }
+    if (o.conn) munmap(o.conn, o.size);
+}
+
+// The relay keeps its connection's descriptors and nothing else of the old image's: the other connections are
+// left (above), and every other descriptor is closed, so that no pipe or socket of the program stays open through
+// it.
+static void keep_only(struct vmsp_conn *c, int fd, int sock, int go) {
+    leave_others(c, fd);
     // Standard error only under --debug, for the relay's last line: it may be a pipe whose reader waits for its end.
     int keep[] = { vmsp_debug_enabled() ? 2 : -1, fd, sock, go, c->control_fd, c->space_bell_fd, c->peer_space_bell_fd, c->data_bell_fd,
                    c->peer_data_bell_fd };

@@ -32,6 +32,8 @@ struct passing {
     struct vmsp_conn *conn[PASSED_MAX];
     int app[PASSED_MAX], go[PASSED_MAX];
     struct vmsp_ref *held[PASSED_MAX];
+    int held_fd[PASSED_MAX];
+    unsigned char *slot[PASSED_MAX];  // where each held descriptor's number sits in the control data
 };
 
 // The socket to pass in place of connection `fd`'s (`r`), made once per connection in the message; -1 if none.
@@ -96,7 +98,9 @@ int vmsp_passes_ours(const struct msghdr *msg) {
     return each_passed((struct msghdr *)msg, is_ours, NULL);
 }
 
-static int replace(int fd, unsigned char *slot, void *context) {
+// Every connection in the message is held first, then replaced (each relay takes a fork): a close meanwhile in
+// another thread finds it held, as the kernel takes every descriptor of a message at once.
+static int hold(int fd, unsigned char *slot, void *context) {
     struct passing *p = context;
     if (atomic_load(&vmsp_listening[fd])) p->listener = fd;
     if (!vmsp_lookup(fd)) return 0;
@@ -106,9 +110,10 @@ static int replace(int fd, unsigned char *slot, void *context) {
     }
     struct vmsp_ref *r = vmsp_enter(fd);
     if (!r) return 0;  // closed meanwhile: the kernel says EBADF, or passes what the number is now
-    p->held[p->holds++] = r;
-    int app = stand_in(p, fd, r);
-    memcpy(slot, &app, sizeof app);
+    p->held[p->holds] = r;
+    p->held_fd[p->holds] = fd;
+    p->slot[p->holds] = slot;
+    p->holds++;
     return 0;
 }
 
@@ -117,7 +122,11 @@ static ssize_t send_replaced(int sock, const struct msghdr *msg, int flags, char
     struct msghdr copy = *msg;  // the program's own control data is left as it gave it
     copy.msg_control = control;
     struct passing p = { .listener = -1 };
-    each_passed(&copy, replace, &p);
+    each_passed(&copy, hold, &p);
+    for (int i = 0; i < p.holds && !p.too_many; i++) {
+        int app = stand_in(&p, p.held_fd[i], p.held[i]);
+        memcpy(p.slot[i], &app, sizeof app);
+    }
     ssize_t sent = -1;
     int saved = EINVAL, marked = 0;
     if (!p.too_many) {

@@ -258,6 +258,8 @@ void vmsp_live_lock(void);
 void vmsp_live_unlock(void);
 /// In a forked child (the live list locked): this process now holds every live connection too.
 void vmsp_hold_all_after_fork(void);
+/// The live connections, with repeats, into `out` (up to `capacity`): the count, perhaps more (a relay's clean-up).
+size_t vmsp_live_connections(struct vmsp_conn **out, size_t capacity);
 /// In the parent, after fork returned `child`: it holds every live connection too.
 void vmsp_hold_all_for_child(pid_t child);
 
