@@ -74,6 +74,12 @@ same_mode pass-listener
 grep -q "olleh" "$WORK/pass-listener.txt" || fail "pass-listener: the client got no answer: $(cat "$WORK/pass-listener.txt")"
 grep -q "sendmsg: listening fd [0-9]* goes to another process" "$WORK/pass-listener-debug.txt" \
     || fail "passing a listener did not stop the welcomes: $(cat "$WORK/pass-listener-debug.txt")"
+# A daemon whose first process had passed its listener on did not take it over (its new book would have forgotten
+# the mark): the receiver's accept was TCP, and the client got its answer.
+same_mode daemon-pass
+grep -q "tcp only here (a process of its family handed a listener on" "$WORK/daemon-pass-debug.txt" \
+    || fail "the daemon took a passed-on listener over: $(cat "$WORK/daemon-pass-debug.txt")"
+grep -q "the client got  *olleh" "$WORK/daemon-pass.txt" || fail "daemon-pass: $(cat "$WORK/daemon-pass.txt")"
 # A connection passed so (Dovecot's login process handing its client over) went through a relay (the outputs above
 # agree: the receiver read the bytes and answered).
 grep -q "sendmsg: fd [0-9]*, a shared-memory connection, goes to the receiver as a TCP socket through a relay" \

@@ -991,6 +991,50 @@ static void daemon_case(int sibling) {
     close(ready[0]), close(ready[1]), close(report[0]), close(report[1]);
 }
 
+// A daemon whose first process passed its listener to another program (SCM_RIGHTS) before it daemonized: the
+// daemon must not take the listener over (its renewed book would forget the mark), so the other program's accept
+// gets a TCP connection and its data. The first process: listens, spawns the receiver and passes it the listener,
+// forks the daemon and exits; the daemon forks a worker (where a take-over would happen) and says so on `ready`.
+static int daemon_pass_first(int ready) {
+    listener = listen_local();
+    int u;
+    spawn_receiver(&u, "listener");
+    send_descriptor(u, listener);
+    close(u);
+    pid_t parent = getpid();
+    if (fork() == 0) {
+        setsid();
+        while (getppid() == parent) usleep(1000);
+        pid_t worker = fork();
+        if (worker == 0) _exit(0);
+        waitpid(worker, NULL, 0);
+        (void)!write(ready, &bound, sizeof bound);  // the receiver holds the listener from here on
+        _exit(0);
+    }
+    return 0;
+}
+
+static int daemon_pass(void) {
+    int ready[2];
+    if (pipe(ready) != 0) { perror("pipe"); return 2; }
+    char ready_fd[16];
+    snprintf(ready_fd, sizeof ready_fd, "%d", ready[1]);
+    char *argv[] = { self_path, "daemon-pass-first", ready_fd, NULL };
+    pid_t first;
+    if (posix_spawn(&first, self_path, NULL, NULL, argv, environ) != 0) { perror("posix_spawn"); return 2; }
+    waitpid(first, NULL, 0);
+    struct sockaddr_in address;
+    if (read(ready[0], &address, sizeof address) != sizeof address) { perror("daemon-pass"); return 2; }
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    char answer[8] = "";
+    if (connect(c, (struct sockaddr *)&address, sizeof address) != 0 || write(c, "hello", 5) != 5) perror("connect");
+    struct pollfd p = { c, POLLIN, 0 };
+    if (poll(&p, 1, 3000) == 1) (void)!read(c, answer, sizeof answer - 1);
+    SHOW("daemon after passing its listener: the client got", "%s", answer[0] ? answer : "(nothing)");
+    close(c);
+    return 0;
+}
+
 // The new image of listener_handed_on: accepts on the listening socket it inherited and reads a line.
 static int accept_inherited(int l) {
     int s = accept(l, NULL, NULL);
@@ -1048,6 +1092,8 @@ int main(int argc, char **argv) {
         return pass_listener();
     }
     if (argc == 2 && strcmp(argv[1], "popen-listener") == 0) return popen_listener();
+    if (argc == 2 && strcmp(argv[1], "daemon-pass") == 0) return daemon_pass();
+    if (argc == 3 && strcmp(argv[1], "daemon-pass-first") == 0) return daemon_pass_first(atoi(argv[2]));
     if (argc == 3 && strcmp(argv[1], "daemon-cases") == 0) {
         for (int i = 0, count = atoi(argv[2]); i < count; i++) daemon_case(0);
         return 0;
