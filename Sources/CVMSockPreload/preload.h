@@ -157,7 +157,7 @@ struct vmsp_conn {
     atomic_int broken;        // an errno every later call returns (EPROTO: the peer broke a ring rule)
     atomic_int read_shut, write_shut, peer_gone;
     atomic_int tcp_ready;     // the TCP connection is established (a connector's may still be in progress)
-    atomic_int reader_pid;    // the process that last read or waited to read (a relay's clue, ferry.c)
+    atomic_int reader_pid;    // the process that last read or waited to read (a relay's clue, relay.c)
 
     // Reader, under rx_lock.
     pthread_mutex_t rx_lock;
@@ -343,6 +343,12 @@ ssize_t vmsp_sendmsg_passing(int sock, const struct msghdr *msg, int flags);
 int vmsp_passes_ours(const struct msghdr *msg);
 /// One end of a socket pair whose other end is closed: a stand-in that reads as end of stream, or -1.
 int vmsp_ended_socket(void);
+/// In a relay's process, just forked (ferry.c): keeps connection `c` (number `fd` here) for the new image, whose
+/// end of TCP socket `sock` (inode `app_inode`) carries it, once a byte or the end arrives on `go`; never returns.
+void vmsp_run_relay(struct vmsp_conn *c, int fd, int sock, int go, ino_t app_inode, int may_claim, pid_t image)
+    __attribute__((noreturn));
+/// The new image `image` no longer writes through a relay of `c` (all it wrote is in the ring, or the relay ended).
+void vmsp_relay_forget_image(struct vmsp_conn *c, pid_t image);
 /// A child reaped: wait (a bounded while) until the relays of the connections it inherited have put into the
 /// rings everything it wrote, so that this process's next write comes after it, as over TCP.
 void vmsp_relays_settle(pid_t child);

@@ -189,7 +189,7 @@ void vmsp_drop(struct vmsp_ref *r) {
     if (atomic_fetch_sub(&r->refs, 1) == 1) vmsp_leave(r);  // the table's user reference
 }
 
-// A relay's clean-up (ferry.c), in a process of one thread: the live connections (in the table or not: a name
+// A relay's clean-up (relay.c), in a process of one thread: the live connections (in the table or not: a name
 // closed while a call still held it), into `out` (up to `capacity`; with repeats); the count, perhaps more.
 size_t vmsp_live_connections(struct vmsp_conn **out, size_t capacity) {
     size_t n = 0;
