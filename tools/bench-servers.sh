@@ -109,7 +109,18 @@ for _ in $(seq 50); do
     [ -z "$alive" ] && break
     sleep 0.1
 done
-[ -z "$alive" ] || echo "haproxy still ran 5 s after its soft stop (side:$alive): its counts are missing below"
+if [ -n "$alive" ]; then
+    # What it waits for, kept after the run: its threads' stacks, its descriptors and its sockets.
+    stuck=$(mktemp /tmp/vmsock-bench-servers-haproxy.XXXXXX)
+    for pid in "${HAPROXIES[@]}"; do
+        kill -0 "$pid" 2>/dev/null || continue
+        { echo "== haproxy $pid"; grep -E "State|Threads" "/proc/$pid/status"; ls -l "/proc/$pid/fd"
+          ss -tanpe | grep "pid=$pid," || true
+          command -v gdb >/dev/null && timeout 30 gdb -batch -p "$pid" -ex "thread apply all bt" 2>&1
+          command -v gdb >/dev/null && timeout 60 gdb -batch -p "$pid" -x tools/preload-state.py 2>&1; } >>"$stuck"
+    done
+    echo "haproxy still ran 5 s after its soft stop (side:$alive): its counts are missing below; its state: $stuck"
+fi
 stop_servers
 echo "transport, vmsock side: redis-server accepts $(transports accepts "$WORK/vmsock.redis.err");" \
     "nginx workers accept $(transports accepts "$WORK/nginx-vmsock-workers/error.log");" \

@@ -59,6 +59,10 @@ struct reg {
     int kind;
     struct vmsp_conn *conn;   // KIND_CONN: the connection fd named when added (a reference is not held)
     struct vmsp_epoll *set;   // KIND_SET
+    // The connection's or the set's serial when added: what still_valid compares. Not the addresses: a closed
+    // connection's page and a closed set's record are freed, and a new one at the same number often gets the
+    // same address (haproxy's stale registration then looked valid, and its new connection was never armed).
+    uint64_t serial;
     uint32_t events;          // the application's
     uint64_t data;            // the application's
     uint64_t last_in, last_out;   // what EPOLLET compares: the rings' marks at the last report
@@ -80,6 +84,7 @@ struct reg {
 struct vmsp_epoll {
     pthread_mutex_t lock;
     int fd;
+    uint64_t serial;          // which set this is, never reused within the process (unlike the record's address)
     struct reg *regs;
     int count, capacity;      // slots in use (some free), allocated
     atomic_int live;          // registrations: 0 means every wait goes straight to the kernel
@@ -126,6 +131,8 @@ static void track(int fd) {
     vmsp_note_state();
     pthread_mutex_init(&set->lock, NULL);
     set->fd = fd;
+    static _Atomic uint64_t serials;
+    set->serial = atomic_fetch_add(&serials, 1) + 1;
     set->waker = -1;
     struct vmsp_epoll *old = atomic_exchange(&sets[fd], set);
     if (old) vmsp_epoll_forget(old);
@@ -218,13 +225,15 @@ static struct reg *new_reg(struct vmsp_epoll *set) {
 }
 
 // Whether the registration still names what it was added for: the application may have closed the descriptor
-// (the kernel then dropped it from its set) and the number may name something else by now.
+// (the kernel then dropped it from its set) and the number may name something else by now, perhaps at the same
+// address, hence the serials.
 static int still_valid(struct reg *r) {
     if (r->kind == KIND_CONN) {
-        struct vmsp_ref *now = vmsp_lookup(r->fd);  // one ref per connection in a process: same page, same ref
-        return now && now->conn == r->conn;
+        struct vmsp_ref *now = vmsp_lookup(r->fd);  // one ref per connection in a process
+        return now && now->serial == r->serial;
     }
-    return set_of(r->fd) == r->set;
+    struct vmsp_epoll *now = set_of(r->fd);
+    return now && now->serial == r->serial;
 }
 
 static void drop(struct vmsp_epoll *set, struct reg *r) {
@@ -259,7 +268,7 @@ static int ensure_waker(struct vmsp_epoll *set) {
 static struct reg *add_reg(struct vmsp_epoll *set, int fd, struct vmsp_ref *ref, struct vmsp_epoll *inner) {
     struct reg *r = ref ? find_parked(set, fd, ref) : NULL;
     if (r) {  // the kernel holds it still, with its space doorbell if it had one, and what it reported meanwhile
-        *r = (struct reg){ .fd = fd, .kind = KIND_CONN, .conn = ref->conn, .stamp = r->stamp,
+        *r = (struct reg){ .fd = fd, .kind = KIND_CONN, .conn = ref->conn, .serial = ref->serial, .stamp = r->stamp,
                            .bell_added = r->bell_added, .data_bell_added = r->data_bell_added,
                            .kernel_bits = r->kernel_bits };
         atomic_fetch_add(&set->live, 1);
@@ -275,6 +284,7 @@ static struct reg *add_reg(struct vmsp_epoll *set, int fd, struct vmsp_ref *ref,
         return NULL;
     }
     *r = (struct reg){ .fd = fd, .kind = ref ? KIND_CONN : KIND_SET, .conn = ref ? ref->conn : NULL, .set = inner,
+                       .serial = ref ? ref->serial : inner->serial,
                        .stamp = stamp };
     atomic_fetch_add(&set->live, 1);
     return r;

@@ -207,6 +207,41 @@ static void deleted_and_added(void) {
     close(set);
 }
 
+// A registration the application left by closing its descriptor without EPOLL_CTL_DEL (haproxy does), and the
+// number given to a new connection after the old one's memory was freed (ten seconds on, at a later close), so
+// that the new one's may sit at the old one's address: the new connection is added afresh and reports its data.
+// The old registration once looked valid for it, the add failed with EEXIST, and the new connection's data was
+// never reported (haproxy's requests waited for their timeout). Run on its own (PRELOAD_EPOLL_CASE=reused).
+static void reused_after_free(void) {
+    int set = epoll_create1(EPOLL_CLOEXEC);
+    int c, s;
+    pair(&c, &s);
+    add(set, EPOLL_CTL_ADD, s, EPOLLIN | EPOLLRDHUP, 1);
+    put(c, "x");
+    show("freed: written", set, 1000);
+    printf("%-40s %ld\n", "freed: read", take(s, 100));
+    // Idle through sleeps, so that the registration stays armed and is not looked at until its writer rings.
+    show("freed: asleep once", set, 20);
+    show("freed: asleep twice", set, 20);
+    show("freed: asleep three times", set, 20);
+    int old = s;
+    close(s);
+    close(c);
+    sleep(11);
+    pair(&c, &s);  // a later close frees the first pair's memory
+    close(s);
+    close(c);
+    pair(&c, &s);
+    printf("%-40s %s\n", "freed: the number given again", s == old ? "yes" : "no");
+    add(set, EPOLL_CTL_ADD, s, EPOLLIN | EPOLLRDHUP, 2);
+    put(c, "new");
+    show("freed: new connection written", set, 1000);
+    printf("%-40s %ld\n", "freed: read", take(s, 100));
+    close(s);
+    close(c);
+    close(set);
+}
+
 static void *peek_blocking(void *arg) {
     int fd = *(int *)arg;
     char byte;
@@ -464,6 +499,12 @@ int main(void) {
         getsockname(listener, (struct sockaddr *)&bound, &length) != 0) {
         perror("listen");
         return 1;
+    }
+    const char *only = getenv("PRELOAD_EPOLL_CASE");
+    if (only && strcmp(only, "reused") == 0) {
+        reused_after_free();
+        printf("done\n");
+        return 0;
     }
     levels();
     deleted_and_added();
