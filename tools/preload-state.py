@@ -24,7 +24,11 @@ def ring_words(c):
 
 
 def main():
-    sets = gdb.parse_and_eval("'epoll.c'::sets")
+    try:
+        sets = gdb.parse_and_eval("'epoll.c'::sets")
+    except gdb.error:
+        print("no vmsock-run library in this process (or one built without debug information)")
+        return
     if int(sets) == 0:
         print("no epoll set made through the library")
         return
@@ -32,14 +36,16 @@ def main():
         if int(sets[fd]) == 0:
             continue
         s = sets[fd].dereference()
-        print("set %d: %d slots, %d sleepers in it now" % (fd, int(s["count"]), int(s["sleepers"])))
+        print("set %d (serial %d): %d slots, %d sleepers in it now" % (fd, int(s["serial"]), int(s["count"]),
+                                                                      int(s["sleepers"])))
         for i in range(int(s["count"])):
             r = s["regs"][i]
             if int(r["fd"]) < 0 and int(r["parked_serial"]) == 0:
                 continue
-            print("  slot %d: fd %d serial %d events %#x quiet %d armed %d idle %d disabled %d kernel bits %#x "
+            kind = "connection" if int(r["kind"]) == 1 else "set"
+            print("  slot %d: %s fd %d serial %d events %#x quiet %d armed %d idle %d disabled %d kernel bits %#x "
                   "last in %#x parked %d at %d" % (
-                      i, int(r["fd"]), int(r["serial"]), int(r["events"]), int(r["quiet"]), int(r["rx_armed"]),
+                      i, kind, int(r["fd"]), int(r["serial"]), int(r["events"]), int(r["quiet"]), int(r["rx_armed"]),
                       int(r["idle"]), int(r["disabled"]), int(r["kernel_bits"]),
                       int(r["last_in"]) & 0xffffffffffffffff, int(r["parked_serial"]), int(r["parked_fd"])))
             ref = gdb.parse_and_eval("vmsp_table[%d]" % int(r["fd"])) if int(r["fd"]) >= 0 else None

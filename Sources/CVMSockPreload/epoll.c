@@ -85,6 +85,8 @@ struct vmsp_epoll {
     pthread_mutex_t lock;
     int fd;
     uint64_t serial;          // which set this is, never reused within the process (unlike the record's address)
+    struct vmsp_epoll *next_retired, *next_forked;
+    int64_t retired_at;
     struct reg *regs;
     int count, capacity;      // slots in use (some free), allocated
     atomic_int live;          // registrations: 0 means every wait goes straight to the kernel
@@ -105,6 +107,20 @@ static atomic_uchar *_Atomic plain_added;
 static struct vmsp_epoll *set_of(int fd) {
     if (!sets || (unsigned)fd >= (unsigned)vmsp_table_size) return NULL;
     return atomic_load_explicit(&sets[fd], memory_order_acquire);
+}
+
+// This thread's count of set locks held: a close made inside one (from a signal handler) skips the barrier, and
+// a fork made inside one does not wait for the sets' locks (it would wait for itself).
+static __thread int set_locks_held __attribute__((tls_model("initial-exec")));
+
+static void set_lock(struct vmsp_epoll *set) {
+    pthread_mutex_lock(&set->lock);
+    set_locks_held++;
+}
+
+static void set_unlock(struct vmsp_epoll *set) {
+    set_locks_held--;
+    pthread_mutex_unlock(&set->lock);
 }
 
 static void track(int fd) {
@@ -150,28 +166,107 @@ int epoll_create1(int flags) {
     return fd;
 }
 
-// The set at fd is closing (close, dup2 over it): its record goes. A wait still inside keeps it alive: records
-// are never freed while their number can be waited on, so this leaks one small record per closed set that had a
-// wait in flight, which is the rare case.
+// The set at fd is closing (close, dup2 over it): its record goes, emptied at once and freed ten seconds on
+// (retire): a thread that read its address just before (a wait, a close's barrier, a fork, a set holding it) has
+// long finished with it by then, unless it sleeps in the kernel's set, which keeps it until it wakes.
 struct vmsp_epoll *vmsp_epoll_untrack(int fd) {
     if (!sets || (unsigned)fd >= (unsigned)vmsp_table_size) return NULL;
     return atomic_exchange(&sets[fd], NULL);
 }
 
+static pthread_mutex_t retired_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct vmsp_epoll *retired_head, *retired_tail;  // oldest first
+
+static int asleep_in(struct vmsp_epoll *set) {
+    set_lock(set);
+    int busy = set->sleepers > 0 || atomic_load(&set->kernel_sleepers) > 0;
+    set_unlock(set);
+    return busy;
+}
+
+static void retire(struct vmsp_epoll *set) {
+    pthread_mutex_lock(&retired_lock);
+    set->retired_at = vmsp_now_ns();
+    set->next_retired = NULL;
+    if (retired_tail) retired_tail->next_retired = set; else retired_head = set;
+    retired_tail = set;
+    int64_t limit = set->retired_at - 10LL * 1000000000;
+    struct vmsp_epoll **link = &retired_head, *previous = NULL;
+    while (*link && (*link)->retired_at < limit) {
+        struct vmsp_epoll *old = *link;
+        if (asleep_in(old)) { previous = old; link = &old->next_retired; continue; }  // kept till it wakes
+        *link = old->next_retired;
+        if (retired_tail == old) retired_tail = previous;
+        pthread_mutex_destroy(&old->lock);
+        free(old);
+    }
+    pthread_mutex_unlock(&retired_lock);
+}
+
 void vmsp_epoll_forget(struct vmsp_epoll *set) {
-    pthread_mutex_lock(&set->lock);
-    int busy = set->sleepers > 0;
+    set_lock(set);
     if (set->waker >= 0) REAL(close)(set->waker);
     set->waker = -1;
     free(set->regs);
     set->regs = NULL;
     set->count = set->capacity = 0;
     atomic_store(&set->live, 0);
-    pthread_mutex_unlock(&set->lock);
-    if (!busy) {
-        pthread_mutex_destroy(&set->lock);
-        free(set);
+    set_unlock(set);
+    retire(set);
+}
+
+// The last user of a connection registered in a set is about to unmap its rings (table.c). A scan that judged
+// its registration valid before the close (collect, arm, a nested set's look: all under the set's lock) may
+// still read them, from another thread: taking each live set's lock once waits those scans out, and later ones
+// find the registration invalid. Not covered: a close from a signal handler that interrupted such a scan.
+void vmsp_epoll_barrier(void) {
+    if (!sets || set_locks_held) return;
+    int high = atomic_load(&sets_high);
+    for (int fd = 0; fd <= high; fd++) {
+        struct vmsp_epoll *set = set_of(fd);
+        if (!set) continue;
+        set_lock(set);
+        set_unlock(set);
     }
+}
+
+// Around fork (real.c): the retired list's lock and every set's lock (retired ones too) are held, so that the
+// child never inherits one that a thread it does not have was holding (its first close of the set, or wait on
+// it, hung). The child's sets have no sleeper.
+static struct vmsp_epoll *forked_sets;
+static int forked_whole;
+
+static void hold_for_fork(struct vmsp_epoll *set) {
+    set_lock(set);
+    set->next_forked = forked_sets;
+    forked_sets = set;
+}
+
+void vmsp_epoll_before_fork(void) {
+    forked_sets = NULL;
+    forked_whole = sets && !set_locks_held;
+    if (!forked_whole) return;
+    pthread_mutex_lock(&retired_lock);
+    for (struct vmsp_epoll *set = retired_head; set; set = set->next_retired) hold_for_fork(set);
+    int high = atomic_load(&sets_high);
+    for (int fd = 0; fd <= high; fd++) {
+        struct vmsp_epoll *set = set_of(fd);
+        if (set) hold_for_fork(set);
+    }
+}
+
+void vmsp_epoll_after_fork(int child) {
+    if (!forked_whole) return;
+    for (struct vmsp_epoll *set = forked_sets, *next; set; set = next) {
+        next = set->next_forked;
+        if (child) {
+            set->sleepers = 0;
+            atomic_store(&set->kernel_sleepers, 0);
+        }
+        set_unlock(set);
+    }
+    forked_sets = NULL;
+    pthread_mutex_unlock(&retired_lock);
 }
 
 // MARK: Registrations
@@ -274,6 +369,7 @@ static struct reg *add_reg(struct vmsp_epoll *set, int fd, struct vmsp_ref *ref,
         atomic_fetch_add(&set->live, 1);
         return r;
     }
+    if (ref) atomic_store(&ref->epolled, 1);
     r = new_reg(set);
     if (!r) { errno = ENOMEM; return NULL; }
     int index = (int)(r - set->regs);
@@ -338,7 +434,7 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
     if (!conn && !inner && atomic_load_explicit(&set->live, memory_order_relaxed) == 0) {
         return REAL(epoll_ctl)(epfd, op, fd, event);
     }
-    pthread_mutex_lock(&set->lock);
+    set_lock(set);
     int result;
     if (conn || inner) {
         result = ctl_ours(set, op, fd, event, conn ? ref : NULL, inner);
@@ -349,7 +445,7 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
         result = REAL(epoll_ctl)(epfd, op, fd, event);
     }
     int saved = errno;
-    pthread_mutex_unlock(&set->lock);
+    set_unlock(set);
     errno = saved;
     return result;
 }
@@ -411,7 +507,7 @@ void vmsp_epoll_adopt(int fd) {
         uint64_t data;
         if (!set || !kernel_registration(epfd, fd, &events, &data)) continue;
         if ((data & COOKIE_MASK) == COOKIE_TAG) continue;  // already ours
-        pthread_mutex_lock(&set->lock);
+        set_lock(set);
         struct reg *r = find(set, fd);
         if (r && !still_valid(r)) { drop(set, r); r = NULL; }  // left by a connection this number named before
         if (!r && REAL(epoll_ctl)(epfd, EPOLL_CTL_DEL, fd, NULL) == 0) {
@@ -421,7 +517,7 @@ void vmsp_epoll_adopt(int fd) {
                            strerror(errno));
             }
         }
-        pthread_mutex_unlock(&set->lock);
+        set_unlock(set);
     }
 }
 
@@ -467,14 +563,14 @@ static uint32_t reg_events(struct reg *r, int report, int depth) {
 
 static int set_has_ready(struct vmsp_epoll *set, int depth) {
     if (depth > 5 || atomic_load(&set->live) == 0) return 0;  // the kernel allows 5 levels of sets in sets
-    pthread_mutex_lock(&set->lock);
+    set_lock(set);
     int found = 0;
     for (int i = 0; i < set->count && !found; i++) {
         struct reg *r = &set->regs[i];
         // Quiet ones too: their kernel events wait in this set's queue, which only a wait on it takes.
         if (r->fd >= 0 && still_valid(r) && reg_events(r, 0, depth)) found = 1;
     }
-    pthread_mutex_unlock(&set->lock);
+    set_unlock(set);
     return found;
 }
 
@@ -543,10 +639,10 @@ static int arm_reg(struct vmsp_epoll *set, struct reg *r, int depth) {
 
 static int arm_set(struct vmsp_epoll *set, int depth) {
     if (depth > 5 || atomic_load(&set->live) == 0) return 0;
-    if (depth > 0) pthread_mutex_lock(&set->lock);
+    if (depth > 0) set_lock(set);
     int ready = 0;
     for (int i = 0; i < set->count; i++) ready |= arm_reg(set, &set->regs[i], depth);
-    if (depth > 0) pthread_mutex_unlock(&set->lock);
+    if (depth > 0) set_unlock(set);
     return ready;
 }
 
@@ -658,14 +754,14 @@ static int spin(struct vmsp_epoll *set, struct epoll_event *events, int max, int
 static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, int max, int64_t deadline,
                            const sigset_t *mask) {
     struct vmsp_signal_mark mark = vmsp_signal_mark();
-    pthread_mutex_lock(&set->lock);
+    set_lock(set);
     int peeks = 1;  // a peek that led to nothing of the application's or the rings' is not made again in this call
     for (;;) {
         int n = collect(set, events, max), kernel_ready = 0;
         if (n == 0) n = spin(set, events, max, deadline, mark, peeks, &kernel_ready);
         // A handler ran while we spun: the kernel would have ended the wait with EINTR (signals.c).
         if (n == 0 && vmsp_signalled(mark, 1)) {
-            pthread_mutex_unlock(&set->lock);
+            set_unlock(set);
             errno = EINTR;
             return -1;
         }
@@ -681,16 +777,16 @@ static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, i
         // another waiter on the same connection).
         if (sleeping && armed_for_room && (timeout < 0 || timeout > VMSP_SPACE_RECHECK_MS)) timeout = VMSP_SPACE_RECHECK_MS;
         if (sleeping) set->sleepers++;
-        pthread_mutex_unlock(&set->lock);
+        set_unlock(set);
         // Ready from the rings: the kernel's set is asked without waiting, and at most every 50 µs, so that a
         // wait the rings keep busy costs no system call and the application's other descriptors wait little.
         int ask = sleeping || kernel_ready || (n < max && vmsp_now_ns() - set->last_kernel_ns >= 50000);
         if (ask) set->last_kernel_ns = vmsp_now_ns();
         if (sleeping && vmsp_signalled(mark, 1)) {  // a handler ran while we armed
-            pthread_mutex_lock(&set->lock);
+            set_lock(set);
             set->sleepers--;
             disarm_set(set);
-            pthread_mutex_unlock(&set->lock);
+            set_unlock(set);
             errno = EINTR;
             return -1;
         }
@@ -698,14 +794,14 @@ static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, i
         int got = ask ? REAL(epoll_pwait)(set->fd, events + n, max - n, timeout, mask) : 0;
         int saved = errno;
         int64_t slept = sleeping ? vmsp_now_ns() - slept_from : 0;
-        pthread_mutex_lock(&set->lock);
+        set_lock(set);
         if (sleeping) set->sleepers--;
         // Events of ours go (marking their registrations for a look); the application's close up behind the
         // ones from the rings.
         int kept = got > 0 ? absorb(set, events + n, got) : 0;
         disarm_set(set);
         if (got < 0) {
-            pthread_mutex_unlock(&set->lock);
+            set_unlock(set);
             if (n > 0) return n;
             errno = saved;
             return -1;
@@ -718,7 +814,7 @@ static int wait_with_rings(struct vmsp_epoll *set, struct epoll_event *events, i
         // its peek, so a longer one would not see them sooner.
         if (sleeping && timeout != 0 && (n > 0 || got == 0)) vmsp_spin_slept(&set->spin, slept, from_rings > 0);
         if (n > 0 || (deadline >= 0 && vmsp_now_ns() >= deadline)) {
-            pthread_mutex_unlock(&set->lock);
+            set_unlock(set);
             return n;
         }
         if (kernel_ready) peeks = 0;
@@ -732,9 +828,9 @@ static int kernel_events(struct vmsp_epoll *set, struct epoll_event *events, int
     int ours = 0;
     for (int i = 0; i < got && !ours; i++) ours = (events[i].data.u64 & COOKIE_MASK) == COOKIE_TAG;
     if (!ours) return got;
-    pthread_mutex_lock(&set->lock);
+    set_lock(set);
     int kept = absorb(set, events, got);
-    pthread_mutex_unlock(&set->lock);
+    set_unlock(set);
     return kept > 0 ? kept : -2;
 }
 

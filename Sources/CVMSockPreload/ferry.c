@@ -192,7 +192,7 @@ static int stdio_of(struct vmsp_conn *c, const posix_spawn_file_actions_t *actio
 }
 
 // Whether the connection goes to the new image on purpose, so that its relay may read for it while others hold
-// it (relay_turn): as its standard input, output or error (this process's, which a spawn's file actions may
+// it (relay.c, relay_turn): as its standard input, output or error (this process's, which a spawn's file actions may
 // still replace), made inheritable by the program itself (`handed`: its close-on-exec flag cleared), or copied
 // by one of posix_spawn's file `actions`. Not merely because the spawn has file actions: a socket leaked into a
 // child that never reads it would lose to the relay the bytes its parent reads after (they would go with it).

@@ -207,6 +207,8 @@ struct vmsp_ref {
     // The program cleared a descriptor's close-on-exec flag itself (fcntl F_SETFD): a new image that inherits it
     // gets it on purpose (ferry.c, on_purpose).
     atomic_int handed;
+    // Added to an epoll set at some time: its last user waits out the sets' scans before the rings go (epoll.c).
+    atomic_int epolled;
 };
 
 // The connection's locks are robust: a lock whose holder died (a forked sibling killed inside a read) is taken
@@ -417,6 +419,11 @@ void vmsp_brief_note(uint64_t key, int64_t lifetime_ns, uint64_t bytes);
 void vmsp_brief_probe_next(uint64_t key);
 int vmsp_brief_limit_ms(void);
 void vmsp_epoll_forget(struct vmsp_epoll *set);
+/// Before a connection that was in an epoll set unmaps its rings: waits out every scan of a set (epoll.c).
+void vmsp_epoll_barrier(void);
+/// Around fork (real.c): every set's lock taken, then given back (in the child, with no sleeper counted).
+void vmsp_epoll_before_fork(void);
+void vmsp_epoll_after_fork(int child);
 /// The descriptor fd is about to close or be replaced: if it is an epoll set, its record goes.
 static inline void vmsp_epoll_closing(int fd) {
     struct vmsp_epoll *set = vmsp_epoll_untrack(fd);
