@@ -217,16 +217,43 @@ void vmsp_epoll_forget(struct vmsp_epoll *set) {
 
 // The last user of a connection registered in a set is about to unmap its rings (table.c). A scan that judged
 // its registration valid before the close (collect, arm, a nested set's look: all under the set's lock) may
-// still read them, from another thread: taking each live set's lock once waits those scans out, and later ones
-// find the registration invalid. Not covered: a close from a signal handler that interrupted such a scan.
-void vmsp_epoll_barrier(void) {
+// still read them, from another thread: taking the lock of each live set it was added to once waits those scans
+// out, and later ones find the registration invalid. Only its own sets: a close on one event loop's thread does
+// not wait for another loop's spin. Not covered: a close from a signal handler that interrupted such a scan.
+static void note_set(struct vmsp_ref *ref, struct vmsp_epoll *set) {
+    int count = atomic_load(&ref->epoll_set_count);
+    for (int i = 0; i < count && i < VMSP_EPOLL_SETS; i++) {
+        if (atomic_load(&ref->epoll_sets[i].serial) == set->serial) return;
+    }
+    int i = atomic_fetch_add(&ref->epoll_set_count, 1);
+    if (i >= VMSP_EPOLL_SETS) return;
+    atomic_store(&ref->epoll_sets[i].fd, set->fd);
+    atomic_store(&ref->epoll_sets[i].serial, set->serial);
+}
+
+static void wait_out(struct vmsp_epoll *set) {
+    set_lock(set);
+    set_unlock(set);
+}
+
+void vmsp_epoll_barrier(struct vmsp_ref *r) {
     if (!sets || set_locks_held) return;
-    int high = atomic_load(&sets_high);
-    for (int fd = 0; fd <= high; fd++) {
-        struct vmsp_epoll *set = set_of(fd);
-        if (!set) continue;
-        set_lock(set);
-        set_unlock(set);
+    int count = atomic_load(&r->epoll_set_count), all = count > VMSP_EPOLL_SETS;
+    for (int i = 0; i < count && i < VMSP_EPOLL_SETS && !all; i++) {
+        all = atomic_load(&r->epoll_sets[i].serial) == 0;  // being noted: not known yet
+    }
+    if (all) {
+        int high = atomic_load(&sets_high);
+        for (int fd = 0; fd <= high; fd++) {
+            struct vmsp_epoll *set = set_of(fd);
+            if (set) wait_out(set);
+        }
+        return;
+    }
+    for (int i = 0; i < count; i++) {
+        struct vmsp_epoll *set = set_of(atomic_load(&r->epoll_sets[i].fd));
+        // Closed since (or its number reused): a closed set's record is empty, and nothing scans it.
+        if (set && set->serial == atomic_load(&r->epoll_sets[i].serial)) wait_out(set);
     }
 }
 
@@ -369,7 +396,7 @@ static struct reg *add_reg(struct vmsp_epoll *set, int fd, struct vmsp_ref *ref,
         atomic_fetch_add(&set->live, 1);
         return r;
     }
-    if (ref) atomic_store(&ref->epolled, 1);
+    if (ref) note_set(ref, set);  // (a parked one's connection was noted when first added)
     r = new_reg(set);
     if (!r) { errno = ENOMEM; return NULL; }
     int index = (int)(r - set->regs);

@@ -143,7 +143,7 @@ static inline void vmsp_note_reader(atomic_int *reader_pid) {
 // numbers. `struct vmsp_ref` is this process's hold on it: the descriptors that name it here, the calls in
 // progress, the Swift object that owns this process's mappings. The table points at refs.
 
-enum { VMSP_HOLDERS = 128, VMSP_RELAY_IMAGES = 8 };
+enum { VMSP_HOLDERS = 128, VMSP_RELAY_IMAGES = 8, VMSP_EPOLL_SETS = 4 };
 
 struct vmsp_conn {
     // Immutable after attach.
@@ -207,8 +207,10 @@ struct vmsp_ref {
     // The program cleared a descriptor's close-on-exec flag itself (fcntl F_SETFD): a new image that inherits it
     // gets it on purpose (ferry.c, on_purpose).
     atomic_int handed;
-    // Added to an epoll set at some time: its last user waits out the sets' scans before the rings go (epoll.c).
-    atomic_int epolled;
+    // The epoll sets it was added to, by number and serial (epoll.c): its last user waits out their scans before
+    // the rings go. Past VMSP_EPOLL_SETS of them, or one not written yet (serial 0), it waits for every set.
+    atomic_int epoll_set_count;
+    struct { atomic_int fd; _Atomic uint64_t serial; } epoll_sets[VMSP_EPOLL_SETS];
 };
 
 // The connection's locks are robust: a lock whose holder died (a forked sibling killed inside a read) is taken
@@ -419,8 +421,8 @@ void vmsp_brief_note(uint64_t key, int64_t lifetime_ns, uint64_t bytes);
 void vmsp_brief_probe_next(uint64_t key);
 int vmsp_brief_limit_ms(void);
 void vmsp_epoll_forget(struct vmsp_epoll *set);
-/// Before a connection that was in an epoll set unmaps its rings: waits out every scan of a set (epoll.c).
-void vmsp_epoll_barrier(void);
+/// Before a connection that was in an epoll set unmaps its rings: waits out every scan of its sets (epoll.c).
+void vmsp_epoll_barrier(struct vmsp_ref *r);
 /// Around fork (real.c): every set's lock taken, then given back (in the child, with no sleeper counted).
 void vmsp_epoll_before_fork(void);
 void vmsp_epoll_after_fork(int child);

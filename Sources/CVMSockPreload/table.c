@@ -166,7 +166,7 @@ void vmsp_leave(struct vmsp_ref *r) {
     free_old_retired();
     pthread_mutex_unlock(&live_lock);
     mark_link_fds(r->conn, 0);
-    if (atomic_load(&r->epolled)) vmsp_epoll_barrier();  // no scan of a set still reads the rings
+    if (atomic_load(&r->epoll_set_count)) vmsp_epoll_barrier(r);  // no scan of a set still reads the rings
     int inside = vmsp_inside;
     vmsp_inside = 1;
     // Unmaps this process's mappings and closes its link descriptors: a claimed link's are the C half's own.
