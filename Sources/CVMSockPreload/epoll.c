@@ -85,7 +85,8 @@ struct vmsp_epoll {
     pthread_mutex_t lock;
     int fd;
     uint64_t serial;          // which set this is, never reused within the process (unlike the record's address)
-    struct vmsp_epoll *next_retired, *next_forked;
+    struct vmsp_epoll *next_retired;
+    atomic_int inside;        // waits in progress on it (any phase): a retired record outlives them
     int64_t retired_at;
     struct reg *regs;
     int count, capacity;      // slots in use (some free), allocated
@@ -179,7 +180,7 @@ static struct vmsp_epoll *retired_head, *retired_tail;  // oldest first
 
 static int asleep_in(struct vmsp_epoll *set) {
     set_lock(set);
-    int busy = set->sleepers > 0 || atomic_load(&set->kernel_sleepers) > 0;
+    int busy = set->sleepers > 0 || atomic_load(&set->kernel_sleepers) > 0 || atomic_load(&set->inside) > 0;
     set_unlock(set);
     return busy;
 }
@@ -257,43 +258,27 @@ void vmsp_epoll_barrier(struct vmsp_ref *r) {
     }
 }
 
-// Around fork (real.c): the retired list's lock and every set's lock (retired ones too) are held, so that the
-// child never inherits one that a thread it does not have was holding (its first close of the set, or wait on
-// it, hung). The child's sets have no sleeper.
-static struct vmsp_epoll *forked_sets;
-static int forked_whole;
-
-static void hold_for_fork(struct vmsp_epoll *set) {
-    set_lock(set);
-    set->next_forked = forked_sets;
-    forked_sets = set;
+// In a forked child (real.c): a thread the child does not have may have held a set's lock, or the retired
+// list's, at the fork; the child's one thread makes them new, and its sets count no sleeper. Taking the locks
+// before the fork instead deadlocked against a wait on a set that holds another set (outer, then inner), and made
+// a fork wait for every spinning wait.
+static void fresh_after_fork(struct vmsp_epoll *set) {
+    pthread_mutex_init(&set->lock, NULL);
+    set->sleepers = 0;
+    atomic_store(&set->kernel_sleepers, 0);
+    atomic_store(&set->inside, 0);
 }
 
-void vmsp_epoll_before_fork(void) {
-    forked_sets = NULL;
-    forked_whole = sets && !set_locks_held;
-    if (!forked_whole) return;
-    pthread_mutex_lock(&retired_lock);
-    for (struct vmsp_epoll *set = retired_head; set; set = set->next_retired) hold_for_fork(set);
+void vmsp_epoll_after_fork_child(void) {
+    pthread_mutex_init(&retired_lock, NULL);
+    set_locks_held = 0;
+    for (struct vmsp_epoll *set = retired_head; set; set = set->next_retired) fresh_after_fork(set);
+    if (!sets) return;
     int high = atomic_load(&sets_high);
     for (int fd = 0; fd <= high; fd++) {
         struct vmsp_epoll *set = set_of(fd);
-        if (set) hold_for_fork(set);
+        if (set) fresh_after_fork(set);
     }
-}
-
-void vmsp_epoll_after_fork(int child) {
-    if (!forked_whole) return;
-    for (struct vmsp_epoll *set = forked_sets, *next; set; set = next) {
-        next = set->next_forked;
-        if (child) {
-            set->sleepers = 0;
-            atomic_store(&set->kernel_sleepers, 0);
-        }
-        set_unlock(set);
-    }
-    forked_sets = NULL;
-    pthread_mutex_unlock(&retired_lock);
 }
 
 // MARK: Registrations
@@ -873,15 +858,31 @@ static int wait_kernel_only(struct vmsp_epoll *set, struct epoll_event *events, 
     return kernel_events(set, events, got);
 }
 
-static int wait_common(int epfd, struct epoll_event *events, int max, int64_t deadline, int timeout_ms,
-                       const sigset_t *mask) {
-    struct vmsp_epoll *set = vmsp_inside ? NULL : set_of(epfd);
-    if (!set || max <= 0) return REAL(epoll_pwait)(epfd, events, max, timeout_ms, mask);
+static int wait_in(struct vmsp_epoll *set, struct epoll_event *events, int max, int64_t deadline, int timeout_ms,
+                   const sigset_t *mask) {
     if (atomic_load_explicit(&set->live, memory_order_relaxed) == 0) {
         int got = wait_kernel_only(set, events, max, timeout_ms, mask);
         if (got != -2) return got;
     }
     return wait_with_rings(set, events, max, deadline, mask);
+}
+
+// Counted in the set while it waits, in every phase: a record closed meanwhile is not freed under it (retire).
+static void enter_set(struct vmsp_epoll *set) { atomic_fetch_add(&set->inside, 1); }
+
+static int leave_set(struct vmsp_epoll *set, int result) {
+    int saved = errno;
+    atomic_fetch_sub(&set->inside, 1);
+    errno = saved;
+    return result;
+}
+
+static int wait_common(int epfd, struct epoll_event *events, int max, int64_t deadline, int timeout_ms,
+                       const sigset_t *mask) {
+    struct vmsp_epoll *set = vmsp_inside ? NULL : set_of(epfd);
+    if (!set || max <= 0) return REAL(epoll_pwait)(epfd, events, max, timeout_ms, mask);
+    enter_set(set);
+    return leave_set(set, wait_in(set, events, max, deadline, timeout_ms, mask));
 }
 
 int epoll_wait(int epfd, struct epoll_event *events, int max, int timeout) {
@@ -892,8 +893,8 @@ int epoll_pwait(int epfd, struct epoll_event *events, int max, int timeout, cons
     return wait_common(epfd, events, max, vmsp_deadline_after_ms(timeout), timeout, mask);
 }
 
-int epoll_pwait2(int epfd, struct epoll_event *events, int max, const struct timespec *timeout, const sigset_t *mask) {
-    struct vmsp_epoll *set = vmsp_inside ? NULL : set_of(epfd);
+static int pwait2_in(struct vmsp_epoll *set, int epfd, struct epoll_event *events, int max,
+                     const struct timespec *timeout, const sigset_t *mask) {
     int64_t deadline = vmsp_deadline_after(timeout);
     if (!set || atomic_load_explicit(&set->live, memory_order_relaxed) == 0 || max <= 0) {
         // (A connection added to this set while it sleeps here is seen at the next wait.)
@@ -905,4 +906,11 @@ int epoll_pwait2(int epfd, struct epoll_event *events, int max, const struct tim
         if (got != -2) return got;
     }
     return wait_with_rings(set, events, max, deadline, mask);
+}
+
+int epoll_pwait2(int epfd, struct epoll_event *events, int max, const struct timespec *timeout, const sigset_t *mask) {
+    struct vmsp_epoll *set = vmsp_inside ? NULL : set_of(epfd);
+    if (!set) return pwait2_in(NULL, epfd, events, max, timeout, mask);
+    enter_set(set);
+    return leave_set(set, pwait2_in(set, epfd, events, max, timeout, mask));
 }

@@ -423,9 +423,8 @@ int vmsp_brief_limit_ms(void);
 void vmsp_epoll_forget(struct vmsp_epoll *set);
 /// Before a connection that was in an epoll set unmaps its rings: waits out every scan of its sets (epoll.c).
 void vmsp_epoll_barrier(struct vmsp_ref *r);
-/// Around fork (real.c): every set's lock taken, then given back (in the child, with no sleeper counted).
-void vmsp_epoll_before_fork(void);
-void vmsp_epoll_after_fork(int child);
+/// In a forked child (real.c): the sets' locks made new, no sleeper counted.
+void vmsp_epoll_after_fork_child(void);
 /// The descriptor fd is about to close or be replaced: if it is an epoll set, its record goes.
 static inline void vmsp_epoll_closing(int fd) {
     struct vmsp_epoll *set = vmsp_epoll_untrack(fd);

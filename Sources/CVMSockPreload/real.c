@@ -153,7 +153,6 @@ static void before_fork(void) {
     atomic_store_explicit(&forking_process, getpid(), memory_order_relaxed);
     atomic_fetch_add(&vmsp_forks_in_flight, 1);
     close_setup();  // first: a thread inside the set-up may be about to take the locks below
-    vmsp_epoll_before_fork();
     pthread_mutex_lock(&internal_lock);
     vmsp_live_lock();
 }
@@ -166,7 +165,6 @@ static void after_fork_parent(void) {
     }
     vmsp_live_unlock();
     pthread_mutex_unlock(&internal_lock);
-    vmsp_epoll_after_fork(0);
     atomic_fetch_sub(&setup_closed, 1);
 }
 
@@ -191,7 +189,7 @@ static void after_fork_child(void) {
     internal_count = 0;
     pthread_mutex_init(&internal_lock, NULL);
     vmsp_shell_after_fork();
-    vmsp_epoll_after_fork(1);
+    vmsp_epoll_after_fork_child();
     vmsp_hold_all_after_fork();
     vmsp_live_unlock();
 }

@@ -284,9 +284,10 @@ static void closers(void) {
     close(set);
 }
 
-// A thread waits in a set (timeout 0) on a connection with data waiting while the main thread forks children that
-// close every descriptor from 3 up and exit, as a subprocess does before exec. A child forked while the waiter
-// held the set's lock inherited it held, and its close of the set waited for ever (1 to 6 children of 20).
+// A thread waits in a set (timeout 0) holding a set that holds a connection with data waiting, while the main
+// thread forks children that close every descriptor from 3 up and exit, as a subprocess does before exec. A child
+// forked while the waiter held a set's lock inherited it held, and its close of the set waited for ever (1 to 6
+// children of 20); a fork that took the sets' locks first deadlocked with the waiter (outer, then inner).
 // PRELOAD_EPOLL_CASE=fork.
 static void *fork_waiter(void *arg) {
     int set = *(int *)arg;
@@ -298,8 +299,9 @@ static void *fork_waiter(void *arg) {
 static void forks_while_waiting(void) {
     int c, s;
     pair(&c, &s);
-    int set = epoll_create1(0);
-    add(set, EPOLL_CTL_ADD, s, EPOLLIN, 1);
+    int inner = epoll_create1(0), set = epoll_create1(0);  // the waiter's set holds a set holding the connection
+    add(inner, EPOLL_CTL_ADD, s, EPOLLIN, 1);
+    add(set, EPOLL_CTL_ADD, inner, EPOLLIN, 2);
     put(c, "x");
     pthread_t waiter;
     pthread_create(&waiter, NULL, fork_waiter, &set);
