@@ -110,8 +110,8 @@ static struct vmsp_epoll *set_of(int fd) {
     return atomic_load_explicit(&sets[fd], memory_order_acquire);
 }
 
-// This thread's count of set locks held: a close made inside one (from a signal handler) skips the barrier, and
-// a fork made inside one does not wait for the sets' locks (it would wait for itself).
+// This thread's count of set locks held: a close made inside one (from a signal handler) skips the barrier, which
+// would wait for itself.
 static __thread int set_locks_held __attribute__((tls_model("initial-exec")));
 
 static void set_lock(struct vmsp_epoll *set) {
@@ -168,8 +168,8 @@ int epoll_create1(int flags) {
 }
 
 // The set at fd is closing (close, dup2 over it): its record goes, emptied at once and freed ten seconds on
-// (retire): a thread that read its address just before (a wait, a close's barrier, a fork, a set holding it) has
-// long finished with it by then, unless it sleeps in the kernel's set, which keeps it until it wakes.
+// (retire): a thread that read its address just before (a close's barrier, a set holding it) has long finished
+// with it by then, and a wait still inside it (`inside`, counted for its whole call) keeps it until it leaves.
 struct vmsp_epoll *vmsp_epoll_untrack(int fd) {
     if (!sets || (unsigned)fd >= (unsigned)vmsp_table_size) return NULL;
     return atomic_exchange(&sets[fd], NULL);
