@@ -115,13 +115,13 @@ static struct vmsp_epoll *set_of(int fd) {
 static __thread int set_locks_held __attribute__((tls_model("initial-exec")));
 
 static void set_lock(struct vmsp_epoll *set) {
+    set_locks_held++;  // before: a handler that runs while the lock is held always sees the count
     pthread_mutex_lock(&set->lock);
-    set_locks_held++;
 }
 
 static void set_unlock(struct vmsp_epoll *set) {
-    set_locks_held--;
     pthread_mutex_unlock(&set->lock);
+    set_locks_held--;
 }
 
 static void track(int fd) {
@@ -151,8 +151,7 @@ static void track(int fd) {
     static _Atomic uint64_t serials;
     set->serial = atomic_fetch_add(&serials, 1) + 1;
     set->waker = -1;
-    struct vmsp_epoll *old = atomic_exchange(&sets[fd], set);
-    if (old) vmsp_epoll_forget(old);
+    vmsp_epoll_replace(fd, set);
 }
 
 int epoll_create(int size) {
@@ -167,14 +166,9 @@ int epoll_create1(int flags) {
     return fd;
 }
 
-// The set at fd is closing (close, dup2 over it): its record goes, emptied at once and freed ten seconds on
+// A closed set's record (close, dup2 over it) is emptied at once (vmsp_epoll_replace) and freed ten seconds on
 // (retire): a thread that read its address just before (a close's barrier, a set holding it) has long finished
 // with it by then, and a wait still inside it (`inside`, counted for its whole call) keeps it until it leaves.
-struct vmsp_epoll *vmsp_epoll_untrack(int fd) {
-    if (!sets || (unsigned)fd >= (unsigned)vmsp_table_size) return NULL;
-    return atomic_exchange(&sets[fd], NULL);
-}
-
 static pthread_mutex_t retired_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct vmsp_epoll *retired_head, *retired_tail;  // oldest first
 
@@ -204,16 +198,31 @@ static void retire(struct vmsp_epoll *set) {
     pthread_mutex_unlock(&retired_lock);
 }
 
-void vmsp_epoll_forget(struct vmsp_epoll *set) {
-    set_lock(set);
-    if (set->waker >= 0) REAL(close)(set->waker);
-    set->waker = -1;
-    free(set->regs);
-    set->regs = NULL;
-    set->count = set->capacity = 0;
-    atomic_store(&set->live, 0);
-    set_unlock(set);
-    retire(set);
+// The record at fd gives way to `set` (NULL: the set closes). The slot changes under the old record's lock, and
+// the record is emptied in the same hold: a barrier that no longer finds it there knows that no scan of it is
+// under way and none will come (a wait spinning in it held the lock while its slot was already empty).
+void vmsp_epoll_replace(int fd, struct vmsp_epoll *set) {
+    if (!sets || (unsigned)fd >= (unsigned)vmsp_table_size) return;
+    for (;;) {
+        struct vmsp_epoll *old = set_of(fd);
+        if (!old) {
+            if (!set || atomic_compare_exchange_strong(&sets[fd], &old, set)) return;
+            continue;
+        }
+        set_lock(old);
+        struct vmsp_epoll *expected = old;
+        int swapped = atomic_compare_exchange_strong(&sets[fd], &expected, set);
+        if (swapped) {
+            if (old->waker >= 0) REAL(close)(old->waker);
+            old->waker = -1;
+            free(old->regs);
+            old->regs = NULL;
+            old->count = old->capacity = 0;
+            atomic_store(&old->live, 0);
+        }
+        set_unlock(old);
+        if (swapped) { retire(old); return; }
+    }
 }
 
 // The last user of a connection registered in a set is about to unmap its rings (table.c). A scan that judged
@@ -253,7 +262,7 @@ void vmsp_epoll_barrier(struct vmsp_ref *r) {
     }
     for (int i = 0; i < count; i++) {
         struct vmsp_epoll *set = set_of(atomic_load(&r->epoll_sets[i].fd));
-        // Closed since (or its number reused): a closed set's record is empty, and nothing scans it.
+        // Closed since (or its number reused): its record was emptied when its slot changed (vmsp_epoll_replace).
         if (set && set->serial == atomic_load(&r->epoll_sets[i].serial)) wait_out(set);
     }
 }
@@ -322,10 +331,13 @@ static struct reg *new_reg(struct vmsp_epoll *set) {
     if (set->count == MAX_REGS) return NULL;  // the cookie has no room for another index
     if (set->count == set->capacity) {
         int capacity = set->capacity ? set->capacity * 2 : 16;
-        struct reg *grown = realloc(set->regs, (size_t)capacity * sizeof *grown);
+        // Not realloc: a fork between its return and the store below would leave the child the freed array.
+        struct reg *grown = malloc((size_t)capacity * sizeof *grown), *old = set->regs;
         if (!grown) return NULL;
+        if (old) memcpy(grown, old, (size_t)set->count * sizeof *grown);
         set->regs = grown;
         set->capacity = capacity;
+        free(old);
     }
     set->regs[set->count] = (struct reg){ .fd = -1 };
     return &set->regs[set->count++];

@@ -405,7 +405,6 @@ int vmsp_tx_arm(struct vmsp_conn *c);
 void vmsp_tx_disarm(struct vmsp_conn *c);
 // MARK: epoll sets (epoll.c): a record per set made by epoll_create, dropped when its descriptor closes.
 struct vmsp_epoll;
-struct vmsp_epoll *vmsp_epoll_untrack(int fd);
 void vmsp_epoll_adopt(int fd);
 /// stdio.c: descriptor 0, 1 or 2 became one of our connections; its standard stream becomes one of ours.
 void vmsp_stdio_adopt(int fd);
@@ -420,16 +419,14 @@ void vmsp_brief_note(uint64_t key, int64_t lifetime_ns, uint64_t bytes);
 /// connect on a connecting socket, or not TCP): the next connect there probes instead.
 void vmsp_brief_probe_next(uint64_t key);
 int vmsp_brief_limit_ms(void);
-void vmsp_epoll_forget(struct vmsp_epoll *set);
+/// The record of the set at fd gives way to `set` (NULL when the descriptor closes or is replaced).
+void vmsp_epoll_replace(int fd, struct vmsp_epoll *set);
 /// Before a connection that was in an epoll set unmaps its rings: waits out every scan of its sets (epoll.c).
 void vmsp_epoll_barrier(struct vmsp_ref *r);
 /// In a forked child (real.c): the sets' locks made new, no sleeper counted.
 void vmsp_epoll_after_fork_child(void);
 /// The descriptor fd is about to close or be replaced: if it is an epoll set, its record goes.
-static inline void vmsp_epoll_closing(int fd) {
-    struct vmsp_epoll *set = vmsp_epoll_untrack(fd);
-    if (set) vmsp_epoll_forget(set);
-}
+static inline void vmsp_epoll_closing(int fd) { vmsp_epoll_replace(fd, NULL); }
 
 // MARK: Signal handlers that ran while a wait spun (signals.c).
 
