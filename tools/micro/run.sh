@@ -3,7 +3,7 @@
 # connection makes), and what a fence per publish (or 20 more stores that hit the cache) costs a ring of 64-byte
 # messages. Needs a C compiler (gcc or cc). This VM's figures move between runs: run it a few times.
 # `tools/micro/run.sh floor [N [ROUNDS]]` runs only setup-floor.c instead: the least a first memfd connection
-# between two processes costs, against a TCP one, alternating in one run.
+# between two processes costs, answered and pipelined, against a TCP one, alternating in one run.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 out=${TMPDIR:-/tmp}/vmsock-micro
