@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <string.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/prctl.h>
 #include <signal.h>
@@ -72,6 +73,16 @@ struct cmsghdr *vms_cmsg_nxthdr(struct msghdr *msg, struct cmsghdr *cmsg) { retu
 unsigned char *vms_cmsg_data(struct cmsghdr *cmsg) { return CMSG_DATA(cmsg); }
 
 _Static_assert(sizeof(vms_cpu_mask) == sizeof(cpu_set_t), "vms_cpu_mask mirrors cpu_set_t");
+
+static atomic_ulong vms_forks;
+
+static void vms_count_fork(void) { atomic_fetch_add_explicit(&vms_forks, 1, memory_order_seq_cst); }
+
+// Counted before the fork and again after it in the parent: a connection made in between, in another thread, may
+// be in the child too, and its start sees a count the parent's second add changes.
+__attribute__((constructor)) static void vms_watch_forks(void) { pthread_atfork(vms_count_fork, vms_count_fork, NULL); }
+
+unsigned long vms_fork_count(void) { return atomic_load_explicit(&vms_forks, memory_order_seq_cst); }
 
 int vms_get_affinity(vms_cpu_mask *mask) { return sched_getaffinity(0, sizeof(*mask), (cpu_set_t *)mask); }
 int vms_set_affinity(const vms_cpu_mask *mask) { return sched_setaffinity(0, sizeof(*mask), (const cpu_set_t *)mask); }

@@ -1,5 +1,6 @@
 import Foundation
-@_spi(Testing) import VMSock
+@testable @_spi(Testing) import VMSock
+import VMSockRing
 import XCTest
 
 /// A closed connection's link serves the next connection between the same two endpoints (`LinkReuse`).
@@ -313,6 +314,93 @@ final class LinkReuseTests: XCTestCase {
         try RawControl.send(control, reopen, descriptors: [])
         let result = try XCTUnwrap(reader.wait(timeout: 5), "the read was not woken")
         XCTAssertErrno(EPROTO, try result.get())
+    }
+
+    /// A listener that parks its side of every generation by hand but never reads its control socket fills it
+    /// with reopens. The connector's next reopen must not wait for room (a blocking send would hang that connect
+    /// for good): it fails, the link is freed, and the connect goes on to a new link (here a knock that nothing
+    /// answers, so it ends after the handshake timeout).
+    func testListenerThatNeverReadsReopensCannotHangConnect() throws {
+        let port = freePort()
+        let registration = try RawControl.listen(IPEndpoint(numericHost: "127.0.0.1", port: port)!)
+        defer { close(registration) }
+        let (region, memfd) = try SharedRegion.create(capacity: 4096)
+        let header = LocalHeader(base: region.base)
+        let serving = Background { () throws -> Int32 in
+            let fd = accept(registration, nil, nil)
+            let hello = try RawControl.receive(fd, timeoutMs: 5000)
+            hello.descriptors.forEach { close($0) }
+            let welcome = HandshakeMessage(kind: .welcome, ringCapacity: 4096, reusable: true).encoded()
+            try RawControl.send(fd, welcome, descriptors: [memfd.raw, RawControl.makeBell(), RawControl.makeBell()])
+            return fd  // kept open, never read again
+        }
+        var options = VMSocketOptions(ringSize: 4096)
+        options.transport = .shm
+        options.handshakeTimeout = .milliseconds(300)
+        let fixed = options
+        func connectOnce(_ index: Int) throws -> Bool {
+            let connecting = Background { () throws -> Bool in
+                let socket = try VMSocket.connect(host: "127.0.0.1", port: port, options: fixed)
+                socket.close()
+                return true
+            }
+            let result = try XCTUnwrap(connecting.wait(timeout: 10), "connect \(index) hung")
+            return (try? result.get()) != nil
+        }
+        XCTAssertTrue(try connectOnce(0))
+        let control = try XCTUnwrap(serving.wait(timeout: 10)).get()
+        defer { close(control) }
+        for index in 1...5000 {
+            XCTAssertTrue(eventually { VMSocket.idleLinkCount == 1 }, "not parked before connect \(index)")
+            header.reopen(generation: UInt32(index - 1), consumed: nil)  // that generation, parked, nothing read
+            header.addShutdown(RingLayout.Shutdown.parked)
+            if try !connectOnce(index) {
+                XCTAssertEqual(VMSocket.idleLinkCount, 0, "the link whose reopen failed is freed")
+                return  // the reopens filled the socket, the send refused to wait, the new link found nobody
+            }
+        }
+        XCTFail("5,000 reopens fit in a socket nobody reads: the test did not reach a full socket")
+    }
+
+    /// A process that forks while a connection is open does not reuse that connection's link: the child holds a
+    /// copy of the connection, and its later close (or write) would otherwise land in the next connection on the
+    /// link. Here the child closes its copy after the parent has closed its own and connected again.
+    func testLinkInUseAcrossAForkIsNotReused() throws {
+        let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(ringSize: 4096))
+        defer { listener.close() }
+        var go: [Int32] = [0, 0]
+        XCTAssertEqual(pipe(&go), 0)
+        defer { close(go[0]); close(go[1]) }
+        var pair: (server: VMSocket, client: VMSocket)? = try connectedPair(
+            through: listener, options: VMSocketOptions(ringSize: 4096))
+        let child = fork()
+        if child == 0 {
+            var byte: UInt8 = 0
+            _ = read(go[0], &byte, 1)
+            pair!.client.close()  // the child lets go of the copy it inherited
+            _exit(0)
+        }
+        XCTAssertGreaterThan(child, 0)
+        pair!.client.close()
+        pair!.server.close()
+        pair = nil
+        usleep(100_000)
+        XCTAssertEqual(VMSocket.idleLinkCount, 0, "a link in use across the fork was parked")
+        let before = TransportStatistics.current.sharedMemoryReused
+        let (server, client) = try connectedPair(through: listener, options: VMSocketOptions(ringSize: 4096))
+        XCTAssertEqual(TransportStatistics.current.sharedMemoryReused, before, "the next connection reused it")
+        var byte: UInt8 = 1
+        XCTAssertEqual(write(go[1], &byte, 1), 1)
+        var status: Int32 = 0
+        XCTAssertEqual(waitpid(child, &status, 0), child)
+        try client.writeAll([1])
+        XCTAssertEqual(try server.readExactly(1), [1])
+        XCTAssertNoThrow(try server.writeAll([2]), "the child's close ended the parent's next connection")
+        XCTAssertEqual(try client.readExactly(1), [2])
+        server.readTimeout = .milliseconds(200)
+        XCTAssertErrno(ETIMEDOUT, try server.read(upTo: 1))  // no end of stream the client never sent
+        client.close()
+        server.close()
     }
 
     // MARK: Helpers

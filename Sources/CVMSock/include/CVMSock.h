@@ -42,6 +42,11 @@ int vms_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 /// async-signal-safe). One eventfd for every signal forwarded. Returns 0 or -1 with errno set.
 int vms_forward_signal(int sig, int fd);
 
+/// Forks this process has made, counted twice each: before and after (pthread_atfork's prepare and parent handlers,
+/// registered when the library loads; vfork and posix_spawn run no handlers, and their children exec without touching a connection).
+/// A shared-memory connection open across a fork may be held by the child too: its link is not reused.
+unsigned long vms_fork_count(void);
+
 // MARK: SCM_RIGHTS (the CMSG_* macros are not importable)
 size_t vms_cmsg_space(size_t data_len);
 size_t vms_cmsg_len(size_t data_len);

@@ -101,8 +101,9 @@ enum ControlSocket {
         try Sys.peerCredentials(fd)
     }
 
-    /// Sends one message, with `descriptors` attached by SCM_RIGHTS. Never raises SIGPIPE.
-    static func send(_ fd: Int32, _ bytes: [UInt8], descriptors: [Int32]) throws(VMSockError) {
+    /// Sends one message, with `descriptors` attached by SCM_RIGHTS. Never raises SIGPIPE. `waits` false: fails
+    /// with EAGAIN rather than wait for room (MSG_DONTWAIT), for a socket whose peer may never read.
+    static func send(_ fd: Int32, _ bytes: [UInt8], descriptors: [Int32], waits: Bool = true) throws(VMSockError) {
         let controlLength = descriptors.isEmpty ? 0 : vms_cmsg_space(descriptors.count * MemoryLayout<Int32>.size)
         var control = [UInt8](repeating: 0, count: max(controlLength, 1))
         var payload = bytes
@@ -126,7 +127,7 @@ enum ControlSocket {
                         }
                     }
                     return Result { () throws(VMSockError) in
-                        try Sys.sendMessage(fd, &msg, Int32(MSG_NOSIGNAL), "sendmsg(control)")
+                        try Sys.sendMessage(fd, &msg, Int32(MSG_NOSIGNAL) | (waits ? 0 : Int32(MSG_DONTWAIT)), "sendmsg(control)")
                     }
                 }
             }

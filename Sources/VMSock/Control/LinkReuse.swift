@@ -138,7 +138,9 @@ extension Handshake {
         }
         let request = HandshakeMessage(
             kind: .reopen, ringCapacity: UInt32(link.localRegion.capacity), dialed: dialed, source: source)
-        try ControlSocket.send(link.control.raw, request.encoded(), descriptors: [])
+        // Without waiting: an honest listener has read our last reopen before it parks the link again, so the
+        // socket always has room; one that never reads must not hang this connect (EAGAIN frees the link).
+        try ControlSocket.send(link.control.raw, request.encoded(), descriptors: [], waits: false)
         return link.reopened(generation: generation, consumed: produced, for: dialed, source: source)
     }
 

@@ -46,6 +46,9 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     private let ownSleepers = Atomic<Int>(0)
     let waits = WaitCounters()
     private let fault = Mutex<VMSockError?>(nil)
+    /// The process's fork count when this connection started (`Sys.forkCount`). A fork since means a child may hold
+    /// this connection too, and may write or close it later: its link must not carry another connection then.
+    private let forksAtStart = Sys.forkCount()
 
     let settings = EngineSettings(spinNanos: SpinPolicy.processNanoseconds)
     var transport: Transport { link.lease == nil ? .sharedMemory : .ivshmem }
@@ -546,7 +549,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         let before = state.bitwiseOr(State.closed, ordering: .sequentiallyConsistent).oldValue
         guard before & State.closed == 0 else { return }
         local.addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
-        guard link.reusable else {
+        guard mayKeepLink else {
             // No doorbells: every sleeper, ours and the peer's, polls the control socket too, and shutting it
             // down wakes them all (our end hangs up, and so does the peer's). Four sends fewer per close.
             Sys.shutdown(link.control.raw)
@@ -575,7 +578,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     /// which shares its rings with the parent). Whoever keeps it marks it `parked` (see `LinkReuse`).
     func detachForReuse() -> EstablishedLink? {
         let flags = state.load(ordering: .acquiring)
-        guard link.reusable, flags & State.closed != 0, flags & (State.broken | State.peerGone) == 0,
+        guard mayKeepLink, flags & State.closed != 0, flags & (State.broken | State.peerGone) == 0,
             link.isOwnedByThisProcess, peer.shutdownFlags & RingLayout.Shutdown.retired == 0  // (refused)
         else { return nil }
         // An announcement left standing (a poller armed at close) goes: the peer's next connection, whose ring
@@ -588,6 +591,12 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         parked.start = (tx.position, rx.position)  // where the next connection on it carries on
         return parked
     }
+
+    /// Whether the link may serve another connection once this one is closed: both sides said so, and the process
+    /// has not forked since this connection started. A child that kept a copy of it could otherwise close it, or
+    /// write, into the next connection on the link (read after `closed` is set, so that a fork after this look
+    /// gives the child a closed copy).
+    private var mayKeepLink: Bool { link.reusable && Sys.forkCount() == forksAtStart }
 
     private func wakeEveryone() {
         link.peerDataBell.ring()

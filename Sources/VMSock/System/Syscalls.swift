@@ -101,6 +101,8 @@ enum Sys {
 
     /// getpid(2), which cannot fail.
     static func processID() -> pid_t { getpid() }
+    /// Forks this process has made, as a count that changes at each (`vms_fork_count`; no system call).
+    static func forkCount() -> UInt { UInt(vms_fork_count()) }
 
     /// getuid(2), which cannot fail.
     static func userID() -> uid_t { getuid() }
