@@ -209,6 +209,38 @@ final class ClientTests: XCTestCase {
         XCTAssertFalse(end.stderr.contains("peer 1 left"), end.stderr)
     }
 
+    /// A client that never reads does not make the daemon keep departed peers' eventfds: once its socket is full,
+    /// each peer that joins and leaves is taken out of its queue again, vectors and all. Before, every such round
+    /// left 64 more descriptors open in the daemon until it ran out and refused every client.
+    func testASilentClientKeepsNoDepartedPeersDescriptors() throws {
+        let daemon = try Daemon(self, ["--vectors", "64"])
+        let a = try IvshmemClient.connect(path: daemon.socket)
+        let silent = try rawConnect(daemon.socket)
+        defer { close(silent) }
+        XCTAssertEqual(try events(a), [.joined(1)])
+        func daemonDescriptors() -> Int {
+            (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(daemon.child.pid)/fd").count) ?? -1
+        }
+        var afterFull = 0
+        for round in 0..<150 {  // a 1 MiB socket buffer is full after about 43 rounds
+            var seen: [IvshmemClient.Event] = []
+            let id: Int
+            do {
+                let transient = try IvshmemClient.connect(path: daemon.socket)
+                id = transient.id
+                while !seen.contains(.joined(id)) { seen += try events(a) }
+            }
+            while !seen.contains(.left(id)) { seen += try events(a) }
+            if round == 60 { afterFull = daemonDescriptors() }
+        }
+        let end = daemonDescriptors()
+        XCTAssertGreaterThan(afterFull, 0)
+        XCTAssertLessThanOrEqual(end, afterFull + 8, "the daemon keeps departed peers' eventfds: \(afterFull) then \(end)")
+        XCTAssertNotNil(a.peers[1], "the silent one is still a peer")
+        let late = try IvshmemClient.connect(path: daemon.socket)
+        XCTAssertNotNil(late.peers[a.id], "a new client still joins and hears of the others")
+    }
+
     /// SIGTERM: exit status 0, the socket file gone, every client's connection closed.
     func testTerminationLeavesNothingBehind() throws {
         let daemon = try Daemon(self)

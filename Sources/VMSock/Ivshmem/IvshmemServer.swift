@@ -40,7 +40,9 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
     }
 
     /// Messages a client may have waiting beyond its socket buffer before it is dropped. A client that reads
-    /// never gets near it: the largest burst is a join's, (peers + 1) * vectors + 3 messages.
+    /// never gets near it: the largest burst is a join's, (peers + 1) * vectors + 3 messages. One that does not
+    /// read keeps at most the live peers' vectors and one leave per peer it heard of waiting: a leaving peer's
+    /// vectors are taken out of every queue (`Client.withdraw`).
     package static let queueLimit = 1 << 16
     /// The socket buffer asked for each client (best effort; the kernel caps it at net.core.wmem_max). A default
     /// Unix stream buffer (208 KiB) takes 278 messages with a descriptor each; a join with 64 vectors and 4 peers
@@ -215,6 +217,19 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
         }
 
         var pending: Int { queue.count - queueStart }
+
+        /// Takes the messages that carry one of `descriptors` (a leaving client's vectors) out of what still waits,
+        /// and returns how many went: a client that does not read must not keep a departed peer's eventfds open
+        /// in its queue, or churning clients would run the daemon out of descriptors.
+        func withdraw(_ descriptors: [Descriptor]) -> Int {
+            guard pending > 0 else { return 0 }
+            let leaving = Set(descriptors.map(ObjectIdentifier.init))
+            let waiting = queue[queueStart...]
+            let kept = waiting.filter { $0.descriptor.map { !leaving.contains(ObjectIdentifier($0)) } ?? true }
+            queue = Array(kept)
+            queueStart = 0
+            return waiting.count - kept.count
+        }
     }
 
     private func acceptClients() {
@@ -395,7 +410,10 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
                 log("peer \(client.id) left: it \(reason)")
             }
             if client.announced {
-                for other in clients { send(to: other, Int64(client.id)) }
+                for other in clients {
+                    // A peer that never got any of its vectors (they all still waited) is not told it left either.
+                    if other.withdraw(client.vectors) < client.vectors.count { send(to: other, Int64(client.id)) }
+                }
             }
             if listenerPaused { resumeListener() }
         }
