@@ -244,10 +244,18 @@ extension IvshmemNode {
             let dialed = IPEndpoint(family: family == 4 ? .v4 : .v6, addressBytes: Array(dialedBytes[0..<length]), port: listening.port)
             guard listening.accepts(dialed) else { continue }
             guard view.cas64(offset + IvshmemArena.SlotOffset.listener, 0, me.word) else { continue }
-            // The request must be the one we judged: a connector that gave up and claimed again has a new number.
+            // The request must be the one we judged: a connector that gave up and claimed again has a new number,
+            // and one that claimed a stale slot while we read it may have written another target, port or address
+            // (read before the connector word, they could be the last request's).
             guard view.load64(offset + IvshmemArena.SlotOffset.connector) == word,
                 view.load64(offset + IvshmemArena.SlotOffset.request) == number,
-                view.load32(offset + IvshmemArena.SlotOffset.state) == IvshmemArena.State.requested
+                view.load32(offset + IvshmemArena.SlotOffset.state) == IvshmemArena.State.requested,
+                view.load64(offset + IvshmemArena.SlotOffset.target) == me.word,
+                view.load16(offset + IvshmemArena.SlotOffset.dialedPort) == listening.port,
+                view.load8(offset + IvshmemArena.SlotOffset.family) == family,
+                view.loadBytes16(offset + IvshmemArena.SlotOffset.dialedAddress) == dialedBytes,
+                view.loadBytes16(offset + IvshmemArena.SlotOffset.sourceAddress) == sourceBytes,
+                view.load16(offset + IvshmemArena.SlotOffset.sourcePort) == sourcePort
             else {
                 release(slot: slot, side: .listener)
                 continue
