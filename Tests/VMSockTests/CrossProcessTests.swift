@@ -175,3 +175,39 @@ final class WakeUpOrderingTests: XCTestCase {
         socket.close()
     }
 }
+
+/// A listener inherited by a forked child stays the parent's.
+final class ForkedListenerTests: XCTestCase {
+    /// The child's accept fails with EOPNOTSUPP and says why (its table of waiting connectors is a stale copy of
+    /// the parent's), and its close lets its copies go without shutting down the parent's sockets: the parent
+    /// accepts over shared memory and TCP afterwards.
+    func testAForkedChildNeitherAcceptsNorClosesTheParentsListener() throws {
+        let listener = try VMListener(address: .port(freePortText()))
+        defer { listener.close() }
+        let child = fork()
+        if child == 0 {
+            var status: Int32 = 0
+            do {
+                _ = try listener.accept()
+                status = 1
+            } catch {
+                if error.code != EOPNOTSUPP || !error.description.contains("fork") { status = 2 }
+            }
+            listener.close()
+            _exit(status)
+        }
+        XCTAssertGreaterThan(child, 0)
+        var status: Int32 = 0
+        XCTAssertEqual(waitpid(child, &status, 0), child)
+        XCTAssertEqual(status >> 8 & 0xff, 0, "the child's accept did not fail with EOPNOTSUPP (1: it accepted)")
+        for policy in [TransportPolicy.shm, .tcp] {
+            let accepting = Background { try listener.accept() }
+            let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(transport: policy))
+            let server = try XCTUnwrap(accepting.wait(timeout: 10), "\(policy)").get()
+            try client.writeAll([7])
+            XCTAssertEqual(try server.readExactly(1), [7], "\(policy)")
+            client.close()
+            server.close()
+        }
+    }
+}

@@ -60,6 +60,9 @@ final class Registration: @unchecked Sendable {  // immutable but for the socket
     let address: ControlAddress
     let socket: GuardedDescriptor
     private let inode: ino_t?
+    /// The process that bound it: only that one removes the socket file (a forked child's close of its copy must
+    /// not take the parent's registration away).
+    private let creator = Sys.processID()
 
     /// Binds `address`. In a directory, a file that nobody answers on is stale and replaced; one that answers
     /// belongs to a live listener, and this fails with EADDRINUSE.
@@ -83,11 +86,12 @@ final class Registration: @unchecked Sendable {  // immutable but for the socket
 
     deinit { close() }
 
-    /// Closes the socket (once no call uses it) and removes a socket file while it is still ours. Idempotent.
+    /// Closes the socket (once no call uses it) and removes a socket file while it is still ours, in the process
+    /// that bound it. Idempotent.
     func close() {
         guard !socket.isClosed else { return }
         socket.close()
-        if let inode, Sys.inode(of: address.name) == inode { Sys.unlink(address.name) }
+        if let inode, Sys.processID() == creator, Sys.inode(of: address.name) == inode { Sys.unlink(address.name) }
     }
 
     private static func isStale(_ address: ControlAddress) -> Bool {

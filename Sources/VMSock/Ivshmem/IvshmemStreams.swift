@@ -372,6 +372,8 @@ final class IvshmemListening: @unchecked Sendable {  // immutable
     let bell: Doorbell
     private let bellID: Int
     private let entries: [Int]
+    /// The process whose entries these are: a forked child's copy withdraws nothing.
+    private let creator = Sys.processID()
 
     var port: UInt16 { bound.port }
 
@@ -408,6 +410,7 @@ final class IvshmemListening: @unchecked Sendable {  // immutable
     /// Withdraws the listen entries (idempotent). Requests already accepted are connections of their own.
     func close() {
         closed.withLockIfFirst {
+            guard Sys.processID() == creator else { return }
             for entry in entries { node.unpublishListen(entry) }
             node.removeBell(bellID)
         }

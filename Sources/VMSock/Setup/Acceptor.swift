@@ -27,6 +27,10 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     let ringSize: Atomic<Int>
     private let rejected = Atomic<Int>(0)
     private let lastRejection = Mutex<String?>(nil)
+    /// The process that listens. A forked child holds copies of the descriptors, and shares the epoll set and the
+    /// sockets themselves with it: it may not accept (its table of pending connectors is a stale copy), and its
+    /// close lets its copies go without shutting down, unlinking or withdrawing anything of the parent's.
+    private let creator = Sys.processID()
 
     init(
         tcp: Descriptor, bound: IPEndpoint, registrations: [Registration], region: IvshmemListening?, options: VMSocketOptions
@@ -48,8 +52,9 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
         // Everything goes once the last call waiting on the set has left: a wait on the set wakes for the hang-up
         // of the sockets that `close` shuts down, and closing one of them first would take its event out of the
         // set before a sleeper saw it.
+        let creator = creator
         readiness = GuardedDescriptor(epoll.release()) {
-            region?.close()
+            if Sys.processID() == creator { region?.close() }  // (a forked child's copy withdraws nothing)
             pending?.dropAll()
             for registration in registrations { registration.close() }
             tcp.close()
@@ -70,6 +75,12 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     /// The next connection that is ready, of either transport, or nil when none is.
     /// - Throws: EBADF once closed; what accept(2) throws on the TCP socket.
     func acceptNow() throws(VMSockError) -> Connection? {
+        guard Sys.processID() == creator else {
+            throw VMSockError(
+                code: EOPNOTSUPP,
+                "this listener was made by process \(creator), and this process is a fork of it: accept there, or "
+                    + "make a listener here (vmsock-run shares listeners across fork)")
+        }
         do throws(VMSockError) {
             return try readiness.use("listener") { epoll throws(VMSockError) -> Connection? in
                 let ready = ReadyNow(epoll, capacity: readyCapacity)
@@ -253,6 +264,7 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
         // Closed first: a call that the shutdowns below make fail then reports EBADF (see `acceptNow`). With no
         // call inside, this releases everything at once, and the shutdowns find closed sockets: nothing to wake.
         readiness.close()
+        guard Sys.processID() == creator else { return }  // the sockets are the parent's too: never shut down here
         for socket in [tcp] + registrations.map(\.socket) { socket.shutdown() }
     }
 }

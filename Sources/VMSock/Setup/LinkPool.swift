@@ -36,14 +36,18 @@ final class LinkPool: Sendable {
 
     /// A parked link to `address` whose listener side is parked too, of our ring size, whose owner `policy`
     /// still trusts; nil if there is none. The caller owns it: reopened, or freed. Links to `address` whose
-    /// listener side retired them are freed on the way (`LinkReuse`).
+    /// listener side retired them are freed on the way (`LinkReuse`), and in a forked child every link the parent
+    /// parked.
     func take(_ address: ControlAddress, capacity: Int, policy: PeerPolicy) -> EstablishedLink? {
         let (taken, retired) = entries.withLock { entries -> (EstablishedLink?, [Entry]) in
-            let retired = entries.filter { $0.address == address && $0.link.peerRetired }
-            entries.removeAll { $0.address == address && $0.link.peerRetired }
+            // A forked child frees the parent's links it inherited (it never reuses them, and its copies of their
+            // control sockets would keep the listener from seeing the parent's exit); the process ID is asked once.
+            let me = Sys.processID()
+            let gone = { (entry: Entry) in entry.link.creator != me || (entry.address == address && entry.link.peerRetired) }
+            let retired = entries.filter(gone)
+            entries.removeAll(where: gone)
             guard let index = entries.firstIndex(where: {
-                $0.address == address && $0.link.isOwnedByThisProcess
-                    && $0.link.localRegion.capacity == capacity && policy.admits($0.link.peer)
+                $0.address == address && $0.link.localRegion.capacity == capacity && policy.admits($0.link.peer)
                     && $0.link.peerParked
             }) else { return (nil, retired) }
             return (entries.remove(at: index).link, retired)
