@@ -125,9 +125,13 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
                 throw VMSockError(code: ENOSPC, "vmsockd's region at \(path) is too small to hold a connection")
             }
             let view = IvshmemArenaView(base: attachment.region.base, region: attachment.region.geometry, arena: arena)
-            let node = IvshmemNode(
-                path: path, attachment: attachment, view: view, me: try identity(attachment, view), ringer: try EventRinger.start())
-            try node.startDispatcher()
+            let me = try identity(attachment, view)
+            let ringer = try EventRinger.start()
+            let node = IvshmemNode(path: path, attachment: attachment, view: view, me: me, ringer: ringer)
+            do throws(VMSockError) { try node.startDispatcher() } catch {
+                ringer.stop()  // its thread would outlive the failed join
+                throw error
+            }
             nodes[path] = node
             return node
         }
