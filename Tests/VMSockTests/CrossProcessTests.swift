@@ -176,14 +176,17 @@ final class WakeUpOrderingTests: XCTestCase {
     }
 }
 
-/// A listener inherited by a forked child stays the parent's.
-final class ForkedListenerTests: XCTestCase {
+/// A listener or a TCP connection inherited by a forked child stays the parent's.
+final class ForkedChildTests: XCTestCase {
     /// The child's accept fails with EOPNOTSUPP and says why (its table of waiting connectors is a stale copy of
-    /// the parent's), and its close lets its copies go without shutting down the parent's sockets: the parent
-    /// accepts over shared memory and TCP afterwards.
+    /// the parent's), and its close lets its copies go without shutting down the parent's sockets, even while a
+    /// thread of the parent is blocked in accept on them (the child's copy counts that call): the parent's
+    /// accept, blocked across the fork, gets the next connection, and later ones come over shared memory and TCP.
     func testAForkedChildNeitherAcceptsNorClosesTheParentsListener() throws {
         let listener = try VMListener(address: .port(freePortText()))
         defer { listener.close() }
+        let blocked = Background { try listener.accept() }
+        usleep(100_000)  // the accept sleeps on the listener's set
         let child = fork()
         if child == 0 {
             var status: Int32 = 0
@@ -197,17 +200,59 @@ final class ForkedListenerTests: XCTestCase {
             _exit(status)
         }
         XCTAssertGreaterThan(child, 0)
-        var status: Int32 = 0
-        XCTAssertEqual(waitpid(child, &status, 0), child)
-        XCTAssertEqual(status >> 8 & 0xff, 0, "the child's accept did not fail with EOPNOTSUPP (1: it accepted)")
-        for policy in [TransportPolicy.shm, .tcp] {
-            let accepting = Background { try listener.accept() }
+        XCTAssertEqual(exitStatus(ofChild: child), 0, "the child's accept did not fail with EOPNOTSUPP (1: it accepted; nil: it hung)")
+        var accepting = blocked
+        for policy in [TransportPolicy.shm, .tcp, .shm] {
             let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(transport: policy))
             let server = try XCTUnwrap(accepting.wait(timeout: 10), "\(policy)").get()
             try client.writeAll([7])
             XCTAssertEqual(try server.readExactly(1), [7], "\(policy)")
             client.close()
             server.close()
+            accepting = Background { try listener.accept() }
         }
+        listener.close()
+        _ = accepting.wait(timeout: 10)
+    }
+
+    /// A forked child that closes the TCP connection it inherited, while a thread of the parent is blocked reading
+    /// it, does not shut the parent's socket down (its copy counts the parent's read as a call inside): the
+    /// parent's read goes on waiting and gets the peer's next byte.
+    func testAForkedChildsCloseLeavesTheParentsTCPConnectionUp() throws {
+        let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(transport: .tcp))
+        defer { listener.close() }
+        let (server, client) = try connectedPair(through: listener, options: VMSocketOptions(transport: .tcp))
+        let reading = Background { try client.read(upTo: 1) }
+        usleep(100_000)  // the read sleeps in the kernel
+        let child = fork()
+        if child == 0 {
+            client.close()
+            _exit(0)
+        }
+        XCTAssertGreaterThan(child, 0)
+        XCTAssertEqual(exitStatus(ofChild: child), 0)
+        usleep(100_000)
+        try server.writeAll([5])
+        XCTAssertEqual(try XCTUnwrap(reading.wait(timeout: 10), "the read did not return").get(), [5],
+                       "the child's close ended the parent's connection")
+        client.close()
+        server.close()
+    }
+
+    /// A TCP-only listener may be shared across fork, as a TCP socket is: the child accepts on it.
+    func testAForkedChildAcceptsOnATCPOnlyListener() throws {
+        let listener = try VMListener(address: .port(freePortText()), options: VMSocketOptions(transport: .tcp))
+        defer { listener.close() }
+        let child = fork()
+        if child == 0 {
+            guard let server = try? listener.accept(), let bytes = try? server.readExactly(1), bytes == [9] else { _exit(1) }
+            server.close()
+            _exit(0)
+        }
+        XCTAssertGreaterThan(child, 0)
+        let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(transport: .tcp))
+        try client.writeAll([9])
+        XCTAssertEqual(exitStatus(ofChild: child), 0, "the child did not accept the TCP connection")
+        client.close()
     }
 }

@@ -153,7 +153,8 @@ int vmsock_listen(const char *host, uint16_t port, int backlog, const struct vms
  *
  * Returns: a handle (>= 0) for the new connection (blocking mode), or -1 with errno: EAGAIN (non-blocking and
  * nothing ready), EBADF (not an open handle, or the listener was closed while accept waited), EINVAL (the handle
- * is a connection, not a listener), EFAULT (address is given without address_length), EMFILE.
+ * is a connection, not a listener), EFAULT (address is given without address_length), EMFILE, EOPNOTSUPP (called
+ * in a forked child on its parent's listener that offers shared memory: see FORK above).
  */
 int vmsock_accept(int listener, struct sockaddr *address, socklen_t *address_length);
 

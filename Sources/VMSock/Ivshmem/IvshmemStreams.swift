@@ -34,6 +34,8 @@ final class IvshmemLease: @unchecked Sendable {  // immutable
     let slot: Int
     let side: IvshmemSide
     private let watchID: Int
+    /// The process that holds the slot: a forked child's copy of the lease releases nothing of the parent's.
+    private let creator = Sys.processID()
 
     init(node: IvshmemNode, slot: Int, side: IvshmemSide, watchID: Int) {
         self.node = node
@@ -43,6 +45,7 @@ final class IvshmemLease: @unchecked Sendable {  // immutable
     }
 
     deinit {
+        guard Sys.processID() == creator else { return }
         node.unwatch(watchID)
         node.release(slot: slot, side: side)
     }
@@ -257,7 +260,9 @@ extension IvshmemNode {
                 view.loadBytes16(offset + IvshmemArena.SlotOffset.sourceAddress) == sourceBytes,
                 view.load16(offset + IvshmemArena.SlotOffset.sourcePort) == sourcePort
             else {
-                release(slot: slot, side: .listener)
+                // Not the request we judged: undo the claim (a released mark would keep the slot from the
+                // listener it is meant for until its connector gave up).
+                _ = view.cas64(offset + IvshmemArena.SlotOffset.listener, me.word, 0)
                 continue
             }
             let peerAddress = IPEndpoint(family: dialed.family, addressBytes: Array(sourceBytes[0..<length]), port: sourcePort)
@@ -347,6 +352,7 @@ final class IvshmemRequest: @unchecked Sendable {  // one connector at a time
     let bell: Doorbell
     private let bellID: Int
     var established = false
+    private let creator = Sys.processID()
 
     init(node: IvshmemNode, slot: Int, listener: IvshmemArena.Owner, dialed: IPEndpoint, sourcePort: UInt16, bell: Doorbell) {
         self.node = node
@@ -359,6 +365,7 @@ final class IvshmemRequest: @unchecked Sendable {  // one connector at a time
     }
 
     deinit {
+        guard Sys.processID() == creator else { return }  // a forked child's copy abandons nothing of the parent's
         node.removeBell(bellID)
         if !established { node.abandon(self) }
     }

@@ -28,8 +28,9 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     private let rejected = Atomic<Int>(0)
     private let lastRejection = Mutex<String?>(nil)
     /// The process that listens. A forked child holds copies of the descriptors, and shares the epoll set and the
-    /// sockets themselves with it: it may not accept (its table of pending connectors is a stale copy), and its
-    /// close lets its copies go without shutting down, unlinking or withdrawing anything of the parent's.
+    /// sockets themselves with it: it may not accept when the listener offers shared memory (its table of pending
+    /// connectors is a stale copy; a TCP-only listener it may), and its close lets its copies go without shutting
+    /// down, unlinking or withdrawing anything of the parent's.
     private let creator = Sys.processID()
 
     init(
@@ -75,7 +76,7 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     /// The next connection that is ready, of either transport, or nil when none is.
     /// - Throws: EBADF once closed; what accept(2) throws on the TCP socket.
     func acceptNow() throws(VMSockError) -> Connection? {
-        guard Sys.processID() == creator else {
+        guard pending == nil && region == nil || Sys.processID() == creator else {
             throw VMSockError(
                 code: EOPNOTSUPP,
                 "this listener was made by process \(creator), and this process is a fork of it: accept there, or "

@@ -59,6 +59,8 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         static let readShut: UInt32 = 1 << 2
         static let writeShut: UInt32 = 1 << 3
         static let broken: UInt32 = 1 << 4
+        /// Set by `close` when the link may serve another connection (`mayKeepLink`, decided once, there).
+        static let keepsLink: UInt32 = 1 << 5
     }
 
     var peerCredentials: PeerCredentials? { link.peer }
@@ -550,6 +552,9 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         guard before & State.closed == 0 else { return }
         local.addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
         guard mayKeepLink else {
+            // A link that both sides offered for reuse is retired too, so that a peer that parks its side frees it
+            // at once (its pool does not watch the control socket).
+            if link.reusable { local.addShutdown(RingLayout.Shutdown.retired) }
             // No doorbells: every sleeper, ours and the peer's, polls the control socket too, and shutting it
             // down wakes them all (our end hangs up, and so does the peer's). Four sends fewer per close.
             Sys.shutdown(link.control.raw)
@@ -563,6 +568,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         // thread of ours may sleep on them. A sleeper counts itself before announcing and re-checks `state` after
         // the announcement's fence; `closed` went in above, sequentially consistent, before this count is read:
         // so either it sees `closed`, or this sees it. Two sends (and the reopen's two drains) fewer per close.
+        state.bitwiseOr(State.keepsLink, ordering: .acquiringAndReleasing)
         let (peerWaitsForData, peerWaitsForSpace) = peerWaits
         if peerWaitsForData { link.peerDataBell.ring() }
         if peerWaitsForSpace { link.peerSpaceBell.ring() }
@@ -578,7 +584,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     /// which shares its rings with the parent). Whoever keeps it marks it `parked` (see `LinkReuse`).
     func detachForReuse() -> EstablishedLink? {
         let flags = state.load(ordering: .acquiring)
-        guard mayKeepLink, flags & State.closed != 0, flags & (State.broken | State.peerGone) == 0,
+        guard flags & State.keepsLink != 0, flags & State.closed != 0, flags & (State.broken | State.peerGone) == 0,
             link.isOwnedByThisProcess, peer.shutdownFlags & RingLayout.Shutdown.retired == 0  // (refused)
         else { return nil }
         // An announcement left standing (a poller armed at close) goes: the peer's next connection, whose ring
@@ -594,8 +600,8 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
 
     /// Whether the link may serve another connection once this one is closed: both sides said so, and the process
     /// has not forked since this connection started. A child that kept a copy of it could otherwise close it, or
-    /// write, into the next connection on the link (read after `closed` is set, so that a fork after this look
-    /// gives the child a closed copy).
+    /// write, into the next connection on the link. Read once, by `close`, after `closed` is set: a fork after
+    /// that look gives the child a closed copy, which touches nothing.
     private var mayKeepLink: Bool { link.reusable && Sys.forkCount() == forksAtStart }
 
     private func wakeEveryone() {

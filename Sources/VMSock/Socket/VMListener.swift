@@ -102,7 +102,9 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     /// time, dead before its hello, or more than `PendingHandshakes.limit` (64) already waiting) is turned away
     /// with a reason and counted in `rejectedCount`, and accept goes on to the next one.
     /// - Throws: EAGAIN in non-blocking mode when no connection is ready (handshakes may be under way: the
-    ///   `pollDescriptor` fires when one completes its hello); EBADF after `close`.
+    ///   `pollDescriptor` fires when one completes its hello); EBADF after `close`; EOPNOTSUPP in a forked child of
+    ///   the process that made a listener offering shared memory (accept in the process that listens; a TCP-only
+    ///   listener may be shared across fork).
     public func accept() throws(VMSockError) -> VMSocket {
         var spun = false
         while true {

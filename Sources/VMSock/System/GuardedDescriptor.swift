@@ -17,6 +17,9 @@ final class GuardedDescriptor: @unchecked Sendable {  // immutable but for atomi
     /// Run once, just before the descriptor is closed, once no call uses it: for an owner whose other resources
     /// the calls inside `use` also rely on (the listener's sockets, whose hang-up wakes a wait on its epoll set).
     private let beforeClose: (@Sendable () -> Void)?
+    /// The process that made it. A forked child's copy counts the parent's calls inside `use` (threads the child
+    /// does not have), and its socket is the parent's too: there `close` closes the number and never shuts down.
+    private let creator = Sys.processID()
 
     init(_ raw: Int32, beforeClose: (@Sendable () -> Void)? = nil) {
         precondition(raw >= 0)
@@ -64,6 +67,10 @@ final class GuardedDescriptor: @unchecked Sendable {  // immutable but for atomi
     /// number in between, another thread's `socket` or `accept` could get it, and the shutdown would hang up that
     /// stranger (a parked link's control socket, seen by its peer as gone).
     func close() {
+        guard Sys.processID() == creator else {
+            if users.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue & 1 == 0 { release() }
+            return
+        }
         users.add(2, ordering: .acquiringAndReleasing)
         let before = users.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue
         let othersInside = before >> 1 > 1

@@ -82,3 +82,17 @@ func eventually(_ condition: () -> Bool) -> Bool {
     }
     return false
 }
+
+/// The exit status of the forked child `pid`, waited for at most `seconds`; nil (and the child killed) if it has not
+/// ended by then: a child of the multi-threaded test process that hangs must not hang the run.
+func exitStatus(ofChild pid: pid_t, within seconds: Double = 20) -> Int32? {
+    let deadline = Date().addingTimeInterval(seconds)
+    var status: Int32 = 0
+    while Date() < deadline {
+        if waitpid(pid, &status, WNOHANG) == pid { return status & 0x7f == 0 ? status >> 8 & 0xff : 128 + status & 0x7f }
+        usleep(10_000)
+    }
+    kill(pid, SIGKILL)
+    _ = waitpid(pid, &status, 0)
+    return nil
+}
