@@ -47,6 +47,12 @@ int vms_forward_signal(int sig, int fd);
 /// A shared-memory connection open across a fork may be held by the child too: its link is not reused.
 unsigned long vms_fork_count(void);
 
+/// This process's generation: 0 in the process that loaded the library, one more in each forked child than in its
+/// parent (pthread_atfork's child handler). A plain load, no system call: `GuardedDescriptor` tells by it whether
+/// its in-use count was copied from a parent.
+extern unsigned long vms_generation;
+static inline unsigned long vms_process_generation(void) { return __atomic_load_n(&vms_generation, __ATOMIC_RELAXED); }
+
 // MARK: SCM_RIGHTS (the CMSG_* macros are not importable)
 size_t vms_cmsg_space(size_t data_len);
 size_t vms_cmsg_len(size_t data_len);

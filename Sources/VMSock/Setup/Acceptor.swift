@@ -55,8 +55,12 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
         // set before a sleeper saw it.
         let creator = creator
         readiness = GuardedDescriptor(epoll.release()) {
-            if Sys.processID() == creator { region?.close() }  // (a forked child's copy withdraws nothing)
-            pending?.dropAll()
+            // A forked child's copy withdraws nothing, and takes no lock a parent's thread may have held at the
+            // fork (its copies of the waiting connectors close with the listener's last reference).
+            if Sys.processID() == creator {
+                region?.close()
+                pending?.dropAll()
+            }
             for registration in registrations { registration.close() }
             tcp.close()
         }

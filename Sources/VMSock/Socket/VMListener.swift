@@ -104,7 +104,8 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
     /// - Throws: EAGAIN in non-blocking mode when no connection is ready (handshakes may be under way: the
     ///   `pollDescriptor` fires when one completes its hello); EBADF after `close`; EOPNOTSUPP in a forked child of
     ///   the process that made a listener offering shared memory (accept in the process that listens; a TCP-only
-    ///   listener may be shared across fork).
+    ///   listener may be shared across fork, and there, as a kernel socket's, its close does not wake a blocked
+    ///   accept of that process).
     public func accept() throws(VMSockError) -> VMSocket {
         var spun = false
         while true {
