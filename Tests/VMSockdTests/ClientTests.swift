@@ -234,8 +234,11 @@ final class ClientTests: XCTestCase {
             if round == 60 { afterFull = daemonDescriptors() }
         }
         let end = daemonDescriptors()
+        print("daemon descriptors: \(afterFull) at round 60, \(end) at round 150")
         XCTAssertGreaterThan(afterFull, 0)
-        XCTAssertLessThanOrEqual(end, afterFull + 8, "the daemon keeps departed peers' eventfds: \(afterFull) then \(end)")
+        // A leak keeps 64 a round, 5,000 or more over these 89 rounds; the slack is for descriptors the daemon's
+        // runtime opens on its own (AddressSanitizer's, seen at 21).
+        XCTAssertLessThanOrEqual(end, afterFull + 200, "the daemon keeps departed peers' eventfds: \(afterFull) then \(end)")
         XCTAssertNotNil(a.peers[1], "the silent one is still a peer")
         let late = try IvshmemClient.connect(path: daemon.socket)
         XCTAssertNotNil(late.peers[a.id], "a new client still joins and hears of the others")
