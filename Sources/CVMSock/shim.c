@@ -78,12 +78,13 @@ static atomic_ulong vms_forks;
 
 static void vms_count_fork(void) { atomic_fetch_add_explicit(&vms_forks, 1, memory_order_seq_cst); }
 
-// Counted before the fork and again after it in the parent: a connection made in between, in another thread, may
-// be in the child too, and its start sees a count the parent's second add changes.
 unsigned long vms_generation;
 
 static void vms_new_generation(void) { __atomic_add_fetch(&vms_generation, 1, __ATOMIC_RELAXED); }
 
+// Forks are counted before the fork and again after it in the parent (a connection made in between, in another
+// thread, may be in the child too, and its start sees a count the parent's second add changes); the child counts
+// a generation.
 __attribute__((constructor)) static void vms_watch_forks(void) {
     pthread_atfork(vms_count_fork, vms_count_fork, vms_new_generation);
 }

@@ -42,9 +42,10 @@ int vms_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 /// async-signal-safe). One eventfd for every signal forwarded. Returns 0 or -1 with errno set.
 int vms_forward_signal(int sig, int fd);
 
-/// Forks this process has made, counted twice each: before and after (pthread_atfork's prepare and parent handlers,
-/// registered when the library loads; vfork and posix_spawn run no handlers, and their children exec without touching a connection).
-/// A shared-memory connection open across a fork may be held by the child too: its link is not reused.
+/// Forks this process has made, counted twice each: before and after (pthread_atfork's prepare and parent
+/// handlers, registered when the library loads; vfork and posix_spawn run no handlers, and their children exec
+/// without touching a connection). A shared-memory connection open across a fork may be held by the child too:
+/// its link is not reused.
 unsigned long vms_fork_count(void);
 
 /// This process's generation: 0 in the process that loaded the library, one more in each forked child than in its

@@ -34,6 +34,8 @@ final class GuardedDescriptor: @unchecked Sendable {  // immutable but for atomi
     deinit { close() }
 
     private static let generationShift = 40
+    /// The closed bit and the count, without the generation.
+    private static let countMask = (1 << generationShift) - 1
 
     /// This process's generation, in place in the `users` word (24 bits of it: equal only in the same process).
     @inline(__always)
@@ -47,7 +49,7 @@ final class GuardedDescriptor: @unchecked Sendable {  // immutable but for atomi
     private func adopt() {
         let mine = Self.generation
         var current = users.load(ordering: .acquiring)
-        while (current >> Self.generationShift) << Self.generationShift != mine {
+        while current & ~Self.countMask != mine {
             let (exchanged, original) = users.compareExchange(
                 expected: current, desired: mine | current & 1, ordering: .acquiringAndReleasing)
             if exchanged { return }
@@ -70,7 +72,7 @@ final class GuardedDescriptor: @unchecked Sendable {  // immutable but for atomi
 
     @inline(__always)
     private func leave() {
-        if users.subtract(2, ordering: .acquiringAndReleasing).newValue & ((1 << Self.generationShift) - 1) == 1 { release() }
+        if users.subtract(2, ordering: .acquiringAndReleasing).newValue & Self.countMask == 1 { release() }
     }
 
     private func release() {
@@ -96,7 +98,7 @@ final class GuardedDescriptor: @unchecked Sendable {  // immutable but for atomi
         adopt()
         users.add(2, ordering: .acquiringAndReleasing)
         let before = users.bitwiseOr(1, ordering: .acquiringAndReleasing).oldValue
-        let othersInside = (before & ((1 << Self.generationShift) - 1)) >> 1 > 1
+        let othersInside = (before & Self.countMask) >> 1 > 1
         if before & 1 == 0 && othersInside && birth == Self.generation { Sys.shutdown(raw) }
         leave()
     }
