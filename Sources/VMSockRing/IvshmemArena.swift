@@ -31,7 +31,8 @@ import CVMSock
 ///   +40 24  reserved
 ///
 ///  connection slot (128 bytes)
-///    +0  8  connector: owner word of the peer that claimed the slot, 0 when free     CAS 0 -> owner to claim
+///    +0  8  connector: owner word of the peer that claimed the slot, 0 when free     CAS 0 -> owner | claiming
+///           (bit 62: claiming, while the connector writes the fields below; cleared last, by CAS)  to claim
 ///    +8  8  listener: owner word of the peer that accepted, 0 until then             CAS 0 -> owner to accept
 ///           (bit 63 of either: that side is done with the slot, set by CAS when its connection is gone)
 ///   +16  4  state: 1 requested, 2 accepted, 3 refused                                 (release)
@@ -47,7 +48,9 @@ import CVMSock
 ///   +80  4  ordering offered: 1 when the connector can use `WakeUpOrdering.asymmetric` (membarrier)
 ///   +84  4  ordering agreed: 1 when the listener, on the same host key, can too (written before `accepted`)
 ///   +88  8  the connector's host key (boot id and netns: a membarrier reaches only the same kernel)
-///   +96 32  reserved
+///   +96  8  quarantine: vmsockd's heartbeat count when a freer first found a guest process's side judged gone
+///           (upper 32 bits), and a tag of the two owner words it judged (lower 32 bits, never 0)
+///  +104 24  reserved
 /// ```
 ///
 /// **Owner words** name a peer as `epoch << 16 | id` (bit 63 apart: in a slot, "released"). A word is current only while slot `id`'s liveness word in the
@@ -60,10 +63,21 @@ import CVMSock
 /// then tries to free; so does anyone looking for a free slot. So no lock is ever held by a peer that could die.
 /// The released bit lives in the owner word itself, so a freer's CAS can only succeed on the very claim it judged:
 /// a new claim is another word (it has no released bit), and a claimer resets the listener word before it asks.
+///
+/// **Quarantine.** A side that a guest process held and never released is not current because vmsockd stopped
+/// seeing that process's heartbeat (`IvshmemProcessJudge`): it may be dead, or only stopped (SIGSTOP, its VM
+/// paused). A stopped process that runs again stops writing its half at its next call (`Standing`), but a copy it
+/// had begun goes on into the slot's memory. So such a slot is freed only `quarantineBeats` of vmsockd's heartbeats
+/// after a freer first found it so; the first freer stamps the slot with the heartbeat count, and the stamp's tag
+/// names the claim it judged, so a stamp from an earlier claim of the slot never shortens a later quarantine. A
+/// side that was released, or a host peer (whose death vmsockd learns from its socket), frees the slot at once.
 public enum IvshmemArena {
     public static let listenEntrySize = 64
     public static let slotSize = 128
     public static let maximumRingCapacity = 4 << 20
+    /// How long a slot that a guest process was judged gone from stays taken: vmsockd's heartbeats (every 100 ms),
+    /// so 30 s (see *Quarantine* above).
+    public static let quarantineBeats: UInt32 = 300
 
     public enum ListenOffset {
         public static let owner = 0
@@ -88,6 +102,7 @@ public enum IvshmemArena {
         public static let orderingOffered = 80
         public static let orderingAgreed = 84
         public static let connectorHostKey = 88
+        public static let quarantine = 96
     }
 
     public enum State {
@@ -170,17 +185,23 @@ public enum IvshmemArena {
 
         /// A slot side's "done" mark, in its owner word.
         public static let releasedBit: UInt64 = 1 << 63
+        /// A connector's mark while it writes its request into a slot it just claimed: no listener may take the
+        /// slot until the connector word is its bare owner word (the request's fields are then all written).
+        public static let claimingBit: UInt64 = 1 << 62
+        /// The largest epoch an owner word can carry: bits 16 to 61.
+        public static let maximumEpoch: UInt64 = (1 << 46) - 1
 
-        /// nil for 0 (no owner) and for a word whose epoch could not have been handed out (0). The released bit
-        /// is not part of the owner.
+        /// nil for 0 (no owner) and for a word whose epoch could not have been handed out (0). The released and
+        /// claiming marks are not part of the owner.
         public init?(word: UInt64) {
-            let bare = word & ~Self.releasedBit
+            let bare = word & ~(Self.releasedBit | Self.claimingBit)
             guard bare >> 16 != 0 else { return nil }
             id = Int(bare & 0xffff)
             epoch = bare >> 16
         }
 
         public static func isReleased(_ word: UInt64) -> Bool { word & releasedBit != 0 }
+        public static func isClaiming(_ word: UInt64) -> Bool { word & claimingBit != 0 }
 
         public var word: UInt64 { epoch << 16 | UInt64(id) }
         public var description: String { "peer \(id) (epoch \(epoch))" }
@@ -248,8 +269,9 @@ public struct IvshmemArenaView: @unchecked Sendable {  // a pointer into a mappi
 
     // MARK: Slots
 
-    /// Frees connection slot `index` if both of its sides are done (see `IvshmemArena`): CAS of the connector word
-    /// from what was read to 0. Returns whether the slot is free now.
+    /// Frees connection slot `index` if both of its sides are done (see `IvshmemArena`), and its quarantine is over
+    /// when a side is a guest process judged gone: CAS of the connector word from what was read to 0. Returns
+    /// whether the slot is free now.
     @discardableResult
     public func freeIfDone(slot index: Int) -> Bool {
         let offset = arena.slotOffset(index)
@@ -259,7 +281,29 @@ public struct IvshmemArenaView: @unchecked Sendable {  // a pointer into a mappi
         let connectorDone = IvshmemArena.Owner.isReleased(connector) || !isCurrent(word: connector)
         let listenerDone = listener == 0 || IvshmemArena.Owner.isReleased(listener) || !isCurrent(word: listener)
         guard connectorDone && listenerDone else { return false }
+        if mayStillWrite(connector) || mayStillWrite(listener) {
+            guard quarantineIsOver(slotOffset: offset, connector: connector, listener: listener) else { return false }
+        }
         return cas64(offset + IvshmemArena.SlotOffset.connector, connector, 0)
+    }
+
+    /// Whether a done side's owner word may belong to a process that still runs: a guest process (a process slot)
+    /// that did not release its side. Its slot was cleared by vmsockd's judge, which cannot tell dead from stopped.
+    private func mayStillWrite(_ word: UInt64) -> Bool {
+        guard word != 0, !IvshmemArena.Owner.isReleased(word), let owner = IvshmemArena.Owner(word: word) else { return false }
+        return region.isProcessSlot(owner.id)
+    }
+
+    /// Whether the slot's quarantine for this claim (its two owner words) is over; stamps it with vmsockd's
+    /// heartbeat count if no freer did yet. The count is compared in 32 bits, wrapping (13 years of beats).
+    private func quarantineIsOver(slotOffset offset: Int, connector: UInt64, listener: UInt64) -> Bool {
+        let mixed = (connector &* 0x9E37_79B9_7F4A_7C15) ^ (listener &* 0xC2B2_AE3D_27D4_EB4F)
+        let tag = UInt64(UInt32(truncatingIfNeeded: mixed >> 32)) | 1
+        let beat = UInt32(truncatingIfNeeded: IvshmemHeader(base: base).heartbeat)
+        let stamp = load64(offset + IvshmemArena.SlotOffset.quarantine)
+        if stamp & 0xffff_ffff == tag { return beat &- UInt32(truncatingIfNeeded: stamp >> 32) >= IvshmemArena.quarantineBeats }
+        _ = cas64(offset + IvshmemArena.SlotOffset.quarantine, stamp, UInt64(beat) << 32 | tag)
+        return false
     }
 
     private func word(_ offset: Int) -> UnsafeMutablePointer<UInt64> { (base + offset).assumingMemoryBound(to: UInt64.self) }

@@ -66,7 +66,10 @@ import CVMSock
 public enum IvshmemLayout {
     /// "vmsockI" and a 1, read as a little-endian 64-bit word.
     public static let magic: UInt64 = 0x0149_6b63_6f73_6d76
-    public static let version: UInt32 = 3
+    /// 4: a connector marks a slot `claiming` until its request is written (`IvshmemArena.Owner.claimingBit`),
+    /// and slots a guest process was judged gone from are quarantined; a peer of version 3 would free a slot
+    /// under a claim, or at once.
+    public static let version: UInt32 = 4
     public static let headerSize = 4096
     public static let slotSize = 64
 

@@ -21,8 +21,8 @@ public struct IvshmemProcessSlots: @unchecked Sendable {  // a pointer into a ma
         self.geometry = geometry
     }
 
-    /// The largest epoch an owner word can carry (bit 63 is a slot's "released" mark).
-    static let maximumEpoch: UInt64 = (1 << 47) - 1
+    /// The largest epoch an owner word can carry (bits 62 and 63 are a slot's marks).
+    static let maximumEpoch = IvshmemArena.Owner.maximumEpoch
 
     /// Claims the first process slot that is not live, for a process of `vm`: CAS of its liveness word to the next
     /// epoch, live; then its via word, credentials and a first heartbeat. Nil when every process slot is live.

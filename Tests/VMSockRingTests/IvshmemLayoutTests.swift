@@ -179,6 +179,75 @@ final class IvshmemLayoutTests: XCTestCase {
         XCTAssertNil(view.processSlots.claim(for: vm, pid: 13, uid: 0, gid: 0))
     }
 
+    /// A connection slot that a guest process was judged gone from, without releasing it, stays taken for the
+    /// quarantine, counted in vmsockd's heartbeats from the first freer's look: the process may only have been
+    /// stopped, and a copy it had begun would land in the next connection. A released side, or a host peer that
+    /// left, frees the slot at once; a stamp made for another claim of the slot does not count.
+    func testASlotAGuestProcessWasJudgedGoneFromIsQuarantined() throws {
+        let (memory, writer, view) = try Self.regionWithTwoPeers()
+        defer { memory.deallocate() }
+        let geometry = view.region, arena = view.arena
+        let guest = try XCTUnwrap(view.processSlots.claim(for: IvshmemArena.Owner(id: 2, epoch: 5), pid: 10, uid: 0, gid: 0))
+        let host = IvshmemArena.Owner(id: 3, epoch: 6)
+        let slot = arena.slotOffset(0)
+        func claim(connector: UInt64, listener: UInt64) {
+            view.store64(slot + IvshmemArena.SlotOffset.connector, connector)
+            view.store64(slot + IvshmemArena.SlotOffset.listener, listener)
+        }
+        let released = IvshmemArena.Owner.releasedBit
+
+        // Both sides current: taken.
+        claim(connector: guest.word, listener: host.word)
+        XCTAssertFalse(view.freeIfDone(slot: 0))
+        // The host closed; then vmsockd's judge clears the guest process (it stood still): quarantined.
+        claim(connector: guest.word, listener: host.word | released)
+        let liveness = geometry.slotOffset(guest.id) + IvshmemLayout.SlotOffset.liveness
+        view.store64(liveness, IvshmemLayout.Liveness(epoch: guest.epoch, live: false).word)
+        writer.beat(1000)
+        XCTAssertFalse(view.freeIfDone(slot: 0), "the first look stamps the quarantine")
+        writer.beat(1000 + UInt64(IvshmemArena.quarantineBeats) - 1)
+        XCTAssertFalse(view.freeIfDone(slot: 0), "one beat short of the quarantine")
+        writer.beat(1000 + UInt64(IvshmemArena.quarantineBeats))
+        XCTAssertTrue(view.freeIfDone(slot: 0), "freed once the quarantine is over")
+        XCTAssertEqual(view.load64(slot + IvshmemArena.SlotOffset.connector), 0)
+
+        // Another claim of the slot, judged the same way, starts a quarantine of its own.
+        claim(connector: host.word | released, listener: guest.word)
+        XCTAssertFalse(view.freeIfDone(slot: 0), "the last claim's stamp does not count for this one")
+        writer.beat(1000 + 2 * UInt64(IvshmemArena.quarantineBeats))
+        XCTAssertTrue(view.freeIfDone(slot: 0))
+
+        // A guest side that released its claim, and a host peer that left, free the slot at once.
+        claim(connector: guest.word | released, listener: host.word | released)
+        XCTAssertTrue(view.freeIfDone(slot: 0))
+        writer.markLeft(id: 3, epoch: 6)
+        claim(connector: host.word, listener: 0)
+        XCTAssertTrue(view.freeIfDone(slot: 0), "a host peer that left cannot write any more")
+    }
+
+    /// A connector's `claiming` mark: the word still names its owner (current while the owner is, so no freer
+    /// frees a slot under a claim in progress), and a claim of an owner that died is freed as any other.
+    func testAClaimingMarkNamesItsOwnerAndKeepsTheSlotTaken() throws {
+        let (memory, writer, view) = try Self.regionWithTwoPeers()
+        defer { memory.deallocate() }
+        let arena = view.arena
+        let host = IvshmemArena.Owner(id: 3, epoch: 6)
+        let claiming = host.word | IvshmemArena.Owner.claimingBit
+        XCTAssertEqual(IvshmemArena.Owner(word: claiming), host)
+        XCTAssertTrue(IvshmemArena.Owner.isClaiming(claiming))
+        XCTAssertFalse(IvshmemArena.Owner.isClaiming(host.word))
+        XCTAssertTrue(view.isCurrent(word: claiming))
+        let slot = arena.slotOffset(0)
+        view.store64(slot + IvshmemArena.SlotOffset.connector, claiming)
+        XCTAssertFalse(view.freeIfDone(slot: 0), "a claim in progress is not freed")
+        writer.markLeft(id: 3, epoch: 6)
+        XCTAssertTrue(view.freeIfDone(slot: 0), "a claim whose owner left is")
+        // The largest epoch leaves both marks alone.
+        let last = IvshmemArena.Owner(id: 0xffff, epoch: IvshmemArena.Owner.maximumEpoch)
+        XCTAssertFalse(IvshmemArena.Owner.isClaiming(last.word))
+        XCTAssertFalse(IvshmemArena.Owner.isReleased(last.word))
+    }
+
     /// The daemon's heartbeat, host key and host aliases, as a guest reads them; a scribbled alias count never
     /// makes a reader go past the four the header has room for.
     func testHeartbeatHostKeyAndAliases() throws {
@@ -202,6 +271,19 @@ final class IvshmemLayoutTests: XCTestCase {
     }
 
     /// Page-aligned zeroed memory standing in for a region of `size` bytes; the caller deallocates it.
+    /// A 1 MiB region whose header has two peers joined: a VM (id 2, epoch 5) and a host process (id 3, epoch 6).
+    private static func regionWithTwoPeers() throws -> (UnsafeMutableRawPointer, IvshmemHeaderWriter, IvshmemArenaView) {
+        let size = 1 << 20
+        let memory = zeroedRegion(size)
+        let geometry = try XCTUnwrap(IvshmemLayout.Geometry(regionSize: size))
+        let writer = IvshmemHeaderWriter(base: memory, geometry: geometry)
+        writer.initialize(vectors: 1, instance: 1, daemonPID: 1)
+        writer.markJoined(id: 2, epoch: 5, pid: 1, uid: 0, gid: 0)
+        writer.markJoined(id: 3, epoch: 6, pid: 1, uid: 0, gid: 0)
+        let arena = try XCTUnwrap(IvshmemArena.Geometry(geometry))
+        return (memory, writer, IvshmemArenaView(base: memory, region: geometry, arena: arena))
+    }
+
     private static func zeroedRegion(_ size: Int) -> UnsafeMutableRawPointer {
         let memory = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 4096)
         memory.initializeMemory(as: UInt8.self, repeating: 0, count: size)

@@ -34,6 +34,8 @@ struct EstablishedLink {
     let creator = Sys.processID()
     /// For a connection inside vmsockd's region: its connection slot, released when the link goes.
     var lease: IvshmemLease? = nil
+    /// Whether we may still write our half (a guest process in vmsockd's region may lose that right; `Standing`).
+    var standing = Standing.always
     /// Both regions' memfds (ours, then the peer's), kept only when the answer was asked to: vmsock-run's
     /// listener hands a welcomed link to a forked sibling that accepted its connection, which maps them itself.
     var memory: [Descriptor] = []

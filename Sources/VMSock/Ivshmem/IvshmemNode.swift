@@ -32,13 +32,19 @@ import VMSockRing
 /// **Inside a guest** every process shares its VM's id, so the node takes a process slot (`IvshmemProcessSlots`)
 /// as its own identity, `me`, and the dispatcher counts its heartbeat up at every pass. If the daemon cleared it
 /// anyway (this process, or its whole VM, stood still for `IvshmemLayout.processTimeoutMs`), its peers have ended
-/// their connections with it: so does the node, as when vmsockd goes away, and the next use joins again.
-final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, behind its lock
+/// their connections with it: so does the node. Then it claims a new process slot and carries on under that
+/// identity (`takeNewIdentity`): listeners publish their entries again (`IvshmemListening.republishIfStale`), and
+/// new connections use it. Nothing of the old identity is written again (`Standing`): its connection slots are
+/// released as their links go, or freed after their quarantine (`IvshmemArena`).
+final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables` and `identity`, each behind its lock
     let path: String
     let view: IvshmemArenaView
-    let me: IvshmemArena.Owner
+    private let identity: Mutex<IvshmemArena.Owner>
+    /// Who we are in the region now. Read it once per operation: a guest process gets a new identity after its
+    /// slot was taken back, and an operation begun under the old one keeps to the old one.
+    var me: IvshmemArena.Owner { identity.withLock { $0 } }
     /// Whether `me` is a process slot, whose heartbeat the dispatcher keeps.
-    private let isProcess: Bool
+    let isProcess: Bool
     /// Which host and network namespace we are in, for loopback and wildcard listen entries.
     let hostKey: UInt64
     /// How this process reaches the region (vmsockd's socket, or a guest's PCI device). Its `readLeaves` and
@@ -94,7 +100,7 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
         self.ringer = ringer
         self.attachment = attachment
         self.view = view
-        self.me = me
+        identity = Mutex(me)
         isProcess = view.region.isProcessSlot(me.id)
         hostKey = Self.thisHostKey
     }
@@ -207,19 +213,41 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables`, b
                             "vmsockd stopped: its heartbeat in the region stood still for \(IvshmemLayout.daemonTimeoutMs) ms, so no peer's death can be learnt; restart it, then this VM (QEMU cannot join a new vmsockd)"))
                         return true
                     }
-                    guard view.isCurrent(me) else {
-                        fail(&tables, VMSockError(
-                            code: ECONNRESET,
-                            "vmsockd took back this process's slot in its region (\(me)): the process or its VM stood still for over \(IvshmemLayout.processTimeoutMs) ms"))
-                        return true
+                    let me = self.me
+                    if !view.isCurrent(me) {
+                        guard let fresh = takeNewIdentity(&tables) else {
+                            fail(&tables, VMSockError(
+                                code: ECONNRESET,
+                                "vmsockd took back this process's slot in its region (\(me)): the process or its VM stood still for over \(IvshmemLayout.processTimeoutMs) ms, and no new one could be had (its VM left the region, or every process slot is taken)"))
+                            return true
+                        }
+                        view.processSlots.beat(fresh)
+                    } else {
+                        view.processSlots.beat(me)
                     }
-                    view.processSlots.beat(me)
                 }
                 urgent = sweep(&tables)
                 return false
             }
             if failed { return }
         }
+    }
+
+    /// vmsockd cleared our process slot (we, or our VM, stood still too long), so every peer has ended its
+    /// connections with us: ours end too, and we claim a new process slot to carry on as a new peer. Each listener
+    /// republishes its entries at its next look (the pass that follows rings every listener). Nil when our VM is
+    /// no longer in the region (then nothing of ours is current, whatever slot we claim) or no slot is free.
+    private func takeNewIdentity(_ tables: inout Tables) -> IvshmemArena.Owner? {
+        for watch in tables.connections.values where !watch.gone {
+            watch.gone = true
+            Sys.shutdown(watch.far.raw)
+        }
+        let vm = IvshmemArena.Owner(id: attachment.id, epoch: attachment.epoch)
+        guard view.isCurrent(vm),
+            let fresh = view.processSlots.claim(for: vm, pid: UInt32(bitPattern: getpid()), uid: getuid(), gid: getgid())
+        else { return nil }
+        identity.withLock { $0 = fresh }
+        return fresh
     }
 
     /// What a guest knows of vmsockd's life: its last heartbeat seen, and since when (our monotonic clock).

@@ -1,5 +1,6 @@
 import CVMSock
 import Glibc
+import Synchronization
 import VMSockRing
 
 // The connect handshake through the region (layout: `IvshmemArena`):
@@ -7,8 +8,9 @@ import VMSockRing
 // 1. A listener publishes listen entries: CAS of an entry's owner word from 0 (or from a peer no longer current)
 //    to its own, the fields, then `published`.
 // 2. A connector finds the entry for the address and port it dialed (`findListener`), claims a free connection
-//    slot (CAS of the connector word from 0), resets the listener word, initializes its half's ring header, writes
-//    what it dialed and a new request number, stores `state = requested`, and rings the listener.
+//    slot (CAS of the connector word from 0 to its owner word marked `claiming`), resets the listener word,
+//    initializes its half's ring header, writes what it dialed and a new request number, stores
+//    `state = requested`, clears its mark (CAS), and rings the listener. No listener looks at a claiming slot.
 // 3. The listener (woken by the dispatcher, or by its tick) finds a slot that asks for it on its port, claims the
 //    listener word (CAS from 0), checks that the request did not change under it, checks the connector's half
 //    header as it checks a peer's ring today, initializes its own half, stores `state = accepted`, and rings back.
@@ -33,30 +35,33 @@ final class IvshmemLease: @unchecked Sendable {  // immutable
     let node: IvshmemNode
     let slot: Int
     let side: IvshmemSide
+    /// Who we were when we took the slot (a guest process may have a new identity since: `IvshmemNode.me`).
+    let owner: IvshmemArena.Owner
     private let watchID: Int
     /// The process that holds the slot: a forked child's copy of the lease releases nothing of the parent's.
     private let creator = Sys.processID()
 
-    init(node: IvshmemNode, slot: Int, side: IvshmemSide, watchID: Int) {
+    init(node: IvshmemNode, slot: Int, side: IvshmemSide, owner: IvshmemArena.Owner, watchID: Int) {
         self.node = node
         self.slot = slot
         self.side = side
+        self.owner = owner
         self.watchID = watchID
     }
 
     deinit {
         guard Sys.processID() == creator else { return }
         node.unwatch(watchID)
-        node.release(slot: slot, side: side)
+        node.release(slot: slot, side: side, owner: owner)
     }
 }
 
 extension IvshmemNode {
     // MARK: Listen table
 
-    /// Publishes a listen entry for `address` (the wildcard too) and `port`. Returns its index.
+    /// Publishes a listen entry for `address` (the wildcard too) and `port`, owned by `me`. Returns its index.
     /// - Throws: ENOSPC when every entry is taken by a current peer.
-    func publishListen(_ address: IPEndpoint, port: UInt16) throws(VMSockError) -> Int {
+    func publishListen(_ address: IPEndpoint, port: UInt16, as me: IvshmemArena.Owner) throws(VMSockError) -> Int {
         let arena = view.arena
         for index in 0..<arena.listenEntries {
             let entry = arena.listenEntryOffset(index)
@@ -74,8 +79,8 @@ extension IvshmemNode {
         throw VMSockError(code: ENOSPC, "all \(arena.listenEntries) listen entries of vmsockd's region at \(path) are taken")
     }
 
-    /// Withdraws a listen entry of ours (one another peer took over, after scribbling, stays theirs).
-    func unpublishListen(_ index: Int) {
+    /// Withdraws a listen entry `me` published (one another peer took over, after scribbling, stays theirs).
+    func unpublishListen(_ index: Int, as me: IvshmemArena.Owner) {
         let entry = view.arena.listenEntryOffset(index)
         guard view.load64(entry + IvshmemArena.ListenOffset.owner) == me.word else { return }
         view.store32(entry + IvshmemArena.ListenOffset.published, 0)
@@ -148,13 +153,15 @@ extension IvshmemNode {
     /// - Throws: ENOSPC (every slot in use); ECONNRESET (vmsockd went away); EHOSTUNREACH (the listener left).
     func request(to listener: IvshmemArena.Owner, dialed: IPEndpoint, source: IPEndpoint) throws(VMSockError) -> IvshmemRequest {
         if let failure { throw failure }
+        let me = self.me
         let bell = try peerBell(listener)
         let ours = try Doorbell.create()
         let arena = view.arena
         var claimed: Int? = nil
+        let claiming = me.word | IvshmemArena.Owner.claimingBit
         for index in 0..<arena.slots {
             guard view.freeIfDone(slot: index) else { continue }
-            if view.cas64(arena.slotOffset(index) + IvshmemArena.SlotOffset.connector, 0, me.word) {
+            if view.cas64(arena.slotOffset(index) + IvshmemArena.SlotOffset.connector, 0, claiming) {
                 claimed = index
                 break
             }
@@ -179,7 +186,14 @@ extension IvshmemNode {
         let number = UInt64.random(in: 1...UInt64.max)
         view.store64(offset + IvshmemArena.SlotOffset.request, number)
         view.store32(offset + IvshmemArena.SlotOffset.state, IvshmemArena.State.requested)
-        let request = IvshmemRequest(node: self, slot: slot, listener: listener, dialed: dialed, sourcePort: source.port, bell: ours)
+        // Last: a listener takes only a slot whose connector word is bare, so it never judges a request from the
+        // fields of the one before, left in a freed slot. A slot taken from us meanwhile (we stood still too
+        // long) is not ours to ask with.
+        guard view.cas64(offset + IvshmemArena.SlotOffset.connector, claiming, me.word) else {
+            throw Self.identityLost(me)
+        }
+        let request = IvshmemRequest(
+            node: self, slot: slot, owner: me, listener: listener, dialed: dialed, sourcePort: source.port, bell: ours)
         bell.ring()
         return request
     }
@@ -189,8 +203,9 @@ extension IvshmemNode {
     ///   the listener's half is not what the protocol allows); ECONNRESET (vmsockd went away).
     func check(_ request: IvshmemRequest) throws(VMSockError) -> EstablishedLink? {
         if let failure { throw failure }
+        guard request.owner == me else { throw Self.identityLost(request.owner) }
         let offset = view.arena.slotOffset(request.slot)
-        guard view.load64(offset + IvshmemArena.SlotOffset.connector) == me.word else {
+        guard view.load64(offset + IvshmemArena.SlotOffset.connector) == request.owner.word else {
             throw .protocolFault("connection slot \(request.slot) of the region was taken over while we asked \(request.listener)")
         }
         switch view.load32(offset + IvshmemArena.SlotOffset.state) {
@@ -208,7 +223,8 @@ extension IvshmemNode {
             // a lost ring, which the 100 ms re-check covers.
             let agreed = view.load32(offset + IvshmemArena.SlotOffset.orderingAgreed) == 1 && Membarrier.isRegistered
             var link = try establish(
-                slot: request.slot, side: .connector, peer: request.listener, ordering: agreed ? .asymmetric : .fenced)
+                slot: request.slot, side: .connector, owner: request.owner, peer: request.listener,
+                ordering: agreed ? .asymmetric : .fenced)
             link.dialed = request.dialed
             link.source = request.dialed.with(port: request.sourcePort)
             request.established = true
@@ -226,6 +242,7 @@ extension IvshmemNode {
     /// address. Requests that fail are refused and reported to `rejected`. Never waits.
     func accept(_ listening: IvshmemListening, rejected: (String) -> Void) -> (EstablishedLink, peer: IPEndpoint)? {
         let arena = view.arena
+        let me = self.me
         for slot in 0..<arena.slots {
             let offset = arena.slotOffset(slot)
             guard view.load32(offset + IvshmemArena.SlotOffset.state) == IvshmemArena.State.requested,
@@ -235,7 +252,7 @@ extension IvshmemNode {
             else { continue }
             let word = view.load64(offset + IvshmemArena.SlotOffset.connector)
             guard let connector = IvshmemArena.Owner(word: word), !IvshmemArena.Owner.isReleased(word),
-                view.isCurrent(connector)
+                !IvshmemArena.Owner.isClaiming(word), view.isCurrent(connector)
             else { continue }
             let family = view.load8(offset + IvshmemArena.SlotOffset.family)
             let dialedBytes = view.loadBytes16(offset + IvshmemArena.SlotOffset.dialedAddress)
@@ -274,7 +291,8 @@ extension IvshmemNode {
                 let asymmetric = Membarrier.isRegistered
                     && view.load32(offset + IvshmemArena.SlotOffset.orderingOffered) == 1
                     && view.load64(offset + IvshmemArena.SlotOffset.connectorHostKey) == hostKey
-                var link = try establish(slot: slot, side: .listener, peer: connector, ordering: asymmetric ? .asymmetric : .fenced)
+                var link = try establish(
+                    slot: slot, side: .listener, owner: me, peer: connector, ordering: asymmetric ? .asymmetric : .fenced)
                 view.store32(offset + IvshmemArena.SlotOffset.orderingAgreed, asymmetric ? 1 : 0)
                 link.dialed = dialed
                 link.source = peerAddress
@@ -284,7 +302,7 @@ extension IvshmemNode {
             } catch {
                 view.store32(offset + IvshmemArena.SlotOffset.state, IvshmemArena.State.refused)
                 (try? peerBell(connector))?.ring()
-                release(slot: slot, side: .listener)
+                release(slot: slot, side: .listener, owner: me)
                 rejected("refused \(connector)'s connection in slot \(slot): \(error.message)")
             }
         }
@@ -297,7 +315,7 @@ extension IvshmemNode {
     /// peer's half header, and makes the link: our bells, a bell that rings the peer, and a liveness socket the
     /// dispatcher ends when the peer does.
     private func establish(
-        slot: Int, side: IvshmemSide, peer: IvshmemArena.Owner, ordering: WakeUpOrdering
+        slot: Int, side: IvshmemSide, owner: IvshmemArena.Owner, peer: IvshmemArena.Owner, ordering: WakeUpOrdering
     ) throws(VMSockError) -> EstablishedLink {
         let arena = view.arena
         let (ours, theirs) = side == .connector
@@ -317,27 +335,42 @@ extension IvshmemNode {
         let spaceBell = try Doorbell.create()
         let bell = try peerBell(peer)
         let (control, watchID) = try watch(peer: peer, dataBell: dataBell, spaceBell: spaceBell, ourHalf: ours)
-        let lease = IvshmemLease(node: self, slot: slot, side: side, watchID: watchID)
-        return EstablishedLink(
+        let lease = IvshmemLease(node: self, slot: slot, side: side, owner: owner, watchID: watchID)
+        var link = EstablishedLink(
             control: control, peer: credentials(of: peer.id), localRegion: localRegion, peerRegion: peerRegion,
             dataBell: dataBell, spaceBell: spaceBell, peerDataBell: bell, peerSpaceBell: bell, ordering: ordering,
             reusable: false, lease: lease)
+        if isProcess { link.standing = Standing(processSlotOf: owner, in: view) }
+        return link
     }
 
-    /// Marks our side of `slot` done (only if the slot still names us there) and frees the slot if the other
-    /// side is done too.
-    func release(slot: Int, side: IvshmemSide) {
+    /// Marks our side of `slot` done (only if the slot still names `owner`, who we were when we took it, there)
+    /// and frees the slot if the other side is done too. Called once nothing of ours touches the slot any more,
+    /// so an identity taken back since may release it too: no quarantine is needed for it.
+    func release(slot: Int, side: IvshmemSide, owner: IvshmemArena.Owner) {
         let offset = view.arena.slotOffset(slot) + (side == .connector ? IvshmemArena.SlotOffset.connector : IvshmemArena.SlotOffset.listener)
-        _ = view.cas64(offset, me.word, me.word | IvshmemArena.Owner.releasedBit)
+        _ = view.cas64(offset, owner.word, owner.word | IvshmemArena.Owner.releasedBit)
         view.freeIfDone(slot: slot)
     }
 
+    /// A request or connection begun under an identity that vmsockd took back since (`takeNewIdentity`).
+    static func identityLost(_ owner: IvshmemArena.Owner) -> VMSockError {
+        VMSockError(
+            code: ECONNRESET,
+            "vmsockd took back this process's slot in its region (\(owner)): the process or its VM stood still for over \(IvshmemLayout.processTimeoutMs) ms, so this connection ended; connect again")
+    }
+
     /// A connector that gives up: tells a listener that may have accepted meanwhile that we are gone (our half's
-    /// shutdown bits: it sees end of stream and EPIPE), then releases the slot.
+    /// shutdown bits: it sees end of stream and EPIPE), then releases the slot. The bits go only while the slot is
+    /// still ours: one freed behind our back (we stood still too long, `Standing`) may carry another connection,
+    /// whose listener would read them as its connector's.
     func abandon(_ request: IvshmemRequest) {
-        LocalHeader(base: view.base + view.arena.connectorHalfOffset(request.slot))
-            .addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
-        release(slot: request.slot, side: .connector)
+        let offset = view.arena.slotOffset(request.slot) + IvshmemArena.SlotOffset.connector
+        if view.load64(offset) == request.owner.word && view.isCurrent(request.owner) {
+            LocalHeader(base: view.base + view.arena.connectorHalfOffset(request.slot))
+                .addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
+        }
+        release(slot: request.slot, side: .connector, owner: request.owner)
     }
 }
 
@@ -346,6 +379,8 @@ extension IvshmemNode {
 final class IvshmemRequest: @unchecked Sendable {  // one connector at a time
     let node: IvshmemNode
     let slot: Int
+    /// Who we were when we claimed the slot.
+    let owner: IvshmemArena.Owner
     let listener: IvshmemArena.Owner
     let dialed: IPEndpoint
     let sourcePort: UInt16
@@ -354,9 +389,13 @@ final class IvshmemRequest: @unchecked Sendable {  // one connector at a time
     var established = false
     private let creator = Sys.processID()
 
-    init(node: IvshmemNode, slot: Int, listener: IvshmemArena.Owner, dialed: IPEndpoint, sourcePort: UInt16, bell: Doorbell) {
+    init(
+        node: IvshmemNode, slot: Int, owner: IvshmemArena.Owner, listener: IvshmemArena.Owner, dialed: IPEndpoint,
+        sourcePort: UInt16, bell: Doorbell
+    ) {
         self.node = node
         self.slot = slot
+        self.owner = owner
         self.listener = listener
         self.dialed = dialed
         self.sourcePort = sourcePort
@@ -372,13 +411,14 @@ final class IvshmemRequest: @unchecked Sendable {  // one connector at a time
 }
 
 /// A listener's presence in the region: its listen entries and the bell the dispatcher rings.
-final class IvshmemListening: @unchecked Sendable {  // immutable
+final class IvshmemListening: @unchecked Sendable {  // immutable but for `published`, behind its lock
     let node: IvshmemNode
     let bound: IPEndpoint
     let options: VMSocketOptions
     let bell: Doorbell
     private let bellID: Int
-    private let entries: [Int]
+    /// The entries, and the identity that owns them; none once closed.
+    private let published: Mutex<(owner: IvshmemArena.Owner, entries: [Int], closed: Bool)>
     /// The process whose entries these are: a forked child's copy withdraws nothing.
     private let creator = Sys.processID()
 
@@ -391,35 +431,57 @@ final class IvshmemListening: @unchecked Sendable {  // immutable
         self.node = node
         self.bound = bound
         self.options = options
-        var entries: [Int] = []
-        do throws(VMSockError) {
-            var addresses = [bound] + (bound.isWildcard ? LocalAddresses.interfaceAddresses(bound.family) : [])
-            if bound.isWildcard && bound.family == .v6 { addresses += LocalAddresses.interfaceAddresses(.v4) }
-            for address in addresses { entries.append(try node.publishListen(address, port: bound.port)) }
-        } catch {
-            for entry in entries { node.unpublishListen(entry) }
-            throw error
-        }
-        self.entries = entries
+        let owner = node.me
+        published = Mutex((owner, try Self.publish(bound, on: node, as: owner), false))
         bell = try Doorbell.create()
         bellID = node.addBell(bell, urgent: false)
     }
 
+    /// Every entry for `bound`, or none (ENOSPC when the table is full).
+    private static func publish(_ bound: IPEndpoint, on node: IvshmemNode, as owner: IvshmemArena.Owner) throws(VMSockError) -> [Int] {
+        var entries: [Int] = []
+        do throws(VMSockError) {
+            var addresses = [bound] + (bound.isWildcard ? LocalAddresses.interfaceAddresses(bound.family) : [])
+            if bound.isWildcard && bound.family == .v6 { addresses += LocalAddresses.interfaceAddresses(.v4) }
+            for address in addresses { entries.append(try node.publishListen(address, port: bound.port, as: owner)) }
+        } catch {
+            for entry in entries { node.unpublishListen(entry, as: owner) }
+            throw error
+        }
+        return entries
+    }
+
     deinit { close() }
+
+    /// Publishes the entries again when the node has a new identity (vmsockd took a guest process's slot back):
+    /// those of the old one name a peer that is no longer current, and no connector would find us. Called before
+    /// each look for requests; a failure (the table full) is tried again at the next.
+    func republishIfStale() throws(VMSockError) {
+        let now = node.me
+        try published.withLock { (published) throws(VMSockError) in
+            guard !published.closed, published.owner != now, Sys.processID() == creator else { return }
+            for entry in published.entries { node.unpublishListen(entry, as: published.owner) }
+            published.entries = []
+            published.entries = try Self.publish(bound, on: node, as: now)
+            published.owner = now
+        }
+    }
 
     /// Whether a connection dialed to `dialed` is ours: any address for a wildcard listener, else our own.
     func accepts(_ dialed: IPEndpoint) -> Bool {
         bound.isWildcard || (bound.mappedIPv4 ?? bound).addressBytes == dialed.addressBytes
     }
 
-    private let closed = OnceFlag()
-
     /// Withdraws the listen entries (idempotent). Requests already accepted are connections of their own.
     func close() {
-        closed.withLockIfFirst {
-            guard Sys.processID() == creator else { return }
-            for entry in entries { node.unpublishListen(entry) }
-            node.removeBell(bellID)
+        let first = published.withLock { (published) -> Bool in
+            guard !published.closed else { return false }
+            published.closed = true
+            if Sys.processID() == creator {
+                for entry in published.entries { node.unpublishListen(entry, as: published.owner) }
+            }
+            return true
         }
+        if first && Sys.processID() == creator { node.removeBell(bellID) }
     }
 }

@@ -208,6 +208,7 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
     private func acceptRegion() throws(VMSockError) -> Connection? {
         guard let region else { return nil }
         region.bell.drain()
+        do throws(VMSockError) { try region.republishIfStale() } catch { reject("could not publish the listener in vmsockd's region again: \(error.message)") }
         guard let (link, peer) = region.node.accept(region, rejected: { reject($0) }) else { return nil }
         return try .sharedMemory(link, local: link.dialed ?? localAddress, peer: peer, reused: false, parking: nil)
     }

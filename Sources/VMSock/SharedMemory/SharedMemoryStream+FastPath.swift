@@ -12,7 +12,8 @@ import VMSockRing
 /// about that. Inlined, the loop makes the ring's stores and little else.
 ///
 /// Everything these checks send away takes the full path, which checks it all again: a shut-down, closed or
-/// broken connection, a peer that stopped reading, a ring that looks full or empty from here.
+/// broken connection, a peer that stopped reading, a ring that looks full or empty from here, and every call of a
+/// connection whose right to write its half can be withdrawn (`State.guarded`).
 extension SharedMemoryStream {
     /// Whether `count` bytes (at least 1) can be written now, without looking at the peer's consumer position.
     @inlinable @inline(__always)

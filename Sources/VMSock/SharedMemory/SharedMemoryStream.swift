@@ -39,7 +39,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     private let readinessSets = Mutex<(read: Descriptor?, write: Descriptor?)>((nil, nil))
 
     /// `State` bits; 0 on a connection in use with nothing unusual about it.
-    @usableFromInline let state = Atomic<UInt32>(0)
+    @usableFromInline let state: Atomic<UInt32>
     /// Our threads that may be asleep on one of our bells: blocking calls between their announcement and its
     /// withdrawal, and armed pollers. Private memory (our own header's words are writable by a region's peer), so
     /// that `close` rings our bells only when somebody of ours may sleep on them.
@@ -51,6 +51,8 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     private let forksAtStart = Sys.forkCount()
 
     let settings = EngineSettings(spinNanos: SpinPolicy.processNanoseconds)
+    /// Whether we may still write our half (`link.standing`; stored last, away from the hot words).
+    private let standing: Standing
     var transport: Transport { link.lease == nil ? .sharedMemory : .ivshmem }
 
     enum State {
@@ -61,6 +63,10 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         static let broken: UInt32 = 1 << 4
         /// Set by `close` when the link may serve another connection (`mayKeepLink`, decided once, there).
         static let keepsLink: UInt32 = 1 << 5
+        /// Set for the whole life of a connection whose right to write our half can be withdrawn (`Standing`): it
+        /// keeps every call off the fast path, onto the full one, which checks that right first. Costs other
+        /// connections nothing.
+        static let guarded: UInt32 = 1 << 6
     }
 
     var peerCredentials: PeerCredentials? { link.peer }
@@ -75,6 +81,8 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
 
     init(_ link: EstablishedLink) throws(VMSockError) {
         self.link = link
+        standing = link.standing
+        state = Atomic(link.standing.canBeWithdrawn ? State.guarded : 0)
         local = LocalHeader(base: link.localRegion.base)
         peer = PeerHeader(base: link.peerRegion.base, generation: link.generation)
         tx = RingProducer(
@@ -123,6 +131,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     func awaitReadable(wanted: Int) throws(VMSockError) -> Int {
         var deadline: Deadline? = nil
         while true {
+            if !standing.holds { throw standingLost() }
             let flags = state.load(ordering: .relaxed)
             if flags & (State.closed | State.broken) != 0 { throw unusable(flags) }
             if flags & State.readShut != 0 { return endOfStream() }
@@ -216,6 +225,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         var deadline: Deadline? = nil
         let needed = min(minimum, tx.capacityBytes)
         while true {
+            if !standing.holds { throw standingLost() }
             let flags = state.load(ordering: .relaxed)
             if flags & (State.closed | State.broken) != 0 { throw unusable(flags) }
             if flags & State.writeShut != 0 {
@@ -540,7 +550,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
             state.bitwiseOr(State.writeShut, ordering: .acquiringAndReleasing)
             shared |= RingLayout.Shutdown.write
         }
-        local.addShutdown(shared)
+        addShutdown(shared)
         wakeEveryone()
     }
 
@@ -550,11 +560,11 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     func close() {
         let before = state.bitwiseOr(State.closed, ordering: .sequentiallyConsistent).oldValue
         guard before & State.closed == 0 else { return }
-        local.addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
+        addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
         guard mayKeepLink else {
             // A link that both sides offered for reuse is retired too, so that a peer that parks its side frees it
             // at once (its pool does not watch the control socket).
-            if link.reusable { local.addShutdown(RingLayout.Shutdown.retired) }
+            if link.reusable { addShutdown(RingLayout.Shutdown.retired) }
             // No doorbells: every sleeper, ours and the peer's, polls the control socket too, and shutting it
             // down wakes them all (our end hangs up, and so does the peer's). Four sends fewer per close.
             Sys.shutdown(link.control.raw)
@@ -616,11 +626,26 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         fault.withLock { if $0 == nil { $0 = error } }
         let before = state.bitwiseOr(State.broken, ordering: .acquiringAndReleasing).oldValue
         if before & State.broken == 0 {
-            local.addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
+            addShutdown(RingLayout.Shutdown.write | RingLayout.Shutdown.read | RingLayout.Shutdown.closed)
             wakeEveryone()
             Sys.shutdown(link.control.raw)
         }
         return error
+    }
+
+    /// Shutdown bits in our half, unless we may no longer write it (`Standing`): the slot may carry another
+    /// connection by now, whose peer would read them as its own.
+    private func addShutdown(_ bits: UInt32) {
+        if standing.holds { local.addShutdown(bits) }
+    }
+
+    /// vmsockd took our place in its region (we stood still too long): the connection ends, and nothing more is
+    /// written to our half. Our own sleepers wake; the peer learnt of it from vmsockd already.
+    private func standingLost() -> VMSockError {
+        let error = link.lease?.node.failure ?? VMSockError(
+            code: ECONNRESET,
+            "vmsockd took back this process's slot in its region: the process or its VM stood still for over \(IvshmemLayout.processTimeoutMs) ms, so this connection ended; connect again")
+        return tearDown(error)
     }
 
     private func unusable(_ flags: UInt32) -> VMSockError {
