@@ -53,7 +53,7 @@ import CVMSock
 ///  +104 24  reserved
 /// ```
 ///
-/// **Owner words** name a peer as `epoch << 16 | id` (bit 63 apart: in a slot, "released"). A word is current only while slot `id`'s liveness word in the
+/// **Owner words** name a peer as `epoch << 16 | id` (bits 62 and 63 apart: in a slot, "claiming" and "released"). A word is current only while slot `id`'s liveness word in the
 /// region header is exactly `epoch << 1 | 1` (`IvshmemHeader.liveness`): a peer that left, or was killed, has a
 /// word that is no longer current, and a new peer with its id has another epoch.
 ///

@@ -143,12 +143,20 @@ final class ClientTests: XCTestCase {
         XCTAssertNotEqual(header.heartbeat, first, "the heartbeat moved within 10 s")
     }
 
-    /// Ids are the next unused one: after the last slot they wrap to the first free one, whose slot then shows a new
-    /// epoch, so the new peer is never taken for the old one. Beyond the last free id a client is refused.
+    /// Ids are the next unused one. Beyond the last free id a client is refused. An id whose peer left is not
+    /// handed out again while a QEMU that heard it leave is still there (QEMU's ivshmem device would write into
+    /// freed memory, then free it twice: QEMU 7.2 aborts); once that QEMU is gone it is, with a new epoch, so the new
+    /// peer is never taken for the old one. vmsock's own peers do not hold ids back. The QEMU here is a test peer
+    /// run under a name that says qemu, which is what vmsockd goes by.
     func testIdsWrapWithNewEpochsAndAClientBeyondTheIdSpaceIsRefused() throws {
         let daemon = try Daemon(self, ["--size", "64K", "--vectors", "1"])  // 64 slots: 32 ids, 32 process slots
+        let qemu = daemon.directory + "/qemu-stand-in"
+        try FileManager.default.copyItem(atPath: builtExecutable("vmsock-testpeer").path, toPath: qemu)
+        let standIn = try Child(qemu, ["hold-listen", "\(randomPort())"],
+                                environment: ["VMSOCK_IVSHMEM": daemon.socket, "VMSOCK_TRANSPORT": "ivshmem"])
+        XCTAssertNotNil(standIn.line(startingWith: "ready"), standIn.finish(timeout: 1).stderr)
         var clients: [IvshmemClient] = []
-        for expected in 0..<32 {
+        for expected in 1..<32 {
             let client = try IvshmemClient.connect(path: daemon.socket)
             XCTAssertEqual(client.id, expected)
             clients.append(client)
@@ -161,17 +169,24 @@ final class ClientTests: XCTestCase {
         while let events = try? watcher.waitForEvents(timeoutMs: 0), !events.isEmpty {
             XCTAssertTrue(events.allSatisfy { if case .joined = $0 { true } else { false } }, "\(events)")
         }
-        clients.remove(at: 5)  // id 5 leaves
+        clients.remove(at: 4)  // id 5 leaves
         XCTAssertEqual(try events(watcher), [.left(5)])
+        XCTAssertThrowsError(try IvshmemClient.connect(path: daemon.socket), "id 5 is free, but the QEMU heard it leave") {
+            XCTAssertEqual(($0 as? VMSockError)?.code, ECONNRESET, "\($0)")
+        }
+        kill(standIn.pid, SIGKILL)  // the QEMU goes: ids 0 and 5 are free, and only vmsock's own peers heard of them
+        XCTAssertEqual(try events(watcher), [.left(0)])
+        let first = try IvshmemClient.connect(path: daemon.socket)
+        XCTAssertEqual(first.id, 0, "the search starts after the last id handed out, 31, and wraps")
+        XCTAssertEqual(first.epoch, 33, "32 joins, two refused (no epoch), then this one")
         let again = try IvshmemClient.connect(path: daemon.socket)
         XCTAssertEqual(again.id, 5)
-        XCTAssertEqual(again.epoch, 33, "32 joins, one refused (no epoch), then this one")
-        XCTAssertEqual(try events(watcher), [.joined(5)])
-        XCTAssertEqual(watcher.peers[5]?.epoch, 33)
+        XCTAssertEqual(try events(watcher), [.joined(0), .joined(5)])
+        XCTAssertEqual(watcher.peers[5]?.epoch, 34)
+        let said = daemon.terminate().stderr
+        XCTAssertTrue(said.contains("QEMU's ivshmem device cannot take such an id again"), "why it refused: \(said)")
     }
 
-    /// A client that never reads costs only itself: the daemon does not wait for it (what its socket cannot take
-    /// waits in its queue), and the others keep joining and leaving. A client that sends anything is dropped.
     func testMisbehavingClientsCostOnlyThemselves() throws {
         let daemon = try Daemon(self, ["--vectors", "64"])
         let a = try IvshmemClient.connect(path: daemon.socket)

@@ -19,22 +19,6 @@ final class StreamTests: XCTestCase {
         return options
     }
 
-    /// A TCP port on 127.0.0.1 that nothing listens on now (the kernel picks it), so two tests never collide.
-    private func randomPort() -> UInt16 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-            }
-        }
-        return bound ? UInt16(bigEndian: address.sin_port) : UInt16.random(in: 20000...59000)
-    }
-
     /// Runs `body` on another thread; fails the test (instead of hanging it) when it takes longer than `seconds`.
     private func bounded<T: Sendable>(_ what: String, seconds: TimeInterval = 20, _ body: @escaping @Sendable () throws -> T) throws -> T {
         let done = DispatchSemaphore(value: 0)

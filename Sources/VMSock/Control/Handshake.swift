@@ -36,6 +36,8 @@ struct EstablishedLink {
     var lease: IvshmemLease? = nil
     /// Whether we may still write our half (a guest process in vmsockd's region may lose that right; `Standing`).
     var standing = Standing.always
+    /// For a connection inside vmsockd's region: whether our reader or writer sleeps, for the region's dispatcher.
+    var sleepFlags: SleepFlags? = nil
     /// Both regions' memfds (ours, then the peer's), kept only when the answer was asked to: vmsock-run's
     /// listener hands a welcomed link to a forked sibling that accepted its connection, which maps them itself.
     var memory: [Descriptor] = []

@@ -75,21 +75,21 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables` an
     }
 
     /// A connection the dispatcher watches: the peer it is with, the far end of its liveness socket, its bells,
-    /// and where its waiting flags are (our half's header, through the node's own mapping of the region).
+    /// and whether its reader or writer sleeps (`SleepFlags`: our own memory, which no peer can scribble).
     private final class Watch {
         let peer: IvshmemArena.Owner
         let far: Descriptor
         let dataBell: Doorbell
         let spaceBell: Doorbell
-        let flags: PeerHeader
+        let sleeping: SleepFlags
         var gone = false
 
-        init(peer: IvshmemArena.Owner, far: Descriptor, dataBell: Doorbell, spaceBell: Doorbell, flags: PeerHeader) {
+        init(peer: IvshmemArena.Owner, far: Descriptor, dataBell: Doorbell, spaceBell: Doorbell, sleeping: SleepFlags) {
             self.peer = peer
             self.far = far
             self.dataBell = dataBell
             self.spaceBell = spaceBell
-            self.flags = flags
+            self.sleeping = sleeping
         }
     }
 
@@ -277,11 +277,11 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables` an
                 watch.gone = true
                 Sys.shutdown(watch.far.raw)
             }
-            if watch.flags.isWaitingForData {
+            if watch.sleeping.data.load(ordering: .acquiring) {
                 watch.dataBell.ringSelf()
                 waiting = true
             }
-            if watch.flags.isWaitingForSpace {
+            if watch.sleeping.space.load(ordering: .acquiring) {
                 watch.spaceBell.ringSelf()
                 waiting = true
             }
@@ -325,14 +325,13 @@ final class IvshmemNode: @unchecked Sendable {  // immutable but for `tables` an
     }
 
     /// Watches a new connection with `peer`: returns our end of its liveness socket and the watch's id.
-    func watch(peer: IvshmemArena.Owner, dataBell: Doorbell, spaceBell: Doorbell, ourHalf: Int) throws(VMSockError) -> (Descriptor, Int) {
+    func watch(peer: IvshmemArena.Owner, dataBell: Doorbell, spaceBell: Doorbell, sleeping: SleepFlags) throws(VMSockError) -> (Descriptor, Int) {
         let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
         let (near, far) = try Sys.socketPair(type, "socketpair(ivshmem liveness)")
-        let flags = PeerHeader(base: view.base + ourHalf)
         return try tables.withLock { (tables) throws(VMSockError) -> (Descriptor, Int) in
             if let failure = tables.failure { throw failure }
             tables.nextID += 1
-            tables.connections[tables.nextID] = Watch(peer: peer, far: far, dataBell: dataBell, spaceBell: spaceBell, flags: flags)
+            tables.connections[tables.nextID] = Watch(peer: peer, far: far, dataBell: dataBell, spaceBell: spaceBell, sleeping: sleeping)
             return (near, tables.nextID)
         }
     }

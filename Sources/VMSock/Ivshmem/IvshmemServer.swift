@@ -68,6 +68,13 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
     /// Where the search for the next unused id starts: one past the last id handed out, as QEMU's server does,
     /// so that an id just freed is not handed out again at once.
     private var nextID = 0
+    /// For each id that a peer held and left (announced), the join count at its leave. A QEMU that joined before
+    /// then may have heard of it, and QEMU's ivshmem device cannot take an id it heard leave again: it frees that
+    /// peer's eventfd array at the leave and never makes it anew, so a second join of the id writes into freed
+    /// memory and its next leave frees it twice (QEMU 7.2 aborts: "double free or corruption"). So an id is handed
+    /// out again only once every QEMU present joined after its leave (`unusedID`). vmsock's own clients take an
+    /// id again with its new epoch.
+    private var leftAtJoin: [Int: UInt64] = [:]
     /// Joins so far: the last epoch handed out.
     private var joins: UInt64 = 0
     /// The listener is out of the epoll set after EMFILE or ENFILE, until a client leaves (or a second passes).
@@ -207,13 +214,16 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
         var doomed: String?
         /// Whether the others were told of it: only then are they told it left.
         var announced = false
+        /// Whether it may be a QEMU, which cannot take an id it heard leave again (`leftAtJoin`).
+        let mayBeQEMU: Bool
 
-        init(id: Int, epoch: UInt64, socket: Descriptor, vectors: [Descriptor], credentials: PeerCredentials?) {
+        init(id: Int, epoch: UInt64, socket: Descriptor, vectors: [Descriptor], credentials: PeerCredentials?, mayBeQEMU: Bool) {
             self.id = id
             self.epoch = epoch
             self.socket = socket
             self.vectors = vectors
             self.credentials = credentials
+            self.mayBeQEMU = mayBeQEMU
         }
 
         var pending: Int { queue.count - queueStart }
@@ -252,10 +262,16 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
     /// The whole join of one client, in the protocol's order.
     private func join(_ socket: Descriptor) {
         guard let id = unusedID() else {
-            log("refused a client: all \(region.geometry.firstProcessSlot) peer ids are in use")
+            let slots = region.geometry.firstProcessSlot
+            let oldest = clients.filter(\.mayBeQEMU).min { $0.epoch < $1.epoch }
+                .map { " (the oldest: peer \($0.id), pid \($0.credentials?.pid ?? 0))" } ?? ""
+            log(usedIDs.count < slots
+                ? "refused a client: of \(slots) peer ids, \(slots - usedIDs.count) are free but were held by peers that left while a QEMU still here heard of them, and QEMU's ivshmem device cannot take such an id again; restart the VMs that joined first\(oldest), or give vmsockd a larger --size"
+                : "refused a client: all \(slots) peer ids are in use")
             return  // closing the socket is the refusal
         }
         let credentials = try? Sys.peerCredentials(socket.raw)
+        let mayBeQEMU = Self.mayBeQEMU(credentials)
         var vectors: [Descriptor] = []
         for _ in 0..<configuration.vectors {
             do throws(VMSockError) {
@@ -274,7 +290,7 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
         // Best effort: a smaller buffer only means more messages wait in the queue.
         try? Sys.setOption(socket.raw, SOL_SOCKET, SO_SNDBUF, Self.sendBufferSize, "setsockopt(SO_SNDBUF)")
         joins += 1
-        let client = Client(id: id, epoch: joins, socket: socket, vectors: vectors, credentials: credentials)
+        let client = Client(id: id, epoch: joins, socket: socket, vectors: vectors, credentials: credentials, mayBeQEMU: mayBeQEMU)
         let others = clients
         clients.append(client)
         clientsByToken[client.epoch] = client
@@ -304,13 +320,25 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
         }
     }
 
-    /// The next id nobody holds, searching from `nextID` and wrapping; nil when every slot is taken.
+    /// Whether a client may be a QEMU: its program's name says so, or cannot be read (another pid namespace, no
+    /// credentials). Only a guess to be safe with: a client taken for QEMU costs ids, one missed could crash it.
+    private static func mayBeQEMU(_ credentials: PeerCredentials?) -> Bool {
+        guard let pid = credentials?.pid, pid > 0, let program = Sys.readLink("/proc/\(pid)/exe") else { return true }
+        return program.split(separator: "/").last?.lowercased().contains("qemu") ?? true
+    }
+
+    /// The next id nobody holds and no present QEMU heard leave (`leftAtJoin`), searching from `nextID` and
+    /// wrapping; nil when there is none.
     private func unusedID() -> Int? {
         let slots = region.geometry.firstProcessSlot  // the rest are process slots, never handed out
         guard usedIDs.count < slots else { return nil }
+        let oldest = clients.lazy.filter(\.mayBeQEMU).map(\.epoch).min() ?? UInt64.max
         var id = nextID
-        while usedIDs.contains(id) { id = (id + 1) % slots }
-        return id
+        for _ in 0..<slots {
+            if !usedIDs.contains(id) && leftAtJoin[id, default: 0] < oldest { return id }
+            id = (id + 1) % slots
+        }
+        return nil
     }
 
     /// A client's socket is readable (it sent something, which clients never do), hung up, erred, or writable.
@@ -410,6 +438,7 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
                 log("peer \(client.id) left: it \(reason)")
             }
             if client.announced {
+                leftAtJoin[client.id] = joins
                 for other in clients {
                     // A peer that never got any of its vectors (they all still waited) is not told it left either.
                     if other.withdraw(client.vectors) < client.vectors.count { send(to: other, Int64(client.id)) }
@@ -495,6 +524,7 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
         clients.removeAll()
         clientsByToken.removeAll()
         usedIDs.removeAll()
+        leftAtJoin.removeAll()
         Self.removeSocketFile(configuration.path, inode: listenerInode)
     }
 

@@ -79,12 +79,12 @@ extension IvshmemNode {
         throw VMSockError(code: ENOSPC, "all \(arena.listenEntries) listen entries of vmsockd's region at \(path) are taken")
     }
 
-    /// Withdraws a listen entry `me` published (one another peer took over, after scribbling, stays theirs).
+    /// Withdraws a listen entry `me` published (one another peer took over stays theirs): a CAS of its owner word
+    /// alone. A finder re-checks the owner after reading the fields, and the next publisher clears `published`
+    /// first; a store to `published` here could land on the entry of a peer that took ours over meanwhile (ours
+    /// is free to take once `me` is an identity vmsockd took back).
     func unpublishListen(_ index: Int, as me: IvshmemArena.Owner) {
-        let entry = view.arena.listenEntryOffset(index)
-        guard view.load64(entry + IvshmemArena.ListenOffset.owner) == me.word else { return }
-        view.store32(entry + IvshmemArena.ListenOffset.published, 0)
-        _ = view.cas64(entry + IvshmemArena.ListenOffset.owner, me.word, 0)
+        _ = view.cas64(view.arena.listenEntryOffset(index) + IvshmemArena.ListenOffset.owner, me.word, 0)
     }
 
     /// The peer listening on `destination`: an entry for its exact address and port, else (for an address of this
@@ -170,6 +170,8 @@ extension IvshmemNode {
             throw VMSockError(code: ENOSPC, "all \(arena.slots) connection slots of vmsockd's region at \(path) are in use")
         }
         let offset = arena.slotOffset(slot)
+        // A slot can be taken from us only once vmsockd took our own slot back (we stood still): then write nothing.
+        guard view.isCurrent(me) else { throw Self.identityLost(me) }
         view.store64(offset + IvshmemArena.SlotOffset.listener, 0)
         view.store32(offset + IvshmemArena.SlotOffset.state, 0)
         LocalHeader(base: view.base + arena.connectorHalfOffset(slot)).initialize(capacity: arena.ringCapacity(ofSlot: slot))
@@ -283,6 +285,8 @@ extension IvshmemNode {
                 continue
             }
             let peerAddress = IPEndpoint(family: dialed.family, addressBytes: Array(sourceBytes[0..<length]), port: sourcePort)
+            // Taken back from us (we stood still)? Then write nothing more here: our claim counts as done.
+            guard view.isCurrent(me) else { return nil }
             do throws(VMSockError) {
                 guard listening.options.peerPolicy.admits(credentials(of: connector.id)) else {
                     throw VMSockError(code: EACCES, "\(connector) (uid \(credentials(of: connector.id).uid)) is not admitted by the listener's peer policy")
@@ -334,12 +338,14 @@ extension IvshmemNode {
         let dataBell = try Doorbell.create()
         let spaceBell = try Doorbell.create()
         let bell = try peerBell(peer)
-        let (control, watchID) = try watch(peer: peer, dataBell: dataBell, spaceBell: spaceBell, ourHalf: ours)
+        let sleeping = SleepFlags()
+        let (control, watchID) = try watch(peer: peer, dataBell: dataBell, spaceBell: spaceBell, sleeping: sleeping)
         let lease = IvshmemLease(node: self, slot: slot, side: side, owner: owner, watchID: watchID)
         var link = EstablishedLink(
             control: control, peer: credentials(of: peer.id), localRegion: localRegion, peerRegion: peerRegion,
             dataBell: dataBell, spaceBell: spaceBell, peerDataBell: bell, peerSpaceBell: bell, ordering: ordering,
             reusable: false, lease: lease)
+        link.sleepFlags = sleeping
         if isProcess { link.standing = Standing(processSlotOf: owner, in: view) }
         return link
     }
@@ -457,9 +463,10 @@ final class IvshmemListening: @unchecked Sendable {  // immutable but for `publi
     /// those of the old one name a peer that is no longer current, and no connector would find us. Called before
     /// each look for requests; a failure (the table full) is tried again at the next.
     func republishIfStale() throws(VMSockError) {
+        guard Sys.processID() == creator else { return }  // a forked child takes no lock a parent's thread held
         let now = node.me
         try published.withLock { (published) throws(VMSockError) in
-            guard !published.closed, published.owner != now, Sys.processID() == creator else { return }
+            guard !published.closed, published.owner != now else { return }
             for entry in published.entries { node.unpublishListen(entry, as: published.owner) }
             published.entries = []
             published.entries = try Self.publish(bound, on: node, as: now)
@@ -474,14 +481,13 @@ final class IvshmemListening: @unchecked Sendable {  // immutable but for `publi
 
     /// Withdraws the listen entries (idempotent). Requests already accepted are connections of their own.
     func close() {
+        guard Sys.processID() == creator else { return }  // a forked child withdraws nothing, and takes no lock
         let first = published.withLock { (published) -> Bool in
             guard !published.closed else { return false }
             published.closed = true
-            if Sys.processID() == creator {
-                for entry in published.entries { node.unpublishListen(entry, as: published.owner) }
-            }
+            for entry in published.entries { node.unpublishListen(entry, as: published.owner) }
             return true
         }
-        if first && Sys.processID() == creator { node.removeBell(bellID) }
+        if first { node.removeBell(bellID) }
     }
 }

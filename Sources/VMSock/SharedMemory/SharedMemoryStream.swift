@@ -131,9 +131,9 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     func awaitReadable(wanted: Int) throws(VMSockError) -> Int {
         var deadline: Deadline? = nil
         while true {
-            if !standing.holds { throw standingLost() }
             let flags = state.load(ordering: .relaxed)
             if flags & (State.closed | State.broken) != 0 { throw unusable(flags) }
+            if !standing.holds { throw standingLost() }
             if flags & State.readShut != 0 { return endOfStream() }
             var available = rx.cachedAvailable
             if available < wanted { available = try refreshAvailable() }
@@ -225,9 +225,9 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
         var deadline: Deadline? = nil
         let needed = min(minimum, tx.capacityBytes)
         while true {
-            if !standing.holds { throw standingLost() }
             let flags = state.load(ordering: .relaxed)
             if flags & (State.closed | State.broken) != 0 { throw unusable(flags) }
+            if !standing.holds { throw standingLost() }
             if flags & State.writeShut != 0 {
                 if writeArmed { disarmWritable() }  // room will never matter again (as `endOfStream`)
                 throw VMSockError(code: EPIPE, "socket is shut down for writing")
@@ -339,14 +339,14 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     /// that end the peer's writing count: any other bit the peer sets must not stop us from sleeping.
     private func readWaitIsOver() throws(VMSockError) -> Bool {
         let flags = state.load(ordering: .relaxed)
-        if flags & (State.closed | State.broken | State.readShut) != 0 { return true }
+        if flags & (State.closed | State.broken | State.readShut) != 0 || !standing.holds { return true }
         return try refreshAvailable() > 0 || peerFinishedWriting(flags)
     }
 
     /// Whether a blocked write has room for `needed` bytes, or must fail.
     private func writeWaitIsOver(needed: Int) throws(VMSockError) -> Bool {
         let flags = state.load(ordering: .relaxed)
-        if flags & (State.closed | State.broken | State.writeShut | State.peerGone) != 0 { return true }
+        if flags & (State.closed | State.broken | State.writeShut | State.peerGone) != 0 || !standing.holds { return true }
         if peer.shutdownFlags & LocalHeader.peerStopsReading != 0 { return true }
         return try refreshFreeSpace() >= needed
     }
@@ -399,7 +399,11 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     /// Announces anew in our "waiting for data" (or "for space") word, ordered before the re-check that follows:
     /// with asymmetric ordering the peer's position stores carry no fence, so the barrier is run here, on the way
     /// to sleep (see `WakeUpOrdering`). Every announcement is a new value, so the peer rings once for it.
+    /// A guest region connection whose slot vmsockd took back stores nothing (`Standing`); its callers re-check and
+    /// fail. The region's dispatcher learns of the sleeper from `SleepFlags`, which no peer can reach.
     private func announceWaiting(forData: Bool) {
+        link.sleepFlags?.set(forData: forData, true)
+        guard standing.holds else { return }
         if forData { local.setWaitingForData(readWait.announce()) } else { local.setWaitingForSpace(writeWait.announce()) }
         if link.ordering == .asymmetric { Membarrier.barrier() }
     }
@@ -407,11 +411,10 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     /// Withdraws the announcement, if there is one: the peer rings no more for it.
     @inline(__always)
     private func withdrawWaiting(forData: Bool) {
-        if forData {
-            if let word = readWait.withdraw() { local.setWaitingForData(word) }
-        } else {
-            if let word = writeWait.withdraw() { local.setWaitingForSpace(word) }
-        }
+        link.sleepFlags?.set(forData: forData, false)
+        let word = forData ? readWait.withdraw() : writeWait.withdraw()
+        guard let word, standing.holds else { return }
+        if forData { local.setWaitingForData(word) } else { local.setWaitingForSpace(word) }
     }
 
     /// Spins on shared memory until `ready` or the spin budget (or the deadline) runs out. The clock is read

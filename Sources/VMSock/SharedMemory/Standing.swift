@@ -1,4 +1,5 @@
 import CVMSock
+import Synchronization
 import VMSockRing
 
 /// Whether this side may still write its own half of a link.
@@ -34,4 +35,17 @@ struct Standing: @unchecked Sendable {  // the word lives in the region's mappin
     var canBeWithdrawn: Bool { word != nil }
 
     var holds: Bool { word.map { vms_load_acquire_u64($0) == expected } ?? true }
+}
+
+/// Whether a region connection's reader or writer sleeps (a blocked call, or an armed poller), in this process's
+/// own memory: what the region's dispatcher reads to decide whom to wake at its pass (`IvshmemNode.sweep`). The
+/// same announcement in our half of the ring tells the peer; a peer can scribble that one, and a poller that waits
+/// without a timeout must not depend on it.
+final class SleepFlags: Sendable {
+    let data = Atomic<Bool>(false)
+    let space = Atomic<Bool>(false)
+
+    func set(forData: Bool, _ sleeping: Bool) {
+        if forData { data.store(sleeping, ordering: .releasing) } else { space.store(sleeping, ordering: .releasing) }
+    }
 }
