@@ -20,7 +20,8 @@ import CVMSock
 ///                                slots and 61 of 256 KiB; 1 GiB and more: all 64 big.
 ///
 ///  listen entry (64 bytes)
-///    +0  8  owner: epoch << 16 | id of the peer that listens, 0 when free   CAS 0 -> owner to claim; CAS back
+///    +0  8  owner: epoch << 16 | id of the peer that listens, 0 when free   CAS 0 -> owner | claiming to claim,
+///           (bit 62, claiming: the fields below are being written; finders skip the entry)  -> owner last; CAS back
 ///    +8  4  published: 1 once the fields below are written (release)        0 before the owner lets go
 ///   +12  2  port
 ///   +14  1  family: 4 or 6

@@ -256,6 +256,16 @@ package final class IvshmemClient: @unchecked Sendable {  // see above: the peer
         let address = ControlAddress(kind: .path, name: path)
         var (addr, length) = try ControlSocket.socketAddress(address)
         let fd = try Sys.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), "socket(AF_UNIX, SOCK_STREAM)")
+        // Say we are vmsock's (`IvshmemWire.clientNamePrefix`); without the name vmsockd takes us for a QEMU, which
+        // only costs ids.
+        let name = ControlAddress(kind: .abstract, name: "\(IvshmemWire.clientNamePrefix)\(getpid()).\(UInt64.random(in: 0...UInt64.max))")
+        if var (own, ownLength) = try? ControlSocket.socketAddress(name) {
+            _ = try? withUnsafePointer(to: &own) { (pointer) throws(VMSockError) in
+                try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(VMSockError) in
+                    try Sys.bind(fd.raw, sa, ownLength, "bind(\(name))")
+                }
+            }
+        }
         // A full backlog keeps a blocking connect waiting; bound it (it then fails with EAGAIN).
         let limit = timeval(tv_sec: Int(timeoutMs / 1000), tv_usec: Int(timeoutMs % 1000) * 1000)
         try Sys.setOption(fd.raw, SOL_SOCKET, SO_SNDTIMEO, limit, "setsockopt(SO_SNDTIMEO)")

@@ -75,6 +75,14 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
     /// out again only once every QEMU present joined after its leave (`unusedID`). vmsock's own clients take an
     /// id again with its new epoch.
     private var leftAtJoin: [Int: UInt64] = [:]
+    /// Set when no id could be handed out, until a client goes: a client connecting in a loop then costs no
+    /// search of the whole id space per attempt.
+    private var outOfIDs = false
+    /// Refusals not logged yet, and the last line and when it was: the same line at most once a second (a client
+    /// connecting in a loop must not flood the log, whose writes may block us); another reason at once.
+    private var unloggedRefusals = 0
+    private var lastRefusalLogNanos: Int64 = 0
+    private var lastRefusal = ""
     /// Joins so far: the last epoch handed out.
     private var joins: UInt64 = 0
     /// The listener is out of the epoll set after EMFILE or ENFILE, until a client leaves (or a second passes).
@@ -263,28 +271,29 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
     private func join(_ socket: Descriptor) {
         guard let id = unusedID() else {
             let slots = region.geometry.firstProcessSlot
-            let oldest = clients.filter(\.mayBeQEMU).min { $0.epoch < $1.epoch }
-                .map { " (the oldest: peer \($0.id), pid \($0.credentials?.pid ?? 0))" } ?? ""
-            log(usedIDs.count < slots
+            let oldest = clients.first(where: \.mayBeQEMU).map { " (the oldest: peer \($0.id), pid \($0.credentials?.pid ?? 0))" } ?? ""
+            logRefusal(usedIDs.count < slots
                 ? "refused a client: of \(slots) peer ids, \(slots - usedIDs.count) are free but were held by peers that left while a QEMU still here heard of them, and QEMU's ivshmem device cannot take such an id again; restart the VMs that joined first\(oldest), or give vmsockd a larger --size"
                 : "refused a client: all \(slots) peer ids are in use")
             return  // closing the socket is the refusal
         }
         let credentials = try? Sys.peerCredentials(socket.raw)
-        let mayBeQEMU = Self.mayBeQEMU(credentials)
+        // vmsock's clients bind a name that says so; QEMU binds none (and a client that fakes the name only
+        // puts itself at risk).
+        let mayBeQEMU = Sys.unixPeerAbstractName(socket.raw)?.hasPrefix(IvshmemWire.clientNamePrefix) != true
         var vectors: [Descriptor] = []
         for _ in 0..<configuration.vectors {
             do throws(VMSockError) {
                 vectors.append(try Sys.eventFD(flags: Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK)))
             } catch {
-                log("refused a client: \(error)")
+                logRefusal("refused a client: \(error)")
                 return
             }
         }
         do throws(VMSockError) {
             try Sys.epollControl(epoll.raw, EPOLL_CTL_ADD, socket.raw, events: Self.readEvents, data: joins + 1)
         } catch {
-            log("refused a client: \(error)")
+            logRefusal("refused a client: \(error)")
             return
         }
         // Best effort: a smaller buffer only means more messages wait in the queue.
@@ -320,25 +329,34 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
         }
     }
 
-    /// Whether a client may be a QEMU: its program's name says so, or cannot be read (another pid namespace, no
-    /// credentials). Only a guess to be safe with: a client taken for QEMU costs ids, one missed could crash it.
-    private static func mayBeQEMU(_ credentials: PeerCredentials?) -> Bool {
-        guard let pid = credentials?.pid, pid > 0, let program = Sys.readLink("/proc/\(pid)/exe") else { return true }
-        return program.split(separator: "/").last?.lowercased().contains("qemu") ?? true
-    }
-
     /// The next id nobody holds and no present QEMU heard leave (`leftAtJoin`), searching from `nextID` and
     /// wrapping; nil when there is none.
     private func unusedID() -> Int? {
         let slots = region.geometry.firstProcessSlot  // the rest are process slots, never handed out
         guard usedIDs.count < slots else { return nil }
-        let oldest = clients.lazy.filter(\.mayBeQEMU).map(\.epoch).min() ?? UInt64.max
+        guard !outOfIDs else { return nil }
+        let oldest = clients.first(where: \.mayBeQEMU)?.epoch ?? UInt64.max  // `clients` is in join order
         var id = nextID
         for _ in 0..<slots {
             if !usedIDs.contains(id) && leftAtJoin[id, default: 0] < oldest { return id }
             id = (id + 1) % slots
         }
+        outOfIDs = true
         return nil
+    }
+
+    /// One line about a refused client: the same line at most once a second (with how many went unsaid since).
+    private func logRefusal(_ line: String) {
+        let now = monotonicNanos()
+        guard line != lastRefusal || now - lastRefusalLogNanos >= 1_000_000_000 else {
+            unloggedRefusals += 1
+            return
+        }
+        lastRefusal = line
+        let more = unloggedRefusals > 0 ? " (and \(unloggedRefusals) more refusals in the last seconds)" : ""
+        unloggedRefusals = 0
+        lastRefusalLogNanos = now
+        log(line + more)
     }
 
     /// A client's socket is readable (it sent something, which clients never do), hung up, erred, or writable.
@@ -437,6 +455,7 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
             } else if configuration.verbose || !normal {
                 log("peer \(client.id) left: it \(reason)")
             }
+            outOfIDs = false
             if client.announced {
                 leftAtJoin[client.id] = joins
                 for other in clients {

@@ -67,22 +67,30 @@ extension IvshmemNode {
             let entry = arena.listenEntryOffset(index)
             let owner = view.load64(entry + IvshmemArena.ListenOffset.owner)
             guard owner == 0 || !view.isCurrent(word: owner) else { continue }
-            guard view.cas64(entry + IvshmemArena.ListenOffset.owner, owner, me.word) else { continue }
+            // Marked `claiming` until the fields are ours: a finder skips the entry meanwhile, where it could
+            // otherwise read the last owner's fields under our word.
+            let claiming = me.word | IvshmemArena.Owner.claimingBit
+            guard view.cas64(entry + IvshmemArena.ListenOffset.owner, owner, claiming) else { continue }
+            guard view.isCurrent(me) else {  // vmsockd took us back: publish nothing under that identity
+                _ = view.cas64(entry + IvshmemArena.ListenOffset.owner, claiming, 0)
+                throw Self.identityLost(me)
+            }
             view.store32(entry + IvshmemArena.ListenOffset.published, 0)
             view.store16(entry + IvshmemArena.ListenOffset.port, port)
             view.store8(entry + IvshmemArena.ListenOffset.family, address.family == .v4 ? 4 : 6)
             view.storeBytes16(entry + IvshmemArena.ListenOffset.address, address.addressBytes)
             view.store64(entry + IvshmemArena.ListenOffset.hostKey, hostKey)
             view.store32(entry + IvshmemArena.ListenOffset.published, 1)
+            guard view.cas64(entry + IvshmemArena.ListenOffset.owner, claiming, me.word) else { continue }
             return index
         }
         throw VMSockError(code: ENOSPC, "all \(arena.listenEntries) listen entries of vmsockd's region at \(path) are taken")
     }
 
     /// Withdraws a listen entry `me` published (one another peer took over stays theirs): a CAS of its owner word
-    /// alone. A finder re-checks the owner after reading the fields, and the next publisher clears `published`
-    /// first; a store to `published` here could land on the entry of a peer that took ours over meanwhile (ours
-    /// is free to take once `me` is an identity vmsockd took back).
+    /// alone. A finder re-checks the owner after reading the fields, and the next publisher writes its fields under
+    /// a claiming mark, which finders skip; a store to `published` here could land on the entry of a peer that took
+    /// ours over meanwhile (ours is free to take once `me` is an identity vmsockd took back).
     func unpublishListen(_ index: Int, as me: IvshmemArena.Owner) {
         _ = view.cas64(view.arena.listenEntryOffset(index) + IvshmemArena.ListenOffset.owner, me.word, 0)
     }
@@ -102,7 +110,8 @@ extension IvshmemNode {
             let entry = view.arena.listenEntryOffset(index)
             let word = view.load64(entry + IvshmemArena.ListenOffset.owner)
             let entryFamily = view.load8(entry + IvshmemArena.ListenOffset.family)
-            guard let owner = IvshmemArena.Owner(word: word), view.load32(entry + IvshmemArena.ListenOffset.published) == 1,
+            guard let owner = IvshmemArena.Owner(word: word), !IvshmemArena.Owner.isClaiming(word),
+                view.load32(entry + IvshmemArena.ListenOffset.published) == 1,
                 view.load16(entry + IvshmemArena.ListenOffset.port) == target.port, entryFamily == family || entryFamily == 6
             else { continue }
             let address = view.loadBytes16(entry + IvshmemArena.ListenOffset.address)
@@ -133,7 +142,8 @@ extension IvshmemNode {
         for index in 0..<view.arena.listenEntries {
             let entry = view.arena.listenEntryOffset(index)
             let word = view.load64(entry + IvshmemArena.ListenOffset.owner)
-            guard let owner = IvshmemArena.Owner(word: word), view.load32(entry + IvshmemArena.ListenOffset.published) == 1,
+            guard let owner = IvshmemArena.Owner(word: word), !IvshmemArena.Owner.isClaiming(word),
+                view.load32(entry + IvshmemArena.ListenOffset.published) == 1,
                 view.load16(entry + IvshmemArena.ListenOffset.port) == port,
                 view.load64(entry + IvshmemArena.ListenOffset.hostKey) == host
             else { continue }
@@ -159,6 +169,7 @@ extension IvshmemNode {
         let arena = view.arena
         var claimed: Int? = nil
         let claiming = me.word | IvshmemArena.Owner.claimingBit
+        guard view.isCurrent(me) else { throw Self.identityLost(me) }  // a claim of ours would sit in quarantine
         for index in 0..<arena.slots {
             guard view.freeIfDone(slot: index) else { continue }
             if view.cas64(arena.slotOffset(index) + IvshmemArena.SlotOffset.connector, 0, claiming) {
@@ -170,8 +181,12 @@ extension IvshmemNode {
             throw VMSockError(code: ENOSPC, "all \(arena.slots) connection slots of vmsockd's region at \(path) are in use")
         }
         let offset = arena.slotOffset(slot)
-        // A slot can be taken from us only once vmsockd took our own slot back (we stood still): then write nothing.
-        guard view.isCurrent(me) else { throw Self.identityLost(me) }
+        // A slot can be taken from us only once vmsockd took our own slot back (we stood still): then write nothing,
+        // and give back the claim if it is still ours.
+        guard view.isCurrent(me) else {
+            _ = view.cas64(offset + IvshmemArena.SlotOffset.connector, claiming, 0)
+            throw Self.identityLost(me)
+        }
         view.store64(offset + IvshmemArena.SlotOffset.listener, 0)
         view.store32(offset + IvshmemArena.SlotOffset.state, 0)
         LocalHeader(base: view.base + arena.connectorHalfOffset(slot)).initialize(capacity: arena.ringCapacity(ofSlot: slot))
@@ -285,8 +300,12 @@ extension IvshmemNode {
                 continue
             }
             let peerAddress = IPEndpoint(family: dialed.family, addressBytes: Array(sourceBytes[0..<length]), port: sourcePort)
-            // Taken back from us (we stood still)? Then write nothing more here: our claim counts as done.
-            guard view.isCurrent(me) else { return nil }
+            // Taken back from us (we stood still)? Then write nothing more here, and give back the claim if it is
+            // still ours.
+            guard view.isCurrent(me) else {
+                _ = view.cas64(offset + IvshmemArena.SlotOffset.listener, me.word, 0)
+                return nil
+            }
             do throws(VMSockError) {
                 guard listening.options.peerPolicy.admits(credentials(of: connector.id)) else {
                     throw VMSockError(code: EACCES, "\(connector) (uid \(credentials(of: connector.id).uid)) is not admitted by the listener's peer policy")
@@ -437,9 +456,9 @@ final class IvshmemListening: @unchecked Sendable {  // immutable but for `publi
         self.node = node
         self.bound = bound
         self.options = options
+        bell = try Doorbell.create()  // first: entries published before a failure here would stay behind
         let owner = node.me
         published = Mutex((owner, try Self.publish(bound, on: node, as: owner), false))
-        bell = try Doorbell.create()
         bellID = node.addBell(bell, urgent: false)
     }
 
@@ -464,8 +483,8 @@ final class IvshmemListening: @unchecked Sendable {  // immutable but for `publi
     /// each look for requests; a failure (the table full) is tried again at the next.
     func republishIfStale() throws(VMSockError) {
         guard Sys.processID() == creator else { return }  // a forked child takes no lock a parent's thread held
-        let now = node.me
         try published.withLock { (published) throws(VMSockError) in
+            let now = node.me
             guard !published.closed, published.owner != now else { return }
             for entry in published.entries { node.unpublishListen(entry, as: published.owner) }
             published.entries = []

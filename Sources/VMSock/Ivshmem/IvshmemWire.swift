@@ -13,6 +13,10 @@ import Glibc
 /// When a client leaves, every other client gets its id with no descriptor. Clients never send: the server takes
 /// anything from a client, hang-up included, as its leaving.
 enum IvshmemWire {
+    /// The abstract name a vmsock client binds its socket to before it connects (this, its pid and a random
+    /// number). vmsockd sees it (getpeername) and knows a vmsock client from QEMU, which binds none and cannot
+    /// take an id it heard leave again (`IvshmemServer.leftAtJoin`).
+    static let clientNamePrefix = "vmsock-ivshmem-client."
     static let protocolVersion: Int64 = 0
     /// The value of the message that carries the shared memory.
     static let sharedMemory: Int64 = -1

@@ -163,12 +163,22 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     @inlinable @inline(__always)
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(VMSockError) -> Int {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
-        var count = buffer.count
-        if !canRead(count) { count = min(try awaitReadable(wanted: count), count) }
-        if count > 0 {
-            rx.copyOut(base, count: count)
-            consume(count)
-        }
+        let count = buffer.count
+        guard canRead(count) else { return try readFullPath(into: buffer) }
+        rx.copyOut(base, count: count)
+        consume(count)
+        return count
+    }
+
+    /// `read` when the fast path's checks send it here: waits for bytes, and before our consumer position goes to
+    /// our half checks that we may still write it (`Standing`: a guest may have stood still inside the copy).
+    @usableFromInline
+    func readFullPath(into buffer: UnsafeMutableRawBufferPointer) throws(VMSockError) -> Int {
+        let count = min(try awaitReadable(wanted: buffer.count), buffer.count)
+        guard count > 0 else { return 0 }
+        rx.copyOut(buffer.baseAddress!, count: count)
+        if !standing.holds { throw standingLost() }
+        consume(count)
         return count
     }
 
@@ -182,6 +192,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
             rx.copyOut(vector.iov_base!, count: n, skipping: done)
             done += n
         }
+        if !standing.holds { throw standingLost() }
         if count > 0 { consume(count) }
         return count
     }
@@ -189,10 +200,22 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     /// Zero-copy read: `body` sees the readable bytes in place (read-only) and returns how many it consumed.
     @inlinable @inline(__always)
     func readInPlace(_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int {
-        if !canRead(1) { guard try awaitReadable(wanted: 1) > 0 else { return 0 } }
+        guard canRead(1) else { return try readInPlaceFullPath(body) }
         let view = rx.contiguousAvailable
         let used = try body(view)
         guard used >= 0 && used <= view.count else { throw VMSockError.inPlaceOverrun("readInPlace", used: used, given: view.count) }
+        if used > 0 { consume(used) }
+        return used
+    }
+
+    /// `readInPlace` off the fast path, as `readFullPath`.
+    @usableFromInline
+    func readInPlaceFullPath(_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int {
+        guard try awaitReadable(wanted: 1) > 0 else { return 0 }
+        let view = rx.contiguousAvailable
+        let used = try body(view)
+        guard used >= 0 && used <= view.count else { throw VMSockError.inPlaceOverrun("readInPlace", used: used, given: view.count) }
+        if !standing.holds { throw standingLost() }
         if used > 0 { consume(used) }
         return used
     }
@@ -250,9 +273,20 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     @inlinable @inline(__always)
     func write(_ buffer: UnsafeRawBufferPointer) throws(VMSockError) -> Int {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
-        var count = buffer.count
-        if !canWrite(count) { count = min(try awaitWritable(wanted: count), count) }
+        let count = buffer.count
+        guard canWrite(count) else { return try writeFullPath(buffer) }
         tx.copyIn(base, count: count)
+        publish(count)
+        return count
+    }
+
+    /// `write` when the fast path's checks send it here: waits for room, and before our producer position goes to
+    /// our half checks that we may still write it (`Standing`: a guest may have stood still inside the copy).
+    @usableFromInline
+    func writeFullPath(_ buffer: UnsafeRawBufferPointer) throws(VMSockError) -> Int {
+        let count = min(try awaitWritable(wanted: buffer.count), buffer.count)
+        tx.copyIn(buffer.baseAddress!, count: count)
+        if !standing.holds { throw standingLost() }
         publish(count)
         return count
     }
@@ -267,6 +301,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
             tx.copyIn(vector.iov_base!, count: n, skipping: done)
             done += n
         }
+        if !standing.holds { throw standingLost() }
         publish(count)
         return count
     }
@@ -275,10 +310,22 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     @inlinable @inline(__always)
     func writeInPlace(minimum: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int {
         let needed = min(max(minimum, 1), tx.capacityBytes)
-        if !canWrite(needed) { _ = try awaitWritable(wanted: needed, minimum: needed) }
+        guard canWrite(needed) else { return try writeInPlaceFullPath(needed: needed, body) }
         let space = tx.contiguousFreeSpace
         let used = try body(space)
         guard used >= 0 && used <= space.count else { throw VMSockError.inPlaceOverrun("writeInPlace", used: used, given: space.count) }
+        if used > 0 { publish(used) }
+        return used
+    }
+
+    /// `writeInPlace` off the fast path, as `writeFullPath`.
+    @usableFromInline
+    func writeInPlaceFullPath(needed: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int {
+        _ = try awaitWritable(wanted: needed, minimum: needed)
+        let space = tx.contiguousFreeSpace
+        let used = try body(space)
+        guard used >= 0 && used <= space.count else { throw VMSockError.inPlaceOverrun("writeInPlace", used: used, given: space.count) }
+        if !standing.holds { throw standingLost() }
         if used > 0 { publish(used) }
         return used
     }

@@ -26,6 +26,22 @@ extension Sys {
         return result == 0 && storage.ss_family == sa_family_t(AF_UNIX) && length == socklen_t(MemoryLayout<sa_family_t>.size)
     }
 
+    /// The abstract name (without its leading NUL) the peer of a connected Unix socket bound; nil when it bound
+    /// none, bound a path, or the call fails.
+    static func unixPeerAbstractName(_ fd: Int32) -> String? {
+        var address = sockaddr_un()
+        var length = socklen_t(MemoryLayout<sockaddr_un>.size)
+        let result = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) }
+        }
+        let pathLength = Int(length) - MemoryLayout<sa_family_t>.size
+        guard result == 0, address.sun_family == sa_family_t(AF_UNIX), pathLength > 1 else { return nil }
+        return withUnsafeBytes(of: &address.sun_path) { path in
+            guard path[0] == 0 else { return nil }
+            return String(decoding: path[1..<min(pathLength, path.count)], as: UTF8.self)
+        }
+    }
+
     private static func socketName(_ fd: Int32, peer: Bool) throws(VMSockError) -> sockaddr_storage {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
