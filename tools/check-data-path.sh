@@ -25,7 +25,7 @@ status=0
 # The loops that write and read: VMSocket.writeAll (write is inlined into it) and the test peer's receive loop
 # (read is inlined into it); and what the hot calls call when the ring is full or empty, or the peer sleeps.
 for fn in VMSocketC8writeAllyySW 11PatternPumpO7receive SharedMemoryStreamC13awaitWritable SharedMemoryStreamC13awaitReadable \
-          SharedMemoryStreamC12afterConsume; do
+          SharedMemoryStreamC12afterConsume SharedMemoryStreamC13writeFullPath SharedMemoryStreamC12readFullPath; do
     echo "== what $fn calls (count in parentheses):"
     awk -v fn="$fn" '$0 ~ "\\* .*"fn { on = 1; next } on && /^ *[0-9,]+ .* > / { print; next } on { exit }' "$work/tree.txt" \
         | sed -e 's/ \[.*//' -e 's/^ *[0-9,]* ([ 0-9.%]*) *> *//' | tee "$work/callees.txt"

@@ -102,6 +102,9 @@ for entry in "${clients[@]}"; do
     for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && violation "client $number did not end within 60 s of its deadline (a hang)"
     wait "$pid" || status=$?
+    # Under this load bash once lost a client's status ("wait: pid N is not a child of this shell": 127). The
+    # summary line, which a client prints only just before its exit(0), then says how it ended.
+    if [ "$status" = 127 ] && grep -q '^soak-client: connections' "$work/client$number.out"; then status=0; fi
     [ "$status" = 0 ] || violation "client $number exited $status: $(cat "$work/client$number.err")"
     read -r _ _ c _ d _ i _ b _ s _ t < "$work/client$number.out"
     total_connections=$((total_connections + c)) total_completed=$((total_completed + d))

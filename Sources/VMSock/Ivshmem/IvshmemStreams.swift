@@ -81,7 +81,11 @@ extension IvshmemNode {
             view.storeBytes16(entry + IvshmemArena.ListenOffset.address, address.addressBytes)
             view.store64(entry + IvshmemArena.ListenOffset.hostKey, hostKey)
             view.store32(entry + IvshmemArena.ListenOffset.published, 1)
-            guard view.cas64(entry + IvshmemArena.ListenOffset.owner, claiming, me.word) else { continue }
+            guard view.cas64(entry + IvshmemArena.ListenOffset.owner, claiming, me.word) else {
+                // Taken from under our mark: only once we were judged gone (or by a scribbler).
+                if !view.isCurrent(me) { throw Self.identityLost(me) }
+                continue
+            }
             return index
         }
         throw VMSockError(code: ENOSPC, "all \(arena.listenEntries) listen entries of vmsockd's region at \(path) are taken")

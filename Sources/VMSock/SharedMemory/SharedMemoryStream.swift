@@ -213,6 +213,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     func readInPlaceFullPath(_ body: (UnsafeRawBufferPointer) throws -> Int) throws -> Int {
         guard try awaitReadable(wanted: 1) > 0 else { return 0 }
         let view = rx.contiguousAvailable
+        if !standing.holds { throw standingLost() }  // the bytes in view may be another connection's by now
         let used = try body(view)
         guard used >= 0 && used <= view.count else { throw VMSockError.inPlaceOverrun("readInPlace", used: used, given: view.count) }
         if !standing.holds { throw standingLost() }
@@ -323,6 +324,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     func writeInPlaceFullPath(needed: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> Int) throws -> Int {
         _ = try awaitWritable(wanted: needed, minimum: needed)
         let space = tx.contiguousFreeSpace
+        if !standing.holds { throw standingLost() }  // the space may be another connection's by now
         let used = try body(space)
         guard used >= 0 && used <= space.count else { throw VMSockError.inPlaceOverrun("writeInPlace", used: used, given: space.count) }
         if !standing.holds { throw standingLost() }
