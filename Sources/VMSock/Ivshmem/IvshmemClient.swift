@@ -259,8 +259,8 @@ package final class IvshmemClient: @unchecked Sendable {  // see above: the peer
         // Say we are vmsock's (`IvshmemWire.clientNamePrefix`); without the name vmsockd takes us for a QEMU, which
         // only costs ids.
         let name = ControlAddress(kind: .abstract, name: "\(IvshmemWire.clientNamePrefix)\(getpid()).\(UInt64.random(in: 0...UInt64.max))")
-        if var (own, ownLength) = try? ControlSocket.socketAddress(name) {
-            _ = try? withUnsafePointer(to: &own) { (pointer) throws(VMSockError) in
+        if let (own, ownLength) = try? ControlSocket.socketAddress(name) {
+            _ = try? withUnsafePointer(to: own) { (pointer) throws(VMSockError) in
                 try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(VMSockError) in
                     try Sys.bind(fd.raw, sa, ownLength, "bind(\(name))")
                 }
