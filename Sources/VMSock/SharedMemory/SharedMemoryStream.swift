@@ -694,9 +694,9 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     /// vmsockd took our place in its region (we stood still too long): the connection ends, and nothing more is
     /// written to our half. Our own sleepers wake; the peer learnt of it from vmsockd already.
     private func standingLost() -> VMSockError {
-        let error = link.lease?.node.failure ?? VMSockError(
-            code: ECONNRESET,
-            "vmsockd took back this process's slot in its region: the process or its VM stood still for over \(IvshmemLayout.processTimeoutMs) ms, so this connection ended; connect again")
+        // Only a region link's standing can be lost, so there is a lease to name the slot we held.
+        let error = link.lease.map { $0.node.failure ?? IvshmemNode.identityLost($0.owner) }
+            ?? VMSockError(code: ECONNRESET, "connection reset: this process may no longer write its half")
         return tearDown(error)
     }
 
