@@ -54,11 +54,26 @@ final class ConnectionsTests: XCTestCase {
         }
     }
 
+    /// `--connection-rounds` runs the rounds it names, in its order (a profile of one kind of set-up alone), and
+    /// the listener process serves exactly those.
+    func testChosenRounds() throws {
+        let result = try VMPerf.run(["--connections", String(Self.count), "--connection-rounds", "tcp,new", "-J"])
+        XCTAssertEqual(result.status, 0, "stderr: \(result.stderr)")
+        let document = try XCTUnwrap(result.json()["connections"] as? [String: Any])
+        let rounds = try XCTUnwrap(document["rounds"] as? [[String: Any]])
+        XCTAssertEqual(rounds.map { $0["policy"] as? String }, ["tcp", "shm"])
+        XCTAssertEqual(rounds.map { $0["reuses_links"] as? Bool }, [true, false])
+        XCTAssertEqual(rounds.map { $0["transport"] as? String }, ["TCP", "shared memory"])
+    }
+
     func testBadCountsAndCombinations() throws {
         for (arguments, expected) in [
             (["--connections", "0"], "--connections 0 is out of range"),
             (["--connections", "-5"], "--connections -5 is out of range"),
             (["--connections", "10", "--compare"], "choose one of"),
+            (["--connections", "10", "--connection-rounds", "new,fast"], "want a comma-separated list of new, reused and tcp"),
+            (["--connections", "10", "--connection-rounds", ""], "want a comma-separated list"),
+            (["-s", "--connection-rounds", "new"], "use it with --connections"),
         ] {
             let result = try VMPerf.run(arguments, timeout: 20)
             XCTAssertEqual(result.status, 1, "\(arguments)")

@@ -32,6 +32,8 @@ struct Options: ParsableCommand {
     @Option(parsing: .unconditional,
             help: "Connect <n> times in each of three rounds (shared memory with a new link each, shared memory reopening the link, TCP) to a listener process it starts itself; print connections per second.")
     var connections: Int?
+    @Option(help: "With --connections: which rounds to run, comma-separated (new: a new link each; reused; tcp).")
+    var connectionRounds = "new,reused,tcp"
 
     // MARK: What to measure
     @Flag(help: "Measure round trips of -l bytes (default 64) instead of throughput.")
@@ -171,6 +173,12 @@ struct Options: ParsableCommand {
         if let svg, svg.isEmpty { throw ValidationError("--svg needs a file name") }
         if let connections, !(1...1_000_000).contains(connections) {
             throw ValidationError("--connections \(connections) is out of range (1 to 1000000)")
+        }
+        if connectionRounds != "new,reused,tcp" {
+            guard connections != nil else { throw ValidationError("--connection-rounds chooses the rounds of --connections: use it with --connections") }
+            guard !connectionRoundList.isEmpty, connectionRoundList.count == connectionRounds.split(separator: ",").count else {
+                throw ValidationError("--connection-rounds \(connectionRounds): want a comma-separated list of new, reused and tcp")
+            }
         }
         guard (1...65535).contains(port) else { throw ValidationError("port \(port) is out of range (1 to 65535)") }
         if let time, !(time > 0 && time <= 86_400) { throw ValidationError("test duration \(time) is out of range (0 to 86400 seconds)") }
@@ -332,6 +340,8 @@ struct Options: ParsableCommand {
     var effectiveRingSize: Int { ringSize?.value ?? Self.defaultRingSize }
     /// `--connections` measures set-up, not streaming: the library's default ring unless -w says otherwise.
     var connectionRingSize: Int { ringSize?.value ?? VMSocketOptions().ringSize }
+    /// `--connection-rounds`, in its order.
+    var connectionRoundList: [ConnectRate.Round] { ConnectRate.rounds(named: connectionRounds) }
 
     /// `-A n[,m]`: this side's CPU and the server's.
     var cpus: (local: Int?, remote: Int?) {

@@ -24,11 +24,17 @@ struct ConnectRate {
         let reusesLinks: Bool
     }
 
-    /// In order: shared memory making a new link for every connection, shared memory reopening the link the
-    /// previous connection left (the default), and TCP.
-    static let rounds = [
-        Round(policy: .shm, reusesLinks: false), Round(policy: .shm, reusesLinks: true), Round(policy: .tcp, reusesLinks: true),
+    /// By their names in `--connection-rounds`: shared memory making a new link for every connection, shared memory
+    /// reopening the link the previous connection left (the default), and TCP.
+    static let rounds: KeyValuePairs<String, Round> = [
+        "new": Round(policy: .shm, reusesLinks: false), "reused": Round(policy: .shm, reusesLinks: true),
+        "tcp": Round(policy: .tcp, reusesLinks: true),
     ]
+
+    /// The rounds `names` (comma-separated) choose, in that order; an unknown name is left out.
+    static func rounds(named names: String) -> [Round] {
+        names.split(separator: ",").compactMap { name in rounds.first { $0.key == name }?.value }
+    }
 
     /// What one round measured.
     struct Figure {
@@ -41,12 +47,12 @@ struct ConnectRate {
     }
 
     func run() throws {
-        let listener = try ConnectionsListener(count: count, ringSize: options.connectionRingSize)
+        let listener = try ConnectionsListener(count: count, ringSize: options.connectionRingSize, rounds: options.connectionRounds)
         defer { listener.stop() }
         report.line("vmperf --connections: \(count) connections per round to a listener process on port \(listener.port); "
                     + "rings of \(options.connectionRingSize >> 10) KiB")
         var figures: [Figure] = []
-        for round in Self.rounds {
+        for round in options.connectionRoundList {
             let figure = try measure(round, port: listener.port)
             figures.append(figure)
             report.line(line(figure))

@@ -10,10 +10,12 @@ final class ConnectionsListener {
     let port: UInt16
     private let process = Process()
 
-    init(count: Int, ringSize: Int) throws {
+    init(count: Int, ringSize: Int, rounds: String) throws {
         let portPipe = Pipe()
         process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        process.arguments = ["--connections", String(count), "--connections-listener", "--ring-size", String(ringSize)]
+        process.arguments = [
+            "--connections", String(count), "--connections-listener", "--ring-size", String(ringSize), "--connection-rounds", rounds,
+        ]
         process.standardInput = FileHandle(forReadingAtPath: "/dev/null")
         process.standardOutput = portPipe
         do {
@@ -63,8 +65,8 @@ final class ConnectionsListener {
         process.waitUntilExit()
     }
 
-    /// The listener process's side: serves `count` connections for each round, then returns.
-    static func serve(count: Int, ringSize: Int) throws {
+    /// The listener process's side: serves `count` connections for each of `rounds` rounds, then returns.
+    static func serve(count: Int, rounds: Int, ringSize: Int) throws {
         // The kernel ends us when the process that measures goes, even in the middle of an accept.
         _ = vms_set_parent_death_signal(SIGKILL)
         var options = VMSocketOptions(transport: .auto)
@@ -78,7 +80,7 @@ final class ConnectionsListener {
         defer { listener.close() }
         FileHandle.standardOutput.write(Data("\(listener.localAddress.port)\n".utf8))
         var byte: [UInt8] = [0]
-        for index in 0..<(count * ConnectRate.rounds.count) {
+        for index in 0..<(count * rounds) {
             do {
                 let connection = try listener.accept()
                 defer { connection.close() }
