@@ -106,12 +106,15 @@ struct LocalHalf: Sendable {
     /// For a connector that has sent its hello: makes the spare while the listener answers, when the hello did
     /// not offer link reuse and is not this process's first, and there is no spare of this process's already (a
     /// listener's of another ring size is not replaced: the two would take turns throwing each other's away).
-    static func prepareSpareAfterHello(capacity: Int, reusable: Bool) {
+    /// Returns whether it did (the hello was not this process's first and did not offer reuse): the caller may
+    /// then hold the next connection's port too.
+    static func prepareSpareAfterHello(capacity: Int, reusable: Bool) -> Bool {
         let count = hellos.add(1, ordering: .relaxed).newValue
-        guard !reusable, count >= 2 else { return }
+        guard !reusable, count >= 2 else { return false }
         let owner = Sys.processID()
-        guard spare.withLock({ $0 == nil || $0!.owner != owner }) else { return }
+        guard spare.withLock({ $0 == nil || $0!.owner != owner }) else { return true }
         store(try? LocalHalf(capacity: capacity), owner: owner, replacingOurs: false)
+        return true
     }
 
     /// Makes the spare now if there is none of this size: call before sleeping, so the next connection need not.
@@ -141,6 +144,8 @@ enum Handshake {
         fileprivate let mine: LocalHalf
         let dialed: IPEndpoint
         let reusable: Bool
+        /// Whether this process makes the next connection's parts while the listener answers (its spare half).
+        let preparesNext: Bool
     }
 
     /// The connector's first step: makes our region and bells and sends them in a hello. Never waits (a fresh
@@ -171,8 +176,8 @@ enum Handshake {
             }
             throw error
         }
-        LocalHalf.prepareSpareAfterHello(capacity: capacity, reusable: reusable)
-        return HelloSent(mine: mine, dialed: dialed, reusable: reusable)
+        let preparing = LocalHalf.prepareSpareAfterHello(capacity: capacity, reusable: reusable)
+        return HelloSent(mine: mine, dialed: dialed, reusable: reusable, preparesNext: preparing)
     }
 
     /// The connector's second step, with the listener's answer: the link, or why not.
@@ -235,10 +240,13 @@ enum Handshake {
     /// The listener's side, second step, once the hello has arrived (the control socket polled readable): never
     /// waits. A hello that is malformed or of another version gets a reject saying why, and this throws.
     /// `reusable`: whether this listener keeps links for reuse; the link is reusable when the hello says so too.
+    /// `received`: the hello, if the caller has received it already.
     static func answer(
-        _ control: Descriptor, peer: PeerCredentials, capacity: Int, reusable: Bool, keepMemory: Bool = false
+        _ control: Descriptor, peer: PeerCredentials, capacity: Int, reusable: Bool, keepMemory: Bool = false,
+        received: ControlSocket.Received? = nil
     ) throws(VMSockError) -> EstablishedLink {
-        let request = try ControlSocket.receiveReady(control.raw)
+        let request: ControlSocket.Received
+        if let received { request = received } else { request = try ControlSocket.receiveReady(control.raw) }
         if request.bytes.isEmpty && !request.truncated {
             throw VMSockError(code: ECONNRESET, "connector closed the connection before its hello")
         }
@@ -282,7 +290,10 @@ enum Handshake {
             dataBell: mine.dataBell, spaceBell: mine.spaceBell,
             peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed, source: source,
             ordering: ordering, reusable: agreedReuse)
-        if keepMemory { link.memory = [mine.memfd, theirs.memfd] }
+        if keepMemory { link.memory = [mine.memfd, theirs.memfd] } else {
+            // The connector now maps what we sent: the next connection's half is made meanwhile.
+            LocalHalf.prepareSpare(capacity: capacity)
+        }
         return link
     }
 

@@ -51,6 +51,9 @@ final class SharedRegion: @unchecked Sendable {  // immutable once made; the map
         let region = try map(fd: fd.raw, capacity: capacity, writable: true)
         region.charge = charge
         LocalHeader(base: region.base).initialize(capacity: capacity)
+        // The first data page too, where a new link's first write lands: its page is allocated now (made ahead
+        // as a spare, off the connection's way) rather than by a fault in that write.
+        region.data.storeBytes(of: 0, as: UInt8.self)
         let seals = VMS_F_SEAL_GROW | VMS_F_SEAL_SHRINK | (sealWrites ? VMS_F_SEAL_FUTURE_WRITE | VMS_F_SEAL_SEAL : 0)
         try Sys.addSeals(fd.raw, seals)
         return (region, fd)

@@ -191,7 +191,10 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
             guard let connector = accepted else { return nil }
             do throws(VMSockError) {
                 let peer = try Handshake.admit(connector, policy: options.peerPolicy)
-                if try Sys.isReady(connector.raw, Int16(POLLIN)) { return .init(control: connector, peer: peer) }
+                // One recvmsg that does not wait, where a poll and then a recvmsg took two calls.
+                if let hello = try ControlSocket.receiveIfReady(connector.raw) {
+                    return .init(control: connector, peer: peer, hello: hello)
+                }
                 if try !pending.add(.init(control: connector, peer: peer)) {
                     Handshake.reject(connector, .outOfResources)
                     reject("turned away a connector (pid \(peer.pid)): \(PendingHandshakes.limit) handshakes already pending")
@@ -218,7 +221,7 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
         do throws(VMSockError) {
             let link = try Handshake.answer(
                 ready.control, peer: ready.peer, capacity: ringSize.load(ordering: .relaxed),
-                reusable: options.reusesLinks)
+                reusable: options.reusesLinks, received: ready.hello)
             return try connection(on: link, reused: false, pending)
         } catch {
             reject(error.description)

@@ -214,6 +214,8 @@ struct Connector {
             let hello = try Handshake.sendHello(
                 control, dialed: attempt.destination, source: attempt.local, address: attempt.address,
                 capacity: options.ringSize, reusable: options.reusesLinks)
+            // While the listener answers: the port of this process's next connection, as its half was.
+            if hello.preparesNext && options.sourceAddress == nil { TCPCalls.prepareSparePort(for: attempt.destination) }
             state = .awaitingWelcome(attempt, hello, control: control, peer: peer, until: deadline)
             return .wait(PollInterest(descriptor: control.raw, events: Int16(POLLIN)), until: deadline, spinFirst: true)
         } catch {

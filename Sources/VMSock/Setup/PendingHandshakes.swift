@@ -27,6 +27,9 @@ final class PendingHandshakes: @unchecked Sendable {  // the table is behind its
         let control: Descriptor
         let peer: PeerCredentials
         var link: EstablishedLink? = nil
+        /// The hello, when it had arrived by the time the connector was taken in (such a one is answered at once
+        /// and never waits here).
+        var hello: ControlSocket.Received? = nil
     }
 
     private struct Entry {

@@ -113,14 +113,17 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
             if nonBlocking.load(ordering: .relaxed) {
                 throw VMSockError(code: EAGAIN, "no connection waiting (non-blocking listener)")
             }
-            // About to sleep: make the next shared-memory connection's half now, off its critical path.
-            if acceptor.offersSharedMemory { LocalHalf.prepareSpare(capacity: ringSize) }
+            // About to sleep: make the next shared-memory connection's half now, off its critical path; but not
+            // while a connector just taken in is sending its hello: the answer comes first, and makes the spare
+            // after its welcome has gone (`Handshake.answer`).
+            let helloSoon = acceptor.expectsHelloSoon
+            if acceptor.offersSharedMemory && !helloSoon { LocalHalf.prepareSpare(capacity: ringSize) }
             // Look without sleeping first, for the spin budget: once per call (a server's next client often comes
             // within tens of microseconds, less than the wake-up that sleeping costs here, see `SpinPolicy`), and
             // again while a connector just taken in has yet to send its hello (it knocks first, then makes its
             // half).
             try acceptor.readiness.use("listener") { fd throws(VMSockError) in
-                if !spun || acceptor.expectsHelloSoon {
+                if !spun || helloSoon {
                     spun = true
                     ControlSocket.spinUntilReadable(fd, nanoseconds: SpinPolicy.processNanoseconds)
                 } else {
