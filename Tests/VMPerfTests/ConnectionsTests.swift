@@ -73,7 +73,10 @@ final class ConnectionsTests: XCTestCase {
             (["--connections", "10", "--compare"], "choose one of"),
             (["--connections", "10", "--connection-rounds", "new,fast"], "want a comma-separated list of new, reused and tcp"),
             (["--connections", "10", "--connection-rounds", ""], "want a comma-separated list"),
+            (["--connections", "10", "--connection-rounds", "new,"], "want a comma-separated list"),
+            (["--connections", "10", "--connection-rounds", "tcp,tcp"], "each at most once"),
             (["-s", "--connection-rounds", "new"], "use it with --connections"),
+            (["-s", "--connection-rounds", "new,reused,tcp"], "use it with --connections"),
         ] {
             let result = try VMPerf.run(arguments, timeout: 20)
             XCTAssertEqual(result.status, 1, "\(arguments)")

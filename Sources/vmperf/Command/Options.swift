@@ -30,10 +30,10 @@ struct Options: ParsableCommand {
     @Flag(help: "Reproduce Table 1 of the seed paper (Raw, Sync, Sync1k, TCP ping-pong) on this machine.")
     var paper = false
     @Option(parsing: .unconditional,
-            help: "Connect <n> times in each of three rounds (shared memory with a new link each, shared memory reopening the link, TCP) to a listener process it starts itself; print connections per second.")
+            help: "Connect <n> times in each round (by default three: shared memory with a new link each, shared memory reopening the link, TCP) to a listener process it starts itself; print connections per second.")
     var connections: Int?
-    @Option(help: "With --connections: which rounds to run, comma-separated (new: a new link each; reused; tcp).")
-    var connectionRounds = "new,reused,tcp"
+    @Option(help: "With --connections: which rounds to run, in order, comma-separated (new: a new link each; reused; tcp; default new,reused,tcp).")
+    var connectionRounds: String?
 
     // MARK: What to measure
     @Flag(help: "Measure round trips of -l bytes (default 64) instead of throughput.")
@@ -174,10 +174,10 @@ struct Options: ParsableCommand {
         if let connections, !(1...1_000_000).contains(connections) {
             throw ValidationError("--connections \(connections) is out of range (1 to 1000000)")
         }
-        if connectionRounds != "new,reused,tcp" {
+        if let connectionRounds {
             guard connections != nil else { throw ValidationError("--connection-rounds chooses the rounds of --connections: use it with --connections") }
-            guard !connectionRoundList.isEmpty, connectionRoundList.count == connectionRounds.split(separator: ",").count else {
-                throw ValidationError("--connection-rounds \(connectionRounds): want a comma-separated list of new, reused and tcp")
+            guard ConnectRate.rounds(named: connectionRounds) != nil else {
+                throw ValidationError("--connection-rounds \(connectionRounds): want a comma-separated list of new, reused and tcp, each at most once")
             }
         }
         guard (1...65535).contains(port) else { throw ValidationError("port \(port) is out of range (1 to 65535)") }
@@ -294,11 +294,11 @@ struct Options: ParsableCommand {
 
     /// The options whose value is the next word (OptionsTests checks the list against --help).
     static let optionsTakingAValue: Set<String> = [
-        "-c", "--client", "--svg", "--connections", "-p", "--port", "-B", "--bind", "--cport", "-t", "--time", "-n",
-        "--bytes", "-k", "--blockcount", "-l", "--length", "-P", "--parallel", "-b", "--bitrate", "-O", "--omit",
-        "--connect-timeout", "--rcv-timeout", "--server-bitrate-limit", "--idle-timeout", "-i", "--interval", "-f",
-        "--format", "-I", "--pidfile", "--logfile", "-T", "--title", "--extra-data", "--transport", "--ring-size",
-        "-w", "--window", "-A", "--affinity", "--spin-us", "--runs", "--iterations", "--paper-peer",
+        "-c", "--client", "--svg", "--connections", "--connection-rounds", "-p", "--port", "-B", "--bind", "--cport",
+        "-t", "--time", "-n", "--bytes", "-k", "--blockcount", "-l", "--length", "-P", "--parallel", "-b", "--bitrate",
+        "-O", "--omit", "--connect-timeout", "--rcv-timeout", "--server-bitrate-limit", "--idle-timeout", "-i",
+        "--interval", "-f", "--format", "-I", "--pidfile", "--logfile", "-T", "--title", "--extra-data", "--transport",
+        "--ring-size", "-w", "--window", "-A", "--affinity", "--spin-us", "--runs", "--iterations", "--paper-peer",
     ]
 
     /// iperf3's flags that vmperf does not take, each with why and what to use instead: the first one on a command
@@ -340,8 +340,8 @@ struct Options: ParsableCommand {
     var effectiveRingSize: Int { ringSize?.value ?? Self.defaultRingSize }
     /// `--connections` measures set-up, not streaming: the library's default ring unless -w says otherwise.
     var connectionRingSize: Int { ringSize?.value ?? VMSocketOptions().ringSize }
-    /// `--connection-rounds`, in its order.
-    var connectionRoundList: [ConnectRate.Round] { ConnectRate.rounds(named: connectionRounds) }
+    /// `--connection-rounds` (checked by `validate`), in its order: by default all three.
+    var connectionRoundList: [ConnectRate.Round] { ConnectRate.rounds(named: connectionRounds ?? ConnectRate.allRounds) ?? [] }
 
     /// `-A n[,m]`: this side's CPU and the server's.
     var cpus: (local: Int?, remote: Int?) {

@@ -31,9 +31,15 @@ struct ConnectRate {
         "tcp": Round(policy: .tcp, reusesLinks: true),
     ]
 
-    /// The rounds `names` (comma-separated) choose, in that order; an unknown name is left out.
-    static func rounds(named names: String) -> [Round] {
-        names.split(separator: ",").compactMap { name in rounds.first { $0.key == name }?.value }
+    /// All three, as `--connection-rounds` names them: what `--connections` runs unless told.
+    static let allRounds = "new,reused,tcp"
+
+    /// The rounds `names` (comma-separated) choose, in that order; nil for an unknown, empty or repeated name.
+    static func rounds(named names: String) -> [Round]? {
+        let words = names.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard Set(words).count == words.count else { return nil }
+        let chosen = words.compactMap { name in rounds.first { $0.key == name }?.value }
+        return chosen.count == words.count ? chosen : nil
     }
 
     /// What one round measured.
@@ -47,7 +53,8 @@ struct ConnectRate {
     }
 
     func run() throws {
-        let listener = try ConnectionsListener(count: count, ringSize: options.connectionRingSize, rounds: options.connectionRounds)
+        let listener = try ConnectionsListener(
+            count: count, ringSize: options.connectionRingSize, rounds: options.connectionRounds ?? Self.allRounds)
         defer { listener.stop() }
         report.line("vmperf --connections: \(count) connections per round to a listener process on port \(listener.port); "
                     + "rings of \(options.connectionRingSize >> 10) KiB")
