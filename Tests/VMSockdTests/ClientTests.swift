@@ -190,6 +190,25 @@ final class ClientTests: XCTestCase {
         XCTAssertTrue(said.contains("QEMU's ivshmem device cannot take such an id again"), "why it refused: \(said)")
     }
 
+    /// A run of refusals for the same reason is one line, then one line with how many more there were, once a
+    /// second has passed with no further refusal (it used to wait for the next refusal, which may never come).
+    func testRepeatedRefusalsAreCountedInOneLineAfterASecond() throws {
+        let daemon = try Daemon(self, ["--size", "64K", "--vectors", "1"])  // 32 ids
+        var clients: [IvshmemClient] = []
+        for _ in 0..<32 { clients.append(try IvshmemClient.connect(path: daemon.socket)) }
+        for _ in 0..<4 { XCTAssertThrowsError(try IvshmemClient.connect(path: daemon.socket)) }
+        usleep(2_500_000)  // no refusal now: the count must come out on its own, a second after the line
+        let said = daemon.terminate().stderr.split(separator: "\n")
+        let refusals = said.filter { $0.contains("refused a client: all 32 peer ids are in use") }
+        XCTAssertEqual(refusals.count, 2, "the line, then the count: \(said)")
+        let count = try XCTUnwrap(refusals.last?.split(separator: "(").last, "\(said)")
+        XCTAssertTrue(count.hasPrefix("3 more times in the "), "\(said)")
+        // Said by the loop about a second on, not at exit (which would say 2.5 s or more).
+        let seconds = try XCTUnwrap(Double(count.split(separator: " ")[5]), "\(count)")
+        XCTAssertLessThan(seconds, 2.4, "\(said)")
+        withExtendedLifetime(clients) {}
+    }
+
     func testMisbehavingClientsCostOnlyThemselves() throws {
         let daemon = try Daemon(self, ["--vectors", "64"])
         let a = try IvshmemClient.connect(path: daemon.socket)

@@ -186,6 +186,7 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
                 }
             }
             removeDoomedClients()
+            if unloggedRefusals > 0 { sayUnloggedRefusals(monotonicNanos()) }
         }
     }
 
@@ -264,6 +265,7 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
             guard let socket else { return }
             join(socket)
             removeDoomedClients()
+            if unloggedRefusals > 0 { sayUnloggedRefusals(monotonicNanos()) }
         }
     }
 
@@ -345,18 +347,30 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
         return nil
     }
 
-    /// One line about a refused client: the same line at most once a second (with how many went unsaid since).
+    /// One line about a refused client: the same line at most once a second. The ones left unsaid are counted, and
+    /// said in one line (`sayUnloggedRefusals`) before a different line, or once the second is over.
     private func logRefusal(_ line: String) {
         let now = monotonicNanos()
-        guard line != lastRefusal || now - lastRefusalLogNanos >= 1_000_000_000 else {
+        if line == lastRefusal && now - lastRefusalLogNanos < 1_000_000_000 {
             unloggedRefusals += 1
             return
         }
+        sayUnloggedRefusals(now, now: true)
         lastRefusal = line
-        let more = unloggedRefusals > 0 ? " (and \(unloggedRefusals) more refusals in the last seconds)" : ""
-        unloggedRefusals = 0
         lastRefusalLogNanos = now
-        log(line + more)
+        log(line)
+    }
+
+    /// The refusals `logRefusal` counted without a line, in one line with the last one's reason: at once when
+    /// `now`, else only once a second has passed since the last line (the loop asks at every turn, so a count
+    /// is never held back for good by the absence of a next refusal).
+    private func sayUnloggedRefusals(_ time: Int64, now: Bool = false) {
+        guard unloggedRefusals > 0, now || time - lastRefusalLogNanos >= 1_000_000_000 else { return }
+        let tenths = (time - lastRefusalLogNanos) / 100_000_000
+        let times = unloggedRefusals == 1 ? "1 more time" : "\(unloggedRefusals) more times"
+        log(lastRefusal + " (\(times) in the \(tenths / 10).\(tenths % 10) s since that line)")
+        unloggedRefusals = 0
+        lastRefusalLogNanos = time
     }
 
     /// A client's socket is readable (it sent something, which clients never do), hung up, erred, or writable.
@@ -539,6 +553,7 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
     // MARK: Ending
 
     private func shutDown() {
+        sayUnloggedRefusals(monotonicNanos(), now: true)
         for client in clients { try? Sys.epollControl(epoll.raw, EPOLL_CTL_DEL, client.socket.raw, events: 0, data: 0) }
         clients.removeAll()
         clientsByToken.removeAll()
