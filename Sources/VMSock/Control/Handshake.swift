@@ -66,8 +66,9 @@ struct LocalHalf: Sendable {
     var descriptors: [Int32] { [memfd.raw, dataBell.sender.raw, spaceBell.sender.raw] }
 
     // Making a half costs about eight system calls (memfd, seals, two mappings, two socketpairs): a quarter of a
-    // connection's set-up. So a listener keeps one spare, made while nothing waits (before it sleeps), and the
-    // next connect or accept takes it. A connector that does not offer link reuse (`reusesLinks` false, and
+    // connection's set-up. So a listener keeps one spare, made while nothing waits (before it sleeps, unless a
+    // connector's hello is on its way) or while its connector maps its welcome, and the next connect or accept
+    // takes it; closing a listener frees it. A connector that does not offer link reuse (`reusesLinks` false, and
     // vmsock-run's connections), from its second hello on, makes the next one's spare while the listener answers
     // (one that reuses links makes new ones only now and then, and a spare would wait for good). A half is never
     // reused once a peer has seen it, and only the process that made it takes it: a forked child holds a copy of
@@ -88,7 +89,8 @@ struct LocalHalf: Sendable {
         }
         if let kept, kept.owner == me { return kept.half }  // (a parent's, in a forked child, goes here)
         do throws(VMSockError) { return try LocalHalf(capacity: capacity) } catch {
-            guard error.code == EMFILE || error.code == ENFILE, dropSpare() else { throw error }
+            // Short of descriptors, or of the memory budget (ENOMEM): a spare of another size holds some.
+            guard error.code == EMFILE || error.code == ENFILE || error.code == ENOMEM, dropSpare() else { throw error }
             return try LocalHalf(capacity: capacity)
         }
     }
@@ -106,8 +108,8 @@ struct LocalHalf: Sendable {
     /// For a connector that has sent its hello: makes the spare while the listener answers, when the hello did
     /// not offer link reuse and is not this process's first, and there is no spare of this process's already (a
     /// listener's of another ring size is not replaced: the two would take turns throwing each other's away).
-    /// Returns whether it did (the hello was not this process's first and did not offer reuse): the caller may
-    /// then hold the next connection's port too.
+    /// Returns whether this process keeps spares for its connects (the hello was not its first and did not offer
+    /// reuse), whether or not one was made now: the caller may then bind the next connection's port too.
     static func prepareSpareAfterHello(capacity: Int, reusable: Bool) -> Bool {
         let count = hellos.add(1, ordering: .relaxed).newValue
         guard !reusable, count >= 2 else { return false }
@@ -117,7 +119,8 @@ struct LocalHalf: Sendable {
         return true
     }
 
-    /// Makes the spare now if there is none of this size: call before sleeping, so the next connection need not.
+    /// Makes the spare now if there is none of this size: call where nothing waits for this thread (before a
+    /// listener sleeps, or while its connector maps the welcome), so the next connection need not.
     static func prepareSpare(capacity: Int) {
         let owner = Sys.processID()
         guard spare.withLock({ $0?.half.region.capacity != capacity || $0?.owner != owner }) else { return }

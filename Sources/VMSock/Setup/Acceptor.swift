@@ -267,7 +267,8 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
 
     /// Stops listening: wakes every call waiting on `readiness` (the sockets' hang-up makes the set readable),
     /// and once the last of them has left (at once when none is inside), frees the pending connectors and parked
-    /// links and closes every descriptor, which removes the registrations. Idempotent.
+    /// links and closes every descriptor, which removes the registrations; the process's spare half goes too.
+    /// Idempotent.
     func close() {
         guard !readiness.isClosed else { return }
         // Closed first: a call that the shutdowns below make fail then reports EBADF (see `acceptNow`). With no
@@ -275,5 +276,7 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
         readiness.close()
         guard Sys.processID() == creator else { return }  // the sockets are the parent's too: never shut down here
         for socket in [tcp] + registrations.map(\.socket) { socket.shutdown() }
+        // The spare half made for the next connection has none to serve here any more (a connect makes its own).
+        if pending != nil { LocalHalf.dropSpare() }
     }
 }

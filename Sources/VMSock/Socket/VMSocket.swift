@@ -102,9 +102,9 @@ public final class VMSocket: @unchecked Sendable {  // all mutable state lives i
 
     /// Frees what this process keeps for its next shared-memory connections: the links of closed connections
     /// kept for reuse (see `VMSocketOptions.reusesLinks`; their rings, doorbells and control sockets), the
-    /// spare ring and doorbells a listener makes before it sleeps (and a connector that does not reuse links
-    /// while a listener answers its hello), and the TCP port a connector binds ahead while it waits for a
-    /// listener. Later connections make new ones.
+    /// spare ring and doorbells a listener makes before it sleeps or after a welcome (and a connector that does
+    /// not reuse links while a listener answers its hello), and the TCP port a connector binds ahead while it
+    /// waits for a listener. Later connections make new ones.
     public static func closeIdleLinks() {
         LinkPool.shared.removeAll()
         LocalHalf.dropSpare()

@@ -116,9 +116,11 @@ enum TCPCalls {
     }
 
     /// A port held ahead for the next connection (three system calls off its way): `prepareSparePort` makes it
-    /// once a reopening connect has sent its reopen, while the listener takes it. One at a time, for the first source asked
-    /// (a client that alternates between destinations binds as before for the others, and never churns it); a
-    /// source that could not be bound is remembered (`held` nil) until another source asks. Only the process
+    /// once a connect has sent its reopen, or its hello when it makes spare halves, while the listener answers.
+    /// One at a time, for the first source asked (a client that alternates between destinations binds as before
+    /// for the others, and never churns it); a source that could not be bound is remembered (`held` nil) until
+    /// the next connection from it, which binds its own (a failure may have been a passing shortage), or until
+    /// another source asks. Only the process
     /// that bound it takes it: a forked child holds the same socket, and two connections must never report one
     /// port; the child's first spare replaces it.
     private struct SparePort {
@@ -131,8 +133,8 @@ enum TCPCalls {
 
     private static func takeSparePort(from source: IPEndpoint) -> (socket: Descriptor, local: IPEndpoint)? {
         let kept = sparePort.withLock { spare -> SparePort? in
-            guard let kept = spare, kept.source == source, kept.held != nil else { return nil }
-            spare = nil
+            guard let kept = spare, kept.source == source else { return nil }
+            spare = nil  // a failed try too: the next prepare tries again
             return kept
         }
         guard let kept, let held = kept.held else { return nil }
@@ -140,7 +142,7 @@ enum TCPCalls {
     }
 
     /// Binds the port the next connection to `destination` takes, unless this process keeps a spare already (or
-    /// a failed try from the same source). Call where the peer is busy anyway (a reopen just sent).
+    /// a failed try from the same source). Call where the peer is busy anyway (a reopen or a hello just sent).
     static func prepareSparePort(for destination: IPEndpoint) {
         let source = Self.source(for: destination), owner = Sys.processID()
         func wanted(_ spare: SparePort?) -> Bool {
