@@ -39,7 +39,7 @@ struct CPUUsage: Codable {
             defer { fclose(file) }
             var line = [CChar](repeating: 0, count: 256)
             guard fgets(&line, Int32(line.count), file) != nil else { return nil }
-            let fields = String(cString: line).split(separator: " ")
+            let fields = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: " ")
             // cpu user nice system idle iowait irq softirq steal ...
             guard fields.first == "cpu", fields.count >= 9 else { return nil }
             let ticks = fields.dropFirst().compactMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
