@@ -4,7 +4,8 @@
 # median within each build's runs of TCP's time over shared memory's: the figure issue 21's goals are about (at
 # least 1.0x for a new link, 3x for a reused one), and the one the machine's changes of speed move least.
 # Usage: tools/bench-connections.sh OLD NEW [ROUNDS] [N]   (defaults: 10 rounds, 3,000 connections a round)
-# OLD and NEW are vmperf binaries (see tools/bench-ab.sh for building one of another commit).
+# OLD and NEW are vmperf binaries (see tools/bench-ab.sh for building one of another commit). With
+# CONNECTION_ROUNDS=new,tcp (say) each run makes only those kinds (`vmperf --connection-rounds`, which both must have).
 set -eu
 [ $# -ge 2 ] || { sed -n '2,6s/^# \{0,1\}//p' "$0" >&2; exit 1; }
 old=$1 new=$2 rounds=${3:-10} count=${4:-3000}
@@ -14,7 +15,7 @@ done
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT INT TERM
 run() {  # ROUND NAME BINARY: one line "ROUND NAME new=µs reused=µs tcp=µs"
-    figures=$("$3" --connections "$count" | sed -n \
+    figures=$("$3" --connections "$count" ${CONNECTION_ROUNDS:+--connection-rounds "$CONNECTION_ROUNDS"} | sed -n \
         -e 's/.*a new link each: [0-9]* (\([0-9.]*\) µs each.*/new=\1/p' \
         -e 's/.*on reused links: [0-9]* (\([0-9.]*\) µs each.*/reused=\1/p' \
         -e 's/.*over TCP: [0-9]* (\([0-9.]*\) µs each.*/tcp=\1/p' | tr '\n' ' ')
@@ -31,11 +32,14 @@ for line in open(sys.argv[1]):
     fields = line.split()
     runs[fields[1]].append({k: float(v) for k, v in (f.split("=") for f in fields[2:])})
 for kind, name in (("new", "a new link each"), ("reused", "a reused link")):
+    if not all(kind in r and "tcp" in r for r in runs["old"] + runs["new"]):
+        continue  # a kind this run did not make
     old = statistics.median(r[kind] for r in runs["old"])
     new = statistics.median(r[kind] for r in runs["new"])
     ratio = lambda side: statistics.median(r["tcp"] / r[kind] for r in runs[side])
     print("%s: old %.1f µs, new %.1f µs (medians); TCP's time over it, within each run: old %.2fx, new %.2fx"
           % (name, old, new, ratio("old"), ratio("new")))
-print("TCP: old %.1f µs, new %.1f µs (medians)" % (statistics.median(r["tcp"] for r in runs["old"]),
+if all("tcp" in r for r in runs["old"] + runs["new"]):
+  print("TCP: old %.1f µs, new %.1f µs (medians)" % (statistics.median(r["tcp"] for r in runs["old"]),
                                                    statistics.median(r["tcp"] for r in runs["new"])))
 PY
