@@ -7,7 +7,7 @@
 # OLD and NEW are vmperf binaries (see tools/bench-ab.sh for building one of another commit). With
 # CONNECTION_ROUNDS=new,tcp (say) each run makes only those kinds (`vmperf --connection-rounds`, which both must have).
 set -eu
-[ $# -ge 2 ] || { sed -n '2,6s/^# \{0,1\}//p' "$0" >&2; exit 1; }
+[ $# -ge 2 ] || { sed -n '2,8s/^# \{0,1\}//p' "$0" >&2; exit 1; }
 old=$1 new=$2 rounds=${3:-10} count=${4:-3000}
 for binary in "$old" "$new"; do
     [ -x "$binary" ] || { echo "tools/bench-connections.sh: $binary is not an executable vmperf" >&2; exit 1; }
@@ -19,6 +19,12 @@ run() {  # ROUND NAME BINARY: one line "ROUND NAME new=µs reused=µs tcp=µs"
         -e 's/.*a new link each: [0-9]* (\([0-9.]*\) µs each.*/new=\1/p' \
         -e 's/.*on reused links: [0-9]* (\([0-9.]*\) µs each.*/reused=\1/p' \
         -e 's/.*over TCP: [0-9]* (\([0-9.]*\) µs each.*/tcp=\1/p' | tr '\n' ' ')
+    # One figure per round asked for, or the run failed (vmperf said why on stderr).
+    wanted=$(echo "${CONNECTION_ROUNDS:-new,reused,tcp}" | tr ',' '\n' | wc -l)
+    if [ "$(echo $figures | wc -w)" -ne "$wanted" ]; then
+        echo "tools/bench-connections.sh: $3 gave no figure for every round asked (${CONNECTION_ROUNDS:-all three})" >&2
+        exit 1
+    fi
     echo "$1 $2 $figures" | tee -a "$results"
 }
 for round in $(seq "$rounds"); do

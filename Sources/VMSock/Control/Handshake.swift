@@ -78,8 +78,8 @@ struct LocalHalf: Sendable {
     /// Hellos this process sent (and its parent before a fork: a count, not a record).
     private static let hellos = Atomic<Int>(0)
 
-    /// A fresh half of `capacity` bytes: the spare when it fits, else a new one. Short of descriptors, a spare of
-    /// another size is freed for it (its five descriptors).
+    /// A fresh half of `capacity` bytes: the spare when it fits, else a new one. Short of descriptors or of the
+    /// memory budget, a spare of another size is freed for it (its five descriptors and its ring's charge).
     static func take(capacity: Int) throws(VMSockError) -> LocalHalf {
         let me = Sys.processID()
         let kept = spare.withLock { spare -> (half: LocalHalf, owner: pid_t)? in

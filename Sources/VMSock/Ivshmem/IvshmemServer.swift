@@ -351,8 +351,9 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
     /// said in one line (`sayUnloggedRefusals`) before a different line, or once the second is over.
     private func logRefusal(_ line: String) {
         let now = monotonicNanos()
-        if line == lastRefusal && now - lastRefusalLogNanos < 1_000_000_000 {
-            unloggedRefusals += 1
+        if line == lastRefusal && (now - lastRefusalLogNanos < 1_000_000_000 || unloggedRefusals > 0) {
+            unloggedRefusals += 1  // a second on, a flood of them is one count line a second, not two
+            sayUnloggedRefusals(now)
             return
         }
         sayUnloggedRefusals(now, now: true)

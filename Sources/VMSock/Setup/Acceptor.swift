@@ -60,6 +60,9 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
             if Sys.processID() == creator {
                 region?.close()
                 pending?.dropAll()
+                // The spare half made for the next connection has none to serve here any more (a connect makes
+                // its own). Here, once the last accept has left, so that none makes another after it.
+                if pending != nil { LocalHalf.dropSpare() }
             }
             for registration in registrations { registration.close() }
             tcp.close()
@@ -267,7 +270,8 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
 
     /// Stops listening: wakes every call waiting on `readiness` (the sockets' hang-up makes the set readable),
     /// and once the last of them has left (at once when none is inside), frees the pending connectors and parked
-    /// links and closes every descriptor, which removes the registrations; the process's spare half goes too.
+    /// links and closes every descriptor, which removes the registrations; the process's spare half goes too
+    /// (a process keeps one: another listener's or a connector's is made again by the next connection).
     /// Idempotent.
     func close() {
         guard !readiness.isClosed else { return }
@@ -276,7 +280,5 @@ final class Acceptor: @unchecked Sendable {  // immutable but for atomics and lo
         readiness.close()
         guard Sys.processID() == creator else { return }  // the sockets are the parent's too: never shut down here
         for socket in [tcp] + registrations.map(\.socket) { socket.shutdown() }
-        // The spare half made for the next connection has none to serve here any more (a connect makes its own).
-        if pending != nil { LocalHalf.dropSpare() }
     }
 }

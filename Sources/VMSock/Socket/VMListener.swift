@@ -117,12 +117,13 @@ public final class VMListener: @unchecked Sendable {  // immutable but for atomi
             // while a connector just taken in is sending its hello: the answer comes first, and makes the spare
             // after its welcome has gone (`Handshake.answer`).
             let helloSoon = acceptor.expectsHelloSoon
-            if acceptor.offersSharedMemory && !helloSoon { LocalHalf.prepareSpare(capacity: ringSize) }
             // Look without sleeping first, for the spin budget: once per call (a server's next client often comes
             // within tens of microseconds, less than the wake-up that sleeping costs here, see `SpinPolicy`), and
             // again while a connector just taken in has yet to send its hello (it knocks first, then makes its
             // half).
             try acceptor.readiness.use("listener") { fd throws(VMSockError) in
+                // Inside, so that a close (which frees the spare once the last caller has left) comes after it.
+                if acceptor.offersSharedMemory && !helloSoon { LocalHalf.prepareSpare(capacity: ringSize) }
                 if !spun || helloSoon {
                     spun = true
                     ControlSocket.spinUntilReadable(fd, nanoseconds: SpinPolicy.processNanoseconds)

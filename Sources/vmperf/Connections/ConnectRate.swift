@@ -3,7 +3,7 @@ import VMPerfSupport
 import VMSock
 
 /// `vmperf --connections N`: what setting up a connection costs, shared memory against TCP. This process connects
-/// N times in each of three rounds to a listener in another process (`ConnectionsListener`), which accepts both
+/// N times in each round (`--connection-rounds`; by default three) to a listener in another process (`ConnectionsListener`), which accepts both
 /// kinds through one accept(); every connection sends one byte each way (so both ends have finished setting up)
 /// and is closed. One line per round: connections per second and the time of one.
 struct ConnectRate {
