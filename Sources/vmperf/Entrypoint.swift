@@ -54,7 +54,8 @@ enum Entrypoint {
             case .paper: try PaperBenchmark(runs: options.runs, iterations: options.iterations, report: report).run()
             case .paperPeer(let how): try PaperBenchmark.runPeer(how)
             case .connections(let count): try ConnectRate(options, count: count, report).run()
-            case .connectionsListener(let count): try ConnectionsListener.serve(count: count, rounds: options.connectionRoundList.count, ringSize: options.connectionRingSize)
+            case .connectionsListener(let count):
+                try ConnectionsListener.serve(count: count, rounds: options.connectionRoundList.count, ringSize: options.connectionRingSize)
             }
         } catch {
             if options.json {

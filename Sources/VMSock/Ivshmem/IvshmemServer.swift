@@ -265,7 +265,6 @@ package final class IvshmemServer: @unchecked Sendable {  // one thread runs it;
             guard let socket else { return }
             join(socket)
             removeDoomedClients()
-            if unloggedRefusals > 0 { sayUnloggedRefusals(monotonicNanos()) }
         }
     }
 

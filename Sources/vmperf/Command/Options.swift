@@ -340,8 +340,10 @@ struct Options: ParsableCommand {
     var effectiveRingSize: Int { ringSize?.value ?? Self.defaultRingSize }
     /// `--connections` measures set-up, not streaming: the library's default ring unless -w says otherwise.
     var connectionRingSize: Int { ringSize?.value ?? VMSocketOptions().ringSize }
-    /// `--connection-rounds` (checked by `validate`), in its order: by default all three.
-    var connectionRoundList: [ConnectRate.Round] { ConnectRate.rounds(named: connectionRounds ?? ConnectRate.allRounds) ?? [] }
+    /// `--connection-rounds` as given, or all three.
+    var connectionRoundNames: String { connectionRounds ?? ConnectRate.allRounds }
+    /// The rounds it names (checked by `validate`), in its order.
+    var connectionRoundList: [ConnectRate.Round] { ConnectRate.rounds(named: connectionRoundNames) ?? [] }
 
     /// `-A n[,m]`: this side's CPU and the server's.
     var cpus: (local: Int?, remote: Int?) {

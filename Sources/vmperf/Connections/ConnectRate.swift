@@ -3,9 +3,10 @@ import VMPerfSupport
 import VMSock
 
 /// `vmperf --connections N`: what setting up a connection costs, shared memory against TCP. This process connects
-/// N times in each round (`--connection-rounds`; by default three) to a listener in another process (`ConnectionsListener`), which accepts both
-/// kinds through one accept(); every connection sends one byte each way (so both ends have finished setting up)
-/// and is closed. One line per round: connections per second and the time of one.
+/// N times in each round (`--connection-rounds`; by default three) to a listener in another process
+/// (`ConnectionsListener`), which accepts both kinds through one accept(); every connection sends one byte each
+/// way (so both ends have finished setting up) and is closed. One line per round: connections per second and the
+/// time of one.
 struct ConnectRate {
     let options: Options
     let report: Report
@@ -53,8 +54,7 @@ struct ConnectRate {
     }
 
     func run() throws {
-        let listener = try ConnectionsListener(
-            count: count, ringSize: options.connectionRingSize, rounds: options.connectionRounds ?? Self.allRounds)
+        let listener = try ConnectionsListener(count: count, ringSize: options.connectionRingSize, rounds: options.connectionRoundNames)
         defer { listener.stop() }
         report.line("vmperf --connections: \(count) connections per round to a listener process on port \(listener.port); "
                     + "rings of \(options.connectionRingSize >> 10) KiB")
