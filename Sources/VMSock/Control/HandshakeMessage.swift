@@ -6,7 +6,7 @@ import VMSockRing
 /// ```
 ///  offset  size  field
 ///       0     4  magic "VMSH"
-///       4     2  protocol version (8)
+///       4     2  protocol version (9)
 ///       6     2  kind: 1 hello (connector), 2 welcome (listener), 3 reject (listener), 4 reopen (connector)
 ///       8     4  ring capacity: bytes of the sender's outgoing ring (hello, welcome, reopen); 0 in a reject
 ///      12     4  reject reason (reject only, else 0)
@@ -27,9 +27,11 @@ import VMSockRing
 /// as the peer's. They also pair a connection with its hello where the TCP connection is real (vmsock-run's
 /// listener matches what accept(2) returns by the connector's address and port: the port alone could belong to
 /// two sockets on different addresses). Protocol 6 added the connector's address (and the 16 bytes).
-/// Hello and welcome carry exactly three descriptors with SCM_RIGHTS: the sender's ring memfd, and the ringing ends
-/// of its two doorbells (the one it sleeps on waiting for data, the one it sleeps on waiting for space). A reject
-/// carries none.
+/// A hello carries exactly three descriptors with SCM_RIGHTS: the connector's ring memfd, and the ringing ends of its
+/// two doorbells (the one it sleeps on waiting for data, the one it sleeps on waiting for space). A welcome carries
+/// the same three of the listener's when the hello offered link reuse. When it did not, the listener sleeps on the
+/// hello's two ends and rings the connector on them (one socketpair carries both sides' data bells, another their
+/// space bells: `Doorbell`, *Shared pairs*), and its welcome carries its memfd alone. A reject carries none.
 ///
 /// A reopen starts a new connection on a link whose previous connection both sides have closed and parked (see
 /// `LinkReuse`): it travels on that link's control socket, carries no descriptors, and is not answered: the
@@ -39,10 +41,10 @@ public struct HandshakeMessage: Equatable, Sendable {
     /// 7: ring layout 2 (the waiting words are announcement counters, rung for once each); a peer speaking 6
     /// would wait for a ring at every publish that we no longer send, so the versions must match. 8: a reopen is
     /// not answered, and the shutdown word carries the connection's generation (`LinkReuse`); a peer speaking 7
-    /// would wait for a welcome.
-    public static let protocolVersion: UInt16 = 8
+    /// would wait for a welcome. 9: a hello that does not offer reuse shares its bells, and its welcome carries
+    /// one descriptor; a peer speaking 8 would sleep on bells nobody rings.
+    public static let protocolVersion: UInt16 = 9
     public static let size = 64
-    public static let descriptorCount = 3
 
     public enum Kind: UInt16, Sendable {
         case hello = 1

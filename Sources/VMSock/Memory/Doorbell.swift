@@ -1,5 +1,6 @@
 import CVMSock
 import Glibc
+import Synchronization
 
 /// A doorbell: the sleeping side polls its receiving end; the other side sends a byte to wake it.
 ///
@@ -12,15 +13,29 @@ import Glibc
 /// it could also read our bell and swallow our wake-ups. Here the receiving end never goes to the peer (under
 /// vmsock-run, only to a forked sibling of our own program that accepts the connection), and every send and
 /// receive says MSG_DONTWAIT, which no file flag can override. The wake-up costs the same.
-final class Doorbell: @unchecked Sendable {  // immutable after init
-    /// Where we sleep: private to this process.
+///
+/// **Shared pairs.** On a link that is not kept for reuse, a listener makes no bells: it sleeps on the ends the
+/// connector passed, and rings the connector on the same ends (`adoptFarEnd`, `PeerBell.farEnd`). A socketpair
+/// carries a queue each way, so one pair serves both sides' data bells, and another both sides' space bells: two
+/// socketpairs a connection instead of four. The connector made them, so it could read the listener's queue too,
+/// but only the connector's own rings go there: all it could swallow is wake-ups it need not have sent. Such a
+/// bell has no end of ours to ring ourselves with, so `ringSelf` shuts its receiving direction down instead, which
+/// keeps it readable for good: it is called only where its sleepers are done with the connection (a shutdown of
+/// that direction, a teardown), and never on a link that is kept.
+final class Doorbell: @unchecked Sendable {  // immutable after init, but for `shutForGood`
+    /// Where we sleep: private to this process, or, for a far end, shared only with the connector that made it.
     private let receiver: Descriptor
-    /// The end the peer rings. We keep it too, to wake our own sleepers (shutdown from another thread).
-    let sender: Descriptor
+    /// The end the peer rings, which we keep too, to wake our own sleepers (shutdown from another thread); nil
+    /// for a far end (`adoptFarEnd`).
+    let sender: Descriptor?
+    /// A far end's receiving direction was shut down by `ringSelf`: its end of stream is ours, not the peer's.
+    private let shutForGood = Atomic<Bool>(false)
 
     var fd: Int32 { receiver.raw }
+    /// The end that goes to the peer, of a bell we made (`create`); -1 for a far end.
+    var ringingEnd: Int32 { sender?.raw ?? -1 }
 
-    private init(receiver: Descriptor, sender: Descriptor) {
+    private init(receiver: Descriptor, sender: Descriptor?) {
         self.receiver = receiver
         self.sender = sender
     }
@@ -34,15 +49,34 @@ final class Doorbell: @unchecked Sendable {  // immutable after init
         return Doorbell(receiver: receiver, sender: sender)
     }
 
-    /// Wakes our own sleeper on this bell.
+    /// A listener's bell on a link not kept for reuse: the far end of one of the connector's bells, which it sent
+    /// in its hello (see *Shared pairs* above). Checked as `PeerBell.adopt` checks a bell we only ring: we ring the
+    /// connector on it too.
+    static func adoptFarEnd(_ descriptor: Descriptor) throws(VMSockError) -> Doorbell {
+        guard Sys.isConnectedToUnnamedUnixSocket(descriptor.raw) else {
+            throw .protocolFault(
+                "peer sent a doorbell that is not a Unix socket connected to an unnamed one (\(Sys.describe(descriptor.raw)))")
+        }
+        return Doorbell(receiver: descriptor, sender: nil)
+    }
+
+    /// Wakes our own sleeper on this bell. A far end has no end of ours to ring, so its receiving direction is
+    /// shut down, which wakes every sleeper on it now and later: call it only where they are done with it.
     @inline(__always)
-    func ringSelf() { PeerBell.send(sender.raw) }
+    func ringSelf() {
+        if let sender {
+            PeerBell.send(sender.raw)
+        } else {
+            shutForGood.store(true, ordering: .sequentiallyConsistent)
+            Sys.shutdownReceiving(receiver.raw)
+        }
+    }
 
     /// Clears pending rings, so that the next poll sleeps until a new one. Never blocks.
     /// - Returns: false when the bell's other end is closed everywhere (the peer is gone).
     @inline(__always)
     @discardableResult
-    func drain() -> Bool { receive() != 0 }
+    func drain() -> Bool { receive() != 0 || shutForGood.load(ordering: .sequentiallyConsistent) }
 
     private static let sinkSize = 64
 
@@ -67,18 +101,21 @@ final class PeerBell: @unchecked Sendable {  // immutable after init
     /// In a guest: the ivshmem device's Doorbell register, and the word that rings the peer (`IvshmemDevice`).
     private let register: UnsafeMutableRawPointer?
     private let registerValue: UInt32
-    /// What keeps the register mapped while this bell lives.
+    /// What keeps the register mapped while this bell lives, or the bell whose far end we ring (`farEnd`).
     private let registerOwner: AnyObject?
+    /// The descriptor a ring is sent on: `sender`'s, or the bell's of `farEnd`; -1 for a device register.
+    private let ringFD: Int32
 
     private init(
         _ sender: Descriptor?, ringer: EventRinger? = nil, register: UnsafeMutableRawPointer? = nil, value: UInt32 = 0,
-        owner: AnyObject? = nil
+        owner: AnyObject? = nil, ringFD: Int32? = nil
     ) {
         self.sender = sender
         self.ringer = ringer
         self.register = register
         registerValue = value
         registerOwner = owner
+        self.ringFD = ringFD ?? sender?.raw ?? -1
     }
 
     /// A bell that writes `value` to a device register (an ivshmem Doorbell: the device rings the peer's eventfd
@@ -91,9 +128,14 @@ final class PeerBell: @unchecked Sendable {  // immutable after init
     /// rung by `ringer`'s thread.
     static func regionPeer(_ eventFD: Descriptor, ringer: EventRinger) -> PeerBell { PeerBell(eventFD, ringer: ringer) }
 
+    /// The peer's bell on a link whose bells are shared pairs (see `Doorbell`): a send on our own end of `bell`
+    /// lands in the peer's queue of the same socketpair. `bell` keeps the descriptor open.
+    static func farEnd(of bell: Doorbell) -> PeerBell { PeerBell(nil, owner: bell, ringFD: bell.fd) }
+
     /// The ringing end, for a data path outside this module (vmsock-run's C half) that rings it itself; -1 for a
-    /// guest's device register (vmsock-run's links are memfd links, whose bells are sockets).
-    var fd: Int32 { sender?.raw ?? -1 }
+    /// guest's device register (vmsock-run's links are memfd links, whose bells are sockets). With shared pairs it
+    /// is the number of our own bell of the same direction.
+    var fd: Int32 { ringFD }
 
     /// Adopts a bell the peer sent us, after checking that it is a Unix socket connected to a socket without a
     /// name: the other end of a socketpair, as our own bells are. All we ever do with it is send one byte that
@@ -118,7 +160,7 @@ final class PeerBell: @unchecked Sendable {  // immutable after init
         } else if let ringer {
             ringer.ring(self)
         } else {
-            Self.send(sender!.raw)
+            Self.send(ringFD)
         }
     }
 

@@ -61,7 +61,7 @@ extension Sys {
     static func vfioRegion(_ vfio: vms_vfio, _ index: UInt32) throws(VMSockError) -> (offset: Int, size: Int) {
         var offset: UInt64 = 0
         var size: UInt64 = 0
-        try withUnsafePointer(to: vfio) { (pointer) throws(VMSockError) in
+        _ = try withUnsafePointer(to: vfio) { (pointer) throws(VMSockError) in
             try check("VFIO_DEVICE_GET_REGION_INFO(\(index))") { vms_vfio_region(pointer, index, &offset, &size) }
         }
         return (Int(offset), Int(size))
@@ -69,7 +69,7 @@ extension Sys {
 
     /// Sets Bus Master (PCI command register, through the device's config region).
     static func vfioEnableBusMaster(_ vfio: vms_vfio) throws(VMSockError) {
-        try withUnsafePointer(to: vfio) { (pointer) throws(VMSockError) in
+        _ = try withUnsafePointer(to: vfio) { (pointer) throws(VMSockError) in
             try check("enable bus mastering (vfio config region)") { vms_vfio_enable_bus_master(pointer) }
         }
     }
@@ -83,7 +83,7 @@ extension Sys {
 
     /// VFIO_DEVICE_SET_IRQS: MSI-X vector i signals `eventFDs[i]`.
     static func vfioRouteMSIX(_ vfio: vms_vfio, to eventFDs: [Int32]) throws(VMSockError) {
-        try withUnsafePointer(to: vfio) { (pointer) throws(VMSockError) in
+        _ = try withUnsafePointer(to: vfio) { (pointer) throws(VMSockError) in
             try check("VFIO_DEVICE_SET_IRQS(MSI-X, \(eventFDs.count) eventfds)") {
                 vms_vfio_route_msix(pointer, eventFDs, UInt32(eventFDs.count))
             }

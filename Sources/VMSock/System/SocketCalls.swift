@@ -144,6 +144,10 @@ extension Sys {
     /// or reset (ENOTCONN), or a descriptor that is no socket (ENOTSOCK), has nobody left to wake.
     static func shutdown(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
 
+    /// shutdown(SHUT_RD): the socket reads as at end of stream from now on, and every call polling it wakes.
+    /// Ignored failures, as `shutdown(_:)`.
+    static func shutdownReceiving(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_RD)) }
+
     // MARK: Control messages
 
     /// sendmsg(2) of a control message (SCM_RIGHTS attached): the bytes sent.
