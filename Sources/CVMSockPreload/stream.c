@@ -452,6 +452,18 @@ static int tx_closed(struct vmsp_conn *c) {
     return (load_u32(c->peer, OFF_SHUTDOWN) & (SHUT_READ_BIT | CLOSED_BIT)) != 0;
 }
 
+// Receives the rings on our space doorbell. Its end of stream means every other holder closed it or shut it
+// down, which only a peer that is gone (or ends the connection) does: the peer is gone, or a wait for room would
+// find the bell readable for ever. Returns 0 then.
+static int drain_space_bell(struct vmsp_conn *c) {
+    char sink[64];
+    ssize_t got;
+    while ((got = REAL(recv)(c->space_bell_fd, sink, sizeof sink, MSG_DONTWAIT)) > 0) {}
+    if (got != 0) return 1;
+    atomic_store(&c->peer_gone, 1);
+    return 0;
+}
+
 // The peer process's last copy of the control socket closed (death included): the full-ring path asks.
 static int peer_hung_up(struct vmsp_conn *c) {
     struct pollfd p = { .fd = c->control_fd, .events = POLLIN };
@@ -530,8 +542,7 @@ static int tx_wait(struct vmsp_conn *c, int fd, int64_t need, int64_t *deadline,
     }
     int saved = errno;
     store_u32(c->local, OFF_WAIT_SPACE, 0);
-    char sink[64];
-    while (REAL(recv)(c->space_bell_fd, sink, sizeof sink, MSG_DONTWAIT) > 0) {}
+    if (!drain_space_bell(c)) return -1;
     if (ready < 0) { errno = saved; return 0; }
     if (ready == 0) {
         if (*deadline >= 0 && vmsp_now_ns() >= *deadline) { errno = EAGAIN; return 0; }
@@ -733,8 +744,7 @@ int vmsp_tx_arm(struct vmsp_conn *c) {
 // After the wait: no more space rings wanted, and the rung bytes drained.
 void vmsp_tx_disarm(struct vmsp_conn *c) {
     store_u32(c->local, OFF_WAIT_SPACE, 0);
-    char sink[64];
-    while (REAL(recv)(c->space_bell_fd, sink, sizeof sink, MSG_DONTWAIT) > 0) {}
+    (void)drain_space_bell(c);
 }
 
 void vmsp_data_bell_drain(struct vmsp_conn *c) {

@@ -76,8 +76,8 @@ enum Hostile {
     /// Registers for 127.0.0.1:PORT with a bare control socket and answers the first hello wrongly.
     ///
     /// HOW: garbage | short | no-fds | extra-fds | unsealed-memfd | wrong-size | pipe-bell | wrong-version |
-    ///      hang-up | silent | reject | three-fds (a good welcome, wrong to a hello that shares its bells) |
-    ///      memfd-only-unsealed
+    ///      hang-up | silent | reject | shared (a welcome that shares the hello's bells, with a good memfd) |
+    ///      shared-three-fds | shared-unsealed-memfd
     static func answerWrongly(port: UInt16, how: String) throws {
         let listener = try RawControl.listen(IPEndpoint(numericHost: "127.0.0.1", port: port)!)
         ready()
@@ -110,12 +110,15 @@ enum Hostile {
             var ends: [Int32] = [0, 0]
             pipe(&ends)
             try RawControl.send(fd, welcome, descriptors: [try RawControl.makeRegion(capacity: capacity), ends[1], RawControl.makeBell()])
-        case "three-fds":
-            try RawControl.send(fd, welcome, descriptors: try goodFDs())
-        case "memfd-only-unsealed":
+        case "shared", "shared-three-fds":
+            let sharing = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity), sharesBells: true).encoded()
+            let fds = try goodFDs()
+            try RawControl.send(fd, sharing, descriptors: how == "shared" ? [fds[0]] : fds)
+        case "shared-unsealed-memfd":
+            let sharing = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity), sharesBells: true).encoded()
             let memfd = vms_memfd_create("not-sealed", VMS_MFD_CLOEXEC)
             ftruncate(memfd, off_t(RingLayout.regionSize(capacity: capacity)))
-            try RawControl.send(fd, welcome, descriptors: [memfd])
+            try RawControl.send(fd, sharing, descriptors: [memfd])
         case "wrong-version":
             let other = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity), version: 99).encoded()
             try RawControl.send(fd, other, descriptors: try goodFDs())

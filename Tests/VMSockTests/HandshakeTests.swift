@@ -11,6 +11,21 @@ final class HandshakeTests: XCTestCase {
         XCTAssertEqual(bytes.count, HandshakeMessage.size)
         XCTAssertEqual(Array(bytes.prefix(4)), Array("VMSH".utf8))
         XCTAssertEqual(try bytes.withUnsafeBytes { try HandshakeMessage.decode($0) }, hello)
+        let sharing = HandshakeMessage(kind: .welcome, ringCapacity: 4096, sharesBells: true)
+        XCTAssertEqual(try sharing.encoded().withUnsafeBytes { try HandshakeMessage.decode($0) }, sharing)
+    }
+
+    /// A listener sleeps on the far ends of a connector's bells (shared pairs) only for a hello that offers no
+    /// reuse, from its own user or root: a process of another user could hold those sockets' receive locks.
+    func testBellsAreSharedOnlyWithOurUserOrRoot() {
+        let noReuse = HandshakeMessage(kind: .hello, ringCapacity: 4096)
+        let reuse = HandshakeMessage(kind: .hello, ringCapacity: 4096, reusable: true)
+        let me = getuid()
+        let other: uid_t = me == 65534 ? 65533 : 65534
+        XCTAssertTrue(RawControl.listenerSharesBells(of: noReuse, fromUser: me))
+        XCTAssertTrue(RawControl.listenerSharesBells(of: noReuse, fromUser: 0))
+        XCTAssertFalse(RawControl.listenerSharesBells(of: noReuse, fromUser: other), "another user gets our own bells")
+        XCTAssertFalse(RawControl.listenerSharesBells(of: reuse, fromUser: me), "a link kept for reuse has its own")
     }
 
     /// The connector's own address and port travel with the dialed address, in its family; without a dialed
@@ -129,16 +144,17 @@ final class HandshakeTests: XCTestCase {
         return cases.map { (offer + $0.0, $0.1, $0.2, $0.3) }
     }
 
-    /// A hostile listener answers our hello wrongly: connect fails cleanly and leaks nothing. Its welcome carries
-    /// three descriptors, as a welcome to a hello that offers reuse does; to one that does not (`noReuse`) it must
-    /// carry the memfd alone, so three are wrong too.
+    /// A hostile listener answers our hello wrongly: connect fails cleanly and leaks nothing. The `shared` cases
+    /// say the welcome shares the hello's bells: it must then carry the memfd alone, and only to a hello that
+    /// offered no reuse.
     func testConnectorSurvivesBadWelcomes() throws {
         let cases: [(String, Int32, Bool)] = [
             ("garbage", EPROTO), ("short", EPROTO), ("no-fds", EPROTO), ("extra-fds", EPROTO),
             ("unsealed-memfd", EPROTO), ("wrong-size", EPROTO), ("pipe-bell", EPROTO), ("wrong-version", EPROTO),
             ("hang-up", ECONNRESET), ("silent", ETIMEDOUT), ("reject", ECONNREFUSED),
         ].map { ($0.0, $0.1, true) } + [
-            ("three-fds", EPROTO, false), ("memfd-only-unsealed", EPROTO, false), ("hang-up", ECONNRESET, false),
+            ("shared-three-fds", EPROTO, false), ("shared-unsealed-memfd", EPROTO, false),
+            ("shared", EPROTO, true), ("hang-up", ECONNRESET, false),
         ]
         for (how, expected, reuse) in cases {
             var options = VMSocketOptions()

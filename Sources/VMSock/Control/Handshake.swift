@@ -61,7 +61,7 @@ struct OwnBells: Sendable {
 struct LocalHalf: Sendable {
     let region: SharedRegion
     let memfd: Descriptor
-    /// Our bells; nil in a listener's half for a hello whose bells both sides share (`Doorbell`, *Shared pairs*).
+    /// Our bells; nil in a listener's half when it shares the hello's bells (`Doorbell`, *Shared pairs*).
     let bells: OwnBells?
 
     private init(capacity: Int, bells: Bool, sealWrites: Bool = true) throws(VMSockError) {
@@ -152,13 +152,12 @@ struct LocalHalf: Sendable {
 
     /// A listener's: makes the spare now if there is none of this size, with bells if the last hello it answered
     /// needed them. Call where nothing waits for this thread (before a listener sleeps, or while its connector maps
-    /// the welcome), so the next connection need not.
+    /// the welcome), so the next connection need not. A spare of this size stays, bells or not: `take` adds or
+    /// drops them, where a whole new half would cost a process that both connects and accepts a memfd each time.
     static func prepareSpare(capacity: Int) {
         let owner = Sys.processID()
-        let bells = answersNeedBells.load(ordering: .relaxed)
-        let fits = spare.withLock { $0?.half.region.capacity == capacity && $0?.owner == owner && ($0?.half.bells != nil) == bells }
-        guard !fits else { return }
-        store(try? LocalHalf(capacity: capacity, bells: bells), owner: owner, replacingOurs: true)
+        guard spare.withLock({ $0?.half.region.capacity != capacity || $0?.owner != owner }) else { return }
+        store(try? LocalHalf(capacity: capacity, bells: answersNeedBells.load(ordering: .relaxed)), owner: owner, replacingOurs: true)
     }
 
     /// Stores `half` as the spare: in place of a forked parent's, and of one of ours only if `replacingOurs`
@@ -186,8 +185,8 @@ enum Handshake {
     }
 
     /// The connector's first step: makes our region and bells and sends them in a hello. Never waits (a fresh
-    /// control socket has room for one message). A hello that does not offer reuse shares its bells: the listener
-    /// sleeps on their far ends and makes none (`Doorbell`, *Shared pairs*).
+    /// control socket has room for one message). The listener may share the bells of a hello that does not offer
+    /// reuse: it sleeps on their far ends and makes none (`Doorbell`, *Shared pairs*), and its welcome says so.
     static func sendHello(
         _ control: Descriptor, dialed: IPEndpoint, source: IPEndpoint?, address: ControlAddress, capacity: Int,
         reusable: Bool = false
@@ -239,11 +238,13 @@ enum Handshake {
                 "listener welcomed us with protocol \(message.version), we speak \(HandshakeMessage.protocolVersion)"
             ).because(.versionMismatch)
         }
+        if message.sharesBells && sent.reusable {
+            throw .protocolFault("listener shares the bells of a hello that offered link reuse")
+        }
         let bells = sent.mine.bells!  // (a connector's half always has them: `take(bells: true)`)
-        let shared = !sent.reusable
         let theirs = try adopt(
             reply.descriptors, capacity: Int(message.ringCapacity), from: "listener",
-            bells: shared ? .none : .ringingEnds)
+            bells: message.sharesBells ? .none : .ringingEnds)
         return EstablishedLink(
             control: control, peer: peer, localRegion: sent.mine.region, peerRegion: theirs.region,
             dataBell: bells.data, spaceBell: bells.space,
@@ -311,7 +312,7 @@ enum Handshake {
             source = hello.source
             ordering = agreed(hello.ordering)
             agreedReuse = reusable && hello.reusable
-            shared = !hello.reusable
+            shared = Self.sharesBells(of: hello, from: peer)
             theirs = try adopt(
                 request.descriptors, capacity: Int(hello.ringCapacity), from: "connector",
                 bells: shared ? .farEnds : .ringingEnds)
@@ -332,7 +333,8 @@ enum Handshake {
         }
         LocalHalf.noteAnswer(needsBells: !shared)
         let welcome = HandshakeMessage(
-            kind: .welcome, ringCapacity: UInt32(capacity), ordering: Membarrier.offered, reusable: agreedReuse)
+            kind: .welcome, ringCapacity: UInt32(capacity), ordering: Membarrier.offered, reusable: agreedReuse,
+            sharesBells: shared)
         try ControlSocket.send(control.raw, welcome.encoded(), descriptors: mine.descriptors)
         // Ours: the bells we made, or the far ends of the connector's. Theirs: the ringing ends it sent, or the same
         // far ends (a send on our end lands in its queue).
@@ -348,6 +350,16 @@ enum Handshake {
             LocalHalf.prepareSpare(capacity: capacity)
         }
         return link
+    }
+
+    /// Whether the listener sleeps on the bells `hello` passed instead of making its own (`Doorbell`, *Shared
+    /// pairs*): only on a link that is not kept (the hello offers no reuse), and only for a connector of our own
+    /// user, or root. The connector made those sockets and holds them too: a process that reads its copy into
+    /// memory whose page fault never ends (served by its own FUSE mount, say) holds the socket's receive lock,
+    /// and our drains would wait on it for good. A process of our user (or root) can stop us with a signal
+    /// anyway; one of another user that the peer policy admits cannot, so it gets bells of our own.
+    static func sharesBells(of hello: HandshakeMessage, from connector: PeerCredentials) -> Bool {
+        !hello.reusable && (connector.uid == Sys.userID() || connector.uid == 0)
     }
 
     /// Asymmetric fences need both processes registered: our barrier must reach the peer's cores and theirs ours.

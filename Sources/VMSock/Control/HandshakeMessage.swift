@@ -15,7 +15,8 @@ import VMSockRing
 ///      20    16  hello, reopen: the address it dialed (IPv4 in the first 4 bytes); else zero
 ///      36     4  hello, welcome: flags; bit 0: the sender's process can use asymmetric fences (see
 ///                  `WakeUpOrdering`); bit 1: the sender keeps the link for reuse once the connection is closed
-///                  (see `LinkReuse`; both must say so); other bits zero
+///                  (see `LinkReuse`; both must say so); bit 2 (welcome): the listener sleeps on the hello's bells
+///                  and passes none of its own (shared pairs, below); other bits zero
 ///      40     2  hello, reopen: the connector's own port, a TCP port it holds for the connection so that no TCP
 ///                  connection on the host has it meanwhile (0 if it could not get one); else 0
 ///      42     6  reserved, zero
@@ -29,9 +30,10 @@ import VMSockRing
 /// two sockets on different addresses). Protocol 6 added the connector's address (and the 16 bytes).
 /// A hello carries exactly three descriptors with SCM_RIGHTS: the connector's ring memfd, and the ringing ends of its
 /// two doorbells (the one it sleeps on waiting for data, the one it sleeps on waiting for space). A welcome carries
-/// the same three of the listener's when the hello offered link reuse. When it did not, the listener sleeps on the
-/// hello's two ends and rings the connector on them (one socketpair carries both sides' data bells, another their
-/// space bells: `Doorbell`, *Shared pairs*), and its welcome carries its memfd alone. A reject carries none.
+/// the same three of the listener's, unless it sets bit 2: to a hello that does not offer link reuse, from a
+/// connector of its own user (or root), the listener sleeps on the hello's two ends and rings the connector on
+/// them (one socketpair carries both sides' data bells, another their space bells: `Doorbell`, *Shared pairs*),
+/// and its welcome carries its memfd alone. A reject carries none.
 ///
 /// A reopen starts a new connection on a link whose previous connection both sides have closed and parked (see
 /// `LinkReuse`): it travels on that link's control socket, carries no descriptors, and is not answered: the
@@ -41,8 +43,8 @@ public struct HandshakeMessage: Equatable, Sendable {
     /// 7: ring layout 2 (the waiting words are announcement counters, rung for once each); a peer speaking 6
     /// would wait for a ring at every publish that we no longer send, so the versions must match. 8: a reopen is
     /// not answered, and the shutdown word carries the connection's generation (`LinkReuse`); a peer speaking 7
-    /// would wait for a welcome. 9: a hello that does not offer reuse shares its bells, and its welcome carries
-    /// one descriptor; a peer speaking 8 would sleep on bells nobody rings.
+    /// would wait for a welcome. 9: a welcome may share the hello's bells (and carry one descriptor); a peer
+    /// speaking 8 would sleep on bells nobody rings.
     public static let protocolVersion: UInt16 = 9
     public static let size = 64
 
@@ -83,11 +85,13 @@ public struct HandshakeMessage: Equatable, Sendable {
     public var ordering: WakeUpOrdering
     /// Whether the sender keeps the link for a later connection (hello, welcome).
     public var reusable: Bool
+    /// A welcome's: the listener sleeps on the bells the hello passed and passes none (`Doorbell`, shared pairs).
+    public var sharesBells: Bool
 
     public init(
         kind: Kind, ringCapacity: UInt32 = 0, rejectReason: UInt32 = 0, dialed: IPEndpoint? = nil,
         source: IPEndpoint? = nil, ordering: WakeUpOrdering = .fenced, reusable: Bool = false,
-        version: UInt16 = protocolVersion
+        sharesBells: Bool = false, version: UInt16 = protocolVersion
     ) {
         self.version = version
         self.kind = kind
@@ -97,10 +101,12 @@ public struct HandshakeMessage: Equatable, Sendable {
         self.source = source
         self.ordering = ordering
         self.reusable = reusable
+        self.sharesBells = sharesBells
     }
 
     static let asymmetricFlag: UInt32 = 1 << 0
     static let reusableFlag: UInt32 = 1 << 1
+    static let sharesBellsFlag: UInt32 = 1 << 2
 
     public func encoded() -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: Self.size)
@@ -112,7 +118,9 @@ public struct HandshakeMessage: Equatable, Sendable {
         put(kind.rawValue, at: 6)
         put(ringCapacity, at: 8)
         put(rejectReason, at: 12)
-        put((ordering == .asymmetric ? Self.asymmetricFlag : 0) | (reusable ? Self.reusableFlag : 0), at: 36)
+        let flags = (ordering == .asymmetric ? Self.asymmetricFlag : 0) | (reusable ? Self.reusableFlag : 0)
+            | (sharesBells ? Self.sharesBellsFlag : 0)
+        put(flags, at: 36)
         if let dialed {
             put(UInt16(dialed.family == .v4 ? 4 : 6), at: 16)
             put(dialed.port, at: 18)
@@ -156,7 +164,8 @@ public struct HandshakeMessage: Equatable, Sendable {
         let rawKind = get(UInt16.self, at: 6)
         guard let kind = Kind(rawValue: rawKind) else { throw .unknownKind(rawKind) }
         let flags = get(UInt32.self, at: 36)
-        guard flags & ~(Self.asymmetricFlag | Self.reusableFlag) == 0, bytes[42..<48].allSatisfy({ $0 == 0 }) else {
+        let knownFlags = Self.asymmetricFlag | Self.reusableFlag | Self.sharesBellsFlag
+        guard flags & ~knownFlags == 0, bytes[42..<48].allSatisfy({ $0 == 0 }) else {
             throw .nonZeroReserved
         }
         let dialed: IPEndpoint?
@@ -183,6 +192,7 @@ public struct HandshakeMessage: Equatable, Sendable {
             kind: kind, ringCapacity: get(UInt32.self, at: 8), rejectReason: get(UInt32.self, at: 12),
             dialed: dialed, source: source,
             ordering: flags & Self.asymmetricFlag != 0 ? .asymmetric : .fenced,
-            reusable: flags & Self.reusableFlag != 0, version: get(UInt16.self, at: 4))
+            reusable: flags & Self.reusableFlag != 0, sharesBells: flags & Self.sharesBellsFlag != 0,
+            version: get(UInt16.self, at: 4))
     }
 }

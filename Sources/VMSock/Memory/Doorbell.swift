@@ -10,18 +10,20 @@ import Synchronization
 /// Why a Unix stream socketpair and not an eventfd: the peer is untrusted, and whatever descriptor we hand it shares
 /// its open file description with ours. With an eventfd the peer could clear O_NONBLOCK on it and fill its counter,
 /// and our next wake-up write would block for good (eventfd writes ignore RWF_NOWAIT: EOPNOTSUPP on Linux 6.18);
-/// it could also read our bell and swallow our wake-ups. Here the receiving end never goes to the peer (under
-/// vmsock-run, only to a forked sibling of our own program that accepts the connection), and every send and
-/// receive says MSG_DONTWAIT, which no file flag can override. The wake-up costs the same.
+/// it could also read our bell and swallow our wake-ups. Here the receiving end of a bell we make never goes to the
+/// peer (under vmsock-run, only to a forked sibling of our own program that accepts the connection), and every send
+/// and receive says MSG_DONTWAIT, which no file flag can override. The wake-up costs the same.
 ///
-/// **Shared pairs.** On a link that is not kept for reuse, a listener makes no bells: it sleeps on the ends the
-/// connector passed, and rings the connector on the same ends (`adoptFarEnd`, `PeerBell.farEnd`). A socketpair
-/// carries a queue each way, so one pair serves both sides' data bells, and another both sides' space bells: two
-/// socketpairs a connection instead of four. The connector made them, so it could read the listener's queue too,
-/// but only the connector's own rings go there: all it could swallow is wake-ups it need not have sent. Such a
-/// bell has no end of ours to ring ourselves with, so `ringSelf` shuts its receiving direction down instead, which
-/// keeps it readable for good: it is called only where its sleepers are done with the connection (a shutdown of
-/// that direction, a teardown), and never on a link that is kept.
+/// **Shared pairs.** To a hello that offers no link reuse, from a connector of its own user (or root), a listener
+/// makes no bells: it sleeps on the ends the connector passed, and rings the connector on the same ends
+/// (`adoptFarEnd`, `PeerBell.farEnd`). A socketpair carries a queue each way, so one pair serves both sides' data
+/// bells, and another both sides' space bells: two socketpairs a connection instead of four. The connector made
+/// them and holds them too. It could read the listener's queue, where only its own rings go (it would take wake-ups
+/// it need not have sent), or hold the queue's receive lock (a read into memory whose fault never ends): that is
+/// why only a process that could stop the listener with a signal anyway gets shared bells (`Handshake.answer`).
+/// Such a bell has no end of ours to ring ourselves with, so `ringSelf` shuts its receiving direction down
+/// instead, which keeps it readable for good: it is called only where its sleepers are done with the connection
+/// (a shutdown of that direction, a teardown), and never on a link that is kept.
 final class Doorbell: @unchecked Sendable {  // immutable after init, but for `shutForGood`
     /// Where we sleep: private to this process, or, for a far end, shared only with the connector that made it.
     private let receiver: Descriptor
@@ -43,19 +45,20 @@ final class Doorbell: @unchecked Sendable {  // immutable after init, but for `s
     /// A new bell of our own.
     static func create() throws(VMSockError) -> Doorbell {
         let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
-        // Nothing travels the other way: only the holders of the receiving end (we, and under vmsock-run a forked
-        // sibling) could write to the peer's end, and none does; so no shutdown(SHUT_WR) is needed to refuse it.
+        // The other way, only we write to the peer's end, and only where the listener shares our bells: it sleeps on
+        // that end (`adoptFarEnd`). Otherwise nothing travels that way, so no shutdown(SHUT_WR) is needed.
         let (receiver, sender) = try Sys.socketPair(type, "socketpair(doorbell)")
         return Doorbell(receiver: receiver, sender: sender)
     }
 
-    /// A listener's bell on a link not kept for reuse: the far end of one of the connector's bells, which it sent
-    /// in its hello (see *Shared pairs* above). Checked as `PeerBell.adopt` checks a bell we only ring: we ring the
-    /// connector on it too.
+    /// A listener's bell that the connector made: the far end of one of its bells, which it sent in its hello (see
+    /// *Shared pairs* above). Checked as `PeerBell.adopt` checks a bell we only ring (we ring the connector on it
+    /// too), and for a stream socket: we sleep on it, and a datagram socket shut down by its holder would poll
+    /// readable for good while a receive finds nothing, so every wait on it would spin.
     static func adoptFarEnd(_ descriptor: Descriptor) throws(VMSockError) -> Doorbell {
-        guard Sys.isConnectedToUnnamedUnixSocket(descriptor.raw) else {
+        guard Sys.isConnectedToUnnamedUnixSocket(descriptor.raw), Sys.isStreamSocket(descriptor.raw) else {
             throw .protocolFault(
-                "peer sent a doorbell that is not a Unix socket connected to an unnamed one (\(Sys.describe(descriptor.raw)))")
+                "peer sent a doorbell that is not a Unix stream socket connected to an unnamed one (\(Sys.describe(descriptor.raw)))")
         }
         return Doorbell(receiver: descriptor, sender: nil)
     }

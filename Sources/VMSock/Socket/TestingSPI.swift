@@ -33,6 +33,11 @@ extension VMSocket {
 }
 
 @_spi(Testing) public enum RawControl {
+    /// Whether a listener of this process shares the bells of `hello` from a connector of user `uid`.
+    public static func listenerSharesBells(of hello: HandshakeMessage, fromUser uid: uid_t) -> Bool {
+        Handshake.sharesBells(of: hello, from: PeerCredentials(pid: 1, uid: uid, gid: 0))
+    }
+
     /// Whether this process registered for membarrier (so its connections can be asymmetric).
     public static var asymmetricFencesAvailable: Bool { Membarrier.isRegistered }
 

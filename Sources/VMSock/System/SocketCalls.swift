@@ -134,6 +134,13 @@ extension Sys {
         return PeerCredentials(pid: pid, uid: uid, gid: gid)
     }
 
+    /// Whether `fd` is a stream socket (getsockopt SO_TYPE); false when the call fails.
+    static func isStreamSocket(_ fd: Int32) -> Bool {
+        var type: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 && type == Int32(SOCK_STREAM.rawValue)
+    }
+
     /// shutdown(2) of one direction or both (`how`: SHUT_RD, SHUT_WR, SHUT_RDWR). ENOTCONN is no failure: the peer
     /// already reset the connection, and there is nothing left to shut down.
     static func shutdown(_ fd: Int32, _ how: Int32, _ what: @autoclosure () -> String) throws(VMSockError) {
