@@ -5,9 +5,8 @@
 // eventfds, sockets, files: Fuzz/Support/PeerDescriptors.swift), and for a reopen the header words.
 // Invariants: no crash; a failure is one of the documented errnos; a link is made only from a well-formed
 // message of our version with a sealed memfd of exactly the announced size and a valid header, and two Unix
-// sockets (none, from a welcome that shares the hello's bells); every descriptor received or made for the step is
-// closed afterwards (none leak; the spare half a connector makes after its hello is kept by design, and freed
-// before counting).
+// sockets; every descriptor received or made for the step is closed afterwards (none leak; the spare half a
+// connector makes after its hello is kept by design, and freed before counting).
 import CVMSock
 import Glibc
 import VMSockRing
@@ -118,12 +117,9 @@ public func fuzzHandshakePeer(_ data: UnsafeRawPointer?, _ count: Int) -> CInt {
 
 /// What a link made from a peer's message must satisfy.
 private func check(_ link: EstablishedLink, message: [UInt8], passed: Int) {
-    require(message.count == HandshakeMessage.size, "a link from a \(message.count)-byte message")
+    require(message.count == HandshakeMessage.size && passed == HandshakeMessage.descriptorCount,
+            "a link from a \(message.count)-byte message with \(passed) descriptors")
     let decoded = message.withUnsafeBytes { try! HandshakeMessage.decode($0) }
-    // A hello, and a welcome with bells of its own, pass memfd and two bells; a welcome that shares the hello's
-    // bells (to a hello that offered no reuse) passes its memfd alone.
-    let expected = decoded.kind == .welcome && decoded.sharesBells ? 1 : 3
-    require(passed == expected, "a link from a \(decoded.kind) with \(passed) descriptors")
     require(decoded.version == HandshakeMessage.protocolVersion, "a link from protocol \(decoded.version)")
     require(link.peerRegion.capacity == Int(decoded.ringCapacity), "peer region of another size than announced")
     require(RingLayout.isValid(capacity: link.peerRegion.capacity), "peer region of an invalid size")

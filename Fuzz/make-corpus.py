@@ -39,10 +39,6 @@ seeds = {
         "hello": bytes([0, 0]) + message(HELLO, 4096, family=4, port=7000, address=LOOPBACK, flags=2)
         + bytes([3]) + RING_MEMFD + BELL + BELL + bytes([0, 1]),
         "welcome": bytes([1, 0]) + message(WELCOME, 8192, flags=2) + bytes([3]) + RING_MEMFD + BELL + BELL + bytes([0, 1]),
-        # a hello that offers no reuse (the listener sleeps on its bells), and a welcome that shares them (flag 4)
-        "hello-shared": bytes([0, 0]) + message(HELLO, 4096, family=4, port=7000, address=LOOPBACK)
-        + bytes([3]) + RING_MEMFD + BELL + BELL + bytes([0, 0]),
-        "welcome-shared": bytes([1, 0]) + message(WELCOME, 8192, flags=4) + bytes([1]) + RING_MEMFD + bytes([0, 0]),
         "reject": bytes([1, 0]) + message(REJECT, reason=2) + bytes([0, 0, 0]),
         # ... then the connector's generation: 1 (the link's next)
         "reopen": bytes([2, 0]) + message(REOPEN, 4096, family=4, port=7000, address=LOOPBACK) + bytes([0, 0, 1]),

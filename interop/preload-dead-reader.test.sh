@@ -95,4 +95,26 @@ read -r expected cpu <"$WORK/patient.out"
 python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) < 1.0 else 1)" "$cpu" \
     || fail "the writer's wait for room on a half-closed peer spun: $cpu CPU seconds over a 2 s wait"
 echo "half-closed reader: the wait for room slept ($cpu CPU seconds), and all $expected bytes arrived"
-echo "ok: a dead reader ends a writer's wait for room in poll and in epoll; a half-closed one does not make it spin"
+# A hostile reader that stays alive but shuts its copies of the writer's doorbells down: the writer's space bell
+# then reads end of stream for good. Its wait for room must take that for a gone peer (POLLOUT, then EPIPE), where
+# it once drained nothing, found the bell readable again and went round the same poll until its timeout.
+for how in poll epoll; do
+    port=$(free_port)
+    start "$VMSOCK_RUN" --debug python3 interop/programs/slow-reader.py "$port" 60 shut-bells >"$WORK/hostile.out" 2>"$WORK/hostile.err"
+    reader=$LAST
+    wait_listening 127.0.0.1 "$port"
+    mkfifo "$WORK/shut-$how"
+    start bash -c "exec $VMSOCK_RUN --debug python3 $WORK/writer.py $port $how <$WORK/shut-$how" >"$WORK/shut-writer.out" 2>"$WORK/shut-writer.err"
+    writer=$LAST
+    exec 9>"$WORK/shut-$how"
+    wait_contains "$WORK/shut-writer.out" 10 "full after"
+    wait_contains "$WORK/hostile.out" 10 "shut "
+    count_says "$WORK/shut-writer.err" 1 "shared memory"
+    echo >&9
+    exec 9>&-
+    wait_for "$writer" 15 || fail "$how: the writer failed on shut bells: $(cat "$WORK/shut-writer.out") $(cat "$WORK/shut-writer.err")"
+    says "$WORK/shut-writer.out" "send: EPIPE" "$how: the send after the reader shut its bells"
+    kill -9 "$reader" 2>/dev/null || true
+    echo "$how: a reader that shut the writer's doorbell down ended the wait for room, and the send said EPIPE ($(cat "$WORK/hostile.out" | tail -1))"
+done
+echo "ok: a dead reader ends a writer's wait for room in poll and in epoll; a half-closed one does not make it spin; nor do shut doorbells"

@@ -452,13 +452,15 @@ static int tx_closed(struct vmsp_conn *c) {
     return (load_u32(c->peer, OFF_SHUTDOWN) & (SHUT_READ_BIT | CLOSED_BIT)) != 0;
 }
 
-// Receives the rings on our space doorbell. Its end of stream means every other holder closed it or shut it
-// down, which only a peer that is gone (or ends the connection) does: the peer is gone, or a wait for room would
-// find the bell readable for ever. Returns 0 then.
+// Receives the rings on our space doorbell, at most 16 receives' worth: a peer that floods it costs a wait a
+// spurious wake-up, not a writer held here. End of stream means the ringing end was shut down, or closed by its
+// last holder (in a claimed sibling or after exec, the set-up's copy is gone): only a peer that is gone or ends
+// the connection does that, and a wait for room would find the bell readable for ever. Returns 0 then (the peer
+// is taken for gone, and writes fail with EPIPE).
 static int drain_space_bell(struct vmsp_conn *c) {
     char sink[64];
-    ssize_t got;
-    while ((got = REAL(recv)(c->space_bell_fd, sink, sizeof sink, MSG_DONTWAIT)) > 0) {}
+    ssize_t got = -1;
+    for (int i = 0; i < 16 && (got = REAL(recv)(c->space_bell_fd, sink, sizeof sink, MSG_DONTWAIT)) > 0; i++) {}
     if (got != 0) return 1;
     atomic_store(&c->peer_gone, 1);
     return 0;

@@ -10,14 +10,9 @@ enum Hostile {
     /// the control socket. Stays alive afterwards, so that the victim cannot mistake the attack for a death.
     ///
     /// HOW: producer-ahead | producer-backwards | consumer-ahead | garbage-flags | unknown-flag | control-chatter |
-    ///      control-empty | stuck-bells | swallow-bells | shut-bells, each with `:shared` for a connection that
-    ///      does not offer link reuse, whose listener sleeps on the far ends of our bells (`Doorbell`)
-    static func connectAndMisbehave(port: UInt16, how given: String) throws {
-        let shared = given.hasSuffix(":shared")
-        let how = shared ? String(given.dropLast(":shared".count)) : given
-        var options = VMSocketOptions(transport: .shm)
-        options.reusesLinks = !shared
-        let socket = try VMSocket.connect(host: "127.0.0.1", port: port, options: options)
+    ///      control-empty | stuck-bells
+    static func connectAndMisbehave(port: UInt16, how: String) throws {
+        let socket = try VMSocket.connect(host: "127.0.0.1", port: port, options: VMSocketOptions(transport: .shm))
         let base = socket._localRegionBase
         func store(_ value: UInt64, at offset: Int) {
             vms_store_seqcst_u64((base + offset).assumingMemoryBound(to: UInt64.self), value)
@@ -55,17 +50,6 @@ enum Hostile {
             }
             vms_store_seqcst_u64((base + 384).assumingMemoryBound(to: UInt64.self), 1)
             vms_store_seqcst_u64((base + 512).assumingMemoryBound(to: UInt64.self), 1)
-        case "swallow-bells":
-            // Read every ring that arrives on the ends of our bells we passed: with shared pairs, the listener's
-            // wake-ups. A thread each, for good.
-            for fd in socket._passedBellEnds {
-                Thread.detachNewThread {
-                    var sink = [UInt8](repeating: 0, count: 64)
-                    while recv(fd, &sink, sink.count, 0) != 0 {}
-                }
-            }
-        case "shut-bells":
-            for fd in socket._passedBellEnds { _ = shutdown(fd, Int32(SHUT_RDWR)) }
         default:
             fail("unknown misbehaviour \(how)")
         }
@@ -76,8 +60,7 @@ enum Hostile {
     /// Registers for 127.0.0.1:PORT with a bare control socket and answers the first hello wrongly.
     ///
     /// HOW: garbage | short | no-fds | extra-fds | unsealed-memfd | wrong-size | pipe-bell | wrong-version |
-    ///      hang-up | silent | reject | shared (a welcome that shares the hello's bells, with a good memfd) |
-    ///      shared-three-fds | shared-unsealed-memfd
+    ///      hang-up | silent | reject
     static func answerWrongly(port: UInt16, how: String) throws {
         let listener = try RawControl.listen(IPEndpoint(numericHost: "127.0.0.1", port: port)!)
         ready()
@@ -110,15 +93,6 @@ enum Hostile {
             var ends: [Int32] = [0, 0]
             pipe(&ends)
             try RawControl.send(fd, welcome, descriptors: [try RawControl.makeRegion(capacity: capacity), ends[1], RawControl.makeBell()])
-        case "shared", "shared-three-fds":
-            let sharing = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity), sharesBells: true).encoded()
-            let fds = try goodFDs()
-            try RawControl.send(fd, sharing, descriptors: how == "shared" ? [fds[0]] : fds)
-        case "shared-unsealed-memfd":
-            let sharing = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity), sharesBells: true).encoded()
-            let memfd = vms_memfd_create("not-sealed", VMS_MFD_CLOEXEC)
-            ftruncate(memfd, off_t(RingLayout.regionSize(capacity: capacity)))
-            try RawControl.send(fd, sharing, descriptors: [memfd])
         case "wrong-version":
             let other = HandshakeMessage(kind: .welcome, ringCapacity: UInt32(capacity), version: 99).encoded()
             try RawControl.send(fd, other, descriptors: try goodFDs())

@@ -61,42 +61,6 @@ final class DoorbellTests: XCTestCase {
         XCTAssertEqual(TransportStatistics.current.sharedMemoryReused - before, 4, "rounds 1 and 2 reopened the link")
     }
 
-    /// A connection that does not offer link reuse shares its bells: the listener sleeps on the far ends of the
-    /// connector's and has no end of its own to ring itself with, so a shutdown shuts its bell's receiving side
-    /// down instead. On either side a shutdown from another thread still wakes the blocked call of its direction,
-    /// the other direction goes on (its rings still arrive), and that end of stream is never taken for the peer's.
-    func testSharedBellsWakeBlockedCallsAtShutdownOnEitherSide() throws {
-        var options = VMSocketOptions(ringSize: 4096)
-        options.reusesLinks = false
-        for listenerSide in [true, false] {
-            let (server, client) = try connectedPair(options: options)
-            let (me, peer) = listenerSide ? (server, client) : (client, server)
-            let side = listenerSide ? "listener's side" : "connector's side"
-
-            let reader = Background { try me.read(upTo: 10) }
-            usleep(100_000)  // past the spin: asleep on its bell
-            try me.shutdown(.read)
-            let read = try XCTUnwrap(reader.wait(timeout: 5), "\(side): a blocked read did not wake at shutdown(read)")
-            XCTAssertEqual(try read.get(), [], "\(side): end of stream")
-
-            let peerReader = Background { try peer.read(upTo: 10) }
-            usleep(100_000)
-            try me.writeAll([9])
-            let peerRead = try XCTUnwrap(peerReader.wait(timeout: 5), "\(side): the ring did not wake the peer")
-            XCTAssertEqual(try peerRead.get(), [9], side)
-
-            try me.writeAll([UInt8](repeating: 1, count: me.ringSize))
-            let writer = Background { try me.writeAll([2]) }
-            usleep(100_000)  // asleep waiting for room
-            try me.shutdown(.write)
-            let wrote = try XCTUnwrap(writer.wait(timeout: 5), "\(side): a blocked write did not wake at shutdown(write)")
-            XCTAssertThrowsError(try wrote.get(), side) { XCTAssertEqual(($0 as? VMSockError)?.code, EPIPE, side) }
-            XCTAssertEqual(try peer.readExactly(me.ringSize).count, me.ringSize, side)
-            XCTAssertEqual(try peer.read(upTo: 1), [], "\(side): end of stream after every byte")
-            XCTAssertEqual(me.waitStatistics?.readSleeps ?? 0 > 0, true, "\(side): the read slept on its bell")
-        }
-    }
-
     private func armedExchange(_ listener: VMListener, round: Int) throws {
         let accepting = Background { try listener.accept() }
         let client = try VMSocket.connect(to: listener.address, options: VMSocketOptions(ringSize: 4096))

@@ -11,21 +11,6 @@ final class HandshakeTests: XCTestCase {
         XCTAssertEqual(bytes.count, HandshakeMessage.size)
         XCTAssertEqual(Array(bytes.prefix(4)), Array("VMSH".utf8))
         XCTAssertEqual(try bytes.withUnsafeBytes { try HandshakeMessage.decode($0) }, hello)
-        let sharing = HandshakeMessage(kind: .welcome, ringCapacity: 4096, sharesBells: true)
-        XCTAssertEqual(try sharing.encoded().withUnsafeBytes { try HandshakeMessage.decode($0) }, sharing)
-    }
-
-    /// A listener sleeps on the far ends of a connector's bells (shared pairs) only for a hello that offers no
-    /// reuse, from its own user or root: a process of another user could hold those sockets' receive locks.
-    func testBellsAreSharedOnlyWithOurUserOrRoot() {
-        let noReuse = HandshakeMessage(kind: .hello, ringCapacity: 4096)
-        let reuse = HandshakeMessage(kind: .hello, ringCapacity: 4096, reusable: true)
-        let me = getuid()
-        let other: uid_t = me == 65534 ? 65533 : 65534
-        XCTAssertTrue(RawControl.listenerSharesBells(of: noReuse, fromUser: me))
-        XCTAssertTrue(RawControl.listenerSharesBells(of: noReuse, fromUser: 0))
-        XCTAssertFalse(RawControl.listenerSharesBells(of: noReuse, fromUser: other), "another user gets our own bells")
-        XCTAssertFalse(RawControl.listenerSharesBells(of: reuse, fromUser: me), "a link kept for reuse has its own")
     }
 
     /// The connector's own address and port travel with the dialed address, in its family; without a dialed
@@ -74,14 +59,30 @@ final class HandshakeTests: XCTestCase {
         var options = VMSocketOptions()
         options.handshakeTimeout = .milliseconds(500)
         let listener = try VMListener(address: .port(port), options: options)
-        // Each case twice: a hello that offers link reuse passes the ringing ends of its bells, one that does not
-        // their far ends, on which the listener sleeps too (`Doorbell`, shared pairs): both are checked alike.
+        let hello = HandshakeMessage(kind: .hello, ringCapacity: 4096).encoded()
+        let good = Self.good, unsealed = Self.unsealed, pipeBell = Self.pipeBell
         // A named datagram socket, as /dev/log is: a bell connected to it would post our rings there in our name.
         let service = try Self.namedService()
         defer { close(service.fd) }
-        var cases: [(String, [UInt8], () throws -> [Int32], HandshakeMessage.RejectReason?)] = []
-        for reusable in [false, true] { cases += Self.malformedHellos(reusable: reusable, service: service.name) }
-        cases.append(("silence", [], { [] }, nil))
+        let serviceBell = { () throws -> [Int32] in
+            [try RawControl.makeRegion(capacity: 4096), try Self.connected(to: service.name), RawControl.makeBell()]
+        }
+        let cases: [(String, [UInt8], () throws -> [Int32], HandshakeMessage.RejectReason?)] = [
+            ("garbage", [UInt8](repeating: 0xEE, count: 32), good, .badRequest),
+            ("short", Array(hello.prefix(5)), good, .badRequest),
+            ("oversized", hello + hello, good, .badRequest),
+            ("no descriptors", hello, { [] }, .badRequest),
+            ("extra descriptors", hello, { try good() + [RawControl.makeBell()] }, .badRequest),
+            ("unsealed memfd", hello, unsealed, .badRequest),
+            ("pipe as doorbell", hello, pipeBell, .badRequest),
+            ("doorbell connected to a named socket", hello, serviceBell, .badRequest),
+            ("eventfd as doorbell", hello, { [try RawControl.makeRegion(capacity: 4096), RawControl.makeEventFD(), RawControl.makeBell()] }, .badRequest),
+            ("bad ring size", HandshakeMessage(kind: .hello, ringCapacity: 5000).encoded(), good, .badRequest),
+            ("wrong size memfd", HandshakeMessage(kind: .hello, ringCapacity: 8192).encoded(), good, .badRequest),
+            ("welcome instead of hello", HandshakeMessage(kind: .welcome, ringCapacity: 4096).encoded(), good, .badRequest),
+            ("future version", HandshakeMessage(kind: .hello, ringCapacity: 4096, version: HandshakeMessage.protocolVersion + 1).encoded(), good, .versionMismatch),
+            ("silence", [], { [] }, nil),
+        ]
         // What earlier tests left (idle links, a thread holding its last socket) goes first, not during the cases.
         VMSocket.closeIdleLinks()
         let fdsBefore = settledDescriptorCount()
@@ -117,60 +118,25 @@ final class HandshakeTests: XCTestCase {
         XCTAssertEqual(settledDescriptorCount(), fdsBefore, "descriptors leaked across malformed handshakes")
     }
 
-    private static func malformedHellos(
-        reusable: Bool, service: String
-    ) -> [(String, [UInt8], () throws -> [Int32], HandshakeMessage.RejectReason?)] {
-        let hello = HandshakeMessage(kind: .hello, ringCapacity: 4096, reusable: reusable).encoded()
-        let good = Self.good, unsealed = Self.unsealed, pipeBell = Self.pipeBell
-        let serviceBell = { () throws -> [Int32] in
-            [try RawControl.makeRegion(capacity: 4096), try Self.connected(to: service), RawControl.makeBell()]
-        }
-        let offer = reusable ? "reuse offered: " : "no reuse: "
-        let cases: [(String, [UInt8], () throws -> [Int32], HandshakeMessage.RejectReason?)] = [
-            ("garbage", [UInt8](repeating: 0xEE, count: 32), good, .badRequest),
-            ("short", Array(hello.prefix(5)), good, .badRequest),
-            ("oversized", hello + hello, good, .badRequest),
-            ("no descriptors", hello, { [] }, .badRequest),
-            ("extra descriptors", hello, { try good() + [RawControl.makeBell()] }, .badRequest),
-            ("unsealed memfd", hello, unsealed, .badRequest),
-            ("pipe as doorbell", hello, pipeBell, .badRequest),
-            ("doorbell connected to a named socket", hello, serviceBell, .badRequest),
-            ("eventfd as doorbell", hello, { [try RawControl.makeRegion(capacity: 4096), RawControl.makeEventFD(), RawControl.makeBell()] }, .badRequest),
-            ("bad ring size", HandshakeMessage(kind: .hello, ringCapacity: 5000, reusable: reusable).encoded(), good, .badRequest),
-            ("wrong size memfd", HandshakeMessage(kind: .hello, ringCapacity: 8192, reusable: reusable).encoded(), good, .badRequest),
-            ("welcome instead of hello", HandshakeMessage(kind: .welcome, ringCapacity: 4096).encoded(), good, .badRequest),
-            ("future version", HandshakeMessage(kind: .hello, ringCapacity: 4096, reusable: reusable, version: HandshakeMessage.protocolVersion + 1).encoded(), good, .versionMismatch),
-        ]
-        return cases.map { (offer + $0.0, $0.1, $0.2, $0.3) }
-    }
-
-    /// A hostile listener answers our hello wrongly: connect fails cleanly and leaks nothing. The `shared` cases
-    /// say the welcome shares the hello's bells: it must then carry the memfd alone, and only to a hello that
-    /// offered no reuse.
+    /// A hostile listener answers our hello wrongly: connect fails cleanly and leaks nothing.
     func testConnectorSurvivesBadWelcomes() throws {
-        let cases: [(String, Int32, Bool)] = [
+        let cases: [(String, Int32)] = [
             ("garbage", EPROTO), ("short", EPROTO), ("no-fds", EPROTO), ("extra-fds", EPROTO),
             ("unsealed-memfd", EPROTO), ("wrong-size", EPROTO), ("pipe-bell", EPROTO), ("wrong-version", EPROTO),
             ("hang-up", ECONNRESET), ("silent", ETIMEDOUT), ("reject", ECONNREFUSED),
-        ].map { ($0.0, $0.1, true) } + [
-            ("shared-three-fds", EPROTO, false), ("shared-unsealed-memfd", EPROTO, false),
-            ("shared", EPROTO, true), ("hang-up", ECONNRESET, false),
         ]
-        for (how, expected, reuse) in cases {
-            var options = VMSocketOptions()
-            options.handshakeTimeout = .milliseconds(300)
-            options.reusesLinks = reuse
+        var options = VMSocketOptions()
+        options.handshakeTimeout = .milliseconds(300)
+        for (how, expected) in cases {
             let port = freePortText()
             let peer = try TestPeer("bad-welcome", port, how)
             peer.expectLine("ready")
             VMSocket.closeIdleLinks()  // what earlier tests left for later connections is not this test's
             let fdsBefore = settledDescriptorCount()
             let mapsBefore = mappingCount()
-            let label = "\(how)\(reuse ? "" : ", no reuse")"
-            XCTAssertErrno(expected, try VMSocket.connect(to: .port(port), options: options), label)
-            VMSocket.closeIdleLinks()  // the spare half and port of a connector that does not reuse links
-            XCTAssertEqual(openDescriptorCount(), fdsBefore, "descriptors leaked after '\(label)'")
-            XCTAssertEqual(mappingCount(), mapsBefore, "mappings leaked after '\(label)'")
+            XCTAssertErrno(expected, try VMSocket.connect(to: .port(port), options: options), how)
+            XCTAssertEqual(openDescriptorCount(), fdsBefore, "descriptors leaked after '\(how)'")
+            XCTAssertEqual(mappingCount(), mapsBefore, "mappings leaked after '\(how)'")
             peer.killHard()
         }
     }

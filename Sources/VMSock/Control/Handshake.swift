@@ -47,86 +47,55 @@ struct EstablishedLink {
     var isOwnedByThisProcess: Bool { Sys.processID() == creator }
 }
 
-/// Our two doorbells, made together: the one we sleep on waiting for data, the one waiting for space.
-struct OwnBells: Sendable {
-    let data: Doorbell
-    let space: Doorbell
-
-    static func create() throws(VMSockError) -> OwnBells {
-        OwnBells(data: try Doorbell.create(), space: try Doorbell.create())
-    }
-}
-
 /// Our half of a connection before the peer has seen it: the region and bells we are about to pass.
 struct LocalHalf: Sendable {
     let region: SharedRegion
     let memfd: Descriptor
-    /// Our bells; nil in a listener's half when it shares the hello's bells (`Doorbell`, *Shared pairs*).
-    let bells: OwnBells?
+    let dataBell: Doorbell
+    let spaceBell: Doorbell
 
-    private init(capacity: Int, bells: Bool, sealWrites: Bool = true) throws(VMSockError) {
+    private init(capacity: Int, sealWrites: Bool = true) throws(VMSockError) {
         (region, memfd) = try SharedRegion.create(capacity: capacity, sealWrites: sealWrites)
-        self.bells = bells ? try OwnBells.create() : nil
-    }
-
-    private init(region: SharedRegion, memfd: Descriptor, bells: OwnBells?) {
-        self.region = region
-        self.memfd = memfd
-        self.bells = bells
+        dataBell = try Doorbell.create()
+        spaceBell = try Doorbell.create()
     }
 
     /// A half whose region can still be mapped writable (`SharedRegion.sealWrites` ends that).
-    init(forHandOff capacity: Int, bells: Bool) throws(VMSockError) {
-        try self.init(capacity: capacity, bells: bells, sealWrites: false)
-    }
+    init(forHandOff capacity: Int) throws(VMSockError) { try self.init(capacity: capacity, sealWrites: false) }
 
-    /// What goes with our hello or welcome: the memfd, and the ringing ends of our bells if we made them.
-    var descriptors: [Int32] { [memfd.raw] + (bells.map { [$0.data.ringingEnd, $0.space.ringingEnd] } ?? []) }
+    var descriptors: [Int32] { [memfd.raw, dataBell.sender.raw, spaceBell.sender.raw] }
 
-    /// This half with bells or without: made now, or let go.
-    private func with(bells wanted: Bool) throws(VMSockError) -> LocalHalf {
-        if wanted == (bells != nil) { return self }
-        return LocalHalf(region: region, memfd: memfd, bells: wanted ? try OwnBells.create() : nil)
-    }
-
-    // Making a half costs about eight system calls (memfd, seals, two mappings, and two socketpairs when it has
-    // bells): a quarter of a connection's set-up. So a listener keeps one spare, made while nothing waits (before
-    // it sleeps, unless a connector's hello is on its way) or while its connector maps its welcome, and the next
-    // connect or accept takes it; closing a listener frees it. A connector that does not offer link reuse
-    // (`reusesLinks` false, and vmsock-run's connections), from its second hello on, makes the next one's spare
-    // while the listener answers (one that reuses links makes new ones only now and then, and a spare would wait
-    // for good). A half is never reused once a peer has seen it, and only the process that made it takes it: a forked child holds a copy of
+    // Making a half costs about eight system calls (memfd, seals, two mappings, two socketpairs): a quarter of a
+    // connection's set-up. So a listener keeps one spare, made while nothing waits (before it sleeps, unless a
+    // connector's hello is on its way) or while its connector maps its welcome, and the next connect or accept
+    // takes it; closing a listener frees it. A connector that does not offer link reuse (`reusesLinks` false, and
+    // vmsock-run's connections), from its second hello on, makes the next one's spare while the listener answers
+    // (one that reuses links makes new ones only now and then, and a spare would wait for good). A half is never
+    // reused once a peer has seen it, and only the process that made it takes it: a forked child holds a copy of
     // the same memory, and two connections must never share it. A spare replaced or taken out is released
     // outside the lock, so that a fork never finds the lock held by a thread busy with munmap and close.
     private static let spare = Mutex<(half: LocalHalf, owner: pid_t)?>(nil)
     /// Hellos this process sent (and its parent before a fork: a count, not a record).
     private static let hellos = Atomic<Int>(0)
-    /// Whether the last hello this process answered needed our bells (it offered link reuse): a listener's spare
-    /// is made with bells or without accordingly.
-    private static let answersNeedBells = Atomic<Bool>(true)
 
-    /// A fresh half of `capacity` bytes, with bells or without: the spare when it fits, else a new one. Short of
-    /// descriptors or of the memory budget, a spare of another size is freed for it (its descriptors and its
-    /// ring's charge).
-    static func take(capacity: Int, bells: Bool) throws(VMSockError) -> LocalHalf {
+    /// A fresh half of `capacity` bytes: the spare when it fits, else a new one. Short of descriptors or of the
+    /// memory budget, a spare of another size is freed for it (its five descriptors and its ring's charge).
+    static func take(capacity: Int) throws(VMSockError) -> LocalHalf {
         let me = Sys.processID()
         let kept = spare.withLock { spare -> (half: LocalHalf, owner: pid_t)? in
             guard let kept = spare, kept.half.region.capacity == capacity else { return nil }
             spare = nil
             return kept
         }
-        if let kept, kept.owner == me { return try kept.half.with(bells: bells) }  // (a parent's, in a child, goes)
-        do throws(VMSockError) { return try LocalHalf(capacity: capacity, bells: bells) } catch {
+        if let kept, kept.owner == me { return kept.half }  // (a parent's, in a forked child, goes here)
+        do throws(VMSockError) { return try LocalHalf(capacity: capacity) } catch {
             // Short of descriptors, or of the memory budget (ENOMEM): a spare of another size holds some.
             guard error.code == EMFILE || error.code == ENFILE || error.code == ENOMEM, dropSpare() else { throw error }
-            return try LocalHalf(capacity: capacity, bells: bells)
+            return try LocalHalf(capacity: capacity)
         }
     }
 
-    /// A listener notes whether the hello it answers needs its bells, for the spare it makes next.
-    static func noteAnswer(needsBells: Bool) { answersNeedBells.store(needsBells, ordering: .relaxed) }
-
-    /// Frees the spare, if any (its descriptors with it): whether there was one.
+    /// Frees the spare, if any (its five descriptors with it): whether there was one.
     @discardableResult
     static func dropSpare() -> Bool {
         let dropped = spare.withLock { spare in
@@ -146,18 +115,16 @@ struct LocalHalf: Sendable {
         guard !reusable, count >= 2 else { return false }
         let owner = Sys.processID()
         guard spare.withLock({ $0 == nil || $0!.owner != owner }) else { return true }
-        store(try? LocalHalf(capacity: capacity, bells: true), owner: owner, replacingOurs: false)
+        store(try? LocalHalf(capacity: capacity), owner: owner, replacingOurs: false)
         return true
     }
 
-    /// A listener's: makes the spare now if there is none of this size, with bells if the last hello it answered
-    /// needed them. Call where nothing waits for this thread (before a listener sleeps, or while its connector maps
-    /// the welcome), so the next connection need not. A spare of this size stays, bells or not: `take` adds or
-    /// drops them, where a whole new half would cost a process that both connects and accepts a memfd each time.
+    /// Makes the spare now if there is none of this size: call where nothing waits for this thread (before a
+    /// listener sleeps, or while its connector maps the welcome), so the next connection need not.
     static func prepareSpare(capacity: Int) {
         let owner = Sys.processID()
         guard spare.withLock({ $0?.half.region.capacity != capacity || $0?.owner != owner }) else { return }
-        store(try? LocalHalf(capacity: capacity, bells: answersNeedBells.load(ordering: .relaxed)), owner: owner, replacingOurs: true)
+        store(try? LocalHalf(capacity: capacity), owner: owner, replacingOurs: true)
     }
 
     /// Stores `half` as the spare: in place of a forked parent's, and of one of ours only if `replacingOurs`
@@ -185,14 +152,13 @@ enum Handshake {
     }
 
     /// The connector's first step: makes our region and bells and sends them in a hello. Never waits (a fresh
-    /// control socket has room for one message). The listener may share the bells of a hello that does not offer
-    /// reuse: it sleeps on their far ends and makes none (`Doorbell`, *Shared pairs*), and its welcome says so.
+    /// control socket has room for one message).
     static func sendHello(
         _ control: Descriptor, dialed: IPEndpoint, source: IPEndpoint?, address: ControlAddress, capacity: Int,
         reusable: Bool = false
     ) throws(VMSockError) -> HelloSent {
         let mine: LocalHalf
-        do throws(VMSockError) { mine = try LocalHalf.take(capacity: capacity, bells: true) } catch {
+        do throws(VMSockError) { mine = try LocalHalf.take(capacity: capacity) } catch {
             throw error.because(.outOfResources)
         }
         let hello = HandshakeMessage(
@@ -238,18 +204,12 @@ enum Handshake {
                 "listener welcomed us with protocol \(message.version), we speak \(HandshakeMessage.protocolVersion)"
             ).because(.versionMismatch)
         }
-        if message.sharesBells && sent.reusable {
-            throw .protocolFault("listener shares the bells of a hello that offered link reuse")
-        }
-        let bells = sent.mine.bells!  // (a connector's half always has them: `take(bells: true)`)
-        let theirs = try adopt(
-            reply.descriptors, capacity: Int(message.ringCapacity), from: "listener",
-            bells: message.sharesBells ? .none : .ringingEnds)
+        let theirs = try adopt(reply.descriptors, capacity: Int(message.ringCapacity), from: "listener")
+        let mine = sent.mine
         return EstablishedLink(
-            control: control, peer: peer, localRegion: sent.mine.region, peerRegion: theirs.region,
-            dataBell: bells.data, spaceBell: bells.space,
-            peerDataBell: theirs.ringing?.data ?? .farEnd(of: bells.data),
-            peerSpaceBell: theirs.ringing?.space ?? .farEnd(of: bells.space), dialed: sent.dialed,
+            control: control, peer: peer, localRegion: mine.region, peerRegion: theirs.region,
+            dataBell: mine.dataBell, spaceBell: mine.spaceBell,
+            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: sent.dialed,
             ordering: agreed(message.ordering), reusable: sent.reusable && message.reusable)
     }
 
@@ -298,7 +258,6 @@ enum Handshake {
         let source: IPEndpoint?
         let ordering: WakeUpOrdering
         let agreedReuse: Bool
-        let shared: Bool
         do throws(VMSockError) {
             let hello = try decode(request, from: "connector")
             guard hello.version == HandshakeMessage.protocolVersion else {
@@ -312,10 +271,7 @@ enum Handshake {
             source = hello.source
             ordering = agreed(hello.ordering)
             agreedReuse = reusable && hello.reusable
-            shared = Self.sharesBells(of: hello, from: peer)
-            theirs = try adopt(
-                request.descriptors, capacity: Int(hello.ringCapacity), from: "connector",
-                bells: shared ? .farEnds : .ringingEnds)
+            theirs = try adopt(request.descriptors, capacity: Int(hello.ringCapacity), from: "connector")
         } catch {
             if error.code == EPROTO && error.fallback != .versionMismatch { reject(control, .badRequest) }
             if error.isShortOfResources { reject(control, .outOfResources) }  // e.g. no room to map their ring
@@ -324,42 +280,24 @@ enum Handshake {
         let mine: LocalHalf
         do throws(VMSockError) {
             // A half kept for a sibling to map writable is made for it (the spare is sealed already).
-            mine = keepMemory
-                ? try LocalHalf(forHandOff: capacity, bells: !shared)
-                : try LocalHalf.take(capacity: capacity, bells: !shared)
+            mine = keepMemory ? try LocalHalf(forHandOff: capacity) : try LocalHalf.take(capacity: capacity)
         } catch {
             reject(control, .outOfResources)
             throw error
         }
-        LocalHalf.noteAnswer(needsBells: !shared)
         let welcome = HandshakeMessage(
-            kind: .welcome, ringCapacity: UInt32(capacity), ordering: Membarrier.offered, reusable: agreedReuse,
-            sharesBells: shared)
+            kind: .welcome, ringCapacity: UInt32(capacity), ordering: Membarrier.offered, reusable: agreedReuse)
         try ControlSocket.send(control.raw, welcome.encoded(), descriptors: mine.descriptors)
-        // Ours: the bells we made, or the far ends of the connector's. Theirs: the ringing ends it sent, or the same
-        // far ends (a send on our end lands in its queue).
-        guard let bells = mine.bells ?? theirs.farEnds else { throw .protocolFault("no doorbells") }  // (never)
         var link = EstablishedLink(
             control: control, peer: peer, localRegion: mine.region, peerRegion: theirs.region,
-            dataBell: bells.data, spaceBell: bells.space,
-            peerDataBell: theirs.ringing?.data ?? .farEnd(of: bells.data),
-            peerSpaceBell: theirs.ringing?.space ?? .farEnd(of: bells.space), dialed: dialed, source: source,
+            dataBell: mine.dataBell, spaceBell: mine.spaceBell,
+            peerDataBell: theirs.dataBell, peerSpaceBell: theirs.spaceBell, dialed: dialed, source: source,
             ordering: ordering, reusable: agreedReuse)
         if keepMemory { link.memory = [mine.memfd, theirs.memfd] } else {
             // The connector now maps what we sent: the next connection's half is made meanwhile.
             LocalHalf.prepareSpare(capacity: capacity)
         }
         return link
-    }
-
-    /// Whether the listener sleeps on the bells `hello` passed instead of making its own (`Doorbell`, *Shared
-    /// pairs*): only on a link that is not kept (the hello offers no reuse), and only for a connector of our own
-    /// user, or root. The connector made those sockets and holds them too: a process that reads its copy into
-    /// memory whose page fault never ends (served by its own FUSE mount, say) holds the socket's receive lock,
-    /// and our drains would wait on it for good. A process of our user (or root) can stop us with a signal
-    /// anyway; one of another user that the peer policy admits cannot, so it gets bells of our own.
-    static func sharesBells(of hello: HandshakeMessage, from connector: PeerCredentials) -> Bool {
-        !hello.reusable && (connector.uid == Sys.userID() || connector.uid == 0)
     }
 
     /// Asymmetric fences need both processes registered: our barrier must reach the peer's cores and theirs ours.
@@ -391,37 +329,21 @@ enum Handshake {
         }
     }
 
-    /// What comes after the peer's memfd: the ringing ends of its bells (each side made its own), the far ends of
-    /// the connector's bells (a listener answering a hello that shares them), or nothing (the welcome for one).
-    private enum PassedBells { case ringingEnds, farEnds, none }
-
     private struct PeerHalf {
         let region: SharedRegion
         let memfd: Descriptor
-        /// The peer's bells, when it passed their ringing ends.
-        var ringing: (data: PeerBell, space: PeerBell)? = nil
-        /// Our bells, when the peer passed the far ends of its own.
-        var farEnds: OwnBells? = nil
+        let dataBell: PeerBell
+        let spaceBell: PeerBell
     }
 
-    /// Checks and maps what the peer passed: exactly its memfd, then the two bells `bells` says, data bell first.
-    /// Every received descriptor is owned by `descriptors`, so whatever we do not keep is closed when this returns
-    /// or throws.
-    private static func adopt(
-        _ descriptors: [Descriptor], capacity: Int, from who: String, bells: PassedBells
-    ) throws(VMSockError) -> PeerHalf {
-        let expected = bells == .none ? 1 : 3
-        guard descriptors.count == expected else {
-            throw .protocolFault("\(who) passed \(descriptors.count) descriptors, expected \(expected)")
+    /// Checks and maps what the peer passed: exactly memfd, data bell, space bell. Every received descriptor is
+    /// owned by `descriptors`, so whatever we do not keep is closed when this returns or throws.
+    private static func adopt(_ descriptors: [Descriptor], capacity: Int, from who: String) throws(VMSockError) -> PeerHalf {
+        guard descriptors.count == HandshakeMessage.descriptorCount else {
+            throw .protocolFault("\(who) passed \(descriptors.count) descriptors, expected \(HandshakeMessage.descriptorCount)")
         }
         let region = try SharedRegion.attachPeer(fd: descriptors[0].raw, capacity: capacity)
-        var half = PeerHalf(region: region, memfd: descriptors[0])
-        switch bells {
-        case .ringingEnds: half.ringing = (try PeerBell.adopt(descriptors[1]), try PeerBell.adopt(descriptors[2]))
-        case .farEnds:
-            half.farEnds = OwnBells(data: try Doorbell.adoptFarEnd(descriptors[1]), space: try Doorbell.adoptFarEnd(descriptors[2]))
-        case .none: break
-        }
-        return half
+        return PeerHalf(
+            region: region, memfd: descriptors[0], dataBell: try PeerBell.adopt(descriptors[1]), spaceBell: try PeerBell.adopt(descriptors[2]))
     }
 }

@@ -6,7 +6,7 @@ import VMSockRing
 /// ```
 ///  offset  size  field
 ///       0     4  magic "VMSH"
-///       4     2  protocol version (9)
+///       4     2  protocol version (8)
 ///       6     2  kind: 1 hello (connector), 2 welcome (listener), 3 reject (listener), 4 reopen (connector)
 ///       8     4  ring capacity: bytes of the sender's outgoing ring (hello, welcome, reopen); 0 in a reject
 ///      12     4  reject reason (reject only, else 0)
@@ -15,8 +15,7 @@ import VMSockRing
 ///      20    16  hello, reopen: the address it dialed (IPv4 in the first 4 bytes); else zero
 ///      36     4  hello, welcome: flags; bit 0: the sender's process can use asymmetric fences (see
 ///                  `WakeUpOrdering`); bit 1: the sender keeps the link for reuse once the connection is closed
-///                  (see `LinkReuse`; both must say so); bit 2 (welcome): the listener sleeps on the hello's bells
-///                  and passes none of its own (shared pairs, below); other bits zero
+///                  (see `LinkReuse`; both must say so); other bits zero
 ///      40     2  hello, reopen: the connector's own port, a TCP port it holds for the connection so that no TCP
 ///                  connection on the host has it meanwhile (0 if it could not get one); else 0
 ///      42     6  reserved, zero
@@ -28,12 +27,9 @@ import VMSockRing
 /// as the peer's. They also pair a connection with its hello where the TCP connection is real (vmsock-run's
 /// listener matches what accept(2) returns by the connector's address and port: the port alone could belong to
 /// two sockets on different addresses). Protocol 6 added the connector's address (and the 16 bytes).
-/// A hello carries exactly three descriptors with SCM_RIGHTS: the connector's ring memfd, and the ringing ends of its
-/// two doorbells (the one it sleeps on waiting for data, the one it sleeps on waiting for space). A welcome carries
-/// the same three of the listener's, unless it sets bit 2: to a hello that does not offer link reuse, from a
-/// connector of its own user (or root), the listener sleeps on the hello's two ends and rings the connector on
-/// them (one socketpair carries both sides' data bells, another their space bells: `Doorbell`, *Shared pairs*),
-/// and its welcome carries its memfd alone. A reject carries none.
+/// Hello and welcome carry exactly three descriptors with SCM_RIGHTS: the sender's ring memfd, and the ringing ends
+/// of its two doorbells (the one it sleeps on waiting for data, the one it sleeps on waiting for space). A reject
+/// carries none.
 ///
 /// A reopen starts a new connection on a link whose previous connection both sides have closed and parked (see
 /// `LinkReuse`): it travels on that link's control socket, carries no descriptors, and is not answered: the
@@ -43,10 +39,10 @@ public struct HandshakeMessage: Equatable, Sendable {
     /// 7: ring layout 2 (the waiting words are announcement counters, rung for once each); a peer speaking 6
     /// would wait for a ring at every publish that we no longer send, so the versions must match. 8: a reopen is
     /// not answered, and the shutdown word carries the connection's generation (`LinkReuse`); a peer speaking 7
-    /// would wait for a welcome. 9: a welcome may share the hello's bells (and carry one descriptor); a peer
-    /// speaking 8 would sleep on bells nobody rings.
-    public static let protocolVersion: UInt16 = 9
+    /// would wait for a welcome.
+    public static let protocolVersion: UInt16 = 8
     public static let size = 64
+    public static let descriptorCount = 3
 
     public enum Kind: UInt16, Sendable {
         case hello = 1
@@ -85,13 +81,11 @@ public struct HandshakeMessage: Equatable, Sendable {
     public var ordering: WakeUpOrdering
     /// Whether the sender keeps the link for a later connection (hello, welcome).
     public var reusable: Bool
-    /// A welcome's: the listener sleeps on the bells the hello passed and passes none (`Doorbell`, shared pairs).
-    public var sharesBells: Bool
 
     public init(
         kind: Kind, ringCapacity: UInt32 = 0, rejectReason: UInt32 = 0, dialed: IPEndpoint? = nil,
         source: IPEndpoint? = nil, ordering: WakeUpOrdering = .fenced, reusable: Bool = false,
-        sharesBells: Bool = false, version: UInt16 = protocolVersion
+        version: UInt16 = protocolVersion
     ) {
         self.version = version
         self.kind = kind
@@ -101,12 +95,10 @@ public struct HandshakeMessage: Equatable, Sendable {
         self.source = source
         self.ordering = ordering
         self.reusable = reusable
-        self.sharesBells = sharesBells
     }
 
     static let asymmetricFlag: UInt32 = 1 << 0
     static let reusableFlag: UInt32 = 1 << 1
-    static let sharesBellsFlag: UInt32 = 1 << 2
 
     public func encoded() -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: Self.size)
@@ -118,9 +110,7 @@ public struct HandshakeMessage: Equatable, Sendable {
         put(kind.rawValue, at: 6)
         put(ringCapacity, at: 8)
         put(rejectReason, at: 12)
-        let flags = (ordering == .asymmetric ? Self.asymmetricFlag : 0) | (reusable ? Self.reusableFlag : 0)
-            | (sharesBells ? Self.sharesBellsFlag : 0)
-        put(flags, at: 36)
+        put((ordering == .asymmetric ? Self.asymmetricFlag : 0) | (reusable ? Self.reusableFlag : 0), at: 36)
         if let dialed {
             put(UInt16(dialed.family == .v4 ? 4 : 6), at: 16)
             put(dialed.port, at: 18)
@@ -164,8 +154,7 @@ public struct HandshakeMessage: Equatable, Sendable {
         let rawKind = get(UInt16.self, at: 6)
         guard let kind = Kind(rawValue: rawKind) else { throw .unknownKind(rawKind) }
         let flags = get(UInt32.self, at: 36)
-        let knownFlags = Self.asymmetricFlag | Self.reusableFlag | Self.sharesBellsFlag
-        guard flags & ~knownFlags == 0, bytes[42..<48].allSatisfy({ $0 == 0 }) else {
+        guard flags & ~(Self.asymmetricFlag | Self.reusableFlag) == 0, bytes[42..<48].allSatisfy({ $0 == 0 }) else {
             throw .nonZeroReserved
         }
         let dialed: IPEndpoint?
@@ -192,7 +181,6 @@ public struct HandshakeMessage: Equatable, Sendable {
             kind: kind, ringCapacity: get(UInt32.self, at: 8), rejectReason: get(UInt32.self, at: 12),
             dialed: dialed, source: source,
             ordering: flags & Self.asymmetricFlag != 0 ? .asymmetric : .fenced,
-            reusable: flags & Self.reusableFlag != 0, sharesBells: flags & Self.sharesBellsFlag != 0,
-            version: get(UInt16.self, at: 4))
+            reusable: flags & Self.reusableFlag != 0, version: get(UInt16.self, at: 4))
     }
 }

@@ -122,7 +122,7 @@ extension Handshake {
     ///
     /// The bells are not drained (two system calls): a close rings ours only when a thread of ours may sleep, and
     /// the peer's writes and reads only for an announcement of ours, so after most connections they are empty.
-    /// A shutdown rings the peer's two bells and ours of the directions it ends, and rings left over cost the next connection's waits a few spurious
+    /// A shutdown rings all four bells, and rings left over cost the next connection's waits a few spurious
     /// wake-ups (a blocking wait drains after waking, arming drains first, each drain takes up to 64 rings).
     static func reopen(_ link: EstablishedLink, dialed: IPEndpoint, source: IPEndpoint?) throws(VMSockError) -> EstablishedLink {
         let peer = link.peerHeader

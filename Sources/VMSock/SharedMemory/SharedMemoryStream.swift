@@ -603,7 +603,7 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
             shared |= RingLayout.Shutdown.write
         }
         addShutdown(shared)
-        wake(readers: read, writers: write)
+        wakeEveryone()
     }
 
     /// Tells the peer we are gone and wakes our own blocked calls. Mappings and descriptors are released when the
@@ -666,15 +666,11 @@ final class SharedMemoryStream: StreamEngine, @unchecked Sendable {  // see "Thr
     /// that look gives the child a closed copy, which touches nothing.
     private var mayKeepLink: Bool { link.reusable && Sys.forkCount() == forksAtStart }
 
-    private func wakeEveryone() { wake(readers: true, writers: true) }
-
-    /// Rings the peer's bells, whose sleepers then re-check our shutdown bits, and our own of the directions that
-    /// ended (their calls fail or end now). Only those: a bell whose far end we share is woken for good (`Doorbell`).
-    private func wake(readers: Bool, writers: Bool) {
+    private func wakeEveryone() {
         link.peerDataBell.ring()
         link.peerSpaceBell.ring()
-        if readers { link.dataBell.ringSelf() }
-        if writers { link.spaceBell.ringSelf() }
+        link.dataBell.ringSelf()
+        link.spaceBell.ringSelf()
     }
 
     /// The peer broke the rules: remember why, tell it we are gone, and make every later call fail with `error`.

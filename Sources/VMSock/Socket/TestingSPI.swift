@@ -25,19 +25,9 @@ extension VMSocket {
     @_spi(Testing) public var _debugSnapshot: String { sharedMemory?.debugSnapshot ?? "tcp" }
     /// Rings the peer's data bell, as a publish would.
     @_spi(Testing) public func _ringPeerDataBell() { sharedMemory!.link.peerDataBell.ring() }
-    /// The ends of our two bells that went to the peer (data, space). On a link whose bells are shared pairs the
-    /// listener sleeps on them: a connector that reads them takes the listener's wake-ups.
-    @_spi(Testing) public var _passedBellEnds: [Int32] {
-        [sharedMemory!.link.dataBell.ringingEnd, sharedMemory!.link.spaceBell.ringingEnd]
-    }
 }
 
 @_spi(Testing) public enum RawControl {
-    /// Whether a listener of this process shares the bells of `hello` from a connector of user `uid`.
-    public static func listenerSharesBells(of hello: HandshakeMessage, fromUser uid: uid_t) -> Bool {
-        Handshake.sharesBells(of: hello, from: PeerCredentials(pid: 1, uid: uid, gid: 0))
-    }
-
     /// Whether this process registered for membarrier (so its connections can be asymmetric).
     public static var asymmetricFencesAvailable: Bool { Membarrier.isRegistered }
 

@@ -134,13 +134,6 @@ extension Sys {
         return PeerCredentials(pid: pid, uid: uid, gid: gid)
     }
 
-    /// Whether `fd` is a stream socket (getsockopt SO_TYPE); false when the call fails.
-    static func isStreamSocket(_ fd: Int32) -> Bool {
-        var type: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 && type == Int32(SOCK_STREAM.rawValue)
-    }
-
     /// shutdown(2) of one direction or both (`how`: SHUT_RD, SHUT_WR, SHUT_RDWR). ENOTCONN is no failure: the peer
     /// already reset the connection, and there is nothing left to shut down.
     static func shutdown(_ fd: Int32, _ how: Int32, _ what: @autoclosure () -> String) throws(VMSockError) {
@@ -150,10 +143,6 @@ extension Sys {
     /// shutdown(SHUT_RDWR), to wake whoever waits on a socket. Its failure is ignored: a socket already shut down
     /// or reset (ENOTCONN), or a descriptor that is no socket (ENOTSOCK), has nobody left to wake.
     static func shutdown(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
-
-    /// shutdown(SHUT_RD): the socket reads as at end of stream from now on, and every call polling it wakes.
-    /// Ignored failures, as `shutdown(_:)`.
-    static func shutdownReceiving(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_RD)) }
 
     // MARK: Control messages
 

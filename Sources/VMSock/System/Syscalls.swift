@@ -221,7 +221,7 @@ final class Descriptor: @unchecked Sendable {  // immutable after init, but for 
     deinit { if owned { Sys.close(raw) } }
 }
 
-/// Under vmsock-run the library's descriptors (a shared-memory connection holds up to seven: its control socket and
+/// Under vmsock-run the library's descriptors (a shared-memory connection holds seven: its control socket and
 /// doorbells) share the application's numbers. Programs size tables by descriptor number (wrk sizes its event loop
 /// by its connection count, `select` stops at 1024), so the library keeps its own above a floor: each new one is
 /// moved up when it is made, if there is room there. Off (floor 0) outside vmsock-run.
