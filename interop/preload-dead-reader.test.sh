@@ -39,23 +39,33 @@ except OSError as error:
     print("send:", errno.errorcode.get(error.errno, error.errno), flush=True)
 EOF
 
-for how in poll epoll; do
+# A writer fills its ring against interop/programs/slow-reader.py (started with MODE, which may be empty), then
+# waits for room in HOW (poll or epoll) once the reader printed READY and, with `kill`, was killed with kill -9.
+# The wait must end, and the send after it say EPIPE.
+#   writer_gets_epipe HOW MODE READY kill|keep
+writer_gets_epipe() {
+    local how=$1 mode=$2 ready=$3 kill_first=$4 port reader writer
     port=$(free_port)
-    start "$VMSOCK_RUN" --debug python3 interop/programs/slow-reader.py "$port" 60 >"$WORK/reader.out" 2>"$WORK/reader.err"  # killed first
+    start "$VMSOCK_RUN" --debug python3 interop/programs/slow-reader.py "$port" 60 $mode >"$WORK/reader.out" 2>"$WORK/reader.err"
     reader=$LAST
     wait_listening 127.0.0.1 "$port"
-    mkfifo "$WORK/go-$how"
-    start bash -c "exec $VMSOCK_RUN --debug python3 $WORK/writer.py $port $how <$WORK/go-$how" >"$WORK/writer.out" 2>"$WORK/writer.err"
+    mkfifo "$WORK/go-$how$mode"
+    start bash -c "exec $VMSOCK_RUN --debug python3 $WORK/writer.py $port $how <$WORK/go-$how$mode" >"$WORK/writer.out" 2>"$WORK/writer.err"
     writer=$LAST
-    exec 9>"$WORK/go-$how"
+    exec 9>"$WORK/go-$how$mode"
     wait_contains "$WORK/writer.out" 10 "full after"
-    wait_contains "$WORK/reader.out" 10 "accepted"
+    wait_contains "$WORK/reader.out" 10 "$ready"
     count_says "$WORK/writer.err" 1 "shared memory"
-    kill -9 "$reader"
+    if [ "$kill_first" = kill ]; then kill -9 "$reader"; fi
     echo >&9
     exec 9>&-
-    wait_for "$writer" 15 || fail "$how: the writer failed: $(cat "$WORK/writer.out") $(cat "$WORK/writer.err")"
-    says "$WORK/writer.out" "send: EPIPE" "$how: the send after the reader died"
+    wait_for "$writer" 15 || fail "$how $mode: the writer failed: $(cat "$WORK/writer.out") $(cat "$WORK/writer.err")"
+    says "$WORK/writer.out" "send: EPIPE" "$how $mode: the send after the wait for room"
+    kill -9 "$reader" 2>/dev/null || true
+}
+
+for how in poll epoll; do
+    writer_gets_epipe "$how" "" accepted kill
     echo "$how: a wait for room on a dead reader's full ring ended, and the send said EPIPE"
 done
 # A reader that is alive but half-closed (FIN) and reads nothing for 2 s: the writer's poll for room sleeps
@@ -99,22 +109,7 @@ echo "half-closed reader: the wait for room slept ($cpu CPU seconds), and all $e
 # then reads end of stream for good. Its wait for room must take that for a gone peer (POLLOUT, then EPIPE), where
 # it once drained nothing, found the bell readable again and went round the same poll until its timeout.
 for how in poll epoll; do
-    port=$(free_port)
-    start "$VMSOCK_RUN" --debug python3 interop/programs/slow-reader.py "$port" 60 shut-bells >"$WORK/hostile.out" 2>"$WORK/hostile.err"
-    reader=$LAST
-    wait_listening 127.0.0.1 "$port"
-    mkfifo "$WORK/shut-$how"
-    start bash -c "exec $VMSOCK_RUN --debug python3 $WORK/writer.py $port $how <$WORK/shut-$how" >"$WORK/shut-writer.out" 2>"$WORK/shut-writer.err"
-    writer=$LAST
-    exec 9>"$WORK/shut-$how"
-    wait_contains "$WORK/shut-writer.out" 10 "full after"
-    wait_contains "$WORK/hostile.out" 10 "shut "
-    count_says "$WORK/shut-writer.err" 1 "shared memory"
-    echo >&9
-    exec 9>&-
-    wait_for "$writer" 15 || fail "$how: the writer failed on shut bells: $(cat "$WORK/shut-writer.out") $(cat "$WORK/shut-writer.err")"
-    says "$WORK/shut-writer.out" "send: EPIPE" "$how: the send after the reader shut its bells"
-    kill -9 "$reader" 2>/dev/null || true
-    echo "$how: a reader that shut the writer's doorbell down ended the wait for room, and the send said EPIPE ($(cat "$WORK/hostile.out" | tail -1))"
+    writer_gets_epipe "$how" shut-bells "shut " keep
+    echo "$how: a reader that shut the writer's doorbells down ended the wait for room, and the send said EPIPE"
 done
 echo "ok: a dead reader ends a writer's wait for room in poll and in epoll; a half-closed one does not make it spin; nor do shut doorbells"

@@ -2,9 +2,9 @@
 # one connection, prints "accepted", optionally shuts its writing side (half-close), reads nothing for SECONDS,
 # then reads to end of stream and prints how many bytes came.
 #   python3 slow-reader.py PORT SECONDS [half-close | shut-bells]
-# shut-bells, under vmsock-run, plays a hostile peer instead: it shuts down the writing side of every Unix stream
+# shut-bells, under vmsock-run, plays a hostile peer first: it shuts down the writing side of every Unix stream
 # socket it holds (the doorbells of its shared-memory connection, the writer's among them), with raw system calls
-# that vmsock-run does not see, prints "shut N", and stays alive without reading.
+# that vmsock-run does not see, and prints "shut N"; then it is slow to read as above.
 import ctypes, os, socket, sys, time
 
 listener = socket.socket()
@@ -29,8 +29,6 @@ if sys.argv[3:] == ["shut-bells"]:
         if fd > 2 and option(fd, SO_DOMAIN) == socket.AF_UNIX and option(fd, SO_TYPE) == socket.SOCK_STREAM:
             shut += libc.syscall(SYS_shutdown, fd, socket.SHUT_WR) == 0
     print("shut", shut, flush=True)
-    time.sleep(float(sys.argv[2]))
-    sys.exit(0)
 time.sleep(float(sys.argv[2]))
 total = 0
 while True:
